@@ -1,0 +1,195 @@
+"""The densities of the notes, one implementation each, in torch.distributions' vocabulary.
+
+Every class here is a ``torch.distributions.Distribution`` with one event dimension, so that
+``log_prob`` returns one number per datapoint and closed-form KLs go through
+``torch.distributions.kl.register_kl`` (see ``vaekit.objectives.kl``). They are written out
+rather than composed from ``Independent(Normal(...), 1)`` because they sit in the training
+step: no argument validation, no broadcasting of parameters, and the log-variance (the
+encoder's output) is kept as the parameter instead of being turned into a scale and back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import Distribution, constraints
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _event_batch(*tensors: torch.Tensor) -> tuple[torch.Size, torch.Size]:
+    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    return shape[:-1], shape[-1:]
+
+
+class DiagonalNormal(Distribution):
+    """N(z; μ, diag σ²) parameterized by (μ, log σ²), the encoder's output (notes, eq. of DNN_enc).
+
+    ``rsample`` is the reparameterization trick z = μ + ε·σ, ε ~ N(0, I) (notes, eq. 1;
+    Kingma & Welling 2014), so gradients reach μ and log σ².
+    """
+
+    arg_constraints = {"mu": constraints.real_vector, "logvar": constraints.real_vector}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
+        self.mu, self.logvar = mu, logvar
+        batch_shape, event_shape = _event_batch(mu, logvar)
+        super().__init__(batch_shape, event_shape, validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.mu.expand(self.batch_shape + self.event_shape)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    @property
+    def stddev(self) -> torch.Tensor:
+        return self.std.expand(self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return torch.exp(self.logvar).expand(self.batch_shape + self.event_shape)
+
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=self.mu.dtype, device=self.mu.device, generator=generator)
+        return self.mu + eps * self.std
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator=generator)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return -0.5 * ((z - self.mu) ** 2 * torch.exp(-self.logvar) + self.logvar + LOG_2PI).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        h = 0.5 * (self.logvar + 1.0 + LOG_2PI)
+        return h.expand(self.batch_shape + self.event_shape).sum(-1)
+
+
+class StandardNormal(Distribution):
+    """The prior p(z) = N(0, I) over a ``dim``-dimensional latent space."""
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, dim: int, dtype: torch.dtype = torch.float32, device=None):
+        self.dim, self.dtype, self.device = dim, dtype, device
+        super().__init__(torch.Size(), torch.Size([dim]), validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return torch.ones(self.dim, dtype=self.dtype, device=self.device)
+
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        return torch.randn(shape, dtype=self.dtype, device=self.device, generator=generator)
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator=generator)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (z**2 + LOG_2PI).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return torch.tensor(0.5 * self.dim * (1.0 + LOG_2PI), dtype=self.dtype, device=self.device)
+
+
+class BernoulliLogits(Distribution):
+    """∏_d Bernoulli(x_d; σ(l_d)) for binary data, on logits l so that log p never sees log(0)."""
+
+    arg_constraints = {"logits": constraints.real}
+    support = constraints.independent(constraints.boolean, 1)
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return (self.logits > 0).to(self.logits.dtype)
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        p = self.mean.expand(self._extended_shape(sample_shape))
+        with torch.no_grad():
+            return torch.bernoulli(p, generator=generator)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        # x·l − softplus(l), fused and stable for large |l|.
+        return -F.binary_cross_entropy_with_logits(
+            self.logits, x.expand_as(self.logits) if x.shape != self.logits.shape else x, reduction="none"
+        ).sum(-1)
+
+
+def _cb_log_norm(logits: torch.Tensor) -> torch.Tensor:
+    """log C(λ) of the continuous Bernoulli (Loaiza-Ganem & Cunningham 2019, eq. 7).
+
+    With λ = σ(l), C(λ) = 2 atanh(1 − 2λ)/(1 − 2λ) simplifies to l / tanh(l/2), which is even
+    in l and tends to 2 at l = 0; near 0 its Taylor series 2(1 + l²/12) avoids 0/0.
+    """
+    small = logits.abs() < 1e-2
+    safe = torch.where(small, torch.ones_like(logits), logits).abs()
+    exact = torch.log(safe) - torch.log(torch.tanh(0.5 * safe))
+    taylor = math.log(2.0) + torch.log1p(logits**2 / 12.0)
+    return torch.where(small, taylor, exact)
+
+
+class ContinuousBernoulliLogits(Distribution):
+    """∏_d CB(x_d; σ(l_d)): the normalised density on [0, 1] for grey-level data
+    (Loaiza-Ganem & Cunningham 2019), so its log p(x) is a true log-density, unlike the
+    Bernoulli log-mass misapplied to values strictly between 0 and 1."""
+
+    arg_constraints = {"logits": constraints.real}
+    support = constraints.independent(constraints.unit_interval, 1)
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
+
+    def _torch(self) -> torch.distributions.ContinuousBernoulli:
+        return torch.distributions.ContinuousBernoulli(logits=self.logits, validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._torch().mean
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return (self.logits > 0).to(self.logits.dtype)
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        # Inverse CDF; torch's sampler takes no generator, so we draw the uniforms ourselves.
+        shape = self._extended_shape(sample_shape)
+        u = torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device, generator=generator)
+        with torch.no_grad():
+            return self._torch().icdf(u.clamp(1e-6, 1 - 1e-6)).clamp(0.0, 1.0)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        bern = -F.binary_cross_entropy_with_logits(
+            self.logits, x.expand_as(self.logits) if x.shape != self.logits.shape else x, reduction="none"
+        )
+        return (bern + _cb_log_norm(self.logits)).sum(-1)

@@ -1,0 +1,26 @@
+"""Errors a user can cause. The library raises these and never prints or exits;
+``vaekit.cli`` turns them into one stderr line and an exit code. Anything else is a bug."""
+
+
+class VaekitError(Exception):
+    """Base class of every error caused by input, options or files (not by a bug)."""
+
+    exit_code = 1
+
+
+class ConfigError(VaekitError, ValueError):
+    """An option or configuration value is invalid."""
+
+    exit_code = 2
+
+
+class DataError(VaekitError, ValueError):
+    """Data is missing, unreadable, or does not fit the model (shape, NaN, support)."""
+
+
+class CheckpointError(VaekitError):
+    """A run directory or checkpoint is missing, truncated, tampered with, or not one."""
+
+
+class TrainingError(VaekitError):
+    """Training cannot go on (e.g. the loss became NaN)."""

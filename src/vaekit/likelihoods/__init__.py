@@ -1,0 +1,56 @@
+"""Likelihoods p(x|z; θ): they turn the decoder's output into a distribution over x.
+
+Each one is an ``nn.Module`` (it may own parameters, like a learned variance) registered in
+``LIKELIHOODS``, and says which data it accepts (``check``) so that a model is never fitted
+to values outside its support.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Distribution
+
+from ..config import ModelConfig
+from ..errors import DataError
+from ..registry import Registry
+
+
+class Likelihood(nn.Module):
+    name: str
+    support: str = "real numbers"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+
+    def forward(self, out: torch.Tensor) -> Distribution:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def in_support(self, x: np.ndarray) -> bool:
+        return True
+
+    def check(self, x: np.ndarray, what: str = "data") -> None:
+        """Raise DataError if some value of ``x`` is outside this likelihood's support."""
+        if not self.in_support(x):
+            bad = np.unique(x[~self._mask(x)])[:3] if hasattr(self, "_mask") else []
+            shown = ", ".join(f"{v:g}" for v in bad)
+            raise DataError(
+                f"{what} has values outside the support of the {self.name} likelihood "
+                f"({self.support})" + (f", e.g. {shown}" if shown else "")
+            )
+
+
+LIKELIHOODS: Registry[Likelihood] = Registry("likelihood")
+
+from . import bernoulli, continuous_bernoulli, gaussian  # noqa: E402,F401  (fill the registry)
+
+
+def choose(x: np.ndarray) -> str:
+    """The likelihood a user means when they say ``auto``: Bernoulli for 0/1 data,
+    continuous Bernoulli for values in [0, 1], Gaussian otherwise."""
+    if np.isin(x, (0, 1)).all():
+        return "bernoulli"
+    if x.min() >= 0 and x.max() <= 1:
+        return "continuous_bernoulli"
+    return "gaussian"

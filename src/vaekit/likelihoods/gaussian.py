@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..distributions import DiagonalNormal
+from . import LIKELIHOODS, Likelihood
+
+# A learned σ² may not shrink below this: on a feature that the decoder fits exactly the
+# likelihood would otherwise grow without bound (the degenerate maximum of Gaussian mixtures).
+MIN_LOGVAR = math.log(1e-6)
+
+
+@LIKELIHOODS.register("gaussian")
+class Gaussian(Likelihood):
+    """p(x|z) = N(x; decoder(z), diag σ²) with σ² fixed, shared and learned, or learned per feature.
+
+    With a linear decoder this is the linear-Gaussian model whose marginal is
+    N(b, WWᵀ + diag σ²), known exactly (probabilistic PCA when σ² is shared).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.variance = config.variance
+        if config.variance == "fixed":
+            self.register_buffer("logvar", torch.full((1,), 2 * math.log(config.fixed_std)))
+        elif config.variance == "shared":
+            self.logvar = nn.Parameter(torch.zeros(1))
+        else:
+            self.logvar = nn.Parameter(torch.zeros(config.input_dim))
+
+    def forward(self, mean: torch.Tensor) -> DiagonalNormal:
+        logvar = self.logvar if self.variance == "fixed" else self.logvar.clamp(min=MIN_LOGVAR)
+        return DiagonalNormal(mean, logvar)

@@ -1,0 +1,46 @@
+"""Networks: plain functions of tensors, no probability inside (that is the likelihoods' job)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "leaky_relu": nn.LeakyReLU,
+    "silu": nn.SiLU,
+}
+
+
+class MLP(nn.Sequential):
+    """in_dim → hidden[0] → … → hidden[-1] → out_dim, an activation after every hidden layer.
+
+    With ``hidden = ()`` it is one affine map, which makes a Gaussian VAE a linear-Gaussian
+    model (probabilistic PCA, Tipping & Bishop 1999). Works on any leading dims: (..., in_dim).
+    """
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "relu"):
+        layers: list[nn.Module] = []
+        widths = [in_dim, *hidden]
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), _ACTIVATIONS[activation]()]
+        layers.append(nn.Linear(widths[-1], out_dim))
+        super().__init__(*layers)
+
+
+class GaussianHead(nn.Module):
+    """Wraps a network whose output is split into (μ, log σ²) halves: (μ, log Σ) = DNN_enc(x)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.net(x).chunk(2, dim=-1)
+        return mu, logvar
