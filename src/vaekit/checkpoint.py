@@ -1,0 +1,185 @@
+"""Run directories: config.json beside safetensors weights, written atomically.
+
+RUN_DIR/
+  config.json          RunConfig (everything needed to rebuild the model)
+  model.safetensors    the best model's weights (by validation ELBO)
+  last.safetensors     the last epoch's full training state, for --resume
+  metrics.jsonl        one JSON object per epoch
+
+Nothing is unpickled on load: tensors are read by safetensors and everything else is JSON.
+Every file carries the SHA-256 of its tensors in its header, so a truncated or edited file
+is refused instead of silently loading different numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+from .errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+LAST_FILE = "last.safetensors"
+METRICS_FILE = "metrics.jsonl"
+FORMAT = "vaekit-1"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one:
+    a temporary file in the same directory, flushed to disk, then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = {"format": FORMAT, "sha256": _digest(tensors), "meta": json.dumps(meta or {})}
+    atomic_write_bytes(Path(path), save(tensors, metadata=header))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        tensors = load(data)
+        header = _read_header(data)
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a vaekit checkpoint or truncated ({e})") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a vaekit checkpoint (format {header.get('format')!r}, expected {FORMAT!r})")
+    if header.get("sha256") != _digest(tensors):
+        raise CheckpointError(f"{path}: checksum mismatch, the file was modified or corrupted")
+    try:
+        meta = json.loads(header.get("meta", "{}"))
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: corrupt metadata") from None
+    return tensors, meta
+
+
+def _read_header(data: bytes) -> dict[str, str]:
+    n = int.from_bytes(data[:8], "little")
+    if n <= 0 or 8 + n > len(data):
+        raise ValueError("bad header length")
+    return json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+
+
+# ---- model weights -------------------------------------------------------------------------
+
+
+def save_model(run_dir: Path, model: torch.nn.Module, config: RunConfig, path: Path | None = None) -> None:
+    run_dir = Path(run_dir)
+    config.save(run_dir / CONFIG_FILE)
+    save_tensors(path or run_dir / MODEL_FILE, model.state_dict())
+
+
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
+    """Copy ``state`` into ``model``, refusing missing, unexpected or misshapen tensors."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{where}: weights do not fit the model in config.json ({what})")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise CheckpointError(
+                f"{where}: tensor {k} has shape {tuple(v.shape)}, config.json implies {tuple(own[k].shape)}"
+            )
+    model.load_state_dict(state)
+
+
+def load_run(run_dir: str | Path, which: str = MODEL_FILE):
+    """(RunConfig, VAEModel) rebuilt from RUN_DIR's config.json and weights, on the CPU."""
+    from .model import VAEModel
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: not a run directory (no such directory)")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    config = RunConfig.load(run_dir / CONFIG_FILE)
+    tensors, _ = load_tensors(run_dir / which)
+    model = VAEModel(config.model).to(getattr(torch, config.train.dtype))
+    load_state_into(model, {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))}, run_dir / which)
+    model.eval()
+    return config, model
+
+
+# ---- training state for --resume -----------------------------------------------------------
+
+
+def training_state(model, optimizer, meta: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten model, optimizer and RNG state into safetensors-compatible tensors + JSON."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    opt_scalars: dict[str, Any] = {}
+    for pid, st in opt["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"optim.{pid}.{key}"] = val
+            else:
+                opt_scalars[f"{pid}.{key}"] = val
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = dict(meta, param_groups=opt["param_groups"], optim_scalars=opt_scalars)
+    return tensors, meta
+
+
+def restore_training_state(path: Path, model, optimizer) -> dict[str, Any]:
+    tensors, meta = load_tensors(path)
+    load_state_into(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, key = k.split(".", 2)
+            state.setdefault(int(pid), {})[key] = v
+    for k, v in meta.get("optim_scalars", {}).items():
+        pid, key = k.split(".", 1)
+        state.setdefault(int(pid), {})[key] = v
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: optimizer state does not fit the model ({e})") from None
+    if "rng.cpu" in tensors:
+        torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return meta

@@ -1,0 +1,257 @@
+"""A scikit-learn-style face on the PyTorch model, for people who have an array and want
+latents, samples and anomaly scores: ``VAE(...).fit(X)``, ``transform``, ``sample``,
+``score_samples``, ``save`` and ``vaekit.load``.
+
+As in scikit-learn, ``__init__`` only stores its keyword arguments and fitted state ends in
+``_`` (``model_``, ``config_``, ``history_``). The fitted network is the plain ``nn.Module``
+``model_`` (a ``vaekit.model.VAEModel``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .errors import ConfigError, DataError
+
+
+class VAE:
+    """Variational autoencoder p(z) p(x|z; θ) with inference model q(z|x; φ), fitted on the ELBO.
+
+    ``likelihood="auto"`` picks Bernoulli for 0/1 data, continuous Bernoulli for values in
+    [0, 1] and Gaussian otherwise. ``X_valid`` (or a ``valid_fraction`` of X) gives the
+    validation ELBO for early stopping and for keeping the best model.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 20,
+        hidden: tuple[int, ...] = (400,),
+        decoder_hidden: tuple[int, ...] | None = None,
+        activation: str = "relu",
+        likelihood: str = "auto",
+        variance: str = "shared",
+        fixed_std: float = 1.0,
+        prior: str = "standard_normal",
+        inference: str = "amortized",
+        epochs: int = 10,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        beta: float = 1.0,
+        warmup: int = 0,
+        n_samples: int = 1,
+        analytic_kl: bool = True,
+        patience: int | None = None,
+        seed: int = 0,
+        device: str = "cpu",
+        dtype: str = "float32",
+        valid_fraction: float = 0.1,
+        image_shape: tuple[int, ...] | None = None,
+        progress: bool = False,
+    ):
+        for name, value in locals().items():
+            if name != "self":
+                setattr(self, name, value)
+
+    # -- scikit-learn protocol -----------------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> "VAE":
+        for name, value in params.items():
+            if name not in self._param_names():
+                raise ConfigError(f"unknown parameter {name!r} for VAE")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v)
+        return f"VAE({changed})"
+
+    # -- fitting --------------------------------------------------------------------------------
+    def fit(self, X, X_valid=None) -> "VAE":
+        from .data import check_data
+        from .likelihoods import choose
+        from .model import VAEModel
+        from .train import fit
+
+        X = check_data(X, what="X", min_rows=2)
+        likelihood = choose(X) if self.likelihood == "auto" else self.likelihood
+        model_config = ModelConfig(
+            input_dim=X.shape[1],
+            latent_dim=self.latent_dim,
+            hidden=tuple(self.hidden),
+            decoder_hidden=None if self.decoder_hidden is None else tuple(self.decoder_hidden),
+            activation=self.activation,
+            likelihood=likelihood,
+            variance=self.variance,
+            fixed_std=self.fixed_std,
+            prior=self.prior,
+            inference=self.inference,
+            image_shape=self.image_shape,
+        )
+        train_config = TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            beta=self.beta,
+            warmup=self.warmup,
+            n_samples=self.n_samples,
+            analytic_kl=self.analytic_kl,
+            patience=self.patience,
+            seed=self.seed,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        data_config = DataConfig(source="array", valid_fraction=self.valid_fraction, test_fraction=0.0, split_seed=self.seed)
+        model = VAEModel(model_config)
+        model.likelihood.check(X, "X")
+        if X_valid is None:
+            perm = np.random.default_rng(self.seed).permutation(X.shape[0])
+            n_valid = max(1, round(self.valid_fraction * X.shape[0]))
+            if X.shape[0] - n_valid < 2:
+                raise DataError(f"X has {X.shape[0]} rows; at least 3 are needed to hold out a validation set")
+            X_valid, X = X[perm[:n_valid]], X[perm[n_valid:]]
+        else:
+            X_valid = check_data(X_valid, what="X_valid", input_dim=X.shape[1], likelihood=model.likelihood)
+        self.history_ = fit(model, X, X_valid, train_config, progress=self.progress)
+        self.model_ = model
+        self.config_ = RunConfig(model=model_config, train=train_config, data=data_config)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    # -- using a fitted model -------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise ConfigError("this VAE is not fitted yet; call fit(X) first")
+
+    def _input(self, X, what: str = "X") -> torch.Tensor:
+        from .data import check_data
+
+        self._check_fitted()
+        X = check_data(X, what=what, input_dim=self.n_features_in_, likelihood=self.model_.likelihood)
+        p = next(self.model_.parameters())
+        return torch.as_tensor(X, dtype=p.dtype, device=p.device)
+
+    @torch.inference_mode()
+    def encode(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior parameters (μ, log σ²) of q(z|x), each (n, latent_dim)."""
+        x = self._input(X)
+        q = self.model_.posterior(x)
+        return q.mean.cpu().numpy(), q.logvar.expand_as(q.mean).cpu().numpy()
+
+    def transform(self, X) -> np.ndarray:
+        """Posterior means E_q[z|x], (n, latent_dim): the latent representation of each row."""
+        return self.encode(X)[0]
+
+    def fit_transform(self, X, X_valid=None) -> np.ndarray:
+        return self.fit(X, X_valid).transform(X)
+
+    @torch.inference_mode()
+    def inverse_transform(self, Z) -> np.ndarray:
+        """E[x|z] under the decoder for latents Z (n, latent_dim)."""
+        self._check_fitted()
+        p = next(self.model_.parameters())
+        z = torch.as_tensor(np.asarray(Z), dtype=p.dtype, device=p.device)
+        if z.ndim != 2 or z.shape[1] != self.model_.config.latent_dim:
+            raise DataError(f"Z must have shape (n, {self.model_.config.latent_dim}), got {tuple(z.shape)}")
+        return self.model_.decode(z).mean.cpu().numpy()
+
+    @torch.inference_mode()
+    def reconstruct(self, X) -> np.ndarray:
+        """E[x|z] at z = E_q[z|x]: the decoder's mean at the posterior mean."""
+        x = self._input(X)
+        return self.model_.decode(self.model_.posterior(x).mean).mean.cpu().numpy()
+
+    def sample(self, n: int = 1, seed: int | None = None, mean: bool = True) -> np.ndarray:
+        """n rows from the model: z ~ p(z), then E[x|z] (``mean``) or x ~ p(x|z)."""
+        self._check_fitted()
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ConfigError(f"n must be an integer >= 1, got {n!r}")
+        p = next(self.model_.parameters())
+        g = torch.Generator(device=p.device)
+        g.manual_seed(seed) if seed is not None else g.seed()
+        return self.model_.sample(int(n), generator=g, mean=mean).cpu().numpy()
+
+    def score_samples(self, X, k: int = 1000, seed: int = 0) -> np.ndarray:
+        """Per-row log p(x), the K-sample importance-weighted estimate (nats). Low values flag
+        rows the model finds unlikely, so it serves as an anomaly score."""
+        from .evaluate import log_px_per_point
+
+        return log_px_per_point(self.model_, self._input(X), k=k, seed=seed)
+
+    def score(self, X, y=None, k: int = 1000) -> float:
+        """Mean log p(x) over the rows of X (nats)."""
+        return float(self.score_samples(X, k=k).mean())
+
+    def elbo(self, X, seed: int = 0) -> dict[str, np.ndarray]:
+        """Per-row ELBO, E_q[log p(x|z)] and KL(q || p)."""
+        from .evaluate import elbo_per_point
+
+        return elbo_per_point(self.model_, self._input(X), seed=seed)
+
+    def evaluate(self, X, k: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """elbo, recon, kl, log_likelihood, bits_per_dim, n, k averaged over the rows of X."""
+        from .evaluate import evaluate
+
+        return evaluate(self.model_, self._input(X), k=k, seed=seed)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, run_dir: str | Path) -> Path:
+        """Write RUN_DIR/config.json and RUN_DIR/model.safetensors (no pickle)."""
+        from .checkpoint import save_model
+
+        self._check_fitted()
+        run_dir = Path(run_dir)
+        save_model(run_dir, self.model_, self.config_)
+        return run_dir
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> "VAE":
+        from .checkpoint import load_run
+
+        config, model = load_run(run_dir)
+        m, t = config.model, config.train
+        est = cls(
+            latent_dim=m.latent_dim, hidden=m.hidden, decoder_hidden=m.decoder_hidden, activation=m.activation,
+            likelihood=m.likelihood, variance=m.variance, fixed_std=m.fixed_std, prior=m.prior,
+            inference=m.inference, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, beta=t.beta,
+            warmup=t.warmup, n_samples=t.n_samples, analytic_kl=t.analytic_kl, patience=t.patience,
+            seed=t.seed, device="cpu", dtype=t.dtype, valid_fraction=config.data.valid_fraction,
+            image_shape=m.image_shape,
+        )  # fmt: skip
+        est.model_, est.config_, est.n_features_in_ = model, config, m.input_dim
+        est.history_ = _read_history(Path(run_dir))
+        return est
+
+
+def load(run_dir: str | Path) -> VAE:
+    """The fitted model saved in RUN_DIR (by ``vaekit train`` or ``VAE.save``), on the CPU."""
+    return VAE.from_run(run_dir)
+
+
+def _read_history(run_dir: Path) -> list[dict[str, Any]]:
+    import json
+
+    from .checkpoint import METRICS_FILE
+
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short by a kill: the lines before it are whole
+    return out

@@ -1,0 +1,475 @@
+"""The pictures of the notes: samples, reconstructions, latent spaces, training curves, the bound.
+
+Every function takes numpy arrays, writes one PNG atomically (a temp file in the same directory,
+then ``os.replace``, so a reader never sees half a file) and returns its path. Image grids use
+Pillow only; charts use matplotlib through ``Figure`` + ``FigureCanvasAgg`` (no pyplot, no global
+backend or figure registry to leak). Both are imported inside the functions so that importing
+this module (and so ``vaekit --help``) stays fast.
+
+Input checks raise :class:`vaekit.errors.DataError` with a one-line message naming the argument,
+what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+
+from .errors import DataError
+
+__all__ = [
+    "image_grid",
+    "reconstruction_grid",
+    "training_curves",
+    "latent_scatter",
+    "latent_traversal_grid",
+    "bound_gap_plot",
+]
+
+MIN_TILE_PX = 28  # default upscaling makes tiles at least this tall/wide (8x8 digits would be specks)
+RECON_COLUMNS = 8  # reconstruction_grid wraps into row-pairs of at most this many columns
+PAD_VALUE = 0.5  # mid grey between tiles: visible on black digits and on white backgrounds alike
+
+
+# --------------------------------------------------------------------------------------------
+# checks and atomic writes
+
+
+def _shape_str(a: np.ndarray) -> str:
+    return "(" + ", ".join(str(s) for s in a.shape) + ("," if a.ndim == 1 else "") + ")"
+
+
+def _as_float_array(a, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
+    """``a`` as a float64 array with the given number of dims, nonempty and finite."""
+    if hasattr(a, "detach"):  # a torch tensor slipped through: accept it without importing torch
+        a = a.detach().cpu().numpy()
+    try:
+        a = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{name} must be a numeric array, got {type(a).__name__} ({e})") from None
+    ndims = (ndim,) if isinstance(ndim, int) else ndim
+    if a.ndim not in ndims:
+        want = " or ".join(f"{d}-D" for d in ndims)
+        raise DataError(f"{name} must be a {want} array, got {a.ndim}-D array of shape {_shape_str(a)}")
+    if a.size == 0:
+        raise DataError(f"{name} is empty (shape={_shape_str(a)}); at least one value is required")
+    if not np.all(np.isfinite(a)):
+        bad = int(np.sum(~np.isfinite(a)))
+        raise DataError(f"{name} contains {bad} NaN or infinite value(s)")
+    return a
+
+
+def _check_image_shape(image_shape) -> tuple[int, int, int]:
+    """(H, W) or (C, H, W) with C in {1, 3}, returned as (C, H, W)."""
+    try:
+        shape = tuple(int(s) for s in image_shape)
+    except (TypeError, ValueError):
+        raise DataError(f"image_shape must be a tuple of ints, got {image_shape!r}") from None
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) < 1:
+        raise DataError(f"image_shape must be (H, W) or (C, H, W) with C in {{1, 3}}, got {tuple(image_shape)}")
+    return shape  # type: ignore[return-value]
+
+
+def _as_images(images, name: str, image_shape) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """(n, D) floats → (n, C, H, W) clipped to [0, 1]. (n, *image_shape) is accepted as well."""
+    chw = _check_image_shape(image_shape)
+    a = _as_float_array(images, name, ndim=(2, 3, 4))
+    d = math.prod(chw)
+    if a.ndim > 2 and math.prod(a.shape[1:]) == d:
+        a = a.reshape(len(a), d)
+    if a.ndim != 2:
+        raise DataError(f"{name} must be a 2-D array (n, D), got shape {_shape_str(a)}")
+    if a.shape[1] != d:
+        raise DataError(
+            f"{name} has D={a.shape[1]} values per image (shape {_shape_str(a)}) "
+            f"but image_shape {tuple(image_shape)} needs prod={d}"
+        )
+    return np.clip(a, 0.0, 1.0).reshape(len(a), *chw), chw
+
+
+def _check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise DataError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _atomic_write(path, write: Callable[[object], None]) -> Path:
+    """Run ``write(fileobj)`` on a temp file beside ``path``, then rename it over ``path``.
+
+    ``os.replace`` within one directory is atomic, so ``path`` is either the old file or the whole
+    new one; on any error the temp file is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # not tempfile.mkstemp: its files are 0600; O_CREAT with 0666 lets the umask decide, as for open()
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _save_figure(fig, path) -> Path:
+    """Render a matplotlib ``Figure`` to PNG atomically, then drop its artists."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas; no pyplot, no global state
+    try:
+        return _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        fig.clear()
+
+
+def _new_figure(figsize: tuple[float, float]):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained")
+
+
+# --------------------------------------------------------------------------------------------
+# image grids (Pillow only)
+
+
+def _default_scale(chw: tuple[int, int, int]) -> int:
+    return max(1, math.ceil(MIN_TILE_PX / min(chw[1], chw[2])))
+
+
+def _render_grid(tiles: np.ndarray, present: np.ndarray, ncol: int, pad: int, scale: int):
+    """Tiles (m, C, H, W) in [0, 1] laid out row by row in ``ncol`` columns → a PIL image.
+
+    Each tile is upscaled ``scale`` times (nearest neighbour) and tiles are ``pad`` pixels apart
+    (no outer border), so the image is ``ncol·W·scale + (ncol−1)·pad`` wide and
+    ``rows·H·scale + (rows−1)·pad`` tall. Tiles with ``present[i] == False`` and the gaps are
+    mid grey."""
+    from PIL import Image
+
+    m, c, h, w = tiles.shape
+    rows = math.ceil(m / ncol)
+    th, tw = h * scale, w * scale
+    canvas = np.full((rows * th + (rows - 1) * pad, ncol * tw + (ncol - 1) * pad, c), PAD_VALUE)
+    big = tiles.repeat(scale, axis=2).repeat(scale, axis=3).transpose(0, 2, 3, 1)  # (m, th, tw, C)
+    for i in np.flatnonzero(present):
+        r, col = divmod(int(i), ncol)
+        y, x = r * (th + pad), col * (tw + pad)
+        canvas[y : y + th, x : x + tw] = big[i]
+    pixels = np.rint(canvas * 255.0).astype(np.uint8)
+    # uint8 (h, w) gives mode "L", uint8 (h, w, 3) mode "RGB"
+    return Image.fromarray(pixels[..., 0] if c == 1 else pixels)
+
+
+def _save_image(img, path) -> Path:
+    return _atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+def image_grid(
+    images: np.ndarray,
+    path,
+    image_shape: tuple[int, ...],
+    nrow: int | None = None,
+    pad: int = 1,
+    scale: int | None = None,
+) -> Path:
+    """Tile ``images`` (n, D), values in [0, 1] (others clipped), into one PNG.
+
+    ``image_shape`` is (H, W) for grey or (C, H, W) with C in {1, 3}; grey gives a mode "L" PNG,
+    three channels "RGB". ``nrow`` is the number of columns (torchvision's name for it; default
+    ⌈√n⌉), tiles are filled row by row, ``pad`` grey pixels apart. Each tile is upscaled by the
+    integer ``scale`` (nearest neighbour); by default the smallest one making tiles at least
+    28 px. Tile (r, c) starts at pixel (x, y) = (c·(W·scale + pad), r·(H·scale + pad)) and pixel
+    values are round(255·x)."""
+    tiles, chw = _as_images(images, "images", image_shape)
+    n = len(tiles)
+    ncol = math.ceil(math.sqrt(n)) if nrow is None else _check_positive_int(nrow, "nrow")
+    ncol = min(ncol, n)
+    pad = _check_positive_int(pad, "pad", minimum=0)
+    scale = _default_scale(chw) if scale is None else _check_positive_int(scale, "scale")
+    img = _render_grid(tiles, np.ones(n, dtype=bool), ncol, pad, scale)
+    return _save_image(img, path)
+
+
+def reconstruction_grid(x: np.ndarray, x_hat: np.ndarray, path, image_shape, n: int = 16) -> Path:
+    """Inputs and their reconstructions, pair by pair: the first ``n`` rows of ``x`` and ``x_hat``
+    (fewer if there are fewer) in row-pairs of up to 8 columns. Input i sits in grid row
+    2·(i // 8), column i % 8; its reconstruction directly beneath it, in row 2·(i // 8) + 1.
+    Unused cells of the last row-pair are grey. Same pixel layout as :func:`image_grid` with
+    pad=1 and the default scale."""
+    xs, chw = _as_images(x, "x", image_shape)
+    xh, _ = _as_images(x_hat, "x_hat", image_shape)
+    if xs.shape != xh.shape:
+        raise DataError(f"x and x_hat must have the same shape, got x {xs.shape} and x_hat {xh.shape}")
+    n = min(_check_positive_int(n, "n"), len(xs))
+    ncol = min(RECON_COLUMNS, n)
+    blocks = math.ceil(n / ncol)
+    tiles = np.zeros((2 * blocks * ncol, *chw))
+    present = np.zeros(len(tiles), dtype=bool)
+    for i in range(n):
+        b, col = divmod(i, ncol)
+        top, bottom = (2 * b) * ncol + col, (2 * b + 1) * ncol + col
+        tiles[top], tiles[bottom] = xs[i], xh[i]
+        present[top] = present[bottom] = True
+    img = _render_grid(tiles, present, ncol, pad=1, scale=_default_scale(chw))
+    return _save_image(img, path)
+
+
+def latent_traversal_grid(
+    decode: Callable[[np.ndarray], np.ndarray],
+    path,
+    image_shape,
+    n: int = 15,
+    span: float = 3.0,
+    spacing: str = "quantile",
+) -> Path:
+    """The learned data manifold of a 2-D latent space (Kingma & Welling 2014, Fig. 4).
+
+    z runs over an n×n grid; with ``spacing="quantile"`` (default, as in the paper) the
+    coordinates are the N(0, 1) quantiles Φ⁻¹(p) for p = linspace(0.05, 0.95, n), so each cell
+    holds the same prior mass and ``span`` is not used; ``spacing="linear"`` takes
+    linspace(−span, span, n) instead, for priors other than N(0, I) or to look into the tails.
+    ``decode`` gets one float32 array of shape (n·n, 2), in reading order: z1 grows to the right,
+    z2 grows upwards (the top row has the largest z2, as in a plot), so row 0 of the array is
+    (min z1, max z2). It must return (n·n, D) means in [0, 1]. Tiles are 1 px apart: small images (8x8 digits) that touch blur into stripes."""
+    n = _check_positive_int(n, "n")
+    if spacing == "quantile":
+        grid = np.array([NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, n)])
+    elif spacing == "linear":
+        if not (isinstance(span, (int, float)) and math.isfinite(span) and span > 0):
+            raise DataError(f"span must be a finite number > 0, got {span!r}")
+        grid = np.linspace(-span, span, n)
+    else:
+        raise DataError(f"spacing must be 'quantile' or 'linear', got {spacing!r}")
+    z2, z1 = np.meshgrid(grid[::-1], grid, indexing="ij")  # rows: z2 from high to low
+    z = np.stack([z1.ravel(), z2.ravel()], axis=1).astype(np.float32)  # (n·n, 2)
+    x = _as_float_array(decode(z), "decode(z)", ndim=2)
+    if len(x) != len(z):
+        raise DataError(f"decode(z) returned {len(x)} rows for {len(z)} latent points (shape {_shape_str(x)})")
+    return image_grid(x, path, image_shape, nrow=n, pad=1)
+
+
+# --------------------------------------------------------------------------------------------
+# charts (matplotlib, Agg)
+
+
+def _series(metrics: Sequence[dict], key: str) -> np.ndarray:
+    """metrics[i][key] as floats, NaN where missing or None."""
+    out = np.full(len(metrics), np.nan)
+    for i, m in enumerate(metrics):
+        v = m.get(key)
+        if v is not None:
+            try:
+                out[i] = float(v)
+            except (TypeError, ValueError):
+                raise DataError(f"metrics[{i}][{key!r}] must be a number, got {v!r}") from None
+    return out
+
+
+def _training_curves_figure(metrics: list[dict]):
+    if not isinstance(metrics, Sequence) or isinstance(metrics, (str, bytes)):
+        raise DataError(f"metrics must be a list of dicts (one per epoch), got {type(metrics).__name__}")
+    if len(metrics) == 0:
+        raise DataError("metrics is empty; at least one epoch is required")
+    for i, m in enumerate(metrics):
+        if not isinstance(m, dict):
+            raise DataError(f"metrics[{i}] must be a dict, got {type(m).__name__}")
+    epoch = _series(metrics, "epoch")
+    epoch = np.where(np.isnan(epoch), np.arange(1, len(metrics) + 1), epoch)
+    beta = _series(metrics, "beta")
+    beta_is_one = bool(np.all(np.isnan(beta) | (beta == 1.0)))
+    # −ELBO and −recon: the notes' losses are negated bounds, in nats per datapoint.
+    left = [("train −ELBO", -_series(metrics, "train_elbo"), "C0", "-"),
+            ("valid −ELBO", -_series(metrics, "valid_elbo"), "C1", "-")]  # fmt: skip
+    train_loss = _series(metrics, "train_loss")
+    if np.all(np.isnan(left[0][1])) or not beta_is_one:  # β ≠ 1: the loss is not −ELBO, show both
+        left.append(("train loss (β-weighted)", train_loss, "C0", "--"))
+    right = [("valid −recon = −E_q[log p(x|z)]", -_series(metrics, "valid_recon"), "C2", "-"),
+             ("valid KL(q(z|x) ‖ p(z))", _series(metrics, "valid_kl"), "C3", "-")]  # fmt: skip
+    if all(np.all(np.isnan(s)) for _, s, _, _ in left + right):
+        raise DataError(
+            "metrics have no values for any of train_elbo, valid_elbo, train_loss, valid_recon, valid_kl"
+        )
+
+    fig = _new_figure((11, 4.6))
+    ax_l, ax_r = fig.subplots(1, 2)
+    marker = "o" if len(metrics) <= 30 else None
+    handles = {ax_l: [], ax_r: []}
+    for ax, curves in ((ax_l, left), (ax_r, right)):
+        for label, y, color, ls in curves:
+            ok = ~np.isnan(y)
+            if ok.any():
+                handles[ax] += ax.plot(epoch[ok], y[ok], ls, color=color, marker=marker, ms=3, label=label)
+        if not handles[ax]:
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes, color="0.5")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats per datapoint")
+        ax.grid(alpha=0.3)
+    ax_l.set_title("Negative ELBO (lower is better)")
+    ax_r.set_title("Validation terms: −ELBO = −recon + KL")
+    if not np.all(np.isnan(beta)) and np.nanmin(beta) != np.nanmax(beta):  # a β schedule (warm-up)
+        ax_b = ax_r.twinx()
+        ok = ~np.isnan(beta)
+        handles[ax_r] += ax_b.plot(epoch[ok], beta[ok], ":", color="0.4", label="β (right axis)")
+        ax_b.set_ylabel("β")
+    for ax, hs in handles.items():  # below the axes: curves of any shape stay uncovered
+        if hs:
+            ax.legend(handles=hs, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=9, frameon=False)
+    fig.suptitle("Training curves")
+    return fig
+
+
+def training_curves(metrics: list[dict], path) -> Path:
+    """Two panels from the per-epoch metric records of a run (keys ``epoch``, ``train_loss``,
+    ``train_elbo``, ``valid_elbo``, ``valid_recon``, ``valid_kl``, ``beta``; missing or None values
+    are skipped). Left: train and valid −ELBO against epoch (plus the β-weighted train loss when
+    β ≠ 1 somewhere, or when train_elbo is absent). Right: valid −recon = −E_q[log p(x|z)] and
+    KL(q(z|x) ‖ p(z)), whose sum is the valid −ELBO (notes, eq. 3), with β on a twin axis when
+    it changes. All in nats per datapoint."""
+    return _save_figure(_training_curves_figure(metrics), path)
+
+
+def _pca_2d(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project (n, d) onto the first two principal axes of the centred rows (SVD).
+
+    Returns the (n, 2) coordinates and the fraction of total variance of each axis. Axis signs
+    are fixed (largest loading positive) so the picture does not flip between runs."""
+    centred = mu - mu.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    vt = vt[:2]
+    flip = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])
+    vt = vt * np.where(flip == 0, 1.0, flip)[:, None]
+    var = s**2
+    ratio = var[:2] / var.sum() if var.sum() > 0 else np.zeros(len(vt))
+    proj = centred @ vt.T
+    if proj.shape[1] < 2:  # n == 1: a single point
+        proj = np.pad(proj, ((0, 0), (0, 2 - proj.shape[1])))
+        ratio = np.pad(ratio, (0, 2 - len(ratio)))
+    return proj, ratio
+
+
+def _latent_scatter_figure(mu: np.ndarray, labels: np.ndarray | None = None, title: str | None = None):
+    mu = _as_float_array(mu, "mu", ndim=(1, 2))
+    if mu.ndim == 1:
+        mu = mu[:, None]
+    n, d = mu.shape
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (n,):
+            raise DataError(f"labels must have shape ({n},) to match mu {_shape_str(mu)}, got {_shape_str(labels)}")
+
+    if d == 1:
+        # a strip plot: the vertical position is random jitter so overlapping points stay visible
+        xy = np.stack([mu[:, 0], np.random.default_rng(0).uniform(-1, 1, n)], axis=1)
+        xlabel, ylabel = "z₁ (posterior mean)", "jitter (no meaning)"
+    elif d == 2:
+        xy = mu
+        xlabel, ylabel = "z₁ (posterior mean)", "z₂ (posterior mean)"
+    else:
+        xy, ratio = _pca_2d(mu)
+        xlabel = f"PC 1 ({100 * ratio[0]:.0f}% var)"
+        ylabel = f"PC 2 ({100 * ratio[1]:.0f}% var)"
+
+    size = float(np.clip(8000 / n, 3, 25))  # small markers, smaller for many points
+    alpha = float(np.clip(1500 / n, 0.3, 0.9))  # and transparent so density shows
+    fig = _new_figure((6.4, 5.4))
+    ax = fig.subplots()
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=size, alpha=alpha, linewidths=0, color="C0")
+    else:
+        classes = np.unique(labels)
+        if len(classes) <= 20:
+            import matplotlib
+
+            cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+            for k, cls in enumerate(classes):
+                sel = labels == cls
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=size, alpha=alpha, linewidths=0, color=cmap(k), label=str(cls))
+            leg = ax.legend(title="label", markerscale=max(1.0, 6 / math.sqrt(size)), fontsize=8,
+                            loc="center left", bbox_to_anchor=(1.01, 0.5))  # fmt: skip
+            for h in getattr(leg, "legend_handles", None) or leg.legendHandles:  # renamed in mpl 3.7
+                h.set_alpha(1.0)
+        else:
+            if not np.issubdtype(labels.dtype, np.number):
+                raise DataError(f"labels with more than 20 classes must be numeric, got dtype {labels.dtype}")
+            sc = ax.scatter(xy[:, 0], xy[:, 1], s=size, alpha=alpha, linewidths=0, c=labels, cmap="viridis")
+            fig.colorbar(sc, ax=ax, label="label")
+    if d == 1:
+        ax.set_yticks([])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if title is None:
+        title = f"Posterior means, d = {d}" + (" (PCA to 2-D)" if d > 2 else "") + f", n = {n}"
+    ax.set_title(title)
+    return fig
+
+
+def latent_scatter(mu: np.ndarray, path, labels: np.ndarray | None = None, title: str | None = None) -> Path:
+    """Scatter of posterior means ``mu`` (n, d): as is for d = 2; for d = 1 against random
+    jitter (a strip plot); for d > 2 projected on the first two principal components of the
+    centred means, with the variance share of each in the axis labels ("PC 1 (37% var)").
+    Integer ``labels`` (n,) colour the points with a discrete colormap and a legend (a colorbar
+    beyond 20 classes)."""
+    return _save_figure(_latent_scatter_figure(mu, labels, title), path)
+
+
+def _bound_gap_figure(log_px: np.ndarray, elbo: np.ndarray, title: str | None = None):
+    log_px = _as_float_array(log_px, "log_px", ndim=1)
+    elbo = _as_float_array(elbo, "elbo", ndim=1)
+    if log_px.shape != elbo.shape:
+        raise DataError(
+            f"log_px and elbo must have the same length, got log_px {_shape_str(log_px)} and elbo {_shape_str(elbo)}"
+        )
+    n = len(log_px)
+    gap = log_px - elbo
+    above = int(np.sum(gap < 0))  # only possible because log_px is itself an estimate
+
+    fig = _new_figure((11, 4.6))
+    ax_s, ax_h = fig.subplots(1, 2)
+    ax_s.scatter(log_px, elbo, s=float(np.clip(4000 / n, 3, 20)), alpha=float(np.clip(1000 / n, 0.2, 0.8)),
+                 linewidths=0, color="C0", label="datapoints")  # fmt: skip
+    lo, hi = min(log_px.min(), elbo.min()), max(log_px.max(), elbo.max())
+    margin = 0.05 * (hi - lo) if hi > lo else 1.0
+    line = np.array([lo - margin, hi + margin])
+    ax_s.plot(line, line, "--", color="0.3", lw=1, label="ELBO = log p(x)")
+    ax_s.set_xlim(*line)
+    ax_s.set_ylim(*line)
+    ax_s.set_aspect("equal", adjustable="box")
+    ax_s.set_xlabel("log p(x) estimate (nats)")
+    ax_s.set_ylabel("ELBO (nats)")
+    ax_s.set_title("The ELBO lies below the evidence")
+    ax_s.legend(loc="upper left", fontsize=9)
+    ax_s.grid(alpha=0.3)
+
+    bins = int(np.clip(math.sqrt(n), 5, 60))
+    ax_h.hist(gap, bins=bins, color="C1", alpha=0.8)
+    ax_h.axvline(gap.mean(), color="k", lw=1.5, label=f"mean gap = {gap.mean():.2f} nats")
+    ax_h.axvline(0.0, color="0.5", lw=1, ls=":")
+    if above:
+        ax_h.plot([], [], " ", label=f"{above} of {n} below 0 (estimator noise)")
+    ax_h.set_xlabel("log p(x) − ELBO = KL(q(z|x) ‖ p(z|x)) (nats)")
+    ax_h.set_ylabel("datapoints")
+    ax_h.set_title("Gap per datapoint")
+    ax_h.legend(loc="upper right", fontsize=9)
+    ax_h.grid(alpha=0.3)
+    fig.suptitle(title if title is not None else f"Evidence vs. ELBO (n = {n})")
+    return fig
+
+
+def bound_gap_plot(log_px: np.ndarray, elbo: np.ndarray, path, title: str | None = None) -> Path:
+    """Per datapoint, the evidence estimate ``log_px`` (n,) against ``elbo`` (n,) with the line
+    y = x (the notes: log p(x) = ELBO + KL(q(z|x) ‖ p(z|x)) ≥ ELBO, so points lie beneath it),
+    and a histogram of the gap log_px − elbo with its mean marked. Nats throughout."""
+    return _save_figure(_bound_gap_figure(log_px, elbo, title), path)

@@ -1,0 +1,261 @@
+"""One training loop for every model: stochastic gradients of the (β-weighted) ELBO, jointly
+over the inference parameters φ and the generative parameters θ (notes: "trained jointly ...
+using SGD"). Inference methods, priors and likelihoods change the model, never this loop.
+
+The dataset lives on the device as one tensor and is reshuffled by one permutation per epoch;
+the step does not synchronise with the host (losses are kept in a device tensor and checked
+for NaN at progress ticks and at the end of the epoch).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .config import RunConfig, TrainConfig
+from .errors import CheckpointError, ConfigError, TrainingError
+from .evaluate import elbo_per_point
+from .objectives import elbo, loss
+
+# Progress-bar refreshes (and NaN checks) per epoch: each costs one host sync.
+TICKS_PER_EPOCH = 20
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def fit(
+    model: torch.nn.Module,
+    x_train: np.ndarray,
+    x_valid: np.ndarray,
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    run_config: RunConfig | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Train ``model`` in place and leave it holding the best weights by validation ELBO.
+
+    With ``run_dir`` every epoch appends a line to metrics.jsonl and writes last.safetensors
+    (atomically), and an improved validation ELBO rewrites model.safetensors. ``resume``
+    continues from last.safetensors with optimizer, epoch and random state, so that on the CPU
+    the end result equals an uninterrupted run's. Returns the per-epoch metrics.
+    """
+    device = resolve_device(config.device)
+    dtype = getattr(torch, config.dtype)
+    model.to(device=device, dtype=dtype)
+    x_train_t = torch.as_tensor(x_train, dtype=dtype, device=device)
+    x_valid_t = torch.as_tensor(x_valid, dtype=dtype, device=device)
+    n = x_train_t.shape[0]
+    bs = min(config.batch_size, n)
+    steps = math.ceil(n / bs)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    run_dir = Path(run_dir) if run_dir is not None else None
+    history: list[dict[str, Any]] = []
+    best_valid, best_epoch, bad_epochs, start = -math.inf, 0, 0, 1
+    best_state = None
+    if resume:
+        if run_dir is None or not (run_dir / ckpt.LAST_FILE).is_file():
+            raise CheckpointError(f"{run_dir}: nothing to resume (no {ckpt.LAST_FILE})")
+        meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizer)
+        history = meta["history"]
+        best_valid, best_epoch, bad_epochs = meta["best_valid"], meta["best_epoch"], meta["bad_epochs"]
+        start = meta["epoch"] + 1
+        if meta.get("stopped"):
+            start = config.epochs + 1
+        # Lines after the checkpoint belong to an epoch that will be run again.
+        _write_metrics(run_dir, history)
+        best_state = _best_from_disk(run_dir, model)
+    else:
+        torch.manual_seed(config.seed)
+        if run_dir is not None:
+            if run_config is None:
+                raise ValueError("run_config is needed to write a run directory")
+            run_config.save(run_dir / ckpt.CONFIG_FILE)
+            _write_metrics(run_dir, [])
+
+    losses = torch.zeros(steps, dtype=dtype, device=device)
+    stopped = False
+    for epoch in range(start, config.epochs + 1):
+        beta = config.beta_at(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, device=device)
+        elbo_sum = torch.zeros((), dtype=torch.float64, device=device)
+        bar = _progress(progress, steps, f"epoch {epoch}/{config.epochs}")
+        tick = max(1, steps // TICKS_PER_EPOCH)
+        for step in range(steps):
+            idx = perm[step * bs : (step + 1) * bs]
+            x = x_train_t[idx]
+            terms = elbo(model, x, idx, n_samples=config.n_samples, analytic_kl=config.analytic_kl)
+            batch_loss = loss(terms, beta)
+            optimizer.zero_grad(set_to_none=True)
+            batch_loss.backward()
+            optimizer.step()
+            losses[step] = batch_loss.detach()
+            elbo_sum += terms.elbo.detach().sum()
+            if (step + 1) % tick == 0 or step + 1 == steps:
+                _check_finite(losses, step + 1, epoch, run_dir)
+                if bar is not None:
+                    bar.update(step + 1 - bar.n)
+                    bar.set_postfix(loss=f"{losses[: step + 1].mean().item():.3f}")
+        if bar is not None:
+            bar.close()
+        train_seconds = time.perf_counter() - t0
+        valid = elbo_per_point(model, x_valid_t, seed=config.seed + 1)
+        valid_elbo = float(valid["elbo"].mean())
+        record = {
+            "epoch": epoch,
+            "beta": beta,
+            "train_loss": float(losses.mean()),
+            "train_elbo": float(elbo_sum) / n,
+            "valid_elbo": valid_elbo,
+            "valid_recon": float(valid["recon"].mean()),
+            "valid_kl": float(valid["kl"].mean()),
+            "train_seconds": train_seconds,
+            "images_per_second": n / train_seconds,
+        }
+        history.append(record)
+        if valid_elbo > best_valid:
+            best_valid, best_epoch, bad_epochs = valid_elbo, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+            if run_dir is not None:
+                ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, best_state)
+        else:
+            bad_epochs += 1
+        stopped = config.patience is not None and bad_epochs >= config.patience
+        if run_dir is not None:
+            meta = {
+                "epoch": epoch,
+                "best_valid": best_valid,
+                "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs,
+                "stopped": stopped,
+                "history": history,
+            }
+            ckpt.save_tensors(run_dir / ckpt.LAST_FILE, *ckpt.training_state(model, optimizer, meta))
+            _append_metrics(run_dir, record)
+        if stopped:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+def _check_finite(losses: torch.Tensor, upto: int, epoch: int, run_dir: Path | None) -> None:
+    bad = ~torch.isfinite(losses[:upto])
+    if bool(bad.any()):
+        step = int(bad.nonzero()[0, 0]) + 1
+        kept = f"; the last good checkpoint in {run_dir} is intact" if run_dir is not None else ""
+        raise TrainingError(
+            f"loss became NaN or infinite at epoch {epoch}, step {step}{kept}; try a lower --lr"
+        )
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in history)
+    ckpt.atomic_write_bytes(run_dir / ckpt.METRICS_FILE, text.encode())
+
+
+def _append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(run_dir / ckpt.METRICS_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _best_from_disk(run_dir: Path, model: torch.nn.Module):
+    path = run_dir / ckpt.MODEL_FILE
+    if not path.is_file():
+        return None
+    tensors, _ = ckpt.load_tensors(path)
+    p = next(model.parameters())
+    return {k: v.to(device=p.device, dtype=v.dtype if not v.is_floating_point() else p.dtype) for k, v in tensors.items()}
+
+
+def train_run(
+    run_config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = False
+) -> dict[str, Any]:
+    """What ``vaekit train`` does: load the data, fit, draw the pictures, evaluate on the test
+    split (ELBO and log p(x) with K = eval_k). Returns the summary that the CLI prints."""
+    from .data import check_data, load_dataset
+    from .evaluate import evaluate
+    from .model import VAEModel
+
+    run_dir = Path(run_dir)
+    data = load_dataset(run_config.data)
+    model = VAEModel(run_config.model)
+    splits = {}
+    for name in ("train", "valid", "test"):
+        splits[name] = check_data(
+            data.split(name),
+            what=f"{data.name} ({name} split)",
+            min_rows=2 if name == "train" else 1,
+            input_dim=run_config.model.input_dim,
+            likelihood=model.likelihood,
+        )
+    history = fit(model, splits["train"], splits["valid"], run_config.train, run_dir, run_config, resume, progress)
+    write_pictures(model, data, history, run_dir, seed=run_config.train.seed)
+    test = evaluate(model, splits["test"], k=run_config.train.eval_k, seed=run_config.train.seed)
+    best = max(history, key=lambda r: r["valid_elbo"]) if history else None
+    return {
+        "run_dir": str(run_dir),
+        "epochs": len(history),
+        "best_epoch": best["epoch"] if best else None,
+        "valid_elbo": best["valid_elbo"] if best else None,
+        "test": test,
+    }
+
+
+def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, seed: int = 0) -> list[Path]:
+    """The pictures of the notes for a trained model: samples from the prior, reconstructions
+    beside their inputs, training curves, and the latent space."""
+    from . import plots
+    from .evaluate import _batches
+
+    run_dir = Path(run_dir)
+    written = []
+    shape = model.config.image_shape
+    x_test = data.split("test")
+    p = next(model.parameters())
+    g = torch.Generator(device=p.device).manual_seed(seed)
+    with torch.inference_mode():
+        if shape is not None:
+            samples = model.sample(64, generator=g).float().cpu().numpy()
+            written.append(plots.image_grid(samples, run_dir / "samples.png", shape))
+            x = torch.as_tensor(x_test[:32], dtype=p.dtype, device=p.device)
+            x_hat = model.decode(model.posterior(x).mean).mean.float().cpu().numpy()
+            written.append(plots.reconstruction_grid(x_test[:32], x_hat, run_dir / "reconstructions.png", shape))
+        mu = torch.cat([model.posterior(xb).mean for xb in _batches(model, x_test, 1024)]).float().cpu().numpy()
+    if history:
+        written.append(plots.training_curves(history, run_dir / "curves.png"))
+    written.append(plots.latent_scatter(mu, run_dir / "latent.png", labels=data.split_labels("test")))
+    if model.config.latent_dim == 2 and shape is not None:
+
+        def decode(z: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                zt = torch.as_tensor(z, dtype=p.dtype, device=p.device)
+                return model.decode(zt).mean.float().cpu().numpy()
+
+        written.append(plots.latent_traversal_grid(decode, run_dir / "latent_grid.png", shape))
+    return written

@@ -1,0 +1,557 @@
+"""Tests of vaekit.data: loaders give the right numbers, and every user error is a DataError
+naming its culprit."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vaekit import data as vdata
+from vaekit.config import DataConfig
+from vaekit.data import (
+    NAMED,
+    SPLITS,
+    Dataset,
+    check_data,
+    download_binarized_mnist,
+    find_binarized_mnist,
+    load_array,
+    load_dataset,
+)
+from vaekit.errors import DataError
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared/data/binarized_mnist"
+needs_mnist = pytest.mark.skipif(
+    not (SHARED_MNIST / "binarized_mnist.npz").is_file(), reason="shared binarized_mnist.npz absent"
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_locations(tmp_path, monkeypatch):
+    """No test may find the user's real cache or VAEKIT_DATA, nor reach the network."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.delenv("VAEKIT_DATA", raising=False)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# digits
+# --------------------------------------------------------------------------------------
+
+
+def test_digits_shapes_values_and_seeded_split():
+    from sklearn.datasets import load_digits
+
+    ds = load_dataset(DataConfig(source="digits", valid_fraction=0.1, test_fraction=0.2, split_seed=3))
+    # 1797 rows: round(179.7) = 180 valid, round(359.4) = 359 test, 1258 train.
+    assert ds.train.shape == (1258, 64)
+    assert ds.valid.shape == (180, 64)
+    assert ds.test.shape == (359, 64)
+    assert ds.dim == 64 and ds.image_shape == (8, 8) and ds.name == "digits"
+    for s in ("train", "valid", "test"):
+        x = ds.split(s)
+        assert x.dtype == np.float32 and x.flags.c_contiguous
+        assert x.min() == 0.0 and x.max() == 1.0
+
+    ref = load_digits()
+    perm = np.random.default_rng(3).permutation(1797)
+    np.testing.assert_array_equal(ds.train, (ref.data[perm[:1258]] / 16).astype(np.float32))
+    np.testing.assert_array_equal(ds.valid, (ref.data[perm[1258:1438]] / 16).astype(np.float32))
+    np.testing.assert_array_equal(ds.test, (ref.data[perm[1438:]] / 16).astype(np.float32))
+    np.testing.assert_array_equal(ds.labels["train"], ref.target[perm[:1258]])
+    np.testing.assert_array_equal(ds.split_labels("test"), ref.target[perm[1438:]])
+
+    # 'all' is train, valid, test in that order; together they are a permutation of the data.
+    np.testing.assert_array_equal(ds.split("all"), (ref.data[perm] / 16).astype(np.float32))
+    np.testing.assert_array_equal(ds.split_labels("all"), ref.target[perm])
+
+
+def test_digits_same_seed_same_split_other_seed_differs():
+    a = load_dataset(DataConfig(source="digits", split_seed=7))
+    b = load_dataset(DataConfig(source="digits", split_seed=7))
+    c = load_dataset(DataConfig(source="digits", split_seed=8))
+    for s in ("train", "valid", "test"):
+        np.testing.assert_array_equal(a.split(s), b.split(s))
+        np.testing.assert_array_equal(a.split_labels(s), b.split_labels(s))
+    assert a.train.shape == c.train.shape
+    assert not np.array_equal(a.train, c.train)
+
+
+def test_zero_valid_fraction_gives_empty_valid():
+    ds = load_dataset(DataConfig(source="digits", valid_fraction=0.0, test_fraction=0.5))
+    assert ds.valid.shape == (0, 64)
+    assert ds.test.shape == (899, 64)  # round half up: 898.5 -> 899
+    assert ds.train.shape == (898, 64)
+
+
+def test_unknown_split_lists_choices():
+    ds = Dataset("toy", *(np.zeros((2, 1), np.float32),) * 3, None, {"train": None, "valid": None, "test": None})
+    with pytest.raises(DataError, match=r"unknown split 'validation'; choose one of: train, valid, test, all"):
+        ds.split("validation")
+    with pytest.raises(DataError, match="unknown split 'x'"):
+        ds.split_labels("x")
+    assert ds.split_labels("all") is None
+    assert SPLITS == ("train", "valid", "test", "all") and NAMED == ("digits", "binarized_mnist")
+
+
+# --------------------------------------------------------------------------------------
+# user files
+# --------------------------------------------------------------------------------------
+
+
+def test_npy_round_trip_and_fraction_split(tmp_path):
+    x = np.arange(200, dtype=np.float64).reshape(50, 4)
+    np.save(tmp_path / "x.npy", x)
+    ds = load_dataset(DataConfig(source=str(tmp_path / "x.npy"), valid_fraction=0.1, test_fraction=0.2, split_seed=1))
+    assert (ds.train.shape, ds.valid.shape, ds.test.shape) == ((35, 4), (5, 4), (10, 4))
+    assert ds.image_shape is None and ds.labels == {"train": None, "valid": None, "test": None}
+    perm = np.random.default_rng(1).permutation(50)
+    np.testing.assert_array_equal(ds.split("all"), x[perm].astype(np.float32))
+
+    xa, y, shape = load_array(str(tmp_path / "x.npy"))
+    np.testing.assert_array_equal(xa, x.astype(np.float32))
+    assert xa.dtype == np.float32 and y is None and shape is None
+
+
+def test_relative_path_found_in_data_dir(tmp_path):
+    np.save(tmp_path / "rel.npy", np.ones((6, 2), np.int32))
+    x, _, _ = load_array("rel.npy", data_dir=str(tmp_path))
+    assert x.shape == (6, 2) and x.dtype == np.float32 and x.sum() == 12
+
+
+def test_3d_npy_gets_image_shape_and_4d_keeps_channels(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 2, size=(20, 5, 7), dtype=np.uint8)
+    np.save(tmp_path / "imgs.npy", imgs)
+    ds = load_dataset(DataConfig(source=str(tmp_path / "imgs.npy")))
+    assert ds.image_shape == (5, 7) and ds.dim == 35
+    perm = np.random.default_rng(0).permutation(20)
+    np.testing.assert_array_equal(ds.split("all"), imgs.reshape(20, 35)[perm].astype(np.float32))
+
+    np.save(tmp_path / "rgb.npy", np.zeros((4, 3, 2, 2), np.float32))
+    x, _, shape = load_array(str(tmp_path / "rgb.npy"))
+    assert shape == (3, 2, 2) and x.shape == (4, 12)
+
+
+def test_bool_npy_becomes_float(tmp_path):
+    np.save(tmp_path / "b.npy", np.array([[True, False], [False, True], [True, True]]))
+    x, _, _ = load_array(str(tmp_path / "b.npy"))
+    np.testing.assert_array_equal(x, [[1, 0], [0, 1], [1, 1]])
+    assert x.dtype == np.float32
+
+
+def test_npz_with_explicit_splits_uses_them_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    tr, va, te = rng.normal(size=(30, 3)), rng.normal(size=(7, 3)), rng.normal(size=(9, 3))
+    np.savez(
+        tmp_path / "s.npz", train=tr, valid=va, test=te,
+        train_labels=np.arange(30), valid_labels=np.arange(7), test_labels=np.arange(9.0),
+    )
+    ds = load_dataset(DataConfig(source=str(tmp_path / "s.npz"), valid_fraction=0.5, test_fraction=0.4))
+    np.testing.assert_array_equal(ds.train, tr.astype(np.float32))
+    np.testing.assert_array_equal(ds.valid, va.astype(np.float32))
+    np.testing.assert_array_equal(ds.test, te.astype(np.float32))
+    np.testing.assert_array_equal(ds.labels["test"], np.arange(9))
+    assert ds.labels["test"].dtype == np.int64
+    np.testing.assert_array_equal(ds.split_labels("all"), np.concatenate([np.arange(30), np.arange(7), np.arange(9)]))
+
+    x, y, _ = load_array(str(tmp_path / "s.npz"))
+    np.testing.assert_array_equal(x, np.concatenate([tr, va, te]).astype(np.float32))
+    assert y.shape == (46,)
+
+
+def test_npz_without_valid_carves_it_from_train(tmp_path):
+    tr, te = np.arange(40.0).reshape(20, 2), np.full((5, 2), -1.0)
+    np.savez(tmp_path / "s.npz", train=tr, test=te, train_labels=np.arange(20), test_labels=np.zeros(5, int))
+    ds = load_dataset(DataConfig(source=str(tmp_path / "s.npz"), valid_fraction=0.25, test_fraction=0.2, split_seed=2))
+    np.testing.assert_array_equal(ds.test, te.astype(np.float32))  # test fraction does not apply
+    assert ds.train.shape == (15, 2) and ds.valid.shape == (5, 2)
+    perm = np.random.default_rng(2).permutation(20)
+    np.testing.assert_array_equal(ds.train, tr[perm[:15]].astype(np.float32))
+    np.testing.assert_array_equal(ds.valid, tr[perm[15:]].astype(np.float32))
+    # labels follow their rows: row i of tr is (2i, 2i+1) with label i
+    np.testing.assert_array_equal(ds.labels["valid"], ds.valid[:, 0] / 2)
+
+
+def test_npz_single_array_with_labels(tmp_path):
+    x = np.arange(30.0).reshape(10, 3)
+    np.savez(tmp_path / "one.npz", x=x, y=np.arange(10))
+    ds = load_dataset(DataConfig(source=str(tmp_path / "one.npz"), valid_fraction=0.2, test_fraction=0.2))
+    for s in ("train", "valid", "test"):
+        np.testing.assert_array_equal(ds.split_labels(s), ds.split(s)[:, 0] / 3)
+    assert (len(ds.train), len(ds.valid), len(ds.test)) == (6, 2, 2)
+
+    np.savez(tmp_path / "anon.npz", np.ones((4, 2)))  # saved as arr_0
+    x2, y2, _ = load_array(str(tmp_path / "anon.npz"))
+    assert x2.shape == (4, 2) and y2 is None
+
+
+def test_csv_with_header(tmp_path):
+    p = write_text(tmp_path / "h.csv", "a,b,c\n1,2,3\n4,5.5,-6\n7,8,9e1\n")
+    x, y, shape = load_array(str(p))
+    np.testing.assert_array_equal(x, np.array([[1, 2, 3], [4, 5.5, -6], [7, 8, 90]], np.float32))
+    assert y is None and shape is None
+
+
+def test_csv_without_header_tsv_and_txt(tmp_path):
+    p = write_text(tmp_path / "n.csv", "1,2\n3,4\n\n5,6\n")
+    np.testing.assert_array_equal(load_array(str(p))[0], [[1, 2], [3, 4], [5, 6]])
+    p = write_text(tmp_path / "t.tsv", "x\ty\n1\t2\n3\t4\n")
+    np.testing.assert_array_equal(load_array(str(p))[0], [[1, 2], [3, 4]])
+    np.savetxt(tmp_path / "s.txt", np.array([[0.5, 1.5], [2.5, 3.5]]), header="u v")  # '# u v' comment
+    np.testing.assert_array_equal(load_array(str(tmp_path / "s.txt"))[0], [[0.5, 1.5], [2.5, 3.5]])
+
+
+def test_csv_dataset_split(tmp_path):
+    rows = "\n".join(f"{i},{2 * i}" for i in range(10))
+    p = write_text(tmp_path / "d.csv", "i,j\n" + rows + "\n")
+    ds = load_dataset(DataConfig(source=str(p), valid_fraction=0.1, test_fraction=0.1))
+    assert (ds.train.shape, ds.valid.shape, ds.test.shape) == ((8, 2), (1, 2), (1, 2))
+    np.testing.assert_array_equal(np.sort(ds.split("all")[:, 0]), np.arange(10))
+
+
+# --- errors in user files --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("1,2\n3,x\n", r"row 2, column 2 is 'x'; expected a number"),
+        ("a,b\n1,2\nfoo,4\n", r"row 3, column 1 is 'foo'"),
+        ("1,2\n3,\n", r"row 2, column 2 is empty"),
+        ("a,b\n1,2\n3,4,5\n", r"row 3 has 3 columns, but row 2 has 2"),
+        ("a,b,c\n1,2\n", r"row 2 has 2 columns, but the header \(row 1\) has 3"),
+        ("a,b\n", r"has a header \(row 1\) but no data rows"),
+        ("\n\n", r"contains no rows"),
+        ("a,b\n1,2\n3,nan\n4,5\n", r"contains NaN \(first at row 3, column 2\)"),
+        ("1,2\n3,4\n-inf,5\n", r"contains Inf \(first at row 3, column 1\)"),
+    ],
+)
+def test_csv_errors_name_row_and_column(tmp_path, text, match):
+    p = write_text(tmp_path / "bad.csv", text)
+    with pytest.raises(DataError, match=match) as e:
+        load_dataset(DataConfig(source=str(p)))
+    assert str(p) in str(e.value)
+
+
+def test_non_utf8_csv(tmp_path):
+    p = tmp_path / "bin.csv"
+    p.write_bytes(b"\xff\xfe\x00\x81,2\n")
+    with pytest.raises(DataError, match=r"bin\.csv: could not be read as text \(not UTF-8\)"):
+        load_array(str(p))
+
+
+def test_nan_in_npy_caught_at_load(tmp_path):
+    x = np.ones((10, 3))
+    x[4, 2] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    with pytest.raises(DataError, match=r"nan\.npy contains NaN \(first at row 5, column 3\)"):
+        load_dataset(DataConfig(source=str(tmp_path / "nan.npy")))
+
+
+def test_one_d_npy_gets_reshape_hint(tmp_path):
+    np.save(tmp_path / "v.npy", np.arange(5.0))
+    with pytest.raises(DataError, match=r"v\.npy: expected a 2-D array \(rows = datapoints\), got 1-D array of shape \(5,\); reshape with x\.reshape\(-1, 1\)"):
+        load_array(str(tmp_path / "v.npy"))
+
+
+def test_five_d_and_string_arrays(tmp_path):
+    np.save(tmp_path / "5d.npy", np.zeros((2, 1, 1, 1, 1)))
+    with pytest.raises(DataError, match=r"5d\.npy: expected 2-D .* got 5-D array of shape \(2, 1, 1, 1, 1\)"):
+        load_array(str(tmp_path / "5d.npy"))
+    np.save(tmp_path / "s.npy", np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(DataError, match=r"s\.npy has dtype <U1; expected numbers"):
+        load_array(str(tmp_path / "s.npy"))
+
+
+def test_object_npy_is_refused(tmp_path):
+    np.save(tmp_path / "o.npy", np.array([[1, None]], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match=r"o\.npy: could not be read as a \.npy array .*Python objects"):
+        load_array(str(tmp_path / "o.npy"))
+
+
+def test_corrupt_files(tmp_path):
+    (tmp_path / "junk.npy").write_bytes(b"this is not numpy")
+    with pytest.raises(DataError, match=r"junk\.npy: could not be read as a \.npy array"):
+        load_array(str(tmp_path / "junk.npy"))
+    good = io.BytesIO()
+    np.save(good, np.ones((100, 10)))
+    (tmp_path / "trunc.npy").write_bytes(good.getvalue()[:300])
+    with pytest.raises(DataError, match=r"trunc\.npy: could not be read as a \.npy array"):
+        load_array(str(tmp_path / "trunc.npy"))
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 broken zip")
+    with pytest.raises(DataError, match=r"junk\.npz: could not be read as an \.npz archive"):
+        load_array(str(tmp_path / "junk.npz"))
+    # A valid zip whose member is corrupt fails when read, not later.
+    np.savez(tmp_path / "ok.npz", x=np.ones((50, 50)))
+    with zipfile.ZipFile(tmp_path / "ok.npz") as z:
+        member = z.read("x.npy")
+    with zipfile.ZipFile(tmp_path / "bad.npz", "w") as z:
+        z.writestr("x.npy", member[:200])
+    with pytest.raises(DataError, match=r"bad\.npz: could not be read as an \.npz archive"):
+        load_array(str(tmp_path / "bad.npz"))
+
+
+def test_wrong_container_for_extension(tmp_path):
+    np.savez(tmp_path / "z.npz", x=np.ones((3, 2)))
+    (tmp_path / "z.npy").write_bytes((tmp_path / "z.npz").read_bytes())
+    with pytest.raises(DataError, match=r"z\.npy: is an \.npz archive.*rename it to \.npz"):
+        load_array(str(tmp_path / "z.npy"))
+    np.save(tmp_path / "a.npy", np.ones((3, 2)))
+    (tmp_path / "a.npz").write_bytes((tmp_path / "a.npy").read_bytes())
+    with pytest.raises(DataError, match=r"a\.npz: is a \.npy array.*rename it to \.npy"):
+        load_array(str(tmp_path / "a.npz"))
+
+
+@pytest.mark.parametrize(
+    "arrays, match",
+    [
+        ({}, r"contains no arrays"),
+        ({"a": np.ones((3, 2)), "b": np.ones((3, 2))}, r"cannot tell which array holds the data \(found a, b\)"),
+        ({"x": np.ones((3, 2)), "data": np.ones((3, 2))}, r"has arrays x, data; expected only one data array"),
+        ({"x": np.ones((3, 2)), "y": np.ones(3), "labels": np.ones(3)}, r"has both 'y' and 'labels'"),
+        ({"x": np.ones((3, 2)), "y": np.ones(4)}, r"\[y\]: has 4 labels, but the data has 3 rows"),
+        ({"x": np.ones((3, 2)), "labels": np.full(3, 0.5)}, r"\[labels\]: expected integer class labels, got dtype float64"),
+        ({"x": np.ones((3, 2)), "y": np.ones((3, 2))}, r"\[y\]: expected a 1-D array of labels, got shape \(3, 2\)"),
+        ({"train": np.ones((3, 2))}, r"both 'train' and 'test' are needed .*missing test"),
+        ({"train": np.ones((5, 2)), "test": np.ones((2, 3))}, r"splits have different shapes per row \(train \(2,\), test \(3,\)\)"),
+        ({"train": np.ones((5, 2)), "test": np.ones((2, 2)), "train_labels": np.arange(5)}, r"has train_labels but not test_labels"),
+        ({"train": np.ones((5, 2)), "valid": np.ones((2, 2)), "test": np.ones((0, 2))}, r"\[test\] has 0 rows \(shape=\(0, 2\)\); at least 1 is needed"),
+        ({"train": np.ones((5, 2)), "test": np.ones((2, 2)) * np.inf}, r"\[test\] contains Inf \(first at row 1, column 1\)"),
+    ],
+)
+def test_npz_errors(tmp_path, arrays, match):
+    np.savez(tmp_path / "f.npz", **arrays)
+    with pytest.raises(DataError, match=match) as e:
+        load_dataset(DataConfig(source=str(tmp_path / "f.npz")))
+    assert "f.npz" in str(e.value)
+
+
+def test_missing_unknown_and_unsupported_sources(tmp_path):
+    with pytest.raises(DataError, match=r"^nope/data\.npy: no such file$"):
+        load_dataset(DataConfig(source="nope/data.npy"))
+    with pytest.raises(DataError, match=r"^unknown dataset 'foo': not a file, and not one of digits, binarized_mnist$"):
+        load_dataset(DataConfig(source="foo"))
+    p = write_text(tmp_path / "d.json", "[]")
+    with pytest.raises(DataError, match=r"d\.json: unsupported file type '\.json'; expected one of \.npy, \.npz, \.csv, \.tsv, \.txt"):
+        load_dataset(DataConfig(source=str(p)))
+    with pytest.raises(DataError, match=r"is a directory"):
+        load_array(str(tmp_path))
+
+
+def test_too_few_rows_for_fractions(tmp_path):
+    np.save(tmp_path / "small.npy", np.ones((3, 2)))
+    # 3 rows, valid and test take 1 each (fractions > 0), leaving 1 < 2 for training.
+    with pytest.raises(DataError, match=r"small\.npy: dataset has 3 rows; at least 4 needed for valid_fraction=0\.1 and test_fraction=0\.2"):
+        load_dataset(DataConfig(source=str(tmp_path / "small.npy")))
+    np.save(tmp_path / "two.npy", np.ones((2, 2)))
+    with pytest.raises(DataError, match=r"dataset has 2 rows; at least 4 needed"):
+        load_dataset(DataConfig(source=str(tmp_path / "two.npy")))
+    # With no valid/test wanted, 2 rows are enough.
+    ds = load_dataset(DataConfig(source=str(tmp_path / "two.npy"), valid_fraction=0.0, test_fraction=0.0))
+    assert (len(ds.train), len(ds.valid), len(ds.test)) == (2, 0, 0)
+    np.save(tmp_path / "four.npy", np.ones((4, 2)))
+    ds = load_dataset(DataConfig(source=str(tmp_path / "four.npy")))
+    assert (len(ds.train), len(ds.valid), len(ds.test)) == (2, 1, 1)
+
+
+# --------------------------------------------------------------------------------------
+# check_data
+# --------------------------------------------------------------------------------------
+
+
+def test_check_data_returns_contiguous_float32():
+    x = check_data([[1, 2], [3, 4]])
+    assert x.dtype == np.float32 and x.flags.c_contiguous
+    np.testing.assert_array_equal(x, [[1, 2], [3, 4]])
+    a = np.ones((3, 2), np.float32)
+    assert check_data(a) is a  # already fine: a view, no copy
+    f = np.asfortranarray(np.ones((3, 2), np.float64))
+    assert check_data(f).flags.c_contiguous
+
+
+def test_check_data_accepts_torch_tensors():
+    import torch
+
+    t = torch.arange(6.0, requires_grad=True).reshape(3, 2)
+    x = check_data(t)
+    np.testing.assert_array_equal(x, [[0, 1], [2, 3], [4, 5]])
+    x = check_data(torch.ones(2, 2, dtype=torch.bfloat16))
+    assert x.dtype == np.float32 and x.sum() == 4
+
+
+@pytest.mark.parametrize(
+    "x, kwargs, match",
+    [
+        (np.array([["a"]]), {}, r"^X has dtype <U1; expected numbers"),
+        (np.array([1 + 2j]).reshape(1, 1), {}, r"dtype complex128; expected numbers"),
+        ([[1, None]], {}, r"dtype object; expected numbers"),
+        ([[1, 2], [3]], {}, r"X could not be converted to an array"),
+        (np.float32(3), {}, r"expected a 2-D array \(rows = datapoints\), got a scalar"),
+        (np.arange(5.0), {}, r"got 1-D array of shape \(5,\); reshape with x\.reshape\(-1, 1\)"),
+        (np.ones((2, 3, 4)), {}, r"got 3-D array of shape \(2, 3, 4\); flatten with x\.reshape\(len\(x\), -1\)"),
+        (np.ones((0, 5)), {}, r"^X has 0 rows \(shape=\(0, 5\)\); at least 1 is needed$"),
+        (np.ones((1, 5)), {"min_rows": 2}, r"X has 1 rows \(shape=\(1, 5\)\); at least 2 are needed"),
+        (np.ones((3, 0)), {}, r"X has 0 columns \(shape=\(3, 0\)\)"),
+        (np.array([[0, 1], [1, 0], [1, np.nan]]), {}, r"X contains NaN \(first at row 3, column 2\)"),
+        (np.array([[0, -np.inf], [np.nan, 0]]), {}, r"X contains Inf \(first at row 1, column 2\)"),
+        (np.array([[1e300, 0]]), {}, r"X has values too large for float32 \(first at row 1, column 1: 1e\+300\)"),
+        (np.ones((2, 10)), {"input_dim": 64}, r"^X has 10 features per row, but the model was trained on 64$"),
+    ],
+)
+def test_check_data_errors(x, kwargs, match):
+    with pytest.raises(DataError, match=match):
+        check_data(x, what="X", **kwargs)
+
+
+def test_check_data_order_dtype_before_shape_before_rows():
+    with pytest.raises(DataError, match="dtype"):
+        check_data(np.array(["a", "b"]))  # 1-D and non-numeric: dtype reported first
+    with pytest.raises(DataError, match="1-D"):
+        check_data(np.zeros(0))  # 1-D and empty: shape reported first
+
+
+def test_check_data_calls_likelihood_support():
+    from vaekit.config import ModelConfig
+    from vaekit.likelihoods import LIKELIHOODS
+
+    bern = LIKELIHOODS.get("bernoulli")(ModelConfig(input_dim=2))
+    x = check_data(np.array([[0, 1], [1, 1]]), likelihood=bern)
+    assert x.dtype == np.float32
+    with pytest.raises(DataError, match=r"^test set has values outside the support of the bernoulli likelihood .*0\.5"):
+        check_data(np.array([[0, 0.5]]), what="test set", likelihood=bern)
+
+
+# --------------------------------------------------------------------------------------
+# binarized MNIST
+# --------------------------------------------------------------------------------------
+
+
+@needs_mnist
+def test_binarized_mnist_via_data_dir():
+    ds = load_dataset(DataConfig(source="binarized_mnist", data_dir=str(SHARED_MNIST)))
+    assert ds.train.shape == (50000, 784)
+    assert ds.valid.shape == (10000, 784)
+    assert ds.test.shape == (10000, 784)
+    assert ds.image_shape == (28, 28) and ds.dim == 784
+    assert ds.labels == {"train": None, "valid": None, "test": None}
+    assert ds.train.dtype == np.float32 and ds.train.flags.c_contiguous
+    assert set(np.unique(ds.test)) == {0.0, 1.0}
+    assert ds.train.mean(dtype=np.float64) == pytest.approx(0.1306, abs=1e-4)
+
+
+@needs_mnist
+def test_binarized_mnist_search_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAEKIT_DATA", str(SHARED_MNIST))
+    assert find_binarized_mnist() == SHARED_MNIST / "binarized_mnist.npz"
+    # parent directory: found as binarized_mnist/binarized_mnist.npz
+    assert find_binarized_mnist(str(SHARED_MNIST.parent)) == SHARED_MNIST / "binarized_mnist.npz"
+    # data_dir comes before VAEKIT_DATA
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "binarized_mnist.npz").write_bytes(b"")
+    assert find_binarized_mnist(str(other)) == other / "binarized_mnist.npz"
+    # VAEKIT_DATA comes before the cache
+    cache = tmp_path / "xdg-cache" / "vaekit"
+    cache.mkdir(parents=True)
+    (cache / "binarized_mnist.npz").write_bytes(b"")
+    assert find_binarized_mnist() == SHARED_MNIST / "binarized_mnist.npz"
+    monkeypatch.delenv("VAEKIT_DATA")
+    assert find_binarized_mnist() == cache / "binarized_mnist.npz"
+
+
+@needs_mnist
+def test_binarized_mnist_tampered_file_fails_checksum(tmp_path):
+    with np.load(SHARED_MNIST / "binarized_mnist.npz") as z:
+        arrays = {k: z[k] for k in ("train", "valid", "test")}
+    arrays["valid"][123, 456] ^= 1
+    np.savez_compressed(tmp_path / "binarized_mnist.npz", **arrays)
+    with pytest.raises(DataError, match=r"binarized_mnist\.npz: content checksum sha256 .* does not match"):
+        load_dataset(DataConfig(source="binarized_mnist", data_dir=str(tmp_path)))
+
+
+def test_binarized_mnist_unreadable_or_wrong_shape(tmp_path):
+    (tmp_path / "binarized_mnist.npz").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"binarized_mnist\.npz: could not be read as binarized MNIST"):
+        load_dataset(DataConfig(source="binarized_mnist", data_dir=str(tmp_path)))
+    np.savez(tmp_path / "binarized_mnist.npz", train=np.zeros((2, 784)), valid=np.zeros((2, 10)), test=np.zeros((1, 784)))
+    with pytest.raises(DataError, match=r"valid has shape \(2, 10\); expected \(n, 784\)"):
+        load_dataset(DataConfig(source="binarized_mnist", data_dir=str(tmp_path)))
+    np.savez(tmp_path / "binarized_mnist.npz", train=np.zeros((2, 784)))
+    with pytest.raises(DataError, match=r"missing valid, test"):
+        load_dataset(DataConfig(source="binarized_mnist", data_dir=str(tmp_path)))
+
+
+def test_binarized_mnist_download_failure_says_how_to_fix(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError) as e:
+        load_dataset(DataConfig(source="binarized_mnist", data_dir=str(empty)))
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert str(empty) in msg and str(tmp_path / "xdg-cache" / "vaekit") in msg  # where it looked
+    assert "download" in msg and "network disabled in tests" in msg  # that it failed, and why
+    assert "--data-dir" in msg and "VAEKIT_DATA" in msg  # how to fix
+    assert not (tmp_path / "xdg-cache" / "vaekit" / "binarized_mnist.npz").exists()
+
+
+def _fake_amat(rows: np.ndarray) -> bytes:
+    return "".join(" ".join(str(v) for v in r) + "\n" for r in rows).encode()
+
+
+def test_binarized_mnist_download_success(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    fake = {s: rng.integers(0, 2, size=(n, 784), dtype=np.uint8) for s, n in (("train", 5), ("valid", 2), ("test", 3))}
+    digest = hashlib.sha256(fake["train"].tobytes() + fake["valid"].tobytes() + fake["test"].tobytes()).hexdigest()
+    monkeypatch.setattr(vdata, "BINARIZED_MNIST_SHA256", digest)
+    served = []
+
+    def urlopen(url, timeout=None):
+        served.append((url, timeout))
+        split = url.rsplit("_", 1)[1].removesuffix(".amat")
+        return io.BytesIO(_fake_amat(fake[split]))
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    ds = load_dataset(DataConfig(source="binarized_mnist"))
+    assert [u for u, _ in served] == [
+        f"http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{s}.amat"
+        for s in ("train", "valid", "test")
+    ]
+    assert all(t is not None and t <= 60 for _, t in served)
+    cache = tmp_path / "xdg-cache" / "vaekit"
+    assert sorted(p.name for p in cache.iterdir()) == ["binarized_mnist.npz"]  # no temp file left
+    for s in ("train", "valid", "test"):
+        np.testing.assert_array_equal(ds.split(s), fake[s].astype(np.float32))
+    # The second load finds the cached file and does not download again.
+    served.clear()
+    ds2 = load_dataset(DataConfig(source="binarized_mnist"))
+    assert served == [] and ds2.test.shape == (3, 784)
+
+
+def test_binarized_mnist_download_checksum_and_format_errors(tmp_path, monkeypatch):
+    rows = np.zeros((2, 784), np.uint8)
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(_fake_amat(rows)))
+    with pytest.raises(DataError, match=r"content sha256 .*expected 07ad6da6ba68"):
+        download_binarized_mnist(tmp_path / "c")
+    assert not (tmp_path / "c" / "binarized_mnist.npz").exists()
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"0 1 2\n"))
+    with pytest.raises(DataError, match=r"binarized_mnist_train\.amat failed \(not a table of single 0/1 values\)"):
+        download_binarized_mnist(tmp_path / "c")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"0 1 1\n"))
+    with pytest.raises(DataError, match=r"expected 784 values per line"):
+        download_binarized_mnist(tmp_path / "c")

@@ -1,0 +1,374 @@
+"""vaekit.plots: grid arithmetic and pixel positions checked exactly, charts checked for content."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaekit import plots
+from vaekit.errors import DataError
+
+
+def _open(path) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()
+        return img
+
+
+def _pixels(path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def _no_temp_files(directory, expected: set[str]) -> None:
+    assert {p.name for p in directory.iterdir()} == expected
+
+
+# --------------------------------------------------------------------------------------------
+# image_grid
+
+
+def test_image_grid_size_mode_and_tile_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(16, 64))
+    path = plots.image_grid(images, tmp_path / "g.png", (8, 8), nrow=4, pad=1, scale=1)
+    assert path == tmp_path / "g.png"
+    img = _open(path)
+    # 4 columns × 4 rows of 8 px, 3 gaps of 1 px each way: 4·8 + 3 = 35
+    assert img.size == (35, 35) and img.mode == "L"
+    px = _pixels(path)
+    # image 6 is row 1, column 2: top-left corner at (y, x) = (1·9, 2·9)
+    tile = px[9:17, 18:26]
+    np.testing.assert_array_equal(tile, np.rint(images[6].reshape(8, 8) * 255).astype(np.uint8))
+    # the gap column between tiles 0 and 1 is pad grey, not image
+    assert np.all(px[:, 8] == round(255 * plots.PAD_VALUE))
+
+
+def test_image_grid_scale_nonsquare_and_clipping(tmp_path):
+    images = np.zeros((5, 6))  # five 2×3 images
+    images[3] = np.linspace(-1, 2, 6)  # clipped to [0, 1]
+    path = plots.image_grid(images, tmp_path / "g.png", (2, 3), nrow=2, pad=2, scale=3)
+    # 2 columns, ceil(5/2) = 3 rows; tiles 6×9 px, 2 px gaps
+    assert _open(path).size == (2 * 9 + 2, 3 * 6 + 2 * 2)
+    px = _pixels(path)
+    # image 3 is row 1, column 1 → y0 = 8, x0 = 11; its pixel (0, 0) = clip(-1) = 0 spans 3×3 px
+    assert np.all(px[8:11, 11:14] == 0)
+    # its pixel (1, 2) = clip(2) = 1 → 255, at y 8+3..8+6, x 11+6..11+9
+    assert np.all(px[11:14, 17:20] == 255)
+    # the empty sixth cell (row 2, column 1) is pad grey
+    assert np.all(px[16:, 11:] == round(255 * plots.PAD_VALUE))
+
+
+def test_image_grid_default_columns_and_upscaling(tmp_path):
+    # 10 images → ceil(sqrt(10)) = 4 columns, 3 rows; 8×8 tiles upscaled by ceil(28/8) = 4 → 32 px
+    path = plots.image_grid(np.full((10, 64), 0.25), tmp_path / "g.png", (8, 8))
+    assert _open(path).size == (4 * 32 + 3, 3 * 32 + 2)
+    # 28×28 tiles are not upscaled
+    path = plots.image_grid(np.zeros((4, 784)), tmp_path / "m.png", (28, 28), pad=0)
+    assert _open(path).size == (56, 56)
+
+
+def test_image_grid_rgb(tmp_path):
+    images = np.zeros((2, 3 * 4 * 4))
+    chw = images.reshape(2, 3, 4, 4)
+    chw[1, 0] = 1.0  # image 1 is pure red
+    chw[0, 2] = 0.5  # image 0 is half blue
+    path = plots.image_grid(images, tmp_path / "c.png", (3, 4, 4), nrow=2, pad=1, scale=1)
+    img = _open(path)
+    assert img.mode == "RGB" and img.size == (9, 4)
+    px = _pixels(path)
+    assert tuple(px[0, 0]) == (0, 0, 128)
+    assert tuple(px[0, 5]) == (255, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "images, shape, culprit",
+    [
+        (np.zeros((4, 63)), (8, 8), "D=63"),
+        (np.zeros(64), (8, 8), "images must be a 2-D"),
+        (np.zeros((0, 64)), (8, 8), "images is empty"),
+        (np.full((2, 4), np.nan), (2, 2), "NaN"),
+        (np.zeros((2, 8)), (2, 2, 2), "image_shape"),
+        (np.zeros((2, 4)), (2,), "image_shape"),
+    ],
+)
+def test_image_grid_bad_input(tmp_path, images, shape, culprit):
+    with pytest.raises(DataError, match=culprit) as info:
+        plots.image_grid(images, tmp_path / "g.png", shape)
+    assert "\n" not in str(info.value)
+    _no_temp_files(tmp_path, set())
+
+
+def test_image_grid_bad_options(tmp_path):
+    for kwargs, culprit in [({"nrow": 0}, "nrow"), ({"pad": -1}, "pad"), ({"scale": 0}, "scale")]:
+        with pytest.raises(DataError, match=culprit):
+            plots.image_grid(np.zeros((4, 4)), tmp_path / "g.png", (2, 2), **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# reconstruction_grid
+
+
+def test_reconstruction_grid_pairs_are_aligned(tmp_path):
+    n, h, w = 11, 4, 4
+    # every image is one flat value, distinct per image, so a tile identifies its source
+    x = np.repeat((np.arange(n) / 40.0)[:, None], h * w, axis=1)
+    x_hat = np.repeat((0.5 + np.arange(n) / 40.0)[:, None], h * w, axis=1)
+    path = plots.reconstruction_grid(x, x_hat, tmp_path / "r.png", (h, w), n=n)
+    scale = 7  # ceil(28 / 4)
+    t = h * scale + 1  # tile pitch with pad 1
+    img = _open(path)
+    # 11 pairs → 8 columns, 2 row-pairs = 4 grid rows
+    assert img.size == (8 * w * scale + 7, 4 * h * scale + 3)
+    px = _pixels(path)
+    for i in range(n):
+        block, col = divmod(i, 8)
+        y_in, y_rec, x0 = 2 * block * t, (2 * block + 1) * t, col * t
+        assert np.all(px[y_in : y_in + h * scale, x0 : x0 + w * scale] == round(255 * x[i, 0])), i
+        assert np.all(px[y_rec : y_rec + h * scale, x0 : x0 + w * scale] == round(255 * x_hat[i, 0])), i
+    # cells after the 11th pair are left grey
+    assert np.all(px[2 * t :, 3 * t :] == round(255 * plots.PAD_VALUE))
+
+
+def test_reconstruction_grid_takes_first_n(tmp_path):
+    x = np.linspace(0, 1, 20)[:, None] * np.ones((20, 4))
+    path = plots.reconstruction_grid(x, x, tmp_path / "r.png", (2, 2), n=3)
+    # 3 columns, 1 row-pair; tiles 2·14 = 28 px
+    assert _open(path).size == (3 * 28 + 2, 2 * 28 + 1)
+    assert _pixels(path)[29, 2 * 29] == round(255 * x[2, 0])
+
+
+def test_reconstruction_grid_mismatch(tmp_path):
+    with pytest.raises(DataError, match="x_hat"):
+        plots.reconstruction_grid(np.zeros((4, 4)), np.zeros((3, 4)), tmp_path / "r.png", (2, 2))
+    with pytest.raises(DataError, match="x_hat has D=5"):
+        plots.reconstruction_grid(np.zeros((4, 4)), np.zeros((4, 5)), tmp_path / "r.png", (2, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# latent_traversal_grid
+
+
+def test_latent_traversal_grid_calls_decode_in_reading_order(tmp_path):
+    n, calls = 5, []
+
+    def decode(z):
+        calls.append(z.copy())
+        # tile brightness encodes z2 so the picture can be read back: top rows brightest
+        return np.repeat(((z[:, 1] + 2) / 4)[:, None], 16, axis=1)
+
+    path = plots.latent_traversal_grid(decode, tmp_path / "t.png", (4, 4), n=n)
+    assert len(calls) == 1
+    z = calls[0]
+    assert z.shape == (n * n, 2) and z.dtype == np.float32
+    # Φ⁻¹ at p = 0.05, 0.275, 0.5, 0.725, 0.95 (normal tables)
+    q = np.array([-1.6448536, -0.5977601, 0.0, 0.5977601, 1.6448536])
+    grid_z1, grid_z2 = z[:, 0].reshape(n, n), z[:, 1].reshape(n, n)
+    np.testing.assert_allclose(grid_z1, np.tile(q, (n, 1)), atol=1e-6)  # z1 grows to the right
+    np.testing.assert_allclose(grid_z2, np.tile(q[::-1, None], (1, n)), atol=1e-6)  # z2 grows upwards
+    assert z[0, 1] == z[:, 1].max() and z[0, 0] == z[:, 0].min()
+    # n×n tiles of 4 px ×7, 1 px apart
+    assert _open(path).size == (n * 28 + n - 1, n * 28 + n - 1)
+    px = _pixels(path)
+    assert px[0, 0] > px[-1, 0]  # the top row is the largest z2
+
+
+def test_latent_traversal_grid_linear_spacing(tmp_path):
+    seen = []
+    plots.latent_traversal_grid(
+        lambda z: seen.append(z) or np.zeros((len(z), 4)), tmp_path / "t.png", (2, 2), n=3, span=2.0, spacing="linear"
+    )
+    np.testing.assert_allclose(seen[0][:3, 0], [-2, 0, 2])
+    np.testing.assert_allclose(seen[0][::3, 1], [2, 0, -2])
+
+
+def test_latent_traversal_grid_bad_decode(tmp_path):
+    with pytest.raises(DataError, match="decode"):
+        plots.latent_traversal_grid(lambda z: np.zeros((3, 4)), tmp_path / "t.png", (2, 2), n=3)
+    with pytest.raises(DataError, match="D=5"):
+        plots.latent_traversal_grid(lambda z: np.zeros((len(z), 5)), tmp_path / "t.png", (2, 2), n=3)
+    with pytest.raises(DataError, match="spacing"):
+        plots.latent_traversal_grid(lambda z: z, tmp_path / "t.png", (2, 2), spacing="log")
+
+
+# --------------------------------------------------------------------------------------------
+# charts
+
+
+def _assert_real_chart(path, min_kb: float = 10.0) -> None:
+    assert path.stat().st_size > min_kb * 1024
+    px = _pixels(path).astype(float)
+    assert px.std() > 0
+    assert len(np.unique(px.reshape(-1, px.shape[-1]), axis=0)) > 10  # lines, text, colours
+
+
+def _metrics(epochs: int = 12, beta_schedule: bool = False) -> list[dict]:
+    out = []
+    for e in range(1, epochs + 1):
+        beta = min(1.0, e / 5) if beta_schedule else 1.0
+        recon, kl = -100 - 60 / e, 20 + 5 * np.log(e)
+        out.append({"epoch": e, "train_loss": -(recon - beta * kl), "train_elbo": recon - kl - 1,
+                    "valid_elbo": recon - kl, "valid_recon": recon, "valid_kl": kl, "beta": beta})  # fmt: skip
+    return out
+
+
+def test_training_curves(tmp_path):
+    path = plots.training_curves(_metrics(), tmp_path / "curves.png")
+    _assert_real_chart(path)
+    fig = plots._training_curves_figure(_metrics())
+    left, right = fig.axes[:2]
+    assert [line.get_label() for line in left.lines] == ["train −ELBO", "valid −ELBO"]
+    # the right panel plots −recon, positive nats, and KL; their sum is the valid −ELBO
+    m = _metrics()
+    neg_recon, kl = (line.get_ydata() for line in right.lines)
+    np.testing.assert_allclose(neg_recon + kl, [-r["valid_elbo"] for r in m])
+    assert "nats" in left.get_ylabel() and "nats" in right.get_ylabel()
+    assert left.get_xlabel() == "epoch" and left.get_legend() is not None
+
+
+def test_training_curves_missing_values_and_beta(tmp_path):
+    m = _metrics(beta_schedule=True)
+    for r in m[:3]:
+        r["valid_elbo"] = None  # validation started late
+    for r in m:
+        del r["valid_kl"]
+    fig = plots._training_curves_figure(m)
+    left, right = fig.axes[:2]
+    labels = [line.get_label() for line in left.lines]
+    assert "train loss (β-weighted)" in labels  # β ≠ 1 in warm-up: the loss is not −ELBO
+    valid = left.lines[labels.index("valid −ELBO")]
+    np.testing.assert_array_equal(valid.get_xdata(), np.arange(4, 13))
+    assert len(right.lines) == 1  # KL missing: only −recon
+    assert len(fig.axes) == 3  # β schedule on a twin axis
+    _assert_real_chart(plots.training_curves(m, tmp_path / "c.png"))
+
+
+def test_training_curves_bad_input(tmp_path):
+    with pytest.raises(DataError, match="metrics is empty"):
+        plots.training_curves([], tmp_path / "c.png")
+    with pytest.raises(DataError, match="no values"):
+        plots.training_curves([{"epoch": 1}], tmp_path / "c.png")
+    with pytest.raises(DataError, match=r"metrics\[0\]\['valid_kl'\]"):
+        plots.training_curves([{"epoch": 1, "valid_kl": "abc"}], tmp_path / "c.png")
+    _no_temp_files(tmp_path, set())
+
+
+@pytest.mark.parametrize("d", [1, 2, 5])
+def test_latent_scatter(tmp_path, d):
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=(300, d))
+    labels = rng.integers(0, 10, 300)
+    _assert_real_chart(plots.latent_scatter(mu, tmp_path / "s.png", labels=labels))
+    ax = plots._latent_scatter_figure(mu, labels).axes[0]
+    assert len(ax.get_legend().get_texts()) == len(np.unique(labels))
+    assert ("PC 1" in ax.get_xlabel()) == (d > 2)
+
+
+def test_latent_scatter_pca_labels_report_variance():
+    # points ±3e₁, ±2e₂, ±e₃, ±e₄ (mean 0): sums of squares 18, 8, 2, 2, so PC 1 = e₁ carries
+    # 18/30 = 60% of the variance and PC 2 = e₂ 8/30 = 27%, exactly
+    mu = np.concatenate([np.diag([3.0, 2.0, 1.0, 1.0]), -np.diag([3.0, 2.0, 1.0, 1.0])])
+    mu = mu + np.array([5.0, -1.0, 0.0, 2.0])  # an offset the centring must remove
+    ax = plots._latent_scatter_figure(mu).axes[0]
+    assert ax.get_xlabel() == "PC 1 (60% var)"
+    assert ax.get_ylabel() == "PC 2 (27% var)"
+    assert "PCA" in ax.get_title()
+    # variance shares agree with the covariance eigenvalues; the axes are e₁, e₂ with the sign
+    # convention "largest loading positive"
+    proj, ratio = plots._pca_2d(mu)
+    evals = np.linalg.eigvalsh(np.cov(mu, rowvar=False))
+    np.testing.assert_allclose(ratio, evals[::-1][:2] / evals.sum(), rtol=1e-10)
+    np.testing.assert_allclose(proj, (mu - mu.mean(0))[:, :2], atol=1e-12)
+
+
+def test_latent_scatter_many_classes_colorbar(tmp_path):
+    mu = np.random.default_rng(0).normal(size=(200, 2))
+    fig = plots._latent_scatter_figure(mu, np.arange(200) % 50)
+    assert len(fig.axes) == 2 and fig.axes[0].get_legend() is None  # a colorbar, not a legend
+
+
+def test_latent_scatter_bad_input(tmp_path):
+    with pytest.raises(DataError, match=r"labels must have shape \(10,\)"):
+        plots.latent_scatter(np.zeros((10, 2)), tmp_path / "s.png", labels=np.zeros(9))
+    with pytest.raises(DataError, match="mu is empty"):
+        plots.latent_scatter(np.zeros((0, 2)), tmp_path / "s.png")
+    with pytest.raises(DataError, match="mu must be a 1-D or 2-D"):
+        plots.latent_scatter(np.zeros((2, 2, 2)), tmp_path / "s.png")
+
+
+def test_bound_gap_plot(tmp_path):
+    rng = np.random.default_rng(0)
+    log_px = rng.normal(-90, 5, 500)
+    gap = rng.gamma(2.0, 1.5, 500)
+    path = plots.bound_gap_plot(log_px, log_px - gap, tmp_path / "b.png", title="test")
+    _assert_real_chart(path)
+    fig = plots._bound_gap_figure(log_px, log_px - gap)
+    ax_s, ax_h = fig.axes
+    assert "nats" in ax_s.get_xlabel() and "nats" in ax_s.get_ylabel() and "nats" in ax_h.get_xlabel()
+    diag = ax_s.lines[0]
+    np.testing.assert_array_equal(diag.get_xdata(), diag.get_ydata())  # y = x
+    mean_line = ax_h.lines[0]
+    assert mean_line.get_xdata()[0] == pytest.approx(gap.mean())
+    assert f"{gap.mean():.2f}" in mean_line.get_label()
+
+
+def test_bound_gap_plot_bad_input(tmp_path):
+    with pytest.raises(DataError, match=r"log_px \(5,\) and elbo \(4,\)"):
+        plots.bound_gap_plot(np.zeros(5), np.zeros(4), tmp_path / "b.png")
+    with pytest.raises(DataError, match="log_px is empty"):
+        plots.bound_gap_plot(np.zeros(0), np.zeros(0), tmp_path / "b.png")
+    with pytest.raises(DataError, match="elbo contains 1 NaN"):
+        plots.bound_gap_plot(np.zeros(2), np.array([0.0, np.nan]), tmp_path / "b.png")
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def test_writes_are_atomic_and_leave_no_temp_files(tmp_path, monkeypatch):
+    images = np.random.default_rng(0).uniform(size=(4, 16))
+    target = tmp_path / "out" / "grid.png"  # parent is created
+    plots.image_grid(images, target, (4, 4))
+    plots.training_curves(_metrics(3), tmp_path / "out" / "c.png")
+    _no_temp_files(tmp_path / "out", {"grid.png", "c.png"})
+    before = target.read_bytes()
+
+    # a failure while writing leaves the old file whole and no temp file behind
+    from PIL import Image as PILImage
+
+    def broken_save(self, fp, *args, **kwargs):
+        fp.write(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PILImage.Image, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        plots.image_grid(np.zeros((4, 16)), target, (4, 4))
+    assert target.read_bytes() == before
+    _no_temp_files(tmp_path / "out", {"grid.png", "c.png"})
+
+
+def test_overwrite_replaces_file(tmp_path):
+    target = tmp_path / "g.png"
+    plots.image_grid(np.zeros((1, 4)), target, (2, 2), scale=1)
+    plots.image_grid(np.ones((1, 4)), target, (2, 2), scale=1)
+    assert np.all(_pixels(target) == 255)
+    _no_temp_files(tmp_path, {"g.png"})
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    # temp-file helpers create 0600 files; the PNG must get the mode open() would give it
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    path = plots.image_grid(np.zeros((1, 4)), tmp_path / "g.png", (2, 2))
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_import_is_light():
+    # the CLI imports vaekit.plots at start; matplotlib, PIL and torch must load only when drawing
+    code = "import sys, vaekit.plots; print(sorted(m for m in ('matplotlib', 'PIL', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
