@@ -123,7 +123,9 @@ class TrainConfig:
         _positive_int("eval_k", self.eval_k)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
+        if not isinstance(self.analytic_kl, bool):
+            raise ConfigError(f"analytic_kl must be true or false, got {self.analytic_kl!r}")
+        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
 
     def beta_at(self, epoch: int) -> float:
@@ -144,6 +146,10 @@ class DataConfig:
     split_seed: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source:
+            raise ConfigError(f"source must be a dataset name or a file path, got {self.source!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ConfigError(f"data_dir must be a path, got {self.data_dir!r}")
         for name in ("valid_fraction", "test_fraction"):
             v = getattr(self, name)
             _finite(name, v, 0.0)

@@ -170,23 +170,33 @@ class ContinuousBernoulliLogits(Distribution):
         self.logits = logits
         super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
 
-    def _torch(self) -> torch.distributions.ContinuousBernoulli:
-        return torch.distributions.ContinuousBernoulli(logits=self.logits, validate_args=False)
-
     @property
     def mean(self) -> torch.Tensor:
-        return self._torch().mean
+        """E[x] = λ/(2λ − 1) + 1/(2 atanh(1 − 2λ)), which in logits is −1/expm1(−l) − 1/l,
+        with the Taylor value ½ + l/12 − l³/720 near l = 0. Written in logits because σ(l) saturates
+        in float32 for |l| > 16 and the λ form then loses the tail."""
+        l = self.logits
+        small = l.abs() < 1e-2
+        safe = torch.where(small, torch.ones_like(l), l)
+        return torch.where(small, 0.5 + l / 12.0 - l**3 / 720.0, -1.0 / torch.expm1(-safe) - 1.0 / safe)
 
     @property
     def mode(self) -> torch.Tensor:
         return (self.logits > 0).to(self.logits.dtype)
 
     def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        # Inverse CDF; torch's sampler takes no generator, so we draw the uniforms ourselves.
+        """Inverse CDF, F⁻¹(u) = log(1 + u·expm1(l)) / l, rearranged per sign of l so that no
+        exp overflows: l > 0: 1 + log(u + (1 − u)e^{−l})/l; l < 0: log(1 − u + u·e^{l})/l; l ≈ 0: u."""
         shape = self._extended_shape(sample_shape)
-        u = torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device, generator=generator)
+        l = self.logits.expand(shape)
+        u = torch.rand(shape, dtype=l.dtype, device=l.device, generator=generator)
         with torch.no_grad():
-            return self._torch().icdf(u.clamp(1e-6, 1 - 1e-6)).clamp(0.0, 1.0)
+            small = l.abs() < 1e-4
+            safe = torch.where(small, torch.ones_like(l), l)
+            pos = 1.0 + torch.log(u + (1 - u) * torch.exp(-safe.clamp(min=0))) / safe
+            neg = torch.log((1 - u) + u * torch.exp(safe.clamp(max=0))) / safe
+            x = torch.where(safe > 0, pos, neg)
+            return torch.where(small, u, x).clamp(0.0, 1.0)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         bern = -F.binary_cross_entropy_with_logits(

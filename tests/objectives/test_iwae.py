@@ -1,0 +1,214 @@
+"""Importance-weighted evidence on a linear-Gaussian VAE, where log p(x) and p(z|x) are exact."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import MultivariateNormal
+
+from vaekit.config import ModelConfig
+from vaekit.model import VAEModel
+from vaekit.objectives import elbo, iwae, log_mean_exp, log_weights
+
+F64 = torch.float64
+D, LATENT, N = 5, 2, 6
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def linear_gaussian(variance: str, seed: int = 0) -> VAEModel:
+    """x = W z + b + noise, z ~ N(0, I), noise ~ N(0, diag σ²), with W = diag(σ) Q S (Q orthonormal
+    columns, S diagonal) so that Wᵀ Σx⁻¹ W = S² is diagonal and the exact posterior
+    N(C Wᵀ Σx⁻¹ (x − b), C), C = (I + S²)⁻¹, is a diagonal Gaussian the encoder can represent."""
+    torch.manual_seed(seed)
+    config = ModelConfig(input_dim=D, latent_dim=LATENT, hidden=(), likelihood="gaussian", variance=variance)
+    model = VAEModel(config).to(F64)
+    g = _gen(seed)
+    logvar_x = (
+        torch.tensor([-0.4], dtype=F64) if variance == "shared" else torch.linspace(-1.0, 0.5, D, dtype=F64)
+    )
+    std_x = torch.exp(0.5 * logvar_x).expand(D)
+    q_cols, _ = torch.linalg.qr(torch.randn(D, LATENT, generator=g, dtype=F64))
+    s = torch.tensor([2.0, 0.7], dtype=F64)
+    W = std_x[:, None] * q_cols * s
+    b = torch.randn(D, generator=g, dtype=F64)
+    C = 1 / (1 + s**2)
+    A = C[:, None] * W.T / std_x**2  # (d, D): posterior mean = A (x − b)
+    with torch.no_grad():
+        model.likelihood.logvar.copy_(logvar_x)
+        model.decoder[0].weight.copy_(W)
+        model.decoder[0].bias.copy_(b)
+        enc = model.inference.encoder.net[0]  # Linear(D, 2d): rows [:d] give μ, rows [d:] log σ²
+        enc.weight.zero_()
+        enc.weight[:LATENT] = A
+        enc.bias[:LATENT] = -A @ b
+        enc.bias[LATENT:] = torch.log(C)
+    return model
+
+
+def exact_log_px(model, x):
+    lin = model.decoder[0]
+    var_x = torch.exp(model.likelihood.logvar).expand(D)
+    return MultivariateNormal(lin.bias, covariance_matrix=lin.weight @ lin.weight.T + torch.diag(var_x)).log_prob(x)
+
+
+def spoil_encoder(model, seed=1):
+    """A deliberately wrong q(z|x): perturbed mean map, too wide a variance."""
+    g = _gen(seed)
+    with torch.no_grad():
+        enc = model.inference.encoder.net[0]
+        enc.weight[:LATENT] += 0.3 * torch.randn(LATENT, D, generator=g, dtype=F64)
+        enc.bias[:LATENT] += 0.3 * torch.randn(LATENT, generator=g, dtype=F64)
+        enc.bias[LATENT:] += 0.8
+    return model
+
+
+def sample_x(model, n=N, seed=2):
+    """Data from the model itself, so the points are typical."""
+    with torch.no_grad():
+        return model.sample(n, generator=_gen(seed), mean=False)
+
+
+# --------------------------------------------------------------------------- exact posterior
+
+
+@pytest.mark.parametrize("variance", ["feature", "shared"])
+def test_exact_posterior_makes_every_estimate_exact(variance):
+    """With q(z|x) = p(z|x), log w = log p(x, z) − log q(z|x) = log p(x) for every z, so the ELBO
+    and every IWAE_K equal log p(x) exactly: a sharp test of decoder, likelihood, prior, encoder,
+    KL and log-weights together."""
+    model = linear_gaussian(variance)
+    x = sample_x(model)
+    with torch.no_grad():
+        log_px = exact_log_px(model, x)
+        # Float64 on values O(10): 1e-9 leaves room for rounding in the Cholesky and sums.
+        tol = dict(rtol=1e-9, atol=1e-9)
+        lw = log_weights(model, x, 7, generator=_gen(3))
+        assert lw.shape == (7, N)
+        torch.testing.assert_close(lw, log_px.expand(7, N), **tol)
+        # Monte Carlo KL: recon − KL is then the mean of the log-weights, exact per sample.
+        terms = elbo(model, x, n_samples=3, analytic_kl=False, generator=_gen(4))
+        torch.testing.assert_close(terms.elbo, log_px, **tol)
+        # Analytic KL: log p(x|z) − KL varies with z, so the ELBO is exact only in expectation;
+        # 4 SE of the recon average (sd of the per-sample log p(x|z) / √S).
+        s = 20_000
+        terms = elbo(model, x, n_samples=s, analytic_kl=True, generator=_gen(4))
+        per_sample = model.decode(model.posterior(x).rsample((s,), generator=_gen(4))).log_prob(x)
+        torch.testing.assert_close(terms.recon, per_sample.mean(0), rtol=1e-12, atol=1e-12)
+        assert ((terms.elbo - log_px).abs() < 4 * per_sample.std(0) / math.sqrt(s)).all()
+        for k in (1, 10, 100):
+            torch.testing.assert_close(iwae(model, x, k, generator=_gen(5)), log_px, **tol)
+
+
+# --------------------------------------------------------------------------- wrong encoder
+
+
+def test_elbo_below_iwae_and_iwae_rises_with_k():
+    model = spoil_encoder(linear_gaussian("feature"))
+    x = sample_x(model)
+    ks = (1, 10, 100, 1000)
+    seeds = range(20)
+    with torch.no_grad():
+        log_px = exact_log_px(model, x)
+        # S = 100 samples per ELBO: the same expectation as S = 1, 100 times less variance.
+        el = torch.stack([elbo(model, x, n_samples=100, generator=_gen(100 + s)).elbo for s in seeds])  # (20, n)
+        iw = torch.stack([torch.stack([iwae(model, x, k, generator=_gen(1000 * k + s)) for s in seeds]) for k in ks])
+    # Averaged over points and seeds, the mean and its SE (sd over the 20 seeds of the
+    # per-seed point averages / √20).
+    mean = iw.mean((1, 2))
+    se = iw.mean(2).std(1) / math.sqrt(len(seeds))
+    el_mean, el_se = el.mean(), el.mean(1).std() / math.sqrt(len(seeds))
+    # The gap log p(x) − ELBO of this encoder is several nats, ≫ 4 SE.
+    assert (log_px.mean() - el_mean) > 0.5
+    # ELBO ≤ IWAE_K for K ≥ 10, by more than 4 combined SEs; and per point on average over seeds.
+    for j in range(1, len(ks)):
+        assert mean[j] - el_mean > 4 * math.hypot(se[j], el_se), (ks[j], mean[j], el_mean)
+    # Per point, averaged over seeds: the true gap IWAE_10 − ELBO is 4–20 SE at every point here,
+    # so a correct implementation fails this with probability < 1e-4.
+    assert (iw[1].mean(0) > el.mean(0)).all()
+    # Monotone in K within noise: every step up is > −3 SE, and the whole rise is significant.
+    for j in range(len(ks) - 1):
+        assert mean[j + 1] - mean[j] > -3 * math.hypot(se[j], se[j + 1]), (ks[j], mean)
+    assert mean[-1] - mean[0] > 4 * math.hypot(se[0], se[-1])
+    # And everything stays (in expectation) below the exact log p(x).
+    assert (mean < log_px.mean() + 4 * se).all()
+
+
+def _tolerance_from_log_weights(lw: torch.Tensor) -> torch.Tensor:
+    """|IWAE_K − log p(x)| ≈ |ŵ/p − 1| by the delta method, whose sd is sd(w̃)/√K with
+    w̃ = w / mean(w) the normalised weights: 4 of those (plus the O(1/K) bias sd(w̃)²/2K)."""
+    k = lw.shape[0]
+    w = torch.exp(lw - log_mean_exp(lw))
+    return 4 * w.std(0) / math.sqrt(k) + w.var(0) / (2 * k)
+
+
+def test_iwae_large_k_matches_exact_log_px():
+    model = spoil_encoder(linear_gaussian("shared"))
+    x = sample_x(model)
+    k = 5000
+    with torch.no_grad():
+        log_px = exact_log_px(model, x)
+        lw = log_weights(model, x, k, generator=_gen(7))
+        est = iwae(model, x, k, generator=_gen(7))  # one chunk here: the same draws as lw
+    torch.testing.assert_close(est, log_mean_exp(lw), rtol=1e-12, atol=1e-12)
+    tol = _tolerance_from_log_weights(lw)
+    assert (tol < 0.2).all()  # the encoder is wrong but not hopeless: the check has teeth
+    assert ((est - log_px).abs() < tol).all(), (est - log_px, tol)
+    # The ELBO (the mean log-weight) is clearly further away than that.
+    assert ((log_px - lw.mean(0)) > 2 * tol).all()
+
+
+# --------------------------------------------------------------------------- log_mean_exp and chunks
+
+
+def test_log_mean_exp():
+    v = torch.randn(7, 3, generator=_gen(8), dtype=F64) * 3
+    torch.testing.assert_close(log_mean_exp(v), torch.log(torch.exp(v).mean(0)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(log_mean_exp(v, dim=1), torch.log(torch.exp(v).mean(1)), rtol=1e-12, atol=1e-12)
+    big = torch.tensor([[1000.0, -1000.0], [1000.0 + math.log(3), -1000.0 + math.log(3)]], dtype=F64)
+    # log((e^a + 3e^a)/2) = a + log 2 for a = ±1000, where exp itself over/underflows.
+    expected = torch.tensor([1000.0 + math.log(2), -1000.0 + math.log(2)], dtype=F64)
+    out = log_mean_exp(big)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, expected, rtol=1e-14, atol=0)
+
+
+def test_iwae_chunks_combine_exactly():
+    """block = 60 elements with n·D = 4·5 = 20 gives chunks of 3 samples: K = 10 is drawn as
+    3, 3, 3, 1. The same chunk sizes from an identically seeded generator give the same draws,
+    so the running logsumexp must equal log_mean_exp over the concatenated log-weights."""
+    model = spoil_encoder(linear_gaussian("feature"))
+    x = sample_x(model, n=4)
+    with torch.no_grad():
+        q = model.posterior(x)
+        g = _gen(9)
+        lw = torch.cat([log_weights(model, x, c, q=q, generator=g) for c in (3, 3, 3, 1)])
+        chunked = iwae(model, x, 10, q=q, generator=_gen(9), block=60)
+        one = iwae(model, x, 10, q=q, generator=_gen(9), block=10**9)
+        lw_one = log_weights(model, x, 10, q=q, generator=_gen(9))
+    # Only the order of float64 additions differs: 1e-12 on values O(10).
+    torch.testing.assert_close(chunked, log_mean_exp(lw), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(one, log_mean_exp(lw_one), rtol=1e-12, atol=1e-12)
+
+
+def test_iwae_large_k_is_chunked(monkeypatch):
+    model = spoil_encoder(linear_gaussian("feature"))
+    x = sample_x(model, n=4)
+    k, block = 20_000, 1000  # chunks of 1000 // (4·5) = 50 samples
+    seen = []
+    decode = model.decode
+
+    def recording_decode(z):
+        seen.append(z.shape[0])
+        return decode(z)
+
+    monkeypatch.setattr(model, "decode", recording_decode)
+    with torch.no_grad():
+        est = iwae(model, x, k, generator=_gen(10), block=block)
+        lw = log_weights(model, x, k, generator=_gen(11))  # an independent draw, for the spread only
+    monkeypatch.undo()
+    # Never a (K, n, D) block: every decoder call saw at most 50 samples, and all K were used.
+    assert max(seen[:-1]) == 50 and sum(seen[:-1]) == k
+    assert ((est - exact_log_px(model, x)).abs() < _tolerance_from_log_weights(lw)).all()

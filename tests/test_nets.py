@@ -1,0 +1,62 @@
+"""vaekit.nets: MLP layout and leading dims, GaussianHead's split."""
+
+import pytest
+import torch
+from torch import nn
+
+from vaekit.config import ModelConfig
+from vaekit.model import VAEModel
+from vaekit.nets import MLP, GaussianHead
+
+F64 = torch.float64
+
+
+def test_mlp_without_hidden_is_one_linear():
+    net = MLP(5, (), 3)
+    assert len(net) == 1 and isinstance(net[0], nn.Linear)
+    assert (net[0].in_features, net[0].out_features) == (5, 3)
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(net(x), x @ net[0].weight.T + net[0].bias)
+
+
+@pytest.mark.parametrize("activation, cls", [("relu", nn.ReLU), ("tanh", nn.Tanh), ("silu", nn.SiLU)])
+def test_mlp_widths_and_activations(activation, cls):
+    net = MLP(6, (8, 4), 2, activation)
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(6, 8), (8, 4), (4, 2)]
+    # An activation after every hidden layer and none after the output.
+    assert [type(m) for m in net] == [nn.Linear, cls, nn.Linear, cls, nn.Linear]
+
+
+def test_mlp_on_leading_dims():
+    torch.manual_seed(0)
+    net = MLP(3, (7,), 2, "tanh").to(F64)
+    x = torch.randn(5, 4, 3, dtype=F64)  # (S, n, in)
+    out = net(x)
+    assert out.shape == (5, 4, 2)
+    # Same as applying it row by row: 1e-12 is float64 rounding of a few dot products.
+    torch.testing.assert_close(out, net(x.reshape(20, 3)).reshape(5, 4, 2), rtol=1e-12, atol=1e-12)
+
+
+def test_gaussian_head_splits_halves():
+    torch.manual_seed(0)
+    net = MLP(3, (), 4).to(F64)
+    head = GaussianHead(net)
+    x = torch.randn(6, 3, dtype=F64)
+    mu, logvar = head(x)
+    full = net(x)
+    assert mu.shape == logvar.shape == (6, 2)
+    assert torch.equal(mu, full[:, :2]) and torch.equal(logvar, full[:, 2:])
+    mu3, _ = head(torch.randn(2, 6, 3, dtype=F64))
+    assert mu3.shape == (2, 6, 2)
+
+
+def test_model_widths_follow_config():
+    model = VAEModel(ModelConfig(input_dim=10, latent_dim=3, hidden=(8, 5)))
+    enc = [m for m in model.inference.encoder.net if isinstance(m, nn.Linear)]
+    dec = [m for m in model.decoder if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in enc] == [(10, 8), (8, 5), (5, 6)]  # 2·latent out
+    assert [(m.in_features, m.out_features) for m in dec] == [(3, 5), (5, 8), (8, 10)]  # mirrored
+    model = VAEModel(ModelConfig(input_dim=10, latent_dim=3, hidden=(8,), decoder_hidden=(4, 4)))
+    dec = [m for m in model.decoder if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in dec] == [(3, 4), (4, 4), (4, 10)]
