@@ -145,38 +145,46 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
 # ---- training state for --resume -----------------------------------------------------------
 
 
-def training_state(model, optimizer, meta: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Flatten model, optimizer and RNG state into safetensors-compatible tensors + JSON."""
+def training_state(model, optimizers, meta: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten model, optimizer(s) and RNG state into safetensors-compatible tensors + JSON."""
+    optimizers = optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    opt_scalars: dict[str, Any] = {}
-    for pid, st in opt["state"].items():
-        for key, val in st.items():
-            if torch.is_tensor(val):
-                tensors[f"optim.{pid}.{key}"] = val
-            else:
-                opt_scalars[f"{pid}.{key}"] = val
+    groups, scalars = [], {}
+    for j, optimizer in enumerate(optimizers):
+        opt = optimizer.state_dict()
+        groups.append(opt["param_groups"])
+        for pid, st in opt["state"].items():
+            for key, val in st.items():
+                if torch.is_tensor(val):
+                    tensors[f"optim.{j}.{pid}.{key}"] = val
+                else:
+                    scalars[f"{j}.{pid}.{key}"] = val
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = dict(meta, param_groups=opt["param_groups"], optim_scalars=opt_scalars)
+    meta = dict(meta, param_groups=groups, optim_scalars=scalars)
     return tensors, meta
 
 
-def restore_training_state(path: Path, model, optimizer) -> dict[str, Any]:
+def restore_training_state(path: Path, model, optimizers) -> dict[str, Any]:
+    optimizers = optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]
     tensors, meta = load_tensors(path)
     load_state_into(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
-    state: dict[int, dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, pid, key = k.split(".", 2)
-            state.setdefault(int(pid), {})[key] = v
-    for k, v in meta.get("optim_scalars", {}).items():
-        pid, key = k.split(".", 1)
-        state.setdefault(int(pid), {})[key] = v
+    states: list[dict[int, dict[str, Any]]] = [{} for _ in optimizers]
     try:
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (KeyError, ValueError) as e:
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, j, pid, key = k.split(".", 3)
+                states[int(j)].setdefault(int(pid), {})[key] = v
+        for k, v in meta.get("optim_scalars", {}).items():
+            j, pid, key = k.split(".", 2)
+            states[int(j)].setdefault(int(pid), {})[key] = v
+        groups = meta["param_groups"]
+        if len(groups) != len(optimizers):
+            raise ValueError(f"{len(groups)} optimizers saved, {len(optimizers)} expected")
+        for optimizer, state, group in zip(optimizers, states, groups):
+            optimizer.load_state_dict({"state": state, "param_groups": group})
+    except (KeyError, ValueError, IndexError) as e:
         raise CheckpointError(f"{path}: optimizer state does not fit the model ({e})") from None
     if "rng.cpu" in tensors:
         torch.set_rng_state(tensors["rng.cpu"])

@@ -55,6 +55,11 @@ TRAIN_OPTIONS = {
     "fixed_std": ("model", "fixed_std"),
     "prior": ("model", "prior"),
     "inference": ("model", "inference"),
+    "local_steps": ("model", "local_steps"),
+    "local_lr": ("model", "local_lr"),
+    "refine_steps": ("model", "refine_steps"),
+    "refine_lr": ("model", "refine_lr"),
+    "refine_in_training": ("model", "refine_in_training"),
     "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"),
     "lr": ("train", "lr"),
@@ -94,7 +99,12 @@ def _add_train(sub) -> None:
     g.add_argument("--variance", help="gaussian σ²: fixed, shared (default, learned), feature (learned per feature)")
     g.add_argument("--fixed-std", type=float, help="σ of the gaussian likelihood with --variance fixed (default 1.0)")
     g.add_argument("--prior", help="prior p(z) (default standard_normal)")
-    g.add_argument("--inference", help="inference method (default amortized)")
+    g.add_argument("--inference", help="amortized (default: the encoder), vi (free (μ, σ²) per point), map (free z per point), autoencoder")
+    g.add_argument("--local-steps", type=int, help="Adam steps of the per-point q found with θ fixed for new points (vi, map) and for point-estimate proposals (default 100)")
+    g.add_argument("--local-lr", type=float, help="learning rate of those steps (default 0.05)")
+    g.add_argument("--refine-steps", type=int, help="amortized: gradient steps on each point's ELBO from the encoder's q at evaluation (semi-amortized VI; default 0)")
+    g.add_argument("--refine-lr", type=float, help="learning rate of the refinement steps (default 0.05)")
+    _bool_flag(g, "--refine-in-training", "also refine during training (the decoder learns from the refined q)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, help="passes over the training set (default 10)")
     g.add_argument("--batch-size", type=int, help="default 128")
@@ -133,6 +143,10 @@ def _config_from_args(args) -> "Any":
         model_kw = {f: given[o] for o, (s, f) in TRAIN_OPTIONS.items() if s == "model" and o in given}
         if model_kw.get("likelihood", "auto") == "auto":
             model_kw["likelihood"] = choose(data.train)
+        from .inference import INFERENCE
+
+        if INFERENCE.get(model_kw.get("inference", "amortized")).per_point:
+            model_kw["n_points"] = data.train.shape[0]
         model_cfg = ModelConfig(input_dim=data.dim, image_shape=data.image_shape, **model_kw)
         return RunConfig(model=model_cfg, train=train_cfg, data=replace(data_cfg, source=data_cfg.source))
 
@@ -219,6 +233,12 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--k", type=int, default=1000, help="importance samples per datapoint (default 1000; the literature uses 5000)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = _run_parser(sub, "gaps", "log p(x), the ELBO of the model's q and of the optimal q*, and the approximation and amortization gaps (Cremer et al. 2018)", False, "test")
+    p.add_argument("--k", type=int, default=1000, help="importance samples per datapoint (default 1000)")
+    p.add_argument("--steps", type=int, default=300, help="Adam steps of the optimal per-point q* (default 300)")
+    p.add_argument("--plot", help="picture of the bound beneath the evidence (default RUN_DIR/gaps_SPLIT.png)")
+    p.set_defaults(func=cmd_gaps)
+
     p = sub.add_parser("sample", help="draw samples from a trained model", description="Draw x ~ p(x|z) (or its mean) with z from the prior or the aggregate posterior.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
@@ -294,6 +314,31 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_gaps(args) -> int:
+    from .evaluate import gaps
+    from .plots import bound_gap_plot
+
+    _positive("--k", args.k)
+    _positive("--steps", args.steps)
+    est = _load(args)
+    x, _ = _rows(est, args, args.split)
+    result = gaps(est.model_, x, k=args.k, steps=args.steps, seed=args.seed)
+    per_point = result.pop("per_point")
+    plot = Path(args.plot) if args.plot else Path(args.run_dir) / f"gaps_{args.split}.png"
+    _check_out(plot, (".png",))
+    bound_gap_plot(per_point["log_px"], per_point["elbo"], plot, title=f"{est.model_.config.inference} VAE, {args.split} split")
+    result.update(split=args.split, plot=str(plot))
+    if args.json:
+        _print_json(result)
+    else:
+        print(
+            f"{args.split} ({result['n']} rows): log p(x) {result['log_likelihood']:.3f}  ELBO(q) {result['elbo']:.3f}  "
+            f"ELBO(q*) {result['elbo_optimal']:.3f}  approximation gap {result['approximation_gap']:.3f}  "
+            f"amortization gap {result['amortization_gap']:.3f} nats  (K={result['k']}, {result['steps']} steps; plot {plot})"
+        )
+    return 0
+
+
 def cmd_sample(args) -> int:
     import numpy as np
     import torch
@@ -311,8 +356,8 @@ def cmd_sample(args) -> int:
     if args.source == "aggregate":
         x, _ = _rows(est, args, "train")
         rows = torch.randint(0, x.shape[0], (args.n,), generator=g)
-        with torch.inference_mode():
-            z = model.posterior(torch.as_tensor(x[rows.numpy()])).sample(generator=g)
+        with torch.no_grad():
+            z = model.evaluation_posterior(torch.as_tensor(x[rows.numpy()])).sample(generator=g)
     samples = model.sample(args.n, generator=g, mean=not args.draw, z=z).cpu().numpy()
     if out.suffix == ".png":
         from .plots import image_grid
@@ -413,7 +458,7 @@ def _report(args, obj: dict[str, Any], text: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vaekit", description="Variational autoencoders: train, evaluate, sample, encode, reconstruct, score.")
+    parser = _Parser(prog="vaekit", description="Variational autoencoders: train, evaluate, gaps, sample, encode, reconstruct, score.")
     parser.add_argument("--version", action="version", version=f"vaekit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

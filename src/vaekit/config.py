@@ -54,6 +54,17 @@ class ModelConfig:
     inference: str = "amortized"
     # (H, W) or (C, H, W) for image data, so samples and reconstructions can be drawn.
     image_shape: tuple[int, ...] | None = None
+    # Rows of the training set that own free latent parameters (map, vi); set from the data.
+    n_points: int = 0
+    # Test-time optimisation of a per-point q with θ fixed (vi and map for new points, the
+    # evaluation proposal of point-estimate methods, q* of the gaps): Adam steps and rate.
+    local_steps: int = 100
+    local_lr: float = 0.05
+    # Semi-amortized VI: gradient steps on each point's ELBO from the encoder's q.
+    refine_steps: int = 0
+    refine_lr: float = 0.05
+    # Also refine during training (the decoder learns from the refined q).
+    refine_in_training: bool = False
 
     def __post_init__(self) -> None:
         from . import likelihoods, priors, inference  # registries fill on import
@@ -76,6 +87,18 @@ class ModelConfig:
         if self.variance not in VARIANCES:
             raise ConfigError(f"variance must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
         _finite("fixed_std", self.fixed_std, 0.0, lo_open=True)
+        _positive_int("n_points", self.n_points, minimum=0)
+        _positive_int("local_steps", self.local_steps, minimum=0)
+        _finite("local_lr", self.local_lr, 0.0, lo_open=True)
+        _positive_int("refine_steps", self.refine_steps, minimum=0)
+        _finite("refine_lr", self.refine_lr, 0.0, lo_open=True)
+        if not isinstance(self.refine_in_training, bool):
+            raise ConfigError(f"refine_in_training must be true or false, got {self.refine_in_training!r}")
+        method = inference.INFERENCE.get(self.inference)
+        if method.per_point and self.n_points < 1:
+            raise ConfigError(f"inference {self.inference!r} keeps one latent per training row; n_points must be >= 1")
+        if self.refine_steps and not method.has_encoder:
+            raise ConfigError(f"refine_steps needs an encoder to refine; inference {self.inference!r} has none")
         if self.image_shape is not None and math.prod(self.image_shape) != self.input_dim:
             raise ConfigError(
                 f"image_shape {self.image_shape} has {math.prod(self.image_shape)} pixels, "

@@ -115,6 +115,44 @@ class StandardNormal(Distribution):
         return torch.tensor(0.5 * self.dim * (1.0 + LOG_2PI), dtype=self.dtype, device=self.device)
 
 
+class PointMass(Distribution):
+    """δ(z − ẑ): the "posterior" of the notes' autoencoder and of MAP estimation.
+
+    ``log_prob`` is 0 at ẑ (the density with respect to counting measure on {ẑ}); with the KL
+    of ``vaekit.objectives.kl`` taken as −log p(ẑ) (the cross-entropy, its entropy term
+    dropped), the ELBO of a point mass is log p(x|ẑ) + log p(ẑ): the MAP objective.
+    """
+
+    arg_constraints = {"z": constraints.real_vector}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, z: torch.Tensor):
+        self.z = z
+        super().__init__(z.shape[:-1], z.shape[-1:], validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.z
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self.z
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return torch.zeros_like(self.z)
+
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.z.expand(self._extended_shape(sample_shape))
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.rsample(sample_shape).detach()
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+
+
 class BernoulliLogits(Distribution):
     """∏_d Bernoulli(x_d; σ(l_d)) for binary data, on logits l so that log p never sees log(0)."""
 

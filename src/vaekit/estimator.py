@@ -39,6 +39,11 @@ class VAE:
         fixed_std: float = 1.0,
         prior: str = "standard_normal",
         inference: str = "amortized",
+        local_steps: int = 100,
+        local_lr: float = 0.05,
+        refine_steps: int = 0,
+        refine_lr: float = 0.05,
+        refine_in_training: bool = False,
         epochs: int = 10,
         batch_size: int = 128,
         lr: float = 1e-3,
@@ -81,12 +86,20 @@ class VAE:
     # -- fitting --------------------------------------------------------------------------------
     def fit(self, X, X_valid=None) -> "VAE":
         from .data import check_data
+        from .inference import INFERENCE
         from .likelihoods import choose
         from .model import VAEModel
         from .train import fit
 
         X = check_data(X, what="X", min_rows=2)
         likelihood = choose(X) if self.likelihood == "auto" else self.likelihood
+        given_valid = X_valid is not None
+        if not given_valid:
+            perm = np.random.default_rng(self.seed).permutation(X.shape[0])
+            n_valid = max(1, round(self.valid_fraction * X.shape[0]))
+            if X.shape[0] - n_valid < 2:
+                raise DataError(f"X has {X.shape[0]} rows; at least 3 are needed to hold out a validation set")
+            X_valid, X = X[perm[:n_valid]], X[perm[n_valid:]]
         model_config = ModelConfig(
             input_dim=X.shape[1],
             latent_dim=self.latent_dim,
@@ -99,6 +112,12 @@ class VAE:
             prior=self.prior,
             inference=self.inference,
             image_shape=self.image_shape,
+            n_points=X.shape[0] if INFERENCE.get(self.inference).per_point else 0,
+            local_steps=self.local_steps,
+            local_lr=self.local_lr,
+            refine_steps=self.refine_steps,
+            refine_lr=self.refine_lr,
+            refine_in_training=self.refine_in_training,
         )
         train_config = TrainConfig(
             epochs=self.epochs,
@@ -115,15 +134,10 @@ class VAE:
         )
         data_config = DataConfig(source="array", valid_fraction=self.valid_fraction, test_fraction=0.0, split_seed=self.seed)
         model = VAEModel(model_config)
+        if given_valid:
+            X_valid = check_data(X_valid, what="X_valid", input_dim=X.shape[1])
         model.likelihood.check(X, "X")
-        if X_valid is None:
-            perm = np.random.default_rng(self.seed).permutation(X.shape[0])
-            n_valid = max(1, round(self.valid_fraction * X.shape[0]))
-            if X.shape[0] - n_valid < 2:
-                raise DataError(f"X has {X.shape[0]} rows; at least 3 are needed to hold out a validation set")
-            X_valid, X = X[perm[:n_valid]], X[perm[n_valid:]]
-        else:
-            X_valid = check_data(X_valid, what="X_valid", input_dim=X.shape[1], likelihood=model.likelihood)
+        model.likelihood.check(X_valid, "X_valid" if given_valid else "X")
         self.history_ = fit(model, X, X_valid, train_config, progress=self.progress)
         self.model_ = model
         self.config_ = RunConfig(model=model_config, train=train_config, data=data_config)
@@ -143,11 +157,11 @@ class VAE:
         p = next(self.model_.parameters())
         return torch.as_tensor(X, dtype=p.dtype, device=p.device)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Posterior parameters (μ, log σ²) of q(z|x), each (n, latent_dim)."""
         x = self._input(X)
-        q = self.model_.posterior(x)
+        q = self.model_.evaluation_posterior(x)
         return q.mean.cpu().numpy(), q.logvar.expand_as(q.mean).cpu().numpy()
 
     def transform(self, X) -> np.ndarray:
@@ -157,7 +171,7 @@ class VAE:
     def fit_transform(self, X, X_valid=None) -> np.ndarray:
         return self.fit(X, X_valid).transform(X)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def inverse_transform(self, Z) -> np.ndarray:
         """E[x|z] under the decoder for latents Z (n, latent_dim)."""
         self._check_fitted()
@@ -167,11 +181,11 @@ class VAE:
             raise DataError(f"Z must have shape (n, {self.model_.config.latent_dim}), got {tuple(z.shape)}")
         return self.model_.decode(z).mean.cpu().numpy()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def reconstruct(self, X) -> np.ndarray:
         """E[x|z] at z = E_q[z|x]: the decoder's mean at the posterior mean."""
         x = self._input(X)
-        return self.model_.decode(self.model_.posterior(x).mean).mean.cpu().numpy()
+        return self.model_.decode(self.model_.evaluation_posterior(x).mean).mean.cpu().numpy()
 
     def sample(self, n: int = 1, seed: int | None = None, mean: bool = True) -> np.ndarray:
         """n rows from the model: z ~ p(z), then E[x|z] (``mean``) or x ~ p(x|z)."""
@@ -225,7 +239,8 @@ class VAE:
         est = cls(
             latent_dim=m.latent_dim, hidden=m.hidden, decoder_hidden=m.decoder_hidden, activation=m.activation,
             likelihood=m.likelihood, variance=m.variance, fixed_std=m.fixed_std, prior=m.prior,
-            inference=m.inference, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, beta=t.beta,
+            inference=m.inference, local_steps=m.local_steps, local_lr=m.local_lr, refine_steps=m.refine_steps,
+            refine_lr=m.refine_lr, refine_in_training=m.refine_in_training, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, beta=t.beta,
             warmup=t.warmup, n_samples=t.n_samples, analytic_kl=t.analytic_kl, patience=t.patience,
             seed=t.seed, device="cpu", dtype=t.dtype, valid_fraction=config.data.valid_fraction,
             image_shape=m.image_shape,

@@ -29,8 +29,17 @@ class VAEModel(nn.Module):
         self.inference = INFERENCE.get(config.inference)(config)
 
     def posterior(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> Distribution:
-        """q(z|x; φ), shape batch (n,), event (d,)."""
-        return self.inference(x, idx)
+        """q(z|x; φ), shape batch (n,), event (d,); ``idx`` selects per-point parameters."""
+        return self.inference(self, x, idx)
+
+    def evaluation_posterior(self, x: torch.Tensor) -> Distribution:
+        """A proper density q(z|x) for new x (refined, or optimised, as the method says), for
+        the ELBO and the importance-weighted log p(x)."""
+        return self.inference.evaluation_posterior(self, x)
+
+    def loss(self, x: torch.Tensor, idx: torch.Tensor | None, beta: float = 1.0, n_samples: int = 1, analytic_kl: bool = True):
+        """(training loss, per-point ELBO terms) of the inference method's objective."""
+        return self.inference.loss(self, x, idx, beta, n_samples, analytic_kl)
 
     def decode(self, z: torch.Tensor) -> Distribution:
         """p(x|z; θ) for z of shape (..., d)."""

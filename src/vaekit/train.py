@@ -24,10 +24,25 @@ from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import elbo_per_point
-from .objectives import elbo, loss
 
 # Progress-bar refreshes (and NaN checks) per epoch: each costs one host sync.
 TICKS_PER_EPOCH = 20
+# Methods without an encoder find each validation point's q by optimisation; validating on
+# this many rows keeps that under the cost of a training epoch.
+VALID_ROWS_WITHOUT_ENCODER = 1000
+
+
+def make_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optimizer]:
+    """Adam for the shared parameters (θ, φ); SparseAdam for per-point tables, so that a row
+    moves only when its datapoint is in the batch (dense Adam would keep moving every row on
+    stale momentum)."""
+    local = model.inference.local_parameters()
+    local_ids = {id(p) for p in local}
+    shared = [p for p in model.parameters() if id(p) not in local_ids]
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(shared, lr=lr)]
+    if local:
+        optimizers.append(torch.optim.SparseAdam(local, lr=lr))
+    return optimizers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,7 +76,8 @@ def fit(
     n = x_train_t.shape[0]
     bs = min(config.batch_size, n)
     steps = math.ceil(n / bs)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizers = make_optimizers(model, config.lr)
+    valid_rows = x_valid_t if model.inference.has_encoder else x_valid_t[:VALID_ROWS_WITHOUT_ENCODER]
 
     run_dir = Path(run_dir) if run_dir is not None else None
     history: list[dict[str, Any]] = []
@@ -70,7 +86,7 @@ def fit(
     if resume:
         if run_dir is None or not (run_dir / ckpt.LAST_FILE).is_file():
             raise CheckpointError(f"{run_dir}: nothing to resume (no {ckpt.LAST_FILE})")
-        meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizer)
+        meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizers)
         history = meta["history"]
         best_valid, best_epoch, bad_epochs = meta["best_valid"], meta["best_epoch"], meta["bad_epochs"]
         start = meta["epoch"] + 1
@@ -100,11 +116,12 @@ def fit(
         for step in range(steps):
             idx = perm[step * bs : (step + 1) * bs]
             x = x_train_t[idx]
-            terms = elbo(model, x, idx, n_samples=config.n_samples, analytic_kl=config.analytic_kl)
-            batch_loss = loss(terms, beta)
-            optimizer.zero_grad(set_to_none=True)
+            batch_loss, terms = model.loss(x, idx, beta, config.n_samples, config.analytic_kl)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
             batch_loss.backward()
-            optimizer.step()
+            for opt in optimizers:
+                opt.step()
             losses[step] = batch_loss.detach()
             elbo_sum += terms.elbo.detach().sum()
             if (step + 1) % tick == 0 or step + 1 == steps:
@@ -115,8 +132,9 @@ def fit(
         if bar is not None:
             bar.close()
         train_seconds = time.perf_counter() - t0
-        valid = elbo_per_point(model, x_valid_t, seed=config.seed + 1)
+        valid = elbo_per_point(model, valid_rows, seed=config.seed + 1)
         valid_elbo = float(valid["elbo"].mean())
+        score = valid_elbo if model.inference.trains_elbo else _valid_objective(model, valid_rows)
         record = {
             "epoch": epoch,
             "beta": beta,
@@ -125,12 +143,13 @@ def fit(
             "valid_elbo": valid_elbo,
             "valid_recon": float(valid["recon"].mean()),
             "valid_kl": float(valid["kl"].mean()),
+            "valid_score": score,
             "train_seconds": train_seconds,
             "images_per_second": n / train_seconds,
         }
         history.append(record)
-        if valid_elbo > best_valid:
-            best_valid, best_epoch, bad_epochs = valid_elbo, epoch, 0
+        if score > best_valid:
+            best_valid, best_epoch, bad_epochs = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
             if run_dir is not None:
                 ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, best_state)
@@ -146,7 +165,7 @@ def fit(
                 "stopped": stopped,
                 "history": history,
             }
-            ckpt.save_tensors(run_dir / ckpt.LAST_FILE, *ckpt.training_state(model, optimizer, meta))
+            ckpt.save_tensors(run_dir / ckpt.LAST_FILE, *ckpt.training_state(model, optimizers, meta))
             _append_metrics(run_dir, record)
         if stopped:
             break
@@ -154,6 +173,16 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+@torch.no_grad()
+def _valid_objective(model, x: torch.Tensor) -> float:
+    """Minus the method's own training loss (β = 1) on the validation rows."""
+    was = model.training
+    model.eval()
+    value = -float(model.loss(x, None)[0])
+    model.train(was)
+    return value
 
 
 def _check_finite(losses: torch.Tensor, upto: int, epoch: int, run_dir: Path | None) -> None:
@@ -217,7 +246,7 @@ def train_run(
     history = fit(model, splits["train"], splits["valid"], run_config.train, run_dir, run_config, resume, progress)
     write_pictures(model, data, history, run_dir, seed=run_config.train.seed)
     test = evaluate(model, splits["test"], k=run_config.train.eval_k, seed=run_config.train.seed)
-    best = max(history, key=lambda r: r["valid_elbo"]) if history else None
+    best = max(history, key=lambda r: r["valid_score"]) if history else None
     return {
         "run_dir": str(run_dir),
         "epochs": len(history),
@@ -239,21 +268,21 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
     x_test = data.split("test")
     p = next(model.parameters())
     g = torch.Generator(device=p.device).manual_seed(seed)
-    with torch.inference_mode():
+    with torch.no_grad():
         if shape is not None:
             samples = model.sample(64, generator=g).float().cpu().numpy()
             written.append(plots.image_grid(samples, run_dir / "samples.png", shape))
             x = torch.as_tensor(x_test[:32], dtype=p.dtype, device=p.device)
-            x_hat = model.decode(model.posterior(x).mean).mean.float().cpu().numpy()
+            x_hat = model.decode(model.evaluation_posterior(x).mean).mean.float().cpu().numpy()
             written.append(plots.reconstruction_grid(x_test[:32], x_hat, run_dir / "reconstructions.png", shape))
-        mu = torch.cat([model.posterior(xb).mean for xb in _batches(model, x_test, 1024)]).float().cpu().numpy()
+        mu = torch.cat([model.evaluation_posterior(xb).mean for xb in _batches(model, x_test, 1024)]).float().cpu().numpy()
     if history:
         written.append(plots.training_curves(history, run_dir / "curves.png"))
     written.append(plots.latent_scatter(mu, run_dir / "latent.png", labels=data.split_labels("test")))
     if model.config.latent_dim == 2 and shape is not None:
 
         def decode(z: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
+            with torch.no_grad():
                 zt = torch.as_tensor(z, dtype=p.dtype, device=p.device)
                 return model.decode(zt).mean.float().cpu().numpy()
 

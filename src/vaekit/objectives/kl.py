@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import Distribution, kl_divergence, register_kl
 
-from ..distributions import DiagonalNormal, StandardNormal
+from ..distributions import DiagonalNormal, PointMass, StandardNormal
 
 
 @register_kl(DiagonalNormal, StandardNormal)
@@ -21,6 +21,13 @@ def _kl_diagonal_diagonal(q: DiagonalNormal, p: DiagonalNormal) -> torch.Tensor:
     return 0.5 * (
         p.logvar - q.logvar + (torch.exp(q.logvar) + (q.mu - p.mu) ** 2) * torch.exp(-p.logvar) - 1.0
     ).sum(-1)
+
+
+@register_kl(PointMass, Distribution)
+def _kl_point(q: PointMass, p: Distribution) -> torch.Tensor:
+    """For a point mass the KL is +∞ (its entropy is −∞); its finite part, the cross-entropy
+    −log p(ẑ), is what MAP and the ELBO of a point estimate use."""
+    return -p.log_prob(q.z)
 
 
 def kl(q: Distribution, p: Distribution, z: torch.Tensor | None = None, analytic: bool = True) -> torch.Tensor:
