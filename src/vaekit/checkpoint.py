@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -134,7 +134,10 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
         raise CheckpointError(f"{run_dir}: not a run directory (no such directory)")
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
-    config = RunConfig.load(run_dir / CONFIG_FILE)
+    try:
+        config = RunConfig.load(run_dir / CONFIG_FILE)
+    except ConfigError as e:  # a damaged run directory, not a usage error
+        raise CheckpointError(str(e)) from None
     tensors, _ = load_tensors(run_dir / which)
     model = VAEModel(config.model).to(getattr(torch, config.train.dtype))
     load_state_into(model, {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))}, run_dir / which)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -159,11 +160,10 @@ class _option_names:
 
     def __exit__(self, typ, err, tb):
         if isinstance(err, ConfigError):
-            msg = str(err)
-            for field in sorted({f for _, f in TRAIN_OPTIONS.values()} | set(TRAIN_OPTIONS), key=len, reverse=True):
-                if msg.startswith(field + " "):
-                    option = next((o for o, (_, f) in TRAIN_OPTIONS.items() if f == field), field)
-                    raise ConfigError("--" + option.replace("_", "-") + msg[len(field):]) from None
+            options = {f: o for o, (_, f) in TRAIN_OPTIONS.items()}
+            pattern = r"\b(" + "|".join(sorted(options, key=len, reverse=True)) + r")\b(?=\s+(?:must|[+]))"
+            msg = re.sub(pattern, lambda m: "--" + options[m.group(1)].replace("_", "-"), str(err))
+            raise ConfigError(msg) from None
         return False
 
 
@@ -177,9 +177,13 @@ def cmd_train(args) -> int:
     run_dir = Path(args.out)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     if args.resume:
-        config = RunConfig.load(run_dir / ckpt.CONFIG_FILE) if run_dir.is_dir() else None
-        if config is None:
-            raise VaekitError(f"{run_dir}: nothing to resume (no such run directory)")
+        if not (run_dir / ckpt.CONFIG_FILE).is_file():
+            what = "no config.json" if run_dir.is_dir() else "no such directory"
+            raise VaekitError(f"{run_dir}: nothing to resume ({what})")
+        try:
+            config = RunConfig.load(run_dir / ckpt.CONFIG_FILE)
+        except ConfigError as e:
+            raise VaekitError(str(e)) from None
         changed = [o for o in TRAIN_OPTIONS if getattr(args, o) is not None and o not in RESUMABLE]
         if changed:
             o = changed[0]
@@ -191,7 +195,6 @@ def cmd_train(args) -> int:
             train = replace(config.train, **{TRAIN_OPTIONS[o][1]: getattr(args, o) for o in ("epochs", "device", "eval_k") if getattr(args, o) is not None})
         data = replace(config.data, data_dir=args.data_dir or config.data.data_dir)
         config = replace(config, train=train, data=data)
-        config.save(run_dir / ckpt.CONFIG_FILE)
     else:
         if (run_dir / ckpt.CONFIG_FILE).exists() and not args.overwrite:
             raise VaekitError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")

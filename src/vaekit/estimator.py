@@ -133,6 +133,7 @@ class VAE:
             dtype=self.dtype,
         )
         data_config = DataConfig(source="array", valid_fraction=self.valid_fraction, test_fraction=0.0, split_seed=self.seed)
+        torch.manual_seed(self.seed)  # the initial weights are part of the fit
         model = VAEModel(model_config)
         if given_valid:
             X_valid = check_data(X_valid, what="X_valid", input_dim=X.shape[1])

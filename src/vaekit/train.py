@@ -87,6 +87,9 @@ def fit(
         if run_dir is None or not (run_dir / ckpt.LAST_FILE).is_file():
             raise CheckpointError(f"{run_dir}: nothing to resume (no {ckpt.LAST_FILE})")
         meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizers)
+        if run_config is not None:
+            # Only now that the checkpoint has loaded may the new epochs or device be recorded.
+            run_config.save(run_dir / ckpt.CONFIG_FILE)
         history = meta["history"]
         best_valid, best_epoch, bad_epochs = meta["best_valid"], meta["best_epoch"], meta["bad_epochs"]
         start = meta["epoch"] + 1
@@ -189,7 +192,9 @@ def _check_finite(losses: torch.Tensor, upto: int, epoch: int, run_dir: Path | N
     bad = ~torch.isfinite(losses[:upto])
     if bool(bad.any()):
         step = int(bad.nonzero()[0, 0]) + 1
-        kept = f"; the last good checkpoint in {run_dir} is intact" if run_dir is not None else ""
+        kept = ""
+        if run_dir is not None and (run_dir / ckpt.LAST_FILE).is_file():
+            kept = f"; the last good checkpoint in {run_dir} is intact"
         raise TrainingError(
             f"loss became NaN or infinite at epoch {epoch}, step {step}{kept}; try a lower --lr"
         )
@@ -233,6 +238,7 @@ def train_run(
 
     run_dir = Path(run_dir)
     data = load_dataset(run_config.data)
+    torch.manual_seed(run_config.train.seed)  # the initial weights are part of the run
     model = VAEModel(run_config.model)
     splits = {}
     for name in ("train", "valid", "test"):

@@ -1,0 +1,719 @@
+"""Tests of the ``vaekit`` command: what it writes and prints on good input, and on bad input
+an exit code, exactly one stderr line ``vaekit: error: …`` naming the culprit, and no traceback.
+
+Most commands run in-process through ``vaekit.cli.main(argv)`` (a subprocess costs ~2 s of
+torch import); a representative subset runs as a real ``python -m vaekit`` process, which is
+the only way to see what the user sees (exit status of the interpreter, full stderr).
+One small digits run (3 epochs, 2-D latent) is trained once per session and reused;
+commands that could damage a run work on a copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vaekit
+from vaekit.cli import main
+
+DIGITS_N, DIGITS_VALID, DIGITS_TEST, DIM = 1797, 180, 359, 64
+TEST_KEYS = {"elbo", "recon", "kl", "log_likelihood", "bits_per_dim", "n", "k"}
+TRAIN_ARGS = ["--epochs", "3", "--latent-dim", "2", "--hidden", "32", "--eval-k", "10"]
+RUN_FILES = (
+    "config.json", "model.safetensors", "last.safetensors", "metrics.jsonl",
+    "samples.png", "reconstructions.png", "curves.png", "latent.png", "latent_grid.png",
+)  # fmt: skip
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def vaekit_process(*argv, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m vaekit ARGV`` in a real process, stdout and stderr captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "vaekit", *map(str, argv)],
+        capture_output=True, text=True, cwd=cwd, timeout=300,
+    )  # fmt: skip
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """``vaekit ARGV`` in-process: (exit code, stdout, stderr). An exception other than
+    SystemExit (argparse) propagates, so a traceback where an error line is due fails the test."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_error(code, out: str, err: str, expected_code: int | None, *culprits: str) -> str:
+    """One stderr line 'vaekit: error: …' naming every culprit, no traceback, nothing on stdout,
+    and exit code ``expected_code`` (any non-zero code when None)."""
+    assert "Traceback" not in err and "Traceback" not in out, err
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected exactly one stderr line, got:\n{err}"
+    line = lines[0]
+    assert line.startswith("vaekit: error: "), line
+    for c in culprits:
+        assert c in line, f"{c!r} not named in: {line}"
+    assert out == "", out
+    if expected_code is None:
+        assert code not in (0, None), line
+    else:
+        assert code == expected_code, f"exit code {code}, expected {expected_code}: {line}"
+    return line
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (temporary files included) with its bytes."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def state_dict(run: Path) -> dict[str, torch.Tensor]:
+    return vaekit.load(run).model_.state_dict()
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# -- session fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(run_dir, the CompletedProcess of `vaekit train --json`): the one digits run."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    proc = vaekit_process("train", "--out", run, *TRAIN_ARGS, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return run, proc
+
+
+@pytest.fixture(scope="session")
+def run(trained) -> Path:
+    return trained[0]
+
+
+@pytest.fixture(scope="session")
+def digits_rows() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return load_digits().data[:50] / 16.0
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory, digits_rows) -> Path:
+    """Data files, good and bad, in one directory."""
+    from sklearn.datasets import load_digits
+
+    d = tmp_path_factory.mktemp("files")
+    rng = np.random.default_rng(0)
+    header = ",".join(f"p{i}" for i in range(DIM))
+    np.savetxt(d / "digits50.csv", digits_rows, delimiter=",", header=header, comments="")
+    np.savetxt(d / "digits300.csv", load_digits().data[:300] / 16.0, delimiter=",", fmt="%.4f")
+    np.savetxt(d / "ten.csv", rng.random((20, 10)), delimiter=",")
+    (d / "nan.csv").write_text("a,b\n1,2\n3,nan\n4,5\n5,6\n6,7\n")
+    (d / "badcell.csv").write_text("a,b\n1,2\n3,x\n4,5\n5,6\n6,7\n")
+    a = rng.random((30, 5))
+    a[3, 2] = np.inf
+    np.save(d / "inf.npy", a)
+    np.save(d / "big.npy", np.full((30, 5), 1.5))
+    np.save(d / "empty.npy", np.zeros((0, 5)))
+    np.save(d / "one.npy", np.zeros((1, 5)))
+    (d / "corrupt.npy").write_bytes(rng.bytes(300))
+    (d / "corrupt.npz").write_bytes(rng.bytes(300))
+    np.savez(d / "whole.npz", x=rng.random((50, 5)))
+    whole = (d / "whole.npz").read_bytes()
+    (d / "truncated.npz").write_bytes(whole[: len(whole) // 2])
+    (d / "somedir").mkdir()
+    np.savetxt(d / "neg.csv", np.full((5, DIM), -0.2), delimiter=",")
+    np.savetxt(d / "twod.csv", rng.standard_normal((100, 2)), delimiter=",")
+    # |x| ~ 1e20 fits float32 (max 3.4e38), but x² overflows to inf in the Gaussian log-density.
+    np.savetxt(d / "huge.csv", 1e20 * (1 + rng.random((40, 3))), delimiter=",")
+    return d
+
+
+@pytest.fixture(scope="session")
+def run2d(tmp_path_factory, files) -> Path:
+    """A Gaussian model of 2-D non-image data."""
+    out = tmp_path_factory.mktemp("cli2d") / "run"
+    code = main(["train", "--out", str(out), "--data", str(files / "twod.csv"), "--epochs", "1",
+                 "--hidden", "8", "--latent-dim", "2", "--eval-k", "5", "--json"])  # fmt: skip
+    assert code == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(run, tmp_path) -> Path:
+    dst = tmp_path / "runcopy"
+    shutil.copytree(run, dst)
+    return dst
+
+
+# -- 1. happy paths -----------------------------------------------------------------------------
+
+
+def test_train_json_prints_one_object_with_summary(trained):
+    run, proc = trained
+    assert proc.stderr == ""  # no progress bar when stderr is not a terminal
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert set(summary) == {"run_dir", "epochs", "best_epoch", "valid_elbo", "test"}
+    assert summary["run_dir"] == str(run)
+    assert summary["epochs"] == 3
+    assert 1 <= summary["best_epoch"] <= 3
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert summary["valid_elbo"] == max(r["valid_elbo"] for r in metrics)
+    t = summary["test"]
+    assert set(t) == TEST_KEYS
+    assert t["n"] == DIGITS_TEST and t["k"] == 10
+    assert t["elbo"] == pytest.approx(t["recon"] - t["kl"], rel=1e-6)
+    assert t["kl"] >= 0
+    # IWAE_K >= ELBO holds in expectation only; a 3-epoch model's gap is small, so a slack of 5 nats.
+    assert t["log_likelihood"] > t["elbo"] - 5
+    assert t["bits_per_dim"] == pytest.approx(-t["log_likelihood"] / (DIM * math.log(2)), rel=1e-12)
+    assert all(math.isfinite(t[k]) for k in ("elbo", "recon", "kl", "log_likelihood", "bits_per_dim"))
+
+
+def test_train_writes_run_directory(run):
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    for name in RUN_FILES:
+        if name.endswith(".png"):
+            assert (run / name).read_bytes()[:8] == PNG_MAGIC, name
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["latent_dim"] == 2 and config["model"]["hidden"] == [32]
+    assert config["model"]["likelihood"] == "continuous_bernoulli"  # auto, for grey levels in [0, 1]
+    assert config["train"]["epochs"] == 3 and config["train"]["eval_k"] == 10
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in metrics] == [1, 2, 3]
+    for r in metrics:
+        assert {"epoch", "train_loss", "train_elbo", "valid_elbo", "valid_recon", "valid_kl"} <= set(r)
+        assert all(math.isfinite(r[k]) for k in ("train_loss", "valid_elbo"))
+    # not a leftover temporary file
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_evaluate_json(run, capsys):
+    code, out, err = cli(capsys, "evaluate", run, "--json", "--k", "20")
+    assert code == 0 and err == ""
+    r = json.loads(out)
+    assert set(r) == TEST_KEYS | {"split"}
+    assert r["k"] == 20 and r["n"] == DIGITS_TEST and r["split"] == "test"
+    assert r["elbo"] == pytest.approx(r["recon"] - r["kl"], rel=1e-6)
+    assert r["log_likelihood"] > r["elbo"] - 5
+
+
+def test_evaluate_repeats_the_training_summary(trained, capsys):
+    """Same model, split, K and seed as the end of `train`: the same numbers."""
+    run, proc = trained
+    code, out, _ = cli(capsys, "evaluate", run, "--json", "--k", "10")
+    assert code == 0
+    r = json.loads(out)
+    t = json.loads(proc.stdout)["test"]
+    for key in TEST_KEYS:
+        assert r[key] == pytest.approx(t[key], rel=1e-9), key
+
+
+@pytest.mark.parametrize("split, n", [("valid", DIGITS_VALID), ("all", DIGITS_N)])
+def test_evaluate_split(run, capsys, split, n):
+    code, out, _ = cli(capsys, "evaluate", run, "--json", "--k", "2", "--split", split)
+    assert code == 0
+    r = json.loads(out)
+    assert r["n"] == n and r["split"] == split
+
+
+def test_evaluate_text_output(run, capsys):
+    code, out, _ = cli(capsys, "evaluate", run, "--k", "2")
+    assert code == 0
+    assert f"test ({DIGITS_TEST} rows)" in out and "ELBO" in out and "K=2" in out
+
+
+def test_sample_npy(run, tmp_path, capsys):
+    code, out, _ = cli(capsys, "sample", run, "-n", "7", "--out", tmp_path / "x.npy", "--json")
+    assert code == 0
+    assert json.loads(out) == {"out": str(tmp_path / "x.npy"), "n": 7, "source": "prior"}
+    x = np.load(tmp_path / "x.npy")
+    assert x.shape == (7, DIM)
+    assert np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
+
+
+def test_sample_png(run, tmp_path, capsys):
+    from PIL import Image
+
+    code, _, _ = cli(capsys, "sample", run, "-n", "7", "--out", tmp_path / "s.png")
+    assert code == 0
+    assert (tmp_path / "s.png").read_bytes()[:8] == PNG_MAGIC
+    with Image.open(tmp_path / "s.png") as im:
+        assert im.size[0] > 8 and im.size[1] >= 8
+
+
+def test_sample_aggregate_and_draw(run, tmp_path, capsys):
+    paths = {name: tmp_path / f"{name}.npy" for name in ("prior", "aggregate", "draw")}
+    assert cli(capsys, "sample", run, "-n", "7", "--out", paths["prior"])[0] == 0
+    assert cli(capsys, "sample", run, "-n", "7", "--out", paths["aggregate"], "--source", "aggregate")[0] == 0
+    assert cli(capsys, "sample", run, "-n", "7", "--out", paths["draw"], "--draw")[0] == 0
+    prior, aggregate, draw = (np.load(p) for p in paths.values())
+    for x in (aggregate, draw):
+        assert x.shape == (7, DIM) and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
+    assert not np.allclose(aggregate, prior)  # z from q(z|x) of training rows, not from p(z)
+    # Same seed, same z: --draw gives x ~ p(x|z), which differs from E[x|z] almost surely.
+    assert np.abs(draw - prior).mean() > 1e-3
+
+
+def test_sample_is_seeded(run, tmp_path, capsys):
+    for name in ("a", "b"):
+        assert cli(capsys, "sample", run, "-n", "5", "--seed", "3", "--out", tmp_path / f"{name}.npy")[0] == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+
+
+def test_encode_npy_npz_csv(run, tmp_path, capsys):
+    code, out, _ = cli(capsys, "encode", run, "--data", "digits", "--out", tmp_path / "e.npy", "--json")
+    assert code == 0
+    assert json.loads(out)["n"] == DIGITS_N and json.loads(out)["latent_dim"] == 2
+    e = np.load(tmp_path / "e.npy")
+    assert e.shape == (DIGITS_N, 4)  # μ then log σ², latent_dim 2, every row of digits
+    assert cli(capsys, "encode", run, "--data", "digits", "--out", tmp_path / "e.npz")[0] == 0
+    with np.load(tmp_path / "e.npz") as z:
+        assert set(z.files) == {"mu", "logvar"}
+        np.testing.assert_array_equal(z["mu"], e[:, :2])
+        np.testing.assert_array_equal(z["logvar"], e[:, 2:])
+    assert cli(capsys, "encode", run, "--data", "digits", "--out", tmp_path / "e.csv")[0] == 0
+    lines = (tmp_path / "e.csv").read_text().splitlines()
+    assert lines[0] == "mu_0,mu_1,logvar_0,logvar_1"
+    assert len(lines) == DIGITS_N + 1
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "e.csv", delimiter=",", skiprows=1), e, rtol=1e-6, atol=1e-7)
+
+
+def test_encode_user_file_keeps_row_order(run, files, digits_rows, tmp_path, capsys):
+    code, _, _ = cli(capsys, "encode", run, "--data", files / "digits50.csv", "--out", tmp_path / "e.npy")
+    assert code == 0
+    mu, logvar = vaekit.load(run).encode(digits_rows)
+    e = np.load(tmp_path / "e.npy")
+    np.testing.assert_allclose(e, np.concatenate([mu, logvar], axis=1), rtol=1e-6, atol=1e-6)
+
+
+def test_reconstruct_npy_and_png(run, files, digits_rows, tmp_path, capsys):
+    code, _, _ = cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", "--out", tmp_path / "r.npy")
+    assert code == 0
+    r = np.load(tmp_path / "r.npy")
+    assert r.shape == (50, DIM)
+    np.testing.assert_allclose(r, vaekit.load(run).reconstruct(digits_rows), rtol=1e-6, atol=1e-6)
+    code, _, _ = cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", "--out", tmp_path / "r.png")
+    assert code == 0
+    assert (tmp_path / "r.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_score_user_csv_matches_api(run, files, digits_rows, tmp_path, capsys):
+    code, out, _ = cli(capsys, "score", run, "--data", files / "digits50.csv", "--out", tmp_path / "s.npy", "--k", "10", "--json")
+    assert code == 0
+    summary = json.loads(out)
+    s = np.load(tmp_path / "s.npy")
+    assert s.shape == (50,) and np.isfinite(s).all()
+    assert summary["n"] == 50 and summary["k"] == 10
+    assert summary["mean"] == pytest.approx(s.mean(), rel=1e-12)
+    # Same rows, K, seed and batching: the same numbers, row for row, in the file's order.
+    expected = vaekit.load(run).score_samples(digits_rows, k=10, seed=0)
+    np.testing.assert_allclose(s, expected, rtol=1e-9)
+    code, _, _ = cli(capsys, "score", run, "--data", files / "digits50.csv", "--out", tmp_path / "s.csv", "--k", "10")
+    assert code == 0
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "log_px" and len(lines) == 51
+    np.testing.assert_allclose(np.array(lines[1:], dtype=float), s, rtol=1e-7)
+
+
+VERB_OPTIONS = {
+    "train": ("--data", "--epochs", "--latent-dim", "--likelihood", "--resume", "--overwrite", "--out", "--json"),
+    "evaluate": ("RUN_DIR", "--k", "--split", "--data", "--json"),
+    "sample": ("RUN_DIR", "-n", "--out", "--source", "--draw"),
+    "encode": ("RUN_DIR", "--data", "--out", "--split"),
+    "reconstruct": ("RUN_DIR", "--data", "--out"),
+    "score": ("RUN_DIR", "--data", "--out", "--k"),
+}
+
+
+@pytest.mark.parametrize("verb", sorted(VERB_OPTIONS))
+def test_help_of_every_verb(verb):
+    proc = vaekit_process(verb, "--help")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith(f"usage: vaekit {verb}")
+    for option in VERB_OPTIONS[verb]:
+        assert option in proc.stdout, option
+
+
+def test_top_level_help_and_version():
+    proc = vaekit_process("--help")
+    assert proc.returncode == 0
+    for verb in VERB_OPTIONS:
+        assert verb in proc.stdout
+    proc = vaekit_process("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"vaekit {vaekit.__version__}"
+
+
+def test_no_command_is_a_usage_error():
+    proc = vaekit_process()
+    assert_error(proc.returncode, proc.stdout, proc.stderr, 2, "COMMAND")
+
+
+# -- 2. bad input -------------------------------------------------------------------------------
+
+# (argv, exit code, culprits named in the message). "{run}": the trained run; "{files}": the
+# data files; "{tmp}": this test's tmp_path. Train commands carry small sizes so that a
+# missed error costs a second, not a minute.
+SMALL = ["--epochs", "1", "--hidden", "8", "--eval-k", "2"]
+BAD_INPUT = {
+    # data files
+    "missing-file": (["train", "--out", "{tmp}/r", "--data", "{files}/missing.csv", *SMALL], 1, ["missing.csv", "no such file"]),
+    "directory-as-data": (["train", "--out", "{tmp}/r", "--data", "{files}/somedir", *SMALL], 1, ["somedir", "directory"]),
+    "corrupt-npy": (["train", "--out", "{tmp}/r", "--data", "{files}/corrupt.npy", *SMALL], 1, ["corrupt.npy"]),
+    "corrupt-npz": (["train", "--out", "{tmp}/r", "--data", "{files}/corrupt.npz", *SMALL], 1, ["corrupt.npz"]),
+    "truncated-npz": (["train", "--out", "{tmp}/r", "--data", "{files}/truncated.npz", *SMALL], 1, ["truncated.npz"]),
+    "nan-in-csv": (["train", "--out", "{tmp}/r", "--data", "{files}/nan.csv", *SMALL], 1, ["nan.csv", "NaN", "row 3", "column 2"]),
+    "inf-in-npy": (["train", "--out", "{tmp}/r", "--data", "{files}/inf.npy", *SMALL], 1, ["inf.npy", "Inf", "row 4", "column 3"]),
+    "non-numeric-cell": (["train", "--out", "{tmp}/r", "--data", "{files}/badcell.csv", *SMALL], 1, ["badcell.csv", "row 3", "column 2", "'x'"]),
+    "empty-dataset": (["train", "--out", "{tmp}/r", "--data", "{files}/empty.npy", *SMALL], 1, ["empty.npy", "0 rows"]),
+    "one-row-dataset": (["train", "--out", "{tmp}/r", "--data", "{files}/one.npy", *SMALL], 1, ["one.npy", "1 rows"]),
+    "unknown-dataset": (["train", "--out", "{tmp}/r", "--data", "foo", *SMALL], 1, ["'foo'", "digits"]),
+    # values outside the likelihood's support
+    "bernoulli-on-grey-levels": (["train", "--out", "{tmp}/r", "--likelihood", "bernoulli", *SMALL], 1, ["bernoulli", "digits", "0.0625"]),
+    "continuous-bernoulli-above-1": (["train", "--out", "{tmp}/r", "--likelihood", "continuous_bernoulli", "--data", "{files}/big.npy", *SMALL], 1, ["continuous_bernoulli", "big.npy", "1.5"]),
+    "score-below-0": (["score", "{run}", "--data", "{files}/neg.csv", "--out", "{tmp}/s.npy", "--k", "2"], 1, ["neg.csv", "continuous_bernoulli", "-0.2"]),
+    # feature count
+    "encode-10-features": (["encode", "{run}", "--data", "{files}/ten.csv", "--out", "{tmp}/e.npy"], 1, ["ten.csv", "10", "64"]),
+    "score-10-features": (["score", "{run}", "--data", "{files}/ten.csv", "--out", "{tmp}/s.npy", "--k", "2"], 1, ["ten.csv", "10", "64"]),
+    "evaluate-10-features": (["evaluate", "{run}", "--data", "{files}/ten.csv", "--k", "2"], 1, ["ten.csv", "10", "64"]),
+    "reconstruct-10-features": (["reconstruct", "{run}", "--data", "{files}/ten.csv", "--out", "{tmp}/r.npy"], 1, ["ten.csv", "10", "64"]),
+    "aggregate-10-features": (["sample", "{run}", "--source", "aggregate", "--data", "{files}/ten.csv", "--out", "{tmp}/x.npy"], 1, ["ten.csv", "10", "64"]),
+    # options
+    "unknown-option": (["train", "--out", "{tmp}/r", "--foo"], 2, ["--foo"]),
+    "beta-negative": (["train", "--out", "{tmp}/r", "--beta", "-1"], 2, ["--beta", "-1"]),
+    "epochs-0": (["train", "--out", "{tmp}/r", "--epochs", "0"], 2, ["--epochs", "0"]),
+    "epochs-not-int": (["train", "--out", "{tmp}/r", "--epochs", "1.5"], 2, ["--epochs", "1.5"]),
+    "lr-0": (["train", "--out", "{tmp}/r", "--lr", "0"], 2, ["--lr", "0"]),
+    "hidden-not-ints": (["train", "--out", "{tmp}/r", "--hidden", "a,b"], 2, ["--hidden", "a,b"]),
+    "likelihood-unknown": (["train", "--out", "{tmp}/r", "--likelihood", "nope"], 2, ["likelihood", "'nope'", "gaussian"]),
+    "activation-unknown": (["train", "--out", "{tmp}/r", "--activation", "nope"], 2, ["--activation", "'nope'", "relu"]),
+    "latent-dim-0": (["train", "--out", "{tmp}/r", "--latent-dim", "0"], 2, ["--latent-dim", "0"]),
+    "dtype-unknown": (["train", "--out", "{tmp}/r", "--dtype", "float16"], 2, ["--dtype", "float16"]),
+    "valid-fraction-1.5": (["train", "--out", "{tmp}/r", "--valid-fraction", "1.5"], 2, ["--valid-fraction", "1.5"]),
+    "evaluate-k-0": (["evaluate", "{run}", "--k", "0"], 2, ["--k", "0"]),
+    "score-k-0": (["score", "{run}", "--data", "digits", "--out", "{tmp}/s.npy", "--k", "0"], 2, ["--k", "0"]),
+    "evaluate-split-unknown": (["evaluate", "{run}", "--split", "nope"], 2, ["--split", "'nope'"]),
+    "sample-n-0": (["sample", "{run}", "-n", "0", "--out", "{tmp}/x.npy"], 2, ["-n", "0"]),
+    "sample-out-txt": (["sample", "{run}", "--out", "{tmp}/x.txt"], 2, ["x.txt", ".npy"]),
+    "score-out-png": (["score", "{run}", "--data", "digits", "--out", "{tmp}/s.png"], 2, ["s.png", ".npy"]),
+    "sample-out-missing-dir": (["sample", "{run}", "--out", "{tmp}/nodir/x.npy"], 1, ["nodir", "does not exist"]),
+    # run directories
+    "run-dir-missing": (["evaluate", "{tmp}/nonexistent", "--k", "2"], 1, ["nonexistent"]),
+    "run-dir-without-config": (["evaluate", "{files}/somedir", "--k", "2"], 1, ["somedir", "config.json"]),
+    "resume-nothing": (["train", "--out", "{tmp}/nonexistent", "--resume"], 1, ["nonexistent", "nothing to resume"]),
+}
+
+
+def _fill(argv, **paths) -> list[str]:
+    return [a.format(**paths) for a in argv]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input(case, run, files, tmp_path, capsys):
+    argv, code_expected, culprits = BAD_INPUT[case]
+    code, out, err = cli(capsys, *_fill(argv, run=run, files=files, tmp=tmp_path))
+    assert_error(code, out, err, code_expected, *culprits)
+
+
+@no_cuda
+def test_device_cuda_without_cuda(tmp_path, capsys):
+    code, out, err = cli(capsys, "train", "--out", tmp_path / "r", "--device", "cuda", *SMALL)
+    assert_error(code, out, err, 2, "--device", "cuda", "CUDA")
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("verb_args", [["sample"], ["reconstruct", "--data", "{files}/twod.csv"]], ids=["sample", "reconstruct"])
+def test_png_out_for_non_image_model(verb_args, run2d, files, tmp_path, capsys):
+    argv = [verb_args[0], run2d, *_fill(verb_args[1:], files=files), "--out", tmp_path / "samples.png"]
+    code, out, err = cli(capsys, *argv)
+    assert_error(code, out, err, 2, "samples.png", "not images")
+    assert not (tmp_path / "samples.png").exists()
+
+
+def test_bad_input_in_a_real_process(run, files, tmp_path):
+    """What the user sees: the interpreter's exit status and its whole stderr."""
+    cases = [
+        (["train", "--out", tmp_path / "r", "--data", files / "missing.csv"], 1, "missing.csv"),
+        (["train", "--out", tmp_path / "r", "--foo"], 2, "--foo"),
+        (["encode", run, "--data", files / "ten.csv", "--out", tmp_path / "e.npy"], 1, "ten.csv"),
+    ]
+    for argv, code, culprit in cases:
+        proc = vaekit_process(*argv)
+        assert_error(proc.returncode, proc.stdout, proc.stderr, code, culprit)
+
+
+def test_train_into_existing_run(run_copy, capsys):
+    before = snapshot(run_copy)
+    code, out, err = cli(capsys, "train", "--out", run_copy, *SMALL)
+    assert_error(code, out, err, 1, str(run_copy), "--resume", "--overwrite")
+    assert snapshot(run_copy) == before
+
+
+def test_train_out_is_a_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("keep me")
+    code, out, err = cli(capsys, "train", "--out", tmp_path / "afile", *SMALL)
+    assert_error(code, out, err, 1, "afile", "not a directory")
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_resume_cannot_change_lr(run_copy, capsys):
+    before = snapshot(run_copy)
+    code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--lr", "0.1")
+    assert_error(code, out, err, 2, "--lr", "cannot change", "0.001")
+    assert snapshot(run_copy) == before
+
+
+def test_resume_empty_directory_names_the_missing_run(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, out, err = cli(capsys, "train", "--out", tmp_path / "empty", "--resume")
+    assert_error(code, out, err, None, "empty")
+
+
+def test_resume_empty_directory_exit_code(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, out, err = cli(capsys, "train", "--out", tmp_path / "empty", "--resume")
+    assert_error(code, out, err, 1, "empty", "nothing to resume")
+
+
+def test_resume_without_last_checkpoint(run_copy, capsys):
+    (run_copy / "last.safetensors").unlink()
+    before = snapshot(run_copy)
+    code, out, err = cli(capsys, "train", "--out", run_copy, "--resume")
+    assert_error(code, out, err, 1, "nothing to resume", "last.safetensors")
+    assert snapshot(run_copy) == before
+
+
+# Corrupted checkpoints: (file, how to spoil it, culprits). Each runs on a copy of the run.
+def _truncate(p: Path) -> None:
+    b = p.read_bytes()
+    p.write_bytes(b[: len(b) // 2])
+
+
+def _flip_last_bytes(p: Path) -> None:
+    b = bytearray(p.read_bytes())
+    b[-10] ^= 0xFF  # the tensor data lies at the end of a safetensors file; the length is kept
+    p.write_bytes(bytes(b))
+
+
+def _edit_config(**model):
+    def edit(p: Path) -> None:
+        d = json.loads(p.read_text())
+        d["model"].update(model)
+        p.write_text(json.dumps(d, indent=2))
+
+    return edit
+
+
+CORRUPT = {
+    "model-truncated": ("model.safetensors", _truncate, ["model.safetensors"]),
+    "model-tampered": ("model.safetensors", _flip_last_bytes, ["model.safetensors", "checksum"]),
+    "model-random-bytes": ("model.safetensors", lambda p: p.write_bytes(np.random.default_rng(1).bytes(4096)), ["model.safetensors"]),
+    "model-text": ("model.safetensors", lambda p: p.write_text("these are not the weights you are looking for\n"), ["model.safetensors"]),
+    "model-empty": ("model.safetensors", lambda p: p.write_bytes(b""), ["model.safetensors"]),
+    "config-invalid-json": ("config.json", lambda p: p.write_text("{not json"), ["config.json", "JSON"]),
+    "config-unknown-field": ("config.json", _edit_config(bogus=1), ["config.json", "bogus"]),
+    "config-shapes-disagree": ("config.json", _edit_config(latent_dim=3), ["config.json", "shape"]),
+}
+# A broken config.json is a damaged checkpoint (exit 1), not an option the user gave (exit 2).
+
+
+@pytest.mark.parametrize("verb", ["evaluate", "sample"])
+@pytest.mark.parametrize("case", sorted(CORRUPT))
+def test_corrupt_checkpoint(case, verb, run_copy, tmp_path, capsys):
+    name, spoil, culprits = CORRUPT[case]
+    spoil(run_copy / name)
+    before = snapshot(run_copy)
+    argv = ["evaluate", run_copy, "--k", "2"] if verb == "evaluate" else ["sample", run_copy, "-n", "3", "--out", tmp_path / "x.npy"]
+    code, out, err = cli(capsys, *argv)
+    assert_error(code, out, err, None, str(run_copy), *culprits)
+    assert snapshot(run_copy) == before  # nothing rewritten, no temporary file left behind
+    assert not (tmp_path / "x.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "case",
+    sorted(CORRUPT),
+)
+def test_corrupt_checkpoint_exit_code(case, run_copy, capsys):
+    name, spoil, _ = CORRUPT[case]
+    spoil(run_copy / name)
+    code, _, _ = cli(capsys, "evaluate", run_copy, "--k", "2")
+    assert code == 1
+
+
+def test_corrupt_checkpoint_in_a_real_process(run_copy):
+    _flip_last_bytes(run_copy / "model.safetensors")
+    before = snapshot(run_copy)
+    proc = vaekit_process("evaluate", run_copy, "--k", "2")
+    assert_error(proc.returncode, proc.stdout, proc.stderr, 1, "model.safetensors", "checksum")
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("spoil", [_truncate, _flip_last_bytes], ids=["truncated", "tampered"])
+def test_resume_from_corrupt_last_checkpoint(spoil, run_copy, capsys):
+    spoil(run_copy / "last.safetensors")
+    before = snapshot(run_copy)
+    code, out, err = cli(capsys, "train", "--out", run_copy, "--resume")
+    assert_error(code, out, err, 1, "last.safetensors")
+    assert snapshot(run_copy) == before
+
+
+def test_failed_resume_with_new_epochs_leaves_config_alone(run_copy, capsys):
+    _truncate(run_copy / "last.safetensors")
+    before = snapshot(run_copy)
+    code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--epochs", "5")
+    assert_error(code, out, err, 1, "last.safetensors")
+    assert snapshot(run_copy) == before
+
+
+@no_cuda
+def test_failed_resume_with_bad_device_leaves_run_resumable(run_copy, capsys):
+    before = snapshot(run_copy)
+    code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--device", "cuda")
+    assert_error(code, out, err, 2, "--device", "CUDA")
+    assert snapshot(run_copy) == before
+
+
+def test_fractions_sum_names_both_options(tmp_path, capsys):
+    code, out, err = cli(capsys, "train", "--out", tmp_path / "r", "--test-fraction", "0.95")
+    assert_error(code, out, err, 2, "--valid-fraction", "--test-fraction", "1.05")
+
+
+# -- 3. resume through the CLI ------------------------------------------------------------------
+
+# 300 digits rows in batches of 32: 7 steps an epoch, a fraction of the full digits' cost.
+RESUME_ARGS = ["--data", "{files}/digits300.csv", "--batch-size", "32", "--latent-dim", "2", "--hidden", "16", "--eval-k", "5", "--seed", "3"]
+
+
+def test_resume_equals_uninterrupted_run(files, tmp_path, capsys):
+    """2 epochs, then --resume --epochs 4 in a fresh process (so everything comes from the run
+    directory), against an uninterrupted 4-epoch run with the same options."""
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    # The global seed only works around the unseeded initial weights (test_seed_fixes_initial_weights);
+    # from the first step on, the run's own --seed and the checkpointed RNG state decide.
+    torch.manual_seed(1234)
+    assert cli(capsys, "train", "--out", resumed, "--epochs", "2", *_fill(RESUME_ARGS, files=files))[0] == 0
+    assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 2
+    proc = vaekit_process("train", "--out", resumed, "--resume", "--epochs", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["epochs"] == 4
+    torch.manual_seed(1234)
+    assert cli(capsys, "train", "--out", straight, "--epochs", "4", *_fill(RESUME_ARGS, files=files))[0] == 0
+
+    metrics = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in metrics] == [1, 2, 3, 4]
+    reference = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    for r, s in zip(metrics, reference):
+        assert (r["train_loss"], r["valid_elbo"]) == (s["train_loss"], s["valid_elbo"]), r["epoch"]
+    assert json.loads((resumed / "config.json").read_text()) == json.loads((straight / "config.json").read_text())
+    assert_same_tensors(state_dict(resumed), state_dict(straight))
+    from vaekit.checkpoint import load_run
+
+    _, last_resumed = load_run(resumed, "last.safetensors")
+    _, last_straight = load_run(straight, "last.safetensors")
+    assert_same_tensors(last_resumed.state_dict(), last_straight.state_dict())
+
+
+def test_seed_fixes_initial_weights(files, tmp_path, capsys):
+    """Two runs with the same --seed in one process give the same model."""
+    for name in ("a", "b"):
+        torch.manual_seed(len(name) * 1000 + ord(name))  # whatever state earlier work left behind
+        assert cli(capsys, "train", "--out", tmp_path / name, "--epochs", "1", *_fill(RESUME_ARGS, files=files))[0] == 0
+    assert_same_tensors(state_dict(tmp_path / "a"), state_dict(tmp_path / "b"))
+
+
+# -- 4. NaN during training ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nan_run(files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("nan") / "run"
+    proc = vaekit_process("train", "--out", out, "--data", files / "huge.csv", "--likelihood", "gaussian",
+                          "--epochs", "2", "--hidden", "8", "--eval-k", "2")  # fmt: skip
+    return out, proc
+
+
+def test_nan_loss_stops_training(nan_run):
+    out, proc = nan_run
+    line = assert_error(proc.returncode, proc.stdout, proc.stderr, 1, "NaN", "epoch 1", "step")
+    assert "infinite" in line
+    assert not (out / "model.safetensors").exists()
+    assert not (out / "last.safetensors").exists()
+
+
+def test_nan_in_first_epoch_claims_no_checkpoint(nan_run):
+    out, proc = nan_run
+    assert not (out / "last.safetensors").exists()
+    assert "checkpoint" not in proc.stderr, proc.stderr
+
+
+def test_nan_keeps_last_good_checkpoint(files, tmp_path):
+    """In-process: 2 good epochs, then a resumed epoch 3 that turns NaN. The run directory must
+    be byte-for-byte as the good epochs left it, and still load."""
+    from dataclasses import replace
+
+    import vaekit.train as vtrain
+    from vaekit.checkpoint import load_tensors
+    from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from vaekit.data import load_dataset
+    from vaekit.errors import TrainingError
+    from vaekit.model import VAEModel
+
+    data_config = DataConfig(source=str(files / "digits300.csv"))
+    data = load_dataset(data_config)
+    config = RunConfig(
+        model=ModelConfig(input_dim=DIM, latent_dim=2, hidden=(16,), likelihood="continuous_bernoulli"),
+        train=TrainConfig(epochs=2, batch_size=32, eval_k=2),
+        data=data_config,
+    )
+    run = tmp_path / "run"
+    vtrain.fit(VAEModel(config.model), data.train, data.valid, config.train, run, config)
+    names = ("model.safetensors", "last.safetensors", "metrics.jsonl", "config.json")
+    before = {f: (run / f).read_bytes() for f in names}
+    weights_before = state_dict(run)
+
+    # Blow up from the 4th training step of the resumed run on: a forward hook on the first
+    # layer makes its output NaN (the hook is on this model instance, whatever the loss code is).
+    model = VAEModel(config.model)
+    first_layer = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    calls = {"n": 0}
+
+    def nan_from_step_4(module, inputs, output):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] >= 4:
+                return output * float("nan")
+        return None
+
+    first_layer.register_forward_hook(nan_from_step_4)
+    with pytest.raises(TrainingError) as info:
+        vtrain.fit(model, data.train, data.valid, replace(config.train, epochs=3), run, config, resume=True)
+    message = str(info.value)
+    assert "NaN" in message and "epoch 3" in message and re.search(r"step \d+", message), message
+    assert {f: (run / f).read_bytes() for f in names} == before
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    load_tensors(run / "last.safetensors")  # still a valid checkpoint
+    assert_same_tensors(state_dict(run), weights_before)
