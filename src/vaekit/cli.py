@@ -73,6 +73,7 @@ TRAIN_OPTIONS = {
     "device": ("train", "device"),
     "dtype": ("train", "dtype"),
     "eval_k": ("train", "eval_k"),
+    "compile": ("train", "compile"),
     "data": ("data", "source"),
     "data_dir": ("data", "data_dir"),
     "valid_fraction": ("data", "valid_fraction"),
@@ -119,6 +120,7 @@ def _add_train(sub) -> None:
     g.add_argument("--device", help="cpu (default) or cuda[:N]")
     g.add_argument("--dtype", help="float32 (default) or float64")
     g.add_argument("--eval-k", type=int, help="K of the test log-likelihood estimate (default 1000)")
+    _bool_flag(g, "--compile", "compile the training step with torch.compile (default off)")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     g.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
@@ -205,6 +207,8 @@ def cmd_train(args) -> int:
             for name in (ckpt.MODEL_FILE, ckpt.LAST_FILE, ckpt.METRICS_FILE):
                 (run_dir / name).unlink(missing_ok=True)
     summary = train_run(config, run_dir, resume=args.resume, progress=progress)
+    if summary.get("rank", 0) != 0:  # data-parallel: rank 0 alone reports
+        return 0
     if args.json:
         _print_json(summary)
     else:

@@ -132,6 +132,8 @@ class TrainConfig:
     dtype: str = "float32"
     # K of the importance-weighted log-likelihood printed at the end of training.
     eval_k: int = 1000
+    # Compile the training step's forward and backward with torch.compile (TorchInductor).
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
@@ -146,6 +148,8 @@ class TrainConfig:
         _positive_int("eval_k", self.eval_k)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
         if not isinstance(self.analytic_kl, bool):
             raise ConfigError(f"analytic_kl must be true or false, got {self.analytic_kl!r}")
         if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):

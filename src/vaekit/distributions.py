@@ -60,10 +60,13 @@ class DiagonalNormal(Distribution):
     def variance(self) -> torch.Tensor:
         return torch.exp(self.logvar).expand(self.batch_shape + self.event_shape)
 
+    def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:
+        """z = μ + ε·σ for given standard-normal noise ε of shape sample_shape + (n, d)."""
+        return self.mu + eps * self.std
+
     def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
-        eps = torch.randn(shape, dtype=self.mu.dtype, device=self.mu.device, generator=generator)
-        return self.mu + eps * self.std
+        return self.reparameterize(torch.randn(shape, dtype=self.mu.dtype, device=self.mu.device, generator=generator))
 
     def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
@@ -142,6 +145,10 @@ class PointMass(Distribution):
     @property
     def variance(self) -> torch.Tensor:
         return torch.zeros_like(self.z)
+
+    def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:
+        """ẑ, whatever the noise: a point mass has none to carry."""
+        return self.z.expand(eps.shape[:-1] + self.z.shape[-1:])
 
     def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
         return self.z.expand(self._extended_shape(sample_shape))

@@ -37,18 +37,17 @@ class VAEModel(nn.Module):
         the ELBO and the importance-weighted log p(x)."""
         return self.inference.evaluation_posterior(self, x)
 
-    def loss(self, x: torch.Tensor, idx: torch.Tensor | None, beta: float = 1.0, n_samples: int = 1, analytic_kl: bool = True):
+    def loss(self, x: torch.Tensor, idx: torch.Tensor | None, beta: float = 1.0, n_samples: int = 1, analytic_kl: bool = True, eps=None):
         """(training loss, per-point ELBO terms) of the inference method's objective."""
-        return self.inference.loss(self, x, idx, beta, n_samples, analytic_kl)
+        return self.inference.loss(self, x, idx, beta, n_samples, analytic_kl, eps)
 
     def decode(self, z: torch.Tensor) -> Distribution:
         """p(x|z; θ) for z of shape (..., d)."""
         return self.likelihood(self.decoder(z))
 
-    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None):
-        from .objectives import elbo
-
-        return elbo(self, x, idx)
+    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None, beta: float = 1.0, n_samples: int = 1, analytic_kl: bool = True, eps=None):
+        """The training step's objective, so that DistributedDataParallel can wrap the model."""
+        return self.loss(x, idx, beta, n_samples, analytic_kl, eps)
 
     @torch.no_grad()
     def sample(

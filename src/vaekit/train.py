@@ -77,6 +77,21 @@ def fit(
     bs = min(config.batch_size, n)
     steps = math.ceil(n / bs)
     optimizers = make_optimizers(model, config.lr)
+    rank, world = _rank_world()
+    writer = run_dir is not None and rank == 0
+    step_model = model
+    if world > 1:
+        if model.inference.local_parameters():
+            raise ConfigError(
+                f"data-parallel training needs an inference method without per-point tables; {model.config.inference!r} has them"
+            )
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        # dynamic=False: one graph for full batches, one more for the last, smaller batch.
+        step_model = torch.compile(step_model, dynamic=False)
+    latent_dim = model.config.latent_dim
     valid_rows = x_valid_t if model.inference.has_encoder else x_valid_t[:VALID_ROWS_WITHOUT_ENCODER]
 
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -87,7 +102,7 @@ def fit(
         if run_dir is None or not (run_dir / ckpt.LAST_FILE).is_file():
             raise CheckpointError(f"{run_dir}: nothing to resume (no {ckpt.LAST_FILE})")
         meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizers)
-        if run_config is not None:
+        if run_config is not None and writer:
             # Only now that the checkpoint has loaded may the new epochs or device be recorded.
             run_config.save(run_dir / ckpt.CONFIG_FILE)
         history = meta["history"]
@@ -96,11 +111,12 @@ def fit(
         if meta.get("stopped"):
             start = config.epochs + 1
         # Lines after the checkpoint belong to an epoch that will be run again.
-        _write_metrics(run_dir, history)
+        if writer:
+            _write_metrics(run_dir, history)
         best_state = _best_from_disk(run_dir, model)
     else:
         torch.manual_seed(config.seed)
-        if run_dir is not None:
+        if writer:
             if run_config is None:
                 raise ValueError("run_config is needed to write a run directory")
             run_config.save(run_dir / ckpt.CONFIG_FILE)
@@ -118,14 +134,22 @@ def fit(
         tick = max(1, steps // TICKS_PER_EPOCH)
         for step in range(steps):
             idx = perm[step * bs : (step + 1) * bs]
-            x = x_train_t[idx]
-            batch_loss, terms = model.loss(x, idx, beta, config.n_samples, config.analytic_kl)
+            b = idx.shape[0]
+            # The noise of the whole global batch, drawn identically on every rank, so that
+            # data-parallel training equals one process on the same global batch.
+            eps = torch.randn((config.n_samples, b, latent_dim), dtype=dtype, device=device)
+            if world > 1:
+                lo, hi = rank * b // world, (rank + 1) * b // world
+                idx, eps = idx[lo:hi], eps[:, lo:hi]
+            batch_loss, terms = step_model(x_train_t[idx], idx, beta, config.n_samples, config.analytic_kl, eps)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            batch_loss.backward()
+            # DDP averages gradients over ranks; weighting each rank's mean by its share of
+            # the batch makes that average the gradient of the global-batch mean.
+            (batch_loss * (idx.shape[0] * world / b) if world > 1 else batch_loss).backward()
             for opt in optimizers:
                 opt.step()
-            losses[step] = batch_loss.detach()
+            losses[step] = batch_loss.detach() * (idx.shape[0] / b if world > 1 else 1.0)
             elbo_sum += terms.elbo.detach().sum()
             if (step + 1) % tick == 0 or step + 1 == steps:
                 _check_finite(losses, step + 1, epoch, run_dir)
@@ -134,6 +158,11 @@ def fit(
                     bar.set_postfix(loss=f"{losses[: step + 1].mean().item():.3f}")
         if bar is not None:
             bar.close()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(losses)
+            dist.all_reduce(elbo_sum)
         train_seconds = time.perf_counter() - t0
         valid = elbo_per_point(model, valid_rows, seed=config.seed + 1)
         valid_elbo = float(valid["elbo"].mean())
@@ -154,12 +183,14 @@ def fit(
         if score > best_valid:
             best_valid, best_epoch, bad_epochs = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
-            if run_dir is not None:
+            if writer:
                 ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, best_state)
         else:
             bad_epochs += 1
         stopped = config.patience is not None and bad_epochs >= config.patience
-        if run_dir is not None:
+        # The epoch as a user pays for it: training, validation, the best model's checkpoint.
+        record["epoch_seconds"] = time.perf_counter() - t0
+        if writer:
             meta = {
                 "epoch": epoch,
                 "best_valid": best_valid,
@@ -186,6 +217,30 @@ def _valid_objective(model, x: torch.Tensor) -> float:
     value = -float(model.loss(x, None)[0])
     model.train(was)
     return value
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment (gloo on CPU,
+    NCCL on CUDA); False when not launched by torchrun."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
 
 
 def _check_finite(losses: torch.Tensor, upto: int, epoch: int, run_dir: Path | None) -> None:
@@ -237,6 +292,27 @@ def train_run(
     from .model import VAEModel
 
     run_dir = Path(run_dir)
+    distributed = init_distributed(run_config.train.device)
+    if distributed and run_config.train.device.startswith("cuda"):
+        import dataclasses
+        import os
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        run_config = dataclasses.replace(run_config, train=dataclasses.replace(run_config.train, device=f"cuda:{local}"))
+    try:
+        return _train_run(run_config, run_dir, resume, progress)
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
+    from .data import check_data, load_dataset
+    from .evaluate import evaluate
+    from .model import VAEModel
+
     data = load_dataset(run_config.data)
     torch.manual_seed(run_config.train.seed)  # the initial weights are part of the run
     model = VAEModel(run_config.model)
@@ -249,7 +325,10 @@ def train_run(
             input_dim=run_config.model.input_dim,
             likelihood=model.likelihood,
         )
-    history = fit(model, splits["train"], splits["valid"], run_config.train, run_dir, run_config, resume, progress)
+    rank, _ = _rank_world()
+    history = fit(model, splits["train"], splits["valid"], run_config.train, run_dir, run_config, resume, progress and rank == 0)
+    if rank != 0:
+        return {"run_dir": str(run_dir), "rank": rank}
     write_pictures(model, data, history, run_dir, seed=run_config.train.seed)
     test = evaluate(model, splits["test"], k=run_config.train.eval_k, seed=run_config.train.seed)
     best = max(history, key=lambda r: r["valid_score"]) if history else None

@@ -37,11 +37,12 @@ class InferenceMethod(nn.Module):
     def forward(self, model, x: torch.Tensor, idx: torch.Tensor | None = None) -> Distribution:  # pragma: no cover
         raise NotImplementedError
 
-    def loss(self, model, x: torch.Tensor, idx: torch.Tensor | None, beta: float, n_samples: int, analytic_kl: bool):
-        """(training loss, per-point ELBO terms) for a batch: −mean(recon − β·KL) by default."""
+    def loss(self, model, x: torch.Tensor, idx: torch.Tensor | None, beta: float, n_samples: int, analytic_kl: bool, eps=None):
+        """(training loss, per-point ELBO terms) for a batch: −mean(recon − β·KL) by default.
+        ``eps`` (S, n, d), when given, is the noise of the reparameterization."""
         from ..objectives import elbo, loss
 
-        terms = elbo(model, x, idx, n_samples=n_samples, analytic_kl=analytic_kl)
+        terms = elbo(model, x, idx, n_samples=n_samples, analytic_kl=analytic_kl, eps=eps)
         return loss(terms, beta), terms
 
     def local_parameters(self) -> list[nn.Parameter]:

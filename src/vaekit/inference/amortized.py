@@ -32,11 +32,11 @@ class Amortized(InferenceMethod):
 
         return optimize_gaussian(model, x, q.mu, q.logvar, self.config.refine_steps, self.config.refine_lr)
 
-    def loss(self, model, x, idx, beta, n_samples, analytic_kl):
+    def loss(self, model, x, idx, beta, n_samples, analytic_kl, eps=None):
         from ..objectives import elbo, loss
 
         q = self(model, x, idx)
-        terms = elbo(model, x, q=q, n_samples=n_samples, analytic_kl=analytic_kl)
+        terms = elbo(model, x, q=q, n_samples=n_samples, analytic_kl=analytic_kl, eps=eps)
         total = loss(terms, beta)
         if self.config.refine_steps and self.config.refine_in_training:
             refined = elbo(model, x, q=self.refine(model, x, q), n_samples=n_samples, analytic_kl=analytic_kl)

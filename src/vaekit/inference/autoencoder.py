@@ -28,7 +28,7 @@ class Autoencoder(InferenceMethod):
     def forward(self, model, x: torch.Tensor, idx: torch.Tensor | None = None) -> PointMass:
         return PointMass(self.encoder(x))
 
-    def loss(self, model, x, idx, beta, n_samples, analytic_kl):
+    def loss(self, model, x, idx, beta, n_samples, analytic_kl, eps=None):
         from ..objectives import elbo
 
         terms = elbo(model, x, q=self(model, x, idx))

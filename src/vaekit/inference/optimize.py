@@ -31,18 +31,22 @@ def _ascend(
     steps: int,
     lr: float,
     n_samples: int,
+    seed: int = 0,
 ) -> list[torch.Tensor]:
     params = [p.detach().clone().requires_grad_(True) for p in params]
     if steps == 0:
         return [p.detach() for p in params]
+    # Its own noise stream: q for new data is then a function of x and θ alone, and
+    # inference never moves the global stream that training draws from.
+    g = torch.Generator(device=x.device).manual_seed(seed)
     opt = torch.optim.Adam(params, lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
-            objective = elbo(model, x, q=make_q(*params), n_samples=n_samples).elbo.sum()
+            objective = elbo(model, x, q=make_q(*params), n_samples=n_samples, generator=g).elbo.sum()
             # Gradients for q's parameters only: θ's .grad is left alone.
             grads = torch.autograd.grad(-objective, params)
-            for p, g in zip(params, grads):
-                p.grad = g
+            for p, grad in zip(params, grads):
+                p.grad = grad
             opt.step()
     return [p.detach() for p in params]
 

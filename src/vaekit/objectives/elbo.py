@@ -26,14 +26,19 @@ def elbo(
     analytic_kl: bool = True,
     q: Distribution | None = None,
     generator: torch.Generator | None = None,
+    eps: torch.Tensor | None = None,
 ) -> Elbo:
     """ELBO(x) = E_{q(z|x)}[log p(x|z)] − KL(q(z|x) || p(z)), the expectation by S reparameterized
     samples z = μ + ε·σ (Kingma & Welling 2014, eq. 7). ``model`` supplies ``posterior``
     (q, from whichever inference method), ``prior`` and ``decode``; ``q`` overrides the posterior
-    (for test-time optimisation of a free q)."""
+    (for test-time optimisation of a free q); ``eps`` of shape (S, n, d) supplies the noise
+    of the reparameterization instead of drawing it, so that data-parallel ranks share one draw."""
     if q is None:
         q = model.posterior(x, idx)
-    z = q.rsample((n_samples,), generator=generator)  # (S, n, d)
+    if eps is not None:
+        z = q.reparameterize(eps)  # (S, n, d)
+    else:
+        z = q.rsample((n_samples,), generator=generator)
     recon = model.decode(z).log_prob(x).mean(0)
     kl = kl_divergence(q, model.prior(), z, analytic=analytic_kl)
     return Elbo(recon - kl, recon, kl)

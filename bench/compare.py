@@ -1,0 +1,310 @@
+"""vaekit against its peers, side by side in one invocation, on the same model and data.
+
+The MLP VAE 784-400-20-400-784 (ReLU, Bernoulli likelihood, batch 128, Adam 1e-3) is trained
+on statically binarized MNIST (50 000 training images) by each contestant, each in its own
+process, one at a time, ``--repeats`` times:
+
+  vaekit     vaekit.train.fit, whole epochs as a user runs them (validation and checkpoints
+             included)
+  examples   a loop written like PyTorch's examples/vae: DataLoader(shuffle=True), per-batch
+             .item(), BCE(sum) + KL
+  pythae     Pythae's TrainingPipeline / BaseTrainer with its VAE and our encoder/decoder
+  pyro       Pyro's SVI with Trace_ELBO, as in Pyro's VAE example
+
+and a large torch.mm is timed in the same run to give the fp32 matmul peak. For each contestant
+it prints training images/s (min/median/max over repeats of the median epoch), the test
+−ELBO after ``--epochs`` epochs (computed for every contestant by the same evaluator: the
+closed-form KL plus a 10-sample reconstruction term, on the 10 000 test images), the ratio of
+vaekit to each, and vaekit's fraction of the matmul peak. The last line is one JSON object.
+
+    python bench/compare.py [--epochs 3] [--repeats 3] [--contestants vaekit examples pythae pyro]
+
+Peers are not dependencies: ``pip install pyro-ppl pythae`` first (a missing one is skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared/data/binarized_mnist/binarized_mnist.npz"
+# Multiply-adds of one image through 784-400-(20+20)-400-784; forward and backward take three
+# products per layer, except the first layer, whose input needs no gradient: 3.28 MFLOP.
+_MACS = 784 * 400 + 400 * 40 + 20 * 400 + 400 * 784
+FLOP_PER_IMAGE = 2 * (3 * _MACS - 784 * 400)
+CONTESTANTS = ("vaekit", "examples", "pythae", "pyro")
+
+
+# -- shared pieces (run inside each contestant's process) ---------------------------------------
+
+
+def _data(path: str):
+    import numpy as np
+
+    d = np.load(path)
+    return (d[k].astype(np.float32) for k in ("train", "valid", "test"))
+
+
+def _nets():
+    from torch import nn
+
+    enc = nn.Sequential(nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 40))
+    dec = nn.Sequential(nn.Linear(20, 400), nn.ReLU(), nn.Linear(400, 784))
+    return enc, dec
+
+
+def _test_neg_elbo(encode, decode_logits, x_test) -> float:
+    """−ELBO on the test set by one evaluator for everyone: analytic KL + 10-sample recon."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    total = 0.0
+    x_all = torch.as_tensor(x_test)
+    with torch.no_grad():
+        for start in range(0, len(x_all), 1000):
+            x = x_all[start : start + 1000]
+            mu, logvar = encode(x)
+            kl = 0.5 * (logvar.exp() - logvar - 1 + mu**2).sum(-1)
+            eps = torch.randn((10,) + mu.shape, generator=g)
+            logits = decode_logits(mu + eps * (0.5 * logvar).exp())
+            recon = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1).mean(0)
+            total += float((kl - recon).sum())
+    return total / len(x_all)
+
+
+def run_vaekit(args) -> dict:
+    import numpy as np
+    import torch
+
+    from vaekit.config import ModelConfig, RunConfig, TrainConfig
+    from vaekit.model import VAEModel
+    from vaekit.train import fit
+
+    x_train, x_valid, x_test = _data(args.data)
+    torch.manual_seed(0)
+    cfg = ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli")
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, compile=args.compile)
+    model = VAEModel(cfg)
+    with tempfile.TemporaryDirectory() as run_dir:
+        history = fit(model, x_train, x_valid, tcfg, run_dir, RunConfig(cfg, tcfg))
+    epoch_ips = [len(x_train) / r["epoch_seconds"] for r in history]
+    enc = lambda x: model.inference.encoder(x)  # noqa: E731
+    return {"epoch_ips": epoch_ips, "test_neg_elbo": _test_neg_elbo(enc, model.decoder, x_test)}
+
+
+def run_examples(args) -> dict:
+    """A loop written like pytorch/examples vae/main.py (DataLoader, per-batch .item())."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x_train, _, x_test = _data(args.data)
+    torch.manual_seed(0)
+
+    class VAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc21, self.fc22 = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
+            self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
+
+        def encode(self, x):
+            h = F.relu(self.fc1(x))
+            return self.fc21(h), self.fc22(h)
+
+        def decode(self, z):
+            return self.fc4(F.relu(self.fc3(z)))
+
+        def forward(self, x):
+            mu, logvar = self.encode(x)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            return torch.sigmoid(self.decode(z)), mu, logvar
+
+    model = VAE()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(torch.as_tensor(x_train)), batch_size=128, shuffle=True)
+    epoch_ips = []
+    for _ in range(args.epochs):
+        t0 = time.perf_counter()
+        train_loss = 0.0
+        for (x,) in loader:
+            opt.zero_grad()
+            recon, mu, logvar = model(x)
+            bce = F.binary_cross_entropy(recon, x, reduction="sum")
+            kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+            loss = bce + kld
+            loss.backward()
+            train_loss += loss.item()
+            opt.step()
+        epoch_ips.append(len(x_train) / (time.perf_counter() - t0))
+    return {"epoch_ips": epoch_ips, "test_neg_elbo": _test_neg_elbo(model.encode, model.decode, x_test)}
+
+
+def run_pythae(args) -> dict:
+    import torch
+    from pythae.models import VAE, VAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+    from pythae.pipelines import TrainingPipeline
+    from pythae.trainers import BaseTrainerConfig
+
+    x_train, x_valid, x_test = _data(args.data)
+    torch.manual_seed(0)
+    enc_net, dec_net = _nets()
+
+    class Encoder(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.net = enc_net
+
+        def forward(self, x):
+            mu, logvar = self.net(x.reshape(x.shape[0], -1)).chunk(2, -1)
+            return ModelOutput(embedding=mu, log_covariance=logvar)
+
+    class Decoder(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.net = dec_net
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=torch.sigmoid(self.net(z)))
+
+    model = VAE(VAEConfig(input_dim=(784,), latent_dim=20, reconstruction_loss="bce"), encoder=Encoder(), decoder=Decoder())
+    epoch_ips = []
+    with tempfile.TemporaryDirectory() as out:
+        cfg = BaseTrainerConfig(
+            output_dir=out, num_epochs=1, learning_rate=1e-3, per_device_train_batch_size=128,
+            per_device_eval_batch_size=1000, optimizer_cls="Adam", no_cuda=True, steps_saving=None,
+        )
+        # One pipeline call per epoch so each epoch is timed; Adam restarts, which only
+        # slows Pythae's convergence, not its speed.
+        for _ in range(args.epochs):
+            t0 = time.perf_counter()
+            TrainingPipeline(training_config=cfg, model=model)(train_data=x_train, eval_data=x_valid[:1000])
+            epoch_ips.append(len(x_train) / (time.perf_counter() - t0))
+    enc = lambda x: enc_net(x).chunk(2, -1)  # noqa: E731
+    return {"epoch_ips": epoch_ips, "test_neg_elbo": _test_neg_elbo(enc, dec_net, x_test)}
+
+
+def run_pyro(args) -> dict:
+    import pyro
+    import pyro.distributions as dist
+    import torch
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.optim import Adam
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x_train, _, x_test = _data(args.data)
+    torch.manual_seed(0)
+    pyro.set_rng_seed(0)
+    enc_net, dec_net = _nets()
+
+    def model(x):
+        pyro.module("decoder", dec_net)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 20), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=dec_net(z), validate_args=False).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", enc_net)
+        with pyro.plate("data", x.shape[0]):
+            mu, logvar = enc_net(x).chunk(2, -1)
+            pyro.sample("z", dist.Normal(mu, torch.exp(0.5 * logvar)).to_event(1))
+
+    svi = SVI(model, guide, Adam({"lr": 1e-3}), loss=Trace_ELBO())
+    loader = DataLoader(TensorDataset(torch.as_tensor(x_train)), batch_size=128, shuffle=True)
+    epoch_ips = []
+    for _ in range(args.epochs):
+        t0 = time.perf_counter()
+        for (x,) in loader:
+            svi.step(x)
+        epoch_ips.append(len(x_train) / (time.perf_counter() - t0))
+    enc = lambda x: enc_net(x).chunk(2, -1)  # noqa: E731
+    return {"epoch_ips": epoch_ips, "test_neg_elbo": _test_neg_elbo(enc, dec_net, x_test)}
+
+
+def matmul_peak(seconds: float = 3.0) -> float:
+    """Best fp32 GFLOP/s of square torch.mm over a few sizes."""
+    import torch
+
+    best = 0.0
+    for n in (1024, 2048, 3072):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 3:
+            torch.mm(a, b)
+            reps += 1
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+# -- driver ---------------------------------------------------------------------------------------
+
+
+def child(args) -> None:
+    result = {"vaekit": run_vaekit, "examples": run_examples, "pythae": run_pythae, "pyro": run_pyro}[args.child](args)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--contestants", nargs="+", default=list(CONTESTANTS), choices=CONTESTANTS)
+    ap.add_argument("--compile", action="store_true", help="vaekit with torch.compile (TrainConfig.compile)")
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--child", choices=CONTESTANTS, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    import statistics
+
+    import torch
+
+    peak = matmul_peak()
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads, torch {torch.__version__})", flush=True)
+    results: dict[str, dict] = {}
+    for name in args.contestants:
+        runs = []
+        for rep in range(args.repeats):
+            cmd = [sys.executable, __file__, "--child", name, "--epochs", str(args.epochs), "--data", args.data]
+            cmd += ["--compile"] if args.compile else []
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                print(f"{name}: failed ({tail})", flush=True)
+                break
+            r = json.loads(line[7:])
+            runs.append(r)
+            print(f"{name} run {rep + 1}: {statistics.median(r['epoch_ips']):8.0f} img/s  test -ELBO {r['test_neg_elbo']:.2f}", flush=True)
+        if runs:
+            ips = sorted(statistics.median(r["epoch_ips"]) for r in runs)
+            results[name] = {
+                "images_per_second": {"min": ips[0], "median": statistics.median(ips), "max": ips[-1]},
+                "test_neg_elbo": statistics.median(r["test_neg_elbo"] for r in runs),
+                "peak_fraction": statistics.median(ips) * FLOP_PER_IMAGE / (peak * 1e9),
+            }
+    print()
+    print(f"{'contestant':10s} {'min':>8s} {'median':>8s} {'max':>8s} {'peak %':>7s} {'test -ELBO':>10s} {'vaekit x':>9s}")
+    base = results.get("vaekit", {}).get("images_per_second", {}).get("median")
+    for name, r in results.items():
+        ips = r["images_per_second"]
+        ratio = f"{base / ips['median']:9.2f}" if base else ""
+        r["vaekit_ratio"] = base / ips["median"] if base else None
+        print(f"{name:10s} {ips['min']:8.0f} {ips['median']:8.0f} {ips['max']:8.0f} {100 * r['peak_fraction']:6.1f}% {r['test_neg_elbo']:10.2f} {ratio}")
+    print(json.dumps({"bench": "compare", "epochs": args.epochs, "repeats": args.repeats, "matmul_peak_gflops": peak, "flop_per_image": FLOP_PER_IMAGE, "results": results}))
+
+
+if __name__ == "__main__":
+    main()

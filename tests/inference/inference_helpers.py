@@ -1,0 +1,83 @@
+"""Helpers of the inference tests (imported by conftest.py and the test modules; the name is
+unique under tests/ because test directories are not packages)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from vaekit.config import ModelConfig, TrainConfig
+from vaekit.model import VAEModel
+
+F64 = torch.float64
+N_TRAIN, N_VALID, N_TEST = 1000, 200, 200
+DIGITS_DIM = 64
+# The small digits models: big enough to learn in a few epochs, small enough to train in < 1 s.
+DIGITS_MODEL = dict(input_dim=DIGITS_DIM, latent_dim=4, hidden=(32,), likelihood="continuous_bernoulli")
+# lr 3e-3: with the default 1e-3, per-point tables (one SparseAdam step per row per epoch)
+# barely leave their start in a few epochs.
+DIGITS_TRAIN = TrainConfig(epochs=5, lr=3e-3, batch_size=64, seed=0)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One intra-op thread: these models are tiny, and on a shared 2-core machine two threads
+    fighting other processes made each small op up to 50 times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def digits_model(inference: str, seed: int = 0, **kw) -> VAEModel:
+    torch.manual_seed(seed)
+    n_points = N_TRAIN if inference in ("map", "vi") else 0
+    return VAEModel(ModelConfig(**DIGITS_MODEL, inference=inference, n_points=n_points, **kw))
+
+
+# ---- the exact-posterior model --------------------------------------------------------------
+
+D, LATENT, SIGMA = 6, 3, 0.5
+# Column norms of W: posterior variances 1/(1 + s²/σ²) = 0.5, 0.2, 0.1, distinct and not tiny.
+SCALES = (0.5, 1.0, 1.5)
+
+
+class LinearGaussian:
+    """x = W z + b + σ ε with orthogonal columns of W, so that the exact posterior
+    N(m, S), S = (I + WᵀW/σ²)⁻¹, m = S Wᵀ (x − b)/σ², has a diagonal S that a diagonal
+    Gaussian q can match exactly; the marginal is N(b, WWᵀ + σ²I)."""
+
+    def __init__(self, n: int = 200, seed: int = 0, **model_kw):
+        g = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(D, LATENT, generator=g, dtype=F64))
+        self.W = q * torch.tensor(SCALES, dtype=F64)
+        self.b = 0.3 * torch.randn(D, generator=g, dtype=F64)
+        z = torch.randn(n, LATENT, generator=g, dtype=F64)
+        self.x = z @ self.W.T + self.b + SIGMA * torch.randn(n, D, generator=g, dtype=F64)
+        torch.manual_seed(seed)
+        config = ModelConfig(
+            input_dim=D, latent_dim=LATENT, hidden=(), likelihood="gaussian", variance="fixed", fixed_std=SIGMA,
+            **model_kw,
+        )  # fmt: skip
+        self.model = VAEModel(config).to(F64)
+        with torch.no_grad():
+            self.model.decoder[0].weight.copy_(self.W)
+            self.model.decoder[0].bias.copy_(self.b)
+        eye = torch.eye(LATENT, dtype=F64)
+        self.S = torch.linalg.inv(eye + self.W.T @ self.W / SIGMA**2)
+        self.m = (self.x - self.b) @ self.W @ self.S / SIGMA**2
+
+    def log_px(self) -> torch.Tensor:
+        from torch.distributions import MultivariateNormal
+
+        cov = self.W @ self.W.T + SIGMA**2 * torch.eye(D, dtype=F64)
+        return MultivariateNormal(self.b, cov).log_prob(self.x)
+
+    def kl_to_posterior(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """KL(N(μ, diag e^logvar) || N(m, S)) per row, in closed form (S is diagonal)."""
+        s = torch.diagonal(self.S)
+        var = logvar.exp()
+        return 0.5 * (torch.log(s) - logvar + (var + (mu - self.m) ** 2) / s - 1).sum(-1)
