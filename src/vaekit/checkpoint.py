@@ -49,8 +49,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
+def _digest(tensors: dict[str, torch.Tensor], meta: str) -> str:
+    """SHA-256 over the tensors (name, dtype, shape, bytes) and the metadata JSON."""
+    h = hashlib.sha256(meta.encode())
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -62,7 +63,8 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, A
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    header = {"format": FORMAT, "sha256": _digest(tensors), "meta": json.dumps(meta or {})}
+    meta_json = json.dumps(meta or {})
+    header = {"format": FORMAT, "sha256": _digest(tensors, meta_json), "meta": meta_json}
     atomic_write_bytes(Path(path), save(tensors, metadata=header))
 
 
@@ -84,13 +86,21 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise CheckpointError(f"{path}: not a vaekit checkpoint or truncated ({e})") from None
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vaekit checkpoint (format {header.get('format')!r}, expected {FORMAT!r})")
-    if header.get("sha256") != _digest(tensors):
+    if "meta" not in header or header.get("sha256") != _digest(tensors, header["meta"]):
         raise CheckpointError(f"{path}: checksum mismatch, the file was modified or corrupted")
     try:
-        meta = json.loads(header.get("meta", "{}"))
+        meta = json.loads(header["meta"])
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: corrupt metadata") from None
     return tensors, meta
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files that a kill between write and rename left behind (they
+    carry the prefix ``.NAME.`` of a run file); no writer runs while a run is resumed."""
+    for name in (CONFIG_FILE, MODEL_FILE, LAST_FILE, METRICS_FILE):
+        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _read_header(data: bytes) -> dict[str, str]:

@@ -79,6 +79,7 @@ TRAIN_OPTIONS = {
     "valid_fraction": ("data", "valid_fraction"),
     "test_fraction": ("data", "test_fraction"),
     "split_seed": ("data", "split_seed"),
+    "mmap": ("data", "mmap"),
 }
 # What may change when a run is resumed: more epochs, another device, the final evaluation.
 RESUMABLE = {"epochs", "device", "eval_k", "data_dir"}
@@ -92,6 +93,7 @@ def _add_train(sub) -> None:
     g.add_argument("--valid-fraction", type=float, help="rows held out for validation when DATA has no splits (default 0.1)")
     g.add_argument("--test-fraction", type=float, help="rows held out for testing when DATA has no splits (default 0.2)")
     g.add_argument("--split-seed", type=int, help="seed of the split permutation (default 0)")
+    _bool_flag(g, "--mmap", "memory-map a .npy file and stream its rows (data larger than memory)")
     g = p.add_argument_group("model")
     g.add_argument("--latent-dim", type=int, help="dimension of z (default 20)")
     g.add_argument("--hidden", type=_widths, help="encoder widths, comma-separated; '' for a linear map (default 400)")

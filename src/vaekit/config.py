@@ -171,8 +171,13 @@ class DataConfig:
     valid_fraction: float = 0.1
     test_fraction: float = 0.2
     split_seed: int = 0
+    # Memory-map a .npy file and stream its rows instead of reading it whole (datasets larger
+    # than memory).
+    mmap: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.mmap, bool):
+            raise ConfigError(f"mmap must be true or false, got {self.mmap!r}")
         if not isinstance(self.source, str) or not self.source:
             raise ConfigError(f"source must be a dataset name or a file path, got {self.source!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):

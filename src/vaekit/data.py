@@ -85,6 +85,8 @@ class Dataset:
         """One split; ``'all'`` is train, valid and test concatenated in that order."""
         _check_split(name)
         if name == "all":
+            if isinstance(self.train, MappedRows):
+                return MappedRows(self.train.array, np.concatenate([p.index for p in (self.train, self.valid, self.test)]))
             return np.concatenate([self.train, self.valid, self.test], axis=0)
         return getattr(self, name)
 
@@ -102,6 +104,92 @@ class Dataset:
     def dim(self) -> int:
         """D, the number of features per datapoint."""
         return int(self.train.shape[1])
+
+
+class MappedRows:
+    """The rows of one split of a memory-mapped .npy file, read only when asked for.
+
+    Datasets larger than memory stream through it: training reads one batch of rows at a
+    time, checks and evaluation read ``CHUNK_ROWS`` rows at a time, and the operating system
+    keeps in memory only the pages in use (file-backed pages, which it can drop again).
+    """
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray | None = None):
+        self.array = array  # (N, D) memmap, any numeric dtype
+        self.index = np.arange(len(array)) if rows is None else np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.index), int(self.array.shape[1]))
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """float32 copies of the rows at ``positions`` of this split, in that order; the file
+        is read in ascending row order, which the page cache serves best."""
+        file_rows = self.index[np.asarray(positions)]
+        order = np.argsort(file_rows, kind="stable")
+        out = np.empty((len(file_rows), self.shape[1]), dtype=np.float32)
+        out[order] = self.array[file_rows[order]]
+        return out
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.rows(np.arange(len(self))[key])
+
+    def chunks(self, size: int | None = None):
+        """float32 blocks of consecutive rows of this split, in order."""
+        size = size or CHUNK_ROWS
+        for start in range(0, len(self), size):
+            yield self.rows(np.arange(start, min(start + size, len(self))))
+
+
+# Rows per block when a mapped split is checked or evaluated: bounds memory, keeps matrices large.
+CHUNK_ROWS = 8192
+
+
+def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None, likelihood: Any) -> MappedRows:
+    if len(x) < min_rows:
+        raise DataError(f"{what} has {len(x)} rows (shape={x.shape}); at least {min_rows} {'is' if min_rows == 1 else 'are'} needed")
+    if x.array.dtype.kind not in "biuf":
+        raise DataError(f"{what} has dtype {x.array.dtype}; expected numbers (bool, int or float)")
+    for i, chunk in enumerate(x.chunks()):
+        start = i * CHUNK_ROWS
+        try:
+            check_data(chunk, what=what, input_dim=input_dim, likelihood=likelihood)
+        except DataError as e:
+            raise DataError(f"{e} [in rows {start + 1}-{start + len(chunk)} of the split]") from None
+    return x
+
+
+def _load_mapped(path: Path, config: DataConfig) -> Dataset:
+    """A .npy file memory-mapped rather than read, split by fractions into ``MappedRows``."""
+    if path.suffix.lower() != ".npy":
+        raise DataError(f"{path}: memory-mapping needs a .npy file")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: cannot be read as a .npy array ({_reason(e)})") from None
+    image_shape = None
+    if array.ndim in (3, 4):
+        image_shape = tuple(int(v) for v in array.shape[1:])
+        array = array.reshape(len(array), -1)
+    elif array.ndim != 2:
+        raise DataError(f"{path}: {_not_2d(array)}")
+    n = len(array)
+    if not _split_ok(n, config.valid_fraction, config.test_fraction):
+        raise DataError(f"{path}: dataset has {n} rows; too few for valid_fraction={config.valid_fraction:g} and test_fraction={config.test_fraction:g}")
+    n_train, n_valid, _ = _split_sizes(n, config.valid_fraction, config.test_fraction)
+    perm = np.random.default_rng(config.split_seed).permutation(n)
+    parts = {"train": perm[:n_train], "valid": perm[n_train:n_train + n_valid], "test": perm[n_train + n_valid:]}
+    return Dataset(
+        name=str(path),
+        image_shape=image_shape,
+        **{s: MappedRows(array, np.sort(rows) if s != "train" else rows) for s, rows in parts.items()},
+    )
 
 
 def _check_split(name: str) -> None:
@@ -128,8 +216,11 @@ def check_data(
     Checks, in order: numeric dtype; 2-D; at least ``min_rows`` rows; at least one column;
     all values finite; ``D == input_dim`` when given; ``likelihood.check(x, what)`` (the
     likelihood's support) when a likelihood is given. Accepts lists, numpy arrays and torch
-    tensors. Raises ``DataError`` naming ``what``, the expected and the found.
+    tensors. Raises ``DataError`` naming ``what``, the expected and the found. A
+    ``MappedRows`` is checked block by block and returned as it is (never read whole).
     """
+    if isinstance(x, MappedRows):
+        return _check_mapped(x, what, min_rows, input_dim, likelihood)
     x = _as_numpy(x, what)
     if x.dtype.kind not in "biuf":
         raise DataError(f"{what} has dtype {x.dtype}; expected numbers (bool, int or float)")
@@ -221,6 +312,8 @@ def load_dataset(config: DataConfig) -> Dataset:
         ds = _load_digits(config)
     elif source == "binarized_mnist":
         ds = _load_binarized_mnist(config)
+    elif config.mmap:
+        ds = _load_mapped(_resolve(source, config.data_dir), config)
     else:
         ds = _load_user_file(_resolve(source, config.data_dir), config)
     for s in _SPLIT_NAMES:

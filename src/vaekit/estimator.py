@@ -203,7 +203,8 @@ class VAE:
         rows the model finds unlikely, so it serves as an anomaly score."""
         from .evaluate import log_px_per_point
 
-        return log_px_per_point(self.model_, self._input(X), k=k, seed=seed)
+        x = self._input(X)
+        return log_px_per_point(self.model_, x, k=k, seed=seed)
 
     def score(self, X, y=None, k: int = 1000) -> float:
         """Mean log p(x) over the rows of X (nats)."""
@@ -213,13 +214,15 @@ class VAE:
         """Per-row ELBO, E_q[log p(x|z)] and KL(q || p)."""
         from .evaluate import elbo_per_point
 
-        return elbo_per_point(self.model_, self._input(X), seed=seed)
+        x = self._input(X)
+        return elbo_per_point(self.model_, x, seed=seed)
 
     def evaluate(self, X, k: int = 1000, seed: int = 0) -> dict[str, Any]:
         """elbo, recon, kl, log_likelihood, bits_per_dim, n, k averaged over the rows of X."""
         from .evaluate import evaluate
 
-        return evaluate(self.model_, self._input(X), k=k, seed=seed)
+        x = self._input(X)
+        return evaluate(self.model_, x, k=k, seed=seed)
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, run_dir: str | Path) -> Path:

@@ -17,8 +17,16 @@ from .objectives import elbo as elbo_terms
 from .objectives import iwae
 
 
-def _batches(model, x: np.ndarray | torch.Tensor, batch_size: int):
+def _batches(model, x, batch_size: int):
+    """Rows of x as tensors on the model's device; a memory-mapped split is read block by block."""
+    from .data import MappedRows
+
     p = next(model.parameters())
+    if isinstance(x, MappedRows):
+        for block in x.chunks():
+            for start in range(0, len(block), batch_size):
+                yield torch.as_tensor(block[start : start + batch_size], dtype=p.dtype, device=p.device)
+        return
     x = torch.as_tensor(x, dtype=p.dtype, device=p.device)
     for start in range(0, x.shape[0], batch_size):
         yield x[start : start + batch_size]

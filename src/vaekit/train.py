@@ -30,6 +30,8 @@ TICKS_PER_EPOCH = 20
 # Methods without an encoder find each validation point's q by optimisation; validating on
 # this many rows keeps that under the cost of a training epoch.
 VALID_ROWS_WITHOUT_ENCODER = 1000
+# Test rows drawn in the latent-space picture.
+LATENT_POINTS = 5000
 
 
 def make_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optimizer]:
@@ -71,9 +73,24 @@ def fit(
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     model.to(device=device, dtype=dtype)
-    x_train_t = torch.as_tensor(x_train, dtype=dtype, device=device)
-    x_valid_t = torch.as_tensor(x_valid, dtype=dtype, device=device)
-    n = x_train_t.shape[0]
+    from .data import MappedRows
+
+    streamed = isinstance(x_train, MappedRows)
+    if streamed:
+        # Larger than memory: rows are read per batch from the memory-mapped file.
+        def batch_rows(idx: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(x_train.rows(idx.cpu().numpy())).to(device=device, dtype=dtype)
+
+        n = len(x_train)
+    else:
+        # The dataset as one tensor on the device: a batch is one index_select.
+        x_train_t = torch.as_tensor(x_train, dtype=dtype, device=device)
+
+        def batch_rows(idx: torch.Tensor) -> torch.Tensor:
+            return x_train_t[idx]
+
+        n = x_train_t.shape[0]
+    x_valid_t = x_valid if isinstance(x_valid, MappedRows) else torch.as_tensor(x_valid, dtype=dtype, device=device)
     bs = min(config.batch_size, n)
     steps = math.ceil(n / bs)
     optimizers = make_optimizers(model, config.lr)
@@ -93,6 +110,8 @@ def fit(
         step_model = torch.compile(step_model, dynamic=False)
     latent_dim = model.config.latent_dim
     valid_rows = x_valid_t if model.inference.has_encoder else x_valid_t[:VALID_ROWS_WITHOUT_ENCODER]
+    if isinstance(valid_rows, MappedRows) and not model.inference.trains_elbo:
+        valid_rows = torch.as_tensor(valid_rows[:VALID_ROWS_WITHOUT_ENCODER], dtype=dtype, device=device)
 
     run_dir = Path(run_dir) if run_dir is not None else None
     history: list[dict[str, Any]] = []
@@ -102,6 +121,8 @@ def fit(
         if run_dir is None or not (run_dir / ckpt.LAST_FILE).is_file():
             raise CheckpointError(f"{run_dir}: nothing to resume (no {ckpt.LAST_FILE})")
         meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizers)
+        if writer:
+            ckpt.remove_stale_temporaries(run_dir)
         if run_config is not None and writer:
             # Only now that the checkpoint has loaded may the new epochs or device be recorded.
             run_config.save(run_dir / ckpt.CONFIG_FILE)
@@ -141,7 +162,7 @@ def fit(
             if world > 1:
                 lo, hi = rank * b // world, (rank + 1) * b // world
                 idx, eps = idx[lo:hi], eps[:, lo:hi]
-            batch_loss, terms = step_model(x_train_t[idx], idx, beta, config.n_samples, config.analytic_kl, eps)
+            batch_loss, terms = step_model(batch_rows(idx), idx, beta, config.n_samples, config.analytic_kl, eps)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks; weighting each rank's mean by its share of
@@ -152,10 +173,18 @@ def fit(
             losses[step] = batch_loss.detach() * (idx.shape[0] / b if world > 1 else 1.0)
             elbo_sum += terms.elbo.detach().sum()
             if (step + 1) % tick == 0 or step + 1 == steps:
-                _check_finite(losses, step + 1, epoch, run_dir)
+                shown = losses[: step + 1]
+                if world > 1:
+                    # Each rank holds its share of each step's loss; every rank reaches this
+                    # tick at the same step, so the collective is safe, and all see a NaN.
+                    import torch.distributed as dist
+
+                    shown = shown.clone()
+                    dist.all_reduce(shown)
+                _check_finite(shown, step + 1, epoch, run_dir)
                 if bar is not None:
                     bar.update(step + 1 - bar.n)
-                    bar.set_postfix(loss=f"{losses[: step + 1].mean().item():.3f}")
+                    bar.set_postfix(loss=f"{shown.mean().item():.3f}")
         if bar is not None:
             bar.close()
         if world > 1:
@@ -360,10 +389,13 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
             x = torch.as_tensor(x_test[:32], dtype=p.dtype, device=p.device)
             x_hat = model.decode(model.evaluation_posterior(x).mean).mean.float().cpu().numpy()
             written.append(plots.reconstruction_grid(x_test[:32], x_hat, run_dir / "reconstructions.png", shape))
-        mu = torch.cat([model.evaluation_posterior(xb).mean for xb in _batches(model, x_test, 1024)]).float().cpu().numpy()
+        # A scatter of more points than this is a blot, and costs memory for nothing.
+        shown = x_test[:LATENT_POINTS]
+        mu = torch.cat([model.evaluation_posterior(xb).mean for xb in _batches(model, shown, 1024)]).float().cpu().numpy()
     if history:
         written.append(plots.training_curves(history, run_dir / "curves.png"))
-    written.append(plots.latent_scatter(mu, run_dir / "latent.png", labels=data.split_labels("test")))
+    labels = data.split_labels("test")
+    written.append(plots.latent_scatter(mu, run_dir / "latent.png", labels=None if labels is None else labels[:LATENT_POINTS]))
     if model.config.latent_dim == 2 and shape is not None:
 
         def decode(z: np.ndarray) -> np.ndarray:

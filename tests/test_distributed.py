@@ -1,0 +1,220 @@
+"""Data-parallel training (vaekit.train with ``torchrun``, DistributedDataParallel over gloo).
+
+Every test launches real processes: ``torchrun --nproc-per-node 2 -m vaekit train`` against
+``python -m vaekit train`` as the reference, all with OMP_NUM_THREADS=1 so that both do the
+same arithmetic. Each rank takes a contiguous shard of every global batch and all ranks draw
+the noise of the whole batch from identical streams, so two processes must reproduce one
+process on the same global batch up to the order of floating-point sums (the gradient of the
+global mean is assembled from two half-batch sums and an all-reduce). Measured on the CPU
+(2 epochs, 22 steps): float64 max |Δ| ≈ 7e-16 on every weight and ≤ 7e-16 relative on the
+metrics; float32 max |Δ| ≈ 9e-8 (1.5 ulp at the largest weights, |w| ≈ 0.5) and ≤ 1.2e-7
+relative on the metrics.
+
+--batch-size 125 on the 1258 digits training rows gives 62/63-row shards in the 10 full
+batches and 4/4 in the last: unequal shares, so a wrong per-rank weighting of the loss (the
+plain mean of the two rank means) shows. Measured with train.py patched that way: float32
+weights 3.6e-3 apart, metrics 1e-5..4e-4 relative, far outside the tolerances below. (The
+default 128 would split every batch evenly and hide that bug.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vaekit
+from vaekit import checkpoint as ckpt
+
+pytestmark = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="torch.distributed with the gloo backend is not available",
+)
+
+COMMON = ("--data", "digits", "--hidden", "32", "--latent-dim", "4", "--eval-k", "5", "--batch-size", "125")
+# Variables torchrun sets in its children; a reference run must not inherit them (it would
+# think it was one rank of a group).
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+# float64: measured ≈ 7e-16; 1e-10 still rejects any real difference in the training
+# (a wrongly weighted shard, different noise, a skipped step) by many orders of magnitude.
+TOL64 = 1e-10
+# float32: measured 9e-8 = 1.5 ulp of the largest weights. Different summation orders change
+# each gradient by ~1e-7 relative and Adam's normalised step (≈ lr·m/√v, lr = 1e-3) passes
+# such a perturbation on without growth over 22 steps; 1e-5 leaves >100x headroom for other
+# BLAS builds while a real bug (see the module docstring) moved weights by 3.6e-3.
+TOL32 = 1e-5
+METRIC_KEYS = ("train_loss", "train_elbo", "valid_elbo", "valid_recon", "valid_kl")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vaekit_train(*argv, nproc: int = 1, cwd: Path) -> subprocess.CompletedProcess:
+    """``vaekit train ARGV`` in one process, or under ``torchrun`` with ``nproc`` processes."""
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    if nproc == 1:
+        launcher = [sys.executable, "-m", "vaekit"]
+    else:
+        launcher = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "vaekit",
+        ]  # fmt: skip
+    return subprocess.run(
+        [*launcher, "train", *map(str, argv)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    return proc
+
+
+def model_tensors(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
+    """The model's tensors of a checkpoint (for last.safetensors: its ``model.`` part)."""
+    tensors, _ = ckpt.load_tensors(run_dir / name)
+    if name == ckpt.LAST_FILE:
+        return {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    return tensors
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel())
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / ckpt.METRICS_FILE).read_text().splitlines()]
+
+
+def assert_same_run(run: Path, ref: Path, dtype: torch.dtype, tol: float, rtol: float) -> None:
+    """Weights of the best and the last model within ``tol``, metrics within ``rtol``, and the
+    random stream left where the reference left it."""
+    for name in (ckpt.MODEL_FILE, ckpt.LAST_FILE):
+        a, b = model_tensors(run, name), model_tensors(ref, name)
+        assert all(t.dtype == dtype for t in a.values() if t.is_floating_point()), name
+        diff = max_abs_diff(a, b)
+        assert diff <= tol, f"{name}: max |Δ| = {diff:.3g} > {tol:g}"
+    rng_a, rng_b = (ckpt.load_tensors(d / ckpt.LAST_FILE)[0]["rng.cpu"] for d in (run, ref))
+    assert torch.equal(rng_a, rng_b), "the runs consumed different amounts of randomness"
+    got, want = metrics(run), metrics(ref)
+    assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
+    for r, s in zip(got, want):
+        for key in METRIC_KEYS:
+            assert r[key] == pytest.approx(s[key], rel=rtol), (r["epoch"], key)
+
+
+def json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def runs64(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Uninterrupted 2-epoch float64 runs: one process and two, with --json and --progress."""
+    d = tmp_path_factory.mktemp("dist64")
+    out = {}
+    for label, nproc in (("single", 1), ("ddp", 2)):
+        run = d / label
+        proc = ok(vaekit_train(*COMMON, "--dtype", "float64", "--epochs", 2, "--json", "--progress", "--out", run, nproc=nproc, cwd=d))
+        out[label] = (run, proc)
+    return out
+
+
+# ---- equality with one process -----------------------------------------------------------------
+
+
+def test_two_processes_match_one_in_float64(runs64):
+    (single, p1), (ddp, p2) = runs64["single"], runs64["ddp"]
+    assert_same_run(ddp, single, torch.float64, TOL64, rtol=1e-12)
+    # The final evaluation on rank 0 sees the same model, so the same test numbers.
+    (s1,), (s2,) = json_lines(p1.stdout), json_lines(p2.stdout)
+    for key in ("elbo", "recon", "kl", "log_likelihood"):
+        assert s2["test"][key] == pytest.approx(s1["test"][key], rel=1e-12), key
+
+
+def test_two_processes_match_one_in_float32(tmp_path):
+    runs = {}
+    for label, nproc in (("single", 1), ("ddp", 2)):
+        runs[label] = tmp_path / label
+        ok(vaekit_train(*COMMON, "--epochs", 2, "--out", runs[label], nproc=nproc, cwd=tmp_path))
+    assert_same_run(runs["ddp"], runs["single"], torch.float32, TOL32, rtol=1e-6)
+
+
+# ---- rank 0 alone writes and reports -----------------------------------------------------------
+
+
+def test_only_rank_zero_writes_and_prints(runs64):
+    (single, _), (ddp, proc) = runs64["single"], runs64["ddp"]
+    # The same files as a one-process run: one metrics.jsonl, no second copy, no leftovers
+    # of an interrupted atomic write.
+    assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
+    assert [p.name for p in ddp.iterdir() if "metrics" in p.name] == [ckpt.METRICS_FILE]
+    assert not [p.name for p in ddp.iterdir() if p.name.endswith(".tmp")]
+    assert [r["epoch"] for r in metrics(ddp)] == [1, 2]
+    (summary,) = json_lines(proc.stdout)  # one JSON line, not one per rank
+    assert summary["run_dir"] == str(ddp) and summary["epochs"] == 2
+
+
+def progress_losses(stderr: str) -> dict[int, str]:
+    """The last ``loss=`` each epoch's progress bar showed (tqdm redraws with \\r)."""
+    shown = {}
+    for segment in re.split(r"[\r\n]", stderr):
+        m = re.search(r"epoch (\d+)/\d+.*loss=(-?\d+\.\d+)", segment)
+        if m:
+            shown[int(m.group(1))] = m.group(2)
+    return shown
+
+
+def test_progress_bar_shows_the_epoch_loss_with_one_process(runs64):
+    # The reference for the test below: the bar's final value is the epoch's train_loss.
+    run, proc = runs64["single"]
+    assert progress_losses(proc.stderr) == {r["epoch"]: f"{r['train_loss']:.3f}" for r in metrics(run)}
+
+
+def test_progress_bar_shows_the_global_loss_with_two_processes(runs64):
+    run, proc = runs64["ddp"]
+    assert progress_losses(proc.stderr) == {r["epoch"]: f"{r['train_loss']:.3f}" for r in metrics(run)}
+
+
+# ---- resume across world sizes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)], ids=["2procs-then-1", "1proc-then-2"])
+def test_resume_across_world_sizes(runs64, tmp_path, first, then):
+    run = tmp_path / "run"
+    ok(vaekit_train(*COMMON, "--dtype", "float64", "--epochs", 1, "--out", run, nproc=first, cwd=tmp_path))
+    assert [r["epoch"] for r in metrics(run)] == [1]
+    ok(vaekit_train("--resume", "--epochs", 2, "--out", run, nproc=then, cwd=tmp_path))
+    single, _ = runs64["single"]
+    assert_same_run(run, single, torch.float64, TOL64, rtol=1e-12)
+
+
+# ---- refused configurations --------------------------------------------------------------------
+
+
+def test_per_point_inference_is_refused(tmp_path):
+    run = tmp_path / "run"
+    proc = vaekit_train(*COMMON, "--epochs", 2, "--inference", "vi", "--out", run, nproc=2, cwd=tmp_path)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    errors = [line for line in output.splitlines() if line.startswith("vaekit: error:")]
+    assert errors, output
+    # Each rank says the same single line; it names the method and why it cannot be split.
+    for line in errors:
+        assert "per-point tables" in line and "'vi'" in line, line
+    # torchrun adds its own report, but no frame of vaekit: a user error, not a crash.
+    assert str(Path(vaekit.__file__).parent) not in output
+    # Refused before anything was written, so the same --out can be used again.
+    assert not (run / ckpt.CONFIG_FILE).exists()

@@ -1,0 +1,116 @@
+"""Datasets larger than memory: ``--mmap`` streams a .npy file's rows instead of loading it.
+
+The proof is a subprocess that caps its own data segment (RLIMIT_DATA: heap and anonymous
+memory, not file-backed pages) below the size of the file, then trains. Without --mmap the
+same command cannot even load the file; with it, training, checking and evaluation stay
+within the cap.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+resource = pytest.importorskip("resource")
+
+ROWS, DIM = 1_300_000, 784  # 1.02 GB as uint8 (4.1 GB once read as float32)
+# The cap above what the imports take (~235 MB): room for the transient tensors of a batch,
+# an evaluation block and the allocator's arenas, and in all well below the file's size.
+HEADROOM_MB = 400
+
+RUNNER = textwrap.dedent(
+    f"""
+    import re, resource, sys
+    import matplotlib, numpy, torch, vaekit.cli, vaekit.data, vaekit.plots, vaekit.train  # imports come first
+    data_kb = int(re.search(r"VmData:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+    cap = (data_kb + {HEADROOM_MB} * 1000) * 1024
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+    print("CAP", cap, file=sys.stderr)
+    sys.exit(vaekit.cli.main(sys.argv[1:]))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("big") / "big.npy"
+    a = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(ROWS, DIM))
+    rng = np.random.default_rng(0)
+    for start in range(0, ROWS, 50_000):
+        block = rng.random((min(50_000, ROWS - start), DIM)) < 0.13
+        a[start : start + len(block)] = block
+    a.flush()
+    del a
+    return path
+
+
+def _cap(stderr: str) -> int:
+    import re
+
+    return int(re.search(r"CAP (\d+)", stderr).group(1))
+
+
+def _train(path, out, *extra):
+    args = ["train", "--data", str(path), "--out", str(out), "--epochs", "1", "--batch-size", "1024",
+            "--valid-fraction", "0.02", "--test-fraction", "0.02",
+            "--hidden", "16", "--latent-dim", "2", "--likelihood", "bernoulli", "--eval-k", "2", "--json", *extra]
+    return subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and RLIMIT_DATA semantics of Linux")
+def test_mmap_trains_on_a_file_larger_than_the_memory_cap(big_file, tmp_path):
+    proc = _train(big_file, tmp_path / "run", "--mmap")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert big_file.stat().st_size > _cap(proc.stderr)  # the whole file could not fit under the cap
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["test"]["n"] == round(ROWS * 0.02)
+    # Pixels are Bernoulli(0.13) and independent: a fitted model cannot beat their entropy,
+    # 784·H(0.13) = 784 × 0.3874 nats = 303.7 nats, and one epoch gets close to it.
+    entropy = -DIM * (0.13 * np.log(0.13) + 0.87 * np.log(0.87))
+    assert -summary["test"]["elbo"] == pytest.approx(entropy, rel=0.02)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and RLIMIT_DATA semantics of Linux")
+def test_the_same_run_without_mmap_exceeds_the_cap(big_file, tmp_path):
+    proc = _train(big_file, tmp_path / "run")
+    assert proc.returncode != 0
+    assert "MemoryError" in proc.stderr or "Unable to allocate" in proc.stderr or "memory" in proc.stderr.lower()
+
+
+def test_mapped_rows_read_the_rows_asked_for(tmp_path):
+    from vaekit.config import DataConfig
+    from vaekit.data import MappedRows, check_data, load_dataset
+
+    x = np.random.default_rng(1).random((50, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    ds = load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.2, test_fraction=0.2))
+    assert all(isinstance(getattr(ds, s), MappedRows) for s in ("train", "valid", "test"))
+    assert (len(ds.train), len(ds.valid), len(ds.test)) == (30, 10, 10)
+    # The same rows as the in-memory loader puts in each split.
+    eager = load_dataset(DataConfig(source=str(tmp_path / "x.npy"), valid_fraction=0.2, test_fraction=0.2))
+    np.testing.assert_array_equal(ds.train[:], eager.train)
+    np.testing.assert_array_equal(np.sort(ds.valid[:], axis=0), np.sort(eager.valid, axis=0))
+    np.testing.assert_array_equal(ds.train.rows(np.array([4, 0, 4])), eager.train[[4, 0, 4]])
+    assert sum(len(c) for c in ds.split("all").chunks(7)) == 50
+    assert check_data(ds.train, what="x") is ds.train
+
+
+def test_mapped_rows_are_checked_block_by_block(tmp_path, monkeypatch):
+    import vaekit.data as data
+    from vaekit.config import DataConfig
+    from vaekit.errors import DataError
+
+    x = np.zeros((40, 3), dtype=np.float32)
+    x[37, 1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    monkeypatch.setattr(data, "CHUNK_ROWS", 8)
+    with pytest.raises(DataError, match="NaN"):
+        data.load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.0, test_fraction=0.0))
+    np.savetxt(tmp_path / "x.csv", np.zeros((5, 2)))
+    with pytest.raises(DataError, match="needs a .npy"):
+        data.load_dataset(DataConfig(source=str(tmp_path / "x.csv"), mmap=True))
