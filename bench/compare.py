@@ -5,7 +5,7 @@ on statically binarized MNIST (50 000 training images) by each contestant, each 
 process, one at a time, ``--repeats`` times:
 
   vaekit     vaekit.train.fit, whole epochs as a user runs them (validation and checkpoints
-             included)
+             included); vaekit-compile the same with TrainConfig(compile=True)
   examples   a loop written like PyTorch's examples/vae: DataLoader(shuffle=True), per-batch
              .item(), BCE(sum) + KL
   pythae     Pythae's TrainingPipeline / BaseTrainer with its VAE and our encoder/decoder
@@ -17,7 +17,7 @@ it prints training images/s (min/median/max over repeats of the median epoch), t
 closed-form KL plus a 10-sample reconstruction term, on the 10 000 test images), the ratio of
 vaekit to each, and vaekit's fraction of the matmul peak. The last line is one JSON object.
 
-    python bench/compare.py [--epochs 3] [--repeats 3] [--contestants vaekit examples pythae pyro]
+    python bench/compare.py [--epochs 3] [--repeats 3] [--contestants vaekit vaekit-compile examples pythae pyro]
 
 Peers are not dependencies: ``pip install pyro-ppl pythae`` first (a missing one is skipped).
 """
@@ -39,7 +39,7 @@ DATA = ROOT.parent / "shared/data/binarized_mnist/binarized_mnist.npz"
 # products per layer, except the first layer, whose input needs no gradient: 3.28 MFLOP.
 _MACS = 784 * 400 + 400 * 40 + 20 * 400 + 400 * 784
 FLOP_PER_IMAGE = 2 * (3 * _MACS - 784 * 400)
-CONTESTANTS = ("vaekit", "examples", "pythae", "pyro")
+CONTESTANTS = ("vaekit", "vaekit-compile", "examples", "pythae", "pyro")
 
 
 # -- shared pieces (run inside each contestant's process) ---------------------------------------
@@ -80,7 +80,7 @@ def _test_neg_elbo(encode, decode_logits, x_test) -> float:
     return total / len(x_all)
 
 
-def run_vaekit(args) -> dict:
+def run_vaekit(args, compile: bool = False) -> dict:
     import numpy as np
     import torch
 
@@ -91,7 +91,7 @@ def run_vaekit(args) -> dict:
     x_train, x_valid, x_test = _data(args.data)
     torch.manual_seed(0)
     cfg = ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli")
-    tcfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, compile=args.compile)
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, compile=compile)
     model = VAEModel(cfg)
     with tempfile.TemporaryDirectory() as run_dir:
         history = fit(model, x_train, x_valid, tcfg, run_dir, RunConfig(cfg, tcfg))
@@ -251,7 +251,14 @@ def matmul_peak(seconds: float = 3.0) -> float:
 
 
 def child(args) -> None:
-    result = {"vaekit": run_vaekit, "examples": run_examples, "pythae": run_pythae, "pyro": run_pyro}[args.child](args)
+    runners = {
+        "vaekit": run_vaekit,
+        "vaekit-compile": lambda a: run_vaekit(a, compile=True),
+        "examples": run_examples,
+        "pythae": run_pythae,
+        "pyro": run_pyro,
+    }
+    result = runners[args.child](args)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -260,7 +267,6 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--contestants", nargs="+", default=list(CONTESTANTS), choices=CONTESTANTS)
-    ap.add_argument("--compile", action="store_true", help="vaekit with torch.compile (TrainConfig.compile)")
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--child", choices=CONTESTANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -278,7 +284,6 @@ def main() -> None:
         runs = []
         for rep in range(args.repeats):
             cmd = [sys.executable, __file__, "--child", name, "--epochs", str(args.epochs), "--data", args.data]
-            cmd += ["--compile"] if args.compile else []
             proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:

@@ -41,7 +41,13 @@ def make_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optim
     local = model.inference.local_parameters()
     local_ids = {id(p) for p in local}
     shared = [p for p in model.parameters() if id(p) not in local_ids]
-    optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(shared, lr=lr)]
+    try:
+        # The fused kernel updates all tensors in one pass: 1.4x the whole training step of
+        # the default foreach Adam for the MNIST MLP on this CPU (bench/README.md).
+        adam = torch.optim.Adam(shared, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
+        adam = torch.optim.Adam(shared, lr=lr)
+    optimizers: list[torch.optim.Optimizer] = [adam]
     if local:
         optimizers.append(torch.optim.SparseAdam(local, lr=lr))
     return optimizers
