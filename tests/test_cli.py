@@ -214,7 +214,8 @@ def test_evaluate_json(run, capsys):
     code, out, err = cli(capsys, "evaluate", run, "--json", "--k", "20")
     assert code == 0 and err == ""
     r = json.loads(out)
-    assert set(r) == TEST_KEYS | {"split"}
+    assert set(r) == TEST_KEYS | {"split", "inference", "seconds"}
+    assert r["inference"] == "amortized" and r["seconds"] > 0
     assert r["k"] == 20 and r["n"] == DIGITS_TEST and r["split"] == "test"
     assert r["elbo"] == pytest.approx(r["recon"] - r["kl"], rel=1e-6)
     assert r["log_likelihood"] > r["elbo"] - 5

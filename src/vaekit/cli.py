@@ -12,6 +12,7 @@ import io
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -311,14 +312,17 @@ def cmd_evaluate(args) -> int:
     _positive("--k", args.k)
     est = _load(args)
     x, _ = _rows(est, args, args.split)
+    t0 = time.perf_counter()
     result = evaluate(est.model_, x, k=args.k, seed=args.seed)
-    result["split"] = args.split
+    # The cost of inference on new data: one encoder pass, or per-point optimisation.
+    result.update(split=args.split, inference=est.model_.config.inference, seconds=time.perf_counter() - t0)
     if args.json:
         _print_json(result)
     else:
         print(
             f"{args.split} ({result['n']} rows): ELBO {result['elbo']:.3f} (recon {result['recon']:.3f}, KL {result['kl']:.3f})  "
-            f"log p(x) {result['log_likelihood']:.3f} nats (IWAE, K={result['k']})  {result['bits_per_dim']:.4f} bits/dim"
+            f"log p(x) {result['log_likelihood']:.3f} nats (IWAE, K={result['k']})  {result['bits_per_dim']:.4f} bits/dim  "
+            f"[{result['inference']} inference, {result['seconds']:.1f} s]"
         )
     return 0
 
@@ -331,7 +335,9 @@ def cmd_gaps(args) -> int:
     _positive("--steps", args.steps)
     est = _load(args)
     x, _ = _rows(est, args, args.split)
+    t0 = time.perf_counter()
     result = gaps(est.model_, x, k=args.k, steps=args.steps, seed=args.seed)
+    result["seconds"] = time.perf_counter() - t0
     per_point = result.pop("per_point")
     plot = Path(args.plot) if args.plot else Path(args.run_dir) / f"gaps_{args.split}.png"
     _check_out(plot, (".png",))
