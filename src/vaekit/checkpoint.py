@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +22,13 @@ import torch
 
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError
+from .files import atomic_write_bytes
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 LAST_FILE = "last.safetensors"
 METRICS_FILE = "metrics.jsonl"
 FORMAT = "vaekit-1"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one:
-    a temporary file in the same directory, flushed to disk, then renamed over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _digest(tensors: dict[str, torch.Tensor], meta: str) -> str:

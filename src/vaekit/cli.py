@@ -444,7 +444,7 @@ def _check_out(out: Path, suffixes: tuple[str, ...]) -> None:
 def _write_array(out: Path, arr, header: list[str] | None = None, arrays: dict | None = None) -> None:
     import numpy as np
 
-    from .checkpoint import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     buf = io.BytesIO()
     suffix = out.suffix.lower()

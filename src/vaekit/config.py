@@ -222,7 +222,7 @@ class RunConfig:
             raise ConfigError(f"config is missing the section {e.args[0]!r}") from None
 
     def save(self, path: str | Path) -> None:
-        from .checkpoint import atomic_write_bytes
+        from .files import atomic_write_bytes
 
         atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 

@@ -35,7 +35,6 @@ import hashlib
 import http.client
 import math
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -48,6 +47,7 @@ import numpy as np
 
 from .config import DataConfig
 from .errors import DataError
+from .files import atomic_write
 
 SPLITS = ("train", "valid", "test", "all")
 NAMED = ("digits", "binarized_mnist")
@@ -754,17 +754,7 @@ def download_binarized_mnist(cache_dir: Path) -> Path:
         )
     target = cache_dir / BINARIZED_MNIST_FILE
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".binarized_mnist.", suffix=".tmp", dir=cache_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, lambda f: np.savez_compressed(f, **arrays))
     except OSError as e:
         raise DataError(f"the download could not be saved to {target} ({e.strerror or e})") from None
     return target

@@ -13,8 +13,6 @@ what was expected and what came.
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from statistics import NormalDist
@@ -22,6 +20,7 @@ from statistics import NormalDist
 import numpy as np
 
 from .errors import DataError
+from .files import atomic_write as _atomic_write
 
 __all__ = [
     "image_grid",
@@ -101,27 +100,7 @@ def _check_positive_int(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def _atomic_write(path, write: Callable[[object], None]) -> Path:
-    """Run ``write(fileobj)`` on a temp file beside ``path``, then rename it over ``path``.
 
-    ``os.replace`` within one directory is atomic, so ``path`` is either the old file or the whole
-    new one; on any error the temp file is removed and ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # not tempfile.mkstemp: its files are 0600; O_CREAT with 0666 lets the umask decide, as for open()
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def _save_figure(fig, path) -> Path:

@@ -1,0 +1,39 @@
+"""Atomic file writes, shared by checkpoints, metrics, outputs, pictures and the data cache.
+
+No torch import here: ``vaekit.plots`` and ``vaekit.data`` use it and must stay light.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Callable, IO
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Run ``write(fileobj)`` on a temporary file beside ``path``, flush it to disk, then rename
+    it over ``path``: a crash at any moment leaves either the old file or the whole new one, and
+    on an error the temporary file is removed and ``path`` is untouched.
+
+    The temporary file is ``.NAME.<random>.tmp`` (``checkpoint.remove_stale_temporaries`` relies
+    on that), created with mode 0666 so the umask decides, as for ``open`` (``tempfile.mkstemp``
+    would make every output 0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
