@@ -39,7 +39,8 @@ class Amortized(InferenceMethod):
         terms = elbo(model, x, q=q, n_samples=n_samples, analytic_kl=analytic_kl, eps=eps)
         total = loss(terms, beta)
         if self.config.refine_steps and self.config.refine_in_training:
-            refined = elbo(model, x, q=self.refine(model, x, q), n_samples=n_samples, analytic_kl=analytic_kl)
+            # The step's own noise again: every rank of a data-parallel run must draw alike.
+            refined = elbo(model, x, q=self.refine(model, x, q), n_samples=n_samples, analytic_kl=analytic_kl, eps=eps)
             total = total + loss(refined, beta)
         return total, terms
 
