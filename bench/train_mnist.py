@@ -37,6 +37,7 @@ def main() -> None:
     data = load_dataset(DataConfig(source="binarized_mnist", data_dir=args.data_dir))
     model_cfg = ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli", image_shape=(28, 28))
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, seed=args.seed, eval_k=args.k)
+    torch.manual_seed(args.seed)  # the initial weights are part of the run
     model = VAEModel(model_cfg)
     with tempfile.TemporaryDirectory() as run_dir:
         t0 = time.perf_counter()
