@@ -81,7 +81,6 @@ def _test_neg_elbo(encode, decode_logits, x_test) -> float:
 
 
 def run_vaekit(args, compile: bool = False) -> dict:
-    import numpy as np
     import torch
 
     from vaekit.config import ModelConfig, RunConfig, TrainConfig

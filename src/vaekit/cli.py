@@ -212,15 +212,12 @@ def cmd_train(args) -> int:
     summary = train_run(config, run_dir, resume=args.resume, progress=progress)
     if summary.get("rank", 0) != 0:  # data-parallel: rank 0 alone reports
         return 0
-    if args.json:
-        _print_json(summary)
-    else:
-        t = summary["test"]
-        print(f"run: {summary['run_dir']}  epochs: {summary['epochs']}  best epoch: {summary['best_epoch']}  valid ELBO: {summary['valid_elbo']:.3f}")
-        print(
-            f"test ({t['n']} rows): ELBO {t['elbo']:.3f} (recon {t['recon']:.3f}, KL {t['kl']:.3f})  "
-            f"log p(x) {t['log_likelihood']:.3f} nats (IWAE, K={t['k']})  {t['bits_per_dim']:.4f} bits/dim"
-        )
+    _report(
+        args,
+        summary,
+        f"run: {summary['run_dir']}  epochs: {summary['epochs']}  best epoch: {summary['best_epoch']}  "
+        f"valid ELBO: {summary['valid_elbo']:.3f}\ntest {_evidence_line(summary['test'])}",
+    )
     return 0
 
 
@@ -316,14 +313,7 @@ def cmd_evaluate(args) -> int:
     result = evaluate(est.model_, x, k=args.k, seed=args.seed)
     # The cost of inference on new data: one encoder pass, or per-point optimisation.
     result.update(split=args.split, inference=est.model_.config.inference, seconds=time.perf_counter() - t0)
-    if args.json:
-        _print_json(result)
-    else:
-        print(
-            f"{args.split} ({result['n']} rows): ELBO {result['elbo']:.3f} (recon {result['recon']:.3f}, KL {result['kl']:.3f})  "
-            f"log p(x) {result['log_likelihood']:.3f} nats (IWAE, K={result['k']})  {result['bits_per_dim']:.4f} bits/dim  "
-            f"[{result['inference']} inference, {result['seconds']:.1f} s]"
-        )
+    _report(args, result, f"{args.split} {_evidence_line(result)}  [{result['inference']} inference, {result['seconds']:.1f} s]")
     return 0
 
 
@@ -343,19 +333,17 @@ def cmd_gaps(args) -> int:
     _check_out(plot, (".png",))
     bound_gap_plot(per_point["log_px"], per_point["elbo"], plot, title=f"{est.model_.config.inference} VAE, {args.split} split")
     result.update(split=args.split, plot=str(plot))
-    if args.json:
-        _print_json(result)
-    else:
-        print(
-            f"{args.split} ({result['n']} rows): log p(x) {result['log_likelihood']:.3f}  ELBO(q) {result['elbo']:.3f}  "
-            f"ELBO(q*) {result['elbo_optimal']:.3f}  approximation gap {result['approximation_gap']:.3f}  "
-            f"amortization gap {result['amortization_gap']:.3f} nats  (K={result['k']}, {result['steps']} steps; plot {plot})"
-        )
+    _report(
+        args,
+        result,
+        f"{args.split} ({result['n']} rows): log p(x) {result['log_likelihood']:.3f}  ELBO(q) {result['elbo']:.3f}  "
+        f"ELBO(q*) {result['elbo_optimal']:.3f}  approximation gap {result['approximation_gap']:.3f}  "
+        f"amortization gap {result['amortization_gap']:.3f} nats  (K={result['k']}, {result['steps']} steps; plot {plot})",
+    )
     return 0
 
 
 def cmd_sample(args) -> int:
-    import numpy as np
     import torch
 
     _positive("-n", args.n)
@@ -461,8 +449,12 @@ def _write_array(out: Path, arr, header: list[str] | None = None, arrays: dict |
         raise DataError(f"--out {out}: cannot write ({e.strerror})") from None
 
 
-def _print_json(obj: dict[str, Any]) -> None:
-    print(json.dumps(obj))
+def _evidence_line(r: dict[str, Any]) -> str:
+    """'(n rows): ELBO … log p(x) … bits/dim' for the result of ``evaluate.evaluate``."""
+    return (
+        f"({r['n']} rows): ELBO {r['elbo']:.3f} (recon {r['recon']:.3f}, KL {r['kl']:.3f})  "
+        f"log p(x) {r['log_likelihood']:.3f} nats (IWAE, K={r['k']})  {r['bits_per_dim']:.4f} bits/dim"
+    )
 
 
 def _report(args, obj: dict[str, Any], text: str) -> None:

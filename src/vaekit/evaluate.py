@@ -17,7 +17,7 @@ from .objectives import elbo as elbo_terms
 from .objectives import iwae
 
 
-def _batches(model, x, batch_size: int):
+def batches(model, x, batch_size: int):
     """Rows of x as tensors on the model's device; a memory-mapped split is read block by block."""
     from .data import MappedRows
 
@@ -47,7 +47,7 @@ def elbo_per_point(model, x, n_samples: int = 1, batch_size: int = 1024, seed: i
     g = _generator(model, seed)
     parts = [
         elbo_terms(model, xb, q=model.evaluation_posterior(xb), n_samples=n_samples, generator=g)
-        for xb in _batches(model, x, batch_size)
+        for xb in batches(model, x, batch_size)
     ]
     model.train(was)
     return {name: torch.cat([getattr(p, name) for p in parts]).double().cpu().numpy() for name in ("elbo", "recon", "kl")}
@@ -63,7 +63,7 @@ def log_px_per_point(model, x, k: int = 1000, batch_size: int | None = None, see
         # Rows per call: enough that each K-chunk is a large matrix product, few enough that
         # one chunk covers many samples (see objectives.iwae.DEFAULT_BLOCK).
         batch_size = 256 if k >= 64 else 1024
-    out = [iwae(model, xb, k, q=model.evaluation_posterior(xb), generator=g) for xb in _batches(model, x, batch_size)]
+    out = [iwae(model, xb, k, q=model.evaluation_posterior(xb), generator=g) for xb in batches(model, x, batch_size)]
     model.train(was)
     return torch.cat(out).double().cpu().numpy()
 
@@ -116,7 +116,7 @@ def gaps_per_point(
     model.eval()
     lr = model.config.local_lr if lr is None else lr
     out: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "elbo_optimal": []}
-    for i, xb in enumerate(_batches(model, x, batch_size)):
+    for i, xb in enumerate(batches(model, x, batch_size)):
         q = model.evaluation_posterior(xb)
         if not isinstance(q, DiagonalNormal):
             raise TypeError(f"gaps need a diagonal Gaussian q, got {type(q).__name__}")

@@ -322,9 +322,6 @@ def train_run(
 ) -> dict[str, Any]:
     """What ``vaekit train`` does: load the data, fit, draw the pictures, evaluate on the test
     split (ELBO and log p(x) with K = eval_k). Returns the summary that the CLI prints."""
-    from .data import check_data, load_dataset
-    from .evaluate import evaluate
-    from .model import VAEModel
 
     run_dir = Path(run_dir)
     distributed = init_distributed(run_config.train.device)
@@ -387,7 +384,7 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
     """The pictures of the notes for a trained model: samples from the prior, reconstructions
     beside their inputs, training curves, and the latent space."""
     from . import plots
-    from .evaluate import _batches
+    from .evaluate import batches
 
     run_dir = Path(run_dir)
     written = []
@@ -404,7 +401,7 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
             written.append(plots.reconstruction_grid(x_test[:32], x_hat, run_dir / "reconstructions.png", shape))
         # A scatter of more points than this is a blot, and costs memory for nothing.
         shown = x_test[:LATENT_POINTS]
-        mu = torch.cat([model.evaluation_posterior(xb).mean for xb in _batches(model, shown, 1024)]).float().cpu().numpy()
+        mu = torch.cat([model.evaluation_posterior(xb).mean for xb in batches(model, shown, 1024)]).float().cpu().numpy()
     if history:
         written.append(plots.training_curves(history, run_dir / "curves.png"))
     labels = data.split_labels("test")

@@ -27,19 +27,18 @@ class Likelihood(nn.Module):
     def forward(self, out: torch.Tensor) -> Distribution:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def in_support(self, x: np.ndarray) -> bool:
-        return True
+    def supported(self, x: np.ndarray) -> np.ndarray:
+        """Elementwise: which values of ``x`` this likelihood gives a density (all, by default)."""
+        return np.ones(x.shape, dtype=bool)
 
     def check(self, x: np.ndarray, what: str = "data") -> None:
         """Raise DataError if some value of ``x`` is outside this likelihood's support."""
-        if not self.in_support(x):
-            bad = np.unique(x[~self._mask(x)])[:3] if hasattr(self, "_mask") else []
-            shown = ", ".join(f"{v:g}" for v in bad)
+        ok = self.supported(x)
+        if not ok.all():
+            shown = ", ".join(f"{v:g}" for v in np.unique(x[~ok])[:3])
             raise DataError(
-                f"{what} has values outside the support of the {self.name} likelihood "
-                f"({self.support})" + (f", e.g. {shown}" if shown else "")
+                f"{what} has values outside the support of the {self.name} likelihood ({self.support}), e.g. {shown}"
             )
-
 
 LIKELIHOODS: Registry[Likelihood] = Registry("likelihood")
 

@@ -16,8 +16,5 @@ class ContinuousBernoulli(Likelihood):
     def forward(self, logits: torch.Tensor) -> ContinuousBernoulliLogits:
         return ContinuousBernoulliLogits(logits)
 
-    def _mask(self, x: np.ndarray) -> np.ndarray:
+    def supported(self, x: np.ndarray) -> np.ndarray:
         return (x >= 0) & (x <= 1)
-
-    def in_support(self, x: np.ndarray) -> bool:
-        return bool(self._mask(x).all())
