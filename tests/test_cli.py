@@ -413,6 +413,10 @@ BAD_INPUT = {
     "activation-unknown": (["train", "--out", "{tmp}/r", "--activation", "nope"], 2, ["--activation", "'nope'", "relu"]),
     "latent-dim-0": (["train", "--out", "{tmp}/r", "--latent-dim", "0"], 2, ["--latent-dim", "0"]),
     "dtype-unknown": (["train", "--out", "{tmp}/r", "--dtype", "float16"], 2, ["--dtype", "float16"]),
+    "amp-unknown": (["train", "--out", "{tmp}/r", "--amp", "fp8"], 2, ["--amp", "'fp8'", "bf16"]),
+    "amp-with-float64": (["train", "--out", "{tmp}/r", "--amp", "bf16", "--dtype", "float64"], 2, ["bf16", "float64"]),
+    "matmul-precision-unknown": (["train", "--out", "{tmp}/r", "--matmul-precision", "low"], 2, ["--matmul-precision", "'low'", "medium"]),
+    "compile-mode-unknown": (["train", "--out", "{tmp}/r", "--compile-mode", "fast"], 2, ["--compile-mode", "'fast'", "reduce-overhead"]),
     "valid-fraction-1.5": (["train", "--out", "{tmp}/r", "--valid-fraction", "1.5"], 2, ["--valid-fraction", "1.5"]),
     "evaluate-k-0": (["evaluate", "{run}", "--k", "0"], 2, ["--k", "0"]),
     "score-k-0": (["score", "{run}", "--data", "digits", "--out", "{tmp}/s.npy", "--k", "0"], 2, ["--k", "0"]),
@@ -644,6 +648,18 @@ def test_seed_fixes_initial_weights(files, tmp_path, capsys):
         torch.manual_seed(len(name) * 1000 + ord(name))  # whatever state earlier work left behind
         assert cli(capsys, "train", "--out", tmp_path / name, "--epochs", "1", *_fill(RESUME_ARGS, files=files))[0] == 0
     assert_same_tensors(state_dict(tmp_path / "a"), state_dict(tmp_path / "b"))
+
+
+def test_resume_may_change_the_speed_settings(files, tmp_path, capsys):
+    """--amp, --matmul-precision, --compile and --compile-mode change how fast a run goes, not
+    the model: a resume may set them, and config.json records the new values."""
+    out = tmp_path / "r"
+    assert cli(capsys, "train", "--out", out, "--epochs", "1", *_fill(RESUME_ARGS, files=files))[0] == 0
+    code, _, err = cli(capsys, "train", "--out", out, "--resume", "--epochs", "2", "--amp", "bf16", "--matmul-precision", "medium")
+    assert code == 0, err
+    saved = json.loads((out / "config.json").read_text())["train"]
+    assert (saved["amp"], saved["matmul_precision"], saved["epochs"]) == ("bf16", "medium", 2)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 # -- 4. NaN during training ---------------------------------------------------------------------

@@ -40,6 +40,16 @@ def test_fit_returns_self_with_fitted_state(digits):
     assert est.config_.model.input_dim == 64 and est.config_.model.latent_dim == 2
 
 
+def test_speed_settings_reach_the_training_config(digits, tmp_path):
+    est = VAE(latent_dim=2, hidden=(16,), epochs=2, seed=0, amp="bf16", matmul_precision="medium").fit(digits[:300])
+    assert (est.config_.train.amp, est.config_.train.matmul_precision) == ("bf16", "medium")
+    assert all(p.dtype == torch.float32 for p in est.model_.parameters())
+    est.save(tmp_path / "m")
+    assert vaekit.load(tmp_path / "m").config_.train.amp == "bf16"
+    with pytest.raises(ConfigError, match="amp"):
+        VAE(amp="fp8").fit(digits[:300])
+
+
 def test_output_shapes_and_relations(fitted, digits):
     x = digits[1400:1450]
     mu, logvar = fitted.encode(x)

@@ -75,6 +75,9 @@ TRAIN_OPTIONS = {
     "dtype": ("train", "dtype"),
     "eval_k": ("train", "eval_k"),
     "compile": ("train", "compile"),
+    "compile_mode": ("train", "compile_mode"),
+    "amp": ("train", "amp"),
+    "matmul_precision": ("train", "matmul_precision"),
     "data": ("data", "source"),
     "data_dir": ("data", "data_dir"),
     "valid_fraction": ("data", "valid_fraction"),
@@ -83,7 +86,8 @@ TRAIN_OPTIONS = {
     "mmap": ("data", "mmap"),
 }
 # What may change when a run is resumed: more epochs, another device, the final evaluation.
-RESUMABLE = {"epochs", "device", "eval_k", "data_dir"}
+# Speed settings may change too (say, a run resumed on a GPU with bf16); config.json records them.
+RESUMABLE = {"epochs", "device", "eval_k", "data_dir", "compile", "compile_mode", "amp", "matmul_precision"}
 
 
 def _add_train(sub) -> None:
@@ -124,6 +128,9 @@ def _add_train(sub) -> None:
     g.add_argument("--dtype", help="float32 (default) or float64")
     g.add_argument("--eval-k", type=int, help="K of the test log-likelihood estimate (default 1000)")
     _bool_flag(g, "--compile", "compile the training step with torch.compile (default off)")
+    g.add_argument("--compile-mode", help="torch.compile mode: default, reduce-overhead (CUDA graphs on a GPU), max-autotune, max-autotune-no-cudagraphs")
+    g.add_argument("--amp", help="mixed precision of the training step: off (default) or bf16 (networks under bfloat16 autocast; weights and log-densities stay float32)")
+    g.add_argument("--matmul-precision", help="float32 products in training: highest (default), high (TF32 on CUDA), medium (bfloat16-based, CUDA and CPUs with bf16)")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     g.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
@@ -197,7 +204,7 @@ def cmd_train(args) -> int:
                 f"--{o.replace('_', '-')} cannot change when resuming; {run_dir}/config.json holds {f}={getattr(getattr(config, s), f)!r}"
             )
         with _option_names():
-            train = replace(config.train, **{TRAIN_OPTIONS[o][1]: getattr(args, o) for o in ("epochs", "device", "eval_k") if getattr(args, o) is not None})
+            train = replace(config.train, **{TRAIN_OPTIONS[o][1]: getattr(args, o) for o in sorted(RESUMABLE - {"data_dir"}) if getattr(args, o) is not None})
         data = replace(config.data, data_dir=args.data_dir or config.data.data_dir)
         config = replace(config, train=train, data=data)
     else:

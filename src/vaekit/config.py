@@ -21,6 +21,9 @@ CONFIG_VERSION = 1
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
 VARIANCES = ("fixed", "shared", "feature")
 DTYPES = ("float32", "float64")
+AMP = ("off", "bf16")
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -134,6 +137,15 @@ class TrainConfig:
     eval_k: int = 1000
     # Compile the training step's forward and backward with torch.compile (TorchInductor).
     compile: bool = False
+    # torch.compile's mode; "reduce-overhead" replays the step as a CUDA graph on a GPU.
+    compile_mode: str = "default"
+    # Mixed precision of the training step: "bf16" runs the networks under autocast to
+    # bfloat16, while weights, optimizer state and every log-density stay in the model's dtype.
+    amp: str = "off"
+    # float32 matrix products during training (torch.set_float32_matmul_precision): "high"
+    # allows TF32 on CUDA, "medium" bfloat16-based products (CUDA, and CPUs with bf16 units).
+    # Evaluation always runs at "highest", so likelihoods are not affected.
+    matmul_precision: str = "highest"
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
@@ -150,6 +162,11 @@ class TrainConfig:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.compile, bool):
             raise ConfigError(f"compile must be true or false, got {self.compile!r}")
+        for name, choices in (("compile_mode", COMPILE_MODES), ("amp", AMP), ("matmul_precision", MATMUL_PRECISIONS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.amp != "off" and self.dtype != "float32":
+            raise ConfigError(f"amp={self.amp} needs dtype float32, got {self.dtype!r}")
         if not isinstance(self.analytic_kl, bool):
             raise ConfigError(f"analytic_kl must be true or false, got {self.analytic_kl!r}")
         if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):

@@ -55,6 +55,9 @@ class VAE:
         seed: int = 0,
         device: str = "cpu",
         dtype: str = "float32",
+        amp: str = "off",
+        matmul_precision: str = "highest",
+        compile: bool = False,
         valid_fraction: float = 0.1,
         image_shape: tuple[int, ...] | None = None,
         progress: bool = False,
@@ -131,6 +134,9 @@ class VAE:
             seed=self.seed,
             device=self.device,
             dtype=self.dtype,
+            amp=self.amp,
+            matmul_precision=self.matmul_precision,
+            compile=self.compile,
         )
         data_config = DataConfig(source="array", valid_fraction=self.valid_fraction, test_fraction=0.0, split_seed=self.seed)
         torch.manual_seed(self.seed)  # the initial weights are part of the fit

@@ -33,6 +33,11 @@ class MLP(nn.Sequential):
         layers.append(nn.Linear(widths[-1], out_dim))
         super().__init__(*layers)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Under bfloat16 autocast the layers compute in bfloat16; the output returns to the
+        # input's dtype so that every log-density and KL downstream is computed in float32.
+        return super().forward(x).to(x.dtype)
+
 
 class GaussianHead(nn.Module):
     """Wraps a network whose output is split into (μ, log σ²) halves: (μ, log Σ) = DNN_enc(x)."""

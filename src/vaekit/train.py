@@ -9,6 +9,7 @@ for NaN at progress ticks and at the end of the epoch).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -113,7 +114,9 @@ def fit(
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         # dynamic=False: one graph for full batches, one more for the last, smaller batch.
-        step_model = torch.compile(step_model, dynamic=False)
+        mode = None if config.compile_mode == "default" else config.compile_mode
+        step_model = torch.compile(step_model, dynamic=False, mode=mode)
+    autocast = _autocast(config, device)
     latent_dim = model.config.latent_dim
     valid_rows = x_valid_t if model.inference.has_encoder else x_valid_t[:VALID_ROWS_WITHOUT_ENCODER]
     if isinstance(valid_rows, MappedRows) and not model.inference.trains_elbo:
@@ -168,12 +171,14 @@ def fit(
             if world > 1:
                 lo, hi = rank * b // world, (rank + 1) * b // world
                 idx, eps = idx[lo:hi], eps[:, lo:hi]
-            batch_loss, terms = step_model(batch_rows(idx), idx, beta, config.n_samples, config.analytic_kl, eps)
+            with autocast(), _matmul_precision(config.matmul_precision):
+                batch_loss, terms = step_model(batch_rows(idx), idx, beta, config.n_samples, config.analytic_kl, eps)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks; weighting each rank's mean by its share of
             # the batch makes that average the gradient of the global-batch mean.
-            (batch_loss * (idx.shape[0] * world / b) if world > 1 else batch_loss).backward()
+            with _matmul_precision(config.matmul_precision):
+                (batch_loss * (idx.shape[0] * world / b) if world > 1 else batch_loss).backward()
             for opt in optimizers:
                 opt.step()
             losses[step] = batch_loss.detach() * (idx.shape[0] / b if world > 1 else 1.0)
@@ -242,6 +247,31 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    """The step's autocast context: bfloat16 networks under ``amp="bf16"`` (no loss scaling is
+    needed, bfloat16 has float32's exponent range), else nothing."""
+    if config.amp == "off":
+        return contextlib.nullcontext
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"--amp {config.amp}: this GPU has no bfloat16 support")
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def _matmul_precision(precision: str):
+    """torch.set_float32_matmul_precision for the block only: the setting is process-wide, and
+    evaluation (and the caller's own code) must keep full float32 products."""
+    old = torch.get_float32_matmul_precision()
+    if old == precision:
+        yield
+        return
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
 
 
 @torch.no_grad()
