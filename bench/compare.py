@@ -5,7 +5,9 @@ on statically binarized MNIST (50 000 training images) by each contestant, each 
 process, one at a time, ``--repeats`` rounds in which every contestant runs once:
 
   vaekit     vaekit.train.fit, whole epochs as a user runs them (validation and checkpoints
-             included); vaekit-compile the same with TrainConfig(compile=True)
+             included), float32 like every peer; vaekit-compile the same with
+             TrainConfig(compile=True); vaekit-bf16 with TrainConfig(amp="bf16") (bfloat16
+             networks, float32 weights and log-densities; its test −ELBO shows what that costs)
   examples   a loop written like PyTorch's examples/vae: DataLoader(shuffle=True), per-batch
              .item(), BCE(sum) + KL
   pythae     Pythae's TrainingPipeline / BaseTrainer with its VAE and our encoder/decoder
@@ -17,7 +19,7 @@ it prints training images/s (min/median/max over repeats of the median epoch), t
 closed-form KL plus a 10-sample reconstruction term, on the 10 000 test images), the ratio of
 vaekit to each, and vaekit's fraction of the matmul peak. The last line is one JSON object.
 
-    python bench/compare.py [--epochs 3] [--repeats 3] [--contestants vaekit vaekit-compile examples pythae pyro]
+    python bench/compare.py [--epochs 3] [--repeats 3] [--contestants vaekit vaekit-bf16 examples pythae pyro]
 
 Peers are not dependencies: ``pip install pyro-ppl pythae`` first (a missing one is skipped).
 """
@@ -39,7 +41,7 @@ DATA = ROOT.parent / "shared/data/binarized_mnist/binarized_mnist.npz"
 # products per layer, except the first layer, whose input needs no gradient: 3.28 MFLOP.
 _MACS = 784 * 400 + 400 * 40 + 20 * 400 + 400 * 784
 FLOP_PER_IMAGE = 2 * (3 * _MACS - 784 * 400)
-CONTESTANTS = ("vaekit", "vaekit-compile", "examples", "pythae", "pyro")
+CONTESTANTS = ("vaekit", "vaekit-compile", "vaekit-bf16", "examples", "pythae", "pyro")
 
 
 # -- shared pieces (run inside each contestant's process) ---------------------------------------
@@ -80,7 +82,7 @@ def _test_neg_elbo(encode, decode_logits, x_test) -> float:
     return total / len(x_all)
 
 
-def run_vaekit(args, compile: bool = False) -> dict:
+def run_vaekit(args, compile: bool = False, amp: str = "off") -> dict:
     import torch
 
     from vaekit.config import ModelConfig, RunConfig, TrainConfig
@@ -90,7 +92,7 @@ def run_vaekit(args, compile: bool = False) -> dict:
     x_train, x_valid, x_test = _data(args.data)
     torch.manual_seed(0)
     cfg = ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli")
-    tcfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, compile=compile)
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, compile=compile, amp=amp)
     model = VAEModel(cfg)
     with tempfile.TemporaryDirectory() as run_dir:
         history = fit(model, x_train, x_valid, tcfg, run_dir, RunConfig(cfg, tcfg))
@@ -232,13 +234,13 @@ def run_pyro(args) -> dict:
     return {"epoch_ips": epoch_ips, "test_neg_elbo": _test_neg_elbo(enc, dec_net, x_test)}
 
 
-def matmul_peak(seconds: float = 3.0) -> float:
-    """Best fp32 GFLOP/s of square torch.mm over a few sizes."""
+def matmul_peak(seconds: float = 3.0, dtype=None) -> float:
+    """Best GFLOP/s of square torch.mm over a few sizes (float32 unless ``dtype`` says)."""
     import torch
 
     best = 0.0
     for n in (1024, 2048, 3072):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         torch.mm(a, b)
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds / 3:
@@ -255,6 +257,7 @@ def child(args) -> None:
     runners = {
         "vaekit": run_vaekit,
         "vaekit-compile": lambda a: run_vaekit(a, compile=True),
+        "vaekit-bf16": lambda a: run_vaekit(a, amp="bf16"),
         "examples": run_examples,
         "pythae": run_pythae,
         "pyro": run_pyro,
@@ -278,13 +281,21 @@ def main() -> None:
 
     import torch
 
-    peak = matmul_peak()
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads, torch {torch.__version__})", flush=True)
+    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
     # Round robin (every contestant once, then again): the machine's speed drifts over minutes,
     # and interleaving spreads that drift evenly instead of over whoever happens to run last.
+    # The matmul peaks are measured at the start of every round for the same reason.
     runs: dict[str, list[dict]] = {name: [] for name in args.contestants}
     failed: set[str] = set()
+    peaks: list[float] = []
+    peaks_bf16: list[float] = []
     for rep in range(args.repeats):
+        peaks.append(matmul_peak())
+        print(f"round {rep + 1}: fp32 matmul peak {peaks[-1]:.1f} GFLOP/s", end="", flush=True)
+        if "vaekit-bf16" in args.contestants:
+            peaks_bf16.append(matmul_peak(dtype=torch.bfloat16))
+            print(f", bf16 {peaks_bf16[-1]:.1f} GFLOP/s", end="")
+        print(flush=True)
         for name in args.contestants:
             if name in failed:
                 continue
@@ -299,24 +310,37 @@ def main() -> None:
             r = json.loads(line[7:])
             runs[name].append(r)
             print(f"{name} run {rep + 1}: {statistics.median(r['epoch_ips']):8.0f} img/s  test -ELBO {r['test_neg_elbo']:.2f}", flush=True)
+    peak = statistics.median(peaks)
+    peak_bf16 = statistics.median(peaks_bf16) if peaks_bf16 else None
     results: dict[str, dict] = {}
     for name, rs in runs.items():
         if rs:
             ips = sorted(statistics.median(r["epoch_ips"]) for r in rs)
+            # Each contestant against the peak of the precision its products run in.
+            own_peak = peak_bf16 if name == "vaekit-bf16" else peak
             results[name] = {
                 "images_per_second": {"min": ips[0], "median": statistics.median(ips), "max": ips[-1]},
                 "test_neg_elbo": statistics.median(r["test_neg_elbo"] for r in rs),
-                "peak_fraction": statistics.median(ips) * FLOP_PER_IMAGE / (peak * 1e9),
+                "peak_fraction": statistics.median(ips) * FLOP_PER_IMAGE / (own_peak * 1e9),
             }
     print()
-    print(f"{'contestant':10s} {'min':>8s} {'median':>8s} {'max':>8s} {'peak %':>7s} {'test -ELBO':>10s} {'vaekit x':>9s}")
-    base = results.get("vaekit", {}).get("images_per_second", {}).get("median")
+    print(f"matmul peak (median of {len(peaks)} rounds): fp32 {peak:.1f} GFLOP/s" + (f", bf16 {peak_bf16:.1f} GFLOP/s" if peak_bf16 else ""))
+    bases = [b for b in ("vaekit", "vaekit-bf16") if b in results]
+    print(f"{'contestant':14s} {'min':>8s} {'median':>8s} {'max':>8s} {'peak %':>7s} {'test -ELBO':>10s}" + "".join(f" {b + ' x':>13s}" for b in bases))
     for name, r in results.items():
         ips = r["images_per_second"]
-        ratio = f"{base / ips['median']:9.2f}" if base else ""
-        r["vaekit_ratio"] = base / ips["median"] if base else None
-        print(f"{name:10s} {ips['min']:8.0f} {ips['median']:8.0f} {ips['max']:8.0f} {100 * r['peak_fraction']:6.1f}% {r['test_neg_elbo']:10.2f} {ratio}")
-    print(json.dumps({"bench": "compare", "epochs": args.epochs, "repeats": args.repeats, "matmul_peak_gflops": peak, "flop_per_image": FLOP_PER_IMAGE, "results": results}))
+        cols = ""
+        for b in bases:
+            ratio = results[b]["images_per_second"]["median"] / ips["median"]
+            r[f"{b}_ratio"] = ratio
+            cols += f" {ratio:13.2f}"
+        print(f"{name:14s} {ips['min']:8.0f} {ips['median']:8.0f} {ips['max']:8.0f} {100 * r['peak_fraction']:6.1f}% {r['test_neg_elbo']:10.2f}{cols}")
+    print("(peak %: of the fp32 peak, and of the bf16 peak for vaekit-bf16)")
+    print(json.dumps({
+        "bench": "compare", "epochs": args.epochs, "repeats": args.repeats, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "matmul_peak_gflops": peak, "matmul_peaks_gflops": peaks,
+        "bf16_matmul_peak_gflops": peak_bf16, "flop_per_image": FLOP_PER_IMAGE, "results": results,
+    }))  # fmt: skip
 
 
 if __name__ == "__main__":
