@@ -80,106 +80,188 @@ def fit(
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     model.to(device=device, dtype=dtype)
+    n, batch_rows = _training_rows(x_train, device, dtype)
+    valid_rows = _validation_rows(model, x_valid, device, dtype)
+    optimizers = make_optimizers(model, config.lr)
+    rank, world = _rank_world()
+    writer = run_dir is not None and rank == 0
+    run_dir = Path(run_dir) if run_dir is not None else None
+    step = _Step(model, optimizers, config, device, batch_rows, rank, world)
+    run = _start(model, optimizers, config, run_dir, run_config, resume, writer)
+
+    for epoch in range(run.start, config.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        bar = _progress(progress, math.ceil(n / min(config.batch_size, n)), f"epoch {epoch}/{config.epochs}")
+        losses, elbo_sum = step.epoch(n, config.beta_at(epoch), epoch, run_dir, bar)
+        train_seconds = time.perf_counter() - t0
+        valid = elbo_per_point(model, valid_rows, seed=config.seed + 1)
+        valid_elbo = float(valid["elbo"].mean())
+        score = valid_elbo if model.inference.trains_elbo else _valid_objective(model, valid_rows)
+        record = {
+            "epoch": epoch,
+            "beta": config.beta_at(epoch),
+            "train_loss": float(losses.mean()),
+            "train_elbo": float(elbo_sum) / n,
+            "valid_elbo": valid_elbo,
+            "valid_recon": float(valid["recon"].mean()),
+            "valid_kl": float(valid["kl"].mean()),
+            "valid_score": score,
+            "train_seconds": train_seconds,
+            "images_per_second": n / train_seconds,
+        }
+        run.history.append(record)
+        if score > run.best_valid:
+            run.best_valid, run.best_epoch, run.bad_epochs = score, epoch, 0
+            run.best_state = copy.deepcopy(model.state_dict())
+            if writer:
+                ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, run.best_state)
+        else:
+            run.bad_epochs += 1
+        stopped = config.patience is not None and run.bad_epochs >= config.patience
+        # The epoch as a user pays for it: training, validation, the best model's checkpoint.
+        record["epoch_seconds"] = time.perf_counter() - t0
+        if writer:
+            meta = {
+                "epoch": epoch,
+                "best_valid": run.best_valid,
+                "best_epoch": run.best_epoch,
+                "bad_epochs": run.bad_epochs,
+                "stopped": stopped,
+                "history": run.history,
+            }
+            ckpt.save_tensors(run_dir / ckpt.LAST_FILE, *ckpt.training_state(model, optimizers, meta))
+            _append_metrics(run_dir, record)
+        if stopped:
+            break
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
+    model.eval()
+    return run.history
+
+
+def _training_rows(x_train, device: torch.device, dtype: torch.dtype):
+    """(n, batch_rows): batch_rows(idx) gives the rows idx as a tensor on the device."""
     from .data import MappedRows
 
-    streamed = isinstance(x_train, MappedRows)
-    if streamed:
+    if isinstance(x_train, MappedRows):
         # Larger than memory: rows are read per batch from the memory-mapped file.
         def batch_rows(idx: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(x_train.rows(idx.cpu().numpy())).to(device=device, dtype=dtype)
 
-        n = len(x_train)
-    else:
-        # The dataset as one tensor on the device: a batch is one index_select.
-        x_train_t = torch.as_tensor(x_train, dtype=dtype, device=device)
+        return len(x_train), batch_rows
+    # The dataset as one tensor on the device: a batch is one index_select.
+    x_train_t = torch.as_tensor(x_train, dtype=dtype, device=device)
 
-        def batch_rows(idx: torch.Tensor) -> torch.Tensor:
-            return torch.index_select(x_train_t, 0, idx)  # 3x faster than x_train_t[idx] on CPU
+    def batch_rows(idx: torch.Tensor) -> torch.Tensor:
+        return torch.index_select(x_train_t, 0, idx)  # 3x faster than x_train_t[idx] on CPU
 
-        n = x_train_t.shape[0]
-    x_valid_t = x_valid if isinstance(x_valid, MappedRows) else torch.as_tensor(x_valid, dtype=dtype, device=device)
-    bs = min(config.batch_size, n)
-    steps = math.ceil(n / bs)
-    optimizers = make_optimizers(model, config.lr)
-    rank, world = _rank_world()
-    writer = run_dir is not None and rank == 0
-    step_model = model
-    if world > 1:
-        if model.inference.local_parameters():
-            raise ConfigError(
-                f"data-parallel training needs an inference method without per-point tables; {model.config.inference!r} has them"
-            )
-        from torch.nn.parallel import DistributedDataParallel
+    return x_train_t.shape[0], batch_rows
 
-        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        # dynamic=False: one graph for full batches, one more for the last, smaller batch.
-        mode = None if config.compile_mode == "default" else config.compile_mode
-        step_model = torch.compile(step_model, dynamic=False, mode=mode)
-    autocast = _autocast(config, device)
-    latent_dim = model.config.latent_dim
-    valid_rows = x_valid_t if model.inference.has_encoder else x_valid_t[:VALID_ROWS_WITHOUT_ENCODER]
-    if isinstance(valid_rows, MappedRows) and not model.inference.trains_elbo:
-        valid_rows = torch.as_tensor(valid_rows[:VALID_ROWS_WITHOUT_ENCODER], dtype=dtype, device=device)
 
-    run_dir = Path(run_dir) if run_dir is not None else None
-    history: list[dict[str, Any]] = []
-    best_valid, best_epoch, bad_epochs, start = -math.inf, 0, 0, 1
-    best_state = None
-    if resume:
-        if run_dir is None or not (run_dir / ckpt.LAST_FILE).is_file():
-            raise CheckpointError(f"{run_dir}: nothing to resume (no {ckpt.LAST_FILE})")
-        meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizers)
-        if writer:
-            ckpt.remove_stale_temporaries(run_dir)
-        if run_config is not None and writer:
-            # Only now that the checkpoint has loaded may the new epochs or device be recorded.
-            run_config.save(run_dir / ckpt.CONFIG_FILE)
-        history = meta["history"]
-        best_valid, best_epoch, bad_epochs = meta["best_valid"], meta["best_epoch"], meta["bad_epochs"]
-        start = meta["epoch"] + 1
-        if meta.get("stopped"):
-            start = config.epochs + 1
-        # Lines after the checkpoint belong to an epoch that will be run again.
-        if writer:
-            _write_metrics(run_dir, history)
-        best_state = _best_from_disk(run_dir, model)
-    else:
+def _validation_rows(model, x_valid, device: torch.device, dtype: torch.dtype):
+    """The validation rows: all of them, or the first VALID_ROWS_WITHOUT_ENCODER for methods
+    that must optimise each point's q; a memory-mapped split stays mapped when it can."""
+    from .data import MappedRows
+
+    mapped = isinstance(x_valid, MappedRows)
+    if not model.inference.has_encoder:
+        return torch.as_tensor(np.asarray(x_valid[:VALID_ROWS_WITHOUT_ENCODER]), dtype=dtype, device=device)
+    if mapped and not model.inference.trains_elbo:
+        # The method's own objective (_valid_objective) needs the rows in one tensor.
+        return torch.as_tensor(np.asarray(x_valid[:VALID_ROWS_WITHOUT_ENCODER]), dtype=dtype, device=device)
+    return x_valid if mapped else torch.as_tensor(x_valid, dtype=dtype, device=device)
+
+
+class _Run:
+    """What an epoch loop carries between epochs and what a checkpoint restores."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+        self.best_valid, self.best_epoch, self.bad_epochs, self.start = -math.inf, 0, 0, 1
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+
+def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_config, resume: bool, writer: bool) -> _Run:
+    """A fresh run (seeded, run directory initialised) or one restored from last.safetensors."""
+    run = _Run()
+    if not resume:
         torch.manual_seed(config.seed)
         if writer:
             if run_config is None:
                 raise ValueError("run_config is needed to write a run directory")
             run_config.save(run_dir / ckpt.CONFIG_FILE)
             _write_metrics(run_dir, [])
+        return run
+    if run_dir is None or not (run_dir / ckpt.LAST_FILE).is_file():
+        raise CheckpointError(f"{run_dir}: nothing to resume (no {ckpt.LAST_FILE})")
+    meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizers)
+    if writer:
+        ckpt.remove_stale_temporaries(run_dir)
+    if run_config is not None and writer:
+        # Only now that the checkpoint has loaded may the new epochs or device be recorded.
+        run_config.save(run_dir / ckpt.CONFIG_FILE)
+    run.history = meta["history"]
+    run.best_valid, run.best_epoch, run.bad_epochs = meta["best_valid"], meta["best_epoch"], meta["bad_epochs"]
+    run.start = config.epochs + 1 if meta.get("stopped") else meta["epoch"] + 1
+    # Lines after the checkpoint belong to an epoch that will be run again.
+    if writer:
+        _write_metrics(run_dir, run.history)
+    run.best_state = _best_from_disk(run_dir, model)
+    return run
 
-    losses = torch.zeros(steps, dtype=dtype, device=device)
-    stopped = False
-    for epoch in range(start, config.epochs + 1):
-        beta = config.beta_at(epoch)
-        model.train()
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, device=device)
-        elbo_sum = torch.zeros((), dtype=torch.float64, device=device)
-        bar = _progress(progress, steps, f"epoch {epoch}/{config.epochs}")
+
+class _Step:
+    """One pass over the training set: per batch, the β-weighted ELBO loss, its gradient and
+    the optimizer step, under the configured precision, compilation and data parallelism."""
+
+    def __init__(self, model, optimizers, config: TrainConfig, device: torch.device, batch_rows, rank: int, world: int):
+        self.model, self.optimizers, self.config = model, optimizers, config
+        self.device, self.batch_rows, self.rank, self.world = device, batch_rows, rank, world
+        self.forward = model
+        if world > 1:
+            if model.inference.local_parameters():
+                raise ConfigError(
+                    f"data-parallel training needs an inference method without per-point tables; {model.config.inference!r} has them"
+                )
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if config.compile:
+            # dynamic=False: one graph for full batches, one more for the last, smaller batch.
+            mode = None if config.compile_mode == "default" else config.compile_mode
+            self.forward = torch.compile(self.forward, dynamic=False, mode=mode)
+        self.autocast = _autocast(config, device)
+        self.dtype = getattr(torch, config.dtype)
+
+    def epoch(self, n: int, beta: float, epoch: int, run_dir: Path | None, bar) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-step losses, the sum of the training points' ELBOs), both on the device and
+        summed over ranks."""
+        config, world, rank = self.config, self.world, self.rank
+        bs = min(config.batch_size, n)
+        steps = math.ceil(n / bs)
+        losses = torch.zeros(steps, dtype=self.dtype, device=self.device)
+        elbo_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        perm = torch.randperm(n, device=self.device)
         tick = max(1, steps // TICKS_PER_EPOCH)
         for step in range(steps):
             idx = perm[step * bs : (step + 1) * bs]
             b = idx.shape[0]
             # The noise of the whole global batch, drawn identically on every rank, so that
             # data-parallel training equals one process on the same global batch.
-            eps = torch.randn((config.n_samples, b, latent_dim), dtype=dtype, device=device)
+            eps = torch.randn((config.n_samples, b, self.model.config.latent_dim), dtype=self.dtype, device=self.device)
             if world > 1:
                 lo, hi = rank * b // world, (rank + 1) * b // world
                 idx, eps = idx[lo:hi], eps[:, lo:hi]
-            with autocast(), _matmul_precision(config.matmul_precision):
-                batch_loss, terms = step_model(batch_rows(idx), idx, beta, config.n_samples, config.analytic_kl, eps)
-            for opt in optimizers:
+            with self.autocast(), _matmul_precision(config.matmul_precision):
+                batch_loss, terms = self.forward(self.batch_rows(idx), idx, beta, config.n_samples, config.analytic_kl, eps)
+            for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks; weighting each rank's mean by its share of
             # the batch makes that average the gradient of the global-batch mean.
             with _matmul_precision(config.matmul_precision):
                 (batch_loss * (idx.shape[0] * world / b) if world > 1 else batch_loss).backward()
-            for opt in optimizers:
+            for opt in self.optimizers:
                 opt.step()
             losses[step] = batch_loss.detach() * (idx.shape[0] / b if world > 1 else 1.0)
             elbo_sum += terms.elbo.detach().sum()
@@ -203,50 +285,7 @@ def fit(
 
             dist.all_reduce(losses)
             dist.all_reduce(elbo_sum)
-        train_seconds = time.perf_counter() - t0
-        valid = elbo_per_point(model, valid_rows, seed=config.seed + 1)
-        valid_elbo = float(valid["elbo"].mean())
-        score = valid_elbo if model.inference.trains_elbo else _valid_objective(model, valid_rows)
-        record = {
-            "epoch": epoch,
-            "beta": beta,
-            "train_loss": float(losses.mean()),
-            "train_elbo": float(elbo_sum) / n,
-            "valid_elbo": valid_elbo,
-            "valid_recon": float(valid["recon"].mean()),
-            "valid_kl": float(valid["kl"].mean()),
-            "valid_score": score,
-            "train_seconds": train_seconds,
-            "images_per_second": n / train_seconds,
-        }
-        history.append(record)
-        if score > best_valid:
-            best_valid, best_epoch, bad_epochs = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-            if writer:
-                ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, best_state)
-        else:
-            bad_epochs += 1
-        stopped = config.patience is not None and bad_epochs >= config.patience
-        # The epoch as a user pays for it: training, validation, the best model's checkpoint.
-        record["epoch_seconds"] = time.perf_counter() - t0
-        if writer:
-            meta = {
-                "epoch": epoch,
-                "best_valid": best_valid,
-                "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs,
-                "stopped": stopped,
-                "history": history,
-            }
-            ckpt.save_tensors(run_dir / ckpt.LAST_FILE, *ckpt.training_state(model, optimizers, meta))
-            _append_metrics(run_dir, record)
-        if stopped:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return history
+        return losses, elbo_sum
 
 
 def _autocast(config: TrainConfig, device: torch.device):
