@@ -310,6 +310,31 @@ def test_encode_user_file_keeps_row_order(run, files, digits_rows, tmp_path, cap
     np.testing.assert_allclose(e, np.concatenate([mu, logvar], axis=1), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("verb, extra", [("encode", []), ("reconstruct", []), ("score", ["--k", "5"]), ("evaluate", ["--k", "5"])])
+def test_mmap_verbs_equal_the_in_memory_ones(verb, extra, run, digits_rows, tmp_path, capsys):
+    """--mmap streams a .npy in blocks (with the mapped check) and gives the same numbers."""
+    np.save(tmp_path / "x.npy", digits_rows.astype(np.float32))
+    outputs = []
+    for flags in ([], ["--mmap"]):
+        out = tmp_path / f"{verb}{len(flags)}.npy"
+        argv = [verb, run, "--data", tmp_path / "x.npy", *extra, *flags, "--json"]
+        argv += ["--split", "all"] if verb == "evaluate" else ["--out", out]
+        code, stdout, err = cli(capsys, *argv)
+        assert code == 0, err
+        outputs.append(json.loads(stdout) if verb == "evaluate" else np.load(out))
+    if verb == "evaluate":
+        outputs = [{k: v for k, v in o.items() if k != "seconds"} for o in outputs]
+        assert outputs[0] == outputs[1]
+    else:
+        np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_mmap_verb_refuses_a_csv(run, files, tmp_path, capsys):
+    code, out, err = cli(capsys, "encode", run, "--data", files / "digits50.csv", "--mmap", "--out", tmp_path / "e.npy")
+    assert_error(code, out, err, 1, "digits50.csv", ".npy")
+    assert not (tmp_path / "e.npy").exists()
+
+
 def test_reconstruct_npy_and_png(run, files, digits_rows, tmp_path, capsys):
     code, _, _ = cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", "--out", tmp_path / "r.npy")
     assert code == 0

@@ -50,6 +50,31 @@ def test_speed_settings_reach_the_training_config(digits, tmp_path):
         VAE(amp="fp8").fit(digits[:300])
 
 
+def test_encode_and_reconstruct_go_in_blocks_with_the_same_result(fitted, digits, monkeypatch):
+    """Blocks bound the memory of encode and reconstruct; the numbers do not depend on them."""
+    import vaekit.estimator as estimator
+
+    x = digits[:300]
+    mu, logvar = fitted.encode(x)
+    x_hat = fitted.reconstruct(x)
+    monkeypatch.setattr(estimator, "BATCH_ROWS", 64)
+    mu_b, logvar_b = fitted.encode(x)
+    np.testing.assert_allclose(mu_b, mu, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(logvar_b, logvar, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(fitted.reconstruct(x), x_hat, rtol=1e-6, atol=1e-6)
+    assert mu_b.shape == (300, 8) and x_hat.shape == (300, 64)
+
+
+def test_memory_mapped_rows_give_the_same_latents(fitted, digits, tmp_path):
+    from vaekit.data import load_array
+
+    np.save(tmp_path / "x.npy", digits[:200])
+    mapped, _, _ = load_array(str(tmp_path / "x.npy"), mmap=True)
+    assert type(mapped).__name__ == "MappedRows" and len(mapped) == 200
+    np.testing.assert_array_equal(fitted.encode(mapped)[0], fitted.encode(digits[:200])[0])
+    np.testing.assert_array_equal(fitted.score_samples(mapped, k=5), fitted.score_samples(digits[:200], k=5))
+
+
 def test_output_shapes_and_relations(fitted, digits):
     x = digits[1400:1450]
     mu, logvar = fitted.encode(x)

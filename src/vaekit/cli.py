@@ -238,6 +238,7 @@ def _run_parser(sub, name: str, help: str, data_required: bool, default_split: s
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz")
     p.add_argument("--split", choices=SPLITS, default=default_split, help=f"rows to use (default {default_split}; 'all' keeps a file's own row order)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo noise (default 0)")
+    p.add_argument("--mmap", action="store_true", help="memory-map a .npy --data and stream its rows (default: as the run was trained)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
 
@@ -296,10 +297,12 @@ def _rows(est, args, split: str):
     if source == "array":
         raise DataError(f"{args.run_dir} was fitted on an in-memory array; pass --data FILE")
     data_dir = getattr(args, "data_dir", None) or cfg.data_dir
+    # A run trained on a memory-mapped file streams it again; other files only when asked.
+    mmap = getattr(args, "mmap", False) or (cfg.mmap and source == cfg.source)
     if split == "all" and Path(source).suffix:
-        x, labels, _ = load_array(source, data_dir)
+        x, labels, _ = load_array(source, data_dir, mmap=mmap)
     else:
-        data = load_dataset(replace(cfg, source=source, data_dir=data_dir))
+        data = load_dataset(replace(cfg, source=source, data_dir=data_dir, mmap=mmap))
         x, labels = data.split(split), data.split_labels(split)
     x = check_data(x, what=source, input_dim=est.n_features_in_, likelihood=est.model_.likelihood)
     return x, labels

@@ -165,8 +165,8 @@ def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None
     return x
 
 
-def _load_mapped(path: Path, config: DataConfig) -> Dataset:
-    """A .npy file memory-mapped rather than read, split by fractions into ``MappedRows``."""
+def _open_mapped(path: Path) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """(the (N, D) memory map of a .npy file, the image shape of its rows or None)."""
     if path.suffix.lower() != ".npy":
         raise DataError(f"{path}: memory-mapping needs a .npy file")
     try:
@@ -179,6 +179,12 @@ def _load_mapped(path: Path, config: DataConfig) -> Dataset:
         array = array.reshape(len(array), -1)
     elif array.ndim != 2:
         raise DataError(f"{path}: {_not_2d(array)}")
+    return array, image_shape
+
+
+def _load_mapped(path: Path, config: DataConfig) -> Dataset:
+    """A .npy file memory-mapped rather than read, split by fractions into ``MappedRows``."""
+    array, image_shape = _open_mapped(path)
     n = len(array)
     if not _split_ok(n, config.valid_fraction, config.test_fraction):
         raise DataError(f"{path}: dataset has {n} rows; too few for valid_fraction={config.valid_fraction:g} and test_fraction={config.test_fraction:g}")
@@ -327,13 +333,17 @@ def _wanted(split: str, config: DataConfig) -> bool:
 
 
 def load_array(
-    source: str, data_dir: str | None = None
+    source: str, data_dir: str | None = None, mmap: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...] | None]:
     """Read a user file into ``(x, labels, image_shape)``: ``x`` float32 ``(n, D)``, checked by
     ``check_data``; labels int64 ``(n,)`` or None. A relative path not found as given is
     looked up in ``data_dir``. An .npz with train/valid/test arrays gives them concatenated
-    in that order (as ``Dataset.split('all')``)."""
+    in that order (as ``Dataset.split('all')``). With ``mmap`` a .npy file is memory-mapped
+    and ``x`` is its rows in file order as ``MappedRows``, read block by block when used."""
     path = _resolve(source, data_dir)
+    if mmap:
+        array, image_shape = _open_mapped(path)
+        return MappedRows(array), None, image_shape
     arrays, labels = _read(path)
     flat, image_shape = _flatten_all(arrays, path)
     keys = [k for k in ("x", *_SPLIT_NAMES) if k in flat]

@@ -19,6 +19,9 @@ import torch
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .errors import ConfigError, DataError
 
+# Rows per forward pass of encode and reconstruct.
+BATCH_ROWS = 4096
+
 
 class VAE:
     """Variational autoencoder p(z) p(x|z; θ) with inference model q(z|x; φ), fitted on the ELBO.
@@ -156,20 +159,26 @@ class VAE:
         if not hasattr(self, "model_"):
             raise ConfigError("this VAE is not fitted yet; call fit(X) first")
 
-    def _input(self, X, what: str = "X") -> torch.Tensor:
+    def _input(self, X, what: str = "X"):
+        """X checked against the fitted model: an array, or ``MappedRows`` that stay mapped."""
         from .data import check_data
 
         self._check_fitted()
-        X = check_data(X, what=what, input_dim=self.n_features_in_, likelihood=self.model_.likelihood)
-        p = next(self.model_.parameters())
-        return torch.as_tensor(X, dtype=p.dtype, device=p.device)
+        return check_data(X, what=what, input_dim=self.n_features_in_, likelihood=self.model_.likelihood)
+
+    def _posteriors(self, X):
+        """q(z|x) for consecutive blocks of rows: memory stays bounded whatever the size of X."""
+        from .evaluate import batches
+
+        x = self._input(X)  # first: it says so when the model is not fitted
+        for xb in batches(self.model_, x, BATCH_ROWS):
+            yield xb, self.model_.evaluation_posterior(xb)
 
     @torch.no_grad()
     def encode(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Posterior parameters (μ, log σ²) of q(z|x), each (n, latent_dim)."""
-        x = self._input(X)
-        q = self.model_.evaluation_posterior(x)
-        return q.mean.cpu().numpy(), q.logvar.expand_as(q.mean).cpu().numpy()
+        parts = [(q.mean.cpu(), q.logvar.expand_as(q.mean).cpu()) for _, q in self._posteriors(X)]
+        return torch.cat([m for m, _ in parts]).numpy(), torch.cat([v for _, v in parts]).numpy()
 
     def transform(self, X) -> np.ndarray:
         """Posterior means E_q[z|x], (n, latent_dim): the latent representation of each row."""
@@ -191,8 +200,7 @@ class VAE:
     @torch.no_grad()
     def reconstruct(self, X) -> np.ndarray:
         """E[x|z] at z = E_q[z|x]: the decoder's mean at the posterior mean."""
-        x = self._input(X)
-        return self.model_.decode(self.model_.evaluation_posterior(x).mean).mean.cpu().numpy()
+        return torch.cat([self.model_.decode(q.mean).mean.cpu() for _, q in self._posteriors(X)]).numpy()
 
     def sample(self, n: int = 1, seed: int | None = None, mean: bool = True) -> np.ndarray:
         """n rows from the model: z ~ p(z), then E[x|z] (``mean``) or x ~ p(x|z)."""
