@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from train_helpers import digits_split, small_model
 from vaekit import checkpoint as ckpt
-from vaekit.config import ModelConfig, RunConfig, TrainConfig
+from vaekit.config import RunConfig, TrainConfig
 from vaekit.evaluate import elbo_per_point, log_px_per_point
 from vaekit.model import VAEModel
 from vaekit.train import fit
@@ -22,16 +23,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    x = (load_digits().data / 16.0).astype(np.float32)
-    perm = np.random.default_rng(0).permutation(len(x))
-    return x[perm[:1280]], x[perm[-300:]]
-
-
-def small_model(seed: int = 0) -> VAEModel:
-    torch.manual_seed(seed)
-    return VAEModel(ModelConfig(input_dim=64, latent_dim=4, hidden=(32,), likelihood="continuous_bernoulli"))
+    return digits_split()
 
 
 class Recorder:

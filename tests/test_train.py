@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from train_helpers import digits_split, small_model
 from vaekit import checkpoint as ckpt
 from vaekit import train as train_mod
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -43,20 +44,7 @@ def is_timing(key: str) -> bool:
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[np.ndarray, np.ndarray]:
-    """sklearn's 8x8 digits scaled to [0, 1]: 1280 training rows (10 equal batches of 128)
-    and 300 validation rows, split by a fixed permutation."""
-    from sklearn.datasets import load_digits
-
-    x = (load_digits().data / 16.0).astype(np.float32)
-    perm = np.random.default_rng(0).permutation(len(x))
-    return x[perm[:1280]], x[perm[-300:]]
-
-
-def small_model(seed: int = 0, **kw) -> VAEModel:
-    cfg = dict(input_dim=64, latent_dim=4, hidden=(32,), likelihood="continuous_bernoulli")
-    cfg.update(kw)
-    torch.manual_seed(seed)
-    return VAEModel(ModelConfig(**cfg))
+    return digits_split()
 
 
 def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:

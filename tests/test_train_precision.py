@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from train_helpers import digits_split, small_model
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.errors import ConfigError, TrainingError
 from vaekit.model import VAEModel
@@ -21,16 +22,7 @@ from vaekit.train import _matmul_precision, fit
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    x = (load_digits().data / 16.0).astype(np.float32)
-    perm = np.random.default_rng(0).permutation(len(x))
-    return x[perm[:1280]], x[perm[-300:]]
-
-
-def small_model(seed: int = 0) -> VAEModel:
-    torch.manual_seed(seed)
-    return VAEModel(ModelConfig(input_dim=64, latent_dim=4, hidden=(32,), likelihood="continuous_bernoulli"))
+    return digits_split()
 
 
 class Recorder:
