@@ -92,8 +92,7 @@ def fit(
     for epoch in range(run.start, config.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        bar = _progress(progress, math.ceil(n / min(config.batch_size, n)), f"epoch {epoch}/{config.epochs}")
-        losses, elbo_sum = step.epoch(n, config.beta_at(epoch), epoch, run_dir, bar)
+        losses, elbo_sum = step.epoch(n, config.beta_at(epoch), epoch, run_dir, progress)
         train_seconds = time.perf_counter() - t0
         valid = elbo_per_point(model, valid_rows, seed=config.seed + 1)
         valid_elbo = float(valid["elbo"].mean())
@@ -165,10 +164,8 @@ def _validation_rows(model, x_valid, device: torch.device, dtype: torch.dtype):
     from .data import MappedRows
 
     mapped = isinstance(x_valid, MappedRows)
-    if not model.inference.has_encoder:
-        return torch.as_tensor(np.asarray(x_valid[:VALID_ROWS_WITHOUT_ENCODER]), dtype=dtype, device=device)
-    if mapped and not model.inference.trains_elbo:
-        # The method's own objective (_valid_objective) needs the rows in one tensor.
+    # A method's own objective (_valid_objective) needs the rows in one tensor.
+    if not model.inference.has_encoder or (mapped and not model.inference.trains_elbo):
         return torch.as_tensor(np.asarray(x_valid[:VALID_ROWS_WITHOUT_ENCODER]), dtype=dtype, device=device)
     return x_valid if mapped else torch.as_tensor(x_valid, dtype=dtype, device=device)
 
@@ -234,12 +231,18 @@ class _Step:
         self.autocast = _autocast(config, device)
         self.dtype = getattr(torch, config.dtype)
 
-    def epoch(self, n: int, beta: float, epoch: int, run_dir: Path | None, bar) -> tuple[torch.Tensor, torch.Tensor]:
+    def epoch(self, n: int, beta: float, epoch: int, run_dir: Path | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-step losses, the sum of the training points' ELBOs), both on the device and
-        summed over ranks."""
+        summed over ranks. The matmul precision holds for the whole pass (forward and backward)
+        and is restored however the pass ends."""
+        with _matmul_precision(self.config.matmul_precision):
+            return self._epoch(n, beta, epoch, run_dir, progress)
+
+    def _epoch(self, n: int, beta: float, epoch: int, run_dir: Path | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
         config, world, rank = self.config, self.world, self.rank
         bs = min(config.batch_size, n)
         steps = math.ceil(n / bs)
+        bar = _progress(progress, steps, f"epoch {epoch}/{config.epochs}")
         losses = torch.zeros(steps, dtype=self.dtype, device=self.device)
         elbo_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         perm = torch.randperm(n, device=self.device)
@@ -253,14 +256,13 @@ class _Step:
             if world > 1:
                 lo, hi = rank * b // world, (rank + 1) * b // world
                 idx, eps = idx[lo:hi], eps[:, lo:hi]
-            with self.autocast(), _matmul_precision(config.matmul_precision):
+            with self.autocast():
                 batch_loss, terms = self.forward(self.batch_rows(idx), idx, beta, config.n_samples, config.analytic_kl, eps)
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks; weighting each rank's mean by its share of
             # the batch makes that average the gradient of the global-batch mean.
-            with _matmul_precision(config.matmul_precision):
-                (batch_loss * (idx.shape[0] * world / b) if world > 1 else batch_loss).backward()
+            (batch_loss * (idx.shape[0] * world / b) if world > 1 else batch_loss).backward()
             for opt in self.optimizers:
                 opt.step()
             losses[step] = batch_loss.detach() * (idx.shape[0] / b if world > 1 else 1.0)
