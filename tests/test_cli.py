@@ -509,6 +509,15 @@ def test_train_out_is_a_file(tmp_path, capsys):
     assert (tmp_path / "afile").read_text() == "keep me"
 
 
+def test_resume_accepts_the_run_own_values(files, tmp_path, capsys):
+    """The original command line plus --resume resumes: unchanged values are not changes."""
+    argv = ["train", "--out", tmp_path / "r", *_fill(RESUME_ARGS, files=files)]
+    assert cli(capsys, *argv, "--epochs", "1")[0] == 0
+    code, _, err = cli(capsys, *argv, "--epochs", "2", "--resume")
+    assert code == 0, err
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_resume_cannot_change_lr(run_copy, capsys):
     before = snapshot(run_copy)
     code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--lr", "0.1")

@@ -196,7 +196,12 @@ def cmd_train(args) -> int:
             config = RunConfig.load(run_dir / ckpt.CONFIG_FILE)
         except ConfigError as e:
             raise VaekitError(str(e)) from None
-        changed = [o for o in TRAIN_OPTIONS if getattr(args, o) is not None and o not in RESUMABLE]
+        # Repeating the run's own value (the original command line, say) is not a change.
+        changed = [
+            o for o in TRAIN_OPTIONS
+            if getattr(args, o) is not None and o not in RESUMABLE
+            and getattr(args, o) != getattr(getattr(config, TRAIN_OPTIONS[o][0]), TRAIN_OPTIONS[o][1])
+        ]  # fmt: skip
         if changed:
             o = changed[0]
             s, f = TRAIN_OPTIONS[o]
