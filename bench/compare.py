@@ -12,6 +12,9 @@ process, one at a time, ``--repeats`` rounds in which every contestant runs once
              .item(), BCE(sum) + KL
   pythae     Pythae's TrainingPipeline / BaseTrainer with its VAE and our encoder/decoder
   pyro       Pyro's SVI with Trace_ELBO, as in Pyro's VAE example
+  products   the step's eleven matrix products and nothing else, batch after batch for an
+             epoch: no optimizer, no loss, no data handling. No training loop in float32 can
+             be faster, so its ratio to a peer bounds the ratio any implementation can reach.
 
 and a large torch.mm is timed in the same run to give the fp32 matmul peak. For each contestant
 it prints training images/s (min/median/max over repeats of the median epoch), the test
@@ -20,6 +23,10 @@ closed-form KL plus a 10-sample reconstruction term, on the 10 000 test images),
 vaekit to each, and vaekit's fraction of the matmul peak. The last line is one JSON object.
 
     python bench/compare.py [--epochs 3] [--repeats 3] [--contestants vaekit vaekit-bf16 examples pythae pyro]
+                            [--device cuda]
+
+With ``--device cuda`` every contestant trains on the GPU (vaekit with the dataset resident
+there, the loaders' batches copied per step as their examples do) and the peaks are timed there.
 
 Peers are not dependencies: ``pip install pyro-ppl pythae`` first (a missing one is skipped).
 """
@@ -41,7 +48,7 @@ DATA = ROOT.parent / "shared/data/binarized_mnist/binarized_mnist.npz"
 # products per layer, except the first layer, whose input needs no gradient: 3.28 MFLOP.
 _MACS = 784 * 400 + 400 * 40 + 20 * 400 + 400 * 784
 FLOP_PER_IMAGE = 2 * (3 * _MACS - 784 * 400)
-CONTESTANTS = ("vaekit", "vaekit-compile", "vaekit-bf16", "examples", "pythae", "pyro")
+CONTESTANTS = ("products", "vaekit", "vaekit-compile", "vaekit-bf16", "examples", "pythae", "pyro")
 
 
 # -- shared pieces (run inside each contestant's process) ---------------------------------------
@@ -62,8 +69,64 @@ def _nets():
     return enc, dec
 
 
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def products_step(x, device: str = "cpu"):
+    """The training step's eleven matrix products (forward; backward to the inputs of the three
+    upper layers; the four weight gradients) on random operands of the same shapes, batch rows
+    taken from ``x``; operands are allocated once, so only the products are timed."""
+    import torch
+
+    bs = 128
+    w1, w2 = torch.randn(784, 400, device=device), torch.randn(400, 40, device=device)
+    w3, w4 = torch.randn(20, 400, device=device), torch.randn(400, 784, device=device)
+    g = torch.randn(bs, 784, device=device)
+    go = torch.randn(bs, 40, device=device)
+    n = x.shape[0]
+
+    def step(i: int) -> None:
+        a = x[(i * bs) % (n - bs) :][:bs]
+        h = a @ w1
+        o = h @ w2
+        h2 = o[:, :20] @ w3
+        h2 @ w4
+        h2.t() @ g
+        gh2 = g @ w4.t()
+        o[:, :20].t() @ gh2
+        gh2 @ w3.t()
+        h.t() @ go
+        gh = go @ w2.t()
+        a.t() @ gh
+
+    return step
+
+
+def run_products(args) -> dict:
+    import torch
+
+    x_train, _, _ = _data(args.data)
+    x = torch.as_tensor(x_train, device=args.device)
+    step = products_step(x, args.device)
+    steps = -(-len(x_train) // 128)
+    epoch_ips = []
+    for _ in range(args.epochs):
+        _sync(args.device)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        _sync(args.device)
+        epoch_ips.append(len(x_train) / (time.perf_counter() - t0))
+    return {"epoch_ips": epoch_ips, "test_neg_elbo": None}
+
+
 def _test_neg_elbo(encode, decode_logits, x_test) -> float:
-    """−ELBO on the test set by one evaluator for everyone: analytic KL + 10-sample recon."""
+    """−ELBO on the test set by one evaluator for everyone: analytic KL + 10-sample recon (on
+    the CPU: callers move their networks there first)."""
     import torch
     import torch.nn.functional as F
 
@@ -92,13 +155,14 @@ def run_vaekit(args, compile: bool = False, amp: str = "off") -> dict:
     x_train, x_valid, x_test = _data(args.data)
     torch.manual_seed(0)
     cfg = ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli")
-    tcfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, compile=compile, amp=amp)
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, compile=compile, amp=amp, device=args.device)
     model = VAEModel(cfg)
     with tempfile.TemporaryDirectory() as run_dir:
         history = fit(model, x_train, x_valid, tcfg, run_dir, RunConfig(cfg, tcfg))
     # epoch_seconds covers training, validation and the best model's checkpoint; the last-state
     # checkpoint written after it takes ~20 ms for this model (1% of an epoch).
     epoch_ips = [len(x_train) / r["epoch_seconds"] for r in history]
+    model.cpu()
     enc = lambda x: model.inference.encoder(x)  # noqa: E731
     return {"epoch_ips": epoch_ips, "test_neg_elbo": _test_neg_elbo(enc, model.decoder, x_test)}
 
@@ -131,7 +195,7 @@ def run_examples(args) -> dict:
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
             return torch.sigmoid(self.decode(z)), mu, logvar
 
-    model = VAE()
+    model = VAE().to(args.device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(torch.as_tensor(x_train)), batch_size=128, shuffle=True)
     epoch_ips = []
@@ -139,6 +203,7 @@ def run_examples(args) -> dict:
         t0 = time.perf_counter()
         train_loss = 0.0
         for (x,) in loader:
+            x = x.to(args.device)
             opt.zero_grad()
             recon, mu, logvar = model(x)
             bce = F.binary_cross_entropy(recon, x, reduction="sum")
@@ -148,6 +213,7 @@ def run_examples(args) -> dict:
             train_loss += loss.item()
             opt.step()
         epoch_ips.append(len(x_train) / (time.perf_counter() - t0))
+    model.cpu()
     return {"epoch_ips": epoch_ips, "test_neg_elbo": _test_neg_elbo(model.encode, model.decode, x_test)}
 
 
@@ -185,7 +251,7 @@ def run_pythae(args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = BaseTrainerConfig(
             output_dir=out, num_epochs=1, learning_rate=1e-3, per_device_train_batch_size=128,
-            per_device_eval_batch_size=1000, optimizer_cls="Adam", no_cuda=True, steps_saving=None,
+            per_device_eval_batch_size=1000, optimizer_cls="Adam", no_cuda=args.device == "cpu", steps_saving=None,
         )
         # One pipeline call per epoch so each epoch is timed; Adam restarts, which only
         # slows Pythae's convergence, not its speed.
@@ -193,6 +259,7 @@ def run_pythae(args) -> dict:
             t0 = time.perf_counter()
             TrainingPipeline(training_config=cfg, model=model)(train_data=x_train, eval_data=x_valid[:1000])
             epoch_ips.append(len(x_train) / (time.perf_counter() - t0))
+    enc_net.cpu(), dec_net.cpu()
     enc = lambda x: enc_net(x).chunk(2, -1)  # noqa: E731
     return {"epoch_ips": epoch_ips, "test_neg_elbo": _test_neg_elbo(enc, dec_net, x_test)}
 
@@ -208,7 +275,7 @@ def run_pyro(args) -> dict:
     x_train, _, x_test = _data(args.data)
     torch.manual_seed(0)
     pyro.set_rng_seed(0)
-    enc_net, dec_net = _nets()
+    enc_net, dec_net = (net.to(args.device) for net in _nets())
 
     def model(x):
         pyro.module("decoder", dec_net)
@@ -228,24 +295,29 @@ def run_pyro(args) -> dict:
     for _ in range(args.epochs):
         t0 = time.perf_counter()
         for (x,) in loader:
-            svi.step(x)
+            svi.step(x.to(args.device))
         epoch_ips.append(len(x_train) / (time.perf_counter() - t0))
+    enc_net.cpu(), dec_net.cpu()
     enc = lambda x: enc_net(x).chunk(2, -1)  # noqa: E731
     return {"epoch_ips": epoch_ips, "test_neg_elbo": _test_neg_elbo(enc, dec_net, x_test)}
 
 
-def matmul_peak(seconds: float = 3.0, dtype=None) -> float:
+def matmul_peak(seconds: float = 3.0, dtype=None, device: str = "cpu") -> float:
     """Best GFLOP/s of square torch.mm over a few sizes (float32 unless ``dtype`` says)."""
     import torch
 
     best = 0.0
-    for n in (1024, 2048, 3072):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    sizes = (1024, 2048, 3072) if device == "cpu" else (4096, 8192)
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
         torch.mm(a, b)
+        _sync(device)
         reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds / 3:
-            torch.mm(a, b)
-            reps += 1
+        while time.perf_counter() - t0 < seconds / len(sizes):
+            for _ in range(1 if device == "cpu" else 10):
+                torch.mm(a, b)
+                reps += 1
+            _sync(device)
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
     return best
 
@@ -253,8 +325,13 @@ def matmul_peak(seconds: float = 3.0, dtype=None) -> float:
 # -- driver ---------------------------------------------------------------------------------------
 
 
+def _elbo_text(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def child(args) -> None:
     runners = {
+        "products": run_products,
         "vaekit": run_vaekit,
         "vaekit-compile": lambda a: run_vaekit(a, compile=True),
         "vaekit-bf16": lambda a: run_vaekit(a, amp="bf16"),
@@ -272,6 +349,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--contestants", nargs="+", default=list(CONTESTANTS), choices=CONTESTANTS)
     ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where every contestant trains")
     ap.add_argument("--child", choices=CONTESTANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -290,16 +368,16 @@ def main() -> None:
     peaks: list[float] = []
     peaks_bf16: list[float] = []
     for rep in range(args.repeats):
-        peaks.append(matmul_peak())
+        peaks.append(matmul_peak(device=args.device))
         print(f"round {rep + 1}: fp32 matmul peak {peaks[-1]:.1f} GFLOP/s", end="", flush=True)
         if "vaekit-bf16" in args.contestants:
-            peaks_bf16.append(matmul_peak(dtype=torch.bfloat16))
+            peaks_bf16.append(matmul_peak(dtype=torch.bfloat16, device=args.device))
             print(f", bf16 {peaks_bf16[-1]:.1f} GFLOP/s", end="")
         print(flush=True)
         for name in args.contestants:
             if name in failed:
                 continue
-            cmd = [sys.executable, __file__, "--child", name, "--epochs", str(args.epochs), "--data", args.data]
+            cmd = [sys.executable, __file__, "--child", name, "--epochs", str(args.epochs), "--data", args.data, "--device", args.device]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:
@@ -309,7 +387,7 @@ def main() -> None:
                 continue
             r = json.loads(line[7:])
             runs[name].append(r)
-            print(f"{name} run {rep + 1}: {statistics.median(r['epoch_ips']):8.0f} img/s  test -ELBO {r['test_neg_elbo']:.2f}", flush=True)
+            print(f"{name} run {rep + 1}: {statistics.median(r['epoch_ips']):8.0f} img/s  test -ELBO {_elbo_text(r['test_neg_elbo'])}", flush=True)
     peak = statistics.median(peaks)
     peak_bf16 = statistics.median(peaks_bf16) if peaks_bf16 else None
     results: dict[str, dict] = {}
@@ -320,12 +398,13 @@ def main() -> None:
             own_peak = peak_bf16 if name == "vaekit-bf16" else peak
             results[name] = {
                 "images_per_second": {"min": ips[0], "median": statistics.median(ips), "max": ips[-1]},
-                "test_neg_elbo": statistics.median(r["test_neg_elbo"] for r in rs),
+                "test_neg_elbo": None if rs[0]["test_neg_elbo"] is None else statistics.median(r["test_neg_elbo"] for r in rs),
                 "peak_fraction": statistics.median(ips) * FLOP_PER_IMAGE / (own_peak * 1e9),
             }
     print()
     print(f"matmul peak (median of {len(peaks)} rounds): fp32 {peak:.1f} GFLOP/s" + (f", bf16 {peak_bf16:.1f} GFLOP/s" if peak_bf16 else ""))
-    bases = [b for b in ("vaekit", "vaekit-bf16") if b in results]
+    # "products x" bounds what any float32 loop could reach against each contestant.
+    bases = [b for b in ("vaekit", "vaekit-bf16", "products") if b in results]
     print(f"{'contestant':14s} {'min':>8s} {'median':>8s} {'max':>8s} {'peak %':>7s} {'test -ELBO':>10s}" + "".join(f" {b + ' x':>13s}" for b in bases))
     for name, r in results.items():
         ips = r["images_per_second"]
@@ -334,7 +413,7 @@ def main() -> None:
             ratio = results[b]["images_per_second"]["median"] / ips["median"]
             r[f"{b}_ratio"] = ratio
             cols += f" {ratio:13.2f}"
-        print(f"{name:14s} {ips['min']:8.0f} {ips['median']:8.0f} {ips['max']:8.0f} {100 * r['peak_fraction']:6.1f}% {r['test_neg_elbo']:10.2f}{cols}")
+        print(f"{name:14s} {ips['min']:8.0f} {ips['median']:8.0f} {ips['max']:8.0f} {100 * r['peak_fraction']:6.1f}% {_elbo_text(r['test_neg_elbo']):>10s}{cols}")
     print("(peak %: of the fp32 peak, and of the bf16 peak for vaekit-bf16)")
     print(json.dumps({
         "bench": "compare", "epochs": args.epochs, "repeats": args.repeats, "torch": torch.__version__,

@@ -2,10 +2,10 @@
 under each speed setting, in one process and in interleaved rounds, against two ceilings:
 the fp32 matmul peak and the same eleven matrix products with nothing else.
 
-    python bench/step.py [--rounds 5] [--steps 200] [--variants eager compile bf16 ...]
+    python bench/step.py [--rounds 5] [--steps 200] [--variants eager compile bf16 ...] [--device cuda]
 
 Variants (all with fused Adam, vaekit's default):
-  gemm            the step's 11 fp32 matrix products and nothing else (the ceiling of this shape)
+  products        the step's 11 fp32 matrix products and nothing else (the ceiling of this shape)
   eager           vaekit's step as train.fit runs it
   compile         the model's loss under torch.compile (TrainConfig(compile=True))
   compile-opt     the same, and the optimizer step compiled too
@@ -30,52 +30,31 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import FLOP_PER_IMAGE, matmul_peak  # noqa: E402
+from compare import FLOP_PER_IMAGE, _sync, matmul_peak, products_step  # noqa: E402
 
 from vaekit.config import ModelConfig  # noqa: E402
 from vaekit.model import VAEModel  # noqa: E402
 from vaekit.train import _matmul_precision, make_optimizers  # noqa: E402
 
-VARIANTS = ("gemm", "eager", "compile", "compile-opt", "full-graph", "medium", "bf16", "compile-bf16")
+VARIANTS = ("products", "eager", "compile", "compile-opt", "full-graph", "medium", "bf16", "compile-bf16")
 N, BS = 50_000, 128
-
-
-def gemm_step(x: torch.Tensor):
-    """Forward and backward products of the step with random operands of the same shapes."""
-    w1, w2, w3, w4 = torch.randn(784, 400), torch.randn(400, 40), torch.randn(20, 400), torch.randn(400, 784)
-
-    def step(i: int) -> None:
-        a = x[:BS]
-        h = a @ w1
-        o = h @ w2
-        h2 = o[:, :20] @ w3
-        h2 @ w4
-        g = torch.randn(BS, 784)
-        h2.t() @ g
-        gh2 = g @ w4.t()
-        o[:, :20].t() @ gh2
-        go = torch.cat([gh2 @ w3.t()] * 2, 1)
-        h.t() @ go
-        gh = go @ w2.t()
-        a.t() @ gh
-
-    return step
 
 
 def vaekit_step(x: torch.Tensor, variant: str):
     torch.manual_seed(0)
-    model = VAEModel(ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli"))
+    device = x.device
+    model = VAEModel(ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli")).to(device)
     (opt,) = make_optimizers(model, 1e-3)
-    perm = torch.randperm(N)
+    perm = torch.randperm(N, device=device)
     amp = "bf16" in variant
     precision = "medium" if variant == "medium" else "highest"
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     forward = torch.compile(model, dynamic=False) if variant.startswith("compile") else model
     opt_step = torch.compile(opt.step, dynamic=False) if variant == "compile-opt" else opt.step
 
     def batch(i: int):
         idx = perm[(i * BS) % (N - BS) :][:BS]
-        return torch.index_select(x, 0, idx), idx, torch.randn(1, BS, 20)
+        return torch.index_select(x, 0, idx), idx, torch.randn(1, BS, 20, device=device)
 
     if variant == "full-graph":
         import torch._dynamo as dynamo
@@ -107,23 +86,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--variants", nargs="+", default=["gemm", "eager", "compile", "compile-opt", "medium", "bf16"], choices=VARIANTS)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--variants", nargs="+", default=["products", "eager", "compile", "compile-opt", "medium", "bf16"], choices=VARIANTS)
     args = ap.parse_args()
 
-    x = (torch.rand(N, 784) < 0.3).float()
-    peak = matmul_peak()
-    steps = {v: gemm_step(x) if v == "gemm" else vaekit_step(x, v) for v in args.variants}
+    from vaekit.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as train.fit does
+    x = (torch.rand(N, 784, device=args.device) < 0.3).float()
+    peak = matmul_peak(device=args.device)
+    steps = {v: products_step(x, args.device) if v == "products" else vaekit_step(x, v) for v in args.variants}
     for s in steps.values():  # compilation and warm-up
         for i in range(30):
             s(i)
     ips: dict[str, list[float]] = {v: [] for v in steps}
     for _ in range(args.rounds):
         for v, s in steps.items():
+            _sync(args.device)
             t0 = time.perf_counter()
             for i in range(args.steps):
                 s(i)
+            _sync(args.device)
             ips[v].append(args.steps * BS / (time.perf_counter() - t0))
-    print(f"fp32 matmul peak {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads, torch {torch.__version__})")
+    where = f"{torch.get_num_threads()} threads" if args.device == "cpu" else torch.cuda.get_device_name(args.device)
+    print(f"fp32 matmul peak {peak:.1f} GFLOP/s ({where}, torch {torch.__version__})")
     print(f"{'variant':14s} {'median':>8s} {'best':>8s} {'% of peak':>10s}")
     for v, r in ips.items():
         med = statistics.median(r)
