@@ -13,6 +13,12 @@ Variants (all with fused Adam, vaekit's default):
   medium          TrainConfig(matmul_precision="medium"): bfloat16-based float32 products
   bf16            TrainConfig(amp="bf16"): the networks under bfloat16 autocast
   compile-bf16    both
+  glibc-trim      eager with glibc's default top pad: freed buffers go back to the OS and are
+                  faulted in again every step (what vaekit.runtime.keep_freed_memory removes)
+  no-autograd     the same step with hand-derived gradients written into preallocated .grad
+                  tensors: no autograd graph at all. An experiment, not a vaekit path: it bounds
+                  what fusing the step's ~30 elementwise ops and autograd's bookkeeping could buy.
+                  Its gradients are checked against autograd's before timing.
 
 Prints the median and best images/s over the rounds and the median's share of the fp32 peak.
 """
@@ -34,16 +40,16 @@ from compare import FLOP_PER_IMAGE, _sync, matmul_peak, products_step  # noqa: E
 
 from vaekit.config import ModelConfig  # noqa: E402
 from vaekit.model import VAEModel  # noqa: E402
+from vaekit.runtime import TOP_PAD  # noqa: E402
 from vaekit.train import _matmul_precision, make_optimizers  # noqa: E402
 
-VARIANTS = ("products", "eager", "compile", "compile-opt", "full-graph", "medium", "bf16", "compile-bf16")
+VARIANTS = ("products", "eager", "compile", "compile-opt", "full-graph", "medium", "bf16", "compile-bf16", "glibc-trim", "no-autograd")
 N, BS = 50_000, 128
 
 
 def vaekit_step(x: torch.Tensor, variant: str):
-    torch.manual_seed(0)
     device = x.device
-    model = VAEModel(ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli")).to(device)
+    model = _mnist_model(device)
     (opt,) = make_optimizers(model, 1e-3)
     perm = torch.randperm(N, device=device)
     amp = "bf16" in variant
@@ -82,6 +88,79 @@ def vaekit_step(x: torch.Tensor, variant: str):
     return step
 
 
+def _mnist_model(device) -> VAEModel:
+    torch.manual_seed(0)
+    return VAEModel(ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli")).to(device)
+
+
+def _params(model: VAEModel) -> list[torch.Tensor]:
+    enc, dec = model.inference.encoder.net, model.decoder
+    return [enc[0].weight, enc[0].bias, enc[2].weight, enc[2].bias, dec[0].weight, dec[0].bias, dec[2].weight, dec[2].bias]
+
+
+@torch.no_grad()
+def _manual_gradients(params, x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """The gradients of the loss −mean(recon − β·KL) of the 784-400-20-400-784 ReLU VAE,
+    derived by hand and written into each parameter's .grad; returns the loss."""
+    w1, b1, w2, b2, w3, b3, w4, b4 = params
+    n, d = x.shape[0], eps.shape[-1]
+    h1 = torch.addmm(b1, x, w1.t()).relu_()
+    o = torch.addmm(b2, h1, w2.t())
+    mu, logvar = o[:, :d], o[:, d:]
+    std = torch.exp(0.5 * logvar)
+    z = torch.addcmul(mu, eps, std)
+    h2 = torch.addmm(b3, z, w3.t()).relu_()
+    logits = torch.addmm(b4, h2, w4.t())
+    recon = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    kl = 0.5 * (std * std - logvar - 1 + mu * mu).sum()
+    # d loss / d logits = (σ(logits) − x) / n, then back through each layer
+    g = torch.sigmoid(logits).sub_(x).div_(n)
+    torch.mm(g.t(), h2, out=w4.grad), torch.sum(g, 0, out=b4.grad)
+    gh = torch.mm(g, w4).mul_(h2 > 0)
+    torch.mm(gh.t(), z, out=w3.grad), torch.sum(gh, 0, out=b3.grad)
+    gz = torch.mm(gh, w3)
+    go = torch.empty_like(o)
+    torch.add(gz, mu, alpha=beta / n, out=go[:, :d])
+    go[:, d:] = (gz * eps + (beta / n) * std).mul_(std).sub_(beta / n).mul_(0.5)
+    torch.mm(go.t(), h1, out=w2.grad), torch.sum(go, 0, out=b2.grad)
+    gh1 = torch.mm(go, w2).mul_(h1 > 0)
+    torch.mm(gh1.t(), x, out=w1.grad), torch.sum(gh1, 0, out=b1.grad)
+    return -(recon - beta * kl) / n
+
+
+def manual_step(x: torch.Tensor):
+    model = _mnist_model(x.device)
+    params = _params(model)
+    # The hand-derived gradients against autograd's on one batch, in float64.
+    ref = _mnist_model("cpu").double()
+    xb, eps = x[:64].cpu().double(), torch.randn(64, 20, dtype=torch.float64)
+    loss, _ = ref(xb, None, 0.7, 1, True, eps[None])
+    expected = torch.autograd.grad(loss, _params(ref))
+    for p in _params(ref):
+        p.grad = torch.zeros_like(p)
+    assert torch.allclose(_manual_gradients(_params(ref), xb, eps, 0.7), loss.detach(), rtol=1e-10)
+    for p, e in zip(_params(ref), expected):
+        assert torch.allclose(p.grad, e, rtol=1e-9, atol=1e-12), "hand-derived gradient differs from autograd's"
+
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    (opt,) = make_optimizers(model, 1e-3)
+    perm = torch.randperm(N, device=x.device)
+
+    def step(i: int) -> None:
+        idx = perm[(i * BS) % (N - BS) :][:BS]
+        _manual_gradients(params, torch.index_select(x, 0, idx), torch.randn(BS, 20, device=x.device))
+        opt.step()
+
+    return step
+
+
+def _glibc_top_pad(nbytes: int) -> None:
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").mallopt(-2, nbytes)  # M_TOP_PAD
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -95,19 +174,26 @@ def main() -> None:
     keep_freed_memory()  # as train.fit does
     x = (torch.rand(N, 784, device=args.device) < 0.3).float()
     peak = matmul_peak(device=args.device)
-    steps = {v: products_step(x, args.device) if v == "products" else vaekit_step(x, v) for v in args.variants}
+    makers = {"products": lambda: products_step(x, args.device), "no-autograd": lambda: manual_step(x)}
+    steps = {v: makers[v]() if v in makers else vaekit_step(x, v) for v in args.variants}
     for s in steps.values():  # compilation and warm-up
         for i in range(30):
             s(i)
     ips: dict[str, list[float]] = {v: [] for v in steps}
     for _ in range(args.rounds):
         for v, s in steps.items():
+            if v == "glibc-trim":
+                _glibc_top_pad(0)
+                for i in range(10):  # the settled state of the default, not the switch
+                    s(i)
             _sync(args.device)
             t0 = time.perf_counter()
             for i in range(args.steps):
                 s(i)
             _sync(args.device)
             ips[v].append(args.steps * BS / (time.perf_counter() - t0))
+            if v == "glibc-trim":
+                _glibc_top_pad(TOP_PAD)
     where = f"{torch.get_num_threads()} threads" if args.device == "cpu" else torch.cuda.get_device_name(args.device)
     print(f"fp32 matmul peak {peak:.1f} GFLOP/s ({where}, torch {torch.__version__})")
     print(f"{'variant':14s} {'median':>8s} {'best':>8s} {'% of peak':>10s}")

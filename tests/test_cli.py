@@ -346,6 +346,60 @@ def test_reconstruct_npy_and_png(run, files, digits_rows, tmp_path, capsys):
     assert (tmp_path / "r.png").read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".csv"])
+def test_reconstruct_writes_block_by_block(suffix, run, digits_rows, tmp_path, capsys, monkeypatch):
+    """The file is written one block of rows at a time (so an --mmap input larger than memory
+    can be reconstructed) and holds exactly what the API returns, in row order."""
+    from vaekit import estimator
+
+    monkeypatch.setattr(estimator, "BATCH_ROWS", 7)  # 50 rows: 8 blocks, the last one short
+    np.save(tmp_path / "x.npy", digits_rows.astype(np.float32))
+    blocks = []
+    original = estimator.VAE.reconstruct_blocks
+
+    def counted(self, X):
+        for block in original(self, X):
+            blocks.append(block.shape[0])
+            yield block
+
+    monkeypatch.setattr(estimator.VAE, "reconstruct_blocks", counted)
+    out = tmp_path / f"r{suffix}"
+    code, _, err = cli(capsys, "reconstruct", run, "--data", tmp_path / "x.npy", "--mmap", "--out", out)
+    assert code == 0, err
+    assert blocks == [7] * 7 + [1]
+    if suffix == ".npy":
+        r = np.load(out)
+    elif suffix == ".npz":
+        r = np.load(out)["x"]
+    else:
+        r = np.loadtxt(out, delimiter=",")
+    assert r.shape == (50, DIM)
+    expected = vaekit.load(run).reconstruct(digits_rows)
+    np.testing.assert_allclose(r, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_reconstruct_failing_midway_leaves_the_old_file(run, digits_rows, tmp_path, capsys, monkeypatch):
+    from vaekit import estimator
+
+    out = tmp_path / "r.npy"
+    out.write_bytes(b"earlier output")
+    np.save(tmp_path / "x.npy", digits_rows.astype(np.float32))
+    monkeypatch.setattr(estimator, "BATCH_ROWS", 10)
+    original = estimator.VAE.reconstruct_blocks
+
+    def failing(self, X):
+        for i, block in enumerate(original(self, X)):
+            if i == 2:
+                raise OSError(28, "No space left on device")
+            yield block
+
+    monkeypatch.setattr(estimator.VAE, "reconstruct_blocks", failing)
+    code, out_text, err = cli(capsys, "reconstruct", run, "--data", tmp_path / "x.npy", "--out", out)
+    assert_error(code, out_text, err, 1, "r.npy", "No space left")
+    assert out.read_bytes() == b"earlier output"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_score_user_csv_matches_api(run, files, digits_rows, tmp_path, capsys):
     code, out, _ = cli(capsys, "score", run, "--data", files / "digits50.csv", "--out", tmp_path / "s.npy", "--k", "10", "--json")
     assert code == 0

@@ -410,13 +410,14 @@ def cmd_reconstruct(args) -> int:
     if out.suffix == ".png" and shape is None:
         raise ConfigError(f"--out {out}: this model's data are not images; write .npy, .npz or .csv")
     x, _ = _rows(est, args, args.split)
-    x_hat = est.reconstruct(x)
     if out.suffix == ".png":
         from .plots import reconstruction_grid
 
-        reconstruction_grid(x, x_hat, out, shape, n=min(32, x.shape[0]))
+        shown = x[: min(32, x.shape[0])]
+        reconstruction_grid(shown, est.reconstruct(shown), out, shape, n=shown.shape[0])
     else:
-        _write_array(out, x_hat)
+        # Block by block into the file: under --mmap the n × D output need not fit in memory.
+        _write_blocks(out, est.reconstruct_blocks(x), (x.shape[0], est.n_features_in_))
     _report(args, {"out": str(out), "n": int(x.shape[0])}, f"wrote reconstructions of {x.shape[0]} rows to {out}")
     return 0
 
@@ -460,6 +461,38 @@ def _write_array(out: Path, arr, header: list[str] | None = None, arrays: dict |
         np.savetxt(buf, a, delimiter=",", header=",".join(header) if header else "", comments="", fmt="%.8g")
     try:
         atomic_write_bytes(out, buf.getvalue())
+    except OSError as e:
+        raise DataError(f"--out {out}: cannot write ({e.strerror})") from None
+
+
+def _write_blocks(out: Path, blocks, shape: tuple[int, int]) -> None:
+    """Write consecutive row blocks as one float32 (n, d) array to .npy, .npz (key "x") or .csv,
+    atomically, holding one block in memory at a time."""
+    import zipfile
+
+    import numpy as np
+
+    from .files import atomic_write
+
+    def npy(f) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(f, header)
+        for block in blocks:
+            f.write(np.ascontiguousarray(block, dtype=np.float32).tobytes())
+
+    def write(f) -> None:
+        suffix = out.suffix.lower()
+        if suffix == ".npy":
+            npy(f)
+        elif suffix == ".npz":
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z, z.open("x.npy", "w", force_zip64=True) as member:
+                npy(member)
+        else:
+            for block in blocks:
+                np.savetxt(f, block, delimiter=",", fmt="%.8g")
+
+    try:
+        atomic_write(out, write)
     except OSError as e:
         raise DataError(f"--out {out}: cannot write ({e.strerror})") from None
 

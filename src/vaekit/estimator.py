@@ -197,10 +197,16 @@ class VAE:
             raise DataError(f"Z must have shape (n, {self.model_.config.latent_dim}), got {tuple(z.shape)}")
         return self.model_.decode(z).mean.cpu().numpy()
 
-    @torch.no_grad()
     def reconstruct(self, X) -> np.ndarray:
         """E[x|z] at z = E_q[z|x]: the decoder's mean at the posterior mean."""
-        return torch.cat([self.model_.decode(q.mean).mean.cpu() for _, q in self._posteriors(X)]).numpy()
+        return np.concatenate(list(self.reconstruct_blocks(X)))
+
+    def reconstruct_blocks(self, X):
+        """``reconstruct(X)`` as consecutive blocks of at most ``BATCH_ROWS`` rows, so that a
+        memory-mapped X larger than memory can be reconstructed into a file block by block."""
+        for _, q in self._posteriors(X):
+            with torch.no_grad():
+                yield self.model_.decode(q.mean).mean.cpu().numpy()
 
     def sample(self, n: int = 1, seed: int | None = None, mean: bool = True) -> np.ndarray:
         """n rows from the model: z ~ p(z), then E[x|z] (``mean``) or x ~ p(x|z)."""
