@@ -13,14 +13,13 @@ Variants (all with fused Adam, vaekit's default):
   medium          TrainConfig(matmul_precision="medium"): bfloat16-based float32 products
   bf16            TrainConfig(amp="bf16"): the networks under bfloat16 autocast
   compile-bf16    both
-  glibc-trim      eager with glibc's default top pad: freed buffers go back to the OS and are
-                  faulted in again every step (what vaekit.runtime.keep_freed_memory removes)
   no-autograd     the same step with hand-derived gradients written into preallocated .grad
                   tensors: no autograd graph at all. An experiment, not a vaekit path: it bounds
                   what fusing the step's ~30 elementwise ops and autograd's bookkeeping could buy.
                   Its gradients are checked against autograd's before timing.
 
-Prints the median and best images/s over the rounds and the median's share of the fp32 peak.
+Prints the median and best images/s over the rounds, the median's share of the fp32 peak, and
+the minor page faults per step (memory the allocator gave back to the OS and must fault in again).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import resource
 import statistics
 import sys
 import time
@@ -40,10 +40,9 @@ from compare import FLOP_PER_IMAGE, _sync, matmul_peak, products_step  # noqa: E
 
 from vaekit.config import ModelConfig  # noqa: E402
 from vaekit.model import VAEModel  # noqa: E402
-from vaekit.runtime import TOP_PAD  # noqa: E402
 from vaekit.train import _matmul_precision, make_optimizers  # noqa: E402
 
-VARIANTS = ("products", "eager", "compile", "compile-opt", "full-graph", "medium", "bf16", "compile-bf16", "glibc-trim", "no-autograd")
+VARIANTS = ("products", "eager", "compile", "compile-opt", "full-graph", "medium", "bf16", "compile-bf16", "no-autograd")
 N, BS = 50_000, 128
 
 
@@ -155,12 +154,6 @@ def manual_step(x: torch.Tensor):
     return step
 
 
-def _glibc_top_pad(nbytes: int) -> None:
-    import ctypes
-
-    ctypes.CDLL("libc.so.6").mallopt(-2, nbytes)  # M_TOP_PAD
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -169,9 +162,6 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["products", "eager", "compile", "compile-opt", "medium", "bf16"], choices=VARIANTS)
     args = ap.parse_args()
 
-    from vaekit.runtime import keep_freed_memory
-
-    keep_freed_memory()  # as train.fit does
     x = (torch.rand(N, 784, device=args.device) < 0.3).float()
     peak = matmul_peak(device=args.device)
     makers = {"products": lambda: products_step(x, args.device), "no-autograd": lambda: manual_step(x)}
@@ -180,27 +170,24 @@ def main() -> None:
         for i in range(30):
             s(i)
     ips: dict[str, list[float]] = {v: [] for v in steps}
+    faults: dict[str, list[float]] = {v: [] for v in steps}
     for _ in range(args.rounds):
         for v, s in steps.items():
-            if v == "glibc-trim":
-                _glibc_top_pad(0)
-                for i in range(10):  # the settled state of the default, not the switch
-                    s(i)
             _sync(args.device)
-            t0 = time.perf_counter()
+            f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
             for i in range(args.steps):
                 s(i)
             _sync(args.device)
             ips[v].append(args.steps * BS / (time.perf_counter() - t0))
-            if v == "glibc-trim":
-                _glibc_top_pad(TOP_PAD)
+            faults[v].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / args.steps)
     where = f"{torch.get_num_threads()} threads" if args.device == "cpu" else torch.cuda.get_device_name(args.device)
     print(f"fp32 matmul peak {peak:.1f} GFLOP/s ({where}, torch {torch.__version__})")
-    print(f"{'variant':14s} {'median':>8s} {'best':>8s} {'% of peak':>10s}")
+    print(f"{'variant':14s} {'median':>8s} {'best':>8s} {'% of peak':>10s} {'faults/step':>12s}")
     for v, r in ips.items():
         med = statistics.median(r)
-        print(f"{v:14s} {med:8.0f} {max(r):8.0f} {100 * med * FLOP_PER_IMAGE / (peak * 1e9):9.1f}%")
-    print(json.dumps({"bench": "step", "matmul_peak_gflops": peak, "images_per_second": ips}))
+        pct = 100 * med * FLOP_PER_IMAGE / (peak * 1e9)
+        print(f"{v:14s} {med:8.0f} {max(r):8.0f} {pct:9.1f}% {statistics.median(faults[v]):12.1f}")
+    print(json.dumps({"bench": "step", "matmul_peak_gflops": peak, "images_per_second": ips, "faults_per_step": faults}))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import torch
 
 from .objectives import elbo as elbo_terms
 from .objectives import iwae
-from .runtime import keep_freed_memory
 
 
 def batches(model, x, batch_size: int):
@@ -57,7 +56,6 @@ def elbo_per_point(model, x, n_samples: int = 1, batch_size: int = 1024, seed: i
 @torch.no_grad()
 def log_px_per_point(model, x, k: int = 1000, batch_size: int | None = None, seed: int = 0) -> np.ndarray:
     """The K-sample importance-weighted estimate of log p(x) for each row, (n,) float64."""
-    keep_freed_memory()  # each block's K decoder outputs are freed and re-made by the next
     was = model.training
     model.eval()
     g = _generator(model, seed)

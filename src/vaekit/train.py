@@ -25,7 +25,6 @@ from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import elbo_per_point
-from .runtime import keep_freed_memory
 
 # Progress-bar refreshes (and NaN checks) per epoch: each costs one host sync.
 TICKS_PER_EPOCH = 20
@@ -78,7 +77,6 @@ def fit(
     continues from last.safetensors with optimizer, epoch and random state, so that on the CPU
     the end result equals an uninterrupted run's. Returns the per-epoch metrics.
     """
-    keep_freed_memory()  # every step re-makes the last one's buffers; they need not fault in again
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     model.to(device=device, dtype=dtype)
