@@ -466,8 +466,9 @@ def _write_array(out: Path, arr, header: list[str] | None = None, arrays: dict |
 
 
 def _write_blocks(out: Path, blocks, shape: tuple[int, int]) -> None:
-    """Write consecutive row blocks as one float32 (n, d) array to .npy, .npz (key "x") or .csv,
-    atomically, holding one block in memory at a time."""
+    """Write consecutive row blocks as one (n, d) array to .npy, .npz (key "x") or .csv,
+    atomically, holding one block in memory at a time; the array has the blocks' dtype."""
+    import itertools
     import zipfile
 
     import numpy as np
@@ -475,10 +476,13 @@ def _write_blocks(out: Path, blocks, shape: tuple[int, int]) -> None:
     from .files import atomic_write
 
     def npy(f) -> None:
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": shape}
+        first = next(blocks, np.empty((0, shape[1]), np.float32))  # its dtype (the model's) goes into the header
+        header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False, "shape": shape}
         np.lib.format.write_array_header_1_0(f, header)
-        for block in blocks:
-            f.write(np.ascontiguousarray(block, dtype=np.float32).tobytes())
+        for block in itertools.chain([first], blocks):
+            f.write(np.ascontiguousarray(block).tobytes())
+
+    blocks = iter(blocks)
 
     def write(f) -> None:
         suffix = out.suffix.lower()

@@ -204,9 +204,15 @@ class VAE:
     def reconstruct_blocks(self, X):
         """``reconstruct(X)`` as consecutive blocks of at most ``BATCH_ROWS`` rows, so that a
         memory-mapped X larger than memory can be reconstructed into a file block by block."""
-        for _, q in self._posteriors(X):
+        posteriors = self._posteriors(X)
+        while True:
+            # Grad mode is thread state: it must not stay off while the caller holds a block.
             with torch.no_grad():
-                yield self.model_.decode(q.mean).mean.cpu().numpy()
+                item = next(posteriors, None)
+                if item is None:
+                    return
+                block = self.model_.decode(item[1].mean).mean.cpu().numpy()
+            yield block
 
     def sample(self, n: int = 1, seed: int | None = None, mean: bool = True) -> np.ndarray:
         """n rows from the model: z ~ p(z), then E[x|z] (``mean``) or x ~ p(x|z)."""
