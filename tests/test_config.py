@@ -112,31 +112,30 @@ def test_load_invalid_json_names_the_file(tmp_path):
     assert str(path) in str(info.value) and "JSON" in str(info.value)
 
 
-def test_load_wrong_version_names_the_file(tmp_path):
-    d = _run_config().to_dict()
+def _bad_version(d):
     d["version"] = CONFIG_VERSION + 1
-    path = _write(tmp_path, json.dumps(d))
-    with pytest.raises(ConfigError) as info:
-        RunConfig.load(path)
-    assert str(path) in str(info.value) and "version" in str(info.value)
 
 
-def test_load_unknown_field_names_the_file_and_field(tmp_path):
-    d = _run_config().to_dict()
+def _unknown_field(d):
     d["train"]["learning_rate"] = 0.1
-    path = _write(tmp_path, json.dumps(d))
-    with pytest.raises(ConfigError) as info:
-        RunConfig.load(path)
-    assert str(path) in str(info.value) and "learning_rate" in str(info.value)
 
 
-def test_load_bad_value_names_the_file_and_field(tmp_path):
-    d = _run_config().to_dict()
+def _bad_value(d):
     d["train"]["beta"] = -2
+
+
+@pytest.mark.parametrize(
+    "spoil, culprit",
+    [(_bad_version, "version"), (_unknown_field, "learning_rate"), (_bad_value, "beta")],
+    ids=["wrong-version", "unknown-field", "bad-value"],
+)
+def test_load_bad_config_names_the_file_and_the_culprit(tmp_path, spoil, culprit):
+    d = _run_config().to_dict()
+    spoil(d)
     path = _write(tmp_path, json.dumps(d))
     with pytest.raises(ConfigError) as info:
         RunConfig.load(path)
-    assert str(path) in str(info.value) and "beta" in str(info.value)
+    assert str(path) in str(info.value) and culprit in str(info.value)
 
 
 def test_load_missing_section_and_missing_file(tmp_path):
