@@ -1,44 +1,216 @@
-"""Name -> class registries for priors, likelihoods and inference methods.
+"""Name -> class registries: priors, likelihoods, inference methods, networks, objectives and
+named datasets.
 
-A new prior, likelihood or inference method is one new module that decorates its class
-with ``@PRIORS.register("name")``; the CLI's choices and the config's checks read the
-registry, and the training loop never changes.
+A new entry is one new module in the registry's package that decorates its class with
+``@PRIORS.register("name", options={...})``; nothing else is edited. The registry is read
+lazily: ``names()`` and ``options()`` parse the package's source files (``ast``, no import,
+so ``vaekit train --help`` lists every entry without loading torch), and ``get(name)``
+imports the package's modules on first use. A test checks that what the parser reads equals
+what the imports register.
+
+No torch import here, and no import of ``vaekit.config``: the config reads the registries.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import ast
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Generic, TypeVar
 
 from .errors import ConfigError
 
 T = TypeVar("T")
 
 
-class Registry(Generic[T]):
-    def __init__(self, kind: str):
-        self.kind = kind
-        self._entries: dict[str, type[T]] = {}
+@dataclass(frozen=True)
+class Option:
+    """One hyperparameter, declared once: the CLI flag, the estimator's parameter, the
+    config.json field and the check on resume are all derived from it.
 
-    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+    ``type`` is ``int``, ``float``, ``str``, ``bool``, ``"widths"`` (a tuple of positive
+    integers) or ``"int|widths"`` (an int or such a tuple). ``choices`` is a tuple, or the
+    name of a registry (``"prior"``) whose entries are the choices. ``minimum`` and
+    ``exclusive`` bound numbers; ``optional`` admits None.
+    """
+
+    default: Any
+    help: str
+    type: Any = None
+    choices: Any = None
+    minimum: float | None = None
+    exclusive: bool = False
+    maximum: float | None = None
+    optional: bool = False
+    # May change when a run is resumed (epochs, device, speed settings).
+    resumable: bool = False
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` checked and normalised (lists become tuples); ConfigError naming ``name``."""
+        if value is None:
+            if self.optional:
+                return None
+            raise ConfigError(f"{name} must be set, got None")
+        kind = self.kind
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
+            return value
+        if kind in ("widths", "int|widths"):
+            if kind == "int|widths" and _is_int(value):
+                value = (value,)
+            if isinstance(value, (list, tuple)) and all(_is_int(v) and v >= 1 for v in value):
+                if kind == "int|widths" and not value:
+                    raise ConfigError(f"{name} must name at least one size, got {value!r}")
+                return tuple(int(v) for v in value)
+            raise ConfigError(f"{name} must be a list of integers >= 1, got {value!r}")
+        if kind == "int":
+            if not _is_int(value):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            value = int(value)
+        elif kind == "float":
+            import math
+
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            value = float(value)
+        elif kind == "str":
+            if not isinstance(value, str):
+                raise ConfigError(f"{name} must be a string, got {value!r}")
+        if self.minimum is not None and (value <= self.minimum if self.exclusive else value < self.minimum):
+            raise ConfigError(f"{name} must be {'>' if self.exclusive else '>='} {self.minimum:g}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{name} must be <= {self.maximum:g}, got {value!r}")
+        choices = self.choice_names()
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+
+    @property
+    def kind(self) -> str:
+        t = self.type if self.type is not None else type(self.default)
+        return t if isinstance(t, str) else t.__name__
+
+    def choice_names(self) -> tuple | None:
+        if isinstance(self.choices, str):
+            return tuple(REGISTRIES[self.choices].names())
+        return self.choices
+
+
+def _is_int(v: Any) -> bool:
+    import numbers
+
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+class Registry(Generic[T]):
+    """Entries of one kind, registered by the modules of ``package``."""
+
+    def __init__(self, kind: str, package: str):
+        self.kind, self.package = kind, package
+        self._entries: dict[str, type[T]] = {}
+        self._loaded = False
+        self._scanned: dict[str, dict[str, Option]] | None = None
+
+    def register(self, name: str, options: dict[str, Option] | None = None) -> Callable[[type[T]], type[T]]:
         def add(cls: type[T]) -> type[T]:
             if name in self._entries:
                 raise RuntimeError(f"{self.kind} {name!r} is registered twice")
             cls.name = name  # type: ignore[attr-defined]
+            cls.options = dict(options or {})  # type: ignore[attr-defined]
             self._entries[name] = cls
             return cls
 
         return add
 
     def get(self, name: str) -> type[T]:
+        self._load()
         try:
             return self._entries[name]
         except KeyError:
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
-            ) from None
+            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted(self._scan())
+
+    def options(self, name: str) -> dict[str, Option]:
+        """The options that entry ``name`` owns, read from its source (no import)."""
+        scanned = self._scan()
+        if name not in scanned:
+            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+        return scanned[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._scan()
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        importlib.import_module(self.package)
+        for path in self._files():
+            if path.stem != "__init__":
+                importlib.import_module(f"{self.package}.{path.stem}")
+        self._loaded = True
+
+    def loaded(self) -> dict[str, type[T]]:
+        """Every entry, imported (for tests and tools that need the classes)."""
+        self._load()
+        return dict(self._entries)
+
+    def _files(self) -> list[Path]:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(f"registry package {self.package} not found")
+        return sorted(p for loc in spec.submodule_search_locations for p in Path(loc).glob("*.py"))
+
+    def _scan(self) -> dict[str, dict[str, Option]]:
+        if self._scanned is None:
+            found: dict[str, dict[str, Option]] = {}
+            for path in self._files():
+                for name, options in _registrations(path):
+                    found[name] = options
+            self._scanned = found
+        return self._scanned
+
+
+def _registrations(path: Path):
+    """(name, options) of every ``@X.register("name", options={...})`` decorator in a file."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for dec in node.decorator_list:
+            if (
+                isinstance(dec, ast.Call)
+                and isinstance(dec.func, ast.Attribute)
+                and dec.func.attr == "register"
+                and dec.args
+                and isinstance(dec.args[0], ast.Constant)
+                and isinstance(dec.args[0].value, str)
+            ):
+                options: dict[str, Option] = {}
+                for kw in dec.keywords:
+                    if kw.arg == "options":
+                        # Only Option(...) calls of literals: evaluated with nothing else in scope.
+                        code = compile(ast.Expression(kw.value), str(path), "eval")
+                        options = eval(code, {"__builtins__": {}, "Option": Option, "int": int, "float": float, "str": str, "bool": bool})
+                yield dec.args[0].value, options
+
+
+PRIORS: Registry = Registry("prior", "vaekit.priors")
+LIKELIHOODS: Registry = Registry("likelihood", "vaekit.likelihoods")
+INFERENCE: Registry = Registry("inference method", "vaekit.inference")
+NETS: Registry = Registry("network", "vaekit.nets")
+OBJECTIVES: Registry = Registry("objective", "vaekit.objectives")
+DATASETS: Registry = Registry("dataset", "vaekit.data.named")
+
+REGISTRIES: dict[str, Registry] = {
+    "prior": PRIORS,
+    "likelihood": LIKELIHOODS,
+    "inference": INFERENCE,
+    "net": NETS,
+    "objective": OBJECTIVES,
+    "dataset": DATASETS,
+}

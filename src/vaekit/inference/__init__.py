@@ -15,7 +15,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from ..config import ModelConfig
-from ..registry import Registry
+from ..registry import INFERENCE
 
 
 class InferenceMethod(nn.Module):
@@ -63,6 +63,4 @@ class InferenceMethod(nn.Module):
         return q
 
 
-INFERENCE: Registry[InferenceMethod] = Registry("inference method")
 
-from . import amortized, autoencoder, map, vi  # noqa: E402,F401  (fill the registry)

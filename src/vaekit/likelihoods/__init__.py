@@ -14,7 +14,7 @@ from torch.distributions import Distribution
 
 from ..config import ModelConfig
 from ..errors import DataError
-from ..registry import Registry
+from ..registry import LIKELIHOODS
 
 
 class Likelihood(nn.Module):
@@ -40,9 +40,7 @@ class Likelihood(nn.Module):
                 f"{what} has values outside the support of the {self.name} likelihood ({self.support}), e.g. {shown}"
             )
 
-LIKELIHOODS: Registry[Likelihood] = Registry("likelihood")
 
-from . import bernoulli, continuous_bernoulli, gaussian  # noqa: E402,F401  (fill the registry)
 
 
 def choose(x: np.ndarray) -> str:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from ..config import ModelConfig
-from ..registry import Registry
+from ..registry import PRIORS
 
 
 class Prior(nn.Module):
@@ -24,6 +24,4 @@ class Prior(nn.Module):
         raise NotImplementedError
 
 
-PRIORS: Registry[Prior] = Registry("prior")
 
-from . import standard_normal  # noqa: E402,F401  (fill the registry)
