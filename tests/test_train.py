@@ -272,7 +272,7 @@ def test_in_process_interrupt_and_resume_is_exact(digits, tmp_path, monkeypatch,
 
 
 def test_resume_removes_temp_files_left_by_a_kill(tmp_path):
-    from vaekit.train import train_run
+    from vaekit.runs import train_run
 
     config = RunConfig(
         model=ModelConfig(input_dim=64, latent_dim=2, hidden=(8,), likelihood="continuous_bernoulli", image_shape=(8, 8)),

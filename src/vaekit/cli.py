@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config import AUTO
 from .errors import ConfigError, DataError, VaekitError
 
 SPLITS = ("train", "valid", "test", "all")
@@ -44,93 +45,66 @@ def _bool_flag(p, name: str, help: str) -> None:
     p.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=help)
 
 
-# -- train --------------------------------------------------------------------------------------
+# -- train ----------------------------------------------------------------------------------------
 
-# CLI option -> (config section, field). Defaults are None so that we can tell what the user set.
-TRAIN_OPTIONS = {
-    "latent_dim": ("model", "latent_dim"),
-    "hidden": ("model", "hidden"),
-    "decoder_hidden": ("model", "decoder_hidden"),
-    "activation": ("model", "activation"),
-    "likelihood": ("model", "likelihood"),
-    "variance": ("model", "variance"),
-    "fixed_std": ("model", "fixed_std"),
-    "prior": ("model", "prior"),
-    "inference": ("model", "inference"),
-    "local_steps": ("model", "local_steps"),
-    "local_lr": ("model", "local_lr"),
-    "refine_steps": ("model", "refine_steps"),
-    "refine_lr": ("model", "refine_lr"),
-    "refine_in_training": ("model", "refine_in_training"),
-    "epochs": ("train", "epochs"),
-    "batch_size": ("train", "batch_size"),
-    "lr": ("train", "lr"),
-    "beta": ("train", "beta"),
-    "warmup": ("train", "warmup"),
-    "n_samples": ("train", "n_samples"),
-    "analytic_kl": ("train", "analytic_kl"),
-    "patience": ("train", "patience"),
-    "seed": ("train", "seed"),
-    "device": ("train", "device"),
-    "dtype": ("train", "dtype"),
-    "eval_k": ("train", "eval_k"),
-    "compile": ("train", "compile"),
-    "compile_mode": ("train", "compile_mode"),
-    "amp": ("train", "amp"),
-    "matmul_precision": ("train", "matmul_precision"),
-    "data": ("data", "source"),
-    "data_dir": ("data", "data_dir"),
-    "valid_fraction": ("data", "valid_fraction"),
-    "test_fraction": ("data", "test_fraction"),
-    "split_seed": ("data", "split_seed"),
-    "mmap": ("data", "mmap"),
-}
-# What may change when a run is resumed: more epochs, another device, the final evaluation.
-# Speed settings may change too (say, a run resumed on a GPU with bf16); config.json records them.
-RESUMABLE = {"epochs", "device", "eval_k", "data_dir", "compile", "compile_mode", "amp", "matmul_precision"}
+# What the CLI calls an option when it is not --NAME.
+FLAGS = {"source": "data"}
+
+
+def train_options() -> dict[str, tuple[str, "Any"]]:
+    """CLI dest -> (section, Option) for every flag of ``vaekit train``, from the declarations."""
+    from .config import FROM_DATA, section_options
+
+    out = {}
+    for section in ("data", "model", "train"):
+        for name, opt in section_options(section).items():
+            if name not in FROM_DATA:
+                out[FLAGS.get(name, name)] = (section, name, opt)
+    return out
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _int_or_widths(text: str) -> int | tuple[int, ...]:
+    widths = _widths(text)
+    if not widths:
+        raise argparse.ArgumentTypeError(f"expected an integer or comma-separated integers like 40,40, got {text!r}")
+    return widths[0] if len(widths) == 1 else widths
+
+
+def _add_option(g, dest: str, opt) -> None:
+    default = AUTO.get(dest, opt.default)
+    choices = opt.choice_names()
+    text = opt.help
+    if choices is not None:
+        text += ": " + ", ".join(([AUTO[dest]] if dest in AUTO else []) + list(map(str, choices)))
+    if default is not None:
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        text += f" (default {shown})"
+    kind = opt.kind
+    if kind == "bool":
+        g.add_argument(_flag(dest), dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+        return
+    types = {"int": int, "float": float, "str": str, "widths": _widths, "int|widths": _int_or_widths}
+    g.add_argument(_flag(dest), dest=dest, type=types[kind], default=None, help=text.replace("%", "%%"))
 
 
 def _add_train(sub) -> None:
+    from .config import component_options
+
     p = sub.add_parser("train", help="fit a VAE and write a run directory", description="Fit a VAE on DATA and write RUN_DIR (config.json, model.safetensors, last.safetensors, metrics.jsonl, pictures); prints the test ELBO and log-likelihood.")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", help="digits (default), binarized_mnist, or a .npy/.npz/.csv file")
-    g.add_argument("--data-dir", help="directory holding binarized_mnist.npz (default: $VAEKIT_DATA, then the cache)")
-    g.add_argument("--valid-fraction", type=float, help="rows held out for validation when DATA has no splits (default 0.1)")
-    g.add_argument("--test-fraction", type=float, help="rows held out for testing when DATA has no splits (default 0.2)")
-    g.add_argument("--split-seed", type=int, help="seed of the split permutation (default 0)")
-    _bool_flag(g, "--mmap", "memory-map a .npy file and stream its rows (data larger than memory)")
-    g = p.add_argument_group("model")
-    g.add_argument("--latent-dim", type=int, help="dimension of z (default 20)")
-    g.add_argument("--hidden", type=_widths, help="encoder widths, comma-separated; '' for a linear map (default 400)")
-    g.add_argument("--decoder-hidden", type=_widths, help="decoder widths (default: the encoder's, reversed)")
-    g.add_argument("--activation", help="relu (default), tanh, elu, gelu, softplus, leaky_relu, silu")
-    g.add_argument("--likelihood", help="auto (default), bernoulli, continuous_bernoulli, gaussian")
-    g.add_argument("--variance", help="gaussian σ²: fixed, shared (default, learned), feature (learned per feature)")
-    g.add_argument("--fixed-std", type=float, help="σ of the gaussian likelihood with --variance fixed (default 1.0)")
-    g.add_argument("--prior", help="prior p(z) (default standard_normal)")
-    g.add_argument("--inference", help="amortized (default: the encoder), vi (free (μ, σ²) per point), map (free z per point), autoencoder")
-    g.add_argument("--local-steps", type=int, help="Adam steps of the per-point q found with θ fixed for new points (vi, map) and for point-estimate proposals (default 100)")
-    g.add_argument("--local-lr", type=float, help="learning rate of those steps (default 0.05)")
-    g.add_argument("--refine-steps", type=int, help="amortized: gradient steps on each point's ELBO from the encoder's q at evaluation (semi-amortized VI; default 0)")
-    g.add_argument("--refine-lr", type=float, help="learning rate of the refinement steps (default 0.05)")
-    _bool_flag(g, "--refine-in-training", "also refine during training (the decoder learns from the refined q)")
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, help="passes over the training set (default 10)")
-    g.add_argument("--batch-size", type=int, help="default 128")
-    g.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    g.add_argument("--beta", type=float, help="weight of the KL term (default 1)")
-    g.add_argument("--warmup", type=int, help="epochs of linear KL warm-up from 0 to beta (default 0)")
-    g.add_argument("--n-samples", type=int, help="posterior samples per datapoint (default 1)")
-    _bool_flag(g, "--analytic-kl", "closed-form KL where registered (default) or Monte Carlo")
-    g.add_argument("--patience", type=int, help="stop after this many epochs without a better validation ELBO")
-    g.add_argument("--seed", type=int, help="random seed (default 0)")
-    g.add_argument("--device", help="cpu (default) or cuda[:N]")
-    g.add_argument("--dtype", help="float32 (default) or float64")
-    g.add_argument("--eval-k", type=int, help="K of the test log-likelihood estimate (default 1000)")
-    _bool_flag(g, "--compile", "compile the training step with torch.compile (default off)")
-    g.add_argument("--compile-mode", help="torch.compile mode: default, reduce-overhead (CUDA graphs on a GPU), max-autotune, max-autotune-no-cudagraphs")
-    g.add_argument("--amp", help="mixed precision of the training step: off (default) or bf16 (networks under bfloat16 autocast; weights and log-densities stay float32)")
-    g.add_argument("--matmul-precision", help="float32 products in training: highest (default), high (TF32 on CUDA), medium (bfloat16-based, CUDA and CPUs with bf16)")
+    owners = {name: owner for section in ("model", "train") for name, (_, owner) in component_options(section).items()}
+    groups: dict[str, Any] = {}
+    for dest, (section, name, opt) in train_options().items():
+        if name in owners:
+            title = "options of " + ", ".join(f"{kind} {entry}" for kind, entry in sorted(owners[name]))
+        else:
+            title = {"data": "data", "model": "model", "train": "training"}[section]
+        if title not in groups:
+            groups[title] = p.add_argument_group(title)
+        _add_option(groups[title], dest, opt)
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     g.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
@@ -141,27 +115,28 @@ def _add_train(sub) -> None:
 
 
 def _config_from_args(args) -> "Any":
-    from dataclasses import replace
+    from .config import DataConfig, RunConfig, TrainConfig
+    from .data import load_dataset
+    from .runs import model_config
 
-    from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-
-    given = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+    given: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
+    for dest, (section, name, _) in train_options().items():
+        if getattr(args, dest) is not None:
+            given[section][name] = getattr(args, dest)
     with _option_names():
-        data_cfg = DataConfig(**{f: given[o] for o, (s, f) in TRAIN_OPTIONS.items() if s == "data" and o in given})
-        train_cfg = TrainConfig(**{f: given[o] for o, (s, f) in TRAIN_OPTIONS.items() if s == "train" and o in given})
-        from .data import load_dataset
-        from .likelihoods import choose
-
+        data_cfg = DataConfig(**given["data"])
+        train_cfg = TrainConfig(**given["train"])
         data = load_dataset(data_cfg)
-        model_kw = {f: given[o] for o, (s, f) in TRAIN_OPTIONS.items() if s == "model" and o in given}
-        if model_kw.get("likelihood", "auto") == "auto":
-            model_kw["likelihood"] = choose(data.train)
-        from .inference import INFERENCE
+        model_cfg = model_config(data.train, data.image_shape, given["model"])
+        return RunConfig(model=model_cfg, train=train_cfg, data=data_cfg)
 
-        if INFERENCE.get(model_kw.get("inference", "amortized")).per_point:
-            model_kw["n_points"] = data.train.shape[0]
-        model_cfg = ModelConfig(input_dim=data.dim, image_shape=data.image_shape, **model_kw)
-        return RunConfig(model=model_cfg, train=train_cfg, data=replace(data_cfg, source=data_cfg.source))
+
+def _same(opt, name: str, value: Any, own: Any) -> bool:
+    """Whether a CLI value, normalised as the config would hold it, equals the run's own."""
+    try:
+        return opt.check(name, value) == own
+    except ConfigError:
+        return False
 
 
 class _option_names:
@@ -172,9 +147,9 @@ class _option_names:
 
     def __exit__(self, typ, err, tb):
         if isinstance(err, ConfigError):
-            options = {f: o for o, (_, f) in TRAIN_OPTIONS.items()}
-            pattern = r"\b(" + "|".join(sorted(options, key=len, reverse=True)) + r")\b(?=\s+(?:must|[+]))"
-            msg = re.sub(pattern, lambda m: "--" + options[m.group(1)].replace("_", "-"), str(err))
+            options = {name: dest for dest, (_, name, _) in train_options().items()}
+            pattern = r"\b(" + "|".join(sorted(options, key=len, reverse=True)) + r")\b(?=\s+(?:must|[+]|applies|cannot))"
+            msg = re.sub(pattern, lambda m: _flag(options[m.group(1)]), str(err))
             raise ConfigError(msg) from None
         return False
 
@@ -184,7 +159,7 @@ def cmd_train(args) -> int:
 
     from . import checkpoint as ckpt
     from .config import RunConfig
-    from .train import train_run
+    from .runs import train_run
 
     run_dir = Path(args.out)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -197,19 +172,16 @@ def cmd_train(args) -> int:
         except ConfigError as e:
             raise VaekitError(str(e)) from None
         # Repeating the run's own value (the original command line, say) is not a change.
-        changed = [
-            o for o in TRAIN_OPTIONS
-            if getattr(args, o) is not None and o not in RESUMABLE
-            and getattr(args, o) != getattr(getattr(config, TRAIN_OPTIONS[o][0]), TRAIN_OPTIONS[o][1])
-        ]  # fmt: skip
-        if changed:
-            o = changed[0]
-            s, f = TRAIN_OPTIONS[o]
-            raise ConfigError(
-                f"--{o.replace('_', '-')} cannot change when resuming; {run_dir}/config.json holds {f}={getattr(getattr(config, s), f)!r}"
-            )
+        options = train_options()
+        for dest, (section, name, opt) in options.items():
+            value = getattr(args, dest)
+            if value is None or opt.resumable or value == AUTO.get(dest):
+                continue
+            own = getattr(getattr(config, section), name)
+            if not _same(opt, name, value, own):
+                raise ConfigError(f"{_flag(dest)} cannot change when resuming; {run_dir}/config.json holds {name}={own!r}")
         with _option_names():
-            train = replace(config.train, **{TRAIN_OPTIONS[o][1]: getattr(args, o) for o in sorted(RESUMABLE - {"data_dir"}) if getattr(args, o) is not None})
+            train = replace(config.train, **{name: getattr(args, dest) for dest, (section, name, opt) in options.items() if section == "train" and opt.resumable and getattr(args, dest) is not None})
         data = replace(config.data, data_dir=args.data_dir or config.data.data_dir)
         config = replace(config, train=train, data=data)
     else:
@@ -272,7 +244,7 @@ def _add_run_commands(sub) -> None:
     p.set_defaults(func=cmd_sample)
 
     p = _run_parser(sub, "encode", "posterior means and log-variances of q(z|x) for each row", True, "all")
-    p.add_argument("--out", required=True, help=".npy (columns: μ then log σ²), .npz (arrays mu, logvar) or .csv")
+    p.add_argument("--out", required=True, help=".npy (columns: μ of every latent group, then log σ²), .npz (arrays mu, logvar, and mu_<group>, logvar_<group> for several groups) or .csv")
     p.set_defaults(func=cmd_encode)
 
     p = _run_parser(sub, "reconstruct", "decoder means at the posterior means", True, "all")
@@ -388,17 +360,20 @@ def cmd_sample(args) -> int:
 
 
 def cmd_encode(args) -> int:
-    import numpy as np
-
     out = Path(args.out)
     _check_out(out, (".npy", ".npz", ".csv"))
     est = _load(args)
     x, _ = _rows(est, args, args.split)
-    mu, logvar = est.encode(x)
-    d = mu.shape[1]
-    header = [f"mu_{i}" for i in range(d)] + [f"logvar_{i}" for i in range(d)]
-    _write_array(out, np.concatenate([mu, logvar], axis=1), header=header, arrays={"mu": mu, "logvar": logvar})
-    _report(args, {"out": str(out), "n": int(x.shape[0]), "latent_dim": d}, f"wrote μ and log σ² of {x.shape[0]} rows to {out}")
+    arrays = est.encoded(x)
+    mu, logvar = arrays["mu"], arrays["logvar"]
+    # Columns: μ of every group, then log σ² of every group, in the model's group order.
+    names = [f"{g.name}_{i}" if len(est.model_.latents) > 1 else str(i) for g in est.model_.latents for i in range(g.size)]
+    header = [f"mu_{c}" for c in names] + [f"logvar_{c}" for c in names]
+    import numpy as np
+
+    _write_array(out, np.concatenate([mu, logvar], axis=1), header=header, arrays=arrays)
+    groups = {g.name: g.size for g in est.model_.latents}
+    _report(args, {"out": str(out), "n": int(x.shape[0]), "latent_dim": mu.shape[1], "groups": groups}, f"wrote μ and log σ² of {x.shape[0]} rows to {out}")
     return 0
 
 

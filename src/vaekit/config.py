@@ -1,8 +1,13 @@
 """Typed configuration, saved as RUN_DIR/config.json beside every model.
 
-``RunConfig`` holds everything needed to rebuild the model and to repeat or resume the
-run. Checks live in ``__post_init__`` so that a bad value fails when it is set, whether
-it came from Python, the CLI or a config file.
+Every hyperparameter is declared once, as an ``Option`` (default, help, check): the core ones
+below, and each component's own in its ``register(..., options={...})`` call (the Gaussian
+likelihood declares ``variance``, the ELBO ``beta``, ...). The dataclasses ``ModelConfig``,
+``TrainConfig`` and ``DataConfig`` are built from those declarations, and so are the CLI's
+flags, the estimator's parameters, ``--resume``'s comparison and config.json. Checks run in
+``__post_init__``, so a bad value fails when it is set, whether it came from Python, the CLI
+or a file. ``RunConfig`` holds everything needed to rebuild the model and to repeat or resume
+the run.
 """
 
 from __future__ import annotations
@@ -15,208 +20,241 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .registry import REGISTRIES, Option
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
-VARIANCES = ("fixed", "shared", "feature")
 DTYPES = ("float32", "float64")
 AMP = ("off", "bf16")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """The one validator for counts: an integer (not a bool) >= ``minimum``."""
+    return Option(minimum, "", type="int", minimum=minimum).check(name, value)
 
 
-def _finite(name: str, value: Any, lo: float | None = None, lo_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        raise ConfigError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-
-
-@dataclass
-class ModelConfig:
-    """The generative model p(z) p(x|z; θ) and the inference model q(z|x; φ)."""
-
-    input_dim: int
-    latent_dim: int = 20
+# Core options of each section; components add theirs (see the module docstring). ``cli``:
+# False for what the data decide (input_dim, n_points); the flag of ``source`` is --data.
+MODEL_OPTIONS: dict[str, Option] = {
+    "input_dim": Option(None, "features per row (from the data)", type="int", minimum=1),
+    "latent_dim": Option(
+        (20,), "size of z, or of each stochastic layer bottom first (40,40: a two-layer hierarchy)", type="int|widths"
+    ),
     # Encoder widths; the decoder mirrors them unless decoder_hidden is given. () is a linear
     # map, which makes the Gaussian-likelihood VAE a probabilistic PCA.
-    hidden: tuple[int, ...] = (400,)
-    decoder_hidden: tuple[int, ...] | None = None
-    activation: str = "relu"
-    likelihood: str = "bernoulli"
-    # Gaussian likelihood only: σ² fixed, one learned σ² for all features, or one per feature.
-    variance: str = "shared"
-    fixed_std: float = 1.0
-    prior: str = "standard_normal"
-    inference: str = "amortized"
-    # (H, W) or (C, H, W) for image data, so samples and reconstructions can be drawn.
-    image_shape: tuple[int, ...] | None = None
-    # Rows of the training set that own free latent parameters (map, vi); set from the data.
-    n_points: int = 0
+    "hidden": Option((400,), "encoder widths, comma-separated; '' for a linear map", type="widths"),
+    "decoder_hidden": Option(None, "decoder widths (default: the encoder's, reversed)", type="widths", optional=True),
+    "activation": Option("relu", "activation of the hidden layers", choices=ACTIVATIONS),
+    "likelihood": Option("bernoulli", "p(x|z); auto picks it from the data", choices="likelihood"),
+    "prior": Option("standard_normal", "p(z) of the top layer", choices="prior"),
+    "inference": Option("amortized", "how q(z|x) is obtained", choices="inference"),
+    "net": Option("mlp", "network of encoder and decoder", choices="net"),
+    "encoder": Option(None, "encoder network (default: --net)", type="str", choices="net", optional=True),
+    "decoder": Option(None, "decoder network (default: --net)", type="str", choices="net", optional=True),
     # Test-time optimisation of a per-point q with θ fixed (vi and map for new points, the
     # evaluation proposal of point-estimate methods, q* of the gaps): Adam steps and rate.
-    local_steps: int = 100
-    local_lr: float = 0.05
-    # Semi-amortized VI: gradient steps on each point's ELBO from the encoder's q.
-    refine_steps: int = 0
-    refine_lr: float = 0.05
-    # Also refine during training (the decoder learns from the refined q).
-    refine_in_training: bool = False
+    "local_steps": Option(100, "Adam steps of a per-point q found with θ fixed (new points of vi/map, point-estimate proposals)", minimum=0),
+    "local_lr": Option(0.05, "learning rate of those steps", minimum=0.0, exclusive=True),
+    # (H, W) or (C, H, W) for image data: pictures, and the shape conv nets see.
+    "image_shape": Option(None, "image shape of a row", type="widths", optional=True),
+    # Rows of the training set that own free latent parameters (map, vi); set from the data.
+    "n_points": Option(0, "training rows with per-point parameters (from the data)", minimum=0),
+}
+TRAIN_OPTIONS: dict[str, Option] = {
+    "objective": Option("auto", "training objective (auto: the inference method's own)", choices="objective", also=("auto",)),
+    "epochs": Option(10, "passes over the training set", minimum=1, resumable=True),
+    "batch_size": Option(128, "rows per step", minimum=1),
+    "lr": Option(1e-3, "Adam learning rate", minimum=0.0, exclusive=True),
+    "patience": Option(None, "stop after this many epochs without a better validation objective", type="int", minimum=1, optional=True),
+    "seed": Option(0, "random seed", minimum=0),
+    "device": Option("cpu", "cpu or cuda[:N]", resumable=True),
+    "dtype": Option("float32", "parameter dtype", choices=DTYPES),
+    "eval_k": Option(1000, "K of the test log-likelihood estimate after training", minimum=1, resumable=True),
+    "compile": Option(False, "compile the training step with torch.compile", resumable=True),
+    "compile_mode": Option("default", "torch.compile mode; reduce-overhead replays the step as a CUDA graph", choices=COMPILE_MODES, resumable=True),
+    # Weights, optimizer state and every log-density stay in the model's dtype under bf16.
+    "amp": Option("off", "mixed precision of the training step: bf16 runs the networks under bfloat16 autocast", choices=AMP, resumable=True),
+    # Evaluation always runs at "highest", so likelihoods are not affected.
+    "matmul_precision": Option("highest", "float32 products in training: high (TF32 on CUDA), medium (bfloat16-based)", choices=MATMUL_PRECISIONS, resumable=True),
+}
+DATA_OPTIONS: dict[str, Option] = {
+    "source": Option("digits", "a named dataset or a .npy/.npz/.csv file", choices=None),
+    "data_dir": Option(None, "directory holding named datasets' files (default: $VAEKIT_DATA, then the cache)", type="str", optional=True, resumable=True),
+    "valid_fraction": Option(0.1, "rows held out for validation when the data has no splits", minimum=0.0, maximum=1.0),
+    "test_fraction": Option(0.2, "rows held out for testing when the data has no splits", minimum=0.0, maximum=1.0),
+    "split_seed": Option(0, "seed of the split permutation", minimum=0),
+    # Datasets larger than memory: memory-map a .npy file and stream its rows.
+    "mmap": Option(False, "memory-map a .npy file and stream its rows"),
+}
+# What a user gets by default where the config's default is resolved from the data or the
+# model: the likelihood from the training rows, the objective from the inference method.
+AUTO = {"likelihood": "auto"}
+# Which registries' entries own options in which section.
+SECTION_KINDS = {"model": ("prior", "likelihood", "inference", "net"), "train": ("objective",), "data": ()}
+# Options that never become CLI flags or estimator parameters: they come from the data.
+FROM_DATA = {"input_dim", "n_points", "image_shape"}
+
+
+def component_options(section: str) -> dict[str, tuple[Option, set[tuple[str, str]]]]:
+    """name -> (Option, owners {(kind, entry)}) of the components of a section, read from the
+    registries' sources. Two entries may declare one name only identically."""
+    found: dict[str, tuple[Option, set[tuple[str, str]]]] = {}
+    for kind in SECTION_KINDS[section]:
+        registry = REGISTRIES[kind]
+        for entry in registry.names():
+            for name, opt in registry.options(entry).items():
+                if name in found and found[name][0] != opt:
+                    raise RuntimeError(f"option {name!r} is declared differently by {sorted(found[name][1])} and {kind} {entry}")
+                found.setdefault(name, (opt, set()))[1].add((kind, entry))
+    return found
+
+
+def section_options(section: str) -> dict[str, Option]:
+    """Every option of a section, core and components', in declaration order."""
+    core = {"model": MODEL_OPTIONS, "train": TRAIN_OPTIONS, "data": DATA_OPTIONS}[section]
+    opts = dict(core)
+    for name, (opt, _) in component_options(section).items():
+        if name in opts:
+            raise RuntimeError(f"component option {name!r} shadows a core option")
+        opts[name] = opt
+    return opts
+
+
+class _Section:
+    """What every config section shares: each field checked by its Option."""
+
+    _section: str
 
     def __post_init__(self) -> None:
-        from . import likelihoods, priors, inference  # registries fill on import
+        for name, opt in section_options(self._section).items():
+            value = getattr(self, name)
+            if name == "input_dim" and value is None:
+                raise ConfigError("input_dim must be set")
+            setattr(self, name, opt.check(name, value))
+        self._check()
 
-        self.hidden = tuple(self.hidden)
-        if self.decoder_hidden is not None:
-            self.decoder_hidden = tuple(self.decoder_hidden)
-        if self.image_shape is not None:
-            self.image_shape = tuple(self.image_shape)
-        _positive_int("input_dim", self.input_dim)
-        _positive_int("latent_dim", self.latent_dim)
-        for name, widths in (("hidden", self.hidden), ("decoder_hidden", self.decoder_hidden or ())):
-            for w in widths:
-                _positive_int(f"{name} width", w)
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        likelihoods.LIKELIHOODS.get(self.likelihood)
-        priors.PRIORS.get(self.prior)
-        inference.INFERENCE.get(self.inference)
-        if self.variance not in VARIANCES:
-            raise ConfigError(f"variance must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
-        _finite("fixed_std", self.fixed_std, 0.0, lo_open=True)
-        _positive_int("n_points", self.n_points, minimum=0)
-        _positive_int("local_steps", self.local_steps, minimum=0)
-        _finite("local_lr", self.local_lr, 0.0, lo_open=True)
-        _positive_int("refine_steps", self.refine_steps, minimum=0)
-        _finite("refine_lr", self.refine_lr, 0.0, lo_open=True)
-        if not isinstance(self.refine_in_training, bool):
-            raise ConfigError(f"refine_in_training must be true or false, got {self.refine_in_training!r}")
-        method = inference.INFERENCE.get(self.inference)
-        if method.per_point and self.n_points < 1:
-            raise ConfigError(f"inference {self.inference!r} keeps one latent per training row; n_points must be >= 1")
-        if self.refine_steps and not method.has_encoder:
-            raise ConfigError(f"refine_steps needs an encoder to refine; inference {self.inference!r} has none")
+    def _check(self) -> None:
+        pass
+
+    def owners_unselected(self) -> list[str]:
+        """Component options set away from their default by a component that is not selected:
+        '<option> applies to <kind> <entry>, ...' messages."""
+        bad = []
+        for name, (opt, owners) in component_options(self._section).items():
+            if getattr(self, name) == opt.default:
+                continue
+            if not any(getattr(self, kind, None) == entry for kind, entry in owners):
+                used = ", ".join(f"{kind} {entry}" for kind, entry in sorted(owners))
+                bad.append(f"{name} applies to {used} only")
+        return bad
+
+
+def _make(section: str, base: type, doc: str) -> type:
+    fields = []
+    for name, opt in section_options(section).items():
+        # input_dim has no sensible default; __post_init__ says so when it is missing.
+        fields.append((name, Any, field(default=opt.default, metadata={"option": opt})))
+    cls = dataclasses.make_dataclass(base.__name__[1:-4] + "Config", fields, bases=(base,), namespace={"_section": section, "__doc__": doc})
+    cls.__module__ = __name__
+    return cls
+
+
+class _ModelBase(_Section):
+    def _check(self) -> None:
         if self.image_shape is not None and math.prod(self.image_shape) != self.input_dim:
             raise ConfigError(
-                f"image_shape {self.image_shape} has {math.prod(self.image_shape)} pixels, "
-                f"but input_dim is {self.input_dim}"
+                f"image_shape {self.image_shape} has {math.prod(self.image_shape)} pixels, but input_dim is {self.input_dim}"
             )
+        bad = self.owners_unselected()
+        if bad:
+            raise ConfigError(f"{bad[0]}; this model uses likelihood {self.likelihood}, inference {self.inference}, prior {self.prior}")
+        from .registry import INFERENCE
+
+        INFERENCE.get(self.inference).check_config(self)
 
     @property
     def decoder_widths(self) -> tuple[int, ...]:
         return self.hidden[::-1] if self.decoder_hidden is None else self.decoder_hidden
 
+    @property
+    def encoder_net(self) -> str:
+        return self.encoder or self.net
 
-@dataclass
-class TrainConfig:
-    """Stochastic-gradient training of the ELBO jointly over φ and θ."""
+    @property
+    def decoder_net(self) -> str:
+        return self.decoder or self.net
 
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    # Loss = -(E_q[log p(x|z)] - β·KL); β = 1 is the ELBO itself.
-    beta: float = 1.0
-    # β rises linearly from 0 to beta over this many epochs (KL annealing, Bowman et al. 2016).
-    warmup: int = 0
-    # Posterior samples per datapoint in the Monte Carlo estimate of E_q[log p(x|z)].
-    n_samples: int = 1
-    # Use the closed-form KL when one is registered; else always Monte Carlo.
-    analytic_kl: bool = True
-    # Stop after this many epochs without a better validation ELBO; None never stops early.
-    patience: int | None = None
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    # K of the importance-weighted log-likelihood printed at the end of training.
-    eval_k: int = 1000
-    # Compile the training step's forward and backward with torch.compile (TorchInductor).
-    compile: bool = False
-    # torch.compile's mode; "reduce-overhead" replays the step as a CUDA graph on a GPU.
-    compile_mode: str = "default"
-    # Mixed precision of the training step: "bf16" runs the networks under autocast to
-    # bfloat16, while weights, optimizer state and every log-density stay in the model's dtype.
-    amp: str = "off"
-    # float32 matrix products during training (torch.set_float32_matmul_precision): "high"
-    # allows TF32 on CUDA, "medium" bfloat16-based products (CUDA, and CPUs with bf16 units).
-    # Evaluation always runs at "highest", so likelihoods are not affected.
-    matmul_precision: str = "highest"
 
-    def __post_init__(self) -> None:
-        _positive_int("epochs", self.epochs)
-        _positive_int("batch_size", self.batch_size)
-        _finite("lr", self.lr, 0.0, lo_open=True)
-        _finite("beta", self.beta, 0.0)
-        _positive_int("warmup", self.warmup, minimum=0)
-        _positive_int("n_samples", self.n_samples)
-        if self.patience is not None:
-            _positive_int("patience", self.patience)
-        _positive_int("seed", self.seed, minimum=0)
-        _positive_int("eval_k", self.eval_k)
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
-        for name, choices in (("compile_mode", COMPILE_MODES), ("amp", AMP), ("matmul_precision", MATMUL_PRECISIONS)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+class _TrainBase(_Section):
+    def _check(self) -> None:
         if self.amp != "off" and self.dtype != "float32":
             raise ConfigError(f"amp={self.amp} needs dtype float32, got {self.dtype!r}")
-        if not isinstance(self.analytic_kl, bool):
-            raise ConfigError(f"analytic_kl must be true or false, got {self.analytic_kl!r}")
-        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.objective != "auto":
+            bad = self.owners_unselected()
+            if bad:
+                raise ConfigError(f"{bad[0]}; this run trains objective {self.objective}")
 
     def beta_at(self, epoch: int) -> float:
-        """β for a 1-based epoch under the linear warm-up."""
+        """β for a 1-based epoch under the linear warm-up (KL annealing, Bowman et al. 2016)."""
         if self.warmup <= 0:
             return self.beta
         return self.beta * min(1.0, epoch / self.warmup)
 
 
-@dataclass
-class DataConfig:
-    """Where the data comes from and how it is split, so a run can reload its own splits."""
-
-    source: str = "digits"
-    data_dir: str | None = None
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    # Memory-map a .npy file and stream its rows instead of reading it whole (datasets larger
-    # than memory).
-    mmap: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.mmap, bool):
-            raise ConfigError(f"mmap must be true or false, got {self.mmap!r}")
-        if not isinstance(self.source, str) or not self.source:
+class _DataBase(_Section):
+    def _check(self) -> None:
+        if not self.source:
             raise ConfigError(f"source must be a dataset name or a file path, got {self.source!r}")
-        if self.data_dir is not None and not isinstance(self.data_dir, str):
-            raise ConfigError(f"data_dir must be a path, got {self.data_dir!r}")
         for name in ("valid_fraction", "test_fraction"):
-            v = getattr(self, name)
-            _finite(name, v, 0.0)
-            if v >= 1:
-                raise ConfigError(f"{name} must be < 1, got {v!r}")
+            if getattr(self, name) >= 1:
+                raise ConfigError(f"{name} must be < 1, got {getattr(self, name)!r}")
         if self.valid_fraction + self.test_fraction >= 1:
             raise ConfigError(
                 f"valid_fraction + test_fraction must be < 1, got {self.valid_fraction + self.test_fraction!r}"
             )
-        _positive_int("split_seed", self.split_seed, minimum=0)
+
+
+ModelConfig = _make("model", _ModelBase, "The generative model p(z) p(x|z; θ) and the inference model q(z|x; φ).")
+TrainConfig = _make("train", _TrainBase, "Stochastic-gradient training of an objective jointly over φ and θ.")
+DataConfig = _make("data", _DataBase, "Where the data comes from and how it is split, so a run can reload its own splits.")
+
+
+def _migrate(d: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older config.json to CONFIG_VERSION (each step one version)."""
+    version = d.get("version")
+    if version == 1:
+        # Version 1 had one latent group and no objective: the autoencoder trained on its
+        # reconstruction, every other method on the ELBO.
+        d = json.loads(json.dumps(d))
+        model = d.get("model", {})
+        if isinstance(model, dict):
+            d.setdefault("train", {})
+            if isinstance(d["train"], dict):
+                d["train"]["objective"] = "reconstruction" if model.get("inference") == "autoencoder" else "elbo"
+        d["version"] = version = 2
+    if version != CONFIG_VERSION:
+        raise ConfigError(f"config version must be <= {CONFIG_VERSION}, got {d.get('version')!r}")
+    return d
 
 
 @dataclass
 class RunConfig:
-    model: ModelConfig
-    train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: Any
+    train: Any = field(default_factory=lambda: TrainConfig())
+    data: Any = field(default_factory=lambda: DataConfig())
     version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if self.train.objective == "auto":
+            from .registry import INFERENCE
+
+            objective = INFERENCE.get(self.model.inference).default_objective
+            self.train = dataclasses.replace(self.train, objective=objective)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -225,15 +263,13 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         if not isinstance(d, dict):
             raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
-        version = d.get("version")
-        if version != CONFIG_VERSION:
-            raise ConfigError(f"config version must be {CONFIG_VERSION}, got {version!r}")
+        d = _migrate(d)
         try:
             return cls(
                 model=_build(ModelConfig, d["model"]),
                 train=_build(TrainConfig, d.get("train", {})),
                 data=_build(DataConfig, d.get("data", {})),
-                version=version,
+                version=d["version"],
             )
         except KeyError as e:
             raise ConfigError(f"config is missing the section {e.args[0]!r}") from None

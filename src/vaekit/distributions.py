@@ -28,7 +28,42 @@ def _event_batch(*tensors: torch.Tensor) -> tuple[torch.Size, torch.Size]:
     return shape[:-1], shape[-1:]
 
 
-class DiagonalNormal(Distribution):
+class Posterior(Distribution):
+    """q(z|x) in the latent protocol: one draw is ``reparameterize(eps)`` of standard-normal
+    noise with ``noise_size`` values per point, so that the training loop can draw the noise
+    of a whole batch itself (data-parallel ranks share it) without knowing the latents.
+
+    ``rsample`` is that draw with fresh noise; ``params()`` the named arrays that ``encode``
+    writes (columns in the model's latent order).
+    """
+
+    has_rsample = True
+
+    @property
+    def noise_size(self) -> int:
+        return self.event_shape[-1]
+
+    def _anchor(self) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        ref = self._anchor()
+        shape = torch.Size(sample_shape) + self.batch_shape + (self.noise_size,)
+        return self.reparameterize(torch.randn(shape, dtype=ref.dtype, device=ref.device, generator=generator))
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator=generator)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """Named (n, D) arrays describing q for each point: ``mu`` and, where q has a spread, ``logvar``."""
+        return {"mu": self.mean}
+
+
+class DiagonalNormal(Posterior):
     """N(z; μ, diag σ²) parameterized by (μ, log σ²), the encoder's output (notes, eq. of DNN_enc).
 
     ``rsample`` is the reparameterization trick z = μ + ε·σ, ε ~ N(0, I) (notes, eq. 1;
@@ -64,17 +99,15 @@ class DiagonalNormal(Distribution):
     def variance(self) -> torch.Tensor:
         return torch.exp(self.logvar).expand(self.batch_shape + self.event_shape)
 
+    def _anchor(self) -> torch.Tensor:
+        return self.mu
+
     def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:
         """z = μ + ε·σ for given standard-normal noise ε of shape sample_shape + (n, d)."""
         return self.mu + eps * self.std
 
-    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        shape = self._extended_shape(sample_shape)
-        return self.reparameterize(torch.randn(shape, dtype=self.mu.dtype, device=self.mu.device, generator=generator))
-
-    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator=generator)
+    def params(self) -> dict[str, torch.Tensor]:
+        return {"mu": self.mean, "logvar": self.logvar.expand(self.batch_shape + self.event_shape)}
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return -0.5 * ((z - self.mu) ** 2 * torch.exp(-self.logvar) + self.logvar + LOG_2PI).sum(-1)
@@ -122,7 +155,7 @@ class StandardNormal(Distribution):
         return torch.tensor(0.5 * self.dim * (1.0 + LOG_2PI), dtype=self.dtype, device=self.device)
 
 
-class PointMass(Distribution):
+class PointMass(Posterior):
     """δ(z − ẑ): the "posterior" of the notes' autoencoder and of MAP estimation.
 
     ``log_prob`` is 0 at ẑ (the density with respect to counting measure on {ẑ}); with the KL
@@ -150,15 +183,16 @@ class PointMass(Distribution):
     def variance(self) -> torch.Tensor:
         return torch.zeros_like(self.z)
 
+    def _anchor(self) -> torch.Tensor:
+        return self.z
+
     def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:
         """ẑ, whatever the noise: a point mass has none to carry."""
         return self.z.expand(eps.shape[:-1] + self.z.shape[-1:])
 
     def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        # No noise to draw: the generator's stream is left where it was.
         return self.z.expand(self._extended_shape(sample_shape))
-
-    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.rsample(sample_shape).detach()
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)

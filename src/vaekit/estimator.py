@@ -16,58 +16,60 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import DataConfig, RunConfig, TrainConfig
 from .errors import ConfigError, DataError
 
 # Rows per forward pass of encode and reconstruct.
 BATCH_ROWS = 4096
 
 
-class VAE:
-    """Variational autoencoder p(z) p(x|z; θ) with inference model q(z|x; φ), fitted on the ELBO.
+# Estimator parameters beyond the model's and training's options: the validation share of X
+# and the progress bar. eval_k (the CLI's final evaluation) has no meaning here.
+_EXTRA = {"valid_fraction": "data", "image_shape": "model"}
+_SKIP = {"eval_k"}
 
-    ``likelihood="auto"`` picks Bernoulli for 0/1 data, continuous Bernoulli for values in
-    [0, 1] and Gaussian otherwise. ``X_valid`` (or a ``valid_fraction`` of X) gives the
-    validation ELBO for early stopping and for keeping the best model.
+
+def estimator_params() -> dict[str, tuple[str, Any]]:
+    """Parameter -> (config section, default), derived from the option declarations."""
+    from .config import AUTO, FROM_DATA, section_options
+
+    params: dict[str, tuple[str, Any]] = {}
+    for section in ("model", "train"):
+        for name, opt in section_options(section).items():
+            if name not in FROM_DATA and name not in _SKIP:
+                params[name] = (section, AUTO.get(name, opt.default))
+    for name, section in _EXTRA.items():
+        params[name] = (section, section_options(section)[name].default)
+    params["progress"] = ("estimator", False)
+    return params
+
+
+def _signature() -> inspect.Signature:
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Signature(
+        [inspect.Parameter("self", kind)] + [inspect.Parameter(n, kind, default=d) for n, (_, d) in estimator_params().items()]
+    )
+
+
+class VAE:
+    """Variational autoencoder p(z) p(x|z; θ) with inference model q(z|x; φ), fitted on the ELBO
+    (or the objective named by ``objective``).
+
+    Every option of ``vaekit train`` is a parameter (``latent_dim``, ``hidden``, ``likelihood``,
+    ``inference``, ``objective``, ``beta``, ...; ``help(vaekit.VAE)`` lists them with their
+    defaults). ``likelihood="auto"`` picks Bernoulli for 0/1 data, continuous Bernoulli for
+    values in [0, 1] and Gaussian otherwise. ``X_valid`` (or a ``valid_fraction`` of X) gives
+    the validation objective for early stopping and for keeping the best model.
     """
 
-    def __init__(
-        self,
-        latent_dim: int = 20,
-        hidden: tuple[int, ...] = (400,),
-        decoder_hidden: tuple[int, ...] | None = None,
-        activation: str = "relu",
-        likelihood: str = "auto",
-        variance: str = "shared",
-        fixed_std: float = 1.0,
-        prior: str = "standard_normal",
-        inference: str = "amortized",
-        local_steps: int = 100,
-        local_lr: float = 0.05,
-        refine_steps: int = 0,
-        refine_lr: float = 0.05,
-        refine_in_training: bool = False,
-        epochs: int = 10,
-        batch_size: int = 128,
-        lr: float = 1e-3,
-        beta: float = 1.0,
-        warmup: int = 0,
-        n_samples: int = 1,
-        analytic_kl: bool = True,
-        patience: int | None = None,
-        seed: int = 0,
-        device: str = "cpu",
-        dtype: str = "float32",
-        amp: str = "off",
-        matmul_precision: str = "highest",
-        compile: bool = False,
-        valid_fraction: float = 0.1,
-        image_shape: tuple[int, ...] | None = None,
-        progress: bool = False,
-    ):
-        for name, value in locals().items():
+    def __init__(self, *args, **kwargs):
+        bound = self.__init__.__signature__.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        for name, value in bound.arguments.items():
             if name != "self":
                 setattr(self, name, value)
+
+    __init__.__signature__ = _signature()  # type: ignore[attr-defined]
 
     # -- scikit-learn protocol -----------------------------------------------------------------
     @classmethod
@@ -92,13 +94,11 @@ class VAE:
     # -- fitting --------------------------------------------------------------------------------
     def fit(self, X, X_valid=None) -> "VAE":
         from .data import check_data
-        from .inference import INFERENCE
-        from .likelihoods import choose
         from .model import VAEModel
+        from .runs import model_config
         from .train import fit
 
         X = check_data(X, what="X", min_rows=2)
-        likelihood = choose(X) if self.likelihood == "auto" else self.likelihood
         given_valid = X_valid is not None
         if not given_valid:
             perm = np.random.default_rng(self.seed).permutation(X.shape[0])
@@ -106,51 +106,22 @@ class VAE:
             if X.shape[0] - n_valid < 2:
                 raise DataError(f"X has {X.shape[0]} rows; at least 3 are needed to hold out a validation set")
             X_valid, X = X[perm[:n_valid]], X[perm[n_valid:]]
-        model_config = ModelConfig(
-            input_dim=X.shape[1],
-            latent_dim=self.latent_dim,
-            hidden=tuple(self.hidden),
-            decoder_hidden=None if self.decoder_hidden is None else tuple(self.decoder_hidden),
-            activation=self.activation,
-            likelihood=likelihood,
-            variance=self.variance,
-            fixed_std=self.fixed_std,
-            prior=self.prior,
-            inference=self.inference,
-            image_shape=self.image_shape,
-            n_points=X.shape[0] if INFERENCE.get(self.inference).per_point else 0,
-            local_steps=self.local_steps,
-            local_lr=self.local_lr,
-            refine_steps=self.refine_steps,
-            refine_lr=self.refine_lr,
-            refine_in_training=self.refine_in_training,
-        )
-        train_config = TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            beta=self.beta,
-            warmup=self.warmup,
-            n_samples=self.n_samples,
-            analytic_kl=self.analytic_kl,
-            patience=self.patience,
-            seed=self.seed,
-            device=self.device,
-            dtype=self.dtype,
-            amp=self.amp,
-            matmul_precision=self.matmul_precision,
-            compile=self.compile,
-        )
+        params = estimator_params()
+        options = {s: {n: getattr(self, n) for n, (sec, _) in params.items() if sec == s} for s in ("model", "train")}
+        image_shape = options["model"].pop("image_shape")
+        model_config_ = model_config(X, image_shape, options["model"])
+        train_config = TrainConfig(**options["train"])
         data_config = DataConfig(source="array", valid_fraction=self.valid_fraction, test_fraction=0.0, split_seed=self.seed)
+        config = RunConfig(model=model_config_, train=train_config, data=data_config)
         torch.manual_seed(self.seed)  # the initial weights are part of the fit
-        model = VAEModel(model_config)
+        model = VAEModel(config.model)
         if given_valid:
             X_valid = check_data(X_valid, what="X_valid", input_dim=X.shape[1])
         model.likelihood.check(X, "X")
         model.likelihood.check(X_valid, "X_valid" if given_valid else "X")
-        self.history_ = fit(model, X, X_valid, train_config, progress=self.progress)
+        self.history_ = fit(model, X, X_valid, config.train, progress=self.progress)
         self.model_ = model
-        self.config_ = RunConfig(model=model_config, train=train_config, data=data_config)
+        self.config_ = config
         self.n_features_in_ = X.shape[1]
         return self
 
@@ -176,9 +147,25 @@ class VAE:
 
     @torch.no_grad()
     def encode(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior parameters (μ, log σ²) of q(z|x), each (n, latent_dim)."""
-        parts = [(q.mean.cpu(), q.logvar.expand_as(q.mean).cpu()) for _, q in self._posteriors(X)]
-        return torch.cat([m for m, _ in parts]).numpy(), torch.cat([v for _, v in parts]).numpy()
+        """Posterior parameters (μ, log σ²) of q(z|x), each (n, D): every latent group's columns
+        side by side, in the order of ``model_.latents`` (for a hierarchy, each group's given
+        its parent's mean)."""
+        arrays = self.encoded(X)
+        return arrays["mu"], arrays["logvar"]
+
+    @torch.no_grad()
+    def encoded(self, X) -> dict[str, np.ndarray]:
+        """Named arrays of q(z|x): ``mu`` and ``logvar`` (n, D) of all groups and, when the model
+        has several latent groups, ``mu_<group>`` and ``logvar_<group>`` of each."""
+        from .latents import split
+
+        parts = [q.params() for _, q in self._posteriors(X)]
+        out = {name: torch.cat([p[name].expand_as(p["mu"]) for p in parts]).cpu().numpy() for name in ("mu", "logvar")}
+        groups = self.model_.latents
+        if len(groups) > 1:
+            for name in ("mu", "logvar"):
+                out.update({f"{name}_{g}": v for g, v in split(out[name], groups).items()})
+        return out
 
     def transform(self, X) -> np.ndarray:
         """Posterior means E_q[z|x], (n, latent_dim): the latent representation of each row."""
@@ -193,8 +180,8 @@ class VAE:
         self._check_fitted()
         p = next(self.model_.parameters())
         z = torch.as_tensor(np.asarray(Z), dtype=p.dtype, device=p.device)
-        if z.ndim != 2 or z.shape[1] != self.model_.config.latent_dim:
-            raise DataError(f"Z must have shape (n, {self.model_.config.latent_dim}), got {tuple(z.shape)}")
+        if z.ndim != 2 or z.shape[1] != self.model_.latent_size:
+            raise DataError(f"Z must have shape (n, {self.model_.latent_size}), got {tuple(z.shape)}")
         return self.model_.decode(z).mean.cpu().numpy()
 
     def reconstruct(self, X) -> np.ndarray:
@@ -265,17 +252,10 @@ class VAE:
         from .checkpoint import load_run
 
         config, model = load_run(run_dir)
-        m, t = config.model, config.train
-        est = cls(
-            latent_dim=m.latent_dim, hidden=m.hidden, decoder_hidden=m.decoder_hidden, activation=m.activation,
-            likelihood=m.likelihood, variance=m.variance, fixed_std=m.fixed_std, prior=m.prior,
-            inference=m.inference, local_steps=m.local_steps, local_lr=m.local_lr, refine_steps=m.refine_steps,
-            refine_lr=m.refine_lr, refine_in_training=m.refine_in_training, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, beta=t.beta,
-            warmup=t.warmup, n_samples=t.n_samples, analytic_kl=t.analytic_kl, patience=t.patience,
-            seed=t.seed, device="cpu", dtype=t.dtype, valid_fraction=config.data.valid_fraction,
-            image_shape=m.image_shape,
-        )  # fmt: skip
-        est.model_, est.config_, est.n_features_in_ = model, config, m.input_dim
+        sections = {"model": config.model, "train": config.train, "data": config.data}
+        values = {n: getattr(sections[sec], n) for n, (sec, _) in estimator_params().items() if sec in sections}
+        est = cls(**dict(values, device="cpu"))
+        est.model_, est.config_, est.n_features_in_ = model, config, config.model.input_dim
         est.history_ = _read_history(Path(run_dir))
         return est
 

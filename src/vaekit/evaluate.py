@@ -7,6 +7,7 @@ evaluating never moves the training random stream.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -32,6 +33,17 @@ def batches(model, x, batch_size: int):
         yield x[start : start + batch_size]
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """The module in eval mode for the block, and back in its previous mode however it ends."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
 def _generator(model, seed: int) -> torch.Generator:
     device = next(model.parameters()).device
     return torch.Generator(device=device).manual_seed(seed)
@@ -42,29 +54,25 @@ def _generator(model, seed: int) -> torch.Generator:
 @torch.no_grad()
 def elbo_per_point(model, x, n_samples: int = 1, batch_size: int = 1024, seed: int = 0) -> dict[str, np.ndarray]:
     """ELBO, E_q[log p(x|z)] and KL(q || p) for each row, each (n,) float64."""
-    was = model.training
-    model.eval()
     g = _generator(model, seed)
-    parts = [
-        elbo_terms(model, xb, q=model.evaluation_posterior(xb), n_samples=n_samples, generator=g)
-        for xb in batches(model, x, batch_size)
-    ]
-    model.train(was)
+    with eval_mode(model):
+        parts = [
+            elbo_terms(model, xb, q=model.evaluation_posterior(xb), n_samples=n_samples, generator=g)
+            for xb in batches(model, x, batch_size)
+        ]
     return {name: torch.cat([getattr(p, name) for p in parts]).double().cpu().numpy() for name in ("elbo", "recon", "kl")}
 
 
 @torch.no_grad()
 def log_px_per_point(model, x, k: int = 1000, batch_size: int | None = None, seed: int = 0) -> np.ndarray:
     """The K-sample importance-weighted estimate of log p(x) for each row, (n,) float64."""
-    was = model.training
-    model.eval()
     g = _generator(model, seed)
     if batch_size is None:
         # Rows per call: enough that each K-chunk is a large matrix product, few enough that
         # one chunk covers many samples (see objectives.iwae.DEFAULT_BLOCK).
         batch_size = 256 if k >= 64 else 1024
-    out = [iwae(model, xb, k, q=model.evaluation_posterior(xb), generator=g) for xb in batches(model, x, batch_size)]
-    model.train(was)
+    with eval_mode(model):
+        out = [iwae(model, xb, k, q=model.evaluation_posterior(xb), generator=g) for xb in batches(model, x, batch_size)]
     return torch.cat(out).double().cpu().numpy()
 
 

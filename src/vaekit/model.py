@@ -6,48 +6,94 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from .config import ModelConfig
-from .inference import INFERENCE
-from .likelihoods import LIKELIHOODS
-from .nets import MLP
-from .priors import PRIORS
+from .distributions import DiagonalNormal, Posterior
+from .latents import latent_groups, split
+from .nets import MLP, NETS, GaussianHead
+from .objectives.kl import kl as kl_divergence
+from .registry import INFERENCE, LIKELIHOODS, PRIORS
 
 
 class VAEModel(nn.Module):
     """Prior + decoder + likelihood (the generative model, θ) and an inference method (φ).
 
-    ``posterior(x)`` is q(z|x), ``prior()`` is p(z), ``decode(z)`` is p(x|z); the objectives in
-    ``vaekit.objectives`` need nothing else, whichever inference method is plugged in.
+    The latents are ``latents`` (groups z_1 … z_L, bottom first; one group ``z`` by default):
+    p(z_L) ∏_l p(z_l | z_{l+1}) p(x | z_1), the prior on the top group and a Gaussian
+    p(z_l | z_{l+1}) from a small network below it. A draw of all groups is one tensor
+    (..., n, ``latent_size``) in group order. ``posterior(x)`` is q(z|x), ``log_pz(z)`` is
+    log p(z), ``decode(z)`` is p(x|z); the objectives need nothing else, whichever inference
+    method is plugged in.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config):
         super().__init__()
         self.config = config
-        self.prior = PRIORS.get(config.prior)(config)
-        self.decoder = MLP(config.latent_dim, config.decoder_widths, config.input_dim, config.activation)
+        self.latents = latent_groups(config.latent_dim)
+        self.latent_size = sum(g.size for g in self.latents)
+        self.prior = PRIORS.get(config.prior)(config, self.latents[-1].size)
+        # p(z_l | z_{l+1}) for every group below the top.
+        self.downward = nn.ModuleList(
+            GaussianHead(MLP(upper.size, config.hidden, 2 * lower.size, config.activation))
+            for lower, upper in zip(self.latents[:-1], self.latents[1:])
+        )
+        self.decoder = NETS.get(config.decoder_net).decoder(config, self.latents[0].size)
         self.likelihood = LIKELIHOODS.get(config.likelihood)(config)
-        self.inference = INFERENCE.get(config.inference)(config)
+        self.inference = INFERENCE.get(config.inference)(config, self.latents)
 
-    def posterior(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> Distribution:
-        """q(z|x; φ), shape batch (n,), event (d,); ``idx`` selects per-point parameters."""
+    @property
+    def noise_size(self) -> int:
+        """Standard-normal values one reparameterized draw of all groups needs, per point."""
+        return sum(g.noise for g in self.latents)
+
+    # -- the generative model p(z) p(x|z) ---------------------------------------------------
+    def top_prior(self) -> Distribution:
+        """p(z_L), the prior of the top group; it may read the model (pseudo-inputs)."""
+        return self.prior(self)
+
+    def log_pz(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) = log p(z_L) + Σ_l log p(z_l | z_{l+1}) for a draw of all groups (..., D)."""
+        groups = split(z, self.latents)
+        log_p = self.top_prior().log_prob(groups[self.latents[-1].name])
+        for lower, upper, net in zip(self.latents[:-1], self.latents[1:], self.downward):
+            log_p = log_p + DiagonalNormal(*net(groups[upper.name])).log_prob(groups[lower.name])
+        return log_p
+
+    def kl(self, q: Distribution, z: torch.Tensor, analytic: bool = True) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) per point: the closed form for one group where one is registered,
+        else the Monte Carlo mean of log q(z) − log p(z) over the draws z (S, n, D)."""
+        if len(self.latents) == 1:
+            return kl_divergence(q, self.top_prior(), z, analytic=analytic)
+        return (q.log_prob(z) - self.log_pz(z)).mean(0)
+
+    def decode(self, z: torch.Tensor) -> Distribution:
+        """p(x|z; θ) for a draw of all groups z of shape (..., D); it reads z_1."""
+        return self.likelihood(self.decoder(z[..., self.latents[0].columns] if len(self.latents) > 1 else z))
+
+    def sample_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ p(z), ancestrally from the top group down, (n, D)."""
+        z_top = self.top_prior().sample((n,), generator=generator)
+        parts = [z_top]
+        for net in reversed(self.downward):
+            parts.insert(0, DiagonalNormal(*net(parts[0])).sample(generator=generator))
+        return torch.cat(parts, -1)
+
+    # -- the inference model q(z|x) -------------------------------------------------------------
+    def posterior(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> Posterior:
+        """q(z|x; φ), shape batch (n,), event (D,); ``idx`` selects per-point parameters."""
         return self.inference(self, x, idx)
 
-    def evaluation_posterior(self, x: torch.Tensor) -> Distribution:
+    def training_posteriors(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> list[Posterior]:
+        """The q's a training step learns from (the encoder's, and a refined one if asked)."""
+        return self.inference.training_posteriors(self, x, idx)
+
+    def evaluation_posterior(self, x: torch.Tensor) -> Posterior:
         """A proper density q(z|x) for new x (refined, or optimised, as the method says), for
         the ELBO and the importance-weighted log p(x)."""
         return self.inference.evaluation_posterior(self, x)
 
-    def loss(self, x: torch.Tensor, idx: torch.Tensor | None, beta: float = 1.0, n_samples: int = 1, analytic_kl: bool = True, eps=None):
-        """(training loss, per-point ELBO terms) of the inference method's objective."""
-        return self.inference.loss(self, x, idx, beta, n_samples, analytic_kl, eps)
-
-    def decode(self, z: torch.Tensor) -> Distribution:
-        """p(x|z; θ) for z of shape (..., d)."""
-        return self.likelihood(self.decoder(z))
-
-    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None, beta: float = 1.0, n_samples: int = 1, analytic_kl: bool = True, eps=None):
-        """The training step's objective, so that DistributedDataParallel can wrap the model."""
-        return self.loss(x, idx, beta, n_samples, analytic_kl, eps)
+    def forward(self, objective, x: torch.Tensor, idx: torch.Tensor | None, eps: torch.Tensor, beta: float = 1.0):
+        """(loss, per-point value) of ``objective`` on a batch: the training step's forward,
+        here so that DistributedDataParallel can wrap the model."""
+        return objective.loss(self, x, idx, eps, beta)
 
     @torch.no_grad()
     def sample(
@@ -55,7 +101,6 @@ class VAEModel(nn.Module):
     ) -> torch.Tensor:
         """x ~ p(x|z) with z ~ p(z) (or the given z); ``mean`` returns E[x|z] instead of a draw."""
         if z is None:
-            z = self.prior().sample((n,), generator=generator)
+            z = self.sample_z(n, generator)
         px = self.decode(z)
         return px.mean if mean else px.sample(generator=generator)
-

@@ -31,7 +31,7 @@ class Option:
     config.json field and the check on resume are all derived from it.
 
     ``type`` is ``int``, ``float``, ``str``, ``bool``, ``"widths"`` (a tuple of positive
-    integers) or ``"int|widths"`` (an int or such a tuple). ``choices`` is a tuple, or the
+    integers) or ``"int|widths"`` (a positive int, or such a tuple). ``choices`` is a tuple, or the
     name of a registry (``"prior"``) whose entries are the choices. ``minimum`` and
     ``exclusive`` bound numbers; ``optional`` admits None.
     """
@@ -44,6 +44,8 @@ class Option:
     exclusive: bool = False
     maximum: float | None = None
     optional: bool = False
+    # Values accepted besides the choices (an "auto" resolved later).
+    also: tuple = ()
     # May change when a run is resumed (epochs, device, speed settings).
     resumable: bool = False
 
@@ -59,8 +61,8 @@ class Option:
                 raise ConfigError(f"{name} must be true or false, got {value!r}")
             return value
         if kind in ("widths", "int|widths"):
-            if kind == "int|widths" and _is_int(value):
-                value = (value,)
+            if kind == "int|widths" and _is_int(value) and value >= 1:
+                return int(value)
             if isinstance(value, (list, tuple)) and all(_is_int(v) and v >= 1 for v in value):
                 if kind == "int|widths" and not value:
                     raise ConfigError(f"{name} must name at least one size, got {value!r}")
@@ -95,8 +97,8 @@ class Option:
 
     def choice_names(self) -> tuple | None:
         if isinstance(self.choices, str):
-            return tuple(REGISTRIES[self.choices].names())
-        return self.choices
+            return self.also + tuple(REGISTRIES[self.choices].names())
+        return None if self.choices is None else self.also + tuple(self.choices)
 
 
 def _is_int(v: Any) -> bool:

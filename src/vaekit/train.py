@@ -1,6 +1,7 @@
-"""One training loop for every model: stochastic gradients of the (β-weighted) ELBO, jointly
-over the inference parameters φ and the generative parameters θ (notes: "trained jointly ...
-using SGD"). Inference methods, priors and likelihoods change the model, never this loop.
+"""One training loop for every model: stochastic gradients of an objective (the β-weighted
+ELBO by default), jointly over the inference parameters φ and the generative parameters θ
+(notes: "trained jointly ... using SGD"). Objectives, inference methods, priors, likelihoods,
+networks and latent structures change the model or the loss, never this loop.
 
 The dataset lives on the device as one tensor and is reshuffled by one permutation per epoch;
 the step does not synchronise with the host (losses are kept in a device tensor and checked
@@ -24,15 +25,14 @@ import torch
 from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
-from .evaluate import elbo_per_point
+from .evaluate import elbo_per_point, eval_mode
+from .registry import OBJECTIVES
 
 # Progress-bar refreshes (and NaN checks) per epoch: each costs one host sync.
 TICKS_PER_EPOCH = 20
 # Methods without an encoder find each validation point's q by optimisation; validating on
 # this many rows keeps that under the cost of a training epoch.
 VALID_ROWS_WITHOUT_ENCODER = 1000
-# Test rows drawn in the latent-space picture.
-LATENT_POINTS = 5000
 
 
 def make_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optimizer]:
@@ -54,6 +54,14 @@ def make_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optim
     return optimizers
 
 
+def make_objective(model, config: TrainConfig):
+    """The run's objective object; ``auto`` is the inference method's own."""
+    name = model.inference.default_objective if config.objective == "auto" else config.objective
+    objective = OBJECTIVES.get(name)(config)
+    objective.check(model)
+    return objective
+
+
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine")
@@ -70,38 +78,43 @@ def fit(
     resume: bool = False,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train ``model`` in place and leave it holding the best weights by validation ELBO.
+    """Train ``model`` in place and leave it holding the best weights by the objective's
+    validation value.
 
     With ``run_dir`` every epoch appends a line to metrics.jsonl and writes last.safetensors
-    (atomically), and an improved validation ELBO rewrites model.safetensors. ``resume``
+    (atomically), and an improved validation value rewrites model.safetensors. ``resume``
     continues from last.safetensors with optimizer, epoch and random state, so that on the CPU
     the end result equals an uninterrupted run's. Returns the per-epoch metrics.
     """
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     model.to(device=device, dtype=dtype)
+    objective = make_objective(model, config)
     n, batch_rows = _training_rows(x_train, device, dtype)
     valid_rows = _validation_rows(model, x_valid, device, dtype)
     optimizers = make_optimizers(model, config.lr)
-    rank, world = _rank_world()
+    rank, world = rank_world()
     writer = run_dir is not None and rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
-    step = _Step(model, optimizers, config, device, batch_rows, rank, world)
+    step = _Step(model, objective, optimizers, config, device, batch_rows, rank, world)
     run = _start(model, optimizers, config, run_dir, run_config, resume, writer)
 
     for epoch in range(run.start, config.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        losses, elbo_sum = step.epoch(n, config.beta_at(epoch), epoch, run_dir, progress)
+        losses, value_sum = step.epoch(n, config.beta_at(epoch), epoch, run_dir, progress)
         train_seconds = time.perf_counter() - t0
         valid = elbo_per_point(model, valid_rows, seed=config.seed + 1)
         valid_elbo = float(valid["elbo"].mean())
-        score = valid_elbo if model.inference.trains_elbo else _valid_objective(model, valid_rows)
+        # The best epoch is the objective's own: the validation ELBO, K-sample bound or recon.
+        score = objective.validate(model, valid_rows, valid, seed=config.seed + 1)
         record = {
             "epoch": epoch,
             "beta": config.beta_at(epoch),
+            "objective": objective.name,
             "train_loss": float(losses.mean()),
-            "train_elbo": float(elbo_sum) / n,
+            "train_objective": float(value_sum) / n,
+            "train_elbo": float(value_sum) / n if objective.name == "elbo" else None,
             "valid_elbo": valid_elbo,
             "valid_recon": float(valid["recon"].mean()),
             "valid_kl": float(valid["kl"].mean()),
@@ -164,8 +177,7 @@ def _validation_rows(model, x_valid, device: torch.device, dtype: torch.dtype):
     from .data import MappedRows
 
     mapped = isinstance(x_valid, MappedRows)
-    # A method's own objective (_valid_objective) needs the rows in one tensor.
-    if not model.inference.has_encoder or (mapped and not model.inference.trains_elbo):
+    if not model.inference.has_encoder:
         return torch.as_tensor(np.asarray(x_valid[:VALID_ROWS_WITHOUT_ENCODER]), dtype=dtype, device=device)
     return x_valid if mapped else torch.as_tensor(x_valid, dtype=dtype, device=device)
 
@@ -209,11 +221,11 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
 
 
 class _Step:
-    """One pass over the training set: per batch, the β-weighted ELBO loss, its gradient and
-    the optimizer step, under the configured precision, compilation and data parallelism."""
+    """One pass over the training set: per batch, the objective's loss, its gradient and the
+    optimizer step, under the configured precision, compilation and data parallelism."""
 
-    def __init__(self, model, optimizers, config: TrainConfig, device: torch.device, batch_rows, rank: int, world: int):
-        self.model, self.optimizers, self.config = model, optimizers, config
+    def __init__(self, model, objective, optimizers, config: TrainConfig, device: torch.device, batch_rows, rank: int, world: int):
+        self.model, self.objective, self.optimizers, self.config = model, objective, optimizers, config
         self.device, self.batch_rows, self.rank, self.world = device, batch_rows, rank, world
         self.forward = model
         if world > 1:
@@ -232,7 +244,7 @@ class _Step:
         self.dtype = getattr(torch, config.dtype)
 
     def epoch(self, n: int, beta: float, epoch: int, run_dir: Path | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-step losses, the sum of the training points' ELBOs), both on the device and
+        """(per-step losses, the sum of the training points' objective values), both on the device and
         summed over ranks. The matmul precision holds for the whole pass (forward and backward)
         and is restored however the pass ends."""
         with _matmul_precision(self.config.matmul_precision):
@@ -244,7 +256,7 @@ class _Step:
         steps = math.ceil(n / bs)
         bar = _progress(progress, steps, f"epoch {epoch}/{config.epochs}")
         losses = torch.zeros(steps, dtype=self.dtype, device=self.device)
-        elbo_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        value_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         perm = torch.randperm(n, device=self.device)
         tick = max(1, steps // TICKS_PER_EPOCH)
         for step in range(steps):
@@ -252,12 +264,12 @@ class _Step:
             b = idx.shape[0]
             # The noise of the whole global batch, drawn identically on every rank, so that
             # data-parallel training equals one process on the same global batch.
-            eps = torch.randn((config.n_samples, b, self.model.config.latent_dim), dtype=self.dtype, device=self.device)
+            eps = torch.randn((self.objective.samples, b, self.model.noise_size), dtype=self.dtype, device=self.device)
             if world > 1:
                 lo, hi = rank * b // world, (rank + 1) * b // world
                 idx, eps = idx[lo:hi], eps[:, lo:hi]
             with self.autocast():
-                batch_loss, terms = self.forward(self.batch_rows(idx), idx, beta, config.n_samples, config.analytic_kl, eps)
+                batch_loss, value = self.forward(self.objective, self.batch_rows(idx), idx, eps, beta)
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks; weighting each rank's mean by its share of
@@ -266,7 +278,7 @@ class _Step:
             for opt in self.optimizers:
                 opt.step()
             losses[step] = batch_loss.detach() * (idx.shape[0] / b if world > 1 else 1.0)
-            elbo_sum += terms.elbo.detach().sum()
+            value_sum += value.detach().sum()
             if (step + 1) % tick == 0 or step + 1 == steps:
                 shown = losses[: step + 1]
                 if world > 1:
@@ -286,8 +298,8 @@ class _Step:
             import torch.distributed as dist
 
             dist.all_reduce(losses)
-            dist.all_reduce(elbo_sum)
-        return losses, elbo_sum
+            dist.all_reduce(value_sum)
+        return losses, value_sum
 
 
 def _autocast(config: TrainConfig, device: torch.device):
@@ -315,17 +327,7 @@ def _matmul_precision(precision: str):
         torch.set_float32_matmul_precision(old)
 
 
-@torch.no_grad()
-def _valid_objective(model, x: torch.Tensor) -> float:
-    """Minus the method's own training loss (β = 1) on the validation rows."""
-    was = model.training
-    model.eval()
-    value = -float(model.loss(x, None)[0])
-    model.train(was)
-    return value
-
-
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -386,103 +388,3 @@ def _best_from_disk(run_dir: Path, model: torch.nn.Module):
     tensors, _ = ckpt.load_tensors(path)
     p = next(model.parameters())
     return {k: v.to(device=p.device, dtype=v.dtype if not v.is_floating_point() else p.dtype) for k, v in tensors.items()}
-
-
-def train_run(
-    run_config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = False
-) -> dict[str, Any]:
-    """What ``vaekit train`` does: load the data, fit, draw the pictures, evaluate on the test
-    split (ELBO and log p(x) with K = eval_k). Returns the summary that the CLI prints."""
-
-    run_dir = Path(run_dir)
-    distributed = init_distributed(run_config.train.device)
-    if distributed and run_config.train.device.startswith("cuda"):
-        import dataclasses
-        import os
-
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        run_config = dataclasses.replace(run_config, train=dataclasses.replace(run_config.train, device=f"cuda:{local}"))
-    try:
-        summary = _train_run(run_config, run_dir, resume, progress)
-        if distributed:
-            import torch.distributed as dist
-
-            # Ranks > 0 are done while rank 0 still draws and evaluates; tearing the group
-            # down under it aborts gloo, so everyone leaves together.
-            dist.barrier()
-        return summary
-    finally:
-        if distributed:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
-    from .data import check_data, load_dataset
-    from .evaluate import evaluate
-    from .model import VAEModel
-
-    data = load_dataset(run_config.data)
-    torch.manual_seed(run_config.train.seed)  # the initial weights are part of the run
-    model = VAEModel(run_config.model)
-    splits = {}
-    for name in ("train", "valid", "test"):
-        splits[name] = check_data(
-            data.split(name),
-            what=f"{data.name} ({name} split)",
-            min_rows=2 if name == "train" else 1,
-            input_dim=run_config.model.input_dim,
-            likelihood=model.likelihood,
-        )
-    rank, _ = _rank_world()
-    history = fit(model, splits["train"], splits["valid"], run_config.train, run_dir, run_config, resume, progress and rank == 0)
-    if rank != 0:
-        return {"run_dir": str(run_dir), "rank": rank}
-    write_pictures(model, data, history, run_dir, seed=run_config.train.seed)
-    test = evaluate(model, splits["test"], k=run_config.train.eval_k, seed=run_config.train.seed)
-    best = max(history, key=lambda r: r["valid_score"]) if history else None
-    return {
-        "run_dir": str(run_dir),
-        "epochs": len(history),
-        "best_epoch": best["epoch"] if best else None,
-        "valid_elbo": best["valid_elbo"] if best else None,
-        "test": test,
-    }
-
-
-def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, seed: int = 0) -> list[Path]:
-    """The pictures of the notes for a trained model: samples from the prior, reconstructions
-    beside their inputs, training curves, and the latent space."""
-    from . import plots
-    from .evaluate import batches
-
-    run_dir = Path(run_dir)
-    written = []
-    shape = model.config.image_shape
-    x_test = data.split("test")
-    p = next(model.parameters())
-    g = torch.Generator(device=p.device).manual_seed(seed)
-    with torch.no_grad():
-        if shape is not None:
-            samples = model.sample(64, generator=g).float().cpu().numpy()
-            written.append(plots.image_grid(samples, run_dir / "samples.png", shape))
-            x = torch.as_tensor(x_test[:32], dtype=p.dtype, device=p.device)
-            x_hat = model.decode(model.evaluation_posterior(x).mean).mean.float().cpu().numpy()
-            written.append(plots.reconstruction_grid(x_test[:32], x_hat, run_dir / "reconstructions.png", shape))
-        # A scatter of more points than this is a blot, and costs memory for nothing.
-        shown = x_test[:LATENT_POINTS]
-        mu = torch.cat([model.evaluation_posterior(xb).mean for xb in batches(model, shown, 1024)]).float().cpu().numpy()
-    if history:
-        written.append(plots.training_curves(history, run_dir / "curves.png"))
-    labels = data.split_labels("test")
-    written.append(plots.latent_scatter(mu, run_dir / "latent.png", labels=None if labels is None else labels[:LATENT_POINTS]))
-    if model.config.latent_dim == 2 and shape is not None:
-
-        def decode(z: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                zt = torch.as_tensor(z, dtype=p.dtype, device=p.device)
-                return model.decode(zt).mean.float().cpu().numpy()
-
-        written.append(plots.latent_traversal_grid(decode, run_dir / "latent_grid.png", shape))
-    return written

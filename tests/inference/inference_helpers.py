@@ -81,3 +81,15 @@ class LinearGaussian:
         s = torch.diagonal(self.S)
         var = logvar.exp()
         return 0.5 * (torch.log(s) - logvar + (var + (mu - self.m) ** 2) / s - 1).sum(-1)
+
+
+def loss_of(model, x, idx, beta: float = 1.0, eps=None, **train):
+    """(loss, per-point value) of a training step's objective, as train.fit computes it; the
+    noise ε (S, n, noise) is drawn from the global stream when not given, as the loop draws it."""
+    from vaekit.config import TrainConfig
+    from vaekit.train import make_objective
+
+    objective = make_objective(model, TrainConfig(**train))
+    if eps is None:
+        eps = torch.randn(objective.samples, x.shape[0], model.noise_size, dtype=x.dtype)
+    return model(objective, x, idx, eps, beta)

@@ -3,19 +3,23 @@ only this part differs between the notes' autoencoder, MAP estimation of every l
 per-datapoint VI and the amortized encoder (with optional refinement).
 
 Each is an ``nn.Module`` registered in ``INFERENCE``. ``forward(model, x, idx)`` returns
-q(z|x) for a batch; ``idx`` are the rows' indices in the training set, which methods that
-keep one set of parameters per datapoint (``per_point``) use during training. For new data
-those methods find q by optimisation with θ fixed (``vaekit.inference.optimize``).
+q(z|x) for a batch, over all of the model's latent groups, and nothing else: the objective
+(``vaekit.objectives``) turns it into a loss. ``idx`` are the rows' indices in the training
+set, which methods that keep one set of parameters per datapoint (``per_point``) use during
+training. For new data those methods find q by optimisation with θ fixed
+(``vaekit.inference.optimize``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributions import Distribution
 
-from ..config import ModelConfig
+from ..distributions import Posterior
+from ..errors import ConfigError
 from ..registry import INFERENCE
+
+__all__ = ["INFERENCE", "InferenceMethod"]
 
 
 class InferenceMethod(nn.Module):
@@ -26,30 +30,33 @@ class InferenceMethod(nn.Module):
     per_point: bool = False
     # True when q is a point mass, so that ELBO and IWAE need another proposal (see below).
     point_estimate: bool = False
-    # False when the training objective is not the ELBO (the autoencoder): then the best
-    # epoch is chosen by that objective on the validation set, not by the ELBO.
-    trains_elbo: bool = True
+    # The objective it trains when the run does not name one.
+    default_objective: str = "elbo"
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config, latents):
         super().__init__()
         self.config = config
+        self.latents = latents
+        self.size = sum(g.size for g in latents)  # columns of a draw of all groups
 
-    def forward(self, model, x: torch.Tensor, idx: torch.Tensor | None = None) -> Distribution:  # pragma: no cover
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Raise ConfigError if the method cannot serve this model config."""
+        if cls.per_point and config.n_points < 1:
+            raise ConfigError(f"inference {cls.name!r} keeps one latent per training row; n_points must be >= 1")
+
+    def forward(self, model, x: torch.Tensor, idx: torch.Tensor | None = None) -> Posterior:  # pragma: no cover
         raise NotImplementedError
 
-    def loss(self, model, x: torch.Tensor, idx: torch.Tensor | None, beta: float, n_samples: int, analytic_kl: bool, eps=None):
-        """(training loss, per-point ELBO terms) for a batch: −mean(recon − β·KL) by default.
-        ``eps`` (S, n, d), when given, is the noise of the reparameterization."""
-        from ..objectives import elbo, loss
-
-        terms = elbo(model, x, idx, n_samples=n_samples, analytic_kl=analytic_kl, eps=eps)
-        return loss(terms, beta), terms
+    def training_posteriors(self, model, x: torch.Tensor, idx: torch.Tensor | None) -> list[Posterior]:
+        """The q's a training step learns from: its own q, by default."""
+        return [self(model, x, idx)]
 
     def local_parameters(self) -> list[nn.Parameter]:
         """Per-point tables, trained with sparse updates (only the rows of the batch move)."""
         return []
 
-    def evaluation_posterior(self, model, x: torch.Tensor) -> Distribution:
+    def evaluation_posterior(self, model, x: torch.Tensor) -> Posterior:
         """A proper density q(z|x) for the ELBO and the importance-weighted log p(x) of new x.
 
         Point-estimate methods have none of their own, so they get the ELBO-optimal Gaussian
@@ -61,6 +68,3 @@ class InferenceMethod(nn.Module):
 
             q = gaussian_around(model, x, q.mean, self.config.local_steps, self.config.local_lr)
         return q
-
-
-

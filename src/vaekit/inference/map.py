@@ -4,7 +4,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
 from ..distributions import PointMass
 from . import INFERENCE, InferenceMethod
 
@@ -23,10 +22,10 @@ class MAP(InferenceMethod):
     per_point = True
     point_estimate = True
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
+    def __init__(self, config, latents):
+        super().__init__(config, latents)
         # Small random starts break the symmetry between points.
-        self.z = nn.Parameter(0.01 * torch.randn(config.n_points, config.latent_dim))
+        self.z = nn.Parameter(0.01 * torch.randn(config.n_points, self.size))
 
     def local_parameters(self) -> list[nn.Parameter]:
         return [self.z]
@@ -36,5 +35,5 @@ class MAP(InferenceMethod):
             return PointMass(F.embedding(idx, self.z, sparse=True))
         from .optimize import optimize_point
 
-        z0 = torch.zeros(x.shape[0], self.config.latent_dim, dtype=x.dtype, device=x.device)
+        z0 = torch.zeros(x.shape[0], self.size, dtype=x.dtype, device=x.device)
         return optimize_point(model, x, z0, self.config.local_steps, self.config.local_lr)

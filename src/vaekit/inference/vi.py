@@ -4,7 +4,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
 from ..distributions import DiagonalNormal
 from . import INFERENCE, InferenceMethod
 
@@ -21,10 +20,10 @@ class VI(InferenceMethod):
     has_encoder = False
     per_point = True
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
-        self.mu = nn.Parameter(0.01 * torch.randn(config.n_points, config.latent_dim))
-        self.logvar = nn.Parameter(torch.zeros(config.n_points, config.latent_dim))
+    def __init__(self, config, latents):
+        super().__init__(config, latents)
+        self.mu = nn.Parameter(0.01 * torch.randn(config.n_points, self.size))
+        self.logvar = nn.Parameter(torch.zeros(config.n_points, self.size))
 
     def local_parameters(self) -> list[nn.Parameter]:
         return [self.mu, self.logvar]
@@ -34,5 +33,5 @@ class VI(InferenceMethod):
             return DiagonalNormal(F.embedding(idx, self.mu, sparse=True), F.embedding(idx, self.logvar, sparse=True))
         from .optimize import optimize_gaussian
 
-        zeros = torch.zeros(x.shape[0], self.config.latent_dim, dtype=x.dtype, device=x.device)
+        zeros = torch.zeros(x.shape[0], self.size, dtype=x.dtype, device=x.device)
         return optimize_gaussian(model, x, zeros, zeros, self.config.local_steps, self.config.local_lr)

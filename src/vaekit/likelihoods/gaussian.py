@@ -5,8 +5,8 @@ import math
 import torch
 from torch import nn
 
-from ..config import ModelConfig
 from ..distributions import DiagonalNormal
+from ..registry import Option
 from . import LIKELIHOODS, Likelihood
 
 # A learned σ² may not shrink below this: on a feature that the decoder fits exactly the
@@ -14,7 +14,13 @@ from . import LIKELIHOODS, Likelihood
 MIN_LOGVAR = math.log(1e-6)
 
 
-@LIKELIHOODS.register("gaussian")
+@LIKELIHOODS.register(
+    "gaussian",
+    options={
+        "variance": Option("shared", "σ² of the gaussian likelihood (shared: one learned for all features; feature: one per feature)", choices=("fixed", "shared", "feature")),
+        "fixed_std": Option(1.0, "σ of the gaussian likelihood with variance fixed", minimum=0.0, exclusive=True),
+    },
+)
 class Gaussian(Likelihood):
     """p(x|z) = N(x; decoder(z), diag σ²) with σ² fixed, shared and learned, or learned per feature.
 
@@ -22,7 +28,7 @@ class Gaussian(Likelihood):
     N(b, WWᵀ + diag σ²), known exactly (probabilistic PCA when σ² is shared).
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config):
         super().__init__(config)
         self.variance = config.variance
         if config.variance == "fixed":

@@ -7,7 +7,8 @@ from typing import NamedTuple
 import torch
 from torch.distributions import Distribution
 
-from .kl import kl as kl_divergence
+from ..registry import OBJECTIVES, Option
+from .base import Objective
 
 
 class Elbo(NamedTuple):
@@ -15,7 +16,7 @@ class Elbo(NamedTuple):
 
     elbo: torch.Tensor
     recon: torch.Tensor  # E_q[log p(x|z)], estimated with the reparameterization trick
-    kl: torch.Tensor  # KL(q(z|x) || p(z))
+    kl: torch.Tensor  # KL(q(z|x) || p(z)), closed form where one exists
 
 
 def elbo(
@@ -30,17 +31,14 @@ def elbo(
 ) -> Elbo:
     """ELBO(x) = E_{q(z|x)}[log p(x|z)] − KL(q(z|x) || p(z)), the expectation by S reparameterized
     samples z = μ + ε·σ (Kingma & Welling 2014, eq. 7). ``model`` supplies ``posterior``
-    (q, from whichever inference method), ``prior`` and ``decode``; ``q`` overrides the posterior
-    (for test-time optimisation of a free q); ``eps`` of shape (S, n, d) supplies the noise
+    (q, from whichever inference method), ``kl`` and ``decode``; ``q`` overrides the posterior
+    (for test-time optimisation of a free q); ``eps`` of shape (S, n, noise) supplies the noise
     of the reparameterization instead of drawing it, so that data-parallel ranks share one draw."""
     if q is None:
         q = model.posterior(x, idx)
-    if eps is not None:
-        z = q.reparameterize(eps)  # (S, n, d)
-    else:
-        z = q.rsample((n_samples,), generator=generator)
+    z = q.reparameterize(eps) if eps is not None else q.rsample((n_samples,), generator=generator)  # (S, n, D)
     recon = model.decode(z).log_prob(x).mean(0)
-    kl = kl_divergence(q, model.prior(), z, analytic=analytic_kl)
+    kl = model.kl(q, z, analytic=analytic_kl)
     return Elbo(recon - kl, recon, kl)
 
 
@@ -49,3 +47,35 @@ def loss(terms: Elbo, beta: float = 1.0) -> torch.Tensor:
     if beta == 1.0:
         return -terms.elbo.mean()
     return -(terms.recon - beta * terms.kl).mean()
+
+
+@OBJECTIVES.register(
+    "elbo",
+    options={
+        "beta": Option(1.0, "weight of the KL term (β-VAE; 1 is the ELBO)", minimum=0.0),
+        "warmup": Option(0, "epochs of linear KL warm-up from 0 to beta", minimum=0),
+        "n_samples": Option(1, "posterior samples per datapoint in E_q[log p(x|z)]", minimum=1),
+        "analytic_kl": Option(True, "closed-form KL where one is registered, else Monte Carlo"),
+    },
+)
+class ElboObjective(Objective):
+    """Loss = −mean(E_q[log p(x|z)] − β·KL(q || p)) (notes, eq. 3), β rising over ``warmup``
+    epochs; the best epoch is the one with the highest validation ELBO (β = 1)."""
+
+    @property
+    def samples(self) -> int:
+        return self.config.n_samples
+
+    def loss(self, model, x, idx, eps, beta=1.0):
+        total, value = None, None
+        # Each q the method trains from (the encoder's, and a refined one) adds its term; the
+        # same noise for all, so every data-parallel rank draws alike.
+        for q in model.training_posteriors(x, idx):
+            terms = elbo(model, x, q=q, analytic_kl=self.config.analytic_kl, eps=eps)
+            part = loss(terms, beta)
+            total = part if total is None else total + part
+            value = terms.elbo if value is None else value
+        return total, value
+
+    def validate(self, model, x, terms, seed):
+        return float(terms["elbo"].mean())

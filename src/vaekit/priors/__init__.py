@@ -1,7 +1,9 @@
-"""Priors p(z): ``nn.Module``s whose ``forward()`` returns the prior distribution.
+"""Priors p(z) of the top latent group: ``nn.Module``s whose ``forward(model)`` returns the
+prior distribution.
 
-They are modules so that learned priors (mixtures, VampPrior, hierarchies) register here
-as one new file each and train with θ in the same loop.
+They are modules so that learned priors train with θ in the same loop, and they see the
+model, so that a prior built from the encoder (the VampPrior's pseudo-inputs) is possible.
+A new prior is one file in this folder that registers itself with ``@PRIORS.register``.
 """
 
 from __future__ import annotations
@@ -9,19 +11,17 @@ from __future__ import annotations
 from torch import nn
 from torch.distributions import Distribution
 
-from ..config import ModelConfig
 from ..registry import PRIORS
+
+__all__ = ["PRIORS", "Prior"]
 
 
 class Prior(nn.Module):
     name: str
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config, size: int):
         super().__init__()
-        self.latent_dim = config.latent_dim
+        self.size = size  # dimension of the group it is the prior of
 
-    def forward(self) -> Distribution:  # pragma: no cover - interface
+    def forward(self, model=None) -> Distribution:  # pragma: no cover - interface
         raise NotImplementedError
-
-
-

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ModelConfig
 from ..distributions import StandardNormal
 from . import PRIORS, Prior
 
@@ -11,10 +10,10 @@ from . import PRIORS, Prior
 class StandardNormalPrior(Prior):
     """p(z) = N(0, I), the prior of the notes (and of Kingma & Welling 2014)."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
+    def __init__(self, config, size: int):
+        super().__init__(config, size)
         # A buffer only to follow the model's device and dtype.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
-    def forward(self) -> StandardNormal:
-        return StandardNormal(self.latent_dim, dtype=self._anchor.dtype, device=self._anchor.device)
+    def forward(self, model=None) -> StandardNormal:
+        return StandardNormal(self.size, dtype=self._anchor.dtype, device=self._anchor.device)

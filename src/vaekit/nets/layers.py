@@ -1,4 +1,4 @@
-"""Networks: plain functions of tensors, no probability inside (that is the likelihoods' job)."""
+"""Layers the network families share: the MLP and the (μ, log σ²) head."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "elu": nn.ELU,
@@ -29,7 +29,7 @@ class MLP(nn.Sequential):
         layers: list[nn.Module] = []
         widths = [in_dim, *hidden]
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), _ACTIVATIONS[activation]()]
+            layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
         layers.append(nn.Linear(widths[-1], out_dim))
         super().__init__(*layers)
 

@@ -1,0 +1,109 @@
+"""The latent protocol: what a model's latents are, and the structured posterior over them.
+
+A model has one or more latent groups z_1 … z_L (``LatentGroup``: name, size, offset, and the
+parent of each in the generative model p(z_L) ∏_l p(z_l | z_{l+1}) p(x | z_1)). A draw of all
+groups is one tensor (..., n, D) with D = Σ sizes, the groups side by side in this order, so
+that loops, the importance-weighted estimate and the checkpoints handle any structure alike;
+``split`` names the columns again.
+
+``BottomUp`` is the structured inference model of the notes,
+q(z|x) = ∏_j q(z_j | Pa(z_j), x), with the bottom-up parents of Burda et al. (2015):
+q(z_1|x) q(z_2|z_1) … q(z_L|z_{L-1}), each a diagonal Gaussian.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .distributions import DiagonalNormal, Posterior
+
+
+@dataclass(frozen=True)
+class LatentGroup:
+    name: str
+    size: int
+    offset: int  # first column of this group in a draw of all groups
+    parent: str | None  # generative parent: p(z_l | z_{l+1}); None for the top group (the prior)
+
+    @property
+    def columns(self) -> slice:
+        return slice(self.offset, self.offset + self.size)
+
+    @property
+    def noise(self) -> int:
+        """Standard-normal values one reparameterized draw of this group needs."""
+        return self.size
+
+
+def latent_groups(sizes: int | Sequence[int]) -> tuple[LatentGroup, ...]:
+    """Groups for layer sizes bottom first: ``20`` or ``(20,)`` is one group ``z``; ``(40, 40)``
+    is ``z1`` (next to x) and ``z2`` (the top, under the prior)."""
+    sizes = (int(sizes),) if isinstance(sizes, int) else tuple(int(s) for s in sizes)
+    names = ["z"] if len(sizes) == 1 else [f"z{i + 1}" for i in range(len(sizes))]
+    groups, offset = [], 0
+    for i, (name, size) in enumerate(zip(names, sizes)):
+        parent = names[i + 1] if i + 1 < len(names) else None
+        groups.append(LatentGroup(name, size, offset, parent))
+        offset += size
+    return tuple(groups)
+
+
+def split(z: torch.Tensor, groups: Sequence[LatentGroup]) -> dict[str, torch.Tensor]:
+    """A draw of all groups (..., D) as {name: (..., size)}."""
+    return {g.name: z[..., g.columns] for g in groups}
+
+
+# A conditional q(z_j | z_{j-1}): a network from the parent's value to (μ, log σ²).
+Conditional = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class BottomUp(Posterior):
+    """q(z_1|x) ∏_{j>1} q(z_j | z_{j-1}), diagonal Gaussians (Burda et al. 2015, sec. 4).
+
+    ``first`` is q(z_1|x); ``conditionals[j]`` maps z_{j+1}'s parent draw to its (μ, log σ²).
+    A draw takes the groups in order, each reparameterized from its slice of the noise.
+    ``mean`` and ``params`` are the plug-in values: each group's mean given its parent's mean.
+    """
+
+    def __init__(self, first: DiagonalNormal, conditionals: Sequence[Conditional], groups: Sequence[LatentGroup]):
+        self.first, self.conditionals, self.groups = first, list(conditionals), tuple(groups)
+        size = sum(g.size for g in self.groups)
+        super().__init__(first.batch_shape, torch.Size([size]), validate_args=False)
+
+    def _anchor(self) -> torch.Tensor:
+        return self.first.mu
+
+    def _layers(self, z: torch.Tensor | None = None, eps: torch.Tensor | None = None):
+        """(q_j, z_j) for each group: z given (log_prob), drawn from eps, or the plug-in mean."""
+        q, out = self.first, []
+        for j, g in enumerate(self.groups):
+            if j > 0:
+                q = DiagonalNormal(*self.conditionals[j - 1](out[-1][1]))
+            if z is not None:
+                zj = z[..., g.columns]
+            elif eps is not None:
+                zj = q.reparameterize(eps[..., g.columns])
+            else:
+                zj = q.mean
+            out.append((q, zj))
+        return out
+
+    def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:
+        return torch.cat([zj for _, zj in self._layers(eps=eps)], -1)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return sum(q.log_prob(zj) for q, zj in self._layers(z=z))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.cat([zj for _, zj in self._layers()], -1)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        layers = self._layers()
+        return {
+            "mu": torch.cat([zj for _, zj in layers], -1),
+            "logvar": torch.cat([q.logvar.expand_as(zj) for q, zj in layers], -1),
+        }

@@ -1,0 +1,32 @@
+"""Networks: plain functions of tensors, no probability inside (that is the likelihoods' job).
+
+A network family registered in ``NETS`` builds the encoder (x → a vector of ``out_dim``
+numbers, e.g. (μ, log σ²)) and the decoder (z → the likelihood's parameters for x, one per
+feature). Both act on any leading dims: (..., in) → (..., out). A new family is one file in
+this folder that registers itself with ``@NETS.register``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..registry import NETS
+from .layers import ACTIVATIONS, MLP, GaussianHead
+
+__all__ = ["NETS", "Net", "MLP", "GaussianHead", "ACTIVATIONS"]
+
+
+class Net:
+    """A family of encoder and decoder networks; ``config`` is the ModelConfig."""
+
+    name: str
+
+    @classmethod
+    def encoder(cls, config, out_dim: int) -> nn.Module:  # pragma: no cover - interface
+        """x (..., input_dim) → (..., out_dim)."""
+        raise NotImplementedError
+
+    @classmethod
+    def decoder(cls, config, in_dim: int) -> nn.Module:  # pragma: no cover - interface
+        """z (..., in_dim) → (..., input_dim)."""
+        raise NotImplementedError

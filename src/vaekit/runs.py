@@ -1,0 +1,132 @@
+"""What ``vaekit train`` does around the training loop: load and check the data, fit, draw the
+pictures of the notes, evaluate on the test split; and the data-parallel process group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .train import rank_world, fit, init_distributed
+
+# Test rows drawn in the latent-space picture.
+LATENT_POINTS = 5000
+
+
+def model_config(x_train, image_shape, options: dict[str, Any]):
+    """The ModelConfig for training rows ``x_train`` and the user's model options: the data
+    fix input_dim, image_shape and n_points, and ``likelihood="auto"`` (or absent) is chosen
+    from the training rows."""
+    from .config import MODEL_OPTIONS, ModelConfig
+    from .likelihoods import choose
+    from .registry import INFERENCE
+
+    options = dict(options)
+    if options.get("likelihood", "auto") == "auto":
+        options["likelihood"] = choose(x_train)
+    if INFERENCE.get(options.get("inference", MODEL_OPTIONS["inference"].default)).per_point:
+        options["n_points"] = x_train.shape[0]
+    return ModelConfig(input_dim=x_train.shape[1], image_shape=image_shape, **options)
+
+
+def train_run(
+    run_config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = False
+) -> dict[str, Any]:
+    """What ``vaekit train`` does: load the data, fit, draw the pictures, evaluate on the test
+    split (ELBO and log p(x) with K = eval_k). Returns the summary that the CLI prints."""
+
+    run_dir = Path(run_dir)
+    distributed = init_distributed(run_config.train.device)
+    if distributed and run_config.train.device.startswith("cuda"):
+        import dataclasses
+        import os
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        run_config = dataclasses.replace(run_config, train=dataclasses.replace(run_config.train, device=f"cuda:{local}"))
+    try:
+        summary = _train_run(run_config, run_dir, resume, progress)
+        if distributed:
+            import torch.distributed as dist
+
+            # Ranks > 0 are done while rank 0 still draws and evaluates; tearing the group
+            # down under it aborts gloo, so everyone leaves together.
+            dist.barrier()
+        return summary
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
+    from .data import check_data, load_dataset
+    from .evaluate import evaluate
+    from .model import VAEModel
+
+    data = load_dataset(run_config.data)
+    torch.manual_seed(run_config.train.seed)  # the initial weights are part of the run
+    model = VAEModel(run_config.model)
+    splits = {}
+    for name in ("train", "valid", "test"):
+        splits[name] = check_data(
+            data.split(name),
+            what=f"{data.name} ({name} split)",
+            min_rows=2 if name == "train" else 1,
+            input_dim=run_config.model.input_dim,
+            likelihood=model.likelihood,
+        )
+    rank, _ = rank_world()
+    history = fit(model, splits["train"], splits["valid"], run_config.train, run_dir, run_config, resume, progress and rank == 0)
+    if rank != 0:
+        return {"run_dir": str(run_dir), "rank": rank}
+    write_pictures(model, data, history, run_dir, seed=run_config.train.seed)
+    test = evaluate(model, splits["test"], k=run_config.train.eval_k, seed=run_config.train.seed)
+    best = max(history, key=lambda r: r["valid_score"]) if history else None
+    return {
+        "run_dir": str(run_dir),
+        "epochs": len(history),
+        "best_epoch": best["epoch"] if best else None,
+        "valid_elbo": best["valid_elbo"] if best else None,
+        "test": test,
+    }
+
+
+def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, seed: int = 0) -> list[Path]:
+    """The pictures of the notes for a trained model: samples from the prior, reconstructions
+    beside their inputs, training curves, and the latent space."""
+    from . import plots
+    from .evaluate import batches
+
+    run_dir = Path(run_dir)
+    written = []
+    shape = model.config.image_shape
+    x_test = data.split("test")
+    p = next(model.parameters())
+    g = torch.Generator(device=p.device).manual_seed(seed)
+    with torch.no_grad():
+        if shape is not None:
+            samples = model.sample(64, generator=g).float().cpu().numpy()
+            written.append(plots.image_grid(samples, run_dir / "samples.png", shape))
+            x = torch.as_tensor(x_test[:32], dtype=p.dtype, device=p.device)
+            x_hat = model.decode(model.evaluation_posterior(x).mean).mean.float().cpu().numpy()
+            written.append(plots.reconstruction_grid(x_test[:32], x_hat, run_dir / "reconstructions.png", shape))
+        # A scatter of more points than this is a blot, and costs memory for nothing.
+        shown = x_test[:LATENT_POINTS]
+        mu = torch.cat([model.evaluation_posterior(xb).mean for xb in batches(model, shown, 1024)]).float().cpu().numpy()
+    if history:
+        written.append(plots.training_curves(history, run_dir / "curves.png"))
+    labels = data.split_labels("test")
+    written.append(plots.latent_scatter(mu, run_dir / "latent.png", labels=None if labels is None else labels[:LATENT_POINTS]))
+    if len(model.latents) == 1 and model.latent_size == 2 and shape is not None:
+
+        def decode(z: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                zt = torch.as_tensor(z, dtype=p.dtype, device=p.device)
+                return model.decode(zt).mean.float().cpu().numpy()
+
+        written.append(plots.latent_traversal_grid(decode, run_dir / "latent_grid.png", shape))
+    return written
