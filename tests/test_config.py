@@ -170,3 +170,120 @@ def test_non_string_device_is_a_config_error(tmp_path):
 def test_non_bool_analytic_kl_is_a_config_error():
     with pytest.raises(ConfigError, match="analytic_kl"):
         TrainConfig(analytic_kl="false")
+
+
+# --------------------------------------------------------------------------- options declared once
+
+
+def test_every_option_is_one_field_one_flag_one_estimator_parameter():
+    """The CLI's flags, the estimator's parameters and the config's fields all come from the
+    declarations: each name appears in each place exactly once, with the declared default."""
+    import dataclasses
+    import inspect
+
+    from vaekit.cli import build_parser, train_options
+    from vaekit.config import AUTO, FROM_DATA, section_options
+    from vaekit.estimator import VAE
+
+    fields = {s: {f.name: f for f in dataclasses.fields(c)} for s, c in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig))}
+    for section in fields:
+        assert set(fields[section]) == set(section_options(section))
+        for name, f in fields[section].items():
+            assert f.default == section_options(section)[name].default
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    dests = {a.dest for a in train._actions}
+    assert set(train_options()) <= dests
+    flagged = {name for _, name, _ in train_options().values()}
+    assert flagged == {n for s in fields for n in fields[s]} - FROM_DATA
+    params = inspect.signature(VAE.__init__).parameters
+    for section in ("model", "train"):
+        for name, opt in section_options(section).items():
+            if name in FROM_DATA - {"image_shape"} or name == "eval_k":
+                assert name not in params
+            else:
+                assert params[name].default == AUTO.get(name, opt.default), name
+
+
+def test_component_options_belong_to_their_component():
+    """An option a component owns is refused when that component is not selected."""
+    with pytest.raises(ConfigError, match="variance applies to likelihood gaussian only"):
+        ModelConfig(input_dim=4, likelihood="bernoulli", variance="feature")
+    with pytest.raises(ConfigError, match="refine_steps applies to inference amortized only"):
+        ModelConfig(input_dim=4, inference="vi", n_points=3, refine_steps=2)
+    with pytest.raises(ConfigError, match="beta applies to objective elbo only"):
+        TrainConfig(objective="iwae", beta=0.5)
+    with pytest.raises(ConfigError, match="k applies to objective iwae only"):
+        TrainConfig(objective="elbo", k=3)
+    assert TrainConfig(objective="iwae", k=7).k == 7
+    assert ModelConfig(input_dim=4, likelihood="gaussian", variance="feature").variance == "feature"
+
+
+def test_objective_auto_is_the_inference_method_own():
+    assert RunConfig(model=ModelConfig(input_dim=4)).train.objective == "elbo"
+    assert RunConfig(model=ModelConfig(input_dim=4, inference="autoencoder")).train.objective == "reconstruction"
+    assert RunConfig(model=ModelConfig(input_dim=4, inference="map", n_points=2)).train.objective == "elbo"
+
+
+def test_version_1_config_loads(tmp_path):
+    """A config.json written before objectives and latent groups existed still loads: the
+    autoencoder trained on its reconstruction, every other method on the ELBO."""
+    for inference, objective in (("amortized", "elbo"), ("autoencoder", "reconstruction")):
+        v1 = {
+            "model": {"input_dim": 64, "latent_dim": 2, "hidden": [32], "decoder_hidden": None, "activation": "relu",
+                      "likelihood": "continuous_bernoulli", "variance": "shared", "fixed_std": 1.0,
+                      "prior": "standard_normal", "inference": inference, "image_shape": [8, 8], "n_points": 0,
+                      "local_steps": 100, "local_lr": 0.05, "refine_steps": 0, "refine_lr": 0.05,
+                      "refine_in_training": False},
+            "train": {"epochs": 3, "batch_size": 64, "lr": 0.001, "beta": 1.0, "warmup": 0, "n_samples": 1,
+                      "analytic_kl": True, "patience": None, "seed": 0, "device": "cpu", "dtype": "float32",
+                      "eval_k": 10, "compile": False, "compile_mode": "default", "amp": "off",
+                      "matmul_precision": "highest"},
+            "data": {"source": "digits", "data_dir": None, "valid_fraction": 0.1, "test_fraction": 0.2,
+                     "split_seed": 0, "mmap": False},
+            "version": 1,
+        }  # fmt: skip
+        path = tmp_path / f"{inference}.json"
+        path.write_text(json.dumps(v1))
+        config = RunConfig.load(path)
+        assert config.version == CONFIG_VERSION and config.train.objective == objective
+        assert config.model.latent_dim == 2 and config.model.image_shape == (8, 8) and config.model.net == "mlp"
+
+
+def test_help_lists_every_registered_name_without_importing_torch():
+    """`vaekit train --help` reads the registries from their sources: it names every entry of
+    every registry and never loads torch (which alone takes about a second to import)."""
+    import subprocess
+    import sys
+
+    from vaekit.registry import REGISTRIES
+
+    code = (
+        "import sys, contextlib, io\n"
+        "from vaekit.cli import main\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        "    try: main(['train', '--help'])\n"
+        "    except SystemExit: pass\n"
+        "print(buf.getvalue())\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("NO-TORCH")
+    flat = " ".join(out.split())
+    for kind in ("prior", "likelihood", "inference", "net", "objective"):
+        for name in REGISTRIES[kind].names():
+            assert name in flat, (kind, name)
+
+
+@pytest.mark.parametrize("kind", ["prior", "likelihood", "inference", "net", "objective", "dataset"])
+def test_registry_read_from_source_equals_the_imported_registry(kind):
+    """What the source parser reads (names and each entry's options) is what importing the
+    modules registers: the lazy listing cannot drift from the classes."""
+    from vaekit.registry import REGISTRIES
+
+    registry = REGISTRIES[kind]
+    loaded = registry.loaded()
+    assert sorted(loaded) == registry.names()
+    for name, cls in loaded.items():
+        assert cls.name == name and cls.options == registry.options(name)

@@ -223,9 +223,8 @@ class BernoulliLogits(Distribution):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         # x·l − softplus(l), fused and stable for large |l|.
-        return -F.binary_cross_entropy_with_logits(
-            self.logits, x.expand_as(self.logits) if x.shape != self.logits.shape else x, reduction="none"
-        ).sum(-1)
+        logits, x = (self.logits, x) if x.shape == self.logits.shape else torch.broadcast_tensors(self.logits, x)
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 
 def _cb_log_norm(logits: torch.Tensor) -> torch.Tensor:
@@ -282,7 +281,6 @@ class ContinuousBernoulliLogits(Distribution):
             return torch.where(small, u, x).clamp(0.0, 1.0)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        bern = -F.binary_cross_entropy_with_logits(
-            self.logits, x.expand_as(self.logits) if x.shape != self.logits.shape else x, reduction="none"
-        )
-        return (bern + _cb_log_norm(self.logits)).sum(-1)
+        logits, x = (self.logits, x) if x.shape == self.logits.shape else torch.broadcast_tensors(self.logits, x)
+        bern = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        return (bern + _cb_log_norm(logits)).sum(-1)
