@@ -380,11 +380,11 @@ def test_reconstruct_writes_block_by_block(suffix, run, digits_rows, tmp_path, c
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])
 def test_block_writer_keeps_the_blocks_dtype(suffix, tmp_path):
-    from vaekit.cli import _write_blocks
+    from vaekit.outputs import write_blocks
 
     rng = np.random.default_rng(0)
     blocks = [rng.normal(size=(3, 4)), rng.normal(size=(2, 4))]  # float64, as a --dtype float64 model gives
-    _write_blocks(tmp_path / f"r{suffix}", iter(blocks), (5, 4))
+    write_blocks(tmp_path / f"r{suffix}", iter(blocks), (5, 4))
     r = np.load(tmp_path / f"r{suffix}")
     r = r["x"] if suffix == ".npz" else r
     assert r.dtype == np.float64

@@ -8,7 +8,6 @@ so ``vaekit --help`` does not load torch.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 from . import __version__
 from .config import AUTO
 from .errors import ConfigError, DataError, VaekitError
+from .outputs import check_out, write_array, write_blocks
 
 SPLITS = ("train", "valid", "test", "all")
 
@@ -286,8 +286,9 @@ def _rows(est, args, split: str):
 
 
 def _positive(name: str, value: int) -> None:
-    if value < 1:
-        raise ConfigError(f"{name} must be >= 1, got {value}")
+    from .config import check_positive_int
+
+    check_positive_int(name, value)
 
 
 def cmd_evaluate(args) -> int:
@@ -317,7 +318,7 @@ def cmd_gaps(args) -> int:
     result["seconds"] = time.perf_counter() - t0
     per_point = result.pop("per_point")
     plot = Path(args.plot) if args.plot else Path(args.run_dir) / f"gaps_{args.split}.png"
-    _check_out(plot, (".png",))
+    check_out(plot, (".png",))
     bound_gap_plot(per_point["log_px"], per_point["elbo"], plot, title=f"{est.model_.config.inference} VAE, {args.split} split")
     result.update(split=args.split, plot=str(plot))
     _report(
@@ -335,7 +336,7 @@ def cmd_sample(args) -> int:
 
     _positive("-n", args.n)
     out = Path(args.out)
-    _check_out(out, (".png", ".npy", ".npz", ".csv"))
+    check_out(out, (".png", ".npy", ".npz", ".csv"))
     est = _load(args)
     shape = est.model_.config.image_shape
     if out.suffix == ".png" and shape is None:
@@ -354,14 +355,14 @@ def cmd_sample(args) -> int:
 
         image_grid(samples, out, shape)
     else:
-        _write_array(out, samples)
+        write_array(out, samples)
     _report(args, {"out": str(out), "n": int(args.n), "source": args.source}, f"wrote {args.n} samples to {out}")
     return 0
 
 
 def cmd_encode(args) -> int:
     out = Path(args.out)
-    _check_out(out, (".npy", ".npz", ".csv"))
+    check_out(out, (".npy", ".npz", ".csv"))
     est = _load(args)
     x, _ = _rows(est, args, args.split)
     arrays = est.encoded(x)
@@ -371,7 +372,7 @@ def cmd_encode(args) -> int:
     header = [f"mu_{c}" for c in names] + [f"logvar_{c}" for c in names]
     import numpy as np
 
-    _write_array(out, np.concatenate([mu, logvar], axis=1), header=header, arrays=arrays)
+    write_array(out, np.concatenate([mu, logvar], axis=1), header=header, arrays=arrays)
     groups = {g.name: g.size for g in est.model_.latents}
     _report(args, {"out": str(out), "n": int(x.shape[0]), "latent_dim": mu.shape[1], "groups": groups}, f"wrote μ and log σ² of {x.shape[0]} rows to {out}")
     return 0
@@ -379,7 +380,7 @@ def cmd_encode(args) -> int:
 
 def cmd_reconstruct(args) -> int:
     out = Path(args.out)
-    _check_out(out, (".png", ".npy", ".npz", ".csv"))
+    check_out(out, (".png", ".npy", ".npz", ".csv"))
     est = _load(args)
     shape = est.model_.config.image_shape
     if out.suffix == ".png" and shape is None:
@@ -392,7 +393,7 @@ def cmd_reconstruct(args) -> int:
         reconstruction_grid(shown, est.reconstruct(shown), out, shape, n=shown.shape[0])
     else:
         # Block by block into the file: under --mmap the n × D output need not fit in memory.
-        _write_blocks(out, est.reconstruct_blocks(x), (x.shape[0], est.n_features_in_))
+        write_blocks(out, est.reconstruct_blocks(x), (x.shape[0], est.n_features_in_))
     _report(args, {"out": str(out), "n": int(x.shape[0])}, f"wrote reconstructions of {x.shape[0]} rows to {out}")
     return 0
 
@@ -400,80 +401,17 @@ def cmd_reconstruct(args) -> int:
 def cmd_score(args) -> int:
     _positive("--k", args.k)
     out = Path(args.out)
-    _check_out(out, (".npy", ".csv"))
+    check_out(out, (".npy", ".csv"))
     est = _load(args)
     x, _ = _rows(est, args, args.split)
     log_px = est.score_samples(x, k=args.k, seed=args.seed)
-    _write_array(out, log_px, header=["log_px"])
+    write_array(out, log_px, header=["log_px"])
     summary = {"out": str(out), "n": int(log_px.shape[0]), "k": int(args.k), "mean": float(log_px.mean()), "min": float(log_px.min()), "max": float(log_px.max())}
     _report(args, summary, f"wrote log p(x) of {log_px.shape[0]} rows to {out} (mean {summary['mean']:.3f}, min {summary['min']:.3f})")
     return 0
 
 
 # -- output -------------------------------------------------------------------------------------
-
-
-def _check_out(out: Path, suffixes: tuple[str, ...]) -> None:
-    if out.suffix.lower() not in suffixes:
-        raise ConfigError(f"--out {out}: unsupported file type; use {', '.join(suffixes)}")
-    if out.parent and not out.parent.exists():
-        raise DataError(f"--out {out}: directory {out.parent} does not exist")
-
-
-def _write_array(out: Path, arr, header: list[str] | None = None, arrays: dict | None = None) -> None:
-    import numpy as np
-
-    from .files import atomic_write_bytes
-
-    buf = io.BytesIO()
-    suffix = out.suffix.lower()
-    if suffix == ".npy":
-        np.save(buf, arr)
-    elif suffix == ".npz":
-        np.savez(buf, **(arrays or {"x": arr}))
-    else:
-        a = arr.reshape(len(arr), -1)
-        np.savetxt(buf, a, delimiter=",", header=",".join(header) if header else "", comments="", fmt="%.8g")
-    try:
-        atomic_write_bytes(out, buf.getvalue())
-    except OSError as e:
-        raise DataError(f"--out {out}: cannot write ({e.strerror})") from None
-
-
-def _write_blocks(out: Path, blocks, shape: tuple[int, int]) -> None:
-    """Write consecutive row blocks as one (n, d) array to .npy, .npz (key "x") or .csv,
-    atomically, holding one block in memory at a time; the array has the blocks' dtype."""
-    import itertools
-    import zipfile
-
-    import numpy as np
-
-    from .files import atomic_write
-
-    def npy(f) -> None:
-        first = next(blocks, np.empty((0, shape[1]), np.float32))  # its dtype (the model's) goes into the header
-        header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False, "shape": shape}
-        np.lib.format.write_array_header_1_0(f, header)
-        for block in itertools.chain([first], blocks):
-            f.write(np.ascontiguousarray(block).tobytes())
-
-    blocks = iter(blocks)
-
-    def write(f) -> None:
-        suffix = out.suffix.lower()
-        if suffix == ".npy":
-            npy(f)
-        elif suffix == ".npz":
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z, z.open("x.npy", "w", force_zip64=True) as member:
-                npy(member)
-        else:
-            for block in blocks:
-                np.savetxt(f, block, delimiter=",", fmt="%.8g")
-
-    try:
-        atomic_write(out, write)
-    except OSError as e:
-        raise DataError(f"--out {out}: cannot write ({e.strerror})") from None
 
 
 def _evidence_line(r: dict[str, Any]) -> str:

@@ -31,9 +31,13 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """The one validator for counts: an integer (not a bool) >= ``minimum``."""
-    return Option(minimum, "", type="int", minimum=minimum).check(name, value)
+def check_positive_int(name: str, value: Any, minimum: int = 1, error: type[Exception] = ConfigError) -> int:
+    """The one validator for counts: an integer (not a bool) >= ``minimum``, else ``error``
+    (a VaekitError subclass) naming ``name``."""
+    try:
+        return Option(minimum, "", type="int", minimum=minimum).check(name, value)
+    except ConfigError as e:
+        raise error(str(e)) from None
 
 
 # Core options of each section; components add theirs (see the module docstring). ``cli``:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DataConfig, RunConfig, TrainConfig
+from .config import DataConfig, RunConfig, TrainConfig, check_positive_int
 from .errors import ConfigError, DataError
 
 # Rows per forward pass of encode and reconstruct.
@@ -204,8 +204,7 @@ class VAE:
     def sample(self, n: int = 1, seed: int | None = None, mean: bool = True) -> np.ndarray:
         """n rows from the model: z ~ p(z), then E[x|z] (``mean``) or x ~ p(x|z)."""
         self._check_fitted()
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"n must be an integer >= 1, got {n!r}")
+        n = check_positive_int("n", n)
         p = next(self.model_.parameters())
         g = torch.Generator(device=p.device)
         g.manual_seed(seed) if seed is not None else g.seed()

@@ -95,9 +95,9 @@ def _as_images(images, name: str, image_shape) -> tuple[np.ndarray, tuple[int, i
 
 
 def _check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise DataError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    from .config import check_positive_int
+
+    return check_positive_int(name, value, minimum, error=DataError)
 
 
 

@@ -69,8 +69,9 @@ class Option:
                 return tuple(int(v) for v in value)
             raise ConfigError(f"{name} must be a list of integers >= 1, got {value!r}")
         if kind == "int":
-            if not _is_int(value):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            if not _is_int(value) or (self.minimum is not None and value < self.minimum):
+                bound = "" if self.minimum is None else f" >= {self.minimum:g}"
+                raise ConfigError(f"{name} must be an integer{bound}, got {value!r}")
             value = int(value)
         elif kind == "float":
             import math

@@ -25,7 +25,7 @@ import torch
 from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
-from .evaluate import elbo_per_point, eval_mode
+from .evaluate import elbo_per_point
 from .registry import OBJECTIVES
 
 # Progress-bar refreshes (and NaN checks) per epoch: each costs one host sync.

@@ -16,6 +16,8 @@ from ..config import ModelConfig
 from ..errors import DataError
 from ..registry import LIKELIHOODS
 
+__all__ = ["LIKELIHOODS", "Likelihood", "choose"]
+
 
 class Likelihood(nn.Module):
     name: str

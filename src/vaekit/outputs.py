@@ -1,0 +1,73 @@
+"""The files the verbs write: arrays as .npy, .npz or .csv, atomically (a failure leaves the
+previous file), and row blocks streamed into one array so the output need not fit in memory.
+No torch import here."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from .errors import ConfigError, DataError
+
+
+def check_out(out: Path, suffixes: tuple[str, ...]) -> None:
+    if out.suffix.lower() not in suffixes:
+        raise ConfigError(f"--out {out}: unsupported file type; use {', '.join(suffixes)}")
+    if out.parent and not out.parent.exists():
+        raise DataError(f"--out {out}: directory {out.parent} does not exist")
+
+
+def write_array(out: Path, arr, header: list[str] | None = None, arrays: dict | None = None) -> None:
+    import numpy as np
+
+    from .files import atomic_write_bytes
+
+    buf = io.BytesIO()
+    suffix = out.suffix.lower()
+    if suffix == ".npy":
+        np.save(buf, arr)
+    elif suffix == ".npz":
+        np.savez(buf, **(arrays or {"x": arr}))
+    else:
+        a = arr.reshape(len(arr), -1)
+        np.savetxt(buf, a, delimiter=",", header=",".join(header) if header else "", comments="", fmt="%.8g")
+    try:
+        atomic_write_bytes(out, buf.getvalue())
+    except OSError as e:
+        raise DataError(f"--out {out}: cannot write ({e.strerror})") from None
+
+
+def write_blocks(out: Path, blocks, shape: tuple[int, int]) -> None:
+    """Write consecutive row blocks as one (n, d) array to .npy, .npz (key "x") or .csv,
+    atomically, holding one block in memory at a time; the array has the blocks' dtype."""
+    import itertools
+    import zipfile
+
+    import numpy as np
+
+    from .files import atomic_write
+
+    def npy(f) -> None:
+        first = next(blocks, np.empty((0, shape[1]), np.float32))  # its dtype (the model's) goes into the header
+        header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(f, header)
+        for block in itertools.chain([first], blocks):
+            f.write(np.ascontiguousarray(block).tobytes())
+
+    blocks = iter(blocks)
+
+    def write(f) -> None:
+        suffix = out.suffix.lower()
+        if suffix == ".npy":
+            npy(f)
+        elif suffix == ".npz":
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z, z.open("x.npy", "w", force_zip64=True) as member:
+                npy(member)
+        else:
+            for block in blocks:
+                np.savetxt(f, block, delimiter=",", fmt="%.8g")
+
+    try:
+        atomic_write(out, write)
+    except OSError as e:
+        raise DataError(f"--out {out}: cannot write ({e.strerror})") from None
