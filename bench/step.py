@@ -40,7 +40,8 @@ from compare import FLOP_PER_IMAGE, _sync, matmul_peak, products_step  # noqa: E
 
 from vaekit.config import ModelConfig  # noqa: E402
 from vaekit.model import VAEModel  # noqa: E402
-from vaekit.train import _matmul_precision, make_optimizers  # noqa: E402
+from vaekit.config import TrainConfig  # noqa: E402
+from vaekit.train import _matmul_precision, make_objective, make_optimizers  # noqa: E402
 
 VARIANTS = ("products", "eager", "compile", "compile-opt", "full-graph", "medium", "bf16", "compile-bf16", "no-autograd")
 N, BS = 50_000, 128
@@ -50,6 +51,7 @@ def vaekit_step(x: torch.Tensor, variant: str):
     device = x.device
     model = _mnist_model(device)
     (opt,) = make_optimizers(model, 1e-3)
+    objective = make_objective(model, TrainConfig())
     perm = torch.randperm(N, device=device)
     amp = "bf16" in variant
     precision = "medium" if variant == "medium" else "highest"
@@ -68,7 +70,7 @@ def vaekit_step(x: torch.Tensor, variant: str):
 
         @torch.compile(dynamic=False)
         def whole(xb, idx, eps):
-            loss, _ = model(xb, idx, 1.0, 1, True, eps)
+            loss, _ = model(objective, xb, idx, eps)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -78,7 +80,7 @@ def vaekit_step(x: torch.Tensor, variant: str):
     def step(i: int) -> None:
         xb, idx, eps = batch(i)
         with autocast(), _matmul_precision(precision):
-            loss, _ = forward(xb, idx, 1.0, 1, True, eps)
+            loss, _ = forward(objective, xb, idx, eps)
         opt.zero_grad(set_to_none=True)
         with _matmul_precision(precision):
             loss.backward()
@@ -133,7 +135,7 @@ def manual_step(x: torch.Tensor):
     # The hand-derived gradients against autograd's on one batch, in float64.
     ref = _mnist_model("cpu").double()
     xb, eps = x[:64].cpu().double(), torch.randn(64, 20, dtype=torch.float64)
-    loss, _ = ref(xb, None, 0.7, 1, True, eps[None])
+    loss, _ = ref(make_objective(ref, TrainConfig()), xb, None, eps[None], 0.7)
     expected = torch.autograd.grad(loss, _params(ref))
     for p in _params(ref):
         p.grad = torch.zeros_like(p)
@@ -144,6 +146,7 @@ def manual_step(x: torch.Tensor):
     for p in params:
         p.grad = torch.zeros_like(p)
     (opt,) = make_optimizers(model, 1e-3)
+    objective = make_objective(model, TrainConfig())
     perm = torch.randperm(N, device=x.device)
 
     def step(i: int) -> None:
