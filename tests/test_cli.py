@@ -835,3 +835,37 @@ def test_nan_keeps_last_good_checkpoint(files, tmp_path):
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     load_tensors(run / "last.safetensors")  # still a valid checkpoint
     assert_same_tensors(state_dict(run), weights_before)
+
+
+def test_train_on_the_iwae_objective(tmp_path, capsys):
+    """--objective iwae --k K trains on the K-sample bound and keeps the epoch with the best
+    validation bound; the ELBO is still reported beside it, and the bound sits above it."""
+    run = tmp_path / "iwae"
+    assert main(["train", "--data", "digits", "--objective", "iwae", "--k", "4", "--epochs", "3", "--hidden", "32",
+                 "--latent-dim", "4", "--eval-k", "5", "--out", str(run), "--json"]) == 0  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["objective"] == "iwae" and config["train"]["k"] == 4
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["objective"] == "iwae" and r["train_elbo"] is None for r in metrics)
+    assert all(r["valid_score"] > r["valid_elbo"] for r in metrics)  # a 4-sample bound above the ELBO
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["best_epoch"] == max(metrics, key=lambda r: r["valid_score"])["epoch"]
+
+
+@pytest.mark.parametrize(
+    "argv, culprit",
+    [
+        (["--objective", "iwae", "--inference", "autoencoder"], "objective iwae needs a density q"),
+        (["--objective", "iwae", "--beta", "0.5"], "--beta applies to objective elbo only"),
+        (["--k", "5"], "--k applies to objective iwae only"),
+        (["--variance", "feature"], "--variance applies to likelihood gaussian only"),
+        (["--objective", "nope"], "--objective must be one of"),
+        (["--net", "nope"], "--net must be one of"),
+    ],
+)
+def test_component_options_are_checked_before_a_run_directory_exists(argv, culprit, tmp_path, capsys):
+    run = tmp_path / "never"
+    assert main(["train", "--data", "digits", "--out", str(run), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert culprit in err and len(err.splitlines()) == 1
+    assert not run.exists()

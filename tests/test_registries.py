@@ -66,7 +66,7 @@ def _usable(kind, name, model_kw) -> bool:
         return True
     torch.manual_seed(0)
     try:
-        OBJECTIVES.get(name)(_train_config(kind, name)).check(VAEModel(_config(**model_kw)))
+        OBJECTIVES.get(name).check_inference(INFERENCE.get(_config(**model_kw).inference))
     except ConfigError:
         return False
     return True

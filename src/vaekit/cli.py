@@ -128,7 +128,14 @@ def _config_from_args(args) -> "Any":
         train_cfg = TrainConfig(**given["train"])
         data = load_dataset(data_cfg)
         model_cfg = model_config(data.train, data.image_shape, given["model"])
-        return RunConfig(model=model_cfg, train=train_cfg, data=data_cfg)
+        config = RunConfig(model=model_cfg, train=train_cfg, data=data_cfg)
+        # A component option given on the command line, even at its default, must belong to a
+        # component the run uses: otherwise it would be silently ignored.
+        for section in ("model", "train"):
+            bad = getattr(config, section).owners_unselected(set(given[section]))
+            if bad:
+                raise ConfigError(bad[0])
+        return config
 
 
 def _same(opt, name: str, value: Any, own: Any) -> bool:

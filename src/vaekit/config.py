@@ -143,12 +143,12 @@ class _Section:
     def _check(self) -> None:
         pass
 
-    def owners_unselected(self) -> list[str]:
-        """Component options set away from their default by a component that is not selected:
-        '<option> applies to <kind> <entry>, ...' messages."""
+    def owners_unselected(self, given: set[str] | None = None) -> list[str]:
+        """'<option> applies to <kind> <entry> only' for each component option whose component
+        is not selected: among ``given`` names, or else among those set away from their default."""
         bad = []
         for name, (opt, owners) in component_options(self._section).items():
-            if getattr(self, name) == opt.default:
+            if (name not in given) if given is not None else getattr(self, name) == opt.default:
                 continue
             if not any(getattr(self, kind, None) == entry for kind, entry in owners):
                 used = ", ".join(f"{kind} {entry}" for kind, entry in sorted(owners))
@@ -254,11 +254,12 @@ class RunConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        if self.train.objective == "auto":
-            from .registry import INFERENCE
+        from .registry import INFERENCE, OBJECTIVES
 
-            objective = INFERENCE.get(self.model.inference).default_objective
-            self.train = dataclasses.replace(self.train, objective=objective)
+        method = INFERENCE.get(self.model.inference)
+        if self.train.objective == "auto":
+            self.train = dataclasses.replace(self.train, objective=method.default_objective)
+        OBJECTIVES.get(self.train.objective).check_inference(method)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

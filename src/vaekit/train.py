@@ -58,7 +58,7 @@ def make_objective(model, config: TrainConfig):
     """The run's objective object; ``auto`` is the inference method's own."""
     name = model.inference.default_objective if config.objective == "auto" else config.objective
     objective = OBJECTIVES.get(name)(config)
-    objective.check(model)
+    objective.check_inference(type(model.inference))
     return objective
 
 

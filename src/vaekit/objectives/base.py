@@ -22,8 +22,9 @@ class Objective:
         """Noise draws per datapoint in one step."""
         return 1
 
-    def check(self, model) -> None:
-        """Raise ConfigError if this objective cannot train ``model``."""
+    @classmethod
+    def check_inference(cls, method: type) -> None:
+        """Raise ConfigError if this objective cannot train with the inference method ``method``."""
 
     def loss(self, model, x: torch.Tensor, idx: torch.Tensor | None, eps: torch.Tensor, beta: float = 1.0):  # pragma: no cover - interface
         raise NotImplementedError

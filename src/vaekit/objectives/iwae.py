@@ -92,9 +92,10 @@ class IwaeObjective(Objective):
     def samples(self) -> int:
         return self.config.k
 
-    def check(self, model) -> None:
-        if model.inference.point_estimate:
-            raise ConfigError(f"objective iwae needs a density q; inference {model.config.inference!r} gives a point estimate")
+    @classmethod
+    def check_inference(cls, method: type) -> None:
+        if method.point_estimate:
+            raise ConfigError(f"objective iwae needs a density q; inference {method.name!r} gives a point estimate")
 
     def loss(self, model, x, idx, eps, beta=1.0):
         total, value = None, None
