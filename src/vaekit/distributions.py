@@ -155,6 +155,74 @@ class StandardNormal(Distribution):
         return torch.tensor(0.5 * self.dim * (1.0 + LOG_2PI), dtype=self.dtype, device=self.device)
 
 
+class MixtureOfDiagonalNormals(Distribution):
+    """p(z) = Σ_c π_c N(z; μ_c, diag σ_c²), π = softmax(logits): a mixture of C diagonal
+    Gaussians (the learnable prior of Tomczak & Welling 2018, and of Dilokthanakul et al. 2016).
+
+    Parameters ``logits`` (..., C), ``mu`` and ``logvar`` (..., C, d); batch shape ``...``,
+    event shape (d,). ``log_prob`` is exact: log Σ_c exp(log π_c + log N(z; μ_c, σ_c²)) by
+    logsumexp, each component's density that of ``DiagonalNormal``. No reparameterized sample
+    (the component index is discrete) and no closed-form KL against a Gaussian q: the ELBO
+    falls back to the Monte Carlo KL of ``vaekit.objectives.kl``.
+    """
+
+    arg_constraints = {"logits": constraints.real_vector, "mu": constraints.real_vector, "logvar": constraints.real_vector}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor):
+        if mu.dim() < 2 or mu.shape != logvar.shape or logits.shape != mu.shape[:-1]:
+            raise ValueError(
+                "MixtureOfDiagonalNormals expects logits (..., C), mu and logvar (..., C, d); "
+                f"got logits {tuple(logits.shape)}, mu {tuple(mu.shape)}, logvar {tuple(logvar.shape)}"
+            )
+        self.logits, self.mu, self.logvar = logits, mu, logvar
+        super().__init__(mu.shape[:-2], mu.shape[-1:], validate_args=False)
+
+    @property
+    def components(self) -> int:
+        return self.logits.shape[-1]
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """log π_c, (..., C)."""
+        return torch.log_softmax(self.logits, -1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """E[z] = Σ_c π_c μ_c."""
+        pi = torch.softmax(self.logits, -1).unsqueeze(-1)  # (..., C, 1)
+        return (pi * self.mu).sum(-2)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Var[z_i] = Σ_c π_c (σ_ci² + μ_ci²) − E[z_i]² (law of total variance)."""
+        pi = torch.softmax(self.logits, -1).unsqueeze(-1)  # (..., C, 1)
+        second = (pi * (torch.exp(self.logvar) + self.mu**2)).sum(-2)
+        return second - self.mean**2
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        # z (..., d) against every component: (..., 1, d) with (..., C, d) -> (..., C).
+        log_pz_c = DiagonalNormal(self.mu, self.logvar).log_prob(z.unsqueeze(-2))
+        return torch.logsumexp(self.log_weights + log_pz_c, -1)
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        """Ancestral draw: c ~ Categorical(π), then z = μ_c + ε·σ_c, ε ~ N(0, I)."""
+        sample_shape = torch.Size(sample_shape)
+        s, c, d = sample_shape.numel(), self.components, self.event_shape[0]
+        with torch.no_grad():
+            probs = torch.softmax(self.logits, -1).expand(self.batch_shape + (c,)).reshape(-1, c)  # (B, C)
+            idx = torch.multinomial(probs, s, replacement=True, generator=generator)  # (B, S)
+            idx = idx.T.reshape(sample_shape + self.batch_shape)  # sample_shape + batch_shape
+            mu = self.mu.expand(sample_shape + self.mu.shape)
+            logvar = self.logvar.expand(sample_shape + self.logvar.shape)
+            gather = idx[..., None, None].expand(idx.shape + (1, d))
+            mu_c = mu.gather(-2, gather).squeeze(-2)  # sample_shape + batch_shape + (d,)
+            std_c = torch.exp(0.5 * logvar.gather(-2, gather).squeeze(-2))
+            eps = torch.randn(mu_c.shape, dtype=mu_c.dtype, device=mu_c.device, generator=generator)
+            return mu_c + eps * std_c
+
+
 class PointMass(Posterior):
     """δ(z − ẑ): the "posterior" of the notes' autoencoder and of MAP estimation.
 
