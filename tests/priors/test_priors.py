@@ -366,7 +366,7 @@ def test_mixture_vae_trains_saves_and_loads(digits, tmp_path):
 def test_components_of_another_prior_is_refused():
     with pytest.raises(ConfigError, match="components applies to prior mixture only"):
         ModelConfig(input_dim=4, prior="standard_normal", components=3)
-    with pytest.raises(ConfigError, match="components must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match="components must be an integer >= 1, got 0"):
         ModelConfig(input_dim=4, prior="mixture", components=0)
     assert ModelConfig(input_dim=4, prior="mixture").components == 10
 
@@ -393,7 +393,7 @@ def test_cli_trains_a_mixture_prior(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, culprits",
     [
-        (["--prior", "mixture", "--components", "0"], ["--components", "must be >= 1", "0"]),
+        (["--prior", "mixture", "--components", "0"], ["--components", "must be an integer >= 1", "0"]),
         (["--prior", "standard_normal", "--components", "3"], ["--components applies to prior mixture only", "standard_normal"]),
     ],
 )
