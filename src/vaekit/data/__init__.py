@@ -9,6 +9,7 @@ arrays (``checks``). One concern per module:
 - ``checks``: ``check_data``;
 - ``readers``: the file formats, and flattening images to rows;
 - ``splits``: train/valid/test by fractions, with a seeded permutation;
+- ``summary``: the values of a dataset read block by block (``vaekit.likelihoods.choose``);
 - ``load``: ``load_dataset`` and ``load_array``;
 - ``named/``: one module per named dataset (``digits``, ``binarized_mnist``, ...).
 
@@ -35,6 +36,7 @@ from .named.binarized_mnist import (
     find_binarized_mnist,
 )
 from .readers import SUFFIXES
+from .summary import ValueSummary, summarize
 
 __all__ = [
     "BINARIZED_MNIST_DIM",
@@ -48,11 +50,13 @@ __all__ = [
     "SUFFIXES",
     "Dataset",
     "MappedRows",
+    "ValueSummary",
     "check_data",
     "download_binarized_mnist",
     "find_binarized_mnist",
     "load_array",
     "load_dataset",
+    "summarize",
 ]
 
 
