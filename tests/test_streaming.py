@@ -189,18 +189,19 @@ def test_estimator_fits_mapped_rows_with_auto_likelihood(tmp_path):
     assert VAE(latent_dim=2, hidden=(8,), epochs=1).fit(mapped).config_.model.likelihood == "gaussian"
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.float64])
-def test_summary_of_mapped_rows_is_read_block_by_block(tmp_path, monkeypatch, dtype):
-    """The summary ``choose`` reads is the whole array's, computed over blocks of at most
-    CHUNK_ROWS rows, whichever split (a permuted train split included) it is asked of."""
+@pytest.mark.parametrize(
+    "values",
+    [lambda rng: (rng.random((50, 3)) < 0.5).astype(np.uint8), lambda rng: rng.normal(size=(50, 3))],
+    ids=["0/1 uint8", "normal float64"],
+)
+def test_summary_of_mapped_rows_is_read_block_by_block(tmp_path, monkeypatch, values):
+    """The summary ``choose`` reads is numpy's over the whole split, computed from blocks of
+    at most CHUNK_ROWS rows, for each split (the permuted train split included)."""
     import vaekit.data as data
     from vaekit.config import DataConfig
     from vaekit.data import MappedRows, summarize
-    from vaekit.likelihoods import choose
 
-    rng = np.random.default_rng(4)
-    x = (rng.random((50, 3)) < 0.5).astype(dtype)
-    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "x.npy", values(np.random.default_rng(4)))
     ds = data.load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.2, test_fraction=0.0))
     read_sizes = []
     rows = MappedRows.rows
@@ -214,15 +215,28 @@ def test_summary_of_mapped_rows_is_read_block_by_block(tmp_path, monkeypatch, dt
     for split in ("train", "valid", "all"):
         read_sizes.clear()
         s = summarize(ds.split(split))
-        whole = ds.split(split)[:].astype(np.float32)
+        assert read_sizes and max(read_sizes) <= 8
+        whole = ds.split(split)[:]  # float32, as training sees the rows
         assert (s.binary, s.min, s.max) == (bool(np.isin(whole, (0, 1)).all()), whole.min(), whole.max())
-        assert read_sizes[:-1] and max(read_sizes[:-1]) <= 8  # the last read is the whole-split reference
-    if dtype == np.float64:
-        x[ds.train.index[:3], 0] = 0.5
-        np.save(tmp_path / "x.npy", x)
-        ds = data.load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.2, test_fraction=0.0))
-        assert choose(ds.train) == "continuous_bernoulli" and choose(ds.valid) == "bernoulli"
     assert summarize(np.zeros((0, 3))) == data.ValueSummary(binary=True, min=np.inf, max=-np.inf)
+
+
+def test_choose_reads_only_the_split_it_is_given(tmp_path):
+    from vaekit.config import DataConfig
+    from vaekit.data import load_dataset
+    from vaekit.likelihoods import choose
+
+    x = (np.random.default_rng(5).random((50, 3)) < 0.5).astype(np.float64)
+    np.save(tmp_path / "x.npy", x)
+    ds = load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.2, test_fraction=0.0))
+    x[ds.train.index[:3], 0] = 0.5  # grey levels in train only
+    np.save(tmp_path / "x.npy", x)
+    ds = load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.2, test_fraction=0.0))
+    assert (choose(ds.train), choose(ds.valid)) == ("continuous_bernoulli", "bernoulli")
+    x[ds.valid.index[0], 1] = -0.5
+    np.save(tmp_path / "x.npy", x)
+    ds = load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.2, test_fraction=0.0))
+    assert (choose(ds.train), choose(ds.valid)) == ("continuous_bernoulli", "gaussian")
 
 
 CHOOSE_RUNNER = textwrap.dedent(
