@@ -26,6 +26,7 @@ from vaekit.data import (
     load_dataset,
 )
 from vaekit.errors import DataError
+from vaekit.registry import DATASETS
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared/data/binarized_mnist"
 needs_mnist = pytest.mark.skipif(
@@ -555,3 +556,58 @@ def test_binarized_mnist_download_checksum_and_format_errors(tmp_path, monkeypat
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"0 1 1\n"))
     with pytest.raises(DataError, match=r"expected 784 values per line"):
         download_binarized_mnist(tmp_path / "c")
+
+
+# --------------------------------------------------------------------------------------
+# the registry of named datasets
+# --------------------------------------------------------------------------------------
+
+
+def test_dataset_names_read_from_source_equal_those_registered_on_import():
+    from vaekit.data.named import NamedDataset
+
+    loaded = DATASETS.loaded()
+    assert DATASETS.names() == sorted(loaded)
+    assert {"digits", "binarized_mnist"} <= set(loaded)
+    for name, cls in loaded.items():
+        assert issubclass(cls, NamedDataset) and cls.name == name
+        assert "load" in vars(cls), f"{name} does not define load"
+    # NAMED lists every registered name once: those that need no download first.
+    assert sorted(NAMED) == sorted(loaded)
+    downloads = [loaded[n].downloads for n in NAMED]
+    assert downloads == sorted(downloads)
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_every_named_dataset_loads_checked_splits(name):
+    """Common checks over the registry: a new named dataset is tested without editing a test.
+    Those that need a download are loaded only when a copy is at hand."""
+    try:
+        ds = load_dataset(DataConfig(source=name, data_dir=str(SHARED_MNIST)))
+    except DataError as e:
+        if DATASETS.get(name).downloads and "download" in str(e):
+            pytest.skip(f"{name}: no copy at hand and no network in tests")
+        raise
+    assert ds.name == name
+    for s in ("train", "valid", "test"):
+        x = ds.split(s)
+        assert x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == ds.dim and x.flags.c_contiguous
+        assert len(x) >= (2 if s == "train" else 1)
+        labels = ds.split_labels(s)
+        assert labels is None or (labels.dtype == np.int64 and labels.shape == (len(x),))
+    assert ds.image_shape is None or int(np.prod(ds.image_shape)) == ds.dim
+
+
+def test_unknown_dataset_name_through_the_cli(tmp_path, capsys, monkeypatch):
+    """A bare word that is neither a file nor a registered name: exit 1, one stderr line that
+    lists the registered names, no traceback, no run written."""
+    from vaekit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--data", "mnist_typo", "--out", str(tmp_path / "run"), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("vaekit: error: unknown dataset 'mnist_typo': not a file, and not one of ")
+    assert sorted(err.strip().rsplit("not one of ", 1)[1].split(", ")) == DATASETS.names()
+    assert not (tmp_path / "run" / "config.json").exists()

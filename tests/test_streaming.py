@@ -146,3 +146,117 @@ def test_streamed_training_equals_in_memory_training(tmp_path, inference):
         histories.append([{k: v for k, v in r.items() if not k.endswith(("_seconds", "_per_second"))} for r in history])
     assert histories[0] == histories[1]
     assert all(np.isfinite(r["valid_score"]) for r in histories[0])
+
+
+# -- the likelihood ``auto`` chooses, on rows that stay mapped -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "values, likelihood",
+    [
+        (lambda rng: (rng.random((120, 6)) < 0.3).astype(np.uint8), "bernoulli"),
+        (lambda rng: rng.random((120, 6)).astype(np.float32), "continuous_bernoulli"),
+        (lambda rng: rng.normal(size=(120, 6)), "gaussian"),
+    ],
+    ids=["0/1", "[0, 1]", "real"],
+)
+def test_mmap_train_with_auto_likelihood(tmp_path, capsys, values, likelihood):
+    """``vaekit train --mmap`` with the default ``--likelihood auto`` chooses from the mapped
+    rows, as it does from an array (0/1 -> Bernoulli, [0, 1] -> continuous Bernoulli, else
+    Gaussian), and trains; it used to end in a traceback (np.isin on MappedRows)."""
+    from vaekit.cli import main
+
+    np.save(tmp_path / "x.npy", values(np.random.default_rng(0)))
+    code = main(["train", "--data", str(tmp_path / "x.npy"), "--mmap", "--out", str(tmp_path / "run"),
+                 "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--eval-k", "2"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err[-2000:]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["likelihood"] == likelihood
+    assert config["data"]["mmap"] is True
+
+
+def test_estimator_fits_mapped_rows_with_auto_likelihood(tmp_path):
+    from vaekit.data import load_array
+    from vaekit.estimator import VAE
+
+    x = (np.random.default_rng(3).random((90, 5)) < 0.5).astype(np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    mapped, _, _ = load_array(str(tmp_path / "x.npy"), mmap=True)
+    vae = VAE(latent_dim=2, hidden=(8,), epochs=1).fit(mapped)
+    assert vae.config_.model.likelihood == "bernoulli"
+    np.save(tmp_path / "g.npy", x * 2.5 - 1.0)
+    mapped, _, _ = load_array(str(tmp_path / "g.npy"), mmap=True)
+    assert VAE(latent_dim=2, hidden=(8,), epochs=1).fit(mapped).config_.model.likelihood == "gaussian"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [lambda rng: (rng.random((50, 3)) < 0.5).astype(np.uint8), lambda rng: rng.normal(size=(50, 3))],
+    ids=["0/1 uint8", "normal float64"],
+)
+def test_summary_of_mapped_rows_is_read_block_by_block(tmp_path, monkeypatch, values):
+    """The summary ``choose`` reads is numpy's over the whole split, computed from blocks of
+    at most CHUNK_ROWS rows, for each split (the permuted train split included)."""
+    import vaekit.data as data
+    from vaekit.config import DataConfig
+    from vaekit.data import MappedRows, summarize
+
+    np.save(tmp_path / "x.npy", values(np.random.default_rng(4)))
+    ds = data.load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.2, test_fraction=0.0))
+    read_sizes = []
+    rows = MappedRows.rows
+
+    def counted(self, positions):
+        read_sizes.append(len(np.asarray(positions)))
+        return rows(self, positions)
+
+    monkeypatch.setattr(data, "CHUNK_ROWS", 8)
+    monkeypatch.setattr(MappedRows, "rows", counted)
+    for split in ("train", "valid", "all"):
+        read_sizes.clear()
+        s = summarize(ds.split(split))
+        assert read_sizes and max(read_sizes) <= 8
+        whole = ds.split(split)[:]  # float32, as training sees the rows
+        assert (s.binary, s.min, s.max) == (bool(np.isin(whole, (0, 1)).all()), whole.min(), whole.max())
+    assert summarize(np.zeros((0, 3))) == data.ValueSummary(binary=True, min=np.inf, max=-np.inf)
+
+
+def test_choose_reads_only_the_split_it_is_given(tmp_path):
+    from vaekit.config import DataConfig
+    from vaekit.data import load_dataset
+    from vaekit.likelihoods import choose
+
+    x = (np.random.default_rng(5).random((50, 3)) < 0.5).astype(np.float64)
+    np.save(tmp_path / "x.npy", x)
+    ds = load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.2, test_fraction=0.0))
+    x[ds.train.index[:3], 0] = 0.5  # grey levels in train only
+    np.save(tmp_path / "x.npy", x)
+    ds = load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.2, test_fraction=0.0))
+    assert (choose(ds.train), choose(ds.valid)) == ("continuous_bernoulli", "bernoulli")
+    x[ds.valid.index[0], 1] = -0.5
+    np.save(tmp_path / "x.npy", x)
+    ds = load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.2, test_fraction=0.0))
+    assert (choose(ds.train), choose(ds.valid)) == ("continuous_bernoulli", "gaussian")
+
+
+CHOOSE_RUNNER = textwrap.dedent(
+    f"""
+    import re, resource, sys
+    import numpy, vaekit.data, vaekit.likelihoods  # imports come first
+    from vaekit.config import DataConfig
+    data_kb = int(re.search(r"VmData:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+    cap = (data_kb + {HEADROOM_MB} * 1000) * 1024
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+    print("CAP", cap, file=sys.stderr)
+    ds = vaekit.data.load_dataset(DataConfig(source=sys.argv[1], mmap=True))
+    print(vaekit.likelihoods.choose(ds.train))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and RLIMIT_DATA semantics of Linux")
+def test_auto_likelihood_on_a_file_larger_than_the_memory_cap(big_file):
+    proc = subprocess.run([sys.executable, "-c", CHOOSE_RUNNER, str(big_file)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert big_file.stat().st_size > _cap(proc.stderr)
+    assert proc.stdout.split() == ["bernoulli"]  # the file holds 0/1 pixels

@@ -13,6 +13,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from ..config import ModelConfig
+from ..data import MappedRows, summarize
 from ..errors import DataError
 from ..registry import LIKELIHOODS
 
@@ -45,11 +46,13 @@ class Likelihood(nn.Module):
 
 
 
-def choose(x: np.ndarray) -> str:
+def choose(x: np.ndarray | MappedRows) -> str:
     """The likelihood a user means when they say ``auto``: Bernoulli for 0/1 data,
-    continuous Bernoulli for values in [0, 1], Gaussian otherwise."""
-    if np.isin(x, (0, 1)).all():
+    continuous Bernoulli for values in [0, 1], Gaussian otherwise. ``MappedRows`` are read
+    block by block (``vaekit.data.summarize``), never whole."""
+    values = summarize(x)
+    if values.binary:
         return "bernoulli"
-    if x.min() >= 0 and x.max() <= 1:
+    if values.min >= 0 and values.max <= 1:
         return "continuous_bernoulli"
     return "gaussian"

@@ -1,0 +1,122 @@
+"""The one input check shared by the Python API and the CLI (scikit-learn's ``check_array``
+habit): every message says what was expected and what was found, and names the culprit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from .containers import MappedRows
+
+
+def check_data(
+    x: Any,
+    *,
+    what: str = "data",
+    min_rows: int = 1,
+    input_dim: int | None = None,
+    likelihood: Any = None,
+) -> np.ndarray:
+    """Validate ``x`` and return it as a C-contiguous float32 ``(n, D)`` array (a view when
+    it already is one, else a copy).
+
+    Checks, in order: numeric dtype; 2-D; at least ``min_rows`` rows; at least one column;
+    all values finite; ``D == input_dim`` when given; ``likelihood.check(x, what)`` (the
+    likelihood's support) when a likelihood is given. Accepts lists, numpy arrays and torch
+    tensors. Raises ``DataError`` naming ``what``, the expected and the found. A
+    ``MappedRows`` is checked block by block and returned as it is (never read whole).
+    """
+    if isinstance(x, MappedRows):
+        return _check_mapped(x, what, min_rows, input_dim, likelihood)
+    x = _as_numpy(x, what)
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{what} has dtype {x.dtype}; expected numbers (bool, int or float)")
+    if x.ndim != 2:
+        raise DataError(f"{what}: {not_2d(x)}")
+    if x.shape[0] < min_rows:
+        raise DataError(
+            f"{what} has {x.shape[0]} rows (shape={x.shape}); at least {min_rows} "
+            f"{'is' if min_rows == 1 else 'are'} needed"
+        )
+    if x.shape[1] < 1:
+        raise DataError(f"{what} has 0 columns (shape={x.shape}); at least 1 feature is needed")
+    if x.dtype.kind == "f":
+        check_finite(x, what)
+    with np.errstate(over="ignore"):  # overflow is reported below, by position
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4:
+        # float64 values beyond ~3.4e38 become inf in float32; name them rather than
+        # letting training fail later on an Inf nobody wrote.
+        bad = ~np.isfinite(x32)
+        if bad.any():
+            r, c = np.unravel_index(int(np.flatnonzero(bad)[0]), x.shape)
+            raise DataError(
+                f"{what} has values too large for float32 (first at row {r + 1}, column {c + 1}: "
+                f"{x[r, c]:g}); expected |x| < {np.finfo(np.float32).max:g}"
+            )
+    if input_dim is not None and x32.shape[1] != input_dim:
+        raise DataError(
+            f"{what} has {x32.shape[1]} features per row, but the model was trained on {input_dim}"
+        )
+    if likelihood is not None:
+        likelihood.check(x32, what)
+    return x32
+
+
+def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None, likelihood: Any) -> MappedRows:
+    if len(x) < min_rows:
+        raise DataError(f"{what} has {len(x)} rows (shape={x.shape}); at least {min_rows} {'is' if min_rows == 1 else 'are'} needed")
+    if x.array.dtype.kind not in "biuf":
+        raise DataError(f"{what} has dtype {x.array.dtype}; expected numbers (bool, int or float)")
+    start = 0
+    for chunk in x.chunks():
+        try:
+            check_data(chunk, what=what, input_dim=input_dim, likelihood=likelihood)
+        except DataError as e:
+            raise DataError(f"{e} [in rows {start + 1}-{start + len(chunk)} of the split]") from None
+        start += len(chunk)
+    return x
+
+
+def _as_numpy(x: Any, what: str) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "toarray") and not hasattr(x, "__array__"):
+        raise DataError(f"{what} is a sparse matrix; expected a dense array (pass x.toarray())")
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        # A torch tensor: leave the graph and the device without importing torch here.
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            x = x.float()
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise DataError(
+            f"{what} could not be converted to an array ({e}); expected a 2-D table of numbers"
+        ) from None
+
+
+def not_2d(x: np.ndarray) -> str:
+    if x.ndim == 0:
+        return "expected a 2-D array (rows = datapoints), got a scalar"
+    if x.ndim == 1:
+        return (
+            f"expected a 2-D array (rows = datapoints), got 1-D array of shape {x.shape}; "
+            "reshape with x.reshape(-1, 1) for one feature or x.reshape(1, -1) for one datapoint"
+        )
+    return (
+        f"expected a 2-D array (rows = datapoints), got {x.ndim}-D array of shape {x.shape}; "
+        "flatten with x.reshape(len(x), -1)"
+    )
+
+
+def check_finite(x: np.ndarray, what: str, rows: list[int] | None = None) -> None:
+    finite = np.isfinite(x)
+    if finite.all():
+        return
+    r, c = np.unravel_index(int(np.flatnonzero(~finite)[0]), x.shape)
+    kind = "NaN" if np.isnan(x[r, c]) else "Inf"
+    row = rows[r] if rows is not None else r + 1
+    raise DataError(f"{what} contains {kind} (first at row {row}, column {c + 1}); expected finite numbers")

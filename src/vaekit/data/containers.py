@@ -1,0 +1,102 @@
+"""The containers of data: ``Dataset`` (train/valid/test splits) and ``MappedRows`` (the rows
+of a memory-mapped .npy file, read block by block, for datasets larger than memory)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import DataError
+
+SPLITS = ("train", "valid", "test", "all")
+SPLIT_NAMES = SPLITS[:3]
+
+# Rows per block when a mapped split is checked, summarised or evaluated: bounds memory, keeps
+# matrices large.
+CHUNK_ROWS = 8192
+
+
+@dataclass
+class Dataset:
+    """Train/valid/test splits as float32 ``(n, D)`` C-contiguous arrays, with optional labels."""
+
+    name: str
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    # (H, W) or (C, H, W) for images, so samples can be drawn as pictures; None otherwise.
+    image_shape: tuple[int, ...] | None = None
+    labels: dict[str, np.ndarray | None] = field(
+        default_factory=lambda: {"train": None, "valid": None, "test": None}
+    )
+
+    def split(self, name: str) -> np.ndarray:
+        """One split; ``'all'`` is train, valid and test concatenated in that order."""
+        _check_split(name)
+        if name == "all":
+            if isinstance(self.train, MappedRows):
+                return MappedRows(self.train.array, np.concatenate([p.index for p in (self.train, self.valid, self.test)]))
+            return np.concatenate([self.train, self.valid, self.test], axis=0)
+        return getattr(self, name)
+
+    def split_labels(self, name: str) -> np.ndarray | None:
+        """Labels of one split, aligned with ``split(name)``; None when the data has none."""
+        _check_split(name)
+        if name == "all":
+            parts = [self.labels.get(s) for s in SPLIT_NAMES]
+            if any(p is None for p in parts):
+                return None
+            return np.concatenate(parts)
+        return self.labels.get(name)
+
+    @property
+    def dim(self) -> int:
+        """D, the number of features per datapoint."""
+        return int(self.train.shape[1])
+
+
+def _check_split(name: str) -> None:
+    if name not in SPLITS:
+        raise DataError(f"unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
+
+
+class MappedRows:
+    """The rows of one split of a memory-mapped .npy file, read only when asked for.
+
+    Datasets larger than memory stream through it: training reads one batch of rows at a
+    time, checks and evaluation read ``CHUNK_ROWS`` rows at a time, and the operating system
+    keeps in memory only the pages in use (file-backed pages, which it can drop again).
+    """
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray | None = None):
+        self.array = array  # (N, D) memmap, any numeric dtype
+        self.index = np.arange(len(array)) if rows is None else np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.index), int(self.array.shape[1]))
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """float32 copies of the rows at ``positions`` of this split, in that order; the file
+        is read in ascending row order, which the page cache serves best."""
+        file_rows = self.index[np.asarray(positions)]
+        order = np.argsort(file_rows, kind="stable")
+        out = np.empty((len(file_rows), self.shape[1]), dtype=np.float32)
+        out[order] = self.array[file_rows[order]]
+        return out
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.rows(np.arange(len(self))[key])
+
+    def chunks(self, size: int | None = None):
+        """float32 blocks of consecutive rows of this split, in order."""
+        size = size or CHUNK_ROWS
+        for start in range(0, len(self), size):
+            yield self.rows(np.arange(start, min(start + size, len(self))))

@@ -1,0 +1,121 @@
+"""``load_dataset`` and ``load_array``: a named dataset (the ``DATASETS`` registry) or a user
+file, read, split and checked."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import DataError
+from ..registry import DATASETS
+from .checks import check_data
+from .containers import SPLIT_NAMES, Dataset, MappedRows
+from .readers import flatten_all, open_mapped, read
+from .splits import split_by_fractions, split_ok, split_rows
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """Load the dataset that ``config.source`` names (a name in ``DATASETS``, or a file path)
+    and split it as ``config`` says. Every split passes ``check_data`` (train >= 2 rows; valid
+    and test >= 1 row unless their fraction is 0)."""
+    source = config.source
+    if source in DATASETS:
+        ds = DATASETS.get(source).load(config)
+    elif config.mmap:
+        ds = _load_mapped(_resolve(source, config.data_dir), config)
+    else:
+        ds = _load_user_file(_resolve(source, config.data_dir), config)
+    for s in SPLIT_NAMES:
+        min_rows = 2 if s == "train" else (1 if len(getattr(ds, s)) or _wanted(s, config) else 0)
+        setattr(ds, s, check_data(getattr(ds, s), what=f"{ds.name} ({s} split)", min_rows=min_rows))
+    return ds
+
+
+def _wanted(split: str, config: DataConfig) -> bool:
+    return (config.valid_fraction if split == "valid" else config.test_fraction) > 0
+
+
+def load_array(
+    source: str, data_dir: str | None = None, mmap: bool = False
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...] | None]:
+    """Read a user file into ``(x, labels, image_shape)``: ``x`` float32 ``(n, D)``, checked by
+    ``check_data``; labels int64 ``(n,)`` or None. A relative path not found as given is
+    looked up in ``data_dir``. An .npz with train/valid/test arrays gives them concatenated
+    in that order (as ``Dataset.split('all')``). With ``mmap`` a .npy file is memory-mapped
+    and ``x`` is its rows in file order as ``MappedRows``, read block by block when used."""
+    path = _resolve(source, data_dir)
+    if mmap:
+        array, image_shape = open_mapped(path)
+        return MappedRows(array), None, image_shape
+    arrays, labels = read(path)
+    flat, image_shape = flatten_all(arrays, path)
+    keys = [k for k in ("x", *SPLIT_NAMES) if k in flat]
+    x = flat[keys[0]] if len(keys) == 1 else np.concatenate([flat[k] for k in keys], axis=0)
+    y = None if labels[keys[0]] is None else np.concatenate([labels[k] for k in keys])
+    return x, y, image_shape
+
+
+def _resolve(source: str, data_dir: str | None) -> Path:
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if data_dir is not None and not path.is_absolute():
+        candidate = Path(data_dir).expanduser() / path
+        if candidate.exists():
+            return candidate
+    # Something that looks like a path is a missing file; a bare word is a misspelt name.
+    if path.suffix or "/" in source or os.sep in source:
+        raise DataError(f"{source}: no such file")
+    from .named import listed
+
+    raise DataError(f"unknown dataset {source!r}: not a file, and not one of {', '.join(listed())}")
+
+
+def _load_user_file(path: Path, config: DataConfig) -> Dataset:
+    arrays, labels = read(path)
+    flat, image_shape = flatten_all(arrays, path)
+    if "x" in flat:
+        parts = split_by_fractions(
+            flat["x"], labels["x"], str(path), config.valid_fraction, config.test_fraction, config.split_seed
+        )
+    else:
+        parts = {"test": (flat["test"], labels["test"])}
+        if "valid" in flat:
+            parts["train"] = (flat["train"], labels["train"])
+            parts["valid"] = (flat["valid"], labels["valid"])
+        else:
+            # Only valid is carved from train: test was fixed by whoever made the file.
+            carved = split_by_fractions(
+                flat["train"], labels["train"], f"{path} [train]",
+                config.valid_fraction, 0.0, config.split_seed,
+            )
+            parts["train"], parts["valid"] = carved["train"], carved["valid"]
+    return Dataset(
+        name=str(path),
+        train=parts["train"][0],
+        valid=parts["valid"][0],
+        test=parts["test"][0],
+        image_shape=image_shape,
+        labels={s: parts[s][1] for s in SPLIT_NAMES},
+    )
+
+
+def _load_mapped(path: Path, config: DataConfig) -> Dataset:
+    """A .npy file memory-mapped rather than read, split by fractions into ``MappedRows``: the
+    same rows in each split as ``_load_user_file`` gives; valid and test in file order."""
+    array, image_shape = open_mapped(path)
+    n = len(array)
+    if not split_ok(n, config.valid_fraction, config.test_fraction):
+        raise DataError(f"{path}: dataset has {n} rows; too few for valid_fraction={config.valid_fraction:g} and test_fraction={config.test_fraction:g}")
+    parts = split_rows(n, config.valid_fraction, config.test_fraction, config.split_seed)
+    return Dataset(
+        name=str(path),
+        image_shape=image_shape,
+        **{s: MappedRows(array, np.sort(rows) if s != "train" else rows) for s, rows in parts.items()},
+    )

@@ -1,0 +1,40 @@
+"""Named datasets: ``vaekit train --data NAME``, a registry (``vaekit.registry.DATASETS``).
+
+A new named dataset is one new module in this package whose class subclasses
+``NamedDataset`` and is decorated ``@DATASETS.register("name")``; ``load_dataset`` finds it
+by name (``DATASETS.names()`` reads the names from the source, without importing) and
+nothing else is edited.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...registry import DATASETS
+
+if TYPE_CHECKING:
+    from ...config import DataConfig
+    from ..containers import Dataset
+
+
+class NamedDataset:
+    """One dataset known by name. ``load`` returns its splits; ``load_dataset`` then checks
+    every split (``check_data``), whatever the source, so ``load`` need not."""
+
+    name: str  # set by DATASETS.register
+    # Whether loading may fetch files from the network. Lists of the named datasets show
+    # those that need no download first.
+    downloads: bool = False
+
+    @classmethod
+    def load(cls, config: DataConfig) -> Dataset:  # pragma: no cover - interface
+        """The dataset's train/valid/test splits as ``config`` asks (fractions, seed,
+        ``data_dir``); a dataset with fixed splits ignores the fractions."""
+        raise NotImplementedError
+
+
+def listed() -> tuple[str, ...]:
+    """The names of the named datasets as messages list them: those that need no download
+    first, then by name."""
+    entries = DATASETS.loaded()
+    return tuple(sorted(entries, key=lambda name: (entries[name].downloads, name)))

@@ -1,0 +1,256 @@
+"""Readers of user files: .npy, .npz, .csv, .tsv, .txt (and .npy memory-mapped), each to raw
+arrays, and ``flatten`` of image arrays to ``(n, D)`` rows.
+
+User ``.npz`` files follow one of two conventions:
+
+- explicit splits: arrays ``train`` and ``test`` (``valid`` optional; when absent it is
+  split from ``train`` by ``valid_fraction``), optional labels ``train_labels``,
+  ``valid_labels``, ``test_labels`` (given for every split present, or for none);
+  other arrays are ignored;
+- one data array: the array named ``x``, ``X`` or ``data``, or else the only array in the
+  file, with optional labels in ``y`` or ``labels``; split by fractions.
+
+Text tables (.csv comma-, .tsv tab-, .txt whitespace- or comma-separated) hold numbers only,
+no labels; a first row with a non-numeric cell is a header; lines starting with ``#``
+are comments (``np.savetxt`` writes its header that way).
+"""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .checks import check_data, check_finite, not_2d
+from .containers import SPLIT_NAMES
+
+SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".txt")
+
+
+def read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
+    """Raw arrays of a file: either ``{'x'}`` or ``{'train', 'test'[, 'valid']}``, with labels
+    under the same keys (validated, int64, or None)."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; expected a data file ({', '.join(SUFFIXES)})")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        x = _read_npy(path)
+        return {"x": x}, {"x": None}
+    if suffix == ".npz":
+        return _read_npz(path)
+    if suffix in (".csv", ".tsv", ".txt"):
+        return {"x": _read_table(path)}, {"x": None}
+    from .named import listed  # the named datasets, for the message only
+
+    raise DataError(
+        f"{path}: unsupported file type {path.suffix or '(no extension)'!r}; "
+        f"expected one of {', '.join(SUFFIXES)} or a dataset name ({', '.join(listed())})"
+    )
+
+
+def open_mapped(path: Path) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """(the (N, D) memory map of a .npy file, the image shape of its rows or None)."""
+    if path.suffix.lower() != ".npy":
+        raise DataError(f"{path}: memory-mapping needs a .npy file")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: cannot be read as a .npy array ({_reason(e)})") from None
+    image_shape = None
+    if array.ndim in (3, 4):
+        image_shape = tuple(int(v) for v in array.shape[1:])
+        array = array.reshape(len(array), -1)
+    elif array.ndim != 2:
+        raise DataError(f"{path}: {not_2d(array)}")
+    return array, image_shape
+
+
+# Exceptions numpy raises on a truncated or foreign file; anything else is a bug.
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _np_load(path: Path, reading_as: str) -> np.ndarray | dict[str, np.ndarray]:
+    """``np.load`` without pickle, every array read eagerly (so a corrupt .npz member fails
+    here, not later). We own the file handle because numpy leaks it when a zip is broken."""
+    try:
+        with open(path, "rb") as f:
+            loaded = np.load(f, allow_pickle=False)
+            if isinstance(loaded, np.ndarray):
+                return loaded
+            with loaded:
+                return {k: loaded[k] for k in loaded.files}
+    except _READ_ERRORS as e:
+        raise DataError(f"{path}: could not be read as {reading_as} ({_reason(e)})") from None
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    x = _np_load(path, "a .npy array")
+    if not isinstance(x, np.ndarray):
+        raise DataError(f"{path}: is an .npz archive, not a .npy array; rename it to .npz")
+    return x
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, ValueError) and "pickle" in str(e).lower():
+        # numpy's fallback for unrecognised bytes is pickle, which allow_pickle=False refuses.
+        return "not a numpy file, or it holds Python objects, which are not loaded for safety"
+    return str(e) or type(e).__name__
+
+
+def open_npz(path: Path, reading_as: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz archive, read eagerly; DataError saying it could not be read
+    as ``reading_as`` otherwise."""
+    z = _np_load(path, reading_as)
+    if isinstance(z, np.ndarray):
+        raise DataError(f"{path}: is a .npy array, not an .npz archive; rename it to .npy")
+    return z
+
+
+def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
+    contents = open_npz(path, "an .npz archive")
+    if not contents:
+        raise DataError(f"{path}: contains no arrays")
+
+    if "train" in contents or "test" in contents:
+        missing = [s for s in ("train", "test") if s not in contents]
+        if missing:
+            raise DataError(
+                f"{path}: has arrays {', '.join(sorted(contents))}; with explicit splits both "
+                f"'train' and 'test' are needed ('valid' is optional), missing {', '.join(missing)}"
+            )
+        names = [s for s in SPLIT_NAMES if s in contents]
+        arrays = {s: contents[s] for s in names}
+        given = [s for s in names if f"{s}_labels" in contents]
+        if given and len(given) != len(names):
+            absent = [f"{s}_labels" for s in names if s not in given]
+            raise DataError(
+                f"{path}: has {', '.join(f'{s}_labels' for s in given)} but not {', '.join(absent)}; "
+                "give labels for every split or for none"
+            )
+        labels = {
+            s: (_labels(contents[f"{s}_labels"], len(arrays[s]), f"{path} [{s}_labels]") if given else None)
+            for s in names
+        }
+        return arrays, labels
+
+    label_keys = [k for k in ("y", "labels") if k in contents]
+    if len(label_keys) > 1:
+        raise DataError(f"{path}: has both 'y' and 'labels'; keep one array of labels")
+    named = [k for k in ("x", "X", "data") if k in contents]
+    candidates = [k for k in contents if k not in label_keys]
+    if len(named) > 1:
+        raise DataError(f"{path}: has arrays {', '.join(named)}; expected only one data array")
+    if named:
+        key = named[0]
+    elif len(candidates) == 1:
+        key = candidates[0]
+    else:
+        raise DataError(
+            f"{path}: cannot tell which array holds the data (found {', '.join(sorted(candidates)) or 'only labels'}); "
+            "name it 'x', or save arrays 'train', 'valid', 'test'"
+        )
+    x = contents[key]
+    y = _labels(contents[label_keys[0]], len(x) if x.ndim else 0, f"{path} [{label_keys[0]}]") if label_keys else None
+    return {"x": x}, {"x": y}
+
+
+def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
+    """Integer class labels, one per row."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{what}: expected a 1-D array of labels, got shape {y.shape}")
+    if len(y) != n:
+        raise DataError(f"{what}: has {len(y)} labels, but the data has {n} rows")
+    if y.dtype.kind in "biu":
+        return y.astype(np.int64)
+    if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
+        return y.astype(np.int64)
+    raise DataError(f"{what}: expected integer class labels, got dtype {y.dtype}")
+
+
+def _read_table(path: Path) -> np.ndarray:
+    """A numeric text table. Rows and columns in messages are 1-based, as in an editor."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets prepend a BOM
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: could not be read as text (not UTF-8); expected a table of numbers") from None
+    except OSError as e:
+        raise DataError(f"{path}: could not be read ({e.strerror or e})") from None
+
+    suffix = path.suffix.lower()
+    lines = [(i + 1, line) for i, line in enumerate(text.splitlines())
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise DataError(f"{path}: contains no rows; expected a table of numbers")
+    if suffix == ".txt" and "," not in lines[0][1]:
+        rows = [(n, line.split()) for n, line in lines]
+    else:
+        delimiter = "\t" if suffix == ".tsv" else ","
+        rows = [(n, [c.strip() for c in cells])
+                for n, line in lines for cells in csv.reader([line], delimiter=delimiter)]
+
+    def number(cell: str) -> float | None:
+        try:
+            return float(cell)
+        except ValueError:
+            return None
+
+    first_no, first = rows[0]
+    if any(c and number(c) is None for c in first):
+        header_cols = len(first)
+        rows = rows[1:]
+        if not rows:
+            raise DataError(f"{path}: has a header (row {first_no}) but no data rows")
+        if len(rows[0][1]) != header_cols:
+            raise DataError(
+                f"{path}: row {rows[0][0]} has {len(rows[0][1])} columns, but the header (row {first_no}) has {header_cols}"
+            )
+    width = len(rows[0][1])
+    values = np.empty((len(rows), width), dtype=np.float64)
+    for i, (line_no, cells) in enumerate(rows):
+        if len(cells) != width:
+            raise DataError(
+                f"{path}: row {line_no} has {len(cells)} columns, but row {rows[0][0]} has {width}"
+            )
+        for j, cell in enumerate(cells):
+            v = number(cell)
+            if v is None:
+                if not cell:
+                    raise DataError(f"{path}: row {line_no}, column {j + 1} is empty; expected a number")
+                raise DataError(f"{path}: row {line_no}, column {j + 1} is {cell!r}; expected a number")
+            values[i, j] = v
+    check_finite(values, str(path), rows=[n for n, _ in rows])
+    return values
+
+
+def flatten(a: np.ndarray, what: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """(n, H, W) -> (n, H*W) with image shape (H, W); (n, C, H, W) -> (C, H, W); 2-D as is."""
+    if a.ndim in (3, 4) and a.dtype.kind in "biuf":
+        image_shape = tuple(int(s) for s in a.shape[1:])
+        a = a.reshape(len(a), -1)
+    elif a.ndim > 4:
+        raise DataError(
+            f"{what}: expected 2-D (n, D), 3-D (n, H, W) or 4-D (n, C, H, W), got {a.ndim}-D array of shape {a.shape}"
+        )
+    else:
+        image_shape = None
+    return check_data(a, what=what), image_shape
+
+
+def flatten_all(
+    arrays: dict[str, np.ndarray], path: Path
+) -> tuple[dict[str, np.ndarray], tuple[int, ...] | None]:
+    """``flatten`` each array of a file; the splits of one file must share their row shape."""
+    flat, shapes = {}, {}
+    for k, a in arrays.items():
+        flat[k], shapes[k] = flatten(a, str(path) if k == "x" else f"{path} [{k}]")
+    row_shapes = {k: tuple(a.shape[1:]) for k, a in arrays.items()}
+    if len(set(row_shapes.values())) > 1:
+        shown = ", ".join(f"{k} {v}" for k, v in row_shapes.items())
+        raise DataError(f"{path}: splits have different shapes per row ({shown}); expected one shape")
+    return flat, next(iter(shapes.values()))

@@ -1,0 +1,39 @@
+"""What the values of a data set are, read block by block: the summary that choosing a
+likelihood needs, for an array or for ``MappedRows`` larger than memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .containers import MappedRows
+
+
+@dataclass(frozen=True)
+class ValueSummary:
+    """``binary``: every value is 0 or 1; ``min``, ``max``: the extremes (NaN when some value is
+    NaN; +inf and -inf for no values)."""
+
+    binary: bool
+    min: float
+    max: float
+
+
+def summarize(x: Any) -> ValueSummary:
+    """The ``ValueSummary`` of an array, or of ``MappedRows`` read ``CHUNK_ROWS`` rows at a time
+    in file order (the order does not change the summary, and the page cache serves it best),
+    as the float32 values that training sees."""
+    if isinstance(x, MappedRows):
+        blocks = MappedRows(x.array, np.sort(x.index)).chunks()
+    else:
+        blocks = (np.asarray(x),)
+    binary, lo, hi = True, np.inf, -np.inf
+    for block in blocks:
+        if block.size == 0:
+            continue
+        # np.minimum, not min(): a NaN must stay NaN, and then no range check passes.
+        binary = binary and bool(np.isin(block, (0, 1)).all())
+        lo, hi = np.minimum(lo, block.min()), np.maximum(hi, block.max())
+    return ValueSummary(binary=binary, min=float(lo), max=float(hi))
