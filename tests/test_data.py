@@ -519,7 +519,7 @@ def test_binarized_mnist_download_success(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     fake = {s: rng.integers(0, 2, size=(n, 784), dtype=np.uint8) for s, n in (("train", 5), ("valid", 2), ("test", 3))}
     digest = hashlib.sha256(fake["train"].tobytes() + fake["valid"].tobytes() + fake["test"].tobytes()).hexdigest()
-    monkeypatch.setattr(vdata, "BINARIZED_MNIST_SHA256", digest)
+    monkeypatch.setattr(vdata.named.binarized_mnist, "BINARIZED_MNIST_SHA256", digest)
     served = []
 
     def urlopen(url, timeout=None):

@@ -113,7 +113,7 @@ def test_mapped_rows_are_checked_block_by_block(tmp_path, monkeypatch):
     x = np.zeros((40, 3), dtype=np.float32)
     x[37, 1] = np.nan
     np.save(tmp_path / "x.npy", x)
-    monkeypatch.setattr(data, "CHUNK_ROWS", 8)
+    monkeypatch.setattr(data.containers, "CHUNK_ROWS", 8)  # read where it is defined
     with pytest.raises(DataError, match="NaN"):
         data.load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.0, test_fraction=0.0))
     np.savetxt(tmp_path / "x.csv", np.zeros((5, 2)))
@@ -210,7 +210,7 @@ def test_summary_of_mapped_rows_is_read_block_by_block(tmp_path, monkeypatch, va
         read_sizes.append(len(np.asarray(positions)))
         return rows(self, positions)
 
-    monkeypatch.setattr(data, "CHUNK_ROWS", 8)
+    monkeypatch.setattr(data.containers, "CHUNK_ROWS", 8)  # read where it is defined
     monkeypatch.setattr(MappedRows, "rows", counted)
     for split in ("train", "valid", "all"):
         read_sizes.clear()

@@ -18,14 +18,9 @@ The library raises ``DataError`` and never prints or exits. No torch import here
 
 from __future__ import annotations
 
-import sys
-import types
-
-from . import containers as _containers
 from .checks import check_data
 from .containers import CHUNK_ROWS, SPLITS, Dataset, MappedRows
 from .load import load_array, load_dataset
-from .named import binarized_mnist as _binarized_mnist
 from .named.binarized_mnist import (
     BINARIZED_MNIST_DIM,
     BINARIZED_MNIST_FILE,
@@ -67,25 +62,3 @@ def __getattr__(name: str):
 
         return listed()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# The settings re-exported here are read by the module that defines them. Setting one on the
-# package (``monkeypatch.setattr(vaekit.data, "CHUNK_ROWS", 8)``) sets it there too, as it did
-# when vaekit.data was one module.
-_HOMES = {
-    "CHUNK_ROWS": _containers,
-    **dict.fromkeys(
-        ("BINARIZED_MNIST_DIM", "BINARIZED_MNIST_FILE", "BINARIZED_MNIST_SHA256", "BINARIZED_MNIST_URL", "DOWNLOAD_TIMEOUT_S"),
-        _binarized_mnist,
-    ),
-}
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value) -> None:
-        if name in _HOMES:
-            setattr(_HOMES[name], name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
