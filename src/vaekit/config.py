@@ -150,10 +150,14 @@ class _Section:
         for name, (opt, owners) in component_options(self._section).items():
             if (name not in given) if given is not None else getattr(self, name) == opt.default:
                 continue
-            if not any(getattr(self, kind, None) == entry for kind, entry in owners):
+            if not any(entry in self.selected(kind) for kind, entry in owners):
                 used = ", ".join(f"{kind} {entry}" for kind, entry in sorted(owners))
                 bad.append(f"{name} applies to {used} only")
         return bad
+
+    def selected(self, kind: str) -> set:
+        """The entries of registry ``kind`` this config uses."""
+        return {getattr(self, kind, None)}
 
 
 def _make(section: str, base: type, doc: str) -> type:
@@ -174,10 +178,19 @@ class _ModelBase(_Section):
             )
         bad = self.owners_unselected()
         if bad:
-            raise ConfigError(f"{bad[0]}; this model uses likelihood {self.likelihood}, inference {self.inference}, prior {self.prior}")
-        from .registry import INFERENCE
+            raise ConfigError(
+                f"{bad[0]}; this model uses likelihood {self.likelihood}, inference {self.inference}, prior {self.prior}, "
+                f"encoder {self.encoder_net}, decoder {self.decoder_net}"
+            )
+        from .registry import INFERENCE, NETS
 
         INFERENCE.get(self.inference).check_config(self)
+        for net in sorted(self.selected("net")):
+            NETS.get(net).check_config(self)
+
+    def selected(self, kind: str) -> set:
+        # --encoder and --decoder pick nets of their own; --net is their default.
+        return {self.encoder_net, self.decoder_net} if kind == "net" else super().selected(kind)
 
     @property
     def decoder_widths(self) -> tuple[int, ...]:

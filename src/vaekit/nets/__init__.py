@@ -22,6 +22,10 @@ class Net:
     name: str
 
     @classmethod
+    def check_config(cls, config) -> None:
+        """Raise ConfigError if the family cannot serve this model config (the data's shape)."""
+
+    @classmethod
     def encoder(cls, config, out_dim: int) -> nn.Module:  # pragma: no cover - interface
         """x (..., input_dim) → (..., out_dim)."""
         raise NotImplementedError
