@@ -74,10 +74,16 @@ def _int_or_widths(text: str) -> int | tuple[int, ...]:
     return widths[0] if len(widths) == 1 else widths
 
 
+def _data_help() -> str:
+    from .registry import DATASETS
+
+    return f"a named dataset ({', '.join(DATASETS.names())}) or a .npy/.npz/.csv file"
+
+
 def _add_option(g, dest: str, opt) -> None:
     default = AUTO.get(dest, opt.default)
     choices = opt.choice_names()
-    text = opt.help
+    text = _data_help() if dest == "data" else opt.help
     if choices is not None:
         text += ": " + ", ".join(([AUTO[dest]] if dest in AUTO else []) + list(map(str, choices)))
     if default is not None:
@@ -218,7 +224,7 @@ def cmd_train(args) -> int:
 def _run_parser(sub, name: str, help: str, data_required: bool, default_split: str):
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'vaekit train'")
-    p.add_argument("--data", required=data_required, help="digits, binarized_mnist, or a .npy/.npz/.csv file" + ("" if data_required else " (default: the run's own data)"))
+    p.add_argument("--data", required=data_required, help=_data_help() + ("" if data_required else " (default: the run's own data)"))
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz")
     p.add_argument("--split", choices=SPLITS, default=default_split, help=f"rows to use (default {default_split}; 'all' keeps a file's own row order)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo noise (default 0)")
