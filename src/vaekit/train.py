@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 import math
 import sys
@@ -35,22 +36,52 @@ VALID_ROWS_WITHOUT_ENCODER = 1000
 LATENT_POINTS = 5000
 
 
+class _Eager:
+    """The optimizer methods that torch wraps in ``torch._dynamo.disable`` (add_param_group,
+    zero_grad, state_dict, load_state_dict), called unwrapped. Each wrapper imports
+    torch._dynamo on its first call, 0.8 s once per process on this CPU (twice the time of a
+    1-epoch digits fit), and otherwise only matters while dynamo traces the optimizer: this
+    loop calls it eagerly (``compile`` compiles the model's forward only), so the numbers are
+    bit-identical to the stock classes'."""
+
+    add_param_group = torch.optim.Optimizer.add_param_group.__wrapped__
+    zero_grad = torch.optim.Optimizer.zero_grad.__wrapped__
+    state_dict = torch.optim.Optimizer.state_dict.__wrapped__
+    load_state_dict = torch.optim.Optimizer.load_state_dict.__wrapped__
+
+
+# Adam.step as written, without its decorator (_use_grad_for_differentiable), which imports
+# torch._dynamo on every call for two graph breaks around the update.
+_ADAM_STEP = inspect.unwrap(torch.optim.Adam.step)
+
+
+class _Adam(_Eager, torch.optim.Adam):
+    def step(self, closure=None):
+        # What the decorator does besides the graph breaks: grad mode off during the update.
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            return _ADAM_STEP(self, closure)
+
+
+class _SparseAdam(_Eager, torch.optim.SparseAdam):
+    pass  # its step is only @torch.no_grad()
+
+
 def make_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optimizer]:
     """Adam for the shared parameters (θ, φ); SparseAdam for per-point tables, so that a row
     moves only when its datapoint is in the batch (dense Adam would keep moving every row on
-    stale momentum)."""
+    stale momentum). Both are torch's, less the import of torch._dynamo (see ``_Eager``)."""
     local = model.inference.local_parameters()
     local_ids = {id(p) for p in local}
     shared = [p for p in model.parameters() if id(p) not in local_ids]
     try:
         # The fused kernel updates all tensors in one pass: 1.4x the whole training step of
         # the default foreach Adam for the MNIST MLP on this CPU (bench/README.md).
-        adam = torch.optim.Adam(shared, lr=lr, fused=True)
+        adam = _Adam(shared, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
-        adam = torch.optim.Adam(shared, lr=lr)
+        adam = _Adam(shared, lr=lr)
     optimizers: list[torch.optim.Optimizer] = [adam]
     if local:
-        optimizers.append(torch.optim.SparseAdam(local, lr=lr))
+        optimizers.append(_SparseAdam(local, lr=lr))
     return optimizers
 
 
