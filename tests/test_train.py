@@ -476,7 +476,7 @@ print("torch._dynamo" in sys.modules)
 
 def test_training_does_not_import_dynamo(tmp_path):
     """torch wraps Optimizer.add_param_group, zero_grad, state_dict, load_state_dict in
-    torch._dynamo.disable and Adam.step in graph breaks, each importing torch._dynamo (0.8 s)
+    torch._dynamo.disable and Adam.step in graph breaks, each importing torch._dynamo (0.9 s)
     on first use; make_optimizers' classes call them unwrapped (compile=True imports it anyway)."""
     done = subprocess.run(
         [sys.executable, "-c", _NO_DYNAMO_SCRIPT, str(tmp_path / "run")], capture_output=True, text=True, timeout=300
