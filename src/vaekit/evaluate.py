@@ -184,16 +184,16 @@ def gaps_per_point(
         # fixed ε, the gradient noise of q*'s optimisation; the stopping rule never sees the
         # draws the reported ELBOs use.
         check_eps = _noise(model, shape, _stream(model, seed, i, 2))
-        q_star, taken = _optimal_gaussian(
-            model, xb, q.mu, q.logvar, steps, lr, check_eps, _stream(model, seed, i, 3), tol, check_every
-        )  # fmt: skip
+        grad_noise = _stream(model, seed, i, 3)
+        q_star, taken = _optimal_gaussian(model, xb, q.mu, q.logvar, steps, lr, check_eps, grad_noise, tol, check_every)
         eps = _noise(model, shape, _stream(model, seed, i, 0))
         out["elbo"].append(elbo_terms(model, xb, q=q, eps=eps).elbo)
         out["elbo_optimal"].append(elbo_terms(model, xb, q=q_star, eps=eps).elbo)
         out["log_px"].append(iwae(model, xb, k, q=q_star, generator=_stream(model, seed, i, 1)))
         out["steps"].append(torch.full((xb.shape[0],), taken))
     model.train(was)
-    return {name: torch.cat(v).cpu().numpy() if name == "steps" else torch.cat(v).double().cpu().numpy() for name, v in out.items()}
+    steps_taken = torch.cat(out.pop("steps")).cpu().numpy()
+    return {**{name: torch.cat(v).double().cpu().numpy() for name, v in out.items()}, "steps": steps_taken}
 
 
 def _standard_error(v: np.ndarray) -> float:
