@@ -146,7 +146,6 @@ def manual_step(x: torch.Tensor):
     for p in params:
         p.grad = torch.zeros_like(p)
     (opt,) = make_optimizers(model, 1e-3)
-    objective = make_objective(model, TrainConfig())
     perm = torch.randperm(N, device=x.device)
 
     def step(i: int) -> None:

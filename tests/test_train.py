@@ -435,3 +435,86 @@ def test_float64_training(digits):
     # The model's own evaluation runs in float64 as well.
     valid = elbo_per_point(model, x_valid)
     assert valid["elbo"].dtype == np.float64 and np.isfinite(valid["elbo"]).all()
+
+
+# ---- the optimizers: torch's numbers, without importing torch._dynamo ------------------------
+
+# One training in a fresh process: the estimator's fit; a run directory written (the
+# optimizers' state_dict) and resumed (load_state_dict); and the same for per-point VI (its
+# SparseAdam, and validation through inference.optimize's own Adam).
+_NO_DYNAMO_SCRIPT = """
+import sys
+import numpy as np
+import torch
+import vaekit
+from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from vaekit.model import VAEModel
+from vaekit.train import fit
+
+x = np.random.default_rng(0).random((96, 8)).astype("float32")
+vaekit.VAE(latent_dim=2, hidden=(4,), epochs=1).fit(x)
+config = TrainConfig(epochs=1, batch_size=32)
+model = ModelConfig(input_dim=8, latent_dim=2, hidden=(4,), likelihood="continuous_bernoulli")
+run_config = RunConfig(model=model, train=config, data=DataConfig(source="array"))
+fit(VAEModel(model), x, x[:16], config, sys.argv[1], run_config)
+config.epochs = 2
+fit(VAEModel(model), x, x[:16], config, sys.argv[1], run_config, resume=True)
+vi = ModelConfig(input_dim=8, latent_dim=2, hidden=(4,), likelihood="continuous_bernoulli", inference="vi", n_points=96)
+vi_config = RunConfig(model=vi, train=TrainConfig(epochs=1, batch_size=32), data=DataConfig(source="array"))
+fit(VAEModel(vi), x, x[:16], vi_config.train, sys.argv[1] + "-vi", vi_config)
+vi_config.train.epochs = 2
+fit(VAEModel(vi), x, x[:16], vi_config.train, sys.argv[1] + "-vi", vi_config, resume=True)
+print("torch._dynamo" in sys.modules)
+"""
+
+
+def test_training_does_not_import_dynamo(tmp_path):
+    """torch wraps Optimizer.add_param_group, zero_grad, state_dict, load_state_dict in
+    torch._dynamo.disable and Adam.step in graph breaks, each importing torch._dynamo (0.9 s)
+    on first use; make_optimizers' classes call them unwrapped (compile=True imports it anyway)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_DYNAMO_SCRIPT, str(tmp_path / "run")], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"]
+
+
+def _same_state(a: dict, b: dict) -> None:
+    """Two optimizer state_dicts hold the same groups and bit-identical state."""
+    assert a["param_groups"] == b["param_groups"]
+    assert sorted(a["state"]) == sorted(b["state"])
+    for pid, s in a["state"].items():
+        assert sorted(s) == sorted(b["state"][pid])
+        for key, v in s.items():
+            w = b["state"][pid][key]
+            assert type(v) is type(w) and (torch.equal(v, w) and v.dtype == w.dtype if torch.is_tensor(v) else v == w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_make_optimizers_steps_like_torchs_adam_and_sparse_adam(dtype):
+    """Bit for bit the updates and state of torch.optim.Adam(fused=True) and SparseAdam (the
+    reference: torch's own classes, driven by the same losses)."""
+    model = small_model(0, inference="vi", n_points=10).to(dtype)
+    ref = small_model(0, inference="vi", n_points=10).to(dtype)
+    ours = train_mod.make_optimizers(model, lr=1e-2)
+    local = ref.inference.local_parameters()
+    shared = [p for p in ref.parameters() if all(p is not q for q in local)]
+    theirs = [torch.optim.Adam(shared, lr=1e-2, fused=True), torch.optim.SparseAdam(local, lr=1e-2)]
+    assert isinstance(ours[0], torch.optim.Adam) and isinstance(ours[1], torch.optim.SparseAdam)
+    x = torch.as_tensor(digits_split()[0][:10], dtype=dtype)
+    for m, opts in ((model, ours), (ref, theirs)):
+        torch.manual_seed(3)
+        for _ in range(5):
+            loss, _ = m.loss(x, torch.arange(10), 1.0, 1, True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in opts:
+                opt.step()
+    assert_same_tensors(params(model), params(ref))
+    for j, (a, b) in enumerate(zip(ours, theirs)):
+        _same_state(a.state_dict(), b.state_dict())
+        # torch's state loaded into a fresh optimizer of ours is that state.
+        fresh = train_mod.make_optimizers(small_model(1, inference="vi", n_points=10).to(dtype), lr=1e-2)[j]
+        fresh.load_state_dict(b.state_dict())
+        _same_state(fresh.state_dict(), b.state_dict())

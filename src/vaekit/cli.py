@@ -338,8 +338,9 @@ def cmd_gaps(args) -> int:
         args,
         result,
         f"{args.split} ({result['n']} rows): log p(x) {result['log_likelihood']:.3f}  ELBO(q) {result['elbo']:.3f}  "
-        f"ELBO(q*) {result['elbo_optimal']:.3f}  approximation gap {result['approximation_gap']:.3f}  "
-        f"amortization gap {result['amortization_gap']:.3f} nats  (K={result['k']}, {result['steps']} steps; plot {plot})",
+        f"ELBO(q*) {result['elbo_optimal']:.3f}  approximation gap {result['approximation_gap']:.3f} ± {result['approximation_gap_se']:.3f}  "
+        f"amortization gap {result['amortization_gap']:.3f} ± {result['amortization_gap_se']:.3f} nats (± standard errors; "
+        f"K={result['k']}, q* after {result['steps_taken']} of at most {result['steps']} steps; plot {plot})",
     )
     return 0
 

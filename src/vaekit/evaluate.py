@@ -16,6 +16,7 @@ import torch
 
 from .objectives import elbo as elbo_terms
 from .objectives import iwae
+from .optim import Adam
 
 
 def batches(model, x, batch_size: int):
@@ -94,16 +95,74 @@ def evaluate(model, x, k: int = 1000, seed: int = 0) -> dict[str, Any]:
     }
 
 
-# Adam steps and samples for q* and the ELBOs of the gaps: more than test-time inference uses,
-# because the approximation gap is only as good as the optimisation of q*.
-GAP_STEPS = 300
+# q* of the gaps: at most GAP_STEPS Adam steps (the CLI's --steps) on GAP_GRAD_SAMPLES-draw
+# ELBO gradients. Every GAP_CHECK_EVERY steps the batch's mean ELBO is scored under one fixed
+# set of GAP_SAMPLES draws (the same at every check, so that two scores differ by the change
+# of q alone, not by Monte Carlo noise); when a check gains less than GAP_TOL nats per point,
+# the learning rate is divided by 10 (constant-rate Adam on noisy gradients only jitters
+# around the optimum), and after GAP_LR_DECAYS such divisions the next plateau stops it. The
+# approximation gap is only as good as this optimisation.
+GAP_STEPS = 2000
 GAP_SAMPLES = 32
+GAP_GRAD_SAMPLES = 16
+GAP_CHECK_EVERY = 50
+GAP_TOL = 1e-3
+GAP_LR_DECAYS = 2
+
+
+def _stream(model, seed: int, batch: int, use: int) -> torch.Generator:
+    """A generator of its own for each (seed, batch, use): no two share draws, whatever the seeds."""
+    entropy = [seed % 2**64, batch, use]  # SeedSequence takes no negative seed
+    return _generator(model, int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+
+
+def _noise(model, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Standard normal ε of the given shape in the model's dtype."""
+    p = next(model.parameters())
+    return torch.randn(shape, generator=generator, dtype=p.dtype, device=p.device)
+
+
+def _optimal_gaussian(
+    model, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, steps: int, lr: float, check_eps: torch.Tensor,
+    generator: torch.Generator, tol: float = GAP_TOL, check_every: int = GAP_CHECK_EVERY,
+    lr_decays: int = GAP_LR_DECAYS, grad_samples: int = GAP_GRAD_SAMPLES,
+):  # fmt: skip
+    """(q*, steps taken): argmax over (μ, log σ²) of each row's ELBO(x; N(μ, diag σ²)) with θ
+    fixed, from (mu, logvar), by Adam until the mean ELBO under the fixed noise ``check_eps``
+    (S, n, d) stops improving (see GAP_TOL), or after ``steps`` steps."""
+    from .distributions import DiagonalNormal
+
+    params = [mu.detach().clone().requires_grad_(True), logvar.detach().expand_as(mu).clone().requires_grad_(True)]
+    opt = Adam(params, lr=lr)
+
+    def score() -> float:
+        return float(elbo_terms(model, x, q=DiagonalNormal(*params), eps=check_eps).elbo.mean())
+
+    last, taken, decays = score(), 0, 0
+    while taken < steps:
+        with torch.enable_grad():
+            for _ in range(min(check_every, steps - taken)):
+                objective = elbo_terms(model, x, q=DiagonalNormal(*params), n_samples=grad_samples, generator=generator)
+                # Gradients for q's parameters only: θ's .grad is left alone.
+                for p, grad in zip(params, torch.autograd.grad(-objective.elbo.sum(), params)):
+                    p.grad = grad
+                opt.step()
+                taken += 1
+        now = score()
+        if now - last < tol:
+            if decays == lr_decays:
+                break
+            decays += 1
+            for group in opt.param_groups:
+                group["lr"] /= 10
+        last = now
+    return DiagonalNormal(params[0].detach(), params[1].detach()), taken
 
 
 @torch.no_grad()
 def gaps_per_point(
     model, x, k: int = 1000, steps: int = GAP_STEPS, lr: float | None = None, n_samples: int = GAP_SAMPLES,
-    batch_size: int = 256, seed: int = 0,
+    batch_size: int = 256, seed: int = 0, tol: float = GAP_TOL, check_every: int = GAP_CHECK_EVERY,
 ) -> dict[str, np.ndarray]:
     """The decomposition of Cremer, Li & Duvenaud (2018), "Inference Suboptimality in VAEs":
 
@@ -111,41 +170,54 @@ def gaps_per_point(
                               approximation gap       amortization gap
 
     q is the model's own q(z|x) for new x (the encoder's, refined or not; or the method's
-    test-time optimum), q* the best diagonal Gaussian for x with θ fixed, found by ``steps``
-    Adam steps started at q (never worse than q: see ``inference.optimize``). Both ELBOs use
-    the same ``n_samples`` noise draws (common random numbers), so their difference is not
-    swamped by Monte Carlo noise. log p(x) is the K-sample importance-weighted estimate with
-    q* as the proposal (the better of the two proposals, hence the lower-variance estimate).
+    test-time optimum), q* the best diagonal Gaussian for x with θ fixed, found by Adam from q
+    until its ELBO stops improving (``_optimal_gaussian``; ``steps`` at most). Both ELBOs use
+    the same ``n_samples`` noise draws ε (common random numbers: z = μ + σ·ε for either q), so
+    their difference is not swamped by Monte Carlo noise; it is reported as it comes, never
+    clipped at 0. log p(x) is the K-sample importance-weighted estimate with q* as the
+    proposal (the better of the two proposals, hence the lower-variance estimate). Besides
+    the three per-point arrays, ``steps`` gives the Adam steps q* took for each row's batch.
     """
     from .distributions import DiagonalNormal
-    from .inference.optimize import optimize_gaussian
 
     was = model.training
     model.eval()
     lr = model.config.local_lr if lr is None else lr
-    out: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "elbo_optimal": []}
+    out: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "elbo_optimal": [], "steps": []}
     for i, xb in enumerate(batches(model, x, batch_size)):
         q = model.evaluation_posterior(xb)
         if not isinstance(q, DiagonalNormal):
             raise TypeError(f"gaps need a diagonal Gaussian q, got {type(q).__name__}")
-        q_star = optimize_gaussian(model, xb, q.mu, q.logvar, steps, lr)
-        e, e_star = (
-            elbo_terms(model, xb, q=qq, n_samples=n_samples, generator=_generator(model, seed + 1000 * i)).elbo
-            for qq in (q, q_star)
-        )
-        out["elbo"].append(e)
-        # q itself is a candidate for q*: under the same noise draws the better of the two
-        # counts, so the amortization gap is never negative for any point.
-        out["elbo_optimal"].append(torch.maximum(e, e_star))
-        out["log_px"].append(iwae(model, xb, k, q=q_star, generator=_generator(model, seed + 1000 * i + 1)))
+        shape = (n_samples,) + tuple(q.mean.shape)  # (S, n, d)
+        # Four streams per batch: the reported ELBOs' ε, the IWAE draws, the stopping rule's
+        # fixed ε, the gradient noise of q*'s optimisation; the stopping rule never sees the
+        # draws the reported ELBOs use.
+        check_eps = _noise(model, shape, _stream(model, seed, i, 2))
+        grad_noise = _stream(model, seed, i, 3)
+        q_star, taken = _optimal_gaussian(model, xb, q.mu, q.logvar, steps, lr, check_eps, grad_noise, tol, check_every)
+        eps = _noise(model, shape, _stream(model, seed, i, 0))
+        out["elbo"].append(elbo_terms(model, xb, q=q, eps=eps).elbo)
+        out["elbo_optimal"].append(elbo_terms(model, xb, q=q_star, eps=eps).elbo)
+        out["log_px"].append(iwae(model, xb, k, q=q_star, generator=_stream(model, seed, i, 1)))
+        out["steps"].append(torch.full((xb.shape[0],), taken))
     model.train(was)
-    return {name: torch.cat(v).double().cpu().numpy() for name, v in out.items()}
+    steps_taken = torch.cat(out.pop("steps")).cpu().numpy()
+    return {**{name: torch.cat(v).double().cpu().numpy() for name, v in out.items()}, "steps": steps_taken}
 
 
-def gaps(model, x, k: int = 1000, steps: int = GAP_STEPS, seed: int = 0) -> dict[str, Any]:
+def _standard_error(v: np.ndarray) -> float:
+    """sd(v)/√n across points (NaN for one point): the error of mean(v) as an estimate of its
+    expectation over the data and the Monte Carlo draws."""
+    return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+
+
+def gaps(model, x, k: int = 1000, steps: int = GAP_STEPS, seed: int = 0, **kw) -> dict[str, Any]:
     """Averages of ``gaps_per_point``: log_likelihood, elbo, elbo_optimal, approximation_gap,
-    amortization_gap (nats), with n and k."""
-    p = gaps_per_point(model, x, k=k, steps=steps, seed=seed)
+    amortization_gap (nats) and the standard errors of the two gaps across points
+    (approximation_gap_se, amortization_gap_se), with n, k, steps (the most allowed) and
+    steps_taken (the most any batch used). ``kw``: gaps_per_point's lr, n_samples,
+    batch_size, tol, check_every."""
+    p = gaps_per_point(model, x, k=k, steps=steps, seed=seed, **kw)
     ll, e, e_opt = (float(p[name].mean()) for name in ("log_px", "elbo", "elbo_optimal"))
     return {
         "log_likelihood": ll,
@@ -153,8 +225,11 @@ def gaps(model, x, k: int = 1000, steps: int = GAP_STEPS, seed: int = 0) -> dict
         "elbo_optimal": e_opt,
         "approximation_gap": ll - e_opt,
         "amortization_gap": e_opt - e,
+        "approximation_gap_se": _standard_error(p["log_px"] - p["elbo_optimal"]),
+        "amortization_gap_se": _standard_error(p["elbo_optimal"] - p["elbo"]),
         "n": int(len(p["log_px"])),
         "k": int(k),
         "steps": int(steps),
+        "steps_taken": int(p["steps"].max()),
         "per_point": p,
     }

@@ -26,6 +26,7 @@ from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import elbo_per_point
+from .optim import Adam, SparseAdam
 from .registry import OBJECTIVES
 
 # Progress-bar refreshes (and NaN checks) per epoch: each costs one host sync.
@@ -38,19 +39,19 @@ VALID_ROWS_WITHOUT_ENCODER = 1000
 def make_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optimizer]:
     """Adam for the shared parameters (θ, φ); SparseAdam for per-point tables, so that a row
     moves only when its datapoint is in the batch (dense Adam would keep moving every row on
-    stale momentum)."""
+    stale momentum). Both are torch's, less the import of torch._dynamo (see ``_Eager``)."""
     local = model.inference.local_parameters()
     local_ids = {id(p) for p in local}
     shared = [p for p in model.parameters() if id(p) not in local_ids]
     try:
         # The fused kernel updates all tensors in one pass: 1.4x the whole training step of
         # the default foreach Adam for the MNIST MLP on this CPU (bench/README.md).
-        adam = torch.optim.Adam(shared, lr=lr, fused=True)
+        adam = Adam(shared, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
-        adam = torch.optim.Adam(shared, lr=lr)
+        adam = Adam(shared, lr=lr)
     optimizers: list[torch.optim.Optimizer] = [adam]
     if local:
-        optimizers.append(torch.optim.SparseAdam(local, lr=lr))
+        optimizers.append(SparseAdam(local, lr=lr))
     return optimizers
 
 

@@ -21,7 +21,8 @@ from vaekit.train import fit
 METHODS = ("amortized", "autoencoder", "map", "vi")
 TRAIN_ARGS = ["--data", "digits", "--hidden", "32", "--latent-dim", "4", "--eval-k", "5", "--local-steps", "10"]
 EXTRA = {"amortized": ["--refine-steps", "2"]}
-GAP_KEYS = {"log_likelihood", "elbo", "elbo_optimal", "approximation_gap", "amortization_gap", "n", "k"}
+GAP_KEYS = {"log_likelihood", "elbo", "elbo_optimal", "approximation_gap", "amortization_gap", "n", "k",
+            "approximation_gap_se", "amortization_gap_se", "steps", "steps_taken"}
 DIGITS_TEST_ROWS = 359  # round(1797 · 0.2), the CLI's default test split
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -136,3 +137,8 @@ def test_gaps_command(method, runs, capsys):
     torch.manual_seed(0)
     ref = gaps(vaekit.load(straight).model_, x, k=20, steps=20, seed=0)
     assert {k: result[k] for k in GAP_KEYS} == {k: ref[k] for k in GAP_KEYS}
+    # The printed line gives each gap with its standard error (the same numbers: seeded noise).
+    assert main(["gaps", str(straight), "--k", "20", "--steps", "20"]) == 0
+    out, _ = capsys.readouterr()
+    for name in ("approximation", "amortization"):
+        assert f"{name} gap {result[name + '_gap']:.3f} ± {result[name + '_gap_se']:.3f}" in out, out

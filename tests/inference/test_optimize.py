@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vaekit.config import ModelConfig
 from vaekit.distributions import DiagonalNormal, PointMass
-from vaekit.inference.optimize import CHECK_SAMPLES, gaussian_around, optimize_gaussian, optimize_point
-from vaekit.model import VAEModel
+from vaekit.inference.optimize import gaussian_around, optimize_gaussian, optimize_point
 from vaekit.objectives import elbo
+
+from inference_helpers import SIGMA
 
 F64 = torch.float64
 
@@ -64,54 +64,73 @@ def test_zero_steps_returns_the_start(linear_gaussian):
 # --------------------------------------------------------------------------- refinement
 
 
-def _check_scores(model, x, q) -> torch.Tensor:
-    """Per-point ELBO under the noise draws that optimize._keep_better uses (seed 0)."""
-    return elbo(model, x, q=q, n_samples=CHECK_SAMPLES, generator=_gen(0)).elbo
+def _scores(model, x, q, seed: int = 1, n_samples: int = 64) -> torch.Tensor:
+    """Per-point ELBO under fixed draws of their own: seed 1, never the draws (seed 0) with which
+    optimize._keep_better chose between start and end, so a gain measured here is not one
+    selected for."""
+    return elbo(model, x, q=q, n_samples=n_samples, generator=_gen(seed)).elbo
 
 
-def _random_amortized(refine_steps: int, refine_lr: float):
-    torch.manual_seed(0)
-    config = ModelConfig(
-        input_dim=10, latent_dim=3, hidden=(16,), activation="tanh", likelihood="gaussian", variance="shared",
-        refine_steps=refine_steps, refine_lr=refine_lr,
-    )  # fmt: skip
-    model = VAEModel(config).to(F64).eval()
-    x = torch.randn(64, 10, generator=_gen(1), dtype=F64)
-    return model, x
-
-
-@pytest.mark.parametrize("refine_lr", [0.05, 0.5])
-def test_refinement_never_lowers_an_elbo_on_a_random_model(refine_lr):
-    # lr 0.5 with 3 steps overshoots for many points: the check must then return the start.
-    model, x = _random_amortized(refine_steps=3, refine_lr=refine_lr)
-    torch.manual_seed(2)
+def _spoil(lg, start: str) -> None:
+    """The encoder of the exact-posterior model made wrong: the prior N(0, I) for every x, or
+    the exact map perturbed (mean weights + 0.3·noise, log σ² + 0.8)."""
+    enc = lg.model.inference.encoder.net[0]
     with torch.no_grad():
-        start = model.posterior(x)
-        refined = model.evaluation_posterior(x)
-        before, after = _check_scores(model, x, start), _check_scores(model, x, refined)
-    # Exact, not approximate: per point, the kept q is the one that scored higher on these draws.
-    assert bool((after >= before).all()), (after - before).min()
-    kept = (refined.mu == start.mu).all(-1)
-    assert torch.equal(after[kept], before[kept])
-    assert bool((after[~kept] >= before[~kept]).all())
-    if refine_lr == 0.5:
-        assert 0 < int(kept.sum()) < len(x), "expected some points to keep their start"
+        if start == "prior":
+            enc.weight.zero_()
+            enc.bias.zero_()
+        else:
+            A = lg.S @ lg.W.T / SIGMA**2
+            enc.weight.copy_(torch.cat([A, torch.zeros_like(A)]) + 0.3 * torch.randn(6, 6, generator=_gen(1), dtype=F64))
+            enc.bias.copy_(torch.cat([-A @ lg.b, torch.diagonal(lg.S).log() + 0.8]))
 
 
-def test_refinement_never_lowers_an_elbo_on_a_trained_model(trained, digits):
+@pytest.mark.parametrize("start", ["prior", "perturbed"])
+@pytest.mark.parametrize("refine_lr", [0.05, 0.5])
+def test_refinement_moves_q_toward_the_exact_posterior(linear_gaussian, refine_lr, start):
+    """3 refinement steps against the closed form KL(q || p(z|x)) = log p(x) − ELBO(q)."""
+    lg = linear_gaussian(n=64, refine_steps=3, refine_lr=refine_lr)
+    _spoil(lg, start)
+    lg.model.eval()
+    with torch.no_grad():
+        q0 = lg.model.posterior(lg.x)
+        q = lg.model.evaluation_posterior(lg.x)
+    kl0 = lg.kl_to_posterior(q0.mu, q0.logvar.expand_as(q0.mu))
+    kl = lg.kl_to_posterior(q.mu, q.logvar)
+    # On average q moves well toward p(z|x). Observed mean KL, start → refined: prior 11.6 →
+    # 9.7 (lr 0.05), 4.2 (lr 0.5); perturbed 2.8 → 2.1, 1.9.
+    assert float(kl.mean()) < 0.85 * float(kl0.mean()), (float(kl0.mean()), float(kl.mean()))
+    moved = ~(q.mu == q0.mu).all(-1)
+    if refine_lr == 0.05:
+        # Small steps: every point that moved is closer to its posterior (observed: by ≥ 0.07).
+        assert int(moved.sum()) >= 60 and bool((kl[moved] < kl0[moved]).all()), (kl - kl0)[moved]
+    elif start == "perturbed":
+        # lr 0.5 overshoots for many points near their optimum: the check keeps their start
+        # (observed 27 of 64). Its 16 draws misjudge a few: the closed form puts 8 of the 37 moved
+        # points further from their posterior, so only the average above is a property of q.
+        assert 0 < int((~moved).sum()) < len(lg.x)
+    else:
+        # From the prior, far from every optimum, lr 0.5 steps are improvements (observed 63 of 64).
+        assert int(moved.sum()) >= 60
+
+
+def test_refinement_raises_the_elbo_on_a_trained_model(trained, digits):
     model = trained["amortized"][0]
     x = torch.as_tensor(digits["test"])
     with torch.no_grad():
         start = model.posterior(x)
+        gains = {}
         for steps, lr in ((2, 0.5), (50, 0.05)):
             torch.manual_seed(3)
             # What Amortized.refine does with refine_steps = steps, refine_lr = lr.
             refined = optimize_gaussian(model, x, start.mu, start.logvar, steps, lr)
-            before, after = _check_scores(model, x, start), _check_scores(model, x, refined)
-            assert bool((after >= before).all()), (steps, lr, float((after - before).min()))
-    # With enough steps the refinement helps on average, by a margin far beyond the noise of a
-    # 16-draw mean over 200 points (per-point ELBO noise ~0.4 nats / 4, over 200 points: 0.01).
-    assert float((after - before).mean()) > 0.1
+            gains[steps] = _scores(model, x, refined) - _scores(model, x, start)  # (n,)
+    se = {s: float(g.std() / len(g) ** 0.5) for s, g in gains.items()}
+    # 50 steps help by far more than the noise of these 64-draw differences (observed 0.83-0.86
+    # nats, SE 0.08 over draws seeded 1-3); 2 overshooting steps help less (0.09-0.15, SE 0.05),
+    # and in no case lower the ELBO on average beyond the noise.
+    assert float(gains[50].mean()) > max(0.1, 4 * se[50]), (float(gains[50].mean()), se[50])
+    assert float(gains[2].mean()) > -4 * se[2], (float(gains[2].mean()), se[2])
 
 
 def test_amortized_refine_uses_the_configured_steps(trained, digits):
@@ -131,10 +150,11 @@ def test_amortized_refine_uses_the_configured_steps(trained, digits):
         b = model.inference.refine(model, x, start)
         torch.manual_seed(4)
         c = optimize_gaussian(model, x, start.mu, start.logvar, 50, 0.05)
-        before, after = _check_scores(model, x, start), _check_scores(model, x, a)
+        gain = _scores(model, x, a) - _scores(model, x, start)
     assert torch.equal(a.mu, b.mu) and torch.equal(a.logvar, b.logvar)
     assert torch.equal(a.mu, c.mu) and torch.equal(a.logvar, c.logvar)
-    assert bool((after >= before).all()) and float((after - before).mean()) > 0.1
+    # Independent draws, as above: 50 steps, a gain far beyond the noise.
+    assert float(gain.mean()) > max(0.1, 4 * float(gain.std()) / 10), float(gain.mean())
 
 
 # --------------------------------------------------------------------------- new points, map and vi
@@ -150,8 +170,9 @@ def _objective_after(method, model, x, steps):
             # log p(x|z) + log p(z): no Monte Carlo in the MAP objective.
             return float(elbo(model, x, q=optimize_point(model, x, z0, steps, 0.05)).elbo.mean())
         q = optimize_gaussian(model, x, z0, z0, steps, 0.05)
-        # 64 common draws for every step count: differences are not swamped by noise.
-        return float(elbo(model, x, q=q, n_samples=64, generator=_gen(0)).elbo.mean())
+        # 64 common draws for every step count (differences are not swamped by noise), other
+        # than the check's: optimize_point / _gaussian keep the start where it scores higher.
+        return float(_scores(model, x, q).mean())
 
 
 @pytest.mark.parametrize("method", ["map", "vi"])
@@ -164,6 +185,32 @@ def test_test_time_optimisation_converges(method, trained, digits):
     # Converged: the last 400 steps change the objective by under 2% of what the first 100 did
     # (observed ~0.3% for vi, ~0% for map).
     assert abs(f[800] - f[400]) < 0.02 * (f[100] - f[0]), f
+
+
+@pytest.mark.parametrize("method", ["map", "vi"])
+def test_test_time_optimisation_converges_to_the_exact_posterior(method, linear_gaussian):
+    """The same schedule from z = 0 (map) or the prior (vi) on the exact-posterior model,
+    against closed forms: the distance of ẑ to the posterior mode m (map; the MAP of a
+    Gaussian posterior is its mean), and KL(q || p(z|x)) (vi)."""
+    lg = linear_gaussian(n=100)
+    z0 = torch.zeros(100, 3, dtype=F64)
+    f = {}
+    with torch.no_grad():
+        for steps in STEPS:
+            if method == "map":
+                f[steps] = float((optimize_point(lg.model, lg.x, z0, steps, 0.05).z - lg.m).abs().max())
+            else:
+                q = optimize_gaussian(lg.model, lg.x, z0, z0, steps, 0.05)
+                f[steps] = float(lg.kl_to_posterior(q.mu, q.logvar).mean())
+    assert f[0] > f[20] > f[100] > f[200], f
+    if method == "map":
+        # No noise in the MAP objective: observed max |ẑ − m| 3e-4 after 200 steps, 1e-8 after 400.
+        assert f[400] < 1e-6 and f[800] < 1e-6, f
+    else:
+        # KL 12.3 → 0.07 after 200 steps; after that constant-lr Adam on 1-draw gradients jitters
+        # around the optimum (0.07-0.08 nats observed): converged, as on digits, within 2% of what
+        # the first 100 steps gained, and close to q* = p(z|x).
+        assert abs(f[800] - f[400]) < 0.02 * (f[0] - f[100]) and f[800] < 0.15, f
 
 
 @pytest.mark.parametrize("method", ["map", "vi"])

@@ -69,12 +69,57 @@ def test_gaussian_learned_logvar_floor(variance):
     with torch.no_grad():
         lik.logvar.fill_(-50.0)  # far below the floor log(1e-6) ≈ −13.8
     px = lik(torch.zeros(2, D, dtype=F64))
+    # floor + e^(−50 − floor − 1) = floor + 7e-17: σ² = 1e-6 to float64 rounding.
     torch.testing.assert_close(px.variance, torch.full((2, D), 1e-6, dtype=F64), rtol=1e-12, atol=0)
     assert math.isclose(MIN_LOGVAR, math.log(1e-6))
     # Above the floor the learned value is used unchanged.
     with torch.no_grad():
         lik.logvar.fill_(-2.0)
     torch.testing.assert_close(lik(torch.zeros(2, D, dtype=F64)).variance, torch.full((2, D), math.exp(-2.0), dtype=F64))
+
+
+# Raw log σ² from far below the floor to far above it, the join floor + 1 included.
+RAW = [-200.0, -50.0, -20.0, MIN_LOGVAR - 1, MIN_LOGVAR, MIN_LOGVAR + 0.5, MIN_LOGVAR + 1, -10.0, -2.0, 0.0, 3.0]
+
+
+@pytest.mark.parametrize("variance", ["shared", "feature"])
+def test_gaussian_logvar_floor_is_smooth(variance):
+    """The floor never stops the gradient (a clamp's is 0 below it): at every raw value the
+    derivative of log N(x; μ, σ²) with respect to the raw parameter is the closed form
+    ∂ log N/∂ log σ² · ∂ log σ²/∂ raw, with ∂ log σ²/∂ raw = e^(raw − floor − 1) below the join
+    floor + 1 and 1 above it, and nonzero; log σ² ≥ floor, and equals raw above the join."""
+    lik = build("gaussian", variance=variance)
+    g = _gen(2)
+    mean, x = torch.randn(4, D, generator=g, dtype=F64), torch.randn(4, D, generator=g, dtype=F64)
+    for raw in RAW:
+        with torch.no_grad():
+            lik.logvar.fill_(raw)
+        lik.zero_grad()
+        px = lik(mean)
+        px.log_prob(x).sum().backward()
+        logvar = px.logvar.expand(4, D).detach()
+        assert (logvar >= MIN_LOGVAR).all()
+        if raw >= MIN_LOGVAR + 1:
+            assert torch.equal(logvar, torch.full_like(logvar, raw))  # exactly the stored value
+            slope = 1.0
+        else:
+            torch.testing.assert_close(logvar, torch.full_like(logvar, MIN_LOGVAR + math.exp(raw - MIN_LOGVAR - 1)), **TIGHT)
+            slope = math.exp(raw - MIN_LOGVAR - 1)
+        # ∂/∂ log σ² of Σ log N(x; μ, σ²) = Σ ½((x − μ)²/σ² − 1), from the Normal density as written.
+        d_logvar = 0.5 * ((x - mean) ** 2 / logvar.exp() - 1)  # (4, D)
+        expected = (d_logvar.sum() if variance == "shared" else d_logvar.sum(0)) * slope
+        torch.testing.assert_close(lik.logvar.grad, expected.reshape(lik.logvar.shape), rtol=1e-10, atol=0)
+        assert (lik.logvar.grad != 0).all(), raw
+    # Continuous with its first derivative at the join: central float64 finite differences of
+    # log σ² just below, at and just above it are all 1 (e^(±h) = 1 ± h: error ≲ h).
+    def effective(raw: float) -> float:
+        with torch.no_grad():
+            lik.logvar.fill_(raw)
+            return float(lik(mean).logvar.flatten()[0])
+
+    h, join = 1e-4, MIN_LOGVAR + 1
+    for at in (join - 2 * h, join, join + 2 * h):
+        assert abs((effective(at + h) - effective(at - h)) / (2 * h) - 1) < 3 * h, at
 
 
 def test_bernoulli_and_continuous_bernoulli_match_torch():

@@ -16,6 +16,7 @@ from torch.distributions import Distribution
 
 from ..distributions import DiagonalNormal, PointMass
 from ..objectives import elbo
+from ..optim import Adam
 
 # Fixed-noise samples used to decide, per point, whether the optimised q beats the start.
 CHECK_SAMPLES = 16
@@ -39,7 +40,7 @@ def _ascend(
     # Its own noise stream: q for new data is then a function of x and θ alone, and
     # inference never moves the global stream that training draws from.
     g = torch.Generator(device=x.device).manual_seed(seed)
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = Adam(params, lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
             objective = elbo(model, x, q=make_q(*params), n_samples=n_samples, generator=g).elbo.sum()

@@ -14,6 +14,19 @@ from . import LIKELIHOODS, Likelihood
 MIN_LOGVAR = math.log(1e-6)
 
 
+def floored_logvar(raw: torch.Tensor, floor: float = MIN_LOGVAR) -> torch.Tensor:
+    """A smooth floor: log σ² = raw where raw ≥ floor + 1, else floor + exp(raw − floor − 1).
+
+    Continuous with its first derivative at the join, always above the floor, and its gradient
+    exp(raw − floor − 1) never vanishes below it (a clamp's is zero there, so a parameter that
+    sank below could never come back). Unlike softplus or logaddexp it is the identity above
+    the join, so every σ² above e·floor (here 2.7e-6) is exactly the stored one.
+    """
+    # The clamp keeps exp finite, and so its gradient 0, where the branch is not taken.
+    below = floor + torch.exp((raw - floor - 1).clamp(max=0))
+    return torch.where(raw >= floor + 1, raw, below)
+
+
 @LIKELIHOODS.register(
     "gaussian",
     options={
@@ -39,5 +52,5 @@ class Gaussian(Likelihood):
             self.logvar = nn.Parameter(torch.zeros(config.input_dim))
 
     def forward(self, mean: torch.Tensor) -> DiagonalNormal:
-        logvar = self.logvar if self.variance == "fixed" else self.logvar.clamp(min=MIN_LOGVAR)
+        logvar = self.logvar if self.variance == "fixed" else floored_logvar(self.logvar)
         return DiagonalNormal(mean, logvar)
