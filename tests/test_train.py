@@ -502,10 +502,11 @@ def test_make_optimizers_steps_like_torchs_adam_and_sparse_adam(dtype):
     theirs = [torch.optim.Adam(shared, lr=1e-2, fused=True), torch.optim.SparseAdam(local, lr=1e-2)]
     assert isinstance(ours[0], torch.optim.Adam) and isinstance(ours[1], torch.optim.SparseAdam)
     x = torch.as_tensor(digits_split()[0][:10], dtype=dtype)
+    objective = train_mod.make_objective(model, TrainConfig())
     for m, opts in ((model, ours), (ref, theirs)):
         torch.manual_seed(3)
         for _ in range(5):
-            loss, _ = m.loss(x, torch.arange(10), 1.0, 1, True)
+            loss, _ = m(objective, x, torch.arange(10), torch.randn(1, 10, m.noise_size, dtype=dtype))
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
