@@ -225,3 +225,14 @@ def test_refinement_of_a_hierarchy_is_refused(tmp_path, capsys):
     code = main(["train", "--data", "digits", "--latent-dim", "4,2", "--refine-steps", "3", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and "refine_steps" in err and len(err.strip().splitlines()) == 1
+
+
+def test_gaps_of_a_hierarchy_is_a_clear_error(tmp_path, capsys):
+    from vaekit.cli import main
+
+    run = str(tmp_path / "h")
+    assert main(["train", "--data", "digits", "--latent-dim", "4,2", "--hidden", "16", "--epochs", "1", "--eval-k", "2", "--out", run]) == 0
+    capsys.readouterr()
+    assert main(["gaps", run, "--k", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "z1, z2" in err and len(err.splitlines()) == 1

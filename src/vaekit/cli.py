@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import AUTO
+from .config import AUTO, GAP_STEPS
 from .errors import ConfigError, DataError, VaekitError
 from .outputs import check_out, write_array, write_blocks
 
@@ -240,7 +240,7 @@ def _add_run_commands(sub) -> None:
 
     p = _run_parser(sub, "gaps", "log p(x), the ELBO of the model's q and of the optimal q*, and the approximation and amortization gaps (Cremer et al. 2018)", False, "test")
     p.add_argument("--k", type=int, default=1000, help="importance samples per datapoint (default 1000)")
-    p.add_argument("--steps", type=int, default=300, help="Adam steps of the optimal per-point q* (default 300)")
+    p.add_argument("--steps", type=int, default=GAP_STEPS, help=f"at most this many Adam steps for the optimal per-point q*, which stop when its ELBO stops improving (default {GAP_STEPS})")
     p.add_argument("--plot", help="picture of the bound beneath the evidence (default RUN_DIR/gaps_SPLIT.png)")
     p.set_defaults(func=cmd_gaps)
 

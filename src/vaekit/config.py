@@ -93,6 +93,9 @@ DATA_OPTIONS: dict[str, Option] = {
     # Datasets larger than memory: memory-map a .npy file and stream its rows.
     "mmap": Option(False, "memory-map a .npy file and stream its rows"),
 }
+# At most this many Adam steps for the optimal per-point q* of the gap split (it stops earlier
+# when its ELBO stops improving: vaekit.evaluate).
+GAP_STEPS = 2000
 # What a user gets by default where the config's default is resolved from the data or the
 # model: the likelihood from the training rows, the objective from the inference method.
 AUTO = {"likelihood": "auto"}

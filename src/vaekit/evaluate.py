@@ -16,6 +16,7 @@ import torch
 
 from .objectives import elbo as elbo_terms
 from .objectives import iwae
+from .config import GAP_STEPS
 from .optim import Adam
 
 
@@ -102,7 +103,6 @@ def evaluate(model, x, k: int = 1000, seed: int = 0) -> dict[str, Any]:
 # the learning rate is divided by 10 (constant-rate Adam on noisy gradients only jitters
 # around the optimum), and after GAP_LR_DECAYS such divisions the next plateau stops it. The
 # approximation gap is only as good as this optimisation.
-GAP_STEPS = 2000
 GAP_SAMPLES = 32
 GAP_GRAD_SAMPLES = 16
 GAP_CHECK_EVERY = 50
@@ -187,7 +187,10 @@ def gaps_per_point(
     for i, xb in enumerate(batches(model, x, batch_size)):
         q = model.evaluation_posterior(xb)
         if not isinstance(q, DiagonalNormal):
-            raise TypeError(f"gaps need a diagonal Gaussian q, got {type(q).__name__}")
+            from .errors import ConfigError
+
+            groups = ", ".join(g.name for g in model.latents)
+            raise ConfigError(f"gaps compare q with the best diagonal Gaussian q*; this model's q over {groups} is a {type(q).__name__}")
         shape = (n_samples,) + tuple(q.mean.shape)  # (S, n, d)
         # Four streams per batch: the reported ELBOs' ε, the IWAE draws, the stopping rule's
         # fixed ε, the gradient noise of q*'s optimisation; the stopping rule never sees the
