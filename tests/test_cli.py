@@ -24,6 +24,7 @@ import torch
 
 import vaekit
 from vaekit.cli import main
+from cli_helpers import cli
 
 DIGITS_N, DIGITS_VALID, DIGITS_TEST, DIM = 1797, 180, 359, 64
 TEST_KEYS = {"elbo", "recon", "kl", "log_likelihood", "bits_per_dim", "n", "k"}
@@ -47,16 +48,6 @@ def vaekit_process(*argv, cwd=None) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """``vaekit ARGV`` in-process: (exit code, stdout, stderr). An exception other than
-    SystemExit (argparse) propagates, so a traceback where an error line is due fails the test."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_error(code, out: str, err: str, expected_code: int | None, *culprits: str) -> str:

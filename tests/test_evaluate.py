@@ -204,3 +204,18 @@ def test_evaluation_keeps_training_flag_and_global_rng(trained, digits):
         # Evaluation draws from its own generator: the training stream does not move.
         assert torch.equal(torch.get_rng_state(), state)
     trained.eval()
+
+
+def test_eval_mode_restores_the_mode_however_the_block_ends():
+    import torch
+
+    from vaekit.evaluate import eval_mode
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    for start in (True, False):
+        m.train(start)
+        with pytest.raises(RuntimeError, match="inside"):
+            with eval_mode(m):
+                assert not m.training and not m[1].training
+                raise RuntimeError("inside")
+        assert m.training is start and m[1].training is start

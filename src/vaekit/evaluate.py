@@ -180,30 +180,28 @@ def gaps_per_point(
     """
     from .distributions import DiagonalNormal
 
-    was = model.training
-    model.eval()
     lr = model.config.local_lr if lr is None else lr
     out: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "elbo_optimal": [], "steps": []}
-    for i, xb in enumerate(batches(model, x, batch_size)):
-        q = model.evaluation_posterior(xb)
-        if not isinstance(q, DiagonalNormal):
-            from .errors import ConfigError
+    with eval_mode(model):
+        for i, xb in enumerate(batches(model, x, batch_size)):
+            q = model.evaluation_posterior(xb)
+            if not isinstance(q, DiagonalNormal):
+                from .errors import ConfigError
 
-            groups = ", ".join(g.name for g in model.latents)
-            raise ConfigError(f"gaps compare q with the best diagonal Gaussian q*; this model's q over {groups} is a {type(q).__name__}")
-        shape = (n_samples,) + tuple(q.mean.shape)  # (S, n, d)
-        # Four streams per batch: the reported ELBOs' ε, the IWAE draws, the stopping rule's
-        # fixed ε, the gradient noise of q*'s optimisation; the stopping rule never sees the
-        # draws the reported ELBOs use.
-        check_eps = _noise(model, shape, _stream(model, seed, i, 2))
-        grad_noise = _stream(model, seed, i, 3)
-        q_star, taken = _optimal_gaussian(model, xb, q.mu, q.logvar, steps, lr, check_eps, grad_noise, tol, check_every)
-        eps = _noise(model, shape, _stream(model, seed, i, 0))
-        out["elbo"].append(elbo_terms(model, xb, q=q, eps=eps).elbo)
-        out["elbo_optimal"].append(elbo_terms(model, xb, q=q_star, eps=eps).elbo)
-        out["log_px"].append(iwae(model, xb, k, q=q_star, generator=_stream(model, seed, i, 1)))
-        out["steps"].append(torch.full((xb.shape[0],), taken))
-    model.train(was)
+                groups = ", ".join(g.name for g in model.latents)
+                raise ConfigError(f"gaps compare q with the best diagonal Gaussian q*; this model's q over {groups} is a {type(q).__name__}")
+            shape = (n_samples,) + tuple(q.mean.shape)  # (S, n, d)
+            # Four streams per batch: the reported ELBOs' ε, the IWAE draws, the stopping rule's
+            # fixed ε, the gradient noise of q*'s optimisation; the stopping rule never sees the
+            # draws the reported ELBOs use.
+            check_eps = _noise(model, shape, _stream(model, seed, i, 2))
+            grad_noise = _stream(model, seed, i, 3)
+            q_star, taken = _optimal_gaussian(model, xb, q.mu, q.logvar, steps, lr, check_eps, grad_noise, tol, check_every)
+            eps = _noise(model, shape, _stream(model, seed, i, 0))
+            out["elbo"].append(elbo_terms(model, xb, q=q, eps=eps).elbo)
+            out["elbo_optimal"].append(elbo_terms(model, xb, q=q_star, eps=eps).elbo)
+            out["log_px"].append(iwae(model, xb, k, q=q_star, generator=_stream(model, seed, i, 1)))
+            out["steps"].append(torch.full((xb.shape[0],), taken))
     steps_taken = torch.cat(out.pop("steps")).cpu().numpy()
     return {**{name: torch.cat(v).double().cpu().numpy() for name, v in out.items()}, "steps": steps_taken}
 

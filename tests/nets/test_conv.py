@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 import vaekit
-from vaekit.cli import main
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.errors import ConfigError
 from vaekit.evaluate import elbo_per_point
@@ -21,6 +20,7 @@ from vaekit.model import VAEModel
 from vaekit.nets.conv import ConvDecoder, ConvEncoder
 from vaekit.registry import NETS
 from vaekit.train import fit
+from cli_helpers import cli
 
 F64 = torch.float64
 # Image shapes: digits, MNIST, odd sides (rounded up on the way down, cropped on the way up),
@@ -36,15 +36,6 @@ def conv_config(shape, **kw) -> ModelConfig:
     return ModelConfig(input_dim=math.prod(shape), image_shape=shape, **kw)
 
 
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """``vaekit ARGV`` in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def digits() -> np.ndarray:

@@ -18,7 +18,6 @@ import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal, kl_divergence
 
 import vaekit
-from vaekit.cli import main
 from vaekit.config import ModelConfig
 from vaekit.distributions import DiagonalNormal, MixtureOfDiagonalNormals
 from vaekit.errors import ConfigError
@@ -27,6 +26,7 @@ from vaekit.objectives import kl
 from vaekit.objectives.elbo import elbo
 from vaekit.objectives.iwae import log_weights
 from vaekit.priors import PRIORS
+from cli_helpers import cli as _cli
 
 F64 = torch.float64
 # float64 log-densities of a few O(1..10) terms: 1e-10 is far above rounding, far below any wrong term.
@@ -371,14 +371,6 @@ def test_components_of_another_prior_is_refused():
     assert ModelConfig(input_dim=4, prior="mixture").components == 10
 
 
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_trains_a_mixture_prior(tmp_path, capsys):
