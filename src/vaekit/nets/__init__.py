@@ -11,9 +11,9 @@ from __future__ import annotations
 from torch import nn
 
 from ..registry import NETS
-from .layers import ACTIVATIONS, MLP, GaussianHead
+from .layers import ACTIVATIONS, MLP, GatedLinear, GaussianHead
 
-__all__ = ["NETS", "Net", "MLP", "GaussianHead", "ACTIVATIONS"]
+__all__ = ["NETS", "Net", "MLP", "GatedLinear", "GaussianHead", "ACTIVATIONS"]
 
 
 class Net:

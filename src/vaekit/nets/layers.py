@@ -1,4 +1,4 @@
-"""Layers the network families share: the MLP and the (μ, log σ²) head."""
+"""Layers the network families share: the MLP, the gated linear layer and the (μ, log σ²) head."""
 
 from __future__ import annotations
 
@@ -37,6 +37,22 @@ class MLP(nn.Sequential):
         # Under bfloat16 autocast the layers compute in bfloat16; the output returns to the
         # input's dtype so that every log-density and KL downstream is computed in float32.
         return super().forward(x).to(x.dtype)
+
+
+class GatedLinear(nn.Module):
+    """h = (W x + b) ⊙ σ(V x + c): a linear map scaled elementwise by a learned sigmoid gate, the
+    gated linear unit of Dauphin et al. (2017), used as ``GatedDense`` in the VampPrior models
+    of Tomczak & Welling (2018). The gate is the non-linearity; none follows it.
+    Works on any leading dims: (..., in_dim) → (..., out_dim).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)  # W, b
+        self.gate = nn.Linear(in_dim, out_dim)  # V, c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * torch.sigmoid(self.gate(x))  # (..., out_dim)
 
 
 class GaussianHead(nn.Module):
