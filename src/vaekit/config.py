@@ -185,9 +185,10 @@ class _ModelBase(_Section):
                 f"{bad[0]}; this model uses likelihood {self.likelihood}, inference {self.inference}, prior {self.prior}, "
                 f"encoder {self.encoder_net}, decoder {self.decoder_net}"
             )
-        from .registry import INFERENCE, NETS
+        from .registry import INFERENCE, NETS, PRIORS
 
         INFERENCE.get(self.inference).check_config(self)
+        PRIORS.get(self.prior).check_config(self)
         for net in sorted(self.selected("net")):
             NETS.get(net).check_config(self)
 

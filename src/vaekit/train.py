@@ -98,7 +98,7 @@ def fit(
     writer = run_dir is not None and rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
     step = _Step(model, objective, optimizers, config, device, batch_rows, rank, world)
-    run = _start(model, optimizers, config, run_dir, run_config, resume, writer)
+    run = _start(model, optimizers, config, run_dir, run_config, resume, writer, x_train)
 
     for epoch in range(run.start, config.epochs + 1):
         t0 = time.perf_counter()
@@ -192,11 +192,15 @@ class _Run:
         self.best_state: dict[str, torch.Tensor] | None = None
 
 
-def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_config, resume: bool, writer: bool) -> _Run:
-    """A fresh run (seeded, run directory initialised) or one restored from last.safetensors."""
+def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_config, resume: bool, writer: bool, x_train) -> _Run:
+    """A fresh run (seeded, the prior shown the training rows, run directory initialised) or
+    one restored from last.safetensors."""
     run = _Run()
     if not resume:
         torch.manual_seed(config.seed)
+        # A prior may start from the data (the VampPrior's pseudo-inputs); its own numpy
+        # stream leaves torch's untouched. Not on resume: the checkpoint holds that state.
+        model.prior.init_from_data(x_train, np.random.default_rng(config.seed))
         if writer:
             if run_config is None:
                 raise ValueError("run_config is needed to write a run directory")

@@ -23,5 +23,15 @@ class Prior(nn.Module):
         super().__init__()
         self.size = size  # dimension of the group it is the prior of
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Raise ConfigError if the prior cannot serve this model config (checked when the
+        ModelConfig is made); every config is fine by default."""
+
+    def init_from_data(self, x_train, rng) -> None:
+        """Look at the training rows (an array, or ``MappedRows``) once, at the start of a fresh
+        run, before the first step; ``rng`` is a ``numpy.random.Generator`` seeded by the run's
+        seed. Never called on resume, where the checkpoint holds the state. Nothing by default."""
+
     def forward(self, model=None) -> Distribution:  # pragma: no cover - interface
         raise NotImplementedError

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..distributions import DiagonalNormal, MixtureOfDiagonalNormals
+from ..errors import ConfigError
+from ..latents import latent_groups
+from ..registry import INFERENCE, Option
+from . import PRIORS, Prior
+
+# The paper's code (jmtomczak/vae_vampprior) starts every pseudo-input pixel at N(0.05, 0.01²)
+# for data in [0, 1]; here as a fraction of the data's range (see VampPrior).
+RANDOM_MEAN, RANDOM_STD = 0.05, 0.01
+
+
+@PRIORS.register(
+    "vampprior",
+    options={
+        "pseudo_inputs": Option(500, "number K of learned pseudo-inputs of the vampprior", minimum=1),
+        "pseudo_init": Option("random", "start of the vampprior's pseudo-inputs: random (the paper's) or data (K training rows)", choices=("random", "data")),
+    },
+)
+class VampPrior(Prior):
+    """p(z) = (1/K) Σ_k q(z | u_k): the uniform mixture of the encoder's posteriors at K learned
+    pseudo-inputs u_k (Tomczak & Welling 2018, "VAE with a VampPrior", eq. 9).
+
+    The pseudo-inputs ``pseudo_inputs`` (K, D) are parameters in data space, trained with θ and
+    φ; gradients of log p(z) reach them and the encoder. As in the paper's code, where u_k =
+    hardtanh(w_k, 0, 1) for data in [0, 1], the encoder sees them clamped to the data's range,
+    ``data_range`` = [min, max] over the training rows (a buffer, [0, 1] until a run sets it,
+    saved with the weights).
+
+    Start (``pseudo_init``): "random" is the paper's N(0.05, 0.01²) per feature, in units of the
+    data's range (lo + (hi − lo)·N(0.05, 0.01²)), drawn from torch's global generator like the
+    networks' weights; "data" copies K training rows chosen at random without replacement
+    (with replacement when the training set has fewer than K rows).
+
+    Only one latent group with an amortized Gaussian encoder: for a hierarchy, q(z_L | u_k)
+    under the bottom-up posterior is not one Gaussian, and vi/map have no encoder at all
+    (``check_config`` refuses both). No closed-form KL: the ELBO falls back to Monte Carlo,
+    while log p(z) (IWAE, log p(x)) is the exact log-sum-exp over the K components.
+    """
+
+    def __init__(self, config, size: int):
+        super().__init__(config, size)
+        self.init = config.pseudo_init
+        k, d = config.pseudo_inputs, config.input_dim
+        self.pseudo_inputs = nn.Parameter(RANDOM_MEAN + RANDOM_STD * torch.randn(k, d))  # (K, D)
+        self.register_buffer("data_range", torch.tensor([0.0, 1.0]))  # [lo, hi] of the data
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        method = INFERENCE.get(config.inference)
+        if not method.has_encoder or method.point_estimate:
+            raise ConfigError(
+                f"prior vampprior needs an encoder with a Gaussian q(z|x); inference {config.inference!r} has none "
+                "(use inference amortized)"
+            )
+        layers = len(latent_groups(config.latent_dim))
+        if layers > 1:
+            raise ConfigError(
+                f"prior vampprior needs a single latent layer, got latent_dim {config.latent_dim!r} ({layers} layers)"
+            )
+
+    @torch.no_grad()
+    def init_from_data(self, x_train, rng: np.random.Generator) -> None:
+        """Read the training rows at the start of a fresh run: their range, and for
+        ``pseudo_init="data"`` K of them as the pseudo-inputs (rows drawn by ``rng``)."""
+        n = len(x_train)
+        lo, hi = np.inf, -np.inf
+        # In blocks, so that a memory-mapped training set is streamed, never loaded whole.
+        for start in range(0, n, 65536):
+            block = np.asarray(x_train[start : start + 65536])
+            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+        old_lo, old_hi = (float(v) for v in self.data_range)
+        self.data_range.copy_(torch.tensor([lo, hi]))
+        k = self.pseudo_inputs.shape[0]
+        if self.init == "data":
+            rows = np.sort(rng.choice(n, size=k, replace=k > n))
+            u = torch.as_tensor(np.asarray(x_train[rows]))
+        else:
+            # The random start, moved from the default range [old_lo, old_hi] to the data's.
+            scale = (hi - lo) / (old_hi - old_lo) if old_hi > old_lo else 0.0
+            u = lo + scale * (self.pseudo_inputs - old_lo)
+        self.pseudo_inputs.copy_(u.to(self.pseudo_inputs))
+
+    def forward(self, model=None) -> MixtureOfDiagonalNormals:
+        if model is None:
+            raise ValueError("the vampprior is built from the model's encoder; call it as prior(model)")
+        lo, hi = self.data_range
+        u = torch.clamp(self.pseudo_inputs, lo, hi)  # (K, D), the paper's hardtanh
+        q = model.posterior(u)
+        if not isinstance(q, DiagonalNormal):
+            raise ValueError(f"the vampprior needs a diagonal Gaussian q(z|u); inference gives {type(q).__name__}")
+        mu, logvar = q.mu, q.logvar.expand_as(q.mu)  # (K, d) each
+        logits = torch.zeros(mu.shape[0], dtype=mu.dtype, device=mu.device)  # (K,), uniform weights 1/K
+        return MixtureOfDiagonalNormals(logits, mu, logvar)

@@ -1,0 +1,308 @@
+"""The VampPrior p(z) = (1/K) Σ_k q(z | u_k) (Tomczak & Welling 2018).
+
+References are independent of the code under test: with a linear encoder, (μ_k, log σ_k²) =
+W u_k + b is computed by hand from the layer's weights and the mixture is torch.distributions'
+own (Independent Normals, log-mean-exp over k); gradients against autograd through that
+reference and against float64 finite differences. Persistence and resume are checked bit for
+bit; the data start against the training rows themselves; the CLI through exit codes and one
+stderr line. Random tests fix their seed and justify the tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Independent, Normal
+
+import vaekit
+from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from vaekit.errors import ConfigError
+from vaekit.model import VAEModel
+from vaekit.objectives.elbo import elbo
+from vaekit.train import fit
+from cli_helpers import cli as _cli
+
+F64 = torch.float64
+# float64 log-densities of a few O(1..100) terms: 1e-10 is far above rounding, far below any wrong term.
+TIGHT = dict(rtol=1e-10, atol=1e-10)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _linear_model(k: int = 4, d: int = 2, input_dim: int = 5) -> VAEModel:
+    """A VampPrior model with a linear encoder (hidden=()), so that q(z|u) can be written by hand,
+    and pseudo-inputs spread over [0, 1] with a few coordinates outside it (clamped when encoded)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(input_dim=input_dim, latent_dim=d, hidden=(), likelihood="gaussian", prior="vampprior", pseudo_inputs=k)
+    model = VAEModel(cfg).to(F64)
+    with torch.no_grad():
+        u = torch.rand(k, input_dim, generator=_gen(1), dtype=F64)
+        u[0, 0], u[-1, 2] = -0.7, 1.6  # outside the data range [0, 1]
+        model.prior.pseudo_inputs.copy_(u)
+    return model
+
+
+def _encoder_linear(model) -> nn.Linear:
+    layers = [m for m in model.inference.encoder.modules() if isinstance(m, nn.Linear)]
+    assert len(layers) == 1
+    return layers[0]
+
+
+def _reference_log_pz(z, u, weight, bias):
+    """log (1/K) Σ_k N(z; μ_k, diag σ_k²) with (μ_k, log σ_k²) = W clamp(u_k, 0, 1) + b, torch's Normal."""
+    out = u.clamp(0.0, 1.0) @ weight.T + bias  # (K, 2d)
+    mu, logvar = out.chunk(2, -1)
+    comp = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)  # batch (K,), event (d,)
+    log_p = comp.log_prob(z.unsqueeze(-2))  # (..., K)
+    return torch.logsumexp(log_p, -1) - math.log(u.shape[0])
+
+
+def test_parameters_and_default_start():
+    """The pseudo-inputs are one (K, D) parameter; the random start is the paper's N(0.05, 0.01²)
+    per pixel: with K·D = 500·64 = 32,000 draws the sample mean lies within 5 standard errors
+    (5·0.01/√32000 ≈ 2.8e-4) of 0.05 and the sample sd within 5% of 0.01 (its standard error is
+    ~0.4%)."""
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=64, latent_dim=3, prior="vampprior"))
+    prior = model.prior
+    assert {n for n, _ in prior.named_parameters()} == {"pseudo_inputs"}
+    assert prior.pseudo_inputs.shape == (500, 64)
+    u = prior.pseudo_inputs.detach().double()
+    assert abs(float(u.mean()) - 0.05) < 5 * 0.01 / math.sqrt(u.numel())
+    assert abs(float(u.std()) - 0.01) < 0.05 * 0.01
+    assert ModelConfig(input_dim=4, prior="vampprior").pseudo_init == "random"
+
+
+@pytest.mark.parametrize("k, d", [(1, 1), (4, 2), (7, 3)])
+def test_log_pz_matches_torch_mixture_of_encoder_posteriors(k, d):
+    model = _linear_model(k, d)
+    lin = _encoder_linear(model)
+    u = model.prior.pseudo_inputs.detach()
+    z = 2.0 * torch.randn(6, 3, d, generator=_gen(2), dtype=F64)  # (S, n, d)
+    far = torch.full((2, d), 30.0, dtype=F64) * torch.tensor([[1.0], [-1.0]], dtype=F64)
+    with torch.no_grad():
+        p = model.top_prior()
+        want = _reference_log_pz(z, u, lin.weight, lin.bias)
+        assert p.batch_shape == () and p.event_shape == (d,) and p.components == k
+        torch.testing.assert_close(p.log_prob(z), want, **TIGHT)
+        torch.testing.assert_close(model.log_pz(z), want, **TIGHT)
+        # Far in the tails a naive Σ exp underflows; the log-sum-exp stays finite and exact.
+        torch.testing.assert_close(model.log_pz(far), _reference_log_pz(far, u, lin.weight, lin.bias), rtol=1e-10, atol=0)
+        assert model.sample_z(10, generator=_gen(3)).shape == (10, d)
+
+
+def test_gradients_reach_pseudo_inputs_and_encoder():
+    """∇ of −log p(z) (fixed z) in the pseudo-inputs and the encoder's weights against autograd
+    through the hand-written reference; and against float64 finite differences (gradcheck) as a
+    function of the pseudo-inputs (kept inside (0, 1), where the clamp is the identity)."""
+    model = _linear_model(k=3, d=2)
+    lin = _encoder_linear(model)
+    with torch.no_grad():
+        model.prior.pseudo_inputs.clamp_(0.05, 0.95)
+    z = torch.randn(4, 2, generator=_gen(4), dtype=F64)
+    params = [model.prior.pseudo_inputs, lin.weight, lin.bias]
+    grads = torch.autograd.grad(-model.log_pz(z).sum(), params)
+    ref = [p.detach().clone().requires_grad_() for p in params]
+    expected = torch.autograd.grad(-_reference_log_pz(z, *ref).sum(), ref)
+    for name, got, want in zip(["pseudo_inputs", "weight", "bias"], grads, expected):
+        assert want.abs().max() > 1e-6, name  # the reference itself is not zero
+        torch.testing.assert_close(got, want, **TIGHT, msg=name)
+
+    u0 = model.prior.pseudo_inputs.detach().clone().requires_grad_()
+    # The prior module itself, called with u in place of its parameter (differentiable in u).
+    log_pz_of = lambda u: torch.func.functional_call(model.prior, {"pseudo_inputs": u}, (model,)).log_prob(z)  # noqa: E731
+    assert torch.autograd.gradcheck(log_pz_of, (u0,))
+
+
+def test_elbo_gradient_in_the_pseudo_inputs_is_the_prior_term():
+    """The pseudo-inputs enter the ELBO only through log p(z) (a Monte Carlo KL: no closed form),
+    so d(−ELBO)/du = −mean_n mean_s ∇_u log p(z_sn) at the same draws, by the reference."""
+    model = _linear_model(k=3, d=2)
+    lin = _encoder_linear(model)
+    x = torch.randn(5, 5, generator=_gen(5), dtype=F64)
+    eps = torch.randn(4, 5, model.noise_size, generator=_gen(6), dtype=F64)  # (S, n, noise)
+    (got,) = torch.autograd.grad(-elbo(model, x, eps=eps).elbo.mean(), [model.prior.pseudo_inputs])
+    with torch.no_grad():
+        z = model.posterior(x).reparameterize(eps)  # (S, n, d)
+    u = model.prior.pseudo_inputs.detach().clone().requires_grad_()
+    (want,) = torch.autograd.grad(-_reference_log_pz(z, u, lin.weight.detach(), lin.bias.detach()).mean(), [u])
+    assert want.abs().max() > 1e-6
+    torch.testing.assert_close(got, want, **TIGHT)
+
+
+# -- the start from data, training, persistence, resume ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    x = (load_digits().data / 16.0).astype(np.float32)
+    return x[np.random.default_rng(0).permutation(len(x))]
+
+
+def _model(**kw) -> VAEModel:
+    torch.manual_seed(0)
+    return VAEModel(ModelConfig(input_dim=64, latent_dim=2, hidden=(16,), likelihood="continuous_bernoulli", prior="vampprior", **kw))
+
+
+def _row_indices(u: np.ndarray, x: np.ndarray, atol: float = 0.0) -> np.ndarray:
+    """For each row of u, the index of the row of x it equals (within atol), or -1."""
+    dist = np.abs(u[:, None, :] - x[None, :, :]).max(-1)  # (K, N)
+    return np.where(dist.min(1) <= atol, dist.argmin(1), -1)
+
+
+def test_init_from_data_picks_training_rows_seeded(digits):
+    x = digits[:300]
+    picks = []
+    for seed in (1, 1, 2):
+        model = _model(pseudo_inputs=12, pseudo_init="data")
+        model.prior.init_from_data(x, np.random.default_rng(seed))
+        u = model.prior.pseudo_inputs.detach().numpy()
+        rows = _row_indices(u, x)
+        assert (rows >= 0).all() and len(set(rows.tolist())) == 12, rows  # 12 distinct training rows
+        torch.testing.assert_close(model.prior.data_range, torch.tensor([float(x.min()), float(x.max())]), rtol=0, atol=0)
+        picks.append(rows)
+    assert np.array_equal(picks[0], picks[1]) and not np.array_equal(picks[0], picks[2])
+    # More pseudo-inputs than rows: every row of the training set is still a row of it.
+    model = _model(pseudo_inputs=12, pseudo_init="data")
+    model.prior.init_from_data(x[:5], np.random.default_rng(0))
+    assert (_row_indices(model.prior.pseudo_inputs.detach().numpy(), x[:5]) >= 0).all()
+
+
+def test_random_start_moves_to_the_data_range():
+    """lo + (hi − lo)·N(0.05, 0.01²) for data in [lo, hi] = [−2, 6]: mean −2 + 8·0.05 = −1.6,
+    sd 0.08; with 32,000 draws, 5 standard errors of the mean are 0.0023."""
+    model = _model(pseudo_inputs=500)
+    x = np.linspace(-2.0, 6.0, 64 * 10, dtype=np.float32).reshape(10, 64)
+    model.prior.init_from_data(x, np.random.default_rng(0))
+    u = model.prior.pseudo_inputs.detach().double()
+    assert abs(float(u.mean()) + 1.6) < 5 * 0.08 / math.sqrt(u.numel())
+    assert abs(float(u.std()) - 0.08) < 0.05 * 0.08
+    torch.testing.assert_close(model.prior.data_range, torch.tensor([-2.0, 6.0]), rtol=0, atol=0)
+
+
+def _run(digits, epochs, run_dir=None, resume=False, **model_kw):
+    torch.manual_seed(0)
+    config = RunConfig(
+        model=ModelConfig(input_dim=64, latent_dim=2, hidden=(16,), likelihood="continuous_bernoulli", prior="vampprior", **model_kw),
+        train=TrainConfig(epochs=epochs, batch_size=100, lr=3e-3, seed=3),
+        data=DataConfig(source="array", test_fraction=0.0),
+    )
+    model = VAEModel(config.model)
+    history = fit(model, digits[:400], digits[400:500], config.train, run_dir, config, resume=resume)
+    return model, history
+
+
+def test_fit_starts_from_training_rows_with_the_run_seed(digits):
+    """A fresh fit with pseudo_init="data" starts from training rows: with lr = 1e-9, 4 Adam steps
+    move a value by at most ~4e-9, so every pseudo-input is within 1e-6 of a training row (the
+    float32 grey levels are multiples of 1/16 apart). The rows depend on the run's seed only."""
+    x_train = digits[:400]
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        config = TrainConfig(epochs=1, batch_size=100, lr=1e-9, seed=3)
+        model = VAEModel(ModelConfig(input_dim=64, latent_dim=2, hidden=(16,), likelihood="continuous_bernoulli",
+                                     prior="vampprior", pseudo_inputs=8, pseudo_init="data"))  # fmt: skip
+        fit(model, x_train, digits[400:500], config)
+        models.append(model)
+    rows = _row_indices(models[0].prior.pseudo_inputs.detach().numpy(), x_train, atol=1e-6)
+    assert (rows >= 0).all() and len(set(rows.tolist())) == 8, rows
+    assert torch.equal(models[0].prior.pseudo_inputs, models[1].prior.pseudo_inputs)
+
+
+@pytest.mark.parametrize("init", ["data", "random"])
+def test_resume_is_bit_identical_including_pseudo_inputs(digits, tmp_path, init):
+    """2 epochs straight vs 1 epoch + resume: every tensor of the state (pseudo-inputs and data
+    range included) equal bit for bit; a resume that re-ran the data start would reset the
+    pseudo-inputs to the chosen rows and fail this."""
+    with torch.random.fork_rng():
+        straight, _ = _run(digits, 2, tmp_path / "a", pseudo_inputs=6, pseudo_init=init)
+        first, _ = _run(digits, 1, tmp_path / "b", pseudo_inputs=6, pseudo_init=init)
+        after_one = first.prior.pseudo_inputs.detach().clone()
+        resumed, _ = _run(digits, 2, tmp_path / "b", resume=True, pseudo_inputs=6, pseudo_init=init)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert {"prior.pseudo_inputs", "prior.data_range"} <= set(a)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert not torch.equal(resumed.prior.pseudo_inputs.detach(), after_one)  # epoch 2 trained them
+
+
+def test_vampprior_vae_trains_saves_and_loads(digits, tmp_path):
+    """Digits /16, K = 20: the validation ELBO rises over 4 epochs and every pseudo-input moved;
+    save/load restores the pseudo-inputs and data range bit for bit, and with them log p(z),
+    samples and the importance-weighted log p(x)."""
+    est = vaekit.VAE(prior="vampprior", pseudo_inputs=20, latent_dim=2, hidden=(32,), epochs=4, lr=3e-3, seed=0)
+    torch.manual_seed(0)
+    init = VAEModel(ModelConfig(input_dim=64, latent_dim=2, hidden=(32,), likelihood="continuous_bernoulli", prior="vampprior", pseudo_inputs=20))
+    est.fit(digits[:1000])
+    prior = est.model_.prior
+    assert est.config_.model.prior == "vampprior" and est.config_.model.pseudo_inputs == 20
+    assert prior.pseudo_inputs.shape == (20, 64)
+    assert (prior.pseudo_inputs.detach() != init.prior.pseudo_inputs.detach()).any(1).all()
+    history = [h["valid_elbo"] for h in est.history_]
+    assert len(history) == 4 and all(map(math.isfinite, history)) and history[-1] > history[0], history
+
+    est.save(tmp_path / "m")
+    loaded = vaekit.load(tmp_path / "m")
+    assert loaded.config_.model.pseudo_inputs == 20 and loaded.config_.model.pseudo_init == "random"
+    for name in ("pseudo_inputs", "data_range"):
+        assert torch.equal(getattr(loaded.model_.prior, name), getattr(prior, name)), name
+    z = torch.randn(10, 2, generator=_gen(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.model_.log_pz(z), est.model_.log_pz(z))
+    assert np.array_equal(loaded.sample(5, seed=1), est.sample(5, seed=1))
+    assert np.array_equal(loaded.score_samples(digits[1000:1050], k=5), est.score_samples(digits[1000:1050], k=5))
+
+
+# -- config and CLI ------------------------------------------------------------------------------
+
+
+def test_config_refusals():
+    with pytest.raises(ConfigError, match="pseudo_inputs applies to prior vampprior only"):
+        ModelConfig(input_dim=4, prior="standard_normal", pseudo_inputs=3)
+    with pytest.raises(ConfigError, match="pseudo_inputs must be an integer >= 1, got 0"):
+        ModelConfig(input_dim=4, prior="vampprior", pseudo_inputs=0)
+    with pytest.raises(ConfigError, match="pseudo_init must be one of random, data, got 'rows'"):
+        ModelConfig(input_dim=4, prior="vampprior", pseudo_init="rows")
+    for inference in ("vi", "map", "autoencoder"):
+        with pytest.raises(ConfigError, match=f"prior vampprior needs an encoder.*inference '{inference}'"):
+            ModelConfig(input_dim=4, prior="vampprior", inference=inference, n_points=10)
+    with pytest.raises(ConfigError, match=r"prior vampprior needs a single latent layer, got latent_dim \(4, 2\)"):
+        ModelConfig(input_dim=4, prior="vampprior", latent_dim=(4, 2))
+
+
+def test_cli_trains_a_vampprior(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = _cli(capsys, "train", "--data", "digits", "--prior", "vampprior", "--pseudo-inputs", "10",
+                        "--epochs", "2", "--eval-k", "5", "--out", out)  # fmt: skip
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["prior"] == "vampprior" and config["model"]["pseudo_inputs"] == 10
+    assert vaekit.load(out).model_.prior.pseudo_inputs.shape == (10, 64)
+
+
+@pytest.mark.parametrize(
+    "argv, culprits",
+    [
+        (["--prior", "vampprior", "--pseudo-inputs", "0"], ["--pseudo-inputs", "must be an integer >= 1", "0"]),
+        (["--prior", "vampprior", "--inference", "vi"], ["vampprior", "encoder", "'vi'"]),
+        (["--prior", "vampprior", "--latent-dim", "4,2"], ["vampprior", "single latent layer", "(4, 2)"]),
+    ],
+)
+def test_cli_bad_vampprior(argv, culprits, tmp_path, capsys):
+    code, out, err = _cli(capsys, "train", "--data", "digits", "--epochs", "1", "--eval-k", "2", "--out", tmp_path / "r", *argv)
+    assert code == 2
+    assert out == "" and "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vaekit: error: "), err
+    for c in culprits:
+        assert c in lines[0], (c, lines[0])
+    assert not (tmp_path / "r").exists()
