@@ -27,11 +27,11 @@ from vaekit.cli import main
 from cli_helpers import cli
 
 DIGITS_N, DIGITS_VALID, DIGITS_TEST, DIM = 1797, 180, 359, 64
-TEST_KEYS = {"elbo", "recon", "kl", "log_likelihood", "bits_per_dim", "n", "k"}
+TEST_KEYS = {"elbo", "recon", "kl", "log_likelihood", "bits_per_dim", "n", "k", "active_units", "latent_size", "kl_per_dim", "kl_per_group"}
 TRAIN_ARGS = ["--epochs", "3", "--latent-dim", "2", "--hidden", "32", "--eval-k", "10"]
 RUN_FILES = (
     "config.json", "model.safetensors", "last.safetensors", "metrics.jsonl",
-    "samples.png", "reconstructions.png", "curves.png", "latent.png", "latent_grid.png",
+    "samples.png", "reconstructions.png", "curves.png", "latent.png", "latent_grid.png", "kl_per_dim.png",
 )  # fmt: skip
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

@@ -14,7 +14,7 @@ import vaekit
 from vaekit import VAE
 from vaekit.errors import ConfigError, DataError
 
-EVAL_KEYS = {"elbo", "recon", "kl", "log_likelihood", "bits_per_dim", "n", "k"}
+EVAL_KEYS = {"elbo", "recon", "kl", "log_likelihood", "bits_per_dim", "n", "k", "active_units", "latent_size", "kl_per_dim", "kl_per_group"}
 
 
 @pytest.fixture(scope="module")

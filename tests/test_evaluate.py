@@ -17,6 +17,8 @@ from vaekit.model import VAEModel
 from vaekit.train import fit
 
 KEYS = {"elbo", "recon", "kl", "log_likelihood", "bits_per_dim", "n", "k"}
+# The latent units' use (LatentUsage.summary), tested in test_latent_usage.py.
+USAGE_KEYS = {"active_units", "latent_size", "kl_per_dim", "kl_per_group"}
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +130,7 @@ def test_evaluate_keys_and_relations(digits, dtype, tol):
     model = digits_model(0, dtype)
     x = digits[:200]
     result = evaluate(model, x, k=20, seed=0)
-    assert set(result) == KEYS
+    assert set(result) == KEYS | USAGE_KEYS
     assert result["n"] == 200 and result["k"] == 20
     assert all(isinstance(result[k], float) for k in KEYS - {"n", "k"})
     # elbo = recon − kl per point, computed in the model's dtype (float32: |elbo| ~ 10, so

@@ -429,10 +429,11 @@ def cmd_score(args) -> int:
 
 
 def _evidence_line(r: dict[str, Any]) -> str:
-    """'(n rows): ELBO … log p(x) … bits/dim' for the result of ``evaluate.evaluate``."""
+    """'(n rows): ELBO … log p(x) … bits/dim  active units A/D' for the result of ``evaluate.evaluate``."""
     return (
         f"({r['n']} rows): ELBO {r['elbo']:.3f} (recon {r['recon']:.3f}, KL {r['kl']:.3f})  "
-        f"log p(x) {r['log_likelihood']:.3f} nats (IWAE, K={r['k']})  {r['bits_per_dim']:.4f} bits/dim"
+        f"log p(x) {r['log_likelihood']:.3f} nats (IWAE, K={r['k']})  {r['bits_per_dim']:.4f} bits/dim  "
+        f"active units {r['active_units']}/{r['latent_size']}"
     )
 
 

@@ -62,6 +62,12 @@ class Posterior(Distribution):
         """Named (n, D) arrays describing q for each point: ``mu`` and, where q has a spread, ``logvar``."""
         return {"mu": self.mean}
 
+    def log_prob_groups(self, z: torch.Tensor, groups) -> dict[str, torch.Tensor]:
+        """log q(z_j | ·) of each latent group (``groups``: the model's ``LatentGroup``s), which
+        sum to ``log_prob(z)``; for the per-group KL (free bits). Only a q that factorises over
+        the groups can say."""
+        raise NotImplementedError(f"{type(self).__name__} does not split log q(z|x) by latent group")
+
 
 class DiagonalNormal(Posterior):
     """N(z; μ, diag σ²) parameterized by (μ, log σ²), the encoder's output (notes, eq. of DNN_enc).
@@ -111,6 +117,11 @@ class DiagonalNormal(Posterior):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return -0.5 * ((z - self.mu) ** 2 * torch.exp(-self.logvar) + self.logvar + LOG_2PI).sum(-1)
+
+    def log_prob_groups(self, z: torch.Tensor, groups) -> dict[str, torch.Tensor]:
+        # Independent dimensions: each group's density is the one of its columns.
+        mu, logvar = self.mu.expand(self.batch_shape + self.event_shape), self.logvar.expand(self.batch_shape + self.event_shape)
+        return {g.name: DiagonalNormal(mu[..., g.columns], logvar[..., g.columns]).log_prob(z[..., g.columns]) for g in groups}
 
     def entropy(self) -> torch.Tensor:
         h = 0.5 * (self.logvar + 1.0 + LOG_2PI)
@@ -264,6 +275,9 @@ class PointMass(Posterior):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+
+    def log_prob_groups(self, z: torch.Tensor, groups) -> dict[str, torch.Tensor]:
+        return {g.name: self.log_prob(z) for g in groups}
 
 
 class BernoulliLogits(Distribution):

@@ -51,17 +51,121 @@ def _generator(model, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+# Burda et al. (2015), sec. 5.2: a unit is active when Cov_x(E_q[z_u]) exceeds this.
+ACTIVE_UNIT_THRESHOLD = 1e-2
+
+
+class LatentUsage:
+    """Posterior collapse made visible: which latent units the model uses, accumulated batch by
+    batch over the rows whose q's are ``add``-ed (streaming, so a memory-mapped split costs
+    O(D) memory).
+
+    - ``variance``: Var_x(E_q[z_u]) of each latent column u, the spread across rows of the
+      posterior means ``q.mean`` (for a bottom-up hierarchy the plug-in means of
+      ``BottomUp.mean``), float64 by Chan et al.'s pairwise update (no E[m²] − E[m]²
+      cancellation);
+    - ``active_units``: the number of units with variance > ACTIVE_UNIT_THRESHOLD (Burda et al.
+      2015, sec. 5.2: an inactive unit's posterior does not depend on x, so it carries no
+      information about x);
+    - ``kl_per_dim``: the mean over rows of each dimension's KL(q || p), closed form, where
+      q is one diagonal Gaussian and p the standard normal; None otherwise (a hierarchy, a
+      mixture or VampPrior, a point mass: their KL does not split by dimension), and then
+      ``kl_per_group`` (always given) is the finest split: each group's mean KL, the group's
+      Monte Carlo term of ``VAEModel.kl_per_group`` on one draw from ``generator`` for a
+      hierarchy, the closed form (or Monte Carlo) for one group.
+    """
+
+    def __init__(self, model, generator: torch.Generator | None = None):
+        self.model, self.generator = model, generator
+        self.n = 0
+        self._mean = self._m2 = self._kl_dim = None
+        self._kl_groups: dict[str, float] = {}
+        self._per_dim = True
+
+    @torch.no_grad()
+    def add(self, q) -> None:
+        """Account for the rows of one batch, given their q(z|x) (batch (b,), event (D,))."""
+        from .objectives.kl import kl_per_dim
+
+        model = self.model
+        m = q.mean.double()  # (b, D)
+        b = m.shape[0]
+        if b == 0:
+            return
+        bm = m.mean(0)
+        bm2 = ((m - bm) ** 2).sum(0)
+        if self.n == 0:
+            self._mean, self._m2 = bm, bm2
+        else:
+            n = self.n + b
+            delta = bm - self._mean
+            self._mean = self._mean + delta * (b / n)
+            self._m2 = self._m2 + bm2 + delta**2 * (self.n * b / n)
+        kl_dim = kl_per_dim(q, model.top_prior()) if len(model.latents) == 1 and self._per_dim else None
+        if kl_dim is None:
+            self._per_dim, self._kl_dim = False, None
+        else:
+            kl_dim = kl_dim.double().sum(0)  # (D,)
+            self._kl_dim = kl_dim if self._kl_dim is None else self._kl_dim + kl_dim
+        if len(model.latents) == 1 and kl_dim is not None:
+            groups = {model.latents[0].name: kl_dim.sum()}
+        else:
+            z = q.rsample((1,), generator=self.generator)  # (1, b, D)
+            groups = {name: v.double().sum() for name, v in model.kl_per_group(q, z).items()}
+        for name, v in groups.items():
+            self._kl_groups[name] = self._kl_groups.get(name, 0.0) + float(v)
+        self.n += b
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Var_x(E_q[z_u]) of each latent column, (D,) (population variance over the rows)."""
+        return (self._m2 / max(self.n, 1)).cpu().numpy()
+
+    @property
+    def active(self) -> np.ndarray:
+        """(D,) bool: the active units."""
+        return self.variance > ACTIVE_UNIT_THRESHOLD
+
+    @property
+    def active_units(self) -> int:
+        return int(self.active.sum())
+
+    @property
+    def kl_per_dim(self) -> list[float] | None:
+        if not self._per_dim or self._kl_dim is None:
+            return None
+        return (self._kl_dim / self.n).tolist()
+
+    @property
+    def kl_per_group(self) -> dict[str, float]:
+        return {name: v / self.n for name, v in self._kl_groups.items()}
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-ready fields: active_units, latent_size, kl_per_dim, kl_per_group."""
+        return {
+            "active_units": self.active_units,
+            "latent_size": int(self.model.latent_size),
+            "kl_per_dim": self.kl_per_dim,
+            "kl_per_group": self.kl_per_group,
+        }
+
+
 # no_grad rather than inference_mode: methods that optimise q for new points need autograd
 # inside (they switch it back on), and inference-mode tensors cannot take part in it.
 @torch.no_grad()
-def elbo_per_point(model, x, n_samples: int = 1, batch_size: int = 1024, seed: int = 0) -> dict[str, np.ndarray]:
-    """ELBO, E_q[log p(x|z)] and KL(q || p) for each row, each (n,) float64."""
+def elbo_per_point(
+    model, x, n_samples: int = 1, batch_size: int = 1024, seed: int = 0, usage: LatentUsage | None = None
+) -> dict[str, np.ndarray]:
+    """ELBO, E_q[log p(x|z)] and KL(q || p) for each row, each (n,) float64. ``usage``, if
+    given, is fed each batch's q (the latent units' activity, from the same pass)."""
     g = _generator(model, seed)
+    parts = []
     with eval_mode(model):
-        parts = [
-            elbo_terms(model, xb, q=model.evaluation_posterior(xb), n_samples=n_samples, generator=g)
-            for xb in batches(model, x, batch_size)
-        ]
+        for xb in batches(model, x, batch_size):
+            q = model.evaluation_posterior(xb)
+            parts.append(elbo_terms(model, xb, q=q, n_samples=n_samples, generator=g))
+            if usage is not None:
+                usage.add(q)
     return {name: torch.cat([getattr(p, name) for p in parts]).double().cpu().numpy() for name in ("elbo", "recon", "kl")}
 
 
@@ -80,8 +184,10 @@ def log_px_per_point(model, x, k: int = 1000, batch_size: int | None = None, see
 
 def evaluate(model, x, k: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Averages over the rows of x: elbo, recon, kl, log_likelihood (IWAE, K = k), both in
-    nats, and bits_per_dim = −log_likelihood / (D ln 2)."""
-    terms = elbo_per_point(model, x, seed=seed)
+    nats, and bits_per_dim = −log_likelihood / (D ln 2); and the latent units' use
+    (``LatentUsage.summary``: active_units of latent_size, kl_per_dim, kl_per_group)."""
+    usage = LatentUsage(model, _generator(model, seed + 2))
+    terms = elbo_per_point(model, x, seed=seed, usage=usage)
     log_px = log_px_per_point(model, x, k=k, seed=seed + 1)
     n, dim = np.shape(x)
     ll = float(log_px.mean())
@@ -93,6 +199,7 @@ def evaluate(model, x, k: int = 1000, seed: int = 0) -> dict[str, Any]:
         "bits_per_dim": -ll / (dim * math.log(2)),
         "n": int(n),
         "k": int(k),
+        **usage.summary(),
     }
 
 

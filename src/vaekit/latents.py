@@ -97,6 +97,10 @@ class BottomUp(Posterior):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return sum(q.log_prob(zj) for q, zj in self._layers(z=z))
 
+    def log_prob_groups(self, z: torch.Tensor, groups=None) -> dict[str, torch.Tensor]:
+        """log q(z_1|x), log q(z_j|z_{j-1}) for each group, by name."""
+        return {g.name: q.log_prob(zj) for g, (q, zj) in zip(self.groups, self._layers(z=z))}
+
     @property
     def mean(self) -> torch.Tensor:
         return torch.cat([zj for _, zj in self._layers()], -1)

@@ -51,18 +51,38 @@ class VAEModel(nn.Module):
 
     def log_pz(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) = log p(z_L) + Σ_l log p(z_l | z_{l+1}) for a draw of all groups (..., D)."""
+        # sum() adds in the dict's order, top first, as the terms were always added.
+        return sum(self.log_pz_groups(z).values())
+
+    def log_pz_groups(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{name: log p(z_j | z_{j+1})} for a draw of all groups (..., D), the top group's
+        (log p(z_L), the prior) first."""
         groups = split(z, self.latents)
-        log_p = self.top_prior().log_prob(groups[self.latents[-1].name])
+        out = {self.latents[-1].name: self.top_prior().log_prob(groups[self.latents[-1].name])}
         for lower, upper, net in zip(self.latents[:-1], self.latents[1:], self.downward):
-            log_p = log_p + DiagonalNormal(*net(groups[upper.name])).log_prob(groups[lower.name])
-        return log_p
+            out[lower.name] = DiagonalNormal(*net(groups[upper.name])).log_prob(groups[lower.name])
+        return out
 
     def kl(self, q: Distribution, z: torch.Tensor, analytic: bool = True) -> torch.Tensor:
         """KL(q(z|x) || p(z)) per point: the closed form for one group where one is registered,
-        else the Monte Carlo mean of log q(z) − log p(z) over the draws z (S, n, D)."""
+        else the Monte Carlo mean of log q(z) − log p(z) over the draws z (S, n, D); the sum of
+        ``kl_per_group``."""
         if len(self.latents) == 1:
+            # The training step's path: no dict, one call (kl_per_group's one-group case).
             return kl_divergence(q, self.top_prior(), z, analytic=analytic)
-        return (q.log_prob(z) - self.log_pz(z)).mean(0)
+        return sum(self.kl_per_group(q, z, analytic).values())
+
+    def kl_per_group(self, q: Distribution, z: torch.Tensor, analytic: bool = True) -> dict[str, torch.Tensor]:
+        """{name: (n,)}, each latent group's share of KL(q(z|x) || p(z)), summing to ``kl``.
+        One group: its KL, closed form where registered, else Monte Carlo. Several: the Monte
+        Carlo mean over the draws z (S, n, D) of log q(z_j | ·) − log p(z_j | ·), the group's
+        term of the chain rule log q(z|x) − log p(z) = Σ_j [log q(z_j|·) − log p(z_j|·)]
+        (with bottom-up q and top-down p these condition on different groups, so a term is
+        not itself a KL, but its expectation is the group's contribution to the total)."""
+        if len(self.latents) == 1:
+            return {self.latents[0].name: kl_divergence(q, self.top_prior(), z, analytic=analytic)}
+        log_q, log_p = q.log_prob_groups(z, self.latents), self.log_pz_groups(z)
+        return {g.name: (log_q[g.name] - log_p[g.name]).mean(0) for g in self.latents}
 
     def decode(self, z: torch.Tensor) -> Distribution:
         """p(x|z; θ) for a draw of all groups z of shape (..., D); it reads z_1."""

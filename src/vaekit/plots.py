@@ -29,6 +29,7 @@ __all__ = [
     "latent_scatter",
     "latent_traversal_grid",
     "bound_gap_plot",
+    "kl_per_dim_plot",
 ]
 
 MIN_TILE_PX = 28  # default upscaling makes tiles at least this tall/wide (8x8 digits would be specks)
@@ -452,3 +453,53 @@ def bound_gap_plot(log_px: np.ndarray, elbo: np.ndarray, path, title: str | None
     y = x (the notes: log p(x) = ELBO + KL(q(z|x) ‖ p(z|x)) ≥ ELBO, so points lie beneath it),
     and a histogram of the gap log_px − elbo with its mean marked. Nats throughout."""
     return _save_figure(_bound_gap_figure(log_px, elbo, title), path)
+
+
+def _kl_per_dim_figure(variance: np.ndarray, kl_per_dim: np.ndarray | None, threshold: float,
+                       kl_per_group: dict | None = None, title: str | None = None):  # fmt: skip
+    variance = _as_float_array(variance, "variance", ndim=1)
+    d = len(variance)
+    if d == 0:
+        raise DataError("variance is empty; at least one latent unit is required")
+    if kl_per_dim is not None:
+        kl_per_dim = _as_float_array(kl_per_dim, "kl_per_dim", ndim=1)
+        if kl_per_dim.shape != variance.shape:
+            raise DataError(f"kl_per_dim must have shape ({d},) to match variance, got {_shape_str(kl_per_dim)}")
+    active = variance > threshold
+    colors = np.where(active, "C0", "0.65")
+    units = np.arange(d)
+    fig = _new_figure((max(7.0, min(16.0, 0.25 * d + 4)), 6.4))
+    ax_k, ax_v = fig.subplots(2, 1, sharex=kl_per_dim is not None)
+    if kl_per_dim is not None:
+        ax_k.bar(units, kl_per_dim, color=colors, width=0.8)
+        ax_k.set_ylabel("KL (nats)")
+        ax_k.set_title(f"KL(q(z_u|x) ‖ N(0, 1)) per dimension, mean over rows; total {kl_per_dim.sum():.2f} nats")
+    else:
+        # The KL does not split by dimension here: the per-group KL is the finest split.
+        groups = dict(kl_per_group or {})
+        ax_k.bar(range(len(groups)), list(groups.values()), color="C0", width=0.6)
+        ax_k.set_xticks(range(len(groups)), list(groups.keys()))
+        ax_k.set_ylabel("KL (nats)")
+        ax_k.set_title("KL per latent group (the KL does not split by dimension for this q and prior)")
+    ax_v.bar(units, np.maximum(variance, 1e-12), color=colors, width=0.8)
+    ax_v.set_yscale("log")
+    ax_v.axhline(threshold, color="k", ls="--", lw=1, label=f"active above {threshold:g}")
+    ax_v.set_xlabel("latent unit u")
+    ax_v.set_ylabel("Var_x(E_q[z_u])")
+    ax_v.set_title(f"Activity: {int(active.sum())} of {d} units active (blue; grey: inactive)")
+    ax_v.legend(loc="best", fontsize=9)
+    for ax in (ax_k, ax_v):
+        ax.grid(alpha=0.3, axis="y")
+    if kl_per_dim is not None:
+        ax_v.set_xticks(units if d <= 40 else units[:: math.ceil(d / 40)])
+    fig.suptitle(title if title is not None else "Posterior collapse: per-unit KL and activity")
+    return fig
+
+
+def kl_per_dim_plot(variance: np.ndarray, path, kl_per_dim: np.ndarray | None = None, threshold: float = 1e-2,
+                    kl_per_group: dict | None = None, title: str | None = None) -> Path:  # fmt: skip
+    """Posterior collapse at a glance. Top: bars of each latent dimension's KL(q(z_u|x) ‖ N(0,1))
+    ``kl_per_dim`` (D,) (or, when None, of each group's KL ``kl_per_group``). Bottom: the
+    activity Var_x(E_q[z_u]) ``variance`` (D,) on a log axis with the ``threshold`` of Burda
+    et al. (2015, sec. 5.2); active units blue, inactive grey, in both panels."""
+    return _save_figure(_kl_per_dim_figure(variance, kl_per_dim, threshold, kl_per_group, title), path)

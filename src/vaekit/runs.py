@@ -97,9 +97,10 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
 
 def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, seed: int = 0) -> list[Path]:
     """The pictures of the notes for a trained model: samples from the prior, reconstructions
-    beside their inputs, training curves, and the latent space."""
+    beside their inputs, training curves, the latent space, and the latent units' KL and
+    activity (kl_per_dim.png, on the first LATENT_POINTS test rows)."""
     from . import plots
-    from .evaluate import batches
+    from .evaluate import ACTIVE_UNIT_THRESHOLD, LatentUsage, batches
 
     run_dir = Path(run_dir)
     written = []
@@ -116,9 +117,22 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
             written.append(plots.reconstruction_grid(x_test[:32], x_hat, run_dir / "reconstructions.png", shape))
         # A scatter of more points than this is a blot, and costs memory for nothing.
         shown = x_test[:LATENT_POINTS]
-        mu = torch.cat([model.evaluation_posterior(xb).mean for xb in batches(model, shown, 1024)]).float().cpu().numpy()
+        # The same q's give the latent units' activity and KL (kl_per_dim.png).
+        usage = LatentUsage(model, torch.Generator(device=p.device).manual_seed(seed + 2))
+        means = []
+        for xb in batches(model, shown, 1024):
+            q = model.evaluation_posterior(xb)
+            means.append(q.mean)
+            usage.add(q)
+        mu = torch.cat(means).float().cpu().numpy()
     if history:
         written.append(plots.training_curves(history, run_dir / "curves.png"))
+    written.append(
+        plots.kl_per_dim_plot(
+            usage.variance, run_dir / "kl_per_dim.png", kl_per_dim=usage.kl_per_dim, threshold=ACTIVE_UNIT_THRESHOLD,
+            kl_per_group=usage.kl_per_group, title=f"Posterior collapse on {usage.n} test rows: per-unit KL and activity",
+        )
+    )
     labels = data.split_labels("test")
     written.append(plots.latent_scatter(mu, run_dir / "latent.png", labels=None if labels is None else labels[:LATENT_POINTS]))
     if len(model.latents) == 1 and model.latent_size == 2 and shape is not None:

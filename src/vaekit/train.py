@@ -25,7 +25,7 @@ import torch
 from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
-from .evaluate import elbo_per_point
+from .evaluate import LatentUsage, elbo_per_point
 from .optim import Adam, SparseAdam
 from .registry import OBJECTIVES
 
@@ -105,7 +105,9 @@ def fit(
         model.train()
         losses, value_sum = step.epoch(n, config.beta_at(epoch), epoch, run_dir, progress)
         train_seconds = time.perf_counter() - t0
-        valid = elbo_per_point(model, valid_rows, seed=config.seed + 1)
+        # The latent units' use from the same validation pass (no second encoder pass).
+        usage = LatentUsage(model, torch.Generator(device=device).manual_seed(config.seed + 2))
+        valid = elbo_per_point(model, valid_rows, seed=config.seed + 1, usage=usage)
         valid_elbo = float(valid["elbo"].mean())
         # The best epoch is the objective's own: the validation ELBO, K-sample bound or recon.
         score = objective.validate(model, valid_rows, valid, seed=config.seed + 1)
@@ -120,6 +122,11 @@ def fit(
             "valid_recon": float(valid["recon"].mean()),
             "valid_kl": float(valid["kl"].mean()),
             "valid_score": score,
+            # Posterior collapse on the validation rows: units whose posterior mean varies with x
+            # (Burda et al. 2015), and the KL of each dimension (None where it does not split).
+            "active_units": usage.active_units,
+            "kl_per_dim": usage.kl_per_dim,
+            "kl_per_group": usage.kl_per_group,
             "train_seconds": train_seconds,
             "images_per_second": n / train_seconds,
         }

@@ -36,10 +36,33 @@ def elbo(
     of the reparameterization instead of drawing it, so that data-parallel ranks share one draw."""
     if q is None:
         q = model.posterior(x, idx)
-    z = q.reparameterize(eps) if eps is not None else q.rsample((n_samples,), generator=generator)  # (S, n, D)
-    recon = model.decode(z).log_prob(x).mean(0)
+    z, recon = _recon(model, x, q, n_samples, generator, eps)
     kl = model.kl(q, z, analytic=analytic_kl)
     return Elbo(recon - kl, recon, kl)
+
+
+def _recon(model, x, q, n_samples=1, generator=None, eps=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z (S, n, D), E_q[log p(x|z)] (n,)): the reparameterized draws and the Monte Carlo mean."""
+    z = q.reparameterize(eps) if eps is not None else q.rsample((n_samples,), generator=generator)  # (S, n, D)
+    return z, model.decode(z).log_prob(x).mean(0)
+
+
+def free_bits_loss(
+    model, x: torch.Tensor, q: Distribution, eps: torch.Tensor, free_bits: float, beta: float = 1.0, analytic_kl: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, ELBO per point (n,)) with free bits (Kingma et al. 2016, "Improved variational
+    inference with inverse autoregressive flow", eq. 15):
+
+        loss = −mean_n E_q[log p(x_n|z)] + β Σ_j max(λ, mean_n KL_j(x_n)),
+
+    KL_j the KL of latent group j (``model.kl_per_group``) averaged over the minibatch, λ =
+    ``free_bits`` nats. A group whose batch-mean KL is below λ adds the constant λ, so the loss
+    gives it no gradient: the encoder is not pushed to collapse it onto the prior. The
+    per-point value returned is the plain ELBO, recon − Σ_j KL_j (what the logs report)."""
+    z, recon = _recon(model, x, q, eps=eps)
+    kl = model.kl_per_group(q, z, analytic=analytic_kl)
+    floored = sum(torch.clamp(kl_j.mean(), min=free_bits) for kl_j in kl.values())
+    return beta * floored - recon.mean(), recon - sum(kl.values())
 
 
 def loss(terms: Elbo, beta: float = 1.0) -> torch.Tensor:
@@ -56,11 +79,15 @@ def loss(terms: Elbo, beta: float = 1.0) -> torch.Tensor:
         "warmup": Option(0, "epochs of linear KL warm-up from 0 to beta", minimum=0),
         "n_samples": Option(1, "posterior samples per datapoint in E_q[log p(x|z)]", minimum=1),
         "analytic_kl": Option(True, "closed-form KL where one is registered, else Monte Carlo"),
+        "free_bits": Option(0.0, "nats: floor on each latent group's batch-mean KL in the training loss (free bits; 0 is off)", minimum=0.0),
     },
 )
 class ElboObjective(Objective):
     """Loss = −mean(E_q[log p(x|z)] − β·KL(q || p)) (notes, eq. 3), β rising over ``warmup``
-    epochs; the best epoch is the one with the highest validation ELBO (β = 1)."""
+    epochs; with ``free_bits`` λ > 0 the KL term is β Σ_j max(λ, batch-mean KL_j) over the
+    latent groups (``free_bits_loss``). Under data parallelism the batch mean is each rank's
+    share of the batch. The best epoch is the one with the highest validation ELBO (β = 1,
+    no floor)."""
 
     @property
     def samples(self) -> int:
@@ -70,11 +97,15 @@ class ElboObjective(Objective):
         total, value = None, None
         # Each q the method trains from (the encoder's, and a refined one) adds its term; the
         # same noise for all, so every data-parallel rank draws alike.
+        free_bits = self.config.free_bits
         for q in model.training_posteriors(x, idx):
-            terms = elbo(model, x, q=q, analytic_kl=self.config.analytic_kl, eps=eps)
-            part = loss(terms, beta)
+            if free_bits > 0:
+                part, point = free_bits_loss(model, x, q, eps, free_bits, beta, self.config.analytic_kl)
+            else:
+                terms = elbo(model, x, q=q, analytic_kl=self.config.analytic_kl, eps=eps)
+                part, point = loss(terms, beta), terms.elbo
             total = part if total is None else total + part
-            value = terms.elbo if value is None else value
+            value = point if value is None else value
         return total, value
 
     def validate(self, model, x, terms, seed):

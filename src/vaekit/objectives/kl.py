@@ -9,10 +9,26 @@ from torch.distributions import Distribution, kl_divergence, register_kl
 from ..distributions import DiagonalNormal, PointMass, StandardNormal
 
 
+def _twice_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """σ_i² − log σ_i² − 1 + μ_i², twice each dimension's KL(N(μ_i, σ_i²) || N(0, 1)); the
+    ½ is applied after the sum in the total, as it always was (the training step's bits)."""
+    return torch.exp(logvar) - logvar - 1.0 + mu**2
+
+
 @register_kl(DiagonalNormal, StandardNormal)
 def _kl_diagonal_standard(q: DiagonalNormal, p: StandardNormal) -> torch.Tensor:
     """KL(N(μ, diag σ²) || N(0, I)) = ½ Σ_i (σ_i² − log σ_i² − 1 + μ_i²)  (notes, eq. 4)."""
-    return 0.5 * (torch.exp(q.logvar) - q.logvar - 1.0 + q.mu**2).sum(-1)
+    return 0.5 * _twice_kl_per_dim(q.mu, q.logvar).sum(-1)
+
+
+def kl_per_dim(q: Distribution, p: Distribution) -> torch.Tensor | None:
+    """KL(q || p) of each latent dimension, (..., d), where both factorise per dimension with
+    a closed form: q a DiagonalNormal and p the standard normal, ½ (σ_i² − log σ_i² − 1 + μ_i²),
+    which sums to the KL. None for any other pair (a mixture or learned prior, a point mass):
+    their KL does not split into per-dimension terms."""
+    if isinstance(q, DiagonalNormal) and isinstance(p, StandardNormal):
+        return 0.5 * _twice_kl_per_dim(q.mu, q.logvar)
+    return None
 
 
 @register_kl(DiagonalNormal, DiagonalNormal)
