@@ -96,7 +96,7 @@ def test_factorised_q_over_two_groups_splits_by_columns():
     log q is its columns' Normal."""
     from vaekit.distributions import DiagonalNormal
 
-    model, x = model_of((3, 2)), rows()
+    model = model_of((3, 2))
     g = torch.Generator().manual_seed(4)
     q = DiagonalNormal(torch.randn(8, 5, generator=g, dtype=F64), torch.randn(8, 5, generator=g, dtype=F64))
     z = q.rsample((2,), generator=g)
