@@ -257,12 +257,13 @@ def test_sample_png(run, tmp_path, capsys):
 
 
 def test_sample_aggregate_and_draw(run, tmp_path, capsys):
-    paths = {name: tmp_path / f"{name}.npy" for name in ("prior", "aggregate", "draw")}
+    paths = {name: tmp_path / f"{name}.npy" for name in ("prior", "aggregate", "draw", "gmm")}
     assert cli(capsys, "sample", run, "-n", "7", "--out", paths["prior"])[0] == 0
     assert cli(capsys, "sample", run, "-n", "7", "--out", paths["aggregate"], "--source", "aggregate")[0] == 0
     assert cli(capsys, "sample", run, "-n", "7", "--out", paths["draw"], "--draw")[0] == 0
-    prior, aggregate, draw = (np.load(p) for p in paths.values())
-    for x in (aggregate, draw):
+    assert cli(capsys, "sample", run, "-n", "7", "--out", paths["gmm"], "--source", "gmm", "--components", "3")[0] == 0
+    prior, aggregate, draw, gmm = (np.load(p) for p in paths.values())
+    for x in (aggregate, draw, gmm):
         assert x.shape == (7, DIM) and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
     assert not np.allclose(aggregate, prior)  # z from q(z|x) of training rows, not from p(z)
     # Same seed, same z: --draw gives x ~ p(x|z), which differs from E[x|z] almost surely.

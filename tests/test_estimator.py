@@ -271,3 +271,24 @@ def test_linear_gaussian_vae_scores_match_exact_ppca_likelihood():
     # D − d eigenvalues of the sample covariance; measured 0.092-0.094 vs 0.089).
     eig = np.sort(np.linalg.eigvalsh(np.cov(x.T, bias=True)))
     assert sigma2 == pytest.approx(eig[: D - d].mean(), rel=0.15)
+
+
+def test_sample_from_the_aggregate_posterior_and_a_fitted_mixture(fitted, digits):
+    """aggregate: z ~ q(z|x) for random rows x; gmm: z from a mixture fitted to the posterior
+    means, whose draws have the mean and covariance of those means (5000 draws: the standard
+    errors are a few hundredths). Both are seeded."""
+    x = digits[:1400]
+    for source in ("aggregate", "gmm"):
+        a = fitted.sample(200, seed=3, source=source, X=x)
+        assert a.shape == (200, 64) and np.isfinite(a).all()
+        np.testing.assert_array_equal(a, fitted.sample(200, seed=3, source=source, X=x))
+        assert not np.array_equal(a, fitted.sample(200, seed=4, source=source, X=x))
+    # The mixture's draws have the latent statistics it was fitted to.
+    z = fitted._gmm_latents(x, 5000, 10, torch.Generator().manual_seed(0)).numpy()
+    mu = fitted.transform(x)
+    np.testing.assert_allclose(z.mean(0), mu.mean(0), atol=0.1)
+    np.testing.assert_allclose(np.cov(z.T), np.cov(mu.T), atol=0.1)
+    with pytest.raises(ConfigError, match="needs the rows X"):
+        fitted.sample(5, source="aggregate")
+    with pytest.raises(ConfigError, match="source must be one of"):
+        fitted.sample(5, source="posterior", X=x)

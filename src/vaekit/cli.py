@@ -244,13 +244,14 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--plot", help="picture of the bound beneath the evidence (default RUN_DIR/gaps_SPLIT.png)")
     p.set_defaults(func=cmd_gaps)
 
-    p = sub.add_parser("sample", help="draw samples from a trained model", description="Draw x ~ p(x|z) (or its mean) with z from the prior or the aggregate posterior.")
+    p = sub.add_parser("sample", help="draw samples from a trained model", description="Draw x ~ p(x|z) (or its mean) with z from the prior, the aggregate posterior, or a mixture fitted to the training latents.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", required=True, help=".png (image grid, image data only), .npy, .npz or .csv")
-    p.add_argument("--source", choices=("prior", "aggregate"), default="prior", help="z ~ p(z) (default), or z ~ q(z|x) for random training rows x (the aggregate posterior)")
+    p.add_argument("--source", choices=("prior", "aggregate", "gmm"), default="prior", help="z ~ p(z) (default); z ~ q(z|x) for random training rows x (the aggregate posterior); or z from a Gaussian mixture fitted to the training rows' posterior means (gmm)")
+    p.add_argument("--components", type=int, default=10, help="components of the --source gmm mixture (default 10)")
     p.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of returning E[x|z]")
-    p.add_argument("--data", help="data for --source aggregate (default: the run's own training split)")
+    p.add_argument("--data", help="data for --source aggregate or gmm (default: the run's own training split)")
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
@@ -346,8 +347,6 @@ def cmd_gaps(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    import torch
-
     _positive("-n", args.n)
     out = Path(args.out)
     check_out(out, (".png", ".npy", ".npz", ".csv"))
@@ -355,15 +354,8 @@ def cmd_sample(args) -> int:
     shape = est.model_.config.image_shape
     if out.suffix == ".png" and shape is None:
         raise ConfigError(f"--out {out}: this model's data are not images; write .npy, .npz or .csv")
-    model = est.model_
-    g = torch.Generator().manual_seed(args.seed)
-    z = None
-    if args.source == "aggregate":
-        x, _ = _rows(est, args, "train")
-        rows = torch.randint(0, x.shape[0], (args.n,), generator=g)
-        with torch.no_grad():
-            z = model.evaluation_posterior(torch.as_tensor(x[rows.numpy()])).sample(generator=g)
-    samples = model.sample(args.n, generator=g, mean=not args.draw, z=z).cpu().numpy()
+    x = _rows(est, args, "train")[0] if args.source != "prior" else None
+    samples = est.sample(args.n, seed=args.seed, mean=not args.draw, source=args.source, X=x, components=args.components)
     if out.suffix == ".png":
         from .plots import image_grid
 

@@ -21,6 +21,8 @@ from .errors import ConfigError, DataError
 
 # Rows per forward pass of encode and reconstruct.
 BATCH_ROWS = 4096
+# Where ``sample`` draws z from.
+SAMPLE_SOURCES = ("prior", "aggregate", "gmm")
 
 
 # Estimator parameters beyond the model's and training's options: the validation share of X
@@ -201,14 +203,56 @@ class VAE:
                 block = self.model_.decode(item[1].mean).mean.cpu().numpy()
             yield block
 
-    def sample(self, n: int = 1, seed: int | None = None, mean: bool = True) -> np.ndarray:
-        """n rows from the model: z ~ p(z), then E[x|z] (``mean``) or x ~ p(x|z)."""
+    def sample(
+        self, n: int = 1, seed: int | None = None, mean: bool = True, source: str = "prior", X=None, components: int = 10
+    ) -> np.ndarray:
+        """n rows from the model: z from ``source``, then E[x|z] (``mean``) or x ~ p(x|z).
+
+        ``source``: ``"prior"``, z ~ p(z); ``"aggregate"``, z ~ q(z|x) for rows x drawn uniformly
+        from ``X``, i.e. the aggregate posterior (1/N) Σ_i q(z|x_i) (the posterior as the new
+        prior, as the notes' last lecture puts it); ``"gmm"``, z from a Gaussian mixture with
+        ``components`` components fitted to the posterior means of ``X`` (ex-post density
+        estimation, Ghosh et al. 2020), which follows the latents the decoder was trained on
+        where the prior and the aggregate posterior disagree.
+        """
         self._check_fitted()
         n = check_positive_int("n", n)
+        if source not in SAMPLE_SOURCES:
+            raise ConfigError(f"source must be one of {', '.join(SAMPLE_SOURCES)}, got {source!r}")
         p = next(self.model_.parameters())
         g = torch.Generator(device=p.device)
         g.manual_seed(seed) if seed is not None else g.seed()
-        return self.model_.sample(int(n), generator=g, mean=mean).cpu().numpy()
+        z = None
+        if source != "prior":
+            if X is None:
+                raise ConfigError(f"source={source!r} needs the rows X whose posteriors it samples from")
+            x = self._input(X)
+            if source == "aggregate":
+                from .data import MappedRows
+
+                rows = torch.randint(0, x.shape[0], (n,), generator=g, device=p.device).cpu().numpy()
+                xb = x.rows(rows) if isinstance(x, MappedRows) else x[rows]
+                with torch.no_grad():
+                    q = self.model_.evaluation_posterior(torch.as_tensor(xb, dtype=p.dtype, device=p.device))
+                    z = q.sample(generator=g)
+            else:
+                z = self._gmm_latents(x, n, check_positive_int("components", components), g)
+        return self.model_.sample(int(n), generator=g, mean=mean, z=z).cpu().numpy()
+
+    def _gmm_latents(self, x, n: int, components: int, g: torch.Generator) -> torch.Tensor:
+        """n draws of a full-covariance Gaussian mixture fitted to the posterior means of x."""
+        from sklearn.mixture import GaussianMixture
+
+        mu = self.encode(x)[0].astype(np.float64)
+        if mu.shape[0] < components:
+            raise DataError(f"X has {mu.shape[0]} rows; a mixture of {components} components needs at least as many")
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+        gmm = GaussianMixture(components, covariance_type="full", random_state=seed).fit(mu)
+        z, _ = gmm.sample(n)
+        p = next(self.model_.parameters())
+        # GaussianMixture.sample returns its draws sorted by component: shuffle them.
+        order = np.random.default_rng(seed).permutation(n)
+        return torch.as_tensor(z[order], dtype=p.dtype, device=p.device)
 
     def score_samples(self, X, k: int = 1000, seed: int = 0) -> np.ndarray:
         """Per-row log p(x), the K-sample importance-weighted estimate (nats). Low values flag
