@@ -109,8 +109,6 @@ class VAE(TransformerMixin, BaseEstimator):
             try:
                 # ensure_2d=False: only the feature names here; the array checks are check_data's.
                 validate_data(self, X, reset=reset, skip_check_array=True, ensure_2d=False)
-            except DataError:
-                raise
             except ValueError as e:  # names that differ from fit's
                 raise DataError(str(e)) from None
             X = _numeric(X, what)
