@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 import vaekit
 from vaekit import VAE
@@ -148,29 +149,33 @@ def test_get_params_set_params():
     assert est.set_params(**params) is est and est.get_params() == params
     est.set_params(latent_dim=7, lr=0.01)
     assert est.get_params() == dict(params, latent_dim=7, lr=0.01)
-    with pytest.raises(ConfigError, match="'latent_size'"):
+    with pytest.raises(ValueError, match="'latent_size'"):  # BaseEstimator.set_params
         est.set_params(latent_size=2)
     assert est.get_params() == dict(params, latent_dim=7, lr=0.01)
 
 
+# Unfitted use raises scikit-learn's NotFittedError, which is also a ConfigError (the CLI's one line).
 @pytest.mark.parametrize("method", ["transform", "encode", "reconstruct", "inverse_transform"])
-def test_unfitted_raises_config_error(method, digits):
-    with pytest.raises(ConfigError, match="not fitted"):
+def test_unfitted_raises_not_fitted_error(method, digits):
+    with pytest.raises(NotFittedError, match="not fitted") as info:
         getattr(VAE(), method)(digits[:3] if method != "inverse_transform" else np.zeros((3, 20)))
-    with pytest.raises(ConfigError, match="not fitted"):
+    assert isinstance(info.value, ConfigError)
+    with pytest.raises(NotFittedError, match="not fitted"):
         VAE().sample(2)
 
 
 @pytest.mark.parametrize("method", ["score_samples", "score", "elbo", "evaluate"])
-def test_unfitted_scoring_raises_config_error(method, digits):
-    with pytest.raises(ConfigError, match="not fitted"):
+def test_unfitted_scoring_raises_not_fitted_error(method, digits):
+    with pytest.raises(NotFittedError, match="not fitted") as info:
         getattr(VAE(), method)(digits[:3])
+    assert isinstance(info.value, ConfigError)
 
 
 def test_input_errors(fitted, digits):
-    with pytest.raises(DataError, match=r"63 features.*trained on 64"):
+    # scikit-learn's wording, which its estimator checks expect
+    with pytest.raises(DataError, match=r"^X has 63 features, but VAE is expecting 64 features as input$"):
         fitted.transform(digits[:5, :63])
-    with pytest.raises(DataError, match=r"65 features.*trained on 64"):
+    with pytest.raises(DataError, match=r"65 features, but VAE is expecting 64"):
         fitted.score_samples(np.hstack([digits[:5], digits[:5, :1]]))
     bad = digits[:5].copy()
     bad[2, 10] = np.nan

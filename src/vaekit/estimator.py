@@ -2,9 +2,12 @@
 latents, samples and anomaly scores: ``VAE(...).fit(X)``, ``transform``, ``sample``,
 ``score_samples``, ``save`` and ``vaekit.load``.
 
-As in scikit-learn, ``__init__`` only stores its keyword arguments and fitted state ends in
-``_`` (``model_``, ``config_``, ``history_``). The fitted network is the plain ``nn.Module``
-``model_`` (a ``vaekit.model.VAEModel``).
+``VAE`` is a scikit-learn estimator (``BaseEstimator``, ``TransformerMixin``): it goes into a
+``Pipeline``, ``cross_val_score`` (``score`` is the mean log-likelihood) and ``GridSearchCV``,
+and passes ``sklearn.utils.estimator_checks`` (tests/test_sklearn.py). As in scikit-learn,
+``__init__`` only stores its keyword arguments and fitted state ends in ``_`` (``model_``,
+``config_``, ``history_``, ``n_features_in_``, ``feature_names_in_`` for a DataFrame). The fitted
+network is the plain ``nn.Module`` ``model_`` (a ``vaekit.model.VAEModel``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn import exceptions as sk_exceptions
+from sklearn.base import BaseEstimator, TransformerMixin
 
 from .config import DataConfig, RunConfig, TrainConfig, check_positive_int
 from .errors import ConfigError, DataError
@@ -29,6 +34,13 @@ SAMPLE_SOURCES = ("prior", "aggregate", "gmm")
 # and the progress bar. eval_k (the CLI's final evaluation) has no meaning here.
 _EXTRA = {"valid_fraction": "data", "image_shape": "model"}
 _SKIP = {"eval_k"}
+
+
+class NotFittedError(ConfigError, sk_exceptions.NotFittedError):
+    """A method that needs a fitted model was called before ``fit``: scikit-learn's
+    ``NotFittedError`` (so ``check_is_fitted`` users and sklearn's checks recognise it) and a
+    ``VaekitError`` (so the CLI prints one line). It lives here, not in errors.py, so that
+    importing the CLI does not import scikit-learn."""
 
 
 def estimator_params() -> dict[str, tuple[str, Any]]:
@@ -53,7 +65,7 @@ def _signature() -> inspect.Signature:
     )
 
 
-class VAE:
+class VAE(TransformerMixin, BaseEstimator):
     """Variational autoencoder p(z) p(x|z; θ) with inference model q(z|x; φ), fitted on the ELBO
     (or the objective named by ``objective``).
 
@@ -74,39 +86,57 @@ class VAE:
     __init__.__signature__ = _signature()  # type: ignore[attr-defined]
 
     # -- scikit-learn protocol -----------------------------------------------------------------
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    # get_params, set_params, __repr__ and clone come from BaseEstimator, which reads the
+    # generated signature of __init__ (inspect.signature honours __signature__).
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._param_names()}
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = False  # unsupervised: y is accepted and ignored
+        tags.input_tags.allow_nan = False  # check_data rejects NaN and Inf
+        tags.input_tags.sparse = False
+        # The output has the model's dtype (the ``dtype`` parameter), whatever the input's.
+        tags.transformer_tags.preserves_dtype = []
+        return tags
 
-    def set_params(self, **params: Any) -> "VAE":
-        for name, value in params.items():
-            if name not in self._param_names():
-                raise ConfigError(f"unknown parameter {name!r} for VAE")
-            setattr(self, name, value)
-        return self
+    def _rows(self, X, what: str, reset: bool):
+        """X as check_data returns it, with scikit-learn's bookkeeping of feature names: a
+        DataFrame's columns are recorded by fit (``feature_names_in_``) and must match later."""
+        from sklearn.utils.validation import validate_data
 
-    def __repr__(self) -> str:
-        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
-        changed = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v)
-        return f"VAE({changed})"
+        from .data import MappedRows, check_data
+
+        if not isinstance(X, MappedRows):
+            try:
+                # ensure_2d=False: only the feature names here; the array checks are check_data's.
+                validate_data(self, X, reset=reset, skip_check_array=True, ensure_2d=False)
+            except ValueError as e:  # names that differ from fit's
+                raise DataError(str(e)) from None
+            X = _numeric(X, what)
+        return check_data(X, what=what, min_rows=1)
 
     # -- fitting --------------------------------------------------------------------------------
-    def fit(self, X, X_valid=None) -> "VAE":
+    def fit(self, X, y=None, *, X_valid=None) -> "VAE":
+        """Fit on the rows of X (an array, a DataFrame, a tensor); ``y`` is ignored (the
+        scikit-learn convention for unsupervised estimators). Validation rows are ``X_valid``,
+        else a ``valid_fraction`` of X. Neither torch's nor numpy's global random state moves:
+        the seeded parts run under ``torch.random.fork_rng``."""
         from .data import check_data
         from .model import VAEModel
         from .runs import model_config
         from .train import fit
 
-        X = check_data(X, what="X", min_rows=2)
+        X = self._rows(X, "X", reset=True)
         given_valid = X_valid is not None
+        need = 2 if given_valid else 3
+        if X.shape[0] < need:
+            reason = "" if given_valid else " to hold out a validation set"
+            raise DataError(f"X has {X.shape[0]} sample(s) (shape={X.shape}); at least {need} are needed{reason}")
+        self.n_features_in_ = X.shape[1]
         if not given_valid:
             perm = np.random.default_rng(self.seed).permutation(X.shape[0])
             n_valid = max(1, round(self.valid_fraction * X.shape[0]))
             if X.shape[0] - n_valid < 2:
-                raise DataError(f"X has {X.shape[0]} rows; at least 3 are needed to hold out a validation set")
+                raise DataError(f"X has {X.shape[0]} rows; valid_fraction={self.valid_fraction} leaves fewer than 2 to train on")
             X_valid, X = X[perm[:n_valid]], X[perm[n_valid:]]
         params = estimator_params()
         options = {s: {n: getattr(self, n) for n, (sec, _) in params.items() if sec == s} for s in ("model", "train")}
@@ -115,29 +145,44 @@ class VAE:
         train_config = TrainConfig(**options["train"])
         data_config = DataConfig(source="array", valid_fraction=self.valid_fraction, test_fraction=0.0, split_seed=self.seed)
         config = RunConfig(model=model_config_, train=train_config, data=data_config)
-        torch.manual_seed(self.seed)  # the initial weights are part of the fit
-        model = VAEModel(config.model)
         if given_valid:
-            X_valid = check_data(X_valid, what="X_valid", input_dim=X.shape[1])
-        model.likelihood.check(X, "X")
-        model.likelihood.check(X_valid, "X_valid" if given_valid else "X")
-        self.history_ = fit(model, X, X_valid, config.train, progress=self.progress)
+            X_valid = check_data(_numeric(X_valid, "X_valid"), what="X_valid", input_dim=X.shape[1])
+        # The caller's random streams stay where they were: torch.manual_seed here and in
+        # train.fit reseeds only the forked state (CPU, and every CUDA device that exists).
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)  # the initial weights are part of the fit
+            model = VAEModel(config.model)
+            model.likelihood.check(X, "X")
+            model.likelihood.check(X_valid, "X_valid" if given_valid else "X")
+            self.history_ = fit(model, X, X_valid, config.train, progress=self.progress)
         self.model_ = model
         self.config_ = config
-        self.n_features_in_ = X.shape[1]
         return self
 
     # -- using a fitted model -------------------------------------------------------------------
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "model_")
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise ConfigError("this VAE is not fitted yet; call fit(X) first")
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
 
     def _input(self, X, what: str = "X"):
         """X checked against the fitted model: an array, or ``MappedRows`` that stay mapped."""
-        from .data import check_data
+        from .data import MappedRows, check_data
 
         self._check_fitted()
-        return check_data(X, what=what, input_dim=self.n_features_in_, likelihood=self.model_.likelihood)
+        if isinstance(X, MappedRows):  # checked block by block, never read whole
+            return check_data(X, what=what, input_dim=self.n_features_in_, likelihood=self.model_.likelihood)
+        x = self._rows(X, what, reset=False)
+        if x.shape[1] != self.n_features_in_:  # scikit-learn's wording, which its checks expect
+            raise DataError(
+                f"{what} has {x.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input"
+            )
+        self.model_.likelihood.check(x, what)
+        return x
 
     def _posteriors(self, X):
         """q(z|x) for consecutive blocks of rows: memory stays bounded whatever the size of X."""
@@ -173,8 +218,9 @@ class VAE:
         """Posterior means E_q[z|x], (n, latent_dim): the latent representation of each row."""
         return self.encode(X)[0]
 
-    def fit_transform(self, X, X_valid=None) -> np.ndarray:
-        return self.fit(X, X_valid).transform(X)
+    def fit_transform(self, X, y=None, **fit_params) -> np.ndarray:
+        """``fit(X, y, **fit_params)`` (e.g. ``X_valid=``), then ``transform(X)``."""
+        return self.fit(X, y, **fit_params).transform(X)
 
     @torch.no_grad()
     def inverse_transform(self, Z) -> np.ndarray:
@@ -301,6 +347,23 @@ class VAE:
         est.model_, est.config_, est.n_features_in_ = model, config, config.model.input_dim
         est.history_ = _read_history(Path(run_dir))
         return est
+
+
+def _numeric(X, what: str):
+    """An object-dtype table of numbers (a DataFrame mixing bool and float columns, an array of
+    Python floats) as float64, for check_data, which accepts numeric dtypes only."""
+    if hasattr(X, "to_numpy") and hasattr(X, "columns"):  # a DataFrame, without importing pandas
+        X = X.to_numpy()
+    if getattr(X, "dtype", None) != object:
+        return X
+    try:
+        return np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise _NotNumbers(f"{what} has entries that are not numbers ({e}); expected a 2-D table of numbers") from None
+
+
+class _NotNumbers(DataError, TypeError):
+    """Entries of a type that is no number (a dict, a string): a TypeError, as numpy's own."""
 
 
 def load(run_dir: str | Path) -> VAE:

@@ -1,0 +1,158 @@
+"""vaekit.VAE as a scikit-learn estimator: sklearn's common checks (estimator_checks), and
+its use in Pipeline, cross_val_score and GridSearchCV, NotFittedError, the caller's random
+state left alone, and DataFrames with feature names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.validation import check_is_fitted
+
+from vaekit import VAE
+from vaekit.errors import DataError, VaekitError
+
+# A configuration that trains in well under a second: the checks fit it dozens of times.
+TINY = dict(latent_dim=2, hidden=(4,), epochs=1, batch_size=16, likelihood="gaussian")
+
+# Checks that cannot pass, each with the reason. The first two are a property of the
+# estimate, the rest only of wording: the input is rejected with a ValueError (DataError)
+# that names the problem, but in vaekit.data.check_data's words (shared with the CLI), not
+# the exact phrases of sklearn's check_array that these checks match.
+EXPECTED_FAILED = {
+    "check_methods_subset_invariance": "score_samples is a Monte Carlo (IWAE) estimate whose noise is drawn per call, so a row's value depends on the rows beside it",
+    "check_methods_sample_order_invariance": "score_samples is a Monte Carlo (IWAE) estimate whose noise is drawn per call, so a row's value depends on the order of the rows",
+    "check_complex_data": "rejected with DataError 'X has dtype complex128; expected numbers', not sklearn's 'Complex data not supported'",
+    "check_estimators_empty_data_messages": "rejected with DataError 'X has 0 columns (shape=...); at least 1 feature is needed', not sklearn's '0 feature(s) ... while a minimum of 1 is required'",
+    "check_estimators_nan_inf": "rejected with DataError 'X contains Inf (first at row 1, column 1)'; the check matches lower-case 'inf'",
+    "check_fit2d_predict1d": "rejected with DataError 'expected a 2-D array ... reshape with x.reshape(-1, 1)', not sklearn's 'Reshape your data'",
+}
+
+
+@parametrize_with_checks([VAE(**TINY)], expected_failed_checks=lambda est: EXPECTED_FAILED)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def X() -> np.ndarray:
+    # Correlated Gaussian rows with scales far from 1 (so StandardScaler changes them).
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(120, 2)) @ rng.normal(size=(2, 6)) + 0.1 * rng.normal(size=(120, 6))) * 50 + 10
+
+
+def test_pipeline_with_standard_scaler(X):
+    pipe = make_pipeline(StandardScaler(), VAE(**TINY, seed=0)).fit(X)
+    z = pipe.transform(X)
+    assert z.shape == (120, 2) and np.isfinite(z).all()
+    # The pipeline is the scaler then the VAE: the same numbers by hand.
+    vae = pipe[-1]
+    np.testing.assert_array_equal(z, vae.transform(pipe[0].transform(X)))
+    assert np.isfinite(pipe.score(X))
+    np.testing.assert_array_equal(make_pipeline(StandardScaler(), VAE(**TINY, seed=0)).fit_transform(X), z)
+
+
+def test_cross_val_score_is_the_held_out_mean_log_likelihood(X):
+    x = StandardScaler().fit_transform(X)
+    scores = cross_val_score(VAE(**TINY, seed=0), x, cv=KFold(3))
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+    # Each fold's score is VAE.score on the held-out rows of a VAE fitted on the others.
+    train, test = next(KFold(3).split(x))
+    assert scores[0] == VAE(**TINY, seed=0).fit(x[train]).score(x[test])
+
+
+def test_grid_search_over_latent_dim(X):
+    x = StandardScaler().fit_transform(X)
+    search = GridSearchCV(VAE(**TINY, seed=0), {"latent_dim": [1, 2]}, cv=2).fit(x)
+    assert search.best_params_["latent_dim"] in (1, 2)
+    assert search.best_estimator_.transform(x).shape == (120, search.best_params_["latent_dim"])
+    assert list(search.cv_results_["param_latent_dim"]) == [1, 2]
+
+
+def test_y_is_ignored_and_x_valid_is_a_keyword(X):
+    x = StandardScaler().fit_transform(X)
+    a = VAE(**TINY, seed=0).fit(x).transform(x)
+    np.testing.assert_array_equal(VAE(**TINY, seed=0).fit(x, np.arange(120)).transform(x), a)
+    b = VAE(**TINY, seed=0).fit(x[:100], X_valid=x[100:])
+    assert b.n_features_in_ == 6
+    with pytest.raises(TypeError):
+        VAE(**TINY).fit(x[:100], None, x[100:])  # X_valid is keyword-only: y takes the second place
+
+
+def test_unfitted_raises_sklearns_not_fitted_error(X):
+    est = VAE(**TINY)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        check_is_fitted(est)
+    for method in (est.transform, est.score_samples, est.score):
+        with pytest.raises(NotFittedError, match="not fitted") as info:
+            method(X)
+        assert isinstance(info.value, VaekitError)  # the CLI prints it as one line
+    check_is_fitted(est.fit(X))
+
+
+def test_fit_leaves_the_global_random_state_alone(X):
+    torch.manual_seed(123)
+    np.random.seed(123)
+    torch_before, numpy_before = torch.get_rng_state(), np.random.get_state()
+    est = VAE(**TINY, seed=7).fit(X)
+    assert torch.equal(torch.get_rng_state(), torch_before)
+    numpy_after = np.random.get_state()
+    assert numpy_after[0] == numpy_before[0] and np.array_equal(numpy_after[1], numpy_before[1])
+    assert numpy_after[2:] == numpy_before[2:]
+    # The caller's next draw is the one it would have been without the fit.
+    a = torch.rand(3)
+    torch.manual_seed(123)
+    np.testing.assert_array_equal(a.numpy(), torch.rand(3).numpy())
+    # And the fit is still a function of its own seed, whatever the global state.
+    torch.manual_seed(999)
+    np.testing.assert_array_equal(VAE(**TINY, seed=7).fit(X).transform(X), est.transform(X))
+
+
+def test_fit_matches_a_training_run_with_the_same_seed(X):
+    """The estimator's numbers are those of vaekit.train.fit seeded by hand (as before this
+    estimator forked the random state): the fork changes nothing inside the fit."""
+    from vaekit.model import VAEModel
+    from vaekit.train import fit
+
+    x = StandardScaler().fit_transform(X).astype(np.float32)
+    est = VAE(**TINY, seed=3).fit(x[:100], X_valid=x[100:])
+    torch.manual_seed(3)
+    model = VAEModel(est.config_.model)
+    history = fit(model, x[:100], x[100:], est.config_.train)
+    timing = {"train_seconds", "images_per_second", "epoch_seconds"}  # wall clock, never equal
+    assert [{k: v for k, v in h.items() if k not in timing} for h in history] == [
+        {k: v for k, v in h.items() if k not in timing} for h in est.history_
+    ]
+    for p, q in zip(model.parameters(), est.model_.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_dataframe_input_with_feature_names(X):
+    pd = pytest.importorskip("pandas")
+    x = StandardScaler().fit_transform(X)
+    columns = [f"f{i}" for i in range(6)]
+    df = pd.DataFrame(x, columns=columns)
+    est = VAE(**TINY, seed=0).fit(df)
+    assert list(est.feature_names_in_) == columns and est.n_features_in_ == 6
+    # A DataFrame gives the numbers its array gives, in every method that takes X.
+    ref = VAE(**TINY, seed=0).fit(x)
+    assert not hasattr(ref, "feature_names_in_")
+    np.testing.assert_array_equal(est.transform(df), ref.transform(x))
+    np.testing.assert_array_equal(est.score_samples(df, k=10), ref.score_samples(x, k=10))
+    np.testing.assert_array_equal(est.reconstruct(df), ref.reconstruct(x))
+    # Columns renamed or reordered since fit: an error naming them.
+    with pytest.raises(DataError, match="feature names should match"):
+        est.transform(df[columns[::-1]])
+    # A plain array after a DataFrame fit: sklearn's warning, and the same numbers.
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        np.testing.assert_array_equal(est.transform(x), ref.transform(x))
+    # Mixed column types (bool and float) come as an object array: read as numbers.
+    mixed = df.assign(f0=df["f0"] > 0)
+    np.testing.assert_array_equal(est.transform(mixed), est.transform(df.assign(f0=(df["f0"] > 0).astype(float))))
+    with pytest.raises(DataError, match="not numbers"):
+        est.transform(df.assign(f0="a"))
