@@ -54,19 +54,6 @@ def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def _history(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
-
-
 def command(row: str, run_dir: Path, data_dir: Path, extra: list[str]) -> list[str]:
     args = ["vaekit", "train", *COMMON, "--data-dir", str(data_dir), *ROWS[row]["args"], *extra, "--out", str(run_dir), "--json"]
     if (run_dir / "config.json").is_file():
@@ -75,7 +62,9 @@ def command(row: str, run_dir: Path, data_dir: Path, extra: list[str]) -> list[s
 
 
 def status(row: str, run_dir: Path) -> dict:
-    history = _history(run_dir)
+    from vaekit.checkpoint import read_metrics
+
+    history = read_metrics(run_dir)
     best = max(history, key=lambda r: r["valid_score"]) if history else None
     return {
         "row": row,

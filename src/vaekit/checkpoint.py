@@ -77,6 +77,21 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of RUN_DIR/metrics.jsonl ([] without one); a last line cut short
+    by a kill is dropped, the lines before it are whole."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Delete the temporary files that a kill between write and rename left behind (they
     carry the prefix ``.NAME.`` of a run file); no writer runs while a run is resumed."""

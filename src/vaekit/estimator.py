@@ -338,14 +338,14 @@ class VAE(TransformerMixin, BaseEstimator):
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "VAE":
-        from .checkpoint import load_run
+        from .checkpoint import load_run, read_metrics
 
         config, model = load_run(run_dir)
         sections = {"model": config.model, "train": config.train, "data": config.data}
         values = {n: getattr(sections[sec], n) for n, (sec, _) in estimator_params().items() if sec in sections}
         est = cls(**dict(values, device="cpu"))
         est.model_, est.config_, est.n_features_in_ = model, config, config.model.input_dim
-        est.history_ = _read_history(Path(run_dir))
+        est.history_ = read_metrics(run_dir)
         return est
 
 
@@ -369,20 +369,3 @@ class _NotNumbers(DataError, TypeError):
 def load(run_dir: str | Path) -> VAE:
     """The fitted model saved in RUN_DIR (by ``vaekit train`` or ``VAE.save``), on the CPU."""
     return VAE.from_run(run_dir)
-
-
-def _read_history(run_dir: Path) -> list[dict[str, Any]]:
-    import json
-
-    from .checkpoint import METRICS_FILE
-
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut short by a kill: the lines before it are whole
-    return out
