@@ -8,7 +8,9 @@ that loops, the importance-weighted estimate and the checkpoints handle any stru
 
 ``BottomUp`` is the structured inference model of the notes,
 q(z|x) = ∏_j q(z_j | Pa(z_j), x), with the bottom-up parents of Burda et al. (2015):
-q(z_1|x) q(z_2|z_1) … q(z_L|z_{L-1}), each a diagonal Gaussian.
+q(z_1|x) q(z_2|z_1) … q(z_L|z_{L-1}), each a diagonal Gaussian. ``TopDown`` is the ladder
+variational posterior of Sønderby et al. (2016), q(z_L|x) ∏_l q(z_l | z_{l+1}, x), each group
+a precision-weighted combination of a bottom-up Gaussian and the generative p(z_l | z_{l+1}).
 """
 
 from __future__ import annotations
@@ -110,4 +112,83 @@ class BottomUp(Posterior):
         return {
             "mu": torch.cat([zj for _, zj in layers], -1),
             "logvar": torch.cat([q.logvar.expand_as(zj) for q, zj in layers], -1),
+        }
+
+
+def precision_weighted(mu_a: torch.Tensor, logvar_a: torch.Tensor, mu_b: torch.Tensor, logvar_b: torch.Tensor):
+    """(μ, log σ²) of N(μ_a, σ_a²) N(μ_b, σ_b²) normalised (Sønderby et al. 2016, eqs. 17-19):
+    σ² = 1/(σ_a⁻² + σ_b⁻²), μ = (μ_a σ_a⁻² + μ_b σ_b⁻²) σ².
+
+    In log-variance form, so that no variance is inverted: log σ² = −logaddexp(−log σ_a², −log σ_b²),
+    and the weights σ²/σ_a² = sigmoid(log σ_b² − log σ_a²) and σ²/σ_b² = 1 − that stay in [0, 1]
+    whatever the scales."""
+    logvar = -torch.logaddexp(-logvar_a, -logvar_b)
+    w_a = torch.sigmoid(logvar_b - logvar_a)
+    return w_a * mu_a + (1 - w_a) * mu_b, logvar
+
+
+class TopDown(Posterior):
+    """q(z_L|x) ∏_{l<L} q(z_l | z_{l+1}, x), the ladder posterior (Sønderby et al. 2016, eqs. 17-19).
+
+    ``bottom_up[l]`` is the bottom-up Gaussian N(μ̂_l, σ̂_l²) of group l (bottom first), a
+    function of x only; ``downward[l]`` the generative p(z_l | z_{l+1}) (the model's own nets,
+    shared). The top group's q is its bottom-up Gaussian; below it,
+    q(z_l | z_{l+1}, x) = N(μ̂_l, σ̂_l²) · p(z_l | z_{l+1}) normalised (``precision_weighted``).
+    A draw goes from the top group down, each group reparameterized from its slice of the noise;
+    the columns stay in group order z_1 … z_L. ``mean`` and ``params`` are the plug-in values:
+    each group's mean given its parent's plug-in mean.
+    """
+
+    def __init__(self, bottom_up: Sequence[DiagonalNormal], downward: Sequence[Conditional], groups: Sequence[LatentGroup]):
+        self.bottom_up, self.downward, self.groups = list(bottom_up), list(downward), tuple(groups)
+        if not len(self.bottom_up) == len(self.groups) == len(self.downward) + 1:
+            raise ValueError(
+                f"TopDown needs one bottom-up Gaussian per group and one downward net per group below the top; "
+                f"got {len(self.bottom_up)}, {len(self.groups)} groups and {len(self.downward)}"
+            )
+        size = sum(g.size for g in self.groups)
+        super().__init__(self.bottom_up[0].batch_shape, torch.Size([size]), validate_args=False)
+
+    def _anchor(self) -> torch.Tensor:
+        return self.bottom_up[0].mu
+
+    def _layers(self, z: torch.Tensor | None = None, eps: torch.Tensor | None = None):
+        """(q_l, z_l) for each group, bottom first, computed top down: z given (log_prob), drawn
+        from eps, or the plug-in mean."""
+        out = [None] * len(self.groups)
+        parent = None
+        for l in reversed(range(len(self.groups))):
+            g, q = self.groups[l], self.bottom_up[l]
+            if parent is not None:
+                mu_p, logvar_p = self.downward[l](parent)  # p(z_l | z_{l+1}), (..., n, size)
+                q = DiagonalNormal(*precision_weighted(q.mu, q.logvar, mu_p, logvar_p))
+            if z is not None:
+                zl = z[..., g.columns]
+            elif eps is not None:
+                zl = q.reparameterize(eps[..., g.columns])
+            else:
+                zl = q.mean
+            out[l] = (q, zl)
+            parent = zl
+        return out
+
+    def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:
+        return torch.cat([zl for _, zl in self._layers(eps=eps)], -1)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return sum(q.log_prob(zl) for q, zl in self._layers(z=z))
+
+    def log_prob_groups(self, z: torch.Tensor, groups=None) -> dict[str, torch.Tensor]:
+        """log q(z_L|x), log q(z_l | z_{l+1}, x) for each group, by name (bottom first)."""
+        return {g.name: q.log_prob(zl) for g, (q, zl) in zip(self.groups, self._layers(z=z))}
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.cat([zl for _, zl in self._layers()], -1)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        layers = self._layers()
+        return {
+            "mu": torch.cat([zl for _, zl in layers], -1),
+            "logvar": torch.cat([q.logvar.expand_as(zl) for q, zl in layers], -1),
         }
