@@ -44,7 +44,8 @@ def _config(**kw) -> ModelConfig:
     kw.setdefault("likelihood", "continuous_bernoulli")
     if INFERENCE.get(kw.get("inference", "amortized")).per_point:
         kw.setdefault("n_points", N_TRAIN)
-    return ModelConfig(input_dim=64, image_shape=(8, 8), latent_dim=3, hidden=(16,), **kw)
+    kw.setdefault("latent_dim", 3)
+    return ModelConfig(input_dim=64, image_shape=(8, 8), hidden=(16,), **kw)
 
 
 CASES = (
@@ -52,6 +53,8 @@ CASES = (
     + [("likelihood", name, {"likelihood": name}) for name in LIKELIHOODS.names()]
     + [("net", name, {"net": name}) for name in NETS.names()]
     + [("inference", name, {"inference": name}) for name in INFERENCE.names()]
+    # Every inference method also over a two-layer hierarchy (q over z1, z2; p(z2) p(z1|z2)).
+    + [("inference", name, {"inference": name, "latent_dim": (3, 2)}) for name in INFERENCE.names()]
     + [("objective", name, {}) for name in OBJECTIVES.names()]
 )
 
@@ -73,7 +76,8 @@ def _usable(kind, name, model_kw) -> bool:
 
 
 def _ids(case):
-    return f"{case[0]}-{case[1]}"
+    layers = case[2].get("latent_dim")
+    return f"{case[0]}-{case[1]}" + ("" if layers is None else "-" + "x".join(map(str, layers)))
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if _usable(*c)], ids=_ids)
