@@ -31,6 +31,7 @@ from vaekit.evaluate import elbo_per_point, gaps
 from vaekit.model import VAEModel
 from vaekit.train import fit
 
+RESULTS = Path(__file__).resolve().parent / "results" / "methods.json"
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {
     "autoencoder": dict(inference="autoencoder"),
@@ -88,7 +89,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/binarized_mnist"))
+    ap.add_argument("--table", action="store_true", help="print the README table from bench/results/methods.json")
     args = ap.parse_args()
+    if args.table:
+        print(table())
+        return
     data = load_dataset(DataConfig(source="binarized_mnist", data_dir=args.data_dir))
     rows = []
     head = f"{'method':18s} {'test LL':>9s} {'test ELBO':>9s} {'ELBO(q*)':>9s} {'approx':>7s} {'amort':>7s} {'train LL':>9s} {'img/s':>8s} {'s/1000 inf':>10s}"
@@ -102,7 +107,39 @@ def main() -> None:
             f"{r['train_images_per_second']:8.0f} {r['inference_seconds_per_1000']:10.3f}",
             flush=True,
         )
-    print(json.dumps({"bench": "methods", "epochs": args.epochs, "k": args.k, "rows": args.rows, "results": rows}))
+    result = {"bench": "methods", "epochs": args.epochs, "k": args.k, "rows": args.rows, "gap_steps": args.gap_steps, "results": rows}
+    print(json.dumps(result))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _num(v: float, digits: int = 2) -> str:
+    """A table number with a typographic minus and thin thousands spacing."""
+    text = f"{abs(v):,.{digits}f}".replace(",", " ")
+    return ("−" if v < 0 else "") + text
+
+
+def table() -> str:
+    """The README table from bench/results/methods.json (never typed by hand)."""
+    result = json.loads(RESULTS.read_text())
+    lines = [
+        "| method | test log p(x) | test ELBO | ELBO(q*) | approximation gap | amortization gap | train log p(x) | train img/s | s per 1000 new images |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["results"]:
+        cells = [
+            r["method"],
+            _num(r["test_log_likelihood"]),
+            _num(r["test_elbo"]),
+            _num(r["test_elbo_optimal"]),
+            f"{_num(r['approximation_gap'])} ± {r['approximation_gap_se']:.2f}",
+            f"{_num(r['amortization_gap'])} ± {r['amortization_gap_se']:.2f}",
+            _num(r["train_log_likelihood"]),
+            _num(r["train_images_per_second"], 0),
+            f"{r['inference_seconds_per_1000']:.3f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
