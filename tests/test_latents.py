@@ -9,12 +9,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch.distributions import Bernoulli, Independent, MultivariateNormal, Normal
+from torch.distributions import Bernoulli, Independent, Normal
 
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.latents import latent_groups, split
 from vaekit.model import VAEModel
 from vaekit.objectives import elbo, iwae
+
+from hierarchy_helpers import linear_hierarchy
 
 F64 = torch.float64
 
@@ -86,26 +88,7 @@ def test_two_layer_posterior_log_prob_and_params():
 
 
 def _linear_hierarchy(seed=0):
-    """z2 ~ N(0, I), z1 = A z2 + c + σ1 ε1, x = W z1 + b + σ ε: every net linear, the likelihood
-    Gaussian with σ fixed. Then x ~ N(W c + b, W (AAᵀ + σ1² I) Wᵀ + σ² I), exactly."""
-    torch.manual_seed(seed)
-    sigma, sigma1 = 0.6, 0.5
-    config = ModelConfig(input_dim=6, latent_dim=(3, 2), hidden=(), likelihood="gaussian", variance="fixed", fixed_std=sigma)
-    model = VAEModel(config).to(F64)
-    g = _gen(seed)
-    A, c = torch.randn(3, 2, generator=g, dtype=F64), 0.3 * torch.randn(3, generator=g, dtype=F64)
-    W, b = torch.randn(6, 3, generator=g, dtype=F64), torch.randn(6, generator=g, dtype=F64)
-    with torch.no_grad():
-        down = model.downward[0].net[0]  # Linear(2, 2·3): rows [:3] give μ, rows [3:] log σ1²
-        down.weight.zero_()
-        down.weight[:3] = A
-        down.bias[:3] = c
-        down.bias[3:] = 2 * np.log(sigma1)
-        model.decoder[0].weight.copy_(W)
-        model.decoder[0].bias.copy_(b)
-    cov1 = A @ A.T + sigma1**2 * torch.eye(3, dtype=F64)
-    marginal = MultivariateNormal(W @ c + b, W @ cov1 @ W.T + sigma**2 * torch.eye(6, dtype=F64))
-    return model, marginal
+    return linear_hierarchy(seed)
 
 
 def _good_proposal(model):

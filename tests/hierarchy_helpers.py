@@ -1,0 +1,38 @@
+"""The linear-Gaussian two-layer hierarchy whose marginal likelihood is exact."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.distributions import MultivariateNormal
+
+from vaekit.config import ModelConfig
+from vaekit.model import VAEModel
+
+F64 = torch.float64
+
+
+def linear_hierarchy(seed: int = 0, **model_kw):
+    """(model, exact marginal of x): z2 ~ N(0, I), z1 = A z2 + c + σ1 ε1, x = W z1 + b + σ ε,
+    every net linear and the likelihood Gaussian with σ fixed, so that
+    x ~ N(W c + b, W (AAᵀ + σ1² I) Wᵀ + σ² I) exactly. ``model_kw`` picks the inference method."""
+    torch.manual_seed(seed)
+    sigma, sigma1 = 0.6, 0.5
+    config = ModelConfig(input_dim=6, latent_dim=(3, 2), hidden=(), likelihood="gaussian", variance="fixed",
+                         fixed_std=sigma, **model_kw)  # fmt: skip
+    model = VAEModel(config).to(F64)
+    g = torch.Generator().manual_seed(seed)
+    A, c = torch.randn(3, 2, generator=g, dtype=F64), 0.3 * torch.randn(3, generator=g, dtype=F64)
+    W, b = torch.randn(6, 3, generator=g, dtype=F64), torch.randn(6, generator=g, dtype=F64)
+    with torch.no_grad():
+        down = model.downward[0].net[0]  # Linear(2, 2·3): rows [:3] give μ, rows [3:] log σ1²
+        down.weight.zero_()
+        down.weight[:3] = A
+        down.bias[:3] = c
+        down.bias[3:] = 2 * math.log(sigma1)
+        model.decoder[0].weight.copy_(W)
+        model.decoder[0].bias.copy_(b)
+    cov1 = A @ A.T + sigma1**2 * torch.eye(3, dtype=F64)
+    marginal = MultivariateNormal(W @ c + b, W @ cov1 @ W.T + sigma**2 * torch.eye(6, dtype=F64))
+    return model, marginal
