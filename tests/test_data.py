@@ -240,7 +240,7 @@ def test_csv_dataset_split(tmp_path):
         ("a,b\n", r"has a header \(row 1\) but no data rows"),
         ("\n\n", r"contains no rows"),
         ("a,b\n1,2\n3,nan\n4,5\n", r"contains NaN \(first at row 3, column 2\)"),
-        ("1,2\n3,4\n-inf,5\n", r"contains Inf \(first at row 3, column 1\)"),
+        ("1,2\n3,4\n-inf,5\n", r"contains infinity \(first at row 3, column 1\)"),
     ],
 )
 def test_csv_errors_name_row_and_column(tmp_path, text, match):
@@ -267,7 +267,7 @@ def test_nan_in_npy_caught_at_load(tmp_path):
 
 def test_one_d_npy_gets_reshape_hint(tmp_path):
     np.save(tmp_path / "v.npy", np.arange(5.0))
-    with pytest.raises(DataError, match=r"v\.npy: expected a 2-D array \(rows = datapoints\), got 1-D array of shape \(5,\); reshape with x\.reshape\(-1, 1\)"):
+    with pytest.raises(DataError, match=r"v\.npy: expected a 2-D array \(rows = datapoints\), got 1-D array of shape \(5,\); Reshape your data with x\.reshape\(-1, 1\)"):
         load_array(str(tmp_path / "v.npy"))
 
 
@@ -333,7 +333,7 @@ def test_wrong_container_for_extension(tmp_path):
         ({"train": np.ones((5, 2)), "test": np.ones((2, 3))}, r"splits have different shapes per row \(train \(2,\), test \(3,\)\)"),
         ({"train": np.ones((5, 2)), "test": np.ones((2, 2)), "train_labels": np.arange(5)}, r"has train_labels but not test_labels"),
         ({"train": np.ones((5, 2)), "valid": np.ones((2, 2)), "test": np.ones((0, 2))}, r"\[test\] has 0 rows \(shape=\(0, 2\)\); at least 1 is needed"),
-        ({"train": np.ones((5, 2)), "test": np.ones((2, 2)) * np.inf}, r"\[test\] contains Inf \(first at row 1, column 1\)"),
+        ({"train": np.ones((5, 2)), "test": np.ones((2, 2)) * np.inf}, r"\[test\] contains infinity \(first at row 1, column 1\)"),
     ],
 )
 def test_npz_errors(tmp_path, arrays, match):
@@ -400,17 +400,17 @@ def test_check_data_accepts_torch_tensors():
     "x, kwargs, match",
     [
         (np.array([["a"]]), {}, r"^X has dtype <U1; expected numbers"),
-        (np.array([1 + 2j]).reshape(1, 1), {}, r"dtype complex128; expected numbers"),
+        (np.array([1 + 2j]).reshape(1, 1), {}, r"Complex data not supported \(dtype complex128\)"),
         ([[1, None]], {}, r"dtype object; expected numbers"),
         ([[1, 2], [3]], {}, r"X could not be converted to an array"),
         (np.float32(3), {}, r"expected a 2-D array \(rows = datapoints\), got a scalar"),
-        (np.arange(5.0), {}, r"got 1-D array of shape \(5,\); reshape with x\.reshape\(-1, 1\)"),
+        (np.arange(5.0), {}, r"got 1-D array of shape \(5,\); Reshape your data with x\.reshape\(-1, 1\)"),
         (np.ones((2, 3, 4)), {}, r"got 3-D array of shape \(2, 3, 4\); flatten with x\.reshape\(len\(x\), -1\)"),
         (np.ones((0, 5)), {}, r"^X has 0 rows \(shape=\(0, 5\)\); at least 1 is needed$"),
         (np.ones((1, 5)), {"min_rows": 2}, r"X has 1 rows \(shape=\(1, 5\)\); at least 2 are needed"),
-        (np.ones((3, 0)), {}, r"X has 0 columns \(shape=\(3, 0\)\)"),
+        (np.ones((3, 0)), {}, r"X has 0 feature\(s\) \(shape=\(3, 0\)\) while a minimum of 1 is required"),
         (np.array([[0, 1], [1, 0], [1, np.nan]]), {}, r"X contains NaN \(first at row 3, column 2\)"),
-        (np.array([[0, -np.inf], [np.nan, 0]]), {}, r"X contains Inf \(first at row 1, column 2\)"),
+        (np.array([[0, -np.inf], [np.nan, 0]]), {}, r"X contains infinity \(first at row 1, column 2\)"),
         (np.array([[1e300, 0]]), {}, r"X has values too large for float32 \(first at row 1, column 1: 1e\+300\)"),
         (np.ones((2, 10)), {"input_dim": 64}, r"^X has 10 features per row, but the model was trained on 64$"),
     ],

@@ -31,6 +31,8 @@ def check_data(
     if isinstance(x, MappedRows):
         return _check_mapped(x, what, min_rows, input_dim, likelihood)
     x = _as_numpy(x, what)
+    if x.dtype.kind == "c":
+        raise DataError(f"{what}: Complex data not supported (dtype {x.dtype}); expected real numbers")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{what} has dtype {x.dtype}; expected numbers (bool, int or float)")
     if x.ndim != 2:
@@ -41,7 +43,7 @@ def check_data(
             f"{'is' if min_rows == 1 else 'are'} needed"
         )
     if x.shape[1] < 1:
-        raise DataError(f"{what} has 0 columns (shape={x.shape}); at least 1 feature is needed")
+        raise DataError(f"{what} has 0 feature(s) (shape={x.shape}) while a minimum of 1 is required.")
     if x.dtype.kind == "f":
         check_finite(x, what)
     with np.errstate(over="ignore"):  # overflow is reported below, by position
@@ -104,7 +106,7 @@ def not_2d(x: np.ndarray) -> str:
     if x.ndim == 1:
         return (
             f"expected a 2-D array (rows = datapoints), got 1-D array of shape {x.shape}; "
-            "reshape with x.reshape(-1, 1) for one feature or x.reshape(1, -1) for one datapoint"
+            "Reshape your data with x.reshape(-1, 1) for one feature or x.reshape(1, -1) for one datapoint"
         )
     return (
         f"expected a 2-D array (rows = datapoints), got {x.ndim}-D array of shape {x.shape}; "
@@ -117,6 +119,6 @@ def check_finite(x: np.ndarray, what: str, rows: list[int] | None = None) -> Non
     if finite.all():
         return
     r, c = np.unravel_index(int(np.flatnonzero(~finite)[0]), x.shape)
-    kind = "NaN" if np.isnan(x[r, c]) else "Inf"
+    kind = "NaN" if np.isnan(x[r, c]) else "infinity"
     row = rows[r] if rows is not None else r + 1
     raise DataError(f"{what} contains {kind} (first at row {row}, column {c + 1}); expected finite numbers")
