@@ -471,7 +471,7 @@ BAD_INPUT = {
     "corrupt-npz": (["train", "--out", "{tmp}/r", "--data", "{files}/corrupt.npz", *SMALL], 1, ["corrupt.npz"]),
     "truncated-npz": (["train", "--out", "{tmp}/r", "--data", "{files}/truncated.npz", *SMALL], 1, ["truncated.npz"]),
     "nan-in-csv": (["train", "--out", "{tmp}/r", "--data", "{files}/nan.csv", *SMALL], 1, ["nan.csv", "NaN", "row 3", "column 2"]),
-    "inf-in-npy": (["train", "--out", "{tmp}/r", "--data", "{files}/inf.npy", *SMALL], 1, ["inf.npy", "Inf", "row 4", "column 3"]),
+    "inf-in-npy": (["train", "--out", "{tmp}/r", "--data", "{files}/inf.npy", *SMALL], 1, ["inf.npy", "infinity", "row 4", "column 3"]),
     "non-numeric-cell": (["train", "--out", "{tmp}/r", "--data", "{files}/badcell.csv", *SMALL], 1, ["badcell.csv", "row 3", "column 2", "'x'"]),
     "empty-dataset": (["train", "--out", "{tmp}/r", "--data", "{files}/empty.npy", *SMALL], 1, ["empty.npy", "0 rows"]),
     "one-row-dataset": (["train", "--out", "{tmp}/r", "--data", "{files}/one.npy", *SMALL], 1, ["one.npy", "1 rows"]),
