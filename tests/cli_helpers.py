@@ -15,3 +15,33 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def assert_train_refused(capsys, tmp_path, argv, culprits) -> None:
+    """``vaekit train ... ARGV`` is a usage error: exit 2, one stderr line naming every culprit,
+    no traceback, and no run directory left behind."""
+    run = tmp_path / "r"
+    code, out, err = cli(capsys, "train", "--data", "digits", "--epochs", "1", "--eval-k", "2", "--out", run, *argv)
+    assert code == 2
+    assert out == "" and "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vaekit: error: "), err
+    for c in culprits:
+        assert c in lines[0], (c, lines[0])
+    assert not run.exists()
+
+
+def assert_resume_equals_straight(tmp_path, common: list[str]) -> dict:
+    """Train ``common`` for 3 epochs straight, and for 2 then ``--resume`` to 3: the last
+    checkpoints hold the same bits (random-number state aside). Returns the straight run's tensors."""
+    import torch
+
+    from vaekit.checkpoint import load_tensors
+
+    assert main(["train", *common, "--epochs", "3", "--out", str(tmp_path / "straight")]) == 0
+    assert main(["train", *common, "--epochs", "2", "--out", str(tmp_path / "resumed")]) == 0
+    assert main(["train", "--out", str(tmp_path / "resumed"), "--resume", "--epochs", "3"]) == 0
+    a, _ = load_tensors(tmp_path / "straight" / "last.safetensors")
+    b, _ = load_tensors(tmp_path / "resumed" / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if not k.startswith("rng."))
+    return a

@@ -167,16 +167,11 @@ def digits_small():
 
 
 def test_two_layer_run_through_the_cli(tmp_path, capsys):
-    from vaekit.checkpoint import load_tensors
+    from cli_helpers import assert_resume_equals_straight
     from vaekit.cli import main
 
     common = ["--data", "digits", "--latent-dim", "6,3", "--hidden", "32", "--eval-k", "5", "--seed", "1"]
-    assert main(["train", *common, "--epochs", "3", "--out", str(tmp_path / "straight")]) == 0
-    assert main(["train", *common, "--epochs", "2", "--out", str(tmp_path / "resumed")]) == 0
-    assert main(["train", "--out", str(tmp_path / "resumed"), "--resume", "--epochs", "3"]) == 0
-    a, _ = load_tensors(tmp_path / "straight" / "last.safetensors")
-    b, _ = load_tensors(tmp_path / "resumed" / "last.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if not k.startswith("rng."))
+    assert_resume_equals_straight(tmp_path, common)
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
     assert config["model"]["latent_dim"] == [6, 3]
     capsys.readouterr()

@@ -144,7 +144,7 @@ class _Section:
         self._check()
 
     def _check(self) -> None:
-        pass
+        """Checks across fields (a section's own, run after every field has passed its Option)."""
 
     def owners_unselected(self, given: set[str] | None = None) -> list[str]:
         """'<option> applies to <kind> <entry> only' for each component option whose component

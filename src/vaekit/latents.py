@@ -62,7 +62,51 @@ def split(z: torch.Tensor, groups: Sequence[LatentGroup]) -> dict[str, torch.Ten
 Conditional = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-class BottomUp(Posterior):
+class Structured(Posterior):
+    """A q(z|x) = ∏_j q(z_j | Pa(z_j), x) of diagonal Gaussians over the model's groups: what
+    every structured posterior shares. A subclass gives ``_layers``, the (q_j, z_j) of each
+    group (bottom first) for a given z, a draw from noise, or the plug-in means; the rest
+    follows from it."""
+
+    groups: tuple[LatentGroup, ...]
+
+    def _layers(self, z: torch.Tensor | None = None, eps: torch.Tensor | None = None):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @staticmethod
+    def _value(q: DiagonalNormal, g: LatentGroup, z: torch.Tensor | None, eps: torch.Tensor | None) -> torch.Tensor:
+        """Group g's value: its columns of a given z, a reparameterized draw from its slice of
+        the noise, or (neither given) q's mean."""
+        if z is not None:
+            return z[..., g.columns]
+        if eps is not None:
+            return q.reparameterize(eps[..., g.columns])
+        return q.mean
+
+    def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:
+        return torch.cat([zj for _, zj in self._layers(eps=eps)], -1)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return sum(q.log_prob(zj) for q, zj in self._layers(z=z))
+
+    def log_prob_groups(self, z: torch.Tensor, groups=None) -> dict[str, torch.Tensor]:
+        """log q(z_j | Pa(z_j), x) for each group, by name."""
+        return {g.name: q.log_prob(zj) for g, (q, zj) in zip(self.groups, self._layers(z=z))}
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The plug-in means: each group's mean given its parent's plug-in mean."""
+        return torch.cat([zj for _, zj in self._layers()], -1)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        layers = self._layers()
+        return {
+            "mu": torch.cat([zj for _, zj in layers], -1),
+            "logvar": torch.cat([q.logvar.expand_as(zj) for q, zj in layers], -1),
+        }
+
+
+class BottomUp(Structured):
     """q(z_1|x) ∏_{j>1} q(z_j | z_{j-1}), diagonal Gaussians (Burda et al. 2015, sec. 4).
 
     ``first`` is q(z_1|x); ``conditionals[j]`` maps z_{j+1}'s parent draw to its (μ, log σ²).
@@ -84,35 +128,9 @@ class BottomUp(Posterior):
         for j, g in enumerate(self.groups):
             if j > 0:
                 q = DiagonalNormal(*self.conditionals[j - 1](out[-1][1]))
-            if z is not None:
-                zj = z[..., g.columns]
-            elif eps is not None:
-                zj = q.reparameterize(eps[..., g.columns])
-            else:
-                zj = q.mean
-            out.append((q, zj))
+            out.append((q, self._value(q, g, z, eps)))
         return out
 
-    def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:
-        return torch.cat([zj for _, zj in self._layers(eps=eps)], -1)
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        return sum(q.log_prob(zj) for q, zj in self._layers(z=z))
-
-    def log_prob_groups(self, z: torch.Tensor, groups=None) -> dict[str, torch.Tensor]:
-        """log q(z_1|x), log q(z_j|z_{j-1}) for each group, by name."""
-        return {g.name: q.log_prob(zj) for g, (q, zj) in zip(self.groups, self._layers(z=z))}
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return torch.cat([zj for _, zj in self._layers()], -1)
-
-    def params(self) -> dict[str, torch.Tensor]:
-        layers = self._layers()
-        return {
-            "mu": torch.cat([zj for _, zj in layers], -1),
-            "logvar": torch.cat([q.logvar.expand_as(zj) for q, zj in layers], -1),
-        }
 
 
 def precision_weighted(mu_a: torch.Tensor, logvar_a: torch.Tensor, mu_b: torch.Tensor, logvar_b: torch.Tensor):
@@ -127,7 +145,7 @@ def precision_weighted(mu_a: torch.Tensor, logvar_a: torch.Tensor, mu_b: torch.T
     return w_a * mu_a + (1 - w_a) * mu_b, logvar
 
 
-class TopDown(Posterior):
+class TopDown(Structured):
     """q(z_L|x) ∏_{l<L} q(z_l | z_{l+1}, x), the ladder posterior (Sønderby et al. 2016, eqs. 17-19).
 
     ``bottom_up[l]`` is the bottom-up Gaussian N(μ̂_l, σ̂_l²) of group l (bottom first), a
@@ -162,33 +180,7 @@ class TopDown(Posterior):
             if parent is not None:
                 mu_p, logvar_p = self.downward[l](parent)  # p(z_l | z_{l+1}), (..., n, size)
                 q = DiagonalNormal(*precision_weighted(q.mu, q.logvar, mu_p, logvar_p))
-            if z is not None:
-                zl = z[..., g.columns]
-            elif eps is not None:
-                zl = q.reparameterize(eps[..., g.columns])
-            else:
-                zl = q.mean
-            out[l] = (q, zl)
-            parent = zl
+            out[l] = (q, self._value(q, g, z, eps))
+            parent = out[l][1]
         return out
 
-    def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:
-        return torch.cat([zl for _, zl in self._layers(eps=eps)], -1)
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        return sum(q.log_prob(zl) for q, zl in self._layers(z=z))
-
-    def log_prob_groups(self, z: torch.Tensor, groups=None) -> dict[str, torch.Tensor]:
-        """log q(z_L|x), log q(z_l | z_{l+1}, x) for each group, by name (bottom first)."""
-        return {g.name: q.log_prob(zl) for g, (q, zl) in zip(self.groups, self._layers(z=z))}
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return torch.cat([zl for _, zl in self._layers()], -1)
-
-    def params(self) -> dict[str, torch.Tensor]:
-        layers = self._layers()
-        return {
-            "mu": torch.cat([zl for _, zl in layers], -1),
-            "logvar": torch.cat([q.logvar.expand_as(zl) for q, zl in layers], -1),
-        }

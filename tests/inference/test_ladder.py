@@ -242,16 +242,11 @@ def test_iwae_with_the_ladder_q_converges_to_the_exact_log_px(fitted_linear):
 
 
 def test_ladder_run_through_the_cli(tmp_path, capsys):
-    from vaekit.checkpoint import load_tensors
+    from cli_helpers import assert_resume_equals_straight
     from vaekit.cli import main
 
     common = ["--data", "digits", "--inference", "ladder", "--latent-dim", "6,3", "--hidden", "32", "--eval-k", "5", "--seed", "1"]
-    assert main(["train", *common, "--epochs", "3", "--out", str(tmp_path / "straight")]) == 0
-    assert main(["train", *common, "--epochs", "2", "--out", str(tmp_path / "resumed")]) == 0
-    assert main(["train", "--out", str(tmp_path / "resumed"), "--resume", "--epochs", "3"]) == 0
-    a, _ = load_tensors(tmp_path / "straight" / "last.safetensors")
-    b, _ = load_tensors(tmp_path / "resumed" / "last.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if not k.startswith("rng."))
+    a = assert_resume_equals_straight(tmp_path, common)
     assert any("inference.ladder" in k for k in a)
     capsys.readouterr()
 
