@@ -102,9 +102,10 @@ def run(trained) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_rows() -> np.ndarray:
+    """The first 50 digits as scikit-learn gives them (pixels 0..16), which a digits run takes."""
     from sklearn.datasets import load_digits
 
-    return load_digits().data[:50] / 16.0
+    return load_digits().data[:50]
 
 
 @pytest.fixture(scope="session")
@@ -243,7 +244,7 @@ def test_sample_npy(run, tmp_path, capsys):
     assert json.loads(out) == {"out": str(tmp_path / "x.npy"), "n": 7, "source": "prior"}
     x = np.load(tmp_path / "x.npy")
     assert x.shape == (7, DIM)
-    assert np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
+    assert np.isfinite(x).all() and x.min() >= 0 and x.max() <= 16  # digits' raw pixel range
 
 
 def test_sample_png(run, tmp_path, capsys):
@@ -264,7 +265,7 @@ def test_sample_aggregate_and_draw(run, tmp_path, capsys):
     assert cli(capsys, "sample", run, "-n", "7", "--out", paths["gmm"], "--source", "gmm", "--components", "3")[0] == 0
     prior, aggregate, draw, gmm = (np.load(p) for p in paths.values())
     for x in (aggregate, draw, gmm):
-        assert x.shape == (7, DIM) and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
+        assert x.shape == (7, DIM) and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 16
     assert not np.allclose(aggregate, prior)  # z from q(z|x) of training rows, not from p(z)
     # Same seed, same z: --draw gives x ~ p(x|z), which differs from E[x|z] almost surely.
     assert np.abs(draw - prior).mean() > 1e-3
@@ -762,7 +763,7 @@ def test_resume_may_change_the_speed_settings(files, tmp_path, capsys):
 def nan_run(files, tmp_path_factory):
     out = tmp_path_factory.mktemp("nan") / "run"
     proc = vaekit_process("train", "--out", out, "--data", files / "huge.csv", "--likelihood", "gaussian",
-                          "--epochs", "2", "--hidden", "8", "--eval-k", "2")  # fmt: skip
+                          "--standardize", "off", "--epochs", "2", "--hidden", "8", "--eval-k", "2")  # fmt: skip
     return out, proc
 
 
@@ -770,14 +771,22 @@ def test_nan_loss_stops_training(nan_run):
     out, proc = nan_run
     line = assert_error(proc.returncode, proc.stdout, proc.stderr, 1, "NaN", "epoch 1", "step")
     assert "infinite" in line
-    assert not (out / "model.safetensors").exists()
-    assert not (out / "last.safetensors").exists()
+    # The likely cause, in the user's terms: the scale of the data, with standardisation off.
+    assert "standardisation is off" in line and "--standardize on" in line and "--lr 0.001" in line
+    assert re.search(r"values the model sees run from 1\.\d+e\+20 to [12](\.\d+)?e\+20", line), line
 
 
-def test_nan_in_first_epoch_claims_no_checkpoint(nan_run):
+def test_nan_in_first_epoch_leaves_no_run_directory(nan_run, files):
+    """A fresh run that fails before its first checkpoint removes the directory it made, so
+    the same command works again (here: with standardisation, as by default)."""
     out, proc = nan_run
-    assert not (out / "last.safetensors").exists()
+    assert not out.exists()
     assert "checkpoint" not in proc.stderr, proc.stderr
+    proc = vaekit_process("train", "--out", out, "--data", files / "huge.csv", "--likelihood", "gaussian",
+                          "--epochs", "2", "--hidden", "8", "--eval-k", "2", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert math.isfinite(json.loads(proc.stdout)["test"]["log_likelihood"])
+    assert json.loads((out / "config.json").read_text())["model"]["standardize"] == "on"
 
 
 def test_nan_keeps_last_good_checkpoint(files, tmp_path):

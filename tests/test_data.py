@@ -68,18 +68,19 @@ def test_digits_shapes_values_and_seeded_split():
     for s in ("train", "valid", "test"):
         x = ds.split(s)
         assert x.dtype == np.float32 and x.flags.c_contiguous
-        assert x.min() == 0.0 and x.max() == 1.0
+        assert x.min() == 0.0 and x.max() == 16.0  # the raw pixels; a model sees them / 16
+    assert ds.scaling == (0.0, 16.0)
 
     ref = load_digits()
     perm = np.random.default_rng(3).permutation(1797)
-    np.testing.assert_array_equal(ds.train, (ref.data[perm[:1258]] / 16).astype(np.float32))
-    np.testing.assert_array_equal(ds.valid, (ref.data[perm[1258:1438]] / 16).astype(np.float32))
-    np.testing.assert_array_equal(ds.test, (ref.data[perm[1438:]] / 16).astype(np.float32))
+    np.testing.assert_array_equal(ds.train, ref.data[perm[:1258]].astype(np.float32))
+    np.testing.assert_array_equal(ds.valid, ref.data[perm[1258:1438]].astype(np.float32))
+    np.testing.assert_array_equal(ds.test, ref.data[perm[1438:]].astype(np.float32))
     np.testing.assert_array_equal(ds.labels["train"], ref.target[perm[:1258]])
     np.testing.assert_array_equal(ds.split_labels("test"), ref.target[perm[1438:]])
 
     # 'all' is train, valid, test in that order; together they are a permutation of the data.
-    np.testing.assert_array_equal(ds.split("all"), (ref.data[perm] / 16).astype(np.float32))
+    np.testing.assert_array_equal(ds.split("all"), ref.data[perm].astype(np.float32))
     np.testing.assert_array_equal(ds.split_labels("all"), ref.target[perm])
 
 

@@ -243,7 +243,7 @@ def test_linear_gaussian_vae_scores_match_exact_ppca_likelihood():
     w_true = rng.normal(size=(D, d))
     x = rng.normal(size=(n, d)) @ w_true.T + rng.normal(size=D) + 0.3 * rng.normal(size=(n, D))
     est = VAE(
-        latent_dim=d, hidden=(), likelihood="gaussian", variance="shared",
+        latent_dim=d, hidden=(), likelihood="gaussian", variance="shared", standardize="off",
         epochs=60, lr=1e-2, batch_size=100, dtype="float64", seed=0,
     ).fit(x)  # fmt: skip
     model = est.model_

@@ -133,7 +133,7 @@ def _config_from_args(args) -> "Any":
         data_cfg = DataConfig(**given["data"])
         train_cfg = TrainConfig(**given["train"])
         data = load_dataset(data_cfg)
-        model_cfg = model_config(data.train, data.image_shape, given["model"])
+        model_cfg = model_config(data.train, data.image_shape, given["model"], data.scaling)
         config = RunConfig(model=model_cfg, train=train_cfg, data=data_cfg)
         # A component option given on the command line, even at its default, must belong to a
         # component the run uses: otherwise it would be silently ignored.
@@ -278,10 +278,13 @@ def _load(args):
 
 
 def _rows(est, args, split: str):
-    """The rows of --data (or the run's data) for ``split``, checked against the model."""
+    """(x, x_model, labels): the rows of --data (or the run's data) for ``split`` in the
+    user's values, the same rows checked against the model and mapped into its values, and
+    their labels (or None)."""
     from dataclasses import replace
 
-    from .data import check_data, load_array, load_dataset
+    from .data import MappedRows, check_data, load_array, load_dataset
+    from .runs import model_rows
 
     cfg = est.config_.data
     source = args.data or cfg.source
@@ -290,15 +293,19 @@ def _rows(est, args, split: str):
     data_dir = getattr(args, "data_dir", None) or cfg.data_dir
     # A run trained on a memory-mapped file streams it again; other files only when asked.
     mmap = getattr(args, "mmap", False) or (cfg.mmap and source == cfg.source)
+    named = None
     if split == "all" and Path(source).suffix:
         x, labels, _ = load_array(source, data_dir, mmap=mmap)
     else:
         data = load_dataset(replace(cfg, source=source, data_dir=data_dir, mmap=mmap))
-        x, labels = data.split(split), data.split_labels(split)
-    x = check_data(x, what=source, input_dim=est.n_features_in_, likelihood=est.model_.likelihood)
-    return x, labels
-
-
+        x, labels, named = data.split(split), data.split_labels(split), data.scaling
+    if not isinstance(x, MappedRows):  # mapped rows are checked once, block by block, below
+        x = check_data(x, what=source, input_dim=est.n_features_in_)
+    if est.scaling_ is None and named is not None:
+        # A model without an input map of its own (written before models stored one) saw the
+        # named dataset as its loader scaled it.
+        x = model_rows(est.model_.config, x, named)
+    return x, est.model_input(x, what=source), labels
 def _positive(name: str, value: int) -> None:
     from .config import check_positive_int
 
@@ -310,7 +317,7 @@ def cmd_evaluate(args) -> int:
 
     _positive("--k", args.k)
     est = _load(args)
-    x, _ = _rows(est, args, args.split)
+    _, x, _ = _rows(est, args, args.split)
     t0 = time.perf_counter()
     result = evaluate(est.model_, x, k=args.k, seed=args.seed)
     # The cost of inference on new data: one encoder pass, or per-point optimisation.
@@ -326,7 +333,7 @@ def cmd_gaps(args) -> int:
     _positive("--k", args.k)
     _positive("--steps", args.steps)
     est = _load(args)
-    x, _ = _rows(est, args, args.split)
+    _, x, _ = _rows(est, args, args.split)
     t0 = time.perf_counter()
     result = gaps(est.model_, x, k=args.k, steps=args.steps, seed=args.seed)
     result["seconds"] = time.perf_counter() - t0
@@ -359,7 +366,8 @@ def cmd_sample(args) -> int:
     if out.suffix == ".png":
         from .plots import image_grid
 
-        image_grid(samples, out, shape)
+        # Pictures show the values the model sees (a named dataset's [0, 1]).
+        image_grid(_model_values(est, samples), out, shape)
     else:
         write_array(out, samples)
     _report(args, {"out": str(out), "n": int(args.n), "source": args.source}, f"wrote {args.n} samples to {out}")
@@ -370,7 +378,7 @@ def cmd_encode(args) -> int:
     out = Path(args.out)
     check_out(out, (".npy", ".npz", ".csv"))
     est = _load(args)
-    x, _ = _rows(est, args, args.split)
+    x, _, _ = _rows(est, args, args.split)
     arrays = est.encoded(x)
     mu, logvar = arrays["mu"], arrays["logvar"]
     # Columns: μ of every group, then log σ² of every group, in the model's group order.
@@ -391,12 +399,13 @@ def cmd_reconstruct(args) -> int:
     shape = est.model_.config.image_shape
     if out.suffix == ".png" and shape is None:
         raise ConfigError(f"--out {out}: this model's data are not images; write .npy, .npz or .csv")
-    x, _ = _rows(est, args, args.split)
+    x, _, _ = _rows(est, args, args.split)
     if out.suffix == ".png":
         from .plots import reconstruction_grid
 
         shown = x[: min(32, x.shape[0])]
-        reconstruction_grid(shown, est.reconstruct(shown), out, shape, n=shown.shape[0])
+        recon = _model_values(est, est.reconstruct(shown))
+        reconstruction_grid(_model_values(est, shown), recon, out, shape, n=shown.shape[0])
     else:
         # Block by block into the file: under --mmap the n × D output need not fit in memory.
         write_blocks(out, est.reconstruct_blocks(x), (x.shape[0], est.n_features_in_))
@@ -404,12 +413,19 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def _model_values(est, x):
+    """Rows of the user's values as the model sees them (its input map), for pictures."""
+    from .scaling import apply
+
+    return apply(est.scaling_, x)
+
+
 def cmd_score(args) -> int:
     _positive("--k", args.k)
     out = Path(args.out)
     check_out(out, (".npy", ".csv"))
     est = _load(args)
-    x, _ = _rows(est, args, args.split)
+    x, _, _ = _rows(est, args, args.split)
     log_px = est.score_samples(x, k=args.k, seed=args.seed)
     write_array(out, log_px, header=["log_px"])
     summary = {"out": str(out), "n": int(log_px.shape[0]), "k": int(args.k), "mean": float(log_px.mean()), "min": float(log_px.min()), "max": float(log_px.max())}

@@ -22,7 +22,7 @@ from typing import Any
 from .errors import ConfigError
 from .registry import REGISTRIES, Option
 
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
 DTYPES = ("float32", "float64")
@@ -64,6 +64,12 @@ MODEL_OPTIONS: dict[str, Option] = {
     "local_lr": Option(0.05, "learning rate of those steps", minimum=0.0, exclusive=True),
     # (H, W) or (C, H, W) for image data: pictures, and the shape conv nets see.
     "image_shape": Option(None, "image shape of a row", type="widths", optional=True),
+    # The map x' = (x − shift)/scale from the user's values to the model's (vaekit.scaling),
+    # per feature or one value for all: standardisation learned on the training split, or a
+    # named dataset's own scaling; None for none. Set from the data, stored in config.json.
+    "standardize": Option("off", "standardise each feature by the training split's mean and std (gaussian likelihood; auto: when the training values are not all in [0, 1])", choices=("on", "off")),
+    "input_shift": Option(None, "per-feature shift of the input map (from the data)", type="floats", optional=True),
+    "input_scale": Option(None, "per-feature scale of the input map (from the data)", type="floats", minimum=0.0, exclusive=True, optional=True),
     # Rows of the training set that own free latent parameters (map, vi); set from the data.
     "n_points": Option(0, "training rows with per-point parameters (from the data)", minimum=0),
 }
@@ -98,11 +104,11 @@ DATA_OPTIONS: dict[str, Option] = {
 GAP_STEPS = 2000
 # What a user gets by default where the config's default is resolved from the data or the
 # model: the likelihood from the training rows, the objective from the inference method.
-AUTO = {"likelihood": "auto"}
+AUTO = {"likelihood": "auto", "standardize": "auto"}
 # Which registries' entries own options in which section.
 SECTION_KINDS = {"model": ("prior", "likelihood", "inference", "net"), "train": ("objective",), "data": ()}
 # Options that never become CLI flags or estimator parameters: they come from the data.
-FROM_DATA = {"input_dim", "n_points", "image_shape"}
+FROM_DATA = {"input_dim", "n_points", "image_shape", "input_shift", "input_scale"}
 
 
 def component_options(section: str) -> dict[str, tuple[Option, set[tuple[str, str]]]]:
@@ -178,6 +184,17 @@ class _ModelBase(_Section):
         if self.image_shape is not None and math.prod(self.image_shape) != self.input_dim:
             raise ConfigError(
                 f"image_shape {self.image_shape} has {math.prod(self.image_shape)} pixels, but input_dim is {self.input_dim}"
+            )
+        for name in ("input_shift", "input_scale"):
+            value = getattr(self, name)
+            if value is not None and len(value) not in (1, self.input_dim):
+                raise ConfigError(f"{name} has {len(value)} entries; expected 1 or input_dim = {self.input_dim}")
+        if self.input_shift is not None and self.input_scale is None:
+            raise ConfigError("input_shift needs input_scale")
+        if self.standardize == "on" and (self.likelihood != "gaussian" or self.input_scale is None):
+            raise ConfigError(
+                f"standardize=on needs the gaussian likelihood and the statistics input_shift and input_scale; "
+                f"got likelihood {self.likelihood}" + ("" if self.input_scale is not None else " and no statistics")
             )
         bad = self.owners_unselected()
         if bad:
@@ -258,6 +275,14 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
             if isinstance(d["train"], dict):
                 d["train"]["objective"] = "reconstruction" if model.get("inference") == "autoencoder" else "elbo"
         d["version"] = version = 2
+    if version == 2:
+        # Version 2 stored no input map: its models saw the values as loaded (a named
+        # dataset already scaled by its loader), and reported densities of those values.
+        d = json.loads(json.dumps(d))
+        model = d.get("model", {})
+        if isinstance(model, dict):
+            model.update(standardize="off", input_shift=None, input_scale=None)
+        d["version"] = version = 3
     if version != CONFIG_VERSION:
         raise ConfigError(f"config version must be <= {CONFIG_VERSION}, got {d.get('version')!r}")
     return d

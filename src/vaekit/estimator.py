@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .config import DataConfig, RunConfig, TrainConfig, check_positive_int
 from .errors import ConfigError, DataError
+from .scaling import Scaling, apply
 
 # Rows per forward pass of encode and reconstruct.
 BATCH_ROWS = 4096
@@ -100,7 +101,8 @@ class VAE(TransformerMixin, BaseEstimator):
 
     def _rows(self, X, what: str, reset: bool):
         """X as check_data returns it, with scikit-learn's bookkeeping of feature names: a
-        DataFrame's columns are recorded by fit (``feature_names_in_``) and must match later."""
+        DataFrame's columns are recorded by fit (``feature_names_in_``) and must match later.
+        A fitted model of images also takes them unflattened, (n, H, W) or (n, C, H, W)."""
         from sklearn.utils.validation import validate_data
 
         from .data import MappedRows, check_data
@@ -111,8 +113,32 @@ class VAE(TransformerMixin, BaseEstimator):
                 validate_data(self, X, reset=reset, skip_check_array=True, ensure_2d=False)
             except ValueError as e:  # names that differ from fit's
                 raise DataError(str(e)) from None
-            X = _numeric(X, what)
+            X = self._flat_images(_numeric(X, what), what) if not reset else _numeric(X, what)
         return check_data(X, what=what, min_rows=1)
+
+    def _fit_rows(self, X):
+        """(rows, image_shape) of fit's X: images (n, H, W) or (n, C, H, W) are flattened and
+        give the image shape (which must agree with the ``image_shape`` parameter, if set)."""
+        X = _numeric(X, "X") if not hasattr(X, "columns") else X
+        image_shape = self.image_shape
+        if getattr(X, "ndim", None) in (3, 4):
+            shape = tuple(int(v) for v in X.shape[1:])
+            if image_shape is not None and tuple(image_shape) != shape:
+                raise DataError(f"X has images of shape {shape}, but image_shape={tuple(image_shape)}")
+            X, image_shape = np.reshape(X, (X.shape[0], -1)), shape
+        return self._rows(X, "X", reset=True), image_shape
+
+    def _flat_images(self, X, what: str):
+        """Images of the fitted model's image_shape as rows; anything else as it is."""
+        shape = self.model_.config.image_shape if hasattr(self, "model_") else None
+        ndim = getattr(X, "ndim", None)
+        if shape is None or ndim not in (3, 4):
+            return X
+        if tuple(X.shape[1:]) != tuple(shape):
+            raise DataError(
+                f"{what} has images of shape {tuple(X.shape[1:])}, but the model was trained on images of shape {tuple(shape)}"
+            )
+        return np.reshape(X, (X.shape[0], -1))
 
     # -- fitting --------------------------------------------------------------------------------
     def fit(self, X, y=None, *, X_valid=None) -> "VAE":
@@ -125,7 +151,7 @@ class VAE(TransformerMixin, BaseEstimator):
         from .runs import model_config
         from .train import fit
 
-        X = self._rows(X, "X", reset=True)
+        X, image_shape = self._fit_rows(X)
         given_valid = X_valid is not None
         need = 2 if given_valid else 3
         if X.shape[0] < need:
@@ -140,21 +166,24 @@ class VAE(TransformerMixin, BaseEstimator):
             X_valid, X = X[perm[:n_valid]], X[perm[n_valid:]]
         params = estimator_params()
         options = {s: {n: getattr(self, n) for n, (sec, _) in params.items() if sec == s} for s in ("model", "train")}
-        image_shape = options["model"].pop("image_shape")
+        options["model"].pop("image_shape")
+        # The input map (standardisation) is learned from the training rows alone.
         model_config_ = model_config(X, image_shape, options["model"])
         train_config = TrainConfig(**options["train"])
         data_config = DataConfig(source="array", valid_fraction=self.valid_fraction, test_fraction=0.0, split_seed=self.seed)
         config = RunConfig(model=model_config_, train=train_config, data=data_config)
         if given_valid:
             X_valid = check_data(_numeric(X_valid, "X_valid"), what="X_valid", input_dim=X.shape[1])
+        scaling = Scaling.of(config.model)
+        X, X_valid = apply(scaling, X), apply(scaling, X_valid)
         # The caller's random streams stay where they were: torch.manual_seed here and in
         # train.fit reseeds only the forked state (CPU, and every CUDA device that exists).
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)  # the initial weights are part of the fit
             model = VAEModel(config.model)
-            model.likelihood.check(X, "X")
-            model.likelihood.check(X_valid, "X_valid" if given_valid else "X")
+            model.likelihood.check(X, "X", scaling)
+            model.likelihood.check(X_valid, "X_valid" if given_valid else "X", scaling)
             self.history_ = fit(model, X, X_valid, config.train, progress=self.progress)
         self.model_ = model
         self.config_ = config
@@ -168,27 +197,42 @@ class VAE(TransformerMixin, BaseEstimator):
         if not hasattr(self, "model_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
 
-    def _input(self, X, what: str = "X"):
-        """X checked against the fitted model: an array, or ``MappedRows`` that stay mapped."""
+    @property
+    def scaling_(self) -> Scaling | None:
+        """The fitted model's input map x' = (x − shift)/scale (vaekit.scaling), None for none."""
+        self._check_fitted()
+        return Scaling.of(self.model_.config)
+
+    def model_input(self, X, what: str = "X"):
+        """X checked against the fitted model and mapped into the values it sees (its input
+        map): an array, or ``MappedRows`` that stay mapped. ``what`` names X in errors."""
         from .data import MappedRows, check_data
 
         self._check_fitted()
+        scaling = self.scaling_
         if isinstance(X, MappedRows):  # checked block by block, never read whole
-            return check_data(X, what=what, input_dim=self.n_features_in_, likelihood=self.model_.likelihood)
+            mapped = apply(scaling, X)
+            return check_data(mapped, what=what, input_dim=self.n_features_in_, likelihood=self.model_.likelihood, scaling=scaling)
         x = self._rows(X, what, reset=False)
         if x.shape[1] != self.n_features_in_:  # scikit-learn's wording, which its checks expect
             raise DataError(
                 f"{what} has {x.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input"
             )
-        self.model_.likelihood.check(x, what)
+        x = apply(scaling, x)
+        self.model_.likelihood.check(x, what, scaling)
         return x
+
+    def _to_user(self, x: np.ndarray) -> np.ndarray:
+        """The model's values x' in the user's units: shift + scale · x'."""
+        scaling = self.scaling_
+        return x if scaling is None else scaling.to_user(x)
 
     def _posteriors(self, X):
         """q(z|x) for consecutive blocks of rows: memory stays bounded whatever the size of X."""
         from .evaluate import batches
 
-        x = self._input(X)  # first: it says so when the model is not fitted
+        x = self.model_input(X)  # first: it says so when the model is not fitted
         for xb in batches(self.model_, x, BATCH_ROWS):
             yield xb, self.model_.evaluation_posterior(xb)
 
@@ -224,16 +268,16 @@ class VAE(TransformerMixin, BaseEstimator):
 
     @torch.no_grad()
     def inverse_transform(self, Z) -> np.ndarray:
-        """E[x|z] under the decoder for latents Z (n, latent_dim)."""
+        """E[x|z] under the decoder for latents Z (n, latent_dim), in the user's units."""
         self._check_fitted()
         p = next(self.model_.parameters())
         z = torch.as_tensor(np.asarray(Z), dtype=p.dtype, device=p.device)
         if z.ndim != 2 or z.shape[1] != self.model_.latent_size:
             raise DataError(f"Z must have shape (n, {self.model_.latent_size}), got {tuple(z.shape)}")
-        return self.model_.decode(z).mean.cpu().numpy()
+        return self._to_user(self.model_.decode(z).mean.cpu().numpy())
 
     def reconstruct(self, X) -> np.ndarray:
-        """E[x|z] at z = E_q[z|x]: the decoder's mean at the posterior mean."""
+        """E[x|z] at z = E_q[z|x]: the decoder's mean at the posterior mean, in the user's units."""
         return np.concatenate(list(self.reconstruct_blocks(X)))
 
     def reconstruct_blocks(self, X):
@@ -246,13 +290,14 @@ class VAE(TransformerMixin, BaseEstimator):
                 item = next(posteriors, None)
                 if item is None:
                     return
-                block = self.model_.decode(item[1].mean).mean.cpu().numpy()
+                block = self._to_user(self.model_.decode(item[1].mean).mean.cpu().numpy())
             yield block
 
     def sample(
         self, n: int = 1, seed: int | None = None, mean: bool = True, source: str = "prior", X=None, components: int = 10
     ) -> np.ndarray:
-        """n rows from the model: z from ``source``, then E[x|z] (``mean``) or x ~ p(x|z).
+        """n rows from the model in the user's units: z from ``source``, then E[x|z] (``mean``)
+        or x ~ p(x|z).
 
         ``source``: ``"prior"``, z ~ p(z); ``"aggregate"``, z ~ q(z|x) for rows x drawn uniformly
         from ``X``, i.e. the aggregate posterior (1/N) Σ_i q(z|x_i) (the posterior as the new
@@ -272,7 +317,7 @@ class VAE(TransformerMixin, BaseEstimator):
         if source != "prior":
             if X is None:
                 raise ConfigError(f"source={source!r} needs the rows X whose posteriors it samples from")
-            x = self._input(X)
+            x = self.model_input(X)
             if source == "aggregate":
                 from .data import MappedRows
 
@@ -283,7 +328,7 @@ class VAE(TransformerMixin, BaseEstimator):
                     z = q.sample(generator=g)
             else:
                 z = self._gmm_latents(x, n, check_positive_int("components", components), g)
-        return self.model_.sample(int(n), generator=g, mean=mean, z=z).cpu().numpy()
+        return self._to_user(self.model_.sample(int(n), generator=g, mean=mean, z=z).cpu().numpy())
 
     def _gmm_latents(self, x, n: int, components: int, g: torch.Generator) -> torch.Tensor:
         """n draws of a full-covariance Gaussian mixture fitted to the posterior means of x."""
@@ -301,11 +346,12 @@ class VAE(TransformerMixin, BaseEstimator):
         return torch.as_tensor(z[order], dtype=p.dtype, device=p.device)
 
     def score_samples(self, X, k: int = 1000, seed: int = 0) -> np.ndarray:
-        """Per-row log p(x), the K-sample importance-weighted estimate (nats). Low values flag
-        rows the model finds unlikely, so it serves as an anomaly score."""
+        """Per-row log p(x), the K-sample importance-weighted estimate (nats), a density of the
+        values as given (through the input map: log p'((x − shift)/scale) − Σ_j log scale_j).
+        Low values flag rows the model finds unlikely, so it serves as an anomaly score."""
         from .evaluate import log_px_per_point
 
-        x = self._input(X)
+        x = self.model_input(X)
         return log_px_per_point(self.model_, x, k=k, seed=seed)
 
     def score(self, X, y=None, k: int = 1000) -> float:
@@ -316,14 +362,14 @@ class VAE(TransformerMixin, BaseEstimator):
         """Per-row ELBO, E_q[log p(x|z)] and KL(q || p)."""
         from .evaluate import elbo_per_point
 
-        x = self._input(X)
+        x = self.model_input(X)
         return elbo_per_point(self.model_, x, seed=seed)
 
     def evaluate(self, X, k: int = 1000, seed: int = 0) -> dict[str, Any]:
         """elbo, recon, kl, log_likelihood, bits_per_dim, n, k averaged over the rows of X."""
         from .evaluate import evaluate
 
-        x = self._input(X)
+        x = self.model_input(X)
         return evaluate(self.model_, x, k=k, seed=seed)
 
     # -- persistence ----------------------------------------------------------------------------

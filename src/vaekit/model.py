@@ -11,6 +11,7 @@ from .latents import latent_groups, split
 from .nets import MLP, NETS, GaussianHead
 from .objectives.kl import kl as kl_divergence
 from .registry import INFERENCE, LIKELIHOODS, PRIORS
+from .scaling import Scaling
 
 
 class VAEModel(nn.Module):
@@ -37,6 +38,10 @@ class VAEModel(nn.Module):
         )
         self.decoder = NETS.get(config.decoder_net).decoder(config, self.latents[0].size)
         self.likelihood = LIKELIHOODS.get(config.likelihood)(config)
+        # The model sees x' = (x − shift)/scale (vaekit.scaling); its densities are of x, which
+        # adds log |∂x'/∂x| = −Σ_j log scale_j to every log p(x|z) (0 without an input map).
+        scaling = Scaling.of(config)
+        self.log_det = 0.0 if scaling is None else scaling.log_det(config.input_dim)
         self.inference = INFERENCE.get(config.inference)(config, self.latents)
 
     @property
@@ -87,6 +92,12 @@ class VAEModel(nn.Module):
     def decode(self, z: torch.Tensor) -> Distribution:
         """p(x|z; θ) for a draw of all groups z of shape (..., D); it reads z_1."""
         return self.likelihood(self.decoder(z[..., self.latents[0].columns] if len(self.latents) > 1 else z))
+
+    def log_px_given_z(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) of the user's values x for rows x' = (x − shift)/scale in the model's units:
+        log p'(x'|z) − Σ_j log scale_j (the change of variables); z (..., n, D), x' (n, D_x)."""
+        log_p = self.decode(z).log_prob(x)
+        return log_p if self.log_det == 0.0 else log_p + self.log_det
 
     def sample_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ p(z), ancestrally from the top group down, (n, D)."""

@@ -31,7 +31,8 @@ class Option:
     config.json field and the check on resume are all derived from it.
 
     ``type`` is ``int``, ``float``, ``str``, ``bool``, ``"widths"`` (a tuple of positive
-    integers) or ``"int|widths"`` (a positive int, or such a tuple). ``choices`` is a tuple, or the
+    integers), ``"int|widths"`` (a positive int, or such a tuple) or ``"floats"`` (a tuple of
+    finite numbers, each bounded by ``minimum``). ``choices`` is a tuple, or the
     name of a registry (``"prior"``) whose entries are the choices. ``minimum`` and
     ``exclusive`` bound numbers; ``optional`` admits None.
     """
@@ -68,6 +69,17 @@ class Option:
                     raise ConfigError(f"{name} must name at least one size, got {value!r}")
                 return tuple(int(v) for v in value)
             raise ConfigError(f"{name} must be a list of integers >= 1, got {value!r}")
+        if kind == "floats":
+            import math
+
+            if not isinstance(value, (list, tuple)) or not value or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+            ):
+                raise ConfigError(f"{name} must be a non-empty list of finite numbers, got {value!r}")
+            bad = [v for v in value if self.minimum is not None and (v <= self.minimum if self.exclusive else v < self.minimum)]
+            if bad:
+                raise ConfigError(f"{name} must be {'>' if self.exclusive else '>='} {self.minimum:g} in every entry, got {bad[0]!r}")
+            return tuple(float(v) for v in value)
         if kind == "int":
             if not _is_int(value) or (self.minimum is not None and value < self.minimum):
                 bound = "" if self.minimum is None else f" >= {self.minimum:g}"

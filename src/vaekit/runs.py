@@ -10,26 +10,49 @@ import numpy as np
 import torch
 
 from .config import RunConfig
+from .scaling import Scaling
 from .train import rank_world, fit, init_distributed
 
+# What write_pictures may write.
+PICTURES = ("samples.png", "reconstructions.png", "curves.png", "latent.png", "kl_per_dim.png", "latent_grid.png")
 # Test rows drawn in the latent-space picture.
 LATENT_POINTS = 5000
 
 
-def model_config(x_train, image_shape, options: dict[str, Any]):
-    """The ModelConfig for training rows ``x_train`` and the user's model options: the data
-    fix input_dim, image_shape and n_points, and ``likelihood="auto"`` (or absent) is chosen
-    from the training rows."""
+def model_config(x_train, image_shape, options: dict[str, Any], named: tuple[float, float] | None = None):
+    """The ModelConfig for training rows ``x_train`` (the user's values) and the user's model
+    options: the data fix input_dim, image_shape and n_points; ``likelihood="auto"`` (or
+    absent) is chosen from the training rows as a named dataset's scaling ``named`` (shift,
+    scale) maps them; ``standardize="auto"`` (or absent) standardises them when the likelihood
+    is Gaussian and those values are not all in [0, 1]. The input map (standardisation learned
+    from ``x_train`` alone, else ``named``) is stored in the config (vaekit.scaling)."""
     from .config import MODEL_OPTIONS, ModelConfig
     from .likelihoods import choose
     from .registry import INFERENCE
+    from .scaling import apply, choose_standardize, config_fields
 
     options = dict(options)
+    named_map = None if named is None else Scaling.uniform(*named)
+    seen = apply(named_map, x_train)
     if options.get("likelihood", "auto") == "auto":
-        options["likelihood"] = choose(x_train)
+        options["likelihood"] = choose(seen)
+    options["standardize"] = choose_standardize(seen, options["likelihood"], options.get("standardize", "auto"))
+    scaling = Scaling.standardizing(x_train) if options["standardize"] == "on" else named_map
     if INFERENCE.get(options.get("inference", MODEL_OPTIONS["inference"].default)).per_point:
         options["n_points"] = x_train.shape[0]
-    return ModelConfig(input_dim=x_train.shape[1], image_shape=image_shape, **options)
+    return ModelConfig(input_dim=x_train.shape[1], image_shape=image_shape, **options, **config_fields(scaling))
+
+
+def model_rows(model_config, x, named: tuple[float, float] | None = None):
+    """Rows of the user's values as the model of ``model_config`` sees them: through its input
+    map, or, for a model without one, through a named dataset's scaling ``named`` (a model
+    written before models stored their map saw named datasets scaled by the loader)."""
+    from .scaling import apply
+
+    scaling = Scaling.of(model_config)
+    if scaling is None and named is not None:
+        scaling = Scaling.uniform(*named)
+    return apply(scaling, x)
 
 
 def train_run(
@@ -46,8 +69,14 @@ def train_run(
 
         local = int(os.environ.get("LOCAL_RANK", "0"))
         run_config = dataclasses.replace(run_config, train=dataclasses.replace(run_config.train, device=f"cuda:{local}"))
+    created = not run_dir.exists()
     try:
-        summary = _train_run(run_config, run_dir, resume, progress)
+        try:
+            summary = _train_run(run_config, run_dir, resume, progress)
+        except BaseException:
+            if not resume and rank_world()[0] == 0:
+                _remove_unfinished(run_dir, created)
+            raise
         if distributed:
             import torch.distributed as dist
 
@@ -62,6 +91,21 @@ def train_run(
             dist.destroy_process_group()
 
 
+def _remove_unfinished(run_dir: Path, created: bool) -> None:
+    """After a fresh run failed: if it wrote no checkpoint, remove what it wrote (the whole
+    directory when it created it), so that the same command can be run again. A run that got
+    as far as a checkpoint is kept: ``--resume`` continues it."""
+    from . import checkpoint as ckpt
+
+    if (run_dir / ckpt.LAST_FILE).is_file() or not run_dir.is_dir():
+        return
+    ckpt.remove_stale_temporaries(run_dir)
+    for name in (ckpt.CONFIG_FILE, ckpt.MODEL_FILE, ckpt.METRICS_FILE, *PICTURES):
+        (run_dir / name).unlink(missing_ok=True)
+    if created and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
 def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
     from .data import check_data, load_dataset
     from .evaluate import evaluate
@@ -71,19 +115,21 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
     torch.manual_seed(run_config.train.seed)  # the initial weights are part of the run
     model = VAEModel(run_config.model)
     splits = {}
+    scaling = Scaling.of(run_config.model)
     for name in ("train", "valid", "test"):
         splits[name] = check_data(
-            data.split(name),
+            model_rows(run_config.model, data.split(name), data.scaling),
             what=f"{data.name} ({name} split)",
             min_rows=2 if name == "train" else 1,
             input_dim=run_config.model.input_dim,
             likelihood=model.likelihood,
+            scaling=scaling,
         )
     rank, _ = rank_world()
     history = fit(model, splits["train"], splits["valid"], run_config.train, run_dir, run_config, resume, progress and rank == 0)
     if rank != 0:
         return {"run_dir": str(run_dir), "rank": rank}
-    write_pictures(model, data, history, run_dir, seed=run_config.train.seed)
+    write_pictures(model, data, history, run_dir, seed=run_config.train.seed, x_test=splits["test"])
     test = evaluate(model, splits["test"], k=run_config.train.eval_k, seed=run_config.train.seed)
     best = max(history, key=lambda r: r["valid_score"]) if history else None
     return {
@@ -95,17 +141,19 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
     }
 
 
-def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, seed: int = 0) -> list[Path]:
+def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, seed: int = 0, x_test=None) -> list[Path]:
     """The pictures of the notes for a trained model: samples from the prior, reconstructions
     beside their inputs, training curves, the latent space, and the latent units' KL and
-    activity (kl_per_dim.png, on the first LATENT_POINTS test rows)."""
+    activity (kl_per_dim.png, on the first LATENT_POINTS test rows). Pictures show the values
+    the model sees (a named dataset's [0, 1]); ``x_test``: the test rows so mapped (default
+    ``data.split("test")``)."""
     from . import plots
     from .evaluate import ACTIVE_UNIT_THRESHOLD, LatentUsage, batches
 
     run_dir = Path(run_dir)
     written = []
     shape = model.config.image_shape
-    x_test = data.split("test")
+    x_test = data.split("test") if x_test is None else x_test
     p = next(model.parameters())
     g = torch.Generator(device=p.device).manual_seed(seed)
     with torch.no_grad():

@@ -103,7 +103,10 @@ def fit(
     for epoch in range(run.start, config.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        losses, value_sum = step.epoch(n, config.beta_at(epoch), epoch, run_dir, progress)
+        try:
+            losses, value_sum = step.epoch(n, config.beta_at(epoch), epoch, run_dir, progress)
+        except TrainingError as e:
+            raise TrainingError(f"{e}; {_likely_cause(model, x_train, config)}") from None
         train_seconds = time.perf_counter() - t0
         # The latent units' use from the same validation pass (no second encoder pass).
         usage = LatentUsage(model, torch.Generator(device=device).manual_seed(config.seed + 2))
@@ -150,6 +153,11 @@ def fit(
                 "stopped": stopped,
                 "history": run.history,
             }
+            if run.config_to_save is not None:
+                # A resumed run records its new epochs or device with its first new checkpoint:
+                # a resume that fails before it leaves the run as it was.
+                run.config_to_save.save(run_dir / ckpt.CONFIG_FILE)
+                run.config_to_save = None
             ckpt.save_tensors(run_dir / ckpt.LAST_FILE, *ckpt.training_state(model, optimizers, meta))
             _append_metrics(run_dir, record)
         if stopped:
@@ -197,6 +205,7 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.best_valid, self.best_epoch, self.bad_epochs, self.start = -math.inf, 0, 0, 1
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.config_to_save: RunConfig | None = None
 
 
 def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_config, resume: bool, writer: bool, x_train) -> _Run:
@@ -220,8 +229,9 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
     if writer:
         ckpt.remove_stale_temporaries(run_dir)
     if run_config is not None and writer:
-        # Only now that the checkpoint has loaded may the new epochs or device be recorded.
-        run_config.save(run_dir / ckpt.CONFIG_FILE)
+        # Only once the checkpoint has loaded and a new epoch has passed may the new epochs or
+        # device be recorded (with that epoch's checkpoint).
+        run.config_to_save = run_config
     run.history = meta["history"]
     run.best_valid, run.best_epoch, run.bad_epochs = meta["best_valid"], meta["best_epoch"], meta["bad_epochs"]
     run.start = config.epochs + 1 if meta.get("stopped") else meta["epoch"] + 1
@@ -370,9 +380,24 @@ def _check_finite(losses: torch.Tensor, upto: int, epoch: int, run_dir: Path | N
         kept = ""
         if run_dir is not None and (run_dir / ckpt.LAST_FILE).is_file():
             kept = f"; the last good checkpoint in {run_dir} is intact"
-        raise TrainingError(
-            f"loss became NaN or infinite at epoch {epoch}, step {step}{kept}; try a lower --lr"
-        )
+        raise TrainingError(f"loss became NaN or infinite at epoch {epoch}, step {step}{kept}")
+
+
+def _likely_cause(model, x_train, config: TrainConfig) -> str:
+    """What a NaN in training most likely comes from, in the user's terms: values far from
+    the unit scale that the networks and the Gaussian likelihood start at (standardisation
+    off), or else the learning rate."""
+    from .data import summarize
+
+    values = summarize(x_train)
+    seen = f"the training values the model sees run from {values.min:.4g} to {values.max:.4g}"
+    lr = f"the learning rate (--lr {config.lr:g}; try a lower one)"
+    mc = model.config
+    if mc.likelihood == "gaussian" and mc.standardize == "off" and max(abs(values.min), abs(values.max)) > 10:
+        return f"likely cause: the scale of the data: standardisation is off and {seen} (train with --standardize on or auto); else {lr}"
+    if mc.standardize == "on":
+        return f"the data are standardised ({seen}), so the likely cause is {lr}"
+    return f"{seen}; likely cause: {lr}"
 
 
 def _progress(enabled: bool, total: int, desc: str):

@@ -18,18 +18,20 @@ def check_data(
     min_rows: int = 1,
     input_dim: int | None = None,
     likelihood: Any = None,
+    scaling: Any = None,
 ) -> np.ndarray:
     """Validate ``x`` and return it as a C-contiguous float32 ``(n, D)`` array (a view when
     it already is one, else a copy).
 
     Checks, in order: numeric dtype; 2-D; at least ``min_rows`` rows; at least one column;
-    all values finite; ``D == input_dim`` when given; ``likelihood.check(x, what)`` (the
-    likelihood's support) when a likelihood is given. Accepts lists, numpy arrays and torch
+    all values finite; ``D == input_dim`` when given; ``likelihood.check(x, what, scaling)``
+    (the likelihood's support; ``scaling``, the model's input map that made x, for the
+    message) when a likelihood is given. Accepts lists, numpy arrays and torch
     tensors. Raises ``DataError`` naming ``what``, the expected and the found. A
     ``MappedRows`` is checked block by block and returned as it is (never read whole).
     """
     if isinstance(x, MappedRows):
-        return _check_mapped(x, what, min_rows, input_dim, likelihood)
+        return _check_mapped(x, what, min_rows, input_dim, likelihood, scaling)
     x = _as_numpy(x, what)
     if x.dtype.kind == "c":
         raise DataError(f"{what}: Complex data not supported (dtype {x.dtype}); expected real numbers")
@@ -63,11 +65,11 @@ def check_data(
             f"{what} has {x32.shape[1]} features per row, but the model was trained on {input_dim}"
         )
     if likelihood is not None:
-        likelihood.check(x32, what)
+        likelihood.check(x32, what, scaling)
     return x32
 
 
-def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None, likelihood: Any) -> MappedRows:
+def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None, likelihood: Any, scaling: Any) -> MappedRows:
     if len(x) < min_rows:
         raise DataError(f"{what} has {len(x)} rows (shape={x.shape}); at least {min_rows} {'is' if min_rows == 1 else 'are'} needed")
     if x.array.dtype.kind not in "biuf":
@@ -75,7 +77,7 @@ def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None
     start = 0
     for chunk in x.chunks():
         try:
-            check_data(chunk, what=what, input_dim=input_dim, likelihood=likelihood)
+            check_data(chunk, what=what, input_dim=input_dim, likelihood=likelihood, scaling=scaling)
         except DataError as e:
             raise DataError(f"{e} [in rows {start + 1}-{start + len(chunk)} of the split]") from None
         start += len(chunk)

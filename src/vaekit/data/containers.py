@@ -30,13 +30,17 @@ class Dataset:
     labels: dict[str, np.ndarray | None] = field(
         default_factory=lambda: {"train": None, "valid": None, "test": None}
     )
+    # (shift, scale): a named dataset's map from its raw values to the ones its models see,
+    # x' = (x − shift)/scale (digits: (0, 16)); None for none. The splits hold raw values.
+    scaling: tuple[float, float] | None = None
 
     def split(self, name: str) -> np.ndarray:
         """One split; ``'all'`` is train, valid and test concatenated in that order."""
         _check_split(name)
         if name == "all":
             if isinstance(self.train, MappedRows):
-                return MappedRows(self.train.array, np.concatenate([p.index for p in (self.train, self.valid, self.test)]))
+                rows = np.concatenate([p.index for p in (self.train, self.valid, self.test)])
+                return MappedRows(self.train.array, rows, self.train.scaling)
             return np.concatenate([self.train, self.valid, self.test], axis=0)
         return getattr(self, name)
 
@@ -69,9 +73,17 @@ class MappedRows:
     keeps in memory only the pages in use (file-backed pages, which it can drop again).
     """
 
-    def __init__(self, array: np.ndarray, rows: np.ndarray | None = None):
+    def __init__(self, array: np.ndarray, rows: np.ndarray | None = None, scaling=None):
         self.array = array  # (N, D) memmap, any numeric dtype
         self.index = np.arange(len(array)) if rows is None else np.asarray(rows)
+        # A model's input map (vaekit.scaling.Scaling), applied to every row read; None: as stored.
+        self.scaling = scaling
+
+    def mapped(self, scaling) -> "MappedRows":
+        """The same rows, read through ``scaling`` (on top of this one's, if any)."""
+        if self.scaling is not None:
+            raise ValueError("these rows are already mapped")
+        return MappedRows(self.array, self.index, scaling)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -90,7 +102,7 @@ class MappedRows:
         order = np.argsort(file_rows, kind="stable")
         out = np.empty((len(file_rows), self.shape[1]), dtype=np.float32)
         out[order] = self.array[file_rows[order]]
-        return out
+        return out if self.scaling is None else self.scaling.to_model(out)
 
     def __getitem__(self, key) -> np.ndarray:
         return self.rows(np.arange(len(self))[key])

@@ -26,7 +26,9 @@ def load_dataset(config: DataConfig) -> Dataset:
     and test >= 1 row unless their fraction is 0)."""
     source = config.source
     if source in DATASETS:
-        ds = DATASETS.get(source).load(config)
+        named = DATASETS.get(source)
+        ds = named.load(config)
+        ds.scaling = named.scaling
     elif config.mmap:
         ds = _load_mapped(_resolve(source, config.data_dir), config)
     else:

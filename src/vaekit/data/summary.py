@@ -26,7 +26,7 @@ def summarize(x: Any) -> ValueSummary:
     in file order (the order does not change the summary, and the page cache serves it best),
     as the float32 values that training sees."""
     if isinstance(x, MappedRows):
-        blocks = MappedRows(x.array, np.sort(x.index)).chunks()
+        blocks = MappedRows(x.array, np.sort(x.index), x.scaling).chunks()
     else:
         blocks = (np.asarray(x),)
     binary, lo, hi = True, np.inf, -np.inf

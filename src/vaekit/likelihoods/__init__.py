@@ -34,16 +34,25 @@ class Likelihood(nn.Module):
         """Elementwise: which values of ``x`` this likelihood gives a density (all, by default)."""
         return np.ones(x.shape, dtype=bool)
 
-    def check(self, x: np.ndarray, what: str = "data") -> None:
-        """Raise DataError if some value of ``x`` is outside this likelihood's support."""
+    def check(self, x: np.ndarray, what: str = "data", scaling=None) -> None:
+        """Raise DataError if some value of ``x`` (the model's values) is outside this
+        likelihood's support; the message says what the values were and why: the model's input
+        map ``scaling`` (vaekit.scaling.Scaling) that made them, or that there is none."""
         ok = self.supported(x)
-        if not ok.all():
-            shown = ", ".join(f"{v:g}" for v in np.unique(x[~ok])[:3])
+        if ok.all():
+            return
+        r, c = (int(i) for i in np.argwhere(~ok)[0])
+        head = f"{what} has values outside the support of the {self.name} likelihood ({self.support})"
+        if scaling is not None:
             raise DataError(
-                f"{what} has values outside the support of the {self.name} likelihood ({self.support}), e.g. {shown}"
+                f"{head} once this model's input scaling {scaling.describe()} is applied: "
+                f"e.g. {scaling.user_value(float(x[r, c]), c):g} becomes {float(x[r, c]):g} (row {r + 1}, column {c + 1})"
             )
-
-
+        shown = ", ".join(f"{v:g}" for v in np.unique(x[~ok])[:3])
+        raise DataError(
+            f"{head}, e.g. {shown}: values from {float(x.min()):g} to {float(x.max()):g}, and this model applies "
+            "no scaling to its input (give it values as they were scaled for training)"
+        )
 
 
 def choose(x: np.ndarray | MappedRows) -> str:

@@ -44,7 +44,7 @@ def elbo(
 def _recon(model, x, q, n_samples=1, generator=None, eps=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(z (S, n, D), E_q[log p(x|z)] (n,)): the reparameterized draws and the Monte Carlo mean."""
     z = q.reparameterize(eps) if eps is not None else q.rsample((n_samples,), generator=generator)  # (S, n, D)
-    return z, model.decode(z).log_prob(x).mean(0)
+    return z, model.log_px_given_z(z, x).mean(0)
 
 
 def free_bits_loss(

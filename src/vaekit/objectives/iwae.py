@@ -39,7 +39,7 @@ def log_weights(
     if q is None:
         q = model.posterior(x, idx)
     z = q.reparameterize(eps) if eps is not None else q.rsample((k,), generator=generator)
-    return model.decode(z).log_prob(x) + model.log_pz(z) - q.log_prob(z)
+    return model.log_px_given_z(z, x) + model.log_pz(z) - q.log_prob(z)
 
 
 def _proposal(model, x: torch.Tensor, q: Distribution | None) -> Distribution:

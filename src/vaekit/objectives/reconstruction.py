@@ -11,7 +11,7 @@ from .base import Objective
 def reconstruction(model, x: torch.Tensor, q, eps: torch.Tensor | None = None) -> torch.Tensor:
     """E_q[log p(x|z)] per point (n,); for a point mass, log p(x|ẑ)."""
     z = q.reparameterize(eps) if eps is not None else q.rsample((1,))
-    return model.decode(z).log_prob(x).mean(0)
+    return model.log_px_given_z(z, x).mean(0)
 
 
 @OBJECTIVES.register("reconstruction")

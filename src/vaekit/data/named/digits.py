@@ -1,5 +1,5 @@
-"""``digits``: scikit-learn's bundled 8x8 handwritten digits (1797 images, pixels 0..16,
-scaled to [0, 1]), split by fractions with a seeded permutation."""
+"""``digits``: scikit-learn's bundled 8x8 handwritten digits (1797 images, pixels 0..16, which
+its models see scaled to [0, 1]), split by fractions with a seeded permutation."""
 
 from __future__ import annotations
 
@@ -18,14 +18,17 @@ if TYPE_CHECKING:
 
 @DATASETS.register("digits")
 class Digits(NamedDataset):
-    """scikit-learn's 8x8 digits (UCI optdigits test set, bundled): pixels 0..16 -> x/16 in [0, 1]."""
+    """scikit-learn's 8x8 digits (UCI optdigits test set, bundled): raw pixels 0..16, which a
+    model sees as x/16 in [0, 1] (``scaling``), so that it takes ``load_digits().data`` as it is."""
+
+    scaling = (0.0, 16.0)
 
     @classmethod
     def load(cls, config: DataConfig) -> Dataset:
         from sklearn.datasets import load_digits  # lazy: sklearn is slow to import
 
         digits = load_digits()
-        x = (digits.data / 16.0).astype(np.float32)
+        x = digits.data.astype(np.float32)
         parts = split_by_fractions(
             x, digits.target.astype(np.int64), "digits", config.valid_fraction, config.test_fraction, config.split_seed
         )

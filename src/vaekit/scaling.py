@@ -1,0 +1,146 @@
+"""The map from the user's values to the values a model sees, stored with the model.
+
+A model reads x' = (x − shift) / scale, per feature, where the config holds ``input_shift``
+and ``input_scale`` (config.json): a named dataset's own scaling (digits: pixels / 16) or,
+for the Gaussian likelihood, standardisation by the training split's mean and standard
+deviation (``standardize``). Every input is mapped on its way in, samples and
+reconstructions are mapped back, x = shift + scale · x', and every log-density is of the
+user's values, by the change of variables
+
+    log p(x) = log p'((x − shift) / scale) − Σ_j log scale_j,
+
+so that two models of the same values are compared in the same units whatever their scaling.
+No torch import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """x' = (x − shift) / scale per feature; ``shift`` and ``scale`` are float64 (D,) or (1,)
+    (one value for every feature)."""
+
+    shift: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def of(cls, model_config: Any) -> "Scaling | None":
+        """The input map a ModelConfig stores, or None (the identity) when it stores none."""
+        if getattr(model_config, "input_scale", None) is None:
+            return None
+        shift = model_config.input_shift if model_config.input_shift is not None else (0.0,)
+        return cls(np.asarray(shift, dtype=np.float64), np.asarray(model_config.input_scale, dtype=np.float64))
+
+    @classmethod
+    def uniform(cls, shift: float, scale: float) -> "Scaling":
+        """One (shift, scale) for every feature (a named dataset's)."""
+        return cls(np.array([shift], dtype=np.float64), np.array([scale], dtype=np.float64))
+
+    @classmethod
+    def standardizing(cls, x: Any) -> "Scaling":
+        """Per-feature mean and standard deviation (population, float64) of the rows of x, an
+        array or ``MappedRows`` read block by block. A feature constant in x keeps scale 1
+        (it is centred only), as scikit-learn's StandardScaler does: its spread is unknown,
+        and dividing by a floor would add −log(floor) nats per such feature to every density."""
+        mean, m2, n = _moments(x)
+        std = np.sqrt(m2 / max(n, 1))
+        return cls(mean, np.where(std > 0, std, 1.0))
+
+    def to_model(self, x: np.ndarray) -> np.ndarray:
+        """(x − shift) / scale as float32 (the arithmetic in float64: an offset of 1e3 leaves
+        float32 with 3 fewer digits to lose)."""
+        return ((np.asarray(x, dtype=np.float64) - self.shift) / self.scale).astype(np.float32)
+
+    def to_user(self, x: np.ndarray) -> np.ndarray:
+        """shift + scale · x, in x's dtype."""
+        x = np.asarray(x)
+        return (self.shift + self.scale * x.astype(np.float64)).astype(x.dtype)
+
+    def log_det(self, dim: int) -> float:
+        """log |det ∂x'/∂x| = −Σ_j log scale_j over ``dim`` features: what a log-density of x'
+        gains to become one of x."""
+        return -float(np.broadcast_to(np.log(self.scale), (dim,)).sum())
+
+    def user_value(self, value: float, column: int) -> float:
+        """The user's value of the model's ``value`` in feature ``column`` (0-based)."""
+        j = column if self.scale.shape[0] > 1 else 0
+        return float(self.shift[j] + self.scale[j] * value)
+
+    def describe(self) -> str:
+        """'x / 16', '(x − 1.5) / 2' for one value of every feature; 'standardised per feature' else."""
+        if self.scale.shape[0] == 1 and self.shift.shape[0] == 1:
+            s, m = float(self.scale[0]), float(self.shift[0])
+            return f"x / {s:g}" if m == 0 else f"(x - {m:g}) / {s:g}"
+        return "(x - mean) / std per feature"
+
+
+def _moments(x: Any) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mean, Σ (x − mean)², n) per column in float64, block by block (Chan et al.'s pairwise
+    update: no E[x²] − E[x]² cancellation, which an offset of 1e3 would make catastrophic)."""
+    from .data import MappedRows
+
+    blocks = x.chunks() if isinstance(x, MappedRows) else (np.asarray(x),)
+    mean = m2 = None
+    n = 0
+    for block in blocks:
+        b = np.asarray(block, dtype=np.float64)
+        if b.shape[0] == 0:
+            continue
+        bm = b.mean(0)
+        bm2 = ((b - bm) ** 2).sum(0)
+        if mean is None:
+            mean, m2, n = bm, bm2, b.shape[0]
+            continue
+        total = n + b.shape[0]
+        delta = bm - mean
+        mean = mean + delta * (b.shape[0] / total)
+        m2 = m2 + bm2 + delta**2 * (n * b.shape[0] / total)
+        n = total
+    return mean, m2, n
+
+
+def choose_standardize(x_seen: Any, likelihood: str, standardize: str) -> str:
+    """``on`` or ``off`` for training rows ``x_seen`` (the user's values, through a named
+    dataset's scaling if there is one): ``auto`` standardises when the likelihood is Gaussian
+    and those values are not all in [0, 1]. ConfigError for ``on`` with another likelihood,
+    whose support standardised values would leave."""
+    from .data import summarize
+
+    if standardize not in ("auto", "on", "off"):
+        raise ConfigError(f"standardize must be one of auto, on, off, got {standardize!r}")
+    if standardize == "auto":
+        values = summarize(x_seen)
+        standardize = "on" if likelihood == "gaussian" and not (values.min >= 0 and values.max <= 1) else "off"
+    if standardize == "on" and likelihood != "gaussian":
+        raise ConfigError(
+            f"standardize must be off with the {likelihood} likelihood, whose support standardised values leave; "
+            "standardisation is for the gaussian likelihood"
+        )
+    return standardize
+
+
+def apply(scaling: "Scaling | None", x: Any) -> Any:
+    """x in the model's units: an array mapped now, ``MappedRows`` mapped as their blocks are
+    read; x itself when ``scaling`` is None."""
+    from .data import MappedRows
+
+    if scaling is None:
+        return x
+    if isinstance(x, MappedRows):
+        return x.mapped(scaling)
+    return scaling.to_model(x)
+
+
+def config_fields(scaling: "Scaling | None") -> dict[str, Any]:
+    """The ModelConfig fields that store ``scaling``: input_shift and input_scale, or None."""
+    if scaling is None:
+        return {"input_shift": None, "input_scale": None}
+    return {"input_shift": tuple(float(v) for v in scaling.shift), "input_scale": tuple(float(v) for v in scaling.scale)}
