@@ -406,6 +406,81 @@ def test_reconstruct_failing_midway_leaves_the_old_file(run, digits_rows, tmp_pa
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_api_takes_raw_digits_as_the_cli_does(run, tmp_path, capsys):
+    """A `--data digits` run stores the dataset's scaling (pixels / 16), so the API takes
+    scikit-learn's raw pixels and gives, row for row, what `vaekit score` reports for them."""
+    from sklearn.datasets import load_digits
+
+    from vaekit.data.splits import split_rows
+
+    config = json.loads((run / "config.json").read_text())["model"]
+    assert (config["standardize"], config["input_shift"], config["input_scale"]) == ("off", [0.0], [16.0])
+    code, _, err = cli(capsys, "score", run, "--data", "digits", "--split", "test", "--out", tmp_path / "s.npy", "--k", "10")
+    assert code == 0, err
+    rows = load_digits().data[split_rows(DIGITS_N, 0.1, 0.2, 0)["test"]]
+    est = vaekit.load(run)
+    np.testing.assert_array_equal(est.score_samples(rows, k=10, seed=0), np.load(tmp_path / "s.npy"))
+    # Densities of the raw pixels: those of the model's x / 16, less 64·log 16.
+    from vaekit.evaluate import log_px_per_point
+
+    bare = vaekit.load(run).model_
+    bare.log_det = 0.0  # the same network, densities of the values it sees
+    scaled = log_px_per_point(bare, (rows / 16).astype(np.float32), k=10, seed=0)
+    # float32 log-densities: 64·log 16 = 177.4 is added at a resolution of about 1.5e-5.
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), scaled - DIM * math.log(16), rtol=0, atol=1e-4)
+    assert est.sample(5, seed=0).max() > 1  # samples in pixels 0..16, as the inputs
+
+
+def _as_version_2(run: Path) -> None:
+    """Rewrite RUN/config.json as version 2 wrote it: no input map (its loader scaled digits)."""
+    config = json.loads((run / "config.json").read_text())
+    for name in ("standardize", "input_shift", "input_scale"):
+        del config["model"][name]
+    config["version"] = 2
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def test_version_2_run_loads_and_scores_as_before(run, run_copy, tmp_path, capsys):
+    """A run written before models stored their scaling saw digits / 16 from the loader and
+    reported densities of those values: so it still does, by the CLI and the API, and it
+    refuses raw pixels saying why. Same weights: 64·log 16 above the new run's densities of
+    the raw pixels."""
+    from sklearn.datasets import load_digits
+
+    _as_version_2(run_copy)
+    old = vaekit.load(run_copy)
+    assert old.scaling_ is None and old.config_.model.standardize == "off" and old.config_.version == 3
+    for r, name in ((run, "new.npy"), (run_copy, "old.npy")):
+        code, _, err = cli(capsys, "score", r, "--data", "digits", "--out", tmp_path / name, "--k", "10")
+        assert code == 0, err
+    # float32 log-densities: 64·log 16 = 177.4 is added at a resolution of about 1.5e-5.
+    np.testing.assert_allclose(np.load(tmp_path / "old.npy"), np.load(tmp_path / "new.npy") + DIM * math.log(16), rtol=0, atol=1e-4)
+    code, out, _ = cli(capsys, "evaluate", run_copy, "--k", "10", "--json")
+    assert code == 0 and json.loads(out)["log_likelihood"] > 0  # grey levels in [0, 1], as before
+    raw = load_digits().data[:20]
+    np.testing.assert_allclose(old.score_samples(raw / 16, k=10), vaekit.load(run).score_samples(raw, k=10) + DIM * math.log(16), rtol=0, atol=1e-4)
+    with pytest.raises(vaekit.VaekitError, match=r"values from 0 to 16, and this model applies no scaling to its input"):
+        old.score_samples(raw)
+
+
+def test_model_of_image_arrays_takes_them_unflattened(tmp_path, capsys):
+    """A run trained from an (n, H, W) .npy file takes (n, H, W) and (n, H·W) rows alike."""
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[:300]
+    np.save(tmp_path / "images.npy", images)
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "images.npy", "--out", tmp_path / "run", *SMALL)
+    assert code == 0, err
+    est = vaekit.load(tmp_path / "run")
+    assert est.config_.model.image_shape == (8, 8)
+    flat = images[:10].reshape(10, -1)
+    np.testing.assert_array_equal(est.score_samples(images[:10], k=5), est.score_samples(flat, k=5))
+    np.testing.assert_array_equal(est.transform(images[:10]), est.transform(flat))
+    np.testing.assert_array_equal(est.reconstruct(images[:10]), est.reconstruct(flat))
+    with pytest.raises(vaekit.VaekitError, match=r"images of shape \(4, 16\), but the model was trained on images of shape \(8, 8\)"):
+        est.transform(images[:10].reshape(10, 4, 16))
+
+
 def test_score_user_csv_matches_api(run, files, digits_rows, tmp_path, capsys):
     code, out, _ = cli(capsys, "score", run, "--data", files / "digits50.csv", "--out", tmp_path / "s.npy", "--k", "10", "--json")
     assert code == 0
@@ -685,6 +760,22 @@ def test_failed_resume_with_new_epochs_leaves_config_alone(run_copy, capsys):
     before = snapshot(run_copy)
     code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--epochs", "5")
     assert_error(code, out, err, 1, "last.safetensors")
+    assert snapshot(run_copy) == before
+
+
+def test_resume_failing_in_its_first_epoch_leaves_the_run_as_it_was(run_copy, capsys, monkeypatch):
+    """A resume that asks for more epochs and turns NaN before its first new checkpoint
+    changes nothing, config.json (which would record the new epochs) included."""
+    import vaekit.train as vtrain
+    from vaekit.errors import TrainingError
+
+    def nan_epoch(self, n, beta, epoch, run_dir, progress):
+        raise TrainingError(f"loss became NaN or infinite at epoch {epoch}, step 1")
+
+    monkeypatch.setattr(vtrain._Step, "epoch", nan_epoch)
+    before = snapshot(run_copy)
+    code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--epochs", "5")
+    assert_error(code, out, err, 1, "NaN", "epoch 4")
     assert snapshot(run_copy) == before
 
 

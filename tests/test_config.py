@@ -1,6 +1,7 @@
 """vaekit.config: checks naming the field, JSON round trip, file errors naming the file, warm-up."""
 
 import json
+import re
 
 import pytest
 
@@ -248,6 +249,42 @@ def test_version_1_config_loads(tmp_path):
         config = RunConfig.load(path)
         assert config.version == CONFIG_VERSION and config.train.objective == objective
         assert config.model.latent_dim == 2 and config.model.image_shape == (8, 8) and config.model.net == "mlp"
+
+
+def test_version_2_config_loads_without_an_input_map(tmp_path):
+    """A config.json written before models stored their input map loads as a model without
+    one: standardisation off, no shift or scale."""
+    config = RunConfig(model=ModelConfig(input_dim=4, likelihood="gaussian")).to_dict()
+    for name in ("standardize", "input_shift", "input_scale"):
+        del config["model"][name]
+    config["version"] = 2
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = RunConfig.load(tmp_path / "config.json")
+    assert loaded.version == CONFIG_VERSION == 3
+    assert (loaded.model.standardize, loaded.model.input_shift, loaded.model.input_scale) == ("off", None, None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"input_scale": (1.0, 2.0)}, "input_scale has 2 entries; expected 1 or input_dim = 4"),
+        ({"input_scale": (1.0, 0.0, 1.0, 1.0)}, "input_scale must be > 0 in every entry, got 0.0"),
+        ({"input_scale": (float("nan"),)}, "input_scale must be a non-empty list of finite numbers"),
+        ({"input_shift": (1.0,)}, "input_shift needs input_scale"),
+        ({"standardize": "on"}, "standardize=on needs the gaussian likelihood and the statistics"),
+        ({"standardize": "on", "likelihood": "bernoulli", "input_scale": (2.0,)}, "got likelihood bernoulli"),
+    ],
+)
+def test_input_map_checks(kwargs, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ModelConfig(**{"input_dim": 4, "likelihood": "gaussian", **kwargs})
+
+
+def test_input_map_round_trips_through_json(tmp_path):
+    model = ModelConfig(input_dim=3, likelihood="gaussian", standardize="on", input_shift=[1000.1, -2.5, 1 / 3], input_scale=[0.1, 7.0, 2 / 3])
+    RunConfig(model=model).save(tmp_path / "c.json")
+    loaded = RunConfig.load(tmp_path / "c.json").model
+    assert loaded.input_shift == (1000.1, -2.5, 1 / 3) and loaded.input_scale == (0.1, 7.0, 2 / 3)  # exactly
 
 
 def test_help_lists_every_registered_name_without_importing_torch():

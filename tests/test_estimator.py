@@ -141,6 +141,17 @@ def test_auto_likelihood(digits, make, expected):
     assert est.likelihood == "auto"  # the parameter itself is not altered (sklearn's clone rule)
 
 
+def test_fit_on_image_arrays_takes_them_unflattened(digits):
+    """(n, H, W) images give the model its image_shape; it then takes images and rows alike."""
+    images = digits[:200].reshape(200, 8, 8)
+    est = VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit(images)
+    assert est.config_.model.image_shape == (8, 8) and est.n_features_in_ == 64
+    np.testing.assert_array_equal(est.transform(images[:20]), est.transform(digits[:20]))
+    np.testing.assert_array_equal(est.score_samples(images[:20], k=5), est.score_samples(digits[:20], k=5))
+    with pytest.raises(DataError, match=r"X has images of shape \(8, 8\), but image_shape=\(4, 16\)"):
+        VAE(latent_dim=2, hidden=(8,), epochs=1, image_shape=(4, 16)).fit(images)
+
+
 def test_get_params_set_params():
     est = VAE(latent_dim=3, hidden=(10, 5), beta=0.5)
     params = est.get_params()
