@@ -75,7 +75,7 @@ class Scaling:
         return float(self.shift[j] + self.scale[j] * value)
 
     def describe(self) -> str:
-        """'x / 16', '(x − 1.5) / 2' for one value of every feature; 'standardised per feature' else."""
+        """'x / 16', '(x - 1.5) / 2' for one value of every feature; '(x - mean) / std per feature' else."""
         if self.scale.shape[0] == 1 and self.shift.shape[0] == 1:
             s, m = float(self.scale[0]), float(self.shift[0])
             return f"x / {s:g}" if m == 0 else f"(x - {m:g}) / {s:g}"
