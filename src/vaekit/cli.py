@@ -306,6 +306,8 @@ def _rows(est, args, split: str):
         # named dataset as its loader scaled it.
         x = model_rows(est.model_.config, x, named)
     return x, est.model_input(x, what=source), labels
+
+
 def _positive(name: str, value: int) -> None:
     from .config import check_positive_int
 

@@ -73,7 +73,10 @@ class VAE(TransformerMixin, BaseEstimator):
     Every option of ``vaekit train`` is a parameter (``latent_dim``, ``hidden``, ``likelihood``,
     ``inference``, ``objective``, ``beta``, ...; ``help(vaekit.VAE)`` lists them with their
     defaults). ``likelihood="auto"`` picks Bernoulli for 0/1 data, continuous Bernoulli for
-    values in [0, 1] and Gaussian otherwise. ``X_valid`` (or a ``valid_fraction`` of X) gives
+    values in [0, 1] and Gaussian otherwise; ``standardize="auto"`` then standardises each
+    feature by the training rows' mean and std when they are not all in [0, 1] (``scaling_``).
+    Every method takes X in its own units and answers in them: samples and reconstructions,
+    and log-likelihoods as densities of X (vaekit.scaling). ``X_valid`` (or a ``valid_fraction`` of X) gives
     the validation objective for early stopping and for keeping the best model.
     """
 
