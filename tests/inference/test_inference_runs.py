@@ -133,9 +133,10 @@ def test_gaps_command(method, runs, capsys):
     # stream: seeded, then one model built, as the command does).
     from vaekit.data import load_dataset
 
-    x = load_dataset(DataConfig()).split("test")
     torch.manual_seed(0)
-    ref = gaps(vaekit.load(straight).model_, x, k=20, steps=20, seed=0)
+    est = vaekit.load(straight)
+    x = est.model_input(load_dataset(DataConfig()).split("test"))  # the pixels / 16 the model sees
+    ref = gaps(est.model_, x, k=20, steps=20, seed=0)
     assert {k: result[k] for k in GAP_KEYS} == {k: ref[k] for k in GAP_KEYS}
     # The printed line gives each gap with its standard error (the same numbers: seeded noise).
     assert main(["gaps", str(straight), "--k", "20", "--steps", "20"]) == 0
