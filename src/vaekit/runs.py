@@ -87,17 +87,22 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
     cfg = run_config.train
     # Rank 0 alone reports; --quiet silences the lines and the bars, not --tensorboard.
     bars = progress and not cfg.quiet and rank == 0
-    logs = []
-    if rank == 0 and not cfg.quiet:
-        logs.append(EpochLog(cfg.epochs))
+    lines = EpochLog(cfg.epochs) if rank == 0 and not cfg.quiet else None
+    events = None
     if rank == 0 and cfg.tensorboard:
         check_tensorboard()  # before the first file is written
-        logs.append(TensorBoardLog(run_dir))
+        events = TensorBoardLog(run_dir)
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        for log in (lines, events):
+            if log is not None:
+                log(record)
+
     try:
-        history = fit(model, splits["train"], splits["valid"], cfg, run_dir, run_config, resume, bars, on_epoch=_each(logs))
+        history = fit(model, splits["train"], splits["valid"], cfg, run_dir, run_config, resume, bars, on_epoch=on_epoch)
     finally:
-        for log in logs:
-            getattr(log, "close", lambda: None)()
+        if events is not None:
+            events.close()
     if rank != 0:
         return {"run_dir": str(run_dir), "rank": rank}
     write_pictures(model, data, history, run_dir, seed=cfg.seed)
@@ -116,14 +121,6 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
         "valid_elbo": best["valid_elbo"] if best else None,
         "test": test,
     }
-
-
-def _each(logs: list):
-    def on_epoch(record: dict[str, Any]) -> None:
-        for log in logs:
-            log(record)
-
-    return on_epoch
 
 
 def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, seed: int = 0) -> list[Path]:
