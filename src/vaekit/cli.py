@@ -100,7 +100,7 @@ def _add_option(g, dest: str, opt) -> None:
 def _add_train(sub) -> None:
     from .config import component_options
 
-    p = sub.add_parser("train", help="fit a VAE and write a run directory", description="Fit a VAE on DATA and write RUN_DIR (config.json, model.safetensors, last.safetensors, metrics.jsonl, pictures); prints the test ELBO and log-likelihood.")
+    p = sub.add_parser("train", help="fit a VAE and write a run directory", description="Fit a VAE on DATA and write RUN_DIR (config.json, model.safetensors, last.safetensors, metrics.jsonl, pictures), logging one line per epoch on stderr; prints the test ELBO and log-likelihood.")
     owners = {name: owner for section in ("model", "train") for name, (_, owner) in component_options(section).items()}
     groups: dict[str, Any] = {}
     for dest, (section, name, opt) in train_options().items():
@@ -183,11 +183,13 @@ def cmd_train(args) -> int:
     # Under torchrun rank 0 alone writes the run directory, so it alone takes the lock.
     lock = RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     if args.resume:
-        if not (run_dir / ckpt.CONFIG_FILE).is_file():
-            what = "no config.json" if run_dir.is_dir() else "no such directory"
-            raise VaekitError(f"{run_dir}: nothing to resume ({what})")
+        if not run_dir.is_dir():
+            raise VaekitError(f"{run_dir}: nothing to resume (no such directory)")
+        # Locked before anything is read: a run being written is reported as such (it may not
+        # have its config.json yet), and a writer that finishes meanwhile may change the file.
         with lock:
-            # config.json is read under the lock: a writer that finishes meanwhile may change it.
+            if not (run_dir / ckpt.CONFIG_FILE).is_file():
+                raise VaekitError(f"{run_dir}: nothing to resume (no config.json)")
             config = _resume_config(args, run_dir)
             if config.train.tensorboard:
                 check_tensorboard()
