@@ -515,8 +515,12 @@ def _bound_bars_figure(methods: dict[str, dict[str, np.ndarray]], points: int, t
     if not methods:
         raise DataError("methods is empty; at least one method's gaps are required")
     points = _check_positive_int(points, "points")
-    fig = _new_figure((max(6.0, 1.2 * points + 2.0) * min(len(methods), 3) / 1.5, 4.2))
-    axes = fig.subplots(1, len(methods), squeeze=False)[0]
+    ncols = min(3, len(methods))
+    nrows = math.ceil(len(methods) / ncols)
+    fig = _new_figure((ncols * (0.9 * points + 2.4), 3.4 * nrows + 0.6))
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax in axes[len(methods) :]:
+        ax.remove()
     width = 0.8 / len(BOUND_BARS)
     for ax, (method, per_point) in zip(axes, methods.items()):
         values = [_as_float_array(per_point[key], key, ndim=1)[:points] for key, _, _ in BOUND_BARS]

@@ -142,3 +142,24 @@ def test_cli_refuses_a_latent_size_mismatch_and_a_missing_source(first, tmp_path
     assert "latent size is 2" in err and "has 3" in err and "Traceback" not in err
     code, out, err = cli(capsys, "train", *SMALL, "--epochs", "1", "--out", tmp_path / "s", "--prior", "aggregate")
     assert code != 0 and len(err.splitlines()) == 1 and "needs prior_from" in err, err
+
+
+def test_fewer_rows_than_components_give_the_full_aggregate(first):
+    """N ≤ M: every training row is one component of weight 1/N, the spare ones weigh 0."""
+    from vaekit.data import load_dataset
+
+    config, earlier = load_run(first[1])
+    x = load_dataset(config.data).train
+    n = len(x)
+    model = _prior_model(first[1], components=n + 7)
+    q = earlier.evaluation_posterior(torch.as_tensor(x))
+    prior = model.prior
+    torch.testing.assert_close(prior.mu[:n], q.mu.to(F64), rtol=0, atol=0)
+    assert torch.equal(prior.logits[:n], torch.zeros(n, dtype=F64)) and torch.isneginf(prior.logits[n:]).all()
+    z = torch.linspace(-4, 4, 9, dtype=F64)[:, None].requires_grad_(True)
+    log_p = model.top_prior().log_prob(z)
+    full = MixtureSameFamily(Categorical(logits=torch.zeros(n, dtype=F64)),
+                             Independent(Normal(q.mu.to(F64), (0.5 * q.logvar.to(F64)).exp()), 1))  # fmt: skip
+    torch.testing.assert_close(log_p, full.log_prob(z), rtol=1e-10, atol=1e-10)
+    (grad,) = torch.autograd.grad(log_p.sum(), z)
+    assert torch.isfinite(grad).all()

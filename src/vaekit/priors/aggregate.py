@@ -13,7 +13,7 @@ from . import PRIORS, Prior
     "aggregate",
     options={
         "prior_from": Option(None, "run directory whose aggregate posterior (1/N) Σ_i q(z|x_i) over its training rows becomes p(z) (prior aggregate)", type="str", optional=True),
-        "prior_components": Option(1000, "most components M of the aggregate prior: the q(z|x_i) of M training rows of the --prior-from run drawn at random", minimum=1),
+        "prior_components": Option(1000, "most components M of the aggregate prior: the q(z|x_i) of M training rows of the --prior-from run drawn at random (all rows when it has fewer)", minimum=1),
     },
 )
 class AggregatePrior(Prior):
@@ -22,8 +22,8 @@ class AggregatePrior(Prior):
     more data starts from what the first data taught. The full aggregate (1/N) Σ_i q(z|x_i)
     over the N training rows of the run ``prior_from`` (Hoffman & Johnson 2016, "ELBO
     surgery"; Tomczak & Welling 2018's optimal prior, eq. 7) is subsampled to M =
-    ``prior_components`` rows drawn uniformly without replacement (with replacement when
-    N < M), an unbiased mixture estimate of it.
+    ``prior_components`` rows drawn uniformly without replacement, an unbiased mixture
+    estimate of it; with N ≤ M it is the full aggregate (the M − N spare components weigh 0).
 
     Each q(z | x_m) is the earlier model's q for that row (``evaluation_posterior``: the encoder,
     refined or not, or the per-point optimum), a diagonal Gaussian. The mixture's weights,
@@ -65,14 +65,18 @@ class AggregatePrior(Prior):
             raise ConfigError(f"{where}: that run was fitted on an in-memory array, so its training rows are not on disk")
         x = load_dataset(config.data).train
         n, m = len(x), self.mu.shape[0]
-        rows = np.sort(rng.choice(n, size=m, replace=m > n))
+        rows = np.sort(rng.choice(n, size=m, replace=False)) if n > m else np.arange(n)
         xb = torch.as_tensor(np.asarray(x[rows]), dtype=next(model.parameters()).dtype)
         q = model.evaluation_posterior(xb)
         if not isinstance(q, DiagonalNormal):
             raise ConfigError(f"{where}: that run's q(z|x) is a {type(q).__name__}, not a diagonal Gaussian")
-        self.mu.copy_(q.mu.to(self.mu))
-        self.logvar.copy_(q.logvar.to(self.logvar))
+        k = len(rows)
+        # With N <= M every row is a component; the M − N left over get weight 0 (logit −∞)
+        # and finite copies of the first, so that log p(z) and its gradient stay finite.
+        self.mu.copy_(torch.cat([q.mu, q.mu[:1].expand(m - k, -1)]).to(self.mu))
+        self.logvar.copy_(torch.cat([q.logvar, q.logvar[:1].expand(m - k, -1)]).to(self.logvar))
         self.logits.zero_()
+        self.logits[k:] = -torch.inf
 
     def forward(self, model=None) -> MixtureOfDiagonalNormals:
         return MixtureOfDiagonalNormals(self.logits, self.mu, self.logvar)
