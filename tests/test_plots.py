@@ -412,7 +412,7 @@ def test_bound_bars_have_one_bar_per_point_and_quantity_at_the_gaps_numbers(tiny
             np.testing.assert_allclose(tops, per_point[key][:shown], rtol=0, atol=1e-9)
             xs = [b.get_x() + b.get_width() / 2 for b in bars]
             np.testing.assert_allclose(xs, np.arange(shown) + (j - 1) * 0.8 / 3, atol=1e-12)
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["log p(x)", "ELBO(q*)", "ELBO(q)"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["log p(x)", "ELBO(q*)", "ELBO(q)"]
     fig.clear()
 
 

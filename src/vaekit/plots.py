@@ -538,10 +538,10 @@ def _bound_bars_figure(methods: dict[str, dict[str, np.ndarray]], points: int, t
         ax.set_xticks(np.arange(n), [f"x{i + 1}" for i in range(n)])
         approx = float(np.mean(values[0] - values[1]))
         amort = float(np.mean(values[1] - values[2]))
-        ax.set_title(f"{method}: approximation gap {approx:.2f}, amortization gap {amort:.2f} nats", fontsize=9)
+        ax.set_title(f"{method}, first {n} rows: mean approximation gap {approx:.2f}, amortization gap {amort:.2f} nats", fontsize=9)
         ax.set_ylabel("nats")
         ax.grid(alpha=0.3, axis="y")
-    axes[0].legend(loc="lower left", fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(BOUND_BARS), fontsize=9)
     fig.suptitle(title if title is not None else "The bound beneath the evidence: log p(x) ≥ ELBO(q*) ≥ ELBO(q) per point")
     return fig
 
