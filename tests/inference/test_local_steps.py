@@ -97,3 +97,27 @@ def test_local_steps_train_and_resume_bit_for_bit(method, tmp_path):
 def test_local_steps_need_per_point_parameters():
     with pytest.raises(ConfigError, match="local_steps_per_batch applies to inference map, inference vi only"):
         digits_model("amortized", local_steps_per_batch=3)
+
+
+@pytest.mark.parametrize("method", ["vi", "map"])
+def test_streamed_rows_take_the_same_local_steps(method, tmp_path):
+    """--mmap: the local steps see the batch read from the mapped file, the same numbers as
+    the rows held in memory."""
+    import numpy as np
+
+    from vaekit.config import DataConfig, ModelConfig, TrainConfig
+    from vaekit.data import MappedRows, load_dataset
+    from vaekit.model import VAEModel
+
+    x = (np.random.default_rng(2).random((200, 6)) < 0.4).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    ds = load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.2, test_fraction=0.0))
+    assert isinstance(ds.train, MappedRows)
+    states = []
+    for train, valid in ((ds.train, ds.valid), (ds.train[:], ds.valid[:])):
+        torch.manual_seed(0)
+        model = VAEModel(ModelConfig(input_dim=6, latent_dim=2, hidden=(8,), likelihood="bernoulli", inference=method,
+                                     n_points=len(train), local_steps=3, local_steps_per_batch=2))  # fmt: skip
+        fit(model, train, valid, TrainConfig(epochs=2, batch_size=32))
+        states.append(model.state_dict())
+    assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())
