@@ -59,7 +59,7 @@ class AggregatePrior(Prior):
             config, model = load_run(self.source)
         if len(model.latents) != 1 or model.latent_size != self.size:
             raise ConfigError(
-                f"{where}: that run's latent size is {config.model.latent_dim}, this model's top group has {self.size}; they must match"
+                f"{where}: that run's latent size is {','.join(str(g.size) for g in model.latents)}, this model's top group has {self.size}; they must match"
             )
         if config.data.source == "array":
             raise ConfigError(f"{where}: that run was fitted on an in-memory array, so its training rows are not on disk")
