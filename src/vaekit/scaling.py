@@ -144,3 +144,14 @@ def config_fields(scaling: "Scaling | None") -> dict[str, Any]:
     if scaling is None:
         return {"input_shift": None, "input_scale": None}
     return {"input_shift": tuple(float(v) for v in scaling.shift), "input_scale": tuple(float(v) for v in scaling.scale)}
+
+
+def model_rows(model_config: Any, x: Any, named: tuple[float, float] | None = None) -> Any:
+    """Rows of the user's values as the model of ``model_config`` sees them: through its input
+    map, or, for a model without one, through a named dataset's scaling ``named`` (shift,
+    scale; a model written before models stored their map saw named datasets scaled by the
+    loader)."""
+    scaling = Scaling.of(model_config)
+    if scaling is None and named is not None:
+        scaling = Scaling.uniform(*named)
+    return apply(scaling, x)
