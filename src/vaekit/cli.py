@@ -242,6 +242,7 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--k", type=int, default=1000, help="importance samples per datapoint (default 1000)")
     p.add_argument("--steps", type=int, default=GAP_STEPS, help=f"at most this many Adam steps for the optimal per-point q*, which stop when its ELBO stops improving (default {GAP_STEPS})")
     p.add_argument("--plot", help="picture of the bound beneath the evidence (default RUN_DIR/gaps_SPLIT.png)")
+    p.add_argument("--bars", help="log p(x), ELBO(q*) and ELBO(q) of the first rows as bars (default RUN_DIR/gaps_SPLIT_bars.png)")
     p.set_defaults(func=cmd_gaps)
 
     p = sub.add_parser("sample", help="draw samples from a trained model", description="Draw x ~ p(x|z) (or its mean) with z from the prior, the aggregate posterior, or a mixture fitted to the training latents.")
@@ -321,7 +322,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_gaps(args) -> int:
     from .evaluate import gaps
-    from .plots import bound_gap_plot
+    from .plots import bound_bars_plot, bound_gap_plot
 
     _positive("--k", args.k)
     _positive("--steps", args.steps)
@@ -334,14 +335,17 @@ def cmd_gaps(args) -> int:
     plot = Path(args.plot) if args.plot else Path(args.run_dir) / f"gaps_{args.split}.png"
     check_out(plot, (".png",))
     bound_gap_plot(per_point["log_px"], per_point["elbo"], plot, title=f"{est.model_.config.inference} VAE, {args.split} split")
-    result.update(split=args.split, plot=str(plot))
+    bars = Path(args.bars) if args.bars else Path(args.run_dir) / f"gaps_{args.split}_bars.png"
+    check_out(bars, (".png",))
+    bound_bars_plot({est.model_.config.inference: per_point}, bars)
+    result.update(split=args.split, plot=str(plot), bars=str(bars))
     _report(
         args,
         result,
         f"{args.split} ({result['n']} rows): log p(x) {result['log_likelihood']:.3f}  ELBO(q) {result['elbo']:.3f}  "
         f"ELBO(q*) {result['elbo_optimal']:.3f}  approximation gap {result['approximation_gap']:.3f} ± {result['approximation_gap_se']:.3f}  "
         f"amortization gap {result['amortization_gap']:.3f} ± {result['amortization_gap_se']:.3f} nats (± standard errors; "
-        f"K={result['k']}, q* after {result['steps_taken']} of at most {result['steps']} steps; plot {plot})",
+        f"K={result['k']}, q* after {result['steps_taken']} of at most {result['steps']} steps; plots {plot}, {bars})",
     )
     return 0
 

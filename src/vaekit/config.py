@@ -62,7 +62,7 @@ MODEL_OPTIONS: dict[str, Option] = {
     # Test-time optimisation of a per-point q with θ fixed (vi and map for new points, the
     # evaluation proposal of point-estimate methods, q* of the gaps): Adam steps and rate.
     "local_steps": Option(100, "Adam steps of a per-point q found with θ fixed (new points of vi/map, point-estimate proposals)", minimum=0),
-    "local_lr": Option(0.05, "learning rate of those steps", minimum=0.0, exclusive=True),
+    "local_lr": Option(0.05, "learning rate of those steps (and of --local-steps-per-batch)", minimum=0.0, exclusive=True),
     # (H, W) or (C, H, W) for image data: pictures, and the shape conv nets see.
     "image_shape": Option(None, "image shape of a row", type="widths", optional=True),
     # Rows of the training set that own free latent parameters (map, vi); set from the data.

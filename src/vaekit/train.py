@@ -280,8 +280,14 @@ class _Step:
             if world > 1:
                 lo, hi = rank * b // world, (rank + 1) * b // world
                 idx, eps = idx[lo:hi], eps[:, lo:hi]
+            xb = self.batch_rows(idx)
+            if self.model.config.local_steps_per_batch:
+                # Stochastic VI's local step before the shared one; its noise stream is named by
+                # a draw from the global stream, so that --resume repeats it.
+                seed = int(torch.randint(2**62, (1,)))
+                self.model.inference.local_update(self.model, xb, idx, seed)
             with self.autocast():
-                batch_loss, value = self.forward(self.objective, self.batch_rows(idx), idx, eps, beta)
+                batch_loss, value = self.forward(self.objective, xb, idx, eps, beta)
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks; weighting each rank's mean by its share of
