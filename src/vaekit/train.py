@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import bubbles
 from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
@@ -99,6 +100,10 @@ def fit(
     run_dir = Path(run_dir) if run_dir is not None else None
     step = _Step(model, objective, optimizers, config, device, batch_rows, rank, world)
     run = _start(model, optimizers, config, run_dir, run_config, resume, writer, x_train)
+    # The bubbles of a 2-D latent before the first step and after the middle epoch (bubbles.py).
+    snapshots = bubbles.snapshot_epochs(config.epochs) if writer else ()
+    if 0 in snapshots and not resume:
+        bubbles.keep_snapshot(model, x_valid, run_dir, 0)
 
     for epoch in range(run.start, config.epochs + 1):
         t0 = time.perf_counter()
@@ -144,6 +149,8 @@ def fit(
         stopped = config.patience is not None and run.bad_epochs >= config.patience
         # The epoch as a user pays for it: training, validation, the best model's checkpoint.
         record["epoch_seconds"] = time.perf_counter() - t0
+        if epoch in snapshots[1:]:  # before the checkpoint: a resumed run will not redo this epoch
+            bubbles.keep_snapshot(model, x_valid, run_dir, epoch)
         if writer:
             meta = {
                 "epoch": epoch,
