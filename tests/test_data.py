@@ -399,7 +399,7 @@ def test_npz_errors(tmp_path, arrays, match):
 def test_missing_unknown_and_unsupported_sources(tmp_path):
     with pytest.raises(DataError, match=r"^nope/data\.npy: no such file$"):
         load_dataset(DataConfig(source="nope/data.npy"))
-    with pytest.raises(DataError, match=r"^unknown dataset 'foo': not a file, and not one of digits, binarized_mnist$"):
+    with pytest.raises(DataError, match=r"^unknown dataset 'foo': not a file, and not one of digits, swiss_roll, binarized_mnist$"):
         load_dataset(DataConfig(source="foo"))
     p = write_text(tmp_path / "d.json", "[]")
     with pytest.raises(DataError, match=r"d\.json: unsupported file type '\.json'; expected one of \.npy, \.npz, \.csv, \.tsv, \.txt"):

@@ -49,7 +49,7 @@ def posterior_parameters(model, x, batch_size: int = 1024) -> tuple[np.ndarray, 
             q = model.evaluation_posterior(xb)
             mus.append(q.mean.double().cpu())
             logvars.append(q.logvar.double().cpu() if isinstance(q, DiagonalNormal) else None)
-    mu = torch.cat(mus).numpy()
+    mu = torch.cat(mus).numpy() if mus else np.zeros((0, model.latent_size))
     if not mus or any(lv is None for lv in logvars):
         return mu, None
     return mu, torch.cat(logvars).numpy()
