@@ -32,6 +32,9 @@ class InferenceMethod(nn.Module):
     point_estimate: bool = False
     # The objective it trains when the run does not name one.
     default_objective: str = "elbo"
+    # True when q(z_L|x) of the top group is a diagonal Gaussian of x alone, with several
+    # groups too, so that a prior may be built from it (the VampPrior).
+    top_from_x: bool = False
 
     def __init__(self, config, latents):
         super().__init__()
@@ -52,9 +55,22 @@ class InferenceMethod(nn.Module):
         """The q's a training step learns from: its own q, by default."""
         return [self(model, x, idx)]
 
+    def top_posterior(self, model, x: torch.Tensor) -> Posterior:
+        """q(z_L|x) of the top group alone: with one group, q itself; with several, methods
+        that set ``top_from_x`` give it without drawing the groups below."""
+        if len(self.latents) > 1:
+            raise ConfigError(f"inference {self.name!r} has no q(z_L|x) of x alone for a hierarchy")
+        return self(model, x)
+
     def local_parameters(self) -> list[nn.Parameter]:
         """Per-point tables, trained with sparse updates (only the rows of the batch move)."""
         return []
+
+    def local_update(self, model, x: torch.Tensor, idx: torch.Tensor, seed: int) -> None:
+        """Stochastic variational inference's local step (Hoffman et al. 2013, alg. 1): before
+        the shared step on a batch, move the batch's per-point parameters toward their optimum
+        for the current θ, by ``local_steps_per_batch`` Adam steps at ``local_lr`` (θ fixed;
+        ``seed`` names the noise stream). Nothing for methods without per-point parameters."""
 
     def evaluation_posterior(self, model, x: torch.Tensor) -> Posterior:
         """A proper density q(z|x) for the ELBO and the importance-weighted log p(x) of new x.
