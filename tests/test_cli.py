@@ -32,7 +32,7 @@ TEST_KEYS = {"elbo", "recon", "kl", "log_likelihood", "bits_per_dim", "n", "k", 
 TRAIN_ARGS = ["--epochs", "3", "--latent-dim", "2", "--hidden", "32", "--eval-k", "10"]
 RUN_FILES = (
     "config.json", "model.safetensors", "last.safetensors", "metrics.jsonl",
-    "samples.png", "reconstructions.png", "curves.png", "latent.png", "latent_grid.png", "kl_per_dim.png",
+    "samples.png", "reconstructions.png", "curves.png", "latent.png", "latent_grid.png", "kl_per_dim.png", "bubbles.png",
 )  # fmt: skip
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
