@@ -84,6 +84,9 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "amp": Option("off", "mixed precision of the training step: bf16 runs the networks under bfloat16 autocast", choices=AMP, resumable=True),
     # Evaluation always runs at "highest", so likelihoods are not affected.
     "matmul_precision": Option("highest", "float32 products in training: high (TF32 on CUDA), medium (bfloat16-based)", choices=MATMUL_PRECISIONS, resumable=True),
+    # What the run reports, not what it computes: either may change on resume.
+    "quiet": Option(False, "print no epoch lines and no progress on stderr", resumable=True),
+    "tensorboard": Option(False, "also write each epoch's metrics as TensorBoard scalars into RUN_DIR/tensorboard/ (needs the tensorboard package)", resumable=True),
 }
 DATA_OPTIONS: dict[str, Option] = {
     "source": Option("digits", "a named dataset or a .npy/.npz/.csv file", choices=None),

@@ -24,3 +24,7 @@ class CheckpointError(VaekitError):
 
 class TrainingError(VaekitError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class RunLockedError(VaekitError):
+    """Another process is writing the run directory (``vaekit.lock``)."""

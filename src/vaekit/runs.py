@@ -36,7 +36,10 @@ def train_run(
     run_config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = False
 ) -> dict[str, Any]:
     """What ``vaekit train`` does: load the data, fit, draw the pictures, evaluate on the test
-    split (ELBO and log p(x) with K = eval_k). Returns the summary that the CLI prints."""
+    split (ELBO and log p(x) with K = eval_k), reporting on stderr as it goes (one line per
+    epoch and the evaluation's progress, unless ``quiet``; tqdm bars instead of the progress
+    lines when ``progress``) and, with ``tensorboard``, into RUN_DIR/tensorboard/. The caller
+    holds the run directory's lock (``vaekit.lock``). Returns the summary that the CLI prints."""
 
     run_dir = Path(run_dir)
     distributed = init_distributed(run_config.train.device)
@@ -65,6 +68,7 @@ def train_run(
 def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
     from .data import check_data, load_dataset
     from .evaluate import evaluate
+    from .logs import EpochLog, RowProgress, TensorBoardLog, check_tensorboard
     from .model import VAEModel
 
     data = load_dataset(run_config.data)
@@ -80,11 +84,35 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
             likelihood=model.likelihood,
         )
     rank, _ = rank_world()
-    history = fit(model, splits["train"], splits["valid"], run_config.train, run_dir, run_config, resume, progress and rank == 0)
+    cfg = run_config.train
+    # Rank 0 alone reports; --quiet silences the lines and the bars, not --tensorboard.
+    bars = progress and not cfg.quiet and rank == 0
+    lines = EpochLog(cfg.epochs) if rank == 0 and not cfg.quiet else None
+    events = None
+    if rank == 0 and cfg.tensorboard:
+        check_tensorboard()  # before the first file is written
+        events = TensorBoardLog(run_dir)
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        for log in (lines, events):
+            if log is not None:
+                log(record)
+
+    try:
+        history = fit(model, splits["train"], splits["valid"], cfg, run_dir, run_config, resume, bars, on_epoch=on_epoch)
+    finally:
+        if events is not None:
+            events.close()
     if rank != 0:
         return {"run_dir": str(run_dir), "rank": rank}
-    write_pictures(model, data, history, run_dir, seed=run_config.train.seed)
-    test = evaluate(model, splits["test"], k=run_config.train.eval_k, seed=run_config.train.seed)
+    write_pictures(model, data, history, run_dir, seed=cfg.seed)
+    # Nearly all of a short run's time after training: it gets a progress report of its own.
+    rows = None if cfg.quiet else RowProgress(np.shape(splits["test"])[0], f"evaluating log p(x) (K={cfg.eval_k})", bar=progress)
+    try:
+        test = evaluate(model, splits["test"], k=cfg.eval_k, seed=cfg.seed, progress=rows)
+    finally:
+        if rows is not None:
+            rows.close()
     best = max(history, key=lambda r: r["valid_score"]) if history else None
     return {
         "run_dir": str(run_dir),
@@ -143,4 +171,35 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
                 return model.decode(zt).mean.float().cpu().numpy()
 
         written.append(plots.latent_traversal_grid(decode, run_dir / "latent_grid.png", shape))
+    written += write_space_pictures(model, data, history, run_dir)
+    return written
+
+
+def write_space_pictures(model, data, history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
+    """For a 2-D latent, the pictures of the first two notes on the first BUBBLE_ROWS
+    validation rows (those whose bubbles the training loop kept): bubbles.png, every row's
+    q(z|x) as an ellipse at the start, middle and end of training, where q is a diagonal
+    Gaussian; and for data in 3-D, spaces.png: the data, the latent with its bubbles, and the
+    decoded manifold."""
+    from . import bubbles, plots
+
+    x = data.split("valid")
+    labels = data.split_labels("valid")
+    if not bubbles.drawable(model) or len(x) == 0:
+        return []
+    x = np.asarray(x[: bubbles.BUBBLE_ROWS])
+    labels = None if labels is None else labels[: bubbles.BUBBLE_ROWS]
+    mu, logvar = bubbles.posterior_parameters(model, x)
+    written = []
+    if logvar is not None:
+        panels = bubbles.training_panels(run_dir, history, mu, logvar)
+        written.append(plots.bubbles_plot(panels, run_dir / "bubbles.png", labels=labels))
+    if model.config.input_dim == 3 and model.config.image_shape is None:
+        p = next(model.parameters())
+
+        def decode(z: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model.decode(torch.as_tensor(z, dtype=p.dtype, device=p.device)).mean.double().cpu().numpy()
+
+        written.append(plots.vae_spaces_plot(x, mu, run_dir / "spaces.png", decode, logvar=logvar, labels=labels))
     return written

@@ -17,11 +17,12 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from . import bubbles
 from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
@@ -78,6 +79,7 @@ def fit(
     run_config: RunConfig | None = None,
     resume: bool = False,
     progress: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place and leave it holding the best weights by the objective's
     validation value.
@@ -85,7 +87,9 @@ def fit(
     With ``run_dir`` every epoch appends a line to metrics.jsonl and writes last.safetensors
     (atomically), and an improved validation value rewrites model.safetensors. ``resume``
     continues from last.safetensors with optimizer, epoch and random state, so that on the CPU
-    the end result equals an uninterrupted run's. Returns the per-epoch metrics.
+    the end result equals an uninterrupted run's. ``on_epoch`` is called with each epoch's
+    finished record (on rank 0 alone), after its checkpoint: the logs. Returns the per-epoch
+    metrics.
     """
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
@@ -99,6 +103,10 @@ def fit(
     run_dir = Path(run_dir) if run_dir is not None else None
     step = _Step(model, objective, optimizers, config, device, batch_rows, rank, world)
     run = _start(model, optimizers, config, run_dir, run_config, resume, writer, x_train)
+    # The bubbles of a 2-D latent before the first step and after the middle epoch (bubbles.py).
+    snapshots = bubbles.snapshot_epochs(config.epochs) if writer else ()
+    if 0 in snapshots and not resume:
+        bubbles.keep_snapshot(model, x_valid, run_dir, 0)
 
     for epoch in range(run.start, config.epochs + 1):
         t0 = time.perf_counter()
@@ -127,6 +135,9 @@ def fit(
             "active_units": usage.active_units,
             "kl_per_dim": usage.kl_per_dim,
             "kl_per_group": usage.kl_per_group,
+            # The second note's three bubble forces on the validation rows, where the KL splits
+            # into a mean and a variance term: −recon + force_mean + force_variance = −ELBO.
+            **_forces(valid, usage),
             "train_seconds": train_seconds,
             "images_per_second": n / train_seconds,
         }
@@ -141,6 +152,8 @@ def fit(
         stopped = config.patience is not None and run.bad_epochs >= config.patience
         # The epoch as a user pays for it: training, validation, the best model's checkpoint.
         record["epoch_seconds"] = time.perf_counter() - t0
+        if epoch in snapshots[1:]:  # before the checkpoint: a resumed run will not redo this epoch
+            bubbles.keep_snapshot(model, x_valid, run_dir, epoch)
         if writer:
             meta = {
                 "epoch": epoch,
@@ -152,12 +165,24 @@ def fit(
             }
             ckpt.save_tensors(run_dir / ckpt.LAST_FILE, *ckpt.training_state(model, optimizers, meta))
             _append_metrics(run_dir, record)
+        if on_epoch is not None and rank == 0:
+            on_epoch(record)
         if stopped:
             break
     if run.best_state is not None:
         model.load_state_dict(run.best_state)
     model.eval()
     return run.history
+
+
+def _forces(valid: dict[str, np.ndarray], usage: LatentUsage) -> dict[str, float]:
+    """force_recon, force_mean and force_variance of the validation rows (their sum is the
+    validation −ELBO), or nothing where q is not a diagonal Gaussian under a standard normal
+    prior."""
+    forces = usage.forces
+    if forces is None:
+        return {}
+    return {"force_recon": -float(valid["recon"].mean()), **forces}
 
 
 def _training_rows(x_train, device: torch.device, dtype: torch.dtype):
