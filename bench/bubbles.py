@@ -24,6 +24,7 @@ import torch
 from vaekit import bubbles, plots
 from vaekit.config import DataConfig, TrainConfig
 from vaekit.data import load_dataset
+from vaekit.scaling import named_values
 from vaekit.evaluate import LatentUsage, elbo_per_point
 from vaekit.model import VAEModel
 from vaekit.runs import model_config
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "bubbles.png")
     args = parser.parse_args()
-    data = load_dataset(DataConfig(source=args.data))
+    data = named_values(load_dataset(DataConfig(source=args.data)))  # digits / 16, as measured
     results = [run(float(b), data, args) for b in args.betas.split(",")]
     for r in results:
         print(f"β = {r['beta']:g}: recon {r['valid_recon']:.3f}  KL {r['valid_kl']:.3f} = mean {r['force_mean']:.3f} "

@@ -27,6 +27,7 @@ import torch
 
 from vaekit.config import DataConfig, ModelConfig, TrainConfig
 from vaekit.data import load_dataset
+from vaekit.scaling import named_values
 from vaekit.evaluate import log_px_per_point
 from vaekit.model import VAEModel
 from vaekit.train import fit
@@ -107,7 +108,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
 
-    data = load_dataset(DataConfig(source=args.data, data_dir=args.data_dir))
+    data = named_values(load_dataset(DataConfig(source=args.data, data_dir=args.data_dir)))  # digits / 16, as measured
     if args.likelihood == "auto":
         from vaekit.likelihoods import choose
 

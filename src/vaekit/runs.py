@@ -139,7 +139,7 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
             events.close()
     if rank != 0:
         return {"run_dir": str(run_dir), "rank": rank}
-    write_pictures(model, data, history, run_dir, seed=cfg.seed, x_test=splits["test"])
+    write_pictures(model, data, history, run_dir, seed=cfg.seed, x_test=splits["test"], x_valid=splits["valid"])
     # Nearly all of a short run's time after training: it gets a progress report of its own.
     rows = None if cfg.quiet else RowProgress(np.shape(splits["test"])[0], f"evaluating log p(x) (K={cfg.eval_k})", bar=progress)
     try:
@@ -157,12 +157,12 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
     }
 
 
-def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, seed: int = 0, x_test=None) -> list[Path]:
+def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, seed: int = 0, x_test=None, x_valid=None) -> list[Path]:
     """The pictures of the notes for a trained model: samples from the prior, reconstructions
     beside their inputs, training curves, the latent space, and the latent units' KL and
     activity (kl_per_dim.png, on the first LATENT_POINTS test rows). Pictures show the values
-    the model sees (a named dataset's [0, 1]); ``x_test``: the test rows so mapped (default
-    ``data.split("test")``)."""
+    the model sees (a named dataset's [0, 1]); ``x_test``, ``x_valid``: the test and validation
+    rows so mapped (default ``data.split(...)``)."""
     from . import plots
     from .evaluate import ACTIVE_UNIT_THRESHOLD, LatentUsage, batches
 
@@ -207,11 +207,11 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
                 return model.decode(zt).mean.float().cpu().numpy()
 
         written.append(plots.latent_traversal_grid(decode, run_dir / "latent_grid.png", shape))
-    written += write_space_pictures(model, data, history, run_dir)
+    written += write_space_pictures(model, data, history, run_dir, x_valid)
     return written
 
 
-def write_space_pictures(model, data, history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
+def write_space_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, x_valid=None) -> list[Path]:
     """For a 2-D latent, the pictures of the first two notes on the first BUBBLE_ROWS
     validation rows (those whose bubbles the training loop kept): bubbles.png, every row's
     q(z|x) as an ellipse at the start, middle and end of training, where q is a diagonal
@@ -219,7 +219,7 @@ def write_space_pictures(model, data, history: list[dict[str, Any]], run_dir: Pa
     decoded manifold."""
     from . import bubbles, plots
 
-    x = data.split("valid")
+    x = data.split("valid") if x_valid is None else x_valid  # the values the model sees
     labels = data.split_labels("valid")
     if not bubbles.drawable(model) or len(x) == 0:
         return []

@@ -155,3 +155,16 @@ def model_rows(model_config: Any, x: Any, named: tuple[float, float] | None = No
     if scaling is None and named is not None:
         scaling = Scaling.uniform(*named)
     return apply(scaling, x)
+
+
+def named_values(dataset: Any) -> Any:
+    """A Dataset whose splits hold the values its models see (its named scaling applied, e.g.
+    digits / 16) and which has no scaling left, for code that trains models without a map."""
+    import dataclasses
+
+    if dataset.scaling is None:
+        return dataset
+    scaling = Scaling.uniform(*dataset.scaling)
+    return dataclasses.replace(
+        dataset, scaling=None, **{s: apply(scaling, getattr(dataset, s)) for s in ("train", "valid", "test")}
+    )
