@@ -930,7 +930,7 @@ def test_train_after_a_writer_killed_by_sigkill(tmp_path, capsys):
 
 
 def test_overwrite_leaves_nothing_of_the_previous_run(run_copy, capsys):
-    """Pictures the new run does not draw (latent_grid.png of a 2-D latent), outputs written
+    """Pictures the new run does not draw (latent_grid.png and bubbles.png of a 2-D latent), outputs written
     into the run, TensorBoard events and leftover temporaries all go."""
     (run_copy / "gaps_test.png").write_bytes(PNG_MAGIC)
     (run_copy / "z.npy").write_bytes(b"old")
@@ -939,7 +939,7 @@ def test_overwrite_leaves_nothing_of_the_previous_run(run_copy, capsys):
     (run_copy / ".model.safetensors.0123456789ab.tmp").write_bytes(b"old")
     code, _, err = cli(capsys, "train", "--data", "digits", "--out", run_copy, "--latent-dim", "3", *SMALL, "--overwrite", "--quiet")
     assert code == 0, err
-    assert sorted(p.name for p in run_copy.iterdir()) == sorted(set(RUN_FILES) - {"latent_grid.png"})
+    assert sorted(p.name for p in run_copy.iterdir()) == sorted(set(RUN_FILES) - {"latent_grid.png", "bubbles.png"})
     assert [r["epoch"] for r in vaekit.checkpoint.read_metrics(run_copy)] == [1]
 
 
