@@ -12,12 +12,13 @@ import json
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import AUTO, GAP_STEPS
-from .errors import ConfigError, DataError, VaekitError
+from .errors import ConfigError, DataError, VaekitError, VaekitWarning
 from .outputs import check_out, write_array, write_blocks
 
 SPLITS = ("train", "valid", "test", "all")
@@ -457,9 +458,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """vaekit's own warnings as one stderr line, like its errors; others as Python writes them."""
+    if issubclass(category, VaekitWarning):
+        return f"vaekit: warning: {message}\n"
+    return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT_WARNING = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        warnings.formatwarning = _format_warning
         return args.func(args)
     except VaekitError as e:
         print(f"vaekit: error: {e}", file=sys.stderr)
@@ -467,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vaekit: interrupted; the last checkpoint is intact", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = _PYTHON_FORMAT_WARNING
 
 
 if __name__ == "__main__":  # pragma: no cover

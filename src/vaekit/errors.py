@@ -24,3 +24,8 @@ class CheckpointError(VaekitError):
 
 class TrainingError(VaekitError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class VaekitWarning(UserWarning):
+    """Something works but not as the user likely expects (e.g. an option that slows training
+    down on this hardware). ``vaekit.cli`` prints it as one stderr line."""
