@@ -340,7 +340,7 @@ def _autocast(config: TrainConfig, device: torch.device):
         raise ConfigError(f"--amp {amp}: this GPU has no bfloat16 support")
     slow = amp_warning(amp, str(device))
     if slow:
-        warnings.warn(slow, VaekitWarning, stacklevel=4)
+        warnings.warn(slow, VaekitWarning, stacklevel=5)  # at the caller of fit()
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
