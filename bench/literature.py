@@ -4,12 +4,14 @@ bench/results/literature/ROW.json; ``--table`` prints the README table from thos
 
     python bench/literature.py vae                 # train or continue, then evaluate
     python bench/literature.py vae --status        # where a run stands, without training
+    python bench/literature.py vae --snapshot      # an unfinished run's best epoch so far, evaluated
     python bench/literature.py --table             # the markdown table from the JSON files
+    python bench/literature.py --table --write README.md   # ... written between the table markers
 
 Settings follow Tomczak & Welling (2018) and their code (jmtomczak/vae_vampprior): Adam with
 learning rate 5e-4, batch 100, at most 2000 epochs, early stopping after 50 epochs without a
 better validation ELBO, KL warm-up over 100 epochs, gated MLP layers of 300 units, z of 40,
-500 pseudo-inputs. The iwae row is Burda et al. (2016)'s one-layer model trained on the
+500 pseudo-inputs; the two-layer rows use their q(z2|x) q(z1|x, z2) and p(x|z1, z2). The iwae row is Burda et al. (2016)'s one-layer model trained on the
 50-sample bound (tanh MLP 200-200, z of 50). Run directories live outside the repository
 (default ~/vaekit-runs/literature/ROW), so a row can be continued later with the same command.
 """
@@ -33,6 +35,8 @@ COMMON = ["--data", "binarized_mnist", "--lr", "5e-4", "--batch-size", "100", "-
           "--patience", "50", "--eval-k", "5000"]  # fmt: skip
 GATED = ["--net", "gated", "--hidden", "300,300"]
 ELBO = ["--warmup", "100"]
+# Tomczak & Welling's two-layer model: q(z2|x) q(z1|x, z2), p(z2) p(z1|z2) p(x|z1, z2).
+TWO_LAYERS = ["--latent-dim", "40,40", "--inference", "topdown", "--decoder-input", "all"]
 ROWS: dict[str, dict] = {
     "vae": {"model": "one stochastic layer (z 40), standard normal prior", "published": 88.56, "goal": 88.0,
             "args": [*GATED, "--latent-dim", "40", *ELBO]},
@@ -40,8 +44,10 @@ ROWS: dict[str, dict] = {
                 "args": [*GATED, "--latent-dim", "40", "--prior", "mixture", "--components", "500", *ELBO]},
     "vampprior": {"model": "one layer, VampPrior (500 pseudo-inputs)", "published": 85.57, "goal": 85.0,
                   "args": [*GATED, "--latent-dim", "40", "--prior", "vampprior", "--pseudo-inputs", "500", *ELBO]},
-    "hvae": {"model": "two layers (40, 40), standard prior, p(x\\|z1)", "published": 86.05, "goal": 85.5,
-             "args": [*GATED, "--latent-dim", "40,40", *ELBO]},
+    "hvae": {"model": "two layers (40, 40), standard prior: q(z2\\|x) q(z1\\|x,z2), p(x\\|z1,z2)", "published": 86.05,
+             "goal": 85.5, "args": [*GATED, *TWO_LAYERS, *ELBO]},
+    "hvae-vampprior": {"model": "two layers (40, 40), VampPrior (500 pseudo-inputs) on z2", "published": 83.19,
+                       "goal": 83.0, "args": [*GATED, *TWO_LAYERS, "--prior", "vampprior", "--pseudo-inputs", "500", *ELBO]},
     "iwae": {"model": "one layer (z 50), trained on the IWAE bound, K = 50", "published": 87.10, "goal": 87.0,
              "args": ["--net", "mlp", "--hidden", "200,200", "--activation", "tanh", "--latent-dim", "50",
                       "--objective", "iwae", "--k", "50"]},
@@ -76,7 +82,7 @@ def status(row: str, run_dir: Path) -> dict:
     }
 
 
-def run_row(row: str, run_dir: Path, data_dir: Path, extra: list[str], results: Path = RESULTS) -> dict:
+def run_row(row: str, run_dir: Path, data_dir: Path, extra: list[str], results: Path = RESULTS, name: str | None = None) -> dict:
     argv = command(row, run_dir, data_dir, extra)
     t0 = time.time()
     done = subprocess.run(argv, capture_output=True, text=True)
@@ -99,28 +105,68 @@ def run_row(row: str, run_dir: Path, data_dir: Path, extra: list[str], results: 
     }
     result.pop("args")
     results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name or row}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def snapshot(row: str, run_dir: Path, data_dir: Path, k: int, results: Path = RESULTS) -> dict:
+    """Evaluate the best epoch so far of a run that has not finished (test log-likelihood with K
+    importance samples) and write ROW.json marked unfinished, so the table reports where the row
+    stands, never as done. Safe while the run trains: checkpoints are replaced atomically."""
+    if not (run_dir / "model.safetensors").is_file():
+        sys.exit(f"literature.py: {row}: no run at {run_dir}")
+    argv = ["vaekit", "evaluate", str(run_dir), "--data-dir", str(data_dir), "--k", str(k), "--json"]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"literature.py: {row}: vaekit evaluate failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    test = json.loads(done.stdout.strip().splitlines()[-1])
+    result = {**ROWS[row], **status(row, run_dir), "command": " ".join(command(row, run_dir, data_dir, [])),
+              "finished": False, "evaluation": " ".join(argv), "machine": _machine(), "test_nll": -test["log_likelihood"],
+              "test_neg_elbo": -test["elbo"], "k": test["k"], "active_units": test.get("active_units"),
+              "latent_size": test.get("latent_size")}  # fmt: skip
+    result.pop("args")
+    results.mkdir(parents=True, exist_ok=True)
     (results / f"{row}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def table() -> str:
+MARKERS = ("<!-- literature table: generated by bench/literature.py --table --write -->", "<!-- end of literature table -->")
+MAX_EPOCHS = int(COMMON[COMMON.index("--epochs") + 1])
+
+
+def table(results: Path = RESULTS) -> str:
     lines = [
-        "| row | model | published test NLL | vaekit test NLL (K = 5000) | test −ELBO | active units | epochs | train hours |",
+        "| row | model | published test NLL | vaekit test NLL | test −ELBO | active units | epochs | train hours |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row, spec in ROWS.items():
-        path = RESULTS / f"{row}.json"
+        path = results / f"{row}.json"
         published = "–" if spec["published"] is None else f"{spec['published']:.2f}"
         if not path.is_file():
             lines.append(f"| {row} | {spec['model']} | {published} | not run yet | | | | |")
             continue
         r = json.loads(path.read_text())
         units = f"{r['active_units']}/{r['latent_size']}" if r.get("active_units") is not None else "–"
+        nll = f"{r['test_nll']:.2f} (K = {r['k']})"
+        epochs = f"{r['epochs_run']} (best {r['best_epoch']})"
+        if not r.get("finished"):
+            nll = f"so far {nll}"
+            epochs = f"unfinished: {r['epochs_run']} of at most {MAX_EPOCHS} (best {r['best_epoch']})"
         lines.append(
-            f"| {row} | {spec['model']} | {published} | {r['test_nll']:.2f} | {r['test_neg_elbo']:.2f} | {units} | "
-            f"{r['epochs_run']} (best {r['best_epoch']}) | {r['train_seconds'] / 3600:.1f} |"
+            f"| {row} | {spec['model']} | {published} | {nll} | {r['test_neg_elbo']:.2f} | {units} | {epochs} | "
+            f"{r['train_seconds'] / 3600:.1f} |"
         )
     return "\n".join(lines)
+
+
+def write_table(path: Path, text: str) -> None:
+    """Replace what lies between the two MARKERS lines of ``path`` with ``text``."""
+    doc = path.read_text()
+    if not all(m in doc for m in MARKERS):
+        sys.exit(f"literature.py: {path} has no table markers ({MARKERS[0]!r} ... {MARKERS[1]!r})")
+    head, rest = doc.split(MARKERS[0], 1)
+    _, tail = rest.split(MARKERS[1], 1)
+    path.write_text(f"{head}{MARKERS[0]}\n{text}\n{MARKERS[1]}{tail}")
 
 
 def main() -> None:
@@ -130,25 +176,36 @@ def main() -> None:
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--status", action="store_true", help="report where the row's run stands; train nothing")
     p.add_argument("--table", action="store_true", help="print the README table from bench/results/literature/*.json")
+    p.add_argument("--write", type=Path, help="with --table: write it between the table markers of this file")
+    p.add_argument("--snapshot", action="store_true", help="evaluate an unfinished run's best epoch so far into ROW.json")
     p.add_argument("--amp", choices=("off", "bf16"), help="bf16 autocast for training (evaluation stays float32)")
     p.add_argument("--max-epochs", type=int, help="fewer epochs than the published 2000 (a smoke test; the JSON says so)")
     p.add_argument("--eval-k", type=int, help="fewer importance samples than the published 5000 (a smoke test)")
     args = p.parse_args()
     if args.table:
-        print(table())
+        if args.write:
+            write_table(args.write, table())
+        else:
+            print(table())
         return
     if args.row is None:
         p.error("name a row, or pass --table")
-    run_dir = args.runs_dir / args.row
+    smoke = bool(args.max_epochs or args.eval_k) and not args.snapshot
+    # A shortened or bf16 run never continues (or disturbs) the published-settings run.
+    name = args.row + (f"-{args.amp}" if args.amp and args.amp != "off" else "")
+    run_dir = args.runs_dir / ("smoke" if smoke else "") / name
     if args.status:
         print(json.dumps(status(args.row, run_dir)))
+        return
+    if args.snapshot:
+        print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000)))
         return
     extra = ["--amp", args.amp] if args.amp else []
     # Later flags win in argparse: these override COMMON's published values.
     extra += ["--epochs", str(args.max_epochs)] if args.max_epochs else []
     extra += ["--eval-k", str(args.eval_k)] if args.eval_k else []
-    results = RESULTS if not (args.max_epochs or args.eval_k) else args.runs_dir / "results"
-    print(json.dumps(run_row(args.row, run_dir, args.data_dir, extra, results)))
+    results = args.runs_dir / "smoke" / "results" if smoke else RESULTS
+    print(json.dumps(run_row(args.row, run_dir, args.data_dir, extra, results, name)))
 
 
 if __name__ == "__main__":

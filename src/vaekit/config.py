@@ -58,6 +58,7 @@ MODEL_OPTIONS: dict[str, Option] = {
     "net": Option("mlp", "network of encoder and decoder", choices="net"),
     "encoder": Option(None, "encoder network (default: --net)", type="str", choices="net", optional=True),
     "decoder": Option(None, "decoder network (default: --net)", type="str", choices="net", optional=True),
+    "decoder_input": Option("bottom", "what p(x|z) reads: the bottom latent group, or all groups side by side (p(x|z1, z2) of Tomczak & Welling 2018)", choices=("bottom", "all")),
     # Test-time optimisation of a per-point q with θ fixed (vi and map for new points, the
     # evaluation proposal of point-estimate methods, q* of the gaps): Adam steps and rate.
     "local_steps": Option(100, "Adam steps of a per-point q found with θ fixed (new points of vi/map, point-estimate proposals)", minimum=0),

@@ -8,9 +8,10 @@ that loops, the importance-weighted estimate and the checkpoints handle any stru
 
 ``BottomUp`` is the structured inference model of the notes,
 q(z|x) = ∏_j q(z_j | Pa(z_j), x), with the bottom-up parents of Burda et al. (2015):
-q(z_1|x) q(z_2|z_1) … q(z_L|z_{L-1}), each a diagonal Gaussian. ``TopDown`` is the ladder
-variational posterior of Sønderby et al. (2016), q(z_L|x) ∏_l q(z_l | z_{l+1}, x), each group
-a precision-weighted combination of a bottom-up Gaussian and the generative p(z_l | z_{l+1}).
+q(z_1|x) q(z_2|z_1) … q(z_L|z_{L-1}), each a diagonal Gaussian. ``TopDown`` is the
+posterior q(z_L|x) ∏_l q(z_l | z_{l+1}, x), drawn from the top down: from networks that read x
+and the group above (Tomczak & Welling 2018), or, as ``LadderPosterior`` (Sønderby et al. 2016), each
+group a precision-weighted combination of a bottom-up Gaussian and the generative p(z_l | z_{l+1}).
 """
 
 from __future__ import annotations
@@ -146,41 +147,61 @@ def precision_weighted(mu_a: torch.Tensor, logvar_a: torch.Tensor, mu_b: torch.T
 
 
 class TopDown(Structured):
-    """q(z_L|x) ∏_{l<L} q(z_l | z_{l+1}, x), the ladder posterior (Sønderby et al. 2016, eqs. 17-19).
+    """q(z_L|x) ∏_{l<L} q(z_l | z_{l+1}, x), drawn from the top group down.
 
-    ``bottom_up[l]`` is the bottom-up Gaussian N(μ̂_l, σ̂_l²) of group l (bottom first), a
-    function of x only; ``downward[l]`` the generative p(z_l | z_{l+1}) (the model's own nets,
-    shared). The top group's q is its bottom-up Gaussian; below it,
-    q(z_l | z_{l+1}, x) = N(μ̂_l, σ̂_l²) · p(z_l | z_{l+1}) normalised (``precision_weighted``).
-    A draw goes from the top group down, each group reparameterized from its slice of the noise;
-    the columns stay in group order z_1 … z_L. ``mean`` and ``params`` are the plug-in values:
-    each group's mean given its parent's plug-in mean.
+    ``top`` is q(z_L|x), a diagonal Gaussian of x alone; ``conditionals[l]`` maps the value of
+    group l+1 to the (μ, log σ²) of q(z_l | z_{l+1}, x) (bottom first; each has x bound in).
+    A draw goes from the top group down, each group reparameterized from its slice of the
+    noise; the columns stay in group order z_1 … z_L. ``mean`` and ``params`` are the plug-in
+    values: each group's mean given its parent's plug-in mean.
+
+    Two parametrisations: networks that read x and the group above (``inference topdown``,
+    Tomczak & Welling 2018), and the ladder's precision weighting (``LadderPosterior``).
     """
 
-    def __init__(self, bottom_up: Sequence[DiagonalNormal], downward: Sequence[Conditional], groups: Sequence[LatentGroup]):
-        self.bottom_up, self.downward, self.groups = list(bottom_up), list(downward), tuple(groups)
-        if not len(self.bottom_up) == len(self.groups) == len(self.downward) + 1:
+    def __init__(self, top: DiagonalNormal, conditionals: Sequence[Conditional], groups: Sequence[LatentGroup]):
+        self.top, self.conditionals, self.groups = top, list(conditionals), tuple(groups)
+        if len(self.conditionals) + 1 != len(self.groups):
             raise ValueError(
-                f"TopDown needs one bottom-up Gaussian per group and one downward net per group below the top; "
-                f"got {len(self.bottom_up)}, {len(self.groups)} groups and {len(self.downward)}"
+                f"TopDown needs one conditional per group below the top; got {len(self.conditionals)} for {len(self.groups)} groups"
             )
         size = sum(g.size for g in self.groups)
-        super().__init__(self.bottom_up[0].batch_shape, torch.Size([size]), validate_args=False)
+        super().__init__(top.batch_shape, torch.Size([size]), validate_args=False)
 
     def _anchor(self) -> torch.Tensor:
-        return self.bottom_up[0].mu
+        return self.top.mu
 
     def _layers(self, z: torch.Tensor | None = None, eps: torch.Tensor | None = None):
         """(q_l, z_l) for each group, bottom first, computed top down: z given (log_prob), drawn
         from eps, or the plug-in mean."""
         out = [None] * len(self.groups)
-        parent = None
+        q = self.top
         for l in reversed(range(len(self.groups))):
-            g, q = self.groups[l], self.bottom_up[l]
-            if parent is not None:
-                mu_p, logvar_p = self.downward[l](parent)  # p(z_l | z_{l+1}), (..., n, size)
-                q = DiagonalNormal(*precision_weighted(q.mu, q.logvar, mu_p, logvar_p))
-            out[l] = (q, self._value(q, g, z, eps))
-            parent = out[l][1]
+            if l < len(self.groups) - 1:
+                q = DiagonalNormal(*self.conditionals[l](out[l + 1][1]))
+            out[l] = (q, self._value(q, self.groups[l], z, eps))
         return out
 
+
+class LadderPosterior(TopDown):
+    """The ladder variational posterior (Sønderby et al. 2016, eqs. 17-19), a ``TopDown``.
+
+    ``bottom_up[l]`` is the bottom-up Gaussian N(μ̂_l, σ̂_l²) of group l (bottom first), a
+    function of x only; ``downward[l]`` the generative p(z_l | z_{l+1}) (the model's own nets,
+    shared). The top group's q is its bottom-up Gaussian; below it,
+    q(z_l | z_{l+1}, x) = N(μ̂_l, σ̂_l²) · p(z_l | z_{l+1}) normalised (``precision_weighted``).
+    """
+
+    def __init__(self, bottom_up: Sequence[DiagonalNormal], downward: Sequence[Conditional], groups: Sequence[LatentGroup]):
+        self.bottom_up, self.downward = list(bottom_up), list(downward)
+        if not len(self.bottom_up) == len(groups) == len(self.downward) + 1:
+            raise ValueError(
+                f"LadderPosterior needs one bottom-up Gaussian per group and one downward net per group below the top; "
+                f"got {len(self.bottom_up)}, {len(groups)} groups and {len(self.downward)}"
+            )
+        conditionals = [self._weighted(q, p) for q, p in zip(self.bottom_up[:-1], self.downward)]
+        super().__init__(self.bottom_up[-1], conditionals, groups)
+
+    @staticmethod
+    def _weighted(q: DiagonalNormal, p: Conditional) -> Conditional:
+        return lambda parent: precision_weighted(q.mu, q.logvar, *p(parent))

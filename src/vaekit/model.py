@@ -17,7 +17,7 @@ class VAEModel(nn.Module):
     """Prior + decoder + likelihood (the generative model, θ) and an inference method (φ).
 
     The latents are ``latents`` (groups z_1 … z_L, bottom first; one group ``z`` by default):
-    p(z_L) ∏_l p(z_l | z_{l+1}) p(x | z_1), the prior on the top group and a Gaussian
+    p(z_L) ∏_l p(z_l | z_{l+1}) p(x | z_1) (or p(x | z_1, …, z_L)), the prior on the top group and a Gaussian
     p(z_l | z_{l+1}) from a small network below it. A draw of all groups is one tensor
     (..., n, ``latent_size``) in group order. ``posterior(x)`` is q(z|x), ``log_pz(z)`` is
     log p(z), ``decode(z)`` is p(x|z); the objectives need nothing else, whichever inference
@@ -35,7 +35,11 @@ class VAEModel(nn.Module):
             GaussianHead(MLP(upper.size, config.hidden, 2 * lower.size, config.activation))
             for lower, upper in zip(self.latents[:-1], self.latents[1:])
         )
-        self.decoder = NETS.get(config.decoder_net).decoder(config, self.latents[0].size)
+        # p(x|z_1), or p(x|z_1, …, z_L) when the decoder reads every group (Tomczak & Welling 2018).
+        self.decoder_reads_all = config.decoder_input == "all" or len(self.latents) == 1
+        self.decoder = NETS.get(config.decoder_net).decoder(
+            config, self.latent_size if self.decoder_reads_all else self.latents[0].size
+        )
         self.likelihood = LIKELIHOODS.get(config.likelihood)(config)
         self.inference = INFERENCE.get(config.inference)(config, self.latents)
 
@@ -85,8 +89,9 @@ class VAEModel(nn.Module):
         return {g.name: (log_q[g.name] - log_p[g.name]).mean(0) for g in self.latents}
 
     def decode(self, z: torch.Tensor) -> Distribution:
-        """p(x|z; θ) for a draw of all groups z of shape (..., D); it reads z_1."""
-        return self.likelihood(self.decoder(z[..., self.latents[0].columns] if len(self.latents) > 1 else z))
+        """p(x|z; θ) for a draw of all groups z of shape (..., D); it reads z_1, or every group
+        with ``decoder_input="all"``."""
+        return self.likelihood(self.decoder(z if self.decoder_reads_all else z[..., self.latents[0].columns]))
 
     def sample_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ p(z), ancestrally from the top group down, (n, D)."""

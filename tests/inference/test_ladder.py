@@ -14,11 +14,11 @@ from torch.distributions import Bernoulli, Independent, Normal
 
 from vaekit.config import ModelConfig
 from vaekit.distributions import DiagonalNormal
-from vaekit.latents import TopDown, precision_weighted
+from vaekit.latents import LadderPosterior, precision_weighted
 from vaekit.model import VAEModel
 from vaekit.objectives import elbo, iwae
 
-from hierarchy_helpers import linear_hierarchy
+from hierarchy_helpers import fit_inference, linear_hierarchy
 
 F64 = torch.float64
 
@@ -75,7 +75,7 @@ def _reference(model, x, eps):
 def test_draw_and_log_q_equal_the_hand_written_top_down_reference(sizes):
     model, x = _ladder(sizes)
     q = model.posterior(x)
-    assert isinstance(q, TopDown) and q.noise_size == model.noise_size == sum(sizes)
+    assert isinstance(q, LadderPosterior) and q.noise_size == model.noise_size == sum(sizes)
     eps = torch.randn(3, 4, sum(sizes), generator=_gen(2), dtype=F64)
     z_ref, qs, zs = _reference(model, x, eps)
     z = q.reparameterize(eps)
@@ -172,7 +172,7 @@ def test_gradients_reach_the_shared_downward_nets_from_the_q_side():
         for net, keys in zip(nets, names):
             state = {k: next(it) for k in keys}
             downward.append(lambda h, net=net, state=state: torch.func.functional_call(net, state, (h,)))
-        return TopDown(bottom_up, downward, model.latents).log_prob(z)
+        return LadderPosterior(bottom_up, downward, model.latents).log_prob(z)
 
     assert torch.autograd.gradcheck(log_q, start)
 
@@ -196,18 +196,7 @@ def fitted_linear():
         eps_eval = torch.randn(2000, 32, 5, generator=_gen(7), dtype=F64)
         with torch.no_grad():
             before = elbo(model, x, eps=eps_eval).elbo
-        generative = [p for n, p in model.named_parameters() if not n.startswith("inference.")]
-        for p in generative:
-            p.requires_grad_(False)
-        opt = torch.optim.Adam(model.inference.parameters(), lr=0.1)
-        g = _gen(8)
-        for step in range(800):
-            if step == 600:
-                opt.param_groups[0]["lr"] = 0.01
-            opt.zero_grad()
-            loss = -elbo(model, x, eps=torch.randn(8, 32, 5, generator=g, dtype=F64)).elbo.mean()
-            loss.backward()
-            opt.step()
+        fit_inference(model, x)
         with torch.no_grad():
             after = elbo(model, x, eps=eps_eval).elbo
     return model, marginal, x, before, after

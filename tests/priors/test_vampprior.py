@@ -268,8 +268,11 @@ def test_config_refusals():
     for inference in ("vi", "map", "autoencoder"):
         with pytest.raises(ConfigError, match=f"prior vampprior needs an encoder.*inference '{inference}'"):
             ModelConfig(input_dim=4, prior="vampprior", inference=inference, n_points=10)
-    with pytest.raises(ConfigError, match=r"prior vampprior needs a single latent layer, got latent_dim \(4, 2\)"):
+    with pytest.raises(ConfigError, match=r"prior vampprior on latent_dim \(4, 2\) \(2 layers\) needs q\(z_L\|x\) of x alone; "
+                       r"inference 'amortized' draws the top layer from the ones below \(use inference topdown or ladder\)"):
         ModelConfig(input_dim=4, prior="vampprior", latent_dim=(4, 2))
+    for inference in ("topdown", "ladder"):
+        assert ModelConfig(input_dim=4, prior="vampprior", latent_dim=(4, 2), inference=inference).prior == "vampprior"
 
 
 def test_cli_trains_a_vampprior(tmp_path, capsys):
@@ -287,7 +290,7 @@ def test_cli_trains_a_vampprior(tmp_path, capsys):
     [
         (["--prior", "vampprior", "--pseudo-inputs", "0"], ["--pseudo-inputs", "must be an integer >= 1", "0"]),
         (["--prior", "vampprior", "--inference", "vi"], ["vampprior", "encoder", "'vi'"]),
-        (["--prior", "vampprior", "--latent-dim", "4,2"], ["vampprior", "single latent layer", "(4, 2)"]),
+        (["--prior", "vampprior", "--latent-dim", "4,2"], ["vampprior", "(4, 2)", "topdown or ladder"]),
     ],
 )
 def test_cli_bad_vampprior(argv, culprits, tmp_path, capsys):

@@ -32,6 +32,9 @@ class InferenceMethod(nn.Module):
     point_estimate: bool = False
     # The objective it trains when the run does not name one.
     default_objective: str = "elbo"
+    # True when q(z_L|x) of the top group is a diagonal Gaussian of x alone, with several
+    # groups too, so that a prior may be built from it (the VampPrior).
+    top_from_x: bool = False
 
     def __init__(self, config, latents):
         super().__init__()
@@ -51,6 +54,13 @@ class InferenceMethod(nn.Module):
     def training_posteriors(self, model, x: torch.Tensor, idx: torch.Tensor | None) -> list[Posterior]:
         """The q's a training step learns from: its own q, by default."""
         return [self(model, x, idx)]
+
+    def top_posterior(self, model, x: torch.Tensor) -> Posterior:
+        """q(z_L|x) of the top group alone: with one group, q itself; with several, methods
+        that set ``top_from_x`` give it without drawing the groups below."""
+        if len(self.latents) > 1:
+            raise ConfigError(f"inference {self.name!r} has no q(z_L|x) of x alone for a hierarchy")
+        return self(model, x)
 
     def local_parameters(self) -> list[nn.Parameter]:
         """Per-point tables, trained with sparse updates (only the rows of the batch move)."""

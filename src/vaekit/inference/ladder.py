@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..distributions import DiagonalNormal, Posterior
-from ..latents import TopDown
+from ..latents import LadderPosterior
 from ..nets import MLP, NETS, GaussianHead
 from . import INFERENCE, InferenceMethod
 
@@ -18,7 +18,7 @@ class Ladder(InferenceMethod):
     d_l = f_l(d_{l-1}) a small MLP (widths ``hidden``) for each group above; each d_l is read as
     the bottom-up Gaussian (μ̂_l, log σ̂_l²) of group l. Top down: q(z_L|x) = N(μ̂_L, σ̂_L²) and,
     for l = L−1 … 1, q(z_l | z_{l+1}, x) the precision-weighted product of N(μ̂_l, σ̂_l²) with
-    the generative p(z_l | z_{l+1}) (eqs. 17-19, ``vaekit.latents.TopDown``). The generative
+    the generative p(z_l | z_{l+1}) (eqs. 17-19, ``vaekit.latents.LadderPosterior``). The generative
     nets p(z_l | z_{l+1}) are the model's ``downward`` nets themselves, read at call time: the
     prior and the posterior share them, and they learn from both sides of the ELBO.
 
@@ -35,6 +35,15 @@ class Ladder(InferenceMethod):
             for lower, upper in zip(latents[:-1], latents[1:])
         )
 
+    # q(z_L|x) is the top group's bottom-up Gaussian, a function of x alone.
+    top_from_x = True
+
+    def top_posterior(self, model, x: torch.Tensor) -> DiagonalNormal:
+        d = self.encoder(x)
+        for f in self.ladder:
+            d = f(torch.cat(d, -1))
+        return DiagonalNormal(*d)
+
     def forward(self, model, x: torch.Tensor, idx: torch.Tensor | None = None) -> Posterior:
         d = self.encoder(x)  # (μ̂_1, log σ̂_1²), each (n, size_1)
         if not len(self.ladder):
@@ -43,4 +52,4 @@ class Ladder(InferenceMethod):
         for f in self.ladder:
             d = f(torch.cat(d, -1))  # (μ̂_l, log σ̂_l²), each (n, size_l)
             bottom_up.append(DiagonalNormal(*d))
-        return TopDown(bottom_up, list(model.downward), self.latents)
+        return LadderPosterior(bottom_up, list(model.downward), self.latents)

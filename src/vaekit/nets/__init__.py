@@ -34,3 +34,9 @@ class Net:
     def decoder(cls, config, in_dim: int) -> nn.Module:  # pragma: no cover - interface
         """z (..., in_dim) → (..., input_dim)."""
         raise NotImplementedError
+
+    @classmethod
+    def dense(cls, config, in_dim: int, widths: tuple[int, ...], out_dim: int) -> nn.Module:
+        """A vector network of this family, (..., in_dim) → (..., out_dim), for the parts that
+        read features and latents rather than x itself: an MLP with ``activation``."""
+        return MLP(in_dim, widths, out_dim, config.activation)

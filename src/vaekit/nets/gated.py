@@ -46,3 +46,7 @@ class GatedNet(Net):
     @classmethod
     def decoder(cls, config, in_dim: int) -> nn.Module:
         return GatedMLP(in_dim, config.decoder_widths, config.input_dim)
+
+    @classmethod
+    def dense(cls, config, in_dim: int, widths: tuple[int, ...], out_dim: int) -> nn.Module:
+        return GatedMLP(in_dim, widths, out_dim)

@@ -37,9 +37,10 @@ class VampPrior(Prior):
     networks' weights; "data" copies K training rows chosen at random without replacement
     (with replacement when the training set has fewer than K rows).
 
-    Only one latent group with an amortized Gaussian encoder: for a hierarchy, q(z_L | u_k)
-    under the bottom-up posterior is not one Gaussian, and vi/map have no encoder at all
-    (``check_config`` refuses both). No closed-form KL: the ELBO falls back to Monte Carlo,
+    It needs an amortized Gaussian q(z_L|x) of the top group: one latent group, or a hierarchy
+    whose inference draws the top group from x alone (``topdown``, Tomczak & Welling's
+    two-layer VampPrior model, or ``ladder``). Under the bottom-up posterior q(z_L | u_k) is not
+    one Gaussian, and vi/map have no encoder at all (``check_config`` refuses both). No closed-form KL: the ELBO falls back to Monte Carlo,
     while log p(z) (IWAE, log p(x)) is the exact log-sum-exp over the K components.
     """
 
@@ -59,9 +60,11 @@ class VampPrior(Prior):
                 "(use inference amortized)"
             )
         layers = len(latent_groups(config.latent_dim))
-        if layers > 1:
+        if layers > 1 and not method.top_from_x:
             raise ConfigError(
-                f"prior vampprior needs a single latent layer, got latent_dim {config.latent_dim!r} ({layers} layers)"
+                f"prior vampprior on latent_dim {config.latent_dim!r} ({layers} layers) needs q(z_L|x) of x alone; "
+                f"inference {config.inference!r} "
+                "draws the top layer from the ones below (use inference topdown or ladder)"
             )
 
     @torch.no_grad()
@@ -91,7 +94,7 @@ class VampPrior(Prior):
             raise ValueError("the vampprior is built from the model's encoder; call it as prior(model)")
         lo, hi = self.data_range
         u = torch.clamp(self.pseudo_inputs, lo, hi)  # (K, D), the paper's hardtanh
-        q = model.posterior(u)
+        q = model.inference.top_posterior(model, u)
         if not isinstance(q, DiagonalNormal):
             raise ValueError(f"the vampprior needs a diagonal Gaussian q(z|u); inference gives {type(q).__name__}")
         mu, logvar = q.mu, q.logvar.expand_as(q.mu)  # (K, d) each

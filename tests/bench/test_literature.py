@@ -1,0 +1,84 @@
+"""bench/literature.py: the README's table is the one written from the JSON files, unfinished
+rows are reported as unfinished, and every row's command is one that vaekit accepts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def literature():
+    spec = importlib.util.spec_from_file_location("literature", ROOT / "bench" / "literature.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_table_is_generated_from_the_results(literature):
+    """A table typed into README.md, or results added without rewriting it, fails here."""
+    readme = (ROOT / "README.md").read_text()
+    start, end = literature.MARKERS
+    block = readme.split(start, 1)[1].split(end, 1)[0].strip()
+    assert block == literature.table(), "run: python bench/literature.py --table --write README.md"
+
+
+def _result(row, finished, nll):
+    return {"finished": finished, "test_nll": nll, "test_neg_elbo": nll + 4.0, "k": 5000, "active_units": 17,
+            "latent_size": 40, "epochs_run": 211, "best_epoch": 209, "train_seconds": 7200.0}  # fmt: skip
+
+
+def test_unfinished_rows_say_so_and_finished_rows_do_not(literature, tmp_path):
+    (tmp_path / "vae.json").write_text(json.dumps(_result("vae", False, 90.123)))
+    (tmp_path / "hvae.json").write_text(json.dumps(_result("hvae", True, 85.4)))
+    lines = {line.split(" | ")[0].strip("| "): line for line in literature.table(tmp_path).splitlines()[2:]}
+    assert set(lines) == set(literature.ROWS)
+    assert "so far 90.12 (K = 5000)" in lines["vae"] and "unfinished: 211 of at most 2000 (best 209)" in lines["vae"]
+    assert "| 85.40 (K = 5000) | 89.40 | 17/40 | 211 (best 209) | 2.0 |" in lines["hvae"]
+    assert "unfinished" not in lines["hvae"] and "so far" not in lines["hvae"]
+    assert "not run yet" in lines["iwae"]
+
+
+def test_write_table_replaces_only_the_block(literature, tmp_path):
+    start, end = literature.MARKERS
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"before\n{start}\nold table\n{end}\nafter\n")
+    literature.write_table(doc, "| new |")
+    assert doc.read_text() == f"before\n{start}\n| new |\n{end}\nafter\n"
+    (tmp_path / "bare.md").write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no table markers"):
+        literature.write_table(tmp_path / "bare.md", "| new |")
+
+
+@pytest.mark.parametrize("row", ["vae", "mixture", "vampprior", "hvae", "hvae-vampprior", "iwae"])
+def test_every_row_is_a_valid_train_command(literature, row, tmp_path):
+    """Each row's flags parse and build a run config, component options checked (no data read,
+    no training): a renamed option or a refused combination fails here."""
+    import numpy as np
+
+    from vaekit.cli import build_parser, train_options
+    from vaekit.config import DataConfig, RunConfig, TrainConfig
+    from vaekit.runs import model_config
+
+    argv = literature.command(row, tmp_path / row, tmp_path, [])
+    assert argv[:2] == ["vaekit", "train"] and "--resume" not in argv
+    args = build_parser().parse_args(argv[1:])
+    given = {"data": {}, "model": {}, "train": {}}
+    for dest, (section, name, _) in train_options().items():
+        if getattr(args, dest) is not None:
+            given[section][name] = getattr(args, dest)
+    model = model_config(np.zeros((4, 784), np.float32), (28, 28), given["model"])
+    config = RunConfig(model=model, train=TrainConfig(**given["train"]), data=DataConfig(**given["data"]))
+    for section in ("model", "train"):
+        assert getattr(config, section).owners_unselected(set(given[section])) == []
+    assert config.train.lr == 5e-4 and config.train.batch_size == 100 and config.train.epochs == 2000
+    assert config.train.patience == 50 and config.train.eval_k == 5000
+    if "vampprior" in row:
+        assert model.prior == "vampprior" and model.pseudo_inputs == 500
+    if row.startswith("hvae"):
+        assert model.latent_dim == (40, 40) and model.inference == "topdown" and model.decoder_input == "all"
