@@ -196,19 +196,27 @@ def _frame(img, title: str | None = None, rows: Sequence[tuple[float, str]] = ()
     canvas = Image.new(img.mode, (width, top + img.height + bottom), "white")
     canvas.paste(img, (left, top))
     draw = ImageDraw.Draw(canvas)
-    ink = "black"
+
+    def put(x: float, y: float, text: str, h: str, v: str) -> None:
+        # Placed from the text's box, not with Pillow's anchors, which bitmap fonts (Pillow < 10.1
+        # without a size) do not take: h is l/m/r of x, v is t/m/b of y.
+        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+        dx = {"l": 0, "m": (x1 - x0) / 2, "r": x1 - x0}[h] + x0
+        dy = {"t": 0, "m": (y1 - y0) / 2, "b": y1 - y0}[v] + y0
+        draw.text((round(x - dx), round(y - dy)), text, fill="black", font=font)
+
     if title:
-        draw.text((width / 2, MARGIN), title, fill=ink, font=font, anchor="ma")
+        put(width / 2, MARGIN, title, "m", "t")
     if corner:
-        draw.text((left - MARGIN, top - MARGIN), corner, fill=ink, font=font, anchor="rd")
+        put(left - MARGIN, top - MARGIN, corner, "r", "b")
     for y, text in rows:
-        draw.text((left - MARGIN, top + y), text, fill=ink, font=font, anchor="rm")
+        put(left - MARGIN, top + y, text, "r", "m")
     for x, text in cols:
-        draw.text((left + x, top + img.height + MARGIN), text, fill=ink, font=font, anchor="ma")
+        put(left + x, top + img.height + MARGIN, text, "m", "t")
     for x, text in above:
-        draw.text((left + x, top - MARGIN), text, fill=ink, font=font, anchor="md")
+        put(left + x, top - MARGIN, text, "m", "b")
     if below:
-        draw.text((left + img.width / 2, top + img.height + bottom - line + MARGIN // 2), below, fill=ink, font=font, anchor="ma")
+        put(left + img.width / 2, top + img.height + bottom - line + MARGIN // 2, below, "m", "t")
     return canvas
 
 
