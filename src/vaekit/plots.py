@@ -198,8 +198,8 @@ def _frame(img, title: str | None = None, rows: Sequence[tuple[float, str]] = ()
     draw = ImageDraw.Draw(canvas)
 
     def put(x: float, y: float, text: str, h: str, v: str) -> None:
-        # Placed from the text's box, not with Pillow's anchors, which bitmap fonts (Pillow < 10.1
-        # without a size) do not take: h is l/m/r of x, v is t/m/b of y.
+        # Placed from the text's box rather than with Pillow's anchors, so that captions sit
+        # alike with any font any Pillow >= 9 gives: h is l/m/r of x, v is t/m/b of y.
         x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
         dx = {"l": 0, "m": (x1 - x0) / 2, "r": x1 - x0}[h] + x0
         dy = {"t": 0, "m": (y1 - y0) / 2, "b": y1 - y0}[v] + y0
