@@ -378,3 +378,31 @@ def test_restore_into_a_different_model_is_refused(tmp_path):
     same = small_model(0)
     with pytest.raises(CheckpointError, match=rf"{esc(path)}.*optimizer"):
         ckpt.restore_training_state(path, same, [torch.optim.Adam(same.parameters()), torch.optim.Adam(same.parameters())])
+
+
+# ---- emptying a run directory for a new run -------------------------------------------------
+
+
+def test_clear_run_empties_a_run_but_its_lock(tmp_path):
+    from vaekit.lock import LOCK_FILE
+
+    run = tmp_path / "run"
+    ckpt.save_model(run, small_model(), RunConfig(model=small_model().config))
+    (run / "samples.png").write_bytes(b"x")
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events").write_bytes(b"x")
+    (run / LOCK_FILE).write_text("1\n")
+    ckpt.clear_run(run)
+    assert [p.name for p in run.iterdir()] == [LOCK_FILE]
+    ckpt.clear_run(run)  # an empty directory, and none at all, are fine
+    ckpt.clear_run(tmp_path / "absent")
+
+
+def test_clear_run_refuses_what_is_no_run(tmp_path):
+    (tmp_path / "a.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match=rf"^{esc(tmp_path)} does not look like a vaekit run \(no config.json; it holds a.txt\); not deleting it$"):
+        ckpt.clear_run(tmp_path)
+    (tmp_path / "config.json").write_text("[]")
+    with pytest.raises(CheckpointError, match="does not look like a vaekit run .*config must be a JSON object"):
+        ckpt.clear_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "config.json"]

@@ -161,7 +161,7 @@ def run_copy(run, tmp_path) -> Path:
 
 def test_train_json_prints_one_object_with_summary(trained):
     run, proc = trained
-    assert proc.stderr == ""  # no progress bar when stderr is not a terminal
+    assert "\r" not in proc.stderr  # no progress bar when stderr is not a terminal
     lines = proc.stdout.splitlines()
     assert len(lines) == 1
     summary = json.loads(lines[0])
@@ -862,3 +862,142 @@ def test_component_options_are_checked_before_a_run_directory_exists(argv, culpr
     err = capsys.readouterr().err.strip()
     assert culprit in err and len(err.splitlines()) == 1
     assert not run.exists()
+
+
+# -- 5. one writer per run directory --------------------------------------------------------------
+
+
+def _train_process(run: Path, *argv, log: Path) -> subprocess.Popen:
+    """``python -m vaekit train --data digits --out RUN ARGV`` started, its stderr into ``log``."""
+    err = open(log, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "vaekit", "train", "--data", "digits", "--out", str(run), *map(str, argv)],
+                            stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+    err.close()
+    return proc
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX lock test")
+def test_a_second_train_into_a_run_being_written_is_refused(tmp_path, capsys):
+    """While one `vaekit train` writes RUN_DIR, a second one (--overwrite, --resume) is refused
+    with one line naming the writer's pid; the first ends intact and can be resumed."""
+    from lock_helpers import wait_until_locked_by
+
+    run, log = tmp_path / "run", tmp_path / "first.log"
+    first = _train_process(run, "--epochs", 20, "--hidden", 32, "--latent-dim", 2, "--eval-k", 10, log=log)
+    try:
+        wait_until_locked_by(run, first)
+        for flag in ("--overwrite", "--resume"):
+            code, out, err = cli(capsys, "train", "--data", "digits", "--out", run, "--epochs", "21", flag)
+            assert_error(code, out, err, 1, str(run), "being written by another process", f"(pid {first.pid})")
+            assert first.poll() is None, "the first run ended before the second was refused: the test proves nothing"
+        assert first.wait(timeout=600) == 0, log.read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    epoch_lines = [line for line in log.read_text().splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 20
+    assert [r["epoch"] for r in vaekit.checkpoint.read_metrics(run)] == list(range(1, 21))
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    code, _, err = cli(capsys, "train", "--out", run, "--resume", "--epochs", "21")
+    assert code == 0, err
+    assert [r["epoch"] for r in vaekit.checkpoint.read_metrics(run)] == list(range(1, 22))
+    assert not (run / ".vaekit.lock").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_train_after_a_writer_killed_by_sigkill(tmp_path, capsys):
+    """A kill -9 leaves the lock file but no lock: the next train goes ahead."""
+    from lock_helpers import kill9, wait_until_locked_by
+
+    run = tmp_path / "run"
+    first = _train_process(run, "--epochs", 1000, "--hidden", 32, "--eval-k", 2, log=tmp_path / "first.log")
+    try:
+        wait_until_locked_by(run, first)
+    finally:
+        kill9(first)
+    assert (run / ".vaekit.lock").is_file()
+    code, _, err = cli(capsys, "train", "--data", "digits", "--out", run, *TRAIN_ARGS[2:], "--epochs", "1", "--overwrite", "--quiet")
+    assert code == 0, err
+    assert [r["epoch"] for r in vaekit.checkpoint.read_metrics(run)] == [1]
+    assert not (run / ".vaekit.lock").exists()
+
+
+def test_overwrite_leaves_nothing_of_the_previous_run(run_copy, capsys):
+    """Pictures the new run does not draw (latent_grid.png of a 2-D latent), outputs written
+    into the run, TensorBoard events and leftover temporaries all go."""
+    (run_copy / "gaps_test.png").write_bytes(PNG_MAGIC)
+    (run_copy / "z.npy").write_bytes(b"old")
+    (run_copy / "tensorboard").mkdir()
+    (run_copy / "tensorboard" / "events.out.tfevents.1.old").write_bytes(b"old")
+    (run_copy / ".model.safetensors.0123456789ab.tmp").write_bytes(b"old")
+    code, _, err = cli(capsys, "train", "--data", "digits", "--out", run_copy, "--latent-dim", "3", *SMALL, "--overwrite", "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in run_copy.iterdir()) == sorted(set(RUN_FILES) - {"latent_grid.png"})
+    assert [r["epoch"] for r in vaekit.checkpoint.read_metrics(run_copy)] == [1]
+
+
+@pytest.mark.parametrize("content", [{"notes.txt": "mine"}, {"config.json": '{"name": "another tool"}', "data.bin": "x"}], ids=["no-config", "foreign-config"])
+def test_overwrite_refuses_a_directory_that_holds_no_vaekit_run(content, tmp_path, capsys):
+    d = tmp_path / "mine"
+    d.mkdir()
+    for name, text in content.items():
+        (d / name).write_text(text)
+    code, out, err = cli(capsys, "train", "--data", "digits", "--out", d, *SMALL, "--overwrite")
+    assert_error(code, out, err, 1, str(d), "does not look like a vaekit run", "not deleting")
+    assert {p.name: p.read_text() for p in d.iterdir()} == content
+
+
+def test_overwrite_refuses_data_inside_the_run_directory(run_copy, files, capsys):
+    shutil.copy(files / "digits300.csv", run_copy / "rows.csv")
+    before = snapshot(run_copy)
+    code, out, err = cli(capsys, "train", "--data", run_copy / "rows.csv", "--out", run_copy, *SMALL, "--overwrite")
+    assert_error(code, out, err, 2, "rows.csv", "--overwrite empties")
+    assert snapshot(run_copy) == before
+
+
+# -- 6. logs ------------------------------------------------------------------------------------
+
+EPOCH_LINE = re.compile(
+    r"^epoch +(\d+)/(\d+)  (\w+)  train +(-?\d+\.\d{3})  valid +(-?\d+\.\d{3})  kl +(-?\d+\.\d{3}) +(\d+\.\d) s +(\d+) img/s$"
+)
+
+
+def test_train_logs_one_line_per_epoch_on_stderr(trained):
+    """Not a terminal (a pipe): one line per epoch whose numbers are metrics.jsonl's, then the
+    evaluation's progress; no progress bar."""
+    run, proc = trained
+    lines = proc.stderr.splitlines()
+    epochs = [EPOCH_LINE.match(line) for line in lines if line.startswith("epoch")]
+    assert all(epochs), lines
+    metrics = vaekit.checkpoint.read_metrics(run)
+    assert len(epochs) == len(metrics) == 3
+    for m, r in zip(epochs, metrics):
+        assert (int(m[1]), int(m[2]), m[3]) == (r["epoch"], 3, r["objective"])
+        assert m[4] == f"{r['train_objective']:.3f}" and m[5] == f"{r['valid_score']:.3f}" and m[6] == f"{r['valid_kl']:.3f}"
+        assert m[7] == f"{r['epoch_seconds']:.1f}" and int(m[8]) == round(r["images_per_second"])
+    assert len({len(line) for line in lines if line.startswith("epoch")}) == 1  # aligned
+    assert lines[-1].startswith(f"evaluating log p(x) (K=10): {DIGITS_TEST}/{DIGITS_TEST} rows, ")
+    assert "\r" not in proc.stderr
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["logged", "quiet"])
+def test_quiet_silences_the_logs(quiet, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = cli(capsys, "train", "--data", "digits", "--out", run, *SMALL, "--epochs", "2", *(["--quiet"] if quiet else []))
+    assert code == 0 and out.startswith("run: ")
+    if quiet:
+        assert err == ""
+    else:
+        assert [bool(EPOCH_LINE.match(line)) for line in err.splitlines()] == [True, True, False]
+    # Only what the run reports: it may change on resume.
+    code, out, err = cli(capsys, "train", "--out", run, "--resume", "--epochs", "3", "--quiet" if not quiet else "--no-quiet")
+    assert code == 0, err
+    assert len([line for line in err.splitlines() if EPOCH_LINE.match(line)]) == (1 if quiet else 0)
+
+
+def test_quiet_and_progress_contradict(tmp_path, capsys):
+    code, out, err = cli(capsys, "train", "--data", "digits", "--out", tmp_path / "r", *SMALL, "--quiet", "--progress")
+    assert_error(code, out, err, 2, "--quiet", "--progress")
+    assert not (tmp_path / "r").exists()

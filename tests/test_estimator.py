@@ -5,6 +5,7 @@ of a fitted linear Gaussian VAE."""
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -205,6 +206,57 @@ def test_save_then_load_gives_identical_results(fitted, digits, tmp_path):
     np.testing.assert_array_equal(loaded.transform(x), fitted.transform(x))
     np.testing.assert_array_equal(loaded.score_samples(x, k=20, seed=2), fitted.score_samples(x, k=20, seed=2))
     np.testing.assert_array_equal(loaded.sample(4, seed=1), fitted.sample(4, seed=1))
+
+
+def _names(d) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_save_replaces_a_saved_model(fitted, digits, tmp_path):
+    fitted.save(tmp_path / "run")
+    other = VAE(latent_dim=2, hidden=(8,), epochs=1, seed=1).fit(digits[:200])
+    other.save(tmp_path / "run")  # a saved model alone is replaced whole
+    assert _names(tmp_path / "run") == ["config.json", "model.safetensors"]
+    assert vaekit.load(tmp_path / "run").get_params()["latent_dim"] == 2
+
+
+def test_save_into_a_run_with_more_is_refused_unless_overwrite(fitted, digits, tmp_path):
+    """A directory that holds more than a saved model (a `vaekit train` run: checkpoints,
+    metrics, pictures) is not half replaced: refused, or with overwrite replaced whole."""
+    from vaekit.errors import CheckpointError
+
+    run = fitted.save(tmp_path / "run")
+    for name in ("last.safetensors", "metrics.jsonl", "samples.png"):
+        (run / name).write_bytes(b"of the old run")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(CheckpointError, match=r"holds a run with more than a saved model \(last.safetensors, metrics.jsonl, samples.png\).*overwrite=True"):
+        fitted.save(run)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    fitted.save(run, overwrite=True)
+    assert _names(run) == ["config.json", "model.safetensors"]
+    np.testing.assert_array_equal(vaekit.load(run).transform(digits[:10]), fitted.transform(digits[:10]))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the holder is killed with SIGKILL")
+def test_save_into_a_locked_directory_is_refused(fitted, tmp_path):
+    from lock_helpers import holding
+
+    from vaekit.errors import RunLockedError
+
+    run = tmp_path / "run"
+    with holding(run) as holder:
+        with pytest.raises(RunLockedError, match=rf"being written by another process \(pid {holder.pid}\)"):
+            fitted.save(run)
+        assert _names(run) == [".vaekit.lock"]
+
+
+def test_fit_is_silent_unless_verbose(digits, capsys):
+    capsys.readouterr()
+    VAE(latent_dim=2, hidden=(8,), epochs=2, seed=0).fit(digits[:200])
+    assert capsys.readouterr().err == ""
+    VAE(latent_dim=2, hidden=(8,), epochs=2, seed=0, verbose=True).fit(digits[:200])
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[:2] for line in lines] == [["epoch", "1/2"], ["epoch", "2/2"]]
 
 
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float:

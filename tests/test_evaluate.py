@@ -173,6 +173,14 @@ def test_log_likelihood_is_at_least_the_elbo(digits, trained, which):
     assert abs(one.mean() - elbo.mean()) < 5 * math.sqrt(one.var() / len(x) + elbo.var() / len(x))
 
 
+def test_log_px_reports_its_progress_without_changing_the_numbers(trained, digits):
+    x = digits[1400:1600]
+    done = []
+    with_progress = log_px_per_point(trained, x, k=8, batch_size=64, seed=0, progress=done.append)
+    assert done == [64, 128, 192, 200]
+    np.testing.assert_array_equal(with_progress, log_px_per_point(trained, x, k=8, batch_size=64, seed=0))
+
+
 def test_log_px_batching(trained, digits):
     x = digits[1400:1600]  # 200 rows
     whole = log_px_per_point(trained, x, k=64, seed=0)

@@ -70,13 +70,13 @@ def test_fit_with_bf16_where_it_is_slow_warns(monkeypatch, tmp_path):
 
 
 def test_cli_warning_is_one_stderr_line(tmp_path):
-    """``vaekit train --amp bf16`` on a CPU without AMX: one line on stderr, and the run goes on."""
+    """``vaekit train --amp bf16 --quiet`` on a CPU without AMX: one line on stderr, and the run goes on."""
     (tmp_path / "cpuinfo").write_text(EPYC)
     code = (
         "import sys; from pathlib import Path; from vaekit import hardware, cli; "
         f"hardware.CPUINFO = Path({str(tmp_path / 'cpuinfo')!r}); sys.exit(cli.main(sys.argv[1:]))"
     )
-    argv = ["train", "--data", "digits", "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--eval-k", "1", "--amp", "bf16", "--out", str(tmp_path / "r")]
+    argv = ["train", "--data", "digits", "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--eval-k", "1", "--amp", "bf16", "--quiet", "--out", str(tmp_path / "r")]
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [

@@ -433,3 +433,52 @@ def test_import_is_light():
     code = "import sys, vaekit.plots; print(sorted(m for m in ('matplotlib', 'PIL', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---- the bound beneath the evidence, as bars --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_gaps():
+    """evaluate.gaps_per_point of two tiny untrained models (amortized, vi) on 4 rows."""
+    import torch
+
+    from vaekit.config import ModelConfig
+    from vaekit.evaluate import gaps_per_point
+    from vaekit.model import VAEModel
+
+    x = np.random.default_rng(0).random((4, 6)).astype(np.float32)
+    out = {}
+    for method in ("amortized", "vi"):
+        torch.manual_seed(0)
+        cfg = ModelConfig(input_dim=6, latent_dim=2, hidden=(4,), likelihood="continuous_bernoulli", inference=method,
+                          n_points=4 if method == "vi" else 0, local_steps=5)  # fmt: skip
+        out[method] = gaps_per_point(VAEModel(cfg), x, k=8, steps=10, n_samples=4, check_every=5)
+    return out
+
+
+@pytest.mark.parametrize("points", [3, 6])
+def test_bound_bars_have_one_bar_per_point_and_quantity_at_the_gaps_numbers(tiny_gaps, points):
+    fig = plots._bound_bars_figure(tiny_gaps, points)
+    axes = [ax for ax in fig.axes if ax.patches]
+    assert len(axes) == 2
+    shown = min(points, 4)  # 4 rows were measured
+    for ax, (method, per_point) in zip(axes, tiny_gaps.items()):
+        assert method in ax.get_title()
+        assert len(ax.patches) == 3 * shown
+        # Grouped by quantity: log p(x) bars, then ELBO(q*), then ELBO(q); the bar's top is the number.
+        for j, key in enumerate(("log_px", "elbo_optimal", "elbo")):
+            bars = ax.patches[j * shown : (j + 1) * shown]
+            tops = [b.get_y() + b.get_height() for b in bars]
+            np.testing.assert_allclose(tops, per_point[key][:shown], rtol=0, atol=1e-9)
+            xs = [b.get_x() + b.get_width() / 2 for b in bars]
+            np.testing.assert_allclose(xs, np.arange(shown) + (j - 1) * 0.8 / 3, atol=1e-12)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["log p(x)", "ELBO(q*)", "ELBO(q)"]
+    fig.clear()
+
+
+def test_bound_bars_plot_writes_a_png_and_refuses_nothing_to_draw(tiny_gaps, tmp_path):
+    path = plots.bound_bars_plot(tiny_gaps, tmp_path / "bars.png")
+    assert _open(path).format == "PNG"
+    with pytest.raises(DataError, match="methods is empty"):
+        plots.bound_bars_plot({}, tmp_path / "none.png")

@@ -5,6 +5,7 @@ RUN_DIR/
   model.safetensors    the best model's weights (by validation ELBO)
   last.safetensors     the last epoch's full training state, for --resume
   metrics.jsonl        one JSON object per epoch
+  .vaekit.lock         while a process writes the directory (vaekit.lock)
 
 Nothing is unpickled on load: tensors are read by safetensors and everything else is JSON.
 Every file carries the SHA-256 of its tensors in its header, so a truncated or edited file
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +101,51 @@ def remove_stale_temporaries(run_dir: Path) -> None:
     for name in (CONFIG_FILE, MODEL_FILE, LAST_FILE, METRICS_FILE):
         for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
+
+
+# What ``files.atomic_write`` leaves behind when killed between write and rename.
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+
+
+def run_entries(run_dir: str | Path) -> list[str]:
+    """The names in RUN_DIR, sorted, less the lock file and the temporaries of interrupted
+    writes ([] when RUN_DIR does not exist)."""
+    from .lock import LOCK_FILE
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE and not _TEMPORARY.match(p.name))
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Empty RUN_DIR of the run it holds, so that a new one starts clean: checkpoints, metrics,
+    pictures, outputs written into it and TensorBoard events all go; the lock file stays (the
+    caller holds it). A directory that does not look like a vaekit run, one with entries but
+    no config.json that loads, is refused with a CheckpointError and left as it is."""
+    from .lock import LOCK_FILE
+
+    run_dir = Path(run_dir)
+    entries = run_entries(run_dir)
+    if entries:
+        if CONFIG_FILE not in entries:
+            shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+            raise CheckpointError(f"{run_dir} does not look like a vaekit run (no {CONFIG_FILE}; it holds {shown}); not deleting it")
+        try:
+            RunConfig.load(run_dir / CONFIG_FILE)
+        except ConfigError as e:
+            raise CheckpointError(f"{run_dir} does not look like a vaekit run ({e}); not deleting it") from None
+    if not run_dir.is_dir():
+        return
+    # config.json goes last: a kill midway leaves a directory that still looks like a run, so
+    # the next --overwrite finishes the job instead of refusing it.
+    for path in sorted(run_dir.iterdir(), key=lambda p: p.name == CONFIG_FILE):
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _read_header(data: bytes) -> dict[str, str]:

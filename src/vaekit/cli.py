@@ -101,7 +101,7 @@ def _add_option(g, dest: str, opt) -> None:
 def _add_train(sub) -> None:
     from .config import component_options
 
-    p = sub.add_parser("train", help="fit a VAE and write a run directory", description="Fit a VAE on DATA and write RUN_DIR (config.json, model.safetensors, last.safetensors, metrics.jsonl, pictures); prints the test ELBO and log-likelihood.")
+    p = sub.add_parser("train", help="fit a VAE and write a run directory", description="Fit a VAE on DATA and write RUN_DIR (config.json, model.safetensors, last.safetensors, metrics.jsonl, pictures), logging one line per epoch on stderr; prints the test ELBO and log-likelihood.")
     owners = {name: owner for section in ("model", "train") for name, (_, owner) in component_options(section).items()}
     groups: dict[str, Any] = {}
     for dest, (section, name, opt) in train_options().items():
@@ -115,8 +115,8 @@ def _add_train(sub) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     g.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
-    g.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
-    _bool_flag(g, "--progress", "progress bar on stderr (default: when stderr is a terminal)")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR: everything in it is deleted first (refused for a directory that holds no vaekit run)")
+    _bool_flag(g, "--progress", "progress bars on stderr instead of the evaluation's progress lines (default: when stderr is a terminal)")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_train)
 
@@ -169,45 +169,50 @@ class _option_names:
 
 
 def cmd_train(args) -> int:
-    from dataclasses import replace
+    import contextlib
+    import os
 
     from . import checkpoint as ckpt
-    from .config import RunConfig
+    from .lock import RunLock
+    from .logs import check_tensorboard
     from .runs import train_run
 
     run_dir = Path(args.out)
+    if args.quiet and args.progress:
+        raise ConfigError("--quiet and --progress contradict each other; give one of them")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
+    # Under torchrun rank 0 alone writes the run directory, so it alone takes the lock.
+    lock = RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     if args.resume:
-        if not (run_dir / ckpt.CONFIG_FILE).is_file():
-            what = "no config.json" if run_dir.is_dir() else "no such directory"
-            raise VaekitError(f"{run_dir}: nothing to resume ({what})")
-        try:
-            config = RunConfig.load(run_dir / ckpt.CONFIG_FILE)
-        except ConfigError as e:
-            raise VaekitError(str(e)) from None
-        # Repeating the run's own value (the original command line, say) is not a change.
-        options = train_options()
-        for dest, (section, name, opt) in options.items():
-            value = getattr(args, dest)
-            if value is None or opt.resumable or value == AUTO.get(dest):
-                continue
-            own = getattr(getattr(config, section), name)
-            if not _same(opt, name, value, own):
-                raise ConfigError(f"{_flag(dest)} cannot change when resuming; {run_dir}/config.json holds {name}={own!r}")
-        with _option_names():
-            train = replace(config.train, **{name: getattr(args, dest) for dest, (section, name, opt) in options.items() if section == "train" and opt.resumable and getattr(args, dest) is not None})
-        data = replace(config.data, data_dir=args.data_dir or config.data.data_dir)
-        config = replace(config, train=train, data=data)
+        if not run_dir.is_dir():
+            raise VaekitError(f"{run_dir}: nothing to resume (no such directory)")
+        # Locked before anything is read: a run being written is reported as such (it may not
+        # have its config.json yet), and a writer that finishes meanwhile may change the file.
+        with lock:
+            if not (run_dir / ckpt.CONFIG_FILE).is_file():
+                raise VaekitError(f"{run_dir}: nothing to resume (no config.json)")
+            config = _resume_config(args, run_dir)
+            if config.train.tensorboard:
+                check_tensorboard()
+            summary = train_run(config, run_dir, resume=True, progress=progress)
     else:
         if (run_dir / ckpt.CONFIG_FILE).exists() and not args.overwrite:
-            raise VaekitError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+            raise VaekitError(_holds_a_run(run_dir))
         if run_dir.exists() and not run_dir.is_dir():
             raise VaekitError(f"--out {run_dir}: exists and is not a directory")
         config = _config_from_args(args)
         if args.overwrite:
-            for name in (ckpt.MODEL_FILE, ckpt.LAST_FILE, ckpt.METRICS_FILE):
-                (run_dir / name).unlink(missing_ok=True)
-    summary = train_run(config, run_dir, resume=args.resume, progress=progress)
+            _check_data_outside(config.data.source, run_dir)
+        if config.train.tensorboard:
+            check_tensorboard()
+        # Nothing is written before the lock is held, so a refused second writer changes nothing.
+        with lock:
+            # Asked again under the lock: another writer may have finished a run here meanwhile.
+            if (run_dir / ckpt.CONFIG_FILE).exists() and not args.overwrite:
+                raise VaekitError(_holds_a_run(run_dir))
+            if args.overwrite:
+                ckpt.clear_run(run_dir)
+            summary = train_run(config, run_dir, resume=False, progress=progress)
     if summary.get("rank", 0) != 0:  # data-parallel: rank 0 alone reports
         return 0
     _report(
@@ -217,6 +222,44 @@ def cmd_train(args) -> int:
         f"valid ELBO: {summary['valid_elbo']:.3f}\ntest {_evidence_line(summary['test'])}",
     )
     return 0
+
+
+def _holds_a_run(run_dir: Path) -> str:
+    return f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
+
+
+def _resume_config(args, run_dir: Path):
+    """The run's config.json with the options that may change on resume replaced by the given
+    ones; any other option given must repeat the run's own value."""
+    from dataclasses import replace
+
+    from . import checkpoint as ckpt
+    from .config import RunConfig
+
+    try:
+        config = RunConfig.load(run_dir / ckpt.CONFIG_FILE)
+    except ConfigError as e:
+        raise VaekitError(str(e)) from None
+    # Repeating the run's own value (the original command line, say) is not a change.
+    options = train_options()
+    for dest, (section, name, opt) in options.items():
+        value = getattr(args, dest)
+        if value is None or opt.resumable or value == AUTO.get(dest):
+            continue
+        own = getattr(getattr(config, section), name)
+        if not _same(opt, name, value, own):
+            raise ConfigError(f"{_flag(dest)} cannot change when resuming; {run_dir}/config.json holds {name}={own!r}")
+    with _option_names():
+        train = replace(config.train, **{name: getattr(args, dest) for dest, (section, name, opt) in options.items() if section == "train" and opt.resumable and getattr(args, dest) is not None})
+    data = replace(config.data, data_dir=args.data_dir or config.data.data_dir)
+    return replace(config, train=train, data=data)
+
+
+def _check_data_outside(source: str, run_dir: Path) -> None:
+    """--overwrite empties RUN_DIR: a data file inside it would go with the old run."""
+    path = Path(source)
+    if path.suffix and path.exists() and path.resolve().is_relative_to(run_dir.resolve()):
+        raise ConfigError(f"--data {source} lies inside --out {run_dir}, which --overwrite empties; move the data out first")
 
 
 # -- commands on a trained run ------------------------------------------------------------------
@@ -243,6 +286,7 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--k", type=int, default=1000, help="importance samples per datapoint (default 1000)")
     p.add_argument("--steps", type=int, default=GAP_STEPS, help=f"at most this many Adam steps for the optimal per-point q*, which stop when its ELBO stops improving (default {GAP_STEPS})")
     p.add_argument("--plot", help="picture of the bound beneath the evidence (default RUN_DIR/gaps_SPLIT.png)")
+    p.add_argument("--bars", help="log p(x), ELBO(q*) and ELBO(q) of the first rows as bars (default RUN_DIR/gaps_SPLIT_bars.png)")
     p.set_defaults(func=cmd_gaps)
 
     p = sub.add_parser("sample", help="draw samples from a trained model", description="Draw x ~ p(x|z) (or its mean) with z from the prior, the aggregate posterior, or a mixture fitted to the training latents.")
@@ -322,7 +366,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_gaps(args) -> int:
     from .evaluate import gaps
-    from .plots import bound_gap_plot
+    from .plots import bound_bars_plot, bound_gap_plot
 
     _positive("--k", args.k)
     _positive("--steps", args.steps)
@@ -335,14 +379,17 @@ def cmd_gaps(args) -> int:
     plot = Path(args.plot) if args.plot else Path(args.run_dir) / f"gaps_{args.split}.png"
     check_out(plot, (".png",))
     bound_gap_plot(per_point["log_px"], per_point["elbo"], plot, title=f"{est.model_.config.inference} VAE, {args.split} split")
-    result.update(split=args.split, plot=str(plot))
+    bars = Path(args.bars) if args.bars else Path(args.run_dir) / f"gaps_{args.split}_bars.png"
+    check_out(bars, (".png",))
+    bound_bars_plot({est.model_.config.inference: per_point}, bars)
+    result.update(split=args.split, plot=str(plot), bars=str(bars))
     _report(
         args,
         result,
         f"{args.split} ({result['n']} rows): log p(x) {result['log_likelihood']:.3f}  ELBO(q) {result['elbo']:.3f}  "
         f"ELBO(q*) {result['elbo_optimal']:.3f}  approximation gap {result['approximation_gap']:.3f} ± {result['approximation_gap_se']:.3f}  "
         f"amortization gap {result['amortization_gap']:.3f} ± {result['amortization_gap_se']:.3f} nats (± standard errors; "
-        f"K={result['k']}, q* after {result['steps_taken']} of at most {result['steps']} steps; plot {plot})",
+        f"K={result['k']}, q* after {result['steps_taken']} of at most {result['steps']} steps; plots {plot}, {bars})",
     )
     return 0
 

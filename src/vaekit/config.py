@@ -62,7 +62,7 @@ MODEL_OPTIONS: dict[str, Option] = {
     # Test-time optimisation of a per-point q with θ fixed (vi and map for new points, the
     # evaluation proposal of point-estimate methods, q* of the gaps): Adam steps and rate.
     "local_steps": Option(100, "Adam steps of a per-point q found with θ fixed (new points of vi/map, point-estimate proposals)", minimum=0),
-    "local_lr": Option(0.05, "learning rate of those steps", minimum=0.0, exclusive=True),
+    "local_lr": Option(0.05, "learning rate of those steps (and of --local-steps-per-batch)", minimum=0.0, exclusive=True),
     # (H, W) or (C, H, W) for image data: pictures, and the shape conv nets see.
     "image_shape": Option(None, "image shape of a row", type="widths", optional=True),
     # Rows of the training set that own free latent parameters (map, vi); set from the data.
@@ -89,6 +89,9 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "threads": Option(0, "CPU threads of the training step (0: as many as PyTorch uses here); recorded, so reruns and --resume compute the same bits", minimum=0, resumable=True),
     # Evaluation always runs at "highest", so likelihoods are not affected.
     "matmul_precision": Option("highest", "float32 products in training: high (TF32 on CUDA), medium (bfloat16-based)", choices=MATMUL_PRECISIONS, resumable=True),
+    # What the run reports, not what it computes: either may change on resume.
+    "quiet": Option(False, "print no epoch lines and no progress on stderr", resumable=True),
+    "tensorboard": Option(False, "also write each epoch's metrics as TensorBoard scalars into RUN_DIR/tensorboard/ (needs the tensorboard package)", resumable=True),
 }
 DATA_OPTIONS: dict[str, Option] = {
     "source": Option("digits", "a named dataset or a .npy/.npz/.csv file", choices=None),

@@ -26,6 +26,10 @@ class TrainingError(VaekitError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
 
+class RunLockedError(VaekitError):
+    """Another process is writing the run directory (``vaekit.lock``)."""
+
+
 class VaekitWarning(UserWarning):
     """Something works but not as the user likely expects (e.g. an option that slows training
     down on this hardware). ``vaekit.cli`` prints it as one stderr line."""

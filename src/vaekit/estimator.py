@@ -30,10 +30,11 @@ BATCH_ROWS = 4096
 SAMPLE_SOURCES = ("prior", "aggregate", "gmm")
 
 
-# Estimator parameters beyond the model's and training's options: the validation share of X
-# and the progress bar. eval_k (the CLI's final evaluation) has no meaning here.
+# Estimator parameters beyond the model's and training's options: the validation share of X,
+# the progress bar and the epoch lines (``verbose``). Options of a run directory have no
+# meaning here: eval_k (the CLI's final evaluation), quiet and tensorboard (its logs).
 _EXTRA = {"valid_fraction": "data", "image_shape": "model"}
-_SKIP = {"eval_k"}
+RUN_ONLY = {"eval_k", "quiet", "tensorboard"}
 
 
 class NotFittedError(ConfigError, sk_exceptions.NotFittedError):
@@ -50,11 +51,12 @@ def estimator_params() -> dict[str, tuple[str, Any]]:
     params: dict[str, tuple[str, Any]] = {}
     for section in ("model", "train"):
         for name, opt in section_options(section).items():
-            if name not in FROM_DATA and name not in _SKIP:
+            if name not in FROM_DATA and name not in RUN_ONLY:
                 params[name] = (section, AUTO.get(name, opt.default))
     for name, section in _EXTRA.items():
         params[name] = (section, section_options(section)[name].default)
     params["progress"] = ("estimator", False)
+    params["verbose"] = ("estimator", False)
     return params
 
 
@@ -73,7 +75,8 @@ class VAE(TransformerMixin, BaseEstimator):
     ``inference``, ``objective``, ``beta``, ...; ``help(vaekit.VAE)`` lists them with their
     defaults). ``likelihood="auto"`` picks Bernoulli for 0/1 data, continuous Bernoulli for
     values in [0, 1] and Gaussian otherwise. ``X_valid`` (or a ``valid_fraction`` of X) gives
-    the validation objective for early stopping and for keeping the best model.
+    the validation objective for early stopping and for keeping the best model. ``fit`` is
+    silent unless ``verbose`` (one line per epoch on stderr) or ``progress`` (a progress bar).
     """
 
     def __init__(self, *args, **kwargs):
@@ -121,6 +124,7 @@ class VAE(TransformerMixin, BaseEstimator):
         else a ``valid_fraction`` of X. Neither torch's nor numpy's global random state moves:
         the seeded parts run under ``torch.random.fork_rng``."""
         from .data import check_data
+        from .logs import EpochLog
         from .model import VAEModel
         from .runs import model_config
         from .train import fit
@@ -155,7 +159,8 @@ class VAE(TransformerMixin, BaseEstimator):
             model = VAEModel(config.model)
             model.likelihood.check(X, "X")
             model.likelihood.check(X_valid, "X_valid" if given_valid else "X")
-            self.history_ = fit(model, X, X_valid, config.train, progress=self.progress)
+            on_epoch = EpochLog(config.train.epochs) if self.verbose else None
+            self.history_ = fit(model, X, X_valid, config.train, progress=self.progress, on_epoch=on_epoch)
         self.model_ = model
         self.config_ = config
         return self
@@ -327,13 +332,32 @@ class VAE(TransformerMixin, BaseEstimator):
         return evaluate(self.model_, x, k=k, seed=seed)
 
     # -- persistence ----------------------------------------------------------------------------
-    def save(self, run_dir: str | Path) -> Path:
-        """Write RUN_DIR/config.json and RUN_DIR/model.safetensors (no pickle)."""
-        from .checkpoint import save_model
+    def save(self, run_dir: str | Path, overwrite: bool = False) -> Path:
+        """Write RUN_DIR/config.json and RUN_DIR/model.safetensors (no pickle), holding the run
+        directory's lock (``vaekit.lock``) while writing.
+
+        A directory that holds a saved model alone (those two files) is replaced. One that
+        holds more, such as a ``vaekit train`` run with its checkpoints, metrics and pictures,
+        is refused unless ``overwrite``, which first empties it (``checkpoint.clear_run``), so
+        that nothing of the old run stays beside the new model."""
+        from .checkpoint import CONFIG_FILE, MODEL_FILE, clear_run, run_entries, save_model
+        from .errors import CheckpointError
+        from .lock import RunLock
 
         self._check_fitted()
         run_dir = Path(run_dir)
-        save_model(run_dir, self.model_, self.config_)
+        with RunLock(run_dir):
+            entries = run_entries(run_dir)
+            extra = [name for name in entries if name not in (CONFIG_FILE, MODEL_FILE)]
+            if CONFIG_FILE in entries and extra:
+                if not overwrite:
+                    shown = ", ".join(extra[:3]) + (", …" if len(extra) > 3 else "")
+                    raise CheckpointError(
+                        f"{run_dir} holds a run with more than a saved model ({shown}); saving would replace only part "
+                        "of it: pass overwrite=True to replace the whole run"
+                    )
+                clear_run(run_dir)
+            save_model(run_dir, self.model_, self.config_)
         return run_dir
 
     @classmethod

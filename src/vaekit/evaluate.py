@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -170,25 +170,34 @@ def elbo_per_point(
 
 
 @torch.no_grad()
-def log_px_per_point(model, x, k: int = 1000, batch_size: int | None = None, seed: int = 0) -> np.ndarray:
-    """The K-sample importance-weighted estimate of log p(x) for each row, (n,) float64."""
+def log_px_per_point(
+    model, x, k: int = 1000, batch_size: int | None = None, seed: int = 0, progress: Callable[[int], None] | None = None
+) -> np.ndarray:
+    """The K-sample importance-weighted estimate of log p(x) for each row, (n,) float64.
+    ``progress``, if given, is called with the rows done after each batch."""
     g = _generator(model, seed)
     if batch_size is None:
         # Rows per call: enough that each K-chunk is a large matrix product, few enough that
         # one chunk covers many samples (see objectives.iwae.DEFAULT_BLOCK).
         batch_size = 256 if k >= 64 else 1024
+    out, done = [], 0
     with eval_mode(model):
-        out = [iwae(model, xb, k, q=model.evaluation_posterior(xb), generator=g) for xb in batches(model, x, batch_size)]
+        for xb in batches(model, x, batch_size):
+            out.append(iwae(model, xb, k, q=model.evaluation_posterior(xb), generator=g))
+            done += xb.shape[0]
+            if progress is not None:
+                progress(done)
     return torch.cat(out).double().cpu().numpy()
 
 
-def evaluate(model, x, k: int = 1000, seed: int = 0) -> dict[str, Any]:
+def evaluate(model, x, k: int = 1000, seed: int = 0, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Averages over the rows of x: elbo, recon, kl, log_likelihood (IWAE, K = k), both in
     nats, and bits_per_dim = −log_likelihood / (D ln 2); and the latent units' use
-    (``LatentUsage.summary``: active_units of latent_size, kl_per_dim, kl_per_group)."""
+    (``LatentUsage.summary``: active_units of latent_size, kl_per_dim, kl_per_group).
+    ``progress`` is called with the rows done by the log p(x) pass, nearly all of the time."""
     usage = LatentUsage(model, _generator(model, seed + 2))
     terms = elbo_per_point(model, x, seed=seed, usage=usage)
-    log_px = log_px_per_point(model, x, k=k, seed=seed + 1)
+    log_px = log_px_per_point(model, x, k=k, seed=seed + 1, progress=progress)
     n, dim = np.shape(x)
     ll = float(log_px.mean())
     return {

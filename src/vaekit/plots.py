@@ -649,3 +649,54 @@ def kl_per_dim_plot(variance: np.ndarray, path, kl_per_dim: np.ndarray | None = 
     activity Var_x(E_q[z_u]) ``variance`` (D,) on a log axis with the ``threshold`` of Burda
     et al. (2015, sec. 5.2); active units blue, inactive grey, in both panels."""
     return _save_figure(_kl_per_dim_figure(variance, kl_per_dim, threshold, kl_per_group, title), path)
+
+
+# The bars of the bound beneath the evidence, per point, in this order and colour.
+BOUND_BARS = (("log_px", "log p(x)", "C0"), ("elbo_optimal", "ELBO(q*)", "C2"), ("elbo", "ELBO(q)", "C1"))
+# Points shown per method: a handful, so that every bar stays readable.
+BOUND_POINTS = 6
+
+
+def _bound_bars_figure(methods: dict[str, dict[str, np.ndarray]], points: int, title: str | None = None):
+    if not methods:
+        raise DataError("methods is empty; at least one method's gaps are required")
+    points = _check_positive_int(points, "points")
+    ncols = min(3, len(methods))
+    nrows = math.ceil(len(methods) / ncols)
+    fig = _new_figure((ncols * (0.9 * points + 2.4), 3.4 * nrows + 0.6))
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax in axes[len(methods) :]:
+        ax.remove()
+    width = 0.8 / len(BOUND_BARS)
+    for ax, (method, per_point) in zip(axes, methods.items()):
+        values = [_as_float_array(per_point[key], key, ndim=1)[:points] for key, _, _ in BOUND_BARS]
+        n = min(len(v) for v in values)
+        if n == 0:
+            raise DataError(f"{method}: no points to draw")
+        values = [v[:n] for v in values]
+        lo, hi = min(v.min() for v in values), max(v.max() for v in values)
+        # A common floor below the lowest value, so that the gaps, a few nats on top of
+        # evidence of hundreds, are the visible differences of bar tops (Bishop, fig. 9.11).
+        floor = lo - 0.25 * max(hi - lo, 1.0)
+        for j, ((_, label, color), v) in enumerate(zip(BOUND_BARS, values)):
+            ax.bar(np.arange(n) + (j - 1) * width, v - floor, width, bottom=floor, color=color, label=label)
+        ax.set_ylim(floor, hi + 0.1 * max(hi - lo, 1.0))
+        ax.set_xticks(np.arange(n), [f"x{i + 1}" for i in range(n)])
+        approx = float(np.mean(values[0] - values[1]))
+        amort = float(np.mean(values[1] - values[2]))
+        ax.set_title(f"{method}, first {n} rows: mean approximation gap {approx:.2f}, amortization gap {amort:.2f} nats", fontsize=9)
+        ax.set_ylabel("nats")
+        ax.grid(alpha=0.3, axis="y")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(BOUND_BARS), fontsize=9)
+    fig.suptitle(title if title is not None else "The bound beneath the evidence: log p(x) ≥ ELBO(q*) ≥ ELBO(q) per point")
+    return fig
+
+
+def bound_bars_plot(methods: dict[str, dict[str, np.ndarray]], path, points: int = BOUND_POINTS, title: str | None = None) -> Path:
+    """Per datapoint, grouped bars of log p(x), ELBO(q*) and ELBO(q) (nats), one panel per
+    inference method: ``methods`` maps a method's name to ``evaluate.gaps_per_point``'s arrays
+    (``log_px``, ``elbo_optimal``, ``elbo``), of which the first ``points`` rows are drawn.
+    The notes' picture of the ELBO beneath the evidence (after Bishop 2006, fig. 9.11): the top
+    of each bar is the number, the distance from log p(x) down to ELBO(q*) the approximation
+    gap, from ELBO(q*) down to ELBO(q) the amortization gap (Cremer et al. 2018)."""
+    return _save_figure(_bound_bars_figure(methods, points, title), path)

@@ -37,7 +37,10 @@ def train_run(
     run_config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = False
 ) -> dict[str, Any]:
     """What ``vaekit train`` does: load the data, fit, draw the pictures, evaluate on the test
-    split (ELBO and log p(x) with K = eval_k). Returns the summary that the CLI prints."""
+    split (ELBO and log p(x) with K = eval_k), reporting on stderr as it goes (one line per
+    epoch and the evaluation's progress, unless ``quiet``; tqdm bars instead of the progress
+    lines when ``progress``) and, with ``tensorboard``, into RUN_DIR/tensorboard/. The caller
+    holds the run directory's lock (``vaekit.lock``). Returns the summary that the CLI prints."""
 
     run_dir = Path(run_dir)
     distributed = init_distributed(run_config.train.device)
@@ -66,6 +69,7 @@ def train_run(
 def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
     from .data import check_data, load_dataset
     from .evaluate import evaluate
+    from .logs import EpochLog, RowProgress, TensorBoardLog, check_tensorboard
     from .model import VAEModel
 
     data = load_dataset(run_config.data)
@@ -81,11 +85,35 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
             likelihood=model.likelihood,
         )
     rank, _ = rank_world()
-    history = fit(model, splits["train"], splits["valid"], run_config.train, run_dir, run_config, resume, progress and rank == 0)
+    cfg = run_config.train
+    # Rank 0 alone reports; --quiet silences the lines and the bars, not --tensorboard.
+    bars = progress and not cfg.quiet and rank == 0
+    lines = EpochLog(cfg.epochs) if rank == 0 and not cfg.quiet else None
+    events = None
+    if rank == 0 and cfg.tensorboard:
+        check_tensorboard()  # before the first file is written
+        events = TensorBoardLog(run_dir)
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        for log in (lines, events):
+            if log is not None:
+                log(record)
+
+    try:
+        history = fit(model, splits["train"], splits["valid"], cfg, run_dir, run_config, resume, bars, on_epoch=on_epoch)
+    finally:
+        if events is not None:
+            events.close()
     if rank != 0:
         return {"run_dir": str(run_dir), "rank": rank}
-    write_pictures(model, data, history, run_dir, seed=run_config.train.seed)
-    test = evaluate(model, splits["test"], k=run_config.train.eval_k, seed=run_config.train.seed)
+    write_pictures(model, data, history, run_dir, seed=cfg.seed)
+    # Nearly all of a short run's time after training: it gets a progress report of its own.
+    rows = None if cfg.quiet else RowProgress(np.shape(splits["test"])[0], f"evaluating log p(x) (K={cfg.eval_k})", bar=progress)
+    try:
+        test = evaluate(model, splits["test"], k=cfg.eval_k, seed=cfg.seed, progress=rows)
+    finally:
+        if rows is not None:
+            rows.close()
     best = max(history, key=lambda r: r["valid_score"]) if history else None
     return {
         "run_dir": str(run_dir),

@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -79,6 +79,7 @@ def fit(
     run_config: RunConfig | None = None,
     resume: bool = False,
     progress: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place and leave it holding the best weights by the objective's
     validation value.
@@ -88,16 +89,18 @@ def fit(
     continues from last.safetensors with optimizer, epoch and random state, so that on the CPU
     the end result equals an uninterrupted run's. Training runs on ``config.threads`` CPU threads
     (0: PyTorch's current count) with MKL's and OpenMP's dynamic thread counts off, so that the
-    load of the machine cannot change how reductions are split. Returns the per-epoch metrics.
+    load of the machine cannot change how reductions are split. ``on_epoch`` is called with each
+    epoch's finished record (on rank 0 alone), after its checkpoint: the logs. Returns the
+    per-epoch metrics.
     """
     from .hardware import fixed_threads
 
     # Every epoch on the same number of threads, whatever the load (see vaekit.hardware).
     with fixed_threads(config.threads):
-        return _fit(model, x_train, x_valid, config, run_dir, run_config, resume, progress)
+        return _fit(model, x_train, x_valid, config, run_dir, run_config, resume, progress, on_epoch)
 
 
-def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resume: bool, progress: bool) -> list[dict[str, Any]]:
+def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resume: bool, progress: bool, on_epoch) -> list[dict[str, Any]]:
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     model.to(device=device, dtype=dtype)
@@ -163,6 +166,8 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
             }
             ckpt.save_tensors(run_dir / ckpt.LAST_FILE, *ckpt.training_state(model, optimizers, meta))
             _append_metrics(run_dir, record)
+        if on_epoch is not None and rank == 0:
+            on_epoch(record)
         if stopped:
             break
     if run.best_state is not None:
@@ -291,8 +296,14 @@ class _Step:
             if world > 1:
                 lo, hi = rank * b // world, (rank + 1) * b // world
                 idx, eps = idx[lo:hi], eps[:, lo:hi]
+            xb = self.batch_rows(idx)
+            if self.model.config.local_steps_per_batch:
+                # Stochastic VI's local step before the shared one; its noise stream is named by
+                # a draw from the global stream, so that --resume repeats it.
+                seed = int(torch.randint(2**62, (1,)))
+                self.model.inference.local_update(self.model, xb, idx, seed)
             with self.autocast():
-                batch_loss, value = self.forward(self.objective, self.batch_rows(idx), idx, eps, beta)
+                batch_loss, value = self.forward(self.objective, xb, idx, eps, beta)
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks; weighting each rank's mean by its share of

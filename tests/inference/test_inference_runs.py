@@ -126,6 +126,7 @@ def test_gaps_command(method, runs, capsys):
     assert GAP_KEYS <= set(result)
     assert (result["n"], result["k"]) == (DIGITS_TEST_ROWS, 20)
     assert plot.read_bytes()[:8] == PNG_MAGIC
+    assert (straight / "gaps_test_bars.png").read_bytes()[:8] == PNG_MAGIC and result["bars"] == str(straight / "gaps_test_bars.png")
     # The arithmetic is exact: JSON keeps every bit of a Python float.
     assert result["approximation_gap"] == result["log_likelihood"] - result["elbo_optimal"]
     assert result["amortization_gap"] == result["elbo_optimal"] - result["elbo"]

@@ -22,3 +22,20 @@ def assert_round_trip(est, path, names: tuple[str, ...], x: np.ndarray) -> "vaek
     assert np.array_equal(loaded.sample(5, seed=1), est.sample(5, seed=1))
     assert np.array_equal(loaded.score_samples(x, k=5), est.score_samples(x, k=5))
     return loaded
+
+
+def default_priors() -> list[str]:
+    """The priors a default model can use: those that need a source the default lacks (the
+    aggregate prior needs an earlier run) refuse it with ConfigError and have tests of their own."""
+    from vaekit.config import ModelConfig
+    from vaekit.errors import ConfigError
+    from vaekit.registry import PRIORS
+
+    out = []
+    for name in PRIORS.names():
+        try:
+            ModelConfig(input_dim=3, prior=name)
+        except ConfigError:
+            continue
+        out.append(name)
+    return out

@@ -66,6 +66,12 @@ class InferenceMethod(nn.Module):
         """Per-point tables, trained with sparse updates (only the rows of the batch move)."""
         return []
 
+    def local_update(self, model, x: torch.Tensor, idx: torch.Tensor, seed: int) -> None:
+        """Stochastic variational inference's local step (Hoffman et al. 2013, alg. 1): before
+        the shared step on a batch, move the batch's per-point parameters toward their optimum
+        for the current θ, by ``local_steps_per_batch`` Adam steps at ``local_lr`` (θ fixed;
+        ``seed`` names the noise stream). Nothing for methods without per-point parameters."""
+
     def evaluation_posterior(self, model, x: torch.Tensor) -> Posterior:
         """A proper density q(z|x) for the ELBO and the importance-weighted log p(x) of new x.
 

@@ -64,23 +64,24 @@ def _keep_better(model, x: torch.Tensor, start: Distribution, end: Distribution,
 
 
 def optimize_gaussian(
-    model, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, steps: int, lr: float, n_samples: int = 1
+    model, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, steps: int, lr: float, n_samples: int = 1,
+    seed: int = 0,
 ) -> DiagonalNormal:
     """argmax over (μ, log σ²) of ELBO(x; N(μ, diag σ²)) with θ fixed, from the given start,
     by ``steps`` Adam steps on reparameterized gradients, keeping per point the better of
-    start and end."""
+    start and end. ``seed`` names the noise stream (0 for new data: q a function of x and θ)."""
     logvar = logvar.expand_as(mu)
-    new_mu, new_logvar = _ascend(model, x, [mu, logvar], DiagonalNormal, steps, lr, n_samples)
+    new_mu, new_logvar = _ascend(model, x, [mu, logvar], DiagonalNormal, steps, lr, n_samples, seed)
     if steps == 0:
         return DiagonalNormal(new_mu, new_logvar)
     start, end = DiagonalNormal(mu.detach(), logvar.detach()), DiagonalNormal(new_mu, new_logvar)
-    better = _keep_better(model, x, start, end).unsqueeze(-1)
+    better = _keep_better(model, x, start, end, seed).unsqueeze(-1)
     return DiagonalNormal(torch.where(better, new_mu, start.mu), torch.where(better, new_logvar, start.logvar))
 
 
-def optimize_point(model, x: torch.Tensor, z: torch.Tensor, steps: int, lr: float) -> PointMass:
+def optimize_point(model, x: torch.Tensor, z: torch.Tensor, steps: int, lr: float, seed: int = 0) -> PointMass:
     """argmax_z log p(x|z) + log p(z) with θ fixed (MAP), from z; never worse than the start."""
-    (new_z,) = _ascend(model, x, [z], PointMass, steps, lr, 1)
+    (new_z,) = _ascend(model, x, [z], PointMass, steps, lr, 1, seed)
     with torch.no_grad():
         start = elbo(model, x, q=PointMass(z.detach())).elbo
         end = elbo(model, x, q=PointMass(new_z)).elbo

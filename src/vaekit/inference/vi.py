@@ -5,14 +5,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributions import DiagonalNormal
+from ..registry import Option
 from . import INFERENCE, InferenceMethod
 
 
-@INFERENCE.register("vi")
+@INFERENCE.register(
+    "vi",
+    options={
+        "local_steps_per_batch": Option(0, "Adam steps (at --local-lr, θ fixed) on each batch's per-point parameters before the shared step (stochastic VI's local step; 0: one joint step)", minimum=0),
+    },
+)
 class VI(InferenceMethod):
     """Decoder only, non-amortized variational inference: every training point owns free
     variational parameters (μ_i, log σ_i²), q_i = N(μ_i, diag σ_i²), fitted with θ on the ELBO
     (Hoffman et al. 2013's local variational parameters, trained by stochastic gradients).
+    With ``local_steps_per_batch`` K > 0 each batch's (μ_i, log σ_i²) first take K steps of
+    their own with θ fixed (``local_update``), so that the shared step sees a q near the
+    optimum for the current decoder, as Hoffman et al.'s stochastic VI does.
 
     A new x gets its q by maximising its ELBO with θ fixed, from the prior N(0, I).
     """
@@ -35,3 +44,14 @@ class VI(InferenceMethod):
 
         zeros = torch.zeros(x.shape[0], self.size, dtype=x.dtype, device=x.device)
         return optimize_gaussian(model, x, zeros, zeros, self.config.local_steps, self.config.local_lr)
+
+    @torch.no_grad()
+    def local_update(self, model, x: torch.Tensor, idx: torch.Tensor, seed: int) -> None:
+        steps = self.config.local_steps_per_batch
+        if not steps:
+            return
+        from .optimize import optimize_gaussian
+
+        q = optimize_gaussian(model, x, self.mu[idx], self.logvar[idx], steps, self.config.local_lr, seed=seed)
+        self.mu.index_copy_(0, idx, q.mu.to(self.mu.dtype))
+        self.logvar.index_copy_(0, idx, q.logvar.to(self.logvar.dtype))

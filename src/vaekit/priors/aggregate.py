@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..distributions import DiagonalNormal, MixtureOfDiagonalNormals
+from ..errors import ConfigError
+from ..registry import Option
+from . import PRIORS, Prior
+
+
+@PRIORS.register(
+    "aggregate",
+    options={
+        "prior_from": Option(None, "run directory whose aggregate posterior (1/N) Σ_i q(z|x_i) over its training rows becomes p(z) (prior aggregate)", type="str", optional=True),
+        "prior_components": Option(1000, "most components M of the aggregate prior: the q(z|x_i) of M training rows of the --prior-from run drawn at random (all rows when it has fewer)", minimum=1),
+    },
+)
+class AggregatePrior(Prior):
+    """p(z) = (1/M) Σ_m q(z | x_m): an earlier run's aggregate posterior as this run's prior,
+    the posterior becoming the new prior (notes, fifth lecture), so that a model trained on
+    more data starts from what the first data taught. The full aggregate (1/N) Σ_i q(z|x_i)
+    over the N training rows of the run ``prior_from`` (Hoffman & Johnson 2016, "ELBO
+    surgery"; Tomczak & Welling 2018's optimal prior, eq. 7) is subsampled to M =
+    ``prior_components`` rows drawn uniformly without replacement, an unbiased mixture
+    estimate of it; with N ≤ M it is the full aggregate (the M − N spare components weigh 0).
+
+    Each q(z | x_m) is the earlier model's q for that row (``evaluation_posterior``: the encoder,
+    refined or not, or the per-point optimum), a diagonal Gaussian. The mixture's weights,
+    means and log-variances are buffers: fixed during training and saved with the weights, so
+    a run loads without ``prior_from`` present. They are read once, at the start of a fresh
+    run (``init_from_data``); until then the prior is M copies of N(0, I). No closed-form KL:
+    the ELBO uses the Monte Carlo estimate, log p(z) is the exact log-sum-exp.
+    """
+
+    def __init__(self, config, size: int):
+        super().__init__(config, size)
+        self.source = config.prior_from
+        m = config.prior_components
+        self.register_buffer("logits", torch.zeros(m))  # (M,), uniform
+        self.register_buffer("mu", torch.zeros(m, size))  # (M, d)
+        self.register_buffer("logvar", torch.zeros(m, size))  # (M, d), log σ²
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        if config.prior_from is None:
+            raise ConfigError("prior aggregate needs prior_from, the run directory whose aggregate posterior becomes the prior")
+
+    @torch.no_grad()
+    def init_from_data(self, x_train, rng: np.random.Generator) -> None:
+        """Read the earlier run: its model and its training rows, M of them drawn by ``rng``.
+        This run's own rows ``x_train`` are not used: the prior is what the earlier data taught."""
+        from ..checkpoint import load_run
+        from ..data import load_dataset
+
+        where = f"prior_from {self.source}"
+        # Rebuilding the earlier model draws initial weights: keep them off this run's stream.
+        with torch.random.fork_rng(devices=[]):
+            config, model = load_run(self.source)
+        if len(model.latents) != 1 or model.latent_size != self.size:
+            raise ConfigError(
+                f"{where}: that run's latent size is {','.join(str(g.size) for g in model.latents)}, this model's top group has {self.size}; they must match"
+            )
+        if config.data.source == "array":
+            raise ConfigError(f"{where}: that run was fitted on an in-memory array, so its training rows are not on disk")
+        x = load_dataset(config.data).train
+        n, m = len(x), self.mu.shape[0]
+        rows = np.sort(rng.choice(n, size=m, replace=False)) if n > m else np.arange(n)
+        xb = torch.as_tensor(np.asarray(x[rows]), dtype=next(model.parameters()).dtype)
+        q = model.evaluation_posterior(xb)
+        if not isinstance(q, DiagonalNormal):
+            raise ConfigError(f"{where}: that run's q(z|x) is a {type(q).__name__}, not a diagonal Gaussian")
+        k = len(rows)
+        # With N <= M every row is a component; the M − N left over get weight 0 (logit −∞)
+        # and finite copies of the first, so that log p(z) and its gradient stay finite.
+        self.mu.copy_(torch.cat([q.mu, q.mu[:1].expand(m - k, -1)]).to(self.mu))
+        self.logvar.copy_(torch.cat([q.logvar, q.logvar[:1].expand(m - k, -1)]).to(self.logvar))
+        self.logits.zero_()
+        self.logits[k:] = -torch.inf
+
+    def forward(self, model=None) -> MixtureOfDiagonalNormals:
+        return MixtureOfDiagonalNormals(self.logits, self.mu, self.logvar)

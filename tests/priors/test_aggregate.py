@@ -1,0 +1,165 @@
+"""The aggregate prior p(z) = (1/M) Σ_m q(z | x_m) of an earlier run (the posterior as the new
+prior). References are independent of the code under test: the earlier run's own q for the
+drawn rows, torch.distributions' MixtureSameFamily for log p(z) and the KL, quadrature for
+the normalisation; the CLI end to end: train, then train with --prior-from, resume bit for
+bit, evaluate without the earlier run present."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+import vaekit
+from cli_helpers import assert_resume_equals_straight, cli
+from prior_helpers import assert_round_trip
+from vaekit.checkpoint import load_run
+from vaekit.distributions import DiagonalNormal
+
+F64 = torch.float64
+SMALL = ["--data", "digits", "--hidden", "16", "--eval-k", "2", "--batch-size", "256"]
+
+
+def _first_run(root, dim: int):
+    run = root / f"first{dim}"
+    from vaekit.cli import main
+
+    assert main(["train", *SMALL, "--latent-dim", str(dim), "--epochs", "2", "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """Earlier runs on the digits with 1- and 2-D latents, trained once for the module."""
+    root = tmp_path_factory.mktemp("aggregate")
+    return {dim: _first_run(root, dim) for dim in (1, 2)}
+
+
+def _prior_model(run, components: int = 40, seed: int = 0):
+    """A model with the aggregate prior of ``run``, its mixture read as a fresh run would."""
+    from vaekit.config import ModelConfig
+    from vaekit.model import VAEModel
+
+    config, _ = load_run(run)
+    torch.manual_seed(seed)
+    cfg = ModelConfig(input_dim=64, latent_dim=config.model.latent_dim, hidden=(8,), likelihood="continuous_bernoulli",
+                      prior="aggregate", prior_from=str(run), prior_components=components)  # fmt: skip
+    model = VAEModel(cfg)
+    model.prior.init_from_data(None, np.random.default_rng(seed))
+    return model.to(F64)
+
+
+def _reference(prior) -> MixtureSameFamily:
+    return MixtureSameFamily(Categorical(logits=prior.logits), Independent(Normal(prior.mu, (0.5 * prior.logvar).exp()), 1))
+
+
+def test_the_mixture_is_the_earlier_runs_q_of_its_training_rows(first):
+    from vaekit.data import load_dataset
+
+    model = _prior_model(first[2], components=40, seed=3)
+    config, earlier = load_run(first[2])
+    x = load_dataset(config.data).train
+    rows = np.sort(np.random.default_rng(3).choice(len(x), size=40, replace=False))
+    q = earlier.evaluation_posterior(torch.as_tensor(x[rows]))
+    assert isinstance(q, DiagonalNormal)
+    torch.testing.assert_close(model.prior.mu, q.mu.to(F64), rtol=0, atol=0)
+    torch.testing.assert_close(model.prior.logvar, q.logvar.to(F64), rtol=0, atol=0)
+    assert torch.equal(model.prior.logits, torch.zeros(40, dtype=F64))
+    # Buffers, not parameters: the prior stays what the earlier data taught.
+    assert not list(model.prior.parameters())
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_log_density_normalises_and_matches_torch(first, dim):
+    """∫ p(z) dz = 1 by a Riemann sum over |z| ≤ 12 (step 0.01 in 1-D, 0.03 in 2-D); the
+    components' scales (σ ≥ 0.05 here) make that sum exact far below 1e-3."""
+    model = _prior_model(first[dim])
+    prior = model.top_prior()
+    assert float((0.5 * model.prior.logvar).exp().min()) > 0.05
+    n = 2401 if dim == 1 else 801
+    t = torch.linspace(-12.0, 12.0, n, dtype=F64)
+    h = 24.0 / (n - 1)
+    z = t[:, None] if dim == 1 else torch.cartesian_prod(t, t)
+    with torch.no_grad():
+        log_p = prior.log_prob(z)
+        mass = float(log_p.exp().sum() * h**dim)
+        torch.testing.assert_close(log_p, _reference(model.prior).log_prob(z), rtol=1e-10, atol=1e-10)
+    assert abs(mass - 1.0) < 1e-3, mass
+
+
+def test_kl_estimate_matches_a_monte_carlo_reference(first):
+    """model.kl (the ELBO's Monte Carlo KL) against log q − log p by torch's own Normal and
+    MixtureSameFamily on independent draws; both means of S draws, so they agree within a
+    few standard errors of their difference."""
+    model = _prior_model(first[2])
+    g = torch.Generator().manual_seed(0)
+    q = DiagonalNormal(torch.randn(4, 2, generator=g, dtype=F64), torch.randn(4, 2, generator=g, dtype=F64) - 1.0)
+    s = 20000
+    with torch.no_grad():
+        ours = model.kl(q, q.rsample((s,), generator=torch.Generator().manual_seed(1)))
+        ref_q = Independent(Normal(q.mu, (0.5 * q.logvar).exp()), 1)
+        z = ref_q.sample((s,))
+        terms = ref_q.log_prob(z) - _reference(model.prior).log_prob(z)  # (S, 4)
+    se = terms.std(0) / s**0.5
+    assert ((ours - terms.mean(0)).abs() < 5 * 2**0.5 * se).all(), (ours, terms.mean(0), se)
+    assert (terms.mean(0) > 0).all()
+
+
+def test_round_trip_without_the_earlier_run(first, tmp_path):
+    from sklearn.datasets import load_digits
+
+    x = (load_digits().data[:300] / 16.0).astype(np.float32)
+    copy = tmp_path / "earlier"
+    shutil.copytree(first[2], copy)
+    est = vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1, prior="aggregate", prior_from=str(copy), prior_components=30).fit(x)
+    shutil.rmtree(copy)  # the prior lives in the new run's weights
+    assert_round_trip(est, tmp_path / "saved", ("logits", "mu", "logvar"), x[:5])
+
+
+def test_cli_trains_resumes_and_evaluates_with_the_prior_from_an_earlier_run(first, tmp_path, capsys):
+    earlier = tmp_path / "earlier"
+    shutil.copytree(first[2], earlier)
+    common = [*SMALL, "--latent-dim", "2", "--prior", "aggregate", "--prior-from", earlier, "--prior-components", "50"]
+    tensors = assert_resume_equals_straight(tmp_path, [str(a) for a in common])
+    assert tensors["model.prior.mu"].shape == (50, 2) and tensors["model.prior.mu"].abs().sum() > 0
+    shutil.rmtree(earlier)
+    code, out, err = cli(capsys, "evaluate", tmp_path / "straight", "--k", "5", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert np.isfinite(result["log_likelihood"]) and result["n"] == 359
+    saved = json.loads((tmp_path / "straight" / "config.json").read_text())["model"]
+    assert saved["prior"] == "aggregate" and saved["prior_components"] == 50
+
+
+def test_cli_refuses_a_latent_size_mismatch_and_a_missing_source(first, tmp_path, capsys):
+    code, out, err = cli(capsys, "train", *SMALL, "--latent-dim", "3", "--epochs", "1", "--out", tmp_path / "r",
+                         "--prior", "aggregate", "--prior-from", first[2])  # fmt: skip
+    assert code != 0 and out == "" and len(err.splitlines()) == 1, err
+    assert "latent size is 2" in err and "has 3" in err and "Traceback" not in err
+    code, out, err = cli(capsys, "train", *SMALL, "--epochs", "1", "--out", tmp_path / "s", "--prior", "aggregate")
+    assert code != 0 and len(err.splitlines()) == 1 and "needs prior_from" in err, err
+
+
+def test_fewer_rows_than_components_give_the_full_aggregate(first):
+    """N ≤ M: every training row is one component of weight 1/N, the spare ones weigh 0."""
+    from vaekit.data import load_dataset
+
+    config, earlier = load_run(first[1])
+    x = load_dataset(config.data).train
+    n = len(x)
+    model = _prior_model(first[1], components=n + 7)
+    q = earlier.evaluation_posterior(torch.as_tensor(x))
+    prior = model.prior
+    torch.testing.assert_close(prior.mu[:n], q.mu.to(F64), rtol=0, atol=0)
+    assert torch.equal(prior.logits[:n], torch.zeros(n, dtype=F64)) and torch.isneginf(prior.logits[n:]).all()
+    z = torch.linspace(-4, 4, 9, dtype=F64)[:, None].requires_grad_(True)
+    log_p = model.top_prior().log_prob(z)
+    full = MixtureSameFamily(Categorical(logits=torch.zeros(n, dtype=F64)),
+                             Independent(Normal(q.mu.to(F64), (0.5 * q.logvar.to(F64)).exp()), 1))  # fmt: skip
+    torch.testing.assert_close(log_p, full.log_prob(z), rtol=1e-10, atol=1e-10)
+    (grad,) = torch.autograd.grad(log_p.sum(), z)
+    assert torch.isfinite(grad).all()

@@ -1,0 +1,53 @@
+"""vaekit.lock: one writer per run directory; the kernel releases the lock when its holder dies."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from lock_helpers import holding, kill9
+from vaekit.errors import RunLockedError
+from vaekit.lock import LOCK_FILE, RunLock
+
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="the holder is killed with SIGKILL")
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    run = tmp_path / "run"
+    with holding(run) as holder:
+        before = sorted(p.name for p in run.iterdir())
+        with pytest.raises(RunLockedError, match=rf"^run directory {re.escape(str(run))} is being written by another process \(pid {holder.pid}\)$"):
+            RunLock(run).acquire()
+        assert sorted(p.name for p in run.iterdir()) == before == [LOCK_FILE]
+        assert (run / LOCK_FILE).read_text().strip() == str(holder.pid)
+
+
+def test_two_locks_in_one_process_exclude_each_other(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(RunLockedError, match=rf"\(pid {os.getpid()}\)"):
+            RunLock(tmp_path).acquire()
+
+
+def test_the_lock_dies_with_a_holder_killed_by_sigkill(tmp_path):
+    run = tmp_path / "run"
+    with holding(run) as holder:
+        kill9(holder)
+        # The killed holder could not remove its file; a file that nobody holds blocks nobody.
+        assert (run / LOCK_FILE).read_text().strip() == str(holder.pid)
+        with RunLock(run) as lock:
+            assert lock.held and (run / LOCK_FILE).read_text().strip() == str(os.getpid())
+    assert not (run / LOCK_FILE).exists()
+
+
+def test_release_leaves_no_lock_file_and_no_empty_directory_it_made(tmp_path):
+    with RunLock(tmp_path / "new" / "run"):
+        assert (tmp_path / "new" / "run" / LOCK_FILE).is_file()
+    assert not (tmp_path / "new" / "run").exists()
+    (tmp_path / "old").mkdir()
+    with RunLock(tmp_path / "old"):
+        (tmp_path / "old" / "kept").write_text("x")
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["kept"]
+    with RunLock(tmp_path / "old"):  # taken again once released
+        pass
