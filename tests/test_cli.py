@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ TEST_KEYS = {"elbo", "recon", "kl", "log_likelihood", "bits_per_dim", "n", "k", 
 TRAIN_ARGS = ["--epochs", "3", "--latent-dim", "2", "--hidden", "32", "--eval-k", "10"]
 RUN_FILES = (
     "config.json", "model.safetensors", "last.safetensors", "metrics.jsonl",
-    "samples.png", "reconstructions.png", "curves.png", "latent.png", "latent_grid.png", "kl_per_dim.png",
+    "samples.png", "reconstructions.png", "curves.png", "latent.png", "latent_grid.png", "kl_per_dim.png", "bubbles.png",
 )  # fmt: skip
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -879,30 +880,35 @@ def _train_process(run: Path, *argv, log: Path) -> subprocess.Popen:
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX lock test")
 def test_a_second_train_into_a_run_being_written_is_refused(tmp_path, capsys):
     """While one `vaekit train` writes RUN_DIR, a second one (--overwrite, --resume) is refused
-    with one line naming the writer's pid; the first ends intact and can be resumed."""
-    from lock_helpers import wait_until_locked_by
+    with one line naming the writer's pid, and changes nothing: the first writer (a run too long
+    to finish, so the test holds on any machine) is then stopped after a few epochs, and its
+    run resumes from exactly the epochs it wrote."""
+    from lock_helpers import kill9, wait_until_locked_by
 
     run, log = tmp_path / "run", tmp_path / "first.log"
-    first = _train_process(run, "--epochs", 20, "--hidden", 32, "--latent-dim", 2, "--eval-k", 10, log=log)
+    first = _train_process(run, "--epochs", 100000, "--hidden", 32, "--latent-dim", 2, "--eval-k", 10, log=log)
     try:
         wait_until_locked_by(run, first)
         for flag in ("--overwrite", "--resume"):
-            code, out, err = cli(capsys, "train", "--data", "digits", "--out", run, "--epochs", "21", flag)
+            code, out, err = cli(capsys, "train", "--data", "digits", "--out", run, "--epochs", "3", flag)
             assert_error(code, out, err, 1, str(run), "being written by another process", f"(pid {first.pid})")
-            assert first.poll() is None, "the first run ended before the second was refused: the test proves nothing"
-        assert first.wait(timeout=600) == 0, log.read_text()
+            assert first.poll() is None
+        deadline = time.monotonic() + 600
+        while len(vaekit.checkpoint.read_metrics(run)) < 3:
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
     finally:
         if first.poll() is None:
-            first.kill()
-            first.wait()
-    epoch_lines = [line for line in log.read_text().splitlines() if line.startswith("epoch ")]
-    assert len(epoch_lines) == 20
-    assert [r["epoch"] for r in vaekit.checkpoint.read_metrics(run)] == list(range(1, 21))
-    for name in RUN_FILES:
-        assert (run / name).is_file(), name
-    code, _, err = cli(capsys, "train", "--out", run, "--resume", "--epochs", "21")
+            kill9(first)
+    n = len(vaekit.checkpoint.read_metrics(run))
+    assert [r["epoch"] for r in vaekit.checkpoint.read_metrics(run)] == list(range(1, n + 1))
+    assert sum(line.startswith("epoch ") for line in log.read_text().splitlines()) >= n - 1
+    code, _, err = cli(capsys, "train", "--out", run, "--resume", "--epochs", str(n + 1), "--quiet")
     assert code == 0, err
-    assert [r["epoch"] for r in vaekit.checkpoint.read_metrics(run)] == list(range(1, 22))
+    epochs = [r["epoch"] for r in vaekit.checkpoint.read_metrics(run)]
+    # The kill may land between an epoch's metrics line and its checkpoint: resume then
+    # repeats that epoch from the checkpoint, and the metrics are rewritten to match.
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= n, epochs
     assert not (run / ".vaekit.lock").exists()
 
 

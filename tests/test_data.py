@@ -108,7 +108,60 @@ def test_unknown_split_lists_choices():
     with pytest.raises(DataError, match="unknown split 'x'"):
         ds.split_labels("x")
     assert ds.split_labels("all") is None
-    assert SPLITS == ("train", "valid", "test", "all") and NAMED == ("digits", "binarized_mnist")
+    assert SPLITS == ("train", "valid", "test", "all") and NAMED == ("digits", "swiss_roll", "binarized_mnist")
+
+
+# --------------------------------------------------------------------------------------
+# swiss_roll
+# --------------------------------------------------------------------------------------
+
+
+def test_swiss_roll_lies_on_its_generating_surface():
+    """Every point is (t cos t, h, t sin t) / 2 for its t in [1.5π, 4.5π] and |h| ≤ 10.5: t is
+    recovered as 2·√(x₁² + x₃²), and cos t, sin t from the direction of (x₁, x₃)."""
+    from vaekit.data.named.swiss_roll import swiss_roll
+
+    x, t, labels = swiss_roll(2000, seed=3)
+    assert x.shape == (2000, 3) and x.dtype == np.float32 and t.shape == (2000,)
+    assert t.min() >= 1.5 * np.pi and t.max() <= 4.5 * np.pi
+    xd = x.astype(np.float64) * 2
+    radius = np.hypot(xd[:, 0], xd[:, 2])
+    np.testing.assert_allclose(radius, t, rtol=1e-6)
+    np.testing.assert_allclose(xd[:, 0], t * np.cos(t), atol=1e-5)
+    np.testing.assert_allclose(xd[:, 2], t * np.sin(t), atol=1e-5)
+    assert np.abs(xd[:, 1]).max() <= 10.5 + 1e-5
+    # labels: t in 6 equal bins, 0 at the inner end; each bin holds about a sixth of the points
+    np.testing.assert_array_equal(labels, np.floor((t - 1.5 * np.pi) / np.pi * 2).astype(np.int64))
+    counts = np.bincount(labels, minlength=6)
+    assert len(counts) == 6 and counts.min() > 2000 / 6 * 0.8
+    # each coordinate's spread well above the Gaussian likelihood's starting σ = 1
+    assert np.all((x.std(axis=0) > 2.8) & (x.std(axis=0) < 3.7))
+
+
+def test_swiss_roll_is_fixed_by_its_seed():
+    from vaekit.data.named.swiss_roll import swiss_roll
+
+    a, b, c = swiss_roll(100, seed=1), swiss_roll(100, seed=1), swiss_roll(100, seed=2)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_swiss_roll_named_dataset_splits():
+    """5000 rows split 3500/500/1000 by the default fractions 0.1 and 0.2, labelled, no image
+    shape; the data are the same for any split seed, only their split changes."""
+    a = load_dataset(DataConfig(source="swiss_roll"))
+    assert a.name == "swiss_roll" and a.image_shape is None and a.dim == 3
+    assert [len(a.split(s)) for s in ("train", "valid", "test")] == [3500, 500, 1000]
+    assert [a.split_labels(s).shape for s in ("train", "valid", "test")] == [(3500,), (500,), (1000,)]
+    b = load_dataset(DataConfig(source="swiss_roll", split_seed=1))
+    assert not np.array_equal(a.train, b.train)
+    rows = lambda ds: np.sort(ds.split("all").view("V12").ravel())  # noqa: E731  (rows as opaque records)
+    np.testing.assert_array_equal(rows(a), rows(b))
+    from vaekit.data.named.swiss_roll import swiss_roll
+
+    np.testing.assert_array_equal(rows(a), np.sort(swiss_roll(5000, seed=0)[0].view("V12").ravel()))
+    np.testing.assert_array_equal(np.sort(a.split_labels("all")), np.sort(b.split_labels("all")))
 
 
 # --------------------------------------------------------------------------------------
@@ -346,7 +399,7 @@ def test_npz_errors(tmp_path, arrays, match):
 def test_missing_unknown_and_unsupported_sources(tmp_path):
     with pytest.raises(DataError, match=r"^nope/data\.npy: no such file$"):
         load_dataset(DataConfig(source="nope/data.npy"))
-    with pytest.raises(DataError, match=r"^unknown dataset 'foo': not a file, and not one of digits, binarized_mnist$"):
+    with pytest.raises(DataError, match=r"^unknown dataset 'foo': not a file, and not one of digits, swiss_roll, binarized_mnist$"):
         load_dataset(DataConfig(source="foo"))
     p = write_text(tmp_path / "d.json", "[]")
     with pytest.raises(DataError, match=r"d\.json: unsupported file type '\.json'; expected one of \.npy, \.npz, \.csv, \.tsv, \.txt"):

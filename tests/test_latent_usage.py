@@ -160,3 +160,58 @@ def test_plot_checks_shapes(tmp_path):
         kl_per_dim_plot(np.ones(3), tmp_path / "a.png", kl_per_dim=np.ones(4))
     path = kl_per_dim_plot(np.array([0.0, 1.0]), tmp_path / "b.png", kl_per_group={"z1": 1.0, "z2": 0.1})
     assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+# ---- the second note's three bubble forces ----------------------------------------------------
+
+
+def test_the_three_forces_sum_to_the_loss_on_one_batch():
+    """−recon + ½Σμ² + ½Σ(σ² − log σ² − 1), as the validation pass computes them, equal the
+    training loss recon + β·KL with β = 1 (objectives.elbo.loss) of the same batch, the same q
+    and the same noise, to float64 rounding; and the two KL forces equal the closed-form KL."""
+    from vaekit.objectives import elbo as elbo_terms
+    from vaekit.objectives import loss
+
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=3, latent_dim=2, hidden=(8,), likelihood="gaussian")).to(F64)
+    x = torch.as_tensor(standardised_rows(n=40), dtype=F64)
+    usage = LatentUsage(model)
+    terms = elbo_per_point(model, x, seed=7, usage=usage)  # one batch of 40 rows
+    forces = usage.forces
+    assert set(forces) == {"force_mean", "force_variance"}
+    force_recon = -terms["recon"].mean()
+    with torch.no_grad():
+        q = model.evaluation_posterior(x)
+        same = elbo_terms(model, x, q=q, generator=torch.Generator().manual_seed(7))
+        batch_loss = float(loss(same, beta=1.0))
+        closed_form_kl = float(model.kl(q, None).mean())
+    assert force_recon + forces["force_mean"] + forces["force_variance"] == pytest.approx(batch_loss, rel=1e-12, abs=1e-12)
+    assert forces["force_mean"] + forces["force_variance"] == pytest.approx(closed_form_kl, rel=1e-12, abs=1e-12)
+    assert forces["force_mean"] > 0 and forces["force_variance"] > 0
+
+
+def test_no_forces_where_the_kl_does_not_split():
+    """A mixture prior: the KL has no mean and variance terms, so LatentUsage gives None."""
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=3, latent_dim=2, hidden=(8,), likelihood="gaussian", prior="mixture")).to(F64)
+    usage = LatentUsage(model, torch.Generator().manual_seed(0))
+    elbo_per_point(model, standardised_rows(n=10), usage=usage)
+    assert usage.forces is None
+    # and the training records leave the force fields out
+    x = standardised_rows(n=30).astype(np.float32)
+    history = fit(model.float(), x[:20], x[20:], TrainConfig(epochs=1, batch_size=10))
+    assert not [k for k in history[0] if k.startswith("force_")]
+
+
+def test_metrics_log_the_forces_of_the_validation_rows():
+    """Each epoch's record (a metrics.jsonl line) carries force_recon = −valid_recon and force_mean +
+    force_variance = valid_kl (float32 model: to float32 rounding)."""
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=3, latent_dim=2, hidden=(8,), likelihood="gaussian"))
+    x = standardised_rows(n=60).astype(np.float32)
+    lines = fit(model, x[:40], x[40:], TrainConfig(epochs=2, batch_size=20))
+    assert len(lines) == 2
+    for r in lines:
+        assert r["force_recon"] == -r["valid_recon"]
+        assert r["force_mean"] + r["force_variance"] == pytest.approx(r["valid_kl"], rel=1e-5)
+        assert r["force_recon"] + r["force_mean"] + r["force_variance"] == pytest.approx(-r["valid_elbo"], rel=1e-5)

@@ -435,6 +435,128 @@ def test_import_is_light():
     assert out.stdout.strip() == "[]"
 
 
+# --------------------------------------------------------------------------------------------
+# the bubble forces, the bubbles and the VAE spaces
+
+
+def _with_forces(metrics: list[dict]) -> list[dict]:
+    for r in metrics:
+        e = r["epoch"]
+        r["force_recon"], r["force_mean"], r["force_variance"] = -r["valid_recon"], 3.0 + 0.5 * e, 1.0 / e
+    return metrics
+
+
+def test_training_curves_draw_the_three_forces(tmp_path):
+    m = _with_forces(_metrics())
+    fig = plots._training_curves_figure(m)
+    left, right, forces, recon_axis = fig.axes
+    assert [line.get_label().split(":")[0] for line in forces.lines] == ["mean ½Σμ²", "variance ½Σ(σ²−log σ²−1)"]
+    assert [line.get_label().split(":")[0] for line in recon_axis.lines] == ["recon −E_q[log p(x|z)]"]
+    mean, variance = (line.get_ydata() for line in forces.lines)
+    recon = recon_axis.lines[0].get_ydata()
+    np.testing.assert_allclose(mean, [r["force_mean"] for r in m])
+    np.testing.assert_allclose(variance, [r["force_variance"] for r in m])
+    np.testing.assert_allclose(recon, [-r["valid_recon"] for r in m])
+    # without force fields the figure keeps its two panels
+    assert len(plots._training_curves_figure(_metrics()).axes) == 2
+    _assert_real_chart(plots.training_curves(m, tmp_path / "c.png"))
+
+
+def _ellipses(ax) -> int:
+    from matplotlib.collections import EllipseCollection
+
+    return sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, EllipseCollection))
+
+
+def _bubbles(n: int, seed: int, spread: float, size: float) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return spread * rng.normal(size=(n, 2)), np.log(size**2) + 0.1 * rng.normal(size=(n, 2))
+
+
+def test_bubbles_one_ellipse_per_point_per_panel(tmp_path):
+    panels = [("start", *_bubbles(40, 0, 0.1, 1.0)), ("middle", *_bubbles(40, 1, 1.0, 0.5)), ("end", *_bubbles(40, 2, 2.0, 0.2))]
+    labels = np.arange(40) % 4
+    fig = plots._bubbles_figure(panels, labels=labels)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["start", "middle", "end"]
+    assert [_ellipses(ax) for ax in axes] == [40, 40, 40]
+    # μ ± σ: full widths 2σ₁ and heights 2σ₂, centred on μ
+    from matplotlib.collections import EllipseCollection
+
+    (coll,) = [c for c in axes[2].collections if isinstance(c, EllipseCollection)]
+    _, mu, logvar = panels[2]
+    np.testing.assert_allclose(coll.get_widths(), 2 * np.exp(0.5 * logvar[:, 0]))
+    np.testing.assert_allclose(coll.get_heights(), 2 * np.exp(0.5 * logvar[:, 1]))
+    np.testing.assert_allclose(coll.get_offsets(), mu)
+    # the prior's unit circle in every panel, one legend entry per label and the circle
+    assert [len(ax.patches) for ax in axes] == [1, 1, 1] and axes[0].patches[0].get_radius() == 1.0
+    assert len(axes[2].get_legend().get_texts()) == 1 + 4
+    # the same square view in every panel
+    assert axes[0].get_xlim() == axes[2].get_xlim() == axes[2].get_ylim()
+    path = plots.bubbles_plot(panels, tmp_path / "bubbles.png", labels=labels)
+    _assert_real_chart(path)
+    _no_temp_files(tmp_path, {"bubbles.png"})
+
+
+def test_bubbles_bad_input(tmp_path):
+    mu, logvar = _bubbles(5, 0, 1.0, 1.0)
+    with pytest.raises(DataError, match="panels must be a non-empty list"):
+        plots.bubbles_plot([], tmp_path / "b.png")
+    with pytest.raises(DataError, match=r"panels\[0\] mu must have 2 columns"):
+        plots.bubbles_plot([("a", np.zeros((5, 3)), np.zeros((5, 3)))], tmp_path / "b.png")
+    with pytest.raises(DataError, match=r"panels\[1\] logvar must have the shape of mu"):
+        plots.bubbles_plot([("a", mu, logvar), ("b", mu, logvar[:4])], tmp_path / "b.png")
+    with pytest.raises(DataError, match="every panel must show the same 5 points; panels\\[1\\] has 4"):
+        plots.bubbles_plot([("a", mu, logvar), ("b", mu[:4], logvar[:4])], tmp_path / "b.png")
+    with pytest.raises(DataError, match=r"labels must have shape \(5,\)"):
+        plots.bubbles_plot([("a", mu, logvar)], tmp_path / "b.png", labels=np.zeros(4))
+    _no_temp_files(tmp_path, set())
+
+
+def _roll_decoder(z: np.ndarray) -> np.ndarray:
+    t = 1.5 * np.pi + 1.5 * np.pi * (z[:, 0] + 2)  # an exact swiss roll over z
+    return np.stack([t * np.cos(t), 5 * z[:, 1], t * np.sin(t)], axis=1) / 7
+
+
+def test_vae_spaces_three_axes_and_the_decoded_grid(tmp_path):
+    rng = np.random.default_rng(0)
+    mu = rng.uniform(-1.5, 1.5, size=(60, 2))
+    logvar = np.full((60, 2), np.log(0.01))
+    x = _roll_decoder(mu)
+    asked = []
+
+    def decode(z):
+        asked.append(z)
+        return _roll_decoder(z)
+
+    fig = plots._vae_spaces_figure(x, mu, decode, logvar=logvar, labels=np.arange(60) // 10, grid=7)
+    data_ax, latent_ax, manifold_ax = fig.axes
+    assert data_ax.name == manifold_ax.name == "3d" and latent_ax.name == "rectilinear"
+    assert _ellipses(latent_ax) == 60
+    # one call: the 7×7 grid, then every μ; the grid spans μ ± σ (1st to 99th percentile)
+    (z,) = asked
+    assert z.dtype == np.float32 and z.shape == (49 + 60, 2)
+    np.testing.assert_allclose(z[49:], mu.astype(np.float32))
+    assert z[:49, 0].min() == pytest.approx(np.quantile(mu[:, 0] - 0.1, 0.01), rel=1e-6)
+    assert z[:49, 1].max() == pytest.approx(np.quantile(mu[:, 1] + 0.1, 0.99), rel=1e-6)
+    assert len(manifold_ax.get_legend().get_texts()) == 6
+    path = plots.vae_spaces_plot(x, mu, tmp_path / "spaces.png", decode, logvar=logvar)
+    _assert_real_chart(path)
+    # point masses (no log σ²) are drawn as points, without bubbles
+    assert _ellipses(plots._vae_spaces_figure(x, mu, decode).axes[1]) == 0
+
+
+def test_vae_spaces_bad_input(tmp_path):
+    mu = np.zeros((4, 2))
+    with pytest.raises(DataError, match="x must have 3 columns"):
+        plots.vae_spaces_plot(np.zeros((4, 2)), mu, tmp_path / "s.png", _roll_decoder)
+    with pytest.raises(DataError, match=r"mu must have one row per row of x \(4\), got 3"):
+        plots.vae_spaces_plot(np.zeros((4, 3)), mu[:3], tmp_path / "s.png", _roll_decoder)
+    with pytest.raises(DataError, match=r"decode\(z\) must return \(629, 3\)"):
+        plots.vae_spaces_plot(np.zeros((4, 3)), mu, tmp_path / "s.png", lambda z: np.zeros((len(z), 2)))
+    _no_temp_files(tmp_path, set())
+
+
 # ---- the bound beneath the evidence, as bars --------------------------------------------------
 
 

@@ -72,20 +72,23 @@ class LatentUsage:
       mixture or VampPrior, a point mass: their KL does not split by dimension), and then
       ``kl_per_group`` (always given) is the finest split: each group's mean KL, the group's
       Monte Carlo term of ``VAEModel.kl_per_group`` on one draw from ``generator`` for a
-      hierarchy, the closed form (or Monte Carlo) for one group.
+      hierarchy, the closed form (or Monte Carlo) for one group;
+    - ``forces``: the KL's mean and variance terms (``objectives.kl.bubble_forces``, the
+      second note's bubble forces) averaged over rows, where the KL splits per dimension;
+      None otherwise.
     """
 
     def __init__(self, model, generator: torch.Generator | None = None):
         self.model, self.generator = model, generator
         self.n = 0
-        self._mean = self._m2 = self._kl_dim = None
+        self._mean = self._m2 = self._kl_dim = self._forces = None
         self._kl_groups: dict[str, float] = {}
         self._per_dim = True
 
     @torch.no_grad()
     def add(self, q) -> None:
         """Account for the rows of one batch, given their q(z|x) (batch (b,), event (D,))."""
-        from .objectives.kl import kl_per_dim
+        from .objectives.kl import bubble_forces, kl_per_dim
 
         model = self.model
         m = q.mean.double()  # (b, D)
@@ -103,10 +106,12 @@ class LatentUsage:
             self._m2 = self._m2 + bm2 + delta**2 * (self.n * b / n)
         kl_dim = kl_per_dim(q, model.top_prior()) if len(model.latents) == 1 and self._per_dim else None
         if kl_dim is None:
-            self._per_dim, self._kl_dim = False, None
+            self._per_dim, self._kl_dim, self._forces = False, None, None
         else:
             kl_dim = kl_dim.double().sum(0)  # (D,)
             self._kl_dim = kl_dim if self._kl_dim is None else self._kl_dim + kl_dim
+            forces = torch.stack([f.double().sum() for f in bubble_forces(q, model.top_prior())])
+            self._forces = forces if self._forces is None else self._forces + forces
         if len(model.latents) == 1 and kl_dim is not None:
             groups = {model.latents[0].name: kl_dim.sum()}
         else:
@@ -135,6 +140,15 @@ class LatentUsage:
         if not self._per_dim or self._kl_dim is None:
             return None
         return (self._kl_dim / self.n).tolist()
+
+    @property
+    def forces(self) -> dict[str, float] | None:
+        """{"force_mean": ½ Σ μ², "force_variance": ½ Σ (σ² − log σ² − 1)}, each the mean over
+        rows, summing to the mean KL; None where the KL does not split per dimension."""
+        if not self._per_dim or self._forces is None:
+            return None
+        mean, variance = (self._forces / self.n).tolist()
+        return {"force_mean": mean, "force_variance": variance}
 
     @property
     def kl_per_group(self) -> dict[str, float]:

@@ -31,6 +31,8 @@ __all__ = [
     "posterior_range",
     "bound_gap_plot",
     "kl_per_dim_plot",
+    "bubbles_plot",
+    "vae_spaces_plot",
 ]
 
 MIN_TILE_PX = 28  # default upscaling makes tiles at least this tall/wide (8x8 digits would be specks)
@@ -428,8 +430,9 @@ def _training_curves_figure(metrics: list[dict]):
             "metrics have no values for any of train_elbo, valid_elbo, train_loss, valid_recon, valid_kl"
         )
 
-    fig = _new_figure((11, 4.6))
-    ax_l, ax_r = fig.subplots(1, 2)
+    forces = any(m.get("force_mean") is not None for m in metrics)
+    fig = _new_figure((16.5, 4.6) if forces else (11, 4.6))
+    ax_l, ax_r, *ax_f = fig.subplots(1, 3 if forces else 2)
     marker = "o" if len(metrics) <= 30 else None
     handles = {ax_l: [], ax_r: []}
     for ax, curves in ((ax_l, left), (ax_r, right)):
@@ -449,11 +452,36 @@ def _training_curves_figure(metrics: list[dict]):
         ok = ~np.isnan(beta)
         handles[ax_r] += ax_b.plot(epoch[ok], beta[ok], ":", color="0.4", label="β (right axis)")
         ax_b.set_ylabel("β")
+    if forces:
+        handles[ax_f[0]] = _draw_forces(ax_f[0], epoch, metrics, marker)
     for ax, hs in handles.items():  # below the axes: curves of any shape stay uncovered
         if hs:
             ax.legend(handles=hs, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=9, frameon=False)
     fig.suptitle("Training curves")
     return fig
+
+
+def _draw_forces(ax, epoch: np.ndarray, metrics: Sequence[dict], marker) -> list:
+    """The second note's three bubble forces on the validation rows against epoch: the KL's
+    mean term ½ Σ μ² and variance term ½ Σ (σ² − log σ² − 1) on ``ax``, the reconstruction
+    term −E_q[log p(x|z)] (larger, and of its own scale) on a twin axis. Returns the lines."""
+    mean, variance = _series(metrics, "force_mean"), _series(metrics, "force_variance")
+    recon = _series(metrics, "force_recon")
+    lines = []
+    for label, y, color in (("mean ½Σμ²: wraps bubbles into one", mean, "C4"),
+                            ("variance ½Σ(σ²−log σ²−1): unit size", variance, "C5")):  # fmt: skip
+        ok = ~np.isnan(y)
+        lines += ax.plot(epoch[ok], y[ok], "-", color=color, marker=marker, ms=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("KL terms (nats per datapoint)")
+    ax.grid(alpha=0.3)
+    ax_recon = ax.twinx()
+    ok = ~np.isnan(recon)
+    lines += ax_recon.plot(epoch[ok], recon[ok], "--", color="C2", marker=marker, ms=3,
+                           label="recon −E_q[log p(x|z)]: pushes apart (right axis)")  # fmt: skip
+    ax_recon.set_ylabel("reconstruction (nats per datapoint)")
+    ax.set_title("The three bubble forces (valid): loss = recon + β·(mean + variance)", fontsize=10)
+    return lines
 
 
 def training_curves(metrics: list[dict], path) -> Path:
@@ -462,7 +490,9 @@ def training_curves(metrics: list[dict], path) -> Path:
     are skipped). Left: train and valid −ELBO against epoch (plus the β-weighted train loss when
     β ≠ 1 somewhere, or when train_elbo is absent). Right: valid −recon = −E_q[log p(x|z)] and
     KL(q(z|x) ‖ p(z)), whose sum is the valid −ELBO (notes, eq. 3), with β on a twin axis when
-    it changes. All in nats per datapoint."""
+    it changes. With ``force_recon``, ``force_mean`` and ``force_variance`` (a diagonal Gaussian
+    q under a standard normal prior) a third panel shows the second note's three bubble forces,
+    whose sum is the valid −ELBO. All in nats per datapoint."""
     return _save_figure(_training_curves_figure(metrics), path)
 
 
@@ -649,6 +679,191 @@ def kl_per_dim_plot(variance: np.ndarray, path, kl_per_dim: np.ndarray | None = 
     activity Var_x(E_q[z_u]) ``variance`` (D,) on a log axis with the ``threshold`` of Burda
     et al. (2015, sec. 5.2); active units blue, inactive grey, in both panels."""
     return _save_figure(_kl_per_dim_figure(variance, kl_per_dim, threshold, kl_per_group, title), path)
+
+
+# --------------------------------------------------------------------------------------------
+# the bubbles of a 2-D latent and the VAE spaces (matplotlib, Agg)
+
+
+def _label_colors(labels: np.ndarray | None, n: int) -> tuple[np.ndarray, list]:
+    """RGBA colours (n, 4) of the points and legend handles: one colour per class for up to 20
+    classes (tab10/tab20), a viridis ramp over numeric labels beyond that, C0 without labels."""
+    import matplotlib
+    from matplotlib.colors import to_rgba
+    from matplotlib.lines import Line2D
+
+    if labels is None:
+        return np.tile(to_rgba("C0"), (n, 1)), []
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise DataError(f"labels must have shape ({n},) to match the {n} points, got {_shape_str(labels)}")
+    classes, index = np.unique(labels, return_inverse=True)
+    if len(classes) <= 20:
+        cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        handles = [Line2D([], [], ls="", marker="o", color=cmap(k), label=str(c)) for k, c in enumerate(classes)]
+        return np.array([cmap(k) for k in index]), handles
+    if not np.issubdtype(labels.dtype, np.number):
+        raise DataError(f"labels with more than 20 classes must be numeric, got dtype {labels.dtype}")
+    span = np.ptp(labels.astype(float)) or 1.0
+    return matplotlib.colormaps["viridis"]((labels - labels.min()) / span), []
+
+
+def _check_bubbles(mu, logvar, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    mu = _as_float_array(mu, f"{name} mu", ndim=2)
+    if mu.shape[1] != 2:
+        raise DataError(f"{name} mu must have 2 columns (a 2-D latent), got shape {_shape_str(mu)}")
+    if logvar is None:
+        return mu, None
+    logvar = _as_float_array(logvar, f"{name} logvar", ndim=2)
+    if logvar.shape != mu.shape:
+        raise DataError(f"{name} logvar must have the shape of mu {_shape_str(mu)}, got {_shape_str(logvar)}")
+    return mu, logvar
+
+
+def _draw_bubbles(ax, mu: np.ndarray, logvar: np.ndarray | None, colors: np.ndarray) -> None:
+    """Each point's q(z|x) as the ellipse μ ± σ per axis (one EllipseCollection, one ellipse per
+    row), or its μ as a dot when q is a point mass; the prior's unit circle N(0, I) dashed."""
+    from matplotlib.collections import EllipseCollection
+    from matplotlib.patches import Circle
+
+    n = len(mu)
+    if logvar is not None:
+        sigma = np.exp(0.5 * logvar)
+        face = colors.copy()
+        face[:, 3] = float(np.clip(20 / n, 0.04, 0.25))  # overlapping bubbles still show through
+        edge = colors.copy()
+        edge[:, 3] = float(np.clip(100 / n, 0.3, 0.8))
+        # widths and heights are full axis lengths: 2σ spans μ − σ to μ + σ
+        ax.add_collection(EllipseCollection(2 * sigma[:, 0], 2 * sigma[:, 1], np.zeros(n), units="xy", offsets=mu,
+                                            offset_transform=ax.transData, facecolors=face, edgecolors=edge, linewidths=0.6))  # fmt: skip
+    ax.scatter(mu[:, 0], mu[:, 1], s=3, color=colors, linewidths=0)
+    ax.add_patch(Circle((0, 0), 1.0, fill=False, ls="--", lw=1.2, color="k", label="p(z) = N(0, I): μ ± σ"))
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("z₁")
+    ax.set_ylabel("z₂")
+    ax.grid(alpha=0.3)
+
+
+def _bubbles_limit(parts: list[tuple[np.ndarray, np.ndarray | None]]) -> float:
+    """Half-width of a square view that holds the prior's circle and nearly all bubbles (the
+    99.5th percentile of |μ| + σ: one stray bubble does not shrink all others to dots)."""
+    reach = [np.abs(mu) + (0.0 if lv is None else np.exp(0.5 * lv)) for mu, lv in parts]
+    return 1.08 * max(1.5, float(np.quantile(np.concatenate(reach).ravel(), 0.995)))
+
+
+def _bubbles_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], labels: np.ndarray | None = None,
+                    title: str | None = None):  # fmt: skip
+    if not isinstance(panels, Sequence) or len(panels) == 0:
+        raise DataError("panels must be a non-empty list of (title, mu, logvar)")
+    checked = []
+    for i, panel in enumerate(panels):
+        if not (isinstance(panel, (tuple, list)) and len(panel) == 3):
+            raise DataError(f"panels[{i}] must be (title, mu, logvar), got {type(panel).__name__}")
+        checked.append((str(panel[0]), *_check_bubbles(panel[1], panel[2], f"panels[{i}]")))
+    n = len(checked[0][1])
+    colors, handles = _label_colors(labels, n)
+    for i, (_, mu, _) in enumerate(checked):
+        if len(mu) != n:
+            raise DataError(f"every panel must show the same {n} points; panels[{i}] has {len(mu)}")
+    lim = _bubbles_limit([(mu, lv) for _, mu, lv in checked])
+    k = len(checked)
+    fig = _new_figure((4.6 * k + (1.2 if handles else 0.0), 5.0))
+    axes = np.atleast_1d(fig.subplots(1, k, sharex=True, sharey=True))
+    for ax, (name, mu, logvar) in zip(axes, checked):
+        _draw_bubbles(ax, mu, logvar, colors)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_title(name, fontsize=10)
+    prior = [axes[0].patches[-1]]
+    axes[-1].legend(handles=prior + handles, title="label" if handles else None, fontsize=8,
+                    loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)  # fmt: skip
+    fig.suptitle(title if title is not None else f"q(z|x) of {n} points: each bubble is μ ± σ per axis")
+    return fig
+
+
+def bubbles_plot(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path, labels: np.ndarray | None = None,
+                 title: str | None = None) -> Path:  # fmt: skip
+    """The bubbles of the second note: one panel per ``(title, mu, logvar)`` in ``panels``
+    (each (n, 2), the same n points in every panel: e.g. the start, middle and end of
+    training, or one β each), every point's q(z|x) = N(μ, diag σ²) drawn as the ellipse
+    μ ± σ per axis, coloured by ``labels`` (n,) where given, with the prior's unit circle
+    dashed. The panels share one square view, so sizes and spreads compare."""
+    return _save_figure(_bubbles_figure(panels, labels, title), path)
+
+
+def _latent_grid(mu: np.ndarray, logvar: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """An n×n grid (its two coordinate vectors) spanning the posteriors: per axis from the 1st
+    percentile of μ − σ to the 99th of μ + σ (σ = 0 for point masses)."""
+    sigma = np.zeros_like(mu) if logvar is None else np.exp(0.5 * logvar)
+    lo, hi = np.quantile(mu - sigma, 0.01, axis=0), np.quantile(mu + sigma, 0.99, axis=0)
+    hi = np.where(hi > lo, hi, lo + 1.0)
+    return np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n)
+
+
+def _vae_spaces_figure(x: np.ndarray, mu: np.ndarray, decode: Callable[[np.ndarray], np.ndarray],
+                       logvar: np.ndarray | None = None, labels: np.ndarray | None = None, grid: int = 25,
+                       title: str | None = None):  # fmt: skip
+    x = _as_float_array(x, "x", ndim=2)
+    if x.shape[1] != 3:
+        raise DataError(f"x must have 3 columns (data in 3-D), got shape {_shape_str(x)}")
+    mu, logvar = _check_bubbles(mu, logvar, "latent")
+    if len(mu) != len(x):
+        raise DataError(f"mu must have one row per row of x ({len(x)}), got {len(mu)}")
+    grid = _check_positive_int(grid, "grid", minimum=2)
+    colors, handles = _label_colors(labels, len(x))
+    g1, g2 = _latent_grid(mu, logvar, grid)
+    z1, z2 = np.meshgrid(g1, g2, indexing="ij")
+    z = np.concatenate([np.stack([z1.ravel(), z2.ravel()], axis=1), mu]).astype(np.float32)
+    decoded = _as_float_array(decode(z), "decode(z)", ndim=2)
+    if decoded.shape != (len(z), 3):
+        raise DataError(f"decode(z) must return ({len(z)}, 3) for {len(z)} latent points, got {_shape_str(decoded)}")
+    surface, x_hat = decoded[: grid * grid].reshape(grid, grid, 3), decoded[grid * grid :]
+    from matplotlib.patches import Rectangle
+
+    fig = _new_figure((16.5, 5.4))
+    ax_x = fig.add_subplot(1, 3, 1, projection="3d")
+    ax_z = fig.add_subplot(1, 3, 2)
+    ax_m = fig.add_subplot(1, 3, 3, projection="3d")
+    size = float(np.clip(6000 / len(x), 2, 12))
+    ax_x.scatter(x[:, 0], x[:, 1], x[:, 2], s=size, color=colors, linewidths=0, depthshade=False)
+    ax_x.set_title("data space: x on its manifold", fontsize=10)
+    _draw_bubbles(ax_z, mu, logvar, colors)
+    lim = _bubbles_limit([(mu, logvar)])
+    ax_z.set_xlim(-lim, lim)
+    ax_z.set_ylim(-lim, lim)
+    ax_z.add_patch(Rectangle((g1[0], g2[0]), g1[-1] - g1[0], g2[-1] - g2[0], fill=False, ls=":", lw=1, color="0.4"))
+    ax_z.set_title("latent space: q(z|x) = N(μ, σ²), the grid decoded (dotted)", fontsize=10)
+    ax_m.plot_wireframe(surface[..., 0], surface[..., 1], surface[..., 2], color="0.55", linewidth=0.4)
+    ax_m.scatter(x_hat[:, 0], x_hat[:, 1], x_hat[:, 2], s=size, color=colors, linewidths=0, depthshade=False)
+    ax_m.set_title("decoded manifold: E[x|z] over the grid, and at each μ", fontsize=10)
+    # one frame for data and decoder, so the two 3-D panels compare
+    both = np.concatenate([x, decoded])
+    lo, hi = both.min(axis=0), both.max(axis=0)
+    for ax in (ax_x, ax_m):
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
+        ax.set_zlim(lo[2], hi[2])
+        ax.set_xlabel("x₁")
+        ax.set_ylabel("x₂")
+        ax.set_zlabel("x₃")
+        ax.view_init(elev=12, azim=-66)
+    if handles:
+        ax_m.legend(handles=handles, title="label", fontsize=8, loc="center left", bbox_to_anchor=(1.05, 0.5), frameon=False)
+    fig.suptitle(title if title is not None else "The VAE's spaces: data x (3-D) → latent z (2-D) → decoded manifold (3-D)")
+    return fig
+
+
+def vae_spaces_plot(x: np.ndarray, mu: np.ndarray, path, decode: Callable[[np.ndarray], np.ndarray],
+                    logvar: np.ndarray | None = None, labels: np.ndarray | None = None, grid: int = 25,
+                    title: str | None = None) -> Path:  # fmt: skip
+    """The first note's picture of the VAE's spaces, for data in 3-D and a 2-D latent. Left:
+    the rows ``x`` (n, 3) in 3-D. Middle: their posteriors, μ (n, 2) with the bubbles μ ± σ
+    when ``logvar`` (n, 2) is given, and the latent grid's extent. Right: the decoded
+    manifold, the decoder means E[x|z] over a ``grid``×``grid`` grid spanning the posteriors
+    (1st to 99th percentile of μ ∓ σ per axis) as a wireframe, and the decoded μ of every row,
+    in the left panel's frame. ``decode`` gets float32 (m, 2) and returns (m, 3); ``labels``
+    (n,) colour the points in all three panels."""
+    return _save_figure(_vae_spaces_figure(x, mu, decode, logvar, labels, grid, title), path)
 
 
 # The bars of the bound beneath the evidence, per point, in this order and colour.

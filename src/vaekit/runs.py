@@ -202,4 +202,35 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
                 title=f"Decoder means over the central 98% of {len(mu)} test rows' posterior means",
             )
         )
+    written += write_space_pictures(model, data, history, run_dir)
+    return written
+
+
+def write_space_pictures(model, data, history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
+    """For a 2-D latent, the pictures of the first two notes on the first BUBBLE_ROWS
+    validation rows (those whose bubbles the training loop kept): bubbles.png, every row's
+    q(z|x) as an ellipse at the start, middle and end of training, where q is a diagonal
+    Gaussian; and for data in 3-D, spaces.png: the data, the latent with its bubbles, and the
+    decoded manifold."""
+    from . import bubbles, plots
+
+    x = data.split("valid")
+    labels = data.split_labels("valid")
+    if not bubbles.drawable(model) or len(x) == 0:
+        return []
+    x = np.asarray(x[: bubbles.BUBBLE_ROWS])
+    labels = None if labels is None else labels[: bubbles.BUBBLE_ROWS]
+    mu, logvar = bubbles.posterior_parameters(model, x)
+    written = []
+    if logvar is not None:
+        panels = bubbles.training_panels(run_dir, history, mu, logvar)
+        written.append(plots.bubbles_plot(panels, run_dir / "bubbles.png", labels=labels))
+    if model.config.input_dim == 3 and model.config.image_shape is None:
+        p = next(model.parameters())
+
+        def decode(z: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model.decode(torch.as_tensor(z, dtype=p.dtype, device=p.device)).mean.double().cpu().numpy()
+
+        written.append(plots.vae_spaces_plot(x, mu, run_dir / "spaces.png", decode, logvar=logvar, labels=labels))
     return written

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import bubbles
 from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
@@ -113,6 +114,10 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
     run_dir = Path(run_dir) if run_dir is not None else None
     step = _Step(model, objective, optimizers, config, device, batch_rows, rank, world)
     run = _start(model, optimizers, config, run_dir, run_config, resume, writer, x_train)
+    # The bubbles of a 2-D latent before the first step and after the middle epoch (bubbles.py).
+    snapshots = bubbles.snapshot_epochs(config.epochs) if writer else ()
+    if 0 in snapshots and not resume:
+        bubbles.keep_snapshot(model, x_valid, run_dir, 0)
 
     for epoch in range(run.start, config.epochs + 1):
         t0 = time.perf_counter()
@@ -141,6 +146,9 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
             "active_units": usage.active_units,
             "kl_per_dim": usage.kl_per_dim,
             "kl_per_group": usage.kl_per_group,
+            # The second note's three bubble forces on the validation rows, where the KL splits
+            # into a mean and a variance term: −recon + force_mean + force_variance = −ELBO.
+            **_forces(valid, usage),
             "train_seconds": train_seconds,
             "images_per_second": n / train_seconds,
         }
@@ -155,6 +163,8 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
         stopped = config.patience is not None and run.bad_epochs >= config.patience
         # The epoch as a user pays for it: training, validation, the best model's checkpoint.
         record["epoch_seconds"] = time.perf_counter() - t0
+        if epoch in snapshots[1:]:  # before the checkpoint: a resumed run will not redo this epoch
+            bubbles.keep_snapshot(model, x_valid, run_dir, epoch)
         if writer:
             meta = {
                 "epoch": epoch,
@@ -174,6 +184,16 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
         model.load_state_dict(run.best_state)
     model.eval()
     return run.history
+
+
+def _forces(valid: dict[str, np.ndarray], usage: LatentUsage) -> dict[str, float]:
+    """force_recon, force_mean and force_variance of the validation rows (their sum is the
+    validation −ELBO), or nothing where q is not a diagonal Gaussian under a standard normal
+    prior."""
+    forces = usage.forces
+    if forces is None:
+        return {}
+    return {"force_recon": -float(valid["recon"].mean()), **forces}
 
 
 def _training_rows(x_train, device: torch.device, dtype: torch.dtype):

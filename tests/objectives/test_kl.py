@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch.distributions import Distribution, Independent, Normal, constraints, kl_divergence
 
-from vaekit.distributions import DiagonalNormal, StandardNormal
+from vaekit.distributions import DiagonalNormal, PointMass, StandardNormal
 from vaekit.objectives import kl
+from vaekit.objectives.kl import bubble_forces, kl_per_dim
 
 F64 = torch.float64
 # float64 sums of a few O(1..10) terms: 1e-10 is far above rounding and far below any wrong term.
@@ -97,3 +98,36 @@ def test_kl_monte_carlo_is_differentiable():
     z = q.rsample((4,), generator=_gen(9))
     (g,) = torch.autograd.grad(kl(q, StandardNormal(3, dtype=F64), z, analytic=False).sum(), mu)
     assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_bubble_forces_are_the_two_parts_of_the_closed_form_kl():
+    """The second note's mean force ½ Σ μ² and variance force ½ Σ (σ² − log σ² − 1) add up to
+    KL(N(μ, σ²) ‖ N(0, I)), each computed by hand on known numbers."""
+    mu = torch.tensor([[0.0, 0.0], [1.0, -2.0], [0.5, 3.0]], dtype=F64)
+    logvar = torch.tensor([[0.0, 0.0], [0.0, math.log(4.0)], [-1.0, 2.0]], dtype=F64)
+    q, p = DiagonalNormal(mu, logvar), StandardNormal(2, dtype=F64)
+    mean, variance = bubble_forces(q, p)
+    torch.testing.assert_close(mean, torch.tensor([0.0, 2.5, 4.625], dtype=F64), **TIGHT)
+    # σ² = 4: ½ (4 − log 4 − 1); log σ² = −1 and 2: ½ (e⁻¹ + 1 − 1) + ½ (e² − 2 − 1)
+    expected = [0.0, 0.5 * (3.0 - math.log(4.0)), 0.5 * math.exp(-1.0) + 0.5 * (math.exp(2.0) - 3.0)]
+    torch.testing.assert_close(variance, torch.tensor(expected, dtype=F64), **TIGHT)
+    torch.testing.assert_close(mean + variance, kl(q, p), **TIGHT)
+    # a unit bubble at the origin feels neither force
+    assert float(mean[0]) == 0.0 and float(variance[0]) == 0.0
+
+
+def test_bubble_forces_sum_to_the_kl_on_random_posteriors():
+    mu, logvar = _params(5, n=64, d=7)
+    q, p = DiagonalNormal(mu, logvar), StandardNormal(7, dtype=F64)
+    mean, variance = bubble_forces(q, p)
+    assert mean.shape == variance.shape == (64,)
+    assert bool((mean >= 0).all() and (variance >= 0).all())  # x − log x − 1 ≥ 0
+    torch.testing.assert_close(mean + variance, kl(q, p), **TIGHT)
+    torch.testing.assert_close(mean + variance, kl_per_dim(q, p).sum(-1), **TIGHT)
+
+
+def test_bubble_forces_only_where_the_kl_splits_so():
+    mu, logvar = _params(6)
+    q = DiagonalNormal(mu, logvar)
+    assert bubble_forces(q, DiagonalNormal(mu, logvar)) is None
+    assert bubble_forces(PointMass(mu), StandardNormal(3, dtype=F64)) is None

@@ -31,6 +31,24 @@ def kl_per_dim(q: Distribution, p: Distribution) -> torch.Tensor | None:
     return None
 
 
+def bubble_forces(q: Distribution, p: Distribution) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The KL of the notes' eq. 4 as two of the three "bubble forces" (second note), per point:
+
+    - the mean term ½ Σ_i μ_i², which pulls every bubble q(z|x) towards the origin and so
+      wraps all bubbles into one;
+    - the variance term ½ Σ_i (σ_i² − log σ_i² − 1), zero at σ_i = 1 and growing as a bubble
+      shrinks or swells, which keeps bubbles at unit size.
+
+    They sum to KL(q || p) (the third force, the reconstruction term, pushes bubbles apart).
+    Defined where the KL splits that way: q a DiagonalNormal and p the standard normal; None
+    otherwise."""
+    if not (isinstance(q, DiagonalNormal) and isinstance(p, StandardNormal)):
+        return None
+    mean = 0.5 * (q.mu**2).sum(-1)
+    variance = 0.5 * (torch.exp(q.logvar) - q.logvar - 1.0).sum(-1)
+    return mean, variance
+
+
 @register_kl(DiagonalNormal, DiagonalNormal)
 def _kl_diagonal_diagonal(q: DiagonalNormal, p: DiagonalNormal) -> torch.Tensor:
     """KL(N(μ_q, σ_q²) || N(μ_p, σ_p²)) = ½ Σ_i (log σ_p²/σ_q² + (σ_q² + (μ_q − μ_p)²)/σ_p² − 1)."""
