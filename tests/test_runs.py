@@ -67,7 +67,8 @@ def test_write_pictures_spans_the_posterior_means(sorted_digits, tmp_path, monke
     written = write_pictures(model, sorted_digits, [], tmp_path, seed=0)
 
     names = {p.name for p in written}
-    assert names == {"samples.png", "reconstructions.png", "kl_per_dim.png", "latent.png", "latent_grid.png"}
+    # and bubbles.png, which a 2-D diagonal-Gaussian latent adds (validation rows, vaekit.bubbles)
+    assert names == {"samples.png", "reconstructions.png", "kl_per_dim.png", "latent.png", "latent_grid.png", "bubbles.png"}
     for p in written:
         assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 500
     np.testing.assert_array_equal(np.sort(np.bincount(seen["recon_labels"], minlength=10)), [3] * 8 + [4] * 2)
