@@ -749,10 +749,11 @@ def test_resume_may_change_the_speed_settings(files, tmp_path, capsys):
     the model: a resume may set them, and config.json records the new values."""
     out = tmp_path / "r"
     assert cli(capsys, "train", "--out", out, "--epochs", "1", *_fill(RESUME_ARGS, files=files))[0] == 0
-    code, _, err = cli(capsys, "train", "--out", out, "--resume", "--epochs", "2", "--amp", "bf16", "--matmul-precision", "medium")
+    assert json.loads((out / "config.json").read_text())["train"]["threads"] == torch.get_num_threads()  # 0 recorded as what ran
+    code, _, err = cli(capsys, "train", "--out", out, "--resume", "--epochs", "2", "--amp", "bf16", "--matmul-precision", "medium", "--threads", "1")
     assert code == 0, err
     saved = json.loads((out / "config.json").read_text())["train"]
-    assert (saved["amp"], saved["matmul_precision"], saved["epochs"]) == ("bf16", "medium", 2)
+    assert (saved["amp"], saved["matmul_precision"], saved["epochs"], saved["threads"]) == ("bf16", "medium", 2, 1)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
