@@ -841,10 +841,11 @@ def test_resume_may_change_the_speed_settings(files, tmp_path, capsys):
     the model: a resume may set them, and config.json records the new values."""
     out = tmp_path / "r"
     assert cli(capsys, "train", "--out", out, "--epochs", "1", *_fill(RESUME_ARGS, files=files))[0] == 0
-    code, _, err = cli(capsys, "train", "--out", out, "--resume", "--epochs", "2", "--amp", "bf16", "--matmul-precision", "medium")
+    assert json.loads((out / "config.json").read_text())["train"]["threads"] == torch.get_num_threads()  # 0 recorded as what ran
+    code, _, err = cli(capsys, "train", "--out", out, "--resume", "--epochs", "2", "--amp", "bf16", "--matmul-precision", "medium", "--threads", "1")
     assert code == 0, err
     saved = json.loads((out / "config.json").read_text())["train"]
-    assert (saved["amp"], saved["matmul_precision"], saved["epochs"]) == ("bf16", "medium", 2)
+    assert (saved["amp"], saved["matmul_precision"], saved["epochs"], saved["threads"]) == ("bf16", "medium", 2, 1)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
@@ -1030,7 +1031,7 @@ def test_train_after_a_writer_killed_by_sigkill(tmp_path, capsys):
 
 
 def test_overwrite_leaves_nothing_of_the_previous_run(run_copy, capsys):
-    """Pictures the new run does not draw (latent_grid.png of a 2-D latent), outputs written
+    """Pictures the new run does not draw (latent_grid.png and bubbles.png of a 2-D latent), outputs written
     into the run, TensorBoard events and leftover temporaries all go."""
     (run_copy / "gaps_test.png").write_bytes(PNG_MAGIC)
     (run_copy / "z.npy").write_bytes(b"old")
@@ -1039,7 +1040,7 @@ def test_overwrite_leaves_nothing_of_the_previous_run(run_copy, capsys):
     (run_copy / ".model.safetensors.0123456789ab.tmp").write_bytes(b"old")
     code, _, err = cli(capsys, "train", "--data", "digits", "--out", run_copy, "--latent-dim", "3", *SMALL, "--overwrite", "--quiet")
     assert code == 0, err
-    assert sorted(p.name for p in run_copy.iterdir()) == sorted(set(RUN_FILES) - {"latent_grid.png"})
+    assert sorted(p.name for p in run_copy.iterdir()) == sorted(set(RUN_FILES) - {"latent_grid.png", "bubbles.png"})
     assert [r["epoch"] for r in vaekit.checkpoint.read_metrics(run_copy)] == [1]
 
 

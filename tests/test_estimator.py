@@ -50,6 +50,12 @@ def test_speed_settings_reach_the_training_config(digits, tmp_path):
     assert vaekit.load(tmp_path / "m").config_.train.amp == "bf16"
     with pytest.raises(ConfigError, match="amp"):
         VAE(amp="fp8").fit(digits[:300])
+    # auto is recorded as what ran here, and the thread count as given
+    from vaekit.hardware import resolve_amp
+
+    auto = VAE(latent_dim=2, hidden=(16,), epochs=1, seed=0, amp="auto", threads=1).fit(digits[:300])
+    assert (auto.config_.train.amp, auto.config_.train.threads) == (resolve_amp("auto"), 1)
+    assert auto.get_params()["amp"] == "auto"
 
 
 def test_encode_and_reconstruct_go_in_blocks_with_the_same_result(fitted, digits, monkeypatch):

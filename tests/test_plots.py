@@ -118,7 +118,7 @@ def test_reconstruction_grid_pairs_are_aligned(tmp_path):
     # every image is one flat value, distinct per image, so a tile identifies its source
     x = np.repeat((np.arange(n) / 40.0)[:, None], h * w, axis=1)
     x_hat = np.repeat((0.5 + np.arange(n) / 40.0)[:, None], h * w, axis=1)
-    path = plots.reconstruction_grid(x, x_hat, tmp_path / "r.png", (h, w), n=n)
+    path = plots.reconstruction_grid(x, x_hat, tmp_path / "r.png", (h, w), n=n, annotate=False)
     scale = 7  # ceil(28 / 4)
     t = h * scale + 1  # tile pitch with pad 1
     img = _open(path)
@@ -136,10 +136,34 @@ def test_reconstruction_grid_pairs_are_aligned(tmp_path):
 
 def test_reconstruction_grid_takes_first_n(tmp_path):
     x = np.linspace(0, 1, 20)[:, None] * np.ones((20, 4))
-    path = plots.reconstruction_grid(x, x, tmp_path / "r.png", (2, 2), n=3)
+    path = plots.reconstruction_grid(x, x, tmp_path / "r.png", (2, 2), n=3, annotate=False)
     # 3 columns, 1 row-pair; tiles 2·14 = 28 px
     assert _open(path).size == (3 * 28 + 2, 2 * 28 + 1)
     assert _pixels(path)[29, 2 * 29] == round(255 * x[2, 0])
+
+
+def test_reconstruction_grid_labelled(tmp_path):
+    """Named rows, the class of every pair and a title: the tiles sit inside a white frame of
+    captions, each row-pair (8 pairs here) with its own strip of class labels above it."""
+    x = np.full((16, 64), 0.25)
+    bare = _open(plots.reconstruction_grid(x, x, tmp_path / "b.png", (8, 8), n=16, annotate=False))
+    named = _open(plots.reconstruction_grid(x, x, tmp_path / "n.png", (8, 8), n=16))
+    full = _open(plots.reconstruction_grid(x, x, tmp_path / "f.png", (8, 8), n=16, labels=np.arange(16) % 10, title="test rows"))
+    # "reconstruction" on the left widens it; labels and title make it taller, the tiles stay
+    assert named.width > bare.width + 60 and named.height > bare.height
+    assert full.width == named.width and full.height > named.height + 2 * plots.TEXT_PX
+    px = _pixels(tmp_path / "f.png")
+    assert np.sum(px == 255) > 0.1 * px.size  # the white frame
+    # 32 tiles of 32x32 px, untouched (the text's anti-aliased edges add a few pixels of that grey)
+    assert 4 * 8 * (8 * 4) ** 2 <= np.sum(px == round(255 * 0.25)) < 4 * 8 * (8 * 4) ** 2 + 100
+    with pytest.raises(DataError, match=r"labels must have one entry per row of x \(16\), got 3"):
+        plots.reconstruction_grid(x, x, tmp_path / "r.png", (8, 8), labels=[1, 2, 3])
+
+
+def test_image_grid_title(tmp_path):
+    bare = _open(plots.image_grid(np.zeros((4, 64)), tmp_path / "b.png", (8, 8)))
+    titled = _open(plots.image_grid(np.zeros((4, 64)), tmp_path / "t.png", (8, 8), title="4 samples: z ~ p(z)"))
+    assert titled.width >= bare.width and titled.height > bare.height + plots.TEXT_PX
 
 
 def test_reconstruction_grid_mismatch(tmp_path):
@@ -161,7 +185,7 @@ def test_latent_traversal_grid_calls_decode_in_reading_order(tmp_path):
         # tile brightness encodes z2 so the picture can be read back: top rows brightest
         return np.repeat(((z[:, 1] + 2) / 4)[:, None], 16, axis=1)
 
-    path = plots.latent_traversal_grid(decode, tmp_path / "t.png", (4, 4), n=n)
+    path = plots.latent_traversal_grid(decode, tmp_path / "t.png", (4, 4), n=n, annotate=False)
     assert len(calls) == 1
     z = calls[0]
     assert z.shape == (n * n, 2) and z.dtype == np.float32
@@ -184,6 +208,43 @@ def test_latent_traversal_grid_linear_spacing(tmp_path):
     )
     np.testing.assert_allclose(seen[0][:3, 0], [-2, 0, 2])
     np.testing.assert_allclose(seen[0][::3, 1], [2, 0, -2])
+
+
+def test_posterior_range_holds_the_central_98_percent():
+    rng = np.random.default_rng(0)
+    # posteriors far wider than the prior's ±1.64 on one axis, narrower on the other
+    mu = np.stack([rng.normal(0.5, 3.0, 5000), rng.normal(-1.0, 0.2, 5000)], axis=1)
+    r = plots.posterior_range(mu)
+    assert r.shape == (2, 2)
+    inside = (mu >= r[:, 0]) & (mu <= r[:, 1])
+    assert np.all(inside.mean(axis=0) >= 0.98)
+    # 1st and 99th percentiles of N(0.5, 3²): 0.5 ± 2.326·3, within sampling error
+    np.testing.assert_allclose(r[0], [0.5 - 6.98, 0.5 + 6.98], atol=0.4)
+    np.testing.assert_allclose(r[1], [-1.0 - 0.465, -1.0 + 0.465], atol=0.04)
+    # a unit the encoder ignores still gets a grid of distinct values
+    np.testing.assert_allclose(plots.posterior_range(np.zeros((10, 1))), [[-1.0, 1.0]])
+    with pytest.raises(DataError, match="coverage must be in"):
+        plots.posterior_range(mu, coverage=0)
+
+
+def test_latent_traversal_grid_limits_and_tick_labels(tmp_path):
+    seen = []
+
+    def decode(z):
+        seen.append(z)
+        return np.zeros((len(z), 64))
+
+    limits = [[-5.0, 4.0], [-2.0, 6.0]]
+    path = plots.latent_traversal_grid(decode, tmp_path / "t.png", (8, 8), n=4, limits=limits, title="grid")
+    z = seen[0]
+    np.testing.assert_allclose(z[:4, 0], [-5, -2, 1, 4])  # z1 along the columns
+    np.testing.assert_allclose(z[::4, 1], [6, 10 / 3, 2 / 3, -2], rtol=1e-6)  # z2 down the rows
+    bare = _open(plots.latent_traversal_grid(decode, tmp_path / "b.png", (8, 8), n=4, limits=limits, annotate=False))
+    img = _open(path)
+    # tick labels on the left and beneath, axis names and the title around the same tiles
+    assert img.width > bare.width + 20 and img.height > bare.height + 3 * plots.TEXT_PX
+    with pytest.raises(DataError, match="limits must be"):
+        plots.latent_traversal_grid(decode, tmp_path / "t.png", (8, 8), limits=[[1.0, -1.0], [0.0, 1.0]])
 
 
 def test_latent_traversal_grid_bad_decode(tmp_path):

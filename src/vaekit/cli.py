@@ -12,12 +12,13 @@ import json
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import AUTO, GAP_STEPS
-from .errors import ConfigError, DataError, VaekitError
+from .errors import ConfigError, DataError, VaekitError, VaekitWarning
 from .outputs import check_out, write_array, write_blocks
 
 SPLITS = ("train", "valid", "test", "all")
@@ -270,7 +271,7 @@ def _run_parser(sub, name: str, help: str, data_required: bool, default_split: s
     p.add_argument("--data", required=data_required, help=_data_help() + ("" if data_required else " (default: the run's own data)"))
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz")
     p.add_argument("--split", choices=SPLITS, default=default_split, help=f"rows to use (default {default_split}; 'all' keeps a file's own row order)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo noise (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo noise, and of the rows a .png shows (default 0)")
     p.add_argument("--mmap", action="store_true", help="memory-map a .npy --data and stream its rows (default: as the run was trained)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
@@ -415,8 +416,9 @@ def cmd_sample(args) -> int:
     if out.suffix == ".png":
         from .plots import image_grid
 
+        where = {"prior": "z ~ p(z)", "aggregate": "z ~ q(z|x), x from the training rows", "gmm": f"z ~ a {args.components}-component mixture fitted to q"}
         # Pictures show the values the model sees (a named dataset's [0, 1]).
-        image_grid(_model_values(est, samples), out, shape)
+        image_grid(_model_values(est, samples), out, shape, title=f"{args.n} samples: {where[args.source]}, {'drawn x ~ p(x|z)' if args.draw else 'decoder means'}")
     else:
         write_array(out, samples)
     _report(args, {"out": str(out), "n": int(args.n), "source": args.source}, f"wrote {args.n} samples to {out}")
@@ -448,13 +450,22 @@ def cmd_reconstruct(args) -> int:
     shape = est.model_.config.image_shape
     if out.suffix == ".png" and shape is None:
         raise ConfigError(f"--out {out}: this model's data are not images; write .npy, .npz or .csv")
-    x, _, _ = _rows(est, args, args.split)
+    x, _, labels = _rows(est, args, args.split)
     if out.suffix == ".png":
-        from .plots import reconstruction_grid
+        import numpy as np
 
-        shown = x[: min(32, x.shape[0])]
-        recon = _model_values(est, est.reconstruct(shown))
-        reconstruction_grid(_model_values(est, shown), recon, out, shape, n=shown.shape[0])
+        from .data.stratify import stratified_rows
+        from .plots import reconstruction_grid
+        from .runs import RECONSTRUCTED_ROWS
+
+        # A random sample across the rows, by class where known: a file sorted by class
+        # would otherwise show its first class only.
+        rows = stratified_rows(x.shape[0], RECONSTRUCTED_ROWS, labels, args.seed)
+        shown = np.asarray(x[rows])
+        reconstruction_grid(
+            _model_values(est, shown), _model_values(est, est.reconstruct(shown)), out, shape, n=len(rows), labels=None if labels is None else labels[rows],
+            title=f"{len(rows)} of {x.shape[0]} rows (random{', by class' if labels is not None else ''}) and their reconstructions",
+        )
     else:
         # Block by block into the file: under --mmap the n × D output need not fit in memory.
         write_blocks(out, est.reconstruct_blocks(x), (x.shape[0], est.n_features_in_))
@@ -511,9 +522,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """vaekit's own warnings as one stderr line, like its errors; others as Python writes them."""
+    if issubclass(category, VaekitWarning):
+        return f"vaekit: warning: {message}\n"
+    return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT_WARNING = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        warnings.formatwarning = _format_warning
         return args.func(args)
     except VaekitError as e:
         print(f"vaekit: error: {e}", file=sys.stderr)
@@ -521,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vaekit: interrupted; the last checkpoint is intact", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = _PYTHON_FORMAT_WARNING
 
 
 if __name__ == "__main__":  # pragma: no cover

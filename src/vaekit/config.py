@@ -26,7 +26,7 @@ CONFIG_VERSION = 3
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
 DTYPES = ("float32", "float64")
-AMP = ("off", "bf16")
+AMP = ("off", "bf16", "auto")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -87,7 +87,12 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "compile": Option(False, "compile the training step with torch.compile", resumable=True),
     "compile_mode": Option("default", "torch.compile mode; reduce-overhead replays the step as a CUDA graph", choices=COMPILE_MODES, resumable=True),
     # Weights, optimizer state and every log-density stay in the model's dtype under bf16.
-    "amp": Option("off", "mixed precision of the training step: bf16 runs the networks under bfloat16 autocast", choices=AMP, resumable=True),
+    # "auto" is resolved when the RunConfig is made, so config.json records what ran.
+    "amp": Option("off", "mixed precision of the training step: bf16 runs the networks under bfloat16 autocast; auto picks bf16 where the hardware multiplies bfloat16 fast (CUDA from compute capability 8.0, CPUs with AMX), else off", choices=AMP, resumable=True),
+    # A reduction's rounding depends on how many threads split it; 0 is resolved to PyTorch's
+    # count when the RunConfig is made, so config.json records it and a rerun or --resume on a
+    # machine with another core count computes the same bits (vaekit.hardware).
+    "threads": Option(0, "CPU threads of the training step (0: as many as PyTorch uses here); recorded, so reruns and --resume compute the same bits", minimum=0, resumable=True),
     # Evaluation always runs at "highest", so likelihoods are not affected.
     "matmul_precision": Option("highest", "float32 products in training: high (TF32 on CUDA), medium (bfloat16-based)", choices=MATMUL_PRECISIONS, resumable=True),
     # What the run reports, not what it computes: either may change on resume.
@@ -232,7 +237,7 @@ class _ModelBase(_Section):
 
 class _TrainBase(_Section):
     def _check(self) -> None:
-        if self.amp != "off" and self.dtype != "float32":
+        if self.amp == "bf16" and self.dtype != "float32":
             raise ConfigError(f"amp={self.amp} needs dtype float32, got {self.dtype!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
@@ -264,6 +269,16 @@ class _DataBase(_Section):
 ModelConfig = _make("model", _ModelBase, "The generative model p(z) p(x|z; θ) and the inference model q(z|x; φ).")
 TrainConfig = _make("train", _TrainBase, "Stochastic-gradient training of an objective jointly over φ and θ.")
 DataConfig = _make("data", _DataBase, "Where the data comes from and how it is split, so a run can reload its own splits.")
+
+
+def resolve_amp(train) -> str:
+    """``train.amp`` made concrete: "auto" is bf16 where bfloat16 is fast on ``train.device``
+    (``vaekit.hardware``) and the parameters are float32, else off."""
+    if train.amp != "auto":
+        return train.amp
+    from .hardware import resolve_amp as on_hardware
+
+    return on_hardware("auto", train.device) if train.dtype == "float32" else "off"
 
 
 def _migrate(d: dict[str, Any]) -> dict[str, Any]:
@@ -305,6 +320,12 @@ class RunConfig:
         method = INFERENCE.get(self.model.inference)
         if self.train.objective == "auto":
             self.train = dataclasses.replace(self.train, objective=method.default_objective)
+        if self.train.amp == "auto":
+            self.train = dataclasses.replace(self.train, amp=resolve_amp(self.train))
+        if self.train.threads == 0:
+            import torch
+
+            self.train = dataclasses.replace(self.train, threads=torch.get_num_threads())
         OBJECTIVES.get(self.train.objective).check_inference(method)
 
     def to_dict(self) -> dict[str, Any]:

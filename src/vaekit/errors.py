@@ -28,3 +28,8 @@ class TrainingError(VaekitError):
 
 class RunLockedError(VaekitError):
     """Another process is writing the run directory (``vaekit.lock``)."""
+
+
+class VaekitWarning(UserWarning):
+    """Something works but not as the user likely expects (e.g. an option that slows training
+    down on this hardware). ``vaekit.cli`` prints it as one stderr line."""

@@ -28,6 +28,7 @@ __all__ = [
     "training_curves",
     "latent_scatter",
     "latent_traversal_grid",
+    "posterior_range",
     "bound_gap_plot",
     "kl_per_dim_plot",
     "bubbles_plot",
@@ -158,6 +159,81 @@ def _save_image(img, path) -> Path:
     return _atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
+TEXT_PX = 11  # caption font size; 8x8 digits upscaled to 32 px leave room for one short line
+MARGIN = 4  # white space between a caption and the tiles it names
+
+
+def _font():
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=TEXT_PX)
+    except TypeError:  # Pillow < 10.1 has only its fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text_box(text: str, font) -> tuple[int, int]:
+    from PIL import Image, ImageDraw
+
+    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
+    return right - left, bottom - top
+
+
+def _frame(img, title: str | None = None, rows: Sequence[tuple[float, str]] = (), cols: Sequence[tuple[float, str]] = (),
+           corner: str | None = None, below: str | None = None, above: Sequence[tuple[float, str]] = ()):  # fmt: skip
+    """``img`` on a white canvas with captions: ``title`` centred above, ``rows`` (y centre in
+    ``img``, text) right-aligned on the left, ``cols`` (x centre, text) centred beneath and
+    ``above`` (x centre, text) centred over the tiles, ``corner`` above the row captions (the
+    vertical axis's name) and ``below`` centred under the column captions (the horizontal
+    axis's name)."""
+    from PIL import Image, ImageDraw
+
+    font = _font()
+    line = _text_box("Ag0", font)[1] + MARGIN
+    left = max([_text_box(t, font)[0] for _, t in rows] + [_text_box(corner, font)[0] if corner else 0])
+    left = left + 2 * MARGIN if left else 0
+    top = (line + MARGIN if title else 0) + (line if corner or above else 0)
+    bottom = (line + MARGIN if cols else 0) + (line if below else 0)
+    width = max(left + img.width, _text_box(title, font)[0] + 2 * MARGIN if title else 0)
+    canvas = Image.new(img.mode, (width, top + img.height + bottom), "white")
+    canvas.paste(img, (left, top))
+    draw = ImageDraw.Draw(canvas)
+
+    def put(x: float, y: float, text: str, h: str, v: str) -> None:
+        # Placed from the text's box rather than with Pillow's anchors, so that captions sit
+        # alike with any font any Pillow >= 9 gives: h is l/m/r of x, v is t/m/b of y.
+        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+        dx = {"l": 0, "m": (x1 - x0) / 2, "r": x1 - x0}[h] + x0
+        dy = {"t": 0, "m": (y1 - y0) / 2, "b": y1 - y0}[v] + y0
+        draw.text((round(x - dx), round(y - dy)), text, fill="black", font=font)
+
+    if title:
+        put(width / 2, MARGIN, title, "m", "t")
+    if corner:
+        put(left - MARGIN, top - MARGIN, corner, "r", "b")
+    for y, text in rows:
+        put(left - MARGIN, top + y, text, "r", "m")
+    for x, text in cols:
+        put(left + x, top + img.height + MARGIN, text, "m", "t")
+    for x, text in above:
+        put(left + x, top - MARGIN, text, "m", "b")
+    if below:
+        put(left + img.width / 2, top + img.height + bottom - line + MARGIN // 2, below, "m", "t")
+    return canvas
+
+
+def _stack(images, gap: int):
+    """Images one under another, ``gap`` white pixels apart, left-aligned."""
+    from PIL import Image
+
+    canvas = Image.new(images[0].mode, (max(i.width for i in images), sum(i.height for i in images) + gap * (len(images) - 1)), "white")
+    y = 0
+    for img in images:
+        canvas.paste(img, (0, y))
+        y += img.height + gap
+    return canvas
+
+
 def image_grid(
     images: np.ndarray,
     path,
@@ -165,6 +241,7 @@ def image_grid(
     nrow: int | None = None,
     pad: int = 1,
     scale: int | None = None,
+    title: str | None = None,
 ) -> Path:
     """Tile ``images`` (n, D), values in [0, 1] (others clipped), into one PNG.
 
@@ -173,7 +250,8 @@ def image_grid(
     ⌈√n⌉), tiles are filled row by row, ``pad`` grey pixels apart. Each tile is upscaled by the
     integer ``scale`` (nearest neighbour); by default the smallest one making tiles at least
     28 px. Tile (r, c) starts at pixel (x, y) = (c·(W·scale + pad), r·(H·scale + pad)) and pixel
-    values are round(255·x)."""
+    values are round(255·x). A ``title`` is written above the tiles on a white strip (the
+    tiles then start that strip's height lower)."""
     tiles, chw = _as_images(images, "images", image_shape)
     n = len(tiles)
     ncol = math.ceil(math.sqrt(n)) if nrow is None else _check_positive_int(nrow, "nrow")
@@ -181,22 +259,38 @@ def image_grid(
     pad = _check_positive_int(pad, "pad", minimum=0)
     scale = _default_scale(chw) if scale is None else _check_positive_int(scale, "scale")
     img = _render_grid(tiles, np.ones(n, dtype=bool), ncol, pad, scale)
-    return _save_image(img, path)
+    return _save_image(_frame(img, title) if title else img, path)
 
 
-def reconstruction_grid(x: np.ndarray, x_hat: np.ndarray, path, image_shape, n: int = 16) -> Path:
+def reconstruction_grid(
+    x: np.ndarray,
+    x_hat: np.ndarray,
+    path,
+    image_shape,
+    n: int = 16,
+    labels: Sequence | None = None,
+    title: str | None = None,
+    annotate: bool = True,
+) -> Path:
     """Inputs and their reconstructions, pair by pair: the first ``n`` rows of ``x`` and ``x_hat``
     (fewer if there are fewer) in row-pairs of up to 8 columns. Input i sits in grid row
     2·(i // 8), column i % 8; its reconstruction directly beneath it, in row 2·(i // 8) + 1.
-    Unused cells of the last row-pair are grey. Same pixel layout as :func:`image_grid` with
-    pad=1 and the default scale."""
+    Unused cells of the last row-pair are grey.
+
+    With ``annotate`` (default) every row-pair is named "data" and "reconstruction" on the
+    left, each pair carries its class from ``labels`` (one per row of x) above it, and
+    ``title`` sits on top. ``annotate=False`` gives the bare tiles, in the pixel layout of
+    :func:`image_grid` with pad=1 and the default scale."""
     xs, chw = _as_images(x, "x", image_shape)
     xh, _ = _as_images(x_hat, "x_hat", image_shape)
     if xs.shape != xh.shape:
         raise DataError(f"x and x_hat must have the same shape, got x {xs.shape} and x_hat {xh.shape}")
+    if labels is not None and len(labels) != len(xs):
+        raise DataError(f"labels must have one entry per row of x ({len(xs)}), got {len(labels)}")
     n = min(_check_positive_int(n, "n"), len(xs))
     ncol = min(RECON_COLUMNS, n)
     blocks = math.ceil(n / ncol)
+    scale = _default_scale(chw)
     tiles = np.zeros((2 * blocks * ncol, *chw))
     present = np.zeros(len(tiles), dtype=bool)
     for i in range(n):
@@ -204,8 +298,37 @@ def reconstruction_grid(x: np.ndarray, x_hat: np.ndarray, path, image_shape, n: 
         top, bottom = (2 * b) * ncol + col, (2 * b + 1) * ncol + col
         tiles[top], tiles[bottom] = xs[i], xh[i]
         present[top] = present[bottom] = True
-    img = _render_grid(tiles, present, ncol, pad=1, scale=_default_scale(chw))
-    return _save_image(img, path)
+    if not annotate:
+        return _save_image(_render_grid(tiles, present, ncol, pad=1, scale=scale), path)
+    th, tw = chw[1] * scale, chw[2] * scale
+    framed = []
+    for b in range(blocks):
+        rows = slice(2 * b * ncol, (2 * b + 2) * ncol)
+        block = _render_grid(tiles[rows], present[rows], ncol, pad=1, scale=scale)
+        shown = range(b * ncol, min(n, (b + 1) * ncol))
+        above = [((i - b * ncol) * (tw + 1) + tw / 2, str(labels[i])) for i in shown] if labels is not None else ()
+        framed.append(_frame(block, rows=[(th / 2, "data"), (th + 1 + th / 2, "reconstruction")], above=above))
+    img = _stack(framed, gap=2 * MARGIN)
+    return _save_image(_frame(img, title) if title else img, path)
+
+
+def posterior_range(mu: np.ndarray, coverage: float = 0.98) -> np.ndarray:
+    """(d, 2): per latent dimension, a range holding the central ``coverage`` of the posterior
+    means ``mu`` (n, d): from the (1 − coverage)/2 to the (1 + coverage)/2 sample quantile (1st
+    to 99th percentile by default), each rounded outward to a row's value. A latent picture spanning this range shows where the data are encoded, which for a
+    trained VAE is often far wider (or narrower) than the prior's ±1.64."""
+    mu = _as_float_array(mu, "mu", ndim=2)
+    if not (0 < coverage <= 1):
+        raise DataError(f"coverage must be in (0, 1], got {coverage!r}")
+    tail = 100 * (1 - coverage) / 2
+    # The sample quantiles outward (lower, higher), so at least ``coverage`` of the rows lie
+    # within the range whatever their number.
+    lo = np.percentile(mu, tail, axis=0, method="lower")
+    hi = np.percentile(mu, 100 - tail, axis=0, method="higher")
+    # A dimension the encoder ignores has one value: widen it so the grid still has n points.
+    same = hi - lo < 1e-6
+    lo, hi = np.where(same, lo - 1.0, lo), np.where(same, hi + 1.0, hi)
+    return np.stack([lo, hi], axis=1)
 
 
 def latent_traversal_grid(
@@ -215,6 +338,9 @@ def latent_traversal_grid(
     n: int = 15,
     span: float = 3.0,
     spacing: str = "quantile",
+    limits: np.ndarray | None = None,
+    annotate: bool = True,
+    title: str | None = None,
 ) -> Path:
     """The learned data manifold of a 2-D latent space (Kingma & Welling 2014, Fig. 4).
 
@@ -222,24 +348,44 @@ def latent_traversal_grid(
     coordinates are the N(0, 1) quantiles Φ⁻¹(p) for p = linspace(0.05, 0.95, n), so each cell
     holds the same prior mass and ``span`` is not used; ``spacing="linear"`` takes
     linspace(−span, span, n) instead, for priors other than N(0, I) or to look into the tails.
+    ``limits`` ((lo₁, hi₁), (lo₂, hi₂)) takes linspace(lo_j, hi_j, n) for each z_j instead of
+    either (:func:`posterior_range` gives the range where the data's posteriors are).
     ``decode`` gets one float32 array of shape (n·n, 2), in reading order: z1 grows to the right,
     z2 grows upwards (the top row has the largest z2, as in a plot), so row 0 of the array is
-    (min z1, max z2). It must return (n·n, D) means in [0, 1]. Tiles are 1 px apart: small images (8x8 digits) that touch blur into stripes."""
+    (min z1, max z2). It must return (n·n, D) means in [0, 1]. Tiles are 1 px apart: small
+    images (8x8 digits) that touch blur into stripes. With ``annotate`` (default) the z values
+    of the columns and rows are written beneath and beside the tiles; ``annotate=False`` gives
+    the bare tiles of :func:`image_grid`."""
     n = _check_positive_int(n, "n")
-    if spacing == "quantile":
-        grid = np.array([NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, n)])
+    if limits is not None:
+        limits = _as_float_array(limits, "limits", ndim=2)
+        if limits.shape != (2, 2) or np.any(limits[:, 1] <= limits[:, 0]):
+            raise DataError(f"limits must be ((lo1, hi1), (lo2, hi2)) with lo < hi, got {limits.tolist()}")
+        grid1, grid2 = np.linspace(*limits[0], n), np.linspace(*limits[1], n)
+    elif spacing == "quantile":
+        grid1 = grid2 = np.array([NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, n)])
     elif spacing == "linear":
         if not (isinstance(span, (int, float)) and math.isfinite(span) and span > 0):
             raise DataError(f"span must be a finite number > 0, got {span!r}")
-        grid = np.linspace(-span, span, n)
+        grid1 = grid2 = np.linspace(-span, span, n)
     else:
         raise DataError(f"spacing must be 'quantile' or 'linear', got {spacing!r}")
-    z2, z1 = np.meshgrid(grid[::-1], grid, indexing="ij")  # rows: z2 from high to low
+    z2, z1 = np.meshgrid(grid2[::-1], grid1, indexing="ij")  # rows: z2 from high to low
     z = np.stack([z1.ravel(), z2.ravel()], axis=1).astype(np.float32)  # (n·n, 2)
     x = _as_float_array(decode(z), "decode(z)", ndim=2)
     if len(x) != len(z):
         raise DataError(f"decode(z) returned {len(x)} rows for {len(z)} latent points (shape {_shape_str(x)})")
-    return image_grid(x, path, image_shape, nrow=n, pad=1)
+    if not annotate:
+        return image_grid(x, path, image_shape, nrow=n, pad=1)
+    tiles, chw = _as_images(x, "decode(z)", image_shape)
+    scale = _default_scale(chw)
+    img = _render_grid(tiles, np.ones(len(tiles), dtype=bool), n, pad=1, scale=scale)
+    th, tw = chw[1] * scale, chw[2] * scale
+    # Every tick where they fit, else every other one: labels such as "-1.6" need ~28 px.
+    step = max(1, math.ceil(30 / (tw + 1)))
+    cols = [(c * (tw + 1) + tw / 2, f"{grid1[c]:.1f}") for c in range(0, n, step)]
+    rows = [(r * (th + 1) + th / 2, f"{grid2[::-1][r]:.1f}") for r in range(0, n, max(1, math.ceil(14 / (th + 1))))]
+    return _save_image(_frame(img, title, rows=rows, cols=cols, corner="z2", below="z1"), path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ from .train import rank_world, fit, init_distributed
 
 # What write_pictures may write.
 PICTURES = ("samples.png", "reconstructions.png", "curves.png", "latent.png", "kl_per_dim.png", "latent_grid.png")
-# Test rows drawn in the latent-space picture.
+# Test rows drawn in the latent-space picture, and shown in reconstructions.png.
 LATENT_POINTS = 5000
+RECONSTRUCTED_ROWS = 32
 
 
 def model_config(x_train, image_shape, options: dict[str, Any], named: tuple[float, float] | None = None):
@@ -157,12 +158,29 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
     }
 
 
+def picture_rows(data, seed: int = 0) -> dict[str, np.ndarray]:
+    """Positions in the test split of the rows the pictures show: "latent" (LATENT_POINTS rows
+    for latent.png, kl_per_dim.png and latent_grid.png's range) and "reconstructions"
+    (RECONSTRUCTED_ROWS rows). Each is a seeded random sample across the whole split, the same
+    number from every class where the data have labels: splits stored sorted by class would
+    otherwise show only their first classes."""
+    from .data.stratify import stratified_rows
+
+    n, labels = len(data.split("test")), data.split_labels("test")
+    return {
+        "latent": stratified_rows(n, LATENT_POINTS, labels, seed),
+        "reconstructions": stratified_rows(n, RECONSTRUCTED_ROWS, labels, seed + 1),
+    }
+
+
 def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, seed: int = 0, x_test=None, x_valid=None) -> list[Path]:
     """The pictures of the notes for a trained model: samples from the prior, reconstructions
-    beside their inputs, training curves, the latent space, and the latent units' KL and
-    activity (kl_per_dim.png, on the first LATENT_POINTS test rows). Pictures show the values
-    the model sees (a named dataset's [0, 1]); ``x_test``, ``x_valid``: the test and validation
-    rows so mapped (default ``data.split(...)``)."""
+    beside their inputs with their classes, training curves, the latent space coloured by class,
+    the latent units' KL and activity (kl_per_dim.png), and for a 2-D latent the decoder over
+    the range where the test rows' posterior means lie (latent_grid.png). Test rows are those of
+    ``picture_rows(data, seed)``. Pictures show the values the model sees (a named dataset's
+    [0, 1]); ``x_test``, ``x_valid``: the test and validation rows so mapped (default
+    ``data.split(...)``)."""
     from . import plots
     from .evaluate import ACTIVE_UNIT_THRESHOLD, LatentUsage, batches
 
@@ -170,17 +188,26 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
     written = []
     shape = model.config.image_shape
     x_test = data.split("test") if x_test is None else x_test
+    labels = data.split_labels("test")
+    rows = picture_rows(data, seed)
     p = next(model.parameters())
     g = torch.Generator(device=p.device).manual_seed(seed)
     with torch.no_grad():
         if shape is not None:
             samples = model.sample(64, generator=g).float().cpu().numpy()
-            written.append(plots.image_grid(samples, run_dir / "samples.png", shape))
-            x = torch.as_tensor(x_test[:32], dtype=p.dtype, device=p.device)
+            written.append(plots.image_grid(samples, run_dir / "samples.png", shape, title="64 samples: z ~ p(z), decoder means"))
+            shown = np.asarray(x_test[rows["reconstructions"]])
+            x = torch.as_tensor(shown, dtype=p.dtype, device=p.device)
             x_hat = model.decode(model.evaluation_posterior(x).mean).mean.float().cpu().numpy()
-            written.append(plots.reconstruction_grid(x_test[:32], x_hat, run_dir / "reconstructions.png", shape))
+            written.append(
+                plots.reconstruction_grid(
+                    shown, x_hat, run_dir / "reconstructions.png", shape, n=len(shown),
+                    labels=None if labels is None else labels[rows["reconstructions"]],
+                    title=f"{len(shown)} test rows (random, by class) and their reconstructions",
+                )
+            )
         # A scatter of more points than this is a blot, and costs memory for nothing.
-        shown = x_test[:LATENT_POINTS]
+        shown = np.asarray(x_test[rows["latent"]])
         # The same q's give the latent units' activity and KL (kl_per_dim.png).
         usage = LatentUsage(model, torch.Generator(device=p.device).manual_seed(seed + 2))
         means = []
@@ -197,8 +224,7 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
             kl_per_group=usage.kl_per_group, title=f"Posterior collapse on {usage.n} test rows: per-unit KL and activity",
         )
     )
-    labels = data.split_labels("test")
-    written.append(plots.latent_scatter(mu, run_dir / "latent.png", labels=None if labels is None else labels[:LATENT_POINTS]))
+    written.append(plots.latent_scatter(mu, run_dir / "latent.png", labels=None if labels is None else labels[rows["latent"]]))
     if len(model.latents) == 1 and model.latent_size == 2 and shape is not None:
 
         def decode(z: np.ndarray) -> np.ndarray:
@@ -206,7 +232,12 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
                 zt = torch.as_tensor(z, dtype=p.dtype, device=p.device)
                 return model.decode(zt).mean.float().cpu().numpy()
 
-        written.append(plots.latent_traversal_grid(decode, run_dir / "latent_grid.png", shape))
+        written.append(
+            plots.latent_traversal_grid(
+                decode, run_dir / "latent_grid.png", shape, limits=plots.posterior_range(mu),
+                title=f"Decoder means over the central 98% of {len(mu)} test rows' posterior means",
+            )
+        )
     written += write_space_pictures(model, data, history, run_dir, x_valid)
     return written
 

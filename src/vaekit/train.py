@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,10 +88,20 @@ def fit(
     With ``run_dir`` every epoch appends a line to metrics.jsonl and writes last.safetensors
     (atomically), and an improved validation value rewrites model.safetensors. ``resume``
     continues from last.safetensors with optimizer, epoch and random state, so that on the CPU
-    the end result equals an uninterrupted run's. ``on_epoch`` is called with each epoch's
-    finished record (on rank 0 alone), after its checkpoint: the logs. Returns the per-epoch
-    metrics.
+    the end result equals an uninterrupted run's. Training runs on ``config.threads`` CPU threads
+    (0: PyTorch's current count) with MKL's and OpenMP's dynamic thread counts off, so that the
+    load of the machine cannot change how reductions are split. ``on_epoch`` is called with each
+    epoch's finished record (on rank 0 alone), after its checkpoint: the logs. Returns the
+    per-epoch metrics.
     """
+    from .hardware import fixed_threads
+
+    # Every epoch on the same number of threads, whatever the load (see vaekit.hardware).
+    with fixed_threads(config.threads):
+        return _fit(model, x_train, x_valid, config, run_dir, run_config, resume, progress, on_epoch)
+
+
+def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resume: bool, progress: bool, on_epoch) -> list[dict[str, Any]]:
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     model.to(device=device, dtype=dtype)
@@ -357,11 +368,20 @@ class _Step:
 
 def _autocast(config: TrainConfig, device: torch.device):
     """The step's autocast context: bfloat16 networks under ``amp="bf16"`` (no loss scaling is
-    needed, bfloat16 has float32's exponent range), else nothing."""
-    if config.amp == "off":
+    needed, bfloat16 has float32's exponent range), else nothing. ``auto`` is resolved here for
+    a TrainConfig used without a RunConfig. bf16 where it is slow (no matrix units) warns."""
+    from .config import resolve_amp
+    from .errors import VaekitWarning
+    from .hardware import amp_warning
+
+    amp = resolve_amp(config)
+    if amp == "off":
         return contextlib.nullcontext
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"--amp {config.amp}: this GPU has no bfloat16 support")
+        raise ConfigError(f"--amp {amp}: this GPU has no bfloat16 support")
+    slow = amp_warning(amp, str(device))
+    if slow:
+        warnings.warn(slow, VaekitWarning, stacklevel=5)  # at the caller of fit()
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 

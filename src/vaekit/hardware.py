@@ -1,0 +1,145 @@
+"""What the machine offers a run: whether bfloat16 products are fast (``--amp``), and a fixed
+number of CPU threads that neither the load nor the libraries change (``--threads``).
+
+bfloat16 autocast pays for sure only where matrix units multiply bfloat16 faster than float32:
+NVIDIA GPUs from compute capability 8.0 (Ampere) on, and CPUs with AMX tiles (Intel Sapphire
+Rapids and later). A CPU with AVX-512 bfloat16 instructions but no AMX (this project's AMD EPYC)
+multiplies large bfloat16 matrices about 4x as fast as float32 ones, but the VAE's small products
+gain little after autocast's casts: the whole step ranges from slower to faster than float32 with
+the load (``BF16_NO_AMX_STEP``). Without bfloat16 instructions the products are emulated."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import glob
+import os
+from pathlib import Path
+
+# bench/step.py's step (MNIST MLP, batch 128), float32 against bf16 autocast, in 40 short
+# interleaved rounds on a busy AMD EPYC with avx512_bf16 and no AMX: the quartiles of the
+# bf16/float32 speed ratio (the median round was 1.08x, a quarter of them below 0.74x).
+BF16_NO_AMX_STEP = (0.74, 1.08, 2.17)
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags, from the first ``flags`` line of /proc/cpuinfo (or of the text
+    ``cpuinfo``); empty where there is no such file (macOS, Windows)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def bf16_is_fast(device: str = "cpu", flags: set[str] | None = None) -> tuple[bool, str]:
+    """(whether bfloat16 autocast speeds training up on ``device``, the reason in words).
+    ``flags`` stand in for the CPU's own (tests)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return False, "CUDA is not available"
+        index = torch.device(device).index or 0
+        major, minor = torch.cuda.get_device_capability(index)
+        if major >= 8 and torch.cuda.is_bf16_supported():
+            return True, f"a GPU of compute capability {major}.{minor} with bfloat16 tensor cores"
+        return False, f"a GPU of compute capability {major}.{minor}, without bfloat16 tensor cores"
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return True, "a CPU with AMX bfloat16 tiles"
+    if "avx512_bf16" in flags:
+        return False, "a CPU with AVX-512 bfloat16 instructions but no AMX matrix units"
+    return False, "a CPU without bfloat16 matrix units"
+
+
+def resolve_amp(amp: str, device: str = "cpu", flags: set[str] | None = None) -> str:
+    """``amp`` with "auto" made concrete: "bf16" where bfloat16 is fast on ``device``, else "off"."""
+    if amp != "auto":
+        return amp
+    return "bf16" if bf16_is_fast(device, flags)[0] else "off"
+
+
+def amp_warning(amp: str, device: str = "cpu", flags: set[str] | None = None) -> str | None:
+    """One line for a user who asked for bf16 where it is slow, else None."""
+    if amp != "bf16":
+        return None
+    cpu = not device.startswith("cuda")
+    flags = cpu_flags() if flags is None and cpu else flags
+    fast, why = bf16_is_fast(device, flags)
+    if fast:
+        return None
+    if cpu and "avx512_bf16" in flags:
+        low, median, high = BF16_NO_AMX_STEP
+        speed = f"the training step ran at {low:.2f}x to {high:.2f}x the float32 speed on such a CPU (median {median:.2f}x), sometimes slower"
+    else:
+        speed = "bfloat16 products are emulated, expect it slower than float32"
+    return f"--amp bf16 on {why}: {speed}; --amp auto (or off) trains in float32 here"
+
+
+# -- threads ---------------------------------------------------------------------------------
+#
+# On the CPU a reduction (a matrix product's inner sums, a sum over the batch) is split among
+# the threads, so its rounding depends on how many take part. PyTorch fixes the count at start
+# (torch.get_num_threads()), but two runtimes may still choose fewer at each call when they
+# judge it better: MKL, whose dynamic mode is on by default (MKL_VERBOSE prints "Dyn:1"), and
+# OpenMP under OMP_DYNAMIC=true, which sizes each team from the load average. Intel's condition
+# for run-to-run reproducible results is a fixed thread count with both dynamic modes off.
+
+
+@functools.cache
+def _runtime(names: tuple[str, ...], symbol: str):
+    """``symbol`` from the first of the shared libraries ``names`` (globs under torch/lib, or
+    sonames) that has it, or None (a build without MKL, or without that OpenMP)."""
+    import torch
+
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for name in names:
+        for path in sorted(glob.glob(os.path.join(lib, name))) or [name]:
+            try:
+                return getattr(ctypes.CDLL(path), symbol)
+            except (OSError, AttributeError):
+                continue
+    return None
+
+
+def dynamic_threads_off() -> dict[str, bool]:
+    """Turn MKL's and OpenMP's dynamic thread counts off in this thread; which runtimes were
+    found ({"mkl": True, "openmp": True} with PyTorch's x86 wheels)."""
+    mkl = _runtime(("libtorch_cpu.so", "libmkl_rt.so*"), "MKL_Set_Dynamic")
+    omp = _runtime(("libgomp*.so*", "libiomp5.so", "libomp.so", "libgomp.so.1"), "omp_set_dynamic")
+    for f in (mkl, omp):
+        if f is not None:
+            f(ctypes.c_int(0))
+    return {"mkl": mkl is not None, "openmp": omp is not None}
+
+
+def omp_dynamic() -> bool | None:
+    """OpenMP's dynamic mode in this thread (None where no OpenMP runtime is found)."""
+    f = _runtime(("libgomp*.so*", "libiomp5.so", "libomp.so", "libgomp.so.1"), "omp_get_dynamic")
+    return None if f is None else bool(f())
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int):
+    """Run the block on exactly ``threads`` intra-op threads (0: as many as now), with MKL's and
+    OpenMP's dynamic modes off; the thread count is restored afterwards (the dynamic modes stay
+    off: nothing in PyTorch relies on them)."""
+    import torch
+
+    before = torch.get_num_threads()
+    dynamic_threads_off()
+    if threads and threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
