@@ -109,3 +109,13 @@ def test_train_on_swiss_roll_writes_bubbles_and_spaces(tmp_path, capsys):
     for r in metrics:
         assert r["force_recon"] + r["force_mean"] + r["force_variance"] == pytest.approx(-r["valid_elbo"], rel=1e-5)
     assert not (run / "samples.png").exists()  # not images
+
+
+def test_bubble_rows_are_a_fixed_sample_across_the_split():
+    """Not the first rows (a split sorted by class would show its first classes only): a
+    seeded uniform sample over the whole split, the same every time; all rows when fewer."""
+    picked = bubbles.rows(5000)
+    assert len(picked) == bubbles.BUBBLE_ROWS and len(set(picked.tolist())) == len(picked)
+    assert np.all(np.diff(picked) > 0) and picked.max() > 4000 and picked.min() < 1000
+    np.testing.assert_array_equal(picked, bubbles.rows(5000))
+    np.testing.assert_array_equal(bubbles.rows(30), np.arange(30))

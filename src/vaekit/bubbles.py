@@ -3,8 +3,9 @@ is a bubble around μ, and the loss moves the bubbles with three forces (reconst
 them apart, the KL's mean term wraps them into one, its variance term keeps them at unit
 size; ``objectives.kl.bubble_forces``).
 
-To show how training moves them, the training loop keeps (μ, log σ²) of the first
-``BUBBLE_ROWS`` validation rows before the first step and after the middle epoch in the run
+To show how training moves them, the training loop keeps (μ, log σ²) of ``BUBBLE_ROWS``
+validation rows (``rows``: a seeded random sample across the split, since splits may be
+stored sorted by class) before the first step and after the middle epoch in the run
 directory (``bubbles.npz``, a few kB); the trained model gives the end. ``plots.bubbles_plot``
 draws them.
 """
@@ -22,6 +23,16 @@ from .files import atomic_write
 BUBBLES_FILE = "bubbles.npz"
 # More bubbles than this cover the plane and hide each other.
 BUBBLE_ROWS = 500
+
+
+def rows(n: int) -> np.ndarray:
+    """Positions of the validation rows whose bubbles are kept and drawn: BUBBLE_ROWS of the
+    ``n`` rows (all when fewer), a fixed random sample in ascending order. The training loop
+    has no labels, so the sample is uniform, not stratified; the pictures colour the same rows
+    by class."""
+    from .data.stratify import stratified_rows
+
+    return stratified_rows(n, BUBBLE_ROWS, None, seed=0)
 
 
 def drawable(model) -> bool:
@@ -77,13 +88,12 @@ def load_snapshots(run_dir: str | Path) -> dict[int, tuple[np.ndarray, np.ndarra
 
 
 def keep_snapshot(model, x_valid, run_dir: Path, epoch: int) -> None:
-    """Save the bubbles of the first BUBBLE_ROWS rows of ``x_valid`` after ``epoch``, where the
+    """Save the bubbles of the ``rows`` of ``x_valid`` after ``epoch``, where the
     latent is a plane and q a diagonal Gaussian. Draws no random numbers from torch's global
     stream, so a run with snapshots trains exactly as one without."""
     if not drawable(model) or len(x_valid) == 0:
         return
-    rows = x_valid[:BUBBLE_ROWS]
-    mu, logvar = posterior_parameters(model, rows)
+    mu, logvar = posterior_parameters(model, np.asarray(x_valid[rows(len(x_valid))]))
     if logvar is not None:
         save_snapshot(run_dir, epoch, mu, logvar)
 

@@ -243,8 +243,8 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
 
 
 def write_space_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, x_valid=None) -> list[Path]:
-    """For a 2-D latent, the pictures of the first two notes on the first BUBBLE_ROWS
-    validation rows (those whose bubbles the training loop kept): bubbles.png, every row's
+    """For a 2-D latent, the pictures of the first two notes on the validation rows whose
+    bubbles the training loop kept (``bubbles.rows``): bubbles.png, every row's
     q(z|x) as an ellipse at the start, middle and end of training, where q is a diagonal
     Gaussian; and for data in 3-D, spaces.png: the data, the latent with its bubbles, and the
     decoded manifold."""
@@ -254,8 +254,9 @@ def write_space_pictures(model, data, history: list[dict[str, Any]], run_dir: Pa
     labels = data.split_labels("valid")
     if not bubbles.drawable(model) or len(x) == 0:
         return []
-    x = np.asarray(x[: bubbles.BUBBLE_ROWS])
-    labels = None if labels is None else labels[: bubbles.BUBBLE_ROWS]
+    picked = bubbles.rows(len(x))
+    x = np.asarray(x[picked])
+    labels = None if labels is None else np.asarray(labels)[picked]
     mu, logvar = bubbles.posterior_parameters(model, x)
     written = []
     if logvar is not None:
