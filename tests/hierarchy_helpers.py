@@ -1,4 +1,5 @@
-"""The linear-Gaussian two-layer hierarchy whose marginal likelihood is exact."""
+"""Linear-Gaussian models whose marginal likelihood is exact: one layer with the exact posterior
+as its encoder, and a two-layer hierarchy."""
 
 from __future__ import annotations
 
@@ -60,3 +61,37 @@ def fit_inference(model, x, steps: int = 800, seed: int = 8):
         for p in generative:
             p.requires_grad_(True)
     return model
+
+
+def set_exact_linear_gaussian(model, w, b, sigma2: float) -> None:
+    """Make a one-layer linear model (hidden=(), Gaussian likelihood with shared variance) the
+    exact p(z) = N(0, I), p(x|z) = N(Wz + b, σ²I), and its encoder the exact posterior
+    N(Σ Wᵀ(x − b)/σ², Σ), Σ = (I + WᵀW/σ²)⁻¹, diagonal when W has orthogonal columns: then
+    log p(x,z) − log q(z|x) = log p(x) for every z, and IWAE is exact for any K."""
+    import numpy as np
+
+    d = w.shape[1]
+    post_var = 1.0 / (1.0 + (w**2).sum(0) / sigma2)  # diag Σ
+    enc_w = post_var[:, None] * w.T / sigma2  # E[z|x] = enc_w (x − b)
+    (dec,) = [layer for layer in model.decoder if isinstance(layer, torch.nn.Linear)]
+    (enc,) = [layer for layer in model.inference.modules() if isinstance(layer, torch.nn.Linear)]
+    with torch.no_grad():
+        dec.weight.copy_(torch.from_numpy(w))
+        dec.bias.copy_(torch.from_numpy(b))
+        model.likelihood.logvar.fill_(math.log(sigma2))
+        enc.weight.zero_()
+        enc.weight[:d] = torch.from_numpy(enc_w)
+        enc.bias[:d] = torch.from_numpy(-enc_w @ b)
+        enc.bias[d:] = torch.from_numpy(np.log(post_var))
+
+
+def top_down_reference(model, x, eps, conditional):
+    """(z, [q_l], [z_l]) of a top-down posterior drawn by hand: for l = L … 1,
+    q_l = conditional(model, x, l, z_{l+1}) (parent None for the top group), a
+    torch.distributions Normal, and z_l = mean of q_l + ε_l·its stddev."""
+    groups = model.latents
+    qs, zs = [None] * len(groups), [None] * len(groups)
+    for l in reversed(range(len(groups))):
+        qs[l] = conditional(model, x, l, zs[l + 1] if l + 1 < len(groups) else None)
+        zs[l] = qs[l].mean + eps[..., groups[l].columns] * qs[l].stddev
+    return torch.cat(zs, -1), qs, zs

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.distributions import ContinuousBernoulli, Independent, Normal, kl_divergence
 
+from hierarchy_helpers import set_exact_linear_gaussian
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.evaluate import elbo_per_point, evaluate, log_px_per_point
 from vaekit.model import VAEModel
@@ -53,20 +54,11 @@ def exact_linear_gaussian(D: int = 6, d: int = 3, sigma2: float = 0.2, seed: int
     q_, _ = np.linalg.qr(rng.normal(size=(D, d)))
     w = q_ * np.array([2.0, 1.0, 0.5])[:d]  # orthogonal columns, different lengths
     b = rng.normal(size=D)
-    post_var = 1.0 / (1.0 + (w**2).sum(0) / sigma2)  # diag Σ
+    post_var = 1.0 / (1.0 + (w**2).sum(0) / sigma2)  # diag Σ, for the references below
     m = (post_var[:, None] * w.T) / sigma2  # μ = M (x − b)
     model = VAEModel(ModelConfig(input_dim=D, latent_dim=d, hidden=(), likelihood="gaussian", variance="shared"))
     model = model.double()
-    (dec,) = [l for l in model.decoder if isinstance(l, torch.nn.Linear)]
-    (enc,) = [l for l in model.inference.modules() if isinstance(l, torch.nn.Linear)]
-    with torch.no_grad():
-        dec.weight.copy_(torch.from_numpy(w))
-        dec.bias.copy_(torch.from_numpy(b))
-        model.likelihood.logvar.fill_(math.log(sigma2))
-        enc.weight.zero_()
-        enc.weight[:d] = torch.from_numpy(m)
-        enc.bias[:d] = torch.from_numpy(-m @ b)
-        enc.bias[d:] = torch.from_numpy(np.log(post_var))
+    set_exact_linear_gaussian(model, w, b, sigma2)
     x = rng.normal(size=(500, d)) @ w.T + b + math.sqrt(sigma2) * rng.normal(size=(500, D))
     cov = w @ w.T + sigma2 * np.eye(D)
     r = x - b

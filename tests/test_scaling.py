@@ -106,6 +106,7 @@ def test_log_px_is_a_density_of_the_users_values_exactly(tmp_path):
     importance weight equals p(x'), and the IWAE estimate is exact for any K. In the user's
     units x = m + s·x' the model is x ~ N(m + s·b, S(WWᵀ + σ²I)S), S = diag(s), computed here
     by hand; the saved and reloaded model must give exactly that, whatever K."""
+    from hierarchy_helpers import set_exact_linear_gaussian
     from vaekit.checkpoint import save_model
     from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from vaekit.model import VAEModel
@@ -115,23 +116,12 @@ def test_log_px_is_a_density_of_the_users_values_exactly(tmp_path):
     q, _ = np.linalg.qr(rng.normal(size=(D, d)))
     w, b = q * np.array([2.0, 0.7]), rng.normal(size=D)
     m, s = np.array([1000.0, -3.0, 0.5, 40.0]), np.array([100.0, 0.01, 1.0, 7.0])
-    post_var = 1.0 / (1.0 + (w**2).sum(0) / sigma2)
-    enc_w = post_var[:, None] * w.T / sigma2  # E[z|x'] = enc_w (x' − b)
     config = ModelConfig(
         input_dim=D, latent_dim=d, hidden=(), likelihood="gaussian", variance="shared",
         standardize="on", input_shift=tuple(m), input_scale=tuple(s),
     )  # fmt: skip
     model = VAEModel(config).double()
-    (dec,) = [layer for layer in model.decoder if isinstance(layer, torch.nn.Linear)]
-    (enc,) = [layer for layer in model.inference.modules() if isinstance(layer, torch.nn.Linear)]
-    with torch.no_grad():
-        dec.weight.copy_(torch.from_numpy(w))
-        dec.bias.copy_(torch.from_numpy(b))
-        model.likelihood.logvar.fill_(math.log(sigma2))
-        enc.weight.zero_()
-        enc.weight[:d] = torch.from_numpy(enc_w)
-        enc.bias[:d] = torch.from_numpy(-enc_w @ b)
-        enc.bias[d:] = torch.from_numpy(np.log(post_var))
+    set_exact_linear_gaussian(model, w, b, sigma2)
     save_model(tmp_path / "run", model, RunConfig(model=config, train=TrainConfig(dtype="float64"), data=DataConfig(source="array")))
     est = vaekit.load(tmp_path / "run")
     assert est.scaling_ is not None and est.model_.log_det == pytest.approx(-np.log(s).sum(), rel=1e-15)

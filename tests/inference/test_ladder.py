@@ -18,7 +18,7 @@ from vaekit.latents import LadderPosterior, precision_weighted
 from vaekit.model import VAEModel
 from vaekit.objectives import elbo, iwae
 
-from hierarchy_helpers import fit_inference, linear_hierarchy
+from hierarchy_helpers import fit_inference, linear_hierarchy, top_down_reference
 
 F64 = torch.float64
 
@@ -62,13 +62,7 @@ def _conditional(model, x, l, parent):
 
 
 def _reference(model, x, eps):
-    """(z, [q_l], [z_l]): top down, z_l = mean of q_l + ε·its stddev."""
-    groups = model.latents
-    qs, zs = [None] * len(groups), [None] * len(groups)
-    for l in reversed(range(len(groups))):
-        qs[l] = _conditional(model, x, l, zs[l + 1] if l + 1 < len(groups) else None)
-        zs[l] = qs[l].mean + eps[..., groups[l].columns] * qs[l].stddev
-    return torch.cat(zs, -1), qs, zs
+    return top_down_reference(model, x, eps, _conditional)
 
 
 @pytest.mark.parametrize("sizes", [(3, 2), (3, 2, 2)])
@@ -116,20 +110,6 @@ def test_elbo_is_the_direct_monte_carlo_of_log_p_minus_log_q(analytic_kl):
     )
     ref = (log_p - qs[0].log_prob(z1) - qs[1].log_prob(z2)).mean(0)
     torch.testing.assert_close(elbo(model, x, eps=eps, analytic_kl=analytic_kl).elbo, ref, rtol=1e-12, atol=1e-12)
-
-
-def test_one_group_is_the_amortized_encoder():
-    """With one latent group the ladder is the plain encoder: same parameters from the same
-    seed, same q."""
-    x = torch.rand(5, 7, dtype=F64, generator=_gen(5))
-    qs = {}
-    for method in ("ladder", "amortized"):
-        torch.manual_seed(0)
-        model = VAEModel(ModelConfig(input_dim=7, latent_dim=3, hidden=(5,), inference=method)).to(F64)
-        qs[method] = model.posterior(x)
-    assert type(qs["ladder"]) is DiagonalNormal
-    torch.testing.assert_close(qs["ladder"].mu, qs["amortized"].mu, rtol=0, atol=0)
-    torch.testing.assert_close(qs["ladder"].logvar, qs["amortized"].logvar, rtol=0, atol=0)
 
 
 def test_precision_weighting_is_stable_at_extreme_scales():

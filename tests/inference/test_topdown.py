@@ -16,7 +16,7 @@ from vaekit.latents import TopDown
 from vaekit.model import VAEModel
 from vaekit.objectives import elbo, iwae
 
-from hierarchy_helpers import fit_inference, linear_hierarchy
+from hierarchy_helpers import fit_inference, linear_hierarchy, top_down_reference
 
 F64 = torch.float64
 
@@ -49,13 +49,7 @@ def _conditional(model, x, l, parent):
 
 
 def _reference(model, x, eps):
-    """(z, [q_l], [z_l]): top down, z_l = mean of q_l + ε·its stddev."""
-    groups = model.latents
-    qs, zs = [None] * len(groups), [None] * len(groups)
-    for l in reversed(range(len(groups))):
-        qs[l] = _conditional(model, x, l, zs[l + 1] if l + 1 < len(groups) else None)
-        zs[l] = qs[l].mean + eps[..., groups[l].columns] * qs[l].stddev
-    return torch.cat(zs, -1), qs, zs
+    return top_down_reference(model, x, eps, _conditional)
 
 
 @pytest.mark.parametrize("sizes", [(3, 2), (3, 2, 2)])
@@ -138,16 +132,20 @@ def test_vampprior_on_a_hierarchy_needs_the_top_group_from_x():
         assert model.prior.pseudo_inputs.grad is not None and model.prior.pseudo_inputs.grad.abs().sum() > 0
 
 
-def test_one_group_is_the_amortized_encoder():
+@pytest.mark.parametrize("method", ["topdown", "ladder"])
+def test_one_group_is_the_amortized_encoder(method):
+    """With one latent group there is nothing above to condition on or weight with: the
+    top-down and ladder methods are the plain encoder, same parameters from the same seed,
+    same q."""
     x = torch.rand(5, 7, dtype=F64, generator=_gen(8))
     qs = {}
-    for method in ("topdown", "amortized"):
+    for name in (method, "amortized"):
         torch.manual_seed(0)
-        model = VAEModel(ModelConfig(input_dim=7, latent_dim=3, hidden=(5,), inference=method)).to(F64)
-        qs[method] = model.posterior(x)
-    assert type(qs["topdown"]) is DiagonalNormal
-    torch.testing.assert_close(qs["topdown"].mu, qs["amortized"].mu, rtol=0, atol=0)
-    torch.testing.assert_close(qs["topdown"].logvar, qs["amortized"].logvar, rtol=0, atol=0)
+        model = VAEModel(ModelConfig(input_dim=7, latent_dim=3, hidden=(5,), inference=name)).to(F64)
+        qs[name] = model.posterior(x)
+    assert type(qs[method]) is DiagonalNormal
+    torch.testing.assert_close(qs[method].mu, qs["amortized"].mu, rtol=0, atol=0)
+    torch.testing.assert_close(qs[method].logvar, qs["amortized"].logvar, rtol=0, atol=0)
 
 
 def test_iwae_with_the_fitted_q_converges_to_the_exact_log_px():
