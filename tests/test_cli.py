@@ -856,7 +856,7 @@ def test_resume_may_change_the_speed_settings(files, tmp_path, capsys):
 def nan_run(files, tmp_path_factory):
     out = tmp_path_factory.mktemp("nan") / "run"
     proc = vaekit_process("train", "--out", out, "--data", files / "huge.csv", "--likelihood", "gaussian",
-                          "--standardize", "off", "--epochs", "2", "--hidden", "8", "--eval-k", "2")  # fmt: skip
+                          "--standardize", "off", "--epochs", "2", "--hidden", "8", "--eval-k", "2", "--tensorboard")  # fmt: skip
     return out, proc
 
 
@@ -870,8 +870,9 @@ def test_nan_loss_stops_training(nan_run):
 
 
 def test_nan_in_first_epoch_leaves_no_run_directory(nan_run, files):
-    """A fresh run that fails before its first checkpoint removes the directory it made, so
-    the same command works again (here: with standardisation, as by default)."""
+    """A fresh run that fails before its first checkpoint removes the directory it made (its
+    TensorBoard events too), so the same command works again (here: with standardisation, as
+    by default)."""
     out, proc = nan_run
     assert not out.exists()
     assert "checkpoint" not in proc.stderr, proc.stderr

@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaekit: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("vaekit: interrupted; the last checkpoint is intact", file=sys.stderr)
+        print("vaekit: interrupted; what was written is intact (a run with a checkpoint continues with --resume)", file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = _PYTHON_FORMAT_WARNING

@@ -87,13 +87,17 @@ def _remove_unfinished(run_dir: Path, created: bool) -> None:
     """After a fresh run failed: if it wrote no checkpoint, remove what it wrote (the whole
     directory when it created it), so that the same command can be run again. A run that got
     as far as a checkpoint is kept: ``--resume`` continues it."""
+    import shutil
+
     from . import checkpoint as ckpt
+    from .logs import TENSORBOARD_DIR
 
     if (run_dir / ckpt.LAST_FILE).is_file() or not run_dir.is_dir():
         return
     ckpt.remove_stale_temporaries(run_dir)
     for name in (ckpt.CONFIG_FILE, ckpt.MODEL_FILE, ckpt.METRICS_FILE, *PICTURES):
         (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
     if created and not any(run_dir.iterdir()):
         run_dir.rmdir()
 
