@@ -335,8 +335,8 @@ def test_reconstruct_npy_and_png(run, files, digits_rows, tmp_path, capsys):
     r = np.load(tmp_path / "r.npy")
     assert r.shape == (50, DIM)
     np.testing.assert_allclose(r, vaekit.load(run).reconstruct(digits_rows), rtol=1e-6, atol=1e-6)
-    code, _, _ = cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", "--out", tmp_path / "r.png")
-    assert code == 0
+    code, out, _ = cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", "--out", tmp_path / "r.png")
+    assert code == 0 and out.strip() == f"wrote reconstructions of 32 rows to {tmp_path / 'r.png'}"  # the picture's sample
     assert (tmp_path / "r.png").read_bytes()[:8] == PNG_MAGIC
 
 

@@ -469,7 +469,8 @@ def cmd_reconstruct(args) -> int:
     else:
         # Block by block into the file: under --mmap the n × D output need not fit in memory.
         write_blocks(out, est.reconstruct_blocks(x), (x.shape[0], est.n_features_in_))
-    _report(args, {"out": str(out), "n": int(x.shape[0])}, f"wrote reconstructions of {x.shape[0]} rows to {out}")
+    n = len(rows) if out.suffix == ".png" else int(x.shape[0])  # a picture shows a sample of the rows
+    _report(args, {"out": str(out), "n": n}, f"wrote reconstructions of {n} rows to {out}")
     return 0
 
 
