@@ -45,3 +45,24 @@ def assert_resume_equals_straight(tmp_path, common: list[str]) -> dict:
     b, _ = load_tensors(tmp_path / "resumed" / "last.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if not k.startswith("rng."))
     return a
+
+
+def assert_encodes_every_group(capsys, run, out, sizes: dict[str, int]) -> dict:
+    """``vaekit encode RUN --out OUT.npz --json`` on digits: the report names each latent group
+    with its size, and the file holds μ and log σ² of every group, whose μ columns are those of
+    the whole draw, in group order. Returns the report."""
+    import json
+
+    import numpy as np
+
+    capsys.readouterr()
+    assert main(["encode", str(run), "--data", "digits", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["groups"] == sizes
+    z, n, start = np.load(out), report["n"], 0
+    assert z["mu"].shape == (n, sum(sizes.values()))
+    for name, size in sizes.items():
+        assert z[f"mu_{name}"].shape == (n, size) and z[f"logvar_{name}"].shape == (n, size)
+        np.testing.assert_array_equal(z["mu"][:, start : start + size], z[f"mu_{name}"])
+        start += size
+    return report
