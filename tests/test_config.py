@@ -260,7 +260,7 @@ def test_version_2_config_loads_without_an_input_map(tmp_path):
     config["version"] = 2
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
-    assert loaded.version == CONFIG_VERSION == 3
+    assert loaded.version == CONFIG_VERSION == 4
     assert (loaded.model.standardize, loaded.model.input_shift, loaded.model.input_scale) == ("off", None, None)
 
 
@@ -324,3 +324,21 @@ def test_registry_read_from_source_equals_the_imported_registry(kind):
     assert sorted(loaded) == registry.names()
     for name, cls in loaded.items():
         assert cls.name == name and cls.options == registry.options(name)
+
+
+@pytest.mark.parametrize("inference", ["map", "vi", "amortized"])
+def test_version_3_config_keeps_the_per_point_rate_it_was_trained_at(tmp_path, inference):
+    """Before version 4 the per-point tables of map and vi stepped at the shared --lr: a run
+    written then loads (and resumes) with point_lr equal to its lr, not the new default."""
+    model = ModelConfig(input_dim=4, inference=inference, n_points=3 if inference != "amortized" else 0)
+    config = RunConfig(model=model, train=TrainConfig(lr=3e-4)).to_dict()
+    config["model"].pop("point_lr", None)
+    config["version"] = 3
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = RunConfig.load(tmp_path / "config.json")
+    assert loaded.version == CONFIG_VERSION == 4
+    if inference == "amortized":
+        assert loaded.model.point_lr == 0.2  # an option this model does not use, at its default
+    else:
+        assert loaded.model.point_lr == 3e-4
+        assert ModelConfig(input_dim=4, inference=inference, n_points=3).point_lr == 0.2

@@ -496,7 +496,7 @@ def test_make_optimizers_steps_like_torchs_adam_and_sparse_adam(dtype):
     reference: torch's own classes, driven by the same losses)."""
     model = small_model(0, inference="vi", n_points=10).to(dtype)
     ref = small_model(0, inference="vi", n_points=10).to(dtype)
-    ours = train_mod.make_optimizers(model, lr=1e-2)
+    ours = train_mod.make_optimizers(model, lr=1e-2, point_lr=1e-2)
     local = ref.inference.local_parameters()
     shared = [p for p in ref.parameters() if all(p is not q for q in local)]
     theirs = [torch.optim.Adam(shared, lr=1e-2, fused=True), torch.optim.SparseAdam(local, lr=1e-2)]
@@ -516,6 +516,6 @@ def test_make_optimizers_steps_like_torchs_adam_and_sparse_adam(dtype):
     for j, (a, b) in enumerate(zip(ours, theirs)):
         _same_state(a.state_dict(), b.state_dict())
         # torch's state loaded into a fresh optimizer of ours is that state.
-        fresh = train_mod.make_optimizers(small_model(1, inference="vi", n_points=10).to(dtype), lr=1e-2)[j]
+        fresh = train_mod.make_optimizers(small_model(1, inference="vi", n_points=10).to(dtype), lr=1e-2, point_lr=1e-2)[j]
         fresh.load_state_dict(b.state_dict())
         _same_state(fresh.state_dict(), b.state_dict())

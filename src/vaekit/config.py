@@ -22,7 +22,7 @@ from typing import Any
 from .errors import ConfigError
 from .registry import REGISTRIES, Option
 
-CONFIG_VERSION = 3
+CONFIG_VERSION = 4
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
 DTYPES = ("float32", "float64")
@@ -302,6 +302,14 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
         if isinstance(model, dict):
             model.update(standardize="off", input_shift=None, input_scale=None)
         d["version"] = version = 3
+    if version == 3:
+        # Version 3 moved per-point parameters (map, vi) at the shared --lr; version 4 gives
+        # them point_lr, whose default is larger. Old runs keep the rate they were trained at.
+        d = json.loads(json.dumps(d))
+        model, train = d.get("model", {}), d.get("train", {})
+        if isinstance(model, dict) and isinstance(train, dict) and model.get("inference") in ("map", "vi"):
+            model.setdefault("point_lr", train.get("lr", 1e-3))
+        d["version"] = version = 4
     if version != CONFIG_VERSION:
         raise ConfigError(f"config version must be <= {CONFIG_VERSION}, got {d.get('version')!r}")
     return d

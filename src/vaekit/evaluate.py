@@ -293,6 +293,7 @@ def _optimal_gaussian(
 def gaps_per_point(
     model, x, k: int = 1000, steps: int = GAP_STEPS, lr: float | None = None, n_samples: int = GAP_SAMPLES,
     batch_size: int = 256, seed: int = 0, tol: float = GAP_TOL, check_every: int = GAP_CHECK_EVERY,
+    idx=None,
 ) -> dict[str, np.ndarray]:
     """The decomposition of Cremer, Li & Duvenaud (2018), "Inference Suboptimality in VAEs":
 
@@ -307,14 +308,25 @@ def gaps_per_point(
     clipped at 0. log p(x) is the K-sample importance-weighted estimate with q* as the
     proposal (the better of the two proposals, hence the lower-variance estimate). Besides
     the three per-point arrays, ``steps`` gives the Adam steps q* took for each row's batch.
+
+    ``idx``, given when x are training rows, holds their indices in the training set: then a
+    per-point method's q is the q_i it learned for each row (``evaluation_posterior(x, idx)``),
+    so that its amortization gap on training data is that of its table, not of a new fit.
     """
     from .distributions import DiagonalNormal
 
     lr = model.config.local_lr if lr is None else lr
+    if idx is not None:
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=next(model.parameters()).device)
+        if idx.shape != (len(x),):
+            raise ValueError(f"idx must hold one training-set index per row of x ({len(x)}), got shape {tuple(idx.shape)}")
     out: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "elbo_optimal": [], "steps": []}
+    done = 0
     with eval_mode(model):
         for i, xb in enumerate(batches(model, x, batch_size)):
-            q = model.evaluation_posterior(xb)
+            rows = None if idx is None else idx[done : done + xb.shape[0]]
+            done += xb.shape[0]
+            q = model.evaluation_posterior(xb, rows)
             if not isinstance(q, DiagonalNormal):
                 from .errors import ConfigError
 
@@ -347,7 +359,7 @@ def gaps(model, x, k: int = 1000, steps: int = GAP_STEPS, seed: int = 0, **kw) -
     amortization_gap (nats) and the standard errors of the two gaps across points
     (approximation_gap_se, amortization_gap_se), with n, k, steps (the most allowed) and
     steps_taken (the most any batch used). ``kw``: gaps_per_point's lr, n_samples,
-    batch_size, tol, check_every."""
+    batch_size, tol, check_every, idx."""
     p = gaps_per_point(model, x, k=k, steps=steps, seed=seed, **kw)
     ll, e, e_opt = (float(p[name].mean()) for name in ("log_px", "elbo", "elbo_optimal"))
     return {

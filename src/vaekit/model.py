@@ -121,10 +121,11 @@ class VAEModel(nn.Module):
         """The q's a training step learns from (the encoder's, and a refined one if asked)."""
         return self.inference.training_posteriors(self, x, idx)
 
-    def evaluation_posterior(self, x: torch.Tensor) -> Posterior:
+    def evaluation_posterior(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> Posterior:
         """A proper density q(z|x) for new x (refined, or optimised, as the method says), for
-        the ELBO and the importance-weighted log p(x)."""
-        return self.inference.evaluation_posterior(self, x)
+        the ELBO and the importance-weighted log p(x); ``idx``, the rows' indices in the
+        training set, gives per-point methods' learned q_i of training rows instead."""
+        return self.inference.evaluation_posterior(self, x, idx)
 
     def forward(self, objective, x: torch.Tensor, idx: torch.Tensor | None, eps: torch.Tensor, beta: float = 1.0):
         """(loss, per-point value) of ``objective`` on a batch: the training step's forward,

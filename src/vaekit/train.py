@@ -38,10 +38,12 @@ TICKS_PER_EPOCH = 20
 VALID_ROWS_WITHOUT_ENCODER = 1000
 
 
-def make_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optimizer]:
-    """Adam for the shared parameters (θ, φ); SparseAdam for per-point tables, so that a row
-    moves only when its datapoint is in the batch (dense Adam would keep moving every row on
-    stale momentum). Both are torch's, less the import of torch._dynamo (see ``_Eager``)."""
+def make_optimizers(model: torch.nn.Module, lr: float, point_lr: float | None = None) -> list[torch.optim.Optimizer]:
+    """Adam at ``lr`` for the shared parameters (θ, φ); SparseAdam for per-point tables, so
+    that a row moves only when its datapoint is in the batch (dense Adam would keep moving
+    every row on stale momentum), at ``point_lr`` (default: the model's ``point_lr``). A row
+    steps once per epoch against θ's once per batch, hence a rate of its own. Both are
+    torch's, less the import of torch._dynamo (see ``_Eager``)."""
     local = model.inference.local_parameters()
     local_ids = {id(p) for p in local}
     shared = [p for p in model.parameters() if id(p) not in local_ids]
@@ -53,7 +55,7 @@ def make_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optim
         adam = Adam(shared, lr=lr)
     optimizers: list[torch.optim.Optimizer] = [adam]
     if local:
-        optimizers.append(SparseAdam(local, lr=lr))
+        optimizers.append(SparseAdam(local, lr=model.config.point_lr if point_lr is None else point_lr))
     return optimizers
 
 

@@ -140,7 +140,11 @@ def test_make_optimizers(method):
     assert [id(p) for p in opts[0].param_groups[0]["params"]] == [id(p) for p in shared]
     if local:
         assert [id(p) for p in opts[1].param_groups[0]["params"]] == [id(p) for p in local]
-    assert all(g["lr"] == 1e-2 for o in opts for g in o.param_groups)
+    assert all(g["lr"] == 1e-2 for g in opts[0].param_groups)
+    if local:
+        # The per-point rows step once per epoch: a rate of their own, the model's point_lr.
+        assert opts[1].param_groups[0]["lr"] == model.config.point_lr == 0.2
+        assert make_optimizers(model, lr=1e-2, point_lr=0.03)[1].param_groups[0]["lr"] == 0.03
 
 
 def _step(model, optimizers, x, idx):

@@ -72,13 +72,15 @@ class InferenceMethod(nn.Module):
         for the current θ, by ``local_steps_per_batch`` Adam steps at ``local_lr`` (θ fixed;
         ``seed`` names the noise stream). Nothing for methods without per-point parameters."""
 
-    def evaluation_posterior(self, model, x: torch.Tensor) -> Posterior:
-        """A proper density q(z|x) for the ELBO and the importance-weighted log p(x) of new x.
+    def evaluation_posterior(self, model, x: torch.Tensor, idx: torch.Tensor | None = None) -> Posterior:
+        """A proper density q(z|x) for the ELBO and the importance-weighted log p(x) of new x,
+        or, with ``idx`` (the rows' indices in the training set), of training rows as the
+        method learned them: a per-point method's own q_i rather than a new fit.
 
         Point-estimate methods have none of their own, so they get the ELBO-optimal Gaussian
         started at their point estimate (θ fixed): an honest proposal for the same decoder.
         """
-        q = self(model, x)
+        q = self(model, x, idx if self.per_point else None)
         if self.point_estimate:
             from .optimize import gaussian_around
 

@@ -65,6 +65,6 @@ class Amortized(InferenceMethod):
             return [q, self.refine(model, x, q)]
         return [q]
 
-    def evaluation_posterior(self, model, x: torch.Tensor) -> Posterior:
-        q = self(model, x)
+    def evaluation_posterior(self, model, x: torch.Tensor, idx: torch.Tensor | None = None) -> Posterior:
+        q = self(model, x)  # the encoder's q is the same for training rows and new ones
         return self.refine(model, x, q) if self.config.refine_steps else q

@@ -12,6 +12,7 @@ from . import INFERENCE, InferenceMethod
 @INFERENCE.register(
     "vi",
     options={
+        "point_lr": Option(0.2, "Adam (SparseAdam) learning rate of the per-point parameters, which step once per epoch (θ's is --lr)", minimum=0.0, exclusive=True),
         "local_steps_per_batch": Option(0, "Adam steps (at --local-lr, θ fixed) on each batch's per-point parameters before the shared step (stochastic VI's local step; 0: one joint step)", minimum=0),
     },
 )

@@ -8,12 +8,17 @@ from ..errors import ConfigError
 from ..registry import Option
 from . import PRIORS, Prior
 
+# Draws from the aggregate posterior that the fitted mixture (prior_mixture) learns from, at
+# least ten per component.
+MIXTURE_DRAWS = 20000
+
 
 @PRIORS.register(
     "aggregate",
     options={
         "prior_from": Option(None, "run directory whose aggregate posterior (1/N) Σ_i q(z|x_i) over its training rows becomes p(z) (prior aggregate)", type="str", optional=True),
         "prior_components": Option(1000, "most components M of the aggregate prior: the q(z|x_i) of M training rows of the --prior-from run drawn at random (all rows when it has fewer)", minimum=1),
+        "prior_mixture": Option(None, "instead of those M posteriors, a diagonal Gaussian mixture of this many components fitted by EM to draws from them", type="int", minimum=1, optional=True),
     },
 )
 class AggregatePrior(Prior):
@@ -24,6 +29,11 @@ class AggregatePrior(Prior):
     surgery"; Tomczak & Welling 2018's optimal prior, eq. 7) is subsampled to M =
     ``prior_components`` rows drawn uniformly without replacement, an unbiased mixture
     estimate of it; with N ≤ M it is the full aggregate (the M − N spare components weigh 0).
+
+    With ``prior_mixture`` C the prior is instead a diagonal Gaussian mixture of C components
+    fitted by EM (scikit-learn's GaussianMixture) to MIXTURE_DRAWS draws from that aggregate:
+    the fifth note's "fitted mixture" of the posterior, smoother and cheaper to evaluate than M
+    components when C is small.
 
     Each q(z | x_m) is the earlier model's q for that row (``evaluation_posterior``: the encoder,
     refined or not, or the per-point optimum), a diagonal Gaussian. The mixture's weights,
@@ -36,7 +46,9 @@ class AggregatePrior(Prior):
     def __init__(self, config, size: int):
         super().__init__(config, size)
         self.source = config.prior_from
-        m = config.prior_components
+        self.fit_components = config.prior_mixture
+        self.rows = config.prior_components
+        m = self.fit_components or self.rows
         self.register_buffer("logits", torch.zeros(m))  # (M,), uniform
         self.register_buffer("mu", torch.zeros(m, size))  # (M, d)
         self.register_buffer("logvar", torch.zeros(m, size))  # (M, d), log σ²
@@ -66,12 +78,15 @@ class AggregatePrior(Prior):
             raise ConfigError(f"{where}: that run was fitted on an in-memory array, so its training rows are not on disk")
         data = load_dataset(config.data)
         x = model_rows(config.model, data.train, data.scaling)  # as that model sees them
-        n, m = len(x), self.mu.shape[0]
+        n, m = len(x), self.rows
         rows = np.sort(rng.choice(n, size=m, replace=False)) if n > m else np.arange(n)
         xb = torch.as_tensor(np.asarray(x[rows]), dtype=next(model.parameters()).dtype)
         q = model.evaluation_posterior(xb)
         if not isinstance(q, DiagonalNormal):
             raise ConfigError(f"{where}: that run's q(z|x) is a {type(q).__name__}, not a diagonal Gaussian")
+        if self.fit_components:
+            self._fit_mixture(q, rng)
+            return
         k = len(rows)
         # With N <= M every row is a component; the M − N left over get weight 0 (logit −∞)
         # and finite copies of the first, so that log p(z) and its gradient stay finite.
@@ -79,6 +94,23 @@ class AggregatePrior(Prior):
         self.logvar.copy_(torch.cat([q.logvar, q.logvar[:1].expand(m - k, -1)]).to(self.logvar))
         self.logits.zero_()
         self.logits[k:] = -torch.inf
+
+    def _fit_mixture(self, q: DiagonalNormal, rng: np.random.Generator) -> None:
+        """The buffers from a diagonal Gaussian mixture fitted by EM to draws from the mixture
+        (1/M) Σ_m q(z|x_m): MIXTURE_DRAWS in all, the same number from each component."""
+        from sklearn.mixture import GaussianMixture
+
+        rows, c = q.mu.shape[0], self.fit_components
+        per_row = -(-max(MIXTURE_DRAWS, 10 * c) // rows)
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        z = q.rsample((per_row,), generator=g).reshape(-1, self.size).double().cpu().numpy()
+        if len(z) < c:
+            raise ConfigError(f"prior_mixture {c}: only {len(z)} draws from prior_from {self.source} to fit it")
+        # reg_covar keeps every component's variance away from 0 (a component on one point).
+        fit = GaussianMixture(c, covariance_type="diag", reg_covar=1e-6, random_state=int(rng.integers(2**31))).fit(z)
+        self.logits.copy_(torch.as_tensor(np.log(fit.weights_)))
+        self.mu.copy_(torch.as_tensor(fit.means_))
+        self.logvar.copy_(torch.as_tensor(np.log(fit.covariances_)))
 
     def forward(self, model=None) -> MixtureOfDiagonalNormals:
         return MixtureOfDiagonalNormals(self.logits, self.mu, self.logvar)
