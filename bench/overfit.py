@@ -42,6 +42,7 @@ def run(method: str, width: int, data, args) -> dict:
     config = ModelConfig(
         input_dim=x_train.shape[1], latent_dim=args.latent_dim, hidden=(args.encoder_width,), decoder_hidden=(width,),
         likelihood=args.likelihood, inference=method, n_points=len(x_train) if method != "amortized" else 0,
+        **({"point_lr": args.point_lr} if method != "amortized" else {}),
     )
     model = VAEModel(config)
     t0 = time.perf_counter()
@@ -101,6 +102,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=500, help="at most this many epochs (default 500)")
     p.add_argument("--patience", type=int, default=30, help="stop after this many epochs without a better validation objective")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--point-lr", type=float, default=0.2, help="learning rate of map's and vi's per-point tables (default 0.2)")
     p.add_argument("--rows", type=int, help="training rows (default: all)")
     p.add_argument("--eval-rows", type=int, default=500, help="rows of each split scored (default 500)")
     p.add_argument("--k", type=int, default=500, help="importance samples per row (default 500)")

@@ -374,6 +374,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_gaps(args) -> int:
+    import numpy as np
+
     from .evaluate import gaps
     from .plots import bound_bars_plot, bound_gap_plot
 
@@ -381,8 +383,12 @@ def cmd_gaps(args) -> int:
     _positive("--steps", args.steps)
     est = _load(args)
     _, x, _ = _rows(est, args, args.split)
+    model = est.model_
+    # The run's own training rows are the rows of its per-point tables, in order: score them
+    # with the q_i learned for each, not with a new fit.
+    own_rows = args.split == "train" and not args.data and model.inference.per_point and len(x) == model.config.n_points
     t0 = time.perf_counter()
-    result = gaps(est.model_, x, k=args.k, steps=args.steps, seed=args.seed)
+    result = gaps(model, x, k=args.k, steps=args.steps, seed=args.seed, idx=np.arange(len(x)) if own_rows else None)
     result["seconds"] = time.perf_counter() - t0
     per_point = result.pop("per_point")
     plot = Path(args.plot) if args.plot else Path(args.run_dir) / f"gaps_{args.split}.png"
