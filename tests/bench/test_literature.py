@@ -3,21 +3,18 @@ rows are reported as unfinished, and every row's command is one that vaekit acce
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from bench_helpers import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def literature():
-    spec = importlib.util.spec_from_file_location("literature", ROOT / "bench" / "literature.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("literature")
 
 
 def test_readme_table_is_generated_from_the_results(literature):
