@@ -27,6 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables import write_between  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "literature"
 DATA_DIR = ROOT.parent / "shared" / "data" / "binarized_mnist"
@@ -161,12 +164,7 @@ def table(results: Path = RESULTS) -> str:
 
 def write_table(path: Path, text: str) -> None:
     """Replace what lies between the two MARKERS lines of ``path`` with ``text``."""
-    doc = path.read_text()
-    if not all(m in doc for m in MARKERS):
-        sys.exit(f"literature.py: {path} has no table markers ({MARKERS[0]!r} ... {MARKERS[1]!r})")
-    head, rest = doc.split(MARKERS[0], 1)
-    _, tail = rest.split(MARKERS[1], 1)
-    path.write_text(f"{head}{MARKERS[0]}\n{text}\n{MARKERS[1]}{tail}")
+    write_between(path, MARKERS, text, "literature.py")
 
 
 def main() -> None:

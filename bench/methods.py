@@ -31,6 +31,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -44,6 +45,9 @@ from vaekit.evaluate import gaps
 from vaekit.model import VAEModel
 from vaekit.plots import bound_bars_plot
 from vaekit.train import fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables import write_between  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "methods.json"
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,15 +255,14 @@ def table(regime: str = "converged", results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def markers(regime: str) -> tuple[str, str]:
+    """The marker lines of ``regime``'s table in a document."""
+    return tuple(m.replace("methods table", f"methods table ({regime})") for m in MARKERS)
+
+
 def write_table(path: Path, text: str, regime: str) -> None:
     """Replace what lies between the methods-table markers of ``path`` (for ``regime``)."""
-    start, end = (m.replace("methods table", f"methods table ({regime})") for m in MARKERS)
-    doc = path.read_text()
-    if start not in doc or end not in doc:
-        raise SystemExit(f"methods.py: {path} has no table markers ({start!r} ... {end!r})")
-    head, rest = doc.split(start, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+    write_between(path, markers(regime), text, "methods.py")
 
 
 if __name__ == "__main__":

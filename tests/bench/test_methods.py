@@ -45,7 +45,7 @@ def test_write_table_replaces_only_its_regimes_block(methods, tmp_path):
     doc = tmp_path / "doc.md"
     blocks = {}
     for regime in methods.REGIMES:
-        start, end = (m.replace("methods table", f"methods table ({regime})") for m in methods.MARKERS)
+        start, end = methods.markers(regime)
         blocks[regime] = f"{start}\nold {regime}\n{end}"
     doc.write_text(f"a\n{blocks['converged']}\nb\n{blocks['budget']}\nc\n")
     methods.write_table(doc, "| new |", "budget")
@@ -62,7 +62,7 @@ def test_documented_tables_are_generated_from_the_results(methods):
         pytest.skip("bench/results/methods.json not written yet")
     found = 0
     for doc, regime in ((ROOT / "README.md", "converged"), (ROOT / "docs" / "road.md", "converged"), (ROOT / "docs" / "road.md", "budget")):
-        start, end = (m.replace("methods table", f"methods table ({regime})") for m in methods.MARKERS)
+        start, end = methods.markers(regime)
         text = doc.read_text()
         if start in text:
             found += 1
