@@ -35,6 +35,21 @@ def batches(model, x, batch_size: int):
         yield x[start : start + batch_size]
 
 
+def _with_rows(blocks, model, x, idx):
+    """(batch, its rows of ``idx``) for each batch of ``blocks``; rows None without ``idx``."""
+    if idx is None:
+        for xb in blocks:
+            yield xb, None
+        return
+    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=next(model.parameters()).device)
+    if idx.shape != (len(x),):
+        raise ValueError(f"idx must hold one training-set index per row of x ({len(x)}), got shape {tuple(idx.shape)}")
+    done = 0
+    for xb in blocks:
+        yield xb, idx[done : done + xb.shape[0]]
+        done += xb.shape[0]
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module):
     """The module in eval mode for the block, and back in its previous mode however it ends."""
@@ -168,15 +183,16 @@ class LatentUsage:
 # inside (they switch it back on), and inference-mode tensors cannot take part in it.
 @torch.no_grad()
 def elbo_per_point(
-    model, x, n_samples: int = 1, batch_size: int = 1024, seed: int = 0, usage: LatentUsage | None = None
+    model, x, n_samples: int = 1, batch_size: int = 1024, seed: int = 0, usage: LatentUsage | None = None, idx=None
 ) -> dict[str, np.ndarray]:
     """ELBO, E_q[log p(x|z)] and KL(q || p) for each row, each (n,) float64. ``usage``, if
-    given, is fed each batch's q (the latent units' activity, from the same pass)."""
+    given, is fed each batch's q (the latent units' activity, from the same pass); ``idx``,
+    the rows' indices in the training set, scores per-point methods' learned q_i."""
     g = _generator(model, seed)
     parts = []
     with eval_mode(model):
-        for xb in batches(model, x, batch_size):
-            q = model.evaluation_posterior(xb)
+        for xb, rows in _with_rows(batches(model, x, batch_size), model, x, idx):
+            q = model.evaluation_posterior(xb, rows)
             parts.append(elbo_terms(model, xb, q=q, n_samples=n_samples, generator=g))
             if usage is not None:
                 usage.add(q)
@@ -185,10 +201,12 @@ def elbo_per_point(
 
 @torch.no_grad()
 def log_px_per_point(
-    model, x, k: int = 1000, batch_size: int | None = None, seed: int = 0, progress: Callable[[int], None] | None = None
+    model, x, k: int = 1000, batch_size: int | None = None, seed: int = 0, progress: Callable[[int], None] | None = None,
+    idx=None,
 ) -> np.ndarray:
     """The K-sample importance-weighted estimate of log p(x) for each row, (n,) float64.
-    ``progress``, if given, is called with the rows done after each batch."""
+    ``progress``, if given, is called with the rows done after each batch; ``idx``, the rows'
+    indices in the training set, makes per-point methods' learned q_i the proposals."""
     g = _generator(model, seed)
     if batch_size is None:
         # Rows per call: enough that each K-chunk is a large matrix product, few enough that
@@ -196,8 +214,8 @@ def log_px_per_point(
         batch_size = 256 if k >= 64 else 1024
     out, done = [], 0
     with eval_mode(model):
-        for xb in batches(model, x, batch_size):
-            out.append(iwae(model, xb, k, q=model.evaluation_posterior(xb), generator=g))
+        for xb, rows in _with_rows(batches(model, x, batch_size), model, x, idx):
+            out.append(iwae(model, xb, k, q=model.evaluation_posterior(xb, rows), generator=g))
             done += xb.shape[0]
             if progress is not None:
                 progress(done)
@@ -316,16 +334,9 @@ def gaps_per_point(
     from .distributions import DiagonalNormal
 
     lr = model.config.local_lr if lr is None else lr
-    if idx is not None:
-        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=next(model.parameters()).device)
-        if idx.shape != (len(x),):
-            raise ValueError(f"idx must hold one training-set index per row of x ({len(x)}), got shape {tuple(idx.shape)}")
     out: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "elbo_optimal": [], "steps": []}
-    done = 0
     with eval_mode(model):
-        for i, xb in enumerate(batches(model, x, batch_size)):
-            rows = None if idx is None else idx[done : done + xb.shape[0]]
-            done += xb.shape[0]
+        for i, (xb, rows) in enumerate(_with_rows(batches(model, x, batch_size), model, x, idx)):
             q = model.evaluation_posterior(xb, rows)
             if not isinstance(q, DiagonalNormal):
                 from .errors import ConfigError

@@ -37,8 +37,9 @@ def test_each_regime_gets_its_own_rows_and_epochs(methods, tmp_path):
     assert len(converged) == len(budget) == 4  # header, rule, two methods
     assert converged[2].startswith("| vi | 120 (110) | −90.00 |") and "| 1.25 ± 1.25 |" in converged[2]
     assert converged[3].startswith("| map | 120 (110), cap |")  # stopped by --max-epochs, not converged
-    assert budget[2].startswith("| vi | 30 (29) | −100.50 |")
+    assert budget[2] == "| vi | 30 (29) | −100.50 | 1.25 | −95.50 | 1.25 | 0.004 |"
     assert converged[2].endswith("| 0.004 |")
+    assert len(converged[0].split("|")) == len(converged[1].split("|")) and len(budget[0].split("|")) == len(budget[1].split("|"))
 
 
 def test_write_table_replaces_only_its_regimes_block(methods, tmp_path):
