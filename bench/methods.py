@@ -20,8 +20,10 @@ weights with 20 refinement steps at evaluation, so it is not trained twice.
 
     python bench/methods.py [--max-epochs 300] [--patience 10] [--budget 60] [--k 1000] [--rows 1000]
 
-Trained states are kept in ``--out`` (default ~/vaekit-runs/methods), so a second call with
-the same settings evaluates without training again. Writes bench/results/methods.json (after
+Trained states, and the measurements of each, are kept in ``--out`` (default
+~/vaekit-runs/methods), so a second call with the same settings neither trains nor measures
+again: methods can run in separate processes (``--methods vi``, ``--methods map``, ...) side by
+side, and one call with all of them assembles the JSON. Writes bench/results/methods.json (after
 each method) and methods_bound.png; ``--table`` prints the README table from the JSON.
 """
 
@@ -31,6 +33,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import platform
 import sys
 import time
 from pathlib import Path
@@ -228,7 +231,13 @@ def main() -> None:
         return
     data = load_dataset(DataConfig(source="binarized_mnist", data_dir=args.data_dir))
     settings = {k: getattr(args, k) for k in ("max_epochs", "patience", "budget", "k", "rows", "gap_steps", "seed")}
-    result = {"bench": "methods", **settings, "results": []}
+    result = {
+        "bench": "methods",
+        "command": "python bench/methods.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        **settings,
+        "results": [],
+    }
     bound = {}
     print(f"{'method':18s} {'regime':9s} {'epochs':>9s} {'test LL':>9s} {'test ELBO':>9s} {'approx':>7s} {'amort':>7s} {'train LL':>9s} {'train ELBO':>10s} {'s/1000':>7s}", flush=True)
     for name in args.methods:
