@@ -25,6 +25,7 @@ import torch
 
 import vaekit
 from vaekit.cli import main
+from vaekit.config import CONFIG_VERSION
 from cli_helpers import cli
 
 DIGITS_N, DIGITS_VALID, DIGITS_TEST, DIM = 1797, 180, 359, 64
@@ -450,7 +451,7 @@ def test_version_2_run_loads_and_scores_as_before(run, run_copy, tmp_path, capsy
 
     _as_version_2(run_copy)
     old = vaekit.load(run_copy)
-    assert old.scaling_ is None and old.config_.model.standardize == "off" and old.config_.version == 3
+    assert old.scaling_ is None and old.config_.model.standardize == "off" and old.config_.version == CONFIG_VERSION
     for r, name in ((run, "new.npy"), (run_copy, "old.npy")):
         code, _, err = cli(capsys, "score", r, "--data", "digits", "--out", tmp_path / name, "--k", "10")
         assert code == 0, err
