@@ -288,3 +288,5 @@ def test_elbo_and_log_px_of_training_rows_read_the_table_too():
     assert abs(float(log_px.mean()) - float(lg.log_px().mean())) < 0.05
     with pytest.raises(ValueError, match="one training-set index per row"):
         elbo_per_point(model, lg.x, idx=rows[:5])
+    with pytest.raises(ValueError, match=f"index the {N} training rows of the per-point table, got values 1..{N}"):
+        log_px_per_point(model, lg.x, k=2, idx=rows + 1)
