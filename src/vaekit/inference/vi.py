@@ -19,7 +19,8 @@ from . import INFERENCE, InferenceMethod
 class VI(InferenceMethod):
     """Decoder only, non-amortized variational inference: every training point owns free
     variational parameters (μ_i, log σ_i²), q_i = N(μ_i, diag σ_i²), fitted with θ on the ELBO
-    (Hoffman et al. 2013's local variational parameters, trained by stochastic gradients).
+    (Hoffman et al. 2013's local variational parameters, trained by stochastic gradients, at
+    ``point_lr``: a row steps once per epoch).
     With ``local_steps_per_batch`` K > 0 each batch's (μ_i, log σ_i²) first take K steps of
     their own with θ fixed (``local_update``), so that the shared step sees a q near the
     optimum for the current decoder, as Hoffman et al.'s stochastic VI does.
