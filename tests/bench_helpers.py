@@ -15,3 +15,8 @@ def load_bench(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def documented_table(doc: Path, markers: tuple[str, str]) -> str | None:
+    """The table a document holds between ``markers`` (bench/tables.py's reading of it)."""
+    return load_bench("tables").block(doc, markers)

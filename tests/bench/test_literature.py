@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bench_helpers import load_bench
+from bench_helpers import documented_table, load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,9 +19,7 @@ def literature():
 
 def test_readme_table_is_generated_from_the_results(literature):
     """A table typed into README.md, or results added without rewriting it, fails here."""
-    readme = (ROOT / "README.md").read_text()
-    start, end = literature.MARKERS
-    block = readme.split(start, 1)[1].split(end, 1)[0].strip()
+    block = documented_table(ROOT / "README.md", literature.MARKERS)
     assert block == literature.table(), "run: python bench/literature.py --table --write README.md"
 
 

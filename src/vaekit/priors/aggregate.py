@@ -97,15 +97,14 @@ class AggregatePrior(Prior):
 
     def _fit_mixture(self, q: DiagonalNormal, rng: np.random.Generator) -> None:
         """The buffers from a diagonal Gaussian mixture fitted by EM to draws from the mixture
-        (1/M) Σ_m q(z|x_m): MIXTURE_DRAWS in all, the same number from each component."""
+        (1/M) Σ_m q(z|x_m): at least MIXTURE_DRAWS and ten per fitted component, the same
+        number from each q."""
         from sklearn.mixture import GaussianMixture
 
         rows, c = q.mu.shape[0], self.fit_components
         per_row = -(-max(MIXTURE_DRAWS, 10 * c) // rows)
         g = torch.Generator().manual_seed(int(rng.integers(2**31)))
         z = q.rsample((per_row,), generator=g).reshape(-1, self.size).double().cpu().numpy()
-        if len(z) < c:
-            raise ConfigError(f"prior_mixture {c}: only {len(z)} draws from prior_from {self.source} to fit it")
         # reg_covar keeps every component's variance away from 0 (a component on one point).
         fit = GaussianMixture(c, covariance_type="diag", reg_covar=1e-6, random_state=int(rng.integers(2**31))).fit(z)
         self.logits.copy_(torch.as_tensor(np.log(fit.weights_)))
