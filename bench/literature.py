@@ -82,7 +82,15 @@ def status(row: str, run_dir: Path) -> dict:
         "best_epoch": best["epoch"] if best else None,
         "best_valid_elbo": best["valid_elbo"] if best else None,
         "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in history),
+        "median_epoch_seconds": _median([r["epoch_seconds"] for r in history if "epoch_seconds" in r]),
     }
+
+
+def _median(values: list[float]) -> float | None:
+    """The median epoch time (training and validation): a run paused, or sharing its core, for a
+    while shows in a few epochs' times (and in train_seconds), not in the median."""
+    values = sorted(values)
+    return values[len(values) // 2] if values else None
 
 
 def run_row(row: str, run_dir: Path, data_dir: Path, extra: list[str], results: Path = RESULTS, name: str | None = None) -> dict:
@@ -112,7 +120,7 @@ def run_row(row: str, run_dir: Path, data_dir: Path, extra: list[str], results: 
     return result
 
 
-def snapshot(row: str, run_dir: Path, data_dir: Path, k: int, results: Path = RESULTS) -> dict:
+def snapshot(row: str, run_dir: Path, data_dir: Path, k: int, results: Path = RESULTS, name: str | None = None) -> dict:
     """Evaluate the best epoch so far of a run that has not finished (test log-likelihood with K
     importance samples) and write ROW.json marked unfinished, so the table reports where the row
     stands, never as done. Safe while the run trains: checkpoints are replaced atomically."""
@@ -123,13 +131,14 @@ def snapshot(row: str, run_dir: Path, data_dir: Path, k: int, results: Path = RE
     if done.returncode != 0:
         sys.exit(f"literature.py: {row}: vaekit evaluate failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     test = json.loads(done.stdout.strip().splitlines()[-1])
-    result = {**ROWS[row], **status(row, run_dir), "command": " ".join(command(row, run_dir, data_dir, [])),
+    extra = ["--amp", "bf16"] if name and name.endswith("-bf16") else []
+    result = {**ROWS[row], **status(row, run_dir), "command": " ".join(command(row, run_dir, data_dir, extra)),
               "finished": False, "evaluation": " ".join(argv), "machine": _machine(), "test_nll": -test["log_likelihood"],
               "test_neg_elbo": -test["elbo"], "k": test["k"], "active_units": test.get("active_units"),
               "latent_size": test.get("latent_size")}  # fmt: skip
     result.pop("args")
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"{row}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (results / f"{name or row}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -138,27 +147,32 @@ MAX_EPOCHS = int(COMMON[COMMON.index("--epochs") + 1])
 
 
 def table(results: Path = RESULTS) -> str:
+    """One line per row trained in float32, and one more where the row was also trained under
+    bf16 autocast (ROW-bf16.json); the test NLL is always evaluated in float32."""
     lines = [
-        "| row | model | published test NLL | vaekit test NLL | test −ELBO | active units | epochs | train hours |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| row | model | training | published test NLL | vaekit test NLL | test −ELBO | active units | epochs | s / epoch |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row, spec in ROWS.items():
-        path = results / f"{row}.json"
         published = "–" if spec["published"] is None else f"{spec['published']:.2f}"
-        if not path.is_file():
-            lines.append(f"| {row} | {spec['model']} | {published} | not run yet | | | | |")
-            continue
-        r = json.loads(path.read_text())
-        units = f"{r['active_units']}/{r['latent_size']}" if r.get("active_units") is not None else "–"
-        nll = f"{r['test_nll']:.2f} (K = {r['k']})"
-        epochs = f"{r['epochs_run']} (best {r['best_epoch']})"
-        if not r.get("finished"):
-            nll = f"so far {nll}"
-            epochs = f"unfinished: {r['epochs_run']} of at most {MAX_EPOCHS} (best {r['best_epoch']})"
-        lines.append(
-            f"| {row} | {spec['model']} | {published} | {nll} | {r['test_neg_elbo']:.2f} | {units} | {epochs} | "
-            f"{r['train_seconds'] / 3600:.1f} |"
-        )
+        for name, precision in ((row, "float32"), (f"{row}-bf16", "bf16 autocast")):
+            path = results / f"{name}.json"
+            if not path.is_file():
+                if precision == "float32":
+                    lines.append(f"| {row} | {spec['model']} | {precision} | {published} | not run yet | | | | |")
+                continue
+            r = json.loads(path.read_text())
+            units = f"{r['active_units']}/{r['latent_size']}" if r.get("active_units") is not None else "–"
+            nll = f"{r['test_nll']:.2f} (K = {r['k']})"
+            epochs = f"{r['epochs_run']} (best {r['best_epoch']})"
+            if not r.get("finished"):
+                nll = f"so far {nll}"
+                epochs = f"unfinished: {r['epochs_run']} of at most {MAX_EPOCHS} (best {r['best_epoch']})"
+            seconds = r.get("median_epoch_seconds")
+            lines.append(
+                f"| {row} | {spec['model']} | {precision} | {published} | {nll} | {r['test_neg_elbo']:.2f} | {units} | "
+                f"{epochs} | {'–' if seconds is None else f'{seconds:.1f}'} |"
+            )
     return "\n".join(lines)
 
 
@@ -196,7 +210,7 @@ def main() -> None:
         print(json.dumps(status(args.row, run_dir)))
         return
     if args.snapshot:
-        print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000)))
+        print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000, name=name)))
         return
     extra = ["--amp", args.amp] if args.amp else []
     # Later flags win in argparse: these override COMMON's published values.

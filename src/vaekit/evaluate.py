@@ -55,11 +55,14 @@ def _with_rows(blocks, model, x, idx):
 
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module):
-    """The module in eval mode for the block, and back in its previous mode however it ends."""
+    """The module in eval mode for the block, and back in its previous mode however it ends;
+    a VAEModel's prior is built once for the block (``VAEModel.fixed_prior``): evaluation
+    trains nothing."""
     was = model.training
     model.eval()
     try:
-        yield model
+        with getattr(model, "fixed_prior", contextlib.nullcontext)():
+            yield model
     finally:
         model.train(was)
 

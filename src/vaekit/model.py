@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.distributions import Distribution
@@ -31,6 +33,7 @@ class VAEModel(nn.Module):
         self.latents = latent_groups(config.latent_dim)
         self.latent_size = sum(g.size for g in self.latents)
         self.prior = PRIORS.get(config.prior)(config, self.latents[-1].size)
+        self._fixed_prior: Distribution | None = None  # set inside fixed_prior() only
         # p(z_l | z_{l+1}) for every group below the top.
         self.downward = nn.ModuleList(
             GaussianHead(MLP(upper.size, config.hidden, 2 * lower.size, config.activation))
@@ -55,8 +58,26 @@ class VAEModel(nn.Module):
 
     # -- the generative model p(z) p(x|z) ---------------------------------------------------
     def top_prior(self) -> Distribution:
-        """p(z_L), the prior of the top group; it may read the model (pseudo-inputs)."""
-        return self.prior(self)
+        """p(z_L), the prior of the top group; it may read the model (pseudo-inputs). Inside
+        ``fixed_prior()``, the one built on entering the block."""
+        return self._fixed_prior if self._fixed_prior is not None else self.prior(self)
+
+    @contextlib.contextmanager
+    def fixed_prior(self):
+        """Build p(z_L) once, without gradient, for every use inside the block. A prior that
+        reads the model costs a pass of the encoder each time it is built (the VampPrior's K
+        pseudo-inputs), and the importance-weighted estimate asks for it once per chunk of
+        samples; evaluation changes no parameter, so once is enough. A nested block keeps the
+        outer one's prior."""
+        if self._fixed_prior is not None:
+            yield self._fixed_prior
+            return
+        with torch.no_grad():
+            self._fixed_prior = self.prior(self)
+        try:
+            yield self._fixed_prior
+        finally:
+            self._fixed_prior = None
 
     def log_pz(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) = log p(z_L) + Σ_l log p(z_l | z_{l+1}) for a draw of all groups (..., D)."""

@@ -25,18 +25,42 @@ def test_readme_table_is_generated_from_the_results(literature):
 
 def _result(row, finished, nll):
     return {"finished": finished, "test_nll": nll, "test_neg_elbo": nll + 4.0, "k": 5000, "active_units": 17,
-            "latent_size": 40, "epochs_run": 211, "best_epoch": 209, "train_seconds": 7200.0}  # fmt: skip
+            "latent_size": 40, "epochs_run": 211, "best_epoch": 209, "train_seconds": 7200.0,
+            "median_epoch_seconds": 27.25}  # fmt: skip
+
+
+def _lines(literature, results) -> dict[tuple[str, str], str]:
+    """{(row, training precision): table line}."""
+    return {tuple(c.strip() for c in line.split(" | ")[:3:2]): line for line in literature.table(results).splitlines()[2:]}
 
 
 def test_unfinished_rows_say_so_and_finished_rows_do_not(literature, tmp_path):
     (tmp_path / "vae.json").write_text(json.dumps(_result("vae", False, 90.123)))
     (tmp_path / "hvae.json").write_text(json.dumps(_result("hvae", True, 85.4)))
-    lines = {line.split(" | ")[0].strip("| "): line for line in literature.table(tmp_path).splitlines()[2:]}
-    assert set(lines) == set(literature.ROWS)
-    assert "so far 90.12 (K = 5000)" in lines["vae"] and "unfinished: 211 of at most 2000 (best 209)" in lines["vae"]
-    assert "| 85.40 (K = 5000) | 89.40 | 17/40 | 211 (best 209) | 2.0 |" in lines["hvae"]
-    assert "unfinished" not in lines["hvae"] and "so far" not in lines["hvae"]
-    assert "not run yet" in lines["iwae"]
+    lines = _lines(literature, tmp_path)
+    assert set(lines) == {("| " + row, "float32") for row in literature.ROWS}
+    vae, hvae = lines["| vae", "float32"], lines["| hvae", "float32"]
+    assert "so far 90.12 (K = 5000)" in vae and "unfinished: 211 of at most 2000 (best 209)" in vae
+    assert "| 85.40 (K = 5000) | 89.40 | 17/40 | 211 (best 209) | 27.2 |" in hvae
+    assert "unfinished" not in hvae and "so far" not in hvae
+    assert "not run yet" in lines["| iwae", "float32"]
+
+
+def test_a_bf16_run_adds_its_own_line(literature, tmp_path):
+    """ROW-bf16.json is shown beside the float32 row, never in its place; without a float32
+    result the float32 line still says "not run yet"."""
+    (tmp_path / "vae.json").write_text(json.dumps(_result("vae", True, 87.64)))
+    (tmp_path / "vae-bf16.json").write_text(json.dumps(_result("vae", True, 87.7)))
+    (tmp_path / "hvae-bf16.json").write_text(json.dumps(_result("hvae", False, 86.0)))
+    lines = _lines(literature, tmp_path)
+    assert len(lines) == len(literature.ROWS) + 2
+    assert "| 87.64 (K = 5000) |" in lines["| vae", "float32"] and "| 87.70 (K = 5000) |" in lines["| vae", "bf16 autocast"]
+    assert "not run yet" in lines["| hvae", "float32"] and "so far 86.00" in lines["| hvae", "bf16 autocast"]
+
+
+def test_median_epoch_time_ignores_a_paused_stretch(literature):
+    assert literature._median([3.0, 2.9, 950.0, 3.1, 3.2]) == 3.1
+    assert literature._median([]) is None
 
 
 def test_write_table_replaces_only_the_block(literature, tmp_path):

@@ -147,6 +147,41 @@ def test_mixture_with_batch_shape_matches_torch():
     assert p.sample((6,), generator=_gen(0)).shape == (6, 4, 2)
 
 
+def test_mixture_log_prob_keeps_float32_precision_for_narrow_distant_components():
+    """Components with |μ|/σ ≈ 10^4 (μ ≈ ±10, σ ≈ 10^-3) and float32 points a few σ from them:
+    each term of the expanded quadratic form is ~10^8 per coordinate, so an expansion carried
+    out in float32 would lose every digit; the float32 result must agree with torch's float64
+    mixture to float32's own resolution (the log-densities are ~ +40)."""
+    g = _gen(5)
+    c, d = 6, 8
+    mu = 10.0 * torch.sign(torch.randn(c, d, generator=g, dtype=F64)) + torch.randn(c, d, generator=g, dtype=F64)
+    logvar = math.log(1e-6) + 0.5 * torch.randn(c, d, generator=g, dtype=F64)
+    logits = torch.randn(c, generator=g, dtype=F64)
+    which = torch.randint(c, (50,), generator=g)
+    z = mu[which] + 1e-3 * torch.randn(50, d, generator=g, dtype=F64)
+    p32 = MixtureOfDiagonalNormals(logits.float(), mu.float(), logvar.float())
+    got = p32.log_prob(z.float())
+    # The reference sees exactly the float32 inputs, in float64.
+    want = _torch_mixture(logits.float().double(), mu.float().double(), logvar.float().double()).log_prob(z.float().double())
+    assert got.dtype == torch.float32 and want.min() > 20.0
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    "z_dtype, param_dtype, want",
+    [(torch.float32, torch.float32, torch.float32), (F64, F64, F64), (torch.float32, F64, F64), (torch.bfloat16, torch.bfloat16, torch.float32)],
+)
+def test_mixture_log_prob_dtype(z_dtype, param_dtype, want):
+    """The log-density comes back in the wider of the point's and the parameters' dtypes, never
+    narrower than float32 (a bfloat16 log-density of ~-50 would be off by a quarter of a nat)."""
+    logits, mu, logvar = (t.to(param_dtype) for t in _mixture_params(3, 4))
+    z = torch.randn(5, 3, generator=_gen(0)).to(z_dtype)
+    got = MixtureOfDiagonalNormals(logits, mu, logvar).log_prob(z)
+    assert got.dtype == want and got.shape == (5,)
+    ref = _torch_mixture(logits.double(), mu.double(), logvar.double()).log_prob(z.double())
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_mixture_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"logits \(3,\), mu \(4, 2\)"):
         MixtureOfDiagonalNormals(torch.zeros(3), torch.zeros(4, 2), torch.zeros(4, 2))

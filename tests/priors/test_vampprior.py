@@ -255,6 +255,61 @@ def test_vampprior_vae_trains_saves_and_loads(digits, tmp_path):
     assert loaded.config_.model.pseudo_inputs == 20 and loaded.config_.model.pseudo_init == "random"
 
 
+# -- evaluation builds the prior once ------------------------------------------------------------
+
+
+def _counting_prior_calls(model) -> list[int]:
+    calls = [0]
+    model.prior.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_fixed_prior_builds_once_without_gradient_and_nests():
+    model = _linear_model(k=4, d=2)
+    calls = _counting_prior_calls(model)
+    z = torch.randn(3, 2, generator=_gen(6), dtype=F64, requires_grad=True)
+    outside = model.log_pz(z)
+    assert calls[0] == 1 and outside.requires_grad
+    with model.fixed_prior() as p:
+        assert calls[0] == 2
+        with model.fixed_prior() as inner:
+            assert inner is p
+        inside = model.log_pz(z)
+        assert model.top_prior() is p and calls[0] == 2
+        assert not p.mu.requires_grad and not p.logvar.requires_grad
+        # z still carries a gradient (q*'s optimisation inside evaluation needs it), the
+        # pseudo-inputs none.
+        (grad_z,) = torch.autograd.grad(inside.sum(), z)
+        torch.testing.assert_close(grad_z, torch.autograd.grad(outside.sum(), z)[0], **TIGHT)
+    torch.testing.assert_close(inside, outside, **TIGHT)
+    # Gone after the block, also when it ends in an error.
+    with pytest.raises(RuntimeError, match="stop"), model.fixed_prior():
+        raise RuntimeError("stop")
+    assert model.log_pz(z).requires_grad and calls[0] == 4
+
+
+def test_importance_weighted_evaluation_encodes_the_pseudo_inputs_once():
+    """log_px_per_point builds the prior once per call; and the K = 40 estimate in chunks of 3
+    samples is the same, to float64 rounding, with the prior built once as rebuilt for each of
+    its 14 chunks."""
+    from vaekit.evaluate import _generator, log_px_per_point
+    from vaekit.objectives.iwae import iwae
+
+    model = _linear_model(k=4, d=2)
+    x = torch.rand(7, 5, generator=_gen(8), dtype=F64)
+    calls = _counting_prior_calls(model)
+    log_px_per_point(model, x.numpy(), k=40, seed=3)
+    assert calls[0] == 1
+    model.eval()
+    with torch.no_grad():
+        with model.fixed_prior():
+            once = iwae(model, x, 40, generator=_generator(model, 3), block=3 * 7 * 5)
+        assert calls[0] == 2
+        rebuilt = iwae(model, x, 40, generator=_generator(model, 3), block=3 * 7 * 5)
+        assert calls[0] == 2 + 14
+    torch.testing.assert_close(once, rebuilt, rtol=1e-12, atol=1e-12)
+
+
 # -- config and CLI ------------------------------------------------------------------------------
 
 
