@@ -17,7 +17,6 @@ import torch
 from .objectives import elbo as elbo_terms
 from .objectives import iwae
 from .config import GAP_STEPS
-from .optim import Adam
 
 
 def batches(model, x, batch_size: int):
@@ -251,11 +250,9 @@ def evaluate(model, x, k: int = 1000, seed: int = 0, progress: Callable[[int], N
 
 
 # q* of the gaps: at most GAP_STEPS Adam steps (the CLI's --steps) on GAP_GRAD_SAMPLES-draw
-# ELBO gradients. Every GAP_CHECK_EVERY steps the batch's mean ELBO is scored under one fixed
-# set of GAP_SAMPLES draws (the same at every check, so that two scores differ by the change
-# of q alone, not by Monte Carlo noise); when a check gains less than GAP_TOL nats per point,
-# the learning rate is divided by 10 (constant-rate Adam on noisy gradients only jitters
-# around the optimum), and after GAP_LR_DECAYS such divisions the next plateau stops it. The
+# ELBO gradients, stopped by inference.optimize.Plateau: every GAP_CHECK_EVERY steps the mean
+# ELBO under one fixed set of GAP_SAMPLES draws; a gain under GAP_TOL nats per point divides
+# the rate by 10, and after GAP_LR_DECAYS divisions the next plateau stops it. The
 # approximation gap is only as good as this optimisation.
 GAP_SAMPLES = 32
 GAP_GRAD_SAMPLES = 16
@@ -285,32 +282,11 @@ def _optimal_gaussian(
     fixed, from (mu, logvar), by Adam until the mean ELBO under the fixed noise ``check_eps``
     (S, n, d) stops improving (see GAP_TOL), or after ``steps`` steps."""
     from .distributions import DiagonalNormal
+    from .inference.optimize import Plateau, ascend
 
-    params = [mu.detach().clone().requires_grad_(True), logvar.detach().expand_as(mu).clone().requires_grad_(True)]
-    opt = Adam(params, lr=lr)
-
-    def score() -> float:
-        return float(elbo_terms(model, x, q=DiagonalNormal(*params), eps=check_eps).elbo.mean())
-
-    last, taken, decays = score(), 0, 0
-    while taken < steps:
-        with torch.enable_grad():
-            for _ in range(min(check_every, steps - taken)):
-                objective = elbo_terms(model, x, q=DiagonalNormal(*params), n_samples=grad_samples, generator=generator)
-                # Gradients for q's parameters only: θ's .grad is left alone.
-                for p, grad in zip(params, torch.autograd.grad(-objective.elbo.sum(), params)):
-                    p.grad = grad
-                opt.step()
-                taken += 1
-        now = score()
-        if now - last < tol:
-            if decays == lr_decays:
-                break
-            decays += 1
-            for group in opt.param_groups:
-                group["lr"] /= 10
-        last = now
-    return DiagonalNormal(params[0].detach(), params[1].detach()), taken
+    plateau = Plateau(check_eps, tol, check_every, lr_decays)
+    (mu, logvar), taken = ascend(model, x, [mu, logvar.expand_as(mu)], DiagonalNormal, steps, lr, grad_samples, generator, plateau)
+    return DiagonalNormal(mu, logvar), taken
 
 
 @torch.no_grad()

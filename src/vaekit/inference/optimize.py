@@ -9,6 +9,7 @@ independent optimisation per point, done as a few large matrix products.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -24,7 +25,22 @@ CHECK_SAMPLES = 16
 POINT_LOGVAR = math.log(1e-2)
 
 
-def _ascend(
+@dataclass(frozen=True)
+class Plateau:
+    """When an ascent of unknown length stops (q* of the gaps): every ``every`` steps the batch's
+    mean ELBO is scored under the fixed noise ``eps`` (the same at every check, so that two
+    scores differ by the change of q alone, not by Monte Carlo noise); when a check gains less
+    than ``tol`` nats per point the learning rate is divided by 10 (constant-rate Adam on noisy
+    gradients only jitters around the optimum), and after ``decays`` such divisions the next
+    plateau stops the ascent."""
+
+    eps: torch.Tensor
+    tol: float
+    every: int
+    decays: int
+
+
+def ascend(
     model,
     x: torch.Tensor,
     params: list[torch.Tensor],
@@ -32,24 +48,48 @@ def _ascend(
     steps: int,
     lr: float,
     n_samples: int,
-    seed: int = 0,
-) -> list[torch.Tensor]:
+    generator: torch.Generator,
+    plateau: Plateau | None = None,
+) -> tuple[list[torch.Tensor], int]:
+    """(q's parameters after Adam on −ELBO(x; make_q(*params)) with θ fixed, steps taken):
+    ``steps`` steps, or fewer where ``plateau`` stops them. Reparameterized gradients from
+    ``n_samples`` draws of ``generator`` each step."""
     params = [p.detach().clone().requires_grad_(True) for p in params]
-    if steps == 0:
-        return [p.detach() for p in params]
+    opt = Adam(params, lr=lr)
+
+    def score() -> float:
+        with torch.no_grad():
+            return float(elbo(model, x, q=make_q(*params), eps=plateau.eps).elbo.mean())
+
+    taken, decays = 0, 0
+    last = score() if plateau is not None and steps > 0 else None
+    while taken < steps:
+        with torch.enable_grad():
+            for _ in range(min(plateau.every if plateau else steps, steps - taken)):
+                objective = elbo(model, x, q=make_q(*params), n_samples=n_samples, generator=generator).elbo.sum()
+                # Gradients for q's parameters only: θ's .grad is left alone.
+                for p, grad in zip(params, torch.autograd.grad(-objective, params)):
+                    p.grad = grad
+                opt.step()
+                taken += 1
+        if plateau is None:
+            continue
+        now = score()
+        if now - last < plateau.tol:
+            if decays == plateau.decays:
+                break
+            decays += 1
+            for group in opt.param_groups:
+                group["lr"] /= 10
+        last = now
+    return [p.detach() for p in params], taken
+
+
+def _ascend(model, x, params, make_q, steps: int, lr: float, n_samples: int, seed: int = 0) -> list[torch.Tensor]:
     # Its own noise stream: q for new data is then a function of x and θ alone, and
     # inference never moves the global stream that training draws from.
     g = torch.Generator(device=x.device).manual_seed(seed)
-    opt = Adam(params, lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            objective = elbo(model, x, q=make_q(*params), n_samples=n_samples, generator=g).elbo.sum()
-            # Gradients for q's parameters only: θ's .grad is left alone.
-            grads = torch.autograd.grad(-objective, params)
-            for p, grad in zip(params, grads):
-                p.grad = grad
-            opt.step()
-    return [p.detach() for p in params]
+    return ascend(model, x, params, make_q, steps, lr, n_samples, g)[0]
 
 
 @torch.no_grad()
