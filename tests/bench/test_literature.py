@@ -80,24 +80,21 @@ def test_every_row_is_a_valid_train_command(literature, row, tmp_path):
     no training): a renamed option or a refused combination fails here."""
     import numpy as np
 
-    from vaekit.cli import build_parser, train_options
-    from vaekit.config import DataConfig, RunConfig, TrainConfig
-    from vaekit.runs import model_config
-
     argv = literature.command(row, tmp_path / row, tmp_path, [])
     assert argv[:2] == ["vaekit", "train"] and "--resume" not in argv
-    args = build_parser().parse_args(argv[1:])
-    given = {"data": {}, "model": {}, "train": {}}
-    for dest, (section, name, _) in train_options().items():
-        if getattr(args, dest) is not None:
-            given[section][name] = getattr(args, dest)
-    model = model_config(np.zeros((4, 784), np.float32), (28, 28), given["model"])
-    config = RunConfig(model=model, train=TrainConfig(**given["train"]), data=DataConfig(**given["data"]))
-    for section in ("model", "train"):
-        assert getattr(config, section).owners_unselected(set(given[section])) == []
+    config = literature.row_config(row, np.zeros((4, 784), np.float32))
+    model = config.model
     assert config.train.lr == 5e-4 and config.train.batch_size == 100 and config.train.epochs == 2000
     assert config.train.patience == 50 and config.train.eval_k == 5000
     if "vampprior" in row:
         assert model.prior == "vampprior" and model.pseudo_inputs == 500
     if row.startswith("hvae"):
         assert model.latent_dim == (40, 40) and model.inference == "topdown" and model.decoder_input == "all"
+
+
+def test_step_time_measures_both_precisions(literature):
+    """One round of one step of the VampPrior row (its pseudo-inputs started from training rows)
+    in float32 and under bf16 autocast: positive times and their ratio."""
+    out = literature.step_time("vampprior", literature.DATA_DIR, rounds=1, steps=1)
+    assert out["float32_ms"] > 0 and out["bf16_ms"] > 0
+    assert out["bf16_speedup"] == pytest.approx(out["float32_ms"] / out["bf16_ms"])
