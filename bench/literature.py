@@ -25,7 +25,6 @@ import platform
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -176,8 +175,9 @@ def step_time(row: str, data_dir: Path, rounds: int = 5, steps: int = 20) -> dic
     import numpy as np
     import torch
 
+    from step import fit_step
+
     from vaekit.model import VAEModel
-    from vaekit.train import _autocast, make_objective, make_optimizers
 
     x_train = np.load(data_dir / "binarized_mnist.npz")["train"][:1000].astype(np.float32)
     x = torch.as_tensor(x_train[:100])
@@ -187,22 +187,7 @@ def step_time(row: str, data_dir: Path, rounds: int = 5, steps: int = 20) -> dic
         torch.manual_seed(0)
         model = VAEModel(config.model).train()
         model.prior.init_from_data(x_train, np.random.default_rng(0))
-        objective, optimizers = make_objective(model, config.train), make_optimizers(model, config.train.lr)
-        with warnings.catch_warnings():  # bf16's speed warning: measuring it is the point
-            warnings.simplefilter("ignore")
-            autocast = _autocast(config.train, torch.device("cpu"))
-
-        def step(model=model, objective=objective, optimizers=optimizers, autocast=autocast) -> None:
-            eps = torch.randn(objective.samples, x.shape[0], model.noise_size)
-            with autocast():
-                loss, _ = model(objective, x, None, eps, 1.0)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-
-        timers[amp] = step
+        timers[amp] = fit_step(model, config.train, x)
     ms: dict[str, list[float]] = {"off": [], "bf16": []}
     for _ in range(rounds):
         for amp, step in timers.items():

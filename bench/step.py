@@ -89,6 +89,31 @@ def vaekit_step(x: torch.Tensor, variant: str):
     return step
 
 
+def fit_step(model: VAEModel, config: TrainConfig, x: torch.Tensor):
+    """vaekit's training step on the batch ``x`` as train.fit takes it: fresh noise, the loss
+    under the run's autocast, its gradient, every optimizer's step. Returns it as a callable."""
+    import warnings
+
+    from vaekit.train import _autocast
+
+    objective, optimizers = make_objective(model, config), make_optimizers(model, config.lr)
+    with warnings.catch_warnings():  # bf16's speed warning: measuring it is the point
+        warnings.simplefilter("ignore")
+        autocast = _autocast(config, x.device)
+
+    def step() -> None:
+        eps = torch.randn(objective.samples, x.shape[0], model.noise_size, device=x.device)
+        with autocast():
+            loss, _ = model(objective, x, None, eps, 1.0)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+
+    return step
+
+
 def _mnist_model(device) -> VAEModel:
     torch.manual_seed(0)
     return VAEModel(ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli")).to(device)

@@ -96,23 +96,13 @@ def steppers(model, twin, x: torch.Tensor):
     """One training step each (batch of ``x``, Adam 5e-4, β = 1), sharing nothing but the data."""
     import copy
 
-    from vaekit.config import TrainConfig
-    from vaekit.train import make_objective, make_optimizers
+    from step import fit_step
 
-    own = copy.deepcopy(model).train()
-    objective = make_objective(own, TrainConfig(lr=5e-4))
-    opts = make_optimizers(own, 5e-4)
+    from vaekit.config import TrainConfig
+
+    vaekit_step = fit_step(copy.deepcopy(model).train(), TrainConfig(lr=5e-4), x)
     theirs = copy.deepcopy(twin).train()
     their_opt = torch.optim.Adam(theirs.parameters(), lr=5e-4)
-
-    def vaekit_step() -> None:
-        eps = torch.randn(objective.samples, x.shape[0], own.noise_size)
-        loss, _ = own(objective, x, None, eps, 1.0)
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in opts:
-            opt.step()
 
     def pythae_step() -> None:
         loss = theirs({"data": x}, epoch=1).loss

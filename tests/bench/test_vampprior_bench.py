@@ -1,0 +1,28 @@
+"""bench/vampprior.py: Pythae's VAMP built by the script computes the same prior and
+likelihood as the vaekit model it is given (runs where Pythae is installed)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from bench_helpers import load_bench
+
+
+def test_the_pythae_twin_is_the_same_model():
+    pytest.importorskip("pythae")
+    bench = load_bench("vampprior")
+    x_train = (np.random.default_rng(0).random((200, 784)) < 0.3).astype(np.float32)
+    model = bench.vaekit_model(None, x_train).eval()
+    twin = bench.pythae_twin(model)
+    z = torch.randn(7, 40, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        # Pythae leaves out the d/2 log 2π that cancels against q's in its log-weights.
+        want = model.log_pz(z) + 20 * math.log(2 * math.pi)
+        torch.testing.assert_close(twin._log_p_z(z), want, rtol=1e-5, atol=1e-4)
+        x = torch.as_tensor(x_train[:7])
+        recon = twin.decoder(z)["reconstruction"]
+        log_px_z = -torch.nn.functional.binary_cross_entropy(recon, x, reduction="none").sum(-1)
+        torch.testing.assert_close(log_px_z, model.log_px_given_z(z, x), rtol=1e-5, atol=1e-3)
