@@ -206,20 +206,20 @@ MAX_EPOCHS = int(COMMON[COMMON.index("--epochs") + 1])
 
 
 def table(results: Path = RESULTS) -> str:
-    """One line per row trained in float32, and one more where the row was also trained under
-    bf16 autocast (ROW-bf16.json); the test NLL is always evaluated in float32."""
+    """A line per result of each row: trained in float32 (ROW.json) and under bf16 autocast
+    (ROW-bf16.json), the test NLL always evaluated in float32; "not run yet" for a row with
+    neither."""
     lines = [
         "| row | model | training | published test NLL | vaekit test NLL | test −ELBO | active units | epochs | s / epoch |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row, spec in ROWS.items():
         published = "–" if spec["published"] is None else f"{spec['published']:.2f}"
-        for name, precision in ((row, "float32"), (f"{row}-bf16", "bf16 autocast")):
-            path = results / f"{name}.json"
-            if not path.is_file():
-                if precision == "float32":
-                    lines.append(f"| {row} | {spec['model']} | {precision} | {published} | not run yet | | | | |")
-                continue
+        found = [(results / f"{name}.json", precision) for name, precision in ((row, "float32"), (f"{row}-bf16", "bf16 autocast"))]
+        found = [(path, precision) for path, precision in found if path.is_file()]
+        if not found:
+            lines.append(f"| {row} | {spec['model']} | – | {published} | not run yet | | | | |")
+        for path, precision in found:
             r = json.loads(path.read_text())
             units = f"{r['active_units']}/{r['latent_size']}" if r.get("active_units") is not None else "–"
             nll = f"{r['test_nll']:.2f} (K = {r['k']})"
