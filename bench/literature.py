@@ -4,6 +4,7 @@ bench/results/literature/ROW.json; ``--table`` prints the README table from thos
 
     python bench/literature.py vae                 # train or continue, then evaluate
     python bench/literature.py vae --status        # where a run stands, without training
+    python bench/literature.py --status            # ... every run there is
     python bench/literature.py vae --snapshot      # an unfinished run's best epoch so far, evaluated
     python bench/literature.py --table             # the markdown table from the JSON files
     python bench/literature.py --table --write README.md   # ... written between the table markers
@@ -245,7 +246,7 @@ def main() -> None:
     p.add_argument("row", nargs="?", choices=sorted(ROWS))
     p.add_argument("--runs-dir", type=Path, default=Path.home() / "vaekit-runs" / "literature")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
-    p.add_argument("--status", action="store_true", help="report where the row's run stands; train nothing")
+    p.add_argument("--status", action="store_true", help="report where the row's run stands (every run's, without a row); train nothing")
     p.add_argument("--table", action="store_true", help="print the README table from bench/results/literature/*.json")
     p.add_argument("--write", type=Path, help="with --table: write it between the table markers of this file")
     p.add_argument("--snapshot", action="store_true", help="evaluate an unfinished run's best epoch so far into ROW.json")
@@ -260,8 +261,15 @@ def main() -> None:
         else:
             print(table())
         return
+    if args.row is None and args.status:
+        # Every run of the published settings there is, float32 and bf16.
+        for row in ROWS:
+            for name in (row, f"{row}-bf16"):
+                if (args.runs_dir / name / "metrics.jsonl").is_file():
+                    print(json.dumps({"run": name, **status(row, args.runs_dir / name)}))
+        return
     if args.row is None:
-        p.error("name a row, or pass --table")
+        p.error("name a row, or pass --table (or --status for every run)")
     smoke = bool(args.max_epochs or args.eval_k) and not args.snapshot
     # A shortened or bf16 run never continues (or disturbs) the published-settings run.
     name = args.row + (f"-{args.amp}" if args.amp and args.amp != "off" else "")

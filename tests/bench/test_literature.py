@@ -99,3 +99,20 @@ def test_step_time_measures_both_precisions(literature):
     out = literature.step_time("vampprior", literature.DATA_DIR, rounds=1, steps=1)
     assert out["float32_ms"] > 0 and out["bf16_ms"] > 0
     assert out["bf16_speedup"] == pytest.approx(out["float32_ms"] / out["bf16_ms"])
+
+
+def test_status_without_a_row_lists_every_run(tmp_path):
+    """--status alone: one line per run directory of a row (float32 and bf16), none for rows
+    never run."""
+    import subprocess
+    import sys
+
+    for name, scores in (("vae", [-99.0, -97.5, -98.0]), ("hvae-bf16", [-101.0])):
+        (tmp_path / name).mkdir()
+        lines = [{"epoch": i + 1, "valid_score": v, "valid_elbo": v, "epoch_seconds": 2.0 + i} for i, v in enumerate(scores)]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "literature.py"), "--status", "--runs-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    runs = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["run"], r["row"], r["epochs_run"], r["best_epoch"]) for r in runs] == [("vae", "vae", 3, 2), ("hvae-bf16", "hvae", 1, 1)]
+    assert runs[0]["best_valid_elbo"] == -97.5 and runs[0]["median_epoch_seconds"] == 3.0
