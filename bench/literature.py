@@ -121,7 +121,9 @@ def run_row(row: str, run_dir: Path, data_dir: Path, extra: list[str], results: 
     return result
 
 
-def snapshot(row: str, run_dir: Path, data_dir: Path, k: int, results: Path = RESULTS, name: str | None = None) -> dict:
+def snapshot(
+    row: str, run_dir: Path, data_dir: Path, k: int, results: Path = RESULTS, name: str | None = None, extra: list[str] | None = None
+) -> dict:
     """Evaluate the best epoch so far of a run that has not finished (test log-likelihood with K
     importance samples) and write ROW.json marked unfinished, so the table reports where the row
     stands, never as done. Safe while the run trains: checkpoints are replaced atomically."""
@@ -132,8 +134,7 @@ def snapshot(row: str, run_dir: Path, data_dir: Path, k: int, results: Path = RE
     if done.returncode != 0:
         sys.exit(f"literature.py: {row}: vaekit evaluate failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     test = json.loads(done.stdout.strip().splitlines()[-1])
-    extra = ["--amp", "bf16"] if name and name.endswith("-bf16") else []
-    result = {**ROWS[row], **status(row, run_dir), "command": " ".join(command(row, run_dir, data_dir, extra)),
+    result = {**ROWS[row], **status(row, run_dir), "command": " ".join(command(row, run_dir, data_dir, extra or [])),
               "finished": False, "evaluation": " ".join(argv), "machine": _machine(), "test_nll": -test["log_likelihood"],
               "test_neg_elbo": -test["elbo"], "k": test["k"], "active_units": test.get("active_units"),
               "latent_size": test.get("latent_size")}  # fmt: skip
@@ -147,24 +148,10 @@ def row_config(row: str, x_train, extra: list[str] | None = None):
     """The RunConfig that ``vaekit train`` builds from the row's command for training rows
     ``x_train``, without reading data or training; an option of a component the row does not
     use is refused, as the CLI refuses it."""
-    from vaekit.cli import build_parser, train_options
-    from vaekit.config import DataConfig, RunConfig, TrainConfig
-    from vaekit.errors import ConfigError
-    from vaekit.runs import model_config
+    from vaekit.cli import build_parser, given_options, run_config
 
     argv = command(row, Path("unused"), Path("unused"), extra or [])
-    args = build_parser().parse_args(argv[1:])
-    given: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
-    for dest, (section, name, _) in train_options().items():
-        if getattr(args, dest) is not None:
-            given[section][name] = getattr(args, dest)
-    model = model_config(x_train, (28, 28), given["model"])
-    config = RunConfig(model=model, train=TrainConfig(**given["train"]), data=DataConfig(**given["data"]))
-    for section in ("model", "train"):  # as the CLI refuses an option of a component not in use
-        bad = getattr(config, section).owners_unselected(set(given[section]))
-        if bad:
-            raise ConfigError(bad[0])
-    return config
+    return run_config(given_options(build_parser().parse_args(argv[1:])), x_train, (28, 28))
 
 
 def step_time(row: str, data_dir: Path, rounds: int = 5, steps: int = 20) -> dict:
@@ -280,10 +267,10 @@ def main() -> None:
     if args.step_time:
         print(json.dumps(step_time(args.row, args.data_dir)))
         return
-    if args.snapshot:
-        print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000, name=name)))
-        return
     extra = ["--amp", args.amp] if args.amp else []
+    if args.snapshot:
+        print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000, name=name, extra=extra)))
+        return
     # Later flags win in argparse: these override COMMON's published values.
     extra += ["--epochs", str(args.max_epochs)] if args.max_epochs else []
     extra += ["--eval-k", str(args.eval_k)] if args.eval_k else []

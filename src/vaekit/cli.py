@@ -122,27 +122,40 @@ def _add_train(sub) -> None:
 
 
 def _config_from_args(args) -> "Any":
-    from .config import DataConfig, RunConfig, TrainConfig
+    from .config import DataConfig, TrainConfig
     from .data import load_dataset
-    from .runs import model_config
 
+    given = given_options(args)
+    with _option_names():
+        data_cfg = DataConfig(**given["data"])
+        TrainConfig(**given["train"])  # a bad training option is refused before any data is read
+        data = load_dataset(data_cfg)
+        return run_config(given, data.train, data.image_shape, data.scaling)
+
+
+def given_options(args) -> dict[str, dict[str, Any]]:
+    """{section: {option: value}} for the ``vaekit train`` flags given on the command line."""
     given: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
     for dest, (section, name, _) in train_options().items():
         if getattr(args, dest) is not None:
             given[section][name] = getattr(args, dest)
-    with _option_names():
-        data_cfg = DataConfig(**given["data"])
-        train_cfg = TrainConfig(**given["train"])
-        data = load_dataset(data_cfg)
-        model_cfg = model_config(data.train, data.image_shape, given["model"], data.scaling)
-        config = RunConfig(model=model_cfg, train=train_cfg, data=data_cfg)
-        # A component option given on the command line, even at its default, must belong to a
-        # component the run uses: otherwise it would be silently ignored.
-        for section in ("model", "train"):
-            bad = getattr(config, section).owners_unselected(set(given[section]))
-            if bad:
-                raise ConfigError(bad[0])
-        return config
+    return given
+
+
+def run_config(given: dict[str, dict[str, Any]], x_train, image_shape, scaling=None) -> "Any":
+    """The RunConfig of ``vaekit train`` from the given options (``given_options``) and the
+    training rows; a component option given, even at its default, must belong to a component
+    the run uses: otherwise it would be silently ignored, so it is refused."""
+    from .config import DataConfig, RunConfig, TrainConfig
+    from .runs import model_config
+
+    model_cfg = model_config(x_train, image_shape, given["model"], scaling)
+    config = RunConfig(model=model_cfg, train=TrainConfig(**given["train"]), data=DataConfig(**given["data"]))
+    for section in ("model", "train"):
+        bad = getattr(config, section).owners_unselected(set(given[section]))
+        if bad:
+            raise ConfigError(bad[0])
+    return config
 
 
 def _same(opt, name: str, value: Any, own: Any) -> bool:
