@@ -260,7 +260,7 @@ def test_version_2_config_loads_without_an_input_map(tmp_path):
     config["version"] = 2
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
-    assert loaded.version == CONFIG_VERSION == 4
+    assert loaded.version == CONFIG_VERSION == 5
     assert (loaded.model.standardize, loaded.model.input_shift, loaded.model.input_scale) == ("off", None, None)
 
 
@@ -336,7 +336,7 @@ def test_version_3_config_keeps_the_per_point_rate_it_was_trained_at(tmp_path, i
     config["version"] = 3
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
-    assert loaded.version == CONFIG_VERSION == 4
+    assert loaded.version == CONFIG_VERSION == 5
     if inference == "amortized":
         assert loaded.model.point_lr == 0.2  # an option this model does not use, at its default
     else:

@@ -22,7 +22,7 @@ from typing import Any
 from .errors import ConfigError
 from .registry import REGISTRIES, Option
 
-CONFIG_VERSION = 4
+CONFIG_VERSION = 5
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
 DTYPES = ("float32", "float64")
@@ -58,6 +58,9 @@ MODEL_OPTIONS: dict[str, Option] = {
     "net": Option("mlp", "network of encoder and decoder", choices="net"),
     "encoder": Option(None, "encoder network (default: --net)", type="str", choices="net", optional=True),
     "decoder": Option(None, "decoder network (default: --net)", type="str", choices="net", optional=True),
+    # p(z_l | z_{l+1}) of a hierarchy is part of the generative model: by default a dense net
+    # of the decoder's family (gated layers under --net gated, as Tomczak & Welling's).
+    "downward": Option(None, "network of p(z_l | z_{l+1}) between stochastic layers, with the encoder's widths (default: the decoder's network)", type="str", choices="net", optional=True),
     "decoder_input": Option("bottom", "what p(x|z) reads: the bottom latent group, or all groups side by side (p(x|z1, z2) of Tomczak & Welling 2018)", choices=("bottom", "all")),
     # Test-time optimisation of a per-point q with θ fixed (vi and map for new points, the
     # evaluation proposal of point-estimate methods, q* of the gaps): Adam steps and rate.
@@ -205,6 +208,10 @@ class _ModelBase(_Section):
                 f"standardize=on needs the gaussian likelihood and the statistics input_shift and input_scale; "
                 f"got likelihood {self.likelihood}" + ("" if self.input_scale is not None else " and no statistics")
             )
+        if self.downward is not None and self.layers == 1:
+            raise ConfigError(
+                f"downward applies to models with several latent groups (latent_dim 40,40) only; this one has one, {self.latent_dim}"
+            )
         bad = self.owners_unselected()
         if bad:
             raise ConfigError(
@@ -219,8 +226,10 @@ class _ModelBase(_Section):
             NETS.get(net).check_config(self)
 
     def selected(self, kind: str) -> set:
-        # --encoder and --decoder pick nets of their own; --net is their default.
-        return {self.encoder_net, self.decoder_net} if kind == "net" else super().selected(kind)
+        # --encoder, --decoder and --downward pick nets of their own; --net is their default.
+        if kind != "net":
+            return super().selected(kind)
+        return {self.encoder_net, self.decoder_net} | ({self.downward_net} if self.layers > 1 else set())
 
     @property
     def decoder_widths(self) -> tuple[int, ...]:
@@ -233,6 +242,15 @@ class _ModelBase(_Section):
     @property
     def decoder_net(self) -> str:
         return self.decoder or self.net
+
+    @property
+    def layers(self) -> int:
+        """Stochastic layers (latent groups): latent_dim is one size or one per layer."""
+        return len(self.latent_dim) if isinstance(self.latent_dim, (tuple, list)) else 1
+
+    @property
+    def downward_net(self) -> str:
+        return self.downward or self.decoder_net
 
 
 class _TrainBase(_Section):
@@ -310,6 +328,17 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
         if isinstance(model, dict) and isinstance(train, dict) and model.get("inference") in ("map", "vi"):
             model.setdefault("point_lr", train.get("lr", 1e-3))
         d["version"] = version = 4
+    if version == 4:
+        # Version 4 built every p(z_l | z_{l+1}) as an MLP with the encoder's widths and
+        # activation, whatever the net family; version 5 takes the decoder's family. Old
+        # hierarchies keep the MLP, so their weights still load.
+        d = json.loads(json.dumps(d))
+        model = d.get("model", {})
+        if isinstance(model, dict):
+            latent = model.get("latent_dim")
+            several = isinstance(latent, (list, tuple)) and len(latent) > 1
+            model.setdefault("downward", "mlp" if several else None)
+        d["version"] = version = 5
     if version != CONFIG_VERSION:
         raise ConfigError(f"config version must be <= {CONFIG_VERSION}, got {d.get('version')!r}")
     return d

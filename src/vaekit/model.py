@@ -10,7 +10,7 @@ from torch.distributions import Distribution
 
 from .distributions import DiagonalNormal, Posterior
 from .latents import latent_groups, split
-from .nets import MLP, NETS, GaussianHead
+from .nets import NETS, GaussianHead
 from .objectives.kl import kl as kl_divergence
 from .registry import INFERENCE, LIKELIHOODS, PRIORS
 from .scaling import Scaling
@@ -34,9 +34,11 @@ class VAEModel(nn.Module):
         self.latent_size = sum(g.size for g in self.latents)
         self.prior = PRIORS.get(config.prior)(config, self.latents[-1].size)
         self._fixed_prior: Distribution | None = None  # set inside fixed_prior() only
-        # p(z_l | z_{l+1}) for every group below the top.
+        # p(z_l | z_{l+1}) for every group below the top: a dense net of the downward family
+        # (the decoder's unless --downward says otherwise) with the encoder's widths.
+        family = NETS.get(config.downward_net)
         self.downward = nn.ModuleList(
-            GaussianHead(MLP(upper.size, config.hidden, 2 * lower.size, config.activation))
+            GaussianHead(family.dense(config, upper.size, config.hidden, 2 * lower.size))
             for lower, upper in zip(self.latents[:-1], self.latents[1:])
         )
         # p(x|z_1), or p(x|z_1, …, z_L) when the decoder reads every group (Tomczak & Welling 2018).

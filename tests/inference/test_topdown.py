@@ -175,7 +175,7 @@ def test_iwae_with_the_fitted_q_converges_to_the_exact_log_px():
 
 def test_tomczak_welling_two_layer_vampprior_through_the_cli(tmp_path, capsys):
     """The hvae-vampprior row's model, small: trains, resumes bit for bit, and saves its
-    pseudo-inputs and top-down nets."""
+    pseudo-inputs, top-down nets and gated p(z1|z2)."""
     from cli_helpers import assert_resume_equals_straight
 
     common = ["--data", "digits", "--inference", "topdown", "--decoder-input", "all", "--latent-dim", "6,3",
@@ -184,3 +184,4 @@ def test_tomczak_welling_two_layer_vampprior_through_the_cli(tmp_path, capsys):
     a = assert_resume_equals_straight(tmp_path, common)
     assert a["model.prior.pseudo_inputs"].shape == (5, 64)
     assert any(k.startswith("model.inference.joint") for k in a)
+    assert a["model.downward.0.net.0.gate.weight"].shape == (16, 3)

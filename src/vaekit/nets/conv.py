@@ -23,7 +23,7 @@ def image_chw(config) -> tuple[int, int, int]:
     """(C, H, W) of a row under ``config``; ConfigError when the rows are not images."""
     shape = config.image_shape
     # Name the option that chose conv: --encoder conv --decoder mlp is not --net conv.
-    role = next((r for r in ("encoder", "decoder") if getattr(config, r, None) == "conv"), "net")
+    role = next((r for r in ("encoder", "decoder", "downward") if getattr(config, r, None) == "conv"), "net")
     if shape is None:
         raise ConfigError(
             f"{role} conv needs image-shaped data (rows of shape (H, W) or (C, H, W)), got rows of "

@@ -1,0 +1,94 @@
+"""VAEModel's generative nets between stochastic layers: p(z_l | z_{l+1}) takes the decoder's
+net family (or --downward's), and runs saved before that choice existed load unchanged."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from vaekit.checkpoint import load_run, save_model
+from vaekit.config import CONFIG_VERSION, ModelConfig, RunConfig
+from vaekit.errors import ConfigError
+from vaekit.model import VAEModel
+from vaekit.nets import MLP
+from vaekit.nets.gated import GatedMLP
+from vaekit.objectives import elbo
+
+
+def _hierarchy(**kw) -> ModelConfig:
+    return ModelConfig(**{"input_dim": 6, "latent_dim": (4, 2), "hidden": (8,), **kw})
+
+
+@pytest.mark.parametrize(
+    "kw, family",
+    [
+        ({"net": "gated"}, GatedMLP),  # Tomczak & Welling's two-layer model: gated p(z1|z2)
+        ({"net": "mlp"}, MLP),
+        ({"net": "gated", "decoder": "mlp"}, MLP),  # the decoder's family, not the encoder's
+        ({"net": "mlp", "decoder": "gated"}, GatedMLP),
+        ({"net": "gated", "downward": "mlp"}, MLP),
+        ({"net": "mlp", "downward": "gated"}, GatedMLP),
+    ],
+)
+def test_downward_net_is_the_decoders_family_unless_given(kw, family):
+    config = _hierarchy(**kw)
+    model = VAEModel(config)
+    (head,) = model.downward
+    assert type(head.net) is family
+    assert config.downward_net == {MLP: "mlp", GatedMLP: "gated"}[family]
+    # The encoder's widths, then (μ, log σ²) of z1 from z2, on any leading dims.
+    linears = [m for m in head.net.modules() if isinstance(m, torch.nn.Linear)]
+    assert (linears[0].in_features, linears[0].out_features) == (2, 8)
+    assert (linears[-1].in_features, linears[-1].out_features) == (8, 2 * 4)
+    mu, logvar = head(torch.randn(5, 3, 2))
+    assert mu.shape == logvar.shape == (5, 3, 4)
+
+
+@pytest.mark.parametrize("inference", ["amortized", "topdown", "ladder"])
+def test_gated_downward_learns_under_every_hierarchical_inference(inference):
+    """The ELBO's gradient reaches the gated p(z1|z2) under bottom-up, top-down and ladder q
+    (the ladder also reads the downward nets inside q)."""
+    torch.manual_seed(0)
+    model = VAEModel(_hierarchy(net="gated", inference=inference))
+    x = torch.rand(7, 6).round()
+    loss = -elbo(model, x, eps=torch.randn(1, 7, model.noise_size)).elbo.mean()
+    loss.backward()
+    grads = [p.grad for p in model.downward.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_downward_on_one_layer_is_refused():
+    with pytest.raises(ConfigError, match=re.escape("downward applies to models with several latent groups")):
+        ModelConfig(input_dim=6, latent_dim=5, downward="gated")
+    with pytest.raises(ConfigError, match="downward must be one of"):
+        _hierarchy(downward="nope")
+
+
+@pytest.mark.parametrize("layers", [(4, 2), 5])
+def test_version_4_run_loads_with_its_mlp_downward_net(tmp_path, layers):
+    """Before version 5 p(z_l | z_{l+1}) was an MLP of the encoder's widths and activation
+    whatever the net family: such a run (here gated, tanh) loads with downward "mlp", its
+    weights in place and its densities unchanged. A one-layer run gets no downward net."""
+    torch.manual_seed(3)
+    config = RunConfig(model=ModelConfig(input_dim=6, latent_dim=layers, hidden=(8,), net="gated", activation="tanh",
+                                         downward="mlp" if layers != 5 else None))  # fmt: skip
+    model = VAEModel(config.model)
+    save_model(tmp_path, model, config)
+    old = json.loads((tmp_path / "config.json").read_text())
+    del old["model"]["downward"]
+    old["version"] = 4
+    (tmp_path / "config.json").write_text(json.dumps(old))
+
+    loaded_config, loaded = load_run(tmp_path)
+    assert loaded_config.version == CONFIG_VERSION == 5
+    assert loaded_config.model.downward == ("mlp" if layers != 5 else None)
+    z = torch.randn(4, model.latent_size)
+    with torch.no_grad():
+        assert torch.equal(loaded.log_pz(z), model.eval().log_pz(z))
+    if layers != 5:
+        assert isinstance(loaded.downward[0].net, MLP)
+        assert isinstance(loaded.downward[0].net[1], torch.nn.Tanh)
