@@ -82,6 +82,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "epochs": Option(10, "passes over the training set", minimum=1, resumable=True),
     "batch_size": Option(128, "rows per step", minimum=1),
     "lr": Option(1e-3, "Adam learning rate", minimum=0.0, exclusive=True),
+    "normalized_grad": Option(False, "Adam on each parameter tensor's gradient divided by its L2 norm (Yu et al. 2017; how Tomczak & Welling 2018 trained)"),
     "patience": Option(None, "stop after this many epochs without a better validation objective", type="int", minimum=1, optional=True),
     "seed": Option(0, "random seed", minimum=0),
     "device": Option("cpu", "cpu or cuda[:N]", resumable=True),

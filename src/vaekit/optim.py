@@ -1,4 +1,5 @@
-"""torch's Adam and SparseAdam, less their lazy import of torch._dynamo.
+"""torch's Adam and SparseAdam, less their lazy import of torch._dynamo; and Adam on
+normalized gradients.
 
 The stock classes import torch._dynamo (0.9 s once per process on a 2-core CPU) from methods
 that only need it while dynamo traces the optimizer. vaekit steps its optimizers eagerly (a
@@ -45,3 +46,35 @@ class Adam(_Eager, torch.optim.Adam):
 
 class SparseAdam(_Eager, torch.optim.SparseAdam):
     pass  # its step is only @torch.no_grad()
+
+
+# Added to each gradient's norm, so that a zero gradient stays zero instead of 0/0.
+NORM_EPS = 1e-7
+
+
+class NormalizedAdam(Adam):
+    """Adam on normalized gradients: each parameter tensor's gradient g is replaced by
+    g / (‖g‖₂ + 1e-7) before the Adam update (the block-normalized gradient of Yu et al. 2017,
+    "Block-normalized gradient method: an empirical study for training deep neural networks";
+    Tomczak & Welling 2018 trained the VampPrior models so, as ``AdamNormGrad``). A step's size
+    no longer depends on the scale of the loss, and a batch with an outsized gradient moves the
+    moments no more than any other. The state is Adam's, so a checkpoint of either loads."""
+
+    @torch.no_grad()
+    def normalize_gradients(self) -> None:
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            norms = torch._foreach_norm(grads)
+            torch._foreach_add_(norms, NORM_EPS)
+            torch._foreach_div_(grads, norms)
+
+    def step(self, closure=None):
+        if closure is not None:
+            # The closure recomputes the gradients: they are normalized after it, not before.
+            with torch.enable_grad():
+                loss = closure()
+            self.normalize_gradients()
+            super().step()
+            return loss
+        self.normalize_gradients()
+        return super().step()

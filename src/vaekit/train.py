@@ -28,7 +28,7 @@ from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import LatentUsage, elbo_per_point
-from .optim import Adam, SparseAdam
+from .optim import Adam, NormalizedAdam, SparseAdam
 from .registry import OBJECTIVES
 
 # Progress-bar refreshes (and NaN checks) per epoch: each costs one host sync.
@@ -38,8 +38,11 @@ TICKS_PER_EPOCH = 20
 VALID_ROWS_WITHOUT_ENCODER = 1000
 
 
-def make_optimizers(model: torch.nn.Module, lr: float, point_lr: float | None = None) -> list[torch.optim.Optimizer]:
-    """Adam at ``lr`` for the shared parameters (θ, φ); SparseAdam for per-point tables, so
+def make_optimizers(
+    model: torch.nn.Module, lr: float, point_lr: float | None = None, normalized_grad: bool = False
+) -> list[torch.optim.Optimizer]:
+    """Adam at ``lr`` for the shared parameters (θ, φ), on normalized gradients with
+    ``normalized_grad`` (``optim.NormalizedAdam``); SparseAdam for per-point tables, so
     that a row moves only when its datapoint is in the batch (dense Adam would keep moving
     every row on stale momentum), at ``point_lr`` (default: the model's ``point_lr``). A row
     steps once per epoch against θ's once per batch, hence a rate of its own. Both are
@@ -47,12 +50,13 @@ def make_optimizers(model: torch.nn.Module, lr: float, point_lr: float | None = 
     local = model.inference.local_parameters()
     local_ids = {id(p) for p in local}
     shared = [p for p in model.parameters() if id(p) not in local_ids]
+    kind = NormalizedAdam if normalized_grad else Adam
     try:
         # The fused kernel updates all tensors in one pass: 1.4x the whole training step of
         # the default foreach Adam for the MNIST MLP on this CPU (bench/README.md).
-        adam = Adam(shared, lr=lr, fused=True)
+        adam = kind(shared, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
-        adam = Adam(shared, lr=lr)
+        adam = kind(shared, lr=lr)
     optimizers: list[torch.optim.Optimizer] = [adam]
     if local:
         optimizers.append(SparseAdam(local, lr=model.config.point_lr if point_lr is None else point_lr))
@@ -110,7 +114,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
     objective = make_objective(model, config)
     n, batch_rows = _training_rows(x_train, device, dtype)
     valid_rows = _validation_rows(model, x_valid, device, dtype)
-    optimizers = make_optimizers(model, config.lr)
+    optimizers = make_optimizers(model, config.lr, normalized_grad=config.normalized_grad)
     rank, world = rank_world()
     writer = run_dir is not None and rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
