@@ -58,6 +58,19 @@ ROWS: dict[str, dict] = {
 }  # fmt: skip
 
 
+# A run's training variant, (amp, normalized gradients): each trains in its own run directory
+# and writes its own JSON, named by run_name, and gets its own line of the table.
+VARIANTS = [(amp, normalized) for normalized in (False, True) for amp in ("off", "bf16")]
+
+
+def run_name(row: str, amp: str | None = None, normalized: bool = False) -> str:
+    return row + ("-bf16" if amp == "bf16" else "") + ("-normgrad" if normalized else "")
+
+
+def training_words(amp: str | None, normalized: bool) -> str:
+    return ("bf16 autocast" if amp == "bf16" else "float32") + (", normalized gradients" if normalized else "")
+
+
 def _machine() -> str:
     import torch
 
@@ -194,16 +207,16 @@ MAX_EPOCHS = int(COMMON[COMMON.index("--epochs") + 1])
 
 
 def table(results: Path = RESULTS) -> str:
-    """A line per result of each row: trained in float32 (ROW.json) and under bf16 autocast
-    (ROW-bf16.json), the test NLL always evaluated in float32; "not run yet" for a row with
-    neither."""
+    """A line per result of each row: trained in float32 (ROW.json) or under bf16 autocast
+    (ROW-bf16.json), with Adam on plain or on normalized gradients (ROW[-bf16]-normgrad.json),
+    the test NLL always evaluated in float32; "not run yet" for a row with none."""
     lines = [
         "| row | model | training | published test NLL | vaekit test NLL | test −ELBO | active units | epochs | s / epoch |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row, spec in ROWS.items():
         published = "–" if spec["published"] is None else f"{spec['published']:.2f}"
-        found = [(results / f"{name}.json", precision) for name, precision in ((row, "float32"), (f"{row}-bf16", "bf16 autocast"))]
+        found = [(results / f"{run_name(row, *v)}.json", training_words(*v)) for v in VARIANTS]
         found = [(path, precision) for path, precision in found if path.is_file()]
         if not found:
             lines.append(f"| {row} | {spec['model']} | – | {published} | not run yet | | | | |")
@@ -239,6 +252,7 @@ def main() -> None:
     p.add_argument("--snapshot", action="store_true", help="evaluate an unfinished run's best epoch so far into ROW.json")
     p.add_argument("--step-time", action="store_true", help="time the row's training step in float32 and bf16 autocast; train nothing")
     p.add_argument("--amp", choices=("off", "bf16"), help="bf16 autocast for training (evaluation stays float32)")
+    p.add_argument("--normalized-grad", action="store_true", help="Adam on normalized gradients, as the VampPrior paper's code trains (its own run and JSON)")
     p.add_argument("--max-epochs", type=int, help="fewer epochs than the published 2000 (a smoke test; the JSON says so)")
     p.add_argument("--eval-k", type=int, help="fewer importance samples than the published 5000 (a smoke test)")
     args = p.parse_args()
@@ -249,9 +263,9 @@ def main() -> None:
             print(table())
         return
     if args.row is None and args.status:
-        # Every run of the published settings there is, float32 and bf16.
+        # Every run of the published settings there is, in every training variant.
         for row in ROWS:
-            for name in (row, f"{row}-bf16"):
+            for name in (run_name(row, *v) for v in VARIANTS):
                 if (args.runs_dir / name / "metrics.jsonl").is_file():
                     print(json.dumps({"run": name, **status(row, args.runs_dir / name)}))
         return
@@ -259,7 +273,7 @@ def main() -> None:
         p.error("name a row, or pass --table (or --status for every run)")
     smoke = bool(args.max_epochs or args.eval_k) and not args.snapshot
     # A shortened or bf16 run never continues (or disturbs) the published-settings run.
-    name = args.row + (f"-{args.amp}" if args.amp and args.amp != "off" else "")
+    name = run_name(args.row, args.amp, args.normalized_grad)
     run_dir = args.runs_dir / ("smoke" if smoke else "") / name
     if args.status:
         print(json.dumps(status(args.row, run_dir)))
@@ -267,7 +281,7 @@ def main() -> None:
     if args.step_time:
         print(json.dumps(step_time(args.row, args.data_dir)))
         return
-    extra = ["--amp", args.amp] if args.amp else []
+    extra = (["--amp", args.amp] if args.amp else []) + (["--normalized-grad"] if args.normalized_grad else [])
     if args.snapshot:
         print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000, name=name, extra=extra)))
         return

@@ -59,6 +59,24 @@ def test_a_bf16_run_adds_its_own_line(literature, tmp_path):
     assert "so far 86.00" in lines["| hvae", "bf16 autocast"]
 
 
+def test_a_normalized_gradient_run_is_a_variant_of_its_own(literature, tmp_path):
+    """--normalized-grad names its run and JSON ROW[-bf16]-normgrad, passes the flag to vaekit
+    train, and its result gets a line of its own beside the plain-Adam ones."""
+    import numpy as np
+
+    assert [literature.run_name("hvae", *v) for v in literature.VARIANTS] == [
+        "hvae", "hvae-bf16", "hvae-normgrad", "hvae-bf16-normgrad"
+    ]  # fmt: skip
+    plain = literature.row_config("hvae-vampprior", np.zeros((4, 784), np.float32))
+    normed = literature.row_config("hvae-vampprior", np.zeros((4, 784), np.float32), ["--amp", "bf16", "--normalized-grad"])
+    assert (plain.train.normalized_grad, normed.train.normalized_grad, normed.train.amp) == (False, True, "bf16")
+    (tmp_path / "hvae-bf16.json").write_text(json.dumps(_result("hvae", True, 86.19)))
+    (tmp_path / "hvae-bf16-normgrad.json").write_text(json.dumps(_result("hvae", False, 85.1)))
+    lines = _lines(literature, tmp_path)
+    assert "| 86.19 (K = 5000) |" in lines["| hvae", "bf16 autocast"]
+    assert "so far 85.10" in lines["| hvae", "bf16 autocast, normalized gradients"]
+
+
 def test_median_epoch_time_ignores_a_paused_stretch(literature):
     assert literature._median([3.0, 2.9, 950.0, 3.1, 3.2]) == 3.1
     assert literature._median([]) is None
