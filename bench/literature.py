@@ -58,17 +58,17 @@ ROWS: dict[str, dict] = {
 }  # fmt: skip
 
 
-# A run's training variant, (amp, normalized gradients): each trains in its own run directory
-# and writes its own JSON, named by run_name, and gets its own line of the table.
-VARIANTS = [(amp, normalized) for normalized in (False, True) for amp in ("off", "bf16")]
+def run_name(row: str, amp: str | None = None, flags: list[str] | tuple[str, ...] = ()) -> str:
+    """ROW, ROW-bf16, ROW[-bf16]-<flags>: each variant of a row (bf16 autocast, further vaekit
+    train flags) trains in its own run directory, writes its own JSON and has its own line."""
+    slug = "-".join(f.lstrip("-") for f in flags)
+    return row + ("-bf16" if amp == "bf16" else "") + (f"-{slug}" if slug else "")
 
 
-def run_name(row: str, amp: str | None = None, normalized: bool = False) -> str:
-    return row + ("-bf16" if amp == "bf16" else "") + ("-normgrad" if normalized else "")
-
-
-def training_words(amp: str | None, normalized: bool) -> str:
-    return ("bf16 autocast" if amp == "bf16" else "float32") + (", normalized gradients" if normalized else "")
+def training_words(result: dict) -> str:
+    """The table's "training" cell of a result: its precision and any further flags."""
+    amp = "bf16 autocast" if "--amp bf16" in result["command"] else "float32"
+    return "; ".join([amp, " ".join(result.get("flags", []))]) if result.get("flags") else amp
 
 
 def _machine() -> str:
@@ -107,7 +107,9 @@ def _median(values: list[float]) -> float | None:
     return values[len(values) // 2] if values else None
 
 
-def run_row(row: str, run_dir: Path, data_dir: Path, extra: list[str], results: Path = RESULTS, name: str | None = None) -> dict:
+def run_row(
+    row: str, run_dir: Path, data_dir: Path, extra: list[str], results: Path = RESULTS, name: str | None = None, flags: list[str] | None = None
+) -> dict:
     argv = command(row, run_dir, data_dir, extra)
     t0 = time.time()
     done = subprocess.run(argv, capture_output=True, text=True)
@@ -119,6 +121,7 @@ def run_row(row: str, run_dir: Path, data_dir: Path, extra: list[str], results: 
         **ROWS[row],
         **status(row, run_dir),
         "command": " ".join(argv),
+        "flags": flags or [],
         "finished": True,
         "this_invocation_seconds": time.time() - t0,
         "machine": _machine(),
@@ -135,7 +138,8 @@ def run_row(row: str, run_dir: Path, data_dir: Path, extra: list[str], results: 
 
 
 def snapshot(
-    row: str, run_dir: Path, data_dir: Path, k: int, results: Path = RESULTS, name: str | None = None, extra: list[str] | None = None
+    row: str, run_dir: Path, data_dir: Path, k: int, results: Path = RESULTS, name: str | None = None, extra: list[str] | None = None,
+    flags: list[str] | None = None,
 ) -> dict:
     """Evaluate the best epoch so far of a run that has not finished (test log-likelihood with K
     importance samples) and write ROW.json marked unfinished, so the table reports where the row
@@ -148,7 +152,7 @@ def snapshot(
         sys.exit(f"literature.py: {row}: vaekit evaluate failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     test = json.loads(done.stdout.strip().splitlines()[-1])
     result = {**ROWS[row], **status(row, run_dir), "command": " ".join(command(row, run_dir, data_dir, extra or [])),
-              "finished": False, "evaluation": " ".join(argv), "machine": _machine(), "test_nll": -test["log_likelihood"],
+              "flags": flags or [], "finished": False, "evaluation": " ".join(argv), "machine": _machine(), "test_nll": -test["log_likelihood"],
               "test_neg_elbo": -test["elbo"], "k": test["k"], "active_units": test.get("active_units"),
               "latent_size": test.get("latent_size")}  # fmt: skip
     result.pop("args")
@@ -207,21 +211,26 @@ MAX_EPOCHS = int(COMMON[COMMON.index("--epochs") + 1])
 
 
 def table(results: Path = RESULTS) -> str:
-    """A line per result of each row: trained in float32 (ROW.json) or under bf16 autocast
-    (ROW-bf16.json), with Adam on plain or on normalized gradients (ROW[-bf16]-normgrad.json),
-    the test NLL always evaluated in float32; "not run yet" for a row with none."""
+    """A line per result of each row: trained in float32 (ROW.json), under bf16 autocast
+    (ROW-bf16.json), or with further flags (ROW[-bf16]-<flags>.json), the test NLL always
+    evaluated in float32; "not run yet" for a row with none."""
     lines = [
         "| row | model | training | published test NLL | vaekit test NLL | test −ELBO | active units | epochs | s / epoch |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    results_of: dict[str, list[dict]] = {row: [] for row in ROWS}
+    for path in sorted(results.glob("*.json")):
+        r = json.loads(path.read_text())
+        if r.get("row") in results_of:
+            results_of[r["row"]].append(r)
     for row, spec in ROWS.items():
         published = "–" if spec["published"] is None else f"{spec['published']:.2f}"
-        found = [(results / f"{run_name(row, *v)}.json", training_words(*v)) for v in VARIANTS]
-        found = [(path, precision) for path, precision in found if path.is_file()]
+        # Plain Adam first, float32 before bf16, then the variants with further flags.
+        found = sorted(results_of[row], key=lambda r: (bool(r.get("flags")), "--amp bf16" in r["command"], r.get("flags", [])))
         if not found:
             lines.append(f"| {row} | {spec['model']} | – | {published} | not run yet | | | | |")
-        for path, precision in found:
-            r = json.loads(path.read_text())
+        for r in found:
+            precision = training_words(r)
             units = f"{r['active_units']}/{r['latent_size']}" if r.get("active_units") is not None else "–"
             nll = f"{r['test_nll']:.2f} (K = {r['k']})"
             epochs = f"{r['epochs_run']} (best {r['best_epoch']})"
@@ -252,7 +261,7 @@ def main() -> None:
     p.add_argument("--snapshot", action="store_true", help="evaluate an unfinished run's best epoch so far into ROW.json")
     p.add_argument("--step-time", action="store_true", help="time the row's training step in float32 and bf16 autocast; train nothing")
     p.add_argument("--amp", choices=("off", "bf16"), help="bf16 autocast for training (evaluation stays float32)")
-    p.add_argument("--normalized-grad", action="store_true", help="Adam on normalized gradients, as the VampPrior paper's code trains (its own run and JSON)")
+    p.add_argument("--flags", default="", help="further vaekit train flags for a variant of the row, e.g. '--normalized-grad --init he' (its own run directory, JSON and table line)")
     p.add_argument("--max-epochs", type=int, help="fewer epochs than the published 2000 (a smoke test; the JSON says so)")
     p.add_argument("--eval-k", type=int, help="fewer importance samples than the published 5000 (a smoke test)")
     args = p.parse_args()
@@ -263,17 +272,19 @@ def main() -> None:
             print(table())
         return
     if args.row is None and args.status:
-        # Every run of the published settings there is, in every training variant.
-        for row in ROWS:
-            for name in (run_name(row, *v) for v in VARIANTS):
-                if (args.runs_dir / name / "metrics.jsonl").is_file():
-                    print(json.dumps({"run": name, **status(row, args.runs_dir / name)}))
+        # Every run there is, of every variant, under the row whose name begins its own.
+        for run_dir in sorted(args.runs_dir.glob("*/metrics.jsonl")):
+            name = run_dir.parent.name
+            row = max((r for r in ROWS if name == r or name.startswith(f"{r}-")), key=len, default=None)
+            if row is not None:
+                print(json.dumps({"run": name, **status(row, run_dir.parent)}))
         return
     if args.row is None:
         p.error("name a row, or pass --table (or --status for every run)")
     smoke = bool(args.max_epochs or args.eval_k) and not args.snapshot
     # A shortened or bf16 run never continues (or disturbs) the published-settings run.
-    name = run_name(args.row, args.amp, args.normalized_grad)
+    flags = args.flags.split()
+    name = run_name(args.row, args.amp, flags)
     run_dir = args.runs_dir / ("smoke" if smoke else "") / name
     if args.status:
         print(json.dumps(status(args.row, run_dir)))
@@ -281,15 +292,15 @@ def main() -> None:
     if args.step_time:
         print(json.dumps(step_time(args.row, args.data_dir)))
         return
-    extra = (["--amp", args.amp] if args.amp else []) + (["--normalized-grad"] if args.normalized_grad else [])
+    extra = (["--amp", args.amp] if args.amp else []) + flags
     if args.snapshot:
-        print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000, name=name, extra=extra)))
+        print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000, name=name, extra=extra, flags=flags)))
         return
     # Later flags win in argparse: these override COMMON's published values.
     extra += ["--epochs", str(args.max_epochs)] if args.max_epochs else []
     extra += ["--eval-k", str(args.eval_k)] if args.eval_k else []
     results = args.runs_dir / "smoke" / "results" if smoke else RESULTS
-    print(json.dumps(run_row(args.row, run_dir, args.data_dir, extra, results, name)))
+    print(json.dumps(run_row(args.row, run_dir, args.data_dir, extra, results, name, flags)))
 
 
 if __name__ == "__main__":

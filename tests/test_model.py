@@ -92,3 +92,31 @@ def test_version_4_run_loads_with_its_mlp_downward_net(tmp_path, layers):
     if layers != 5:
         assert isinstance(loaded.downward[0].net, MLP)
         assert isinstance(loaded.downward[0].net[1], torch.nn.Tanh)
+
+
+def _weighted_layers(model):
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+
+
+@pytest.mark.parametrize("net", ["gated", "conv"])
+def test_he_init_draws_every_weight_from_n_0_2_over_fan_in(net):
+    """init="he": each weight tensor's spread is √(2/fan_in) (fan_in = inputs × kernel area),
+    against √(1/(3·fan_in)) for PyTorch's default; the biases are the default's, untouched."""
+    kw = {"input_dim": 784, "latent_dim": (40, 20), "hidden": (64, 32) if net == "conv" else (300, 300), "net": net,
+          "inference": "topdown", "decoder_input": "all", "image_shape": (28, 28)}  # fmt: skip
+    torch.manual_seed(0)
+    default = VAEModel(ModelConfig(**kw))
+    torch.manual_seed(0)
+    he = VAEModel(ModelConfig(**kw, init="he"))
+    checked = 0
+    for (name, a), (_, b) in zip(_weighted_layers(default), _weighted_layers(he)):
+        w = b.weight
+        fan_in = w.shape[1] * w[0, 0].numel() if not isinstance(b, torch.nn.ConvTranspose2d) else w[0].numel()
+        if w.numel() >= 5000:  # enough draws for the sample spread to be within 5%
+            assert float(w.detach().std()) == pytest.approx((2 / fan_in) ** 0.5, rel=0.05), name
+            assert float(a.weight.detach().std()) == pytest.approx((1 / (3 * fan_in)) ** 0.5, rel=0.05), name
+            checked += 1
+        if a.bias is not None:
+            assert torch.equal(a.bias, b.bias), name
+    assert checked >= 4
+    assert any(isinstance(m, torch.nn.Conv2d) for _, m in _weighted_layers(he)) == (net == "conv")

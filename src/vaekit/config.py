@@ -61,6 +61,7 @@ MODEL_OPTIONS: dict[str, Option] = {
     # p(z_l | z_{l+1}) of a hierarchy is part of the generative model: by default a dense net
     # of the decoder's family (gated layers under --net gated, as Tomczak & Welling's).
     "downward": Option(None, "network of p(z_l | z_{l+1}) between stochastic layers, with the encoder's widths (default: the decoder's network)", type="str", choices="net", optional=True),
+    "init": Option("default", "initial weights of the networks' linear and conv layers: PyTorch's default, or he: N(0, 2/fan_in) (He et al. 2015), as Tomczak & Welling 2018 started theirs", choices=("default", "he")),
     "decoder_input": Option("bottom", "what p(x|z) reads: the bottom latent group, or all groups side by side (p(x|z1, z2) of Tomczak & Welling 2018)", choices=("bottom", "all")),
     # Test-time optimisation of a per-point q with θ fixed (vi and map for new points, the
     # evaluation proposal of point-estimate methods, q* of the gaps): Adam steps and rate.

@@ -16,6 +16,20 @@ from .registry import INFERENCE, LIKELIHOODS, PRIORS
 from .scaling import Scaling
 
 
+# The layers whose weights ``init="he"`` draws anew.
+WEIGHTED_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
+def he_init(module: nn.Module) -> None:
+    """Every linear and conv weight of ``module`` drawn from N(0, 2/fan_in) (He et al. 2015,
+    torch's kaiming_normal_), biases left as they are: the start of Tomczak & Welling's
+    networks (their ``he_init``), about 2.4x the spread of PyTorch's default. Pseudo-inputs,
+    per-point tables and likelihood parameters are not layers and keep their own start."""
+    for m in module.modules():
+        if isinstance(m, WEIGHTED_LAYERS):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+
+
 class VAEModel(nn.Module):
     """Prior + decoder + likelihood (the generative model, θ) and an inference method (φ).
 
@@ -52,6 +66,8 @@ class VAEModel(nn.Module):
         scaling = Scaling.of(config)
         self.log_det = 0.0 if scaling is None else scaling.log_det(config.input_dim)
         self.inference = INFERENCE.get(config.inference)(config, self.latents)
+        if config.init == "he":
+            he_init(self)
 
     @property
     def noise_size(self) -> int:

@@ -23,8 +23,9 @@ def test_readme_table_is_generated_from_the_results(literature):
     assert block == literature.table(), "run: python bench/literature.py --table --write README.md"
 
 
-def _result(row, finished, nll):
-    return {"finished": finished, "test_nll": nll, "test_neg_elbo": nll + 4.0, "k": 5000, "active_units": 17,
+def _result(row, finished, nll, amp=False):
+    command = f"vaekit train --data binarized_mnist{' --amp bf16' if amp else ''} --out runs/{row} --json"
+    return {"row": row, "command": command, "finished": finished, "test_nll": nll, "test_neg_elbo": nll + 4.0, "k": 5000, "active_units": 17,
             "latent_size": 40, "epochs_run": 211, "best_epoch": 209, "train_seconds": 7200.0,
             "median_epoch_seconds": 27.25}  # fmt: skip
 
@@ -50,8 +51,8 @@ def test_a_bf16_run_adds_its_own_line(literature, tmp_path):
     """ROW-bf16.json is shown beside the float32 row, never in its place; a row trained in bf16
     alone has its bf16 line only."""
     (tmp_path / "vae.json").write_text(json.dumps(_result("vae", True, 87.64)))
-    (tmp_path / "vae-bf16.json").write_text(json.dumps(_result("vae", True, 87.7)))
-    (tmp_path / "hvae-bf16.json").write_text(json.dumps(_result("hvae", False, 86.0)))
+    (tmp_path / "vae-bf16.json").write_text(json.dumps(_result("vae", True, 87.7, amp=True)))
+    (tmp_path / "hvae-bf16.json").write_text(json.dumps(_result("hvae", False, 86.0, amp=True)))
     lines = _lines(literature, tmp_path)
     assert len(lines) == len(literature.ROWS) + 1
     assert "| 87.64 (K = 5000) |" in lines["| vae", "float32"] and "| 87.70 (K = 5000) |" in lines["| vae", "bf16 autocast"]
@@ -59,22 +60,30 @@ def test_a_bf16_run_adds_its_own_line(literature, tmp_path):
     assert "so far 86.00" in lines["| hvae", "bf16 autocast"]
 
 
-def test_a_normalized_gradient_run_is_a_variant_of_its_own(literature, tmp_path):
-    """--normalized-grad names its run and JSON ROW[-bf16]-normgrad, passes the flag to vaekit
-    train, and its result gets a line of its own beside the plain-Adam ones."""
+def test_a_run_with_further_flags_is_a_variant_of_its_own(literature, tmp_path):
+    """--flags names its run and JSON ROW[-bf16]-<flags>, passes the flags to vaekit train, and
+    its result gets a line of its own, after the plain float32 and bf16 ones."""
     import numpy as np
 
-    assert [literature.run_name("hvae", *v) for v in literature.VARIANTS] == [
-        "hvae", "hvae-bf16", "hvae-normgrad", "hvae-bf16-normgrad"
-    ]  # fmt: skip
+    flags = ["--normalized-grad", "--init", "he"]
+    assert literature.run_name("hvae", "bf16", flags) == "hvae-bf16-normalized-grad-init-he"
+    assert literature.run_name("hvae") == "hvae" and literature.run_name("hvae", "bf16") == "hvae-bf16"
     plain = literature.row_config("hvae-vampprior", np.zeros((4, 784), np.float32))
-    normed = literature.row_config("hvae-vampprior", np.zeros((4, 784), np.float32), ["--amp", "bf16", "--normalized-grad"])
-    assert (plain.train.normalized_grad, normed.train.normalized_grad, normed.train.amp) == (False, True, "bf16")
-    (tmp_path / "hvae-bf16.json").write_text(json.dumps(_result("hvae", True, 86.19)))
-    (tmp_path / "hvae-bf16-normgrad.json").write_text(json.dumps(_result("hvae", False, 85.1)))
-    lines = _lines(literature, tmp_path)
-    assert "| 86.19 (K = 5000) |" in lines["| hvae", "bf16 autocast"]
-    assert "so far 85.10" in lines["| hvae", "bf16 autocast, normalized gradients"]
+    varied = literature.row_config("hvae-vampprior", np.zeros((4, 784), np.float32), ["--amp", "bf16", *flags])
+    assert (plain.train.normalized_grad, plain.model.init) == (False, "default")
+    assert (varied.train.normalized_grad, varied.model.init, varied.train.amp) == (True, "he", "bf16")
+
+    def write(name, nll, finished, amp, flags=()):
+        r = {**_result("hvae", finished, nll), "flags": list(flags),
+             "command": " ".join(literature.command("hvae", tmp_path / name, tmp_path, (["--amp", "bf16"] if amp else []) + list(flags)))}
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+
+    write("hvae-bf16-normalized-grad-init-he", 85.1, False, True, flags)
+    write("hvae-bf16", 86.19, True, True)
+    write("hvae", 86.3, True, False)
+    rows = [line for line in literature.table(tmp_path).splitlines() if line.startswith("| hvae |")]
+    assert [line.split(" | ")[2] for line in rows] == ["float32", "bf16 autocast", "bf16 autocast; --normalized-grad --init he"]
+    assert "so far 85.10" in rows[2] and "| 86.19 (K = 5000) |" in rows[1]
 
 
 def test_median_epoch_time_ignores_a_paused_stretch(literature):
@@ -132,5 +141,5 @@ def test_status_without_a_row_lists_every_run(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "literature.py"), "--status", "--runs-dir", str(tmp_path)],
                           capture_output=True, text=True, check=True)  # fmt: skip
     runs = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [(r["run"], r["row"], r["epochs_run"], r["best_epoch"]) for r in runs] == [("vae", "vae", 3, 2), ("hvae-bf16", "hvae", 1, 1)]
-    assert runs[0]["best_valid_elbo"] == -97.5 and runs[0]["median_epoch_seconds"] == 3.0
+    assert [(r["run"], r["row"], r["epochs_run"], r["best_epoch"]) for r in runs] == [("hvae-bf16", "hvae", 1, 1), ("vae", "vae", 3, 2)]
+    assert runs[1]["best_valid_elbo"] == -97.5 and runs[1]["median_epoch_seconds"] == 3.0
