@@ -218,3 +218,19 @@ def test_per_point_inference_is_refused(tmp_path):
     assert str(Path(vaekit.__file__).parent) not in output
     # Refused before anything was written, so the same --out can be used again.
     assert not (run / ckpt.CONFIG_FILE).exists()
+
+
+def test_a_torchrun_process_exits_with_the_verbs_status_and_all_its_output(tmp_path):
+    """Under torchrun (WORLD_SIZE > 1) ``vaekit`` leaves by os._exit, skipping the teardown in
+    which gloo's threads can abort a finished process: its status is still the verb's, and
+    what it printed on stdout and stderr arrives whole."""
+    from vaekit.cli import main
+
+    assert main(["train", *COMMON, "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    env = {**{k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "vaekit", "evaluate", str(tmp_path / "run"), "--k", "5", "--json"],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["k"] == 5
+    bad = subprocess.run([sys.executable, "-m", "vaekit", "evaluate", str(tmp_path / "none")], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().endswith("not a run directory (no such directory)")

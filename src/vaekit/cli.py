@@ -567,5 +567,27 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = _PYTHON_FORMAT_WARNING
 
 
+def run() -> None:
+    """The ``vaekit`` command: ``main()``, then the process's exit with its status.
+
+    A process that torchrun started as one of several (WORLD_SIZE > 1) leaves through
+    ``os._exit`` once its output is flushed. At interpreter teardown gloo's worker threads can
+    still be joinable when their destructors run, and the C++ runtime then aborts a process that
+    has finished its work (SIGABRT, "terminate called without an active exception"; see
+    pytorch/pytorch#179291), which torchrun reports as a failed job. By then every file the verb
+    wrote is closed and its lock released; ``os._exit`` skips only the teardown."""
+    import os
+
+    status = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import logging
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(status or 0)
+    sys.exit(status)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
