@@ -6,7 +6,6 @@ from torch import nn
 
 from ..distributions import DiagonalNormal, MixtureOfDiagonalNormals
 from ..errors import ConfigError
-from ..latents import latent_groups
 from ..registry import INFERENCE, Option
 from . import PRIORS, Prior
 
@@ -59,7 +58,7 @@ class VampPrior(Prior):
                 f"prior vampprior needs an encoder with a Gaussian q(z|x); inference {config.inference!r} has none "
                 "(use inference amortized)"
             )
-        layers = len(latent_groups(config.latent_dim))
+        layers = config.layers
         if layers > 1 and not method.top_from_x:
             raise ConfigError(
                 f"prior vampprior on latent_dim {config.latent_dim!r} ({layers} layers) needs q(z_L|x) of x alone; "
