@@ -120,3 +120,47 @@ def test_he_init_draws_every_weight_from_n_0_2_over_fan_in(net):
             assert torch.equal(a.bias, b.bias), name
     assert checked >= 4
     assert any(isinstance(m, torch.nn.Conv2d) for _, m in _weighted_layers(he)) == (net == "conv")
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"latent_dim": 5, "inference": "topdown", "decoder_input": "all"}, "join branch applies to networks that read several inputs"),
+        ({"inference": "amortized", "decoder_input": "bottom"}, "decoder_input bottom, inference amortized"),
+        ({"inference": "topdown", "hidden": ()}, "join branch needs hidden layers"),
+        ({"decoder_input": "all", "decoder_hidden": ()}, "join branch needs hidden layers"),
+    ],
+)
+def test_join_branch_is_refused_where_nothing_reads_several_inputs(kw, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _hierarchy(join="branch", **kw)
+    with pytest.raises(ConfigError, match="join must be one of"):
+        _hierarchy(join="nope")
+
+
+def _linears(module):
+    return [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
+@pytest.mark.parametrize("net", ["mlp", "gated", "conv"])
+def test_join_branch_decoder_is_as_deep_as_the_concat_one(net):
+    """The branch decoder splits its first hidden layer per group (z1 → 6, z2 → 6) and keeps
+    the rest of the decoder on the joined 12 numbers, as deep as concat's, for every family;
+    runs saved without the option load as concat."""
+    kw = {"input_dim": 64, "latent_dim": (4, 2), "hidden": (8, 6), "net": net, "decoder_input": "all",
+          "image_shape": (8, 8)}  # fmt: skip
+    concat, branch = VAEModel(ModelConfig(**kw)), VAEModel(ModelConfig(**kw, join="branch"))
+    first = _linears(concat.decoder)[0]
+    assert (first.in_features, first.out_features) == (6, 6)  # decoder widths (6, 8)
+    sizes = [(_linears(b)[0].in_features, _linears(b)[0].out_features) for b in branch.decoder.branches]
+    assert sizes == [(4, 6), (2, 6)]
+    assert _linears(branch.decoder.trunk)[0].in_features == 12
+    # The trunk is concat's decoder after its first layer: the same widths from there on.
+    gates = 2 if net == "gated" else 1  # a gated layer holds two linear maps
+    outs = lambda m: [l.out_features for l in _linears(m)]  # noqa: E731
+    assert outs(branch.decoder.trunk) == outs(concat.decoder)[gates:]
+    z = torch.randn(3, 6)
+    assert branch.decode(z).logits.shape == concat.decode(z).logits.shape == (3, 64)
+    config = RunConfig(model=ModelConfig(**kw)).to_dict()
+    del config["model"]["join"]
+    assert RunConfig.from_dict(config).model.join == "concat"

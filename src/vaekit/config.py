@@ -63,6 +63,9 @@ MODEL_OPTIONS: dict[str, Option] = {
     "downward": Option(None, "network of p(z_l | z_{l+1}) between stochastic layers, with the encoder's widths (default: the decoder's network)", type="str", choices="net", optional=True),
     "init": Option("default", "initial weights of the networks' linear and conv layers: PyTorch's default, or he: N(0, 2/fan_in) (He et al. 2015), as Tomczak & Welling 2018 started theirs", choices=("default", "he")),
     "decoder_input": Option("bottom", "what p(x|z) reads: the bottom latent group, or all groups side by side (p(x|z1, z2) of Tomczak & Welling 2018)", choices=("bottom", "all")),
+    # Where a network reads several inputs of a hierarchy, p(x|z_1, …, z_L) and the top-down
+    # q(z_l | z_{l+1}, x): side by side into its first layer, or a layer per input first.
+    "join": Option("concat", "how p(x|z1, z2) (decoder_input all) and topdown's q(z1|x, z2) read their inputs: concat (side by side into the first layer) or branch (one hidden layer of the net family per input, then joined, as Tomczak & Welling 2018's code)", choices=("concat", "branch")),
     # Test-time optimisation of a per-point q with θ fixed (vi and map for new points, the
     # evaluation proposal of point-estimate methods, q* of the gaps): Adam steps and rate.
     "local_steps": Option(100, "Adam steps of a per-point q found with θ fixed (new points of vi/map, point-estimate proposals)", minimum=0),
@@ -214,6 +217,8 @@ class _ModelBase(_Section):
             raise ConfigError(
                 f"downward applies to models with several latent groups (latent_dim 40,40) only; this one has one, {self.latent_dim}"
             )
+        if self.join == "branch":
+            self._check_branches()
         bad = self.owners_unselected()
         if bad:
             raise ConfigError(
@@ -226,6 +231,16 @@ class _ModelBase(_Section):
         PRIORS.get(self.prior).check_config(self)
         for net in sorted(self.selected("net")):
             NETS.get(net).check_config(self)
+
+    def _check_branches(self) -> None:
+        if self.layers == 1 or (self.decoder_input != "all" and self.inference != "topdown"):
+            raise ConfigError(
+                "join branch applies to networks that read several inputs of a hierarchy "
+                "(latent_dim 40,40 with decoder_input all or inference topdown); "
+                f"this model has latent_dim {self.latent_dim}, decoder_input {self.decoder_input}, inference {self.inference}"
+            )
+        if (self.decoder_input == "all" and not self.decoder_widths) or (self.inference == "topdown" and not self.hidden):
+            raise ConfigError("join branch needs hidden layers: its branches are as wide as the network's layers")
 
     def selected(self, kind: str) -> set:
         # --encoder, --decoder and --downward pick nets of their own; --net is their default.

@@ -10,7 +10,7 @@ from torch.distributions import Distribution
 
 from .distributions import DiagonalNormal, Posterior
 from .latents import latent_groups, split
-from .nets import NETS, GaussianHead
+from .nets import NETS, Branches, GaussianHead
 from .objectives.kl import kl as kl_divergence
 from .registry import INFERENCE, LIKELIHOODS, PRIORS
 from .scaling import Scaling
@@ -57,9 +57,18 @@ class VAEModel(nn.Module):
         )
         # p(x|z_1), or p(x|z_1, …, z_L) when the decoder reads every group (Tomczak & Welling 2018).
         self.decoder_reads_all = config.decoder_input == "all" or len(self.latents) == 1
-        self.decoder = NETS.get(config.decoder_net).decoder(
-            config, self.latent_size if self.decoder_reads_all else self.latents[0].size
-        )
+        decoder = NETS.get(config.decoder_net)
+        if config.join == "branch" and self.decoder_reads_all:
+            # The first hidden layer split per group, z_l → width, then the rest of the decoder
+            # on the joined (..., L·width): as deep as the concat decoder.
+            first, *rest = config.decoder_widths
+            self.decoder = Branches(
+                [g.size for g in self.latents],
+                [decoder.layer(config, g.size, first) for g in self.latents],
+                decoder.decoder(config, len(self.latents) * first, tuple(rest)),
+            )
+        else:
+            self.decoder = decoder.decoder(config, self.latent_size if self.decoder_reads_all else self.latents[0].size)
         self.likelihood = LIKELIHOODS.get(config.likelihood)(config)
         # The model sees x' = (x − shift)/scale (vaekit.scaling); its densities are of x, which
         # adds log |∂x'/∂x| = −Σ_j log scale_j to every log p(x|z) (0 without an input map).

@@ -52,9 +52,10 @@ def _reference(model, x, eps):
     return top_down_reference(model, x, eps, _conditional)
 
 
+@pytest.mark.parametrize("join", ["concat", "branch"])
 @pytest.mark.parametrize("sizes", [(3, 2), (3, 2, 2)])
-def test_draw_and_log_q_equal_the_hand_written_reference(sizes):
-    model, x = _topdown(sizes)
+def test_draw_and_log_q_equal_the_hand_written_reference(sizes, join):
+    model, x = _topdown(sizes, join=join)
     q = model.posterior(x)
     assert isinstance(q, TopDown) and q.noise_size == model.noise_size == sum(sizes)
     eps = torch.randn(3, 4, sum(sizes), generator=_gen(2), dtype=F64)
@@ -90,13 +91,48 @@ def test_decoder_input_all_reads_every_group():
         assert bool((a != b).any()) is changes
 
 
+def _layer_by_hand(layer, v, net):
+    """One hidden layer of the family from its weights: tanh(W v + b), or the gated
+    (W v + b) ⊙ σ(V v + c)."""
+    if net == "gated":
+        return (v @ layer.linear.weight.T + layer.linear.bias) * torch.sigmoid(v @ layer.gate.weight.T + layer.gate.bias)
+    linear = layer[0]
+    return torch.tanh(v @ linear.weight.T + linear.bias)
+
+
+@pytest.mark.parametrize("net", ["mlp", "gated"])
+def test_join_branch_reads_each_input_through_a_layer_of_its_own(net):
+    """join="branch", as Tomczak & Welling's code: p(x|z1, z2) = trunk([a(z1), b(z2)]) with one
+    hidden layer per group (the decoder's first, split), and q(z1|x, z2) from
+    [h(x), c(z2)] through the joint net; both written out from the weights."""
+    model, x = _topdown((3, 2), net=net, decoder_input="all", join="branch")
+    z = torch.randn(4, 5, generator=_gen(11), dtype=F64)
+    z1, z2 = z[:, :3], z[:, 3:]
+    dec = model.decoder
+    joined = torch.cat([_layer_by_hand(dec.branches[0], z1, net), _layer_by_hand(dec.branches[1], z2, net)], -1)
+    (out,) = dec.trunk  # hidden (5,): the split first layer was the only one; the output map is left
+    assert joined.shape == (4, 10) and out.in_features == 10
+    torch.testing.assert_close(model.decode(z).logits, joined @ out.weight.T + out.bias, rtol=1e-12, atol=1e-12)
+    # q(z1 | x, z2): x's features h(x) as they are, z2 through a layer of its own, then the joint net.
+    joint = model.inference.joint[0].net
+    assert isinstance(joint.branches[0], torch.nn.Identity)
+    h = model.inference.features[0](x)
+    c = _layer_by_hand(joint.branches[1], z2, net)
+    hidden = _layer_by_hand(joint.trunk[0] if net == "gated" else [joint.trunk[0]], torch.cat([h, c], -1), net)
+    last = joint.trunk[-1]
+    mu, logvar = (hidden @ last.weight.T + last.bias).chunk(2, -1)
+    q = model.posterior(x)
+    torch.testing.assert_close(q.conditionals[0](z2), (mu, logvar), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("join", ["concat", "branch"])
 @pytest.mark.parametrize("prior", ["standard_normal", "vampprior"])
-def test_elbo_is_the_direct_monte_carlo_of_log_p_minus_log_q(prior):
+def test_elbo_is_the_direct_monte_carlo_of_log_p_minus_log_q(prior, join):
     """log p(x|z1, z2) + log p(z1|z2) + log p(z2) − log q(z1|z2, x) − log q(z2|x) on the same
     draws, every density a torch.distributions object; the VampPrior's p(z2) the mixture of
     the encoder's q(z2|u_k) at the clamped pseudo-inputs."""
     kw = {"prior": prior, "pseudo_inputs": 3} if prior == "vampprior" else {}
-    model, x = _topdown((3, 2), decoder_input="all", **kw)
+    model, x = _topdown((3, 2), decoder_input="all", join=join, **kw)
     eps = torch.randn(6, 4, 5, generator=_gen(5), dtype=F64)
     z, qs, (z1, z2) = _reference(model, x, eps)
     if prior == "vampprior":
@@ -185,3 +221,18 @@ def test_tomczak_welling_two_layer_vampprior_through_the_cli(tmp_path, capsys):
     assert a["model.prior.pseudo_inputs"].shape == (5, 64)
     assert any(k.startswith("model.inference.joint") for k in a)
     assert a["model.downward.0.net.0.gate.weight"].shape == (16, 3)
+
+
+def test_join_branch_through_the_cli(tmp_path):
+    """--join branch: trains, resumes bit for bit, and its branch layers are saved and loaded
+    (a gated layer per group in p(x|z1, z2), one for z2 in q(z1|x, z2))."""
+    from cli_helpers import assert_resume_equals_straight
+
+    common = ["--data", "digits", "--inference", "topdown", "--decoder-input", "all", "--latent-dim", "6,3",
+              "--net", "gated", "--hidden", "16,12", "--join", "branch", "--eval-k", "5", "--seed", "2"]  # fmt: skip
+    a = assert_resume_equals_straight(tmp_path, common)
+    # The decoder's widths are the encoder's reversed, (12, 16): its first layer split per group.
+    assert a["model.decoder.branches.0.gate.weight"].shape == (12, 6)
+    assert a["model.decoder.branches.1.gate.weight"].shape == (12, 3)
+    assert a["model.decoder.trunk.0.gate.weight"].shape == (16, 24)
+    assert a["model.inference.joint.0.net.branches.1.gate.weight"].shape == (12, 3)

@@ -6,7 +6,7 @@ import torch
 
 from ..distributions import DiagonalNormal, Posterior
 from ..latents import Conditional, TopDown
-from ..nets import NETS, GaussianHead
+from ..nets import NETS, Branches, GaussianHead
 from . import INFERENCE, InferenceMethod
 
 
@@ -18,7 +18,8 @@ class TopDownInference(InferenceMethod):
     This is the inference model of the two-layer VAEs of Tomczak & Welling (2018, sec. 4 and
     their code jmtomczak/vae_vampprior, ``HVAE_2level``): q(z_2|x) from the encoder, and
     q(z_1|x, z_2) from x's features h_1(x) (the net family's encoder to ``hidden[-1]`` numbers)
-    joined with z_2 by a dense network of the family (one layer of ``hidden[-1]`` units). With
+    joined with z_2 by a dense network of the family (one layer of ``hidden[-1]`` units; with
+    ``join="branch"`` z_2 passes a layer of its own before joining, as in their code). With
     it the top group's q is a Gaussian of x alone, so the VampPrior p(z_L) = (1/K) Σ_k q(z_L|u_k)
     is defined for any number of groups. Paired with ``decoder_input="all"`` the generative
     side is theirs too: p(z_2) p(z_1|z_2) p(x|z_1, z_2).
@@ -37,9 +38,19 @@ class TopDownInference(InferenceMethod):
         # h_l(x) and the joint net of q(z_l | z_{l+1}, x), for every group below the top.
         self.features = torch.nn.ModuleList(family.encoder(config, features) for _ in latents[:-1])
         self.joint = torch.nn.ModuleList(
-            GaussianHead(family.dense(config, features + upper.size, width, 2 * lower.size))
+            GaussianHead(self._joint(config, family, features, upper.size, width, 2 * lower.size))
             for lower, upper in zip(latents[:-1], latents[1:])
         )
+
+    @staticmethod
+    def _joint(config, family, features: int, upper: int, width: tuple[int, ...], out: int) -> torch.nn.Module:
+        """The net of q(z_l | z_{l+1}, x) on [h(x), z_{l+1}]: one dense net of the family on both
+        side by side, or (``join="branch"``) z_{l+1} first through a layer of its own, as
+        Tomczak & Welling's code reads z2 in q(z1|x, z2)."""
+        if config.join != "branch":
+            return family.dense(config, features + upper, width, out)
+        branches = [torch.nn.Identity(), family.layer(config, upper, width[0])]
+        return Branches([features, upper], branches, family.dense(config, features + width[0], width, out))
 
     def top_posterior(self, model, x: torch.Tensor) -> DiagonalNormal:
         return DiagonalNormal(*self.encoder(x))

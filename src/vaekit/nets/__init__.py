@@ -11,9 +11,9 @@ from __future__ import annotations
 from torch import nn
 
 from ..registry import NETS
-from .layers import ACTIVATIONS, MLP, GatedLinear, GaussianHead
+from .layers import ACTIVATIONS, MLP, Branches, GatedLinear, GaussianHead
 
-__all__ = ["NETS", "Net", "MLP", "GatedLinear", "GaussianHead", "ACTIVATIONS"]
+__all__ = ["NETS", "Net", "MLP", "Branches", "GatedLinear", "GaussianHead", "ACTIVATIONS"]
 
 
 class Net:
@@ -31,8 +31,9 @@ class Net:
         raise NotImplementedError
 
     @classmethod
-    def decoder(cls, config, in_dim: int) -> nn.Module:  # pragma: no cover - interface
-        """z (..., in_dim) → (..., input_dim)."""
+    def decoder(cls, config, in_dim: int, widths: tuple[int, ...] | None = None) -> nn.Module:  # pragma: no cover - interface
+        """z (..., in_dim) → (..., input_dim), through hidden ``widths`` (default: the config's
+        ``decoder_widths``)."""
         raise NotImplementedError
 
     @classmethod
@@ -40,3 +41,9 @@ class Net:
         """A vector network of this family, (..., in_dim) → (..., out_dim), for the parts that
         read features and latents rather than x itself: an MLP with ``activation``."""
         return MLP(in_dim, widths, out_dim, config.activation)
+
+    @classmethod
+    def layer(cls, config, in_dim: int, out_dim: int) -> nn.Module:
+        """One hidden layer of this family, (..., in_dim) → (..., out_dim) features: a linear map
+        and ``activation``. A branch of ``Branches`` (``join="branch"``)."""
+        return nn.Sequential(nn.Linear(in_dim, out_dim), ACTIVATIONS[config.activation]())

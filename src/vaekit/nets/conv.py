@@ -136,5 +136,6 @@ class ConvNet(Net):
         return ConvEncoder(image_chw(config), config.channels, config.hidden, out_dim, config.activation)
 
     @classmethod
-    def decoder(cls, config, in_dim: int) -> nn.Module:
-        return ConvDecoder(image_chw(config), config.channels, config.decoder_widths, in_dim, config.activation)
+    def decoder(cls, config, in_dim: int, widths: tuple[int, ...] | None = None) -> nn.Module:
+        widths = config.decoder_widths if widths is None else widths
+        return ConvDecoder(image_chw(config), config.channels, widths, in_dim, config.activation)

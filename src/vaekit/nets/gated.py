@@ -44,9 +44,13 @@ class GatedNet(Net):
         return GatedMLP(config.input_dim, config.hidden, out_dim)
 
     @classmethod
-    def decoder(cls, config, in_dim: int) -> nn.Module:
-        return GatedMLP(in_dim, config.decoder_widths, config.input_dim)
+    def decoder(cls, config, in_dim: int, widths: tuple[int, ...] | None = None) -> nn.Module:
+        return GatedMLP(in_dim, config.decoder_widths if widths is None else widths, config.input_dim)
 
     @classmethod
     def dense(cls, config, in_dim: int, widths: tuple[int, ...], out_dim: int) -> nn.Module:
         return GatedMLP(in_dim, widths, out_dim)
+
+    @classmethod
+    def layer(cls, config, in_dim: int, out_dim: int) -> nn.Module:
+        return GatedLinear(in_dim, out_dim)

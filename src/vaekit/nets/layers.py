@@ -1,4 +1,5 @@
-"""Layers the network families share: the MLP, the gated linear layer and the (μ, log σ²) head."""
+"""Layers the network families share: the MLP, the gated linear layer, branches per input and
+the (μ, log σ²) head."""
 
 from __future__ import annotations
 
@@ -53,6 +54,27 @@ class GatedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x) * torch.sigmoid(self.gate(x))  # (..., out_dim)
+
+
+class Branches(nn.Module):
+    """Several inputs side by side, (..., Σ sizes): each read by a network of its own, their
+    outputs joined and passed on to ``trunk``. This is how Tomczak & Welling's two-layer models
+    (jmtomczak/vae_vampprior, ``HVAE_2level``) read (z1, z2) in p(x|z1, z2) and (x, z2) in
+    q(z1|x, z2): a gated layer per input, then the joint layers.
+    Works on any leading dims; the output is in the input's dtype, as MLP's."""
+
+    def __init__(self, sizes: Sequence[int], branches: Sequence[nn.Module], trunk: nn.Module):
+        super().__init__()
+        if len(sizes) != len(branches):
+            raise ValueError(f"{len(sizes)} input sizes for {len(branches)} branches")
+        self.sizes = [int(s) for s in sizes]
+        self.branches = nn.ModuleList(branches)
+        self.trunk = trunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = x.split(self.sizes, dim=-1)
+        h = torch.cat([branch(part) for branch, part in zip(self.branches, parts)], dim=-1)
+        return self.trunk(h).to(x.dtype)
 
 
 class GaussianHead(nn.Module):

@@ -15,5 +15,6 @@ class MLPNet(Net):
         return MLP(config.input_dim, config.hidden, out_dim, config.activation)
 
     @classmethod
-    def decoder(cls, config, in_dim: int) -> nn.Module:
-        return MLP(in_dim, config.decoder_widths, config.input_dim, config.activation)
+    def decoder(cls, config, in_dim: int, widths: tuple[int, ...] | None = None) -> nn.Module:
+        widths = config.decoder_widths if widths is None else widths
+        return MLP(in_dim, widths, config.input_dim, config.activation)
