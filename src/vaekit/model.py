@@ -10,24 +10,10 @@ from torch.distributions import Distribution
 
 from .distributions import DiagonalNormal, Posterior
 from .latents import latent_groups, split
-from .nets import NETS, Branches, GaussianHead
+from .nets import NETS, Branches, GaussianHead, he_init
 from .objectives.kl import kl as kl_divergence
 from .registry import INFERENCE, LIKELIHOODS, PRIORS
 from .scaling import Scaling
-
-
-# The layers whose weights ``init="he"`` draws anew.
-WEIGHTED_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
-
-
-def he_init(module: nn.Module) -> None:
-    """Every linear and conv weight of ``module`` drawn from N(0, 2/fan_in) (He et al. 2015,
-    torch's kaiming_normal_), biases left as they are: the start of Tomczak & Welling's
-    networks (their ``he_init``), about 2.4x the spread of PyTorch's default. Pseudo-inputs,
-    per-point tables and likelihood parameters are not layers and keep their own start."""
-    for m in module.modules():
-        if isinstance(m, WEIGHTED_LAYERS):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
 
 
 class VAEModel(nn.Module):

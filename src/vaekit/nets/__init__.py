@@ -11,9 +11,9 @@ from __future__ import annotations
 from torch import nn
 
 from ..registry import NETS
-from .layers import ACTIVATIONS, MLP, Branches, GatedLinear, GaussianHead
+from .layers import ACTIVATIONS, MLP, Branches, GatedLinear, GaussianHead, he_init
 
-__all__ = ["NETS", "Net", "MLP", "Branches", "GatedLinear", "GaussianHead", "ACTIVATIONS"]
+__all__ = ["NETS", "Net", "MLP", "Branches", "GatedLinear", "GaussianHead", "ACTIVATIONS", "he_init"]
 
 
 class Net:

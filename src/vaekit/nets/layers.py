@@ -1,5 +1,5 @@
-"""Layers the network families share: the MLP, the gated linear layer, branches per input and
-the (μ, log σ²) head."""
+"""Layers the network families share: the MLP, the gated linear layer, branches per input,
+the (μ, log σ²) head, and the He-normal start of their weights."""
 
 from __future__ import annotations
 
@@ -87,3 +87,17 @@ class GaussianHead(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.net(x).chunk(2, dim=-1)
         return mu, logvar
+
+
+# The layers whose weights ``init="he"`` draws anew.
+WEIGHTED_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
+def he_init(module: nn.Module) -> None:
+    """Every linear and conv weight of ``module`` drawn from N(0, 2/fan_in) (He et al. 2015,
+    torch's kaiming_normal_), biases left as they are: the start of Tomczak & Welling's
+    networks (their ``he_init``), about 2.4x the spread of PyTorch's default. Pseudo-inputs,
+    per-point tables and likelihood parameters are not layers and keep their own start."""
+    for m in module.modules():
+        if isinstance(m, WEIGHTED_LAYERS):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
