@@ -236,3 +236,18 @@ def test_join_branch_through_the_cli(tmp_path):
     assert a["model.decoder.branches.1.gate.weight"].shape == (12, 3)
     assert a["model.decoder.trunk.0.gate.weight"].shape == (16, 24)
     assert a["model.inference.joint.0.net.branches.1.gate.weight"].shape == (12, 3)
+
+
+@pytest.mark.parametrize(
+    "argv, culprits",
+    [
+        (["--join", "nope"], ["join", "nope"]),
+        (["--join", "branch"], ["join branch", "latent_dim"]),
+        (["--join", "branch", "--latent-dim", "4,2"], ["join branch", "decoder_input bottom"]),
+        (["--join", "branch", "--latent-dim", "4,2", "--inference", "topdown", "--hidden", ""], ["hidden layers"]),
+    ],
+)
+def test_join_bad_uses_are_one_line_usage_errors(capsys, tmp_path, argv, culprits):
+    from cli_helpers import assert_train_refused
+
+    assert_train_refused(capsys, tmp_path, argv, culprits)
