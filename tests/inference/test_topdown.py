@@ -14,6 +14,7 @@ from vaekit.distributions import DiagonalNormal
 from vaekit.errors import ConfigError
 from vaekit.latents import TopDown
 from vaekit.model import VAEModel
+from vaekit.nets import GatedLinear
 from vaekit.objectives import elbo, iwae
 
 from hierarchy_helpers import fit_inference, linear_hierarchy, top_down_reference
@@ -91,12 +92,12 @@ def test_decoder_input_all_reads_every_group():
         assert bool((a != b).any()) is changes
 
 
-def _layer_by_hand(layer, v, net):
-    """One hidden layer of the family from its weights: tanh(W v + b), or the gated
-    (W v + b) ⊙ σ(V v + c)."""
-    if net == "gated":
+def _layer_by_hand(layer, v):
+    """One hidden layer from its weights: the gated (W v + b) ⊙ σ(V v + c) of a GatedLinear,
+    else tanh(W v + b) of a linear map (alone, or first in a (Linear, Tanh) block)."""
+    if isinstance(layer, GatedLinear):
         return (v @ layer.linear.weight.T + layer.linear.bias) * torch.sigmoid(v @ layer.gate.weight.T + layer.gate.bias)
-    linear = layer[0]
+    linear = layer[0] if isinstance(layer, torch.nn.Sequential) else layer
     return torch.tanh(v @ linear.weight.T + linear.bias)
 
 
@@ -109,7 +110,7 @@ def test_join_branch_reads_each_input_through_a_layer_of_its_own(net):
     z = torch.randn(4, 5, generator=_gen(11), dtype=F64)
     z1, z2 = z[:, :3], z[:, 3:]
     dec = model.decoder
-    joined = torch.cat([_layer_by_hand(dec.branches[0], z1, net), _layer_by_hand(dec.branches[1], z2, net)], -1)
+    joined = torch.cat([_layer_by_hand(dec.branches[0], z1), _layer_by_hand(dec.branches[1], z2)], -1)
     (out,) = dec.trunk  # hidden (5,): the split first layer was the only one; the output map is left
     assert joined.shape == (4, 10) and out.in_features == 10
     torch.testing.assert_close(model.decode(z).logits, joined @ out.weight.T + out.bias, rtol=1e-12, atol=1e-12)
@@ -117,8 +118,8 @@ def test_join_branch_reads_each_input_through_a_layer_of_its_own(net):
     joint = model.inference.joint[0].net
     assert isinstance(joint.branches[0], torch.nn.Identity)
     h = model.inference.features[0](x)
-    c = _layer_by_hand(joint.branches[1], z2, net)
-    hidden = _layer_by_hand(joint.trunk[0] if net == "gated" else [joint.trunk[0]], torch.cat([h, c], -1), net)
+    c = _layer_by_hand(joint.branches[1], z2)
+    hidden = _layer_by_hand(joint.trunk[0], torch.cat([h, c], -1))  # the joint net's one hidden layer
     last = joint.trunk[-1]
     mu, logvar = (hidden @ last.weight.T + last.bias).chunk(2, -1)
     q = model.posterior(x)
