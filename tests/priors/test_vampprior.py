@@ -4,7 +4,8 @@ References are independent of the code under test: with a linear encoder, (μ_k,
 W u_k + b is computed by hand from the layer's weights and the mixture is torch.distributions'
 own (Independent Normals, log-mean-exp over k); gradients against autograd through that
 reference and against float64 finite differences. Persistence and resume are checked bit for
-bit; the data start against the training rows themselves; the CLI through exit codes and one
+bit; the data start against the training rows themselves; both maps from parameters to
+pseudo-inputs (clamp and sigmoid) by the same references; the CLI through exit codes and one
 stderr line. Random tests fix their seed and justify the tolerance.
 """
 
@@ -37,11 +38,13 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _linear_model(k: int = 4, d: int = 2, input_dim: int = 5) -> VAEModel:
+def _linear_model(k: int = 4, d: int = 2, input_dim: int = 5, pseudo_map: str = "clamp") -> VAEModel:
     """A VampPrior model with a linear encoder (hidden=()), so that q(z|u) can be written by hand,
-    and pseudo-inputs spread over [0, 1] with a few coordinates outside it (clamped when encoded)."""
+    and parameters spread over [0, 1] with a few coordinates outside it (clamped when encoded,
+    under clamp)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(input_dim=input_dim, latent_dim=d, hidden=(), likelihood="gaussian", prior="vampprior", pseudo_inputs=k)
+    cfg = ModelConfig(input_dim=input_dim, latent_dim=d, hidden=(), likelihood="gaussian", prior="vampprior",
+                      pseudo_inputs=k, pseudo_map=pseudo_map)  # fmt: skip
     model = VAEModel(cfg).to(F64)
     with torch.no_grad():
         u = torch.rand(k, input_dim, generator=_gen(1), dtype=F64)
@@ -50,19 +53,27 @@ def _linear_model(k: int = 4, d: int = 2, input_dim: int = 5) -> VAEModel:
     return model
 
 
+def _mapped(w: torch.Tensor, pseudo_map: str, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    """The pseudo-inputs in data space, written out: clamp(w, lo, hi) or lo + (hi − lo)/(1 + e^(−w))."""
+    if pseudo_map == "clamp":
+        return torch.where(w < lo, lo, torch.where(w > hi, hi, w))
+    return lo + (hi - lo) / (1 + torch.exp(-w))
+
+
 def _encoder_linear(model) -> nn.Linear:
     layers = [m for m in model.inference.encoder.modules() if isinstance(m, nn.Linear)]
     assert len(layers) == 1
     return layers[0]
 
 
-def _reference_log_pz(z, u, weight, bias):
-    """log (1/K) Σ_k N(z; μ_k, diag σ_k²) with (μ_k, log σ_k²) = W clamp(u_k, 0, 1) + b, torch's Normal."""
-    out = u.clamp(0.0, 1.0) @ weight.T + bias  # (K, 2d)
+def _reference_log_pz(z, w, weight, bias, pseudo_map="clamp"):
+    """log (1/K) Σ_k N(z; μ_k, diag σ_k²) with (μ_k, log σ_k²) = W u_k + b, u_k = map(w_k) in
+    [0, 1], torch's Normal."""
+    out = _mapped(w, pseudo_map) @ weight.T + bias  # (K, 2d)
     mu, logvar = out.chunk(2, -1)
     comp = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)  # batch (K,), event (d,)
     log_p = comp.log_prob(z.unsqueeze(-2))  # (..., K)
-    return torch.logsumexp(log_p, -1) - math.log(u.shape[0])
+    return torch.logsumexp(log_p, -1) - math.log(w.shape[0])
 
 
 def test_parameters_and_default_start():
@@ -79,23 +90,42 @@ def test_parameters_and_default_start():
     assert abs(float(u.mean()) - 0.05) < 5 * 0.01 / math.sqrt(u.numel())
     assert abs(float(u.std()) - 0.01) < 0.05 * 0.01
     assert ModelConfig(input_dim=4, prior="vampprior").pseudo_init == "random"
+    assert ModelConfig(input_dim=4, prior="vampprior").pseudo_map == "clamp"
 
 
+def test_sigmoid_start_is_the_papers_logits():
+    """Under pseudo_map="sigmoid" the parameters are logits from N(−0.05, 0.01²) (same tolerances
+    as above), the pseudo-inputs σ(w) ≈ 0.4875 each; a fresh run's data range [−2, 6] leaves the
+    logits alone and moves the inputs to −2 + 8σ(w)."""
+    torch.manual_seed(0)
+    prior = VAEModel(ModelConfig(input_dim=64, latent_dim=3, prior="vampprior", pseudo_map="sigmoid")).prior
+    w = prior.pseudo_inputs.detach().double()
+    assert abs(float(w.mean()) + 0.05) < 5 * 0.01 / math.sqrt(w.numel())
+    assert abs(float(w.std()) - 0.01) < 0.05 * 0.01
+    torch.testing.assert_close(prior.inputs(), _mapped(prior.pseudo_inputs, "sigmoid"), rtol=1e-6, atol=1e-7)
+    assert abs(float(prior.inputs().detach().mean()) - 1 / (1 + math.exp(0.05))) < 1e-3
+    before = prior.pseudo_inputs.detach().clone()
+    prior.init_from_data(np.linspace(-2.0, 6.0, 640, dtype=np.float32).reshape(10, 64), np.random.default_rng(0))
+    assert torch.equal(prior.pseudo_inputs.detach(), before)
+    torch.testing.assert_close(prior.inputs(), _mapped(before, "sigmoid", -2.0, 6.0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("pseudo_map", ["clamp", "sigmoid"])
 @pytest.mark.parametrize("k, d", [(1, 1), (4, 2), (7, 3)])
-def test_log_pz_matches_torch_mixture_of_encoder_posteriors(k, d):
-    model = _linear_model(k, d)
+def test_log_pz_matches_torch_mixture_of_encoder_posteriors(k, d, pseudo_map):
+    model = _linear_model(k, d, pseudo_map=pseudo_map)
     lin = _encoder_linear(model)
-    u = model.prior.pseudo_inputs.detach()
+    w = model.prior.pseudo_inputs.detach()
     z = 2.0 * torch.randn(6, 3, d, generator=_gen(2), dtype=F64)  # (S, n, d)
     far = torch.full((2, d), 30.0, dtype=F64) * torch.tensor([[1.0], [-1.0]], dtype=F64)
     with torch.no_grad():
         p = model.top_prior()
-        want = _reference_log_pz(z, u, lin.weight, lin.bias)
+        want = _reference_log_pz(z, w, lin.weight, lin.bias, pseudo_map)
         assert p.batch_shape == () and p.event_shape == (d,) and p.components == k
         torch.testing.assert_close(p.log_prob(z), want, **TIGHT)
         torch.testing.assert_close(model.log_pz(z), want, **TIGHT)
         # Far in the tails a naive Σ exp underflows; the log-sum-exp stays finite and exact.
-        torch.testing.assert_close(model.log_pz(far), _reference_log_pz(far, u, lin.weight, lin.bias), rtol=1e-10, atol=0)
+        torch.testing.assert_close(model.log_pz(far), _reference_log_pz(far, w, lin.weight, lin.bias, pseudo_map), rtol=1e-10, atol=0)
         assert model.sample_z(10, generator=_gen(3)).shape == (10, d)
 
 
@@ -107,11 +137,29 @@ def test_gradients_reach_pseudo_inputs_and_encoder():
     lin = _encoder_linear(model)
     with torch.no_grad():
         model.prior.pseudo_inputs.clamp_(0.05, 0.95)
+    _assert_gradients_match_reference(model, lin, "clamp")
+
+
+def test_sigmoid_gradients_reach_every_coordinate():
+    """Under sigmoid the same checks hold with the parameters left outside [0, 1] (logits), and
+    there, where clamp's gradient is exactly zero, the sigmoid's is not."""
+    model = _linear_model(k=3, d=2, pseudo_map="sigmoid")
+    _assert_gradients_match_reference(model, _encoder_linear(model), "sigmoid")
+    z = torch.randn(4, 2, generator=_gen(4), dtype=F64)
+    outside = (0, 0), (2, 2)  # the coordinates _linear_model set to −0.7 and 1.6
+    (sig,) = torch.autograd.grad(-model.log_pz(z).sum(), [model.prior.pseudo_inputs])
+    clamped = _linear_model(k=3, d=2)
+    (clamp,) = torch.autograd.grad(-clamped.log_pz(z).sum(), [clamped.prior.pseudo_inputs])
+    for i in outside:
+        assert clamp[i] == 0 and sig[i].abs() > 1e-6, (i, clamp[i], sig[i])
+
+
+def _assert_gradients_match_reference(model, lin, pseudo_map):
     z = torch.randn(4, 2, generator=_gen(4), dtype=F64)
     params = [model.prior.pseudo_inputs, lin.weight, lin.bias]
     grads = torch.autograd.grad(-model.log_pz(z).sum(), params)
     ref = [p.detach().clone().requires_grad_() for p in params]
-    expected = torch.autograd.grad(-_reference_log_pz(z, *ref).sum(), ref)
+    expected = torch.autograd.grad(-_reference_log_pz(z, *ref, pseudo_map).sum(), ref)
     for name, got, want in zip(["pseudo_inputs", "weight", "bias"], grads, expected):
         assert want.abs().max() > 1e-6, name  # the reference itself is not zero
         torch.testing.assert_close(got, want, **TIGHT, msg=name)
@@ -220,16 +268,36 @@ def test_fit_starts_from_training_rows_with_the_run_seed(digits):
     assert torch.equal(models[0].prior.pseudo_inputs, models[1].prior.pseudo_inputs)
 
 
-@pytest.mark.parametrize("init", ["data", "random"])
-def test_resume_is_bit_identical_including_pseudo_inputs(digits, tmp_path, init):
+def test_sigmoid_data_start_is_the_rows_logits(digits):
+    """pseudo_init="data" under sigmoid: σ(w) gives back the chosen training rows (the same rows
+    as under clamp, for the same generator), every grey level exactly to float32 rounding and
+    the 0s and 1s of the range kept 1e-3 inside it; on data in [−2, 6], −2 + 8·(the same)."""
+    x = digits[:300]
+    for scale in (1.0, 8.0):
+        xs = (x * scale - 2.0 * (scale > 1)).astype(np.float32)
+        lo, hi = float(xs.min()), float(xs.max())
+        models = {m: _model(pseudo_inputs=12, pseudo_init="data", pseudo_map=m) for m in ("clamp", "sigmoid")}
+        for model in models.values():
+            model.prior.init_from_data(xs, np.random.default_rng(4))
+        rows = models["clamp"].prior.pseudo_inputs.detach().double()
+        margin = 1e-3 * (hi - lo)
+        want = rows.clamp(lo + margin, hi - margin)
+        got = models["sigmoid"].prior.inputs().detach().double()
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * (hi - lo))
+        assert (rows == lo).any() and (rows == hi).any()  # both ends of the range are exercised
+
+
+@pytest.mark.parametrize("init, pseudo_map", [("data", "clamp"), ("random", "clamp"), ("data", "sigmoid"), ("random", "sigmoid")])
+def test_resume_is_bit_identical_including_pseudo_inputs(digits, tmp_path, init, pseudo_map):
     """2 epochs straight vs 1 epoch + resume: every tensor of the state (pseudo-inputs and data
     range included) equal bit for bit; a resume that re-ran the data start would reset the
     pseudo-inputs to the chosen rows and fail this."""
+    kw = dict(pseudo_inputs=6, pseudo_init=init, pseudo_map=pseudo_map)
     with torch.random.fork_rng():
-        straight, _ = _run(digits, 2, tmp_path / "a", pseudo_inputs=6, pseudo_init=init)
-        first, _ = _run(digits, 1, tmp_path / "b", pseudo_inputs=6, pseudo_init=init)
+        straight, _ = _run(digits, 2, tmp_path / "a", **kw)
+        first, _ = _run(digits, 1, tmp_path / "b", **kw)
         after_one = first.prior.pseudo_inputs.detach().clone()
-        resumed, _ = _run(digits, 2, tmp_path / "b", resume=True, pseudo_inputs=6, pseudo_init=init)
+        resumed, _ = _run(digits, 2, tmp_path / "b", resume=True, **kw)
     a, b = straight.state_dict(), resumed.state_dict()
     assert {"prior.pseudo_inputs", "prior.data_range"} <= set(a)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
@@ -253,6 +321,24 @@ def test_vampprior_vae_trains_saves_and_loads(digits, tmp_path):
 
     loaded = assert_round_trip(est, tmp_path / "m", ("pseudo_inputs", "data_range"), digits[1000:1050])
     assert loaded.config_.model.pseudo_inputs == 20 and loaded.config_.model.pseudo_init == "random"
+
+
+def test_sigmoid_vampprior_trains_saves_and_loads(digits, tmp_path):
+    """The same under pseudo_map="sigmoid": the ELBO rises, the logits move, and a saved run
+    restores them and the map; runs saved before the option existed load as clamp."""
+    est = vaekit.VAE(prior="vampprior", pseudo_inputs=20, pseudo_map="sigmoid", latent_dim=2, hidden=(32,), epochs=4, lr=3e-3, seed=0)
+    torch.manual_seed(0)
+    init = VAEModel(ModelConfig(input_dim=64, latent_dim=2, hidden=(32,), likelihood="continuous_bernoulli",
+                                prior="vampprior", pseudo_inputs=20, pseudo_map="sigmoid"))  # fmt: skip
+    est.fit(digits[:1000])
+    history = [h["valid_elbo"] for h in est.history_]
+    assert all(map(math.isfinite, history)) and history[-1] > history[0], history
+    assert (est.model_.prior.pseudo_inputs.detach() != init.prior.pseudo_inputs.detach()).all()  # every logit moved
+    loaded = assert_round_trip(est, tmp_path / "m", ("pseudo_inputs", "data_range"), digits[1000:1050])
+    assert loaded.config_.model.pseudo_map == "sigmoid" and loaded.model_.prior.map == "sigmoid"
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["model"]["pseudo_map"]
+    assert RunConfig.from_dict(config).model.pseudo_map == "clamp"
 
 
 # -- evaluation builds the prior once ------------------------------------------------------------
@@ -320,6 +406,10 @@ def test_config_refusals():
         ModelConfig(input_dim=4, prior="vampprior", pseudo_inputs=0)
     with pytest.raises(ConfigError, match="pseudo_init must be one of random, data, got 'rows'"):
         ModelConfig(input_dim=4, prior="vampprior", pseudo_init="rows")
+    with pytest.raises(ConfigError, match="pseudo_map must be one of clamp, sigmoid, got 'tanh'"):
+        ModelConfig(input_dim=4, prior="vampprior", pseudo_map="tanh")
+    with pytest.raises(ConfigError, match="pseudo_map applies to prior vampprior only"):
+        ModelConfig(input_dim=4, pseudo_map="sigmoid")
     for inference in ("vi", "map", "autoencoder"):
         with pytest.raises(ConfigError, match=f"prior vampprior needs an encoder.*inference '{inference}'"):
             ModelConfig(input_dim=4, prior="vampprior", inference=inference, n_points=10)
@@ -344,6 +434,8 @@ def test_cli_trains_a_vampprior(tmp_path, capsys):
     "argv, culprits",
     [
         (["--prior", "vampprior", "--pseudo-inputs", "0"], ["--pseudo-inputs", "must be an integer >= 1", "0"]),
+        (["--prior", "vampprior", "--pseudo-map", "tanh"], ["--pseudo-map", "clamp, sigmoid", "tanh"]),
+        (["--pseudo-map", "sigmoid"], ["--pseudo-map", "vampprior"]),
         (["--prior", "vampprior", "--inference", "vi"], ["vampprior", "encoder", "'vi'"]),
         (["--prior", "vampprior", "--latent-dim", "4,2"], ["vampprior", "(4, 2)", "topdown or ladder"]),
     ],

@@ -9,9 +9,13 @@ from ..errors import ConfigError
 from ..registry import INFERENCE, Option
 from . import PRIORS, Prior
 
-# The paper's code (jmtomczak/vae_vampprior) starts every pseudo-input pixel at N(0.05, 0.01²)
-# for data in [0, 1]; here as a fraction of the data's range (see VampPrior).
-RANDOM_MEAN, RANDOM_STD = 0.05, 0.01
+# The random starts, as in versions of the paper's code (jmtomczak/vae_vampprior): a pixel of
+# u_k = clamp(w_k) starts at N(0.05, 0.01²) for data in [0, 1] (here as a fraction of the data's
+# range); the logit w_k of u_k = sigmoid(w_k) at N(−0.05, 0.01²), a grey of ≈ 0.49.
+RANDOM_MEAN, RANDOM_STD = {"clamp": 0.05, "sigmoid": -0.05}, 0.01
+# A data start under the sigmoid map takes the logit of rows kept this far inside (0, 1): binary
+# pixels start at σ(±6.9), not at infinite logits.
+LOGIT_MARGIN = 1e-3
 
 
 @PRIORS.register(
@@ -19,22 +23,29 @@ RANDOM_MEAN, RANDOM_STD = 0.05, 0.01
     options={
         "pseudo_inputs": Option(500, "number K of learned pseudo-inputs of the vampprior", minimum=1),
         "pseudo_init": Option("random", "start of the vampprior's pseudo-inputs: random (the paper's) or data (K training rows)", choices=("random", "data")),
+        "pseudo_map": Option("clamp", "how the vampprior's parameters w_k give pseudo-inputs in the data range [lo, hi]: "
+                             "clamp (u = clamp(w, lo, hi)) or sigmoid (u = lo + (hi - lo)·sigmoid(w))", choices=("clamp", "sigmoid")),
     },
 )
 class VampPrior(Prior):
     """p(z) = (1/K) Σ_k q(z | u_k): the uniform mixture of the encoder's posteriors at K learned
     pseudo-inputs u_k (Tomczak & Welling 2018, "VAE with a VampPrior", eq. 9).
 
-    The pseudo-inputs ``pseudo_inputs`` (K, D) are parameters in data space, trained with θ and
-    φ; gradients of log p(z) reach them and the encoder. As in the paper's code, where u_k =
-    hardtanh(w_k, 0, 1) for data in [0, 1], the encoder sees them clamped to the data's range,
-    ``data_range`` = [min, max] over the training rows (a buffer, [0, 1] until a run sets it,
-    saved with the weights).
+    The parameters ``pseudo_inputs`` w (K, D) are trained with θ and φ; gradients of log p(z)
+    reach them and the encoder. The encoder sees u_k = map(w_k) (:meth:`inputs`) inside the
+    data's range, ``data_range`` = [lo, hi] = [min, max] over the training rows (a buffer, [0, 1]
+    until a run sets it, saved with the weights). ``pseudo_map`` chooses the map, each a version
+    of the paper's code, where for data in [0, 1] u_k = hardtanh(w_k, 0, 1) or sigmoid(w_k):
+    "clamp" keeps w in data space (a coordinate pushed out of the range stops receiving
+    gradient there); "sigmoid" takes w as logits, u = lo + (hi − lo)·σ(w), whose gradient never
+    vanishes.
 
-    Start (``pseudo_init``): "random" is the paper's N(0.05, 0.01²) per feature, in units of the
-    data's range (lo + (hi − lo)·N(0.05, 0.01²)), drawn from torch's global generator like the
-    networks' weights; "data" copies K training rows chosen at random without replacement
-    (with replacement when the training set has fewer than K rows).
+    Start (``pseudo_init``): "random" is the paper's, drawn from torch's global generator like
+    the networks' weights: under clamp N(0.05, 0.01²) per feature in units of the data's range
+    (lo + (hi − lo)·N(0.05, 0.01²)), under sigmoid logits N(−0.05, 0.01²). "data" starts u at K
+    training rows chosen at random without replacement (with replacement when the training set
+    has fewer than K rows); under sigmoid at their logits, the rows kept 1e-3 of the range
+    inside it.
 
     It needs an amortized Gaussian q(z_L|x) of the top group: one latent group, or a hierarchy
     whose inference draws the top group from x alone (``topdown``, Tomczak & Welling's
@@ -45,9 +56,9 @@ class VampPrior(Prior):
 
     def __init__(self, config, size: int):
         super().__init__(config, size)
-        self.init = config.pseudo_init
+        self.init, self.map = config.pseudo_init, config.pseudo_map
         k, d = config.pseudo_inputs, config.input_dim
-        self.pseudo_inputs = nn.Parameter(RANDOM_MEAN + RANDOM_STD * torch.randn(k, d))  # (K, D)
+        self.pseudo_inputs = nn.Parameter(RANDOM_MEAN[self.map] + RANDOM_STD * torch.randn(k, d))  # (K, D)
         self.register_buffer("data_range", torch.tensor([0.0, 1.0]))  # [lo, hi] of the data
 
     @classmethod
@@ -81,19 +92,29 @@ class VampPrior(Prior):
         k = self.pseudo_inputs.shape[0]
         if self.init == "data":
             rows = np.sort(rng.choice(n, size=k, replace=k > n))
-            u = torch.as_tensor(np.asarray(x_train[rows]))
-        else:
+            w = torch.as_tensor(np.asarray(x_train[rows]), dtype=torch.float64)
+            if self.map == "sigmoid":
+                unit = (w - lo) / (hi - lo) if hi > lo else torch.full_like(w, 0.5)
+                w = torch.logit(unit.clamp(LOGIT_MARGIN, 1 - LOGIT_MARGIN))
+        elif self.map == "clamp":
             # The random start, moved from the default range [old_lo, old_hi] to the data's.
             scale = (hi - lo) / (old_hi - old_lo) if old_hi > old_lo else 0.0
-            u = lo + scale * (self.pseudo_inputs - old_lo)
-        self.pseudo_inputs.copy_(u.to(self.pseudo_inputs))
+            w = lo + scale * (self.pseudo_inputs - old_lo)
+        else:
+            return  # logits are the same fractions of any range
+        self.pseudo_inputs.copy_(w.to(self.pseudo_inputs))
+
+    def inputs(self) -> torch.Tensor:
+        """The pseudo-inputs u (K, D) in data space, as the encoder sees them."""
+        lo, hi = self.data_range
+        if self.map == "sigmoid":
+            return lo + (hi - lo) * torch.sigmoid(self.pseudo_inputs)
+        return torch.clamp(self.pseudo_inputs, lo, hi)  # the paper's hardtanh
 
     def forward(self, model=None) -> MixtureOfDiagonalNormals:
         if model is None:
             raise ValueError("the vampprior is built from the model's encoder; call it as prior(model)")
-        lo, hi = self.data_range
-        u = torch.clamp(self.pseudo_inputs, lo, hi)  # (K, D), the paper's hardtanh
-        q = model.inference.top_posterior(model, u)
+        q = model.inference.top_posterior(model, self.inputs())
         if not isinstance(q, DiagonalNormal):
             raise ValueError(f"the vampprior needs a diagonal Gaussian q(z|u); inference gives {type(q).__name__}")
         mu, logvar = q.mu, q.logvar.expand_as(q.mu)  # (K, d) each
