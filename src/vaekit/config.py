@@ -87,6 +87,12 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "batch_size": Option(128, "rows per step", minimum=1),
     "lr": Option(1e-3, "Adam learning rate", minimum=0.0, exclusive=True),
     "normalized_grad": Option(False, "Adam on each parameter tensor's gradient divided by its L2 norm (Yu et al. 2017; how Tomczak & Welling 2018 trained)"),
+    # The rate of each epoch is a function of the run's history (vaekit.schedules), so --resume
+    # recomputes it rather than storing a scheduler's state.
+    "lr_schedule": Option("constant", "learning rate over the epochs: constant; plateau (times --lr-factor after --lr-patience epochs without a better validation objective, not below --lr-min); burda (Burda et al. 2016: 3^i epochs at lr·10^(-i/7), i = 0..7)", choices=("constant", "plateau", "burda")),
+    "lr_factor": Option(0.5, "plateau: factor of each cut of the learning rate, in (0, 1)", minimum=0.0, exclusive=True),
+    "lr_patience": Option(10, "plateau: epochs without a better validation objective before a cut (warm-up epochs not counted)", minimum=1),
+    "lr_min": Option(0.0, "plateau: the learning rate is never cut below this", minimum=0.0),
     "patience": Option(None, "stop after this many epochs without a better validation objective", type="int", minimum=1, optional=True),
     "seed": Option(0, "random seed", minimum=0),
     "device": Option("cpu", "cpu or cuda[:N]", resumable=True),
@@ -276,6 +282,12 @@ class _TrainBase(_Section):
             raise ConfigError(f"amp={self.amp} needs dtype float32, got {self.dtype!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.lr_factor >= 1:
+            raise ConfigError(f"lr_factor must be < 1, got {self.lr_factor!r}")
+        if self.lr_schedule != "plateau":
+            for name in ("lr_factor", "lr_patience", "lr_min"):
+                if getattr(self, name) != TRAIN_OPTIONS[name].default:
+                    raise ConfigError(f"{name} applies to lr_schedule plateau only; this run uses lr_schedule {self.lr_schedule}")
         if self.objective != "auto":
             bad = self.owners_unselected()
             if bad:

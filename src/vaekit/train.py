@@ -30,6 +30,7 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import LatentUsage, elbo_per_point
 from .optim import Adam, NormalizedAdam, SparseAdam
 from .registry import OBJECTIVES
+from .schedules import lr_at
 
 # Progress-bar refreshes (and NaN checks) per epoch: each costs one host sync.
 TICKS_PER_EPOCH = 20
@@ -127,6 +128,9 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
 
     for epoch in range(run.start, config.epochs + 1):
         t0 = time.perf_counter()
+        lr = lr_at(config, epoch, run.history)
+        for group in optimizers[0].param_groups:  # θ and φ; per-point tables keep their own rate
+            group["lr"] = lr
         model.train()
         try:
             losses, value_sum = step.epoch(n, config.beta_at(epoch), epoch, run_dir, progress)
@@ -142,6 +146,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
         record = {
             "epoch": epoch,
             "beta": config.beta_at(epoch),
+            "lr": lr,
             "objective": objective.name,
             "train_loss": float(losses.mean()),
             "train_objective": float(value_sum) / n,
