@@ -308,6 +308,24 @@ def test_training_curves_missing_values_and_beta(tmp_path):
     _assert_real_chart(plots.training_curves(m, tmp_path / "c.png"))
 
 
+def test_training_curves_learning_rate_axis(tmp_path):
+    """A schedule's rates, drawn as steps on a log-scale twin of the left panel; a constant rate
+    (or none recorded) adds no axis."""
+    m = _metrics()
+    rates = [1e-3 if r["epoch"] < 5 else 5e-4 if r["epoch"] < 9 else 2.5e-4 for r in m]
+    assert len(plots._training_curves_figure([dict(r, lr=1e-3) for r in m]).axes) == 2
+    fig = plots._training_curves_figure([dict(r, lr=lr) for r, lr in zip(m, rates)])
+    assert len(fig.axes) == 3
+    ax_lr = fig.axes[2]
+    assert ax_lr.get_yscale() == "log" and ax_lr.get_ylabel() == "learning rate"
+    (line,) = ax_lr.lines
+    np.testing.assert_array_equal(line.get_xdata(), [r["epoch"] for r in m])
+    np.testing.assert_array_equal(line.get_ydata(), rates)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "learning rate (right axis)" in labels
+    _assert_real_chart(plots.training_curves([dict(r, lr=lr) for r, lr in zip(m, rates)], tmp_path / "c.png"))
+
+
 def test_training_curves_bad_input(tmp_path):
     with pytest.raises(DataError, match="metrics is empty"):
         plots.training_curves([], tmp_path / "c.png")

@@ -452,6 +452,13 @@ def _training_curves_figure(metrics: list[dict]):
         ok = ~np.isnan(beta)
         handles[ax_r] += ax_b.plot(epoch[ok], beta[ok], ":", color="0.4", label="β (right axis)")
         ax_b.set_ylabel("β")
+    lr = _series(metrics, "lr")
+    if not np.all(np.isnan(lr)) and np.nanmin(lr) != np.nanmax(lr):  # a learning-rate schedule
+        ax_lr = ax_l.twinx()
+        ok = ~np.isnan(lr)
+        handles[ax_l] += ax_lr.step(epoch[ok], lr[ok], ":", where="post", color="0.4", label="learning rate (right axis)")
+        ax_lr.set_yscale("log")
+        ax_lr.set_ylabel("learning rate")
     if forces:
         handles[ax_f[0]] = _draw_forces(ax_f[0], epoch, metrics, marker)
     for ax, hs in handles.items():  # below the axes: curves of any shape stay uncovered
@@ -490,7 +497,7 @@ def training_curves(metrics: list[dict], path) -> Path:
     are skipped). Left: train and valid −ELBO against epoch (plus the β-weighted train loss when
     β ≠ 1 somewhere, or when train_elbo is absent). Right: valid −recon = −E_q[log p(x|z)] and
     KL(q(z|x) ‖ p(z)), whose sum is the valid −ELBO (notes, eq. 3), with β on a twin axis when
-    it changes. With ``force_recon``, ``force_mean`` and ``force_variance`` (a diagonal Gaussian
+    it changes, and the learning rate (``lr``, log scale) on the left panel's when it changes. With ``force_recon``, ``force_mean`` and ``force_variance`` (a diagonal Gaussian
     q under a standard normal prior) a third panel shows the second note's three bubble forces,
     whose sum is the valid −ELBO. All in nats per datapoint."""
     return _save_figure(_training_curves_figure(metrics), path)
