@@ -157,3 +157,68 @@ def test_config_refusals():
 )
 def test_cli_bad_schedule(argv, culprits, tmp_path, capsys):
     assert_train_refused(capsys, tmp_path, argv, culprits)
+
+
+def test_resume_may_add_a_schedule_that_agrees_with_the_run(tmp_path):
+    """2 epochs at a constant rate (epoch 2 is worse: 1 bad epoch, no cut yet under patience 1),
+    resumed to 6 under plateau: bit for bit the straight plateau run, which cuts from epoch 4 on."""
+    kw = dict(lr_schedule="plateau", lr_patience=1, lr_factor=0.1)
+    with torch.random.fork_rng():
+        straight, h_straight = _fit(6, tmp_path / "a", **kw)
+        _, h_two = _fit(2, tmp_path / "b")
+        resumed, h_resumed = _fit(6, tmp_path / "b", resume=True, **kw)
+    assert h_two[1]["valid_score"] < h_two[0]["valid_score"]
+    assert [r["lr"] for r in h_resumed] == [r["lr"] for r in h_straight] and len({r["lr"] for r in h_straight}) >= 2
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_schedule_the_run_contradicts(tmp_path):
+    """4 constant-rate epochs with bad epochs 2, 3 and 4: plateau with patience 1 would have cut
+    for epoch 4, so resuming under it is refused, naming that epoch, and the run is untouched."""
+    run = tmp_path / "b"
+    with torch.random.fork_rng():
+        _fit(4, run)
+        before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+        with pytest.raises(ConfigError, match=r"lr_schedule plateau gives epoch 4 the learning rate 0\.001, where .* used 0\.01; "
+                                              r"resume it with the schedule it was trained with"):  # fmt: skip
+            _fit(6, run, resume=True, lr_schedule="plateau", lr_patience=1, lr_factor=0.1)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_cli_resume_with_a_schedule(tmp_path, capsys):
+    """From the command line: adding burda to a 1-epoch constant run is accepted (stage 0 is one
+    epoch at lr) and recorded in config.json; adding it to a 2-epoch run is a one-line usage
+    error, exit 2, with config.json unchanged."""
+    import json
+
+    from cli_helpers import cli
+
+    common = ["--data", "digits", "--hidden", "16", "--latent-dim", "2", "--eval-k", "2", "--quiet"]
+    for epochs, ok in ((1, True), (2, False)):
+        out = tmp_path / f"r{epochs}"
+        assert cli(capsys, "train", *common, "--epochs", str(epochs), "--out", out)[0] == 0
+        config = (out / "config.json").read_text()
+        code, _, err = cli(capsys, "train", *common, "--epochs", "3", "--out", out, "--resume", "--lr-schedule", "burda")
+        if ok:
+            assert code == 0, err
+            assert json.loads((out / "config.json").read_text())["train"]["lr_schedule"] == "burda"
+            rates = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+            assert rates[0] == 1e-3 and rates[1] == rates[2] == pytest.approx(1e-3 * 10 ** (-1 / 7), rel=1e-12)
+        else:
+            lines = err.splitlines()
+            assert code == 2 and len(lines) == 1 and "epoch 2" in lines[0] and "burda" in lines[0], err
+            assert (out / "config.json").read_text() == config
+
+
+def test_runs_from_before_schedules_count_as_constant(tmp_path):
+    """Records without "lr" (runs trained before schedules existed) stepped at lr: a plateau
+    schedule that would not have cut yet agrees with them, one that would have does not."""
+    from vaekit.train import _check_schedule
+
+    rising, falling = _history([-5.0, -4.0, -3.0]), _history([-3.0, -4.0, -5.0, -6.0])
+    plateau = TrainConfig(lr=1e-3, lr_schedule="plateau", lr_patience=1)
+    _check_schedule(TrainConfig(lr=1e-3), falling, tmp_path)
+    _check_schedule(plateau, rising, tmp_path)
+    with pytest.raises(ConfigError, match="gives epoch 4 the learning rate 0.0005"):
+        _check_schedule(plateau, falling, tmp_path)

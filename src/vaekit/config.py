@@ -88,11 +88,12 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "lr": Option(1e-3, "Adam learning rate", minimum=0.0, exclusive=True),
     "normalized_grad": Option(False, "Adam on each parameter tensor's gradient divided by its L2 norm (Yu et al. 2017; how Tomczak & Welling 2018 trained)"),
     # The rate of each epoch is a function of the run's history (vaekit.schedules), so --resume
-    # recomputes it rather than storing a scheduler's state.
-    "lr_schedule": Option("constant", "learning rate over the epochs: constant; plateau (times --lr-factor after --lr-patience epochs without a better validation objective, not below --lr-min); burda (Burda et al. 2016: 3^i epochs at lr·10^(-i/7), i = 0..7)", choices=("constant", "plateau", "burda")),
-    "lr_factor": Option(0.5, "plateau: factor of each cut of the learning rate, in (0, 1)", minimum=0.0, exclusive=True),
-    "lr_patience": Option(10, "plateau: epochs without a better validation objective before a cut (warm-up epochs not counted)", minimum=1),
-    "lr_min": Option(0.0, "plateau: the learning rate is never cut below this", minimum=0.0),
+    # recomputes it rather than storing a scheduler's state; a resume may change the schedule
+    # where the new one gives the rates the run has used so far (train._check_schedule).
+    "lr_schedule": Option("constant", "learning rate over the epochs: constant; plateau (times --lr-factor after --lr-patience epochs without a better validation objective, not below --lr-min); burda (Burda et al. 2016: 3^i epochs at lr·10^(-i/7), i = 0..7)", choices=("constant", "plateau", "burda"), resumable=True),
+    "lr_factor": Option(0.5, "plateau: factor of each cut of the learning rate, in (0, 1)", minimum=0.0, exclusive=True, resumable=True),
+    "lr_patience": Option(10, "plateau: epochs without a better validation objective before a cut (warm-up epochs not counted)", minimum=1, resumable=True),
+    "lr_min": Option(0.0, "plateau: the learning rate is never cut below this", minimum=0.0, resumable=True),
     "patience": Option(None, "stop after this many epochs without a better validation objective", type="int", minimum=1, optional=True),
     "seed": Option(0, "random seed", minimum=0),
     "device": Option("cpu", "cpu or cuda[:N]", resumable=True),

@@ -273,6 +273,7 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
     if run_dir is None or not (run_dir / ckpt.LAST_FILE).is_file():
         raise CheckpointError(f"{run_dir}: nothing to resume (no {ckpt.LAST_FILE})")
     meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizers)
+    _check_schedule(config, meta["history"], run_dir)
     if writer:
         ckpt.remove_stale_temporaries(run_dir)
     if run_config is not None and writer:
@@ -287,6 +288,20 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
         _write_metrics(run_dir, run.history)
     run.best_state = _best_from_disk(run_dir, model)
     return run
+
+
+def _check_schedule(config: TrainConfig, history: list[dict[str, Any]], run_dir: Path) -> None:
+    """A resumed run may change its learning-rate schedule only where the new one gives every
+    epoch so far the rate the run used: then the resumed run equals a straight run under the
+    new schedule (a plateau schedule added before the first plateau, say)."""
+    for record in history:
+        used = record.get("lr", config.lr)  # runs from before schedules stepped at lr throughout
+        wanted = lr_at(config, record["epoch"], history)
+        if not math.isclose(wanted, used, rel_tol=1e-12):
+            raise ConfigError(
+                f"lr_schedule {config.lr_schedule} gives epoch {record['epoch']} the learning rate {wanted:g}, "
+                f"where {run_dir} used {used:g}; resume it with the schedule it was trained with"
+            )
 
 
 class _Step:
