@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .registry import REGISTRIES, Option
+from .schedules import SCHEDULES
 
 CONFIG_VERSION = 5
 
@@ -90,7 +91,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
     # The rate of each epoch is a function of the run's history (vaekit.schedules), so --resume
     # recomputes it rather than storing a scheduler's state; a resume may change the schedule
     # where the new one gives the rates the run has used so far (train._check_schedule).
-    "lr_schedule": Option("constant", "learning rate over the epochs: constant; plateau (times --lr-factor after --lr-patience epochs without a better validation objective, not below --lr-min); burda (Burda et al. 2016: 3^i epochs at lr·10^(-i/7), i = 0..7)", choices=("constant", "plateau", "burda"), resumable=True),
+    "lr_schedule": Option("constant", "learning rate over the epochs: constant; plateau (times --lr-factor after --lr-patience epochs without a better validation objective, not below --lr-min); burda (Burda et al. 2016: 3^i epochs at lr·10^(-i/7), i = 0..7)", choices=SCHEDULES, resumable=True),
     "lr_factor": Option(0.5, "plateau: factor of each cut of the learning rate, in (0, 1)", minimum=0.0, exclusive=True, resumable=True),
     "lr_patience": Option(10, "plateau: epochs without a better validation objective before a cut (warm-up epochs not counted)", minimum=1, resumable=True),
     "lr_min": Option(0.0, "plateau: the learning rate is never cut below this", minimum=0.0, resumable=True),

@@ -497,8 +497,9 @@ def training_curves(metrics: list[dict], path) -> Path:
     are skipped). Left: train and valid −ELBO against epoch (plus the β-weighted train loss when
     β ≠ 1 somewhere, or when train_elbo is absent). Right: valid −recon = −E_q[log p(x|z)] and
     KL(q(z|x) ‖ p(z)), whose sum is the valid −ELBO (notes, eq. 3), with β on a twin axis when
-    it changes, and the learning rate (``lr``, log scale) on the left panel's when it changes. With ``force_recon``, ``force_mean`` and ``force_variance`` (a diagonal Gaussian
-    q under a standard normal prior) a third panel shows the second note's three bubble forces,
+    it changes, and the learning rate (``lr``, log scale) on a twin of the left panel when it
+    changes. With ``force_recon``, ``force_mean`` and ``force_variance`` (a diagonal Gaussian q
+    under a standard normal prior) a third panel shows the second note's three bubble forces,
     whose sum is the valid −ELBO. All in nats per datapoint."""
     return _save_figure(_training_curves_figure(metrics), path)
 
