@@ -34,14 +34,20 @@ def burda_stage(epoch: int) -> int:
 def lr_at(config, epoch: int, history: list[dict[str, Any]]) -> float:
     """The learning rate of 1-based ``epoch`` under ``config.lr_schedule``, given the records of
     the epochs before it (``history``, each with ``epoch`` and ``valid_score``)."""
+    return rates(config, [r for r in history if r["epoch"] < epoch], epoch)[-1]
+
+
+def rates(config, history: list[dict[str, Any]], upto: int | None = None) -> list[float]:
+    """The rate of each epoch of ``history`` and then of epoch ``upto`` (default: the epoch after
+    the last record), in one pass over the records."""
+    upto = (history[-1]["epoch"] + 1 if history else 1) if upto is None else upto
     if config.lr_schedule == "constant":
-        return config.lr
+        return [config.lr] * (len(history) + 1)
     if config.lr_schedule == "burda":
-        return config.lr * 10.0 ** (-burda_stage(epoch) / 7)
-    lr, best, bad = config.lr, -math.inf, 0
+        return [config.lr * 10.0 ** (-burda_stage(e) / 7) for e in [r["epoch"] for r in history] + [upto]]
+    out, lr, best, bad = [], config.lr, -math.inf, 0
     for record in history:
-        if record["epoch"] >= epoch:
-            break
+        out.append(lr)
         if record["epoch"] <= config.warmup:
             continue
         score = record["valid_score"]
@@ -51,4 +57,4 @@ def lr_at(config, epoch: int, history: list[dict[str, Any]]) -> float:
             bad += 1
             if bad > config.lr_patience:
                 lr, bad = max(lr * config.lr_factor, config.lr_min), 0
-    return lr
+    return out + [lr]

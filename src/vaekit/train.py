@@ -30,7 +30,7 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import LatentUsage, elbo_per_point
 from .optim import Adam, NormalizedAdam, SparseAdam
 from .registry import OBJECTIVES
-from .schedules import lr_at
+from .schedules import lr_at, rates
 
 # Progress-bar refreshes (and NaN checks) per epoch: each costs one host sync.
 TICKS_PER_EPOCH = 20
@@ -294,9 +294,8 @@ def _check_schedule(config: TrainConfig, history: list[dict[str, Any]], run_dir:
     """A resumed run may change its learning-rate schedule only where the new one gives every
     epoch so far the rate the run used: then the resumed run equals a straight run under the
     new schedule (a plateau schedule added before the first plateau, say)."""
-    for record in history:
+    for record, wanted in zip(history, rates(config, history)):
         used = record.get("lr", config.lr)  # runs from before schedules stepped at lr throughout
-        wanted = lr_at(config, record["epoch"], history)
         if not math.isclose(wanted, used, rel_tol=1e-12):
             raise ConfigError(
                 f"lr_schedule {config.lr_schedule} gives epoch {record['epoch']} the learning rate {wanted:g}, "
