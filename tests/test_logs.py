@@ -24,6 +24,14 @@ def test_epoch_line():
     assert len(epoch_line(dict(RECORD, epoch=1, images_per_second=9.0, epoch_seconds=0.4), 100)) == len(epoch_line(RECORD, 100))
 
 
+def test_epoch_line_shows_the_rate():
+    """The rate each epoch stepped at, so a schedule's cuts are visible in a log; records from
+    before rates were recorded print without it."""
+    line = epoch_line(dict(RECORD, lr=5e-4), 100)
+    assert line == "epoch  12/100  elbo  train    -98.315  valid    -99.020  kl   24.060  lr 5.00e-04     3.2 s    15600 img/s"
+    assert len(epoch_line(dict(RECORD, lr=6.25e-05), 100)) == len(line)
+
+
 def test_row_progress_prints_a_line_per_tenth(capsys):
     progress = RowProgress(1000, "evaluating log p(x) (K=1000)", bar=False)
     for done in (50, 256, 512, 768, 1000):  # batches of 256 rows after a first small one

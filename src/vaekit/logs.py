@@ -23,13 +23,15 @@ EVAL_LINES = 10
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
     """One epoch of metrics.jsonl as an aligned line: epoch, the objective on the training
-    and validation rows (its own values, higher is better), the validation KL, the epoch's
-    time and the training images per second."""
+    and validation rows (its own values, higher is better), the validation KL, the learning
+    rate the epoch stepped at (so a schedule's cuts show in a log), the epoch's time and the
+    training images per second."""
     width = len(str(epochs))
+    lr = f"lr {record['lr']:.2e}  " if record.get("lr") is not None else ""
     return (
         f"epoch {record['epoch']:>{width}}/{epochs}  {record['objective']}  "
         f"train {record['train_objective']:10.3f}  valid {record['valid_score']:10.3f}  "
-        f"kl {record['valid_kl']:8.3f}  {record['epoch_seconds']:6.1f} s  {record['images_per_second']:7.0f} img/s"
+        f"kl {record['valid_kl']:8.3f}  {lr}{record['epoch_seconds']:6.1f} s  {record['images_per_second']:7.0f} img/s"
     )
 
 
