@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import vaekit
+from vaekit.checkpoint import read_metrics
 from vaekit.cli import main
 from vaekit.config import CONFIG_VERSION
 from cli_helpers import cli
@@ -996,18 +997,18 @@ def test_a_second_train_into_a_run_being_written_is_refused(tmp_path, capsys):
             assert_error(code, out, err, 1, str(run), "being written by another process", f"(pid {first.pid})")
             assert first.poll() is None
         deadline = time.monotonic() + 600
-        while len(vaekit.checkpoint.read_metrics(run)) < 3:
+        while len(read_metrics(run)) < 3:
             assert first.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
     finally:
         if first.poll() is None:
             kill9(first)
-    n = len(vaekit.checkpoint.read_metrics(run))
-    assert [r["epoch"] for r in vaekit.checkpoint.read_metrics(run)] == list(range(1, n + 1))
+    n = len(read_metrics(run))
+    assert [r["epoch"] for r in read_metrics(run)] == list(range(1, n + 1))
     assert sum(line.startswith("epoch ") for line in log.read_text().splitlines()) >= n - 1
     code, _, err = cli(capsys, "train", "--out", run, "--resume", "--epochs", str(n + 1), "--quiet")
     assert code == 0, err
-    epochs = [r["epoch"] for r in vaekit.checkpoint.read_metrics(run)]
+    epochs = [r["epoch"] for r in read_metrics(run)]
     # The kill may land between an epoch's metrics line and its checkpoint: resume then
     # repeats that epoch from the checkpoint, and the metrics are rewritten to match.
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= n, epochs
@@ -1028,7 +1029,7 @@ def test_train_after_a_writer_killed_by_sigkill(tmp_path, capsys):
     assert (run / ".vaekit.lock").is_file()
     code, _, err = cli(capsys, "train", "--data", "digits", "--out", run, *TRAIN_ARGS[2:], "--epochs", "1", "--overwrite", "--quiet")
     assert code == 0, err
-    assert [r["epoch"] for r in vaekit.checkpoint.read_metrics(run)] == [1]
+    assert [r["epoch"] for r in read_metrics(run)] == [1]
     assert not (run / ".vaekit.lock").exists()
 
 
@@ -1043,7 +1044,7 @@ def test_overwrite_leaves_nothing_of_the_previous_run(run_copy, capsys):
     code, _, err = cli(capsys, "train", "--data", "digits", "--out", run_copy, "--latent-dim", "3", *SMALL, "--overwrite", "--quiet")
     assert code == 0, err
     assert sorted(p.name for p in run_copy.iterdir()) == sorted(set(RUN_FILES) - {"latent_grid.png", "bubbles.png"})
-    assert [r["epoch"] for r in vaekit.checkpoint.read_metrics(run_copy)] == [1]
+    assert [r["epoch"] for r in read_metrics(run_copy)] == [1]
 
 
 @pytest.mark.parametrize("content", [{"notes.txt": "mine"}, {"config.json": '{"name": "another tool"}', "data.bin": "x"}], ids=["no-config", "foreign-config"])
@@ -1068,7 +1069,7 @@ def test_overwrite_refuses_data_inside_the_run_directory(run_copy, files, capsys
 # -- 6. logs ------------------------------------------------------------------------------------
 
 EPOCH_LINE = re.compile(
-    r"^epoch +(\d+)/(\d+)  (\w+)  train +(-?\d+\.\d{3})  valid +(-?\d+\.\d{3})  kl +(-?\d+\.\d{3}) +(\d+\.\d) s +(\d+) img/s$"
+    r"^epoch +(\d+)/(\d+)  (\w+)  train +(-?\d+\.\d{3})  valid +(-?\d+\.\d{3})  kl +(-?\d+\.\d{3})  lr (\d\.\d\de[-+]\d\d) +(\d+\.\d) s +(\d+) img/s$"
 )
 
 
@@ -1079,12 +1080,12 @@ def test_train_logs_one_line_per_epoch_on_stderr(trained):
     lines = proc.stderr.splitlines()
     epochs = [EPOCH_LINE.match(line) for line in lines if line.startswith("epoch")]
     assert all(epochs), lines
-    metrics = vaekit.checkpoint.read_metrics(run)
+    metrics = read_metrics(run)
     assert len(epochs) == len(metrics) == 3
     for m, r in zip(epochs, metrics):
         assert (int(m[1]), int(m[2]), m[3]) == (r["epoch"], 3, r["objective"])
         assert m[4] == f"{r['train_objective']:.3f}" and m[5] == f"{r['valid_score']:.3f}" and m[6] == f"{r['valid_kl']:.3f}"
-        assert m[7] == f"{r['epoch_seconds']:.1f}" and int(m[8]) == round(r["images_per_second"])
+        assert m[7] == f"{r['lr']:.2e}" and m[8] == f"{r['epoch_seconds']:.1f}" and int(m[9]) == round(r["images_per_second"])
     assert len({len(line) for line in lines if line.startswith("epoch")}) == 1  # aligned
     assert lines[-1].startswith(f"evaluating log p(x) (K=10): {DIGITS_TEST}/{DIGITS_TEST} rows, ")
     assert "\r" not in proc.stderr
