@@ -325,6 +325,18 @@ def test_mmap_verbs_equal_the_in_memory_ones(verb, extra, run, digits_rows, tmp_
         np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
+@pytest.mark.parametrize("verb", ["encode", "reconstruct", "score", "evaluate"])
+def test_mmap_verbs_refuse_the_wrong_width_before_scaling(verb, run, digits_rows, tmp_path, capsys):
+    """The digits model scales its input (x / 16): the width is checked before any block is
+    mapped, so the message is the in-memory one, not numpy's broadcasting error."""
+    np.save(tmp_path / "x.npy", digits_rows[:, :-1].astype(np.float64))
+    argv = [verb, run, "--data", tmp_path / "x.npy", "--mmap"]
+    argv += ["--split", "all"] if verb == "evaluate" else ["--out", tmp_path / "o.npy"]
+    code, out, err = cli(capsys, *argv)
+    assert_error(code, out, err, 1, f"x.npy has {DIM - 1} features per row, but the model was trained on {DIM}")
+    assert not (tmp_path / "o.npy").exists()
+
+
 def test_mmap_verb_refuses_a_csv(run, files, tmp_path, capsys):
     code, out, err = cli(capsys, "encode", run, "--data", files / "digits50.csv", "--mmap", "--out", tmp_path / "e.npy")
     assert_error(code, out, err, 1, "digits50.csv", ".npy")

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from . import containers
 from .containers import MappedRows
 
 
@@ -19,6 +20,7 @@ def check_data(
     input_dim: int | None = None,
     likelihood: Any = None,
     scaling: Any = None,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """Validate ``x`` and return it as a C-contiguous float32 ``(n, D)`` array (a view when
     it already is one, else a copy).
@@ -26,7 +28,8 @@ def check_data(
     Checks, in order: numeric dtype; 2-D; at least ``min_rows`` rows; at least one column;
     all values finite; ``D == input_dim`` when given; ``likelihood.check(x, what, scaling)``
     (the likelihood's support; ``scaling``, the model's input map that made x, for the
-    message) when a likelihood is given. Accepts lists, numpy arrays and torch
+    message) when a likelihood is given. ``rows``: the 1-based number in its file of each row
+    of x, for the messages (default 1, 2, ...). Accepts lists, numpy arrays and torch
     tensors. Raises ``DataError`` naming ``what``, the expected and the found. A
     ``MappedRows`` is checked block by block and returned as it is (never read whole).
     """
@@ -47,7 +50,7 @@ def check_data(
     if x.shape[1] < 1:
         raise DataError(f"{what} has 0 feature(s) (shape={x.shape}) while a minimum of 1 is required.")
     if x.dtype.kind == "f":
-        check_finite(x, what)
+        check_finite(x, what, rows)
     with np.errstate(over="ignore"):  # overflow is reported below, by position
         x32 = np.ascontiguousarray(x, dtype=np.float32)
     if x.dtype.kind == "f" and x.dtype.itemsize > 4:
@@ -57,7 +60,7 @@ def check_data(
         if bad.any():
             r, c = np.unravel_index(int(np.flatnonzero(bad)[0]), x.shape)
             raise DataError(
-                f"{what} has values too large for float32 (first at row {r + 1}, column {c + 1}: "
+                f"{what} has values too large for float32 (first at {row_name(r, rows)}, column {c + 1}: "
                 f"{x[r, c]:g}); expected |x| < {np.finfo(np.float32).max:g}"
             )
     if input_dim is not None and x32.shape[1] != input_dim:
@@ -65,22 +68,29 @@ def check_data(
             f"{what} has {x32.shape[1]} features per row, but the model was trained on {input_dim}"
         )
     if likelihood is not None:
-        likelihood.check(x32, what, scaling)
+        likelihood.check(x32, what, scaling, rows=rows)
     return x32
 
 
 def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None, likelihood: Any, scaling: Any) -> MappedRows:
+    """The checks of ``check_data`` on a memory-mapped split, ``CHUNK_ROWS`` file rows at a
+    time, on the values as stored (before float32 and the model's input map, which would turn
+    1e300 into an infinity nobody wrote); a message names the row by its number in the file."""
     if len(x) < min_rows:
         raise DataError(f"{what} has {len(x)} rows (shape={x.shape}); at least {min_rows} {'is' if min_rows == 1 else 'are'} needed")
     if x.array.dtype.kind not in "biuf":
         raise DataError(f"{what} has dtype {x.array.dtype}; expected numbers (bool, int or float)")
-    start = 0
-    for chunk in x.chunks():
-        try:
-            check_data(chunk, what=what, input_dim=input_dim, likelihood=likelihood, scaling=scaling)
-        except DataError as e:
-            raise DataError(f"{e} [in rows {start + 1}-{start + len(chunk)} of the split]") from None
-        start += len(chunk)
+    if x.shape[1] < 1:
+        raise DataError(f"{what} has 0 feature(s) (shape={x.shape}) while a minimum of 1 is required.")
+    if input_dim is not None and x.shape[1] != input_dim:
+        raise DataError(f"{what} has {x.shape[1]} features per row, but the model was trained on {input_dim}")
+    size = containers.CHUNK_ROWS
+    for start in range(0, len(x), size):
+        file_rows = np.sort(x.index[start : start + size])  # ascending: the page cache's order
+        raw = np.asarray(x.array[file_rows])
+        values = check_data(raw, what=what, rows=file_rows + 1)
+        if likelihood is not None:
+            likelihood.check(values if x.scaling is None else x.scaling.to_model(values), what, scaling, rows=file_rows + 1)
     return x
 
 
@@ -116,11 +126,16 @@ def not_2d(x: np.ndarray) -> str:
     )
 
 
-def check_finite(x: np.ndarray, what: str, rows: list[int] | None = None) -> None:
+def row_name(r: int, rows: Any = None) -> str:
+    """How a message names row ``r`` (0-based) of a block: "row r+1", or by its 1-based number
+    in the file, ``rows[r]``, when the block holds rows of a file not in their file order."""
+    return f"row {r + 1}" if rows is None else f"row {int(rows[r])}"
+
+
+def check_finite(x: np.ndarray, what: str, rows: Any = None) -> None:
     finite = np.isfinite(x)
     if finite.all():
         return
     r, c = np.unravel_index(int(np.flatnonzero(~finite)[0]), x.shape)
     kind = "NaN" if np.isnan(x[r, c]) else "infinity"
-    row = rows[r] if rows is not None else r + 1
-    raise DataError(f"{what} contains {kind} (first at row {row}, column {c + 1}); expected finite numbers")
+    raise DataError(f"{what} contains {kind} (first at {row_name(r, rows)}, column {c + 1}); expected finite numbers")

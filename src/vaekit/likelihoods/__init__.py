@@ -14,6 +14,7 @@ from torch.distributions import Distribution
 
 from ..config import ModelConfig
 from ..data import MappedRows, summarize
+from ..data.checks import row_name
 from ..errors import DataError
 from ..registry import LIKELIHOODS
 
@@ -34,10 +35,11 @@ class Likelihood(nn.Module):
         """Elementwise: which values of ``x`` this likelihood gives a density (all, by default)."""
         return np.ones(x.shape, dtype=bool)
 
-    def check(self, x: np.ndarray, what: str = "data", scaling=None) -> None:
+    def check(self, x: np.ndarray, what: str = "data", scaling=None, rows=None) -> None:
         """Raise DataError if some value of ``x`` (the model's values) is outside this
         likelihood's support; the message says what the values were and why: the model's input
-        map ``scaling`` (vaekit.scaling.Scaling) that made them, or that there is none."""
+        map ``scaling`` (vaekit.scaling.Scaling) that made them, or that there is none.
+        ``rows``: the 1-based file row of each row of x, for the message (default: 1, 2, ...)."""
         ok = self.supported(x)
         if ok.all():
             return
@@ -46,7 +48,7 @@ class Likelihood(nn.Module):
         if scaling is not None:
             raise DataError(
                 f"{head} once this model's input scaling {scaling.describe()} is applied: "
-                f"e.g. {scaling.user_value(float(x[r, c]), c):g} becomes {float(x[r, c]):g} (row {r + 1}, column {c + 1})"
+                f"e.g. {scaling.user_value(float(x[r, c]), c):g} becomes {float(x[r, c]):g} ({row_name(r, rows)}, column {c + 1})"
             )
         shown = ", ".join(f"{v:g}" for v in np.unique(x[~ok])[:3])
         raise DataError(
