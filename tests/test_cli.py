@@ -633,6 +633,44 @@ def test_png_out_for_non_image_model(verb_args, run2d, files, tmp_path, capsys):
     assert not (tmp_path / "samples.png").exists()
 
 
+@pytest.mark.parametrize("verb", ["sample", "reconstruct", "encode"])
+@pytest.mark.parametrize("where", ["directory", "parent_is_a_file"])
+def test_out_that_cannot_be_written_is_refused_first(verb, where, run, tmp_path, capsys):
+    """An --out naming a directory, or under a file, gets one line before any work: not the
+    traceback of the write at the end."""
+    suffix = ".npy" if verb == "encode" else ".png"
+    if where == "directory":
+        out = tmp_path / f"taken{suffix}"
+        out.mkdir()
+    else:
+        (tmp_path / "afile").write_text("keep me")
+        out = tmp_path / "afile" / f"x{suffix}"
+    argv = [verb, run, "--out", out] + ([] if verb == "sample" else ["--data", "digits"])
+    code, stdout, err = cli(capsys, *argv)
+    assert_error(code, stdout, err, 1, str(out), "is a directory" if where == "directory" else "is a file, not a directory")
+    assert where == "directory" or (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_gaps_checks_both_pictures_before_writing_either(run_copy, tmp_path, capsys):
+    before = snapshot(run_copy)
+    code, out, err = cli(capsys, "gaps", run_copy, "--k", "2", "--steps", "2", "--bars", tmp_path / "missing" / "b.png")
+    assert_error(code, out, err, 1, "--bars", "does not exist")
+    code, out, err = cli(capsys, "gaps", run_copy, "--k", "2", "--steps", "2", "--plot", tmp_path / "a.png", "--bars", tmp_path / "a.png")
+    assert_error(code, out, err, 2, "--plot and --bars")
+    assert snapshot(run_copy) == before and not (tmp_path / "a.png").exists()
+
+
+def test_a_picture_that_cannot_be_written_is_one_line(run, tmp_path, capsys, monkeypatch):
+    import vaekit.plots
+
+    def full(path, write):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vaekit.plots, "_atomic_write", full)
+    code, out, err = cli(capsys, "sample", run, "--out", tmp_path / "s.png")
+    assert_error(code, out, err, 1, "s.png", "cannot write (No space left on device)")
+
+
 def test_bad_input_in_a_real_process(run, files, tmp_path):
     """What the user sees: the interpreter's exit status and its whole stderr."""
     cases = [

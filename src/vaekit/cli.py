@@ -395,6 +395,13 @@ def cmd_gaps(args) -> int:
     _positive("--k", args.k)
     _positive("--steps", args.steps)
     est = _load(args)
+    # Both pictures' paths are checked before the work and before either is written.
+    plot = Path(args.plot) if args.plot else Path(args.run_dir) / f"gaps_{args.split}.png"
+    bars = Path(args.bars) if args.bars else Path(args.run_dir) / f"gaps_{args.split}_bars.png"
+    check_out(plot, (".png",), "--plot")
+    check_out(bars, (".png",), "--bars")
+    if plot.resolve() == bars.resolve():
+        raise ConfigError(f"--plot and --bars both name {plot}; give them different files")
     _, x, _ = _rows(est, args, args.split)
     model = est.model_
     # The run's own training rows are the rows of its per-point tables, in order: score them
@@ -404,11 +411,7 @@ def cmd_gaps(args) -> int:
     result = gaps(model, x, k=args.k, steps=args.steps, seed=args.seed, idx=np.arange(len(x)) if own_rows else None)
     result["seconds"] = time.perf_counter() - t0
     per_point = result.pop("per_point")
-    plot = Path(args.plot) if args.plot else Path(args.run_dir) / f"gaps_{args.split}.png"
-    check_out(plot, (".png",))
     bound_gap_plot(per_point["log_px"], per_point["elbo"], plot, title=f"{est.model_.config.inference} VAE, {args.split} split")
-    bars = Path(args.bars) if args.bars else Path(args.run_dir) / f"gaps_{args.split}_bars.png"
-    check_out(bars, (".png",))
     bound_bars_plot({est.model_.config.inference: per_point}, bars)
     result.update(split=args.split, plot=str(plot), bars=str(bars))
     _report(

@@ -10,11 +10,18 @@ from pathlib import Path
 from .errors import ConfigError, DataError
 
 
-def check_out(out: Path, suffixes: tuple[str, ...]) -> None:
+def check_out(out: Path, suffixes: tuple[str, ...], option: str = "--out") -> None:
+    """Refuse, before any work is done, an output path ``option`` names that could not be
+    written: a file type the verb does not write, a missing directory, or a directory."""
     if out.suffix.lower() not in suffixes:
-        raise ConfigError(f"--out {out}: unsupported file type; use {', '.join(suffixes)}")
-    if out.parent and not out.parent.exists():
-        raise DataError(f"--out {out}: directory {out.parent} does not exist")
+        raise ConfigError(f"{option} {out}: unsupported file type; use {', '.join(suffixes)}")
+    parent = out.parent
+    if not parent.exists():
+        raise DataError(f"{option} {out}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise DataError(f"{option} {out}: {parent} is a file, not a directory")
+    if out.is_dir():
+        raise DataError(f"{option} {out}: is a directory; name a file")
 
 
 def write_array(out: Path, arr, header: list[str] | None = None, arrays: dict | None = None) -> None:

@@ -113,7 +113,7 @@ def _save_figure(fig, path) -> Path:
 
     FigureCanvasAgg(fig)  # attaches itself as fig.canvas; no pyplot, no global state
     try:
-        return _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+        return _write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         fig.clear()
 
@@ -156,7 +156,15 @@ def _render_grid(tiles: np.ndarray, present: np.ndarray, ncol: int, pad: int, sc
 
 
 def _save_image(img, path) -> Path:
-    return _atomic_write(path, lambda f: img.save(f, format="PNG"))
+    return _write(path, lambda f: img.save(f, format="PNG"))
+
+
+def _write(path, write) -> Path:
+    """Atomically, with a failure to write (no space, no permission) as a one-line DataError."""
+    try:
+        return _atomic_write(path, write)
+    except OSError as e:
+        raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 TEXT_PX = 11  # caption font size; 8x8 digits upscaled to 32 px leave room for one short line
