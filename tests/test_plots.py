@@ -424,7 +424,7 @@ def test_writes_are_atomic_and_leave_no_temp_files(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(PILImage.Image, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DataError, match="grid.png: cannot write \\(disk full\\)"):
         plots.image_grid(np.zeros((4, 16)), target, (4, 4))
     assert target.read_bytes() == before
     _no_temp_files(tmp_path / "out", {"grid.png", "c.png"})
