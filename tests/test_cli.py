@@ -907,7 +907,8 @@ def test_resume_may_change_the_speed_settings(files, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def nan_run(files, tmp_path_factory):
     out = tmp_path_factory.mktemp("nan") / "run"
-    proc = vaekit_process("train", "--out", out, "--data", files / "huge.csv", "--likelihood", "gaussian",
+    # A 2-D latent: the run keeps bubbles.npz from before its first step.
+    proc = vaekit_process("train", "--out", out, "--data", files / "huge.csv", "--likelihood", "gaussian", "--latent-dim", "2",
                           "--standardize", "off", "--epochs", "2", "--hidden", "8", "--eval-k", "2", "--tensorboard")  # fmt: skip
     return out, proc
 

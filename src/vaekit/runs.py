@@ -13,8 +13,8 @@ from .config import RunConfig
 from .scaling import Scaling, model_rows
 from .train import rank_world, fit, init_distributed
 
-# What write_pictures may write.
-PICTURES = ("samples.png", "reconstructions.png", "curves.png", "latent.png", "kl_per_dim.png", "latent_grid.png")
+# What write_pictures and write_space_pictures may write.
+PICTURES = ("samples.png", "reconstructions.png", "curves.png", "latent.png", "kl_per_dim.png", "latent_grid.png", "bubbles.png", "spaces.png")
 # Test rows drawn in the latent-space picture, and shown in reconstructions.png.
 LATENT_POINTS = 5000
 RECONSTRUCTED_ROWS = 32
@@ -90,12 +90,13 @@ def _remove_unfinished(run_dir: Path, created: bool) -> None:
     import shutil
 
     from . import checkpoint as ckpt
+    from .bubbles import BUBBLES_FILE
     from .logs import TENSORBOARD_DIR
 
     if (run_dir / ckpt.LAST_FILE).is_file() or not run_dir.is_dir():
         return
     ckpt.remove_stale_temporaries(run_dir)
-    for name in (ckpt.CONFIG_FILE, ckpt.MODEL_FILE, ckpt.METRICS_FILE, *PICTURES):
+    for name in (ckpt.CONFIG_FILE, ckpt.MODEL_FILE, ckpt.METRICS_FILE, BUBBLES_FILE, *PICTURES):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
     if created and not any(run_dir.iterdir()):
