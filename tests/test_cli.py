@@ -671,6 +671,35 @@ def test_a_picture_that_cannot_be_written_is_one_line(run, tmp_path, capsys, mon
     assert_error(code, out, err, 1, "s.png", "cannot write (No space left on device)")
 
 
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 8e11 bytes"), MemoryError()],
+    ids=["torch", "python"],
+)
+def test_out_of_memory_is_one_line(error, run, tmp_path, capsys, monkeypatch):
+    """What `sample -n 100000000000` meets: the allocator's failure as one line, exit 1."""
+    import vaekit.estimator
+
+    def too_much(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(vaekit.estimator.VAE, "sample", too_much)
+    code, out, err = cli(capsys, "sample", run, "-n", "100000000000", "--out", tmp_path / "s.npy")
+    assert_error(code, out, err, 1, "out of memory", "fewer samples")
+    assert not (tmp_path / "s.npy").exists()
+
+
+def test_other_runtime_errors_are_not_called_memory(run, tmp_path, capsys, monkeypatch):
+    import vaekit.estimator
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(vaekit.estimator.VAE, "sample", broken)
+    with pytest.raises(RuntimeError, match="shapes"):
+        cli(capsys, "sample", run, "--out", tmp_path / "s.npy")
+
+
 def test_bad_input_in_a_real_process(run, files, tmp_path):
     """What the user sees: the interpreter's exit status and its whole stderr."""
     cases = [

@@ -566,8 +566,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vaekit: interrupted; what was written is intact (a run with a checkpoint continues with --resume)", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(
+            f"vaekit: error: out of memory ({first}); ask for less at once: fewer samples or rows, "
+            "a smaller --batch-size or --k (what was written is intact)",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         warnings.formatwarning = _PYTHON_FORMAT_WARNING
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, torch's CPU allocator failing, or CUDA out of memory (a
+    RuntimeError subclass)."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)
 
 
 def run() -> None:
