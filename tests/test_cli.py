@@ -700,6 +700,16 @@ def test_other_runtime_errors_are_not_called_memory(run, tmp_path, capsys, monke
         cli(capsys, "sample", run, "--out", tmp_path / "s.npy")
 
 
+def test_json_output_is_strict_json(run, digits_rows, tmp_path, capsys):
+    """gaps on one row has no standard error: null, not the NaN strict parsers reject."""
+    np.save(tmp_path / "one.npy", digits_rows[:1])
+    code, out, err = cli(capsys, "gaps", run, "--data", tmp_path / "one.npy", "--split", "all", "--k", "3", "--steps", "2",
+                         "--plot", tmp_path / "p.png", "--bars", tmp_path / "b.png", "--json")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))
+    assert result["n"] == 1 and result["approximation_gap_se"] is None and math.isfinite(result["approximation_gap"])
+
+
 def test_bad_input_in_a_real_process(run, files, tmp_path):
     """What the user sees: the interpreter's exit status and its whole stderr."""
     cases = [

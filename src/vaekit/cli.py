@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -529,7 +530,19 @@ def _evidence_line(r: dict[str, Any]) -> str:
 
 
 def _report(args, obj: dict[str, Any], text: str) -> None:
-    print(json.dumps(obj) if args.json else text)
+    print(json.dumps(_strict(obj), allow_nan=False) if args.json else text)
+
+
+def _strict(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as null: strict JSON (jq, JavaScript) has no NaN, and a
+    value that is not a number (the standard error of one row) is better said to be absent."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
 
 
 # -- entry point --------------------------------------------------------------------------------
