@@ -710,6 +710,35 @@ def test_json_output_is_strict_json(run, digits_rows, tmp_path, capsys):
     assert result["n"] == 1 and result["approximation_gap_se"] is None and math.isfinite(result["approximation_gap"])
 
 
+@pytest.fixture(scope="module")
+def api_run(tmp_path_factory, digits_rows):
+    """A run saved from the Python API: its rows were an in-memory array, and it keeps no test split."""
+    run = tmp_path_factory.mktemp("api") / "run"
+    vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit(digits_rows).save(run)
+    return run
+
+
+def test_an_api_run_explains_its_empty_test_split(api_run, files, capsys):
+    code, out, err = cli(capsys, "evaluate", api_run, "--data", files / "digits50.csv", "--k", "2")
+    assert_error(code, out, err, 1, "digits50.csv has no test rows", "--split all")
+    code, out, err = cli(capsys, "evaluate", api_run, "--data", files / "digits50.csv", "--k", "2", "--split", "all", "--json")
+    assert code == 0 and json.loads(out)["n"] == 50, err
+
+
+def test_an_api_run_cannot_be_resumed_from_the_command_line(api_run, capsys):
+    before = snapshot(api_run)
+    code, out, err = cli(capsys, "train", "--out", api_run, "--resume")
+    assert_error(code, out, err, 2, str(api_run), "in-memory array", "resume")
+    assert snapshot(api_run) == before
+
+
+def test_resume_and_overwrite_contradict(run_copy, capsys):
+    before = snapshot(run_copy)
+    code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--overwrite")
+    assert_error(code, out, err, 2, "--resume", "--overwrite")
+    assert snapshot(run_copy) == before
+
+
 def test_bad_input_in_a_real_process(run, files, tmp_path):
     """What the user sees: the interpreter's exit status and its whole stderr."""
     cases = [

@@ -197,6 +197,8 @@ def cmd_train(args) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     # Under torchrun rank 0 alone writes the run directory, so it alone takes the lock.
     lock = RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite empties it; give one of them")
     if args.resume:
         if not run_dir.is_dir():
             raise VaekitError(f"{run_dir}: nothing to resume (no such directory)")
@@ -206,6 +208,8 @@ def cmd_train(args) -> int:
             if not (run_dir / ckpt.CONFIG_FILE).is_file():
                 raise VaekitError(f"{run_dir}: nothing to resume (no config.json)")
             config = _resume_config(args, run_dir)
+            if config.data.source == "array":
+                raise ConfigError(f"{run_dir} was fitted on an in-memory array (the Python API): the command line cannot read its rows again to resume it")
             if config.train.tensorboard:
                 check_tensorboard()
             summary = train_run(config, run_dir, resume=True, progress=progress)
@@ -358,6 +362,8 @@ def _rows(est, args, split: str):
     else:
         data = load_dataset(replace(cfg, source=source, data_dir=data_dir, mmap=mmap))
         x, labels, named = data.split(split), data.split_labels(split), data.scaling
+        if len(x) == 0:
+            raise DataError(f"{source} has no {split} rows under the split fractions of this run; --split all uses every row")
     if not isinstance(x, MappedRows):  # mapped rows are checked once, block by block, below
         x = check_data(x, what=source, input_dim=est.n_features_in_)
     if est.scaling_ is None and named is not None:
