@@ -220,6 +220,22 @@ def test_component_options_belong_to_their_component():
     assert ModelConfig(input_dim=4, likelihood="gaussian", variance="feature").variance == "feature"
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"decoder_input": "all"}, "decoder_input all applies to models with several latent groups (latent_dim 40,40) only; this one has one, 3"),
+        ({"downward": "mlp", "latent_dim": (3,)}, "downward applies to models with several latent groups (latent_dim 40,40) only; this one has one, 3"),
+        ({"refine_in_training": True}, "refine_in_training needs refine_steps > 0"),
+    ],
+)
+def test_options_that_would_do_nothing_are_refused(kwargs, message):
+    """An option that this model would silently ignore is refused, as for a component's options."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ModelConfig(**{"input_dim": 4, "latent_dim": 3, **kwargs})
+    assert ModelConfig(input_dim=4, latent_dim=(3, 2), decoder_input="all").decoder_input == "all"
+    assert ModelConfig(input_dim=4, latent_dim=3, refine_steps=2, refine_in_training=True).refine_in_training
+
+
 def test_objective_auto_is_the_inference_method_own():
     assert RunConfig(model=ModelConfig(input_dim=4)).train.objective == "elbo"
     assert RunConfig(model=ModelConfig(input_dim=4, inference="autoencoder")).train.objective == "reconstruction"

@@ -289,10 +289,22 @@ def _run_parser(sub, name: str, help: str, data_required: bool, default_split: s
     p.add_argument("--data", required=data_required, help=_data_help() + ("" if data_required else " (default: the run's own data)"))
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz")
     p.add_argument("--split", choices=SPLITS, default=default_split, help=f"rows to use (default {default_split}; 'all' keeps a file's own row order)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo noise, and of the rows a .png shows (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the Monte Carlo noise, and of the rows a .png shows (default 0)")
     p.add_argument("--mmap", action="store_true", help="memory-map a .npy --data and stream its rows (default: as the run was trained)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
+
+
+def _seed(text: str) -> int:
+    """--seed of the verbs: an int >= 0, as train's (torch.Generator.manual_seed takes any int,
+    but a negative seed would not be the same one in numpy)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _add_run_commands(sub) -> None:
@@ -312,12 +324,12 @@ def _add_run_commands(sub) -> None:
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", required=True, help=".png (image grid, image data only), .npy, .npz or .csv")
     p.add_argument("--source", choices=("prior", "aggregate", "gmm"), default="prior", help="z ~ p(z) (default); z ~ q(z|x) for random training rows x (the aggregate posterior); or z from a Gaussian mixture fitted to the training rows' posterior means (gmm)")
-    p.add_argument("--components", type=int, default=10, help="components of the --source gmm mixture (default 10)")
+    p.add_argument("--components", type=int, help="components of the --source gmm mixture (default 10)")
     p.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of returning E[x|z]")
     p.add_argument("--data", help="data for --source aggregate or gmm (default: the run's own training split)")
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of z and of x ~ p(x|z) (default 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_sample)
 
     p = _run_parser(sub, "encode", "posterior means and log-variances of q(z|x) for each row", True, "all")
@@ -434,6 +446,12 @@ def cmd_gaps(args) -> int:
 
 def cmd_sample(args) -> int:
     _positive("-n", args.n)
+    if args.source == "prior" and (args.data or args.data_dir):
+        raise ConfigError("--data gives the rows of --source aggregate or gmm; --source prior draws z ~ p(z) and reads none")
+    if args.components is not None and args.source != "gmm":
+        raise ConfigError(f"--components sets the mixture of --source gmm; this draws from --source {args.source}")
+    if args.components is not None:
+        _positive("--components", args.components)
     out = Path(args.out)
     check_out(out, (".png", ".npy", ".npz", ".csv"))
     est = _load(args)
@@ -441,11 +459,12 @@ def cmd_sample(args) -> int:
     if out.suffix == ".png" and shape is None:
         raise ConfigError(f"--out {out}: this model's data are not images; write .npy, .npz or .csv")
     x = _rows(est, args, "train")[0] if args.source != "prior" else None
-    samples = est.sample(args.n, seed=args.seed, mean=not args.draw, source=args.source, X=x, components=args.components)
+    components = 10 if args.components is None else args.components
+    samples = est.sample(args.n, seed=args.seed, mean=not args.draw, source=args.source, X=x, components=components)
     if out.suffix == ".png":
         from .plots import image_grid
 
-        where = {"prior": "z ~ p(z)", "aggregate": "z ~ q(z|x), x from the training rows", "gmm": f"z ~ a {args.components}-component mixture fitted to q"}
+        where = {"prior": "z ~ p(z)", "aggregate": "z ~ q(z|x), x from the training rows", "gmm": f"z ~ a {components}-component mixture fitted to q"}
         # Pictures show the values the model sees (a named dataset's [0, 1]).
         image_grid(_model_values(est, samples), out, shape, title=f"{args.n} samples: {where[args.source]}, {'drawn x ~ p(x|z)' if args.draw else 'decoder means'}")
     else:

@@ -223,10 +223,14 @@ class _ModelBase(_Section):
             )
         if self.downward is not None and self.layers == 1:
             raise ConfigError(
-                f"downward applies to models with several latent groups (latent_dim 40,40) only; this one has one, {self.latent_dim}"
+                f"downward applies to models with several latent groups (latent_dim 40,40) only; this one has one, {self.latent_words}"
             )
         if self.join == "branch":
             self._check_branches()
+        if self.decoder_input == "all" and self.layers == 1:
+            raise ConfigError(
+                f"decoder_input all applies to models with several latent groups (latent_dim 40,40) only; this one has one, {self.latent_words}"
+            )
         bad = self.owners_unselected()
         if bad:
             raise ConfigError(
@@ -267,6 +271,12 @@ class _ModelBase(_Section):
     @property
     def decoder_net(self) -> str:
         return self.decoder or self.net
+
+    @property
+    def latent_words(self) -> str:
+        """latent_dim as the command line writes it: 20, or 40,40."""
+        dims = self.latent_dim if isinstance(self.latent_dim, (tuple, list)) else (self.latent_dim,)
+        return ",".join(str(d) for d in dims)
 
     @property
     def layers(self) -> int:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .config import RunConfig
+from .errors import DataError
 from .scaling import Scaling, model_rows
 from .train import rank_world, fit, init_distributed
 
@@ -114,6 +115,10 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
     model = VAEModel(run_config.model)
     splits = {}
     scaling = Scaling.of(run_config.model)
+    for name, use in (("valid", "picks its best epoch on the validation rows"), ("test", "ends by scoring the test rows")):
+        if len(data.split(name)) == 0:
+            why = f"--{name}-fraction 0" if getattr(run_config.data, f"{name}_fraction") == 0 else f"its {name} split is empty"
+            raise DataError(f"{data.name} has no {name} rows ({why}): vaekit train {use}; give it some")
     for name in ("train", "valid", "test"):
         splits[name] = check_data(
             model_rows(run_config.model, data.split(name), data.scaling),

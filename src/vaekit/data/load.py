@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..registry import DATASETS
 from .checks import check_data
 from .containers import SPLIT_NAMES, Dataset, MappedRows
@@ -26,6 +26,8 @@ def load_dataset(config: DataConfig) -> Dataset:
     and test >= 1 row unless their fraction is 0)."""
     source = config.source
     if source in DATASETS:
+        if config.mmap:
+            raise ConfigError(f"mmap streams a .npy file; {source} is a built-in dataset, read into memory (drop --mmap)")
         named = DATASETS.get(source)
         ds = named.load(config)
         ds.scaling = named.scaling

@@ -45,6 +45,8 @@ class Amortized(InferenceMethod):
     @classmethod
     def check_config(cls, config) -> None:
         super().check_config(config)
+        if config.refine_in_training and not config.refine_steps:
+            raise ConfigError("refine_in_training needs refine_steps > 0: with 0 steps there is nothing to refine")
         if config.refine_steps and len(latent_groups(config.latent_dim)) > 1:
             raise ConfigError("refine_steps refines one diagonal Gaussian; it needs a single latent layer")
 
