@@ -750,6 +750,24 @@ def test_resume_and_overwrite_contradict(run_copy, capsys):
     assert snapshot(run_copy) == before
 
 
+@pytest.mark.parametrize("mmap", [[], ["--mmap"]], ids=["memory", "mmap"])
+def test_images_of_another_layout_are_refused(mmap, run, digits_rows, tmp_path, capsys):
+    """The digits model saw 8 x 8 images: rows of 64 pixels laid out 4 x 16 (as channels-last
+    data for a channels-first model would be) are refused, not read as noise; (1, 8, 8) and
+    flat rows are the same images."""
+    np.save(tmp_path / "wide.npy", digits_rows.reshape(-1, 4, 16))
+    code, out, err = cli(capsys, "reconstruct", run, "--data", tmp_path / "wide.npy", *mmap, "--out", tmp_path / "r.npy")
+    assert_error(code, out, err, 1, "wide.npy", "(4, 16)", "(8, 8)")
+    assert not (tmp_path / "r.npy").exists()
+    outputs = []
+    for name, rows in (("chw", digits_rows.reshape(-1, 1, 8, 8)), ("flat", digits_rows)):
+        np.save(tmp_path / f"{name}.npy", rows)
+        code, _, err = cli(capsys, "encode", run, "--data", tmp_path / f"{name}.npy", *mmap, "--out", tmp_path / f"{name}_e.npy")
+        assert code == 0, err
+        outputs.append(np.load(tmp_path / f"{name}_e.npy"))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
 def test_bad_input_in_a_real_process(run, files, tmp_path):
     """What the user sees: the interpreter's exit status and its whole stderr."""
     cases = [

@@ -370,12 +370,13 @@ def _rows(est, args, split: str):
     mmap = getattr(args, "mmap", False) or (cfg.mmap and source == cfg.source)
     named = None
     if split == "all" and Path(source).suffix:
-        x, labels, _ = load_array(source, data_dir, mmap=mmap)
+        x, labels, image_shape = load_array(source, data_dir, mmap=mmap)
     else:
         data = load_dataset(replace(cfg, source=source, data_dir=data_dir, mmap=mmap))
-        x, labels, named = data.split(split), data.split_labels(split), data.scaling
+        x, labels, named, image_shape = data.split(split), data.split_labels(split), data.scaling, data.image_shape
         if len(x) == 0:
             raise DataError(f"{source} has no {split} rows under the split fractions of this run; --split all uses every row")
+    _check_image_shape(source, image_shape, est.model_.config.image_shape)
     if not isinstance(x, MappedRows):  # mapped rows are checked once, block by block, below
         x = check_data(x, what=source, input_dim=est.n_features_in_)
     if est.scaling_ is None and named is not None:
@@ -383,6 +384,22 @@ def _rows(est, args, split: str):
         # named dataset as its loader scaled it.
         x = model_rows(est.model_.config, x, named)
     return x, est.model_input(x, what=source), labels
+
+
+def _check_image_shape(source: str, found, trained) -> None:
+    """Images whose pixel count matches the model's but whose layout does not, channels-last
+    (H, W, C) rows for a (C, H, W) model say, flatten to rows of the right width in the wrong
+    order: refused rather than read as noise. Axes of size 1 do not count ((1, 28, 28) is
+    (28, 28))."""
+    if found is None or trained is None:
+        return
+    squeeze = lambda shape: tuple(int(d) for d in shape if int(d) != 1)  # noqa: E731
+    if squeeze(found) != squeeze(trained):
+        show = lambda shape: "(" + ", ".join(str(int(d)) for d in shape) + ")"  # noqa: E731
+        raise DataError(
+            f"{source} holds images of shape {show(found)}, but the model was trained on images of shape {show(trained)}; "
+            "reorder their axes (numpy.moveaxis) or flatten them to rows"
+        )
 
 
 def _positive(name: str, value: int) -> None:
