@@ -609,8 +609,8 @@ BAD_INPUT = {
     "mmap-named-dataset": (["train", "--out", "{tmp}/r", "--data", "digits", "--mmap", *SMALL], 2, ["mmap", "digits", "built-in"]),
     "valid-fraction-0": (["train", "--out", "{tmp}/r", "--data", "{files}/digits300.csv", "--valid-fraction", "0", *SMALL], 1, ["no valid rows", "--valid-fraction 0"]),
     "test-fraction-0": (["train", "--out", "{tmp}/r", "--data", "{files}/digits300.csv", "--test-fraction", "0", *SMALL], 1, ["no test rows", "--test-fraction 0"]),
-    "decoder-input-all-one-group": (["train", "--out", "{tmp}/r", "--decoder-input", "all", *SMALL], 2, ["decoder_input all", "several latent groups"]),
-    "refine-in-training-without-steps": (["train", "--out", "{tmp}/r", "--refine-in-training", *SMALL], 2, ["refine_in_training", "refine_steps"]),
+    "decoder-input-all-one-group": (["train", "--out", "{tmp}/r", "--decoder-input", "all", *SMALL], 2, ["--decoder-input all", "several latent groups"]),
+    "refine-in-training-without-steps": (["train", "--out", "{tmp}/r", "--refine-in-training", *SMALL], 2, ["--refine-in-training needs --refine-steps"]),
     # run directories
     "run-dir-missing": (["evaluate", "{tmp}/nonexistent", "--k", "2"], 1, ["nonexistent"]),
     "run-dir-without-config": (["evaluate", "{files}/somedir", "--k", "2"], 1, ["somedir", "config.json"]),

@@ -176,8 +176,10 @@ class _option_names:
     def __exit__(self, typ, err, tb):
         if isinstance(err, ConfigError):
             options = {name: dest for dest, (_, name, _) in train_options().items()}
-            pattern = r"\b(" + "|".join(sorted(options, key=len, reverse=True)) + r")\b(?=\s+(?:must|[+]|applies|cannot))"
-            msg = re.sub(pattern, lambda m: _flag(options[m.group(1)]), str(err))
+            names = "|".join(sorted(options, key=len, reverse=True))
+            # "lr must be", "decoder_input all applies", "... needs prior_from": the names of options.
+            pattern = rf"\b({names})\b(?=\s+(?:\w+\s+)?(?:[+]|(?:must|applies|cannot|needs)\b))|(?<=needs )({names})\b"
+            msg = re.sub(pattern, lambda m: _flag(options[m.group(1) or m.group(2)]), str(err))
             raise ConfigError(msg) from None
         return False
 

@@ -146,7 +146,7 @@ def test_cli_refuses_a_latent_size_mismatch_and_a_missing_source(first, tmp_path
     assert code != 0 and out == "" and len(err.splitlines()) == 1, err
     assert "latent size is 2" in err and "has 3" in err and "Traceback" not in err
     code, out, err = cli(capsys, "train", *SMALL, "--epochs", "1", "--out", tmp_path / "s", "--prior", "aggregate")
-    assert code != 0 and len(err.splitlines()) == 1 and "needs prior_from" in err, err
+    assert code != 0 and len(err.splitlines()) == 1 and "--prior aggregate needs --prior-from" in err, err
 
 
 def test_fewer_rows_than_components_give_the_full_aggregate(first):
