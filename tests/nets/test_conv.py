@@ -261,7 +261,7 @@ def test_cli_conv_on_non_image_data_is_one_line(tmp_path, capsys):
     assert out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err
-    assert lines[0].startswith("vaekit: error: net conv needs image-shaped data") and "10 features" in lines[0]
+    assert lines[0].startswith("vaekit: error: --net conv needs image-shaped data") and "10 features" in lines[0]
     assert not (tmp_path / "run").exists()
 
 
