@@ -272,6 +272,18 @@ def test_csv_without_header_tsv_and_txt(tmp_path):
     np.testing.assert_array_equal(load_array(str(tmp_path / "s.txt"))[0], [[0.5, 1.5], [2.5, 3.5]])
 
 
+def test_semicolon_separated_csv(tmp_path):
+    """Spreadsheets in many locales separate cells by ';': read as such when the first row has
+    ';' and no ','; a decimal comma is refused with the reason, not taken for a header."""
+    p = write_text(tmp_path / "semi.csv", "a;b;c\n1;2;3\n4.5;5;-6\n")
+    np.testing.assert_array_equal(load_array(str(p))[0], [[1, 2, 3], [4.5, 5, -6]])
+    p = write_text(tmp_path / "bare.csv", "1;2\n3;4\n")
+    np.testing.assert_array_equal(load_array(str(p))[0], [[1, 2], [3, 4]])
+    p = write_text(tmp_path / "comma.csv", "1,5;2\n3,5;4\n")
+    with pytest.raises(DataError, match=r"row 1, column 2 is '5;2'; expected a number \(cells are separated by ','"):
+        load_array(str(p))
+
+
 def test_csv_dataset_split(tmp_path):
     rows = "\n".join(f"{i},{2 * i}" for i in range(10))
     p = write_text(tmp_path / "d.csv", "i,j\n" + rows + "\n")

@@ -190,7 +190,8 @@ def _read_table(path: Path) -> np.ndarray:
     if suffix == ".txt" and "," not in lines[0][1]:
         rows = [(n, line.split()) for n, line in lines]
     else:
-        delimiter = "\t" if suffix == ".tsv" else ","
+        # Spreadsheets in many locales write ';' between cells (a decimal comma is not read).
+        delimiter = "\t" if suffix == ".tsv" else (";" if ";" in lines[0][1] and "," not in lines[0][1] else ",")
         rows = [(n, [c.strip() for c in cells])
                 for n, line in lines for cells in csv.reader([line], delimiter=delimiter)]
 
@@ -201,6 +202,13 @@ def _read_table(path: Path) -> np.ndarray:
             return None
 
     first_no, first = rows[0]
+    for j, cell in enumerate(first):
+        # "1,5;2": numbers with decimal commas between semicolons, not a header.
+        if ";" in cell and all(number(part) is not None for part in cell.split(";")):
+            raise DataError(
+                f"{path}: row {first_no}, column {j + 1} is {cell!r}; expected a number"
+                " (cells are separated by ',' or, throughout, by ';'; the decimal point is '.')"
+            )
     if any(c and number(c) is None for c in first):
         header_cols = len(first)
         rows = rows[1:]
@@ -222,7 +230,8 @@ def _read_table(path: Path) -> np.ndarray:
             if v is None:
                 if not cell:
                     raise DataError(f"{path}: row {line_no}, column {j + 1} is empty; expected a number")
-                raise DataError(f"{path}: row {line_no}, column {j + 1} is {cell!r}; expected a number")
+                hint = " (cells are separated by ',' or, throughout, by ';'; the decimal point is '.')" if ";" in cell else ""
+                raise DataError(f"{path}: row {line_no}, column {j + 1} is {cell!r}; expected a number{hint}")
             values[i, j] = v
     check_finite(values, str(path), rows=[n for n, _ in rows])
     return values
