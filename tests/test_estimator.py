@@ -248,6 +248,24 @@ def test_save_into_a_run_with_more_is_refused_unless_overwrite(fitted, digits, t
     np.testing.assert_array_equal(vaekit.load(run).transform(digits[:10]), fitted.transform(digits[:10]))
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_save_never_touches_a_directory_of_other_files(overwrite, fitted, tmp_path):
+    """A project folder is not a run: saving into it is refused, with or without overwrite, and
+    its files stay (a model saved among them would make them part of a run that a later
+    overwrite=True empties)."""
+    from vaekit.errors import CheckpointError
+
+    project = tmp_path / "proj"
+    (project / "src").mkdir(parents=True)
+    (project / "README.md").write_text("mine")
+    with pytest.raises(CheckpointError, match=r"holds files but no vaekit run \(README.md, src\)"):
+        fitted.save(project, overwrite=overwrite)
+    assert _names(project) == ["README.md", "src"] and (project / "README.md").read_text() == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _names(fitted.save(empty, overwrite=overwrite)) == ["config.json", "model.safetensors"]
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="the holder is killed with SIGKILL")
 def test_save_into_a_locked_directory_is_refused(fitted, tmp_path):
     from lock_helpers import holding

@@ -389,7 +389,9 @@ class VAE(TransformerMixin, BaseEstimator):
         A directory that holds a saved model alone (those two files) is replaced. One that
         holds more, such as a ``vaekit train`` run with its checkpoints, metrics and pictures,
         is refused unless ``overwrite``, which first empties it (``checkpoint.clear_run``), so
-        that nothing of the old run stays beside the new model."""
+        that nothing of the old run stays beside the new model. A directory with files but no
+        run is refused whatever ``overwrite`` says: they are not vaekit's to delete, and a
+        model saved among them would make them part of a run a later overwrite empties."""
         from .checkpoint import CONFIG_FILE, MODEL_FILE, clear_run, run_entries, save_model
         from .errors import CheckpointError
         from .lock import RunLock
@@ -399,6 +401,9 @@ class VAE(TransformerMixin, BaseEstimator):
         with RunLock(run_dir):
             entries = run_entries(run_dir)
             extra = [name for name in entries if name not in (CONFIG_FILE, MODEL_FILE)]
+            if extra and CONFIG_FILE not in entries:
+                shown = ", ".join(extra[:3]) + (", …" if len(extra) > 3 else "")
+                raise CheckpointError(f"{run_dir} holds files but no vaekit run ({shown}); save into a new or empty directory")
             if CONFIG_FILE in entries and extra:
                 if not overwrite:
                     shown = ", ".join(extra[:3]) + (", …" if len(extra) > 3 else "")
