@@ -787,6 +787,17 @@ def test_train_into_existing_run(run_copy, capsys):
     assert snapshot(run_copy) == before
 
 
+def test_train_refuses_a_directory_of_other_files(tmp_path, capsys):
+    """Files that are not a run's would become part of one, which a later --overwrite empties
+    (--overwrite itself refuses them: test_overwrite_refuses_a_directory_that_holds_no_vaekit_run)."""
+    project = tmp_path / "proj"
+    (project / "src").mkdir(parents=True)
+    (project / "notes.txt").write_text("keep me")
+    code, out, err = cli(capsys, "train", "--out", project, *SMALL)
+    assert_error(code, out, err, 1, str(project), "notes.txt", "no vaekit run")
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt", "src"]
+
+
 def test_train_out_is_a_file(tmp_path, capsys):
     (tmp_path / "afile").write_text("keep me")
     code, out, err = cli(capsys, "train", "--out", tmp_path / "afile", *SMALL)

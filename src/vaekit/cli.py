@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import re
+import os
 import sys
 import time
 import warnings
@@ -186,7 +187,6 @@ class _option_names:
 
 def cmd_train(args) -> int:
     import contextlib
-    import os
 
     from . import checkpoint as ckpt
     from .lock import RunLock
@@ -220,6 +220,8 @@ def cmd_train(args) -> int:
             raise VaekitError(_holds_a_run(run_dir))
         if run_dir.exists() and not run_dir.is_dir():
             raise VaekitError(f"--out {run_dir}: exists and is not a directory")
+        if not args.overwrite:
+            _check_not_foreign(run_dir)
         config = _config_from_args(args)
         if args.overwrite:
             _check_data_outside(config.data.source, run_dir)
@@ -232,6 +234,8 @@ def cmd_train(args) -> int:
                 raise VaekitError(_holds_a_run(run_dir))
             if args.overwrite:
                 ckpt.clear_run(run_dir)
+            else:
+                _check_not_foreign(run_dir)
             summary = train_run(config, run_dir, resume=False, progress=progress)
     if summary.get("rank", 0) != 0:  # data-parallel: rank 0 alone reports
         return 0
@@ -246,6 +250,21 @@ def cmd_train(args) -> int:
 
 def _holds_a_run(run_dir: Path) -> str:
     return f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
+
+
+def _check_not_foreign(run_dir: Path) -> None:
+    """A new run goes into a new or empty directory, or replaces a run: files that are not a
+    run's would become part of one, which a later --overwrite empties (--overwrite itself
+    refuses them: checkpoint.clear_run). Rank 0 alone asks: under torchrun the others would see
+    the files it is writing."""
+    from . import checkpoint as ckpt
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    entries = ckpt.run_entries(run_dir)
+    if entries and ckpt.CONFIG_FILE not in entries:
+        shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+        raise VaekitError(f"--out {run_dir} holds files but no vaekit run ({shown}); train into a new or empty directory")
 
 
 def _resume_config(args, run_dir: Path):
@@ -652,8 +671,6 @@ def run() -> None:
     has finished its work (SIGABRT, "terminate called without an active exception"; see
     pytorch/pytorch#179291), which torchrun reports as a failed job. By then every file the verb
     wrote is closed and its lock released; ``os._exit`` skips only the teardown."""
-    import os
-
     status = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import logging
