@@ -159,6 +159,37 @@ def test_fit_on_image_arrays_takes_them_unflattened(digits):
         VAE(latent_dim=2, hidden=(8,), epochs=1, image_shape=(4, 16)).fit(images)
 
 
+def test_x_valid_is_taken_as_x_was(digits):
+    """X_valid's columns must be X's in X's order; images of X's shape are taken unflattened."""
+    import pandas as pd
+
+    df = pd.DataFrame(digits[:200], columns=[f"p{i}" for i in range(64)])
+    kw = dict(latent_dim=2, hidden=(8,), epochs=1)
+    with pytest.raises(DataError, match=r"^X_valid: The feature names should match .* same order"):
+        VAE(**kw).fit(df, X_valid=df[df.columns[::-1]])
+    assert VAE(**kw).fit(df, X_valid=df.iloc[:20]).history_
+    images = digits[:200].reshape(-1, 8, 8)
+    assert VAE(**kw).fit(images, X_valid=images[:20]).history_
+    with pytest.raises(DataError, match=r"X_valid has images of shape \(4, 16\), but X has images of shape \(8, 8\)"):
+        VAE(**kw).fit(images, X_valid=digits[:20].reshape(-1, 4, 16))
+
+
+def test_a_failed_fit_leaves_the_estimator_as_it_was(digits):
+    """A refit refused (here a bad β, found after X was taken) keeps the model it had."""
+    est = VAE(latent_dim=2, hidden=(8,), epochs=1).fit(digits[:200])
+    before = est.transform(digits[:10])
+    est.set_params(beta=-1.0)
+    with pytest.raises(ConfigError, match="beta must be >= 0"):
+        est.fit(digits[:200, :10])
+    est.set_params(beta=1.0)
+    assert est.n_features_in_ == 64
+    np.testing.assert_array_equal(est.transform(digits[:10]), before)
+    fresh = VAE(latent_dim=2, hidden=(8,), epochs=1, beta=-1.0)
+    with pytest.raises(ConfigError):
+        fresh.fit(digits[:200])
+    assert not hasattr(fresh, "n_features_in_") and not hasattr(fresh, "model_")
+
+
 def test_get_params_set_params():
     est = VAE(latent_dim=3, hidden=(10, 5), beta=0.5)
     params = est.get_params()

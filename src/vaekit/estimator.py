@@ -118,8 +118,8 @@ class VAE(TransformerMixin, BaseEstimator):
             try:
                 # ensure_2d=False: only the feature names here; the array checks are check_data's.
                 validate_data(self, X, reset=reset, skip_check_array=True, ensure_2d=False)
-            except ValueError as e:  # names that differ from fit's
-                raise DataError(str(e)) from None
+            except ValueError as e:  # names that differ from fit's; sklearn's lines as one
+                raise DataError(" ".join(str(e).split())) from None
             X = self._flat_images(_numeric(X, what), what) if not reset else _numeric(X, what)
         return check_data(X, what=what, min_rows=1)
 
@@ -152,7 +152,18 @@ class VAE(TransformerMixin, BaseEstimator):
         """Fit on the rows of X (an array, a DataFrame, a tensor); ``y`` is ignored (the
         scikit-learn convention for unsupervised estimators). Validation rows are ``X_valid``,
         else a ``valid_fraction`` of X. Neither torch's nor numpy's global random state moves:
-        the seeded parts run under ``torch.random.fork_rng``."""
+        the seeded parts run under ``torch.random.fork_rng``. A fit that fails leaves the
+        estimator as it was (fitted before, still fitted to the same model)."""
+        state = {k: v for k, v in self.__dict__.items() if k in _FITTED}
+        try:
+            return self._fit(X, X_valid)
+        except BaseException:
+            for k in _FITTED:
+                self.__dict__.pop(k, None)
+            self.__dict__.update(state)
+            raise
+
+    def _fit(self, X, X_valid) -> "VAE":
         from .data import check_data
         from .logs import EpochLog
         from .model import VAEModel
@@ -181,7 +192,7 @@ class VAE(TransformerMixin, BaseEstimator):
         data_config = DataConfig(source="array", valid_fraction=self.valid_fraction, test_fraction=0.0, split_seed=self.seed)
         config = RunConfig(model=model_config_, train=train_config, data=data_config)
         if given_valid:
-            X_valid = check_data(_numeric(X_valid, "X_valid"), what="X_valid", input_dim=X.shape[1])
+            X_valid = check_data(self._valid_rows(X_valid, image_shape), what="X_valid", input_dim=X.shape[1])
         scaling = Scaling.of(config.model)
         X, X_valid = apply(scaling, X), apply(scaling, X_valid)
         # The caller's random streams stay where they were: torch.manual_seed here and in
@@ -197,6 +208,24 @@ class VAE(TransformerMixin, BaseEstimator):
         self.model_ = model
         self.config_ = config
         return self
+
+    def _valid_rows(self, X_valid, image_shape):
+        """fit's X_valid as X was taken: a DataFrame's columns must be X's, in X's order, and
+        images (n, H, W) or (n, C, H, W) must have X's shape."""
+        from sklearn.utils.validation import validate_data
+
+        if hasattr(X_valid, "columns") or hasattr(self, "feature_names_in_"):
+            try:
+                validate_data(self, X_valid, reset=False, skip_check_array=True, ensure_2d=False)
+            except ValueError as e:
+                raise DataError(f"X_valid: {' '.join(str(e).split())}") from None
+        X_valid = _numeric(X_valid, "X_valid")
+        if getattr(X_valid, "ndim", None) in (3, 4):
+            shape = tuple(int(v) for v in X_valid.shape[1:])
+            if image_shape is None or shape != tuple(image_shape):
+                raise DataError(f"X_valid has images of shape {shape}, but X has {'rows' if image_shape is None else 'images of shape ' + str(tuple(image_shape))}")
+            X_valid = np.reshape(X_valid, (X_valid.shape[0], -1))
+        return X_valid
 
     # -- using a fitted model -------------------------------------------------------------------
     def __sklearn_is_fitted__(self) -> bool:
@@ -426,6 +455,10 @@ class VAE(TransformerMixin, BaseEstimator):
         est.model_, est.config_, est.n_features_in_ = model, config, config.model.input_dim
         est.history_ = read_metrics(run_dir)
         return est
+
+
+# What fit sets: a failed fit puts back what was there before.
+_FITTED = ("n_features_in_", "feature_names_in_", "model_", "config_", "history_")
 
 
 def _numeric(X, what: str):
