@@ -5,6 +5,7 @@ of a fitted linear Gaussian VAE."""
 from __future__ import annotations
 
 import math
+import re
 import sys
 
 import numpy as np
@@ -188,6 +189,48 @@ def test_a_failed_fit_leaves_the_estimator_as_it_was(digits):
     with pytest.raises(ConfigError):
         fresh.fit(digits[:200])
     assert not hasattr(fresh, "n_features_in_") and not hasattr(fresh, "model_")
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+        ({"seed": 1.5}, "seed must be an integer >= 0, got 1.5"),
+        ({"seed": 2**70}, "seed must be <= "),
+        ({"threads": 10**6}, "threads must be <= 1024"),
+        ({"valid_fraction": float("nan")}, "valid_fraction must be a finite number"),
+    ],
+)
+def test_bad_parameters_are_refused_before_anything_uses_them(params, message, digits):
+    """Not numpy's or libgomp's error from the first use (a huge thread count aborts the process)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        VAE(latent_dim=2, hidden=(8,), epochs=1, **params).fit(digits[:100])
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda est, x: est.score_samples(x, k=0), ConfigError, "k must be an integer >= 1, got 0"),
+        (lambda est, x: est.score(x, k=1.5), ConfigError, "k must be an integer >= 1, got 1.5"),
+        (lambda est, x: est.evaluate(x, k=-1), ConfigError, "k must be an integer >= 1, got -1"),
+        (lambda est, x: est.score_samples(x, seed=-1), ConfigError, "seed must be an integer >= 0"),
+        (lambda est, x: est.elbo(x, seed="a"), ConfigError, "seed must be an integer >= 0"),
+        (lambda est, x: est.sample(3, seed="a"), ConfigError, "seed must be an integer >= 0"),
+        (lambda est, x: est.inverse_transform([["a"] * est.model_.latent_size]), DataError, "Z has dtype"),
+        (lambda est, x: est.inverse_transform([[np.nan] + [0.0] * (est.model_.latent_size - 1)]), DataError, "Z contains NaN (first at row 1, column 1)"),
+    ],
+)
+def test_bad_arguments_of_a_fitted_model(call, error, message, fitted, digits):
+    with pytest.raises(error, match=re.escape(message)):
+        call(fitted, digits[:10])
+
+
+def test_numpy_seeds_and_latents_of_any_kind(fitted, digits):
+    np.testing.assert_array_equal(fitted.sample(3, seed=np.int64(2)), fitted.sample(3, seed=2))
+    z = fitted.transform(digits[:4])
+    expected = fitted.inverse_transform(z)
+    np.testing.assert_array_equal(fitted.inverse_transform(torch.tensor(z, requires_grad=True)), expected)
+    np.testing.assert_array_equal(fitted.inverse_transform(z.tolist()), expected)
 
 
 def test_get_params_set_params():

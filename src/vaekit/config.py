@@ -29,6 +29,8 @@ ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
 DTYPES = ("float32", "float64")
 AMP = ("off", "bf16", "auto")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+# Seeds are what torch.manual_seed and numpy take alike: integers in [0, 2**63).
+SEED_MAX = 2**63 - 1
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -96,7 +98,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "lr_patience": Option(10, "plateau: epochs without a better validation objective before a cut (warm-up epochs not counted)", minimum=1, resumable=True),
     "lr_min": Option(0.0, "plateau: the learning rate is never cut below this", minimum=0.0, resumable=True),
     "patience": Option(None, "stop after this many epochs without a better validation objective", type="int", minimum=1, optional=True),
-    "seed": Option(0, "random seed", minimum=0),
+    "seed": Option(0, "random seed", minimum=0, maximum=SEED_MAX),
     "device": Option("cpu", "cpu or cuda[:N]", resumable=True),
     "dtype": Option("float32", "parameter dtype", choices=DTYPES),
     "eval_k": Option(1000, "K of the test log-likelihood estimate after training", minimum=1, resumable=True),
@@ -108,7 +110,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
     # A reduction's rounding depends on how many threads split it; 0 is resolved to PyTorch's
     # count when the RunConfig is made, so config.json records it and a rerun or --resume on a
     # machine with another core count computes the same bits (vaekit.hardware).
-    "threads": Option(0, "CPU threads of the training step (0: as many as PyTorch uses here); recorded, so reruns and --resume compute the same bits", minimum=0, resumable=True),
+    "threads": Option(0, "CPU threads of the training step (0: as many as PyTorch uses here); recorded, so reruns and --resume compute the same bits", minimum=0, maximum=1024, resumable=True),
     # Evaluation always runs at "highest", so likelihoods are not affected.
     "matmul_precision": Option("highest", "float32 products in training: high (TF32 on CUDA), medium (bfloat16-based)", choices=MATMUL_PRECISIONS, resumable=True),
     # What the run reports, not what it computes: either may change on resume.
@@ -120,7 +122,7 @@ DATA_OPTIONS: dict[str, Option] = {
     "data_dir": Option(None, "directory holding named datasets' files (default: $VAEKIT_DATA, then the cache)", type="str", optional=True, resumable=True),
     "valid_fraction": Option(0.1, "rows held out for validation when the data has no splits", minimum=0.0, maximum=1.0),
     "test_fraction": Option(0.2, "rows held out for testing when the data has no splits", minimum=0.0, maximum=1.0),
-    "split_seed": Option(0, "seed of the split permutation", minimum=0),
+    "split_seed": Option(0, "seed of the split permutation", minimum=0, maximum=SEED_MAX),
     # Datasets larger than memory: memory-map a .npy file and stream its rows.
     "mmap": Option(False, "memory-map a .npy file and stream its rows"),
 }

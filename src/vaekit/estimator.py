@@ -170,6 +170,12 @@ class VAE(TransformerMixin, BaseEstimator):
         from .runs import model_config
         from .train import fit
 
+        # The options first: the seed and valid_fraction are used before the configs are built.
+        params = estimator_params()
+        options = {s: {n: getattr(self, n) for n, (sec, _) in params.items() if sec == s} for s in ("model", "train")}
+        options["model"].pop("image_shape")
+        train_config = TrainConfig(**options["train"])
+        data_config = DataConfig(source="array", valid_fraction=self.valid_fraction, test_fraction=0.0, split_seed=self.seed)
         X, image_shape = self._fit_rows(X)
         given_valid = X_valid is not None
         need = 2 if given_valid else 3
@@ -183,13 +189,8 @@ class VAE(TransformerMixin, BaseEstimator):
             if X.shape[0] - n_valid < 2:
                 raise DataError(f"X has {X.shape[0]} rows; valid_fraction={self.valid_fraction} leaves fewer than 2 to train on")
             X_valid, X = X[perm[:n_valid]], X[perm[n_valid:]]
-        params = estimator_params()
-        options = {s: {n: getattr(self, n) for n, (sec, _) in params.items() if sec == s} for s in ("model", "train")}
-        options["model"].pop("image_shape")
         # The input map (standardisation) is learned from the training rows alone.
         model_config_ = model_config(X, image_shape, options["model"])
-        train_config = TrainConfig(**options["train"])
-        data_config = DataConfig(source="array", valid_fraction=self.valid_fraction, test_fraction=0.0, split_seed=self.seed)
         config = RunConfig(model=model_config_, train=train_config, data=data_config)
         if given_valid:
             X_valid = check_data(self._valid_rows(X_valid, image_shape), what="X_valid", input_dim=X.shape[1])
@@ -308,10 +309,17 @@ class VAE(TransformerMixin, BaseEstimator):
     def inverse_transform(self, Z) -> np.ndarray:
         """E[x|z] under the decoder for latents Z (n, latent_dim), in the user's units."""
         self._check_fitted()
+        from .data import check_data
+
         p = next(self.model_.parameters())
-        z = torch.as_tensor(np.asarray(Z), dtype=p.dtype, device=p.device)
-        if z.ndim != 2 or z.shape[1] != self.model_.latent_size:
-            raise DataError(f"Z must have shape (n, {self.model_.latent_size}), got {tuple(z.shape)}")
+        if isinstance(Z, torch.Tensor):
+            Z = Z.detach().cpu()
+            Z = (Z.float() if Z.dtype == torch.bfloat16 else Z).numpy()
+        Z = np.asarray(_numeric(Z, "Z"))
+        if Z.ndim != 2 or Z.shape[1] != self.model_.latent_size:
+            raise DataError(f"Z must have shape (n, {self.model_.latent_size}), got {tuple(Z.shape)}")
+        check_data(Z, what="Z")  # numbers, finite; Z itself goes on in its own precision
+        z = torch.as_tensor(Z, dtype=p.dtype, device=p.device)
         return self._to_user(self.model_.decode(z).mean.cpu().numpy())
 
     def reconstruct(self, X) -> np.ndarray:
@@ -350,7 +358,7 @@ class VAE(TransformerMixin, BaseEstimator):
             raise ConfigError(f"source must be one of {', '.join(SAMPLE_SOURCES)}, got {source!r}")
         p = next(self.model_.parameters())
         g = torch.Generator(device=p.device)
-        g.manual_seed(seed) if seed is not None else g.seed()
+        g.manual_seed(_seed(seed)) if seed is not None else g.seed()
         z = None
         if source != "prior":
             if X is None:
@@ -389,6 +397,7 @@ class VAE(TransformerMixin, BaseEstimator):
         Low values flag rows the model finds unlikely, so it serves as an anomaly score."""
         from .evaluate import log_px_per_point
 
+        k, seed = check_positive_int("k", k), _seed(seed)
         x = self.model_input(X)
         return log_px_per_point(self.model_, x, k=k, seed=seed)
 
@@ -400,6 +409,7 @@ class VAE(TransformerMixin, BaseEstimator):
         """Per-row ELBO, E_q[log p(x|z)] and KL(q || p)."""
         from .evaluate import elbo_per_point
 
+        seed = _seed(seed)
         x = self.model_input(X)
         return elbo_per_point(self.model_, x, seed=seed)
 
@@ -407,6 +417,7 @@ class VAE(TransformerMixin, BaseEstimator):
         """elbo, recon, kl, log_likelihood, bits_per_dim, n, k averaged over the rows of X."""
         from .evaluate import evaluate
 
+        k, seed = check_positive_int("k", k), _seed(seed)
         x = self.model_input(X)
         return evaluate(self.model_, x, k=k, seed=seed)
 
@@ -455,6 +466,13 @@ class VAE(TransformerMixin, BaseEstimator):
         est.model_, est.config_, est.n_features_in_ = model, config, config.model.input_dim
         est.history_ = read_metrics(run_dir)
         return est
+
+
+def _seed(seed) -> int:
+    """A seed as the configs take it (an integer in [0, 2**63), numpy's too), else ConfigError."""
+    from .config import TRAIN_OPTIONS
+
+    return TRAIN_OPTIONS["seed"].check("seed", int(seed) if isinstance(seed, np.integer) else seed)
 
 
 # What fit sets: a failed fit puts back what was there before.
