@@ -150,3 +150,20 @@ def test_dataframe_input_with_feature_names(X):
     np.testing.assert_array_equal(est.transform(mixed), est.transform(df.assign(f0=(df["f0"] > 0).astype(float))))
     with pytest.raises(DataError, match="not numbers"):
         est.transform(df.assign(f0="a"))
+
+
+def test_feature_names_out_and_pandas_output():
+    """transform's columns are named vae0, vae1, ... and set_output(transform="pandas") gives a
+    DataFrame, alone and at the end of a pipeline."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = pd.DataFrame(np.random.default_rng(0).normal(size=(120, 3)), columns=["a", "b", "c"])
+    est = VAE(latent_dim=2, hidden=(8,), epochs=1).set_output(transform="pandas")
+    Z = est.fit_transform(X)
+    assert isinstance(Z, pd.DataFrame) and list(Z.columns) == ["vae0", "vae1"]
+    np.testing.assert_array_equal(Z.to_numpy(), est.set_output(transform="default").transform(X))
+    assert list(est.get_feature_names_out()) == ["vae0", "vae1"]
+    pipe = make_pipeline(StandardScaler(), VAE(latent_dim=2, hidden=(8,), epochs=1)).set_output(transform="pandas").fit(X)
+    assert list(pipe.transform(X).columns) == ["vae0", "vae1"] == list(pipe.get_feature_names_out())

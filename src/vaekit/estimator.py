@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn import exceptions as sk_exceptions
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
 from .config import DataConfig, RunConfig, TrainConfig, check_positive_int
 from .errors import ConfigError, DataError
@@ -68,7 +68,7 @@ def _signature() -> inspect.Signature:
     )
 
 
-class VAE(TransformerMixin, BaseEstimator):
+class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Variational autoencoder p(z) p(x|z; θ) with inference model q(z|x; φ), fitted on the ELBO
     (or the objective named by ``objective``).
 
@@ -229,6 +229,11 @@ class VAE(TransformerMixin, BaseEstimator):
         return X_valid
 
     # -- using a fitted model -------------------------------------------------------------------
+    @property
+    def _n_features_out(self) -> int:
+        """transform's columns, for get_feature_names_out ("vae0", "vae1", ...) and set_output."""
+        return self.model_.latent_size
+
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_")
 
