@@ -297,6 +297,22 @@ def _names(d) -> list[str]:
     return sorted(p.name for p in d.iterdir())
 
 
+def test_save_and_load_keep_a_dataframe_columns(digits, tmp_path):
+    """The columns a DataFrame gave fit are saved (config.json) and checked after vaekit.load,
+    as pickle keeps them."""
+    import pandas as pd
+
+    df = pd.DataFrame(digits[:200], columns=[f"p{i}" for i in range(64)])
+    est = VAE(latent_dim=2, hidden=(8,), epochs=1).fit(df)
+    loaded = vaekit.load(est.save(tmp_path / "run"))
+    assert list(loaded.feature_names_in_) == list(df.columns) and loaded.config_.data.feature_names == tuple(df.columns)
+    np.testing.assert_array_equal(loaded.transform(df), est.transform(df))
+    with pytest.raises(DataError, match="feature names should match"):
+        loaded.transform(df[df.columns[::-1]])
+    plain = vaekit.load(VAE(latent_dim=2, hidden=(8,), epochs=1).fit(digits[:200]).save(tmp_path / "plain"))
+    assert not hasattr(plain, "feature_names_in_")
+
+
 def test_save_replaces_a_saved_model(fitted, digits, tmp_path):
     fitted.save(tmp_path / "run")
     other = VAE(latent_dim=2, hidden=(8,), epochs=1, seed=1).fit(digits[:200])

@@ -125,6 +125,8 @@ DATA_OPTIONS: dict[str, Option] = {
     "split_seed": Option(0, "seed of the split permutation", minimum=0, maximum=SEED_MAX),
     # Datasets larger than memory: memory-map a .npy file and stream its rows.
     "mmap": Option(False, "memory-map a .npy file and stream its rows"),
+    # The training table's column names (a DataFrame's), which later input must repeat.
+    "feature_names": Option(None, "column names of the training rows", type="names", optional=True),
 }
 # At most this many Adam steps for the optimal per-point q* of the gap split (it stops earlier
 # when its ELBO stops improving: vaekit.evaluate).
@@ -135,7 +137,7 @@ AUTO = {"likelihood": "auto", "standardize": "auto"}
 # Which registries' entries own options in which section.
 SECTION_KINDS = {"model": ("prior", "likelihood", "inference", "net"), "train": ("objective",), "data": ()}
 # Options that never become CLI flags or estimator parameters: they come from the data.
-FROM_DATA = {"input_dim", "n_points", "image_shape", "input_shift", "input_scale"}
+FROM_DATA = {"input_dim", "n_points", "image_shape", "input_shift", "input_scale", "feature_names"}
 
 
 def component_options(section: str) -> dict[str, tuple[Option, set[tuple[str, str]]]]:

@@ -13,6 +13,7 @@ network is the plain ``nn.Module`` ``model_`` (a ``vaekit.model.VAEModel``).
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             if X.shape[0] - n_valid < 2:
                 raise DataError(f"X has {X.shape[0]} rows; valid_fraction={self.valid_fraction} leaves fewer than 2 to train on")
             X_valid, X = X[perm[:n_valid]], X[perm[n_valid:]]
+        names = getattr(self, "feature_names_in_", None)
+        data_config = replace(data_config, feature_names=None if names is None else tuple(str(n) for n in names))
         # The input map (standardisation) is learned from the training rows alone.
         model_config_ = model_config(X, image_shape, options["model"])
         config = RunConfig(model=model_config_, train=train_config, data=data_config)
@@ -469,6 +472,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         values = {n: getattr(sections[sec], n) for n, (sec, _) in estimator_params().items() if sec in sections}
         est = cls(**dict(values, device="cpu"))
         est.model_, est.config_, est.n_features_in_ = model, config, config.model.input_dim
+        if config.data.feature_names is not None:  # a DataFrame's columns: later input must repeat them
+            est.feature_names_in_ = np.asarray(config.data.feature_names, dtype=object)
         est.history_ = read_metrics(run_dir)
         return est
 

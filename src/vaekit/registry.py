@@ -31,8 +31,8 @@ class Option:
     config.json field and the check on resume are all derived from it.
 
     ``type`` is ``int``, ``float``, ``str``, ``bool``, ``"widths"`` (a tuple of positive
-    integers), ``"int|widths"`` (a positive int, or such a tuple) or ``"floats"`` (a tuple of
-    finite numbers, each bounded by ``minimum``). ``choices`` is a tuple, or the
+    integers), ``"int|widths"`` (a positive int, or such a tuple), ``"floats"`` (a tuple of
+    finite numbers, each bounded by ``minimum``) or ``"names"`` (a tuple of strings). ``choices`` is a tuple, or the
     name of a registry (``"prior"``) whose entries are the choices. ``minimum`` and
     ``exclusive`` bound numbers; ``optional`` admits None.
     """
@@ -69,6 +69,10 @@ class Option:
                     raise ConfigError(f"{name} must name at least one size, got {value!r}")
                 return tuple(int(v) for v in value)
             raise ConfigError(f"{name} must be a list of integers >= 1, got {value!r}")
+        if kind == "names":
+            if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name} must be a non-empty list of strings, got {value!r}")
+            return tuple(value)
         if kind == "floats":
             import math
 
