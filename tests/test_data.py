@@ -486,6 +486,21 @@ def test_check_data_errors(x, kwargs, match):
         check_data(x, what="X", **kwargs)
 
 
+def test_check_data_refuses_features_float32_cannot_resolve():
+    """1e5 ± 1e-3 in float64 would reach the model rounded to a few values (float32 steps by
+    0.008 there); large integer ids likewise. A day of Unix timestamps, or 1000 ± 1, pass."""
+    rng = np.random.default_rng(0)
+    tight = np.column_stack([rng.normal(size=200), 1e5 + 1e-3 * rng.normal(size=200)])
+    with pytest.raises(DataError, match=r"X: column 2 varies by 0\.001\d* \(standard deviation\) around 100000, finer than float32"):
+        check_data(tight, what="X")
+    ids = np.arange(2**40, 2**40 + 50, dtype=np.int64)[:, None]
+    with pytest.raises(DataError, match=r"column 1 .*rounding by up to"):
+        check_data(ids, what="X")
+    for fine in (1.7e9 + rng.uniform(0, 86400, size=(200, 1)), 1000 + rng.normal(size=(200, 3)), np.arange(2**20, dtype=np.int64)[:, None]):
+        assert check_data(fine).dtype == np.float32
+    assert check_data(tight - tight.mean(axis=0)).shape == (200, 2)  # the remedy the message names
+
+
 def test_check_data_order_dtype_before_shape_before_rows():
     with pytest.raises(DataError, match="dtype"):
         check_data(np.array(["a", "b"]))  # 1-D and non-numeric: dtype reported first

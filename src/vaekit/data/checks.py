@@ -67,9 +67,42 @@ def check_data(
         raise DataError(
             f"{what} has {x32.shape[1]} features per row, but the model was trained on {input_dim}"
         )
+    if x.dtype.itemsize > 4 or (x.dtype.kind in "iu" and x.dtype.itemsize > 2):
+        check_resolution(x, x32, what)
     if likelihood is not None:
         likelihood.check(x32, what, scaling, rows=rows)
     return x32
+
+
+# A feature whose float32 rounding error exceeds this share of its spread is refused.
+RESOLUTION = 0.01
+
+
+def check_resolution(x: np.ndarray, x32: np.ndarray, what: str) -> None:
+    """Models read float32, which keeps 24 bits: a feature of float64 (or large integers) that
+    varies little around a large value, 1e5 ± 1e-3 say, would reach the model (and its
+    standardisation) rounded to nearly one value. Refused when some feature's largest rounding
+    error is more than ``RESOLUTION`` of its standard deviation; read block by block."""
+    n, d = x.shape
+    if n < 2:
+        return
+    step = max(1, (1 << 20) // d)
+    shift = x[0].astype(np.float64)  # sums about one row: no E[x²] − E[x]² cancellation at 1e5
+    err, s1, s2 = np.zeros(d), np.zeros(d), np.zeros(d)
+    for start in range(0, n, step):
+        b = x[start : start + step].astype(np.float64)
+        err = np.maximum(err, np.abs(b - x32[start : start + step]).max(axis=0))
+        b -= shift
+        s1 += b.sum(axis=0)
+        s2 += (b * b).sum(axis=0)
+    std = np.sqrt(np.maximum(s2 / n - (s1 / n) ** 2, 0.0))
+    bad = np.flatnonzero((std > 0) & (err > RESOLUTION * std))
+    if bad.size:
+        j = int(bad[0])
+        raise DataError(
+            f"{what}: column {j + 1} varies by {std[j]:.3g} (standard deviation) around {shift[j] + s1[j] / n:.7g}, "
+            f"finer than float32 holds at that size (rounding by up to {err[j]:.3g}); subtract an offset, e.g. its mean, first"
+        )
 
 
 def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None, likelihood: Any, scaling: Any) -> MappedRows:
