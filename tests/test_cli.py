@@ -768,6 +768,30 @@ def test_images_of_another_layout_are_refused(mmap, run, digits_rows, tmp_path, 
     np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
+def test_a_csv_header_is_recorded_and_checked(tmp_path, capsys):
+    """train records a CSV's header (config.json data.feature_names); a table given to a verb
+    must repeat it, names and order; a table without a header is taken as it is."""
+    rows = np.random.default_rng(0).normal(size=(120, 3))
+    np.savetxt(tmp_path / "t.csv", rows, delimiter=",", header="a,b,c", comments="")
+    np.savetxt(tmp_path / "swapped.csv", rows[:, [2, 1, 0]], delimiter=",", header="c,b,a", comments="")
+    np.savetxt(tmp_path / "bare.csv", rows, delimiter=",")
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "t.csv", "--out", run, *SMALL, "--quiet")
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["data"]["feature_names"] == ["a", "b", "c"]
+    code, out, err = cli(capsys, "encode", run, "--data", tmp_path / "swapped.csv", "--out", tmp_path / "e.npy")
+    assert_error(code, out, err, 1, "swapped.csv has the columns c, b, a", "trained on a, b, c")
+    assert not (tmp_path / "e.npy").exists()
+    outputs = []
+    for name in ("t.csv", "bare.csv"):
+        code, _, err = cli(capsys, "encode", run, "--data", tmp_path / name, "--out", tmp_path / f"{name}.npy")
+        assert code == 0, err
+        outputs.append(np.load(tmp_path / f"{name}.npy"))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    code, _, err = cli(capsys, "evaluate", run, "--k", "2")  # the run's own file
+    assert code == 0, err
+
+
 def test_bad_input_in_a_real_process(run, files, tmp_path):
     """What the user sees: the interpreter's exit status and its whole stderr."""
     cases = [

@@ -132,7 +132,23 @@ def _config_from_args(args) -> "Any":
         data_cfg = DataConfig(**given["data"])
         TrainConfig(**given["train"])  # a bad training option is refused before any data is read
         data = load_dataset(data_cfg)
+        header = _header(data_cfg.source, data_cfg.data_dir)
+        if header is not None:  # a CSV's column names, which the verbs' tables must repeat
+            given["data"]["feature_names"] = header
         return run_config(given, data.train, data.image_shape, data.scaling)
+
+
+def _header(source: str, data_dir: str | None):
+    """The header row of a table file ``source`` (vaekit.data.readers.table_header), or None."""
+    from .data.load import resolve_path
+    from .data.readers import TABLES, table_header
+
+    if Path(source).suffix.lower() not in TABLES:
+        return None
+    try:
+        return table_header(resolve_path(source, data_dir))
+    except DataError:
+        return None
 
 
 def given_options(args) -> dict[str, dict[str, Any]]:
@@ -398,6 +414,10 @@ def _rows(est, args, split: str):
         if len(x) == 0:
             raise DataError(f"{source} has no {split} rows under the split fractions of this run; --split all uses every row")
     _check_image_shape(source, image_shape, est.model_.config.image_shape)
+    trained, header = cfg.feature_names, _header(source, data_dir)
+    if trained is not None and header is not None and tuple(header) != tuple(trained):
+        show = lambda names: ", ".join(names[:6]) + (", …" if len(names) > 6 else "")  # noqa: E731
+        raise DataError(f"{source} has the columns {show(header)}, but the model was trained on {show(trained)} (names and order must match)")
     if not isinstance(x, MappedRows):  # mapped rows are checked once, block by block, below
         x = check_data(x, what=source, input_dim=est.n_features_in_)
     if est.scaling_ is None and named is not None:

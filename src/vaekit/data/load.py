@@ -32,9 +32,9 @@ def load_dataset(config: DataConfig) -> Dataset:
         ds = named.load(config)
         ds.scaling = named.scaling
     elif config.mmap:
-        ds = _load_mapped(_resolve(source, config.data_dir), config)
+        ds = _load_mapped(resolve_path(source, config.data_dir), config)
     else:
-        ds = _load_user_file(_resolve(source, config.data_dir), config)
+        ds = _load_user_file(resolve_path(source, config.data_dir), config)
     for s in SPLIT_NAMES:
         min_rows = 2 if s == "train" else (1 if len(getattr(ds, s)) or _wanted(s, config) else 0)
         setattr(ds, s, check_data(getattr(ds, s), what=f"{ds.name} ({s} split)", min_rows=min_rows))
@@ -53,7 +53,7 @@ def load_array(
     looked up in ``data_dir``. An .npz with train/valid/test arrays gives them concatenated
     in that order (as ``Dataset.split('all')``). With ``mmap`` a .npy file is memory-mapped
     and ``x`` is its rows in file order as ``MappedRows``, read block by block when used."""
-    path = _resolve(source, data_dir)
+    path = resolve_path(source, data_dir)
     if mmap:
         array, image_shape = open_mapped(path)
         return MappedRows(array), None, image_shape
@@ -65,7 +65,7 @@ def load_array(
     return x, y, image_shape
 
 
-def _resolve(source: str, data_dir: str | None) -> Path:
+def resolve_path(source: str, data_dir: str | None) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         return path

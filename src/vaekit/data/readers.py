@@ -173,6 +173,44 @@ def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
     raise DataError(f"{what}: expected integer class labels, got dtype {y.dtype}")
 
 
+TABLES = (".csv", ".tsv", ".txt")
+
+
+def _splitter(suffix: str, first: str):
+    """How the lines of a table split into cells, as its suffix and first line say: a .txt
+    without commas by whitespace; a .tsv by tabs; else by commas, or by ';' when the first line
+    has ';' and no ',' (spreadsheets in many locales; a decimal comma is not read)."""
+    if suffix == ".txt" and "," not in first:
+        return lambda line: line.split()
+    delimiter = "\t" if suffix == ".tsv" else (";" if ";" in first and "," not in first else ",")
+    return lambda line: [c.strip() for cells in csv.reader([line], delimiter=delimiter) for c in cells]
+
+
+def number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def table_header(path: Path) -> tuple[str, ...] | None:
+    """The column names of a .csv/.tsv/.txt table's header row, read from its first line
+    (that is neither blank nor a # comment); None when the first row is numbers, or the file
+    is no table."""
+    path = Path(path)
+    if path.suffix.lower() not in TABLES or not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            first = next((line.rstrip("\r\n") for line in f if line.strip() and not line.lstrip().startswith("#")), None)
+    except (OSError, UnicodeDecodeError):
+        return None
+    if first is None:
+        return None
+    cells = _splitter(path.suffix.lower(), first)(first)
+    return tuple(cells) if any(c and number(c) is None for c in cells) else None
+
+
 def _read_table(path: Path) -> np.ndarray:
     """A numeric text table. Rows and columns in messages are 1-based, as in an editor."""
     try:
@@ -187,20 +225,8 @@ def _read_table(path: Path) -> np.ndarray:
              if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
         raise DataError(f"{path}: contains no rows; expected a table of numbers")
-    if suffix == ".txt" and "," not in lines[0][1]:
-        rows = [(n, line.split()) for n, line in lines]
-    else:
-        # Spreadsheets in many locales write ';' between cells (a decimal comma is not read).
-        delimiter = "\t" if suffix == ".tsv" else (";" if ";" in lines[0][1] and "," not in lines[0][1] else ",")
-        rows = [(n, [c.strip() for c in cells])
-                for n, line in lines for cells in csv.reader([line], delimiter=delimiter)]
-
-    def number(cell: str) -> float | None:
-        try:
-            return float(cell)
-        except ValueError:
-            return None
-
+    split = _splitter(suffix, lines[0][1])
+    rows = [(n, split(line)) for n, line in lines]
     first_no, first = rows[0]
     for j, cell in enumerate(first):
         # "1,5;2": numbers with decimal commas between semicolons, not a header.
