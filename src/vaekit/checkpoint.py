@@ -118,6 +118,19 @@ def run_entries(run_dir: str | Path) -> list[str]:
     return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE and not _TEMPORARY.match(p.name))
 
 
+def shown(names: list[str], most: int = 3) -> str:
+    """The first ``most`` names of a listing for a message, "…" for the rest."""
+    return ", ".join(names[:most]) + (", …" if len(names) > most else "")
+
+
+def check_not_foreign(run_dir: str | Path, advice: str) -> None:
+    """Refuse (CheckpointError) a RUN_DIR that holds files but no run: a run written among them
+    would make them part of it, and a later overwrite would delete them."""
+    entries = run_entries(run_dir)
+    if entries and CONFIG_FILE not in entries:
+        raise CheckpointError(f"{run_dir} holds files but no vaekit run ({shown(entries)}); {advice}")
+
+
 def clear_run(run_dir: str | Path) -> None:
     """Empty RUN_DIR of the run it holds, so that a new one starts clean: checkpoints, metrics,
     pictures, outputs written into it and TensorBoard events all go; the lock file stays (the
@@ -129,8 +142,7 @@ def clear_run(run_dir: str | Path) -> None:
     entries = run_entries(run_dir)
     if entries:
         if CONFIG_FILE not in entries:
-            shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
-            raise CheckpointError(f"{run_dir} does not look like a vaekit run (no {CONFIG_FILE}; it holds {shown}); not deleting it")
+            raise CheckpointError(f"{run_dir} does not look like a vaekit run (no {CONFIG_FILE}; it holds {shown(entries)}); not deleting it")
         try:
             RunConfig.load(run_dir / CONFIG_FILE)
         except ConfigError as e:

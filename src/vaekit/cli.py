@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import os
+import re
 import sys
 import time
 import warnings
@@ -269,18 +269,13 @@ def _holds_a_run(run_dir: Path) -> str:
 
 
 def _check_not_foreign(run_dir: Path) -> None:
-    """A new run goes into a new or empty directory, or replaces a run: files that are not a
-    run's would become part of one, which a later --overwrite empties (--overwrite itself
-    refuses them: checkpoint.clear_run). Rank 0 alone asks: under torchrun the others would see
-    the files it is writing."""
+    """A new run goes into a new or empty directory, or replaces a run (--overwrite refuses
+    other files itself: checkpoint.clear_run). Rank 0 alone asks: under torchrun the others
+    would see the files it is writing."""
     from . import checkpoint as ckpt
 
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    entries = ckpt.run_entries(run_dir)
-    if entries and ckpt.CONFIG_FILE not in entries:
-        shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
-        raise VaekitError(f"--out {run_dir} holds files but no vaekit run ({shown}); train into a new or empty directory")
+    if int(os.environ.get("RANK", "0")) == 0:
+        ckpt.check_not_foreign(run_dir, "train into a new or empty directory")
 
 
 def _resume_config(args, run_dir: Path):
@@ -333,15 +328,13 @@ def _run_parser(sub, name: str, help: str, data_required: bool, default_split: s
 
 
 def _seed(text: str) -> int:
-    """--seed of the verbs: an int >= 0, as train's (torch.Generator.manual_seed takes any int,
-    but a negative seed would not be the same one in numpy)."""
+    """--seed of the verbs, checked as train's (an integer in [0, 2**63))."""
+    from .config import TRAIN_OPTIONS
+
     try:
-        value = int(text)
-    except ValueError:
+        return TRAIN_OPTIONS["seed"].check("seed", int(text))
+    except ValueError:  # int() of "x", or ConfigError
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _add_run_commands(sub) -> None:

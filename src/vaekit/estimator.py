@@ -440,23 +440,20 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         that nothing of the old run stays beside the new model. A directory with files but no
         run is refused whatever ``overwrite`` says: they are not vaekit's to delete, and a
         model saved among them would make them part of a run a later overwrite empties."""
-        from .checkpoint import CONFIG_FILE, MODEL_FILE, clear_run, run_entries, save_model
+        from .checkpoint import CONFIG_FILE, MODEL_FILE, check_not_foreign, clear_run, run_entries, save_model, shown
         from .errors import CheckpointError
         from .lock import RunLock
 
         self._check_fitted()
         run_dir = Path(run_dir)
         with RunLock(run_dir):
+            check_not_foreign(run_dir, "save into a new or empty directory")
             entries = run_entries(run_dir)
             extra = [name for name in entries if name not in (CONFIG_FILE, MODEL_FILE)]
-            if extra and CONFIG_FILE not in entries:
-                shown = ", ".join(extra[:3]) + (", …" if len(extra) > 3 else "")
-                raise CheckpointError(f"{run_dir} holds files but no vaekit run ({shown}); save into a new or empty directory")
             if CONFIG_FILE in entries and extra:
                 if not overwrite:
-                    shown = ", ".join(extra[:3]) + (", …" if len(extra) > 3 else "")
                     raise CheckpointError(
-                        f"{run_dir} holds a run with more than a saved model ({shown}); saving would replace only part "
+                        f"{run_dir} holds a run with more than a saved model ({shown(extra)}); saving would replace only part "
                         "of it: pass overwrite=True to replace the whole run"
                     )
                 clear_run(run_dir)
