@@ -407,8 +407,9 @@ def _rows(est, args, split: str):
         if len(x) == 0:
             raise DataError(f"{source} has no {split} rows under the split fractions of this run; --split all uses every row")
     _check_image_shape(source, image_shape, est.model_.config.image_shape)
-    trained, header = cfg.feature_names, _header(source, data_dir)
-    if trained is not None and header is not None and tuple(header) != tuple(trained):
+    trained = cfg.feature_names
+    header = _header(source, data_dir) if trained is not None else None
+    if header is not None and tuple(header) != tuple(trained):
         show = lambda names: ", ".join(names[:6]) + (", …" if len(names) > 6 else "")  # noqa: E731
         raise DataError(f"{source} has the columns {show(header)}, but the model was trained on {show(trained)} (names and order must match)")
     if not isinstance(x, MappedRows):  # mapped rows are checked once, block by block, below

@@ -29,6 +29,7 @@ from .checks import check_data, check_finite, not_2d
 from .containers import SPLIT_NAMES
 
 SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".txt")
+TABLES = (".csv", ".tsv", ".txt")  # read as text tables
 
 
 def read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
@@ -42,7 +43,7 @@ def read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None
         return {"x": x}, {"x": None}
     if suffix == ".npz":
         return _read_npz(path)
-    if suffix in (".csv", ".tsv", ".txt"):
+    if suffix in TABLES:
         return {"x": _read_table(path)}, {"x": None}
     from .named import listed  # the named datasets, for the message only
 
@@ -173,9 +174,6 @@ def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
     raise DataError(f"{what}: expected integer class labels, got dtype {y.dtype}")
 
 
-TABLES = (".csv", ".tsv", ".txt")
-
-
 def _splitter(suffix: str, first: str):
     """How the lines of a table split into cells, as its suffix and first line say: a .txt
     without commas by whitespace; a .tsv by tabs; else by commas, or by ';' when the first line
@@ -186,11 +184,16 @@ def _splitter(suffix: str, first: str):
     return lambda line: [c.strip() for cells in csv.reader([line], delimiter=delimiter) for c in cells]
 
 
-def number(cell: str) -> float | None:
+def _number(cell: str) -> float | None:
     try:
         return float(cell)
     except ValueError:
         return None
+
+
+def _is_header(cells: list[str]) -> bool:
+    """A first row with a cell that is no number names the columns."""
+    return any(c and _number(c) is None for c in cells)
 
 
 def table_header(path: Path) -> tuple[str, ...] | None:
@@ -208,7 +211,7 @@ def table_header(path: Path) -> tuple[str, ...] | None:
     if first is None:
         return None
     cells = _splitter(path.suffix.lower(), first)(first)
-    return tuple(cells) if any(c and number(c) is None for c in cells) else None
+    return tuple(cells) if _is_header(cells) else None
 
 
 def _read_table(path: Path) -> np.ndarray:
@@ -230,12 +233,12 @@ def _read_table(path: Path) -> np.ndarray:
     first_no, first = rows[0]
     for j, cell in enumerate(first):
         # "1,5;2": numbers with decimal commas between semicolons, not a header.
-        if ";" in cell and all(number(part) is not None for part in cell.split(";")):
+        if ";" in cell and all(_number(part) is not None for part in cell.split(";")):
             raise DataError(
                 f"{path}: row {first_no}, column {j + 1} is {cell!r}; expected a number"
                 " (cells are separated by ',' or, throughout, by ';'; the decimal point is '.')"
             )
-    if any(c and number(c) is None for c in first):
+    if _is_header(first):
         header_cols = len(first)
         rows = rows[1:]
         if not rows:
@@ -252,7 +255,7 @@ def _read_table(path: Path) -> np.ndarray:
                 f"{path}: row {line_no} has {len(cells)} columns, but row {rows[0][0]} has {width}"
             )
         for j, cell in enumerate(cells):
-            v = number(cell)
+            v = _number(cell)
             if v is None:
                 if not cell:
                     raise DataError(f"{path}: row {line_no}, column {j + 1} is empty; expected a number")
