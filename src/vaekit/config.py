@@ -65,6 +65,11 @@ MODEL_OPTIONS: dict[str, Option] = {
     # of the decoder's family (gated layers under --net gated, as Tomczak & Welling's).
     "downward": Option(None, "network of p(z_l | z_{l+1}) between stochastic layers, with the encoder's widths (default: the decoder's network)", type="str", choices="net", optional=True),
     "init": Option("default", "initial weights of the networks' linear and conv layers: PyTorch's default, or he: N(0, 2/fan_in) (He et al. 2015), as Tomczak & Welling 2018 started theirs", choices=("default", "he")),
+    # Tomczak & Welling's code passes every log σ² of q and of p(z_l | z_{l+1}) through
+    # hardtanh(−6, 2): a floor on σ that keeps the VampPrior's components and the
+    # hierarchy's conditionals from growing arbitrarily sharp.
+    "logvar_min": Option(None, "floor on log σ² of every Gaussian network head (q(z|x) and p(z_l|z_{l+1})), as hardtanh: −6 in Tomczak & Welling 2018's code", type="float", optional=True),
+    "logvar_max": Option(None, "ceiling on log σ² of every Gaussian network head: 2 in Tomczak & Welling 2018's code", type="float", optional=True),
     "decoder_input": Option("bottom", "what p(x|z) reads: the bottom latent group, or all groups side by side (p(x|z1, z2) of Tomczak & Welling 2018)", choices=("bottom", "all")),
     # Where a network reads several inputs of a hierarchy, p(x|z_1, …, z_L) and the top-down
     # q(z_l | z_{l+1}, x): side by side into its first layer, or a layer per input first.
@@ -134,6 +139,8 @@ GAP_STEPS = 2000
 # What a user gets by default where the config's default is resolved from the data or the
 # model: the likelihood from the training rows, the objective from the inference method.
 AUTO = {"likelihood": "auto", "standardize": "auto"}
+# Inference methods whose q(z|x) comes from a network's (μ, log σ²) head.
+HEADED_INFERENCE = ("amortized", "topdown", "ladder")
 # Which registries' entries own options in which section.
 SECTION_KINDS = {"model": ("prior", "likelihood", "inference", "net"), "train": ("objective",), "data": ()}
 # Options that never become CLI flags or estimator parameters: they come from the data.
@@ -231,6 +238,7 @@ class _ModelBase(_Section):
             )
         if self.join == "branch":
             self._check_branches()
+        self._check_logvar_bounds()
         if self.decoder_input == "all" and self.layers == 1:
             raise ConfigError(
                 f"decoder_input all applies to models with several latent groups (latent_dim 40,40) only; this one has one, {self.latent_words}"
@@ -247,6 +255,20 @@ class _ModelBase(_Section):
         PRIORS.get(self.prior).check_config(self)
         for net in sorted(self.selected("net")):
             NETS.get(net).check_config(self)
+
+    def _check_logvar_bounds(self) -> None:
+        bounds = {name: getattr(self, name) for name in ("logvar_min", "logvar_max") if getattr(self, name) is not None}
+        if not bounds:
+            return
+        if self.logvar_min is not None and self.logvar_max is not None and self.logvar_min >= self.logvar_max:
+            raise ConfigError(f"logvar_min must be below logvar_max, got {self.logvar_min!r} and {self.logvar_max!r}")
+        # Per-point methods hold q's log σ² as free parameters, not a network's output; only a
+        # hierarchy's p(z_l | z_{l+1}) would then have a head to bound.
+        if self.inference not in HEADED_INFERENCE and self.layers == 1:
+            raise ConfigError(
+                f"{next(iter(bounds))} bounds the log σ² of a network's Gaussian head: inference "
+                f"{', '.join(HEADED_INFERENCE)} or a hierarchy's p(z_l|z_l+1); this model uses inference {self.inference} with one latent layer"
+            )
 
     def _check_branches(self) -> None:
         if self.layers == 1 or (self.decoder_input != "all" and self.inference != "topdown"):

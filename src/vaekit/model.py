@@ -38,7 +38,7 @@ class VAEModel(nn.Module):
         # (the decoder's unless --downward says otherwise) with the encoder's widths.
         family = NETS.get(config.downward_net)
         self.downward = nn.ModuleList(
-            GaussianHead(family.dense(config, upper.size, config.hidden, 2 * lower.size))
+            GaussianHead.of(config, family.dense(config, upper.size, config.hidden, 2 * lower.size))
             for lower, upper in zip(self.latents[:-1], self.latents[1:])
         )
         # p(x|z_1), or p(x|z_1, …, z_L) when the decoder reads every group (Tomczak & Welling 2018).

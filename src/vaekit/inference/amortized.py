@@ -35,10 +35,10 @@ class Amortized(InferenceMethod):
     def __init__(self, config, latents):
         super().__init__(config, latents)
         first = latents[0].size
-        self.encoder = GaussianHead(NETS.get(config.encoder_net).encoder(config, 2 * first))
+        self.encoder = GaussianHead.of(config, NETS.get(config.encoder_net).encoder(config, 2 * first))
         # q(z_j | z_{j-1}) for the groups above the first.
         self.upward = torch.nn.ModuleList(
-            GaussianHead(MLP(lower.size, config.hidden, 2 * upper.size, config.activation))
+            GaussianHead.of(config, MLP(lower.size, config.hidden, 2 * upper.size, config.activation))
             for lower, upper in zip(latents[:-1], latents[1:])
         )
 

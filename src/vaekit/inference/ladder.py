@@ -28,10 +28,10 @@ class Ladder(InferenceMethod):
 
     def __init__(self, config, latents):
         super().__init__(config, latents)
-        self.encoder = GaussianHead(NETS.get(config.encoder_net).encoder(config, 2 * latents[0].size))  # d_1
+        self.encoder = GaussianHead.of(config, NETS.get(config.encoder_net).encoder(config, 2 * latents[0].size))  # d_1
         # f_l: d_{l-1} (μ̂, log σ̂² of the group below) → d_l, for the groups above the first.
         self.ladder = torch.nn.ModuleList(
-            GaussianHead(MLP(2 * lower.size, config.hidden, 2 * upper.size, config.activation))
+            GaussianHead.of(config, MLP(2 * lower.size, config.hidden, 2 * upper.size, config.activation))
             for lower, upper in zip(latents[:-1], latents[1:])
         )
 

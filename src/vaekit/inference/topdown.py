@@ -32,13 +32,13 @@ class TopDownInference(InferenceMethod):
     def __init__(self, config, latents):
         super().__init__(config, latents)
         family = NETS.get(config.encoder_net)
-        self.encoder = GaussianHead(family.encoder(config, 2 * latents[-1].size))  # q(z_L|x)
+        self.encoder = GaussianHead.of(config, family.encoder(config, 2 * latents[-1].size))  # q(z_L|x)
         width = config.hidden[-1:]  # the joint layer's width: () for a linear encoder
         features = width[0] if width else 2 * max(g.size for g in latents)
         # h_l(x) and the joint net of q(z_l | z_{l+1}, x), for every group below the top.
         self.features = torch.nn.ModuleList(family.encoder(config, features) for _ in latents[:-1])
         self.joint = torch.nn.ModuleList(
-            GaussianHead(self._joint(config, family, features, upper.size, width, 2 * lower.size))
+            GaussianHead.of(config, self._joint(config, family, features, upper.size, width, 2 * lower.size))
             for lower, upper in zip(latents[:-1], latents[1:])
         )
 

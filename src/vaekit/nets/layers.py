@@ -78,14 +78,25 @@ class Branches(nn.Module):
 
 
 class GaussianHead(nn.Module):
-    """Wraps a network whose output is split into (μ, log σ²) halves: (μ, log Σ) = DNN_enc(x)."""
+    """Wraps a network whose output is split into (μ, log σ²) halves: (μ, log Σ) = DNN_enc(x).
 
-    def __init__(self, net: nn.Module):
+    ``logvar_min``/``logvar_max`` bound log σ² as a hardtanh does (the gradient is zero outside
+    the bounds): Tomczak & Welling (2018)'s code bounds every such head to [−6, 2]."""
+
+    def __init__(self, net: nn.Module, logvar_min: float | None = None, logvar_max: float | None = None):
         super().__init__()
         self.net = net
+        self.logvar_min, self.logvar_max = logvar_min, logvar_max
+
+    @classmethod
+    def of(cls, config, net: nn.Module) -> "GaussianHead":
+        """The head on ``net`` with the model config's log σ² bounds."""
+        return cls(net, config.logvar_min, config.logvar_max)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.net(x).chunk(2, dim=-1)
+        if self.logvar_min is not None or self.logvar_max is not None:
+            logvar = torch.clamp(logvar, self.logvar_min, self.logvar_max)
         return mu, logvar
 
 
