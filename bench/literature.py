@@ -71,10 +71,12 @@ def training_words(result: dict) -> str:
     return "; ".join([amp, " ".join(result.get("flags", []))]) if result.get("flags") else amp
 
 
-def _machine() -> str:
+def _machine(run_dir: Path) -> str:
+    """The machine and the training's thread count, as the run's config.json records it."""
     import torch
 
-    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    threads = json.loads((run_dir / "config.json").read_text())["train"]["threads"]
+    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
 
 
 def command(row: str, run_dir: Path, data_dir: Path, extra: list[str]) -> list[str]:
@@ -124,7 +126,7 @@ def run_row(
         "flags": flags or [],
         "finished": True,
         "this_invocation_seconds": time.time() - t0,
-        "machine": _machine(),
+        "machine": _machine(run_dir),
         "test_nll": -test["log_likelihood"],
         "test_neg_elbo": -test["elbo"],
         "k": test["k"],
@@ -152,7 +154,7 @@ def snapshot(
         sys.exit(f"literature.py: {row}: vaekit evaluate failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     test = json.loads(done.stdout.strip().splitlines()[-1])
     result = {**ROWS[row], **status(row, run_dir), "command": " ".join(command(row, run_dir, data_dir, extra or [])),
-              "flags": flags or [], "finished": False, "evaluation": " ".join(argv), "machine": _machine(), "test_nll": -test["log_likelihood"],
+              "flags": flags or [], "finished": False, "evaluation": " ".join(argv), "machine": _machine(run_dir), "test_nll": -test["log_likelihood"],
               "test_neg_elbo": -test["elbo"], "k": test["k"], "active_units": test.get("active_units"),
               "latent_size": test.get("latent_size")}  # fmt: skip
     result.pop("args")
@@ -262,6 +264,7 @@ def main() -> None:
     p.add_argument("--step-time", action="store_true", help="time the row's training step in float32 and bf16 autocast; train nothing")
     p.add_argument("--amp", choices=("off", "bf16"), help="bf16 autocast for training (evaluation stays float32)")
     p.add_argument("--flags", default="", help="further vaekit train flags for a variant of the row, e.g. '--normalized-grad --init he' (its own run directory, JSON and table line)")
+    p.add_argument("--threads", type=int, help="CPU threads of training (a speed setting: the run keeps its name, and --resume may change it)")
     p.add_argument("--max-epochs", type=int, help="fewer epochs than the published 2000 (a smoke test; the JSON says so)")
     p.add_argument("--eval-k", type=int, help="fewer importance samples than the published 5000 (a smoke test)")
     args = p.parse_args()
@@ -297,6 +300,7 @@ def main() -> None:
         print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000, name=name, extra=extra, flags=flags)))
         return
     # Later flags win in argparse: these override COMMON's published values.
+    extra += ["--threads", str(args.threads)] if args.threads else []
     extra += ["--epochs", str(args.max_epochs)] if args.max_epochs else []
     extra += ["--eval-k", str(args.eval_k)] if args.eval_k else []
     results = args.runs_dir / "smoke" / "results" if smoke else RESULTS

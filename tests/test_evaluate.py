@@ -12,6 +12,7 @@ import torch
 from torch.distributions import ContinuousBernoulli, Independent, Normal, kl_divergence
 
 from hierarchy_helpers import set_exact_linear_gaussian
+from vaekit.distributions import RowStreams
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.evaluate import elbo_per_point, evaluate, log_px_per_point
 from vaekit.model import VAEModel
@@ -103,8 +104,8 @@ def test_elbo_terms_match_torch_distributions(digits):
     with torch.no_grad():
         mu, logvar = model.posterior(x).mu, model.posterior(x).logvar
         std = torch.exp(0.5 * logvar)
-        # elbo_per_point draws ε for one batch as randn((S, n, d)) from Generator(seed).
-        eps = torch.randn((1, *mu.shape), generator=torch.Generator().manual_seed(5))
+        # elbo_per_point draws each row's ε from its own stream, RowStreams(x, seed).
+        eps = RowStreams(x, 5).randn(1, mu.shape[-1], mu.dtype)
         z = mu + eps * std
         recon = Independent(ContinuousBernoulli(logits=model.decoder(z)), 1).log_prob(x).mean(0)
         kl = kl_divergence(Independent(Normal(mu, std), 1), Independent(Normal(torch.zeros_like(mu), 1.0), 1))

@@ -160,10 +160,13 @@ def test_data_times_100_and_plus_1000_train_and_give_the_change_of_variables(fit
     assert all(np.isfinite(v).all() for v in scores.values())
     assert all(e.config_.model.standardize == "on" for e in est.values())
     D = x.shape[1]
-    # Measured: within 1e-5 nats of D·log 100 = 27.631 and of 0, per row and on average.
-    assert scores["x"].mean() - scores["x100"].mean() == pytest.approx(D * math.log(100), abs=0.01)
-    assert scores["x"].mean() - scores["x+1000"].mean() == pytest.approx(0.0, abs=0.01)
-    np.testing.assert_allclose(scores["x"] - scores["x100"], D * math.log(100), atol=0.05)
+    # Each row's Monte Carlo noise is seeded by the row the model reads, and the three
+    # standardised tables differ in their last bits, so rows differ by the estimate's noise
+    # (measured at K = 100: standard deviation 0.13 nats per row) and means over 600 rows by
+    # about 0.13/√600 = 0.005 (measured: −0.007 and −0.005 from D·log 100 = 27.631 and from 0).
+    assert scores["x"].mean() - scores["x100"].mean() == pytest.approx(D * math.log(100), abs=0.03)
+    assert scores["x"].mean() - scores["x+1000"].mean() == pytest.approx(0.0, abs=0.03)
+    assert np.median(np.abs(scores["x"] - scores["x100"] - D * math.log(100))) < 0.2
 
 
 def test_samples_and_reconstructions_come_back_in_the_users_units(fits):

@@ -10,6 +10,7 @@ encoder's output) is kept as the parameter instead of being turned into a scale 
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -26,6 +27,50 @@ def _event_batch(*tensors: torch.Tensor) -> tuple[torch.Size, torch.Size]:
         if t.shape != shape:
             shape = torch.broadcast_shapes(shape, t.shape)
     return shape[:-1], shape[-1:]
+
+
+class RowStreams:
+    """Standard-normal noise with a stream of its own for each row of ``x``, seeded by the seed
+    and the row's bytes: what a row draws depends on its own values and the seed alone, not on
+    the rows beside it, their order, or how they are batched, streamed or split among
+    processes. A row's Monte Carlo estimates (its importance-weighted log p(x), its ELBO, the
+    per-point q that gradient steps find for new data) are then the same whether it is
+    scored alone or among others, as scikit-learn expects of a per-row method.
+
+    Pass it where a ``torch.Generator`` goes in ``Posterior.rsample``. Each stream is read in
+    pages of ``PAGE`` draws, so how a caller splits its samples into chunks (the IWAE estimate
+    chunks K by the batch's size) does not change the values either. ``use`` names separate
+    streams of one seed, for draws that must not share noise (an optimisation and its check)."""
+
+    PAGE = 64
+
+    def __init__(self, x: torch.Tensor, seed: int, use: int = 0):
+        rows = x.detach().reshape(x.shape[0], -1).cpu().numpy()
+        key = int(seed).to_bytes(8, "little") + int(use).to_bytes(8, "little")
+        self.device = x.device
+        self._streams = [
+            torch.Generator(device=x.device).manual_seed(
+                int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8, key=key).digest(), "little") >> 1
+            )
+            for row in rows
+        ]
+        self._unread: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def randn(self, samples: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+        """(samples, n, size) standard-normal draws: the next ``samples`` of each row's stream."""
+        n = len(self._streams)
+        pages = [self._unread.get((size, dtype), torch.empty(n, 0, size, dtype=dtype, device=self.device))]
+        have = pages[0].shape[1]
+        while have < samples:
+            page = [torch.randn(self.PAGE, size, dtype=dtype, device=self.device, generator=g) for g in self._streams]
+            pages.append(torch.stack(page) if page else pages[0].new_empty(0, self.PAGE, size))
+            have += self.PAGE
+        unread = torch.cat(pages, 1) if len(pages) > 1 else pages[0]
+        self._unread[(size, dtype)] = unread[:, samples:]
+        return unread[:, :samples].transpose(0, 1)
 
 
 class Posterior(Distribution):
@@ -49,10 +94,21 @@ class Posterior(Distribution):
     def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | RowStreams | None = None) -> torch.Tensor:
         ref = self._anchor()
+        if isinstance(generator, RowStreams):
+            return self.reparameterize(self._row_noise(torch.Size(sample_shape), generator, ref.dtype))
         shape = torch.Size(sample_shape) + self.batch_shape + (self.noise_size,)
         return self.reparameterize(torch.randn(shape, dtype=ref.dtype, device=ref.device, generator=generator))
+
+    def _row_noise(self, sample_shape: torch.Size, streams: RowStreams, dtype: torch.dtype) -> torch.Tensor:
+        if len(sample_shape) > 1 or self.batch_shape != (len(streams),):
+            raise ValueError(
+                f"row streams draw (samples, rows, D) for {len(streams)} rows; got sample shape "
+                f"{tuple(sample_shape)} and batch shape {tuple(self.batch_shape)}"
+            )
+        eps = streams.randn(sample_shape[0] if sample_shape else 1, self.noise_size, dtype)
+        return eps if sample_shape else eps[0]
 
     def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():

@@ -402,7 +402,9 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def score_samples(self, X, k: int = 1000, seed: int = 0) -> np.ndarray:
         """Per-row log p(x), the K-sample importance-weighted estimate (nats), a density of the
         values as given (through the input map: log p'((x − shift)/scale) − Σ_j log scale_j).
-        Low values flag rows the model finds unlikely, so it serves as an anomaly score."""
+        Low values flag rows the model finds unlikely, so it serves as an anomaly score. Each
+        row draws its noise from a stream seeded by ``seed`` and the row itself, so a row scores
+        the same alone or among others, in any order (up to float32 rounding)."""
         from .evaluate import log_px_per_point
 
         k, seed = check_positive_int("k", k), _seed(seed)

@@ -1,8 +1,9 @@
 """Evidence per datapoint and averaged: the ELBO with its terms, and the importance-weighted
 estimate of log p(x), in nats and bits per dimension.
 
-Evaluation draws its noise from its own seeded generator, so that numbers are repeatable and
-evaluating never moves the training random stream.
+Evaluation draws its noise from its own seeded generators, so that numbers are repeatable and
+evaluating never moves the training random stream. Per-row estimates draw from a stream per
+row (``distributions.RowStreams``): a row's value does not depend on the rows beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .distributions import RowStreams
 from .objectives import elbo as elbo_terms
 from .objectives import iwae
 from .config import GAP_STEPS
@@ -193,12 +195,11 @@ def elbo_per_point(
     """ELBO, E_q[log p(x|z)] and KL(q || p) for each row, each (n,) float64. ``usage``, if
     given, is fed each batch's q (the latent units' activity, from the same pass); ``idx``,
     the rows' indices in the training set, scores per-point methods' learned q_i."""
-    g = _generator(model, seed)
     parts = []
     with eval_mode(model):
         for xb, rows in _with_rows(batches(model, x, batch_size), model, x, idx):
             q = model.evaluation_posterior(xb, rows)
-            parts.append(elbo_terms(model, xb, q=q, n_samples=n_samples, generator=g))
+            parts.append(elbo_terms(model, xb, q=q, n_samples=n_samples, generator=RowStreams(xb, seed)))
             if usage is not None:
                 usage.add(q)
     return {name: torch.cat([getattr(p, name) for p in parts]).double().cpu().numpy() for name in ("elbo", "recon", "kl")}
@@ -212,7 +213,6 @@ def log_px_per_point(
     """The K-sample importance-weighted estimate of log p(x) for each row, (n,) float64.
     ``progress``, if given, is called with the rows done after each batch; ``idx``, the rows'
     indices in the training set, makes per-point methods' learned q_i the proposals."""
-    g = _generator(model, seed)
     if batch_size is None:
         # Rows per call: enough that each K-chunk is a large matrix product, few enough that
         # one chunk covers many samples (see objectives.iwae.DEFAULT_BLOCK).
@@ -220,7 +220,7 @@ def log_px_per_point(
     out, done = [], 0
     with eval_mode(model):
         for xb, rows in _with_rows(batches(model, x, batch_size), model, x, idx):
-            out.append(iwae(model, xb, k, q=model.evaluation_posterior(xb, rows), generator=g))
+            out.append(iwae(model, xb, k, q=model.evaluation_posterior(xb, rows), generator=RowStreams(xb, seed)))
             done += xb.shape[0]
             if progress is not None:
                 progress(done)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch.distributions import Distribution
 
-from ..distributions import DiagonalNormal, PointMass
+from ..distributions import DiagonalNormal, PointMass, RowStreams
 from ..objectives import elbo
 from ..optim import Adam
 
@@ -86,10 +86,10 @@ def ascend(
 
 
 def _ascend(model, x, params, make_q, steps: int, lr: float, n_samples: int, seed: int = 0) -> list[torch.Tensor]:
-    # Its own noise stream: q for new data is then a function of x and θ alone, and
-    # inference never moves the global stream that training draws from.
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    return ascend(model, x, params, make_q, steps, lr, n_samples, g)[0]
+    # A noise stream of its own per row: each row's q for new data is then a function of that
+    # row and θ alone (the ELBO is summed over rows and Adam is elementwise, so rows do not
+    # meet), and inference never moves the global stream that training draws from.
+    return ascend(model, x, params, make_q, steps, lr, n_samples, RowStreams(x, seed))[0]
 
 
 @torch.no_grad()
@@ -98,8 +98,8 @@ def _keep_better(model, x: torch.Tensor, start: Distribution, end: Distribution,
     random numbers): the result is never worse than the start by that estimate."""
     scores = []
     for q in (start, end):
-        g = torch.Generator(device=x.device).manual_seed(seed)
-        scores.append(elbo(model, x, q=q, n_samples=CHECK_SAMPLES, generator=g).elbo)
+        # Streams of their own: draws the steps were taken on would favour the end.
+        scores.append(elbo(model, x, q=q, n_samples=CHECK_SAMPLES, generator=RowStreams(x, seed, use=1)).elbo)
     return scores[1] >= scores[0]
 
 
