@@ -31,7 +31,8 @@ def batches(model, x, batch_size: int):
             for start in range(0, len(block), batch_size):
                 yield torch.as_tensor(block[start : start + batch_size], dtype=p.dtype, device=p.device)
         return
-    x = torch.as_tensor(x, dtype=p.dtype, device=p.device)
+    # A numpy view with negative strides (x[::-1]) is copied: torch cannot wrap it.
+    x = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x, dtype=p.dtype, device=p.device)
     for start in range(0, x.shape[0], batch_size):
         yield x[start : start + batch_size]
 
