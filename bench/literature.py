@@ -65,6 +65,14 @@ def run_name(row: str, amp: str | None = None, flags: list[str] | tuple[str, ...
     return row + ("-bf16" if amp == "bf16" else "") + (f"-{slug}" if slug else "")
 
 
+def speed_and_smoke_flags(threads: int | None = None, max_epochs: int | None = None, eval_k: int | None = None) -> list[str]:
+    """vaekit train flags that are not part of a variant's name: the thread count (speed only,
+    and resumable) and a smoke test's shorter settings, which come after COMMON's published
+    values and so win in argparse."""
+    return ((["--threads", str(threads)] if threads else []) + (["--epochs", str(max_epochs)] if max_epochs else [])
+            + (["--eval-k", str(eval_k)] if eval_k else []))  # fmt: skip
+
+
 def training_words(result: dict) -> str:
     """The table's "training" cell of a result: its precision and any further flags."""
     amp = "bf16 autocast" if "--amp bf16" in result["command"] else "float32"
@@ -299,10 +307,7 @@ def main() -> None:
     if args.snapshot:
         print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000, name=name, extra=extra, flags=flags)))
         return
-    # Later flags win in argparse: these override COMMON's published values.
-    extra += ["--threads", str(args.threads)] if args.threads else []
-    extra += ["--epochs", str(args.max_epochs)] if args.max_epochs else []
-    extra += ["--eval-k", str(args.eval_k)] if args.eval_k else []
+    extra += speed_and_smoke_flags(args.threads, args.max_epochs, args.eval_k)
     results = args.runs_dir / "smoke" / "results" if smoke else RESULTS
     print(json.dumps(run_row(args.row, run_dir, args.data_dir, extra, results, name, flags)))
 

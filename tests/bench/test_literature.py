@@ -143,3 +143,18 @@ def test_status_without_a_row_lists_every_run(tmp_path):
     runs = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(r["run"], r["row"], r["epochs_run"], r["best_epoch"]) for r in runs] == [("hvae-bf16", "hvae", 1, 1), ("vae", "vae", 3, 2)]
     assert runs[1]["best_valid_elbo"] == -97.5 and runs[1]["median_epoch_seconds"] == 3.0
+
+
+def test_threads_change_the_speed_not_the_run(literature, tmp_path):
+    """--threads reaches vaekit train after the row's flags (so it wins) without renaming the run,
+    and the result's machine line names the training's thread count from its config.json."""
+    import numpy as np
+
+    extra = ["--amp", "bf16", "--lr-schedule", "plateau", *literature.speed_and_smoke_flags(threads=2)]
+    argv = literature.command("vae", tmp_path / "vae", tmp_path, extra)
+    assert argv[argv.index("--threads") + 1] == "2" and argv.index("--threads") > argv.index("--lr-schedule")
+    assert literature.row_config("vae", np.zeros((4, 784), np.float32), extra).train.threads == 2
+    assert literature.run_name("vae", "bf16", ["--lr-schedule", "plateau"]) == "vae-bf16-lr-schedule-plateau"
+    assert literature.speed_and_smoke_flags(None, 3, 10) == ["--epochs", "3", "--eval-k", "10"]
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"threads": 3}}))
+    assert literature._machine(tmp_path).endswith(", 3 threads")
