@@ -221,6 +221,15 @@ def test_row_streams_do_not_depend_on_chunking():
     assert torch.equal(alone[:, 0], whole[:, 2])
     assert not torch.equal(whole[:, 0], whole[:, 1])  # rows differ, so do their streams
     assert not torch.equal(RowStreams(x, seed=4).randn(70, 5, torch.float32), whole)
+    # −0.0 is 0.0: a row that holds it draws what the same row with 0.0 draws.
+    signed = torch.tensor([[0.0, 1.0], [-0.0, 1.0]])
+    draws = RowStreams(signed, seed=3).randn(5, 2, torch.float32)
+    assert torch.equal(draws[:, 0], draws[:, 1])
+    # The streams of one seed are disjoint by use: a q fitted on FIT draws is checked on CHECK
+    # draws and estimated on ESTIMATE draws, never on its own.
+    uses = [RowStreams(x, seed=3, use=u).randn(5, 5, torch.float32) for u in (RowStreams.ESTIMATE, RowStreams.CHECK, RowStreams.FIT)]
+    assert torch.equal(uses[0], whole[:5]) and not torch.equal(uses[0], uses[1]) and not torch.equal(uses[0], uses[2])
+    assert not torch.equal(uses[1], uses[2])
     # Standard normal: moments of many draws.
     many = RowStreams(x, seed=0).randn(20000, 5, torch.float64)
     assert abs(float(many.mean())) < 0.01 and abs(float(many.std()) - 1) < 0.01

@@ -266,8 +266,8 @@ class _ModelBase(_Section):
         # hierarchy's p(z_l | z_{l+1}) would then have a head to bound.
         if self.inference not in HEADED_INFERENCE and self.layers == 1:
             raise ConfigError(
-                f"{next(iter(bounds))} bounds the log σ² of a network's Gaussian head: inference "
-                f"{', '.join(HEADED_INFERENCE)} or a hierarchy's p(z_l|z_l+1); this model uses inference {self.inference} with one latent layer"
+                f"{next(iter(bounds))} applies to the log σ² of a network's Gaussian head (inference "
+                f"{', '.join(HEADED_INFERENCE)}, or a hierarchy's p(z_l|z_{{l+1}})); this model uses inference {self.inference} with one latent layer"
             )
 
     def _check_branches(self) -> None:

@@ -40,12 +40,18 @@ class RowStreams:
     Pass it where a ``torch.Generator`` goes in ``Posterior.rsample``. Each stream is read in
     pages of ``PAGE`` draws, so how a caller splits its samples into chunks (the IWAE estimate
     chunks K by the batch's size) does not change the values either. ``use`` names separate
-    streams of one seed, for draws that must not share noise (an optimisation and its check)."""
+    streams of one seed, for draws that must not share noise (an optimisation, its check, and
+    the estimates made with its result)."""
 
     PAGE = 64
+    # The streams of one seed: estimates of the evidence, the draws that fit a per-point q for
+    # new rows, and the check of that fit. Disjoint, so an estimate never reuses the draws a
+    # q was fitted on (that would favour the fitted q).
+    ESTIMATE, CHECK, FIT = 0, 1, 2
 
-    def __init__(self, x: torch.Tensor, seed: int, use: int = 0):
-        rows = x.detach().reshape(x.shape[0], -1).cpu().numpy()
+    def __init__(self, x: torch.Tensor, seed: int, use: int = ESTIMATE):
+        # + 0.0 turns −0.0 into 0.0: equal rows seed equal streams.
+        rows = x.detach().reshape(x.shape[0], -1).cpu().numpy() + 0.0
         key = int(seed).to_bytes(8, "little") + int(use).to_bytes(8, "little")
         self.device = x.device
         self._streams = [

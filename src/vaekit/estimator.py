@@ -404,7 +404,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         values as given (through the input map: log p'((x − shift)/scale) − Σ_j log scale_j).
         Low values flag rows the model finds unlikely, so it serves as an anomaly score. Each
         row draws its noise from a stream seeded by ``seed`` and the row itself, so a row scores
-        the same alone or among others, in any order (up to float32 rounding)."""
+        the same alone or among others, in any order (up to rounding)."""
         from .evaluate import log_px_per_point
 
         k, seed = check_positive_int("k", k), _seed(seed)

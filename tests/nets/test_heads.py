@@ -109,9 +109,17 @@ def test_bounds_must_be_ordered_and_need_a_head():
     with pytest.raises(ConfigError, match="logvar_max must be a finite number"):
         ModelConfig(input_dim=4, logvar_max=float("nan"))
     # A per-point q holds log σ² as free parameters: with one layer there is no head to bound.
-    with pytest.raises(ConfigError, match="bounds the log σ² of a network's Gaussian head"):
+    with pytest.raises(ConfigError, match="logvar_min applies to the log σ² of a network's Gaussian head"):
         ModelConfig(input_dim=4, inference="vi", n_points=3, logvar_min=-6.0)
     ModelConfig(input_dim=4, inference="vi", n_points=3, latent_dim=(2, 2), logvar_min=-6.0)  # p(z1|z2) has one
+
+
+def test_numpy_scalars_are_numbers():
+    config = ModelConfig(input_dim=4, logvar_min=np.float32(-3), logvar_max=np.int64(2))
+    assert (config.logvar_min, config.logvar_max) == (-3.0, 2.0)
+    assert type(config.logvar_min) is float and type(config.logvar_max) is float
+    with pytest.raises(ConfigError, match="logvar_max must be a finite number"):
+        ModelConfig(input_dim=4, logvar_max=np.bool_(True))
 
 
 def test_cli_flags_are_saved_and_checked(tmp_path, capsys):

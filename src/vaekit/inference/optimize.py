@@ -89,7 +89,7 @@ def _ascend(model, x, params, make_q, steps: int, lr: float, n_samples: int, see
     # A noise stream of its own per row: each row's q for new data is then a function of that
     # row and θ alone (the ELBO is summed over rows and Adam is elementwise, so rows do not
     # meet), and inference never moves the global stream that training draws from.
-    return ascend(model, x, params, make_q, steps, lr, n_samples, RowStreams(x, seed))[0]
+    return ascend(model, x, params, make_q, steps, lr, n_samples, RowStreams(x, seed, use=RowStreams.FIT))[0]
 
 
 @torch.no_grad()
@@ -99,7 +99,7 @@ def _keep_better(model, x: torch.Tensor, start: Distribution, end: Distribution,
     scores = []
     for q in (start, end):
         # Streams of their own: draws the steps were taken on would favour the end.
-        scores.append(elbo(model, x, q=q, n_samples=CHECK_SAMPLES, generator=RowStreams(x, seed, use=1)).elbo)
+        scores.append(elbo(model, x, q=q, n_samples=CHECK_SAMPLES, generator=RowStreams(x, seed, use=RowStreams.CHECK)).elbo)
     return scores[1] >= scores[0]
 
 
