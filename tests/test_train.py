@@ -99,9 +99,11 @@ def test_short_mnist_training_beats_baselines():
     assert neg_elbo < 143.0
     assert neg_elbo < baseline - 50.0
     assert -history[0]["valid_elbo"] > neg_elbo  # the second epoch improved on the first
-    # The model holds the best (= last, here) weights: re-evaluating reproduces the record.
+    # The model holds the best (= last, here) weights: re-evaluating reproduces the record, to
+    # the rounding of products split among however many threads MKL picks outside training
+    # (training fixes the count; on a busy machine a plain call may get fewer: measured 2e-9).
     again = elbo_per_point(model, x_valid, seed=config.seed + 1)["elbo"].mean()
-    assert again == max(r["valid_elbo"] for r in history)
+    assert again == pytest.approx(max(r["valid_elbo"] for r in history), rel=1e-7, abs=0)
 
 
 # ---- history and warm-up -----------------------------------------------------------------------
