@@ -1139,6 +1139,10 @@ def test_train_on_the_iwae_objective(tmp_path, capsys):
         (["--objective", "iwae", "--beta", "0.5"], "--beta applies to objective elbo only"),
         (["--k", "5"], "--k applies to objective iwae only"),
         (["--variance", "feature"], "--variance applies to likelihood gaussian only"),
+        # Options that act only under another option's value, given without it.
+        (["--likelihood", "gaussian", "--fixed-std", "0.5"], "--fixed-std applies to variance fixed only; this run has variance shared"),
+        (["--likelihood", "gaussian", "--fixed-std", "1"], "--fixed-std applies to variance fixed only"),  # even at its default
+        (["--compile-mode", "reduce-overhead"], "--compile-mode applies only when compile is on; this run has compile off"),
         (["--objective", "nope"], "--objective must be one of"),
         (["--net", "nope"], "--net must be one of"),
     ],

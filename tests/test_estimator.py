@@ -475,3 +475,19 @@ def test_sample_from_the_aggregate_posterior_and_a_fitted_mixture(fitted, digits
         fitted.sample(5, source="aggregate")
     with pytest.raises(ConfigError, match="source must be one of"):
         fitted.sample(5, source="posterior", X=x)
+
+
+def test_a_parameter_that_acts_on_nothing_is_refused_and_the_estimator_stays_unfitted():
+    """fixed_std acts under variance="fixed" alone and compile_mode under compile=True: set
+    away from their defaults without them, fit refuses (the CLI refuses the flags); with them,
+    or at their defaults, it fits."""
+    x = np.random.default_rng(0).random((60, 4))
+    for params, message in (({"likelihood": "gaussian", "fixed_std": 0.5}, "fixed_std applies to variance fixed only"),
+                            ({"compile_mode": "reduce-overhead"}, "compile_mode applies only when compile is on")):  # fmt: skip
+        vae = VAE(epochs=1, hidden=(4,), latent_dim=2, **params)
+        with pytest.raises(ConfigError, match=message):
+            vae.fit(x)
+        assert not hasattr(vae, "model_")
+    fitted = VAE(epochs=1, hidden=(4,), latent_dim=2, likelihood="gaussian", variance="fixed", fixed_std=0.5).fit(x)
+    assert float(fitted.model_.likelihood.logvar.exp().sqrt()) == pytest.approx(0.5)
+    VAE(epochs=1, hidden=(4,), latent_dim=2, likelihood="gaussian", fixed_std=1.0).fit(x)  # the default: nothing to refuse

@@ -164,7 +164,7 @@ def run_config(given: dict[str, dict[str, Any]], x_train, image_shape, scaling=N
     """The RunConfig of ``vaekit train`` from the given options (``given_options``) and the
     training rows; a component option given, even at its default, must belong to a component
     the run uses: otherwise it would be silently ignored, so it is refused."""
-    from .config import DataConfig, RunConfig, TrainConfig
+    from .config import DataConfig, RunConfig, TrainConfig, inert_options
     from .runs import model_config
 
     model_cfg = model_config(x_train, image_shape, given["model"], scaling)
@@ -173,6 +173,9 @@ def run_config(given: dict[str, dict[str, Any]], x_train, image_shape, scaling=N
         bad = getattr(config, section).owners_unselected(set(given[section]))
         if bad:
             raise ConfigError(bad[0])
+    bad = inert_options(config, {section: set(given[section]) for section in ("model", "train")})
+    if bad:
+        raise ConfigError(bad[0])
     return config
 
 

@@ -141,6 +141,29 @@ GAP_STEPS = 2000
 AUTO = {"likelihood": "auto", "standardize": "auto"}
 # Inference methods whose q(z|x) comes from a network's (μ, log σ²) head.
 HEADED_INFERENCE = ("amortized", "topdown", "ladder")
+# Options that act only under another option's value: (section, option, the values it acts
+# under). Given without it they would be silently ignored, so a new run (the CLI, the
+# estimator's fit) refuses them; a saved config that holds such a pair still loads.
+ACTS_UNDER = {
+    "fixed_std": ("model", "variance", ("fixed",)),
+    "compile_mode": ("train", "compile", (True,)),
+}
+
+
+def inert_options(config, given: dict[str, set[str]]) -> list[str]:
+    """'<option> applies to <other> <value> only; ...' for each option among ``given`` (names per
+    section) that the RunConfig ``config`` would ignore (ACTS_UNDER)."""
+    bad = []
+    for name, (section, other, values) in ACTS_UNDER.items():
+        if name in given.get(section, ()) and getattr(getattr(config, section), other) not in values:
+            now = getattr(getattr(config, section), other)
+            if values == (True,):
+                bad.append(f"{name} applies only when {other} is on; this run has {other} off")
+            else:
+                bad.append(f"{name} applies to {other} {' or '.join(map(str, values))} only; this run has {other} {now}")
+    return bad
+
+
 # Which registries' entries own options in which section.
 SECTION_KINDS = {"model": ("prior", "likelihood", "inference", "net"), "train": ("objective",), "data": ()}
 # Options that never become CLI flags or estimator parameters: they come from the data.

@@ -22,7 +22,7 @@ import torch
 from sklearn import exceptions as sk_exceptions
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
-from .config import DataConfig, RunConfig, TrainConfig, check_positive_int
+from .config import DataConfig, RunConfig, TrainConfig, check_positive_int, inert_options
 from .errors import ConfigError, DataError
 from .scaling import Scaling, apply
 
@@ -195,6 +195,12 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         # The input map (standardisation) is learned from the training rows alone.
         model_config_ = model_config(X, image_shape, options["model"])
         config = RunConfig(model=model_config_, train=train_config, data=data_config)
+        # A parameter set away from its default where it acts on nothing is refused, as the CLI
+        # refuses the flag (the estimator cannot tell a default given from one left alone).
+        changed = {sec: {n for n, value in options[sec].items() if value != params[n][1]} for sec in ("model", "train")}
+        bad = inert_options(config, changed)
+        if bad:
+            raise ConfigError(bad[0])
         if given_valid:
             X_valid = check_data(self._valid_rows(X_valid, image_shape), what="X_valid", input_dim=X.shape[1])
         scaling = Scaling.of(config.model)
