@@ -225,3 +225,20 @@ def test_eval_mode_restores_the_mode_however_the_block_ends():
                 assert not m.training and not m[1].training
                 raise RuntimeError("inside")
         assert m.training is start and m[1].training is start
+
+
+def test_one_stream_for_a_pass_when_rows_need_none_of_their_own(trained, digits):
+    """per_row=False (the training loop's validation means) draws one seeded stream through the
+    pass: one batch reads it as randn((S, n, D)) from Generator(seed), so the per-row values
+    then depend on the batching, as they never do with per-row streams."""
+    from vaekit.objectives import elbo as elbo_terms
+
+    x = torch.as_tensor(digits[:300])
+    one = elbo_per_point(trained, x, seed=4, per_row=False)
+    with torch.no_grad():
+        q = trained.evaluation_posterior(x)
+        reference = elbo_terms(trained, x, q=q, generator=torch.Generator().manual_seed(4)).elbo
+    np.testing.assert_allclose(one["elbo"], reference.double().numpy(), rtol=1e-6, atol=1e-5)
+    batched = elbo_per_point(trained, x, seed=4, per_row=False, batch_size=7)["elbo"]
+    assert np.abs(batched - one["elbo"]).max() > 1e-3
+    assert abs(batched.mean() - one["elbo"].mean()) < 1.0  # the same estimate, other draws

@@ -102,7 +102,7 @@ def test_short_mnist_training_beats_baselines():
     # The model holds the best (= last, here) weights: re-evaluating reproduces the record, to
     # the rounding of products split among however many threads MKL picks outside training
     # (training fixes the count; on a busy machine a plain call may get fewer: measured 2e-9).
-    again = elbo_per_point(model, x_valid, seed=config.seed + 1)["elbo"].mean()
+    again = elbo_per_point(model, x_valid, seed=config.seed + 1, per_row=False)["elbo"].mean()
     assert again == pytest.approx(max(r["valid_elbo"] for r in history), rel=1e-7, abs=0)
 
 
@@ -174,7 +174,7 @@ def test_early_stopping_keeps_the_best_epoch(digits, tmp_path, patience):
     saved, _ = ckpt.load_tensors(tmp_path / ckpt.MODEL_FILE)
     assert_same_tensors(params(model), saved)
     # ... and re-evaluating with the training loop's validation seed gives the recorded ELBO.
-    again = float(elbo_per_point(model, x_valid, seed=config.seed + 1)["elbo"].mean())
+    again = float(elbo_per_point(model, x_valid, seed=config.seed + 1, per_row=False)["elbo"].mean())
     assert again == pytest.approx(valid[best], abs=1e-5)
     # last.safetensors is the stopping epoch, not the best one, and says it stopped.
     last, meta = ckpt.load_tensors(tmp_path / ckpt.LAST_FILE)

@@ -69,6 +69,17 @@ def eval_mode(model: torch.nn.Module):
         model.train(was)
 
 
+def noise(model, seed: int, per_row: bool = True) -> Callable[[torch.Tensor], torch.Generator | RowStreams]:
+    """The noise source of each batch of a pass: per row, a stream seeded by the row and the seed
+    (RowStreams: a row's estimate does not depend on the rows beside it), or one seeded stream
+    through the whole pass. The second costs nothing per row; the training loop's validation,
+    which reports means over fixed rows, takes it."""
+    if per_row:
+        return lambda xb: RowStreams(xb, seed)
+    g = _generator(model, seed)
+    return lambda xb: g
+
+
 def _generator(model, seed: int) -> torch.Generator:
     device = next(model.parameters()).device
     return torch.Generator(device=device).manual_seed(seed)
@@ -191,16 +202,19 @@ class LatentUsage:
 # inside (they switch it back on), and inference-mode tensors cannot take part in it.
 @torch.no_grad()
 def elbo_per_point(
-    model, x, n_samples: int = 1, batch_size: int = 1024, seed: int = 0, usage: LatentUsage | None = None, idx=None
+    model, x, n_samples: int = 1, batch_size: int = 1024, seed: int = 0, usage: LatentUsage | None = None, idx=None,
+    per_row: bool = True,
 ) -> dict[str, np.ndarray]:
     """ELBO, E_q[log p(x|z)] and KL(q || p) for each row, each (n,) float64. ``usage``, if
     given, is fed each batch's q (the latent units' activity, from the same pass); ``idx``,
-    the rows' indices in the training set, scores per-point methods' learned q_i."""
+    the rows' indices in the training set, scores per-point methods' learned q_i. ``per_row``:
+    each row's noise from its own stream (``noise``)."""
     parts = []
+    draw = noise(model, seed, per_row)
     with eval_mode(model):
         for xb, rows in _with_rows(batches(model, x, batch_size), model, x, idx):
             q = model.evaluation_posterior(xb, rows)
-            parts.append(elbo_terms(model, xb, q=q, n_samples=n_samples, generator=RowStreams(xb, seed)))
+            parts.append(elbo_terms(model, xb, q=q, n_samples=n_samples, generator=draw(xb)))
             if usage is not None:
                 usage.add(q)
     return {name: torch.cat([getattr(p, name) for p in parts]).double().cpu().numpy() for name in ("elbo", "recon", "kl")}
@@ -209,11 +223,13 @@ def elbo_per_point(
 @torch.no_grad()
 def log_px_per_point(
     model, x, k: int = 1000, batch_size: int | None = None, seed: int = 0, progress: Callable[[int], None] | None = None,
-    idx=None,
+    idx=None, per_row: bool = True,
 ) -> np.ndarray:
     """The K-sample importance-weighted estimate of log p(x) for each row, (n,) float64.
     ``progress``, if given, is called with the rows done after each batch; ``idx``, the rows'
-    indices in the training set, makes per-point methods' learned q_i the proposals."""
+    indices in the training set, makes per-point methods' learned q_i the proposals.
+    ``per_row``: each row's noise from its own stream (``noise``)."""
+    draw = noise(model, seed, per_row)
     if batch_size is None:
         # Rows per call: enough that each K-chunk is a large matrix product, few enough that
         # one chunk covers many samples (see objectives.iwae.DEFAULT_BLOCK).
@@ -221,7 +237,7 @@ def log_px_per_point(
     out, done = [], 0
     with eval_mode(model):
         for xb, rows in _with_rows(batches(model, x, batch_size), model, x, idx):
-            out.append(iwae(model, xb, k, q=model.evaluation_posterior(xb, rows), generator=RowStreams(xb, seed)))
+            out.append(iwae(model, xb, k, q=model.evaluation_posterior(xb, rows), generator=draw(xb)))
             done += xb.shape[0]
             if progress is not None:
                 progress(done)
