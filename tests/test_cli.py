@@ -1031,6 +1031,10 @@ def test_resume_may_change_the_speed_settings(files, tmp_path, capsys):
     saved = json.loads((out / "config.json").read_text())["train"]
     assert (saved["amp"], saved["matmul_precision"], saved["epochs"], saved["threads"]) == ("bf16", "medium", 2, 1)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    # A speed option that acts on nothing is refused on resume as on a new run, and changes nothing.
+    code, _, err = cli(capsys, "train", "--out", out, "--resume", "--epochs", "3", "--compile-mode", "reduce-overhead")
+    assert code == 2 and err.strip() == "vaekit: error: --compile-mode applies only when compile is on; this run has compile off"
+    assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
 
 
 # -- 4. NaN during training ---------------------------------------------------------------------

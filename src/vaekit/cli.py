@@ -288,7 +288,7 @@ def _resume_config(args, run_dir: Path):
     from dataclasses import replace
 
     from . import checkpoint as ckpt
-    from .config import RunConfig
+    from .config import RunConfig, inert_options
 
     try:
         config = RunConfig.load(run_dir / ckpt.CONFIG_FILE)
@@ -303,10 +303,14 @@ def _resume_config(args, run_dir: Path):
         own = getattr(getattr(config, section), name)
         if not _same(opt, name, value, own):
             raise ConfigError(f"{_flag(dest)} cannot change when resuming; {run_dir}/config.json holds {name}={own!r}")
+    changed = {name: getattr(args, dest) for dest, (section, name, opt) in options.items() if section == "train" and opt.resumable and getattr(args, dest) is not None}
     with _option_names():
-        train = replace(config.train, **{name: getattr(args, dest) for dest, (section, name, opt) in options.items() if section == "train" and opt.resumable and getattr(args, dest) is not None})
-    data = replace(config.data, data_dir=args.data_dir or config.data.data_dir)
-    return replace(config, train=train, data=data)
+        train = replace(config.train, **changed)
+        config = replace(config, train=train, data=replace(config.data, data_dir=args.data_dir or config.data.data_dir))
+        bad = inert_options(config, {"train": set(changed)})
+        if bad:
+            raise ConfigError(bad[0])
+    return config
 
 
 def _check_data_outside(source: str, run_dir: Path) -> None:
