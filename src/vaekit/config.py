@@ -155,8 +155,8 @@ def inert_options(config, given: dict[str, set[str]]) -> list[str]:
     section) that the RunConfig ``config`` would ignore (ACTS_UNDER)."""
     bad = []
     for name, (section, other, values) in ACTS_UNDER.items():
-        if name in given.get(section, ()) and getattr(getattr(config, section), other) not in values:
-            now = getattr(getattr(config, section), other)
+        now = getattr(getattr(config, section), other)
+        if name in given.get(section, ()) and now not in values:
             if values == (True,):
                 bad.append(f"{name} applies only when {other} is on; this run has {other} off")
             else:
@@ -280,16 +280,16 @@ class _ModelBase(_Section):
             NETS.get(net).check_config(self)
 
     def _check_logvar_bounds(self) -> None:
-        bounds = {name: getattr(self, name) for name in ("logvar_min", "logvar_max") if getattr(self, name) is not None}
-        if not bounds:
+        given = [name for name in ("logvar_min", "logvar_max") if getattr(self, name) is not None]
+        if not given:
             return
-        if self.logvar_min is not None and self.logvar_max is not None and self.logvar_min >= self.logvar_max:
+        if len(given) == 2 and self.logvar_min >= self.logvar_max:
             raise ConfigError(f"logvar_min must be below logvar_max, got {self.logvar_min!r} and {self.logvar_max!r}")
         # Per-point methods hold q's log σ² as free parameters, not a network's output; only a
         # hierarchy's p(z_l | z_{l+1}) would then have a head to bound.
         if self.inference not in HEADED_INFERENCE and self.layers == 1:
             raise ConfigError(
-                f"{next(iter(bounds))} applies to the log σ² of a network's Gaussian head (inference "
+                f"{given[0]} applies to the log σ² of a network's Gaussian head (inference "
                 f"{', '.join(HEADED_INFERENCE)}, or a hierarchy's p(z_l|z_{{l+1}})); this model uses inference {self.inference} with one latent layer"
             )
 
