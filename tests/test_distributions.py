@@ -152,6 +152,93 @@ def test_bernoulli_logits_extreme_logits():
     torch.testing.assert_close(lp, Independent(Bernoulli(logits=logits), 1).log_prob(x), rtol=1e-12, atol=0)
 
 
+def _several_samples(seed: int, k: int = 7, n: int = 6, d: int = 5):
+    """Logits (k, n, d), K samples per row, and binary x (n, d): the log_prob path for several
+    samples of z per row, which computes −Σ softplus((1 − 2x)·l) in a function of its own."""
+    g = _gen(seed)
+    logits = 8 * torch.randn(k, n, d, generator=g, dtype=F64)
+    x = torch.bernoulli(torch.full((n, d), 0.5, dtype=F64), generator=g)
+    return logits, x
+
+
+def _reference(logits, x):
+    return Independent(Bernoulli(logits=logits), 1).log_prob(x)
+
+
+def test_bernoulli_several_samples_value_and_gradients():
+    logits, x = _several_samples(5)
+    logits.requires_grad_()
+    f = lambda l: BernoulliLogits(l).log_prob(x)  # noqa: E731
+    torch.testing.assert_close(f(logits), _reference(logits, x), **TIGHT)
+    (g,) = torch.autograd.grad(f(logits).sum(), logits)
+    (g_ref,) = torch.autograd.grad(_reference(logits, x).sum(), logits)
+    torch.testing.assert_close(g, g_ref, **TIGHT)
+    # ∂ log p/∂l = x − σ(l), and second derivatives (create_graph) by finite differences.
+    torch.testing.assert_close(g, (x - torch.sigmoid(logits)).detach(), **TIGHT)
+    assert torch.autograd.gradcheck(f, (logits,))
+    assert torch.autograd.gradgradcheck(f, (logits,))
+
+
+def test_bernoulli_several_samples_forward_mode_and_vmap():
+    logits, x = _several_samples(6)
+    v = torch.randn(logits.shape, generator=_gen(7), dtype=F64)
+    out, tangent = torch.func.jvp(lambda l: BernoulliLogits(l).log_prob(x), (logits,), (v,))
+    ref, ref_tangent = torch.func.jvp(lambda l: _reference(l, x), (logits,), (v,))
+    torch.testing.assert_close(out, ref, **TIGHT)
+    torch.testing.assert_close(tangent, ref_tangent, **TIGHT)
+    # Per-row gradients under vmap: each row's K samples against its own x.
+    per_row = torch.func.vmap(torch.func.grad(lambda l, xi: BernoulliLogits(l).log_prob(xi).sum()), in_dims=(1, 0))
+    torch.testing.assert_close(per_row(logits, x), (x - torch.sigmoid(logits)).transpose(0, 1), **TIGHT)
+
+
+def test_bernoulli_several_samples_extremes_and_fallbacks():
+    # Confident logits: log p is the tiny log σ(l), not 0 from x·l − softplus(l) cancelling,
+    # and softplus's own threshold (t itself above 20) does not cut the e^−t term.
+    logits = torch.tensor([[[30.0, -30.0, 25.0]], [[-60.0, 60.0, 0.0]]], dtype=F64)
+    x = torch.tensor([[1.0, 0.0, 1.0]], dtype=F64)
+    expected = torch.tensor(
+        [[sum(_log_sigmoid_reference(v) for v in (30.0, 30.0, 25.0))], [_log_sigmoid_reference(-60.0) * 2 + math.log(0.5)]],
+        dtype=F64,
+    )
+    torch.testing.assert_close(BernoulliLogits(logits).log_prob(x), expected, rtol=1e-14, atol=0)
+    assert BernoulliLogits(logits).log_prob(x)[0, 0] < 0
+    # Values that are not 0 or 1 take the general x·l − softplus(l); NaN stays NaN.
+    soft = torch.tensor([[0.25, 0.5, 1.0]], dtype=F64)
+    ref = (soft * logits - torch.nn.functional.softplus(logits)).sum(-1)
+    torch.testing.assert_close(BernoulliLogits(logits).log_prob(soft), ref, **TIGHT)
+    assert torch.isnan(BernoulliLogits(logits).log_prob(torch.tensor([[float("nan"), 0.0, 1.0]], dtype=F64))).all()
+    # x that itself needs a gradient: ∂ log p/∂x = l.
+    xg = x.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(BernoulliLogits(logits).log_prob(xg).sum(), xg)
+    torch.testing.assert_close(gx, logits.sum(0), **TIGHT)
+
+
+def test_bernoulli_several_samples_under_bf16_autocast():
+    """A float32 log-likelihood of bf16 logits (as autocast keeps BCE in float32), whose gradient
+    reaches the bf16 logits' source."""
+    logits, x = _several_samples(8)
+    h = logits.float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = torch.nn.functional.linear(h, torch.eye(h.shape[-1]))
+        assert low.dtype == torch.bfloat16
+        lp = BernoulliLogits(low).log_prob(x.float())
+    assert lp.dtype == torch.float32
+    torch.testing.assert_close(lp, _reference(low.detach().double(), x).float(), rtol=1e-5, atol=1e-4)
+    lp.sum().backward()
+    expected = (x - torch.sigmoid(low.detach().double())).float()
+    torch.testing.assert_close(h.grad, expected, rtol=0, atol=2e-2)  # one bf16 rounding of the gradient
+
+
+def test_bernoulli_several_samples_compiled():
+    logits, x = _several_samples(9)
+    logits = logits.float().requires_grad_()
+    compiled = torch.compile(lambda l: BernoulliLogits(l).log_prob(x.float()).sum(), fullgraph=True)
+    value = compiled(logits)
+    (g,) = torch.autograd.grad(value, logits)
+    torch.testing.assert_close(value, _reference(logits, x.float()).sum(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(g, x.float() - torch.sigmoid(logits.detach()), rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- ContinuousBernoulliLogits
 
 # Random logits plus the Taylor branch (|l| < 1e-2), exactly 0, and moderate magnitudes.

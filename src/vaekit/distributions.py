@@ -379,9 +379,69 @@ class BernoulliLogits(Distribution):
             return torch.bernoulli(p, generator=generator)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        # x·l − softplus(l), fused and stable for large |l|.
-        logits, x = (self.logits, x) if x.shape == self.logits.shape else torch.broadcast_tensors(self.logits, x)
-        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        """Σ_d x_d·l_d − softplus(l_d). For binary x that is Σ_d log σ(±l_d) = −Σ_d softplus((1 − 2x_d)·l_d):
+        one pass, and exact for confident logits, where x·l − softplus(l) would cancel."""
+        logits = self.logits
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # a log-likelihood summed over pixels, as autocast keeps BCE in float32
+        # Several samples of z per row (importance weighting, K-sample evaluation) pay for the
+        # binary check many times over. Compiled code fuses the general form anyway, and a
+        # data-dependent branch would break its graph.
+        several = logits.numel() > x.numel() and not (x.requires_grad or torch.compiler.is_compiling())
+        if several and _all_binary(x):
+            sign = (1 - 2 * x).to(logits.dtype)
+            if torch.is_grad_enabled() and logits.requires_grad:
+                return _BinaryBernoulliLogProb.apply(logits, sign)[0]
+            return _softplus(sign * logits).sum(-1).neg()
+        logits, x = (logits, x) if x.shape == logits.shape else torch.broadcast_tensors(logits, x)
+        return -F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none").sum(-1)
+
+
+def _all_binary(x: torch.Tensor) -> bool:
+    try:
+        return bool(((x == 0) | (x == 1)).all())
+    except RuntimeError:  # torch.func.vmap refuses data-dependent branches: take the general form
+        return False
+
+
+def _softplus(t: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^t). torch's default threshold returns t itself above t = 20, an error of
+    e^−20 ≈ 2e-9 that float64 sees; exp(t) does not overflow float32 below t = 88."""
+    return F.softplus(t, threshold=50.0)
+
+
+class _BinaryBernoulliLogProb(torch.autograd.Function):
+    """−Σ_d softplus(t_d), t = s·l, for the signs s = 1 − 2x of binary x, with its gradient
+    ∂/∂l = −s·σ(t) as three in-place passes over the saved t. Autograd's graph of the same
+    expression makes the importance-weighted training step (K = 50, 784 pixels, bf16 autocast),
+    where this likelihood is the largest elementwise cost, ~15% slower. ``t`` is returned as a
+    second, non-differentiable output so that setup_context can save it for both modes of
+    differentiation."""
+
+    @staticmethod
+    def forward(logits: torch.Tensor, sign: torch.Tensor):
+        t = sign * logits
+        return _softplus(t).sum(-1).neg(), t
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(*inputs, output[1])
+        ctx.save_for_forward(*inputs, output[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _grad_t):
+        logits, sign, t = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiable ops on the inputs, for second derivatives
+            g = -sign * torch.sigmoid(sign * logits) * grad.unsqueeze(-1)
+        else:
+            g = torch.sigmoid(t).mul_(sign).mul_(grad.unsqueeze(-1)).neg_()
+        return (g if g.shape == logits.shape else g.sum_to_size(logits.shape)), None
+
+    @staticmethod
+    def jvp(ctx, d_logits: torch.Tensor, _d_sign):
+        logits, sign, t = ctx.saved_tensors
+        return -(sign * torch.sigmoid(t) * d_logits).sum(-1), sign * d_logits
 
 
 def _cb_log_norm(logits: torch.Tensor) -> torch.Tensor:
