@@ -1301,3 +1301,22 @@ def test_quiet_and_progress_contradict(tmp_path, capsys):
     code, out, err = cli(capsys, "train", "--data", "digits", "--out", tmp_path / "r", *SMALL, "--quiet", "--progress")
     assert_error(code, out, err, 2, "--quiet", "--progress")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("text, value", [("-1e-3", -1e-3), ("-2.5E+1", -25.0), ("-.5", -0.5), ("-6", -6.0)])
+def test_negative_numbers_in_every_form_are_values(text, value):
+    """argparse's own pattern of negative numbers has no exponent, so "-1e-3" was read as an
+    option; each form is a value of the flag before it."""
+    from vaekit.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--logvar-min", text, "--logvar-max", "2", "--lr", "1e-3", "--out", "run"])
+    assert (args.logvar_min, args.logvar_max) == (value, 2.0)
+
+
+def test_negative_infinity_reaches_the_finite_check(tmp_path, capsys):
+    code, _, err = cli(capsys, "train", "--epochs", "1", "--logvar-min", "-inf", "--out", tmp_path / "run")
+    assert code != 0 and err.count("\n") == 1 and "finite" in err
+    assert not (tmp_path / "run").exists()
+    # An argument that is no number after a flag that takes none stays an error.
+    code, _, err = cli(capsys, "train", "--mmap", "-1e-3", "--out", tmp_path / "run")
+    assert code == 2 and "unrecognized arguments: -1e-3" in err

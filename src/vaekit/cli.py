@@ -26,7 +26,16 @@ from .outputs import check_out, write_array, write_blocks
 SPLITS = ("train", "valid", "test", "all")
 
 
+_NEGATIVE_NUMBER = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?$|^-inf(?:inity)?$", re.IGNORECASE)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse reads an argument that starts with "-" as an option unless it matches this
+        # pattern, whose own version has no exponent: "--logvar-min -1e-3" would be refused.
+        self._negative_number_matcher = _NEGATIVE_NUMBER
+
     def error(self, message: str):  # one line, no usage dump
         self.exit(2, f"vaekit: error: {message} (see '{self.prog} --help')\n")
 
