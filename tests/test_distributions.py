@@ -170,6 +170,7 @@ def test_bernoulli_several_samples_value_and_gradients():
     logits.requires_grad_()
     f = lambda l: BernoulliLogits(l).log_prob(x)  # noqa: E731
     torch.testing.assert_close(f(logits), _reference(logits, x), **TIGHT)
+    assert type(f(logits).grad_fn).__name__ == "_BinaryBernoulliLogProbBackward"  # the hand-written gradient
     (g,) = torch.autograd.grad(f(logits).sum(), logits)
     (g_ref,) = torch.autograd.grad(_reference(logits, x).sum(), logits)
     torch.testing.assert_close(g, g_ref, **TIGHT)
@@ -189,6 +190,14 @@ def test_bernoulli_several_samples_forward_mode_and_vmap():
     # Per-row gradients under vmap: each row's K samples against its own x.
     per_row = torch.func.vmap(torch.func.grad(lambda l, xi: BernoulliLogits(l).log_prob(xi).sum()), in_dims=(1, 0))
     torch.testing.assert_close(per_row(logits, x), (x - torch.sigmoid(logits)).transpose(0, 1), **TIGHT)
+    # A batch of K-sample logits against one x, second derivatives, and batched gradients.
+    f = lambda l: BernoulliLogits(l).log_prob(x).sum()  # noqa: E731
+    ref = lambda l: _reference(l, x).sum()  # noqa: E731
+    batch = torch.stack([logits, -logits])
+    torch.testing.assert_close(torch.func.vmap(torch.func.grad(f))(batch), torch.func.vmap(torch.func.grad(ref))(batch), **TIGHT)
+    torch.testing.assert_close(torch.func.hessian(f)(logits[:2]), torch.func.hessian(ref)(logits[:2]), **TIGHT)
+    l = logits.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda l: BernoulliLogits(l).log_prob(x), (l,), check_batched_grad=True, check_forward_ad=True)
 
 
 def test_bernoulli_several_samples_extremes_and_fallbacks():
@@ -207,6 +216,13 @@ def test_bernoulli_several_samples_extremes_and_fallbacks():
     ref = (soft * logits - torch.nn.functional.softplus(logits)).sum(-1)
     torch.testing.assert_close(BernoulliLogits(logits).log_prob(soft), ref, **TIGHT)
     assert torch.isnan(BernoulliLogits(logits).log_prob(torch.tensor([[float("nan"), 0.0, 1.0]], dtype=F64))).all()
+    # Integer and boolean x are values 0 and 1 (1 − 2x must not wrap around in uint8).
+    for cast in (torch.uint8, torch.bool, torch.int64):
+        torch.testing.assert_close(BernoulliLogits(logits).log_prob(x.to(cast)), expected, rtol=1e-14, atol=0)
+    # The result's dtype is that of l and x together, at least float32.
+    assert BernoulliLogits(logits.float()).log_prob(x).dtype == F64
+    assert BernoulliLogits(logits.float()).log_prob(x.float()).dtype == torch.float32
+    assert BernoulliLogits(logits.bfloat16()).log_prob(x.float()).dtype == torch.float32
     # x that itself needs a gradient: ∂ log p/∂x = l.
     xg = x.clone().requires_grad_()
     (gx,) = torch.autograd.grad(BernoulliLogits(logits).log_prob(xg).sum(), xg)
