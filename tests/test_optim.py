@@ -98,3 +98,65 @@ def test_normalized_grad_trains_records_and_resumes_bit_for_bit(tmp_path):
     assert main(["train", *common, "--epochs", "3", "--out", str(tmp_path / "plain")]) == 0
     b, _ = load_tensors(tmp_path / "plain" / "last.safetensors")
     assert not torch.equal(a["model.decoder.0.weight"], b["model.decoder.0.weight"])
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_adam_eps_reaches_the_update(normalized):
+    """``adam_eps`` is the ε of p ← p − lr·m̂/(√v̂ + ε): with gradients of size ~1e-4 the
+    denominator is dominated by ε = 1e-4 (Burda et al.'s) and not by torch's 1e-8, and the
+    trajectory is the hand-written one's at that ε."""
+    from vaekit.model import VAEModel
+    from vaekit.config import ModelConfig
+    from vaekit.train import make_optimizers
+
+    model = VAEModel(ModelConfig(input_dim=4, latent_dim=2, hidden=(3,))).to(F64)
+    (opt,) = make_optimizers(model, lr=0.01, normalized_grad=normalized, eps=1e-4)
+    assert isinstance(opt, NormalizedAdam if normalized else Adam)
+    assert all(group["eps"] == 1e-4 for group in opt.param_groups)
+    g = torch.Generator().manual_seed(3)
+    params = [torch.randn(6, generator=g, dtype=F64)]
+    grads = [[1e-4 * torch.randn(6, generator=g, dtype=F64)] for _ in range(4)]
+    ours, _ = _drive(Adam, params, grads, lr=0.01, eps=1e-4)
+    steps = [(a - p) for a, p in zip(ours, params)]
+    by_hand = _reference_plain(params, grads, lr=0.01, eps=1e-4)
+    torch.testing.assert_close(ours[0], by_hand[0], rtol=1e-12, atol=1e-15)
+    default, _ = _drive(Adam, params, grads, lr=0.01)
+    assert float(steps[0].abs().max()) < 0.8 * float((default[0] - params[0]).abs().max())
+
+
+def _reference_plain(params, grads_per_step, lr, betas=(0.9, 0.999), eps=1e-8):
+    """Adam's update by hand (Kingma & Ba 2015, Algorithm 1), without normalization."""
+    params = [p.clone() for p in params]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for t, grads in enumerate(grads_per_step, start=1):
+        for i, g in enumerate(grads):
+            m[i] = betas[0] * m[i] + (1 - betas[0]) * g
+            v[i] = betas[1] * v[i] + (1 - betas[1]) * g * g
+            m_hat, v_hat = m[i] / (1 - betas[0] ** t), v[i] / (1 - betas[1] ** t)
+            params[i] = params[i] - lr * m_hat / (v_hat.sqrt() + eps)
+    return params
+
+
+def test_adam_eps_is_saved_checked_and_fixed_on_resume(tmp_path, capsys):
+    import json
+
+    from cli_helpers import cli
+
+    import vaekit
+
+    common = ["--data", "digits", "--latent-dim", "2", "--hidden", "8", "--eval-k", "5", "--epochs", "1"]
+    code, _, err = cli(capsys, "train", *common, "--adam-eps", "1e-4", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["adam_eps"] == 1e-4
+    assert vaekit.load(tmp_path / "run").get_params()["adam_eps"] == 1e-4
+    code, _, err = cli(capsys, "train", "--out", tmp_path / "run", "--resume", "--epochs", "2", "--adam-eps", "1e-3")
+    assert code != 0 and err.count("\n") == 1 and "--adam-eps cannot change when resuming" in err
+    for bad in ("0", "-1e-4", "nan"):
+        code, _, err = cli(capsys, "train", *common, "--adam-eps", bad, "--out", tmp_path / "bad")
+        assert code != 0 and err.count("\n") == 1 and "--adam-eps" in err, (bad, err)
+        assert not (tmp_path / "bad").exists()
+    from vaekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="adam_eps"):
+        vaekit.VAE(adam_eps=0.0, epochs=1).fit(torch.rand(20, 3).numpy())

@@ -94,6 +94,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "epochs": Option(10, "passes over the training set", minimum=1, resumable=True),
     "batch_size": Option(128, "rows per step", minimum=1),
     "lr": Option(1e-3, "Adam learning rate", minimum=0.0, exclusive=True),
+    "adam_eps": Option(1e-8, "Adam's epsilon, added to the root of the second-moment estimate (torch's default; Burda et al. 2016 trained the IWAE with 1e-4)", minimum=0.0, exclusive=True),
     "normalized_grad": Option(False, "Adam on each parameter tensor's gradient divided by its L2 norm (Yu et al. 2017; how Tomczak & Welling 2018 trained)"),
     # The rate of each epoch is a function of the run's history (vaekit.schedules), so --resume
     # recomputes it rather than storing a scheduler's state; a resume may change the schedule

@@ -40,9 +40,9 @@ VALID_ROWS_WITHOUT_ENCODER = 1000
 
 
 def make_optimizers(
-    model: torch.nn.Module, lr: float, point_lr: float | None = None, normalized_grad: bool = False
+    model: torch.nn.Module, lr: float, point_lr: float | None = None, normalized_grad: bool = False, eps: float = 1e-8
 ) -> list[torch.optim.Optimizer]:
-    """Adam at ``lr`` for the shared parameters (θ, φ), on normalized gradients with
+    """Adam at ``lr`` (with ``eps`` its ε) for the shared parameters (θ, φ), on normalized gradients with
     ``normalized_grad`` (``optim.NormalizedAdam``); SparseAdam for per-point tables, so
     that a row moves only when its datapoint is in the batch (dense Adam would keep moving
     every row on stale momentum), at ``point_lr`` (default: the model's ``point_lr``). A row
@@ -55,9 +55,9 @@ def make_optimizers(
     try:
         # The fused kernel updates all tensors in one pass: 1.4x the whole training step of
         # the default foreach Adam for the MNIST MLP on this CPU (bench/README.md).
-        adam = kind(shared, lr=lr, fused=True)
+        adam = kind(shared, lr=lr, eps=eps, fused=True)
     except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
-        adam = kind(shared, lr=lr)
+        adam = kind(shared, lr=lr, eps=eps)
     optimizers: list[torch.optim.Optimizer] = [adam]
     if local:
         optimizers.append(SparseAdam(local, lr=model.config.point_lr if point_lr is None else point_lr))
@@ -115,7 +115,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
     objective = make_objective(model, config)
     n, batch_rows = _training_rows(x_train, device, dtype)
     valid_rows = _validation_rows(model, x_valid, device, dtype)
-    optimizers = make_optimizers(model, config.lr, normalized_grad=config.normalized_grad)
+    optimizers = make_optimizers(model, config.lr, normalized_grad=config.normalized_grad, eps=config.adam_eps)
     rank, world = rank_world()
     writer = run_dir is not None and rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
