@@ -10,6 +10,7 @@ encoder's output) is kept as the parameter instead of being turned into a scale 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 
@@ -394,10 +395,9 @@ class BernoulliLogits(Distribution):
         if several and _all_binary(x):
             sign = 1 - 2 * x.to(dtype)
             if torch.is_grad_enabled() and logits.requires_grad:
-                try:
+                # torch.func (vmap, grad, hessian) refuses the Function: autograd's graph below.
+                with contextlib.suppress(RuntimeError):
                     return _BinaryBernoulliLogProb.apply(logits, sign)
-                except RuntimeError:  # under torch.func (vmap, grad, hessian): autograd's graph below
-                    pass
             return _softplus(sign * logits).sum(-1).neg()
         x = x.to(dtype)
         logits, x = (logits, x) if x.shape == logits.shape else torch.broadcast_tensors(logits, x)
