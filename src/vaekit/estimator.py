@@ -377,24 +377,25 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if source != "prior":
             if X is None:
                 raise ConfigError(f"source={source!r} needs the rows X whose posteriors it samples from")
-            x = self.model_input(X)
             if source == "aggregate":
                 from .data import MappedRows
 
+                x = self.model_input(X)
                 rows = torch.randint(0, x.shape[0], (n,), generator=g, device=p.device).cpu().numpy()
                 xb = x.rows(rows) if isinstance(x, MappedRows) else x[rows]
                 with torch.no_grad():
                     q = self.model_.evaluation_posterior(torch.as_tensor(xb, dtype=p.dtype, device=p.device))
                     z = q.sample(generator=g)
             else:
-                z = self._gmm_latents(x, n, check_positive_int("components", components), g)
+                z = self._gmm_latents(X, n, check_positive_int("components", components), g)
         return self._to_user(self.model_.sample(int(n), generator=g, mean=mean, z=z).cpu().numpy())
 
-    def _gmm_latents(self, x, n: int, components: int, g: torch.Generator) -> torch.Tensor:
-        """n draws of a full-covariance Gaussian mixture fitted to the posterior means of x."""
+    def _gmm_latents(self, X, n: int, components: int, g: torch.Generator) -> torch.Tensor:
+        """n draws of a full-covariance Gaussian mixture fitted to the posterior means of the
+        rows X, given in the user's units (``encode`` maps them into the model's)."""
         from sklearn.mixture import GaussianMixture
 
-        mu = self.encode(x)[0].astype(np.float64)
+        mu = self.encode(X)[0].astype(np.float64)
         if mu.shape[0] < components:
             raise DataError(f"X has {mu.shape[0]} rows; a mixture of {components} components needs at least as many")
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
