@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -790,6 +791,18 @@ def test_a_csv_header_is_recorded_and_checked(tmp_path, capsys):
     np.testing.assert_array_equal(outputs[0], outputs[1])
     code, _, err = cli(capsys, "evaluate", run, "--k", "2")  # the run's own file
     assert code == 0, err
+    # Rows in the data's units go out under the data's header, and read back as that table.
+    for verb, extra in (("sample", ["-n", "7"]), ("reconstruct", ["--data", tmp_path / "bare.csv"])):
+        out = tmp_path / f"{verb}.csv"
+        code, _, err = cli(capsys, verb, run, *extra, "--out", out)
+        assert code == 0, err
+        assert out.read_text().splitlines()[0] == "a,b,c"
+        values = np.loadtxt(out, delimiter=",", skiprows=1, ndmin=2)
+        assert values.shape == ((7, 3) if verb == "sample" else rows.shape) and np.isfinite(values).all()
+        code, _, err = cli(capsys, "score", run, "--data", out, "--k", "2", "--out", tmp_path / f"{verb}-score.csv")
+        assert code == 0, err
+    code, _, err = cli(capsys, "sample", run, "-n", "3", "--out", tmp_path / "s.npy")
+    assert code == 0 and np.load(tmp_path / "s.npy").shape == (3, 3), err
 
 
 def test_bad_input_in_a_real_process(run, files, tmp_path):
@@ -1254,6 +1267,32 @@ def test_overwrite_refuses_data_inside_the_run_directory(run_copy, files, capsys
     before = snapshot(run_copy)
     code, out, err = cli(capsys, "train", "--data", run_copy / "rows.csv", "--out", run_copy, *SMALL, "--overwrite")
     assert_error(code, out, err, 2, "rows.csv", "--overwrite empties")
+    assert snapshot(run_copy) == before
+
+
+def test_an_out_that_cannot_be_created_is_one_line(tmp_path, capsys):
+    """--out below a file: the run directory cannot be made; one line naming it, nothing made."""
+    parent = tmp_path / "rows.npy"
+    parent.write_bytes(b"not a directory")
+    code, out, err = cli(capsys, "train", "--data", "digits", "--out", parent / "run", *SMALL)
+    assert_error(code, out, err, 1, str(parent / "run"), "cannot create the run directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.npy"]
+
+
+def test_a_file_system_refusal_while_training_is_one_line(run_copy, monkeypatch, capsys):
+    """A full disk (or any OSError of the file system) while a checkpoint is written: one line
+    naming the file, exit 1, and the run's files as they were (every write is atomic)."""
+    import errno
+
+    from vaekit import files
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    before = snapshot(run_copy)
+    monkeypatch.setattr(files, "atomic_write", full)
+    code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--epochs", "5", "--quiet")
+    assert_error(code, out, err, 1, str(run_copy), "No space left on device", "intact")
     assert snapshot(run_copy) == before
 
 

@@ -144,6 +144,10 @@ def test_config_refusals():
         for schedule in ("constant", "burda"):
             with pytest.raises(ConfigError, match=f"{name} applies to lr_schedule plateau only; this run uses lr_schedule {schedule}"):
                 TrainConfig(lr_schedule=schedule, **{name: value})
+    # A floor above the starting rate would make the first cut a raise.
+    with pytest.raises(ConfigError, match="lr_min must not exceed lr, the starting rate: got 0.01 above 0.001"):
+        TrainConfig(lr=1e-3, lr_schedule="plateau", lr_min=1e-2)
+    assert TrainConfig(lr=1e-3, lr_schedule="plateau", lr_min=1e-3).lr_min == 1e-3
 
 
 @pytest.mark.parametrize(
@@ -153,6 +157,7 @@ def test_config_refusals():
         (["--lr-factor", "0.1"], ["--lr-factor", "plateau"]),
         (["--lr-schedule", "plateau", "--lr-factor", "2"], ["--lr-factor", "< 1"]),
         (["--lr-schedule", "plateau", "--lr-min", "-1"], ["--lr-min", ">= 0"]),
+        (["--lr-schedule", "plateau", "--lr", "1e-3", "--lr-min", "1"], ["--lr-min", "must not exceed", "1.0 above 0.001"]),
     ],
 )
 def test_cli_bad_schedule(argv, culprits, tmp_path, capsys):

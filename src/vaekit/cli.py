@@ -253,7 +253,7 @@ def cmd_train(args) -> int:
             _check_not_foreign(run_dir)
         config = _config_from_args(args)
         if args.overwrite:
-            _check_data_outside(config.data.source, run_dir)
+            _check_inputs_outside(config, run_dir)
         if config.train.tensorboard:
             check_tensorboard()
         # Nothing is written before the lock is held, so a refused second writer changes nothing.
@@ -322,11 +322,16 @@ def _resume_config(args, run_dir: Path):
     return config
 
 
-def _check_data_outside(source: str, run_dir: Path) -> None:
-    """--overwrite empties RUN_DIR: a data file inside it would go with the old run."""
-    path = Path(source)
-    if path.suffix and path.exists() and path.resolve().is_relative_to(run_dir.resolve()):
-        raise ConfigError(f"--data {source} lies inside --out {run_dir}, which --overwrite empties; move the data out first")
+def _check_inputs_outside(config, run_dir: Path) -> None:
+    """--overwrite empties RUN_DIR: a data file, or the --prior-from run, inside it would go
+    with the old run before the new one could read it."""
+    inputs = (("--data", config.data.source, "the data"), ("--prior-from", config.model.prior_from, "that run"))
+    for flag, source, what in inputs:
+        if source is None or (flag == "--data" and not Path(source).suffix):  # a named dataset
+            continue
+        path = Path(source)
+        if path.exists() and path.resolve().is_relative_to(run_dir.resolve()):
+            raise ConfigError(f"{flag} {source} lies inside --out {run_dir}, which --overwrite empties; move {what} out first")
 
 
 # -- commands on a trained run ------------------------------------------------------------------
@@ -537,7 +542,7 @@ def cmd_sample(args) -> int:
         # Pictures show the values the model sees (a named dataset's [0, 1]).
         image_grid(_model_values(est, samples), out, shape, title=f"{args.n} samples: {where[args.source]}, {'drawn x ~ p(x|z)' if args.draw else 'decoder means'}")
     else:
-        write_array(out, samples)
+        write_array(out, samples, header=_columns(est))
     _report(args, {"out": str(out), "n": int(args.n), "source": args.source}, f"wrote {args.n} samples to {out}")
     return 0
 
@@ -585,10 +590,16 @@ def cmd_reconstruct(args) -> int:
         )
     else:
         # Block by block into the file: under --mmap the n × D output need not fit in memory.
-        write_blocks(out, est.reconstruct_blocks(x), (x.shape[0], est.n_features_in_))
+        write_blocks(out, est.reconstruct_blocks(x), (x.shape[0], est.n_features_in_), header=_columns(est))
     n = len(rows) if out.suffix == ".png" else int(x.shape[0])  # a picture shows a sample of the rows
     _report(args, {"out": str(out), "n": n}, f"wrote reconstructions of {n} rows to {out}")
     return 0
+
+
+def _columns(est) -> list[str] | None:
+    """The header of the table the model was trained on, for a .csv of rows in its units."""
+    names = est.config_.data.feature_names  # set by train for a table with a header row
+    return list(names) if names is not None else None
 
 
 def _model_values(est, x):
@@ -670,6 +681,10 @@ def main(argv: list[str] | None = None) -> int:
     except VaekitError as e:
         print(f"vaekit: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the file system's refusal: a full disk, permissions, a path through a file
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"vaekit: error: {where}{e.strerror or e} (what was written before is intact)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("vaekit: interrupted; what was written is intact (a run with a checkpoint continues with --resume)", file=sys.stderr)
         return 130

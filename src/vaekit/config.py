@@ -350,6 +350,8 @@ class _TrainBase(_Section):
             for name in ("lr_factor", "lr_patience", "lr_min"):
                 if getattr(self, name) != TRAIN_OPTIONS[name].default:
                     raise ConfigError(f"{name} applies to lr_schedule plateau only; this run uses lr_schedule {self.lr_schedule}")
+        elif self.lr_min > self.lr:  # a cut to max(lr · factor, lr_min) would raise the rate
+            raise ConfigError(f"lr_min must not exceed lr, the starting rate: got {self.lr_min!r} above {self.lr!r}")
         if self.objective != "auto":
             bad = self.owners_unselected()
             if bad:

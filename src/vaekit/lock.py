@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import RunLockedError
+from .errors import RunLockedError, VaekitError
 
 LOCK_FILE = ".vaekit.lock"
 # Windows locks byte ranges; the lock is on a byte past the pid, so that a second writer can
@@ -62,7 +62,10 @@ class RunLock:
             raise RuntimeError(f"{self.path} is already held by this RunLock")
         while True:
             if not self.run_dir.is_dir():
-                self.run_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                except OSError as e:  # a parent that is a file, or not writable
+                    raise VaekitError(f"{self.run_dir}: cannot create the run directory ({e.strerror or e})") from None
                 self._created = True
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)

@@ -44,9 +44,10 @@ def write_array(out: Path, arr, header: list[str] | None = None, arrays: dict | 
         raise DataError(f"--out {out}: cannot write ({e.strerror})") from None
 
 
-def write_blocks(out: Path, blocks, shape: tuple[int, int]) -> None:
-    """Write consecutive row blocks as one (n, d) array to .npy, .npz (key "x") or .csv,
-    atomically, holding one block in memory at a time; the array has the blocks' dtype."""
+def write_blocks(out: Path, blocks, shape: tuple[int, int], header: list[str] | None = None) -> None:
+    """Write consecutive row blocks as one (n, d) array to .npy, .npz (key "x") or .csv (its
+    first line ``header``, when given), atomically, holding one block in memory at a time;
+    the array has the blocks' dtype."""
     import itertools
     import zipfile
 
@@ -71,6 +72,8 @@ def write_blocks(out: Path, blocks, shape: tuple[int, int]) -> None:
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z, z.open("x.npy", "w", force_zip64=True) as member:
                 npy(member)
         else:
+            if header:
+                f.write((",".join(header) + "\n").encode())
             for block in blocks:
                 np.savetxt(f, block, delimiter=",", fmt="%.8g")
 

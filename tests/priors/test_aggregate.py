@@ -149,6 +149,21 @@ def test_cli_refuses_a_latent_size_mismatch_and_a_missing_source(first, tmp_path
     assert code != 0 and len(err.splitlines()) == 1 and "--prior aggregate needs --prior-from" in err, err
 
 
+def test_overwrite_refuses_a_prior_run_inside_the_run_directory(first, tmp_path, capsys):
+    """--overwrite empties --out before training reads --prior-from: a prior run there (the run
+    itself, or one below it) would be gone. Refused before anything is touched."""
+    run = tmp_path / "run"
+    shutil.copytree(first[2], run)
+    shutil.copytree(first[2], run / "earlier")
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    for source in (run, run / "earlier"):
+        code, out, err = cli(capsys, "train", *SMALL, "--latent-dim", "2", "--epochs", "1", "--out", run, "--overwrite",
+                             "--prior", "aggregate", "--prior-from", source)  # fmt: skip
+        assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+        assert f"--prior-from {source} lies inside --out {run}" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+
+
 def test_fewer_rows_than_components_give_the_full_aggregate(first):
     """N ≤ M: every training row is one component of weight 1/N, the spare ones weigh 0."""
     from vaekit.data import load_dataset
