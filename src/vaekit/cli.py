@@ -510,12 +510,18 @@ def cmd_gaps(args) -> int:
     _report(
         args,
         result,
-        f"{args.split} ({result['n']} rows): log p(x) {result['log_likelihood']:.3f}  ELBO(q) {result['elbo']:.3f}  "
-        f"ELBO(q*) {result['elbo_optimal']:.3f}  approximation gap {result['approximation_gap']:.3f} ± {result['approximation_gap_se']:.3f}  "
-        f"amortization gap {result['amortization_gap']:.3f} ± {result['amortization_gap_se']:.3f} nats (± standard errors; "
+        f"{args.split} ({result['n']} row{'s' if result['n'] != 1 else ''}): log p(x) {result['log_likelihood']:.3f}  ELBO(q) {result['elbo']:.3f}  "
+        f"ELBO(q*) {result['elbo_optimal']:.3f}  approximation gap {result['approximation_gap']:.3f}{_pm(result['approximation_gap_se'])}  "
+        f"amortization gap {result['amortization_gap']:.3f}{_pm(result['amortization_gap_se'])} nats "
+        f"({'± standard errors; ' if result['n'] > 1 else 'one row: no standard errors; '}"
         f"K={result['k']}, q* after {result['steps_taken']} of at most {result['steps']} steps; plots {plot}, {bars})",
     )
     return 0
+
+
+def _pm(se: float) -> str:
+    """' ± se', or nothing where there is no standard error (one row)."""
+    return "" if math.isnan(se) else f" ± {se:.3f}"
 
 
 def cmd_sample(args) -> int:

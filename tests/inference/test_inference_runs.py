@@ -145,6 +145,16 @@ def test_gaps_command(method, runs, capsys):
     out, _ = capsys.readouterr()
     for name in ("approximation", "amortization"):
         assert f"{name} gap {result[name + '_gap']:.3f} ± {result[name + '_gap_se']:.3f}" in out, out
+    # One row has no standard error: none is printed (JSON: null).
+    one = straight / "one.npy"
+    np.save(one, load_dataset(DataConfig()).split("test")[:1])
+    assert main(["gaps", str(straight), "--data", str(one), "--split", "all", "--k", "20", "--steps", "5"]) == 0
+    out, _ = capsys.readouterr()
+    assert "all (1 row): " in out and "±" not in out and "nan" not in out and "no standard errors" in out, out
+    assert main(["gaps", str(straight), "--data", str(one), "--split", "all", "--k", "20", "--steps", "5", "--json"]) == 0
+    out, _ = capsys.readouterr()
+    assert json.loads(out)["approximation_gap_se"] is None
+    one.unlink()
 
 
 @pytest.mark.parametrize("method", ["map", "vi"])
