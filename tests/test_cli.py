@@ -261,7 +261,7 @@ def test_sample_png(run, tmp_path, capsys):
         assert im.size[0] > 8 and im.size[1] >= 8
 
 
-def test_sample_aggregate_and_draw(run, tmp_path, capsys):
+def test_sample_aggregate_and_draw(run, digits_rows, tmp_path, capsys):
     paths = {name: tmp_path / f"{name}.npy" for name in ("prior", "aggregate", "draw", "gmm")}
     assert cli(capsys, "sample", run, "-n", "7", "--out", paths["prior"])[0] == 0
     assert cli(capsys, "sample", run, "-n", "7", "--out", paths["aggregate"], "--source", "aggregate")[0] == 0
@@ -273,6 +273,18 @@ def test_sample_aggregate_and_draw(run, tmp_path, capsys):
     assert not np.allclose(aggregate, prior)  # z from q(z|x) of training rows, not from p(z)
     # Same seed, same z: --draw gives x ~ p(x|z), which differs from E[x|z] almost surely.
     assert np.abs(draw - prior).mean() > 1e-3
+    # A file given with --data is read whole (no split of its own): three rows suffice, and
+    # the samples are the library's from exactly those rows.
+    rows = digits_rows[:3]
+    np.save(tmp_path / "three.npy", rows)
+    est = vaekit.load(run)
+    for source in ("aggregate", "gmm"):
+        out = tmp_path / f"three-{source}.npy"
+        code, _, err = cli(capsys, "sample", run, "-n", "5", "--seed", "2", "--source", source, "--data", tmp_path / "three.npy",
+                           *(["--components", "2"] if source == "gmm" else []), "--out", out)  # fmt: skip
+        assert code == 0, err
+        expected = est.sample(5, seed=2, source=source, X=rows, **({"components": 2} if source == "gmm" else {}))
+        np.testing.assert_array_equal(np.load(out), expected)
 
 
 def test_sample_is_seeded(run, tmp_path, capsys):

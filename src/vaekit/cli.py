@@ -378,7 +378,7 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--source", choices=("prior", "aggregate", "gmm"), default="prior", help="z ~ p(z) (default); z ~ q(z|x) for random training rows x (the aggregate posterior); or z from a Gaussian mixture fitted to the training rows' posterior means (gmm)")
     p.add_argument("--components", type=int, help="components of the --source gmm mixture (default 10)")
     p.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of returning E[x|z]")
-    p.add_argument("--data", help="data for --source aggregate or gmm (default: the run's own training split)")
+    p.add_argument("--data", help="data for --source aggregate or gmm: every row of a file, or a named dataset's training split (default: the run's own training split)")
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz")
     p.add_argument("--seed", type=_seed, default=0, help="seed of z and of x ~ p(x|z) (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -538,7 +538,9 @@ def cmd_sample(args) -> int:
     shape = est.model_.config.image_shape
     if out.suffix == ".png" and shape is None:
         raise ConfigError(f"--out {out}: this model's data are not images; write .npy, .npz or .csv")
-    x = _rows(est, args, "train")[0] if args.source != "prior" else None
+    # A file given is read whole; the run's own data (or a named dataset) gives its training split.
+    split = "all" if args.data and Path(args.data).suffix else "train"
+    x = _rows(est, args, split)[0] if args.source != "prior" else None
     components = 10 if args.components is None else args.components
     samples = est.sample(args.n, seed=args.seed, mean=not args.draw, source=args.source, X=x, components=components)
     if out.suffix == ".png":
