@@ -1282,6 +1282,17 @@ def test_overwrite_refuses_data_inside_the_run_directory(run_copy, files, capsys
     assert snapshot(run_copy) == before
 
 
+def test_a_verb_does_not_write_over_the_runs_own_files(run_copy, capsys):
+    """bubbles.npz (and the checkpoints) are the run's; its pictures are for the verbs to redraw."""
+    before = snapshot(run_copy)
+    for argv in (["sample", "-n", "3"], ["encode", "--data", "digits"], ["reconstruct", "--data", "digits"]):
+        code, out, err = cli(capsys, *argv[:1], run_copy, *argv[1:], "--out", run_copy / "bubbles.npz")
+        assert_error(code, out, err, 2, f"--out {run_copy / 'bubbles.npz'}", "is a file of the run")
+    assert snapshot(run_copy) == before
+    code, _, err = cli(capsys, "sample", run_copy, "-n", "4", "--out", run_copy / "samples.png")
+    assert code == 0, err
+
+
 def test_an_out_that_cannot_be_created_is_one_line(tmp_path, capsys):
     """--out below a file: the run directory cannot be made; one line naming it, nothing made."""
     parent = tmp_path / "rows.npy"

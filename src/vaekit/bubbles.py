@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import atomic_write
-
-BUBBLES_FILE = "bubbles.npz"
+from .files import BUBBLES_FILE, atomic_write
 # More bubbles than this cover the plane and hide each other.
 BUBBLE_ROWS = 500
 

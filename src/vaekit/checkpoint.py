@@ -25,12 +25,8 @@ import torch
 
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError
-from .files import atomic_write_bytes
+from .files import CONFIG_FILE, LAST_FILE, METRICS_FILE, MODEL_FILE, atomic_write_bytes
 
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
-LAST_FILE = "last.safetensors"
-METRICS_FILE = "metrics.jsonl"
 FORMAT = "vaekit-1"
 
 

@@ -491,8 +491,8 @@ def cmd_gaps(args) -> int:
     # Both pictures' paths are checked before the work and before either is written.
     plot = Path(args.plot) if args.plot else Path(args.run_dir) / f"gaps_{args.split}.png"
     bars = Path(args.bars) if args.bars else Path(args.run_dir) / f"gaps_{args.split}_bars.png"
-    check_out(plot, (".png",), "--plot")
-    check_out(bars, (".png",), "--bars")
+    check_out(plot, (".png",), "--plot", args.run_dir)
+    check_out(bars, (".png",), "--bars", args.run_dir)
     if plot.resolve() == bars.resolve():
         raise ConfigError(f"--plot and --bars both name {plot}; give them different files")
     _, x, _ = _rows(est, args, args.split)
@@ -533,7 +533,7 @@ def cmd_sample(args) -> int:
     if args.components is not None:
         _positive("--components", args.components)
     out = Path(args.out)
-    check_out(out, (".png", ".npy", ".npz", ".csv"))
+    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir)
     est = _load(args)
     shape = est.model_.config.image_shape
     if out.suffix == ".png" and shape is None:
@@ -557,7 +557,7 @@ def cmd_sample(args) -> int:
 
 def cmd_encode(args) -> int:
     out = Path(args.out)
-    check_out(out, (".npy", ".npz", ".csv"))
+    check_out(out, (".npy", ".npz", ".csv"), run_dir=args.run_dir)
     est = _load(args)
     x, _, _ = _rows(est, args, args.split)
     arrays = est.encoded(x)
@@ -575,7 +575,7 @@ def cmd_encode(args) -> int:
 
 def cmd_reconstruct(args) -> int:
     out = Path(args.out)
-    check_out(out, (".png", ".npy", ".npz", ".csv"))
+    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir)
     est = _load(args)
     shape = est.model_.config.image_shape
     if out.suffix == ".png" and shape is None:
@@ -620,7 +620,7 @@ def _model_values(est, x):
 def cmd_score(args) -> int:
     _positive("--k", args.k)
     out = Path(args.out)
-    check_out(out, (".npy", ".csv"))
+    check_out(out, (".npy", ".csv"), run_dir=args.run_dir)
     est = _load(args)
     x, _, _ = _rows(est, args, args.split)
     log_px = est.score_samples(x, k=args.k, seed=args.seed)

@@ -10,6 +10,14 @@ import secrets
 from pathlib import Path
 from typing import Callable, IO
 
+# The files training writes into a run directory (read by vaekit.checkpoint and vaekit.bubbles).
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+LAST_FILE = "last.safetensors"
+METRICS_FILE = "metrics.jsonl"
+BUBBLES_FILE = "bubbles.npz"
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, LAST_FILE, METRICS_FILE, BUBBLES_FILE)
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Run ``write(fileobj)`` on a temporary file beside ``path``, flush it to disk, then rename

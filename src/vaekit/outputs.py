@@ -10,9 +10,14 @@ from pathlib import Path
 from .errors import ConfigError, DataError
 
 
-def check_out(out: Path, suffixes: tuple[str, ...], option: str = "--out") -> None:
+def check_out(out: Path, suffixes: tuple[str, ...], option: str = "--out", run_dir: str | Path | None = None) -> None:
     """Refuse, before any work is done, an output path ``option`` names that could not be
-    written: a file type the verb does not write, a missing directory, or a directory."""
+    written: a file type the verb does not write, a missing directory, a directory, or one of
+    the files of the run ``run_dir`` that the verb reads."""
+    from .files import RUN_FILES  # its pictures are the verbs' to redraw, its data are not
+
+    if run_dir is not None and any(out.resolve() == (Path(run_dir) / name).resolve() for name in RUN_FILES):
+        raise ConfigError(f"{option} {out}: is a file of the run {run_dir}; name another file")
     if out.suffix.lower() not in suffixes:
         raise ConfigError(f"{option} {out}: unsupported file type; use {', '.join(suffixes)}")
     parent = out.parent
