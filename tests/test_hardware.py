@@ -10,7 +10,7 @@ import pytest
 from train_helpers import digits_split, small_model
 from vaekit import hardware
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from vaekit.errors import VaekitWarning
+from vaekit.errors import ConfigError, VaekitWarning
 from vaekit.train import fit
 
 # Flags lines as /proc/cpuinfo writes them (abridged): a Sapphire Rapids Xeon and an AMD EPYC.
@@ -142,3 +142,71 @@ def test_training_under_load_is_bit_exact():
     for state, total in others:
         assert all(torch.equal(ref[k], state[k]) for k in ref)
         assert torch.equal(total, ref_total)
+
+
+# -- memory: a model that cannot be trained at all is refused before it is allocated -----------
+
+
+def test_available_memory_reads_memavailable():
+    text = "MemTotal:       24731184 kB\nMemFree:        22443248 kB\nMemAvailable:   23180572 kB\n"
+    assert hardware.available_memory("cpu", meminfo=text) == 23180572 * 1024
+    assert hardware.available_memory("cpu", meminfo="MemTotal: 10 kB\n") is None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"net": "gated", "prior": "vampprior", "pseudo_inputs": 7},
+        {"latent_dim": (3, 2), "inference": "ladder"},
+        {"latent_dim": (3, 2), "inference": "topdown", "decoder_input": "all", "join": "branch"},
+        {"prior": "mixture", "components": 5},
+        {"inference": "vi", "n_points": 40},
+        {"likelihood": "gaussian", "variance": "feature"},
+        {"net": "conv", "input_dim": 64, "image_shape": (1, 8, 8)},
+    ],
+)
+def test_parameter_count_is_the_built_models(options):
+    """Counted on the meta device, as many as the model built for real has."""
+    import torch
+
+    from vaekit.model import VAEModel
+
+    config = ModelConfig(**{"input_dim": 12, "hidden": (16,), "latent_dim": 3, **options})
+    assert hardware.parameter_count(config) == sum(p.numel() for p in VAEModel(config).parameters())
+    assert not torch.empty(1).is_meta  # the default device is the CPU again
+
+
+def test_a_model_whose_training_state_exceeds_the_memory_is_refused():
+    """Weights, gradients and two Adam moments: 4 copies of n parameters of 4 (8) bytes."""
+    config = ModelConfig(input_dim=12, hidden=(16,), latent_dim=3)
+    n = hardware.parameter_count(config)
+    hardware.check_model_fits(config, "float32", available=16 * n)  # exactly enough
+    with pytest.raises(ConfigError, match=rf"the model has {n:,} parameters; training them in float32 needs"):
+        hardware.check_model_fits(config, "float32", available=16 * n - 1)
+    hardware.check_model_fits(config, "float64", available=32 * n)
+    with pytest.raises(ConfigError, match="in float64 needs"):
+        hardware.check_model_fits(config, "float64", available=32 * n - 1)
+
+
+def test_a_model_too_large_for_the_machine_is_one_line_and_writes_nothing(tmp_path):
+    """10⁸ hidden units: 283 GiB of training state. Refused in a second or so, where building
+    it would end in the kernel's out-of-memory kill; the estimator stays unfitted."""
+    import numpy as np
+
+    import vaekit
+
+    if hardware.available_memory() is None:
+        pytest.skip("this system does not say how much memory is free")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaekit", "train", "--data", "digits", "--hidden", "100000000", "--epochs", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.startswith("vaekit: error: the model has 19,000,000,104 parameters") and len(proc.stderr.splitlines()) == 1
+    assert not out.exists()
+    est = vaekit.VAE(hidden=(1_000_000_000,), latent_dim=2, epochs=1)  # 1.4e10 parameters: 209 GiB
+    with pytest.raises(ConfigError, match="ask for smaller hidden widths"):
+        est.fit(np.random.default_rng(0).random((20, 4)))
+    assert not hasattr(est, "model_")

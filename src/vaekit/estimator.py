@@ -166,6 +166,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def _fit(self, X, X_valid) -> "VAE":
         from .data import check_data
+        from .hardware import check_model_fits
         from .logs import EpochLog
         from .model import VAEModel
         from .runs import model_config
@@ -208,6 +209,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         # The caller's random streams stay where they were: torch.manual_seed here and in
         # train.fit reseeds only the forked state (CPU, and every CUDA device that exists).
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        check_model_fits(config.model, config.train.dtype, config.train.device)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)  # the initial weights are part of the fit
             model = VAEModel(config.model)

@@ -22,6 +22,10 @@ from pathlib import Path
 # bf16/float32 speed ratio (the median round was 1.08x, a quarter of them below 0.74x).
 BF16_NO_AMX_STEP = (0.74, 1.08, 2.17)
 CPUINFO = Path("/proc/cpuinfo")
+MEMINFO = Path("/proc/meminfo")
+# Training with Adam holds four copies of the parameters: the weights, their gradients and the
+# two moment estimates.
+TRAINING_COPIES = 4
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
@@ -143,3 +147,63 @@ def fixed_threads(threads: int):
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+def available_memory(device: str = "cpu", meminfo: str | None = None) -> int | None:
+    """Bytes that new tensors can take: the free memory of a CUDA device, or the kernel's
+    MemAvailable (Linux; from the text ``meminfo`` when given). None where unknown."""
+    if device.startswith("cuda"):
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        except (RuntimeError, AssertionError, ValueError):  # no such device, or no CUDA build
+            return None
+    if meminfo is None:
+        try:
+            meminfo = MEMINFO.read_text()
+        except OSError:
+            return None
+    for line in meminfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "MemAvailable":
+            return int(value.split()[0]) * 1024  # kB
+    return None
+
+
+def parameter_count(config) -> int | None:
+    """The number of parameters of ``VAEModel(config)``, counted on the meta device (nothing is
+    allocated); None where a module cannot be built there."""
+    import torch
+
+    from .model import VAEModel
+
+    try:
+        with torch.device("meta"):
+            model = VAEModel(config)
+    except (NotImplementedError, RuntimeError):  # construction that reads values: no count
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_model_fits(config, dtype: str = "float32", device: str = "cpu", available: int | None = None) -> None:
+    """Refuse, before any allocation, a model whose training state alone (``TRAINING_COPIES``
+    of its parameters in ``dtype``) exceeds the memory ``available`` on ``device`` (default:
+    what the machine reports): the allocation would otherwise end in the kernel's out-of-memory
+    kill, which no error message survives. Activations are not counted: this catches sizes that
+    cannot work at all, not every run that will not fit."""
+    import torch
+
+    from .errors import ConfigError
+
+    n = parameter_count(config)
+    available = available_memory(device) if available is None else available
+    if n is None or available is None:
+        return
+    need = n * (torch.finfo(getattr(torch, dtype)).bits // 8) * TRAINING_COPIES
+    if need > available:
+        raise ConfigError(
+            f"the model has {n:,} parameters; training them in {dtype} needs {need / 2**30:.1f} GiB "
+            f"(weights, gradients and Adam's two moments) and {device} has {available / 2**30:.1f} GiB free: "
+            "ask for smaller hidden widths or latent sizes"
+        )

@@ -107,10 +107,12 @@ def _remove_unfinished(run_dir: Path, created: bool) -> None:
 def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
     from .data import check_data, load_dataset
     from .evaluate import evaluate
+    from .hardware import check_model_fits
     from .logs import EpochLog, RowProgress, TensorBoardLog, check_tensorboard
     from .model import VAEModel
 
     data = load_dataset(run_config.data)
+    check_model_fits(run_config.model, run_config.train.dtype, run_config.train.device)
     torch.manual_seed(run_config.train.seed)  # the initial weights are part of the run
     model = VAEModel(run_config.model)
     splits = {}
