@@ -886,8 +886,11 @@ def test_resume_without_last_checkpoint(run_copy, capsys):
     (run_copy / "last.safetensors").unlink()
     before = snapshot(run_copy)
     code, out, err = cli(capsys, "train", "--out", run_copy, "--resume")
-    assert_error(code, out, err, 1, "nothing to resume", "last.safetensors")
+    assert_error(code, out, err, 1, "nothing to resume", "last.safetensors", "start it again with --overwrite")
     assert snapshot(run_copy) == before
+    # As the message says: a run killed before its first checkpoint starts again.
+    code, _, err = cli(capsys, "train", "--data", "digits", "--out", run_copy, *SMALL, "--overwrite", "--quiet")
+    assert code == 0 and (run_copy / "last.safetensors").is_file(), err
 
 
 # Corrupted checkpoints: (file, how to spoil it, culprits). Each runs on a copy of the run.

@@ -273,7 +273,10 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
             _write_metrics(run_dir, [])
         return run
     if run_dir is None or not (run_dir / ckpt.LAST_FILE).is_file():
-        raise CheckpointError(f"{run_dir}: nothing to resume (no {ckpt.LAST_FILE})")
+        raise CheckpointError(
+            f"{run_dir}: nothing to resume (no {ckpt.LAST_FILE}: the run stopped before its first epoch ended); "
+            "start it again with --overwrite"
+        )
     meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizers)
     _check_schedule(config, meta["history"], run_dir)
     if writer:
