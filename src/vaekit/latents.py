@@ -106,6 +106,25 @@ class Structured(Posterior):
             "logvar": torch.cat([q.logvar.expand_as(zj) for q, zj in layers], -1),
         }
 
+    def shifted(self, d_mu: torch.Tensor, d_logvar: torch.Tensor) -> "Structured":  # pragma: no cover - interface
+        """The same structure with each group's Gaussian moved by per-row offsets: μ_j + δμ_j
+        and log σ²_j + δlog σ²_j (d_mu, d_logvar of shape (n, D), each group its columns), the
+        conditionals still reading their parent's value. Zero offsets give this q; for one
+        group the offsets span every diagonal Gaussian, as free (μ, log σ²) do."""
+        raise NotImplementedError
+
+
+def _shifted_normal(q: DiagonalNormal, g: LatentGroup, d_mu: torch.Tensor, d_logvar: torch.Tensor) -> DiagonalNormal:
+    return DiagonalNormal(q.mu + d_mu[..., g.columns], q.logvar + d_logvar[..., g.columns])
+
+
+def _shifted_conditional(net: Conditional, g: LatentGroup, d_mu: torch.Tensor, d_logvar: torch.Tensor) -> Conditional:
+    def moved(parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = net(parent)
+        return mu + d_mu[..., g.columns], logvar + d_logvar[..., g.columns]
+
+    return moved
+
 
 class BottomUp(Structured):
     """q(z_1|x) ∏_{j>1} q(z_j | z_{j-1}), diagonal Gaussians (Burda et al. 2015, sec. 4).
@@ -122,6 +141,11 @@ class BottomUp(Structured):
 
     def _anchor(self) -> torch.Tensor:
         return self.first.mu
+
+    def shifted(self, d_mu: torch.Tensor, d_logvar: torch.Tensor) -> "BottomUp":
+        first = _shifted_normal(self.first, self.groups[0], d_mu, d_logvar)
+        moved = [_shifted_conditional(c, g, d_mu, d_logvar) for c, g in zip(self.conditionals, self.groups[1:])]
+        return BottomUp(first, moved, self.groups)
 
     def _layers(self, z: torch.Tensor | None = None, eps: torch.Tensor | None = None):
         """(q_j, z_j) for each group: z given (log_prob), drawn from eps, or the plug-in mean."""
@@ -170,6 +194,12 @@ class TopDown(Structured):
 
     def _anchor(self) -> torch.Tensor:
         return self.top.mu
+
+    def shifted(self, d_mu: torch.Tensor, d_logvar: torch.Tensor) -> "TopDown":
+        """A TopDown (for the ladder too: its precision-weighted conditionals, moved)."""
+        top = _shifted_normal(self.top, self.groups[-1], d_mu, d_logvar)
+        moved = [_shifted_conditional(c, g, d_mu, d_logvar) for c, g in zip(self.conditionals, self.groups[:-1])]
+        return TopDown(top, moved, self.groups)
 
     def _layers(self, z: torch.Tensor | None = None, eps: torch.Tensor | None = None):
         """(q_l, z_l) for each group, bottom first, computed top down: z given (log_prob), drawn
