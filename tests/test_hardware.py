@@ -173,7 +173,10 @@ def test_parameter_count_is_the_built_models(options):
     from vaekit.model import VAEModel
 
     config = ModelConfig(**{"input_dim": 12, "hidden": (16,), "latent_dim": 3, **options})
-    assert hardware.parameter_count(config) == sum(p.numel() for p in VAEModel(config).parameters())
+    state = torch.get_rng_state()
+    count = hardware.parameter_count(config)
+    assert torch.equal(torch.get_rng_state(), state)  # no draws: the initial weights stay the seed's
+    assert count == sum(p.numel() for p in VAEModel(config).parameters())
     assert not torch.empty(1).is_meta  # the default device is the CPU again
 
 
