@@ -106,14 +106,11 @@ class Structured(Posterior):
             "logvar": torch.cat([q.logvar.expand_as(zj) for q, zj in layers], -1),
         }
 
-    def shifted(self, d_mu: torch.Tensor, d_logvar: torch.Tensor) -> "Structured":  # pragma: no cover - interface
-        """The same structure with each group's Gaussian moved by per-row offsets: μ_j + δμ_j
-        and log σ²_j + δlog σ²_j (d_mu, d_logvar of shape (n, D), each group its columns), the
-        conditionals still reading their parent's value. Zero offsets give this q; for one
-        group the offsets span every diagonal Gaussian, as free (μ, log σ²) do."""
-        raise NotImplementedError
 
-
+# ``shifted(d_mu, d_logvar)`` of BottomUp and TopDown: the same structure with each group's
+# Gaussian moved by per-row offsets, μ_j + δμ_j and log σ²_j + δlog σ²_j (d_mu, d_logvar of
+# shape (n, D), each group its columns), the conditionals still reading their parent's value.
+# Zero offsets give q itself; for one group the offsets span every diagonal Gaussian.
 def _shifted_normal(q: DiagonalNormal, g: LatentGroup, d_mu: torch.Tensor, d_logvar: torch.Tensor) -> DiagonalNormal:
     return DiagonalNormal(q.mu + d_mu[..., g.columns], q.logvar + d_logvar[..., g.columns])
 
