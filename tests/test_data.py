@@ -177,15 +177,19 @@ def test_npy_round_trip_and_fraction_split(tmp_path):
     assert (ds.train.shape, ds.valid.shape, ds.test.shape) == ((35, 4), (5, 4), (10, 4))
     assert ds.image_shape is None and ds.labels == {"train": None, "valid": None, "test": None}
     perm = np.random.default_rng(1).permutation(50)
-    np.testing.assert_array_equal(ds.split("all"), x[perm].astype(np.float32))
+    # float64 values keep their precision until a model's input map (float32 would round them).
+    np.testing.assert_array_equal(ds.split("all"), x[perm])
+    assert ds.train.dtype == np.float64
 
     xa, y, shape = load_array(str(tmp_path / "x.npy"))
-    np.testing.assert_array_equal(xa, x.astype(np.float32))
-    assert xa.dtype == np.float32 and y is None and shape is None
+    np.testing.assert_array_equal(xa, x)
+    assert xa.dtype == np.float64 and y is None and shape is None
+    np.save(tmp_path / "x32.npy", x.astype(np.float32))
+    assert load_dataset(DataConfig(source=str(tmp_path / "x32.npy"))).train.dtype == np.float32
 
 
 def test_relative_path_found_in_data_dir(tmp_path):
-    np.save(tmp_path / "rel.npy", np.ones((6, 2), np.int32))
+    np.save(tmp_path / "rel.npy", np.ones((6, 2), np.int16))
     x, _, _ = load_array("rel.npy", data_dir=str(tmp_path))
     assert x.shape == (6, 2) and x.dtype == np.float32 and x.sum() == 12
 
@@ -218,15 +222,15 @@ def test_npz_with_explicit_splits_uses_them_exactly(tmp_path):
         train_labels=np.arange(30), valid_labels=np.arange(7), test_labels=np.arange(9.0),
     )
     ds = load_dataset(DataConfig(source=str(tmp_path / "s.npz"), valid_fraction=0.5, test_fraction=0.4))
-    np.testing.assert_array_equal(ds.train, tr.astype(np.float32))
-    np.testing.assert_array_equal(ds.valid, va.astype(np.float32))
-    np.testing.assert_array_equal(ds.test, te.astype(np.float32))
+    np.testing.assert_array_equal(ds.train, tr)
+    np.testing.assert_array_equal(ds.valid, va)
+    np.testing.assert_array_equal(ds.test, te)
     np.testing.assert_array_equal(ds.labels["test"], np.arange(9))
     assert ds.labels["test"].dtype == np.int64
     np.testing.assert_array_equal(ds.split_labels("all"), np.concatenate([np.arange(30), np.arange(7), np.arange(9)]))
 
     x, y, _ = load_array(str(tmp_path / "s.npz"))
-    np.testing.assert_array_equal(x, np.concatenate([tr, va, te]).astype(np.float32))
+    np.testing.assert_array_equal(x, np.concatenate([tr, va, te]))
     assert y.shape == (46,)
 
 
@@ -499,6 +503,26 @@ def test_check_data_refuses_features_float32_cannot_resolve():
     for fine in (1.7e9 + rng.uniform(0, 86400, size=(200, 1)), 1000 + rng.normal(size=(200, 3)), np.arange(2**20, dtype=np.int64)[:, None]):
         assert check_data(fine).dtype == np.float32
     assert check_data(tight - tight.mean(axis=0)).shape == (200, 2)  # the remedy the message names
+
+
+def test_check_data_keeps_precision_for_the_input_map():
+    """dtype=None: float64 and integers wider than 16 bits stay float64 (an input map reads them
+    in float64), narrower types become float32, which holds them exactly; the values float32
+    cannot resolve pass there and are refused where a float32 cast is asked for."""
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    cases = {np.float16: f32, np.float32: f32, bool: f32, np.int8: f32, np.uint8: f32, np.int16: f32, np.uint16: f32,
+             np.int32: f64, np.uint32: f64, np.int64: f64, np.float64: f64}  # fmt: skip
+    for given, kept in cases.items():
+        values = np.arange(6).reshape(3, 2).astype(given) if given is not bool else np.eye(2, dtype=bool)
+        out = check_data(values, dtype=None)
+        assert out.dtype == kept and np.array_equal(out, values.astype(kept)), given
+        assert check_data(values).dtype == f32 and check_data(values, dtype=np.float64).dtype == f64
+    tight = 1e5 + 1e-3 * np.random.default_rng(0).normal(size=(100, 2))
+    assert np.shares_memory(check_data(tight, dtype=None), tight)  # float64, C-contiguous: a view
+    with pytest.raises(DataError, match="finer than float32"):
+        check_data(tight)
+    with pytest.raises(DataError, match=r"too large for float32 \(first at row 1, column 1"):
+        check_data(np.array([[1e300, 0.0]]), dtype=None)  # beyond float32 whatever the dtype
 
 
 def test_check_data_order_dtype_before_shape_before_rows():

@@ -126,22 +126,26 @@ def test_log_px_is_a_density_of_the_users_values_exactly(tmp_path):
     est = vaekit.load(tmp_path / "run")
     assert est.scaling_ is not None and est.model_.log_det == pytest.approx(-np.log(s).sum(), rel=1e-15)
 
-    # Rows of the user's values; float32, as check_data hands them to every model.
+    # Rows of the user's values in float64, which a float64 model reads through its map unrounded.
     x_std = rng.normal(size=(50, d)) @ w.T + b + math.sqrt(sigma2) * rng.normal(size=(50, D))
-    x = (m + s * x_std).astype(np.float32).astype(np.float64)
+    x = m + s * x_std
     cov = np.diag(s) @ (w @ w.T + sigma2 * np.eye(D)) @ np.diag(s)
     r = x - (m + s * b)
     exact = -0.5 * (D * math.log(2 * math.pi) + np.linalg.slogdet(cov)[1] + np.einsum("ij,ij->i", r @ np.linalg.inv(cov), r))
     for k, seed in ((1, 0), (50, 1)):
-        # The map runs in float64 and the model rows are float32 (7 digits): 1e-4 nats.
-        np.testing.assert_allclose(est.score_samples(x, k=k, seed=seed), exact, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(est.evaluate(x, k=5)["log_likelihood"], exact.mean(), rtol=0, atol=1e-4)
+        # float64 throughout: exact to float64's rounding (the values are ~ −10 nats).
+        np.testing.assert_allclose(est.score_samples(x, k=k, seed=seed), exact, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(est.evaluate(x, k=5)["log_likelihood"], exact.mean(), rtol=0, atol=1e-9)
+    # A float32 model reads float32 rows (7 digits): 1e-4 nats.
+    est32 = vaekit.load(tmp_path / "run")
+    est32.model_.float()
+    np.testing.assert_allclose(est32.score_samples(x, k=1), exact, rtol=0, atol=1e-4)
     # And the same rows in standardised units are (log) Σ_j log s_j more likely.
     without = VAEModel(ModelConfig(**{**config.__dict__, "standardize": "off", "input_shift": None, "input_scale": None})).double()
     without.load_state_dict(est.model_.state_dict())
     from vaekit.evaluate import log_px_per_point
 
-    np.testing.assert_allclose(log_px_per_point(without, (x - m) / s, k=1), exact + np.log(s).sum(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(log_px_per_point(without, (x - m) / s, k=1), exact + np.log(s).sum(), rtol=0, atol=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +228,100 @@ def test_standardize_off_on_data_times_1000_names_the_scale(tmp_path, capsys):
     code, _, err = cli(capsys, *argv)  # the same command, standardised by default
     assert code == 0, err
     assert json.loads((run / "config.json").read_text())["model"]["standardize"] == "on"
+
+
+# -- precision: float64 values keep their digits until the map -------------------------------------
+
+
+def offset_table(n: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """(centred, centred + 1e5) in float64: a table that varies by ~1e-3 around 0 and around
+    1e5, where float32 steps by 0.008 (it would round the second to a handful of values)."""
+    centred = 1e-3 * table(n).astype(np.float64)
+    return centred, centred + 1e5
+
+
+def test_the_map_reads_float64_values_before_any_float32_cast():
+    from vaekit.data import check_data
+
+    centred, x = offset_table()
+    kept = check_data(x, dtype=None)
+    assert kept.dtype == np.float64 and np.array_equal(kept, x)
+    s = Scaling.standardizing(kept)
+    mapped = s.to_model(kept)
+    assert mapped.dtype == np.float32
+    reference = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    np.testing.assert_allclose(mapped, reference, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(mapped.std(0), 1.0, atol=1e-5)
+    # Cast to float32 first, the same map sees a few rounded levels per column.
+    assert len(np.unique(s.to_model(x.astype(np.float32))[:, 0])) < 10 < len(np.unique(mapped[:, 0]))
+    assert s.to_model(kept, np.float64).dtype == np.float64
+    # Back in the user's units: float64 where float32 would round by more than 1% of a feature's
+    # scale, the model's dtype elsewhere.
+    back = s.to_user(mapped)
+    assert back.dtype == np.float64 and s.float32_rounds()
+    np.testing.assert_allclose(back, x, rtol=0, atol=1e-9)
+    plain = Scaling.standardizing(1000 + table(50))
+    assert not plain.float32_rounds() and plain.to_user(np.zeros((1, 6), np.float32)).dtype == np.float32
+
+
+def test_apply_without_a_map_refuses_what_float32_cannot_resolve():
+    from vaekit.errors import DataError
+    from vaekit.scaling import apply
+
+    _, x = offset_table()
+    with pytest.raises(DataError, match=r"^X: column 1 varies by .* finer than float32 .*or standardise it, first$"):
+        apply(None, x, np.float32, "X")
+    assert apply(None, x, np.float64, "X").dtype == np.float64  # a float64 model reads it as it is
+    assert apply(Scaling.standardizing(x), x, np.float32, "X").dtype == np.float32
+
+
+def test_data_around_1e5_fit_as_their_centred_copy():
+    """Standardised in float64, x + 1e5 and x are one table to float32's rounding, so the two
+    fits are one model: the same latents and densities, samples 1e5 apart. A float32 cast
+    before the map refused x + 1e5 (float32 cannot resolve it)."""
+    centred, x = offset_table()
+    est = {name: VAE(**SMALL, likelihood="gaussian").fit(v) for name, v in (("centred", centred), ("x", x))}
+    np.testing.assert_allclose(est["x"].scaling_.shift - est["centred"].scaling_.shift, 1e5, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(est["x"].transform(x), est["centred"].transform(centred), rtol=0, atol=1e-4)
+    # Each row's Monte Carlo noise is seeded by the values the model reads, which differ in
+    # their last bits: means over the rows agree to the estimate's noise (0.3 nats per row at K = 10).
+    a, b = est["x"].score_samples(x, k=10), est["centred"].score_samples(centred, k=10)
+    assert abs(a.mean() - b.mean()) < 0.1 and np.median(np.abs(a - b)) < 0.3
+    a, b = est["x"].sample(20, seed=3), est["centred"].sample(20, seed=3)
+    assert a.dtype == np.float64 and b.dtype == np.float32  # float32 would round x's samples to 0.008
+    np.testing.assert_allclose(a - 1e5, b, rtol=0, atol=1e-6)
+    # Without a map a float32 model cannot read x: refused with the remedy.
+    with pytest.raises(vaekit.errors.DataError, match="finer than float32"):
+        VAE(**SMALL, likelihood="gaussian", standardize="off").fit(x)
+
+
+def test_a_float64_model_reads_float64_values():
+    centred, _ = offset_table(60)
+    x = 1e3 * centred  # unit scale; float32 would round every value
+    assert not np.array_equal(x.astype(np.float32), x)
+    est = VAE(**dict(SMALL, epochs=1), likelihood="gaussian", standardize="off", dtype="float64").fit(x)
+    assert est.model_input(x).dtype == np.float64 and np.array_equal(est.model_input(x), x)
+    z = est.transform(x)
+    assert z.dtype == np.float64 and np.isfinite(z).all()
+    est32 = VAE(**dict(SMALL, epochs=1), likelihood="gaussian", dtype="float64").fit(centred)
+    np.testing.assert_array_equal(est32.model_input(centred), (centred - est32.scaling_.shift) / est32.scaling_.scale)
+
+
+def test_cli_trains_on_float64_file_around_1e5_as_on_its_centred_copy(tmp_path, capsys):
+    """vaekit train and encode on a float64 .npy around 1e5 (in memory and memory-mapped)
+    give the latents of the same run on the centred file."""
+    from cli_helpers import cli
+
+    centred, x = offset_table(300)
+    latents = {}
+    for name, values in (("centred", centred), ("x", x), ("x-mmap", x)):
+        np.save(tmp_path / f"{name}.npy", values)
+        run, mmap = tmp_path / name, ["--mmap"] if name.endswith("mmap") else []
+        argv = ["--data", tmp_path / f"{name}.npy", "--out", run, "--epochs", "2", "--hidden", "16", "--latent-dim", "2", "--eval-k", "2", "--likelihood", "gaussian", *mmap]
+        code, _, err = cli(capsys, "train", *argv)
+        assert code == 0, err
+        code, _, err = cli(capsys, "encode", run, "--data", tmp_path / f"{name}.npy", "--out", tmp_path / f"{name}-z.npy", *mmap)
+        assert code == 0, err
+        latents[name] = np.load(tmp_path / f"{name}-z.npy")
+    np.testing.assert_allclose(latents["x"], latents["centred"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(latents["x-mmap"], latents["centred"], rtol=0, atol=1e-4)

@@ -435,7 +435,7 @@ def _rows(est, args, split: str):
         show = lambda names: ", ".join(names[:6]) + (", …" if len(names) > 6 else "")  # noqa: E731
         raise DataError(f"{source} has the columns {show(header)}, but the model was trained on {show(trained)} (names and order must match)")
     if not isinstance(x, MappedRows):  # mapped rows are checked once, block by block, below
-        x = check_data(x, what=source, input_dim=est.n_features_in_)
+        x = check_data(x, what=source, input_dim=est.n_features_in_, dtype=None)
     if est.scaling_ is None and named is not None:
         # A model without an input map of its own (written before models stored one) saw the
         # named dataset as its loader scaled it.

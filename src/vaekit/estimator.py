@@ -122,7 +122,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             except ValueError as e:  # names that differ from fit's; sklearn's lines as one
                 raise DataError(" ".join(str(e).split())) from None
             X = self._flat_images(_numeric(X, what), what) if not reset else _numeric(X, what)
-        return check_data(X, what=what, min_rows=1)
+        return check_data(X, what=what, min_rows=1, dtype=None)  # full precision until the input map
 
     def _fit_rows(self, X):
         """(rows, image_shape) of fit's X: images (n, H, W) or (n, C, H, W) are flattened and
@@ -203,9 +203,9 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if bad:
             raise ConfigError(bad[0])
         if given_valid:
-            X_valid = check_data(self._valid_rows(X_valid, image_shape), what="X_valid", input_dim=X.shape[1])
+            X_valid = check_data(self._valid_rows(X_valid, image_shape), what="X_valid", input_dim=X.shape[1], dtype=None)
         scaling = Scaling.of(config.model)
-        X, X_valid = apply(scaling, X), apply(scaling, X_valid)
+        X, X_valid = (apply(scaling, x, config.train.dtype, what) for x, what in ((X, "X"), (X_valid, "X_valid")))
         # The caller's random streams stay where they were: torch.manual_seed here and in
         # train.fit reseeds only the forked state (CPU, and every CUDA device that exists).
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -258,6 +258,11 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self._check_fitted()
         return Scaling.of(self.model_.config)
 
+    @property
+    def _dtype(self) -> np.dtype:
+        """The numpy dtype of the fitted model's parameters, in which it reads its input."""
+        return np.dtype(np.float64 if next(self.model_.parameters()).dtype == torch.float64 else np.float32)
+
     def model_input(self, X, what: str = "X"):
         """X checked against the fitted model and mapped into the values it sees (its input
         map): an array, or ``MappedRows`` that stay mapped. ``what`` names X in errors."""
@@ -266,7 +271,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self._check_fitted()
         scaling = self.scaling_
         if isinstance(X, MappedRows):  # checked block by block, never read whole
-            mapped = apply(scaling, X)
+            mapped = apply(scaling, X, self._dtype)
             return check_data(mapped, what=what, input_dim=self.n_features_in_, likelihood=self.model_.likelihood, scaling=scaling)
         x = self._rows(X, what, reset=False)
         if x.shape[1] != self.n_features_in_:  # scikit-learn's wording, which its checks expect
@@ -274,7 +279,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"{what} has {x.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input"
             )
-        x = apply(scaling, x)
+        x = apply(scaling, x, self._dtype, what)
         self.model_.likelihood.check(x, what, scaling)
         return x
 

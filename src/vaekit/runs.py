@@ -35,7 +35,7 @@ def model_config(x_train, image_shape, options: dict[str, Any], named: tuple[flo
 
     options = dict(options)
     named_map = None if named is None else Scaling.uniform(*named)
-    seen = apply(named_map, x_train)
+    seen = x_train if named_map is None else apply(named_map, x_train, np.float64)
     if options.get("likelihood", "auto") == "auto":
         options["likelihood"] = choose(seen)
     options["standardize"] = choose_standardize(seen, options["likelihood"], options.get("standardize", "auto"))
@@ -122,9 +122,11 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
             why = f"--{name}-fraction 0" if getattr(run_config.data, f"{name}_fraction") == 0 else f"its {name} split is empty"
             raise DataError(f"{data.name} has no {name} rows ({why}): vaekit train {use}; give it some")
     for name in ("train", "valid", "test"):
+        what = f"{data.name} ({name} split)"
         splits[name] = check_data(
-            model_rows(run_config.model, data.split(name), data.scaling),
-            what=f"{data.name} ({name} split)",
+            model_rows(run_config.model, data.split(name), data.scaling, run_config.train.dtype, what),
+            what=what,
+            dtype=run_config.train.dtype,
             min_rows=2 if name == "train" else 1,
             input_dim=run_config.model.input_dim,
             likelihood=model.likelihood,

@@ -54,15 +54,26 @@ class Scaling:
         std = np.sqrt(m2 / max(n, 1))
         return cls(mean, np.where(std > 0, std, 1.0))
 
-    def to_model(self, x: np.ndarray) -> np.ndarray:
-        """(x − shift) / scale as float32 (the arithmetic in float64: an offset of 1e3 leaves
-        float32 with 3 fewer digits to lose)."""
-        return ((np.asarray(x, dtype=np.float64) - self.shift) / self.scale).astype(np.float32)
+    def to_model(self, x: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+        """(x − shift) / scale as ``dtype`` (the model's), the arithmetic in float64: 1e5 ± 1e-3
+        given in float64 keeps its digits, which a float32 cast before the map would round away."""
+        return ((np.asarray(x, dtype=np.float64) - self.shift) / self.scale).astype(dtype)
 
     def to_user(self, x: np.ndarray) -> np.ndarray:
-        """shift + scale · x, in x's dtype."""
+        """shift + scale · x, in x's dtype, or in float64 where float32 would round the result
+        by more than ``RESOLUTION`` of a feature's scale (1e5 ± 1e-3 data: the rule by which
+        ``check_resolution`` refuses such values unmapped)."""
         x = np.asarray(x)
-        return (self.shift + self.scale * x.astype(np.float64)).astype(x.dtype)
+        out = self.shift + self.scale * x.astype(np.float64)
+        return out if x.dtype.itemsize < 8 and self.float32_rounds() else out.astype(x.dtype)
+
+    def float32_rounds(self) -> bool:
+        """Whether float32 rounds some feature's values in the user's units by more than
+        ``RESOLUTION`` of its scale, where nearly all of them lie (shift ± 4 scale)."""
+        from .data.checks import RESOLUTION
+
+        top = (np.abs(self.shift) + 4 * self.scale).astype(np.float32)
+        return bool(np.any(np.spacing(top) / 2 > RESOLUTION * self.scale))
 
     def log_det(self, dim: int) -> float:
         """log |det ∂x'/∂x| = −Σ_j log scale_j over ``dim`` features: what a log-density of x'
@@ -87,7 +98,7 @@ def _moments(x: Any) -> tuple[np.ndarray, np.ndarray, int]:
     update: no E[x²] − E[x]² cancellation, which an offset of 1e3 would make catastrophic)."""
     from .data import MappedRows
 
-    blocks = x.chunks() if isinstance(x, MappedRows) else (np.asarray(x),)
+    blocks = x.exact().chunks() if isinstance(x, MappedRows) else (np.asarray(x),)
     mean = m2 = None
     n = 0
     for block in blocks:
@@ -127,16 +138,20 @@ def choose_standardize(x_seen: Any, likelihood: str, standardize: str) -> str:
     return standardize
 
 
-def apply(scaling: "Scaling | None", x: Any) -> Any:
-    """x in the model's units: an array mapped now, ``MappedRows`` mapped as their blocks are
-    read; x itself when ``scaling`` is None."""
+def apply(scaling: "Scaling | None", x: Any, dtype: Any = np.float32, what: str = "data") -> Any:
+    """x (checked by ``check_data``) in the model's units and ``dtype``: an array mapped now,
+    ``MappedRows`` mapped as their blocks are read. With no map, a float32 cast of float64
+    values is checked for rounding (``check_resolution``; ``what`` names x)."""
     from .data import MappedRows
+    from .data.checks import narrow
 
-    if scaling is None:
-        return x
     if isinstance(x, MappedRows):
-        return x.mapped(scaling)
-    return scaling.to_model(x)
+        if scaling is None:  # as they are (perhaps mapped already), read as dtype
+            return x if x.dtype == np.dtype(dtype) else MappedRows(x.array, x.index, x.scaling, dtype)
+        return x.mapped(scaling, dtype)
+    if scaling is None:
+        return narrow(np.asarray(x), dtype, what)
+    return scaling.to_model(x, dtype)
 
 
 def config_fields(scaling: "Scaling | None") -> dict[str, Any]:
@@ -146,15 +161,15 @@ def config_fields(scaling: "Scaling | None") -> dict[str, Any]:
     return {"input_shift": tuple(float(v) for v in scaling.shift), "input_scale": tuple(float(v) for v in scaling.scale)}
 
 
-def model_rows(model_config: Any, x: Any, named: tuple[float, float] | None = None) -> Any:
+def model_rows(model_config: Any, x: Any, named: tuple[float, float] | None = None, dtype: Any = np.float32, what: str = "data") -> Any:
     """Rows of the user's values as the model of ``model_config`` sees them: through its input
     map, or, for a model without one, through a named dataset's scaling ``named`` (shift,
     scale; a model written before models stored their map saw named datasets scaled by the
-    loader)."""
+    loader). ``dtype`` and ``what`` as ``apply``'s."""
     scaling = Scaling.of(model_config)
     if scaling is None and named is not None:
         scaling = Scaling.uniform(*named)
-    return apply(scaling, x)
+    return apply(scaling, x, dtype, what)
 
 
 def named_values(dataset: Any) -> Any:
@@ -166,5 +181,5 @@ def named_values(dataset: Any) -> Any:
         return dataset
     scaling = Scaling.uniform(*dataset.scaling)
     return dataclasses.replace(
-        dataset, scaling=None, **{s: apply(scaling, getattr(dataset, s)) for s in ("train", "valid", "test")}
+        dataset, scaling=None, **{s: apply(scaling, getattr(dataset, s), what=f"{dataset.name} ({s} split)") for s in ("train", "valid", "test")}
     )

@@ -1,7 +1,7 @@
 """Datasets and the one input check shared by the Python API and the CLI.
 
-``load_dataset(DataConfig)`` returns a ``Dataset`` with float32 ``(n, D)`` train/valid/test
-splits, from a named dataset (the ``DATASETS`` registry: ``named/``) or a user file (.npy,
+``load_dataset(DataConfig)`` returns a ``Dataset`` with ``(n, D)`` train/valid/test splits
+(float32, or float64 where the data are, until a model's input map), from a named dataset (the ``DATASETS`` registry: ``named/``) or a user file (.npy,
 .npz, .csv, .tsv, .txt: ``readers``). ``check_data`` is the single validation gate for
 arrays (``checks``). One concern per module:
 

@@ -21,9 +21,15 @@ def check_data(
     likelihood: Any = None,
     scaling: Any = None,
     rows: np.ndarray | None = None,
+    dtype: Any = np.float32,
 ) -> np.ndarray:
-    """Validate ``x`` and return it as a C-contiguous float32 ``(n, D)`` array (a view when
-    it already is one, else a copy).
+    """Validate ``x`` and return it as a C-contiguous ``(n, D)`` array of ``dtype`` (a view
+    when it already is one, else a copy).
+
+    ``dtype=None`` keeps the precision of values that a model's input map has yet to see:
+    float64 for float64 data and integers wider than 16 bits, float32 for the rest (which it
+    holds exactly). The map is computed in float64 (``vaekit.scaling``), so 1e5 ± 1e-3,
+    standardised first and cast after, reaches a float32 model with all its digits.
 
     Checks, in order: numeric dtype; 2-D; at least ``min_rows`` rows; at least one column;
     all values finite; ``D == input_dim`` when given; ``likelihood.check(x, what, scaling)``
@@ -34,7 +40,7 @@ def check_data(
     ``MappedRows`` is checked block by block and returned as it is (never read whole).
     """
     if isinstance(x, MappedRows):
-        return _check_mapped(x, what, min_rows, input_dim, likelihood, scaling)
+        return _check_mapped(x, what, min_rows, input_dim, likelihood, scaling, dtype)
     x = _as_numpy(x, what)
     if x.dtype.kind == "c":
         raise DataError(f"{what}: Complex data not supported (dtype {x.dtype}); expected real numbers")
@@ -51,27 +57,44 @@ def check_data(
         raise DataError(f"{what} has 0 feature(s) (shape={x.shape}) while a minimum of 1 is required.")
     if x.dtype.kind == "f":
         check_finite(x, what, rows)
-    with np.errstate(over="ignore"):  # overflow is reported below, by position
-        x32 = np.ascontiguousarray(x, dtype=np.float32)
     if x.dtype.kind == "f" and x.dtype.itemsize > 4:
-        # float64 values beyond ~3.4e38 become inf in float32; name them rather than
-        # letting training fail later on an Inf nobody wrote.
-        bad = ~np.isfinite(x32)
+        # Values beyond float32's range (~3.4e38) are refused whatever the model's dtype: a
+        # float32 model would read an Inf nobody wrote, and an input map over them overflows.
+        bad = np.abs(x) > np.finfo(np.float32).max
         if bad.any():
             r, c = np.unravel_index(int(np.flatnonzero(bad)[0]), x.shape)
             raise DataError(
                 f"{what} has values too large for float32 (first at {row_name(r, rows)}, column {c + 1}: "
                 f"{x[r, c]:g}); expected |x| < {np.finfo(np.float32).max:g}"
             )
-    if input_dim is not None and x32.shape[1] != input_dim:
+    if input_dim is not None and x.shape[1] != input_dim:
         raise DataError(
-            f"{what} has {x32.shape[1]} features per row, but the model was trained on {input_dim}"
+            f"{what} has {x.shape[1]} features per row, but the model was trained on {input_dim}"
         )
-    if x.dtype.itemsize > 4 or (x.dtype.kind in "iu" and x.dtype.itemsize > 2):
-        check_resolution(x, x32, what)
+    out = narrow(x, kept_dtype(x.dtype) if dtype is None else np.dtype(dtype), what)
     if likelihood is not None:
-        likelihood.check(x32, what, scaling, rows=rows)
-    return x32
+        likelihood.check(out, what, scaling, rows=rows)
+    return out
+
+
+def wide(dtype: np.dtype) -> bool:
+    """Whether float32 may round values of ``dtype``: float64, integers wider than 16 bits."""
+    return dtype.itemsize > 4 or (dtype.kind in "iu" and dtype.itemsize > 2)
+
+
+def kept_dtype(dtype: np.dtype) -> np.dtype:
+    """The float dtype that holds every value of ``dtype`` (as far as float64 can)."""
+    return np.dtype(np.float64 if wide(dtype) else np.float32)
+
+
+def narrow(x: np.ndarray, dtype: Any, what: str) -> np.ndarray:
+    """``x`` (numbers, finite, within float32's range) as a C-contiguous array of ``dtype``;
+    a float32 cast of wider values first passes ``check_resolution``."""
+    dtype = np.dtype(dtype)
+    out = np.ascontiguousarray(x, dtype=dtype)
+    if dtype.itemsize < 8 and wide(x.dtype):
+        check_resolution(x, out, what)
+    return out
 
 
 # A feature whose float32 rounding error exceeds this share of its spread is refused.
@@ -79,9 +102,9 @@ RESOLUTION = 0.01
 
 
 def check_resolution(x: np.ndarray, x32: np.ndarray, what: str) -> None:
-    """Models read float32, which keeps 24 bits: a feature of float64 (or large integers) that
-    varies little around a large value, 1e5 ± 1e-3 say, would reach the model (and its
-    standardisation) rounded to nearly one value. Refused when some feature's largest rounding
+    """float32 keeps 24 bits: a feature of float64 (or large integers) that varies little
+    around a large value, 1e5 ± 1e-3 say, would reach a float32 model without an input map
+    rounded to nearly one value. Refused when some feature's largest rounding
     error is more than ``RESOLUTION`` of its standard deviation; read block by block."""
     n, d = x.shape
     if n < 2:
@@ -101,11 +124,11 @@ def check_resolution(x: np.ndarray, x32: np.ndarray, what: str) -> None:
         j = int(bad[0])
         raise DataError(
             f"{what}: column {j + 1} varies by {std[j]:.3g} (standard deviation) around {shift[j] + s1[j] / n:.7g}, "
-            f"finer than float32 holds at that size (rounding by up to {err[j]:.3g}); subtract an offset, e.g. its mean, first"
+            f"finer than float32 holds at that size (rounding by up to {err[j]:.3g}); subtract an offset, e.g. its mean, or standardise it, first"
         )
 
 
-def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None, likelihood: Any, scaling: Any) -> MappedRows:
+def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None, likelihood: Any, scaling: Any, dtype: Any) -> MappedRows:
     """The checks of ``check_data`` on a memory-mapped split, ``CHUNK_ROWS`` file rows at a
     time, on the values as stored (before float32 and the model's input map, which would turn
     1e300 into an infinity nobody wrote); a message names the row by its number in the file."""
@@ -121,9 +144,12 @@ def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None
     for start in range(0, len(x), size):
         file_rows = np.sort(x.index[start : start + size])  # ascending: the page cache's order
         raw = np.asarray(x.array[file_rows])
-        values = check_data(raw, what=what, rows=file_rows + 1)
+        # Rows read through an input map keep their precision until it (see check_data), and
+        # so do rows whose map is yet to come (dtype None); others are read as x.dtype.
+        keep = dtype is None or x.scaling is not None
+        values = check_data(raw, what=what, rows=file_rows + 1, dtype=None if keep else x.dtype)
         if likelihood is not None:
-            likelihood.check(values if x.scaling is None else x.scaling.to_model(values), what, scaling, rows=file_rows + 1)
+            likelihood.check(values if x.scaling is None else x.scaling.to_model(values, x.dtype), what, scaling, rows=file_rows + 1)
     return x
 
 

@@ -19,7 +19,9 @@ CHUNK_ROWS = 8192
 
 @dataclass
 class Dataset:
-    """Train/valid/test splits as float32 ``(n, D)`` C-contiguous arrays, with optional labels."""
+    """Train/valid/test splits as C-contiguous ``(n, D)`` float arrays, with optional labels:
+    float32, or float64 for float64 (or wide integer) data, which keep their precision until a
+    model's input map (``check_data(dtype=None)``)."""
 
     name: str
     train: np.ndarray
@@ -40,7 +42,7 @@ class Dataset:
         if name == "all":
             if isinstance(self.train, MappedRows):
                 rows = np.concatenate([p.index for p in (self.train, self.valid, self.test)])
-                return MappedRows(self.train.array, rows, self.train.scaling)
+                return MappedRows(self.train.array, rows, self.train.scaling, self.train.dtype)
             return np.concatenate([self.train, self.valid, self.test], axis=0)
         return getattr(self, name)
 
@@ -73,17 +75,27 @@ class MappedRows:
     keeps in memory only the pages in use (file-backed pages, which it can drop again).
     """
 
-    def __init__(self, array: np.ndarray, rows: np.ndarray | None = None, scaling=None):
+    def __init__(self, array: np.ndarray, rows: np.ndarray | None = None, scaling=None, dtype=np.float32):
         self.array = array  # (N, D) memmap, any numeric dtype
         self.index = np.arange(len(array)) if rows is None else np.asarray(rows)
         # A model's input map (vaekit.scaling.Scaling), applied to every row read; None: as stored.
         self.scaling = scaling
+        self.dtype = np.dtype(dtype)  # of the rows read (a float32 or float64 model's)
 
-    def mapped(self, scaling) -> "MappedRows":
-        """The same rows, read through ``scaling`` (on top of this one's, if any)."""
+    def mapped(self, scaling, dtype=np.float32) -> "MappedRows":
+        """The same rows, read through ``scaling`` (None: as stored) as ``dtype``."""
         if self.scaling is not None:
             raise ValueError("these rows are already mapped")
-        return MappedRows(self.array, self.index, scaling)
+        return MappedRows(self.array, self.index, scaling, dtype)
+
+    def exact(self) -> "MappedRows":
+        """The same rows read as stored, as float64 where float32 would round them (for
+        statistics such as the standardisation's, which the rows' own dtype may not hold)."""
+        from .checks import kept_dtype
+
+        if self.scaling is not None:
+            raise ValueError("these rows are mapped")
+        return MappedRows(self.array, self.index, None, kept_dtype(self.array.dtype))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -93,22 +105,25 @@ class MappedRows:
         return (len(self.index), int(self.array.shape[1]))
 
     ndim = 2
-    dtype = np.dtype(np.float32)
 
     def rows(self, positions: np.ndarray) -> np.ndarray:
-        """float32 copies of the rows at ``positions`` of this split, in that order; the file
-        is read in ascending row order, which the page cache serves best."""
+        """Copies (of ``dtype``) of the rows at ``positions`` of this split, in that order; the
+        file is read in ascending row order, which the page cache serves best."""
+        from .checks import kept_dtype
+
         file_rows = self.index[np.asarray(positions)]
         order = np.argsort(file_rows, kind="stable")
-        out = np.empty((len(file_rows), self.shape[1]), dtype=np.float32)
+        # Values still to be mapped keep their precision until the map (see check_data).
+        read_as = self.dtype if self.scaling is None else kept_dtype(self.array.dtype)
+        out = np.empty((len(file_rows), self.shape[1]), dtype=read_as)
         out[order] = self.array[file_rows[order]]
-        return out if self.scaling is None else self.scaling.to_model(out)
+        return out if self.scaling is None else self.scaling.to_model(out, self.dtype)
 
     def __getitem__(self, key) -> np.ndarray:
         return self.rows(np.arange(len(self))[key])
 
     def chunks(self, size: int | None = None):
-        """float32 blocks of consecutive rows of this split, in order."""
+        """Blocks of consecutive rows of this split, in order."""
         size = size or CHUNK_ROWS
         for start in range(0, len(self), size):
             yield self.rows(np.arange(start, min(start + size, len(self))))

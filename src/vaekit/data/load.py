@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def load_dataset(config: DataConfig) -> Dataset:
     """Load the dataset that ``config.source`` names (a name in ``DATASETS``, or a file path)
     and split it as ``config`` says. Every split passes ``check_data`` (train >= 2 rows; valid
-    and test >= 1 row unless their fraction is 0)."""
+    and test >= 1 row unless their fraction is 0) and keeps its precision (``dtype=None``)."""
     source = config.source
     if source in DATASETS:
         if config.mmap:
@@ -37,7 +37,7 @@ def load_dataset(config: DataConfig) -> Dataset:
         ds = _load_user_file(resolve_path(source, config.data_dir), config)
     for s in SPLIT_NAMES:
         min_rows = 2 if s == "train" else (1 if len(getattr(ds, s)) or _wanted(s, config) else 0)
-        setattr(ds, s, check_data(getattr(ds, s), what=f"{ds.name} ({s} split)", min_rows=min_rows))
+        setattr(ds, s, check_data(getattr(ds, s), what=f"{ds.name} ({s} split)", min_rows=min_rows, dtype=None))
     return ds
 
 
@@ -48,8 +48,8 @@ def _wanted(split: str, config: DataConfig) -> bool:
 def load_array(
     source: str, data_dir: str | None = None, mmap: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...] | None]:
-    """Read a user file into ``(x, labels, image_shape)``: ``x`` float32 ``(n, D)``, checked by
-    ``check_data``; labels int64 ``(n,)`` or None. A relative path not found as given is
+    """Read a user file into ``(x, labels, image_shape)``: ``x`` ``(n, D)``, checked by
+    ``check_data`` (float32, or float64 for float64 data); labels int64 ``(n,)`` or None. A relative path not found as given is
     looked up in ``data_dir``. An .npz with train/valid/test arrays gives them concatenated
     in that order (as ``Dataset.split('all')``). With ``mmap`` a .npy file is memory-mapped
     and ``x`` is its rows in file order as ``MappedRows``, read block by block when used."""

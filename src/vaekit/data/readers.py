@@ -277,7 +277,7 @@ def flatten(a: np.ndarray, what: str) -> tuple[np.ndarray, tuple[int, ...] | Non
         )
     else:
         image_shape = None
-    return check_data(a, what=what), image_shape
+    return check_data(a, what=what, dtype=None), image_shape
 
 
 def flatten_all(
