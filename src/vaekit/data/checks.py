@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import containers
-from .containers import MappedRows
+from .containers import MappedRows, kept_dtype, wide
 
 
 def check_data(
@@ -75,16 +75,6 @@ def check_data(
     if likelihood is not None:
         likelihood.check(out, what, scaling, rows=rows)
     return out
-
-
-def wide(dtype: np.dtype) -> bool:
-    """Whether float32 may round values of ``dtype``: float64, integers wider than 16 bits."""
-    return dtype.itemsize > 4 or (dtype.kind in "iu" and dtype.itemsize > 2)
-
-
-def kept_dtype(dtype: np.dtype) -> np.dtype:
-    """The float dtype that holds every value of ``dtype`` (as far as float64 can)."""
-    return np.dtype(np.float64 if wide(dtype) else np.float32)
 
 
 def narrow(x: np.ndarray, dtype: Any, what: str) -> np.ndarray:

@@ -17,6 +17,16 @@ SPLIT_NAMES = SPLITS[:3]
 CHUNK_ROWS = 8192
 
 
+def wide(dtype: np.dtype) -> bool:
+    """Whether float32 may round values of ``dtype``: float64, integers wider than 16 bits."""
+    return dtype.itemsize > 4 or (dtype.kind in "iu" and dtype.itemsize > 2)
+
+
+def kept_dtype(dtype: np.dtype) -> np.dtype:
+    """The float dtype that holds every value of ``dtype`` (as far as float64 can)."""
+    return np.dtype(np.float64 if wide(dtype) else np.float32)
+
+
 @dataclass
 class Dataset:
     """Train/valid/test splits as C-contiguous ``(n, D)`` float arrays, with optional labels:
@@ -91,8 +101,6 @@ class MappedRows:
     def exact(self) -> "MappedRows":
         """The same rows read as stored, as float64 where float32 would round them (for
         statistics such as the standardisation's, which the rows' own dtype may not hold)."""
-        from .checks import kept_dtype
-
         if self.scaling is not None:
             raise ValueError("these rows are mapped")
         return MappedRows(self.array, self.index, None, kept_dtype(self.array.dtype))
@@ -109,8 +117,6 @@ class MappedRows:
     def rows(self, positions: np.ndarray) -> np.ndarray:
         """Copies (of ``dtype``) of the rows at ``positions`` of this split, in that order; the
         file is read in ascending row order, which the page cache serves best."""
-        from .checks import kept_dtype
-
         file_rows = self.index[np.asarray(positions)]
         order = np.argsort(file_rows, kind="stable")
         # Values still to be mapped keep their precision until the map (see check_data).
