@@ -365,6 +365,10 @@ def test_reconstruct_npy_and_png(run, files, digits_rows, tmp_path, capsys):
     code, out, _ = cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", "--out", tmp_path / "r.png")
     assert code == 0 and out.strip() == f"wrote reconstructions of 32 rows to {tmp_path / 'r.png'}"  # the picture's sample
     assert (tmp_path / "r.png").read_bytes()[:8] == PNG_MAGIC
+    # --seed picks the picture's rows: 0 by default, another sample otherwise.
+    for seed, name in ((0, "r0.png"), (5, "r5.png")):
+        assert cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", "--seed", seed, "--out", tmp_path / name)[0] == 0
+    assert (tmp_path / "r0.png").read_bytes() == (tmp_path / "r.png").read_bytes() != (tmp_path / "r5.png").read_bytes()
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".csv"])
@@ -619,6 +623,9 @@ BAD_INPUT = {
     "sample-seed-negative": (["sample", "{run}", "--seed", "-1", "--out", "{tmp}/x.npy"], 2, ["--seed", "-1"]),
     "evaluate-seed-negative": (["evaluate", "{run}", "--seed", "-1"], 2, ["--seed", "-1"]),
     "score-seed-not-int": (["score", "{run}", "--data", "digits", "--seed", "x", "--out", "{tmp}/s.npy"], 2, ["--seed", "'x'"]),
+    # encode draws nothing (q of new rows is a function of x and θ); a table of reconstructions holds every row
+    "encode-seed": (["encode", "{run}", "--data", "digits", "--seed", "1", "--out", "{tmp}/z.npy"], 2, ["unrecognized", "--seed"]),
+    "reconstruct-seed-table": (["reconstruct", "{run}", "--data", "digits", "--seed", "1", "--out", "{tmp}/r.npy"], 2, ["--seed", ".png", "r.npy"]),
     "mmap-named-dataset": (["train", "--out", "{tmp}/r", "--data", "digits", "--mmap", *SMALL], 2, ["mmap", "digits", "built-in"]),
     "valid-fraction-0": (["train", "--out", "{tmp}/r", "--data", "{files}/digits300.csv", "--valid-fraction", "0", *SMALL], 1, ["no valid rows", "--valid-fraction 0"]),
     "test-fraction-0": (["train", "--out", "{tmp}/r", "--data", "{files}/digits300.csv", "--test-fraction", "0", *SMALL], 1, ["no test rows", "--test-fraction 0"]),

@@ -337,13 +337,14 @@ def _check_inputs_outside(config, run_dir: Path) -> None:
 # -- commands on a trained run ------------------------------------------------------------------
 
 
-def _run_parser(sub, name: str, help: str, data_required: bool, default_split: str):
+def _run_parser(sub, name: str, help: str, data_required: bool, default_split: str, seed: str | None = "seed of the Monte Carlo noise (default 0)"):
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'vaekit train'")
     p.add_argument("--data", required=data_required, help=_data_help() + ("" if data_required else " (default: the run's own data)"))
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz")
     p.add_argument("--split", choices=SPLITS, default=default_split, help=f"rows to use (default {default_split}; 'all' keeps a file's own row order)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the Monte Carlo noise, and of the rows a .png shows (default 0)")
+    if seed is not None:  # a verb without randomness has no --seed (q of new rows is a function of x and θ)
+        p.add_argument("--seed", type=_seed, default=0, help=seed)
     p.add_argument("--mmap", action="store_true", help="memory-map a .npy --data and stream its rows (default: as the run was trained)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
@@ -384,11 +385,12 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_sample)
 
-    p = _run_parser(sub, "encode", "posterior means and log-variances of q(z|x) for each row", True, "all")
+    p = _run_parser(sub, "encode", "posterior means and log-variances of q(z|x) for each row", True, "all", seed=None)
     p.add_argument("--out", required=True, help=".npy (columns: μ of every latent group, then log σ²), .npz (arrays mu, logvar, and mu_<group>, logvar_<group> for several groups) or .csv")
     p.set_defaults(func=cmd_encode)
 
-    p = _run_parser(sub, "reconstruct", "decoder means at the posterior means", True, "all")
+    p = _run_parser(sub, "reconstruct", "decoder means at the posterior means", True, "all", seed="seed of the random rows a .png shows (default 0)")
+    p.set_defaults(seed=None)  # given with a table out, it would pick nothing: refused
     p.add_argument("--out", required=True, help=".npy, .npz, .csv, or .png (inputs beside reconstructions, image data only)")
     p.set_defaults(func=cmd_reconstruct)
 
@@ -580,6 +582,8 @@ def cmd_reconstruct(args) -> int:
     shape = est.model_.config.image_shape
     if out.suffix == ".png" and shape is None:
         raise ConfigError(f"--out {out}: this model's data are not images; write .npy, .npz or .csv")
+    if args.seed is not None and out.suffix != ".png":
+        raise ConfigError(f"--seed picks the rows a .png shows; --out {out} holds every row, reconstructed without noise")
     x, _, labels = _rows(est, args, args.split)
     if out.suffix == ".png":
         import numpy as np
@@ -590,7 +594,7 @@ def cmd_reconstruct(args) -> int:
 
         # A random sample across the rows, by class where known: a file sorted by class
         # would otherwise show its first class only.
-        rows = stratified_rows(x.shape[0], RECONSTRUCTED_ROWS, labels, args.seed)
+        rows = stratified_rows(x.shape[0], RECONSTRUCTED_ROWS, labels, 0 if args.seed is None else args.seed)
         shown = np.asarray(x[rows])
         reconstruction_grid(
             _model_values(est, shown), _model_values(est, est.reconstruct(shown)), out, shape, n=len(rows), labels=None if labels is None else labels[rows],
