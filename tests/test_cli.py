@@ -1329,6 +1329,17 @@ def test_a_file_system_refusal_while_training_is_one_line(run_copy, monkeypatch,
     assert snapshot(run_copy) == before
 
 
+def test_a_refused_rename_names_the_destination(run_copy, capsys):
+    """A directory where the weights belong: the message names model.safetensors, not the
+    temporary file that could not take its place, and nothing else of the run changes."""
+    (run_copy / "model.safetensors").unlink()
+    (run_copy / "model.safetensors").mkdir()
+    before = snapshot(run_copy)
+    code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--epochs", "5", "--quiet")
+    assert_error(code, out, err, 1, f"{run_copy / 'model.safetensors'}: Is a directory", "intact")
+    assert ".tmp" not in err and snapshot(run_copy) == before
+
+
 # -- 6. logs ------------------------------------------------------------------------------------
 
 EPOCH_LINE = re.compile(

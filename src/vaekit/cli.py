@@ -694,7 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaekit: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # the file system's refusal: a full disk, permissions, a path through a file
-        where = f"{e.filename}: " if e.filename else ""
+        # A rename's refusal names its destination (the file the user knows), not our temporary.
+        name = e.filename2 or e.filename
+        where = f"{name}: " if name else ""
         print(f"vaekit: error: {where}{e.strerror or e} (what was written before is intact)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
