@@ -416,6 +416,19 @@ def test_block_writer_keeps_the_blocks_dtype(suffix, tmp_path):
     np.testing.assert_array_equal(r, np.concatenate(blocks))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_csv_outputs_read_back_as_the_values_written(dtype, tmp_path):
+    """Every value of a .csv reads back exactly (9 significant digits for float32, 17 for
+    float64): 1e5 ± 1e-3 in float64 keeps its digits, through both writers."""
+    from vaekit.outputs import write_array, write_blocks
+
+    x = (1e5 + 1e-3 * np.random.default_rng(0).normal(size=(6, 3))).astype(dtype)
+    write_array(tmp_path / "a.csv", x, header=["a", "b", "c"])
+    write_blocks(tmp_path / "b.csv", iter([x[:4], x[4:]]), x.shape)
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "a.csv", delimiter=",", skiprows=1).astype(dtype), x)
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "b.csv", delimiter=",").astype(dtype), x)
+
+
 def test_reconstruct_failing_midway_leaves_the_old_file(run, digits_rows, tmp_path, capsys, monkeypatch):
     from vaekit import estimator
 
@@ -1327,6 +1340,18 @@ def test_a_file_system_refusal_while_training_is_one_line(run_copy, monkeypatch,
     code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--epochs", "5", "--quiet")
     assert_error(code, out, err, 1, str(run_copy), "No space left on device", "intact")
     assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("verb", [["reconstruct"], ["encode"], ["score", "--k", "2"], ["sample", "--source", "aggregate"]])
+def test_verbs_refuse_an_out_that_is_their_data_file(verb, run, digits_rows, tmp_path, capsys):
+    """--out naming the --data file (as given, or found in --data-dir) would replace the data
+    with the verb's output: refused before anything is read, and the file is left as it was."""
+    np.save(tmp_path / "d.npy", digits_rows)
+    before = (tmp_path / "d.npy").read_bytes()
+    for data, extra in ((tmp_path / "d.npy", []), ("d.npy", ["--data-dir", tmp_path])):
+        code, out, err = cli(capsys, verb[0], run, "--data", data, "--out", tmp_path / "d.npy", *verb[1:], *extra)
+        assert_error(code, out, err, 2, "is the --data file")
+        assert (tmp_path / "d.npy").read_bytes() == before
 
 
 def test_a_refused_rename_names_the_destination(run_copy, capsys):

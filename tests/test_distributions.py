@@ -354,3 +354,23 @@ def test_continuous_bernoulli_float32_large_logits_mean_and_samples():
     s = cb.sample((n,), generator=_gen(10)).double()
     # 4 SE of the sample mean, as above.
     assert ((s.mean(0) - exact).abs() < 4 * s.std(0) / math.sqrt(n)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_diagonal_normal_of_a_vanishing_variance_has_a_finite_density(dtype):
+    """An encoder far outside its training range can output log σ² ≈ −1e4: 1/σ² overflows and
+    (z − μ)²/σ² at z = μ would be 0·∞. log σ² is floored where 1/σ² stays finite, so log q at
+    q's own draws (and at μ) is finite and large; in-range log σ² is untouched (torch's Normal)."""
+    from vaekit.distributions import logvar_floor
+
+    mu = torch.tensor([[0.3, -2.0]], dtype=dtype)
+    q = DiagonalNormal(mu, torch.tensor([[-1e4, -3.0]], dtype=dtype))
+    assert float(q.logvar[0, 0]) == pytest.approx(logvar_floor(dtype), abs=0.5) and float(q.logvar[0, 1]) == -3.0
+    assert torch.isfinite(torch.exp(-q.logvar)).all()
+    for z in (q.rsample((4,), generator=torch.Generator().manual_seed(0)), mu):
+        lp = q.log_prob(z)
+        assert torch.isfinite(lp).all() and (lp.float() > 40).all()
+    ok = DiagonalNormal(mu.double(), torch.tensor([[-20.0, 3.0]], dtype=torch.float64))
+    z = torch.tensor([[0.31, 1.0]], dtype=torch.float64)
+    expected = Normal(mu.double(), torch.exp(0.5 * torch.tensor([[-20.0, 3.0]], dtype=torch.float64))).log_prob(z).sum(-1)
+    torch.testing.assert_close(ok.log_prob(z), expected, rtol=1e-12, atol=0)

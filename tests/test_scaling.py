@@ -325,3 +325,53 @@ def test_cli_trains_on_float64_file_around_1e5_as_on_its_centred_copy(tmp_path, 
         latents[name] = np.load(tmp_path / f"{name}-z.npy")
     np.testing.assert_allclose(latents["x"], latents["centred"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(latents["x-mmap"], latents["centred"], rtol=0, atol=1e-4)
+
+
+def test_a_feature_constant_up_to_float64_rounding_is_a_constant():
+    """0.1 + 0.2 beside 0.3 varies by 3e-17: no spread to standardise by (scale 1, as for an
+    exactly constant column; dividing by 3e-16 would add 36 nats to every density), and
+    nothing for float32 to resolve (a model without a map reads it)."""
+    from vaekit.data import check_data
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 4))
+    x[:, 2] = np.where(rng.uniform(size=300) > 0.5, 0.1 + 0.2, 0.3)
+    assert 0 < x[:, 2].std() < 1e-16
+    s = Scaling.standardizing(x)
+    assert s.scale[2] == 1.0 and s.shift[2] == pytest.approx(0.3)
+    np.testing.assert_allclose(s.scale[[0, 1, 3]], x[:, [0, 1, 3]].std(0))
+    exact = x.copy()
+    exact[:, 2] = 0.3
+    np.testing.assert_array_equal(Scaling.standardizing(exact).scale, s.scale)
+    assert check_data(x).dtype == np.float32  # not refused as a feature float32 cannot resolve
+
+
+def test_values_beyond_float32_in_the_models_units_are_refused():
+    """A model of data at 1e-12 scale reading 1e28 would see 1e40 (an infinity in float32): a
+    DataError naming the column and the map, through the API and the CLI; a float64 model
+    reads it. Outputs that float32 cannot hold at all come back in float64."""
+    x = 1e-12 * table(200).astype(np.float64)
+    est = VAE(**dict(SMALL, epochs=1), likelihood="gaussian").fit(x)
+    far = x[:3].copy()
+    far[1, 4] = 1e28
+    with pytest.raises(vaekit.errors.DataError, match=r"^a value of column 5 \(1e\+28\) lies at .*e\+(39|40) in the model's units .*beyond float32's range"):
+        est.score_samples(far)
+    assert VAE(**dict(SMALL, epochs=1), likelihood="gaussian", dtype="float64").fit(x).transform(far).dtype == np.float64
+    assert Scaling(np.array([3e38]), np.array([2e37])).float32_rounds()
+    assert Scaling(np.array([3e38]), np.array([2e37])).to_user(np.array([[1.5]], np.float32)).dtype == np.float64
+
+
+def test_cli_refuses_values_beyond_float32_in_the_models_units(tmp_path, capsys):
+    from cli_helpers import cli
+
+    x = 1e-12 * table(200).astype(np.float64)
+    np.save(tmp_path / "x.npy", x)
+    far = x[:5].copy()
+    far[2, 0] = 1e28
+    np.save(tmp_path / "far.npy", far)
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "--data", tmp_path / "x.npy", "--out", run, "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--eval-k", "2", "--likelihood", "gaussian")[0] == 0
+    for verb in (["encode"], ["score", "--k", "2"]):
+        code, out, err = cli(capsys, verb[0], run, "--data", tmp_path / "far.npy", "--out", tmp_path / "o.npy", *verb[1:])
+        assert code == 1 and out == "" and len(err.splitlines()) == 1 and "beyond float32's range" in err, err
+        assert not (tmp_path / "o.npy").exists()

@@ -406,6 +406,15 @@ def _load(args):
     return load(args.run_dir)
 
 
+def _data_paths(args) -> tuple[Path, ...]:
+    """Where the file that --data names may lie (as given, or in --data-dir)."""
+    data = getattr(args, "data", None)
+    if not data:
+        return ()
+    data_dir = getattr(args, "data_dir", None)
+    return (Path(data).expanduser(),) + ((Path(data_dir).expanduser() / data,) if data_dir else ())
+
+
 def _rows(est, args, split: str):
     """(x, x_model, labels): the rows of --data (or the run's data) for ``split`` in the
     user's values, the same rows checked against the model and mapped into its values, and
@@ -535,7 +544,7 @@ def cmd_sample(args) -> int:
     if args.components is not None:
         _positive("--components", args.components)
     out = Path(args.out)
-    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir)
+    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args))
     est = _load(args)
     shape = est.model_.config.image_shape
     if out.suffix == ".png" and shape is None:
@@ -559,7 +568,7 @@ def cmd_sample(args) -> int:
 
 def cmd_encode(args) -> int:
     out = Path(args.out)
-    check_out(out, (".npy", ".npz", ".csv"), run_dir=args.run_dir)
+    check_out(out, (".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args))
     est = _load(args)
     x, _, _ = _rows(est, args, args.split)
     arrays = est.encoded(x)
@@ -577,7 +586,7 @@ def cmd_encode(args) -> int:
 
 def cmd_reconstruct(args) -> int:
     out = Path(args.out)
-    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir)
+    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args))
     est = _load(args)
     shape = est.model_.config.image_shape
     if out.suffix == ".png" and shape is None:
@@ -624,7 +633,7 @@ def _model_values(est, x):
 def cmd_score(args) -> int:
     _positive("--k", args.k)
     out = Path(args.out)
-    check_out(out, (".npy", ".csv"), run_dir=args.run_dir)
+    check_out(out, (".npy", ".csv"), run_dir=args.run_dir, data=_data_paths(args))
     est = _load(args)
     x, _, _ = _rows(est, args, args.split)
     log_px = est.score_samples(x, k=args.k, seed=args.seed)

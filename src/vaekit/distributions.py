@@ -144,7 +144,10 @@ class DiagonalNormal(Posterior):
     has_rsample = True
 
     def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
-        self.mu, self.logvar = mu, logvar
+        # An encoder far outside its training range (an outlier row) can output log σ² ≈ −1e4:
+        # 1/σ² overflows and (z − μ)²/σ² at z = μ is 0·∞ = NaN. Floored where 1/σ² is finite,
+        # such a q is a point mass in all but name, and log q(z) is finite.
+        self.mu, self.logvar = mu, logvar.clamp(min=logvar_floor(logvar.dtype))
         batch_shape, event_shape = _event_batch(mu, logvar)
         super().__init__(batch_shape, event_shape, validate_args=False)
 
@@ -189,6 +192,12 @@ class DiagonalNormal(Posterior):
     def entropy(self) -> torch.Tensor:
         h = 0.5 * (self.logvar + 1.0 + LOG_2PI)
         return h.expand(self.batch_shape + self.event_shape).sum(-1)
+
+
+def logvar_floor(dtype: torch.dtype) -> float:
+    """The smallest log σ² whose 1/σ² = exp(−log σ²) stays below dtype's largest value / e
+    (−87.7 in float32 and bfloat16, −708.8 in float64)."""
+    return 1.0 - math.log(torch.finfo(dtype).max)
 
 
 class StandardNormal(Distribution):

@@ -339,7 +339,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         Z = np.asarray(_numeric(Z, "Z"))
         if Z.ndim != 2 or Z.shape[1] != self.model_.latent_size:
             raise DataError(f"Z must have shape (n, {self.model_.latent_size}), got {tuple(Z.shape)}")
-        check_data(Z, what="Z")  # numbers, finite; Z itself goes on in its own precision
+        check_data(Z, what="Z", dtype=None)  # numbers, finite; Z itself goes on in its own precision
         z = torch.as_tensor(Z, dtype=p.dtype, device=p.device)
         return self._to_user(self.model_.decode(z).mean.cpu().numpy())
 

@@ -10,14 +10,18 @@ from pathlib import Path
 from .errors import ConfigError, DataError
 
 
-def check_out(out: Path, suffixes: tuple[str, ...], option: str = "--out", run_dir: str | Path | None = None) -> None:
+def check_out(
+    out: Path, suffixes: tuple[str, ...], option: str = "--out", run_dir: str | Path | None = None, data: tuple[Path, ...] = ()
+) -> None:
     """Refuse, before any work is done, an output path ``option`` names that could not be
-    written: a file type the verb does not write, a missing directory, a directory, or one of
-    the files of the run ``run_dir`` that the verb reads."""
+    written: a file type the verb does not write, a missing directory, a directory, one of
+    the files of the run ``run_dir`` that the verb reads, or the ``data`` file it reads."""
     from .files import RUN_FILES  # its pictures are the verbs' to redraw, its data are not
 
     if run_dir is not None and any(out.resolve() == (Path(run_dir) / name).resolve() for name in RUN_FILES):
         raise ConfigError(f"{option} {out}: is a file of the run {run_dir}; name another file")
+    if any(path.is_file() and out.resolve() == path.resolve() for path in data):
+        raise ConfigError(f"{option} {out}: is the --data file this reads; name another file")
     if out.suffix.lower() not in suffixes:
         raise ConfigError(f"{option} {out}: unsupported file type; use {', '.join(suffixes)}")
     parent = out.parent
@@ -42,11 +46,17 @@ def write_array(out: Path, arr, header: list[str] | None = None, arrays: dict | 
         np.savez(buf, **(arrays or {"x": arr}))
     else:
         a = arr.reshape(len(arr), -1)
-        np.savetxt(buf, a, delimiter=",", header=",".join(header) if header else "", comments="", fmt="%.8g")
+        np.savetxt(buf, a, delimiter=",", header=",".join(header) if header else "", comments="", fmt=csv_format(a.dtype))
     try:
         atomic_write_bytes(out, buf.getvalue())
     except OSError as e:
         raise DataError(f"--out {out}: cannot write ({e.strerror})") from None
+
+
+def csv_format(dtype) -> str:
+    """The printf format that writes a value of ``dtype`` so that it reads back as the same
+    value: 9 significant digits for float32, 17 for float64."""
+    return "%.17g" if getattr(dtype, "itemsize", 8) > 4 else "%.9g"
 
 
 def write_blocks(out: Path, blocks, shape: tuple[int, int], header: list[str] | None = None) -> None:
@@ -80,7 +90,7 @@ def write_blocks(out: Path, blocks, shape: tuple[int, int], header: list[str] | 
             if header:
                 f.write((",".join(header) + "\n").encode())
             for block in blocks:
-                np.savetxt(f, block, delimiter=",", fmt="%.8g")
+                np.savetxt(f, block, delimiter=",", fmt=csv_format(block.dtype))
 
     try:
         atomic_write(out, write)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,28 @@ class Scaling:
         """Per-feature mean and standard deviation (population, float64) of the rows of x, an
         array or ``MappedRows`` read block by block. A feature constant in x keeps scale 1
         (it is centred only), as scikit-learn's StandardScaler does: its spread is unknown,
-        and dividing by a floor would add −log(floor) nats per such feature to every density."""
+        and dividing by a floor would add −log(floor) nats per such feature to every density.
+        So does a feature whose spread is float64's rounding of a constant (``constant``)."""
+        from .data.checks import constant
+
         mean, m2, n = _moments(x)
-        std = np.sqrt(m2 / max(n, 1))
-        return cls(mean, np.where(std > 0, std, 1.0))
+        var = m2 / max(n, 1)
+        return cls(mean, np.where(constant(mean, var, n), 1.0, np.sqrt(var)))
 
     def to_model(self, x: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
         """(x − shift) / scale as ``dtype`` (the model's), the arithmetic in float64: 1e5 ± 1e-3
-        given in float64 keeps its digits, which a float32 cast before the map would round away."""
-        return ((np.asarray(x, dtype=np.float64) - self.shift) / self.scale).astype(dtype)
+        given in float64 keeps its digits, which a float32 cast before the map would round away.
+        DataError where a value lands beyond ``dtype``'s range (1e28 for a model of data at
+        1e-12 scale): the model would read an infinity nobody wrote."""
+        mapped = (np.asarray(x, dtype=np.float64) - self.shift) / self.scale
+        top = np.finfo(dtype).max
+        if np.abs(mapped).max(initial=0.0) > top:
+            r, c = np.unravel_index(int(np.argmax(np.abs(mapped) > top)), mapped.shape)
+            raise DataError(
+                f"a value of column {c + 1} ({np.asarray(x)[r, c]:g}) lies at {mapped[r, c]:.3g} in the model's units "
+                f"({self.describe()}), beyond {np.dtype(dtype).name}'s range; it is far outside the data the model was trained on"
+            )
+        return mapped.astype(dtype)
 
     def to_user(self, x: np.ndarray) -> np.ndarray:
         """shift + scale · x, in x's dtype, or in float64 where float32 would round the result
@@ -72,8 +85,10 @@ class Scaling:
         ``RESOLUTION`` of its scale, where nearly all of them lie (shift ± 4 scale)."""
         from .data.checks import RESOLUTION
 
-        top = (np.abs(self.shift) + 4 * self.scale).astype(np.float32)
-        return bool(np.any(np.spacing(top) / 2 > RESOLUTION * self.scale))
+        top = np.abs(self.shift) + 4 * self.scale
+        if np.any(top > np.finfo(np.float32).max):  # float32 cannot hold them at all
+            return True
+        return bool(np.any(np.spacing(top.astype(np.float32)) / 2 > RESOLUTION * self.scale))
 
     def log_det(self, dim: int) -> float:
         """log |det ∂x'/∂x| = −Σ_j log scale_j over ``dim`` features: what a log-density of x'
