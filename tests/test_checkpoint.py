@@ -406,3 +406,22 @@ def test_clear_run_refuses_what_is_no_run(tmp_path):
     with pytest.raises(CheckpointError, match="does not look like a vaekit run .*config must be a JSON object"):
         ckpt.clear_run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "config.json"]
+
+
+def test_metrics_with_bytes_that_are_not_text_end_where_they_begin(tmp_path):
+    """A damaged metrics.jsonl (bytes that are not UTF-8) is read up to the damage, as a line
+    cut by a kill is; the model itself loads as before."""
+    import vaekit
+    from vaekit.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--epochs", "3", "--hidden", "16", "--latent-dim", "2", "--eval-k", "2", "--quiet", "--out", str(run)]) == 0
+    est, x = vaekit.load(run), np.random.default_rng(0).uniform(0, 16, size=(5, 64))
+    records = ckpt.read_metrics(run)
+    assert len(records) == 3
+    lines = (run / ckpt.METRICS_FILE).read_bytes().splitlines(keepends=True)
+    (run / ckpt.METRICS_FILE).write_bytes(b"".join(lines[:2]) + b"\x00\xff garbage\n" + lines[2])
+    assert ckpt.read_metrics(run) == records[:2]
+    (run / ckpt.METRICS_FILE).write_bytes(b"\x00\xff garbage\n")
+    assert ckpt.read_metrics(run) == []
+    np.testing.assert_array_equal(vaekit.load(run).transform(x[:5]), est.transform(x[:5]))

@@ -234,3 +234,37 @@ def test_a_torchrun_process_exits_with_the_verbs_status_and_all_its_output(tmp_p
     assert json.loads(done.stdout.splitlines()[-1])["k"] == 5
     bad = subprocess.run([sys.executable, "-m", "vaekit", "evaluate", str(tmp_path / "none")], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 1 and bad.stderr.strip().endswith("not a run directory (no such directory)")
+
+
+def test_a_rank_above_zero_never_empties_the_run_directory(tmp_path, monkeypatch):
+    """Only rank 0 takes the run's lock, so only rank 0 may empty it under --overwrite: a rank
+    above 0 that emptied it could wipe a run another process holds."""
+    from vaekit import runs
+    from vaekit.cli import main
+
+    run = tmp_path / "victim"
+    assert main(["train", *COMMON, "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    before = sorted(p.name for p in run.iterdir())
+    cleared = []
+    monkeypatch.setattr(ckpt, "clear_run", lambda d: cleared.append(d))
+    monkeypatch.setattr(runs, "train_run", lambda *a, **k: {"run_dir": str(run), "rank": 1})
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", *COMMON, "--epochs", "1", "--out", str(run), "--overwrite", "--quiet"]) == 0
+    assert cleared == [] and sorted(p.name for p in run.iterdir()) == before
+
+
+def test_torchrun_on_cuda_without_cuda_is_one_line_before_the_process_group(monkeypatch):
+    """No CUDA means no NCCL: the device is refused as one process refuses it, before the
+    process group would fail on its backend."""
+    import torch.distributed as dist
+
+    from vaekit.errors import ConfigError
+    from vaekit.train import init_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    joined = []
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: joined.append(a))
+    with pytest.raises(ConfigError, match=r"^--device cuda: CUDA is not available on this machine$"):
+        init_distributed("cuda")
+    assert joined == []

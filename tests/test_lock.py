@@ -51,3 +51,18 @@ def test_release_leaves_no_lock_file_and_no_empty_directory_it_made(tmp_path):
     assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["kept"]
     with RunLock(tmp_path / "old"):  # taken again once released
         pass
+
+
+def test_a_symbolic_link_at_the_lock_path_is_refused_and_its_target_kept(tmp_path):
+    """The lock writes its holder's pid into the lock file: through a link it would overwrite
+    whatever file the link names."""
+    from vaekit.errors import VaekitError
+
+    target = tmp_path / "precious.txt"
+    target.write_text("precious\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).symlink_to(target)
+    with pytest.raises(VaekitError, match="is a symbolic link"):
+        RunLock(run).acquire()
+    assert target.read_text() == "precious\n" and (run / LOCK_FILE).is_symlink()

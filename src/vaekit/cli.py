@@ -261,7 +261,9 @@ def cmd_train(args) -> int:
             # Asked again under the lock: another writer may have finished a run here meanwhile.
             if (run_dir / ckpt.CONFIG_FILE).exists() and not args.overwrite:
                 raise VaekitError(_holds_a_run(run_dir))
-            if args.overwrite:
+            if args.overwrite and int(os.environ.get("RANK", "0")) == 0:
+                # Only the lock holder empties the directory: a rank above 0 holds no lock, and
+                # the others wait for rank 0 in the process group before they read anything.
                 ckpt.clear_run(run_dir)
             else:
                 _check_not_foreign(run_dir)

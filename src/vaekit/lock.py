@@ -68,9 +68,15 @@ class RunLock:
                     raise VaekitError(f"{self.run_dir}: cannot create the run directory ({e.strerror or e})") from None
                 self._created = True
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+                # O_NOFOLLOW: the pid written here must not land in whatever file a link names.
+                flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+                fd = os.open(self.path, flags, 0o666)
             except FileNotFoundError:  # the directory's creator removed it again, empty
                 continue
+            except OSError as e:
+                if self.path.is_symlink():
+                    raise VaekitError(f"{self.path} is a symbolic link, not a vaekit lock file; remove it") from None
+                raise
             if not _try_lock(fd):
                 pid = _read_pid(fd)
                 os.close(fd)

@@ -447,6 +447,7 @@ def init_distributed(device: str) -> bool:
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
+    resolve_device(device)  # before the group: no CUDA means no NCCL either, said in one line
     backend = "nccl" if device.startswith("cuda") else "gloo"
     dist.init_process_group(backend)
     if device.startswith("cuda"):
