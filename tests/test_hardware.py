@@ -221,3 +221,25 @@ def test_a_model_too_large_for_the_machine_is_one_line_and_writes_nothing(tmp_pa
     monkeypatch.setattr(hardware, "available_memory", lambda device="cpu": None)
     config = ModelConfig(input_dim=784, hidden=(100_000_000,), latent_dim=2)
     hardware.check_model_fits(config)  # unknown memory: no refusal (and nothing built)
+
+
+def test_a_config_edited_to_a_model_no_machine_holds_is_refused_on_load(tmp_path, monkeypatch, capsys):
+    """config.json edited to 10⁹ hidden units: loading would allocate the weights (one copy)
+    before finding that the file's tensors disagree; refused first, naming config.json, in
+    the verbs (one line) and in vaekit.load."""
+    import json
+
+    import vaekit
+    from cli_helpers import cli
+    from vaekit.errors import CheckpointError
+
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "--data", "digits", "--hidden", "16", "--latent-dim", "2", "--epochs", "1", "--eval-k", "2", "--out", run)[0] == 0
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["hidden"] = [1_000_000_000]
+    (run / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(hardware, "available_memory", lambda device="cpu": 16 * 2**30)
+    with pytest.raises(CheckpointError, match=r"config\.json: the model has [\d,]+ parameters; holding them in float32 needs .* \(the weights\)"):
+        vaekit.load(run)
+    code, out, err = cli(capsys, "evaluate", run, "--k", "2")
+    assert code == 1 and out == "" and len(err.splitlines()) == 1 and "holding them in float32" in err

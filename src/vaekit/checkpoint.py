@@ -191,6 +191,7 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], wher
 
 def load_run(run_dir: str | Path, which: str = MODEL_FILE):
     """(RunConfig, VAEModel) rebuilt from RUN_DIR's config.json and weights, on the CPU."""
+    from .hardware import check_model_fits
     from .model import VAEModel
 
     run_dir = Path(run_dir)
@@ -202,6 +203,10 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
         config = RunConfig.load(run_dir / CONFIG_FILE)
     except ConfigError as e:  # a damaged run directory, not a usage error
         raise CheckpointError(str(e)) from None
+    try:  # a config.json edited to widths no machine holds is refused before the allocation
+        check_model_fits(config.model, config.train.dtype, copies=1)
+    except ConfigError as e:
+        raise CheckpointError(f"{run_dir / CONFIG_FILE}: {e}") from None
     tensors, _ = load_tensors(run_dir / which)
     model = VAEModel(config.model).to(getattr(torch, config.train.dtype))
     load_state_into(model, {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))}, run_dir / which)

@@ -183,9 +183,9 @@ def parameter_count(config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def check_model_fits(config, dtype: str = "float32", device: str = "cpu", available: int | None = None) -> None:
-    """Refuse, before any allocation, a model whose training state alone (``TRAINING_COPIES``
-    of its parameters in ``dtype``) exceeds the memory ``available`` on ``device`` (default:
+def check_model_fits(config, dtype: str = "float32", device: str = "cpu", available: int | None = None, copies: int = TRAINING_COPIES) -> None:
+    """Refuse, before any allocation, a model whose training state alone (``copies`` of its
+    parameters in ``dtype``: ``TRAINING_COPIES`` to train, 1 to load) exceeds the memory ``available`` on ``device`` (default:
     what the machine reports): the allocation would otherwise end in the kernel's out-of-memory
     kill, which no error message survives. Activations are not counted: this catches sizes that
     cannot work at all, not every run that will not fit."""
@@ -197,10 +197,12 @@ def check_model_fits(config, dtype: str = "float32", device: str = "cpu", availa
     if available is None:  # the system does not say (no /proc/meminfo): nothing to compare with
         return
     n = parameter_count(config)
-    need = n * (torch.finfo(getattr(torch, dtype)).bits // 8) * TRAINING_COPIES
+    need = n * (torch.finfo(getattr(torch, dtype)).bits // 8) * copies
     if need > available:
+        what = "training them" if copies == TRAINING_COPIES else "holding them"
+        held = "(weights, gradients and Adam's two moments)" if copies == TRAINING_COPIES else "(the weights)"
         raise ConfigError(
-            f"the model has {n:,} parameters; training them in {dtype} needs {need / 2**30:.1f} GiB "
-            f"(weights, gradients and Adam's two moments) and {device} has {available / 2**30:.1f} GiB free: "
+            f"the model has {n:,} parameters; {what} in {dtype} needs {need / 2**30:.1f} GiB "
+            f"{held} and {device} has {available / 2**30:.1f} GiB free: "
             "ask for smaller hidden widths or latent sizes"
         )
