@@ -117,6 +117,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
     valid_rows = _validation_rows(model, x_valid, device, dtype)
     optimizers = make_optimizers(model, config.lr, normalized_grad=config.normalized_grad, eps=config.adam_eps)
     rank, world = rank_world()
+    _check_shards(n, config.batch_size, world)
     writer = run_dir is not None and rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
     step = _Step(model, objective, optimizers, config, device, batch_rows, rank, world)
@@ -428,6 +429,18 @@ def _matmul_precision(precision: str):
         yield
     finally:
         torch.set_float32_matmul_precision(old)
+
+
+def _check_shards(n: int, batch_size: int, world: int) -> None:
+    """Each of ``world`` processes takes a share of every global batch; a batch with fewer rows
+    than processes leaves a share empty, whose mean loss is 0/0: refused before any step."""
+    bs = min(batch_size, n)
+    smallest = min(bs, n % bs or bs)
+    if world > 1 and smallest < world:
+        raise ConfigError(
+            f"{n} training rows in batches of {bs} include a batch of {smallest} row(s), fewer than the {world} "
+            "processes (each needs a row of every batch); choose another --batch-size"
+        )
 
 
 def rank_world() -> tuple[int, int]:
