@@ -152,6 +152,28 @@ def test_load_missing_section_and_missing_file(tmp_path):
     assert str(missing) in str(info.value)
 
 
+@pytest.mark.parametrize("section, field", [("data", "source"), ("model", "likelihood"), ("model", "input_shift"), ("train", "dtype"), ("model", "latent_dim")])
+def test_a_current_config_missing_a_field_is_refused(tmp_path, section, field):
+    """This version writes every field: one missing was edited away or damaged, and its
+    default (another data source, another likelihood, no input map) would make another
+    model without a word. Older versions, which lacked later options, still take defaults."""
+    d = _run_config().to_dict()
+    del d[section][field]
+    path = _write(tmp_path, json.dumps(d))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: the {section} section is missing the field\(s\) {field};"):
+        RunConfig.load(path)
+    for gone in ("train", "data"):
+        d = _run_config().to_dict()
+        del d[gone]
+        with pytest.raises(ConfigError, match=rf"missing the section '{gone}'"):
+            RunConfig.from_dict(d)
+    d = _run_config().to_dict()
+    del d["train"]["adam_eps"], d["model"]["join"]  # options added while version 5 was current
+    d["version"] = 5
+    old = RunConfig.from_dict(d)
+    assert old.version == CONFIG_VERSION and old.train.adam_eps == TrainConfig().adam_eps and old.model.join == "concat"
+
+
 def test_beta_warmup():
     t = TrainConfig(beta=2.0, warmup=4)
     assert t.beta_at(1) == pytest.approx(0.5)  # beta / 4
@@ -276,7 +298,7 @@ def test_version_2_config_loads_without_an_input_map(tmp_path):
     config["version"] = 2
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
-    assert loaded.version == CONFIG_VERSION == 5
+    assert loaded.version == CONFIG_VERSION == 6
     assert (loaded.model.standardize, loaded.model.input_shift, loaded.model.input_scale) == ("off", None, None)
 
 
@@ -352,7 +374,7 @@ def test_version_3_config_keeps_the_per_point_rate_it_was_trained_at(tmp_path, i
     config["version"] = 3
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
-    assert loaded.version == CONFIG_VERSION == 5
+    assert loaded.version == CONFIG_VERSION == 6
     if inference == "amortized":
         assert loaded.model.point_lr == 0.2  # an option this model does not use, at its default
     else:

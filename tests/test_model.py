@@ -84,7 +84,7 @@ def test_version_4_run_loads_with_its_mlp_downward_net(tmp_path, layers):
     (tmp_path / "config.json").write_text(json.dumps(old))
 
     loaded_config, loaded = load_run(tmp_path)
-    assert loaded_config.version == CONFIG_VERSION == 5
+    assert loaded_config.version == CONFIG_VERSION == 6
     assert loaded_config.model.downward == ("mlp" if layers != 5 else None)
     z = torch.randn(4, model.latent_size)
     with torch.no_grad():
@@ -163,4 +163,5 @@ def test_join_branch_decoder_is_as_deep_as_the_concat_one(net):
     assert branch.decode(z).logits.shape == concat.decode(z).logits.shape == (3, 64)
     config = RunConfig(model=ModelConfig(**kw)).to_dict()
     del config["model"]["join"]
+    config["version"] = 5  # written before join existed: the layout those runs had
     assert RunConfig.from_dict(config).model.join == "concat"

@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .registry import REGISTRIES, Option
 from .schedules import SCHEDULES
 
-CONFIG_VERSION = 5
+CONFIG_VERSION = 6
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
 DTYPES = ("float32", "float64")
@@ -432,6 +432,11 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
             several = isinstance(latent, (list, tuple)) and len(latent) > 1
             model.setdefault("downward", "mlp" if several else None)
         d["version"] = version = 5
+    if version == 5:
+        # Version 5 files may lack options added while it was current (their defaults are
+        # what those runs did); version 6 files hold every field, and a missing one is damage.
+        d = json.loads(json.dumps(d))
+        d["version"] = version = 6
     if version != CONFIG_VERSION:
         raise ConfigError(f"config version must be <= {CONFIG_VERSION}, got {d.get('version')!r}")
     return d
@@ -465,12 +470,15 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         if not isinstance(d, dict):
             raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
+        strict = d.get("version") == CONFIG_VERSION
+        if strict:
+            _check_complete(d)
         d = _migrate(d)
         try:
             return cls(
                 model=_build(ModelConfig, d["model"]),
-                train=_build(TrainConfig, d.get("train", {})),
-                data=_build(DataConfig, d.get("data", {})),
+                train=_build(TrainConfig, d["train"] if strict else d.get("train", {})),
+                data=_build(DataConfig, d["data"] if strict else d.get("data", {})),
                 version=d["version"],
             )
         except KeyError as e:
@@ -498,6 +506,18 @@ class RunConfig:
             return cls.from_dict(d)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+
+
+def _check_complete(d: dict[str, Any]) -> None:
+    """A config of the current version holds every section and field (``to_dict`` writes them
+    all): one that lacks some was edited or damaged, and a default in its place (the data
+    source, the likelihood, the input map) would silently make another model."""
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig)):
+        if not isinstance(d.get(section), dict):
+            continue  # said by from_dict / _build
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d[section]]
+        if missing:
+            raise ConfigError(f"the {section} section is missing the field(s) {', '.join(missing)}; this version writes every field")
 
 
 def _build(cls: type, d: Any):

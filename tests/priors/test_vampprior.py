@@ -338,6 +338,7 @@ def test_sigmoid_vampprior_trains_saves_and_loads(digits, tmp_path):
     assert loaded.config_.model.pseudo_map == "sigmoid" and loaded.model_.prior.map == "sigmoid"
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     del config["model"]["pseudo_map"]
+    config["version"] = 5  # written before pseudo_map existed: the map those runs had
     assert RunConfig.from_dict(config).model.pseudo_map == "clamp"
 
 
