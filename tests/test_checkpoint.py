@@ -425,3 +425,35 @@ def test_metrics_with_bytes_that_are_not_text_end_where_they_begin(tmp_path):
     (run / ckpt.METRICS_FILE).write_bytes(b"\x00\xff garbage\n")
     assert ckpt.read_metrics(run) == []
     np.testing.assert_array_equal(vaekit.load(run).transform(x[:5]), est.transform(x[:5]))
+
+
+def test_a_save_that_fails_halfway_leaves_the_saved_model_loadable(tmp_path, monkeypatch):
+    """config.json and the weights are written together: a full disk while the second file is
+    flushed changes neither (a new config beside the old weights would no longer load), leaves
+    no temporary file, and is a CheckpointError naming the directory."""
+    import errno
+
+    import vaekit
+    from vaekit import VAE, files
+    from vaekit.errors import CheckpointError
+
+    x = np.random.default_rng(0).uniform(size=(60, 5))
+    a = VAE(latent_dim=2, hidden=(16,), epochs=1).fit(x)
+    b = VAE(latent_dim=2, hidden=(48,), epochs=1).fit(x)
+    run = a.save(tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    flushed = []
+
+    def fsync(fd):
+        flushed.append(fd)
+        if len(flushed) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(run))}: cannot save \(No space left on device\); what it held before is intact$"):
+        b.save(run)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    np.testing.assert_array_equal(vaekit.load(run).transform(x[:5]), a.transform(x[:5]))
+    b.save(run)
+    np.testing.assert_array_equal(vaekit.load(run).transform(x[:5]), b.transform(x[:5]))

@@ -25,7 +25,7 @@ import torch
 
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError
-from .files import CONFIG_FILE, LAST_FILE, METRICS_FILE, MODEL_FILE, atomic_write_bytes
+from .files import CONFIG_FILE, LAST_FILE, METRICS_FILE, MODEL_FILE, atomic_write_bytes, atomic_write_together
 
 FORMAT = "vaekit-1"
 
@@ -41,12 +41,17 @@ def _digest(tensors: dict[str, torch.Tensor], meta: str) -> str:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+    atomic_write_bytes(Path(path), tensor_bytes(tensors, meta))
+
+
+def tensor_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> bytes:
+    """The safetensors file of ``tensors`` with its format, checksum and ``meta`` in the header."""
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta_json = json.dumps(meta or {})
     header = {"format": FORMAT, "sha256": _digest(tensors, meta_json), "meta": meta_json}
-    atomic_write_bytes(Path(path), save(tensors, metadata=header))
+    return save(tensors, metadata=header)
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -168,9 +173,10 @@ def _read_header(data: bytes) -> dict[str, str]:
 
 
 def save_model(run_dir: Path, model: torch.nn.Module, config: RunConfig, path: Path | None = None) -> None:
+    """config.json and the weights, written together: a failure writing either leaves both as
+    they were (a new config beside old weights would no longer load)."""
     run_dir = Path(run_dir)
-    config.save(run_dir / CONFIG_FILE)
-    save_tensors(path or run_dir / MODEL_FILE, model.state_dict())
+    atomic_write_together({run_dir / CONFIG_FILE: config.to_bytes(), Path(path or run_dir / MODEL_FILE): tensor_bytes(model.state_dict())})
 
 
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:

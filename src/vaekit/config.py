@@ -487,7 +487,11 @@ class RunConfig:
     def save(self, path: str | Path) -> None:
         from .files import atomic_write_bytes
 
-        atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+        atomic_write_bytes(Path(path), self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        """config.json's contents."""
+        return (json.dumps(self.to_dict(), indent=2) + "\n").encode()
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":

@@ -473,7 +473,10 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                         "of it: pass overwrite=True to replace the whole run"
                     )
                 clear_run(run_dir)
-            save_model(run_dir, self.model_, self.config_)
+            try:
+                save_model(run_dir, self.model_, self.config_)
+            except OSError as e:  # a full disk, permissions: the model saved there before is intact
+                raise CheckpointError(f"{run_dir}: cannot save ({e.strerror or e}); what it held before is intact") from None
         return run_dir
 
     @classmethod

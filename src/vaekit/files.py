@@ -28,14 +28,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
     on that), created with mode 0666 so the umask decides, as for ``open`` (``tempfile.mkstemp``
     would make every output 0600)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    tmp = _temporary(path, write)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -45,3 +39,35 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_together(contents: dict[Path, bytes]) -> None:
+    """Write several files that belong together (a model's config.json and its weights) so
+    that a failure while writing, a full disk say, changes none of them: every temporary file
+    is written and flushed first, and only then each is renamed over its file."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, data in contents.items():
+            written.append((_temporary(Path(path), lambda f, data=data: f.write(data)), Path(path)))
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _temporary(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """``.NAME.<random>.tmp`` beside ``path``, holding what ``write`` wrote, flushed to disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
