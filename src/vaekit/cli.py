@@ -409,12 +409,17 @@ def _load(args):
 
 
 def _data_paths(args) -> tuple[Path, ...]:
-    """Where the file that --data names may lie (as given, or in --data-dir)."""
+    """The file that --data names, found as the loader finds it; none for a named dataset
+    (or a missing file, which the loader reports)."""
+    from .data.load import resolve_path
+
     data = getattr(args, "data", None)
     if not data:
         return ()
-    data_dir = getattr(args, "data_dir", None)
-    return (Path(data).expanduser(),) + ((Path(data_dir).expanduser() / data,) if data_dir else ())
+    try:
+        return (resolve_path(data, getattr(args, "data_dir", None)),)
+    except DataError:
+        return ()
 
 
 def _rows(est, args, split: str):
