@@ -524,6 +524,33 @@ def test_model_of_image_arrays_takes_them_unflattened(tmp_path, capsys):
     np.testing.assert_array_equal(est.reconstruct(images[:10]), est.reconstruct(flat))
     with pytest.raises(vaekit.VaekitError, match=r"images of shape \(4, 16\), but the model was trained on images of shape \(8, 8\)"):
         est.transform(images[:10].reshape(10, 4, 16))
+    # Axes of size 1 do not count, in the API as on the command line: (1, 8, 8) is (8, 8).
+    np.testing.assert_array_equal(est.transform(images[:10, None]), est.transform(flat))
+    np.save(tmp_path / "one_channel.npy", images[:10, None])
+    code, _, err = cli(capsys, "encode", tmp_path / "run", "--data", tmp_path / "one_channel.npy", "--out", tmp_path / "z.npy")
+    assert code == 0, err
+    z = est.transform(flat)
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy")[:, : z.shape[1]], z, rtol=1e-6)  # μ, then log σ²
+
+
+def test_images_of_other_channel_counts_train_without_image_pictures(tmp_path, capsys):
+    """(n, C, H, W) with C not 1 or 3 are data, not pictures: the run trains and draws what
+    needs no image grid; a .png of samples or reconstructions is refused in one line."""
+    images = (np.random.default_rng(0).random((200, 2, 4, 4)) > 0.5).astype(np.float32)
+    np.save(tmp_path / "c2.npy", images)
+    run_dir = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "c2.npy", "--out", run_dir, *SMALL)
+    assert code == 0, err
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"model.safetensors", "curves.png", "latent.png"} <= names and not names & {"samples.png", "reconstructions.png"}
+    assert vaekit.load(run_dir).config_.model.image_shape == (2, 4, 4)
+    for verb, extra in (("sample", ()), ("reconstruct", ("--data", tmp_path / "c2.npy"))):
+        code, out, err = cli(capsys, verb, run_dir, *extra, "--out", tmp_path / "x.png")
+        assert_error(code, out, err, 2, "images have shape (2, 4, 4)", "1 or 3 channels")
+        code, _, err = cli(capsys, verb, run_dir, *extra, "--out", tmp_path / "x.npy")
+        assert code == 0, err
+        assert np.load(tmp_path / "x.npy").shape[1] == 32
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_score_user_csv_matches_api(run, files, digits_rows, tmp_path, capsys):

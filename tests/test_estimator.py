@@ -359,6 +359,17 @@ def test_save_never_touches_a_directory_of_other_files(overwrite, fitted, tmp_pa
     assert _names(fitted.save(empty, overwrite=overwrite)) == ["config.json", "model.safetensors"]
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_save_onto_a_file_is_refused_and_leaves_it(overwrite, fitted, tmp_path):
+    from vaekit.errors import VaekitError
+
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"mine")
+    with pytest.raises(VaekitError, match=r"model.bin is a file, not a run directory"):
+        fitted.save(target, overwrite=overwrite)
+    assert target.read_bytes() == b"mine"
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="the holder is killed with SIGKILL")
 def test_save_into_a_locked_directory_is_refused(fitted, tmp_path):
     from lock_helpers import holding

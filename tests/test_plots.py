@@ -622,3 +622,13 @@ def test_bound_bars_plot_writes_a_png_and_refuses_nothing_to_draw(tiny_gaps, tmp
     assert _open(path).format == "PNG"
     with pytest.raises(DataError, match="methods is empty"):
         plots.bound_bars_plot({}, tmp_path / "none.png")
+
+
+@pytest.mark.parametrize(
+    "shape, drawn",
+    [((8, 8), True), ((1, 8, 8), True), ((3, 4, 5), True), ((2, 8, 8), False), ((4, 8, 8), False), ((0, 8), False), (None, False), ((8,), False)],
+)
+def test_picturable_is_grey_or_rgb_images(shape, drawn):
+    from vaekit.plots import picturable
+
+    assert picturable(shape) is drawn

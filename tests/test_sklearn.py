@@ -156,6 +156,12 @@ def test_dataframe_input_with_feature_names(X):
     np.testing.assert_array_equal(est.transform(mixed), est.transform(df.assign(f0=(df["f0"] > 0).astype(float))))
     with pytest.raises(DataError, match="not numbers"):
         est.transform(df.assign(f0="a"))
+    # pandas' nullable columns: numbers as their float columns give them, pd.NA a missing value.
+    nullable = df.assign(f0=df["f0"].astype("Float64"))
+    np.testing.assert_array_equal(est.transform(nullable), est.transform(df))
+    nullable.loc[3, "f0"] = pd.NA
+    with pytest.raises(DataError, match=r"NaN \(first at row 4, column 1\)"):
+        est.transform(nullable)
 
 
 def test_feature_names_out_and_pandas_output():

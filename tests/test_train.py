@@ -521,3 +521,61 @@ def test_make_optimizers_steps_like_torchs_adam_and_sparse_adam(dtype):
         fresh = train_mod.make_optimizers(small_model(1, inference="vi", n_points=10).to(dtype), lr=1e-2, point_lr=1e-2)[j]
         fresh.load_state_dict(b.state_dict())
         _same_state(fresh.state_dict(), b.state_dict())
+
+
+
+def _fit_run(digits, run_dir: Path, epochs: int, resume: bool = False) -> list[dict]:
+    x_train, x_valid = digits
+    config = TrainConfig(epochs=epochs, batch_size=640, eval_k=2, seed=0)
+    return fit(small_model(0), x_train, x_valid, config, run_dir=run_dir, run_config=_run_config(config), resume=resume)
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused(digits, tmp_path):
+    from vaekit.errors import ConfigError
+
+    _fit_run(digits, tmp_path, epochs=3)
+    before = _files(tmp_path)
+    with pytest.raises(ConfigError, match=r"has trained 3 epochs; --epochs 2"):
+        _fit_run(digits, tmp_path, epochs=2, resume=True)
+    assert _files(tmp_path) == before
+    # The run's own length: a finished run, whose best weights come back.
+    assert len(_fit_run(digits, tmp_path, epochs=3, resume=True)) == 3
+
+
+@pytest.mark.parametrize("damage", ["deleted", "directory"])
+def test_resume_when_the_best_weights_are_the_last_rewrites_them(digits, tmp_path, monkeypatch, damage):
+    from vaekit.objectives.elbo import ElboObjective
+
+    # Every epoch better than the one before: the best epoch is the last checkpoint's.
+    scores = iter(range(100))
+    monkeypatch.setattr(ElboObjective, "validate", lambda self, model, x, terms, seed: float(next(scores)))
+    _fit_run(digits, tmp_path, epochs=2)
+    kept = ckpt.load_tensors(tmp_path / ckpt.MODEL_FILE)[0]
+    (tmp_path / ckpt.MODEL_FILE).unlink()
+    if damage == "directory":
+        (tmp_path / ckpt.MODEL_FILE).mkdir()
+        with pytest.raises(IsADirectoryError):  # a directory is not replaced by a file
+            _fit_run(digits, tmp_path, epochs=2, resume=True)
+        (tmp_path / ckpt.MODEL_FILE).rmdir()
+    _fit_run(digits, tmp_path, epochs=2, resume=True)
+    assert_same_tensors(ckpt.load_tensors(tmp_path / ckpt.MODEL_FILE)[0], kept)
+
+
+def test_resume_when_the_best_weights_are_lost_is_refused(digits, tmp_path, monkeypatch):
+    from vaekit.errors import CheckpointError
+    from vaekit.objectives.elbo import ElboObjective
+
+    # Epoch 1 best, epoch 2 worse: model.safetensors holds epoch 1, last.safetensors epoch 2.
+    scores = iter([0.0, -1.0])
+    monkeypatch.setattr(ElboObjective, "validate", lambda self, model, x, terms, seed: next(scores))
+    _fit_run(digits, tmp_path, epochs=2)
+    (tmp_path / ckpt.MODEL_FILE).unlink()
+    before = _files(tmp_path)
+    for epochs in (2, 4):  # finished, or continued: the best weights cannot come back either way
+        with pytest.raises(CheckpointError, match=r"model.safetensors is missing .*epoch 1.* holds epoch 2"):
+            _fit_run(digits, tmp_path, epochs=epochs, resume=True)
+        assert _files(tmp_path) == before

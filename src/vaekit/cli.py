@@ -429,6 +429,7 @@ def _rows(est, args, split: str):
     from dataclasses import replace
 
     from .data import MappedRows, check_data, load_array, load_dataset
+    from .data.checks import check_image_layout
     from .scaling import model_rows
 
     cfg = est.config_.data
@@ -446,7 +447,7 @@ def _rows(est, args, split: str):
         x, labels, named, image_shape = data.split(split), data.split_labels(split), data.scaling, data.image_shape
         if len(x) == 0:
             raise DataError(f"{source} has no {split} rows under the split fractions of this run; --split all uses every row")
-    _check_image_shape(source, image_shape, est.model_.config.image_shape)
+    check_image_layout(source, image_shape, est.model_.config.image_shape)
     trained = cfg.feature_names
     header = _header(source, data_dir) if trained is not None else None
     if header is not None and tuple(header) != tuple(trained):
@@ -459,22 +460,6 @@ def _rows(est, args, split: str):
         # named dataset as its loader scaled it.
         x = model_rows(est.model_.config, x, named)
     return x, est.model_input(x, what=source), labels
-
-
-def _check_image_shape(source: str, found, trained) -> None:
-    """Images whose pixel count matches the model's but whose layout does not, channels-last
-    (H, W, C) rows for a (C, H, W) model say, flatten to rows of the right width in the wrong
-    order: refused rather than read as noise. Axes of size 1 do not count ((1, 28, 28) is
-    (28, 28))."""
-    if found is None or trained is None:
-        return
-    squeeze = lambda shape: tuple(int(d) for d in shape if int(d) != 1)  # noqa: E731
-    if squeeze(found) != squeeze(trained):
-        show = lambda shape: "(" + ", ".join(str(int(d)) for d in shape) + ")"  # noqa: E731
-        raise DataError(
-            f"{source} holds images of shape {show(found)}, but the model was trained on images of shape {show(trained)}; "
-            "reorder their axes (numpy.moveaxis) or flatten them to rows"
-        )
 
 
 def _positive(name: str, value: int) -> None:
@@ -553,9 +538,7 @@ def cmd_sample(args) -> int:
     out = Path(args.out)
     check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args))
     est = _load(args)
-    shape = est.model_.config.image_shape
-    if out.suffix == ".png" and shape is None:
-        raise ConfigError(f"--out {out}: this model's data are not images; write .npy, .npz or .csv")
+    shape = _picture_shape(est, out)
     # A file given is read whole; the run's own data (or a named dataset) gives its training split.
     split = "all" if args.data and Path(args.data).suffix else "train"
     x = _rows(est, args, split)[0] if args.source != "prior" else None
@@ -571,6 +554,20 @@ def cmd_sample(args) -> int:
         write_array(out, samples, header=_columns(est))
     _report(args, {"out": str(out), "n": int(args.n), "source": args.source}, f"wrote {args.n} samples to {out}")
     return 0
+
+
+def _picture_shape(est, out: Path):
+    """The model's image shape, refused for a .png where its rows are no pictures."""
+    from .plots import picturable
+
+    shape = est.model_.config.image_shape
+    if out.suffix == ".png" and shape is None:
+        raise ConfigError(f"--out {out}: this model's data are not images; write .npy, .npz or .csv")
+    if out.suffix == ".png" and not picturable(shape):
+        raise ConfigError(
+            f"--out {out}: this model's images have shape {tuple(shape)}, and a picture needs 1 or 3 channels; write .npy, .npz or .csv"
+        )
+    return shape
 
 
 def cmd_encode(args) -> int:
@@ -595,9 +592,7 @@ def cmd_reconstruct(args) -> int:
     out = Path(args.out)
     check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args))
     est = _load(args)
-    shape = est.model_.config.image_shape
-    if out.suffix == ".png" and shape is None:
-        raise ConfigError(f"--out {out}: this model's data are not images; write .npy, .npz or .csv")
+    shape = _picture_shape(est, out)
     if args.seed is not None and out.suffix != ".png":
         raise ConfigError(f"--seed picks the rows a .png shows; --out {out} holds every row, reconstructed without noise")
     x, _, labels = _rows(est, args, args.split)

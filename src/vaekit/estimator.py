@@ -142,10 +142,9 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ndim = getattr(X, "ndim", None)
         if shape is None or ndim not in (3, 4):
             return X
-        if tuple(X.shape[1:]) != tuple(shape):
-            raise DataError(
-                f"{what} has images of shape {tuple(X.shape[1:])}, but the model was trained on images of shape {tuple(shape)}"
-            )
+        from .data.checks import check_image_layout
+
+        check_image_layout(what, X.shape[1:], shape)
         return np.reshape(X, (X.shape[0], -1))
 
     # -- fitting --------------------------------------------------------------------------------
@@ -510,12 +509,13 @@ _FITTED = ("n_features_in_", "feature_names_in_", "model_", "config_", "history_
 def _numeric(X, what: str):
     """An object-dtype table of numbers (a DataFrame mixing bool and float columns, an array of
     Python floats) as float64, for check_data, which accepts numeric dtypes only."""
-    if hasattr(X, "to_numpy") and hasattr(X, "columns"):  # a DataFrame, without importing pandas
-        X = X.to_numpy()
-    if getattr(X, "dtype", None) != object:
-        return X
+    frame = hasattr(X, "to_numpy") and hasattr(X, "columns")  # a DataFrame, without importing pandas
+    table = X.to_numpy() if frame else X
+    if getattr(table, "dtype", None) != object:
+        return table
     try:
-        return np.asarray(X, dtype=np.float64)
+        # pandas' nullable columns hold pd.NA for a missing value: NaN, which check_data locates.
+        return X.to_numpy(dtype=np.float64, na_value=np.nan) if frame else np.asarray(table, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise _NotNumbers(f"{what} has entries that are not numbers ({e}); expected a 2-D table of numbers") from None
 

@@ -65,6 +65,8 @@ class RunLock:
                 try:
                     self.run_dir.mkdir(parents=True, exist_ok=True)
                 except OSError as e:  # a parent that is a file, or not writable
+                    if self.run_dir.exists():
+                        raise VaekitError(f"{self.run_dir} is a file, not a run directory") from None
                     raise VaekitError(f"{self.run_dir}: cannot create the run directory ({e.strerror or e})") from None
                 self._created = True
             try:

@@ -68,6 +68,15 @@ def _as_float_array(a, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
     return a
 
 
+def picturable(image_shape) -> bool:
+    """Whether images of ``image_shape`` can be drawn: (H, W), or (C, H, W) with C in {1, 3}
+    (grey or RGB); other channel counts are data to a model, not pictures."""
+    if image_shape is None:
+        return False
+    shape = tuple(int(s) for s in image_shape)
+    return min(shape, default=0) >= 1 and (len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3)))
+
+
 def _check_image_shape(image_shape) -> tuple[int, int, int]:
     """(H, W) or (C, H, W) with C in {1, 3}, returned as (C, H, W)."""
     try:

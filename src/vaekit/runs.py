@@ -200,7 +200,8 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
 
     run_dir = Path(run_dir)
     written = []
-    shape = model.config.image_shape
+    # Images of other channel counts than grey or RGB are drawn as rows are: no image grids.
+    shape = model.config.image_shape if plots.picturable(model.config.image_shape) else None
     x_test = data.split("test") if x_test is None else x_test
     labels = data.split_labels("test")
     rows = picture_rows(data, seed)

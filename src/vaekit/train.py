@@ -288,11 +288,26 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
         run.config_to_save = run_config
     run.history = meta["history"]
     run.best_valid, run.best_epoch, run.bad_epochs = meta["best_valid"], meta["best_epoch"], meta["bad_epochs"]
+    if not meta.get("stopped") and config.epochs < meta["epoch"]:
+        raise ConfigError(
+            f"{run_dir} has trained {meta['epoch']} epochs; --epochs {config.epochs} would end it before its last checkpoint "
+            "(a resumed run can only train longer)"
+        )
     run.start = config.epochs + 1 if meta.get("stopped") else meta["epoch"] + 1
+    run.best_state = _best_from_disk(run_dir, model)
+    if run.best_state is None and run.best_epoch:
+        if run.best_epoch != meta["epoch"]:
+            raise CheckpointError(
+                f"{run_dir / ckpt.MODEL_FILE} is missing or not a file: the best weights (epoch {run.best_epoch}) are lost and "
+                f"{ckpt.LAST_FILE} holds epoch {meta['epoch']}; put it back, or train again with --overwrite"
+            )
+        # The last checkpoint is the best epoch: its weights are the best weights.
+        run.best_state = copy.deepcopy(model.state_dict())
+        if writer:
+            ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, run.best_state)
     # Lines after the checkpoint belong to an epoch that will be run again.
     if writer:
         _write_metrics(run_dir, run.history)
-    run.best_state = _best_from_disk(run_dir, model)
     return run
 
 

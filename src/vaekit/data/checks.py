@@ -197,3 +197,19 @@ def check_finite(x: np.ndarray, what: str, rows: Any = None) -> None:
     r, c = np.unravel_index(int(np.flatnonzero(~finite)[0]), x.shape)
     kind = "NaN" if np.isnan(x[r, c]) else "infinity"
     raise DataError(f"{what} contains {kind} (first at {row_name(r, rows)}, column {c + 1}); expected finite numbers")
+
+
+def check_image_layout(what: str, found, trained) -> None:
+    """Images whose pixel count matches the model's but whose layout does not, channels-last
+    (H, W, C) rows for a (C, H, W) model say, flatten to rows of the right width in the wrong
+    order: refused rather than read as noise. Axes of size 1 do not count ((1, 28, 28) is
+    (28, 28))."""
+    if found is None or trained is None:
+        return
+    squeeze = lambda shape: tuple(int(d) for d in shape if int(d) != 1)  # noqa: E731
+    if squeeze(found) != squeeze(trained):
+        show = lambda shape: "(" + ", ".join(str(int(d)) for d in shape) + ")"  # noqa: E731
+        raise DataError(
+            f"{what} holds images of shape {show(found)}, but the model was trained on images of shape {show(trained)}; "
+            "reorder their axes (numpy.moveaxis) or flatten them to rows"
+        )
