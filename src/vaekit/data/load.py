@@ -112,7 +112,9 @@ def _load_user_file(path: Path, config: DataConfig) -> Dataset:
 
 def _load_mapped(path: Path, config: DataConfig) -> Dataset:
     """A .npy file memory-mapped rather than read, split by fractions into ``MappedRows``: the
-    same rows in each split as ``_load_user_file`` gives; valid and test in file order."""
+    same rows in each split, in the same order, as ``_load_user_file`` gives, so that a streamed
+    run validates and evaluates as the in-memory one does (``MappedRows`` reads each block in
+    file order whatever the rows' order)."""
     array, image_shape = open_mapped(path)
     n = len(array)
     if not split_ok(n, config.valid_fraction, config.test_fraction):
@@ -121,5 +123,5 @@ def _load_mapped(path: Path, config: DataConfig) -> Dataset:
     return Dataset(
         name=str(path),
         image_shape=image_shape,
-        **{s: MappedRows(array, np.sort(rows) if s != "train" else rows) for s, rows in parts.items()},
+        **{s: MappedRows(array, rows) for s, rows in parts.items()},
     )
