@@ -57,3 +57,38 @@ def test_site_builds(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "site" / "architecture" / "index.html").is_file()
+
+
+def test_reference_lists_every_option_of_every_verb():
+    """docs/reference.md's options section is what the parser gives (regenerate it with
+    vaekit.cli.write_options_reference), and names every flag of every verb."""
+    import argparse
+
+    from vaekit.cli import OPTIONS_MARKERS, build_parser, options_reference
+
+    start, end = OPTIONS_MARKERS
+    page = (DOCS / "reference.md").read_text()
+    assert page.split(start, 1)[1].split(end, 1)[0].strip() == options_reference().strip(), (
+        'docs/reference.md is out of date: python -c "from vaekit.cli import write_options_reference; write_options_reference()"'
+    )
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for verb, parser in sub.choices.items():
+        section = options_reference().split(f"### vaekit {verb}\n", 1)[1].split("### vaekit ", 1)[0]
+        for action in parser._actions:
+            for flag in action.option_strings:
+                if flag not in ("-h", "--help"):
+                    assert f"`{flag}`" in section, (verb, flag)
+
+
+def test_estimator_parameters_are_the_documented_options():
+    """Every parameter of vaekit.VAE is a `vaekit train` option with `_` for `-`, or one of the
+    estimator's own, as README and the reference say."""
+    import inspect
+
+    import vaekit
+    from vaekit.cli import build_parser
+
+    flags = {o for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions for o in a.option_strings}
+    own = {"image_shape", "progress", "verbose"}
+    for name in inspect.signature(vaekit.VAE).parameters:
+        assert name in own or "--" + name.replace("_", "-") in flags, name

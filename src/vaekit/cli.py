@@ -686,6 +686,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The section of docs/reference.md that options_reference() writes (tests/test_docs.py checks it).
+OPTIONS_MARKERS = ("<!-- options: begin -->", "<!-- options: end -->")
+
+
+def options_reference() -> str:
+    """Every verb's options as Markdown tables, from the parser itself: the reference cannot
+    drift from --help. ``write_options_reference`` puts it into docs/reference.md."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    cell = lambda text: " ".join((text or "").replace("%%", "%").replace("|", "\\|").split())  # noqa: E731
+    out = []
+    for verb, p in sub.choices.items():
+        out += [f"### vaekit {verb}", "", cell(p.description), ""]
+        for group in p._action_groups:
+            actions = [a for a in group._group_actions if not isinstance(a, argparse._HelpAction)]
+            if not actions:
+                continue
+            title = {"positional arguments": "arguments", "options": "options"}.get(group.title, group.title)
+            out += [f"| {title} | |", "| --- | --- |"]
+            for a in actions:
+                names = " / ".join(f"`{o}`" for o in a.option_strings) or f"`{a.metavar or a.dest.upper()}`"
+                out.append(f"| {names} | {cell(a.help) + (' (required)' if a.required and a.option_strings else '')} |")
+            out.append("")
+    return "\n".join(out).rstrip("\n")
+
+
+def write_options_reference(path: str | Path = "docs/reference.md") -> None:
+    """Rewrite the options section of ``path`` (between OPTIONS_MARKERS) from the parser."""
+    start, end = OPTIONS_MARKERS
+    doc = Path(path).read_text()
+    head, rest = doc.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    Path(path).write_text(f"{head}{start}\n{options_reference()}\n{end}{tail}")
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """vaekit's own warnings as one stderr line, like its errors; others as Python writes them."""
     if issubclass(category, VaekitWarning):

@@ -3,7 +3,7 @@ number of CPU threads that neither the load nor the libraries change (``--thread
 
 bfloat16 autocast pays for sure only where matrix units multiply bfloat16 faster than float32:
 NVIDIA GPUs from compute capability 8.0 (Ampere) on, and CPUs with AMX tiles (Intel Sapphire
-Rapids and later). A CPU with AVX-512 bfloat16 instructions but no AMX (this project's AMD EPYC)
+Rapids and later). A CPU with AVX-512 bfloat16 instructions but no AMX (an AMD EPYC, measured)
 multiplies large bfloat16 matrices about 4x as fast as float32 ones, but the VAE's small products
 gain little after autocast's casts: the whole step ranges from slower to faster than float32 with
 the load (``BF16_NO_AMX_STEP``). Without bfloat16 instructions the products are emulated."""
