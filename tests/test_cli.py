@@ -1332,6 +1332,21 @@ def test_overwrite_refuses_data_inside_the_run_directory(run_copy, files, capsys
     assert snapshot(run_copy) == before
 
 
+def test_a_refused_overwrite_leaves_the_old_run(run_copy, files, capsys):
+    """--overwrite empties the directory only once the new run has passed its checks: data
+    outside the likelihood's support, or a model too large for memory, leave the old run (also
+    one without last.safetensors, as VAE.save writes it) as it was."""
+    before = snapshot(run_copy)
+    code, out, err = cli(capsys, "train", "--data", files / "ten.csv", "--likelihood", "bernoulli", "--out", run_copy, *SMALL, "--overwrite")
+    assert_error(code, out, err, 1, "outside the support of the bernoulli likelihood")
+    assert snapshot(run_copy) == before
+    (run_copy / "last.safetensors").unlink()
+    before = snapshot(run_copy)
+    code, out, err = cli(capsys, "train", "--data", "digits", "--latent-dim", "1000000000", "--out", run_copy, *SMALL, "--overwrite")
+    assert_error(code, out, err, 2, "parameters", "free")
+    assert snapshot(run_copy) == before
+
+
 def test_a_verb_does_not_write_over_the_runs_own_files(run_copy, capsys):
     """bubbles.npz (and the checkpoints) are the run's; its pictures are for the verbs to redraw."""
     before = snapshot(run_copy)

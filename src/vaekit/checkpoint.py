@@ -141,14 +141,7 @@ def clear_run(run_dir: str | Path) -> None:
     from .lock import LOCK_FILE
 
     run_dir = Path(run_dir)
-    entries = run_entries(run_dir)
-    if entries:
-        if CONFIG_FILE not in entries:
-            raise CheckpointError(f"{run_dir} does not look like a vaekit run (no {CONFIG_FILE}; it holds {shown(entries)}); not deleting it")
-        try:
-            RunConfig.load(run_dir / CONFIG_FILE)
-        except ConfigError as e:
-            raise CheckpointError(f"{run_dir} does not look like a vaekit run ({e}); not deleting it") from None
+    check_clearable(run_dir)
     if not run_dir.is_dir():
         return
     # config.json goes last: a kill midway leaves a directory that still looks like a run, so
@@ -160,6 +153,19 @@ def clear_run(run_dir: str | Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+
+def check_clearable(run_dir: Path) -> None:
+    """What ``clear_run`` refuses, asked on its own: ``--overwrite`` asks it before reading the
+    data and empties the directory only once the new run has passed every check."""
+    entries = run_entries(run_dir)
+    if entries:
+        if CONFIG_FILE not in entries:
+            raise CheckpointError(f"{run_dir} does not look like a vaekit run (no {CONFIG_FILE}; it holds {shown(entries)}); not deleting it")
+        try:
+            RunConfig.load(run_dir / CONFIG_FILE)
+        except ConfigError as e:
+            raise CheckpointError(f"{run_dir} does not look like a vaekit run ({e}); not deleting it") from None
 
 
 def _read_header(data: bytes) -> dict[str, str]:

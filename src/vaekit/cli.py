@@ -262,12 +262,12 @@ def cmd_train(args) -> int:
             if (run_dir / ckpt.CONFIG_FILE).exists() and not args.overwrite:
                 raise VaekitError(_holds_a_run(run_dir))
             if args.overwrite and int(os.environ.get("RANK", "0")) == 0:
-                # Only the lock holder empties the directory: a rank above 0 holds no lock, and
-                # the others wait for rank 0 in the process group before they read anything.
-                ckpt.clear_run(run_dir)
-            else:
+                # A directory that holds something else than a run is refused now; the old run
+                # goes only once the new one has passed its checks (train_run).
+                ckpt.check_clearable(run_dir)
+            elif not args.overwrite:
                 _check_not_foreign(run_dir)
-            summary = train_run(config, run_dir, resume=False, progress=progress)
+            summary = train_run(config, run_dir, resume=False, progress=progress, overwrite=args.overwrite)
     if summary.get("rank", 0) != 0:  # data-parallel: rank 0 alone reports
         return 0
     _report(

@@ -46,13 +46,15 @@ def model_config(x_train, image_shape, options: dict[str, Any], named: tuple[flo
 
 
 def train_run(
-    run_config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = False
+    run_config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """What ``vaekit train`` does: load the data, fit, draw the pictures, evaluate on the test
     split (ELBO and log p(x) with K = eval_k), reporting on stderr as it goes (one line per
     epoch and the evaluation's progress, unless ``quiet``; tqdm bars instead of the progress
     lines when ``progress``) and, with ``tensorboard``, into RUN_DIR/tensorboard/. The caller
-    holds the run directory's lock (``vaekit.lock``). Returns the summary that the CLI prints."""
+    holds the run directory's lock (``vaekit.lock``). ``overwrite`` empties RUN_DIR of the run it
+    holds once the data and the model have passed every check (a refused run leaves the old one).
+    Returns the summary that the CLI prints."""
 
     run_dir = Path(run_dir)
     distributed = init_distributed(run_config.train.device)
@@ -63,11 +65,13 @@ def train_run(
         local = int(os.environ.get("LOCAL_RANK", "0"))
         run_config = dataclasses.replace(run_config, train=dataclasses.replace(run_config.train, device=f"cuda:{local}"))
     created = not run_dir.exists()
+    cleared: list[bool] = []  # _train_run appends once it has emptied RUN_DIR for the new run
     try:
         try:
-            summary = _train_run(run_config, run_dir, resume, progress)
+            summary = _train_run(run_config, run_dir, resume, progress, overwrite, cleared)
         except BaseException:
-            if not resume and rank_world()[0] == 0:
+            # Under overwrite the old run stays until the checks pass: before that, nothing to undo.
+            if not resume and rank_world()[0] == 0 and (not overwrite or cleared):
                 _remove_unfinished(run_dir, created)
             raise
         if distributed:
@@ -104,7 +108,7 @@ def _remove_unfinished(run_dir: Path, created: bool) -> None:
         run_dir.rmdir()
 
 
-def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
+def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: bool, overwrite: bool, cleared: list[bool]) -> dict[str, Any]:
     from .data import check_data, load_dataset
     from .evaluate import evaluate
     from .hardware import check_model_fits
@@ -133,6 +137,13 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
             scaling=scaling,
         )
     rank, _ = rank_world()
+    if overwrite and rank == 0:
+        # Only the lock holder empties the directory, and only now: a run refused by the checks
+        # above leaves the old one. The other ranks read nothing of RUN_DIR in a new run.
+        from . import checkpoint as ckpt
+
+        ckpt.clear_run(run_dir)
+        cleared.append(True)
     cfg = run_config.train
     # Rank 0 alone reports; --quiet silences the lines and the bars, not --tensorboard.
     bars = progress and not cfg.quiet and rank == 0
