@@ -533,6 +533,22 @@ def test_model_of_image_arrays_takes_them_unflattened(tmp_path, capsys):
     np.testing.assert_allclose(np.load(tmp_path / "z.npy")[:, : z.shape[1]], z, rtol=1e-6)  # μ, then log σ²
 
 
+def test_pictures_of_a_float64_model(tmp_path, capsys):
+    """A float64 model's reconstructions, nearly constant where the digits' pixels are (a
+    border pixel is always 0), are drawn: a picture asks nothing of float32's resolution."""
+    from sklearn.datasets import load_digits
+
+    np.save(tmp_path / "images.npy", load_digits().images[:300] / 16)
+    run_dir = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "images.npy", "--out", run_dir, "--net", "conv", "--channels", "4,8",
+                       "--dtype", "float64", "--latent-dim", "4", *SMALL)  # fmt: skip
+    assert code == 0, err
+    for verb, extra in (("reconstruct", ("--data", tmp_path / "images.npy")), ("sample", ())):
+        code, _, err = cli(capsys, verb, run_dir, *extra, "--out", tmp_path / f"{verb}.png")
+        assert code == 0, err
+        assert (tmp_path / f"{verb}.png").read_bytes()[:8] == PNG_MAGIC
+
+
 def test_images_of_other_channel_counts_train_without_image_pictures(tmp_path, capsys):
     """(n, C, H, W) with C not 1 or 3 are data, not pictures: the run trains and draws what
     needs no image grid; a .png of samples or reconstructions is refused in one line."""

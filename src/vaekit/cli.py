@@ -626,10 +626,13 @@ def _columns(est) -> list[str] | None:
 
 
 def _model_values(est, x):
-    """Rows of the user's values as the model sees them (its input map), for pictures."""
+    """Rows of the user's values as the model sees them (its input map), for pictures: in
+    float64, since a picture asks nothing of float32's resolution."""
+    import numpy as np
+
     from .scaling import apply
 
-    return apply(est.scaling_, x)
+    return apply(est.scaling_, x, np.float64)
 
 
 def cmd_score(args) -> int:
