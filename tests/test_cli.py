@@ -569,6 +569,20 @@ def test_images_of_other_channel_counts_train_without_image_pictures(tmp_path, c
     assert not (tmp_path / "x.png").exists()
 
 
+def test_split_all_of_a_named_dataset_keeps_its_row_order(run, tmp_path, capsys):
+    """`--split all` (the default of encode, reconstruct and score) gives a named dataset's rows
+    in its own order: row i of the output is row i of load_digits().data, as in the API."""
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data
+    est = vaekit.load(run)
+    for verb, extra in (("encode", ()), ("score", ("--k", "5"))):
+        code, _, err = cli(capsys, verb, run, "--data", "digits", *extra, "--out", tmp_path / f"{verb}.npy")
+        assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "encode.npy")[:, : est.model_.latent_size], est.transform(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "score.npy"), est.score_samples(x, k=5), rtol=1e-5)
+
+
 def test_score_user_csv_matches_api(run, files, digits_rows, tmp_path, capsys):
     code, out, _ = cli(capsys, "score", run, "--data", files / "digits50.csv", "--out", tmp_path / "s.npy", "--k", "10", "--json")
     assert code == 0

@@ -79,9 +79,9 @@ def test_digits_shapes_values_and_seeded_split():
     np.testing.assert_array_equal(ds.labels["train"], ref.target[perm[:1258]])
     np.testing.assert_array_equal(ds.split_labels("test"), ref.target[perm[1438:]])
 
-    # 'all' is train, valid, test in that order; together they are a permutation of the data.
-    np.testing.assert_array_equal(ds.split("all"), ref.data[perm].astype(np.float32))
-    np.testing.assert_array_equal(ds.split_labels("all"), ref.target[perm])
+    # 'all' is every row in the dataset's own order, labels with them.
+    np.testing.assert_array_equal(ds.split("all"), ref.data.astype(np.float32))
+    np.testing.assert_array_equal(ds.split_labels("all"), ref.target)
 
 
 def test_digits_same_seed_same_split_other_seed_differs():
@@ -177,8 +177,10 @@ def test_npy_round_trip_and_fraction_split(tmp_path):
     assert (ds.train.shape, ds.valid.shape, ds.test.shape) == ((35, 4), (5, 4), (10, 4))
     assert ds.image_shape is None and ds.labels == {"train": None, "valid": None, "test": None}
     perm = np.random.default_rng(1).permutation(50)
-    # float64 values keep their precision until a model's input map (float32 would round them).
-    np.testing.assert_array_equal(ds.split("all"), x[perm])
+    np.testing.assert_array_equal(ds.test, x[perm[40:]])
+    # float64 values keep their precision until a model's input map (float32 would round them);
+    # 'all' is the file's rows in the file's order.
+    np.testing.assert_array_equal(ds.split("all"), x)
     assert ds.train.dtype == np.float64
 
     xa, y, shape = load_array(str(tmp_path / "x.npy"))
@@ -200,7 +202,8 @@ def test_3d_npy_gets_image_shape_and_4d_keeps_channels(tmp_path):
     ds = load_dataset(DataConfig(source=str(tmp_path / "imgs.npy")))
     assert ds.image_shape == (5, 7) and ds.dim == 35
     perm = np.random.default_rng(0).permutation(20)
-    np.testing.assert_array_equal(ds.split("all"), imgs.reshape(20, 35)[perm].astype(np.float32))
+    np.testing.assert_array_equal(ds.train, imgs.reshape(20, 35)[perm[:14]].astype(np.float32))
+    np.testing.assert_array_equal(ds.split("all"), imgs.reshape(20, 35).astype(np.float32))
 
     np.save(tmp_path / "rgb.npy", np.zeros((4, 3, 2, 2), np.float32))
     x, _, shape = load_array(str(tmp_path / "rgb.npy"))
@@ -716,3 +719,14 @@ def test_unknown_dataset_name_through_the_cli(tmp_path, capsys, monkeypatch):
     assert err.startswith("vaekit: error: unknown dataset 'mnist_typo': not a file, and not one of ")
     assert sorted(err.strip().rsplit("not one of ", 1)[1].split(", ")) == DATASETS.names()
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_split_all_is_the_source_order_when_valid_is_carved_from_train(tmp_path):
+    """An .npz with train and test arrays: valid is carved from train, and 'all' gives the
+    file's rows as it holds them, train's then test's, labels with them."""
+    tr, te = np.arange(40.0).reshape(20, 2), -np.arange(10.0).reshape(5, 2)
+    np.savez(tmp_path / "tt.npz", train=tr, test=te, train_labels=np.arange(20), test_labels=np.arange(20, 25))
+    ds = load_dataset(DataConfig(source=str(tmp_path / "tt.npz"), valid_fraction=0.25))
+    assert len(ds.valid) == 5 and len(ds.train) == 15
+    np.testing.assert_array_equal(ds.split("all"), np.concatenate([tr, te]))
+    np.testing.assert_array_equal(ds.split_labels("all"), np.arange(25))

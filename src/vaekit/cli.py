@@ -344,7 +344,7 @@ def _run_parser(sub, name: str, help: str, data_required: bool, default_split: s
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'vaekit train'")
     p.add_argument("--data", required=data_required, help=_data_help() + ("" if data_required else " (default: the run's own data)"))
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz")
-    p.add_argument("--split", choices=SPLITS, default=default_split, help=f"rows to use (default {default_split}; 'all' keeps a file's own row order)")
+    p.add_argument("--split", choices=SPLITS, default=default_split, help=f"rows to use (default {default_split}; 'all': every row, in the data's own order)")
     if seed is not None:  # a verb without randomness has no --seed (q of new rows is a function of x and θ)
         p.add_argument("--seed", type=_seed, default=0, help=seed)
     p.add_argument("--mmap", action="store_true", help="memory-map a .npy --data and stream its rows (default: as the run was trained)")

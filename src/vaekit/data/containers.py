@@ -45,15 +45,19 @@ class Dataset:
     # (shift, scale): a named dataset's map from its raw values to the ones its models see,
     # x' = (x − shift)/scale (digits: (0, 16)); None for none. The splits hold raw values.
     scaling: tuple[float, float] | None = None
+    # Each split's row numbers in the source it was split from, so that split("all") gives the
+    # rows in the source's order (row i of "all" is row i of load_digits().data, say); None
+    # where the source came split (its splits in train, valid, test order).
+    rows: dict[str, np.ndarray] | None = None
 
     def split(self, name: str) -> np.ndarray:
         """One split; ``'all'`` is train, valid and test concatenated in that order."""
         _check_split(name)
         if name == "all":
-            if isinstance(self.train, MappedRows):
-                rows = np.concatenate([p.index for p in (self.train, self.valid, self.test)])
+            if isinstance(self.train, MappedRows):  # its rows are the file's: in the file's order
+                rows = np.sort(np.concatenate([p.index for p in (self.train, self.valid, self.test)]))
                 return MappedRows(self.train.array, rows, self.train.scaling, self.train.dtype)
-            return np.concatenate([self.train, self.valid, self.test], axis=0)
+            return np.concatenate([self.train, self.valid, self.test], axis=0)[self._source_order()]
         return getattr(self, name)
 
     def split_labels(self, name: str) -> np.ndarray | None:
@@ -63,8 +67,14 @@ class Dataset:
             parts = [self.labels.get(s) for s in SPLIT_NAMES]
             if any(p is None for p in parts):
                 return None
-            return np.concatenate(parts)
+            return np.concatenate(parts)[self._source_order()]
         return self.labels.get(name)
+
+    def _source_order(self) -> slice | np.ndarray:
+        """The positions in train + valid + test that put the rows in the source's order."""
+        if self.rows is None:
+            return slice(None)
+        return np.argsort(np.concatenate([self.rows[s] for s in SPLIT_NAMES]), kind="stable")
 
     @property
     def dim(self) -> int:

@@ -84,10 +84,12 @@ def resolve_path(source: str, data_dir: str | None) -> Path:
 def _load_user_file(path: Path, config: DataConfig) -> Dataset:
     arrays, labels = read(path)
     flat, image_shape = flatten_all(arrays, path)
+    rows = None
     if "x" in flat:
         parts = split_by_fractions(
             flat["x"], labels["x"], str(path), config.valid_fraction, config.test_fraction, config.split_seed
         )
+        rows = {s: parts[s][2] for s in SPLIT_NAMES}
     else:
         parts = {"test": (flat["test"], labels["test"])}
         if "valid" in flat:
@@ -100,6 +102,9 @@ def _load_user_file(path: Path, config: DataConfig) -> Dataset:
                 config.valid_fraction, 0.0, config.split_seed,
             )
             parts["train"], parts["valid"] = carved["train"], carved["valid"]
+            # The file's order: its train array (carved into train and valid), then test.
+            n_train = len(flat["train"])
+            rows = {"train": carved["train"][2], "valid": carved["valid"][2], "test": n_train + np.arange(len(flat["test"]))}
     return Dataset(
         name=str(path),
         train=parts["train"][0],
@@ -107,6 +112,7 @@ def _load_user_file(path: Path, config: DataConfig) -> Dataset:
         test=parts["test"][0],
         image_shape=image_shape,
         labels={s: parts[s][1] for s in SPLIT_NAMES},
+        rows=rows,
     )
 
 

@@ -42,9 +42,10 @@ def split_rows(n: int, vf: float, tf: float, seed: int) -> dict[str, np.ndarray]
 
 def split_by_fractions(
     x: np.ndarray, y: np.ndarray | None, what: str, vf: float, tf: float, seed: int
-) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """``(x, y)`` of each split, as ``split_rows`` says (``split_sizes`` for the sizes);
-    DataError naming ``what`` and the rows needed when there are too few."""
+) -> dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+    """``(x, y, rows)`` of each split, as ``split_rows`` says (``split_sizes`` for the sizes;
+    ``rows``: the split's row numbers in x); DataError naming ``what`` and the rows needed when
+    there are too few."""
     n = len(x)
     if not split_ok(n, vf, tf):
         need = next(m for m in range(max(n, 2), 10**9) if split_ok(m, vf, tf))
@@ -53,4 +54,4 @@ def split_by_fractions(
             f"test_fraction={tf:g} (train >= 2 rows, valid and test >= 1 row each when their fraction is > 0)"
         )
     idx = split_rows(n, vf, tf, seed)
-    return {s: (np.ascontiguousarray(x[i]), None if y is None else y[i]) for s, i in idx.items()}
+    return {s: (np.ascontiguousarray(x[i]), None if y is None else y[i], i) for s, i in idx.items()}

@@ -39,4 +39,5 @@ class Digits(NamedDataset):
             test=parts["test"][0],
             image_shape=(8, 8),
             labels={s: parts[s][1] for s in SPLIT_NAMES},
+            rows={s: parts[s][2] for s in SPLIT_NAMES},
         )

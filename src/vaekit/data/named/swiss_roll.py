@@ -64,4 +64,5 @@ class SwissRoll(NamedDataset):
             test=parts["test"][0],
             image_shape=None,
             labels={s: parts[s][1] for s in SPLIT_NAMES},
+            rows={s: parts[s][2] for s in SPLIT_NAMES},
         )
