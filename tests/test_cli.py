@@ -1138,7 +1138,7 @@ def test_resume_may_change_the_speed_settings(files, tmp_path, capsys):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     # A speed option that acts on nothing is refused on resume as on a new run, and changes nothing.
     code, _, err = cli(capsys, "train", "--out", out, "--resume", "--epochs", "3", "--compile-mode", "reduce-overhead")
-    assert code == 2 and err.strip() == "vaekit: error: --compile-mode applies only when compile is on; this run has compile off"
+    assert code == 2 and err.strip() == "vaekit: error: --compile-mode applies only when --compile is on; this run has compile off"
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
 
 
@@ -1251,7 +1251,17 @@ def test_train_on_the_iwae_objective(tmp_path, capsys):
         # Options that act only under another option's value, given without it.
         (["--likelihood", "gaussian", "--fixed-std", "0.5"], "--fixed-std applies to variance fixed only; this run has variance shared"),
         (["--likelihood", "gaussian", "--fixed-std", "1"], "--fixed-std applies to variance fixed only"),  # even at its default
-        (["--compile-mode", "reduce-overhead"], "--compile-mode applies only when compile is on; this run has compile off"),
+        (["--compile-mode", "reduce-overhead"], "--compile-mode applies only when --compile is on; this run has compile off"),
+        (["--refine-lr", "0.1"], "--refine-lr applies only when --refine-steps > 0; this run has refine_steps 0"),
+        (["--local-steps", "5"], "--local-steps applies to inference vi or map or autoencoder only; this run has inference amortized"),
+        (["--inference", "map", "--n-samples", "3"], "--n-samples applies to inference amortized or topdown or ladder or vi only; this run has inference map"),
+        (["--inference", "autoencoder", "--objective", "elbo", "--n-samples", "2"], "--n-samples applies to inference"),
+        (["--dtype", "float64", "--matmul-precision", "medium"], "--matmul-precision applies to dtype float32 only; this run has dtype float64"),
+        # One latent group: these would be inference amortized under another name.
+        (["--inference", "topdown"], "--inference topdown applies to models with several latent groups"),
+        (["--inference", "ladder", "--latent-dim", "4"], "--inference ladder applies to models with several latent groups (latent_dim 40,40) only; with one, 4, it is inference amortized"),
+        (["--prior", "aggregate", "--prior-from", "elsewhere", "--prior-mixture", "11", "--prior-components", "10"],
+         "--prior-mixture must be at most prior_components, the posteriors it is fitted to: got 11 components for 10"),
         (["--objective", "nope"], "--objective must be one of"),
         (["--net", "nope"], "--net must be one of"),
     ],
@@ -1362,7 +1372,7 @@ def test_overwrite_refuses_data_inside_the_run_directory(run_copy, files, capsys
     assert snapshot(run_copy) == before
 
 
-def test_a_refused_overwrite_leaves_the_old_run(run_copy, files, capsys):
+def test_a_refused_overwrite_leaves_the_old_run(run, run_copy, files, capsys):
     """--overwrite empties the directory only once the new run has passed its checks: data
     outside the likelihood's support, or a model too large for memory, leave the old run (also
     one without last.safetensors, as VAE.save writes it) as it was."""
@@ -1375,6 +1385,12 @@ def test_a_refused_overwrite_leaves_the_old_run(run_copy, files, capsys):
     code, out, err = cli(capsys, "train", "--data", "digits", "--latent-dim", "1000000000", "--out", run_copy, *SMALL, "--overwrite")
     assert_error(code, out, err, 2, "parameters", "free")
     assert snapshot(run_copy) == before
+    # The earlier run an aggregate prior reads: missing, or of another latent size.
+    for prior_from, culprit in ((run_copy.parent / "missing", "not a run directory"), (run, "latent size is 2, this model's top group has 3")):
+        code, out, err = cli(capsys, "train", "--data", "digits", "--latent-dim", "3", "--prior", "aggregate", "--prior-from", prior_from,
+                             "--out", run_copy, *SMALL, "--overwrite")  # fmt: skip
+        assert code != 0 and culprit in err, err
+        assert snapshot(run_copy) == before
 
 
 def test_a_verb_does_not_write_over_the_runs_own_files(run_copy, capsys):

@@ -208,7 +208,7 @@ class _option_names:
             names = "|".join(sorted(options, key=len, reverse=True))
             # "lr must be", "decoder_input all applies", "... needs prior_from", "... below
             # logvar_max": the names of options.
-            pattern = rf"\b({names})\b(?=\s+(?:\w+\s+)?(?:[+]|(?:must|applies|cannot|needs)\b))|(?:(?<=needs )|(?<=below ))({names})\b"
+            pattern = rf"\b({names})\b(?=\s+(?:\w+\s+)?(?:[+]|(?:must|applies|cannot|needs)\b))|(?:(?<=needs )|(?<=below )|(?<=when ))({names})\b"
             msg = re.sub(pattern, lambda m: _flag(options[m.group(1) or m.group(2)]), str(err))
             raise ConfigError(msg) from None
         return False

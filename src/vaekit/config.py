@@ -142,12 +142,19 @@ GAP_STEPS = 2000
 AUTO = {"likelihood": "auto", "standardize": "auto"}
 # Inference methods whose q(z|x) comes from a network's (μ, log σ²) head.
 HEADED_INFERENCE = ("amortized", "topdown", "ladder")
-# Options that act only under another option's value: (section, option, the values it acts
-# under). Given without it they would be silently ignored, so a new run (the CLI, the
-# estimator's fit) refuses them; a saved config that holds such a pair still loads.
+# Options that act only under another option's value: name -> (the option's section, the
+# other's section, the other option, the values it acts under, or a test and its words). Given
+# without it they would be silently ignored, so a new run (the CLI, the estimator's fit)
+# refuses them; a saved config that holds such a pair still loads.
 ACTS_UNDER = {
-    "fixed_std": ("model", "variance", ("fixed",)),
-    "compile_mode": ("train", "compile", (True,)),
+    "fixed_std": ("model", "model", "variance", ("fixed",)),
+    "compile_mode": ("train", "train", "compile", (True,)),
+    "refine_lr": ("model", "model", "refine_steps", (lambda v: v > 0, "> 0")),
+    # vi fits a new row's q, map and autoencoder the Gaussian proposal around their point.
+    "local_steps": ("model", "model", "inference", ("vi", "map", "autoencoder")),
+    # A point estimate's q has no noise: every sample of it is the same z.
+    "n_samples": ("train", "model", "inference", (*HEADED_INFERENCE, "vi")),
+    "matmul_precision": ("train", "train", "dtype", ("float32",)),
 }
 
 
@@ -155,9 +162,14 @@ def inert_options(config, given: dict[str, set[str]]) -> list[str]:
     """'<option> applies to <other> <value> only; ...' for each option among ``given`` (names per
     section) that the RunConfig ``config`` would ignore (ACTS_UNDER)."""
     bad = []
-    for name, (section, other, values) in ACTS_UNDER.items():
-        now = getattr(getattr(config, section), other)
-        if name in given.get(section, ()) and now not in values:
+    for name, (section, other_section, other, values) in ACTS_UNDER.items():
+        if name not in given.get(section, ()):
+            continue
+        now = getattr(getattr(config, other_section), other)
+        if callable(values[0]):
+            if not values[0](now):
+                bad.append(f"{name} applies only when {other} {values[1]}; this run has {other} {now}")
+        elif now not in values:
             if values == (True,):
                 bad.append(f"{name} applies only when {other} is on; this run has {other} off")
             else:

@@ -137,6 +137,8 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
             scaling=scaling,
         )
     rank, _ = rank_world()
+    if not resume:
+        model.prior.check_source()  # what the prior will read at the first step (an earlier run)
     if overwrite and rank == 0:
         # Only the lock holder empties the directory, and only now: a run refused by the checks
         # above leaves the old one. The other ranks read nothing of RUN_DIR in a new run.

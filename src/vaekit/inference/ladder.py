@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..distributions import DiagonalNormal, Posterior
+from ..errors import ConfigError
 from ..latents import LadderPosterior
 from ..nets import MLP, NETS, GaussianHead
 from . import INFERENCE, InferenceMethod
@@ -22,9 +23,18 @@ class Ladder(InferenceMethod):
     nets p(z_l | z_{l+1}) are the model's ``downward`` nets themselves, read at call time: the
     prior and the posterior share them, and they learn from both sides of the ELBO.
 
-    With one latent group there is nothing to weight: q(z|x) is the encoder's Gaussian, the
-    same q (and the same parameters) as ``amortized`` without refinement.
+    With one latent group it would be the encoder's Gaussian, ``amortized``'s q: refused, so
+    that a run asked for ladder inference is one.
     """
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if config.layers == 1:
+            raise ConfigError(
+                f"inference ladder applies to models with several latent groups (latent_dim 40,40) only; "
+                f"with one, {config.latent_words}, it is inference amortized"
+            )
 
     def __init__(self, config, latents):
         super().__init__(config, latents)

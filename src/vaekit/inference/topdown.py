@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..distributions import DiagonalNormal, Posterior
+from ..errors import ConfigError
 from ..latents import Conditional, TopDown
 from ..nets import NETS, Branches, GaussianHead
 from . import INFERENCE, InferenceMethod
@@ -24,8 +25,18 @@ class TopDownInference(InferenceMethod):
     is defined for any number of groups. Paired with ``decoder_input="all"`` the generative
     side is theirs too: p(z_2) p(z_1|z_2) p(x|z_1, z_2).
 
-    With one latent group it is the encoder's Gaussian, the same q as ``amortized``.
+    With one latent group it would be the encoder's Gaussian, ``amortized``'s q: refused, so
+    that a run asked for topdown inference is one.
     """
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if config.layers == 1:
+            raise ConfigError(
+                f"inference topdown applies to models with several latent groups (latent_dim 40,40) only; "
+                f"with one, {config.latent_words}, it is inference amortized"
+            )
 
     top_from_x = True
 

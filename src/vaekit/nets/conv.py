@@ -120,7 +120,7 @@ class ConvDecoder(nn.Module):
 @NETS.register(
     "conv",
     options={
-        "channels": Option((32, 64), "channels of the conv net's stride-2 convolutions, comma-separated (each halves the image side); the decoder mirrors them", type="widths"),
+        "channels": Option((32, 64), "channels of the conv net's stride-2 convolutions, comma-separated (each halves the image side, down to 1x1: layers beyond that keep the 1x1 map); the decoder mirrors them", type="widths"),
     },
 )
 class ConvNet(Net):

@@ -28,6 +28,11 @@ class Prior(nn.Module):
         """Raise ConfigError if the prior cannot serve this model config (checked when the
         ModelConfig is made); every config is fine by default."""
 
+    def check_source(self) -> None:
+        """Raise ConfigError (or CheckpointError) if what ``init_from_data`` will read cannot
+        serve: asked before a run writes anything (``--overwrite`` empties its directory only
+        after). Nothing to check by default."""
+
     def init_from_data(self, x_train, rng) -> None:
         """Look at the training rows (an array, or ``MappedRows``) once, at the start of a fresh
         run, before the first step; ``rng`` is a ``numpy.random.Generator`` seeded by the run's

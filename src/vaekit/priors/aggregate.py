@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -57,6 +59,28 @@ class AggregatePrior(Prior):
     def check_config(cls, config) -> None:
         if config.prior_from is None:
             raise ConfigError("prior aggregate needs prior_from, the run directory whose aggregate posterior becomes the prior")
+        if config.prior_mixture is not None and config.prior_mixture > config.prior_components:
+            raise ConfigError(
+                f"prior_mixture must be at most prior_components, the posteriors it is fitted to: got {config.prior_mixture} "
+                f"components for {config.prior_components}"
+            )
+
+    def check_source(self) -> None:
+        """The earlier run is there, a run of this top group's size, trained on rows on disk."""
+        from ..checkpoint import CONFIG_FILE
+        from ..config import RunConfig
+        from ..errors import CheckpointError
+
+        where = f"prior_from {self.source}"
+        path = Path(self.source) / CONFIG_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{where}: not a run directory (no {CONFIG_FILE})")
+        config = RunConfig.load(path)
+        sizes = config.model.latent_dim if isinstance(config.model.latent_dim, tuple) else (config.model.latent_dim,)
+        if len(sizes) != 1 or sizes[0] != self.size:
+            raise ConfigError(f"{where}: that run's latent size is {','.join(map(str, sizes))}, this model's top group has {self.size}; they must match")
+        if config.data.source == "array":
+            raise ConfigError(f"{where}: that run was fitted on an in-memory array, so its training rows are not on disk")
 
     @torch.no_grad()
     def init_from_data(self, x_train, rng: np.random.Generator) -> None:
@@ -67,15 +91,10 @@ class AggregatePrior(Prior):
         from ..scaling import model_rows
 
         where = f"prior_from {self.source}"
+        self.check_source()
         # Rebuilding the earlier model draws initial weights: keep them off this run's stream.
         with torch.random.fork_rng(devices=[]):
             config, model = load_run(self.source)
-        if len(model.latents) != 1 or model.latent_size != self.size:
-            raise ConfigError(
-                f"{where}: that run's latent size is {','.join(str(g.size) for g in model.latents)}, this model's top group has {self.size}; they must match"
-            )
-        if config.data.source == "array":
-            raise ConfigError(f"{where}: that run was fitted on an in-memory array, so its training rows are not on disk")
         data = load_dataset(config.data)
         x = model_rows(config.model, data.train, data.scaling)  # as that model sees them
         n, m = len(x), self.rows
@@ -85,6 +104,8 @@ class AggregatePrior(Prior):
         if not isinstance(q, DiagonalNormal):
             raise ConfigError(f"{where}: that run's q(z|x) is a {type(q).__name__}, not a diagonal Gaussian")
         if self.fit_components:
+            if self.fit_components > len(rows):
+                raise ConfigError(f"{where}: prior_mixture {self.fit_components} is more components than that run's {len(rows)} training rows")
             self._fit_mixture(q, rng)
             return
         k = len(rows)
