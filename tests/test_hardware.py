@@ -182,7 +182,7 @@ def test_parameter_count_is_the_built_models_for_every_registered_model():
         assert hardware.parameter_count(config) == sum(p.numel() for p in model.parameters()), options
         assert torch.equal(torch.get_rng_state(), state)  # the initial weights stay the seed's
         built += 1
-    assert built > 300  # measured: 369 of the 432 combinations are valid
+    assert built > 250  # measured: 297 of the 432 combinations are valid
     assert not torch.empty(1).is_meta  # the default device is the CPU again
 
 

@@ -20,8 +20,9 @@ from vaekit.evaluate import evaluate, gaps
 from vaekit.train import fit
 
 METHODS = ("amortized", "autoencoder", "map", "vi")
-TRAIN_ARGS = ["--data", "digits", "--hidden", "32", "--latent-dim", "4", "--eval-k", "5", "--local-steps", "10"]
-EXTRA = {"amortized": ["--refine-steps", "2"]}
+TRAIN_ARGS = ["--data", "digits", "--hidden", "32", "--latent-dim", "4", "--eval-k", "5"]
+# --local-steps: the per-point fits of vi's new rows and of the point estimates' proposals.
+EXTRA = {"amortized": ["--refine-steps", "2"], **{m: ["--local-steps", "10"] for m in ("autoencoder", "map", "vi")}}
 GAP_KEYS = {"log_likelihood", "elbo", "elbo_optimal", "approximation_gap", "amortization_gap", "n", "k",
             "approximation_gap_se", "amortization_gap_se", "steps", "steps_taken"}
 DIGITS_TEST_ROWS = 359  # round(1797 · 0.2), the CLI's default test split

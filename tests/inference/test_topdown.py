@@ -170,19 +170,13 @@ def test_vampprior_on_a_hierarchy_needs_the_top_group_from_x():
 
 
 @pytest.mark.parametrize("method", ["topdown", "ladder"])
-def test_one_group_is_the_amortized_encoder(method):
+def test_one_group_is_refused_as_the_amortized_encoder_it_would_be(method):
     """With one latent group there is nothing above to condition on or weight with: the
-    top-down and ladder methods are the plain encoder, same parameters from the same seed,
-    same q."""
-    x = torch.rand(5, 7, dtype=F64, generator=_gen(8))
-    qs = {}
-    for name in (method, "amortized"):
-        torch.manual_seed(0)
-        model = VAEModel(ModelConfig(input_dim=7, latent_dim=3, hidden=(5,), inference=name)).to(F64)
-        qs[name] = model.posterior(x)
-    assert type(qs[method]) is DiagonalNormal
-    torch.testing.assert_close(qs[method].mu, qs["amortized"].mu, rtol=0, atol=0)
-    torch.testing.assert_close(qs[method].logvar, qs["amortized"].logvar, rtol=0, atol=0)
+    top-down and ladder methods would be the plain encoder, so the config is refused."""
+    from vaekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"inference {method} applies to models with several latent groups .* it is inference amortized"):
+        ModelConfig(input_dim=7, latent_dim=3, hidden=(5,), inference=method)
 
 
 def test_iwae_with_the_fitted_q_converges_to_the_exact_log_px():
