@@ -35,6 +35,9 @@ class InferenceMethod(nn.Module):
     # True when q(z_L|x) of the top group is a diagonal Gaussian of x alone, with several
     # groups too, so that a prior may be built from it (the VampPrior).
     top_from_x: bool = False
+    # True for methods that differ from the plain encoder only over several latent groups
+    # (topdown, ladder): with one group they would be ``amortized`` under another name.
+    hierarchy_only: bool = False
 
     def __init__(self, config, latents):
         super().__init__()
@@ -47,6 +50,11 @@ class InferenceMethod(nn.Module):
         """Raise ConfigError if the method cannot serve this model config."""
         if cls.per_point and config.n_points < 1:
             raise ConfigError(f"inference {cls.name!r} keeps one latent per training row; n_points must be >= 1")
+        if cls.hierarchy_only and config.layers == 1:
+            raise ConfigError(
+                f"inference {cls.name} applies to models with several latent groups (latent_dim 40,40) only; "
+                f"with one, {config.latent_words}, it is inference amortized"
+            )
 
     def forward(self, model, x: torch.Tensor, idx: torch.Tensor | None = None) -> Posterior:  # pragma: no cover
         raise NotImplementedError

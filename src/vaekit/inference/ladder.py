@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from ..distributions import DiagonalNormal, Posterior
-from ..errors import ConfigError
 from ..latents import LadderPosterior
 from ..nets import MLP, NETS, GaussianHead
 from . import INFERENCE, InferenceMethod
@@ -27,14 +26,7 @@ class Ladder(InferenceMethod):
     that a run asked for ladder inference is one.
     """
 
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        if config.layers == 1:
-            raise ConfigError(
-                f"inference ladder applies to models with several latent groups (latent_dim 40,40) only; "
-                f"with one, {config.latent_words}, it is inference amortized"
-            )
+    hierarchy_only = True
 
     def __init__(self, config, latents):
         super().__init__(config, latents)

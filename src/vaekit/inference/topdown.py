@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from ..distributions import DiagonalNormal, Posterior
-from ..errors import ConfigError
 from ..latents import Conditional, TopDown
 from ..nets import NETS, Branches, GaussianHead
 from . import INFERENCE, InferenceMethod
@@ -29,14 +28,7 @@ class TopDownInference(InferenceMethod):
     that a run asked for topdown inference is one.
     """
 
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        if config.layers == 1:
-            raise ConfigError(
-                f"inference topdown applies to models with several latent groups (latent_dim 40,40) only; "
-                f"with one, {config.latent_words}, it is inference amortized"
-            )
+    hierarchy_only = True
 
     top_from_x = True
 
