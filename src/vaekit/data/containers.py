@@ -51,7 +51,8 @@ class Dataset:
     rows: dict[str, np.ndarray] | None = None
 
     def split(self, name: str) -> np.ndarray:
-        """One split; ``'all'`` is train, valid and test concatenated in that order."""
+        """One split; ``'all'`` is every row in the source's order (``rows``), or, where the
+        source came split, train, valid and test concatenated in that order."""
         _check_split(name)
         if name == "all":
             if isinstance(self.train, MappedRows):  # its rows are the file's: in the file's order
