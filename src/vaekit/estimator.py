@@ -76,7 +76,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     Every model and training option of ``vaekit train`` is a parameter (``latent_dim``,
     ``hidden``, ``likelihood``, ``inference``, ``objective``, ``beta``, ...; ``help(vaekit.VAE)``
     lists them with their defaults), and ``valid_fraction``; the options of files and run
-    directories (``--data``, ``--mmap``, ``--eval-k``, ...) are the command line's. ``likelihood="auto"`` picks Bernoulli for 0/1 data, continuous Bernoulli for
+    directories (``--data``, ``--mmap``, ``--eval-k``, ...) are the command line's.
+    ``likelihood="auto"`` picks Bernoulli for 0/1 data, continuous Bernoulli for
     values in [0, 1] and Gaussian otherwise; ``standardize="auto"`` then standardises each
     feature by the training rows' mean and std when they are not all in [0, 1] (``scaling_``).
     Every method takes X in its own units and answers in them: samples and reconstructions,
