@@ -253,6 +253,32 @@ def test_a_rank_above_zero_never_empties_the_run_directory(tmp_path, monkeypatch
     assert cleared == [] and sorted(p.name for p in run.iterdir()) == before
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_rank_zero_empties_the_run_directory_and_only_after_the_checks(tmp_path, monkeypatch, rank):
+    """train_run under overwrite: rank 0 empties the directory once data and model have passed
+    their checks (just before training); a rank above 0 never does."""
+    from vaekit import runs
+    from vaekit.cli import main
+
+    run = tmp_path / "victim"
+    assert main(["train", *COMMON, "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    config = vaekit.load(run).config_
+    cleared = []
+
+    class Stop(Exception):
+        pass
+
+    def fit(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr(ckpt, "clear_run", lambda d: cleared.append(Path(d)))
+    monkeypatch.setattr(runs, "rank_world", lambda: (rank, 2))
+    monkeypatch.setattr(runs, "fit", fit)
+    with pytest.raises(Stop):
+        runs.train_run(config, run, overwrite=True)
+    assert cleared == ([run] if rank == 0 else [])
+
+
 def test_torchrun_on_cuda_without_cuda_is_one_line_before_the_process_group(monkeypatch):
     """No CUDA means no NCCL: the device is refused as one process refuses it, before the
     process group would fail on its backend."""
