@@ -357,6 +357,23 @@ def test_continuous_bernoulli_float32_large_logits_mean_and_samples():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_diagonal_normal_of_an_exploding_variance_has_a_finite_density(dtype):
+    """log σ² ≈ 150 or more (an outlier's encoder): σ² and z would overflow and (z − μ)²/σ² be ∞/∞.
+    Capped where σ² stays finite: its draws, their log q and log N(z; 0, I) over the latent
+    dimensions, and the closed-form KL are finite."""
+    import vaekit.objectives.kl  # noqa: F401  (registers the closed forms)
+    from vaekit.distributions import logvar_ceiling
+
+    mu = torch.zeros(1, 8, dtype=dtype)
+    q = DiagonalNormal(mu, torch.full((1, 8), 1000.0, dtype=dtype))
+    assert float(q.logvar.max()) == pytest.approx(logvar_ceiling(dtype), abs=0.5)
+    z = q.rsample((4,), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(z).all() and torch.isfinite(q.log_prob(z)).all()
+    assert torch.isfinite(Normal(torch.zeros((), dtype=dtype), 1.0).log_prob(z).sum(-1)).all()
+    assert torch.isfinite(torch.distributions.kl_divergence(q, DiagonalNormal(mu, torch.zeros_like(mu)))).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_diagonal_normal_of_a_vanishing_variance_has_a_finite_density(dtype):
     """An encoder far outside its training range can output log σ² ≈ −1e4: 1/σ² overflows and
     (z − μ)²/σ² at z = μ would be 0·∞. log σ² is floored where 1/σ² stays finite, so log q at

@@ -146,8 +146,10 @@ class DiagonalNormal(Posterior):
     def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
         # An encoder far outside its training range (an outlier row) can output log σ² ≈ −1e4:
         # 1/σ² overflows and (z − μ)²/σ² at z = μ is 0·∞ = NaN. Floored where 1/σ² is finite,
-        # such a q is a point mass in all but name, and log q(z) is finite.
-        self.mu, self.logvar = mu, logvar.clamp(min=logvar_floor(logvar.dtype))
+        # such a q is a point mass in all but name, and log q(z) is finite. Or log σ² ≈ 150:
+        # σ² and z overflow and (z − μ)²/σ² is ∞/∞. Capped where σ² (and z², the KL's sums)
+        # stay finite, the outlier's log p(x) is finite and very low, as it should be.
+        self.mu, self.logvar = mu, logvar.clamp(min=logvar_floor(logvar.dtype), max=logvar_ceiling(logvar.dtype))
         batch_shape, event_shape = _event_batch(mu, logvar)
         super().__init__(batch_shape, event_shape, validate_args=False)
 
@@ -192,6 +194,13 @@ class DiagonalNormal(Posterior):
     def entropy(self) -> torch.Tensor:
         h = 0.5 * (self.logvar + 1.0 + LOG_2PI)
         return h.expand(self.batch_shape + self.event_shape).sum(-1)
+
+
+def logvar_ceiling(dtype: torch.dtype) -> float:
+    """The largest log σ² whose σ² stays below the square root of dtype's largest value / e
+    (43.9 in float32 and bfloat16, 354.4 in float64): sums of σ² and of z² = (μ + σε)² over
+    the latent dimensions, and a decoder's products of z, stay finite."""
+    return (math.log(torch.finfo(dtype).max) - 1.0) / 2
 
 
 def logvar_floor(dtype: torch.dtype) -> float:
