@@ -1385,6 +1385,13 @@ def test_a_refused_overwrite_leaves_the_old_run(run, run_copy, files, capsys):
     code, out, err = cli(capsys, "train", "--data", "digits", "--latent-dim", "1000000000", "--out", run_copy, *SMALL, "--overwrite")
     assert_error(code, out, err, 2, "parameters", "free")
     assert snapshot(run_copy) == before
+    # Refusals that come once training starts (the device, a loss NaN at its first step) give
+    # the old run back from where --overwrite set it aside.
+    late = [["--lr", "1e30"]] + ([] if torch.cuda.is_available() else [["--device", "cuda"]])
+    for argv in late:
+        code, out, err = cli(capsys, "train", "--data", "digits", "--out", run_copy, *SMALL, *argv, "--overwrite")
+        assert code != 0 and len(err.strip().splitlines()) == 1, err
+        assert snapshot(run_copy) == before
     # The earlier run an aggregate prior reads: missing, or of another latent size.
     for prior_from, culprit in ((run_copy.parent / "missing", "not a run directory"), (run, "latent size is 2, this model's top group has 3")):
         code, out, err = cli(capsys, "train", "--data", "digits", "--latent-dim", "3", "--prior", "aggregate", "--prior-from", prior_from,

@@ -255,8 +255,8 @@ def test_a_rank_above_zero_never_empties_the_run_directory(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_only_rank_zero_empties_the_run_directory_and_only_after_the_checks(tmp_path, monkeypatch, rank):
-    """train_run under overwrite: rank 0 empties the directory once data and model have passed
-    their checks (just before training); a rank above 0 never does."""
+    """train_run under overwrite: rank 0 sets the old run aside once data and model have passed
+    their checks (just before training); a rank above 0 never touches it."""
     from vaekit import runs
     from vaekit.cli import main
 
@@ -271,7 +271,7 @@ def test_only_rank_zero_empties_the_run_directory_and_only_after_the_checks(tmp_
     def fit(*a, **k):
         raise Stop
 
-    monkeypatch.setattr(ckpt, "clear_run", lambda d: cleared.append(Path(d)))
+    monkeypatch.setattr(ckpt, "set_aside", lambda d: cleared.append(Path(d)))
     monkeypatch.setattr(runs, "rank_world", lambda: (rank, 2))
     monkeypatch.setattr(runs, "fit", fit)
     with pytest.raises(Stop):

@@ -155,6 +155,44 @@ def clear_run(run_dir: str | Path) -> None:
             path.unlink(missing_ok=True)
 
 
+# Where --overwrite keeps the run it replaces until the new run has its first checkpoint.
+REPLACED_DIR = ".vaekit-replaced"
+
+
+def set_aside(run_dir: Path) -> None:
+    """Move the run RUN_DIR holds into RUN_DIR/.vaekit-replaced/ (renames within one file
+    system), so that a new run starts in an empty directory while the old one can still come
+    back: ``end_aside`` restores it if the new run fails before its first checkpoint, and
+    deletes it otherwise. A directory that is no run is refused as ``clear_run`` refuses it; a
+    run set aside by an overwrite that was killed goes now (the run that replaced it is the
+    one being replaced)."""
+    from .lock import LOCK_FILE
+
+    run_dir = Path(run_dir)
+    check_clearable(run_dir)
+    aside = run_dir / REPLACED_DIR
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside)
+    aside.mkdir()
+    for path in list(run_dir.iterdir()):
+        if path.name not in (LOCK_FILE, REPLACED_DIR):
+            path.replace(aside / path.name)
+
+
+def end_aside(run_dir: Path, restore: bool) -> None:
+    """Restore the run ``set_aside`` kept (``restore``: the new run left nothing to keep and
+    has been removed), or delete it."""
+    aside = Path(run_dir) / REPLACED_DIR
+    if not aside.is_dir():
+        return
+    if restore:
+        for path in list(aside.iterdir()):
+            path.replace(Path(run_dir) / path.name)
+        aside.rmdir()
+    else:
+        shutil.rmtree(aside)
+
+
 def check_clearable(run_dir: Path) -> None:
     """What ``clear_run`` refuses, asked on its own: ``--overwrite`` asks it before reading the
     data and empties the directory only once the new run has passed every check."""

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import checkpoint as ckpt
 from .config import RunConfig
 from .errors import DataError
 from .scaling import Scaling, model_rows
@@ -65,15 +66,20 @@ def train_run(
         local = int(os.environ.get("LOCAL_RANK", "0"))
         run_config = dataclasses.replace(run_config, train=dataclasses.replace(run_config.train, device=f"cuda:{local}"))
     created = not run_dir.exists()
-    cleared: list[bool] = []  # _train_run appends once it has emptied RUN_DIR for the new run
+    aside: list[bool] = []  # _train_run appends once it has set the old run aside (overwrite)
     try:
         try:
-            summary = _train_run(run_config, run_dir, resume, progress, overwrite, cleared)
+            summary = _train_run(run_config, run_dir, resume, progress, overwrite, aside)
         except BaseException:
-            # Under overwrite the old run stays until the checks pass: before that, nothing to undo.
-            if not resume and rank_world()[0] == 0 and (not overwrite or cleared):
+            # Under overwrite the old run stays in place until the checks pass, then aside until
+            # the new run's first checkpoint: a new run that fails before it gives it back.
+            if not resume and rank_world()[0] == 0 and (not overwrite or aside):
                 _remove_unfinished(run_dir, created)
+                if aside:
+                    ckpt.end_aside(run_dir, restore=not (run_dir / ckpt.LAST_FILE).is_file())
             raise
+        if aside:
+            ckpt.end_aside(run_dir, restore=False)
         if distributed:
             import torch.distributed as dist
 
@@ -108,7 +114,7 @@ def _remove_unfinished(run_dir: Path, created: bool) -> None:
         run_dir.rmdir()
 
 
-def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: bool, overwrite: bool, cleared: list[bool]) -> dict[str, Any]:
+def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: bool, overwrite: bool, aside: list[bool]) -> dict[str, Any]:
     from .data import check_data, load_dataset
     from .evaluate import evaluate
     from .hardware import check_model_fits
@@ -142,10 +148,8 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
     if overwrite and rank == 0:
         # Only the lock holder empties the directory, and only now: a run refused by the checks
         # above leaves the old one. The other ranks read nothing of RUN_DIR in a new run.
-        from . import checkpoint as ckpt
-
-        ckpt.clear_run(run_dir)
-        cleared.append(True)
+        ckpt.set_aside(run_dir)
+        aside.append(True)
     cfg = run_config.train
     # Rank 0 alone reports; --quiet silences the lines and the bars, not --tensorboard.
     bars = progress and not cfg.quiet and rank == 0
