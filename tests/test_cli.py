@@ -324,8 +324,8 @@ def test_mmap_verbs_equal_the_in_memory_ones(verb, extra, run, digits_rows, tmp_
     """--mmap streams a .npy in blocks (with the mapped check) and gives the same numbers."""
     np.save(tmp_path / "x.npy", digits_rows.astype(np.float32))
     outputs = []
-    for flags in ([], ["--mmap"]):
-        out = tmp_path / f"{verb}{len(flags)}.npy"
+    for flags in ([], ["--mmap"], ["--no-mmap"]):
+        out = tmp_path / f"{verb}{'-'.join(flags)}.npy"
         argv = [verb, run, "--data", tmp_path / "x.npy", *extra, *flags, "--json"]
         argv += ["--split", "all"] if verb == "evaluate" else ["--out", out]
         code, stdout, err = cli(capsys, *argv)
@@ -333,9 +333,10 @@ def test_mmap_verbs_equal_the_in_memory_ones(verb, extra, run, digits_rows, tmp_
         outputs.append(json.loads(stdout) if verb == "evaluate" else np.load(out))
     if verb == "evaluate":
         outputs = [{k: v for k, v in o.items() if k != "seconds"} for o in outputs]
-        assert outputs[0] == outputs[1]
+        assert outputs[0] == outputs[1] == outputs[2]
     else:
         np.testing.assert_array_equal(outputs[0], outputs[1])
+        np.testing.assert_array_equal(outputs[0], outputs[2])
 
 
 @pytest.mark.parametrize("verb", ["encode", "reconstruct", "score", "evaluate"])

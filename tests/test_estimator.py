@@ -489,6 +489,23 @@ def test_sample_from_the_aggregate_posterior_and_a_fitted_mixture(fitted, digits
         fitted.sample(5, source="aggregate")
     with pytest.raises(ConfigError, match="source must be one of"):
         fitted.sample(5, source="posterior", X=x)
+    # What a source would ignore is refused, as the command line refuses --data and --components.
+    with pytest.raises(ConfigError, match="source='prior' draws z ~ p\\(z\\) and reads none"):
+        fitted.sample(5, source="prior", X=x)
+    for source, X in (("prior", None), ("aggregate", x)):
+        with pytest.raises(ConfigError, match=f"components sets the mixture of source 'gmm'; this draws from source '{source}'"):
+            fitted.sample(5, source=source, X=X, components=3)
+
+
+def test_inverse_transform_of_read_only_latents_is_quiet(fitted, digits):
+    import warnings
+
+    Z = fitted.transform(digits[:5])
+    Z.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = fitted.inverse_transform(Z)
+    np.testing.assert_array_equal(out, fitted.inverse_transform(Z.copy()))
 
 
 def test_the_fitted_mixture_follows_the_latents_of_x_in_the_users_units():

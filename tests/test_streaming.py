@@ -178,6 +178,10 @@ def test_cli_run_with_mmap_equals_the_in_memory_run(tmp_path, capsys):
         capsys.readouterr()
     assert histories[0] == histories[1] and summaries[0] == summaries[1]
     np.testing.assert_array_equal(np.load(tmp_path / "mem.npy"), np.load(tmp_path / "mmap.npy"))
+    # A run trained with --mmap read in memory (--no-mmap): the same rows, the same numbers.
+    assert main(["encode", str(tmp_path / "mmap"), "--data", str(tmp_path / "x.npy"), "--split", "test", "--no-mmap",
+                 "--out", str(tmp_path / "in_memory.npy")]) == 0  # fmt: skip
+    np.testing.assert_array_equal(np.load(tmp_path / "in_memory.npy"), np.load(tmp_path / "mmap.npy"))
 
 
 # -- the likelihood ``auto`` chooses, on rows that stay mapped -----------------------------------

@@ -347,7 +347,7 @@ def _run_parser(sub, name: str, help: str, data_required: bool, default_split: s
     p.add_argument("--split", choices=SPLITS, default=default_split, help=f"rows to use (default {default_split}; 'all': every row, in the data's own order)")
     if seed is not None:  # a verb without randomness has no --seed (q of new rows is a function of x and θ)
         p.add_argument("--seed", type=_seed, default=0, help=seed)
-    p.add_argument("--mmap", action="store_true", help="memory-map a .npy --data and stream its rows (default: as the run was trained)")
+    _bool_flag(p, "--mmap", "memory-map a .npy --data and stream its rows, or read it into memory (default: as the run was trained)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
 
@@ -438,7 +438,9 @@ def _rows(est, args, split: str):
         raise DataError(f"{args.run_dir} was fitted on an in-memory array; pass --data FILE")
     data_dir = getattr(args, "data_dir", None) or cfg.data_dir
     # A run trained on a memory-mapped file streams it again; other files only when asked.
-    mmap = getattr(args, "mmap", False) or (cfg.mmap and source == cfg.source)
+    mmap = getattr(args, "mmap", None)
+    if mmap is None:
+        mmap = cfg.mmap and source == cfg.source
     named = None
     if split == "all" and Path(source).suffix:
         x, labels, image_shape = load_array(source, data_dir, mmap=mmap)
@@ -542,8 +544,8 @@ def cmd_sample(args) -> int:
     # A file given is read whole; the run's own data (or a named dataset) gives its training split.
     split = "all" if args.data and Path(args.data).suffix else "train"
     x = _rows(est, args, split)[0] if args.source != "prior" else None
-    components = 10 if args.components is None else args.components
-    samples = est.sample(args.n, seed=args.seed, mean=not args.draw, source=args.source, X=x, components=components)
+    components = 10 if args.components is None else args.components  # the title's
+    samples = est.sample(args.n, seed=args.seed, mean=not args.draw, source=args.source, X=x, components=args.components)
     if out.suffix == ".png":
         from .plots import image_grid
 

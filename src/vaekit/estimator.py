@@ -341,7 +341,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if Z.ndim != 2 or Z.shape[1] != self.model_.latent_size:
             raise DataError(f"Z must have shape (n, {self.model_.latent_size}), got {tuple(Z.shape)}")
         check_data(Z, what="Z", dtype=None)  # numbers, finite; Z itself goes on in its own precision
-        z = torch.as_tensor(Z, dtype=p.dtype, device=p.device)
+        # A copy where Z is read-only (a memory map, a DataFrame's values): torch warns otherwise.
+        z = torch.as_tensor(Z if Z.flags.writeable else Z.copy(), dtype=p.dtype, device=p.device)
         return self._to_user(self.model_.decode(z).mean.cpu().numpy())
 
     def reconstruct(self, X) -> np.ndarray:
@@ -362,7 +363,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             yield block
 
     def sample(
-        self, n: int = 1, seed: int | None = None, mean: bool = True, source: str = "prior", X=None, components: int = 10
+        self, n: int = 1, seed: int | None = None, mean: bool = True, source: str = "prior", X=None, components: int | None = None
     ) -> np.ndarray:
         """n rows from the model in the user's units: z from ``source``, then E[x|z] (``mean``)
         or x ~ p(x|z).
@@ -372,12 +373,18 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         prior, as the notes' last lecture puts it); ``"gmm"``, z from a Gaussian mixture with
         ``components`` components fitted to the posterior means of ``X`` (ex-post density
         estimation, Ghosh et al. 2020), which follows the latents the decoder was trained on
-        where the prior and the aggregate posterior disagree.
+        where the prior and the aggregate posterior disagree (default 10 components). ``X`` with
+        ``source="prior"``, or ``components`` with another source than ``"gmm"``, would be
+        ignored, so they are refused.
         """
         self._check_fitted()
         n = check_positive_int("n", n)
         if source not in SAMPLE_SOURCES:
             raise ConfigError(f"source must be one of {', '.join(SAMPLE_SOURCES)}, got {source!r}")
+        if source == "prior" and X is not None:
+            raise ConfigError("X gives the rows of source 'aggregate' or 'gmm'; source='prior' draws z ~ p(z) and reads none")
+        if components is not None and source != "gmm":
+            raise ConfigError(f"components sets the mixture of source 'gmm'; this draws from source {source!r}")
         p = next(self.model_.parameters())
         g = torch.Generator(device=p.device)
         g.manual_seed(_seed(seed)) if seed is not None else g.seed()
@@ -395,7 +402,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                     q = self.model_.evaluation_posterior(torch.as_tensor(xb, dtype=p.dtype, device=p.device))
                     z = q.sample(generator=g)
             else:
-                z = self._gmm_latents(X, n, check_positive_int("components", components), g)
+                z = self._gmm_latents(X, n, check_positive_int("components", 10 if components is None else components), g)
         return self._to_user(self.model_.sample(int(n), generator=g, mean=mean, z=z).cpu().numpy())
 
     def _gmm_latents(self, X, n: int, components: int, g: torch.Generator) -> torch.Tensor:
