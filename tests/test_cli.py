@@ -893,6 +893,15 @@ def test_a_csv_header_is_recorded_and_checked(tmp_path, capsys):
         assert code == 0, err
     code, _, err = cli(capsys, "sample", run, "-n", "3", "--out", tmp_path / "s.npy")
     assert code == 0 and np.load(tmp_path / "s.npy").shape == (3, 3), err
+    # The API holds the same header: a DataFrame must repeat it, names and order.
+    pd = pytest.importorskip("pandas")
+    est = vaekit.load(run)
+    assert list(est.feature_names_in_) == ["a", "b", "c"]
+    frame = pd.DataFrame(rows, columns=["a", "b", "c"])
+    with pytest.warns(UserWarning, match="does not have valid feature names"):  # scikit-learn's, for an array
+        np.testing.assert_array_equal(est.transform(frame), est.transform(rows))
+    with pytest.raises(vaekit.VaekitError, match="feature names should match"):
+        est.transform(frame[["c", "b", "a"]])
 
 
 def test_bad_input_in_a_real_process(run, files, tmp_path):

@@ -405,7 +405,11 @@ def _add_run_commands(sub) -> None:
 def _load(args):
     from .estimator import load
 
-    return load(args.run_dir)
+    est = load(args.run_dir)
+    # The command line checks a table's header itself (_rows) and hands the estimator arrays,
+    # which scikit-learn would warn about against recorded column names.
+    est.__dict__.pop("feature_names_in_", None)
+    return est
 
 
 def _data_paths(args) -> tuple[Path, ...]:

@@ -496,9 +496,9 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         values = {n: getattr(sections[sec], n) for n, (sec, _) in estimator_params().items() if sec in sections}
         est = cls(**dict(values, device="cpu"))
         est.model_, est.config_, est.n_features_in_ = model, config, config.model.input_dim
-        # A DataFrame's columns (a run the API fitted): later DataFrames must repeat them. A
-        # CSV header recorded by `vaekit train` is the command line's to check.
-        if config.data.feature_names is not None and config.data.source == "array":
+        # The columns the model was fitted on, a DataFrame's (the API) or a CSV header (`vaekit
+        # train`): later DataFrames must repeat them, names and order.
+        if config.data.feature_names is not None:
             est.feature_names_in_ = np.asarray(config.data.feature_names, dtype=object)
         est.history_ = read_metrics(run_dir)
         return est
