@@ -154,8 +154,13 @@ def test_dataframe_input_with_feature_names(X):
     # Mixed column types (bool and float) come as an object array: read as numbers.
     mixed = df.assign(f0=df["f0"] > 0)
     np.testing.assert_array_equal(est.transform(mixed), est.transform(df.assign(f0=(df["f0"] > 0).astype(float))))
-    with pytest.raises(DataError, match="not numbers"):
+    with pytest.raises(DataError, match="column 'f0' holds text; expected numbers"):
         est.transform(df.assign(f0="a"))
+    # Text that spells numbers, dates and durations are refused, as numpy arrays of them are.
+    for column, found in ((df["f0"].astype(str), "text"), (pd.Timestamp("2020-01-01") + pd.to_timedelta(df["f0"], "D"), "datetime64"),
+                          (pd.to_timedelta(df["f0"], "D"), "timedelta64")):  # fmt: skip
+        with pytest.raises(DataError, match=f"column 'f0' holds {found}"):
+            est.transform(df.assign(f0=column))
     # pandas' nullable columns: numbers as their float columns give them, pd.NA a missing value.
     nullable = df.assign(f0=df["f0"].astype("Float64"))
     np.testing.assert_array_equal(est.transform(nullable), est.transform(df))

@@ -519,6 +519,8 @@ def _numeric(X, what: str):
     """An object-dtype table of numbers (a DataFrame mixing bool and float columns, an array of
     Python floats) as float64, for check_data, which accepts numeric dtypes only."""
     frame = hasattr(X, "to_numpy") and hasattr(X, "columns")  # a DataFrame, without importing pandas
+    if frame:
+        _check_numeric_columns(X, what)
     table = X.to_numpy() if frame else X
     if getattr(table, "dtype", None) != object:
         return table
@@ -527,6 +529,18 @@ def _numeric(X, what: str):
         return X.to_numpy(dtype=np.float64, na_value=np.nan) if frame else np.asarray(table, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise _NotNumbers(f"{what} has entries that are not numbers ({e}); expected a 2-D table of numbers") from None
+
+
+def _check_numeric_columns(frame, what: str) -> None:
+    """A DataFrame's columns hold numbers (or bools, or pandas' nullable numbers): dates,
+    durations and text, even text that spells numbers, are refused as a numpy array of them is
+    (numpy would turn '1.5' into 1.5 and a date into nanoseconds)."""
+    for name, dtype in frame.dtypes.items():
+        kind = getattr(dtype, "kind", "O")
+        text = kind == "O" and any(isinstance(v, (str, bytes)) for v in frame[name].to_numpy())
+        if kind in "MmUS" or text:
+            found = "text" if text or kind in "US" else str(dtype)
+            raise _NotNumbers(f"{what} column {name!r} holds {found}; expected numbers (bool, int or float)")
 
 
 class _NotNumbers(DataError, TypeError):
