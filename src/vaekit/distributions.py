@@ -148,8 +148,12 @@ class DiagonalNormal(Posterior):
         # 1/σ² overflows and (z − μ)²/σ² at z = μ is 0·∞ = NaN. Floored where 1/σ² is finite,
         # such a q is a point mass in all but name, and log q(z) is finite. Or log σ² ≈ 150:
         # σ² and z overflow and (z − μ)²/σ² is ∞/∞. Capped where σ² (and z², the KL's sums)
-        # stay finite, the outlier's log p(x) is finite and very low, as it should be.
-        self.mu, self.logvar = mu, logvar.clamp(min=logvar_floor(logvar.dtype), max=logvar_ceiling(logvar.dtype))
+        # stay finite, the outlier's log p(x) is finite and very low, as it should be. Not
+        # while a loss is differentiated: there a variance that explodes is training diverging,
+        # which must end in the NaN check that names its likely cause.
+        training = torch.is_grad_enabled() and logvar.requires_grad
+        ceiling = None if training else logvar_ceiling(logvar.dtype)
+        self.mu, self.logvar = mu, logvar.clamp(min=logvar_floor(logvar.dtype), max=ceiling)
         batch_shape, event_shape = _event_batch(mu, logvar)
         super().__init__(batch_shape, event_shape, validate_args=False)
 
