@@ -126,7 +126,7 @@ def _add_train(sub) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     g.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
-    g.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR: everything in it is deleted first (refused for a directory that holds no vaekit run)")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR: once the new run has passed its checks the old one is set aside, given back if the new run fails before its first checkpoint, deleted once it has one (refused for a directory that holds no vaekit run)")
     _bool_flag(g, "--progress", "progress bars on stderr instead of the evaluation's progress lines (default: when stderr is a terminal)")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_train)
