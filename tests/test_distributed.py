@@ -266,7 +266,7 @@ def test_only_rank_zero_empties_the_run_directory_and_only_after_the_checks(tmp_
     cleared = []
 
     class Stop(Exception):
-        pass
+        """Raised where training would start: what train_run did before it is the question."""
 
     def fit(*a, **k):
         raise Stop
