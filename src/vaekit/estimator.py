@@ -290,18 +290,21 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return x if scaling is None else scaling.to_user(x)
 
     def _posteriors(self, X):
-        """q(z|x) for consecutive blocks of rows: memory stays bounded whatever the size of X."""
+        """q(z|x) for consecutive blocks of rows (``model_.representation``: a point estimate's
+        own ẑ): memory stays bounded whatever the size of X."""
         from .evaluate import batches
 
         x = self.model_input(X)  # first: it says so when the model is not fitted
         for xb in batches(self.model_, x, BATCH_ROWS):
-            yield xb, self.model_.evaluation_posterior(xb)
+            yield xb, self.model_.representation(xb)
 
     @torch.no_grad()
     def encode(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Posterior parameters (μ, log σ²) of q(z|x), each (n, D): every latent group's columns
         side by side, in the order of ``model_.latents`` (for a hierarchy, each group's given
-        its parent's mean)."""
+        its parent's mean). For the point estimates (``inference="autoencoder"`` or ``"map"``)
+        μ is ẑ itself (the autoencoder's code e(x), MAP's argmax) and log σ² is −inf: q is the
+        point mass δ(z − ẑ)."""
         arrays = self.encoded(X)
         return arrays["mu"], arrays["logvar"]
 
@@ -320,7 +323,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return out
 
     def transform(self, X) -> np.ndarray:
-        """Posterior means E_q[z|x], (n, latent_dim): the latent representation of each row."""
+        """Posterior means E_q[z|x], (n, latent_dim): the latent representation of each row
+        (for the autoencoder, its code e(x); for MAP, ẑ)."""
         return self.encode(X)[0]
 
     def fit_transform(self, X, y=None, **fit_params) -> np.ndarray:

@@ -161,6 +161,15 @@ class VAEModel(nn.Module):
         training set, gives per-point methods' learned q_i of training rows instead."""
         return self.inference.evaluation_posterior(self, x, idx)
 
+    def representation(self, x: torch.Tensor) -> Posterior:
+        """The q(z|x) whose mean is x's latent code (encode, transform, reconstruct, the
+        pictures): a point-estimate method's own δ(z − ẑ), the autoencoder's ẑ = e(x) or MAP's
+        argmax, not the Gaussian proposal its log p(x) is estimated with (centred elsewhere:
+        the ELBO-optimal mean); for the other methods, their evaluation q."""
+        if self.inference.point_estimate:
+            return self.inference(self, x)
+        return self.evaluation_posterior(x)
+
     def forward(self, objective, x: torch.Tensor, idx: torch.Tensor | None, eps: torch.Tensor, beta: float = 1.0):
         """(loss, per-point value) of ``objective`` on a batch: the training step's forward,
         here so that DistributedDataParallel can wrap the model."""

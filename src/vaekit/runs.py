@@ -230,7 +230,7 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
             written.append(plots.image_grid(samples, run_dir / "samples.png", shape, title="64 samples: z ~ p(z), decoder means"))
             shown = np.asarray(x_test[rows["reconstructions"]])
             x = torch.as_tensor(shown, dtype=p.dtype, device=p.device)
-            x_hat = model.decode(model.evaluation_posterior(x).mean).mean.float().cpu().numpy()
+            x_hat = model.decode(model.representation(x).mean).mean.float().cpu().numpy()
             written.append(
                 plots.reconstruction_grid(
                     shown, x_hat, run_dir / "reconstructions.png", shape, n=len(shown),
@@ -240,12 +240,13 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
             )
         # A scatter of more points than this is a blot, and costs memory for nothing.
         shown = np.asarray(x_test[rows["latent"]])
-        # The same q's give the latent units' activity and KL (kl_per_dim.png).
+        # The q's of evaluation give the latent units' activity and KL (kl_per_dim.png); the
+        # scatter shows the codes (a point estimate's ẑ, not its proposal's mean).
         usage = LatentUsage(model, torch.Generator(device=p.device).manual_seed(seed + 2))
         means = []
         for xb in batches(model, shown, 1024):
             q = model.evaluation_posterior(xb)
-            means.append(q.mean)
+            means.append(model.representation(xb).mean if model.inference.point_estimate else q.mean)
             usage.add(q)
         mu = torch.cat(means).float().cpu().numpy()
     if history:

@@ -76,10 +76,10 @@ def loss(terms: Elbo, beta: float = 1.0) -> torch.Tensor:
     "elbo",
     options={
         "beta": Option(1.0, "weight of the KL term (β-VAE; 1 is the ELBO)", minimum=0.0),
-        "warmup": Option(0, "epochs of linear KL warm-up from 0 to beta", minimum=0),
+        "warmup": Option(0, "epochs of linear KL warm-up: epoch e (from 1) trains with beta·min(1, e/N)", minimum=0),
         "n_samples": Option(1, "posterior samples per datapoint in E_q[log p(x|z)]", minimum=1),
         "analytic_kl": Option(True, "closed-form KL where one is registered, else Monte Carlo"),
-        "free_bits": Option(0.0, "nats: floor on each latent group's batch-mean KL in the training loss (free bits; 0 is off)", minimum=0.0),
+        "free_bits": Option(0.0, "nats: floor on each latent group's batch-mean KL in the training loss (free bits; 0 is off; a group below the floor gets no KL gradient, even at a tiny floor where a sampled KL is below 0)", minimum=0.0),
     },
 )
 class ElboObjective(Objective):
