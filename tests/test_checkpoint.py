@@ -278,7 +278,9 @@ def test_weights_that_disagree_with_config_are_refused(fitted_run, tmp_path):
     for field, value in (("latent_dim", 4), ("hidden", [17])):
         bad = tmp_path / f"bad_{field}"
         bad.mkdir()
-        (bad / ckpt.MODEL_FILE).write_bytes((run_dir / ckpt.MODEL_FILE).read_bytes())
+        # Weights without the record of their config (as older versions saved them): the
+        # shapes still say when they cannot be this config's.
+        ckpt.save_tensors(bad / ckpt.MODEL_FILE, ckpt.load_tensors(run_dir / ckpt.MODEL_FILE)[0])
         changed = json.loads(json.dumps(config))
         changed["model"][field] = value
         (bad / ckpt.CONFIG_FILE).write_text(json.dumps(changed))
@@ -296,6 +298,38 @@ def test_weights_that_disagree_with_config_are_refused(fitted_run, tmp_path):
         ckpt.save_tensors(d / ckpt.MODEL_FILE, tensors)
         with pytest.raises(CheckpointError, match=rf"{esc(d / ckpt.MODEL_FILE)}.*{what}"):
             ckpt.load_run(d)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("input_scale", [17.0]), ("likelihood", "bernoulli"), ("latent_dim", 4), ("logvar_max", 2.0), ("local_steps", 7)],
+)
+def test_a_config_changed_after_its_weights_were_saved_is_refused(fitted_run, tmp_path, field, value):
+    """The weights keep the model section they were saved with: a config.json edited or damaged
+    afterwards (a scale that would shift every density, a likelihood that reads the same
+    weights as another model) is refused, naming the field, by load_run and VAE.from_run."""
+    from vaekit import VAE
+
+    _, run_dir, _ = fitted_run
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / ckpt.MODEL_FILE).write_bytes((run_dir / ckpt.MODEL_FILE).read_bytes())
+    config = json.loads((run_dir / ckpt.CONFIG_FILE).read_text())
+    saved = config["model"][field]
+    config["model"][field] = value
+    (bad / ckpt.CONFIG_FILE).write_text(json.dumps(config))
+    message = rf"{esc(bad / ckpt.CONFIG_FILE)}: model.{field} is {re.escape(json.dumps(value))}, but model.safetensors was saved with {re.escape(json.dumps(saved))}"
+    with pytest.raises(CheckpointError, match=message):
+        ckpt.load_run(bad)
+    with pytest.raises(CheckpointError, match=message):
+        VAE.from_run(bad)
+    # Put back, it loads; a field the saved record lacks (another version's) is not compared.
+    config["model"][field] = saved
+    config["model"]["a_later_option"] = 1
+    (bad / ckpt.CONFIG_FILE).write_text(json.dumps(config))
+    record = {k: v for k, v in config["model"].items() if k != "a_later_option"}
+    assert ckpt.load_tensors(bad / ckpt.MODEL_FILE)[1]["model_config"] == record
+    ckpt.check_model_record(bad / ckpt.CONFIG_FILE, bad / ckpt.MODEL_FILE, {"model_config": record})
 
 
 def test_load_run_errors_name_the_directory(tmp_path):

@@ -565,6 +565,53 @@ def test_resume_when_the_best_weights_are_the_last_rewrites_them(digits, tmp_pat
     assert_same_tensors(ckpt.load_tensors(tmp_path / ckpt.MODEL_FILE)[0], kept)
 
 
+def test_a_best_model_write_that_fails_leaves_the_earlier_state_to_readers(digits, tmp_path, monkeypatch):
+    """The epoch's checkpoint is written before its best model: a disk that fills between the
+    two leaves model.safetensors and metrics.jsonl of the earlier epochs (what evaluate and
+    load read), and the next resume rewrites the best model from last.safetensors."""
+    import errno
+
+    from vaekit.objectives.elbo import ElboObjective
+
+    scores = iter(range(100))  # every epoch the best
+    monkeypatch.setattr(ElboObjective, "validate", lambda self, model, x, terms, seed: float(next(scores)))
+    _fit_run(digits, tmp_path, epochs=2)
+    before = (tmp_path / ckpt.MODEL_FILE).read_bytes()
+    real_save = ckpt.save_tensors
+
+    def full_disk(path, tensors, meta=None):
+        if Path(path).name == ckpt.MODEL_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_save(path, tensors, meta)
+
+    monkeypatch.setattr(ckpt, "save_tensors", full_disk)
+    with pytest.raises(OSError):
+        _fit_run(digits, tmp_path, epochs=4, resume=True)
+    assert (tmp_path / ckpt.MODEL_FILE).read_bytes() == before
+    assert [r["epoch"] for r in ckpt.read_metrics(tmp_path)] == [1, 2]
+    assert ckpt.load_tensors(tmp_path / ckpt.LAST_FILE)[1]["epoch"] == 3
+    monkeypatch.setattr(ckpt, "save_tensors", real_save)
+    _fit_run(digits, tmp_path, epochs=4, resume=True)
+    weights, meta = ckpt.load_tensors(tmp_path / ckpt.MODEL_FILE)
+    assert meta["epoch"] == 4
+    last = ckpt.load_tensors(tmp_path / ckpt.LAST_FILE)[0]
+    assert_same_tensors(weights, {k.removeprefix("model."): v for k, v in last.items() if k.startswith("model.")})
+
+
+def test_resume_with_a_best_model_of_another_epoch_is_refused(digits, tmp_path, monkeypatch):
+    from vaekit.errors import CheckpointError
+    from vaekit.objectives.elbo import ElboObjective
+
+    scores = iter([0.0, -1.0])  # epoch 1 best, epoch 2 worse
+    monkeypatch.setattr(ElboObjective, "validate", lambda self, model, x, terms, seed: next(scores))
+    _fit_run(digits, tmp_path, epochs=2)
+    weights, meta = ckpt.load_tensors(tmp_path / ckpt.MODEL_FILE)
+    assert meta["epoch"] == 1
+    ckpt.save_tensors(tmp_path / ckpt.MODEL_FILE, weights, dict(meta, epoch=2))
+    with pytest.raises(CheckpointError, match=r"model.safetensors holds epoch 2: the best weights \(epoch 1\) are lost"):
+        _fit_run(digits, tmp_path, epochs=3, resume=True)
+
+
 def test_resume_when_the_best_weights_are_lost_is_refused(digits, tmp_path, monkeypatch):
     from vaekit.errors import CheckpointError
     from vaekit.objectives.elbo import ElboObjective

@@ -220,7 +220,40 @@ def save_model(run_dir: Path, model: torch.nn.Module, config: RunConfig, path: P
     """config.json and the weights, written together: a failure writing either leaves both as
     they were (a new config beside old weights would no longer load)."""
     run_dir = Path(run_dir)
-    atomic_write_together({run_dir / CONFIG_FILE: config.to_bytes(), Path(path or run_dir / MODEL_FILE): tensor_bytes(model.state_dict())})
+    weights = tensor_bytes(model.state_dict(), {"model_config": model_record(config)})
+    atomic_write_together({run_dir / CONFIG_FILE: config.to_bytes(), Path(path or run_dir / MODEL_FILE): weights})
+
+
+def model_record(config: RunConfig) -> dict[str, Any]:
+    """config.json's model section as written, kept in the metadata of the weights saved with
+    it: the checksums cover the weights, and this covers what they are read with (a changed
+    input scale or likelihood would make another model of the same weights)."""
+    return json.loads(config.to_bytes())["model"]
+
+
+def check_model_record(config_path: Path, weights_path: Path, meta: dict[str, Any]) -> None:
+    """Refuse (CheckpointError) a config.json whose model section differs from the one the
+    weights were saved with (``model_record``): edited or damaged after they were written.
+    Weights saved without a record pass; fields only one side has (another config version)
+    are not compared."""
+    saved = meta.get("model_config")
+    if not isinstance(saved, dict):
+        return
+    try:
+        current = json.loads(Path(config_path).read_bytes())["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # RunConfig.load says what is wrong with the file itself
+    for key, value in saved.items():
+        if key in current and current[key] != value:
+            raise CheckpointError(
+                f"{config_path}: model.{key} is {_short(current[key])}, but {Path(weights_path).name} was saved with "
+                f"{_short(value)} (the file was edited or damaged); put the saved value back"
+            )
+
+
+def _short(value: Any, most: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
@@ -257,7 +290,8 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
         check_model_fits(config.model, config.train.dtype, copies=1)
     except ConfigError as e:
         raise CheckpointError(f"{run_dir / CONFIG_FILE}: {e}") from None
-    tensors, _ = load_tensors(run_dir / which)
+    tensors, meta = load_tensors(run_dir / which)
+    check_model_record(run_dir / CONFIG_FILE, run_dir / which, meta)
     model = VAEModel(config.model).to(getattr(torch, config.train.dtype))
     load_state_into(model, {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))}, run_dir / which)
     model.eval()

@@ -170,15 +170,14 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
             "images_per_second": n / train_seconds,
         }
         run.history.append(record)
-        if score > run.best_valid:
+        improved = score > run.best_valid
+        if improved:
             run.best_valid, run.best_epoch, run.bad_epochs = score, epoch, 0
             run.best_state = copy.deepcopy(model.state_dict())
-            if writer:
-                ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, run.best_state)
         else:
             run.bad_epochs += 1
         stopped = config.patience is not None and run.bad_epochs >= config.patience
-        # The epoch as a user pays for it: training, validation, the best model's checkpoint.
+        # The epoch as a user pays for it: training and validation.
         record["epoch_seconds"] = time.perf_counter() - t0
         if epoch in snapshots[1:]:  # before the checkpoint: a resumed run will not redo this epoch
             bubbles.keep_snapshot(model, x_valid, run_dir, epoch)
@@ -196,7 +195,13 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
                 # a resume that fails before it leaves the run as it was.
                 run.config_to_save.save(run_dir / ckpt.CONFIG_FILE)
                 run.config_to_save = None
+            meta["model_config"] = run.model_record
             ckpt.save_tensors(run_dir / ckpt.LAST_FILE, *ckpt.training_state(model, optimizers, meta))
+            # After the checkpoint, which holds this epoch's weights too: a write that fails
+            # between the two leaves the earlier best beside the earlier record (what readers
+            # see), and a resume rewrites it from last.safetensors (``_start``).
+            if improved:
+                ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, run.best_state, {"epoch": epoch, "model_config": run.model_record})
             _append_metrics(run_dir, record)
         if on_epoch is not None and rank == 0:
             on_epoch(record)
@@ -256,12 +261,16 @@ class _Run:
         self.best_valid, self.best_epoch, self.bad_epochs, self.start = -math.inf, 0, 0, 1
         self.best_state: dict[str, torch.Tensor] | None = None
         self.config_to_save: RunConfig | None = None
+        # config.json's model section, kept with the weights (``ckpt.model_record``).
+        self.model_record: dict[str, Any] | None = None
 
 
 def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_config, resume: bool, writer: bool, x_train) -> _Run:
     """A fresh run (seeded, the prior shown the training rows, run directory initialised) or
     one restored from last.safetensors."""
     run = _Run()
+    if writer and run_config is not None:
+        run.model_record = ckpt.model_record(run_config)
     if not resume:
         torch.manual_seed(config.seed)
         # A prior may start from the data (the VampPrior's pseudo-inputs); its own numpy
@@ -279,6 +288,9 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
             "start it again with --overwrite"
         )
     meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizers)
+    ckpt.check_model_record(run_dir / ckpt.CONFIG_FILE, run_dir / ckpt.LAST_FILE, meta)
+    if run.model_record is None:
+        run.model_record = meta.get("model_config")
     _check_schedule(config, meta["history"], run_dir)
     if writer:
         ckpt.remove_stale_temporaries(run_dir)
@@ -294,17 +306,21 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
             "(a resumed run can only train longer)"
         )
     run.start = config.epochs + 1 if meta.get("stopped") else meta["epoch"] + 1
-    run.best_state = _best_from_disk(run_dir, model)
-    if run.best_state is None and run.best_epoch:
+    run.best_state, saved_epoch = _best_from_disk(run_dir, model)
+    # A best model of another epoch than the record's best: its write failed after the
+    # checkpoint's (see the epoch loop), or it was replaced by hand.
+    stale = run.best_state is not None and saved_epoch is not None and saved_epoch != run.best_epoch
+    if (run.best_state is None or stale) and run.best_epoch:
         if run.best_epoch != meta["epoch"]:
+            what = f"holds epoch {saved_epoch}" if stale else "is missing or not a file"
             raise CheckpointError(
-                f"{run_dir / ckpt.MODEL_FILE} is missing or not a file: the best weights (epoch {run.best_epoch}) are lost and "
-                f"{ckpt.LAST_FILE} holds epoch {meta['epoch']}; put it back, or train again with --overwrite"
+                f"{run_dir / ckpt.MODEL_FILE} {what}: the best weights (epoch {run.best_epoch}) are lost and "
+                f"{ckpt.LAST_FILE} holds epoch {meta['epoch']}; put them back, or train again with --overwrite"
             )
         # The last checkpoint is the best epoch: its weights are the best weights.
         run.best_state = copy.deepcopy(model.state_dict())
         if writer:
-            ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, run.best_state)
+            ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, run.best_state, {"epoch": run.best_epoch, "model_config": run.model_record})
     # Lines after the checkpoint belong to an epoch that will be run again.
     if writer:
         _write_metrics(run_dir, run.history)
@@ -528,10 +544,15 @@ def _append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _best_from_disk(run_dir: Path, model: torch.nn.Module):
+def _best_from_disk(run_dir: Path, model: torch.nn.Module) -> tuple[dict[str, torch.Tensor] | None, int | None]:
+    """(the best weights of RUN_DIR/model.safetensors on the model's device and dtype, the
+    epoch they were saved at: None for weights saved without it), or (None, None) without
+    the file."""
     path = run_dir / ckpt.MODEL_FILE
     if not path.is_file():
-        return None
-    tensors, _ = ckpt.load_tensors(path)
+        return None, None
+    tensors, meta = ckpt.load_tensors(path)
+    ckpt.check_model_record(run_dir / ckpt.CONFIG_FILE, path, meta)
     p = next(model.parameters())
-    return {k: v.to(device=p.device, dtype=v.dtype if not v.is_floating_point() else p.dtype) for k, v in tensors.items()}
+    state = {k: v.to(device=p.device, dtype=v.dtype if not v.is_floating_point() else p.dtype) for k, v in tensors.items()}
+    return state, meta.get("epoch")
