@@ -1410,6 +1410,121 @@ def test_a_refused_overwrite_leaves_the_old_run(run, run_copy, files, capsys):
         assert snapshot(run_copy) == before
 
 
+def _stopped_overwrite(run_dir: Path, checkpoint: bool = False) -> None:
+    """What a kill leaves of an --overwrite of RUN_DIR: the old run in .vaekit-replaced beside
+    the start of the new one (its config.json, metrics and a temporary file; with
+    ``checkpoint``, a last.safetensors too) and a stale lock."""
+    from vaekit import checkpoint as ckpt
+
+    ckpt.set_aside(run_dir)
+    (run_dir / "config.json").write_bytes((run_dir / ckpt.REPLACED_DIR / "config.json").read_bytes())
+    (run_dir / "metrics.jsonl").write_text("")
+    (run_dir / ".curves.png.0123456789ab.tmp").write_bytes(b"half")
+    if checkpoint:
+        (run_dir / "last.safetensors").write_bytes((run_dir / ckpt.REPLACED_DIR / "last.safetensors").read_bytes())
+    (run_dir / ".vaekit.lock").write_text("999999999\n")
+
+
+def _put_back(files: dict[str, bytes], run_dir: Path) -> None:
+    """RUN_DIR holding exactly ``files`` (a snapshot) again."""
+    shutil.rmtree(run_dir)
+    for name, data in files.items():
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_bytes(data)
+
+
+def test_an_overwrite_stopped_by_a_kill_gives_the_old_run_back(run_copy, capsys):
+    """Readers say where the old run is; the next train into RUN_DIR, whatever its flags,
+    first puts it back (the stopped run had no checkpoint to keep), so --resume continues it."""
+    before = snapshot(run_copy)
+    _stopped_overwrite(run_copy)
+    code, out, err = cli(capsys, "evaluate", run_copy, "--k", "2")
+    assert_error(code, out, err, 1, ".vaekit-replaced", f"vaekit train --out {run_copy}")
+    code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--epochs", "4", "--quiet")
+    assert code == 0, err
+    assert not (run_copy / ".vaekit-replaced").exists()
+    assert [r["epoch"] for r in read_metrics(run_copy)] == [1, 2, 3, 4]
+    # A plain train puts it back too, and then refuses to write over it.
+    _put_back(before, run_copy)
+    _stopped_overwrite(run_copy)
+    code, out, err = cli(capsys, "train", "--data", "digits", "--out", run_copy, *SMALL)
+    assert_error(code, out, err, 1, "already holds a run")
+    assert snapshot(run_copy) == before
+
+
+def test_an_overwrite_stopped_after_its_first_checkpoint_keeps_the_new_run(run_copy, capsys):
+    from vaekit import checkpoint as ckpt
+
+    _stopped_overwrite(run_copy, checkpoint=True)
+    new_run = {name: (run_copy / name).read_bytes() for name in ("config.json", "last.safetensors")}
+    code, out, err = cli(capsys, "train", "--data", "digits", "--out", run_copy, *SMALL)
+    assert_error(code, out, err, 1, "already holds a run")
+    assert not (run_copy / ckpt.REPLACED_DIR).exists()
+    assert {name: (run_copy / name).read_bytes() for name in new_run} == new_run
+
+
+def test_a_restore_cut_short_is_finished(run_copy):
+    """A kill while the old run moved back leaves part of it in RUN_DIR, part aside: the
+    next writer finishes the move and deletes nothing of it."""
+    from vaekit import checkpoint as ckpt
+    from vaekit.errors import CheckpointError
+
+    before = snapshot(run_copy)
+    est = vaekit.load(run_copy)
+    ckpt.set_aside(run_copy)
+    aside = run_copy / ckpt.REPLACED_DIR
+    (aside / ckpt.RESTORING).touch()
+    for name in ("config.json", "last.safetensors"):
+        (aside / name).replace(run_copy / name)
+    # VAE.save puts the run back under its lock, then refuses to write over a whole run.
+    with pytest.raises(CheckpointError, match="holds a run with more than a saved model"):
+        est.save(run_copy)
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:5555: Connection reset by peer"),
+     torch.distributed.DistBackendError("NCCL communicator was aborted")],
+)
+def test_a_broken_data_parallel_group_is_one_line(monkeypatch, capsys, error):
+    """A peer of a torchrun group that dies makes the others' next collective fail: one line."""
+    import vaekit.cli as cli_mod
+
+    def broken(args):
+        raise error
+
+    monkeypatch.setattr(cli_mod, "cmd_sample", broken)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = main(["sample", "run", "-n", "2", "--out", "x.npy"])
+    out, err = capsys.readouterr()
+    assert_error(code, out, err, 1, "the data-parallel group broke", "--resume")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # alone, such an error is no peer's: it is raised
+    with pytest.raises(type(error)):
+        main(["sample", "run", "-n", "2", "--out", "x.npy"])
+
+
+def test_sigterm_ends_a_run_as_an_interrupt_does(run_copy):
+    """SIGTERM (a scheduler's stop) during an --overwrite: exit 143 in one line, the old run
+    back as it was, no lock or temporary file left."""
+    import signal
+
+    before = snapshot(run_copy)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaekit", "train", "--data", "digits", "--out", str(run_copy), "--epochs", "200", "--hidden", "8",
+         "--eval-k", "2", "--overwrite", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run_copy / ".vaekit-replaced").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines() == [err.strip()] and "terminated" in err and "Traceback" not in err, err
+    assert snapshot(run_copy) == before
+
+
 def test_a_verb_does_not_write_over_the_runs_own_files(run_copy, capsys):
     """bubbles.npz (and the checkpoints) are the run's; its pictures are for the verbs to redraw."""
     before = snapshot(run_copy)

@@ -66,3 +66,37 @@ def test_a_symbolic_link_at_the_lock_path_is_refused_and_its_target_kept(tmp_pat
     with pytest.raises(VaekitError, match="is a symbolic link"):
         RunLock(run).acquire()
     assert target.read_text() == "precious\n" and (run / LOCK_FILE).is_symlink()
+
+
+def test_a_lock_file_that_cannot_be_written_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """A full disk (the pid cannot be written) or a directory where files cannot be made: a
+    VaekitError naming the lock file, and no lock file or directory of this attempt left."""
+    import errno
+
+    from vaekit.errors import VaekitError
+
+    run = tmp_path / "run"
+    real_write = os.write
+
+    def full(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(LOCK_FILE):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(VaekitError, match=rf"{re.escape(str(run / LOCK_FILE))}: cannot write the lock file \(No space left on device\)"):
+        RunLock(run).acquire()
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    real_open = os.open
+
+    def refused(path, flags, mode=0o777):
+        if str(path).endswith(LOCK_FILE):
+            raise PermissionError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(VaekitError, match=r"cannot create the lock file \(Read-only file system\)"):
+        RunLock(run).acquire()
+    assert list(tmp_path.iterdir()) == []

@@ -112,6 +112,25 @@ def test_fit_leaves_the_global_random_state_alone(X):
     np.testing.assert_array_equal(VAE(**TINY, seed=7).fit(X).transform(X), est.transform(X))
 
 
+def test_fits_in_threads_give_the_bits_each_gives_alone(X):
+    """torch's generator is the process's: fits in several threads run one at a time, so each
+    equals its fit alone, and the calling thread's random state stays where it was."""
+    import threading
+
+    alone = {seed: VAE(**TINY, seed=seed).fit(X).transform(X) for seed in (0, 1)}
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    results: dict[int, np.ndarray] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, VAE(**TINY, seed=i % 2).fit(X).transform(X))) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        np.testing.assert_array_equal(results[i], alone[i % 2])
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_fit_matches_a_training_run_with_the_same_seed(X):
     """The estimator's numbers are those of vaekit.train.fit seeded by hand (as before this
     estimator forked the random state): the fork changes nothing inside the fit."""

@@ -285,6 +285,7 @@ def test_resume_removes_temp_files_left_by_a_kill(tmp_path):
     # What SIGKILL between mkstemp and os.replace leaves behind: a half-written temp file.
     stale = tmp_path / ".last.safetensors.k1ll3d.tmp"
     stale.write_bytes((tmp_path / ckpt.LAST_FILE).read_bytes()[:100])
+    (tmp_path / ".curves.png.0123456789ab.tmp").write_bytes(b"\x89PNG")  # ... or a picture's
     config.train.epochs = 2
     summary = train_run(config, tmp_path, resume=True)
     assert summary["epochs"] == 2

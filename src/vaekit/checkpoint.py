@@ -25,7 +25,7 @@ import torch
 
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError
-from .files import CONFIG_FILE, LAST_FILE, METRICS_FILE, MODEL_FILE, atomic_write_bytes, atomic_write_together
+from .files import CONFIG_FILE, LAST_FILE, METRICS_FILE, MODEL_FILE, RUN_FILES, atomic_write_bytes, atomic_write_together
 
 FORMAT = "vaekit-1"
 
@@ -99,9 +99,10 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Delete the temporary files that a kill between write and rename left behind (they
-    carry the prefix ``.NAME.`` of a run file); no writer runs while a run is resumed."""
-    for name in (CONFIG_FILE, MODEL_FILE, LAST_FILE, METRICS_FILE):
-        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+    carry the prefix ``.NAME.`` of a run file or of a picture training draws); no writer of
+    the run is running while it is resumed."""
+    for pattern in (*(f".{name}.*.tmp" for name in RUN_FILES), ".*.png.*.tmp"):
+        for tmp in Path(run_dir).glob(pattern):
             tmp.unlink(missing_ok=True)
 
 
@@ -179,6 +180,10 @@ def set_aside(run_dir: Path) -> None:
             path.replace(aside / path.name)
 
 
+# Inside REPLACED_DIR while its run moves back: a restore cut short is finished, not undone.
+RESTORING = ".restoring"
+
+
 def end_aside(run_dir: Path, restore: bool) -> None:
     """Restore the run ``set_aside`` kept (``restore``: the new run left nothing to keep and
     has been removed), or delete it."""
@@ -186,11 +191,25 @@ def end_aside(run_dir: Path, restore: bool) -> None:
     if not aside.is_dir():
         return
     if restore:
+        (aside / RESTORING).touch()
         for path in list(aside.iterdir()):
-            path.replace(Path(run_dir) / path.name)
+            if path.name != RESTORING:
+                path.replace(Path(run_dir) / path.name)
+        (aside / RESTORING).unlink()
         aside.rmdir()
     else:
         shutil.rmtree(aside)
+
+
+def replaced_hint(run_dir: Path) -> str:
+    """For the messages of readers that find no run where a killed --overwrite left the run
+    it was replacing aside: where it is and what brings it back; '' otherwise."""
+    if not (Path(run_dir) / REPLACED_DIR).is_dir():
+        return ""
+    return (
+        f"; an --overwrite was stopped before its new run's first checkpoint and the run it replaced is in "
+        f"{Path(run_dir) / REPLACED_DIR}: the next 'vaekit train --out {run_dir}' (with --resume to continue it) puts it back"
+    )
 
 
 def check_clearable(run_dir: Path) -> None:
@@ -281,7 +300,9 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: not a run directory (no such directory)")
     if not (run_dir / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+        raise CheckpointError(f"{run_dir}: not a run directory (no {CONFIG_FILE}){replaced_hint(run_dir)}")
+    if not (run_dir / which).is_file() and replaced_hint(run_dir):
+        raise CheckpointError(f"{run_dir}: no {which}{replaced_hint(run_dir)}")
     try:
         config = RunConfig.load(run_dir / CONFIG_FILE)
     except ConfigError as e:  # a damaged run directory, not a usage error

@@ -230,6 +230,11 @@ def cmd_train(args) -> int:
     lock = RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite empties it; give one of them")
+    if (run_dir / ckpt.REPLACED_DIR).is_dir() and int(os.environ.get("RANK", "0")) == 0:
+        from .runs import recover_replaced
+
+        with lock:  # an overwrite stopped by a kill: the directory holds one run again
+            recover_replaced(run_dir)
     if args.resume:
         if not run_dir.is_dir():
             raise VaekitError(f"{run_dir}: nothing to resume (no such directory)")
@@ -740,8 +745,26 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 _PYTHON_FORMAT_WARNING = warnings.formatwarning
 
 
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's or ``docker stop``'s request to stop) raised where the process
+    is, like Ctrl-C's KeyboardInterrupt, so that it ends as an interrupt does: a new run
+    without a checkpoint is removed and the run an ``--overwrite`` set aside comes back, the
+    lock is released, and no temporary file stays."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
+    # Only the main thread may set a handler, and one the caller set stays.
+    handle = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if handle:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         warnings.formatwarning = _format_warning
         return args.func(args)
@@ -757,7 +780,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vaekit: interrupted; what was written is intact (a run with a checkpoint continues with --resume)", file=sys.stderr)
         return 130
+    except Terminated:
+        print("vaekit: terminated (SIGTERM); what was written is intact (a run with a checkpoint continues with --resume)", file=sys.stderr)
+        return 143
     except (MemoryError, RuntimeError) as e:
+        if _group_broke(e):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(
+                f"vaekit: error: the data-parallel group broke, another of its processes has stopped ({first[:200]}); "
+                "what was written is intact (a run with a checkpoint continues with --resume)",
+                file=sys.stderr,
+            )
+            return 1
         if not _out_of_memory(e):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -769,6 +803,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.formatwarning = _PYTHON_FORMAT_WARNING
+        if handle:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _group_broke(e: BaseException) -> bool:
+    """A collective of data-parallel training failed because a peer is gone (torch's
+    DistBackendError and kin, or gloo's and NCCL's connection errors), in a process of a group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if type(e).__name__ in ("DistBackendError", "DistNetworkError", "DistStoreError", "DistError"):
+        return True
+    text = str(e).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection reset", "connection closed"))
 
 
 def _out_of_memory(e: BaseException) -> bool:

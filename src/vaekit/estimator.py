@@ -13,6 +13,7 @@ network is the plain ``nn.Module`` ``model_`` (a ``vaekit.model.VAEModel``).
 from __future__ import annotations
 
 import inspect
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -155,10 +156,16 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         scikit-learn convention for unsupervised estimators). Validation rows are ``X_valid``,
         else a ``valid_fraction`` of X. Neither torch's nor numpy's global random state moves:
         the seeded parts run under ``torch.random.fork_rng``. A fit that fails leaves the
-        estimator as it was (fitted before, still fitted to the same model)."""
+        estimator as it was (fitted before, still fitted to the same model).
+
+        Fits in several threads of one process run one at a time: torch's random generator,
+        thread count and matmul precision belong to the process, so fits that overlapped would
+        reseed each other's draws. Each then gives the bits it gives alone; for fits in
+        parallel, use processes (each with its own torch)."""
         state = {k: v for k, v in self.__dict__.items() if k in _FITTED}
         try:
-            return self._fit(X, X_valid)
+            with _FIT_LOCK:
+                return self._fit(X, X_valid)
         except BaseException:
             for k in _FITTED:
                 self.__dict__.pop(k, None)
@@ -475,6 +482,9 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self._check_fitted()
         run_dir = Path(run_dir)
         with RunLock(run_dir):
+            from .runs import recover_replaced
+
+            recover_replaced(run_dir)  # an overwrite stopped by a kill: one run again
             check_not_foreign(run_dir, "save into a new or empty directory")
             entries = run_entries(run_dir)
             extra = [name for name in entries if name not in (CONFIG_FILE, MODEL_FILE)]
@@ -517,6 +527,8 @@ def _seed(seed) -> int:
 
 # What fit sets: a failed fit puts back what was there before.
 _FITTED = ("n_features_in_", "feature_names_in_", "model_", "config_", "history_")
+# One fit at a time per process (see VAE.fit): torch's random state is the process's.
+_FIT_LOCK = threading.RLock()
 
 
 def _numeric(X, what: str):

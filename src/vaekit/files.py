@@ -67,7 +67,9 @@ def _temporary(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)  # a write on a descriptor (a full disk) names no file
         raise
     return tmp

@@ -78,7 +78,8 @@ class RunLock:
             except OSError as e:
                 if self.path.is_symlink():
                     raise VaekitError(f"{self.path} is a symbolic link, not a vaekit lock file; remove it") from None
-                raise
+                self._remove_created()
+                raise VaekitError(f"{self.path}: cannot create the lock file ({e.strerror or e})") from None
             if not _try_lock(fd):
                 pid = _read_pid(fd)
                 os.close(fd)
@@ -89,9 +90,14 @@ class RunLock:
             # The holder removed the file between our open and our lock: the lock we hold is
             # on a file nobody else will open again. Start over on the path's current file.
             os.close(fd)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        os.ftruncate(fd, len(f"{os.getpid()}\n"))
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.ftruncate(fd, len(f"{os.getpid()}\n"))
+        except OSError as e:  # a full disk: nothing of this attempt stays behind
+            self._fd = fd
+            self.release()
+            raise VaekitError(f"{self.path}: cannot write the lock file ({e.strerror or e})") from None
         self._fd = fd
         return self
 
@@ -107,6 +113,9 @@ class RunLock:
             except FileNotFoundError:
                 pass
         os.close(fd)  # closing the descriptor releases the lock
+        self._remove_created()
+
+    def _remove_created(self) -> None:
         if self._created:
             # A writer that failed before writing anything leaves no empty directory behind.
             try:

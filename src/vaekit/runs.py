@@ -94,6 +94,24 @@ def train_run(
             dist.destroy_process_group()
 
 
+def recover_replaced(run_dir: str | Path) -> None:
+    """Finish what an ``--overwrite`` stopped by a kill left in RUN_DIR/.vaekit-replaced: a
+    restore cut short goes on; a new run with a checkpoint keeps the directory and the old
+    run goes; a new run without one goes (it cannot be resumed) and the old run comes back.
+    The caller holds the run's lock, so no overwrite is under way."""
+    run_dir = Path(run_dir)
+    aside = run_dir / ckpt.REPLACED_DIR
+    if not aside.is_dir() or aside.is_symlink():
+        return
+    if (aside / ckpt.RESTORING).exists():
+        ckpt.end_aside(run_dir, restore=True)
+    elif (run_dir / ckpt.LAST_FILE).is_file():
+        ckpt.end_aside(run_dir, restore=False)
+    else:
+        _remove_unfinished(run_dir, created=False)
+        ckpt.end_aside(run_dir, restore=True)
+
+
 def _remove_unfinished(run_dir: Path, created: bool) -> None:
     """After a fresh run failed: if it wrote no checkpoint, remove what it wrote (the whole
     directory when it created it), so that the same command can be run again. A run that got
