@@ -784,22 +784,16 @@ def main(argv: list[str] | None = None) -> int:
         print("vaekit: terminated (SIGTERM); what was written is intact (a run with a checkpoint continues with --resume)", file=sys.stderr)
         return 143
     except (MemoryError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         if _group_broke(e):
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(
-                f"vaekit: error: the data-parallel group broke, another of its processes has stopped ({first[:200]}); "
-                "what was written is intact (a run with a checkpoint continues with --resume)",
-                file=sys.stderr,
-            )
-            return 1
-        if not _out_of_memory(e):
+            why = f"the data-parallel group broke, another of its processes has stopped ({first})"
+            advice = "what was written is intact (a run with a checkpoint continues with --resume)"
+        elif _out_of_memory(e):
+            why = f"out of memory ({first})"
+            advice = "ask for less at once: fewer samples or rows, a smaller --batch-size or --k (what was written is intact)"
+        else:
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(
-            f"vaekit: error: out of memory ({first}); ask for less at once: fewer samples or rows, "
-            "a smaller --batch-size or --k (what was written is intact)",
-            file=sys.stderr,
-        )
+        print(f"vaekit: error: {why}; {advice}", file=sys.stderr)
         return 1
     finally:
         warnings.formatwarning = _PYTHON_FORMAT_WARNING
