@@ -314,6 +314,9 @@ def test_csv_dataset_split(tmp_path):
         ("\n\n", r"contains no rows"),
         ("a,b\n1,2\n3,nan\n4,5\n", r"contains NaN \(first at row 3, column 2\)"),
         ("1,2\n3,4\n-inf,5\n", r"contains infinity \(first at row 3, column 1\)"),
+        ("1,2\n3,Infinity\n", r"contains infinity \(first at row 2, column 2\)"),
+        ("a,b\n1,2\n1_000,4\n", r"row 3, column 1 is '1_000'; expected a number"),
+        ("1,2\n3,-1e400\n", r"row 2, column 2 is '-1e400', beyond float64's range"),
     ],
 )
 def test_csv_errors_name_row_and_column(tmp_path, text, match):

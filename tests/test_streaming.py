@@ -296,3 +296,24 @@ def test_auto_likelihood_on_a_file_larger_than_the_memory_cap(big_file):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert big_file.stat().st_size > _cap(proc.stderr)
     assert proc.stdout.split() == ["bernoulli"]  # the file holds 0/1 pixels
+
+
+@pytest.mark.parametrize(
+    "content, culprit",
+    [
+        (lambda path: path.write_bytes(b""), "could not be read as a .npy array"),
+        (lambda path: np.savez(open(path, "wb"), x=np.zeros((4, 3))), "is an .npz archive, not a .npy array; rename it to .npz"),
+        (lambda path: np.save(path, np.zeros(5, dtype=[("a", "<f4"), ("b", "<f4")])), "expected numbers (bool, int or float)"),
+    ],
+)
+def test_mapping_a_file_that_holds_no_array_is_one_line(tmp_path, capsys, content, culprit):
+    """An empty file, an archive named .npy, records: the streamed reader says what the
+    in-memory one says, for train and for the reading verbs."""
+    from cli_helpers import cli
+
+    path = tmp_path / "x.npy"
+    content(path)
+    for mmap in ("--mmap", "--no-mmap"):
+        code, out, err = cli(capsys, "train", "--data", path, "--out", tmp_path / "run", "--epochs", "1", mmap)
+        assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and culprit in err, err
+        assert not (tmp_path / "run").exists()

@@ -144,7 +144,35 @@ def _config_from_args(args) -> "Any":
         header = _header(data_cfg.source, data_cfg.data_dir)
         if header is not None:  # a CSV's column names, which the verbs' tables must repeat
             given["data"]["feature_names"] = header
+        given["data"].update(_located(data_cfg))
         return run_config(given, data.train, data.image_shape, data.scaling)
+
+
+def _located(data_cfg) -> dict[str, str]:
+    """The data file and --data-dir as absolute paths, as config.json keeps them: the verbs
+    and --resume read the run's data again from wherever they are started."""
+    from .data.load import resolve_path
+
+    where = {}
+    if data_cfg.data_dir is not None:
+        where["data_dir"] = os.path.abspath(os.path.expanduser(data_cfg.data_dir))
+    if Path(data_cfg.source).suffix:  # a file; a named dataset is a bare word
+        where["source"] = os.path.abspath(resolve_path(data_cfg.source, data_cfg.data_dir))
+    return where
+
+
+def _same_file(value: str, own: str, data_dir: str | None) -> bool:
+    """Whether --data given on resume names the run's own data file (kept absolute, or as
+    typed by versions that kept it so; found as train finds it, in --data-dir too) or dataset."""
+    from .data.load import resolve_path
+
+    if not Path(value).suffix or not Path(own).suffix:
+        return value == own
+    try:
+        value = str(resolve_path(value, data_dir))
+    except DataError:
+        return False
+    return os.path.abspath(os.path.expanduser(value)) == os.path.abspath(os.path.expanduser(own))
 
 
 def _header(source: str, data_dir: str | None):
@@ -317,12 +345,14 @@ def _resume_config(args, run_dir: Path):
         if value is None or opt.resumable or value == AUTO.get(dest):
             continue
         own = getattr(getattr(config, section), name)
-        if not _same(opt, name, value, own):
+        data_dir = args.data_dir or config.data.data_dir
+        if not (_same_file(value, own, data_dir) if name == "source" else _same(opt, name, value, own)):
             raise ConfigError(f"{_flag(dest)} cannot change when resuming; {run_dir}/config.json holds {name}={own!r}")
     changed = {name: getattr(args, dest) for dest, (section, name, opt) in options.items() if section == "train" and opt.resumable and getattr(args, dest) is not None}
     with _option_names():
         train = replace(config.train, **changed)
-        config = replace(config, train=train, data=replace(config.data, data_dir=args.data_dir or config.data.data_dir))
+        data_dir = os.path.abspath(os.path.expanduser(args.data_dir)) if args.data_dir else config.data.data_dir
+        config = replace(config, train=train, data=replace(config.data, data_dir=data_dir))
         bad = inert_options(config, {"train": set(changed)})
         if bad:
             raise ConfigError(bad[0])

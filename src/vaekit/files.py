@@ -69,7 +69,7 @@ def _temporary(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
             os.fsync(f.fileno())
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
             e.filename = str(path)  # a write on a descriptor (a full disk) names no file
         raise
     return tmp

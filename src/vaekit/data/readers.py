@@ -18,6 +18,7 @@ are comments (``np.savetxt`` writes its header that way).
 from __future__ import annotations
 
 import csv
+import math
 import zipfile
 import zlib
 from pathlib import Path
@@ -59,8 +60,13 @@ def open_mapped(path: Path) -> tuple[np.ndarray, tuple[int, ...] | None]:
         raise DataError(f"{path}: memory-mapping needs a .npy file")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: cannot be read as a .npy array ({_reason(e)})") from None
+    except _READ_ERRORS as e:  # an empty file is an EOFError
+        raise DataError(f"{path}: could not be read as a .npy array ({_reason(e)})") from None
+    if not isinstance(array, np.ndarray):  # numpy opens an .npz archive whatever its name
+        array.close()
+        raise DataError(f"{path}: is an .npz archive, not a .npy array; rename it to .npz")
+    if array.dtype.kind not in "biufc":  # structured or text: as the in-memory reader says it
+        raise DataError(f"{path} has dtype {array.dtype}; expected numbers (bool, int or float)")
     image_shape = None
     if array.ndim in (3, 4):
         image_shape = tuple(int(v) for v in array.shape[1:])
@@ -185,6 +191,10 @@ def _splitter(suffix: str, first: str):
 
 
 def _number(cell: str) -> float | None:
+    """The number a cell spells, or None: Python's float() but without its '1_000' (digit
+    grouping is no number in a CSV file, and spreadsheets never write it)."""
+    if "_" in cell:
+        return None
     try:
         return float(cell)
     except ValueError:
@@ -261,6 +271,8 @@ def _read_table(path: Path) -> np.ndarray:
                     raise DataError(f"{path}: row {line_no}, column {j + 1} is empty; expected a number")
                 hint = " (cells are separated by ',' or, throughout, by ';'; the decimal point is '.')" if ";" in cell else ""
                 raise DataError(f"{path}: row {line_no}, column {j + 1} is {cell!r}; expected a number{hint}")
+            if math.isinf(v) and "inf" not in cell.lower():
+                raise DataError(f"{path}: row {line_no}, column {j + 1} is {cell!r}, beyond float64's range (about 1.8e308)")
             values[i, j] = v
     check_finite(values, str(path), rows=[n for n, _ in rows])
     return values
