@@ -1009,7 +1009,8 @@ CORRUPT = {
     "model-empty": ("model.safetensors", lambda p: p.write_bytes(b""), ["model.safetensors"]),
     "config-invalid-json": ("config.json", lambda p: p.write_text("{not json"), ["config.json", "JSON"]),
     "config-unknown-field": ("config.json", _edit_config(bogus=1), ["config.json", "bogus"]),
-    "config-shapes-disagree": ("config.json", _edit_config(latent_dim=3), ["config.json", "shape"]),
+    "config-shapes-disagree": ("config.json", _edit_config(latent_dim=3), ["config.json", "model.latent_dim is 3", "saved with 2"]),
+    "config-scale-edited": ("config.json", _edit_config(input_scale=[17.0]), ["config.json", "model.input_scale is [17.0]", "saved with [16.0]"]),
 }
 # A broken config.json is a damaged checkpoint (exit 1), not an option the user gave (exit 2).
 

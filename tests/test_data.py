@@ -733,3 +733,35 @@ def test_split_all_is_the_source_order_when_valid_is_carved_from_train(tmp_path)
     assert len(ds.valid) == 5 and len(ds.train) == 15
     np.testing.assert_array_equal(ds.split("all"), np.concatenate([tr, te]))
     np.testing.assert_array_equal(ds.split_labels("all"), np.arange(25))
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_channels_last_images_are_warned_about_once(tmp_path, mmap):
+    """(n, H, W, C) arrays, numpy's and TensorFlow's layout, would train as H channels of W x C
+    pixels: the command line says so once, the API warns; (n, C, H, W) and (n, H, W) pass quietly."""
+    import subprocess
+    import sys
+    import warnings
+
+    from vaekit import VAE
+    from vaekit.errors import VaekitWarning
+
+    rng = np.random.default_rng(0)
+    for name, shape, warned in (("hwc", (40, 6, 5, 3), True), ("chw", (40, 3, 6, 5), False), ("hw", (40, 6, 5), False)):
+        np.save(tmp_path / f"{name}.npy", rng.random(shape).astype(np.float32))
+        flags = ["--mmap"] if mmap else []
+        proc = subprocess.run(
+            [sys.executable, "-m", "vaekit", "train", "--data", str(tmp_path / f"{name}.npy"), "--out", str(tmp_path / f"r_{name}{mmap}"),
+             "--epochs", "1", "--hidden", "8", "--eval-k", "2", "--quiet", *flags],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if "moveaxis" in line]
+        assert lines == ([f"vaekit: warning: {name}.npy holds images of shape (6, 5, 3), read as 6 channels of 5x3 pixels (n, C, H, W); "
+                          "if the last axis holds the channels, move it first: numpy.moveaxis(x, -1, 1)"] if warned else [])  # fmt: skip
+        if mmap:
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            VAE(latent_dim=2, hidden=(8,), epochs=1).fit(np.load(tmp_path / f"{name}.npy"))
+        assert [w.category for w in caught if "moveaxis" in str(w.message)] == ([VaekitWarning] if warned else [])

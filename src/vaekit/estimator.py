@@ -133,7 +133,10 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         X = _numeric(X, "X") if not hasattr(X, "columns") else X
         image_shape = self.image_shape
         if getattr(X, "ndim", None) in (3, 4):
+            from .data.checks import warn_channels_last
+
             shape = tuple(int(v) for v in X.shape[1:])
+            warn_channels_last("X", shape)
             if image_shape is not None and tuple(image_shape) != shape:
                 raise DataError(f"X has images of shape {shape}, but image_shape={tuple(image_shape)}")
             X, image_shape = np.reshape(X, (X.shape[0], -1)), shape

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, VaekitWarning
 from . import containers
 from .containers import MappedRows, kept_dtype, wide
 
@@ -197,6 +197,28 @@ def check_finite(x: np.ndarray, what: str, rows: Any = None) -> None:
     r, c = np.unravel_index(int(np.flatnonzero(~finite)[0]), x.shape)
     kind = "NaN" if np.isnan(x[r, c]) else "infinity"
     raise DataError(f"{what} contains {kind} (first at {row_name(r, rows)}, column {c + 1}); expected finite numbers")
+
+
+# Channel counts of the pictures people keep: grey, RGB, RGBA.
+CHANNELS = (1, 3, 4)
+
+
+def warn_channels_last(what: str, shape) -> None:
+    """4-D images are read as (n, C, H, W), PyTorch's layout. An array whose last axis looks
+    like the channels and whose second does not is most likely (n, H, W, C), numpy's and
+    TensorFlow's, and would train as H channels of W x C images: warned, not refused, since
+    it may be what it says."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 3 and shape[-1] in CHANNELS and shape[0] not in CHANNELS:
+        import warnings
+
+        h, w, c = shape
+        warnings.warn(
+            f"{what} holds images of shape ({h}, {w}, {c}), read as {h} channels of {w}x{c} pixels (n, C, H, W); "
+            f"if the last axis holds the channels, move it first: numpy.moveaxis(x, -1, 1)",
+            VaekitWarning,
+            stacklevel=2,  # where the images are read, so that a file read twice warns once
+        )
 
 
 def check_image_layout(what: str, found, trained) -> None:
