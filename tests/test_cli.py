@@ -1454,6 +1454,48 @@ def test_a_run_reads_its_data_again_from_any_directory(tmp_path):
     assert proc.returncode == 2 and "--data cannot change when resuming" in proc.stderr, proc.stderr
 
 
+def test_a_run_trained_streamed_streams_its_file_again_however_it_is_named(tmp_path, capsys, monkeypatch):
+    """The run keeps its file absolute; --data naming the same file as typed (or another way)
+    still streams it, as the run's own data."""
+    import vaekit.data as data_mod
+
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).random((120, 5)).astype(np.float32))
+    code, _, err = cli(capsys, "train", "--data", "rows.npy", "--mmap", "--out", "run", *SMALL, "--quiet")
+    assert code == 0, err
+    seen = []
+    real = data_mod.load_dataset
+    monkeypatch.setattr(data_mod, "load_dataset", lambda config: seen.append(config.mmap) or real(config))
+    for given in ("rows.npy", "./rows.npy", str(tmp_path / "rows.npy")):
+        code, _, err = cli(capsys, "encode", "run", "--data", given, "--split", "test", "--out", "e.npy")
+        assert code == 0, err
+    assert seen == [True, True, True]
+
+
+def test_resume_names_an_edited_model_field_before_reading_the_data(run_copy, capsys):
+    config = json.loads((run_copy / "config.json").read_text())
+    config["model"]["likelihood"] = "bernoulli"
+    (run_copy / "config.json").write_text(json.dumps(config))
+    code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--epochs", "4")
+    assert_error(code, out, err, 1, "model.likelihood is \"bernoulli\"", "last.safetensors was saved with \"continuous_bernoulli\"")
+
+
+def test_the_aggregate_posterior_of_a_point_estimate_is_its_codes(tmp_path, capsys):
+    """sample --source aggregate draws z ~ q(z|x) of random rows: for the autoencoder, whose
+    q is δ(z − ẑ), every sample is the reconstruction of one of the rows."""
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data[:40]
+    np.save(tmp_path / "x.npy", x)
+    code, _, err = cli(capsys, "train", "--data", "digits", "--inference", "autoencoder", "--local-steps", "5", "--out", tmp_path / "ae", *SMALL, "--quiet")
+    assert code == 0, err
+    est = vaekit.load(tmp_path / "ae")
+    samples = est.sample(30, seed=0, source="aggregate", X=x)
+    recon = est.reconstruct(x)
+    distance = np.abs(samples[:, None, :] - recon[None, :, :]).max(-1).min(-1)
+    assert distance.max() < 1e-4, distance
+
+
 def _put_back(files: dict[str, bytes], run_dir: Path) -> None:
     """RUN_DIR holding exactly ``files`` (a snapshot) again."""
     shutil.rmtree(run_dir)

@@ -316,6 +316,7 @@ def test_csv_dataset_split(tmp_path):
         ("1,2\n3,4\n-inf,5\n", r"contains infinity \(first at row 3, column 1\)"),
         ("1,2\n3,Infinity\n", r"contains infinity \(first at row 2, column 2\)"),
         ("a,b\n1,2\n1_000,4\n", r"row 3, column 1 is '1_000'; expected a number"),
+        ("1_000,2\n3,4\n", r"row 1, column 1 is '1_000'; expected a number"),  # a data row, not a header
         ("1,2\n3,-1e400\n", r"row 2, column 2 is '-1e400', beyond float64's range"),
     ],
 )
@@ -747,7 +748,8 @@ def test_channels_last_images_are_warned_about_once(tmp_path, mmap):
     from vaekit.errors import VaekitWarning
 
     rng = np.random.default_rng(0)
-    for name, shape, warned in (("hwc", (40, 6, 5, 3), True), ("chw", (40, 3, 6, 5), False), ("hw", (40, 6, 5), False)):
+    cases = (("hwc", (40, 6, 5, 3), True), ("chw", (40, 3, 6, 5), False), ("hw", (40, 6, 5), False), ("c2", (40, 2, 4, 4), False))
+    for name, shape, warned in cases:
         np.save(tmp_path / f"{name}.npy", rng.random(shape).astype(np.float32))
         flags = ["--mmap"] if mmap else []
         proc = subprocess.run(

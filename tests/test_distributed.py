@@ -316,3 +316,26 @@ def test_a_batch_with_fewer_rows_than_processes_is_refused(tmp_path):
     assert errors and all("fewer than the 2 processes" in line for line in errors), proc.stderr
     assert not (run / ckpt.CONFIG_FILE).exists()
     ok(vaekit_train(*argv, nproc=1, cwd=tmp_path))
+
+
+def test_other_ranks_read_a_run_once_rank_0_has_recovered_it(tmp_path, monkeypatch):
+    """Under torchrun, the processes other than rank 0 wait for the folder a stopped
+    --overwrite left to go (rank 0 recovers it under the lock) before reading the run."""
+    import threading
+    import time
+
+    from vaekit import checkpoint as ckpt
+    from vaekit import cli as cli_mod
+
+    (tmp_path / ckpt.REPLACED_DIR).mkdir()
+    timer = threading.Timer(0.3, (tmp_path / ckpt.REPLACED_DIR).rmdir)
+    timer.start()
+    t0 = time.monotonic()
+    cli_mod._await_recovery(tmp_path)
+    assert 0.25 < time.monotonic() - t0 < 5 and not (tmp_path / ckpt.REPLACED_DIR).exists()
+    # Rank 0 never recovers (another writer holds the lock): the wait ends, rank 0 says why.
+    (tmp_path / ckpt.REPLACED_DIR).mkdir()
+    monkeypatch.setattr(cli_mod, "RECOVERY_WAIT_S", 0.2)
+    t0 = time.monotonic()
+    cli_mod._await_recovery(tmp_path)
+    assert time.monotonic() - t0 < 2

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +14,7 @@ from vaekit import plots
 from vaekit.config import ModelConfig
 from vaekit.data import Dataset
 from vaekit.model import VAEModel
-from vaekit.runs import LATENT_POINTS, RECONSTRUCTED_ROWS, picture_rows, write_pictures
+from vaekit.runs import LATENT_POINTS, RECONSTRUCTED_ROWS, picture_rows, train_run, write_pictures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -80,3 +83,107 @@ def test_write_pictures_spans_the_posterior_means(sorted_digits, tmp_path, monke
     assert np.all(inside.mean(axis=0) >= 0.98)
     np.testing.assert_allclose(limits[:, 0], np.percentile(mu, 1, axis=0, method="lower"))
     np.testing.assert_allclose(limits[:, 1], np.percentile(mu, 99, axis=0, method="higher"))
+
+
+# ---- a run set aside by --overwrite ------------------------------------------------------------
+
+
+def _digits_run(run_dir: Path) -> dict[str, bytes]:
+    from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    config = RunConfig(
+        model=ModelConfig(input_dim=64, latent_dim=2, hidden=(8,), likelihood="continuous_bernoulli", image_shape=(8, 8)),
+        train=TrainConfig(epochs=1, batch_size=256, eval_k=2, seed=0),
+        data=DataConfig(source="digits"),
+    )
+    train_run(config, run_dir)
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+class Killed(BaseException):
+    """Stands in for a kill (or a SIGTERM) between two renames."""
+
+
+def test_a_set_aside_cut_short_at_any_file_is_undone(tmp_path, monkeypatch):
+    """A kill after any number of set_aside's renames leaves the old run split between RUN_DIR
+    and .vaekit-replaced: recovery moves it back whole, and deletes none of it."""
+    from vaekit import checkpoint as ckpt
+    from vaekit.runs import recover_replaced
+
+    run_dir = tmp_path / "run"
+    before = _digits_run(run_dir)
+    n_files = len(list(run_dir.iterdir()))
+    real_replace = Path.replace
+    for moves in range(n_files + 1):
+        calls = {"n": 0}
+
+        def replace(self, target, moves=moves, calls=calls):
+            if Path(target).parent.name == ckpt.REPLACED_DIR:
+                if calls["n"] == moves:
+                    raise Killed
+                calls["n"] += 1
+            return real_replace(self, target)
+
+        monkeypatch.setattr(Path, "replace", replace)
+        try:
+            ckpt.set_aside(run_dir)
+        except Killed:
+            pass
+        monkeypatch.undo()
+        recover_replaced(run_dir)
+        assert _files(run_dir) == before, moves
+
+
+def test_an_interrupt_inside_set_aside_gives_the_run_back(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM while --overwrite moves the old run aside: train_run's clean-up
+    puts it back as it was."""
+    from vaekit import checkpoint as ckpt
+    from vaekit.config import RunConfig
+
+    run_dir = tmp_path / "run"
+    before = _digits_run(run_dir)
+    config = RunConfig.load(run_dir / ckpt.CONFIG_FILE)
+    real_replace = Path.replace
+    calls = {"n": 0}
+
+    def replace(self, target):
+        if Path(target).parent.name == ckpt.REPLACED_DIR:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, run_dir, overwrite=True)
+    monkeypatch.undo()
+    assert _files(run_dir) == before
+
+
+def test_readers_say_what_the_next_writer_does_with_a_run_set_aside(tmp_path):
+    from vaekit import checkpoint as ckpt
+    from vaekit.errors import CheckpointError
+
+    run_dir = tmp_path / "run"
+    _digits_run(run_dir)
+    # A new run that got as far as its checkpoint, not its best model: the old run will go.
+    ckpt.set_aside(run_dir)
+    aside = run_dir / ckpt.REPLACED_DIR
+    for name in (ckpt.CONFIG_FILE, ckpt.LAST_FILE):
+        (run_dir / name).write_bytes((aside / name).read_bytes())
+    with pytest.raises(CheckpointError, match=r"no model.safetensors; the run an --overwrite replaced is in .* which deletes it"):
+        ckpt.load_run(run_dir)
+    # Without a checkpoint the old run comes back.
+    (run_dir / ckpt.LAST_FILE).unlink()
+    with pytest.raises(CheckpointError, match=r"was stopped before its new run's first checkpoint.* puts it back"):
+        ckpt.load_run(run_dir)
+    # A run alone between its checkpoint and its best model: --resume writes it.
+    shutil.rmtree(run_dir)
+    _digits_run(run_dir)
+    (run_dir / ckpt.MODEL_FILE).unlink()
+    with pytest.raises(CheckpointError, match=r"no model.safetensors \(the run stopped between its checkpoint and its best model\): .*--resume"):
+        ckpt.load_run(run_dir)

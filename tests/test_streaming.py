@@ -302,8 +302,9 @@ def test_auto_likelihood_on_a_file_larger_than_the_memory_cap(big_file):
     "content, culprit",
     [
         (lambda path: path.write_bytes(b""), "could not be read as a .npy array"),
-        (lambda path: np.savez(open(path, "wb"), x=np.zeros((4, 3))), "is an .npz archive, not a .npy array; rename it to .npz"),
+        (lambda path: np.savez(open(path, "wb"), x=np.zeros((4, 3))), "is an .npz archive, not a .npy array"),
         (lambda path: np.save(path, np.zeros(5, dtype=[("a", "<f4"), ("b", "<f4")])), "expected numbers (bool, int or float)"),
+        (lambda path: np.save(path, np.zeros((5, 3), dtype=np.complex64)), "Complex data not supported"),
     ],
 )
 def test_mapping_a_file_that_holds_no_array_is_one_line(tmp_path, capsys, content, culprit):

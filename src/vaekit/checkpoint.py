@@ -164,9 +164,11 @@ def set_aside(run_dir: Path) -> None:
     """Move the run RUN_DIR holds into RUN_DIR/.vaekit-replaced/ (renames within one file
     system), so that a new run starts in an empty directory while the old one can still come
     back: ``end_aside`` restores it if the new run fails before its first checkpoint, and
-    deletes it otherwise. A directory that is no run is refused as ``clear_run`` refuses it; a
-    run set aside by an overwrite that was killed goes now (the run that replaced it is the
-    one being replaced)."""
+    deletes it otherwise. A directory that is no run is refused as ``clear_run`` refuses it.
+
+    The folder appears with the marker ``SETTING`` already in it (made under another name,
+    then renamed) and loses it once every file has moved: a move cut short by a kill is one
+    ``runs.recover_replaced`` undoes, since nothing of the new run exists yet."""
     from .lock import LOCK_FILE
 
     run_dir = Path(run_dir)
@@ -174,14 +176,22 @@ def set_aside(run_dir: Path) -> None:
     aside = run_dir / REPLACED_DIR
     if aside.is_dir() and not aside.is_symlink():
         shutil.rmtree(aside)
-    aside.mkdir()
+    making = run_dir / (REPLACED_DIR + ".new")
+    shutil.rmtree(making, ignore_errors=True)
+    making.mkdir()
+    (making / SETTING).touch()
+    making.replace(aside)
     for path in list(run_dir.iterdir()):
         if path.name not in (LOCK_FILE, REPLACED_DIR):
             path.replace(aside / path.name)
+    (aside / SETTING).unlink()
 
 
-# Inside REPLACED_DIR while its run moves back: a restore cut short is finished, not undone.
+# Markers inside REPLACED_DIR: while the old run moves in (a move cut short is undone), and
+# while it moves back (a restore cut short is finished).
+SETTING = ".setting"
 RESTORING = ".restoring"
+MARKERS = (SETTING, RESTORING)
 
 
 def end_aside(run_dir: Path, restore: bool) -> None:
@@ -193,22 +203,30 @@ def end_aside(run_dir: Path, restore: bool) -> None:
     if restore:
         (aside / RESTORING).touch()
         for path in list(aside.iterdir()):
-            if path.name != RESTORING:
+            if path.name not in MARKERS:
                 path.replace(Path(run_dir) / path.name)
-        (aside / RESTORING).unlink()
+        for marker in MARKERS:
+            (aside / marker).unlink(missing_ok=True)
         aside.rmdir()
     else:
         shutil.rmtree(aside)
 
 
 def replaced_hint(run_dir: Path) -> str:
-    """For the messages of readers that find no run where a killed --overwrite left the run
-    it was replacing aside: where it is and what brings it back; '' otherwise."""
-    if not (Path(run_dir) / REPLACED_DIR).is_dir():
+    """For the messages of readers that find no run, or no best model, where an --overwrite
+    left the run it replaces aside: what the next writer will do with it; '' otherwise."""
+    run_dir = Path(run_dir)
+    aside = run_dir / REPLACED_DIR
+    if not aside.is_dir():
         return ""
+    if (run_dir / LAST_FILE).is_file() and not (aside / SETTING).exists() and not (aside / RESTORING).exists():
+        return (
+            f"; the run an --overwrite replaced is in {aside} until the next 'vaekit train --out {run_dir}', "
+            "which deletes it (the new run has a checkpoint: --resume continues it)"
+        )
     return (
-        f"; an --overwrite was stopped before its new run's first checkpoint and the run it replaced is in "
-        f"{Path(run_dir) / REPLACED_DIR}: the next 'vaekit train --out {run_dir}' (with --resume to continue it) puts it back"
+        f"; an --overwrite is running, or was stopped before its new run's first checkpoint, and the run it replaces "
+        f"is in {aside}: the next 'vaekit train --out {run_dir}' (with --resume to continue it) puts it back"
     )
 
 
@@ -248,6 +266,20 @@ def model_record(config: RunConfig) -> dict[str, Any]:
     it: the checksums cover the weights, and this covers what they are read with (a changed
     input scale or likelihood would make another model of the same weights)."""
     return json.loads(config.to_bytes())["model"]
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The metadata of a vaekit safetensors file from its header alone, unverified (the
+    checksum needs the tensors: ``load_tensors``); {} for a file without it."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100_000_000:
+                return {}
+            meta = json.loads(f.read(n)).get("__metadata__", {}).get("meta", "{}")
+        return json.loads(meta) if isinstance(meta, str) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def check_model_record(config_path: Path, weights_path: Path, meta: dict[str, Any]) -> None:
@@ -301,8 +333,14 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
         raise CheckpointError(f"{run_dir}: not a run directory (no such directory)")
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no {CONFIG_FILE}){replaced_hint(run_dir)}")
-    if not (run_dir / which).is_file() and replaced_hint(run_dir):
-        raise CheckpointError(f"{run_dir}: no {which}{replaced_hint(run_dir)}")
+    if not (run_dir / which).is_file():
+        if replaced_hint(run_dir):
+            raise CheckpointError(f"{run_dir}: no {which}{replaced_hint(run_dir)}")
+        if which == MODEL_FILE and (run_dir / LAST_FILE).is_file():
+            raise CheckpointError(
+                f"{run_dir}: no {which} (the run stopped between its checkpoint and its best model): "
+                f"'vaekit train --out {run_dir} --resume' writes it again"
+            )
     try:
         config = RunConfig.load(run_dir / CONFIG_FILE)
     except ConfigError as e:  # a damaged run directory, not a usage error

@@ -145,6 +145,8 @@ def _config_from_args(args) -> "Any":
         if header is not None:  # a CSV's column names, which the verbs' tables must repeat
             given["data"]["feature_names"] = header
         given["data"].update(_located(data_cfg))
+        if given["model"].get("prior_from") is not None:  # read again by a resume from anywhere
+            given["model"]["prior_from"] = os.path.abspath(os.path.expanduser(given["model"]["prior_from"]))
         return run_config(given, data.train, data.image_shape, data.scaling)
 
 
@@ -258,11 +260,14 @@ def cmd_train(args) -> int:
     lock = RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite empties it; give one of them")
-    if (run_dir / ckpt.REPLACED_DIR).is_dir() and int(os.environ.get("RANK", "0")) == 0:
-        from .runs import recover_replaced
+    if (run_dir / ckpt.REPLACED_DIR).is_dir():
+        if int(os.environ.get("RANK", "0")) == 0:
+            from .runs import recover_replaced
 
-        with lock:  # an overwrite stopped by a kill: the directory holds one run again
-            recover_replaced(run_dir)
+            with lock:  # an overwrite stopped by a kill: the directory holds one run again
+                recover_replaced(run_dir)
+        else:
+            _await_recovery(run_dir)
     if args.resume:
         if not run_dir.is_dir():
             raise VaekitError(f"{run_dir}: nothing to resume (no such directory)")
@@ -312,6 +317,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+# How long the other processes of a torchrun group wait for rank 0 to recover a run directory.
+RECOVERY_WAIT_S = 120.0
+
+
+def _await_recovery(run_dir: Path) -> None:
+    """Under torchrun, a process other than rank 0 reads the run only once rank 0 has put back
+    (or let go) what a stopped --overwrite left aside: no process group exists yet to wait on,
+    so it watches the folder go (rank 0 removes it last). Past the wait it reads what is there,
+    and rank 0's own error, if any, says why."""
+    from . import checkpoint as ckpt
+
+    deadline = time.monotonic() + RECOVERY_WAIT_S
+    while (run_dir / ckpt.REPLACED_DIR).is_dir() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _holds_a_run(run_dir: Path) -> str:
     return f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
 
@@ -338,6 +359,8 @@ def _resume_config(args, run_dir: Path):
         config = RunConfig.load(run_dir / ckpt.CONFIG_FILE)
     except ConfigError as e:
         raise VaekitError(str(e)) from None
+    # An edited model section is named before the data are read with it.
+    ckpt.check_model_record(run_dir / ckpt.CONFIG_FILE, run_dir / ckpt.LAST_FILE, ckpt.read_meta(run_dir / ckpt.LAST_FILE))
     # Repeating the run's own value (the original command line, say) is not a change.
     options = train_options()
     for dest, (section, name, opt) in options.items():
@@ -346,7 +369,13 @@ def _resume_config(args, run_dir: Path):
             continue
         own = getattr(getattr(config, section), name)
         data_dir = args.data_dir or config.data.data_dir
-        if not (_same_file(value, own, data_dir) if name == "source" else _same(opt, name, value, own)):
+        if name == "source":
+            same = _same_file(value, own, data_dir)
+        elif name == "prior_from" and own is not None:  # a run directory, kept absolute
+            same = os.path.abspath(os.path.expanduser(value)) == os.path.abspath(os.path.expanduser(own))
+        else:
+            same = _same(opt, name, value, own)
+        if not same:
             raise ConfigError(f"{_flag(dest)} cannot change when resuming; {run_dir}/config.json holds {name}={own!r}")
     changed = {name: getattr(args, dest) for dest, (section, name, opt) in options.items() if section == "train" and opt.resumable and getattr(args, dest) is not None}
     with _option_names():
@@ -479,7 +508,7 @@ def _rows(est, args, split: str):
     # A run trained on a memory-mapped file streams it again; other files only when asked.
     mmap = getattr(args, "mmap", None)
     if mmap is None:
-        mmap = cfg.mmap and source == cfg.source
+        mmap = cfg.mmap and (source == cfg.source or _same_file(source, cfg.source, data_dir))
     named = None
     if split == "all" and Path(source).suffix:
         x, labels, image_shape = load_array(source, data_dir, mmap=mmap)

@@ -384,7 +384,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
         ``source``: ``"prior"``, z ~ p(z); ``"aggregate"``, z ~ q(z|x) for rows x drawn uniformly
         from ``X``, i.e. the aggregate posterior (1/N) Σ_i q(z|x_i) (the posterior as the new
-        prior, as the notes' last lecture puts it); ``"gmm"``, z from a Gaussian mixture with
+        prior, as the notes' last lecture puts it; for the point estimates, autoencoder and map,
+        the codes ẑ of the drawn rows); ``"gmm"``, z from a Gaussian mixture with
         ``components`` components fitted to the posterior means of ``X`` (ex-post density
         estimation, Ghosh et al. 2020), which follows the latents the decoder was trained on
         where the prior and the aggregate posterior disagree (default 10 components). ``X`` with
@@ -413,7 +414,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 rows = torch.randint(0, x.shape[0], (n,), generator=g, device=p.device).cpu().numpy()
                 xb = x.rows(rows) if isinstance(x, MappedRows) else x[rows]
                 with torch.no_grad():
-                    q = self.model_.evaluation_posterior(torch.as_tensor(xb, dtype=p.dtype, device=p.device))
+                    # A point estimate's q is δ(z − ẑ): its aggregate posterior is the codes.
+                    q = self.model_.representation(torch.as_tensor(xb, dtype=p.dtype, device=p.device))
                     z = q.sample(generator=g)
             else:
                 z = self._gmm_latents(X, n, check_positive_int("components", 10 if components is None else components), g)

@@ -66,7 +66,7 @@ def train_run(
         local = int(os.environ.get("LOCAL_RANK", "0"))
         run_config = dataclasses.replace(run_config, train=dataclasses.replace(run_config.train, device=f"cuda:{local}"))
     created = not run_dir.exists()
-    aside: list[bool] = []  # _train_run appends once it has set the old run aside (overwrite)
+    aside: list[bool] = []  # _train_run appends as it starts to set the old run aside (overwrite)
     try:
         try:
             summary = _train_run(run_config, run_dir, resume, progress, overwrite, aside)
@@ -74,9 +74,10 @@ def train_run(
             # Under overwrite the old run stays in place until the checks pass, then aside until
             # the new run's first checkpoint: a new run that fails before it gives it back.
             if not resume and rank_world()[0] == 0 and (not overwrite or aside):
-                _remove_unfinished(run_dir, created)
                 if aside:
-                    ckpt.end_aside(run_dir, restore=not (run_dir / ckpt.LAST_FILE).is_file())
+                    recover_replaced(run_dir)
+                else:
+                    _remove_unfinished(run_dir, created)
             raise
         if aside:
             ckpt.end_aside(run_dir, restore=False)
@@ -103,7 +104,9 @@ def recover_replaced(run_dir: str | Path) -> None:
     aside = run_dir / ckpt.REPLACED_DIR
     if not aside.is_dir() or aside.is_symlink():
         return
-    if (aside / ckpt.RESTORING).exists():
+    # A move aside cut short: what is left in RUN_DIR is the old run's too (the new run
+    # starts writing only after it); a move back cut short: finish it.
+    if (aside / ckpt.SETTING).exists() or (aside / ckpt.RESTORING).exists():
         ckpt.end_aside(run_dir, restore=True)
     elif (run_dir / ckpt.LAST_FILE).is_file():
         ckpt.end_aside(run_dir, restore=False)
@@ -166,8 +169,8 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
     if overwrite and rank == 0:
         # Only the lock holder empties the directory, and only now: a run refused by the checks
         # above leaves the old one. The other ranks read nothing of RUN_DIR in a new run.
+        aside.append(True)  # first: an interrupt inside set_aside is undone too
         ckpt.set_aside(run_dir)
-        aside.append(True)
     cfg = run_config.train
     # Rank 0 alone reports; --quiet silences the lines and the bars, not --tensorboard.
     bars = progress and not cfg.quiet and rank == 0

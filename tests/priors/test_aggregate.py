@@ -216,3 +216,17 @@ def test_cli_trains_and_resumes_with_a_fitted_mixture(first, tmp_path):
     tensors = assert_resume_equals_straight(tmp_path, [str(a) for a in common])
     assert tensors["model.prior.mu"].shape == (4, 2)
     torch.testing.assert_close(tensors["model.prior.logits"].exp().sum().double(), torch.tensor(1.0, dtype=F64))
+
+
+def test_prior_from_is_kept_absolute_and_repeated_as_any_path_on_resume(first, tmp_path, capsys, monkeypatch):
+    shutil.copytree(first[2], tmp_path / "earlier")
+    monkeypatch.chdir(tmp_path)
+    common = [*SMALL, "--latent-dim", "2", "--prior", "aggregate", "--prior-components", "20", "--quiet"]
+    code, _, err = cli(capsys, "train", *common, "--epochs", "1", "--prior-from", "earlier", "--out", "run")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["prior_from"] == str(tmp_path / "earlier")
+    for epochs, given in ((2, "./earlier"), (3, str(tmp_path / "earlier"))):
+        code, _, err = cli(capsys, "train", "--out", "run", "--resume", "--epochs", str(epochs), "--prior-from", given, "--quiet")
+        assert code == 0, err
+    code, _, err = cli(capsys, "train", "--out", "run", "--resume", "--epochs", "4", "--prior-from", "run", "--quiet")
+    assert code == 2 and "--prior-from cannot change when resuming" in err, err

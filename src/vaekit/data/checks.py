@@ -205,11 +205,13 @@ CHANNELS = (1, 3, 4)
 
 def warn_channels_last(what: str, shape) -> None:
     """4-D images are read as (n, C, H, W), PyTorch's layout. An array whose last axis looks
-    like the channels and whose second does not is most likely (n, H, W, C), numpy's and
+    like the channels (1, 3 or 4 of them, fewer than the pixels of either side) and whose second
+    does not is most likely (n, H, W, C), numpy's and
     TensorFlow's, and would train as H channels of W x C images: warned, not refused, since
     it may be what it says."""
     shape = tuple(int(d) for d in shape)
-    if len(shape) == 3 and shape[-1] in CHANNELS and shape[0] not in CHANNELS:
+    # Channels last: few of them, fewer than pixels along either side.
+    if len(shape) == 3 and shape[-1] in CHANNELS and shape[0] not in CHANNELS and shape[-1] < min(shape[:2]):
         import warnings
 
         h, w, c = shape

@@ -64,8 +64,14 @@ def open_mapped(path: Path) -> tuple[np.ndarray, tuple[int, ...] | None]:
         raise DataError(f"{path}: could not be read as a .npy array ({_reason(e)})") from None
     if not isinstance(array, np.ndarray):  # numpy opens an .npz archive whatever its name
         array.close()
-        raise DataError(f"{path}: is an .npz archive, not a .npy array; rename it to .npz")
-    if array.dtype.kind not in "biufc":  # structured or text: as the in-memory reader says it
+        raise DataError(
+            f"{path}: is an .npz archive, not a .npy array, and memory-mapping reads .npy files only: "
+            "save its array with numpy.save, or rename it to .npz and read it without --mmap"
+        )
+    # As the in-memory reader says it (vaekit.data.check_data).
+    if array.dtype.kind == "c":
+        raise DataError(f"{path}: Complex data not supported (dtype {array.dtype}); expected real numbers")
+    if array.dtype.kind not in "biuf":
         raise DataError(f"{path} has dtype {array.dtype}; expected numbers (bool, int or float)")
     image_shape = None
     if array.ndim in (3, 4):
@@ -203,8 +209,9 @@ def _number(cell: str) -> float | None:
 
 
 def _is_header(cells: list[str]) -> bool:
-    """A first row with a cell that is no number names the columns."""
-    return any(c and _number(c) is None for c in cells)
+    """A first row with a cell that is no number names the columns; a cell that only digit
+    grouping keeps from being one ('1_000') makes a data row, refused where it is read."""
+    return any(c and _number(c.replace("_", "")) is None for c in cells)
 
 
 def table_header(path: Path) -> tuple[str, ...] | None:
