@@ -122,8 +122,9 @@ class Posterior(Distribution):
             return self.rsample(sample_shape, generator=generator)
 
     def params(self) -> dict[str, torch.Tensor]:
-        """Named (n, D) arrays describing q for each point: ``mu`` and ``logvar``."""
-        raise NotImplementedError
+        """Named (n, D) arrays describing q for each point: ``mu`` and ``logvar``, the log of
+        its variance (−inf where q has none: a point mass)."""
+        return {"mu": self.mean, "logvar": torch.log(self.variance)}
 
     def log_prob_groups(self, z: torch.Tensor, groups) -> dict[str, torch.Tensor]:
         """log q(z_j | ·) of each latent group (``groups``: the model's ``LatentGroup``s), which
@@ -373,10 +374,6 @@ class PointMass(Posterior):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
-
-    def params(self) -> dict[str, torch.Tensor]:
-        # σ² = 0 exactly: exp(log σ²) = 0 and μ + ε·σ = ẑ, as the point mass has it.
-        return {"mu": self.z, "logvar": torch.full_like(self.z, -math.inf)}
 
     def log_prob_groups(self, z: torch.Tensor, groups) -> dict[str, torch.Tensor]:
         return {g.name: self.log_prob(z) for g in groups}
