@@ -201,7 +201,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
             # between the two leaves the earlier best beside the earlier record (what readers
             # see), and a resume rewrites it from last.safetensors (``_start``).
             if improved:
-                ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, run.best_state, {"epoch": epoch, "model_config": run.model_record})
+                ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, run.best_state, run.best_meta())
             _append_metrics(run_dir, record)
         if on_epoch is not None and rank == 0:
             on_epoch(record)
@@ -264,6 +264,10 @@ class _Run:
         # config.json's model section, kept with the weights (``ckpt.model_record``).
         self.model_record: dict[str, Any] | None = None
 
+    def best_meta(self) -> dict[str, Any]:
+        """model.safetensors' metadata: the epoch of the best weights, and the model section."""
+        return {"epoch": self.best_epoch, "model_config": self.model_record}
+
 
 def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_config, resume: bool, writer: bool, x_train) -> _Run:
     """A fresh run (seeded, the prior shown the training rows, run directory initialised) or
@@ -320,7 +324,7 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
         # The last checkpoint is the best epoch: its weights are the best weights.
         run.best_state = copy.deepcopy(model.state_dict())
         if writer:
-            ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, run.best_state, {"epoch": run.best_epoch, "model_config": run.model_record})
+            ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, run.best_state, run.best_meta())
     # Lines after the checkpoint belong to an epoch that will be run again.
     if writer:
         _write_metrics(run_dir, run.history)
