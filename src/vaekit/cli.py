@@ -146,7 +146,7 @@ def _config_from_args(args) -> "Any":
             given["data"]["feature_names"] = header
         given["data"].update(_located(data_cfg))
         if given["model"].get("prior_from") is not None:  # read again by a resume from anywhere
-            given["model"]["prior_from"] = os.path.abspath(os.path.expanduser(given["model"]["prior_from"]))
+            given["model"]["prior_from"] = _absolute(given["model"]["prior_from"])
         return run_config(given, data.train, data.image_shape, data.scaling)
 
 
@@ -157,10 +157,15 @@ def _located(data_cfg) -> dict[str, str]:
 
     where = {}
     if data_cfg.data_dir is not None:
-        where["data_dir"] = os.path.abspath(os.path.expanduser(data_cfg.data_dir))
+        where["data_dir"] = _absolute(data_cfg.data_dir)
     if Path(data_cfg.source).suffix:  # a file; a named dataset is a bare word
         where["source"] = os.path.abspath(resolve_path(data_cfg.source, data_cfg.data_dir))
     return where
+
+
+def _absolute(path) -> str:
+    """A path as config.json keeps it: user-expanded and absolute, links left as they are."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _same_file(value: str, own: str, data_dir: str | None) -> bool:
@@ -174,7 +179,7 @@ def _same_file(value: str, own: str, data_dir: str | None) -> bool:
         value = str(resolve_path(value, data_dir))
     except DataError:
         return False
-    return os.path.abspath(os.path.expanduser(value)) == os.path.abspath(os.path.expanduser(own))
+    return _absolute(value) == _absolute(own)
 
 
 def _header(source: str, data_dir: str | None):
@@ -372,7 +377,7 @@ def _resume_config(args, run_dir: Path):
         if name == "source":
             same = _same_file(value, own, data_dir)
         elif name == "prior_from" and own is not None:  # a run directory, kept absolute
-            same = os.path.abspath(os.path.expanduser(value)) == os.path.abspath(os.path.expanduser(own))
+            same = _absolute(value) == _absolute(own)
         else:
             same = _same(opt, name, value, own)
         if not same:
@@ -380,7 +385,7 @@ def _resume_config(args, run_dir: Path):
     changed = {name: getattr(args, dest) for dest, (section, name, opt) in options.items() if section == "train" and opt.resumable and getattr(args, dest) is not None}
     with _option_names():
         train = replace(config.train, **changed)
-        data_dir = os.path.abspath(os.path.expanduser(args.data_dir)) if args.data_dir else config.data.data_dir
+        data_dir = _absolute(args.data_dir) if args.data_dir else config.data.data_dir
         config = replace(config, train=train, data=replace(config.data, data_dir=data_dir))
         bad = inert_options(config, {"train": set(changed)})
         if bad:
