@@ -317,6 +317,7 @@ def test_csv_dataset_split(tmp_path):
         ("1,2\n3,Infinity\n", r"contains infinity \(first at row 2, column 2\)"),
         ("a,b\n1,2\n1_000,4\n", r"row 3, column 1 is '1_000'; expected a number"),
         ("1_000,2\n3,4\n", r"row 1, column 1 is '1_000'; expected a number"),  # a data row, not a header
+        ('a,b,c\n1,2,3\n"1\n2",3,4\n', r"row 3 has 1 columns, but row 2 has 3 \(a quoted cell holds a line break"),
         ("1,2\n3,-1e400\n", r"row 2, column 2 is '-1e400', beyond float64's range"),
     ],
 )

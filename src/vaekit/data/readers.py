@@ -267,10 +267,13 @@ def _read_table(path: Path) -> np.ndarray:
             )
     width = len(rows[0][1])
     values = np.empty((len(rows), width), dtype=np.float64)
+    text_of = dict(lines)
     for i, (line_no, cells) in enumerate(rows):
         if len(cells) != width:
+            # An odd number of quotes: a quoted cell goes on past the line's end.
+            spans = " (a quoted cell holds a line break, which a table of numbers cannot)" if text_of[line_no].count('"') % 2 else ""
             raise DataError(
-                f"{path}: row {line_no} has {len(cells)} columns, but row {rows[0][0]} has {width}"
+                f"{path}: row {line_no} has {len(cells)} columns, but row {rows[0][0]} has {width}{spans}"
             )
         for j, cell in enumerate(cells):
             v = _number(cell)
