@@ -15,25 +15,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vaekit import bubbles, plots
-from vaekit.config import DataConfig, TrainConfig
-from vaekit.data import load_dataset
-from vaekit.scaling import named_values
-from vaekit.evaluate import LatentUsage, elbo_per_point
-from vaekit.model import VAEModel
-from vaekit.runs import model_config
-from vaekit.train import fit
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import description, number_list, positive_int, run  # noqa: E402
+
+from vaekit import bubbles, plots  # noqa: E402
+from vaekit.config import DataConfig, TrainConfig  # noqa: E402
+from vaekit.data import load_dataset  # noqa: E402
+from vaekit.evaluate import LatentUsage, elbo_per_point  # noqa: E402
+from vaekit.model import VAEModel  # noqa: E402
+from vaekit.runs import model_config  # noqa: E402
+from vaekit.scaling import named_values  # noqa: E402
+from vaekit.train import fit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(beta: float, data, args) -> dict:
+def train_one(beta: float, data, args) -> dict:
     config = model_config(data.train, data.image_shape, {"latent_dim": (2,), "hidden": (args.hidden,), "likelihood": args.likelihood})
     torch.manual_seed(args.seed)
     model = VAEModel(config)
@@ -57,20 +61,22 @@ def run(beta: float, data, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--data", default="digits", help="a named dataset or a file, as for vaekit train")
-    parser.add_argument("--betas", default="0.1,1,4", help="comma-separated KL weights, one panel each")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--likelihood", default="auto")
+    parser.add_argument("--betas", type=number_list, default="0.1,1,4", help="comma-separated KL weights > 0, one panel each")
+    parser.add_argument("--epochs", type=positive_int, default=30)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--hidden", type=positive_int, default=256)
+    parser.add_argument("--likelihood", default="auto", help="as for vaekit train (default auto)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "bubbles.png")
     args = parser.parse_args()
     data = named_values(load_dataset(DataConfig(source=args.data)))  # digits / 16, as measured
-    results = [run(float(b), data, args) for b in args.betas.split(",")]
+    results = [train_one(b, data, args) for b in args.betas]
+    labels = {r["beta"]: f"β = {r['beta']:g}:" for r in results}
+    width = max(map(len, labels.values()))
     for r in results:
-        print(f"β = {r['beta']:g}: recon {r['valid_recon']:.3f}  KL {r['valid_kl']:.3f} = mean {r['force_mean']:.3f} "
+        print(f"{labels[r['beta']]:{width}s} recon {r['valid_recon']:7.3f}  KL {r['valid_kl']:6.3f} = mean {r['force_mean']:6.3f} "
               f"+ variance {r['force_variance']:.3f}  mean σ {r['mean_sigma']:.3f}  ({r['train_seconds']:.1f} s)")  # fmt: skip
     labels = data.split_labels("valid")
     panels = [(f"β = {r['beta']:g}: KL {r['valid_kl']:.2f} nats, mean σ {r['mean_sigma']:.2f}", r["mu"], r["logvar"]) for r in results]
@@ -81,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "bubbles.py")

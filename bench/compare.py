@@ -42,6 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import description, device, existing_file, positive_int, run  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared/data/binarized_mnist/binarized_mnist.npz"
 # Multiply-adds of one image through 784-400-(20+20)-400-784; forward and backward take three
@@ -49,6 +52,7 @@ DATA = ROOT.parent / "shared/data/binarized_mnist/binarized_mnist.npz"
 _MACS = 784 * 400 + 400 * 40 + 20 * 400 + 400 * 784
 FLOP_PER_IMAGE = 2 * (3 * _MACS - 784 * 400)
 CONTESTANTS = ("products", "vaekit", "vaekit-compile", "vaekit-bf16", "examples", "pythae", "pyro")
+PEERS = ("pythae", "pyro")  # not dependencies: skipped where they are not installed
 
 
 # -- shared pieces (run inside each contestant's process) ---------------------------------------
@@ -344,12 +348,12 @@ def child(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--epochs", type=positive_int, default=3, help="epochs each contestant trains per round (default 3)")
+    ap.add_argument("--repeats", type=positive_int, default=3, help="rounds, every contestant once in each (default 3)")
     ap.add_argument("--contestants", nargs="+", default=list(CONTESTANTS), choices=CONTESTANTS)
-    ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where every contestant trains")
+    ap.add_argument("--data", type=existing_file, default=str(DATA), help="binarized_mnist.npz (train, test)")
+    ap.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N: where every contestant trains")
     ap.add_argument("--child", choices=CONTESTANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -377,7 +381,7 @@ def main() -> None:
         for name in args.contestants:
             if name in failed:
                 continue
-            cmd = [sys.executable, __file__, "--child", name, "--epochs", str(args.epochs), "--data", args.data, "--device", args.device]
+            cmd = [sys.executable, __file__, "--child", name, "--epochs", str(args.epochs), "--data", str(args.data), "--device", args.device]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:
@@ -420,7 +424,12 @@ def main() -> None:
         "threads": torch.get_num_threads(), "matmul_peak_gflops": peak, "matmul_peaks_gflops": peaks,
         "bf16_matmul_peak_gflops": peak_bf16, "flop_per_image": FLOP_PER_IMAGE, "results": results,
     }))  # fmt: skip
+    # A peer that is not installed is skipped; a contestant of this project's own that fails is a
+    # failed benchmark.
+    own = sorted(failed - set(PEERS))
+    if own or not results:
+        sys.exit(f"compare.py: {', '.join(own) if own else 'every contestant'} failed")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "compare.py")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import description, positive_int, run  # noqa: E402
 from compare import DATA, matmul_peak  # noqa: E402
 
 from vaekit.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
@@ -34,10 +35,10 @@ DECODER_FLOP = 2 * (20 * 400 + 400 * 784)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--k", type=int, default=5000)
-    ap.add_argument("--rows", type=int, default=10000)
-    ap.add_argument("--epochs", type=int, default=1)
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--k", type=positive_int, default=5000, help="importance samples per image (default 5000)")
+    ap.add_argument("--rows", type=positive_int, default=10000, help="test images, at most 10000 (default 10000)")
+    ap.add_argument("--epochs", type=positive_int, default=1, help="training epochs before the estimate (default 1)")
     args = ap.parse_args()
     data = load_dataset(DataConfig(source="binarized_mnist", data_dir=str(Path(DATA).parent)))
     torch.manual_seed(0)
@@ -58,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "eval_iwae.py")

@@ -29,7 +29,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import description, positive_int, run  # noqa: E402
 from tables import write_between  # noqa: E402
+
+from vaekit.files import atomic_write_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "literature"
@@ -58,9 +61,30 @@ ROWS: dict[str, dict] = {
 }  # fmt: skip
 
 
+def split_flags(text: str) -> list[str]:
+    """The words of ``--flags``, ``--opt=value`` taken as ``--opt value``: the same training has
+    one name however its options are spelled."""
+    words: list[str] = []
+    for word in text.split():
+        words += word.split("=", 1) if word.startswith("--") and "=" in word else [word]
+    return words
+
+
 def run_name(row: str, amp: str | None = None, flags: list[str] | tuple[str, ...] = ()) -> str:
     """ROW, ROW-bf16, ROW[-bf16]-<flags>: each variant of a row (bf16 autocast, further vaekit
-    train flags) trains in its own run directory, writes its own JSON and has its own line."""
+    train flags) trains in its own run directory, writes its own JSON and has its own line.
+
+    Options lose their dashes (``--init he`` → ``init-he``); a negative value keeps its sign
+    (``--logvar-min -6`` → ``logvar-min--6``, apart from ``--logvar-min 6``); a ``/`` in a
+    value (a path) becomes ``_``, so that the name stays one directory."""
+    words = [w[2:] if w.startswith("--") else w.replace("/", "_") for w in flags]
+    slug = "-".join(words)
+    return row + ("-bf16" if amp == "bf16" else "") + (f"-{slug}" if slug else "")
+
+
+def legacy_name(row: str, amp: str | None, flags: list[str]) -> str:
+    """The name the same variant had before negative values kept their sign (every leading
+    dash dropped): runs and results made then are found under it."""
     slug = "-".join(f.lstrip("-") for f in flags)
     return row + ("-bf16" if amp == "bf16" else "") + (f"-{slug}" if slug else "")
 
@@ -118,7 +142,8 @@ def _median(values: list[float]) -> float | None:
 
 
 def run_row(
-    row: str, run_dir: Path, data_dir: Path, extra: list[str], results: Path = RESULTS, name: str | None = None, flags: list[str] | None = None
+    row: str, run_dir: Path, data_dir: Path, extra: list[str], results: Path = RESULTS, name: str | None = None, flags: list[str] | None = None,
+    smoke: bool = False,
 ) -> dict:
     argv = command(row, run_dir, data_dir, extra)
     t0 = time.time()
@@ -133,6 +158,7 @@ def run_row(
         "command": " ".join(argv),
         "flags": flags or [],
         "finished": True,
+        **({"smoke": True} if smoke else {}),
         "this_invocation_seconds": time.time() - t0,
         "machine": _machine(run_dir),
         "test_nll": -test["log_likelihood"],
@@ -142,8 +168,7 @@ def run_row(
         "latent_size": test.get("latent_size"),
     }
     result.pop("args")
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{name or row}.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_bytes(results / f"{name or row}.json", (json.dumps(result, indent=2) + "\n").encode())
     return result
 
 
@@ -166,8 +191,7 @@ def snapshot(
               "test_neg_elbo": -test["elbo"], "k": test["k"], "active_units": test.get("active_units"),
               "latent_size": test.get("latent_size")}  # fmt: skip
     result.pop("args")
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{name or row}.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_bytes(results / f"{name or row}.json", (json.dumps(result, indent=2) + "\n").encode())
     return result
 
 
@@ -181,15 +205,18 @@ def row_config(row: str, x_train, extra: list[str] | None = None):
     return run_config(given_options(build_parser().parse_args(argv[1:])), x_train, (28, 28))
 
 
-def step_time(row: str, data_dir: Path, rounds: int = 5, steps: int = 20) -> dict:
+def step_time(row: str, data_dir: Path, rounds: int = 5, steps: int = 20, threads: int | None = None) -> dict:
     """Milliseconds of the row's training step (one batch of 100 training images: loss,
-    gradient, Adam) in float32 and under bf16 autocast, in interleaved rounds on the current
-    thread count: the ratio that decides whether a row trains in bf16 on this machine."""
+    gradient, Adam) in float32 and under bf16 autocast, in interleaved rounds on ``threads``
+    threads (default: PyTorch's count): the ratio that decides whether a row trains in bf16 on
+    this machine."""
     import statistics
 
     import numpy as np
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     from step import fit_step
 
     from vaekit.model import VAEModel
@@ -260,57 +287,118 @@ def write_table(path: Path, text: str) -> None:
     write_between(path, MARKERS, text, "literature.py")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description(__doc__))
     p.add_argument("row", nargs="?", choices=sorted(ROWS))
     p.add_argument("--runs-dir", type=Path, default=Path.home() / "vaekit-runs" / "literature")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
-    p.add_argument("--status", action="store_true", help="report where the row's run stands (every run's, without a row); train nothing")
-    p.add_argument("--table", action="store_true", help="print the README table from bench/results/literature/*.json")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--status", action="store_true", help="report where the row's run stands (every run's, without a row); train nothing")
+    what.add_argument("--table", action="store_true", help="print the README table from bench/results/literature/*.json")
+    what.add_argument("--snapshot", action="store_true", help="evaluate an unfinished run's best epoch so far into ROW.json")
+    what.add_argument("--step-time", action="store_true", help="time the row's training step in float32 and bf16 autocast; train nothing")
     p.add_argument("--write", type=Path, help="with --table: write it between the table markers of this file")
-    p.add_argument("--snapshot", action="store_true", help="evaluate an unfinished run's best epoch so far into ROW.json")
-    p.add_argument("--step-time", action="store_true", help="time the row's training step in float32 and bf16 autocast; train nothing")
+    p.add_argument("--rounds", type=positive_int, default=5, help="with --step-time: interleaved rounds (default 5)")
+    p.add_argument("--steps", type=positive_int, default=20, help="with --step-time: steps timed per round (default 20)")
     p.add_argument("--amp", choices=("off", "bf16"), help="bf16 autocast for training (evaluation stays float32)")
     p.add_argument("--flags", default="", help="further vaekit train flags for a variant of the row, e.g. '--normalized-grad --init he' (its own run directory, JSON and table line)")
-    p.add_argument("--threads", type=int, help="CPU threads of training (a speed setting: the run keeps its name, and --resume may change it)")
-    p.add_argument("--max-epochs", type=int, help="fewer epochs than the published 2000 (a smoke test; the JSON says so)")
-    p.add_argument("--eval-k", type=int, help="fewer importance samples than the published 5000 (a smoke test)")
-    args = p.parse_args()
+    p.add_argument("--threads", type=positive_int, help="CPU threads of training and of --step-time (a speed setting: the run keeps its name, and --resume may change it)")
+    p.add_argument("--max-epochs", type=positive_int, help="fewer epochs than the published 2000 (a smoke test: run and JSON, marked smoke, under RUNS_DIR/smoke)")
+    p.add_argument("--eval-k", type=positive_int, help="fewer importance samples than the published 5000 (a smoke test: JSON, marked smoke, under RUNS_DIR/smoke)")
+    return _checked(p, p.parse_args(_flags_joined(argv)))
+
+
+def _flags_joined(argv: list[str]) -> list[str]:
+    """``--flags VALUE`` as ``--flags=VALUE``: argparse reads a lone value that starts with "--"
+    (``--flags "--normalized-grad"``) as an option of its own."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--flags" and i + 1 < len(argv):
+            out.append(f"--flags={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    if args.write and not args.table:
+        p.error("--write goes with --table")
+    if args.row is None and not (args.table or args.status):
+        p.error("name a row, or pass --table (or --status for every run)")
+    if args.table and args.row:
+        p.error("--table prints every row; it takes no row")
+    return args
+
+
+def _variant(args: argparse.Namespace, smoke: bool) -> tuple[str, Path, list[str]]:
+    """The variant's name, run directory and flags; a run made under the legacy name of the
+    same variant is continued there."""
+    flags = split_flags(args.flags)
+    name = run_name(args.row, args.amp, flags)
+    base = args.runs_dir / ("smoke" if smoke else "")
+    old = legacy_name(args.row, args.amp, flags)
+    if old != name and not (base / name).exists() and (base / old).exists():
+        name = old
+    return name, base / name, flags
+
+
+def _unchanged(path: Path, flags: list[str], snapshot: bool) -> None:
+    """Refuse to replace a result of other flags under the same name, or a finished result by a
+    snapshot."""
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        sys.exit(f"literature.py: {path} is not a result file ({e}); move it away first")
+    if split_flags(" ".join(old.get("flags", []))) != flags:
+        sys.exit(f"literature.py: {path} holds the result of flags {' '.join(old.get('flags', []))!r}, not {' '.join(flags)!r}; move it away first")
+    if snapshot and old.get("finished"):
+        sys.exit(f"literature.py: {path} holds the finished run's result; a snapshot would replace it")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(sys.argv[1:] if argv is None else argv)
     if args.table:
         if args.write:
             write_table(args.write, table())
         else:
             print(table())
         return
-    if args.row is None and args.status:
-        # Every run there is, of every variant, under the row whose name begins its own.
-        for run_dir in sorted(args.runs_dir.glob("*/metrics.jsonl")):
+    if args.row is None:  # --status of every run there is, of every variant, under the row whose name begins its own
+        found = sorted(args.runs_dir.glob("*/metrics.jsonl"))
+        for run_dir in found:
             name = run_dir.parent.name
             row = max((r for r in ROWS if name == r or name.startswith(f"{r}-")), key=len, default=None)
             if row is not None:
                 print(json.dumps({"run": name, **status(row, run_dir.parent)}))
+        if not found:
+            print(f"literature.py: no runs under {args.runs_dir}", file=sys.stderr)
         return
-    if args.row is None:
-        p.error("name a row, or pass --table (or --status for every run)")
-    smoke = bool(args.max_epochs or args.eval_k) and not args.snapshot
-    # A shortened or bf16 run never continues (or disturbs) the published-settings run.
-    flags = args.flags.split()
-    name = run_name(args.row, args.amp, flags)
-    run_dir = args.runs_dir / ("smoke" if smoke else "") / name
+    if args.step_time:
+        print(json.dumps(step_time(args.row, args.data_dir, args.rounds, args.steps, args.threads)))
+        return
+    # A shortened run never continues (or disturbs) the published-settings run, and its JSON,
+    # like a snapshot's at fewer samples, stays beside it, out of the repository's results.
+    smoke = bool(args.max_epochs or args.eval_k)
+    name, run_dir, flags = _variant(args, smoke and not args.snapshot)
+    results = args.runs_dir / "smoke" / "results" if smoke else RESULTS
+    if args.status or args.snapshot:
+        if not (run_dir / "config.json").is_file():
+            sys.exit(f"literature.py: {args.row}: no run at {run_dir}")
     if args.status:
         print(json.dumps(status(args.row, run_dir)))
         return
-    if args.step_time:
-        print(json.dumps(step_time(args.row, args.data_dir)))
-        return
+    _unchanged(results / f"{name}.json", flags, args.snapshot)
     extra = (["--amp", args.amp] if args.amp else []) + flags
     if args.snapshot:
-        print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000, name=name, extra=extra, flags=flags)))
+        print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000, results, name=name, extra=extra, flags=flags)))
         return
     extra += speed_and_smoke_flags(args.threads, args.max_epochs, args.eval_k)
-    results = args.runs_dir / "smoke" / "results" if smoke else RESULTS
-    print(json.dumps(run_row(args.row, run_dir, args.data_dir, extra, results, name, flags)))
+    print(json.dumps(run_row(args.row, run_dir, args.data_dir, extra, results, name, flags, smoke)))
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "literature.py")

@@ -49,9 +49,11 @@ from vaekit.data import load_dataset
 from vaekit.evaluate import elbo_per_point, gaps, log_px_per_point
 from vaekit.model import VAEModel
 from vaekit.plots import bound_bars_plot
+from vaekit.files import atomic_write_bytes
 from vaekit.train import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import count, description, documented, positive_float, positive_int, run  # noqa: E402
 from tables import write_between  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "methods.json"
@@ -203,24 +205,42 @@ def measured(name: str, regime: str, state: dict, data, args) -> dict:
     return r
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--max-epochs", type=int, default=300)
-    ap.add_argument("--patience", type=int, default=10, help="epochs without a better validation objective before a method stops")
-    ap.add_argument("--budget", type=float, default=60.0, help="seconds of training steps for the equal-time comparison")
-    ap.add_argument("--k", type=int, default=1000)
-    ap.add_argument("--rows", type=int, default=1000, help="test and training rows evaluated")
-    ap.add_argument("--gap-steps", type=int, default=GAP_STEPS, help="cap on q*'s Adam steps (it stops when its ELBO stops improving)")
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--max-epochs", type=positive_int, default=300)
+    ap.add_argument("--patience", type=positive_int, default=10, help="epochs without a better validation objective before a method stops")
+    ap.add_argument("--budget", type=positive_float, default=60.0, help="seconds of training steps for the equal-time comparison")
+    ap.add_argument("--k", type=positive_int, default=1000, help="importance samples per row")
+    ap.add_argument("--rows", type=positive_int, default=1000, help="test and training rows evaluated")
+    ap.add_argument("--gap-steps", type=positive_int, default=GAP_STEPS, help="cap on q*'s Adam steps (it stops when its ELBO stops improving)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads of training (0: PyTorch's count)")
+    ap.add_argument("--threads", type=count, default=0, help="CPU threads of training (0: PyTorch's count)")
     ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/binarized_mnist"))
     ap.add_argument("--out", default="~/vaekit-runs/methods", help="where trained states are kept")
     ap.add_argument("--retrain", action="store_true", help="train again even where states are kept")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="the JSON written (and read by --table)")
-    ap.add_argument("--table", choices=REGIMES, nargs="?", const="converged", help="print a table from bench/results/methods.json")
+    ap.add_argument("--results", type=Path, help="the JSON written (and read by --table); default bench/results/methods.json "
+                    "for the documented settings, OUT/methods.json for any other")
+    ap.add_argument("--table", choices=REGIMES, nargs="?", const="converged", help="print a table from the results JSON")
     ap.add_argument("--write", type=Path, help="with --table: write it between the methods-table markers of this file")
+    return ap
+
+
+def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """--results, or by default bench/results/methods.json for the documented settings (and for
+    --table), OUT/methods.json for any other: a smoke test never replaces the measured results."""
+    if args.results is not None:
+        return args.results
+    speed = ("threads", "methods", "out", "retrain", "results", "table", "write")
+    return RESULTS if args.table or documented(ap, args, speed) else Path(args.out).expanduser() / "methods.json"
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
+    if args.write and not args.table:
+        ap.error("--write goes with --table")
+    args.results = results_path(ap, args)
     if args.table:
         text = table(args.table, args.results)
         if args.write:
@@ -254,8 +274,7 @@ def main() -> None:
                 f"{r['train_elbo']:10.2f} {r['inference_seconds_per_1000']:7.3f}",
                 flush=True,
             )
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_bytes(args.results, (json.dumps(result, indent=2) + "\n").encode())
     print(json.dumps(result))
     # The bound beneath the evidence for the first test rows, one panel per method.
     bound_bars_plot(bound, args.results.with_name(args.results.stem + "_bound.png"))
@@ -312,4 +331,4 @@ def write_table(path: Path, text: str, regime: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "methods.py")

@@ -9,7 +9,7 @@ samples) on all test digits, on the test digits 0-4 the prior has seen, and on 5
 has not. A fourth run takes a diagonal Gaussian mixture fitted to that aggregate posterior
 (``--prior-mixture``) as its prior.
 
-    python bench/prior_from.py [--epochs 50] [--first-epochs 50] [--k 1000] [--out bench/runs/prior_from]
+    python bench/prior_from.py [--epochs 50] [--first-epochs 50] [--k 1000] [--out ~/vaekit-runs/prior_from]
 
 Splits: scikit-learn's digits (x/16) permuted with seed 0, 70% train, 10% valid, 20% test;
 the first run's data are the rows of digits 0-4 of the same train and valid splits.
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import description, positive_int, run  # noqa: E402
 
 
 def _splits(out: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
@@ -48,24 +49,24 @@ def _splits(out: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
 def _train(run: Path, data: Path, epochs: int, *more: str) -> None:
     cmd = [sys.executable, "-m", "vaekit", "train", "--data", str(data), "--out", str(run), "--epochs", str(epochs),
            "--batch-size", "64", "--eval-k", "10", "--overwrite", *more]  # fmt: skip
-    print("$", " ".join(cmd[1:]), flush=True)
+    print("$ python", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=50, help="epochs of the second runs (all digits)")
-    ap.add_argument("--first-epochs", type=int, default=50, help="epochs of the first run (digits 0-4)")
-    ap.add_argument("--k", type=int, default=1000)
-    ap.add_argument("--components", type=int, default=1000, help="--prior-components of the aggregate prior")
-    ap.add_argument("--fit-components", type=int, default=10, help="--prior-mixture of the mixture fitted to the aggregate")
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--epochs", type=positive_int, default=50, help="epochs of the second runs (all digits)")
+    ap.add_argument("--first-epochs", type=positive_int, default=50, help="epochs of the first run (digits 0-4)")
+    ap.add_argument("--k", type=positive_int, default=1000, help="importance samples per test row")
+    ap.add_argument("--components", type=positive_int, default=1000, help="--prior-components of the aggregate prior")
+    ap.add_argument("--fit-components", type=positive_int, default=10, help="--prior-mixture of the mixture fitted to the aggregate")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "runs" / "prior_from"))
+    ap.add_argument("--out", type=Path, default=Path.home() / "vaekit-runs" / "prior_from", help="where the runs and their data go")
     args = ap.parse_args()
 
     import vaekit
 
-    out = Path(args.out)
+    out = args.out.expanduser()
     every, first, tests = _splits(out)
     seed = ["--seed", str(args.seed)]
     _train(out / "first", first, args.first_epochs, *seed)
@@ -80,17 +81,18 @@ def main() -> None:
     _train(runs["mixture fitted to it"], every, args.epochs, *seed, "--prior", "aggregate", "--prior-from", str(out / "first"),
            "--prior-components", str(args.components), "--prior-mixture", str(args.fit_components))  # fmt: skip
     rows = []
-    for name, run in runs.items():
-        est = vaekit.load(run)
+    for name, run_dir in runs.items():
+        est = vaekit.load(run_dir)
         scores = {part: float(est.score_samples(x, k=args.k).mean()) for part, x in tests.items()}
         rows.append({"prior": name, **{f"test log p(x) {part}": v for part, v in scores.items()}})
     print(f"\nsecond run on all digits, {args.epochs} epochs; test log p(x) in nats (IWAE, K={args.k})")
-    print(f"{'prior':18s} {'all':>9s} {'0-4':>9s} {'5-9':>9s}")
+    width = max(len(name) for name in runs)
+    print(f"{'prior':{width}s} {'all':>9s} {'0-4':>9s} {'5-9':>9s}")
     for r in rows:
-        print(f"{r['prior']:18s} " + " ".join(f"{r[f'test log p(x) {p}']:9.2f}" for p in ("all", "0-4", "5-9")))
+        print(f"{r['prior']:{width}s} " + " ".join(f"{r[f'test log p(x) {p}']:9.2f}" for p in ("all", "0-4", "5-9")))
     print(json.dumps({"bench": "prior_from", "epochs": args.epochs, "first_epochs": args.first_epochs, "k": args.k,
                       "fit_components": args.fit_components, "rows": rows}))  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "prior_from.py")

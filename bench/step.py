@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import description, device, positive_int, run  # noqa: E402
 from compare import FLOP_PER_IMAGE, _sync, matmul_peak, products_step  # noqa: E402
 
 from vaekit.config import ModelConfig  # noqa: E402
@@ -182,10 +183,10 @@ def manual_step(x: torch.Tensor):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--device", default="cpu")
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds, every variant once in each (default 5)")
+    ap.add_argument("--steps", type=positive_int, default=200, help="steps timed per variant and round (default 200)")
+    ap.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--variants", nargs="+", default=["products", "eager", "compile", "compile-opt", "medium", "bf16"], choices=VARIANTS)
     args = ap.parse_args()
 
@@ -218,4 +219,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "step.py")

@@ -1,26 +1,53 @@
 """Markdown tables that documents carry between two marker lines, rewritten from results files
-by the benchmark scripts (``--table --write FILE``), never typed."""
+by the benchmark scripts (``--table --write FILE``), never typed.
+
+A marker counts only as a whole line of its own, so a document may quote a marker in its text;
+each must appear once, the start before the end. The document is replaced atomically: an
+interrupted write leaves the old one."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from vaekit.files import atomic_write_bytes
+
+
+def _split(doc: str, markers: tuple[str, str]) -> tuple[str, str, str] | str:
+    """(head up to and with the start line, the block, the end line and the rest), or why not."""
+    lines = doc.splitlines(keepends=True)
+    where = {m: [i for i, line in enumerate(lines) if line.strip() == m] for m in markers}
+    start, end = markers
+    if not where[start] or not where[end]:
+        return f"has no table markers ({start!r} ... {end!r}), each on a line of its own"
+    if len(where[start]) > 1 or len(where[end]) > 1:
+        return f"has the table markers more than once ({start!r} ... {end!r})"
+    i, j = where[start][0], where[end][0]
+    if j < i:
+        return f"has the end marker {end!r} before the start marker"
+    return "".join(lines[: i + 1]), "".join(lines[i + 1 : j]), "".join(lines[j:])
+
+
+def _read(path: Path, script: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise SystemExit(f"{script}: cannot read {path}: {e.strerror or e}") from None
+
 
 def write_between(path: Path, markers: tuple[str, str], text: str, script: str) -> None:
     """Replace what lies between the two ``markers`` lines of ``path`` with ``text``."""
-    start, end = markers
-    doc = Path(path).read_text()
-    if start not in doc or end not in doc:
-        raise SystemExit(f"{script}: {path} has no table markers ({start!r} ... {end!r})")
-    head, rest = doc.split(start, 1)
-    _, tail = rest.split(end, 1)
-    Path(path).write_text(f"{head}{start}\n{text}\n{end}{tail}")
+    parts = _split(_read(path, script), markers)
+    if isinstance(parts, str):
+        raise SystemExit(f"{script}: {path} {parts}")
+    head, _, tail = parts
+    head = head if head.endswith("\n") else head + "\n"
+    try:
+        atomic_write_bytes(Path(path), f"{head}{text.strip(chr(10))}\n{tail}".encode())
+    except OSError as e:
+        raise SystemExit(f"{script}: cannot write {path}: {e.strerror or e}") from None
 
 
 def block(path: Path, markers: tuple[str, str]) -> str | None:
     """The text between the markers of ``path``, stripped; None where it has none."""
-    start, end = markers
-    doc = Path(path).read_text()
-    if start not in doc or end not in doc:
-        return None
-    return doc.split(start, 1)[1].split(end, 1)[0].strip()
+    parts = _split(Path(path).read_text(), markers)
+    return None if isinstance(parts, str) else parts[1].strip()

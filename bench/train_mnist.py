@@ -14,31 +14,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from vaekit.data import load_dataset
-from vaekit.evaluate import evaluate
-from vaekit.model import VAEModel
-from vaekit.train import fit
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import description, device, positive_int, run  # noqa: E402
+
+from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from vaekit.data import load_dataset  # noqa: E402
+from vaekit.evaluate import evaluate  # noqa: E402
+from vaekit.model import VAEModel  # noqa: E402
+from vaekit.train import fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--k", type=int, default=1000)
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default 10)")
+    ap.add_argument("--k", type=positive_int, default=1000, help="importance samples of the test log-likelihood (default 1000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--amp", default="off", help="off or bf16")
-    ap.add_argument("--matmul-precision", default="highest", help="highest, high or medium")
-    ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--compile-mode", default="default", help="reduce-overhead for CUDA graphs on a GPU")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--amp", default="off", choices=("off", "bf16"), help="bf16: the networks under bfloat16 autocast")
+    ap.add_argument("--matmul-precision", default="highest", choices=("highest", "high", "medium"), help="float32 products' precision")
+    ap.add_argument("--compile", action="store_true", help="the loss under torch.compile")
+    ap.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"), help="reduce-overhead for CUDA graphs on a GPU")
+    ap.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/binarized_mnist"))
     args = ap.parse_args()
 
@@ -80,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "train_mnist.py")

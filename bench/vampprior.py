@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import description, positive_int, run  # noqa: E402
 from compare import DATA  # noqa: E402
 
 
@@ -121,14 +122,16 @@ def timed(fn, repeat: int = 1) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=description(__doc__))
     ap.add_argument("--run", type=Path, help="a trained vaekit VampPrior run directory (default: a fresh model)")
-    ap.add_argument("--rows", type=int, default=20, help="test images for the log-likelihood estimate")
-    ap.add_argument("--k", type=int, default=5000, help="importance samples per image")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=20, help="training steps timed per round")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rows", type=positive_int, default=20, help="test images for the log-likelihood estimate")
+    ap.add_argument("--k", type=positive_int, default=5000, help="importance samples per image")
+    ap.add_argument("--rounds", type=positive_int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--steps", type=positive_int, default=20, help="training steps timed per round")
+    ap.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1)")
     args = ap.parse_args()
+    import pythae  # noqa: F401  (the peer: a missing one is one line, before anything runs)
+
     torch.set_num_threads(args.threads)
     data = np.load(DATA)
     x_test = data["test"][: args.rows].astype(np.float32)
@@ -170,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "vampprior.py")

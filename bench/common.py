@@ -1,0 +1,96 @@
+"""What the benchmark scripts share on their command lines: argument types that refuse values
+no measurement can use, the device check, the description taken from a script's docstring, and
+a wrapper of ``main`` that ends a bad input in one line and a non-zero exit, as vaekit's own
+commands do."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+
+# The pip name of a peer where it differs from its module's.
+PACKAGES = {"pyro": "pyro-ppl"}
+
+
+def description(doc: str | None) -> str:
+    """The first paragraph of a docstring as one line of ``--help``."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
+def _number(kind: type, low: float, what: str) -> Callable[[str], int | float]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not value >= low:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, 1, "an integer >= 1")
+count = _number(int, 0, "an integer >= 0")
+positive_float = _number(float, float.fromhex("0x1p-1074"), "a number > 0")
+
+
+def number_list(text: str) -> list[float]:
+    """'0.1,1,4' → [0.1, 1.0, 4.0]: comma-separated numbers, each > 0."""
+    return [positive_float(part.strip()) for part in text.split(",")]
+
+
+def device(text: str) -> str:
+    """A torch device this machine has: cpu, cuda or cuda:N (checked before anything runs)."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: this PyTorch build sees no CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: there are {torch.cuda.device_count()} CUDA devices")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text!r}: the benchmarks run on cpu or cuda")
+    return text
+
+
+def documented(parser: argparse.ArgumentParser, args: argparse.Namespace, speed: tuple[str, ...]) -> bool:
+    """Whether ``args`` measure what the documents show: every option at its default except the
+    ones in ``speed`` (threads, which methods run in this process, where states are kept,
+    output paths), which change how fast or where, not what. Other settings are a smoke test or
+    an experiment, whose results stay out of the repository unless a path says otherwise."""
+    defaults = vars(parser.parse_args([]))
+    return all(value == defaults[key] for key, value in vars(args).items() if key not in speed)
+
+
+def existing_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return path
+
+
+def run(main: Callable[[], object], script: str) -> None:
+    """Call ``main``; vaekit's errors, missing or unwritable files, a failed vaekit command and a
+    missing peer end the script with one line on stderr (exit 1; Ctrl-C: 130)."""
+    from vaekit.errors import VaekitError
+
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except ModuleNotFoundError as e:
+        name = (e.name or "a module").split(".")[0]
+        sys.exit(f"{script}: needs {name}, which is not installed (pip install {PACKAGES.get(name, name)})")
+    except (VaekitError, OSError) as e:
+        sys.exit(f"{script}: {e}")
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"{script}: {' '.join(map(str, e.cmd))} failed (exit {e.returncode})")

@@ -1,0 +1,222 @@
+"""The benchmark scripts' command lines: bad arguments end in one line and a non-zero exit, the
+table writer never mangles a document, literature.py keeps variants apart and never replaces a
+finished result with a snapshot, and smoke tests keep out of the repository's results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bench_helpers import load_bench
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def common():
+    return load_bench("common")
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return load_bench("tables")
+
+
+@pytest.fixture(scope="module")
+def literature():
+    return load_bench("literature")
+
+
+def _script(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "script, args, says",
+    [
+        ("compare", ["--epochs", "0"], "--epochs: '0': expected an integer >= 1"),
+        ("compare", ["--data", "/nonexistent/mnist.npz"], "/nonexistent/mnist.npz: no such file"),
+        ("step", ["--steps", "0"], "--steps: '0': expected an integer >= 1"),
+        ("eval_iwae", ["--k", "0"], "--k: '0': expected an integer >= 1"),
+        ("eval_iwae", ["--rows", "-9990"], "--rows: '-9990': expected an integer >= 1"),
+        ("train_mnist", ["--amp", "fp8"], "invalid choice: 'fp8'"),
+        ("vampprior", ["--rounds", "0"], "--rounds: '0': expected an integer >= 1"),
+        ("bubbles", ["--betas", "1,abc"], "--betas: 'abc' is not a number"),
+        ("methods", ["--rows", "-45"], "--rows: '-45': expected an integer >= 1"),
+        ("methods", ["--write", "x.md"], "--write goes with --table"),
+        ("overfit", ["--rows", "0"], "--rows: '0': expected an integer >= 1"),
+        ("prior_from", ["--epochs", "-1"], "--epochs: '-1': expected an integer >= 1"),
+        ("literature", ["vae", "--max-epochs", "0"], "--max-epochs: '0': expected an integer >= 1"),
+        ("literature", ["vae", "--write", "README.md"], "--write goes with --table"),
+        ("literature", ["vae", "--status", "--snapshot"], "not allowed with argument"),
+    ],
+)
+def test_a_bad_argument_is_one_line_and_exit_2(script, args, says, monkeypatch, capsys):
+    module = load_bench(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *args])
+    with pytest.raises(SystemExit) as stop:
+        module.main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    assert says in err.splitlines()[-1]
+
+
+def test_a_missing_file_or_run_is_one_line_and_exit_1(tmp_path, common, monkeypatch, capsys):
+    """What the scripts' ``run`` wrapper makes of errors past the arguments (no traceback)."""
+    methods, literature = load_bench("methods"), load_bench("literature")
+    monkeypatch.setattr(sys, "argv", ["methods.py", "--table", "--results", str(tmp_path / "none.json")])
+    with pytest.raises(SystemExit) as stop:
+        common.run(methods.main, "methods.py")
+    assert str(stop.value.code).startswith("methods.py: ") and "none.json" in str(stop.value.code)
+    monkeypatch.setattr(sys, "argv", ["literature.py", "vae", "--status", "--runs-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        common.run(literature.main, "literature.py")
+    assert stop.value.code == f"literature.py: vae: no run at {tmp_path / 'vae'}"
+
+    def missing_peer():
+        import pythae_not_installed  # noqa: F401
+
+    with pytest.raises(SystemExit, match="needs pythae_not_installed, which is not installed"):
+        common.run(missing_peer, "x.py")
+
+
+def test_compare_fails_when_its_own_contestant_fails(tmp_path):
+    """A vaekit-side contestant that cannot run is a failed benchmark (exit 1), not an empty
+    table with exit 0."""
+    bad = tmp_path / "mnist.npz"
+    bad.write_bytes(b"not an npz")
+    done = _script("compare", "--epochs", "1", "--repeats", "1", "--contestants", "products", "--data", str(bad))
+    assert done.returncode == 1 and "products: failed" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "compare.py: products failed"
+
+
+def test_argument_types(common):
+    assert common.positive_int("3") == 3 and common.count("0") == 0
+    for parse, text in ((common.positive_int, "0"), (common.positive_int, "2.5"), (common.count, "-1"), (common.positive_float, "nan"),
+                        (common.positive_float, "0"), (common.device, "bogus"), (common.device, "tpu")):  # fmt: skip
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+    assert common.number_list("0.1, 1,4") == [0.1, 1.0, 4.0]
+    assert common.device("cpu") == "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(argparse.ArgumentTypeError, match="no CUDA device"):
+            common.device("cuda:0")
+
+
+def test_description_is_the_whole_first_paragraph(common):
+    doc = '"""The first line,\n  wrapped onto a second.\n\nMore."""'.strip('"')
+    assert common.description(doc) == "The first line, wrapped onto a second."
+    help_text = " ".join(_script("step", "--help").stdout.split())
+    assert common.description(load_bench("step").__doc__) in help_text and help_text.count("alone, under each speed setting")
+
+
+def test_documented_settings(common):
+    p = argparse.ArgumentParser()
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0)
+    assert common.documented(p, p.parse_args(["--threads", "1"]), ("threads",))
+    assert not common.documented(p, p.parse_args(["--epochs", "1"]), ("threads",))
+
+
+# -- the table writer --------------------------------------------------------------------------
+MARKS = ("<!-- s -->", "<!-- e -->")
+
+
+def test_a_marker_quoted_in_the_text_is_not_a_marker(tables, tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("see `<!-- s -->` in the text\n\n<!-- s -->\nold\n<!-- e -->\nafter\n")
+    tables.write_between(doc, MARKS, "NEW", "t.py")
+    assert doc.read_text() == "see `<!-- s -->` in the text\n\n<!-- s -->\nNEW\n<!-- e -->\nafter\n"
+    assert tables.block(doc, MARKS) == "NEW"
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("<!-- s -->\na\n<!-- e -->\n<!-- s -->\nb\n<!-- e -->\n", "more than once"),
+        ("<!-- e -->\na\n<!-- s -->\n", "end marker '<!-- e -->' before the start"),
+        ("text `<!-- s -->` and `<!-- e -->`\n", "no table markers"),
+    ],
+)
+def test_a_document_the_writer_cannot_read_is_left_as_it_was(tables, tmp_path, text, says):
+    doc = tmp_path / "doc.md"
+    doc.write_text(text)
+    with pytest.raises(SystemExit, match=says):
+        tables.write_between(doc, MARKS, "NEW", "t.py")
+    assert doc.read_text() == text and [p.name for p in tmp_path.iterdir()] == ["doc.md"]
+    with pytest.raises(SystemExit, match="cannot read"):
+        tables.write_between(tmp_path / "none.md", MARKS, "NEW", "t.py")
+
+
+# -- literature.py ------------------------------------------------------------------------------
+def test_variant_names_keep_values_apart(literature):
+    name = literature.run_name
+    assert name("hvae", "bf16", ["--logvar-min", "-6"]) != name("hvae", "bf16", ["--logvar-min", "6"])
+    assert name("hvae", None, ["--logvar-min", "-6", "--logvar-max", "2"]) == "hvae-logvar-min--6-logvar-max-2"
+    assert "/" not in name("vae", None, ["--prior-from", "/tmp/a/b"])
+    assert literature.split_flags("--init=he --normalized-grad") == ["--init", "he", "--normalized-grad"]
+    assert name("vae", None, literature.split_flags("--init=he")) == name("vae", None, ["--init", "he"]) == "vae-init-he"
+    assert literature._flags_joined(["hvae", "--flags", "--normalized-grad", "--amp", "bf16"]) == ["hvae", "--flags=--normalized-grad", "--amp", "bf16"]
+
+
+def test_a_run_made_under_the_legacy_name_is_continued_there(literature, tmp_path):
+    flags = "--logvar-min -6 --logvar-max 2"
+    args = literature._parse(["hvae", "--amp", "bf16", "--flags", flags, "--runs-dir", str(tmp_path)])
+    assert args.flags == flags
+    name, run_dir, _ = literature._variant(args, smoke=False)
+    assert name == "hvae-bf16-logvar-min--6-logvar-max-2" and run_dir == tmp_path / name
+    (tmp_path / "hvae-bf16-logvar-min-6-logvar-max-2").mkdir()
+    name, run_dir, words = literature._variant(args, smoke=False)
+    assert name == "hvae-bf16-logvar-min-6-logvar-max-2" and words == flags.split()
+
+
+def test_results_are_not_replaced_by_other_flags_or_by_a_snapshot(literature, tmp_path):
+    path = tmp_path / "vae.json"
+    path.write_text(json.dumps({"row": "vae", "flags": ["--init", "he"], "finished": True}))
+    literature._unchanged(path, ["--init", "he"], snapshot=False)  # the same run evaluated again
+    with pytest.raises(SystemExit, match="finished run's result"):
+        literature._unchanged(path, ["--init", "he"], snapshot=True)
+    with pytest.raises(SystemExit, match="holds the result of flags '--init he', not ''"):
+        literature._unchanged(path, [], snapshot=False)
+    path.write_text(json.dumps({"row": "vae", "flags": [], "finished": False}))
+    literature._unchanged(path, [], snapshot=True)
+
+
+def test_a_smoke_snapshot_writes_beside_the_runs(literature, tmp_path, monkeypatch):
+    """--snapshot with --eval-k reads the real run but writes its JSON under RUNS_DIR/smoke/results,
+    never into bench/results."""
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text("{}")
+    seen = {}
+    monkeypatch.setattr(literature, "snapshot", lambda row, run_dir, data_dir, k, results, **kw: seen.update(run_dir=run_dir, k=k, results=results) or {})
+    literature.main(["vae", "--snapshot", "--eval-k", "5", "--runs-dir", str(tmp_path)])
+    assert seen == {"run_dir": tmp_path / "vae", "k": 5, "results": tmp_path / "smoke" / "results"}
+
+
+def test_methods_and_overfit_smoke_runs_keep_out_of_the_results(tmp_path):
+    """Only the documented settings write into bench/results; others go beside their runs unless
+    a path is given, and --table reads the measured results."""
+    methods, overfit = load_bench("methods"), load_bench("overfit")
+    ap = methods.parser()
+
+    def where(*argv):
+        return methods.results_path(ap, ap.parse_args(list(argv)))
+
+    assert where() == where("--threads", "1", "--methods", "vi") == methods.RESULTS
+    assert where("--rows", "5", "--out", str(tmp_path)) == tmp_path / "methods.json"
+    assert where("--max-epochs", "1", "--results", str(tmp_path / "r.json")) == tmp_path / "r.json"
+    assert where("--table", "budget", "--rows", "5") == methods.RESULTS
+    p = overfit.parser()
+
+    def out(*argv):
+        return overfit.out_dir(p, p.parse_args(list(argv)))
+
+    assert out() == out("--table") == overfit.RESULTS
+    assert out("--widths", "8", "--epochs", "1") == Path.home() / "vaekit-runs" / "overfit"
+    assert out("--epochs", "1", "--out", str(tmp_path)) == tmp_path
