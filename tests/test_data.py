@@ -768,3 +768,29 @@ def test_channels_last_images_are_warned_about_once(tmp_path, mmap):
             warnings.simplefilter("always")
             VAE(latent_dim=2, hidden=(8,), epochs=1).fit(np.load(tmp_path / f"{name}.npy"))
         assert [w.category for w in caught if "moveaxis" in str(w.message)] == ([VaekitWarning] if warned else [])
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_verb_reading_images_for_a_trained_model_does_not_warn_about_channels(tmp_path, mmap):
+    """The channels-last warning is about the shape a run takes from its file. A verb reads rows
+    for the model's own shape: (n, H, W, 1) rows for a (1, H, W) model are its pixels in its
+    order, scored as the (n, 1, H, W) file is, without a word."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    first = (rng.random((40, 1, 6, 5)) < 0.3).astype(np.uint8)
+    np.save(tmp_path / "chw.npy", first)
+    np.save(tmp_path / "hwc.npy", np.moveaxis(first, 1, -1))
+    vaekit = [sys.executable, "-m", "vaekit"]
+    run = tmp_path / "run"
+    subprocess.run([*vaekit, "train", "--data", tmp_path / "chw.npy", "--out", run, "--epochs", "1", "--hidden", "8", "--eval-k", "2", "--quiet"],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    flags = ["--mmap"] if mmap else []
+    scores = {}
+    for name in ("chw", "hwc"):
+        proc = subprocess.run([*vaekit, "score", run, "--data", tmp_path / f"{name}.npy", "--k", "3", "--out", tmp_path / f"{name}s.npy", *flags],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+        scores[name] = np.load(tmp_path / f"{name}s.npy")
+    np.testing.assert_array_equal(scores["chw"], scores["hwc"])

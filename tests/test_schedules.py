@@ -155,6 +155,10 @@ def test_config_refusals():
     [
         (["--lr-schedule", "cosine"], ["--lr-schedule", "constant, plateau, burda", "cosine"]),
         (["--lr-factor", "0.1"], ["--lr-factor", "plateau"]),
+        # Given at their defaults they would be dropped as silently: refused too.
+        (["--lr-factor", "0.5"], ["--lr-factor", "applies to lr_schedule plateau only", "lr_schedule constant"]),
+        (["--lr-patience", "10"], ["--lr-patience", "plateau only"]),
+        (["--lr-schedule", "burda", "--lr-min", "0"], ["--lr-min", "plateau only", "lr_schedule burda"]),
         (["--lr-schedule", "plateau", "--lr-factor", "2"], ["--lr-factor", "< 1"]),
         (["--lr-schedule", "plateau", "--lr-min", "-1"], ["--lr-min", ">= 0"]),
         (["--lr-schedule", "plateau", "--lr", "1e-3", "--lr-min", "1"], ["--lr-min", "must not exceed", "1.0 above 0.001"]),

@@ -135,12 +135,18 @@ def _add_train(sub) -> None:
 def _config_from_args(args) -> "Any":
     from .config import DataConfig, TrainConfig
     from .data import load_dataset
+    from .data.checks import warn_channels_last
+    from .registry import DATASETS
 
     given = given_options(args)
     with _option_names():
         data_cfg = DataConfig(**given["data"])
         TrainConfig(**given["train"])  # a bad training option is refused before any data is read
         data = load_dataset(data_cfg)
+        if data.image_shape is not None and data_cfg.source not in DATASETS:
+            # Only where a run takes its image shape from the file: a verb reads rows for the
+            # model's own shape, and check_image_layout refuses a layout that disagrees with it.
+            warn_channels_last(Path(data.name).name, data.image_shape)
         header = _header(data_cfg.source, data_cfg.data_dir)
         if header is not None:  # a CSV's column names, which the verbs' tables must repeat
             given["data"]["feature_names"] = header

@@ -155,6 +155,10 @@ ACTS_UNDER = {
     # A point estimate's q has no noise: every sample of it is the same z.
     "n_samples": ("train", "model", "inference", (*HEADED_INFERENCE, "vi")),
     "matmul_precision": ("train", "train", "dtype", ("float32",)),
+    # The rate cuts on plateaus; given at its default under another schedule it would be dropped.
+    "lr_factor": ("train", "train", "lr_schedule", ("plateau",)),
+    "lr_patience": ("train", "train", "lr_schedule", ("plateau",)),
+    "lr_min": ("train", "train", "lr_schedule", ("plateau",)),
 }
 
 

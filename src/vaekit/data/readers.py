@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .checks import check_data, check_finite, not_2d, warn_channels_last
+from .checks import check_data, check_finite, not_2d
 from .containers import SPLIT_NAMES
 
 SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".txt")
@@ -76,7 +76,6 @@ def open_mapped(path: Path) -> tuple[np.ndarray, tuple[int, ...] | None]:
     image_shape = None
     if array.ndim in (3, 4):
         image_shape = tuple(int(v) for v in array.shape[1:])
-        warn_channels_last(path.name, image_shape)
         array = array.reshape(len(array), -1)
     elif array.ndim != 2:
         raise DataError(f"{path}: {not_2d(array)}")
@@ -308,9 +307,6 @@ def flatten_all(
 ) -> tuple[dict[str, np.ndarray], tuple[int, ...] | None]:
     """``flatten`` each array of a file; the splits of one file must share their row shape."""
     flat, shapes = {}, {}
-    first = next(iter(arrays.values()))
-    if first.ndim == 4:
-        warn_channels_last(path.name, first.shape[1:])
     for k, a in arrays.items():
         flat[k], shapes[k] = flatten(a, str(path) if k == "x" else f"{path} [{k}]")
     row_shapes = {k: tuple(a.shape[1:]) for k, a in arrays.items()}

@@ -18,7 +18,9 @@ def reconstruction(model, x: torch.Tensor, q, eps: torch.Tensor | None = None) -
 class Reconstruction(Objective):
     """Loss = −mean log p(x|ẑ), ẑ = e_φ(x): for a Gaussian likelihood with fixed σ², the
     squared error of the notes' autoencoder. No prior term, so no generative model by
-    training; its best epoch is the one that reconstructs the validation rows best."""
+    training; its best epoch is the one that reconstructs the validation rows best. With a
+    Gaussian q (amortized, vi) it is the ELBO's expected reconstruction E_q[log p(x|z)] alone,
+    the ELBO at β = 0: nothing holds q's variance or its place in the latent space."""
 
     def loss(self, model, x, idx, eps, beta=1.0):
         value = reconstruction(model, x, model.posterior(x, idx), eps)
