@@ -304,7 +304,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--flags", default="", help="further vaekit train flags for a variant of the row, e.g. '--normalized-grad --init he' (its own run directory, JSON and table line)")
     p.add_argument("--threads", type=positive_int, help="CPU threads of training and of --step-time (a speed setting: the run keeps its name, and --resume may change it)")
     p.add_argument("--max-epochs", type=positive_int, help="fewer epochs than the published 2000 (a smoke test: run and JSON, marked smoke, under RUNS_DIR/smoke)")
-    p.add_argument("--eval-k", type=positive_int, help="fewer importance samples than the published 5000 (a smoke test: JSON, marked smoke, under RUNS_DIR/smoke)")
+    p.add_argument("--eval-k", type=positive_int, help="fewer importance samples than the published 5000: a smoke test (JSON, marked smoke, under RUNS_DIR/smoke), or with --snapshot a quicker look (the table names its K)")
     return _checked(p, p.parse_args(_flags_joined(argv)))
 
 
@@ -380,10 +380,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.step_time:
         print(json.dumps(step_time(args.row, args.data_dir, args.rounds, args.steps, args.threads)))
         return
-    # A shortened run never continues (or disturbs) the published-settings run, and its JSON,
-    # like a snapshot's at fewer samples, stays beside it, out of the repository's results.
-    smoke = bool(args.max_epochs or args.eval_k)
-    name, run_dir, flags = _variant(args, smoke and not args.snapshot)
+    # A shortened run never continues (or disturbs) the published-settings run, and its JSON
+    # stays beside it, out of the repository's results. A snapshot is of the real run: at fewer
+    # samples too it is reported (the table names its K), but never over a finished result.
+    smoke = bool(args.max_epochs or args.eval_k) and not args.snapshot
+    name, run_dir, flags = _variant(args, smoke)
     results = args.runs_dir / "smoke" / "results" if smoke else RESULTS
     if args.status or args.snapshot:
         if not (run_dir / "config.json").is_file():

@@ -188,15 +188,25 @@ def test_results_are_not_replaced_by_other_flags_or_by_a_snapshot(literature, tm
     literature._unchanged(path, [], snapshot=True)
 
 
-def test_a_smoke_snapshot_writes_beside_the_runs(literature, tmp_path, monkeypatch):
-    """--snapshot with --eval-k reads the real run but writes its JSON under RUNS_DIR/smoke/results,
-    never into bench/results."""
+def test_a_snapshot_reads_the_real_run_and_a_smoke_run_keeps_apart(literature, tmp_path, monkeypatch):
+    """--snapshot --eval-k 5 evaluates the real run into the results (the table names its K);
+    --max-epochs trains under RUNS_DIR/smoke and writes its JSON there."""
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text("{}")
+    results = tmp_path / "results"
+    monkeypatch.setattr(literature, "RESULTS", results)
     seen = {}
     monkeypatch.setattr(literature, "snapshot", lambda row, run_dir, data_dir, k, results, **kw: seen.update(run_dir=run_dir, k=k, results=results) or {})
+    monkeypatch.setattr(literature, "run_row", lambda row, run_dir, data_dir, extra, results, name, flags, smoke: seen.update(
+        trained=run_dir, into=results, smoke=smoke, epochs=extra[extra.index("--epochs") + 1]) or {})  # fmt: skip
     literature.main(["vae", "--snapshot", "--eval-k", "5", "--runs-dir", str(tmp_path)])
-    assert seen == {"run_dir": tmp_path / "vae", "k": 5, "results": tmp_path / "smoke" / "results"}
+    assert seen == {"run_dir": tmp_path / "vae", "k": 5, "results": results}
+    literature.main(["vae", "--max-epochs", "2", "--runs-dir", str(tmp_path)])
+    assert (seen["trained"], seen["into"], seen["smoke"], seen["epochs"]) == (tmp_path / "smoke" / "vae", tmp_path / "smoke" / "results", True, "2")
+    (results / "vae.json").parent.mkdir()
+    (results / "vae.json").write_text(json.dumps({"row": "vae", "flags": [], "finished": True}))
+    with pytest.raises(SystemExit, match="finished run's result"):
+        literature.main(["vae", "--snapshot", "--runs-dir", str(tmp_path)])
 
 
 def test_methods_and_overfit_smoke_runs_keep_out_of_the_results(tmp_path):
