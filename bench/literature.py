@@ -178,15 +178,33 @@ def snapshot(
 ) -> dict:
     """Evaluate the best epoch so far of a run that has not finished (test log-likelihood with K
     importance samples) and write ROW.json marked unfinished, so the table reports where the row
-    stands, never as done. Safe while the run trains: checkpoints are replaced atomically."""
-    if not (run_dir / "model.safetensors").is_file():
+    stands, never as done. Safe while the run trains: the best model and config.json are copied
+    first (each is replaced atomically), and the result names the epoch of the weights evaluated,
+    which a better epoch arriving during the evaluation does not change."""
+    import shutil
+    import tempfile
+
+    from vaekit.checkpoint import read_meta
+    from vaekit.files import CONFIG_FILE, MODEL_FILE
+
+    if not (run_dir / MODEL_FILE).is_file():
         sys.exit(f"literature.py: {row}: no run at {run_dir}")
     argv = ["vaekit", "evaluate", str(run_dir), "--data-dir", str(data_dir), "--k", str(k), "--json"]
-    done = subprocess.run(argv, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="vaekit-snapshot-") as tmp:
+        for file in (MODEL_FILE, CONFIG_FILE):
+            shutil.copyfile(run_dir / file, Path(tmp) / file)
+        where = status(row, run_dir)
+        epoch = read_meta(Path(tmp) / MODEL_FILE).get("epoch")
+        done = subprocess.run([*argv[:2], tmp, *argv[3:]], capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"literature.py: {row}: vaekit evaluate failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    if epoch is not None:  # the weights' own epoch (a run from before best models recorded it: the metrics' best)
+        from vaekit.checkpoint import read_metrics
+
+        valid = {r["epoch"]: r["valid_elbo"] for r in read_metrics(run_dir)}
+        where.update(best_epoch=epoch, best_valid_elbo=valid.get(epoch, where["best_valid_elbo"]))
     test = json.loads(done.stdout.strip().splitlines()[-1])
-    result = {**ROWS[row], **status(row, run_dir), "command": " ".join(command(row, run_dir, data_dir, extra or [])),
+    result = {**ROWS[row], **where, "command": " ".join(command(row, run_dir, data_dir, extra or [])),
               "flags": flags or [], "finished": False, "evaluation": " ".join(argv), "machine": _machine(run_dir), "test_nll": -test["log_likelihood"],
               "test_neg_elbo": -test["elbo"], "k": test["k"], "active_units": test.get("active_units"),
               "latent_size": test.get("latent_size")}  # fmt: skip

@@ -230,3 +230,23 @@ def test_methods_and_overfit_smoke_runs_keep_out_of_the_results(tmp_path):
     assert out() == out("--table") == overfit.RESULTS
     assert out("--widths", "8", "--epochs", "1") == Path.home() / "vaekit-runs" / "overfit"
     assert out("--epochs", "1", "--out", str(tmp_path)) == tmp_path
+
+
+def test_a_snapshot_names_the_epoch_of_the_weights_it_evaluated(literature, tmp_path):
+    """The snapshot evaluates a copy of the best model, and reports that model's own epoch,
+    not a later best that lands while it evaluates."""
+    from vaekit.checkpoint import read_meta
+
+    run = tmp_path / "vae"
+    subprocess.run([sys.executable, "-m", "vaekit", "train", "--data", "digits", "--out", str(run), "--epochs", "3", "--hidden", "8",
+                    "--latent-dim", "2", "--eval-k", "2", "--quiet"], check=True, capture_output=True, timeout=300)  # fmt: skip
+    epoch = read_meta(run / "model.safetensors")["epoch"]
+    # A later, better epoch in the metrics than the weights hold (as while training goes on).
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    extra = {**json.loads(lines[-1]), "epoch": 4, "valid_score": 1e9, "valid_elbo": 1e9}
+    (run / "metrics.jsonl").write_text("\n".join([*lines, json.dumps(extra)]) + "\n")
+    before = sorted(p.name for p in run.iterdir())
+    result = literature.snapshot("vae", run, tmp_path, 2, tmp_path / "results", name="vae")
+    assert result["best_epoch"] == epoch and result["epochs_run"] == 4 and result["finished"] is False
+    assert json.loads((tmp_path / "results" / "vae.json").read_text())["best_epoch"] == epoch
+    assert sorted(p.name for p in run.iterdir()) == before  # the copy was evaluated, nothing written beside the run
