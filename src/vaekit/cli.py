@@ -450,7 +450,7 @@ def _add_run_commands(sub) -> None:
     p.set_defaults(func=cmd_gaps)
 
     p = sub.add_parser("sample", help="draw samples from a trained model", description="Draw x ~ p(x|z) (or its mean) with z from the prior, the aggregate posterior, or a mixture fitted to the training latents.")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'vaekit train'")
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", required=True, help=".png (image grid, image data only), .npy, .npz or .csv")
     p.add_argument("--source", choices=("prior", "aggregate", "gmm"), default="prior", help="z ~ p(z) (default); z ~ q(z|x) for random training rows x (the aggregate posterior); or z from a Gaussian mixture fitted to the training rows' posterior means (gmm)")
