@@ -6,10 +6,11 @@ commands do."""
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 # The pip name of a peer where it differs from its module's.
@@ -69,6 +70,19 @@ def documented(parser: argparse.ArgumentParser, args: argparse.Namespace, speed:
     an experiment, whose results stay out of the repository unless a path says otherwise."""
     defaults = vars(parser.parse_args([]))
     return all(value == defaults[key] for key, value in vars(args).items() if key not in speed)
+
+
+def table_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--write FILE`` writes the table ``--table`` prints: alone it would be dropped."""
+    if args.write and not args.table:
+        parser.error("--write goes with --table")
+
+
+def write_json(path: Path, result: Any) -> None:
+    """A results file, indented, replaced atomically: an interrupted run leaves the old one."""
+    from vaekit.files import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(result, indent=2) + "\n").encode())
 
 
 def existing_file(text: str) -> Path:

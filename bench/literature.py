@@ -29,10 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import description, positive_int, run  # noqa: E402
+from common import description, positive_int, run, table_options, write_json  # noqa: E402
 from tables import write_between  # noqa: E402
-
-from vaekit.files import atomic_write_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "literature"
@@ -77,16 +75,17 @@ def run_name(row: str, amp: str | None = None, flags: list[str] | tuple[str, ...
     Options lose their dashes (``--init he`` → ``init-he``); a negative value keeps its sign
     (``--logvar-min -6`` → ``logvar-min--6``, apart from ``--logvar-min 6``); a ``/`` in a
     value (a path) becomes ``_``, so that the name stays one directory."""
-    words = [w[2:] if w.startswith("--") else w.replace("/", "_") for w in flags]
-    slug = "-".join(words)
-    return row + ("-bf16" if amp == "bf16" else "") + (f"-{slug}" if slug else "")
+    return _joined(row, amp, [w[2:] if w.startswith("--") else w.replace("/", "_") for w in flags])
 
 
 def legacy_name(row: str, amp: str | None, flags: list[str]) -> str:
     """The name the same variant had before negative values kept their sign (every leading
     dash dropped): runs and results made then are found under it."""
-    slug = "-".join(f.lstrip("-") for f in flags)
-    return row + ("-bf16" if amp == "bf16" else "") + (f"-{slug}" if slug else "")
+    return _joined(row, amp, [f.lstrip("-") for f in flags])
+
+
+def _joined(row: str, amp: str | None, words: list[str]) -> str:
+    return "-".join([row, *(["bf16"] if amp == "bf16" else []), *words])
 
 
 def speed_and_smoke_flags(threads: int | None = None, max_epochs: int | None = None, eval_k: int | None = None) -> list[str]:
@@ -168,7 +167,7 @@ def run_row(
         "latent_size": test.get("latent_size"),
     }
     result.pop("args")
-    atomic_write_bytes(results / f"{name or row}.json", (json.dumps(result, indent=2) + "\n").encode())
+    write_json(results / f"{name or row}.json", result)
     return result
 
 
@@ -209,7 +208,7 @@ def snapshot(
               "test_neg_elbo": -test["elbo"], "k": test["k"], "active_units": test.get("active_units"),
               "latent_size": test.get("latent_size")}  # fmt: skip
     result.pop("args")
-    atomic_write_bytes(results / f"{name or row}.json", (json.dumps(result, indent=2) + "\n").encode())
+    write_json(results / f"{name or row}.json", result)
     return result
 
 
@@ -341,8 +340,7 @@ def _flags_joined(argv: list[str]) -> list[str]:
 
 
 def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
-    if args.write and not args.table:
-        p.error("--write goes with --table")
+    table_options(p, args)
     if args.row is None and not (args.table or args.status):
         p.error("name a row, or pass --table (or --status for every run)")
     if args.table and args.row:

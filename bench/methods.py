@@ -49,11 +49,10 @@ from vaekit.data import load_dataset
 from vaekit.evaluate import elbo_per_point, gaps, log_px_per_point
 from vaekit.model import VAEModel
 from vaekit.plots import bound_bars_plot
-from vaekit.files import atomic_write_bytes
 from vaekit.train import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import count, description, documented, positive_float, positive_int, run  # noqa: E402
+from common import count, description, documented, positive_float, positive_int, run, table_options, write_json  # noqa: E402
 from tables import write_between  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "methods.json"
@@ -199,9 +198,7 @@ def measured(name: str, regime: str, state: dict, data, args) -> dict:
     if path.is_file() and not args.retrain:
         return json.loads(path.read_text())
     r = evaluate(name, state, data, args, full=regime == "converged")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(r))
-    tmp.replace(path)
+    write_json(path, r)
     return r
 
 
@@ -238,8 +235,7 @@ def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
 def main() -> None:
     ap = parser()
     args = ap.parse_args()
-    if args.write and not args.table:
-        ap.error("--write goes with --table")
+    table_options(ap, args)
     args.results = results_path(ap, args)
     if args.table:
         text = table(args.table, args.results)
@@ -274,7 +270,7 @@ def main() -> None:
                 f"{r['train_elbo']:10.2f} {r['inference_seconds_per_1000']:7.3f}",
                 flush=True,
             )
-        atomic_write_bytes(args.results, (json.dumps(result, indent=2) + "\n").encode())
+        write_json(args.results, result)
     print(json.dumps(result))
     # The bound beneath the evidence for the first test rows, one panel per method.
     bound_bars_plot(bound, args.results.with_name(args.results.stem + "_bound.png"))

@@ -28,13 +28,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import description, documented, positive_float, positive_int, run  # noqa: E402
+from common import description, documented, positive_float, positive_int, run, table_options, write_json  # noqa: E402
 from tables import write_between  # noqa: E402
 
 from vaekit.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from vaekit.data import load_dataset  # noqa: E402
 from vaekit.evaluate import log_px_per_point  # noqa: E402
-from vaekit.files import atomic_write_bytes  # noqa: E402
 from vaekit.model import VAEModel  # noqa: E402
 from vaekit.scaling import named_values  # noqa: E402
 from vaekit.train import fit  # noqa: E402
@@ -133,8 +132,7 @@ def out_dir(p: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
 def main() -> None:
     p = parser()
     args = p.parse_args()
-    if args.write and not args.table:
-        p.error("--write goes with --table")
+    table_options(p, args)
     args.out = out_dir(p, args)
     if args.table:
         text = table(json.loads((args.out / "overfit.json").read_text())["rows"])
@@ -160,7 +158,7 @@ def main() -> None:
     result = {"command": "python bench/overfit.py " + " ".join(__import__("sys").argv[1:]), "data": args.data,
               "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "rows": rows}  # fmt: skip
-    atomic_write_bytes(args.out / "overfit.json", (json.dumps(result, indent=2) + "\n").encode())
+    write_json(args.out / "overfit.json", result)
     picture(rows, args.out / "overfit.png")
     print(table(rows))
 
