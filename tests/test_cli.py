@@ -505,7 +505,7 @@ def test_version_2_run_loads_and_scores_as_before(run, run_copy, tmp_path, capsy
     assert code == 0 and json.loads(out)["log_likelihood"] > 0  # grey levels in [0, 1], as before
     raw = load_digits().data[:20]
     np.testing.assert_allclose(old.score_samples(raw / 16, k=10), vaekit.load(run).score_samples(raw, k=10) + DIM * math.log(16), rtol=0, atol=1e-4)
-    with pytest.raises(vaekit.VaekitError, match=r"values from 0 to 16, and this model applies no scaling to its input"):
+    with pytest.raises(vaekit.VaekitError, match=r"values from 0.0 to 16.0, and this model applies no scaling to its input"):
         old.score_samples(raw)
 
 
@@ -1719,3 +1719,18 @@ def test_negative_infinity_reaches_the_finite_check(tmp_path, capsys):
     # An argument that is no number after a flag that takes none stays an error.
     code, _, err = cli(capsys, "train", "--mmap", "-1e-3", "--out", tmp_path / "run")
     assert code == 2 and "unrecognized arguments: -1e-3" in err
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_auto_likelihood_reads_every_split(tmp_path, capsys, split):
+    """0/1 rows with one 0.5 in a held-out split: "auto" sees it and chooses the continuous
+    Bernoulli, where a choice from the training rows alone (Bernoulli) refused that split."""
+    from vaekit.data.splits import split_rows
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((200, 5)) > 0.5).astype(np.float32)
+    x[split_rows(200, 0.1, 0.2, 0)[split][0], 0] = 0.5
+    np.save(tmp_path / "x.npy", x)
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "x.npy", "--epochs", "1", "--latent-dim", "2", "--hidden", "8", "--eval-k", "5", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert vaekit.load(tmp_path / "run").config_.model.likelihood == "continuous_bernoulli"

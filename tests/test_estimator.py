@@ -544,3 +544,73 @@ def test_a_parameter_that_acts_on_nothing_is_refused_and_the_estimator_stays_unf
     fitted = VAE(epochs=1, hidden=(4,), latent_dim=2, likelihood="gaussian", variance="fixed", fixed_std=0.5).fit(x)
     assert float(fitted.model_.likelihood.logvar.exp().sqrt()) == pytest.approx(0.5)
     VAE(epochs=1, hidden=(4,), latent_dim=2, likelihood="gaussian", fixed_std=1.0).fit(x)  # the default: nothing to refuse
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_fit_trains_under_the_callers_no_grad(digits, mode):
+    """fit turns gradients on for itself: the same bits as a fit outside the caller's mode."""
+    ref = VAE(latent_dim=2, hidden=(8,), epochs=2, seed=0).fit(digits[:200])
+    with mode():
+        est = VAE(latent_dim=2, hidden=(8,), epochs=2, seed=0).fit(digits[:200])
+        assert not torch.is_grad_enabled()  # the caller's mode is left as it was
+    np.testing.assert_array_equal(est.transform(digits[:20]), ref.transform(digits[:20]))
+
+
+@pytest.mark.parametrize("held_value, likelihood", [(0.5, "continuous_bernoulli"), (1.5, "gaussian")])
+def test_auto_likelihood_reads_the_validation_rows_too(held_value, likelihood):
+    """A value only a held-out row has cannot fall outside the likelihood "auto" chooses."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((60, 5)) > 0.5).astype(np.float64)
+    n_valid = 6  # round(0.1 · 60): the first 6 rows of the fit's permutation are held out
+    x[np.random.default_rng(0).permutation(60)[:n_valid][0], 0] = held_value
+    est = VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit(x)
+    assert est.config_.model.likelihood == likelihood
+    assert est.score_samples(x, k=5).shape == (60,)
+
+
+def test_valid_fraction_rounds_as_the_cli_and_zero_is_refused(digits):
+    from vaekit.data.splits import split_sizes
+
+    # 25 rows at 0.1: 2.5 held out rounds half up, as vaekit train's split does (Python's round:
+    # 2); per-datapoint inference keeps one q per training row, so n_points counts them.
+    est = VAE(latent_dim=2, hidden=(8,), epochs=1, inference="vi", seed=0).fit(digits[:25])
+    assert split_sizes(25, 0.1, 0.0) == (22, 3, 0) and est.config_.model.n_points == 22
+    with pytest.raises(DataError, match=r"valid_fraction=0 holds out no rows.*X_valid"):
+        VAE(latent_dim=2, hidden=(8,), epochs=1, valid_fraction=0.0).fit(digits[:50])
+    # with X_valid given, valid_fraction plays no part
+    VAE(latent_dim=2, hidden=(8,), epochs=1, valid_fraction=0.0).fit(digits[:50], X_valid=digits[50:60])
+
+
+def test_out_of_support_errors_show_the_values_exactly():
+    rng = np.random.default_rng(0)
+    est = VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit((rng.random((60, 5)) > 0.5).astype(float))
+    with pytest.raises(DataError, match=r"e\.g\. 1\.0000001: values from 1\.0000001 to 1\.0000001"):
+        est.transform(np.full((3, 5), 1.0000001))
+    with pytest.raises(ConfigError, match=r"seed must be <= 9223372036854775807, got 18446744073709551616"):
+        est.sample(3, seed=2**64)
+
+
+def test_a_model_moved_to_float64_saves_and_loads_as_float64(digits, tmp_path):
+    est = VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit(digits[:100])
+    est.model_.double()
+    est.save(tmp_path / "run")
+    back = vaekit.load(tmp_path / "run")
+    assert next(back.model_.parameters()).dtype == torch.float64 and back.config_.train.dtype == "float64"
+    np.testing.assert_array_equal(back.transform(digits[:10]), est.transform(digits[:10]))
+    assert est.config_.train.dtype == "float32"  # the fitted estimator's own record is left alone
+
+
+def test_a_bfloat16_model_answers_in_float32_and_is_not_saved(digits, tmp_path):
+    from vaekit.errors import CheckpointError
+
+    est = VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit(digits[:100])
+    est.save(tmp_path / "run")
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    est.model_.to(torch.bfloat16)
+    z = est.transform(digits[:10])
+    assert z.dtype == np.float32 and z.shape == (10, 2) and np.isfinite(z).all()
+    assert est.sample(3, seed=1).dtype == np.float32 and est.inverse_transform(z).shape == (10, 64)
+    assert est.reconstruct(digits[:4]).dtype == np.float32
+    with pytest.raises(CheckpointError, match=r"parameters are bfloat16.*model_\.float\(\)"):
+        est.save(tmp_path / "run", overwrite=True)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before

@@ -273,6 +273,8 @@ def test_choose_reads_only_the_split_it_is_given(tmp_path):
     np.save(tmp_path / "x.npy", x)
     ds = load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.2, test_fraction=0.0))
     assert (choose(ds.train), choose(ds.valid)) == ("continuous_bernoulli", "gaussian")
+    # a run's choice reads its splits together: streamed and in memory alike
+    assert choose((ds.train, ds.valid)) == choose((ds.train[:], ds.valid[:])) == choose(x) == "gaussian"
 
 
 CHOOSE_RUNNER = textwrap.dedent(

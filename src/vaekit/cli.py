@@ -153,7 +153,7 @@ def _config_from_args(args) -> "Any":
         given["data"].update(_located(data_cfg))
         if given["model"].get("prior_from") is not None:  # read again by a resume from anywhere
             given["model"]["prior_from"] = _absolute(given["model"]["prior_from"])
-        return run_config(given, data.train, data.image_shape, data.scaling)
+        return run_config(given, data.train, data.image_shape, data.scaling, held_out=(data.valid, data.test))
 
 
 def _located(data_cfg) -> dict[str, str]:
@@ -210,14 +210,15 @@ def given_options(args) -> dict[str, dict[str, Any]]:
     return given
 
 
-def run_config(given: dict[str, dict[str, Any]], x_train, image_shape, scaling=None) -> "Any":
-    """The RunConfig of ``vaekit train`` from the given options (``given_options``) and the
-    training rows; a component option given, even at its default, must belong to a component
-    the run uses: otherwise it would be silently ignored, so it is refused."""
+def run_config(given: dict[str, dict[str, Any]], x_train, image_shape, scaling=None, held_out: tuple = ()) -> "Any":
+    """The RunConfig of ``vaekit train`` from the given options (``given_options``), the
+    training rows and the ``held_out`` splits (read by the auto choices, vaekit.runs.model_config);
+    a component option given, even at its default, must belong to a component the run uses:
+    otherwise it would be silently ignored, so it is refused."""
     from .config import DataConfig, RunConfig, TrainConfig, inert_options
     from .runs import model_config
 
-    model_cfg = model_config(x_train, image_shape, given["model"], scaling)
+    model_cfg = model_config(x_train, image_shape, given["model"], scaling, held_out)
     config = RunConfig(model=model_cfg, train=TrainConfig(**given["train"]), data=DataConfig(**given["data"]))
     for section in ("model", "train"):
         bad = getattr(config, section).owners_unselected(set(given[section]))

@@ -83,7 +83,7 @@ MODEL_OPTIONS: dict[str, Option] = {
     # The map x' = (x − shift)/scale from the user's values to the model's (vaekit.scaling),
     # per feature or one value for all: standardisation learned on the training split, or a
     # named dataset's own scaling; None for none. Set from the data, stored in config.json.
-    "standardize": Option("off", "standardise each feature by the training split's mean and std (gaussian likelihood; auto: when the training values are not all in [0, 1])", choices=("on", "off")),
+    "standardize": Option("off", "standardise each feature by the training split's mean and std (gaussian likelihood; auto: when the data's values are not all in [0, 1])", choices=("on", "off")),
     "input_shift": Option(None, "per-feature shift of the input map (from the data)", type="floats", optional=True),
     "input_scale": Option(None, "per-feature scale of the input map (from the data)", type="floats", minimum=0.0, exclusive=True, optional=True),
     # Rows of the training set that own free latent parameters (map, vi); set from the data.
@@ -138,7 +138,7 @@ DATA_OPTIONS: dict[str, Option] = {
 # when its ELBO stops improving: vaekit.evaluate).
 GAP_STEPS = 2000
 # What a user gets by default where the config's default is resolved from the data or the
-# model: the likelihood from the training rows, the objective from the inference method.
+# model: the likelihood from every row the run reads, the objective from the inference method.
 AUTO = {"likelihood": "auto", "standardize": "auto"}
 # Inference methods whose q(z|x) comes from a network's (μ, log σ²) head.
 HEADED_INFERENCE = ("amortized", "topdown", "ladder")

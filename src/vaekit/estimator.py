@@ -167,7 +167,9 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         parallel, use processes (each with its own torch)."""
         state = {k: v for k, v in self.__dict__.items() if k in _FITTED}
         try:
-            with _FIT_LOCK:
+            # The model is built and trained with gradients on, whatever the caller's
+            # torch.no_grad() or inference_mode() (whose parameters could not be trained).
+            with _FIT_LOCK, torch.inference_mode(False), torch.enable_grad():
                 return self._fit(X, X_valid)
         except BaseException:
             for k in _FITTED:
@@ -177,6 +179,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def _fit(self, X, X_valid) -> "VAE":
         from .data import check_data
+        from .data.splits import split_sizes
         from .hardware import check_model_fits
         from .logs import EpochLog
         from .model import VAEModel
@@ -196,16 +199,22 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             reason = "" if given_valid else " to hold out a validation set"
             raise DataError(f"X has {X.shape[0]} sample(s) (shape={X.shape}); at least {need} are needed{reason}")
         self.n_features_in_ = X.shape[1]
-        if not given_valid:
+        if given_valid:
+            X_valid = check_data(self._valid_rows(X_valid, image_shape), what="X_valid", input_dim=X.shape[1], dtype=None)
+        else:
+            if self.valid_fraction == 0:
+                raise DataError("valid_fraction=0 holds out no rows, and fit keeps the epoch that is best on validation rows: give valid_fraction > 0 or X_valid")
+            # Rounded as vaekit train rounds its split (vaekit.data.splits).
+            n_train, n_valid, _ = split_sizes(X.shape[0], self.valid_fraction, 0.0)
+            if n_train < 2 or n_valid < 1:
+                raise DataError(f"X has {X.shape[0]} rows; valid_fraction={self.valid_fraction} leaves fewer than 2 to train on or none to validate on")
             perm = np.random.default_rng(self.seed).permutation(X.shape[0])
-            n_valid = max(1, round(self.valid_fraction * X.shape[0]))
-            if X.shape[0] - n_valid < 2:
-                raise DataError(f"X has {X.shape[0]} rows; valid_fraction={self.valid_fraction} leaves fewer than 2 to train on")
             X_valid, X = X[perm[:n_valid]], X[perm[n_valid:]]
         names = getattr(self, "feature_names_in_", None)
         data_config = replace(data_config, feature_names=None if names is None else tuple(str(n) for n in names))
-        # The input map (standardisation) is learned from the training rows alone.
-        model_config_ = model_config(X, image_shape, options["model"])
+        # The input map (standardisation) is learned from the training rows alone; the auto
+        # choices of likelihood and standardisation read the validation rows too.
+        model_config_ = model_config(X, image_shape, options["model"], held_out=(X_valid,))
         config = RunConfig(model=model_config_, train=train_config, data=data_config)
         # A parameter set away from its default where it acts on nothing is refused, as the CLI
         # refuses the flag (the estimator cannot tell a default given from one left alone).
@@ -213,8 +222,6 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         bad = inert_options(config, changed)
         if bad:
             raise ConfigError(bad[0])
-        if given_valid:
-            X_valid = check_data(self._valid_rows(X_valid, image_shape), what="X_valid", input_dim=X.shape[1], dtype=None)
         scaling = Scaling.of(config.model)
         X, X_valid = (apply(scaling, x, config.train.dtype, what) for x, what in ((X, "X"), (X_valid, "X_valid")))
         # The caller's random streams stay where they were: torch.manual_seed here and in
@@ -325,7 +332,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         from .latents import split
 
         parts = [q.params() for _, q in self._posteriors(X)]
-        out = {name: torch.cat([p[name].expand_as(p["mu"]) for p in parts]).cpu().numpy() for name in ("mu", "logvar")}
+        out = {name: _numpy(torch.cat([p[name].expand_as(p["mu"]) for p in parts])) for name in ("mu", "logvar")}
         groups = self.model_.latents
         if len(groups) > 1:
             for name in ("mu", "logvar"):
@@ -357,7 +364,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         check_data(Z, what="Z", dtype=None)  # numbers, finite; Z itself goes on in its own precision
         # A copy where Z is read-only (a memory map, a DataFrame's values): torch warns otherwise.
         z = torch.as_tensor(Z if Z.flags.writeable else Z.copy(), dtype=p.dtype, device=p.device)
-        return self._to_user(self.model_.decode(z).mean.cpu().numpy())
+        return self._to_user(_numpy(self.model_.decode(z).mean))
 
     def reconstruct(self, X) -> np.ndarray:
         """E[x|z] at z = E_q[z|x]: the decoder's mean at the posterior mean, in the user's units."""
@@ -373,7 +380,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 item = next(posteriors, None)
                 if item is None:
                     return
-                block = self._to_user(self.model_.decode(item[1].mean).mean.cpu().numpy())
+                block = self._to_user(_numpy(self.model_.decode(item[1].mean).mean))
             yield block
 
     def sample(
@@ -419,7 +426,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                     z = q.sample(generator=g)
             else:
                 z = self._gmm_latents(X, n, check_positive_int("components", 10 if components is None else components), g)
-        return self._to_user(self.model_.sample(int(n), generator=g, mean=mean, z=z).cpu().numpy())
+        return self._to_user(_numpy(self.model_.sample(int(n), generator=g, mean=mean, z=z)))
 
     def _gmm_latents(self, X, n: int, components: int, g: torch.Generator) -> torch.Tensor:
         """n draws of a full-covariance Gaussian mixture fitted to the posterior means of the
@@ -485,6 +492,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         from .lock import RunLock
 
         self._check_fitted()
+        config = _as_held(self.config_, self.model_)  # refused before anything is touched
         run_dir = Path(run_dir)
         with RunLock(run_dir):
             from .runs import recover_replaced
@@ -501,13 +509,14 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                     )
                 clear_run(run_dir)
             try:
-                save_model(run_dir, self.model_, self.config_)
+                save_model(run_dir, self.model_, config)
             except OSError as e:  # a full disk, permissions: the model saved there before is intact
                 raise CheckpointError(f"{run_dir}: cannot save ({e.strerror or e}); what it held before is intact") from None
         return run_dir
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "VAE":
+        """``vaekit.load``: the fitted model saved in RUN_DIR, its parameters the saved model's."""
         from .checkpoint import load_run, read_metrics
 
         config, model = load_run(run_dir)
@@ -521,6 +530,26 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             est.feature_names_in_ = np.asarray(config.data.feature_names, dtype=object)
         est.history_ = read_metrics(run_dir)
         return est
+
+
+def _as_held(config: RunConfig, model: torch.nn.Module) -> RunConfig:
+    """``config`` with the dtype ``model``'s parameters have now (a model moved by ``.double()``
+    after fitting is saved, and loads back, as float64); CheckpointError for a dtype that a
+    saved model cannot have."""
+    from .config import DTYPES
+    from .errors import CheckpointError
+
+    held = str(next(model.parameters()).dtype).removeprefix("torch.")
+    if held == config.train.dtype:
+        return config
+    if held not in DTYPES:
+        raise CheckpointError(f"the model's parameters are {held}; a saved model is one of {', '.join(DTYPES)}: move it with model_.float() first")
+    return replace(config, train=replace(config.train, dtype=held))
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A model's output as numpy holds it: bfloat16, which numpy lacks, as float32."""
+    return (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
 
 
 def _seed(seed) -> int:
@@ -569,5 +598,9 @@ class _NotNumbers(DataError, TypeError):
 
 
 def load(run_dir: str | Path) -> VAE:
-    """The fitted model saved in RUN_DIR (by ``vaekit train`` or ``VAE.save``), on the CPU."""
+    """The fitted model saved in RUN_DIR (by ``vaekit train`` or ``VAE.save``), on the CPU.
+
+    Its parameters (``get_params``) are the saved model's own: the choices fit made for
+    ``"auto"`` (likelihood, objective, standardize) and for ``threads=0`` are kept as made, so
+    a ``clone`` refits the same kind of model; start from ``VAE()`` to have them made again."""
     return VAE.from_run(run_dir)

@@ -99,9 +99,9 @@ class Option:
             if not isinstance(value, str):
                 raise ConfigError(f"{name} must be a string, got {value!r}")
         if self.minimum is not None and (value <= self.minimum if self.exclusive else value < self.minimum):
-            raise ConfigError(f"{name} must be {'>' if self.exclusive else '>='} {self.minimum:g}, got {value!r}")
+            raise ConfigError(f"{name} must be {'>' if self.exclusive else '>='} {_bound(self.minimum)}, got {value!r}")
         if self.maximum is not None and value > self.maximum:
-            raise ConfigError(f"{name} must be <= {self.maximum:g}, got {value!r}")
+            raise ConfigError(f"{name} must be <= {_bound(self.maximum)}, got {value!r}")
         choices = self.choice_names()
         if choices is not None and value not in choices:
             raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
@@ -240,3 +240,8 @@ REGISTRIES: dict[str, Registry] = {
     "objective": OBJECTIVES,
     "dataset": DATASETS,
 }
+
+
+def _bound(value: float) -> str:
+    """A bound as an error shows it: an integer bound whole (2**63 - 1, not 9.22337e+18)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"

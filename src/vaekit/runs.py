@@ -22,13 +22,17 @@ LATENT_POINTS = 5000
 RECONSTRUCTED_ROWS = 32
 
 
-def model_config(x_train, image_shape, options: dict[str, Any], named: tuple[float, float] | None = None):
+def model_config(
+    x_train, image_shape, options: dict[str, Any], named: tuple[float, float] | None = None, held_out: tuple = ()
+):
     """The ModelConfig for training rows ``x_train`` (the user's values) and the user's model
     options: the data fix input_dim, image_shape and n_points; ``likelihood="auto"`` (or
-    absent) is chosen from the training rows as a named dataset's scaling ``named`` (shift,
-    scale) maps them; ``standardize="auto"`` (or absent) standardises them when the likelihood
-    is Gaussian and those values are not all in [0, 1]. The input map (standardisation learned
-    from ``x_train`` alone, else ``named``) is stored in the config (vaekit.scaling)."""
+    absent) is chosen from every row the run reads, ``x_train`` and the ``held_out`` splits, as
+    a named dataset's scaling ``named`` (shift, scale) maps them, so that a value in a held-out
+    row cannot fall outside the support of a likelihood chosen without it; ``standardize="auto"``
+    (or absent) standardises when the likelihood is Gaussian and those values are not all in
+    [0, 1]. The input map (standardisation learned from ``x_train`` alone, else ``named``) is
+    stored in the config (vaekit.scaling)."""
     from .config import MODEL_OPTIONS, ModelConfig
     from .likelihoods import choose
     from .registry import INFERENCE
@@ -36,7 +40,7 @@ def model_config(x_train, image_shape, options: dict[str, Any], named: tuple[flo
 
     options = dict(options)
     named_map = None if named is None else Scaling.uniform(*named)
-    seen = x_train if named_map is None else apply(named_map, x_train, np.float64)
+    seen = tuple(x if named_map is None else apply(named_map, x, np.float64) for x in (x_train, *held_out))
     if options.get("likelihood", "auto") == "auto":
         options["likelihood"] = choose(seen)
     options["standardize"] = choose_standardize(seen, options["likelihood"], options.get("standardize", "auto"))

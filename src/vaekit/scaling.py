@@ -134,9 +134,9 @@ def _moments(x: Any) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def choose_standardize(x_seen: Any, likelihood: str, standardize: str) -> str:
-    """``on`` or ``off`` for training rows ``x_seen`` (the user's values, through a named
-    dataset's scaling if there is one): ``auto`` standardises when the likelihood is Gaussian
-    and those values are not all in [0, 1]. ConfigError for ``on`` with another likelihood,
+    """``on`` or ``off`` for the rows ``x_seen`` (the user's values, through a named dataset's
+    scaling if there is one; an array, ``MappedRows`` or a tuple of them, a data set's splits):
+    ``auto`` standardises when the likelihood is Gaussian and those values are not all in [0, 1]. ConfigError for ``on`` with another likelihood,
     whose support standardised values would leave."""
     from .data import summarize
 

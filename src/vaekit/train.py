@@ -103,8 +103,9 @@ def fit(
     """
     from .hardware import fixed_threads
 
-    # Every epoch on the same number of threads, whatever the load (see vaekit.hardware).
-    with fixed_threads(config.threads):
+    # Every epoch on the same number of threads, whatever the load (see vaekit.hardware); with
+    # gradients on, whatever the caller's torch.no_grad() or inference_mode().
+    with fixed_threads(config.threads), torch.inference_mode(False), torch.enable_grad():
         return _fit(model, x_train, x_valid, config, run_dir, run_config, resume, progress, on_epoch)
 
 

@@ -22,18 +22,24 @@ class ValueSummary:
 
 
 def summarize(x: Any) -> ValueSummary:
-    """The ``ValueSummary`` of an array, or of ``MappedRows`` read ``CHUNK_ROWS`` rows at a time
+    """The ``ValueSummary`` of an array, of ``MappedRows`` read ``CHUNK_ROWS`` rows at a time
     in file order (the order does not change the summary, and the page cache serves it best),
-    as the float32 values that training sees."""
-    if isinstance(x, MappedRows):
-        blocks = MappedRows(x.array, np.sort(x.index), x.scaling).chunks()
-    else:
-        blocks = (np.asarray(x),)
+    as the float32 values that training sees, or of a tuple of those (a data set's splits)."""
     binary, lo, hi = True, np.inf, -np.inf
-    for block in blocks:
+    for block in _blocks(x):
         if block.size == 0:
             continue
         # np.minimum, not min(): a NaN must stay NaN, and then no range check passes.
         binary = binary and bool(np.isin(block, (0, 1)).all())
         lo, hi = np.minimum(lo, block.min()), np.maximum(hi, block.max())
     return ValueSummary(binary=binary, min=float(lo), max=float(hi))
+
+
+def _blocks(x: Any):
+    if isinstance(x, tuple):
+        for part in x:
+            yield from _blocks(part)
+    elif isinstance(x, MappedRows):
+        yield from MappedRows(x.array, np.sort(x.index), x.scaling).chunks()
+    else:
+        yield np.asarray(x)

@@ -48,19 +48,21 @@ class Likelihood(nn.Module):
         if scaling is not None:
             raise DataError(
                 f"{head} once this model's input scaling {scaling.describe()} is applied: "
-                f"e.g. {scaling.user_value(float(x[r, c]), c):g} becomes {float(x[r, c]):g} ({row_name(r, rows)}, column {c + 1})"
+                f"e.g. {scaling.user_value(float(x[r, c]), c)!r} becomes {x[r, c]!s} ({row_name(r, rows)}, column {c + 1})"
             )
-        shown = ", ".join(f"{v:g}" for v in np.unique(x[~ok])[:3])
+        # numpy's str of each value: the shortest digits that give it back in x's dtype, so that
+        # 1.0000001 is not shown as 1 beside the bounds it breaks.
+        shown = ", ".join(str(v) for v in np.unique(x[~ok])[:3])
         raise DataError(
-            f"{head}, e.g. {shown}: values from {float(x.min()):g} to {float(x.max()):g}, and this model applies "
+            f"{head}, e.g. {shown}: values from {x.min()!s} to {x.max()!s}, and this model applies "
             "no scaling to its input (give it values as they were scaled for training)"
         )
 
 
 def choose(x: np.ndarray | MappedRows) -> str:
     """The likelihood a user means when they say ``auto``: Bernoulli for 0/1 data,
-    continuous Bernoulli for values in [0, 1], Gaussian otherwise. ``MappedRows`` are read
-    block by block (``vaekit.data.summarize``), never whole."""
+    continuous Bernoulli for values in [0, 1], Gaussian otherwise, for an array, ``MappedRows``
+    (read block by block by ``vaekit.data.summarize``, never whole) or a tuple of them."""
     values = summarize(x)
     if values.binary:
         return "bernoulli"
