@@ -353,7 +353,7 @@ def test_mmap_verbs_refuse_the_wrong_width_before_scaling(verb, run, digits_rows
 
 def test_mmap_verb_refuses_a_csv(run, files, tmp_path, capsys):
     code, out, err = cli(capsys, "encode", run, "--data", files / "digits50.csv", "--mmap", "--out", tmp_path / "e.npy")
-    assert_error(code, out, err, 1, "digits50.csv", ".npy")
+    assert_error(code, out, err, 2, "digits50.csv", ".npy")  # the usage error --mmap on a named dataset is
     assert not (tmp_path / "e.npy").exists()
 
 
@@ -1734,3 +1734,35 @@ def test_auto_likelihood_reads_every_split(tmp_path, capsys, split):
     code, _, err = cli(capsys, "train", "--data", tmp_path / "x.npy", "--epochs", "1", "--latent-dim", "2", "--hidden", "8", "--eval-k", "5", "--out", tmp_path / "run")
     assert code == 0, err
     assert vaekit.load(tmp_path / "run").config_.model.likelihood == "continuous_bernoulli"
+
+
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (["evaluate", "{run}", "--k", "2", "--data-dir", "{files}/absent"], 2, r"--data-dir .*absent: no such directory"),
+        (["score", "{run}", "--k", "2", "--data", "digits", "--data-dir", "{files}/ten.csv", "--out", "{tmp}/s.npy"], 2, r"--data-dir .*ten\.csv: not a directory"),
+        (["gaps", "{run}", "--k", "2", "--data-dir", ""], 2, r"--data-dir is empty"),
+        (["train", "--out", "{tmp}/new", "--epochs", "1", "--data-dir", "{files}/absent"], 2, r"--data-dir .*absent: no such directory"),
+        (["sample", "{run}", "-n", "2", "--out", "{tmp}/s.npy", "--data-dir", "{files}"], 2, r"^vaekit: error: --data-dir gives the rows of --source aggregate"),
+        (["evaluate", "{files}/ten.csv"], 1, r"ten\.csv: not a run directory \(a file, not a directory\)"),
+        (["train", "--out", "{files}/ten.csv", "--resume"], 1, r"nothing to resume \(a file, not a directory\)"),
+        (["evaluate", "{run}", "--k", "500001"], 2, r"--k must be <= 500000, got 500001"),
+        (["score", "{run}", "--data", "digits", "--k", "10000000", "--out", "{tmp}/s.npy"], 2, r"--k must be <= 500000"),
+        (["train", "--out", "{tmp}/new", "--eval-k", "1000000000000"], 2, r"--eval-k must be <= 500000"),
+    ],
+)
+def test_paths_and_sizes_that_cannot_work_are_refused(capsys, run, files, tmp_path, argv, code, message):
+    """A --data-dir that is no directory (needed or not), a file named as a run directory, a K
+    no estimate finishes."""
+    argv = [a.format(run=run, files=files, tmp=tmp_path) for a in argv]
+    got, out, err = cli(capsys, *argv)
+    assert (got, out) == (code, "")
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err.strip()), err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "s.npy").exists()
+
+
+def test_a_damaged_config_names_line_and_column(run_copy, capsys):
+    text = (run_copy / "config.json").read_text()
+    (run_copy / "config.json").write_text(text[: len(text) // 2])
+    code, _, err = cli(capsys, "evaluate", run_copy, "--k", "2")
+    assert code == 1 and re.search(r"config\.json: not valid JSON \([A-Z][^()]*: line \d+ column \d+\)$", err.strip()), err

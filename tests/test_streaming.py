@@ -108,7 +108,7 @@ def test_mapped_rows_read_the_rows_asked_for(tmp_path):
 def test_mapped_rows_are_checked_block_by_block(tmp_path, monkeypatch):
     import vaekit.data as data
     from vaekit.config import DataConfig
-    from vaekit.errors import DataError
+    from vaekit.errors import ConfigError, DataError
 
     x = np.zeros((40, 3), dtype=np.float32)
     x[37, 1] = np.nan
@@ -125,7 +125,7 @@ def test_mapped_rows_are_checked_block_by_block(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"too large for float32 \(first at row 22, column 3: 1e\+300\)"):
         data.load_dataset(DataConfig(source=str(tmp_path / "big.npy"), mmap=True, valid_fraction=0.0, test_fraction=0.0))
     np.savetxt(tmp_path / "x.csv", np.zeros((5, 2)))
-    with pytest.raises(DataError, match="needs a .npy"):
+    with pytest.raises(ConfigError, match=r"mmap streams a \.npy file; .*x\.csv is a \.csv"):  # a usage error
         data.load_dataset(DataConfig(source=str(tmp_path / "x.csv"), mmap=True))
 
 

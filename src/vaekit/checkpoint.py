@@ -330,7 +330,8 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: not a run directory (no such directory)")
+        why = "a file, not a directory" if run_dir.exists() else "no such directory"
+        raise CheckpointError(f"{run_dir}: not a run directory ({why})")
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no {CONFIG_FILE}){replaced_hint(run_dir)}")
     if not (run_dir / which).is_file():

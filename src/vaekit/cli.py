@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import AUTO, GAP_STEPS
+from .config import AUTO, GAP_STEPS, K_MAX
 from .errors import ConfigError, DataError, VaekitError, VaekitWarning
 from .outputs import check_out, write_array, write_blocks
 
@@ -282,7 +282,8 @@ def cmd_train(args) -> int:
             _await_recovery(run_dir)
     if args.resume:
         if not run_dir.is_dir():
-            raise VaekitError(f"{run_dir}: nothing to resume (no such directory)")
+            why = "a file, not a directory" if run_dir.exists() else "no such directory"
+            raise VaekitError(f"{run_dir}: nothing to resume ({why})")
         # Locked before anything is read: a run being written is reported as such (it may not
         # have its config.json yet), and a writer that finishes meanwhile may change the file.
         with lock:
@@ -440,11 +441,11 @@ def _seed(text: str) -> int:
 
 def _add_run_commands(sub) -> None:
     p = _run_parser(sub, "evaluate", "ELBO, its terms and the importance-weighted log-likelihood of a split", False, "test")
-    p.add_argument("--k", type=int, default=1000, help="importance samples per datapoint (default 1000; the literature uses 5000)")
+    p.add_argument("--k", type=int, default=1000, help=f"importance samples per datapoint, at most {K_MAX} (default 1000; the literature uses 5000)")
     p.set_defaults(func=cmd_evaluate)
 
     p = _run_parser(sub, "gaps", "log p(x), the ELBO of the model's q and of the optimal q*, and the approximation and amortization gaps (Cremer et al. 2018)", False, "test")
-    p.add_argument("--k", type=int, default=1000, help="importance samples per datapoint (default 1000)")
+    p.add_argument("--k", type=int, default=1000, help=f"importance samples per datapoint, at most {K_MAX} (default 1000)")
     p.add_argument("--steps", type=int, default=GAP_STEPS, help=f"at most this many Adam steps for the optimal per-point q*, which stop when its ELBO stops improving (default {GAP_STEPS})")
     p.add_argument("--plot", help="picture of the bound beneath the evidence (default RUN_DIR/gaps_SPLIT.png)")
     p.add_argument("--bars", help="log p(x), ELBO(q*) and ELBO(q) of the first rows as bars (default RUN_DIR/gaps_SPLIT_bars.png)")
@@ -474,7 +475,7 @@ def _add_run_commands(sub) -> None:
 
     p = _run_parser(sub, "score", "per-row log p(x) estimates (usable as anomaly scores)", True, "all")
     p.add_argument("--out", required=True, help=".npy or .csv")
-    p.add_argument("--k", type=int, default=1000, help="importance samples per row (default 1000)")
+    p.add_argument("--k", type=int, default=1000, help=f"importance samples per row, at most {K_MAX} (default 1000)")
     p.set_defaults(func=cmd_score)
 
 
@@ -550,10 +551,17 @@ def _positive(name: str, value: int) -> None:
     check_positive_int(name, value)
 
 
+def _check_k(name: str, value: int) -> None:
+    """K of a log p(x) estimate: 1 to K_MAX."""
+    from .config import check_positive_int
+
+    check_positive_int(name, value, maximum=K_MAX)
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
-    _positive("--k", args.k)
+    _check_k("--k", args.k)
     est = _load(args)
     _, x, _ = _rows(est, args, args.split)
     t0 = time.perf_counter()
@@ -570,7 +578,7 @@ def cmd_gaps(args) -> int:
     from .evaluate import gaps
     from .plots import bound_bars_plot, bound_gap_plot
 
-    _positive("--k", args.k)
+    _check_k("--k", args.k)
     _positive("--steps", args.steps)
     est = _load(args)
     # Both pictures' paths are checked before the work and before either is written.
@@ -612,7 +620,8 @@ def _pm(se: float) -> str:
 def cmd_sample(args) -> int:
     _positive("-n", args.n)
     if args.source == "prior" and (args.data or args.data_dir):
-        raise ConfigError("--data gives the rows of --source aggregate or gmm; --source prior draws z ~ p(z) and reads none")
+        flag = "--data" if args.data else "--data-dir"
+        raise ConfigError(f"{flag} gives the rows of --source aggregate or gmm; --source prior draws z ~ p(z) and reads none")
     if args.components is not None and args.source != "gmm":
         raise ConfigError(f"--components sets the mixture of --source gmm; this draws from --source {args.source}")
     if args.components is not None:
@@ -718,7 +727,7 @@ def _model_values(est, x):
 
 
 def cmd_score(args) -> int:
-    _positive("--k", args.k)
+    _check_k("--k", args.k)
     out = Path(args.out)
     check_out(out, (".npy", ".csv"), run_dir=args.run_dir, data=_data_paths(args))
     est = _load(args)
@@ -827,6 +836,20 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+def _check_data_dir(data_dir: str | None) -> None:
+    """--data-dir names a directory, whether or not the data given need it: a mistyped one
+    would otherwise pass unseen until the day it is needed."""
+    if data_dir is None:
+        return
+    if not data_dir:
+        raise ConfigError("--data-dir is empty: give a directory")
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise ConfigError(f"--data-dir {data_dir}: no such directory")
+    if not path.is_dir():
+        raise ConfigError(f"--data-dir {data_dir}: not a directory")
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
@@ -838,6 +861,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         warnings.formatwarning = _format_warning
+        _check_data_dir(getattr(args, "data_dir", None))
         return args.func(args)
     except VaekitError as e:
         print(f"vaekit: error: {e}", file=sys.stderr)

@@ -34,11 +34,17 @@ SEED_MAX = 2**63 - 1
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def check_positive_int(name: str, value: Any, minimum: int = 1, error: type[Exception] = ConfigError) -> int:
-    """The one validator for counts: an integer (not a bool) >= ``minimum``, else ``error``
-    (a VaekitError subclass) naming ``name``."""
+# Importance samples per row of a log p(x) estimate, at most: a hundred times the literature's
+# 5000. A larger K passes the decoder so often per row that the estimate would not finish
+# (each row's K draws go through in chunks, so memory never refuses it).
+K_MAX = 500_000
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1, error: type[Exception] = ConfigError, maximum: int | None = None) -> int:
+    """The one validator for counts: an integer (not a bool) >= ``minimum`` (and <= ``maximum``
+    where given), else ``error`` (a VaekitError subclass) naming ``name``."""
     try:
-        return Option(minimum, "", type="int", minimum=minimum).check(name, value)
+        return Option(minimum, "", type="int", minimum=minimum, maximum=maximum).check(name, value)
     except ConfigError as e:
         raise error(str(e)) from None
 
@@ -107,7 +113,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "seed": Option(0, "random seed", minimum=0, maximum=SEED_MAX),
     "device": Option("cpu", "cpu or cuda[:N]", resumable=True),
     "dtype": Option("float32", "parameter dtype", choices=DTYPES),
-    "eval_k": Option(1000, "K of the test log-likelihood estimate after training", minimum=1, resumable=True),
+    "eval_k": Option(1000, f"K of the test log-likelihood estimate after training, at most {K_MAX}", minimum=1, maximum=K_MAX, resumable=True),
     "compile": Option(False, "compile the training step with torch.compile", resumable=True),
     "compile_mode": Option("default", "torch.compile mode; reduce-overhead replays the step as a CUDA graph", choices=COMPILE_MODES, resumable=True),
     # Weights, optimizer state and every log-density stay in the model's dtype under bf16.
@@ -521,7 +527,7 @@ class RunConfig:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+            raise ConfigError(f"{path}: not valid JSON ({e.msg}: line {e.lineno} column {e.colno})") from None
         try:
             return cls.from_dict(d)
         except ConfigError as e:

@@ -23,7 +23,7 @@ import torch
 from sklearn import exceptions as sk_exceptions
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
-from .config import DataConfig, RunConfig, TrainConfig, check_positive_int, inert_options
+from .config import K_MAX, DataConfig, RunConfig, TrainConfig, check_positive_int, inert_options
 from .errors import ConfigError, DataError
 from .scaling import Scaling, apply
 
@@ -452,7 +452,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         the same alone or among others, in any order (up to rounding)."""
         from .evaluate import log_px_per_point
 
-        k, seed = check_positive_int("k", k), _seed(seed)
+        k, seed = check_positive_int("k", k, maximum=K_MAX), _seed(seed)
         x = self.model_input(X)
         return log_px_per_point(self.model_, x, k=k, seed=seed)
 
@@ -472,7 +472,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """elbo, recon, kl, log_likelihood, bits_per_dim, n, k averaged over the rows of X."""
         from .evaluate import evaluate
 
-        k, seed = check_positive_int("k", k), _seed(seed)
+        k, seed = check_positive_int("k", k, maximum=K_MAX), _seed(seed)
         x = self.model_input(X)
         return evaluate(self.model_, x, k=k, seed=seed)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .checks import check_data, check_finite, not_2d
 from .containers import SPLIT_NAMES
 
@@ -57,7 +57,8 @@ def read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None
 def open_mapped(path: Path) -> tuple[np.ndarray, tuple[int, ...] | None]:
     """(the (N, D) memory map of a .npy file, the image shape of its rows or None)."""
     if path.suffix.lower() != ".npy":
-        raise DataError(f"{path}: memory-mapping needs a .npy file")
+        # An option that does not fit the file, as --mmap with a named dataset: a usage error.
+        raise ConfigError(f"mmap streams a .npy file; {path} is a {path.suffix or 'file without extension'}, read into memory (drop --mmap)")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except _READ_ERRORS as e:  # an empty file is an EOFError
