@@ -1766,3 +1766,16 @@ def test_a_damaged_config_names_line_and_column(run_copy, capsys):
     (run_copy / "config.json").write_text(text[: len(text) // 2])
     code, _, err = cli(capsys, "evaluate", run_copy, "--k", "2")
     assert code == 1 and re.search(r"config\.json: not valid JSON \([A-Z][^()]*: line \d+ column \d+\)$", err.strip()), err
+
+
+def test_progress_bars_of_evaluate_and_score_change_nothing_but_stderr(run, tmp_path, capsys):
+    plain = cli(capsys, "evaluate", run, "--k", "5", "--json")
+    shown = cli(capsys, "evaluate", run, "--k", "5", "--json", "--progress")
+    assert plain[0] == shown[0] == 0 and plain[2] == ""
+    assert json.loads(shown[1]) | {"seconds": 0} == json.loads(plain[1]) | {"seconds": 0}
+    assert re.search(r"evaluating log p\(x\) \(K=5\).*\d+/\d+", shown[2])
+    for name, extra in (("a.npy", []), ("b.npy", ["--progress"])):
+        code, _, err = cli(capsys, "score", run, "--data", "digits", "--k", "5", "--out", tmp_path / name, *extra)
+        assert code == 0, err
+    assert "scoring (K=5)" in err
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))

@@ -439,9 +439,21 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
 
 
+def _progress_flag(p) -> None:
+    p.add_argument("--progress", action="store_true", help="a progress bar of the rows done on stderr (a pass with a large K over many rows runs for minutes)")
+
+
+def _row_progress(args, n: int, what: str):
+    """The RowProgress bar of a verb's log p(x) pass with ``--progress``, else None."""
+    from .logs import RowProgress
+
+    return RowProgress(n, f"{what} (K={args.k})", bar=True) if args.progress else None
+
+
 def _add_run_commands(sub) -> None:
     p = _run_parser(sub, "evaluate", "ELBO, its terms and the importance-weighted log-likelihood of a split", False, "test")
     p.add_argument("--k", type=int, default=1000, help=f"importance samples per datapoint, at most {K_MAX} (default 1000; the literature uses 5000)")
+    _progress_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = _run_parser(sub, "gaps", "log p(x), the ELBO of the model's q and of the optimal q*, and the approximation and amortization gaps (Cremer et al. 2018)", False, "test")
@@ -476,6 +488,7 @@ def _add_run_commands(sub) -> None:
     p = _run_parser(sub, "score", "per-row log p(x) estimates (usable as anomaly scores)", True, "all")
     p.add_argument("--out", required=True, help=".npy or .csv")
     p.add_argument("--k", type=int, default=1000, help=f"importance samples per row, at most {K_MAX} (default 1000)")
+    _progress_flag(p)
     p.set_defaults(func=cmd_score)
 
 
@@ -565,7 +578,12 @@ def cmd_evaluate(args) -> int:
     est = _load(args)
     _, x, _ = _rows(est, args, args.split)
     t0 = time.perf_counter()
-    result = evaluate(est.model_, x, k=args.k, seed=args.seed)
+    rows = _row_progress(args, len(x), "evaluating log p(x)")
+    try:
+        result = evaluate(est.model_, x, k=args.k, seed=args.seed, progress=rows)
+    finally:
+        if rows is not None:
+            rows.close()
     # The cost of inference on new data: one encoder pass, or per-point optimisation.
     result.update(split=args.split, inference=est.model_.config.inference, seconds=time.perf_counter() - t0)
     _report(args, result, f"{args.split} {_evidence_line(result)}  [{result['inference']} inference, {result['seconds']:.1f} s]")
@@ -732,7 +750,12 @@ def cmd_score(args) -> int:
     check_out(out, (".npy", ".csv"), run_dir=args.run_dir, data=_data_paths(args))
     est = _load(args)
     x, _, _ = _rows(est, args, args.split)
-    log_px = est.score_samples(x, k=args.k, seed=args.seed)
+    rows = _row_progress(args, len(x), "scoring")
+    try:
+        log_px = est.score_samples(x, k=args.k, seed=args.seed, progress=rows)
+    finally:
+        if rows is not None:
+            rows.close()
     write_array(out, log_px, header=["log_px"])
     summary = {"out": str(out), "n": int(log_px.shape[0]), "k": int(args.k), "mean": float(log_px.mean()), "min": float(log_px.min()), "max": float(log_px.max())}
     _report(args, summary, f"wrote log p(x) of {log_px.shape[0]} rows to {out} (mean {summary['mean']:.3f}, min {summary['min']:.3f})")

@@ -16,7 +16,7 @@ import inspect
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -444,17 +444,18 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         order = np.random.default_rng(seed).permutation(n)
         return torch.as_tensor(z[order], dtype=p.dtype, device=p.device)
 
-    def score_samples(self, X, k: int = 1000, seed: int = 0) -> np.ndarray:
+    def score_samples(self, X, k: int = 1000, seed: int = 0, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Per-row log p(x), the K-sample importance-weighted estimate (nats), a density of the
         values as given (through the input map: log p'((x − shift)/scale) − Σ_j log scale_j).
         Low values flag rows the model finds unlikely, so it serves as an anomaly score. Each
         row draws its noise from a stream seeded by ``seed`` and the row itself, so a row scores
-        the same alone or among others, in any order (up to rounding)."""
+        the same alone or among others, in any order (up to rounding). ``progress``, if given,
+        is called with the rows done so far (``vaekit.logs.RowProgress`` draws a bar)."""
         from .evaluate import log_px_per_point
 
         k, seed = check_positive_int("k", k, maximum=K_MAX), _seed(seed)
         x = self.model_input(X)
-        return log_px_per_point(self.model_, x, k=k, seed=seed)
+        return log_px_per_point(self.model_, x, k=k, seed=seed, progress=progress)
 
     def score(self, X, y=None, k: int = 1000) -> float:
         """Mean log p(x) over the rows of X (nats)."""
