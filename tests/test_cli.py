@@ -1741,7 +1741,11 @@ def test_auto_likelihood_reads_every_split(tmp_path, capsys, split):
     [
         (["evaluate", "{run}", "--k", "2", "--data-dir", "{files}/absent"], 2, r"--data-dir .*absent: no such directory"),
         (["score", "{run}", "--k", "2", "--data", "digits", "--data-dir", "{files}/ten.csv", "--out", "{tmp}/s.npy"], 2, r"--data-dir .*ten\.csv: not a directory"),
-        (["gaps", "{run}", "--k", "2", "--data-dir", ""], 2, r"--data-dir is empty"),
+        (["gaps", "{run}", "--k", "2", "--data-dir", ""], 2, r"--data-dir is empty: give a path"),
+        (["gaps", "{run}", "--k", "2", "--bars", ""], 2, r"--bars is empty: give a path"),
+        (["evaluate", "{run}", "--k", "2", "--data", ""], 2, r"--data is empty: give a path"),
+        (["train", "--out", "", "--epochs", "1"], 2, r"--out is empty: give a path"),
+        (["train", "--data", "", "--out", "{tmp}/new", "--epochs", "1"], 2, r"--data is empty: give a path"),
         (["train", "--out", "{tmp}/new", "--epochs", "1", "--data-dir", "{files}/absent"], 2, r"--data-dir .*absent: no such directory"),
         (["sample", "{run}", "-n", "2", "--out", "{tmp}/s.npy", "--data-dir", "{files}"], 2, r"^vaekit: error: --data-dir gives the rows of --source aggregate"),
         (["evaluate", "{files}/ten.csv"], 1, r"ten\.csv: not a run directory \(a file, not a directory\)"),
@@ -1752,8 +1756,8 @@ def test_auto_likelihood_reads_every_split(tmp_path, capsys, split):
     ],
 )
 def test_paths_and_sizes_that_cannot_work_are_refused(capsys, run, files, tmp_path, argv, code, message):
-    """A --data-dir that is no directory (needed or not), a file named as a run directory, a K
-    no estimate finishes."""
+    """An empty path, a --data-dir that is no directory (needed or not), a file named as a run
+    directory, a K no estimate finishes."""
     argv = [a.format(run=run, files=files, tmp=tmp_path) for a in argv]
     got, out, err = cli(capsys, *argv)
     assert (got, out) == (code, "")

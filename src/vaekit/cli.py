@@ -859,13 +859,20 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
-def _check_data_dir(data_dir: str | None) -> None:
-    """--data-dir names a directory, whether or not the data given need it: a mistyped one
-    would otherwise pass unseen until the day it is needed."""
+# The options that name a file or directory: given empty, each would be taken as not given
+# (a default path, the run's own data) or as the current directory.
+PATH_OPTIONS = ("data", "data_dir", "out", "plot", "bars", "prior_from")
+
+
+def _check_paths(args) -> None:
+    """No path option is empty, and --data-dir names a directory, whether or not the data
+    given need it: a mistyped one would otherwise pass unseen until the day it is needed."""
+    for dest in PATH_OPTIONS:
+        if getattr(args, dest, None) == "":
+            raise ConfigError(f"--{dest.replace('_', '-')} is empty: give a path")
+    data_dir = getattr(args, "data_dir", None)
     if data_dir is None:
         return
-    if not data_dir:
-        raise ConfigError("--data-dir is empty: give a directory")
     path = Path(data_dir).expanduser()
     if not path.exists():
         raise ConfigError(f"--data-dir {data_dir}: no such directory")
@@ -884,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         warnings.formatwarning = _format_warning
-        _check_data_dir(getattr(args, "data_dir", None))
+        _check_paths(args)
         return args.func(args)
     except VaekitError as e:
         print(f"vaekit: error: {e}", file=sys.stderr)
