@@ -1783,3 +1783,36 @@ def test_progress_bars_of_evaluate_and_score_change_nothing_but_stderr(run, tmp_
         assert code == 0, err
     assert "scoring (K=5)" in err
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+
+
+def test_resume_on_changed_data_is_refused_in_one_line(tmp_path, capsys):
+    """A data file that lost a column, or gained rows, since the run began: the width is named
+    before any input map is applied, the row counts against those the checkpoint kept."""
+    x = np.random.default_rng(0).normal(size=(100, 6)).astype(np.float32)
+    data, run = tmp_path / "x.npy", tmp_path / "run"
+    np.save(data, x)
+    args = ["--data", data, "--out", run, "--hidden", "8", "--latent-dim", "2", "--eval-k", "2", "--quiet"]
+    assert cli(capsys, "train", *args, "--epochs", "1")[0] == 0
+    before = (run / "last.safetensors").read_bytes()
+    for changed, message in ((x[:, :5], r"has 5 features per row, but the model was trained on 6"),
+                             (np.concatenate([x, x[:10]]), r"trained on 70 training and 10 validation rows, and its data now give 77 and 11")):  # fmt: skip
+        np.save(data, changed)
+        code, out, err = cli(capsys, "train", *args, "--epochs", "2", "--resume")
+        assert (code, out) == (1, "") and len(err.strip().splitlines()) == 1 and re.search(message, err), err
+        assert (run / "last.safetensors").read_bytes() == before
+    np.save(data, x)
+    assert cli(capsys, "train", *args, "--epochs", "2", "--resume")[0] == 0
+
+
+def test_a_header_name_with_a_comma_is_written_quoted_and_reads_back(tmp_path, capsys):
+    rows = np.random.default_rng(0).normal(size=(40, 3))
+    body = "\n".join(",".join(f"{v:.6f}" for v in r) for r in rows)
+    (tmp_path / "h.csv").write_text('"x,1",b,"c ""q"""\n' + body + "\n")
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "--data", tmp_path / "h.csv", "--out", run, "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--eval-k", "2", "--quiet")[0] == 0
+    for verb, extra in (("sample", ["-n", "3"]), ("reconstruct", ["--data", tmp_path / "h.csv"])):
+        code, _, err = cli(capsys, verb, run, *extra, "--out", tmp_path / f"{verb}.csv")
+        assert code == 0, err
+        assert (tmp_path / f"{verb}.csv").read_text().splitlines()[0] == '"x,1",b,"c ""q"""'
+        code, _, err = cli(capsys, "score", run, "--data", tmp_path / f"{verb}.csv", "--k", "2", "--out", tmp_path / f"{verb}.npy")
+        assert code == 0, err

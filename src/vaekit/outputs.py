@@ -33,6 +33,17 @@ def check_out(
         raise DataError(f"{option} {out}: is a directory; name a file")
 
 
+def header_line(names: list[str]) -> str:
+    """A CSV header of ``names``, quoted where a name holds a comma, quote or line break, so
+    that the file reads back with as many names as columns."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(names)
+    return buf.getvalue()
+
+
 def write_array(out: Path, arr, header: list[str] | None = None, arrays: dict | None = None) -> None:
     import numpy as np
 
@@ -46,7 +57,7 @@ def write_array(out: Path, arr, header: list[str] | None = None, arrays: dict | 
         np.savez(buf, **(arrays or {"x": arr}))
     else:
         a = arr.reshape(len(arr), -1)
-        np.savetxt(buf, a, delimiter=",", header=",".join(header) if header else "", comments="", fmt=csv_format(a.dtype))
+        np.savetxt(buf, a, delimiter=",", header=header_line(header) if header else "", comments="", fmt=csv_format(a.dtype))
     try:
         atomic_write_bytes(out, buf.getvalue())
     except OSError as e:
@@ -88,7 +99,7 @@ def write_blocks(out: Path, blocks, shape: tuple[int, int], header: list[str] | 
                 npy(member)
         else:
             if header:
-                f.write((",".join(header) + "\n").encode())
+                f.write((header_line(header) + "\n").encode())
             for block in blocks:
                 np.savetxt(f, block, delimiter=",", fmt=csv_format(block.dtype))
 

@@ -180,7 +180,11 @@ def model_rows(model_config: Any, x: Any, named: tuple[float, float] | None = No
     """Rows of the user's values as the model of ``model_config`` sees them: through its input
     map, or, for a model without one, through a named dataset's scaling ``named`` (shift,
     scale; a model written before models stored their map saw named datasets scaled by the
-    loader). ``dtype`` and ``what`` as ``apply``'s."""
+    loader). ``dtype`` and ``what`` as ``apply``'s. Rows of another width than the model's
+    are refused first: a per-feature map would not broadcast over them."""
+    width = np.shape(x)[1] if len(np.shape(x)) == 2 else None
+    if width is not None and width != model_config.input_dim:
+        raise DataError(f"{what} has {width} features per row, but the model was trained on {model_config.input_dim}")
     scaling = Scaling.of(model_config)
     if scaling is None and named is not None:
         scaling = Scaling.uniform(*named)

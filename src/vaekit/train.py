@@ -122,7 +122,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
     writer = run_dir is not None and rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
     step = _Step(model, objective, optimizers, config, device, batch_rows, rank, world)
-    run = _start(model, optimizers, config, run_dir, run_config, resume, writer, x_train)
+    run = _start(model, optimizers, config, run_dir, run_config, resume, writer, x_train, len(x_valid))
     # The bubbles of a 2-D latent before the first step and after the middle epoch (bubbles.py).
     snapshots = bubbles.snapshot_epochs(config.epochs) if writer else ()
     if 0 in snapshots and not resume:
@@ -190,6 +190,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
                 "bad_epochs": run.bad_epochs,
                 "stopped": stopped,
                 "history": run.history,
+                "rows": run.rows,
             }
             if run.config_to_save is not None:
                 # A resumed run records its new epochs or device with its first new checkpoint:
@@ -264,16 +265,19 @@ class _Run:
         self.config_to_save: RunConfig | None = None
         # config.json's model section, kept with the weights (``ckpt.model_record``).
         self.model_record: dict[str, Any] | None = None
+        # (training rows, validation rows): a resume on other data is refused.
+        self.rows: list[int] = []
 
     def best_meta(self) -> dict[str, Any]:
         """model.safetensors' metadata: the epoch of the best weights, and the model section."""
         return {"epoch": self.best_epoch, "model_config": self.model_record}
 
 
-def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_config, resume: bool, writer: bool, x_train) -> _Run:
+def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_config, resume: bool, writer: bool, x_train, n_valid: int) -> _Run:
     """A fresh run (seeded, the prior shown the training rows, run directory initialised) or
-    one restored from last.safetensors."""
+    one restored from last.safetensors, on as many training and validation rows as before."""
     run = _Run()
+    run.rows = [len(x_train), n_valid]
     if writer and run_config is not None:
         run.model_record = ckpt.model_record(run_config)
     if not resume:
@@ -297,6 +301,13 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
     if run.model_record is None:
         run.model_record = meta.get("model_config")
     _check_schedule(config, meta["history"], run_dir)
+    if meta.get("rows", run.rows) != run.rows:  # checkpoints written before they kept it: not checked
+        (was_train, was_valid), (now_train, now_valid) = meta["rows"], run.rows
+        raise CheckpointError(
+            f"{run_dir} was trained on {was_train} training and {was_valid} validation rows, and its data now give "
+            f"{now_train} and {now_valid}: the data changed since the run began; resume on the data it trained on, "
+            "or train again with --overwrite"
+        )
     if writer:
         ckpt.remove_stale_temporaries(run_dir)
     if run_config is not None and writer:
