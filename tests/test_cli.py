@@ -1816,3 +1816,27 @@ def test_a_header_name_with_a_comma_is_written_quoted_and_reads_back(tmp_path, c
         assert (tmp_path / f"{verb}.csv").read_text().splitlines()[0] == '"x,1",b,"c ""q"""'
         code, _, err = cli(capsys, "score", run, "--data", tmp_path / f"{verb}.csv", "--k", "2", "--out", tmp_path / f"{verb}.npy")
         assert code == 0, err
+
+
+def test_an_output_directory_that_refuses_writes_is_found_before_the_work(run, tmp_path, capsys, monkeypatch):
+    """The probe that check_out writes beside OUT fails as a read-only directory makes it (root
+    ignores the mode bits, so the refusal is simulated); the verb stops before scoring."""
+    import tempfile
+
+    import vaekit.evaluate
+
+    real = tempfile.NamedTemporaryFile
+
+    def refused(*args, **kwargs):
+        if str(kwargs.get("suffix", "")) == ".probe":
+            raise PermissionError(13, "Permission denied")
+        return real(*args, **kwargs)
+
+    def never(*args, **kwargs):
+        raise AssertionError("scored before the output was checked")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refused)
+    monkeypatch.setattr(vaekit.evaluate, "log_px_per_point", never)
+    code, out, err = cli(capsys, "score", run, "--data", "digits", "--k", "2", "--out", tmp_path / "s.npy")
+    assert (code, out) == (1, "") and re.search(r"--out .*s\.npy: cannot write in .* \(Permission denied\)$", err.strip()), err
+    assert list(tmp_path.iterdir()) == []

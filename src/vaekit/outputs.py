@@ -31,6 +31,15 @@ def check_out(
         raise DataError(f"{option} {out}: {parent} is a file, not a directory")
     if out.is_dir():
         raise DataError(f"{option} {out}: is a directory; name a file")
+    # The write goes through a temporary beside OUT (atomic rename): a directory that refuses
+    # it is found now, not after the work.
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise DataError(f"{option} {out}: cannot write in {parent} ({e.strerror or e})") from None
 
 
 def header_line(names: list[str]) -> str:
