@@ -105,6 +105,24 @@ def test_mapped_rows_read_the_rows_asked_for(tmp_path):
     assert check_data(ds.train, what="x") is ds.train
 
 
+def test_fortran_order_images_are_refused_for_mmap_and_read_in_memory(tmp_path):
+    """Flattening a Fortran-order (n, H, W) map copies the whole file: refused, with the fix;
+    a Fortran-order table streams (its rows are views), and in memory both read as C order."""
+    from vaekit.config import DataConfig
+    from vaekit.data import load_dataset
+    from vaekit.errors import DataError
+
+    images = np.random.default_rng(0).random((20, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "f.npy", np.asfortranarray(images))
+    with pytest.raises(DataError, match=r"Fortran order.*numpy\.ascontiguousarray.*or drop --mmap"):
+        load_dataset(DataConfig(source=str(tmp_path / "f.npy"), mmap=True))
+    whole = load_dataset(DataConfig(source=str(tmp_path / "f.npy"), test_fraction=0.0, valid_fraction=0.0))
+    np.testing.assert_array_equal(whole.split("all"), images.reshape(20, -1))
+    np.save(tmp_path / "t.npy", np.asfortranarray(images.reshape(20, -1)))
+    table = load_dataset(DataConfig(source=str(tmp_path / "t.npy"), mmap=True, test_fraction=0.0, valid_fraction=0.0))
+    np.testing.assert_array_equal(np.asarray(table.split("all")[:]), images.reshape(20, -1))
+
+
 def test_mapped_rows_are_checked_block_by_block(tmp_path, monkeypatch):
     import vaekit.data as data
     from vaekit.config import DataConfig

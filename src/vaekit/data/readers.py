@@ -76,6 +76,12 @@ def open_mapped(path: Path) -> tuple[np.ndarray, tuple[int, ...] | None]:
         raise DataError(f"{path} has dtype {array.dtype}; expected numbers (bool, int or float)")
     image_shape = None
     if array.ndim in (3, 4):
+        if not array.flags.c_contiguous and len(array) > 1:
+            # Flattening each image of a Fortran-order file would copy the whole file to memory.
+            raise DataError(
+                f"{path}: its images are stored in Fortran order, which memory-mapping cannot read row by row: "
+                "save them with numpy.save(path, numpy.ascontiguousarray(x)), or drop --mmap"
+            )
         image_shape = tuple(int(v) for v in array.shape[1:])
         array = array.reshape(len(array), -1)
     elif array.ndim != 2:
