@@ -364,6 +364,23 @@ def test_object_npy_is_refused(tmp_path):
         load_array(str(tmp_path / "o.npy"))
 
 
+def test_npz_member_of_objects_is_ignored_unless_the_data_are_in_it(tmp_path):
+    """Another member of Python objects (metadata, say) is ignored as other arrays are; one
+    the data would be read from is refused, named."""
+    x = np.random.default_rng(0).random((30, 4))
+    meta = np.array([{"source": "lab"}], dtype=object)
+    np.savez(tmp_path / "a.npz", x=x, meta=meta)
+    np.testing.assert_array_equal(load_array(str(tmp_path / "a.npz"))[0], x)
+    np.savez(tmp_path / "b.npz", train=x[:20], test=x[20:], meta=meta)
+    ds = load_dataset(DataConfig(source=str(tmp_path / "b.npz"), valid_fraction=0.0))
+    np.testing.assert_array_equal(ds.test, x[20:])
+    for name, arrays in (("c", {"x": meta}), ("d", {"train": meta, "test": x}), ("e", {"meta": meta})):
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        key = next(iter(arrays))
+        with pytest.raises(DataError, match=rf"{name}\.npz: array '{key}' could not be read \(.*Python objects"):
+            load_dataset(DataConfig(source=str(tmp_path / f"{name}.npz")))
+
+
 def test_corrupt_files(tmp_path):
     (tmp_path / "junk.npy").write_bytes(b"this is not numpy")
     with pytest.raises(DataError, match=r"junk\.npy: could not be read as a \.npy array"):

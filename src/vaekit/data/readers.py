@@ -102,9 +102,26 @@ def _np_load(path: Path, reading_as: str) -> np.ndarray | dict[str, np.ndarray]:
             if isinstance(loaded, np.ndarray):
                 return loaded
             with loaded:
-                return {k: loaded[k] for k in loaded.files}
+                return {k: _member(loaded, k) for k in loaded.files}
     except _READ_ERRORS as e:
         raise DataError(f"{path}: could not be read as {reading_as} ({_reason(e)})") from None
+
+
+class Unreadable:
+    """An .npz member that holds Python objects, not loaded for safety: an error only if the
+    data are read from it (an archive's other arrays are ignored)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _member(archive, name: str) -> np.ndarray | Unreadable:
+    try:
+        return archive[name]
+    except ValueError as e:
+        if "pickle" not in str(e).lower():
+            raise
+        return Unreadable(_reason(e))
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -121,17 +138,26 @@ def _reason(e: Exception) -> str:
     return str(e) or type(e).__name__
 
 
-def open_npz(path: Path, reading_as: str) -> dict[str, np.ndarray]:
+def open_npz(path: Path, reading_as: str, objects: bool = False) -> dict[str, np.ndarray]:
     """Every array of an .npz archive, read eagerly; DataError saying it could not be read
-    as ``reading_as`` otherwise."""
+    as ``reading_as`` otherwise. With ``objects``, a member of Python objects is an
+    ``Unreadable`` for the caller to ignore or refuse; without, it refuses the archive."""
     z = _np_load(path, reading_as)
     if isinstance(z, np.ndarray):
         raise DataError(f"{path}: is a .npy array, not an .npz archive; rename it to .npy")
+    bad = [k for k, v in z.items() if isinstance(v, Unreadable)]
+    if bad and not objects:
+        raise DataError(f"{path}: could not be read as {reading_as} (array {bad[0]!r}: {z[bad[0]].reason})")
     return z
 
 
 def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
-    contents = open_npz(path, "an .npz archive")
+    contents = open_npz(path, "an .npz archive", objects=True)
+    unreadable = {k: v for k, v in contents.items() if isinstance(v, Unreadable)}
+    contents = {k: v for k, v in contents.items() if k not in unreadable}
+    read = (*SPLIT_NAMES, *(f"{s}_labels" for s in SPLIT_NAMES), "x", "X", "data", "y", "labels")
+    for name in [k for k in unreadable if k in read] or ([] if contents else list(unreadable)[:1]):
+        raise DataError(f"{path}: array {name!r} could not be read ({unreadable[name].reason})")
     if not contents:
         raise DataError(f"{path}: contains no arrays")
 
