@@ -381,6 +381,24 @@ def test_npz_member_of_objects_is_ignored_unless_the_data_are_in_it(tmp_path):
             load_dataset(DataConfig(source=str(tmp_path / f"{name}.npz")))
 
 
+def test_tab_separated_rows_in_a_csv_are_named(tmp_path):
+    (tmp_path / "t.csv").write_text("0.1\t0.2\t0.3\n0.4\t0.5\t0.6\n")
+    with pytest.raises(DataError, match=r"t\.csv: row 1 holds numbers separated by tabs, .*name it \.tsv"):
+        load_array(str(tmp_path / "t.csv"))
+    (tmp_path / "t.tsv").write_text((tmp_path / "t.csv").read_text())
+    np.testing.assert_array_equal(load_array(str(tmp_path / "t.tsv"))[0], [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]])
+
+
+def test_image_layout_advice_depends_on_the_pixel_count():
+    from vaekit.data.checks import check_image_layout
+
+    with pytest.raises(DataError, match=r"reorder their axes"):
+        check_image_layout("x", (8, 8, 3), (3, 8, 8))
+    with pytest.raises(DataError, match=r"shape \(3, 8, 8\); give it images of that shape$"):
+        check_image_layout("x", (1, 8, 8), (3, 8, 8))
+    check_image_layout("x", (1, 8, 8), (8, 8))  # axes of size 1 do not count
+
+
 def test_corrupt_files(tmp_path):
     (tmp_path / "junk.npy").write_bytes(b"this is not numpy")
     with pytest.raises(DataError, match=r"junk\.npy: could not be read as a \.npy array"):

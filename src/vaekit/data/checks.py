@@ -3,6 +3,7 @@ habit): every message says what was expected and what was found, and names the c
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -233,7 +234,6 @@ def check_image_layout(what: str, found, trained) -> None:
     squeeze = lambda shape: tuple(int(d) for d in shape if int(d) != 1)  # noqa: E731
     if squeeze(found) != squeeze(trained):
         show = lambda shape: "(" + ", ".join(str(int(d)) for d in shape) + ")"  # noqa: E731
-        raise DataError(
-            f"{what} holds images of shape {show(found)}, but the model was trained on images of shape {show(trained)}; "
-            "reorder their axes (numpy.moveaxis) or flatten them to rows"
-        )
+        # Only the same pixels in another order can be put right by moving axes.
+        fix = "reorder their axes (numpy.moveaxis) or flatten them to rows" if math.prod(found) == math.prod(trained) else "give it images of that shape"
+        raise DataError(f"{what} holds images of shape {show(found)}, but the model was trained on images of shape {show(trained)}; {fix}")

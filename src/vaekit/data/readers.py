@@ -288,6 +288,8 @@ def _read_table(path: Path) -> np.ndarray:
                 f"{path}: row {first_no}, column {j + 1} is {cell!r}; expected a number"
                 " (cells are separated by ',' or, throughout, by ';'; the decimal point is '.')"
             )
+        if suffix != ".tsv" and "\t" in cell and all(_number(part) is not None for part in cell.split("\t")):
+            raise DataError(f"{path}: row {first_no} holds numbers separated by tabs, which a {suffix} file does not split on; name it .tsv")
     if _is_header(first):
         header_cols = len(first)
         rows = rows[1:]
