@@ -1840,3 +1840,18 @@ def test_an_output_directory_that_refuses_writes_is_found_before_the_work(run, t
     code, out, err = cli(capsys, "score", run, "--data", "digits", "--k", "2", "--out", tmp_path / "s.npy")
     assert (code, out) == (1, "") and re.search(r"--out .*s\.npy: cannot write in .* \(Permission denied\)$", err.strip()), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_writers_temporary_beside_out_is_swept_by_the_next_write(run, tmp_path, capsys):
+    """A verb killed between write and rename leaves .NAME.<pid><random>.tmp beside --out; the
+    next write of that file deletes it once its writer has ended, never one still writing."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = tmp_path / f".s.npy.{int(ended.stdout):08x}beef.tmp"
+    live = tmp_path / f".s.npy.{os.getpid():08x}cafe.tmp"  # this process: still running
+    other = tmp_path / f".t.npy.{int(ended.stdout):08x}beef.tmp"  # another output's
+    for p in (dead, live, other):
+        p.write_bytes(b"half")
+    code, _, err = cli(capsys, "score", run, "--data", "digits", "--k", "2", "--out", tmp_path / "s.npy")
+    assert code == 0, err
+    assert not dead.exists() and live.exists() and other.exists()
+    assert (tmp_path / "s.npy").is_file()

@@ -5,7 +5,9 @@ No torch import here: ``vaekit.plots`` and ``vaekit.data`` use it and must stay 
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Callable, IO
@@ -24,7 +26,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
     it over ``path``: a crash at any moment leaves either the old file or the whole new one, and
     on an error the temporary file is removed and ``path`` is untouched.
 
-    The temporary file is ``.NAME.<random>.tmp`` (``checkpoint.remove_stale_temporaries`` relies
+    The temporary file is ``.NAME.<pid><random>.tmp`` (``checkpoint.remove_stale_temporaries`` relies
     on that), created with mode 0666 so the umask decides, as for ``open`` (``tempfile.mkstemp``
     would make every output 0600)."""
     path = Path(path)
@@ -58,9 +60,9 @@ def atomic_write_together(contents: dict[Path, bytes]) -> None:
 
 
 def _temporary(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """``.NAME.<random>.tmp`` beside ``path``, holding what ``write`` wrote, flushed to disk."""
+    """``.NAME.<pid><random>.tmp`` beside ``path``, holding what ``write`` wrote, flushed to disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp = path.parent / f".{path.name}.{_token()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -73,3 +75,32 @@ def _temporary(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
             e.filename = str(path)  # a write on a descriptor (a full disk) names no file
         raise
     return tmp
+
+
+def _token() -> str:
+    """The 12 hex digits of a temporary's name: the writer's PID (8) and 4 random ones, so
+    that a later write of the same file can tell one whose writer is gone (sweep_temporaries)."""
+    return f"{os.getpid() & 0xFFFFFFFF:08x}{secrets.token_hex(2)}"
+
+
+def sweep_temporaries(path: str | Path) -> None:
+    """Delete the temporaries of ``path`` (``.NAME.<pid><random>.tmp``) whose writer process
+    has ended: what a kill between write and rename left. One whose writer still runs, or
+    whose writer cannot be told (another system's PIDs, no POSIX signals), stays."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = re.fullmatch(r"([0-9a-f]{8})[0-9a-f]{4}", tmp.name[len(path.name) + 2 : -len(".tmp")])
+        if match and not _running(int(match.group(1), 16)):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    if os.name != "posix" or pid == os.getpid():  # os.kill on Windows would end the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: it runs
+        return True
+    return True

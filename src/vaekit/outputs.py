@@ -56,7 +56,7 @@ def header_line(names: list[str]) -> str:
 def write_array(out: Path, arr, header: list[str] | None = None, arrays: dict | None = None) -> None:
     import numpy as np
 
-    from .files import atomic_write_bytes
+    from .files import atomic_write_bytes, sweep_temporaries
 
     buf = io.BytesIO()
     suffix = out.suffix.lower()
@@ -71,6 +71,7 @@ def write_array(out: Path, arr, header: list[str] | None = None, arrays: dict | 
         atomic_write_bytes(out, buf.getvalue())
     except OSError as e:
         raise DataError(f"--out {out}: cannot write ({e.strerror})") from None
+    sweep_temporaries(out)  # those of earlier writes of OUT that were killed
 
 
 def csv_format(dtype) -> str:
@@ -88,7 +89,7 @@ def write_blocks(out: Path, blocks, shape: tuple[int, int], header: list[str] | 
 
     import numpy as np
 
-    from .files import atomic_write
+    from .files import atomic_write, sweep_temporaries
 
     def npy(f) -> None:
         first = next(blocks, np.empty((0, shape[1]), np.float32))  # its dtype (the model's) goes into the header
@@ -116,3 +117,4 @@ def write_blocks(out: Path, blocks, shape: tuple[int, int], header: list[str] | 
         atomic_write(out, write)
     except OSError as e:
         raise DataError(f"--out {out}: cannot write ({e.strerror})") from None
+    sweep_temporaries(out)  # those of earlier writes of OUT that were killed
