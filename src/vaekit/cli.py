@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import AUTO, GAP_STEPS, K_MAX
+from .config import AUTO, GAP_STEPS, K_MAX, check_positive_int
+from .registry import STEPS_MAX
 from .errors import ConfigError, DataError, VaekitError, VaekitWarning
 from .outputs import check_out, write_array, write_blocks
 
@@ -458,7 +459,7 @@ def _add_run_commands(sub) -> None:
 
     p = _run_parser(sub, "gaps", "log p(x), the ELBO of the model's q and of the optimal q*, and the approximation and amortization gaps (Cremer et al. 2018)", False, "test")
     p.add_argument("--k", type=int, default=1000, help=f"importance samples per datapoint, at most {K_MAX} (default 1000)")
-    p.add_argument("--steps", type=int, default=GAP_STEPS, help=f"at most this many Adam steps for the optimal per-point q*, which stop when its ELBO stops improving (default {GAP_STEPS})")
+    p.add_argument("--steps", type=int, default=GAP_STEPS, help=f"at most this many Adam steps for the optimal per-point q*, which stop when its ELBO stops improving (default {GAP_STEPS}, at most {STEPS_MAX})")
     p.add_argument("--plot", help="picture of the bound beneath the evidence (default RUN_DIR/gaps_SPLIT.png)")
     p.add_argument("--bars", help="log p(x), ELBO(q*) and ELBO(q) of the first rows as bars (default RUN_DIR/gaps_SPLIT_bars.png)")
     p.set_defaults(func=cmd_gaps)
@@ -597,7 +598,7 @@ def cmd_gaps(args) -> int:
     from .plots import bound_bars_plot, bound_gap_plot
 
     _check_k("--k", args.k)
-    _positive("--steps", args.steps)
+    check_positive_int("--steps", args.steps, maximum=STEPS_MAX)
     est = _load(args)
     # Both pictures' paths are checked before the work and before either is written.
     plot = Path(args.plot) if args.plot else Path(args.run_dir) / f"gaps_{args.split}.png"

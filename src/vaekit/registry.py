@@ -24,6 +24,10 @@ from .errors import ConfigError
 
 T = TypeVar("T")
 
+# Optimisation steps per point (refinement, per-point q, the gaps' q*), at most: fifty times the
+# gaps' 2000, where a per-point optimum has long stopped moving; more would run without end.
+STEPS_MAX = 100_000
+
 
 @dataclass(frozen=True)
 class Option:
@@ -219,9 +223,11 @@ def _registrations(path: Path):
                 options: dict[str, Option] = {}
                 for kw in dec.keywords:
                     if kw.arg == "options":
-                        # Only Option(...) calls of literals: evaluated with nothing else in scope.
+                        # Only Option(...) calls of literals and this module's bounds:
+                        # evaluated with nothing else in scope.
                         code = compile(ast.Expression(kw.value), str(path), "eval")
-                        options = eval(code, {"__builtins__": {}, "Option": Option, "int": int, "float": float, "str": str, "bool": bool})
+                        scope = {"Option": Option, "STEPS_MAX": STEPS_MAX, "int": int, "float": float, "str": str, "bool": bool}
+                        options = eval(code, {"__builtins__": {}, **scope})
                 yield dec.args[0].value, options
 
 

@@ -6,14 +6,14 @@ from ..distributions import DiagonalNormal, Posterior
 from ..errors import ConfigError
 from ..latents import BottomUp, latent_groups
 from ..nets import MLP, NETS, GaussianHead
-from ..registry import Option
+from ..registry import STEPS_MAX, Option
 from . import INFERENCE, InferenceMethod
 
 
 @INFERENCE.register(
     "amortized",
     options={
-        "refine_steps": Option(0, "gradient steps on each point's ELBO from the encoder's q at evaluation (semi-amortized VI)", minimum=0),
+        "refine_steps": Option(0, "gradient steps on each point's ELBO from the encoder's q at evaluation (semi-amortized VI)", minimum=0, maximum=STEPS_MAX),
         "refine_lr": Option(0.05, "learning rate of the refinement steps", minimum=0.0, exclusive=True),
         "refine_in_training": Option(False, "also refine during training (the decoder learns from the refined q)"),
     },

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributions import DiagonalNormal
-from ..registry import Option
+from ..registry import STEPS_MAX, Option
 from . import INFERENCE, InferenceMethod
 
 
@@ -13,7 +13,7 @@ from . import INFERENCE, InferenceMethod
     "vi",
     options={
         "point_lr": Option(0.2, "Adam (SparseAdam) learning rate of the per-point parameters, which step once per epoch (θ's is --lr)", minimum=0.0, exclusive=True),
-        "local_steps_per_batch": Option(0, "Adam steps (at --local-lr, θ fixed) on each batch's per-point parameters before the shared step (stochastic VI's local step; 0: one joint step)", minimum=0),
+        "local_steps_per_batch": Option(0, "Adam steps (at --local-lr, θ fixed) on each batch's per-point parameters before the shared step (stochastic VI's local step; 0: one joint step)", minimum=0, maximum=STEPS_MAX),
     },
 )
 class VI(InferenceMethod):
