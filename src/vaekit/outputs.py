@@ -36,8 +36,7 @@ def check_out(
     import tempfile
 
     try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".probe"):
-            pass
+        tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".probe").close()  # deleted on close
     except OSError as e:
         raise DataError(f"{option} {out}: cannot write in {parent} ({e.strerror or e})") from None
 
