@@ -1753,6 +1753,7 @@ def test_auto_likelihood_reads_every_split(tmp_path, capsys, split):
         (["evaluate", "{run}", "--k", "500001"], 2, r"--k must be <= 500000, got 500001"),
         (["score", "{run}", "--data", "digits", "--k", "10000000", "--out", "{tmp}/s.npy"], 2, r"--k must be <= 500000"),
         (["train", "--out", "{tmp}/new", "--eval-k", "1000000000000"], 2, r"--eval-k must be <= 500000"),
+        (["train", "--out", "{tmp}/new", "--objective", "iwae", "--k", "1000000000000"], 2, r"--k must be <= 500000"),
         (["train", "--out", "{tmp}/new", "--refine-steps", "1000000000000"], 2, r"--refine-steps must be <= 100000"),
         (["train", "--out", "{tmp}/new", "--inference", "vi", "--local-steps", "100001"], 2, r"--local-steps must be <= 100000"),
         (["gaps", "{run}", "--steps", "100001"], 2, r"--steps must be <= 100000, got 100001"),

@@ -565,17 +565,10 @@ def _positive(name: str, value: int) -> None:
     check_positive_int(name, value)
 
 
-def _check_k(name: str, value: int) -> None:
-    """K of a log p(x) estimate: 1 to K_MAX."""
-    from .config import check_positive_int
-
-    check_positive_int(name, value, maximum=K_MAX)
-
-
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
-    _check_k("--k", args.k)
+    check_positive_int("--k", args.k, maximum=K_MAX)
     est = _load(args)
     _, x, _ = _rows(est, args, args.split)
     t0 = time.perf_counter()
@@ -597,7 +590,7 @@ def cmd_gaps(args) -> int:
     from .evaluate import gaps
     from .plots import bound_bars_plot, bound_gap_plot
 
-    _check_k("--k", args.k)
+    check_positive_int("--k", args.k, maximum=K_MAX)
     check_positive_int("--steps", args.steps, maximum=STEPS_MAX)
     est = _load(args)
     # Both pictures' paths are checked before the work and before either is written.
@@ -746,7 +739,7 @@ def _model_values(est, x):
 
 
 def cmd_score(args) -> int:
-    _check_k("--k", args.k)
+    check_positive_int("--k", args.k, maximum=K_MAX)
     out = Path(args.out)
     check_out(out, (".npy", ".csv"), run_dir=args.run_dir, data=_data_paths(args))
     est = _load(args)

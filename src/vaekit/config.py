@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .registry import REGISTRIES, STEPS_MAX, Option
+from .registry import K_MAX, REGISTRIES, STEPS_MAX, Option
 from .schedules import SCHEDULES
 
 CONFIG_VERSION = 6
@@ -32,12 +32,6 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 # Seeds are what torch.manual_seed and numpy take alike: integers in [0, 2**63).
 SEED_MAX = 2**63 - 1
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-# Importance samples per row of a log p(x) estimate, at most: a hundred times the literature's
-# 5000. A larger K passes the decoder so often per row that the estimate would not finish
-# (each row's K draws go through in chunks, so memory never refuses it).
-K_MAX = 500_000
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1, error: type[Exception] = ConfigError, maximum: int | None = None) -> int:

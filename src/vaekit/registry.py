@@ -24,6 +24,10 @@ from .errors import ConfigError
 
 T = TypeVar("T")
 
+# Importance samples per row of a log p(x) estimate or of the IWAE objective, at most: a hundred
+# times the literature's 5000. A larger K passes the decoder so often per row that an estimate
+# would not finish (each row's K draws go through in chunks, so memory never refuses it).
+K_MAX = 500_000
 # Optimisation steps per point (refinement, per-point q, the gaps' q*), at most: fifty times the
 # gaps' 2000, where a per-point optimum has long stopped moving; more would run without end.
 STEPS_MAX = 100_000
@@ -226,7 +230,7 @@ def _registrations(path: Path):
                         # Only Option(...) calls of literals and this module's bounds:
                         # evaluated with nothing else in scope.
                         code = compile(ast.Expression(kw.value), str(path), "eval")
-                        scope = {"Option": Option, "STEPS_MAX": STEPS_MAX, "int": int, "float": float, "str": str, "bool": bool}
+                        scope = {"Option": Option, "K_MAX": K_MAX, "STEPS_MAX": STEPS_MAX, "int": int, "float": float, "str": str, "bool": bool}
                         options = eval(code, {"__builtins__": {}, **scope})
                 yield dec.args[0].value, options
 

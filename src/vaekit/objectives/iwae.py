@@ -11,7 +11,7 @@ import torch
 from torch.distributions import Distribution
 
 from ..errors import ConfigError
-from ..registry import OBJECTIVES, Option
+from ..registry import K_MAX, OBJECTIVES, Option
 from .base import Objective
 
 # Elements of one (k, n, D) block of decoder output: bounds memory for any K. 1M elements
@@ -84,7 +84,7 @@ def iwae(
 
 @OBJECTIVES.register(
     "iwae",
-    options={"k": Option(5, "importance samples per datapoint of the iwae objective", minimum=1)},
+    options={"k": Option(5, "importance samples per datapoint of the iwae objective", minimum=1, maximum=K_MAX)},
 )
 class IwaeObjective(Objective):
     """Loss = −mean log (1/K) Σ_k w_k (Burda et al. 2016, eq. 8): a bound that tightens with K
