@@ -110,8 +110,31 @@ def _machine(run_dir: Path) -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
 
 
+# The options that belong to a row's training objective: a variant that names its own
+# --objective trains without them (vaekit refuses warm-up for the IWAE bound, and --k for the ELBO).
+OBJECTIVE_OPTIONS = ("--objective", "--k", "--warmup")
+
+
+def row_args(row: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The row's own vaekit train flags; when the variant's flags ``extra`` name an objective, the
+    row's objective options are left out, so that ``--flags "--objective iwae --k 5"`` trains the
+    same model on the importance-weighted bound."""
+    args = list(ROWS[row]["args"])
+    if "--objective" not in extra:
+        return args
+    kept: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] in OBJECTIVE_OPTIONS:
+            i += 2
+            continue
+        kept.append(args[i])
+        i += 1
+    return kept
+
+
 def command(row: str, run_dir: Path, data_dir: Path, extra: list[str]) -> list[str]:
-    args = ["vaekit", "train", *COMMON, "--data-dir", str(data_dir), *ROWS[row]["args"], *extra, "--out", str(run_dir), "--json"]
+    args = ["vaekit", "train", *COMMON, "--data-dir", str(data_dir), *row_args(row, extra), *extra, "--out", str(run_dir), "--json"]
     if (run_dir / "config.json").is_file():
         args.append("--resume")
     return args

@@ -158,3 +158,20 @@ def test_threads_change_the_speed_not_the_run(literature, tmp_path):
     assert literature.speed_and_smoke_flags(None, 3, 10) == ["--epochs", "3", "--eval-k", "10"]
     (tmp_path / "config.json").write_text(json.dumps({"train": {"threads": 3}}))
     assert literature._machine(tmp_path).endswith(", 3 threads")
+
+
+def test_a_variant_objective_replaces_the_rows(literature, tmp_path):
+    """--flags naming --objective train the row's model on that objective: the row's warm-up (an
+    ELBO option vaekit refuses for the IWAE bound) and its own --objective/--k are left out."""
+    import numpy as np
+
+    x = np.zeros((4, 784), np.float32)
+    iw = ["--objective", "iwae", "--k", "5"]
+    argv = literature.command("hvae-vampprior", tmp_path / "h", tmp_path, iw)
+    assert "--warmup" not in argv and argv.count("--objective") == 1
+    config = literature.row_config("hvae-vampprior", x, iw)
+    assert config.train.objective == "iwae" and config.train.k == 5 and config.train.warmup == 0
+    assert config.model.prior == "vampprior" and config.model.latent_dim == (40, 40)
+    config = literature.row_config("iwae", x, ["--objective", "elbo", "--warmup", "10"])
+    assert config.train.objective == "elbo" and config.train.warmup == 10 and config.model.latent_dim == 50
+    assert literature.row_args("hvae-vampprior", ["--lr-schedule", "plateau"])[-2:] == ["--warmup", "100"]
