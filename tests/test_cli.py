@@ -1742,6 +1742,8 @@ def test_auto_likelihood_reads_every_split(tmp_path, capsys, split):
         (["evaluate", "{run}", "--k", "2", "--data-dir", "{files}/absent"], 2, r"--data-dir .*absent: no such directory"),
         (["score", "{run}", "--k", "2", "--data", "digits", "--data-dir", "{files}/ten.csv", "--out", "{tmp}/s.npy"], 2, r"--data-dir .*ten\.csv: not a directory"),
         (["gaps", "{run}", "--k", "2", "--data-dir", ""], 2, r"--data-dir is empty: give a path"),
+        (["train", "--data", "digits", "--data-dir", "{files}", "--out", "{tmp}/new", "--epochs", "1"], 2, r"--data-dir .*: digits is built in and reads no files; drop --data-dir"),
+        (["score", "{run}", "--data", "swiss_roll", "--data-dir", "{files}", "--out", "{tmp}/s.npy"], 2, r"swiss_roll is built in and reads no files"),
         (["gaps", "{run}", "--k", "2", "--bars", ""], 2, r"--bars is empty: give a path"),
         (["evaluate", "{run}", "--k", "2", "--data", ""], 2, r"--data is empty: give a path"),
         (["train", "--out", "", "--epochs", "1"], 2, r"--out is empty: give a path"),

@@ -860,7 +860,8 @@ PATH_OPTIONS = ("data", "data_dir", "out", "plot", "bars", "prior_from")
 
 def _check_paths(args) -> None:
     """No path option is empty, and --data-dir names a directory, whether or not the data
-    given need it: a mistyped one would otherwise pass unseen until the day it is needed."""
+    given need it: a mistyped one would otherwise pass unseen until the day it is needed; beside
+    a named dataset that reads no files (digits) it is refused, as it would do nothing."""
     for dest in PATH_OPTIONS:
         if getattr(args, dest, None) == "":
             raise ConfigError(f"--{dest.replace('_', '-')} is empty: give a path")
@@ -872,6 +873,11 @@ def _check_paths(args) -> None:
         raise ConfigError(f"--data-dir {data_dir}: no such directory")
     if not path.is_dir():
         raise ConfigError(f"--data-dir {data_dir}: not a directory")
+    from .registry import DATASETS
+
+    data = getattr(args, "data", None)
+    if data in DATASETS and not DATASETS.get(data).reads_data_dir:
+        raise ConfigError(f"--data-dir {data_dir}: {data} is built in and reads no files; drop --data-dir")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,9 @@ class NamedDataset:
     # Whether loading may fetch files from the network. Lists of the named datasets show
     # those that need no download first.
     downloads: bool = False
+    # Whether ``load`` reads ``config.data_dir``: --data-dir beside a dataset that reads no
+    # files would do nothing, so the CLI refuses it.
+    reads_data_dir: bool = False
     # (shift, scale): the map x' = (x − shift)/scale from the raw values ``load`` returns to
     # the values its models see; the model stores it, so that it takes the raw values
     # everywhere (the CLI's verbs, the Python API). None: the raw values are the model's.

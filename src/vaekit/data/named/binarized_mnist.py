@@ -41,6 +41,7 @@ class BinarizedMNIST(NamedDataset):
     """Binarized MNIST (Larochelle & Murray 2011) with its fixed splits; fractions do not apply."""
 
     downloads = True
+    reads_data_dir = True
 
     @classmethod
     def load(cls, config: DataConfig) -> Dataset:
