@@ -827,6 +827,19 @@ def test_an_api_run_explains_its_empty_test_split(api_run, files, capsys):
     assert code == 0 and json.loads(out)["n"] == 50, err
 
 
+@pytest.mark.parametrize("verb", ["evaluate", "gaps", "encode"])
+def test_too_few_rows_for_a_split_points_to_split_all(verb, run, digits_rows, tmp_path, capsys):
+    """A 3-row file read by a verb's default split has too few rows for the run's fractions: the
+    error says so in one line and names --split all, which reads the 3 rows."""
+    np.save(tmp_path / "three.npy", digits_rows[:3])
+    out_file = ["--out", tmp_path / "z.npy"] if verb == "encode" else ["--k", "2"]
+    default = ["--split", "test"] if verb == "encode" else []  # encode reads every row by default
+    code, out, err = cli(capsys, verb, run, "--data", tmp_path / "three.npy", *out_file, *default)
+    assert_error(code, out, err, 1, "three.npy: dataset has 3 rows; at least 4 needed", "; --split all reads every row")
+    code, out, err = cli(capsys, verb, run, "--data", tmp_path / "three.npy", *out_file, "--split", "all")
+    assert code == 0, err
+
+
 def test_an_api_run_cannot_be_resumed_from_the_command_line(api_run, capsys):
     before = snapshot(api_run)
     code, out, err = cli(capsys, "train", "--out", api_run, "--resume")

@@ -525,6 +525,7 @@ def _rows(est, args, split: str):
 
     from .data import MappedRows, check_data, load_array, load_dataset
     from .data.checks import check_image_layout
+    from .data.splits import TooFewRows
     from .scaling import model_rows
 
     cfg = est.config_.data
@@ -540,7 +541,12 @@ def _rows(est, args, split: str):
     if split == "all" and Path(source).suffix:
         x, labels, image_shape = load_array(source, data_dir, mmap=mmap)
     else:
-        data = load_dataset(replace(cfg, source=source, data_dir=data_dir, mmap=mmap))
+        try:
+            data = load_dataset(replace(cfg, source=source, data_dir=data_dir, mmap=mmap))
+        except TooFewRows as e:
+            if not Path(source).suffix:
+                raise
+            raise DataError(f"{e}; --split all reads every row") from None
         x, labels, named, image_shape = data.split(split), data.split_labels(split), data.scaling, data.image_shape
         if len(x) == 0:
             raise DataError(f"{source} has no {split} rows under the split fractions of this run; --split all uses every row")

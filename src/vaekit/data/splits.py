@@ -9,6 +9,10 @@ import numpy as np
 from ..errors import DataError
 
 
+class TooFewRows(DataError):
+    """Too few rows for the split fractions: a verb that reads one split says how to read all."""
+
+
 def _round_half_up(v: float) -> int:
     # Not round(): banker's rounding would make 2.5 -> 2 but 3.5 -> 4.
     return int(math.floor(v + 0.5))
@@ -49,7 +53,7 @@ def split_by_fractions(
     n = len(x)
     if not split_ok(n, vf, tf):
         need = next(m for m in range(max(n, 2), 10**9) if split_ok(m, vf, tf))
-        raise DataError(
+        raise TooFewRows(
             f"{what}: dataset has {n} rows; at least {need} needed for valid_fraction={vf:g} and "
             f"test_fraction={tf:g} (train >= 2 rows, valid and test >= 1 row each when their fraction is > 0)"
         )
