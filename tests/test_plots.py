@@ -632,3 +632,23 @@ def test_picturable_is_grey_or_rgb_images(shape, drawn):
     from vaekit.plots import picturable
 
     assert picturable(shape) is drawn
+
+
+@pytest.mark.parametrize("lo, hi, n", [(-0.2, 0.2, 15), (-1.6449, 1.6449, 20), (-3.0, 3.0, 7), (0.0, 0.004, 9)])
+def test_latent_grid_tick_labels_never_repeat(lo, hi, n):
+    """Ticks of a latent grid axis take as many decimals (up to 4) as keep neighbouring labels
+    apart, for fine grids over narrow ranges as for the paper's [-1.6, 1.6]; a zero is "0.0",
+    not "-0.0"; labels that would not fit side by side are thinned, stacked ones are not."""
+    from vaekit.plots import _tick_labels
+
+    values = np.linspace(lo, hi, n)
+    for across in (True, False):
+        ticks = _tick_labels(values, 25, across)
+        labels = [label for _, label in ticks]
+        assert len(set(labels)) == len(labels) and not any(label.startswith("-0.0") and float(label) == 0 for label in labels)
+        for i, label in ticks:
+            assert abs(float(label) - values[i]) <= 0.5 * 10.0 ** -(len(label.split(".")[1])) + 1e-12
+        widest = 7 * max(len(label) for label in labels) + 2
+        step = ticks[1][0] - ticks[0][0]
+        assert step == (max(1, -(-widest // 25)) if across else 1)
+    assert [label for _, label in _tick_labels(np.linspace(-3, 3, 7), 57, True)] == ["-3.0", "-2.0", "-1.0", "0.0", "1.0", "2.0", "3.0"]

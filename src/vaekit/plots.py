@@ -398,11 +398,25 @@ def latent_traversal_grid(
     scale = _default_scale(chw)
     img = _render_grid(tiles, np.ones(len(tiles), dtype=bool), n, pad=1, scale=scale)
     th, tw = chw[1] * scale, chw[2] * scale
-    # Every tick where they fit, else every other one: labels such as "-1.6" need ~28 px.
-    step = max(1, math.ceil(30 / (tw + 1)))
-    cols = [(c * (tw + 1) + tw / 2, f"{grid1[c]:.1f}") for c in range(0, n, step)]
-    rows = [(r * (th + 1) + th / 2, f"{grid2[::-1][r]:.1f}") for r in range(0, n, max(1, math.ceil(14 / (th + 1))))]
+    cols = [(c * (tw + 1) + tw / 2, label) for c, label in _tick_labels(grid1, tw + 1, across=True)]
+    rows = [(r * (th + 1) + th / 2, label) for r, label in _tick_labels(grid2[::-1], th + 1, across=False)]
     return _save_image(_frame(img, title, rows=rows, cols=cols, corner="z2", below="z1"), path)
+
+
+def _tick_labels(values: np.ndarray, cell_px: int, across: bool) -> list[tuple[int, str]]:
+    """(index, label) of the ticks of a grid axis with ``cell_px`` pixels per value: every value
+    whose label fits (side by side ``across``, ~7 px a character; stacked, 14 px a line), with the
+    fewest decimals (1 to 4) that keep the shown labels apart, so a fine grid over a narrow range
+    does not repeat a label."""
+    for decimals in range(1, 5):
+        labels = [f"{v:.{decimals}f}" for v in values]
+        labels = [label.lstrip("-") if float(label) == 0 else label for label in labels]  # no "-0.0"
+        need_px = 7 * max(len(label) for label in labels) + 2 if across else 14
+        step = max(1, math.ceil(need_px / cell_px))
+        shown = labels[::step]
+        if len(set(shown)) == len(shown):
+            break
+    return [(i, labels[i]) for i in range(0, len(values), step)]
 
 
 # --------------------------------------------------------------------------------------------
