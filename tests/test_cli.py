@@ -1819,7 +1819,16 @@ def test_resume_on_changed_data_is_refused_in_one_line(tmp_path, capsys):
         code, out, err = cli(capsys, "train", *args, "--epochs", "2", "--resume")
         assert (code, out) == (1, "") and len(err.strip().splitlines()) == 1 and re.search(message, err), err
         assert (run / "last.safetensors").read_bytes() == before
-    np.save(data, x)
+    from vaekit.data.splits import split_rows
+
+    valid_row = split_rows(100, 0.1, 0.2, 0)["valid"][3]
+    for changed, message in ((x + 1, r"the training rows hold other values than when the run began"),
+                             (np.where(np.arange(100)[:, None] == valid_row, -x, x), r"the validation rows hold other values")):  # fmt: skip
+        np.save(data, changed)
+        code, out, err = cli(capsys, "train", *args, "--epochs", "2", "--resume")
+        assert (code, out) == (1, "") and len(err.strip().splitlines()) == 1 and re.search(message, err), err
+        assert (run / "last.safetensors").read_bytes() == before
+    np.save(data, x.astype(np.float64))  # the same values in another dtype are the same data
     assert cli(capsys, "train", *args, "--epochs", "2", "--resume")[0] == 0
 
 

@@ -627,3 +627,21 @@ def test_resume_when_the_best_weights_are_lost_is_refused(digits, tmp_path, monk
         with pytest.raises(CheckpointError, match=r"model.safetensors is missing .*epoch 1.* holds epoch 2"):
             _fit_run(digits, tmp_path, epochs=epochs, resume=True)
         assert _files(tmp_path) == before
+
+
+def test_data_fingerprint_sees_values_not_containers():
+    """The checkpoint's hash of a split: equal for the array, its float64 copy, a tensor and
+    MappedRows of the same values; different when a sampled row changes; "" for no rows."""
+    import torch
+
+    from vaekit.data import MappedRows
+    from vaekit.train import FINGERPRINT_ROWS, data_fingerprint
+
+    x = np.random.default_rng(1).normal(size=(1000, 4)).astype(np.float32)
+    h = data_fingerprint(x)
+    assert len(h) == 16 and h == data_fingerprint(x.astype(np.float64)) == data_fingerprint(torch.from_numpy(x))
+    assert h == data_fingerprint(MappedRows(x))
+    y = x.copy()
+    y[-1, 0] += 1e-3  # the last row is always sampled
+    assert data_fingerprint(y) != h and data_fingerprint(x[:-1]) != h
+    assert data_fingerprint(x[:0]) == "" and data_fingerprint(x[:FINGERPRINT_ROWS - 5]) != data_fingerprint(x[:FINGERPRINT_ROWS - 4])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import sys
@@ -122,7 +123,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
     writer = run_dir is not None and rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
     step = _Step(model, objective, optimizers, config, device, batch_rows, rank, world)
-    run = _start(model, optimizers, config, run_dir, run_config, resume, writer, x_train, len(x_valid))
+    run = _start(model, optimizers, config, run_dir, run_config, resume, writer, x_train, x_valid)
     # The bubbles of a 2-D latent before the first step and after the middle epoch (bubbles.py).
     snapshots = bubbles.snapshot_epochs(config.epochs) if writer else ()
     if 0 in snapshots and not resume:
@@ -191,6 +192,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
                 "stopped": stopped,
                 "history": run.history,
                 "rows": run.rows,
+                "fingerprint": run.fingerprint,
             }
             if run.config_to_save is not None:
                 # A resumed run records its new epochs or device with its first new checkpoint:
@@ -265,19 +267,41 @@ class _Run:
         self.config_to_save: RunConfig | None = None
         # config.json's model section, kept with the weights (``ckpt.model_record``).
         self.model_record: dict[str, Any] | None = None
-        # (training rows, validation rows): a resume on other data is refused.
+        # (training rows, validation rows) and their data_fingerprint: a resume on other data is refused.
         self.rows: list[int] = []
+        self.fingerprint: list[str] = []
 
     def best_meta(self) -> dict[str, Any]:
         """model.safetensors' metadata: the epoch of the best weights, and the model section."""
         return {"epoch": self.best_epoch, "model_config": self.model_record}
 
 
-def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_config, resume: bool, writer: bool, x_train, n_valid: int) -> _Run:
+# Rows of each split whose values a checkpoint keeps a hash of: evenly spaced, so that reading
+# them costs nothing next to an epoch even from a memory-mapped file.
+FINGERPRINT_ROWS = 32
+
+
+def data_fingerprint(x) -> str:
+    """A hash of the float32 values of FINGERPRINT_ROWS evenly spaced rows of ``x`` (an array,
+    a tensor or MappedRows): the same data, in any float dtype, give the same hash; data of the
+    same size with other values there give another (a change elsewhere goes unseen)."""
+    n = len(x)
+    if n == 0:
+        return ""
+    idx = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).round().astype(np.int64))
+    rows = x.rows(idx) if hasattr(x, "rows") else x[torch.as_tensor(idx) if torch.is_tensor(x) else idx]
+    if torch.is_tensor(rows):
+        rows = rows.detach().to("cpu", torch.float32).numpy()
+    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.float32).tobytes()).hexdigest()[:16]
+
+
+def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_config, resume: bool, writer: bool, x_train, x_valid) -> _Run:
     """A fresh run (seeded, the prior shown the training rows, run directory initialised) or
-    one restored from last.safetensors, on as many training and validation rows as before."""
+    one restored from last.safetensors, on the same training and validation rows as before
+    (their counts and ``data_fingerprint``)."""
     run = _Run()
-    run.rows = [len(x_train), n_valid]
+    run.rows = [len(x_train), len(x_valid)]
+    run.fingerprint = [data_fingerprint(x_train), data_fingerprint(x_valid)]
     if writer and run_config is not None:
         run.model_record = ckpt.model_record(run_config)
     if not resume:
@@ -307,6 +331,12 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
             f"{run_dir} was trained on {was_train} training and {was_valid} validation rows, and its data now give "
             f"{now_train} and {now_valid}: the data changed since the run began; resume on the data it trained on, "
             "or train again with --overwrite"
+        )
+    if meta.get("fingerprint", run.fingerprint) != run.fingerprint:  # not kept before: not checked
+        split = "training" if meta["fingerprint"][0] != run.fingerprint[0] else "validation"
+        raise CheckpointError(
+            f"{run_dir}: the {split} rows hold other values than when the run began (same row counts): the data "
+            "changed; resume on the data it trained on, or train again with --overwrite"
         )
     if writer:
         ckpt.remove_stale_temporaries(run_dir)
