@@ -338,3 +338,33 @@ def test_mapping_a_file_that_holds_no_array_is_one_line(tmp_path, capsys, conten
         code, out, err = cli(capsys, "train", "--data", path, "--out", tmp_path / "run", "--epochs", "1", mmap)
         assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and culprit in err, err
         assert not (tmp_path / "run").exists()
+
+
+def test_a_streamed_file_cut_short_is_an_error_not_sigbus(tmp_path):
+    """Rows read from a memory-mapped file that was truncated since it was opened: a DataError
+    naming both sizes (reading past its end would kill the process with SIGBUS); a file removed,
+    or replaced by a short one under its name, leaves the mapped pages readable."""
+    import os
+
+    from vaekit.data import MappedRows
+    from vaekit.data.readers import open_mapped
+    from vaekit.errors import DataError
+
+    x = np.arange(4000 * 8, dtype=np.float32).reshape(4000, 8)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    rows = MappedRows(open_mapped(path)[0])
+    np.testing.assert_array_equal(rows.rows(np.array([3999, 0])), x[[3999, 0]])
+    os.truncate(path, 1000)
+    with pytest.raises(DataError, match=r"x\.npy is 1000 bytes now, 128128 when it was opened: the file changed"):
+        rows.rows(np.array([0]))
+    with pytest.raises(DataError, match="the file changed"):
+        next(rows.chunks())
+    np.save(path, x)
+    rows = MappedRows(open_mapped(path)[0]).mapped(None, np.float64)
+    np.save(tmp_path / "y.npy", x[:2])
+    os.replace(tmp_path / "y.npy", path)  # a new file under the name; the old one stays mapped
+    np.testing.assert_array_equal(rows.rows(np.array([3999])), x[[3999]].astype(np.float64))
+    os.remove(path)
+    np.testing.assert_array_equal(rows[:2], x[:2])
+    assert MappedRows(x).rows(np.array([1]))[0, 0] == 8  # an in-memory array has no file to check

@@ -130,6 +130,7 @@ class MappedRows:
         file is read in ascending row order, which the page cache serves best."""
         file_rows = self.index[np.asarray(positions)]
         order = np.argsort(file_rows, kind="stable")
+        self._check_length()
         # Values still to be mapped keep their precision until the map (see check_data).
         read_as = self.dtype if self.scaling is None else kept_dtype(self.array.dtype)
         out = np.empty((len(file_rows), self.shape[1]), dtype=read_as)
@@ -138,6 +139,25 @@ class MappedRows:
 
     def __getitem__(self, key) -> np.ndarray:
         return self.rows(np.arange(len(self))[key])
+
+    def _check_length(self) -> None:
+        """DataError if the mapped file is now shorter than its array: reading a page past the
+        end would kill the process with SIGBUS, without a word (the file truncated, or rewritten
+        in place, while a verb reads it). The size is the mapped file's own (numpy's mmap holds
+        its descriptor), so a file replaced or removed under the same name, whose old pages stay
+        readable, is not taken for it. One fstat per read; a truncation between it and the
+        read is not caught."""
+        mm = getattr(self.array, "_mmap", None)  # numpy.memmap's; None for in-memory arrays
+        if mm is None:
+            return
+        end = int(self.array.offset) + int(self.array.nbytes)
+        try:
+            size = mm.size()
+        except (OSError, ValueError) as e:
+            raise DataError(f"{self.array.filename}: could not be read while streaming it ({e})") from None
+        if size < end:
+            raise DataError(f"{self.array.filename} is {size} bytes now, {end} when it was opened: the file changed while "
+                            "it was read; keep a streamed file unchanged until the command ends")  # fmt: skip
 
     def chunks(self, size: int | None = None):
         """Blocks of consecutive rows of this split, in order."""
