@@ -242,3 +242,25 @@ def test_one_stream_for_a_pass_when_rows_need_none_of_their_own(trained, digits)
     batched = elbo_per_point(trained, x, seed=4, per_row=False, batch_size=7)["elbo"]
     assert np.abs(batched - one["elbo"]).max() > 1e-3
     assert abs(batched.mean() - one["elbo"].mean()) < 1.0  # the same estimate, other draws
+
+
+def test_per_row_results_fill_arrays_of_the_final_length():
+    """PerRow: batches land in order in arrays allocated once (float64 by default; with dtype
+    None each name's own dtype, bfloat16 as float32, 2-D values keep their columns); a pass
+    that put fewer rows than announced is an error, not a short array."""
+    from vaekit.evaluate import PerRow
+
+    out = PerRow(5, ("a", "b"))
+    out.put(a=torch.tensor([1.0, 2.0]), b=torch.tensor([3, 4]))
+    out.put(a=torch.tensor([5.0, 6.0, 7.0], requires_grad=True), b=torch.tensor([8, 9, 10]))
+    got = out.result()
+    assert got["a"].dtype == got["b"].dtype == np.float64 and out.done == 5
+    np.testing.assert_array_equal(got["a"], [1, 2, 5, 6, 7])
+    np.testing.assert_array_equal(got["b"], [3, 4, 8, 9, 10])
+    wide = PerRow(3, ("mu",), dtype=None)
+    wide.put(mu=torch.arange(6, dtype=torch.bfloat16).reshape(3, 2))
+    assert wide.result()["mu"].dtype == np.float32 and wide.result()["mu"].shape == (3, 2)
+    short = PerRow(4, ("a",))
+    short.put(a=torch.zeros(3))
+    with pytest.raises(RuntimeError, match="3 rows put of 4"):
+        short.result()

@@ -309,9 +309,12 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def _posteriors(self, X):
         """q(z|x) for consecutive blocks of rows (``model_.representation``: a point estimate's
         own ẑ): memory stays bounded whatever the size of X."""
+        yield from self._posteriors_of(self.model_input(X))  # model_input first: it says so when the model is not fitted
+
+    def _posteriors_of(self, x):
+        """``_posteriors`` of rows already in the model's values (``model_input``)."""
         from .evaluate import batches
 
-        x = self.model_input(X)  # first: it says so when the model is not fitted
         for xb in batches(self.model_, x, BATCH_ROWS):
             yield xb, self.model_.representation(xb)
 
@@ -329,10 +332,15 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def encoded(self, X) -> dict[str, np.ndarray]:
         """Named arrays of q(z|x): ``mu`` and ``logvar`` (n, D) of all groups and, when the model
         has several latent groups, ``mu_<group>`` and ``logvar_<group>`` of each."""
+        from .evaluate import PerRow
         from .latents import split
 
-        parts = [q.params() for _, q in self._posteriors(X)]
-        out = {name: _numpy(torch.cat([p[name].expand_as(p["mu"]) for p in parts])) for name in ("mu", "logvar")}
+        x = self.model_input(X)
+        per_row = PerRow(len(x), ("mu", "logvar"), dtype=None)
+        for _, q in self._posteriors_of(x):
+            p = q.params()
+            per_row.put(mu=p["mu"], logvar=p["logvar"].expand_as(p["mu"]))
+        out = per_row.result()
         groups = self.model_.latents
         if len(groups) > 1:
             for name in ("mu", "logvar"):

@@ -198,6 +198,38 @@ class LatentUsage:
         }
 
 
+class PerRow:
+    """Per-row results of a pass over batches, copied batch by batch into arrays of the final
+    length ``n`` (each name's trailing shape and, with ``dtype`` None, dtype taken from its first
+    batch; bfloat16, which numpy lacks, as float32). Keeping each batch's result tensor alive
+    until one concatenation at the end pins pieces of the C heap between the batches' large
+    temporaries, so that glibc can neither reuse nor return them: memory then grows with the
+    rows (1-4 KB a row, many times the results' own size) on a long memory-mapped pass."""
+
+    def __init__(self, n: int, names: tuple[str, ...], dtype=np.float64):
+        self.n, self.names, self.dtype = n, names, dtype
+        self.arrays: dict[str, np.ndarray] = {}
+        self.done = 0
+
+    def put(self, **values: torch.Tensor) -> None:
+        """One batch's values, the same number of rows for every name, after the rows so far."""
+        rows = 0
+        for name, v in values.items():
+            v = v.detach().cpu()
+            v = (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+            if name not in self.arrays:
+                self.arrays[name] = np.empty((self.n, *v.shape[1:]), dtype=self.dtype or v.dtype)
+            rows = len(v)
+            self.arrays[name][self.done : self.done + rows] = v
+        self.done += rows
+
+    def result(self) -> dict[str, np.ndarray]:
+        """The arrays, once every row has been put (an empty pass gives empty arrays)."""
+        if self.done != self.n:
+            raise RuntimeError(f"{self.done} rows put of {self.n}")
+        return {name: self.arrays.get(name, np.empty(0, dtype=self.dtype or np.float32)) for name in self.names}
+
+
 # no_grad rather than inference_mode: methods that optimise q for new points need autograd
 # inside (they switch it back on), and inference-mode tensors cannot take part in it.
 @torch.no_grad()
@@ -209,15 +241,16 @@ def elbo_per_point(
     given, is fed each batch's q (the latent units' activity, from the same pass); ``idx``,
     the rows' indices in the training set, scores per-point methods' learned q_i. ``per_row``:
     each row's noise from its own stream (``noise``)."""
-    parts = []
+    out = PerRow(len(x), ("elbo", "recon", "kl"))
     draw = noise(model, seed, per_row)
     with eval_mode(model):
         for xb, rows in _with_rows(batches(model, x, batch_size), model, x, idx):
             q = model.evaluation_posterior(xb, rows)
-            parts.append(elbo_terms(model, xb, q=q, n_samples=n_samples, generator=draw(xb)))
+            terms = elbo_terms(model, xb, q=q, n_samples=n_samples, generator=draw(xb))
+            out.put(elbo=terms.elbo, recon=terms.recon, kl=terms.kl)
             if usage is not None:
                 usage.add(q)
-    return {name: torch.cat([getattr(p, name) for p in parts]).double().cpu().numpy() for name in ("elbo", "recon", "kl")}
+    return out.result()
 
 
 @torch.no_grad()
@@ -234,14 +267,13 @@ def log_px_per_point(
         # Rows per call: enough that each K-chunk is a large matrix product, few enough that
         # one chunk covers many samples (see objectives.iwae.DEFAULT_BLOCK).
         batch_size = 256 if k >= 64 else 1024
-    out, done = [], 0
+    out = PerRow(len(x), ("log_px",))
     with eval_mode(model):
         for xb, rows in _with_rows(batches(model, x, batch_size), model, x, idx):
-            out.append(iwae(model, xb, k, q=model.evaluation_posterior(xb, rows), generator=draw(xb)))
-            done += xb.shape[0]
+            out.put(log_px=iwae(model, xb, k, q=model.evaluation_posterior(xb, rows), generator=draw(xb)))
             if progress is not None:
-                progress(done)
-    return torch.cat(out).double().cpu().numpy()
+                progress(out.done)
+    return out.result()["log_px"]
 
 
 def evaluate(model, x, k: int = 1000, seed: int = 0, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -354,7 +386,7 @@ def gaps_per_point(
     from .latents import Structured
 
     lr = model.config.local_lr if lr is None else lr
-    out: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "elbo_optimal": [], "steps": []}
+    out = PerRow(len(x), ("log_px", "elbo", "elbo_optimal", "steps"))
     with eval_mode(model):
         for i, (xb, rows) in enumerate(_with_rows(batches(model, x, batch_size), model, x, idx)):
             q = model.evaluation_posterior(xb, rows)
@@ -373,12 +405,15 @@ def gaps_per_point(
             else:
                 q_star, taken = _optimal_structured(model, xb, q, steps, lr, check_eps, grad_noise, tol, check_every)
             eps = _noise(model, shape, _stream(model, seed, i, 0))
-            out["elbo"].append(elbo_terms(model, xb, q=q, eps=eps).elbo)
-            out["elbo_optimal"].append(elbo_terms(model, xb, q=q_star, eps=eps).elbo)
-            out["log_px"].append(iwae(model, xb, k, q=q_star, generator=_stream(model, seed, i, 1)))
-            out["steps"].append(torch.full((xb.shape[0],), taken))
-    steps_taken = torch.cat(out.pop("steps")).cpu().numpy()
-    return {**{name: torch.cat(v).double().cpu().numpy() for name, v in out.items()}, "steps": steps_taken}
+            out.put(
+                elbo=elbo_terms(model, xb, q=q, eps=eps).elbo,
+                elbo_optimal=elbo_terms(model, xb, q=q_star, eps=eps).elbo,
+                log_px=iwae(model, xb, k, q=q_star, generator=_stream(model, seed, i, 1)),
+                steps=torch.full((xb.shape[0],), taken),
+            )
+    result = out.result()
+    result["steps"] = result["steps"].astype(np.int64)
+    return result
 
 
 def _standard_error(v: np.ndarray) -> float:
