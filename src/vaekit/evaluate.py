@@ -204,7 +204,7 @@ class PerRow:
     batch; bfloat16, which numpy lacks, as float32). Keeping each batch's result tensor alive
     until one concatenation at the end pins pieces of the C heap between the batches' large
     temporaries, so that glibc can neither reuse nor return them: memory then grows with the
-    rows (1.5-6 KB a row measured, hundreds of times the results' own size) on a long pass.
+    rows (1.5-6 KB a row measured, hundreds of times the results' own size) on a long pass."""
 
     def __init__(self, n: int, names: tuple[str, ...], dtype=np.float64):
         self.n, self.names, self.dtype = n, names, dtype
