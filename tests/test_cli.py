@@ -1757,6 +1757,12 @@ def test_auto_likelihood_reads_every_split(tmp_path, capsys, split):
         (["gaps", "{run}", "--k", "2", "--data-dir", ""], 2, r"--data-dir is empty: give a path"),
         (["train", "--data", "digits", "--data-dir", "{files}", "--out", "{tmp}/new", "--epochs", "1"], 2, r"--data-dir .*: digits is built in and reads no files; drop --data-dir"),
         (["score", "{run}", "--data", "swiss_roll", "--data-dir", "{files}", "--out", "{tmp}/s.npy"], 2, r"swiss_roll is built in and reads no files"),
+        (["evaluate", "{run}", "--k", "2", "--data-dir", "{files}"], 2, r"--data-dir .*: the run's data, digits, is built in and reads no files; drop --data-dir$"),
+        (["sample", "{run}", "-n", "2", "--source", "gmm", "--out", "{tmp}/s.npy", "--data-dir", "{files}"], 2, r"the run's data, digits, is built in"),
+        (["train", "--out", "{run}", "--resume", "--epochs", "9", "--data-dir", "{files}"], 2, r"the run's data, digits, is built in"),
+        (["train", "--out", "{tmp}/new", "--epochs", "1", "--data-dir", "{files}"], 2, r"digits \(the default --data\) is built in"),
+        (["train", "--data", "{files}/ten.csv", "--out", "{tmp}/new", "--epochs", "1", "--data-dir", "{files}"], 2, r"ten\.csv is a file found without it; drop --data-dir"),
+        (["encode", "{run}", "--data", "{files}/ten.csv", "--out", "{tmp}/s.npy", "--data-dir", "{tmp}"], 2, r"ten\.csv is a file found without it"),
         (["gaps", "{run}", "--k", "2", "--bars", ""], 2, r"--bars is empty: give a path"),
         (["evaluate", "{run}", "--k", "2", "--data", ""], 2, r"--data is empty: give a path"),
         (["train", "--out", "", "--epochs", "1"], 2, r"--out is empty: give a path"),
@@ -1775,8 +1781,9 @@ def test_auto_likelihood_reads_every_split(tmp_path, capsys, split):
     ],
 )
 def test_paths_and_sizes_that_cannot_work_are_refused(capsys, run, files, tmp_path, argv, code, message):
-    """An empty path, a --data-dir that is no directory (needed or not), a file named as a run
-    directory, a K no estimate finishes."""
+    """An empty path, a --data-dir that is no directory (needed or not) or that the data would
+    not read (a built-in dataset, the run's own or the default; a file found as named), a file
+    named as a run directory, a K no estimate finishes."""
     argv = [a.format(run=run, files=files, tmp=tmp_path) for a in argv]
     got, out, err = cli(capsys, *argv)
     assert (got, out) == (code, "")

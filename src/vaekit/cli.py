@@ -421,7 +421,7 @@ def _run_parser(sub, name: str, help: str, data_required: bool, default_split: s
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'vaekit train'")
     p.add_argument("--data", required=data_required, help=_data_help() + ("" if data_required else " (default: the run's own data)"))
-    p.add_argument("--data-dir", help="directory holding binarized_mnist.npz")
+    p.add_argument("--data-dir", help="directory holding binarized_mnist.npz, or a relative --data file; refused where it would not be read")
     p.add_argument("--split", choices=SPLITS, default=default_split, help=f"rows to use (default {default_split}; 'all': every row, in the data's own order)")
     if seed is not None:  # a verb without randomness has no --seed (q of new rows is a function of x and θ)
         p.add_argument("--seed", type=_seed, default=0, help=seed)
@@ -472,7 +472,7 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--components", type=int, help="components of the --source gmm mixture (default 10)")
     p.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of returning E[x|z]")
     p.add_argument("--data", help="data for --source aggregate or gmm: every row of a file, or a named dataset's training split (default: the run's own training split)")
-    p.add_argument("--data-dir", help="directory holding binarized_mnist.npz")
+    p.add_argument("--data-dir", help="directory holding binarized_mnist.npz, or a relative --data file; refused where it would not be read")
     p.add_argument("--seed", type=_seed, default=0, help="seed of z and of x ~ p(x|z) (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_sample)
@@ -879,11 +879,45 @@ def _check_paths(args) -> None:
         raise ConfigError(f"--data-dir {data_dir}: no such directory")
     if not path.is_dir():
         raise ConfigError(f"--data-dir {data_dir}: not a directory")
+    if getattr(args, "source", None) == "prior":
+        return  # sample --source prior reads no data at all, and says so
+    source, what = _data_source(args)
+    why = _data_dir_unused(source)
+    if why:
+        raise ConfigError(f"--data-dir {data_dir}: {what} {why}; drop --data-dir")
+
+
+def _data_source(args) -> tuple[str | None, str]:
+    """(the data the command reads, how to name it): --data, else the run's own data (its
+    config.json, as far as it can be read: the verb reports one it cannot), else train's default."""
+    from .config import DATA_OPTIONS
+
+    if getattr(args, "data", None):
+        return args.data, args.data
+    run_dir = getattr(args, "run_dir", None) or (args.out if getattr(args, "resume", False) else None)
+    if run_dir is None:
+        source = DATA_OPTIONS["source"].default if args.command == "train" else None
+        return source, f"{source} (the default --data)"
+    try:
+        source = json.loads((Path(run_dir) / "config.json").read_text())["data"]["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, ""
+    return source, f"the run's data, {source},"
+
+
+def _data_dir_unused(source) -> str | None:
+    """Why --data-dir would do nothing for ``source``, or None where it is looked in: a named
+    dataset that reads files (binarized_mnist), or a relative path not found as given."""
     from .registry import DATASETS
 
-    data = getattr(args, "data", None)
-    if data in DATASETS and not DATASETS.get(data).reads_data_dir:
-        raise ConfigError(f"--data-dir {data_dir}: {data} is built in and reads no files; drop --data-dir")
+    if not isinstance(source, str) or source == "array":
+        return None
+    if source in DATASETS:
+        return None if DATASETS.get(source).reads_data_dir else "is built in and reads no files"
+    path = Path(source).expanduser()
+    if path.is_absolute() or path.exists():
+        return "is a file found without it"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
