@@ -827,6 +827,25 @@ def test_an_api_run_explains_its_empty_test_split(api_run, files, capsys):
     assert code == 0 and json.loads(out)["n"] == 50, err
 
 
+def test_an_npz_with_an_empty_test_array_is_read_for_its_other_splits(run, digits_rows, tmp_path, capsys):
+    """An .npz of train/valid/test arrays whose test array is empty: the verbs read its train
+    split and all its rows; its test split is named empty (with --split all as the way out), and
+    train refuses it as it refuses no test rows; an empty train array is still refused."""
+    np.savez(tmp_path / "t.npz", train=digits_rows[:30], valid=digits_rows[30:40], test=digits_rows[:0])
+    for split, n in (("train", 30), ("all", 40)):
+        code, out, err = cli(capsys, "evaluate", run, "--data", tmp_path / "t.npz", "--k", "2", "--split", split, "--json")
+        assert code == 0 and json.loads(out)["n"] == n, err
+    code, out, err = cli(capsys, "encode", run, "--data", tmp_path / "t.npz", "--out", tmp_path / "z.npy")
+    assert code == 0 and np.load(tmp_path / "z.npy").shape[0] == 40, err
+    code, out, err = cli(capsys, "evaluate", run, "--data", tmp_path / "t.npz", "--k", "2")
+    assert_error(code, out, err, 1, "t.npz has no test rows (its test array is empty); --split all uses every row")
+    code, out, err = cli(capsys, "train", "--data", tmp_path / "t.npz", "--out", tmp_path / "r", "--epochs", "1", "--hidden", "4", "--latent-dim", "2")
+    assert_error(code, out, err, 1, "has no test rows (its test split is empty)")
+    np.savez(tmp_path / "e.npz", train=digits_rows[:0], valid=digits_rows[:5], test=digits_rows[5:9])
+    code, out, err = cli(capsys, "evaluate", run, "--data", tmp_path / "e.npz", "--k", "2", "--split", "all")
+    assert_error(code, out, err, 1, "e.npz [train] has 0 rows")
+
+
 @pytest.mark.parametrize("verb", ["evaluate", "gaps", "encode"])
 def test_too_few_rows_for_a_split_points_to_split_all(verb, run, digits_rows, tmp_path, capsys):
     """A 3-row file read by a verb's default split has too few rows for the run's fractions: the

@@ -549,7 +549,8 @@ def _rows(est, args, split: str):
             raise DataError(f"{e}; --split all reads every row") from None
         x, labels, named, image_shape = data.split(split), data.split_labels(split), data.scaling, data.image_shape
         if len(x) == 0:
-            raise DataError(f"{source} has no {split} rows under the split fractions of this run; --split all uses every row")
+            why = f"its {split} array is empty" if split in data.fixed else "under the split fractions of this run"
+            raise DataError(f"{source} has no {split} rows ({why}); --split all uses every row")
     check_image_layout(source, image_shape, est.model_.config.image_shape)
     trained = cfg.feature_names
     header = _header(source, data_dir) if trained is not None else None

@@ -49,6 +49,9 @@ class Dataset:
     # rows in the source's order (row i of "all" is row i of load_digits().data, say); None
     # where the source came split (its splits in train, valid, test order).
     rows: dict[str, np.ndarray] | None = None
+    # The valid/test splits the source gave as arrays of their own (an .npz's "test"), which
+    # may be empty; those carved by fractions must have rows when their fraction is > 0.
+    fixed: tuple[str, ...] = ()
 
     def split(self, name: str) -> np.ndarray:
         """One split; ``'all'`` is every row in the source's order (``rows``), or, where the

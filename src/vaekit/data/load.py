@@ -36,13 +36,15 @@ def load_dataset(config: DataConfig) -> Dataset:
     else:
         ds = _load_user_file(resolve_path(source, config.data_dir), config)
     for s in SPLIT_NAMES:
-        min_rows = 2 if s == "train" else (1 if len(getattr(ds, s)) or _wanted(s, config) else 0)
+        min_rows = 2 if s == "train" else (1 if len(getattr(ds, s)) or _wanted(s, config, ds) else 0)
         setattr(ds, s, check_data(getattr(ds, s), what=f"{ds.name} ({s} split)", min_rows=min_rows, dtype=None))
     return ds
 
 
-def _wanted(split: str, config: DataConfig) -> bool:
-    return (config.valid_fraction if split == "valid" else config.test_fraction) > 0
+def _wanted(split: str, config: DataConfig, ds: Dataset) -> bool:
+    """Whether the split must have rows: one the fractions carve (> 0), not one a file fixed
+    (an .npz whose test array is empty has no test rows, as --test-fraction 0 gives none)."""
+    return (config.valid_fraction if split == "valid" else config.test_fraction) > 0 and split not in ds.fixed
 
 
 def load_array(
@@ -113,6 +115,7 @@ def _load_user_file(path: Path, config: DataConfig) -> Dataset:
         image_shape=image_shape,
         labels={s: parts[s][1] for s in SPLIT_NAMES},
         rows=rows,
+        fixed=tuple(s for s in ("valid", "test") if s in flat),
     )
 
 

@@ -323,7 +323,7 @@ def _read_table(path: Path) -> np.ndarray:
     return values
 
 
-def flatten(a: np.ndarray, what: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
+def flatten(a: np.ndarray, what: str, min_rows: int = 1) -> tuple[np.ndarray, tuple[int, ...] | None]:
     """(n, H, W) -> (n, H*W) with image shape (H, W); (n, C, H, W) -> (C, H, W); 2-D as is."""
     if a.ndim in (3, 4) and a.dtype.kind in "biuf":
         image_shape = tuple(int(s) for s in a.shape[1:])
@@ -334,16 +334,17 @@ def flatten(a: np.ndarray, what: str) -> tuple[np.ndarray, tuple[int, ...] | Non
         )
     else:
         image_shape = None
-    return check_data(a, what=what, dtype=None), image_shape
+    return check_data(a, what=what, dtype=None, min_rows=min_rows), image_shape
 
 
 def flatten_all(
     arrays: dict[str, np.ndarray], path: Path
 ) -> tuple[dict[str, np.ndarray], tuple[int, ...] | None]:
-    """``flatten`` each array of a file; the splits of one file must share their row shape."""
+    """``flatten`` each array of a file; the splits of one file must share their row shape. A
+    file's valid or test array may be empty (a file without test rows); its x or train may not."""
     flat, shapes = {}, {}
     for k, a in arrays.items():
-        flat[k], shapes[k] = flatten(a, str(path) if k == "x" else f"{path} [{k}]")
+        flat[k], shapes[k] = flatten(a, str(path) if k == "x" else f"{path} [{k}]", min_rows=0 if k in ("valid", "test") else 1)
     row_shapes = {k: tuple(a.shape[1:]) for k, a in arrays.items()}
     if len(set(row_shapes.values())) > 1:
         shown = ", ".join(f"{k} {v}" for k, v in row_shapes.items())
