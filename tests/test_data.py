@@ -445,7 +445,7 @@ def test_wrong_container_for_extension(tmp_path):
         ({"train": np.ones((3, 2))}, r"both 'train' and 'test' are needed .*missing test"),
         ({"train": np.ones((5, 2)), "test": np.ones((2, 3))}, r"splits have different shapes per row \(train \(2,\), test \(3,\)\)"),
         ({"train": np.ones((5, 2)), "test": np.ones((2, 2)), "train_labels": np.arange(5)}, r"has train_labels but not test_labels"),
-        ({"train": np.ones((5, 2)), "valid": np.ones((2, 2)), "test": np.ones((0, 2))}, r"\[test\] has 0 rows \(shape=\(0, 2\)\); at least 1 is needed"),
+        ({"train": np.ones((0, 2)), "valid": np.ones((2, 2)), "test": np.ones((2, 2))}, r"\[train\] has 0 rows \(shape=\(0, 2\)\); at least 1 is needed"),
         ({"train": np.ones((5, 2)), "test": np.ones((2, 2)) * np.inf}, r"\[test\] contains infinity \(first at row 1, column 1\)"),
     ],
 )
@@ -454,6 +454,15 @@ def test_npz_errors(tmp_path, arrays, match):
     with pytest.raises(DataError, match=match) as e:
         load_dataset(DataConfig(source=str(tmp_path / "f.npz")))
     assert "f.npz" in str(e.value)
+
+
+def test_an_npz_may_have_an_empty_test_or_valid_array(tmp_path):
+    """The file's own valid/test arrays may be empty (no rows there, as a fraction of 0 gives
+    none): the dataset has that split empty and says the file fixed it."""
+    np.savez(tmp_path / "f.npz", train=np.ones((5, 2)), valid=np.ones((0, 2)), test=np.ones((0, 2)))
+    ds = load_dataset(DataConfig(source=str(tmp_path / "f.npz")))
+    assert ds.train.shape == (5, 2) and ds.valid.shape == ds.test.shape == (0, 2) and ds.fixed == ("valid", "test")
+    assert ds.split("all").shape == (5, 2)
 
 
 def test_missing_unknown_and_unsupported_sources(tmp_path):
