@@ -64,7 +64,9 @@ def test_train_config_checks(kwargs, field):
     "kwargs, field",
     [
         ({"valid_fraction": -0.1}, "valid_fraction"),
-        ({"test_fraction": 1.0}, "test_fraction"),
+        ({"test_fraction": 1.0}, "test_fraction must be < 1, got 1.0"),
+        ({"test_fraction": 1.5}, "test_fraction must be < 1, got 1.5"),
+        ({"valid_fraction": 2}, "valid_fraction must be < 1, got 2"),
         ({"valid_fraction": 0.5, "test_fraction": 0.5}, "valid_fraction \\+ test_fraction"),
         ({"valid_fraction": 0.6, "test_fraction": 0.7}, "valid_fraction \\+ test_fraction"),
         ({"split_seed": -2}, "split_seed"),

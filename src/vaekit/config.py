@@ -126,8 +126,8 @@ TRAIN_OPTIONS: dict[str, Option] = {
 DATA_OPTIONS: dict[str, Option] = {
     "source": Option("digits", "a named dataset or a .npy/.npz/.csv file", choices=None),
     "data_dir": Option(None, "directory holding named datasets' files (default: $VAEKIT_DATA, then the cache), and where a relative --data file not found as named is looked for; refused where it would not be read", type="str", optional=True, resumable=True),
-    "valid_fraction": Option(0.1, "rows held out for validation when the data has no splits", minimum=0.0, maximum=1.0),
-    "test_fraction": Option(0.2, "rows held out for testing when the data has no splits", minimum=0.0, maximum=1.0),
+    "valid_fraction": Option(0.1, "rows held out for validation when the data has no splits", minimum=0.0),
+    "test_fraction": Option(0.2, "rows held out for testing when the data has no splits", minimum=0.0),
     "split_seed": Option(0, "seed of the split permutation", minimum=0, maximum=SEED_MAX),
     # Datasets larger than memory: memory-map a .npy file and stream its rows.
     "mmap": Option(False, "memory-map a .npy file and stream its rows"),
