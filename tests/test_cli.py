@@ -691,6 +691,8 @@ BAD_INPUT = {
     "sample-prior-with-data": (["sample", "{run}", "--data", "digits", "--out", "{tmp}/x.npy"], 2, ["--data", "--source prior"]),
     "sample-components-without-gmm": (["sample", "{run}", "--source", "aggregate", "--components", "3", "--out", "{tmp}/x.npy"], 2, ["--components", "aggregate"]),
     "sample-components-0": (["sample", "{run}", "--source", "gmm", "--components", "0", "--out", "{tmp}/x.npy"], 2, ["--components", "0"]),
+    "sample-components-above-rows": (["sample", "{run}", "--source", "gmm", "--components", "100000", "--out", "{tmp}/x.npy"], 1,
+                                     ["--components 100000: a mixture needs at least as many rows", "the train split of digits has"]),
     "sample-seed-negative": (["sample", "{run}", "--seed", "-1", "--out", "{tmp}/x.npy"], 2, ["--seed", "-1"]),
     "evaluate-seed-negative": (["evaluate", "{run}", "--seed", "-1"], 2, ["--seed", "-1"]),
     "score-seed-not-int": (["score", "{run}", "--data", "digits", "--seed", "x", "--out", "{tmp}/s.npy"], 2, ["--seed", "'x'"]),
