@@ -614,3 +614,21 @@ def test_a_bfloat16_model_answers_in_float32_and_is_not_saved(digits, tmp_path):
     with pytest.raises(CheckpointError, match=r"parameters are bfloat16.*model_\.float\(\)"):
         est.save(tmp_path / "run", overwrite=True)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+
+
+def test_a_read_only_memory_map_is_read_without_warnings(tmp_path):
+    """np.load(mmap_mode="r") rows: fit, encode, score_samples and aggregate sampling raise no
+    warning (torch's about non-writable arrays does not apply to rows only read) and give what
+    the same rows in memory give."""
+    import warnings
+
+    x = np.random.default_rng(0).random((60, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit(mapped)
+        got = (est.encode(mapped)[0], est.score_samples(mapped, k=3), est.sample(4, seed=0, source="aggregate", X=mapped))
+    ref = vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit(x)
+    for a, b in zip(got, (ref.encode(x)[0], ref.score_samples(x, k=3), ref.sample(4, seed=0, source="aggregate", X=x))):
+        np.testing.assert_array_equal(a, b)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -19,6 +20,15 @@ from .distributions import RowStreams
 from .objectives import elbo as elbo_terms
 from .objectives import iwae
 from .config import GAP_STEPS
+
+
+def read_only_tensor(x, dtype: torch.dtype, device) -> torch.Tensor:
+    """``torch.as_tensor`` of rows that are only ever read: a read-only array (np.load's
+    mmap_mode="r") is wrapped without a copy where dtype and device allow, and torch's warning
+    that writing to it would be undefined does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.as_tensor(x, dtype=dtype, device=device)
 
 
 def batches(model, x, batch_size: int):
@@ -32,7 +42,7 @@ def batches(model, x, batch_size: int):
                 yield torch.as_tensor(block[start : start + batch_size], dtype=p.dtype, device=p.device)
         return
     # A numpy view with negative strides (x[::-1]) is copied: torch cannot wrap it.
-    x = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x, dtype=p.dtype, device=p.device)
+    x = read_only_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x, p.dtype, p.device)
     for start in range(0, x.shape[0], batch_size):
         yield x[start : start + batch_size]
 

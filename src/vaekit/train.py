@@ -28,7 +28,7 @@ from . import bubbles
 from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
-from .evaluate import LatentUsage, elbo_per_point
+from .evaluate import LatentUsage, elbo_per_point, read_only_tensor
 from .optim import Adam, NormalizedAdam, SparseAdam
 from .registry import OBJECTIVES
 from .schedules import lr_at, rates
@@ -238,7 +238,7 @@ def _training_rows(x_train, device: torch.device, dtype: torch.dtype):
 
         return len(x_train), batch_rows
     # The dataset as one tensor on the device: a batch is one index_select.
-    x_train_t = torch.as_tensor(x_train, dtype=dtype, device=device)
+    x_train_t = read_only_tensor(x_train, dtype, device)
 
     def batch_rows(idx: torch.Tensor) -> torch.Tensor:
         return torch.index_select(x_train_t, 0, idx)  # 3x faster than x_train_t[idx] on CPU
@@ -254,7 +254,7 @@ def _validation_rows(model, x_valid, device: torch.device, dtype: torch.dtype):
     mapped = isinstance(x_valid, MappedRows)
     if not model.inference.has_encoder:
         return torch.as_tensor(np.asarray(x_valid[:VALID_ROWS_WITHOUT_ENCODER]), dtype=dtype, device=device)
-    return x_valid if mapped else torch.as_tensor(x_valid, dtype=dtype, device=device)
+    return x_valid if mapped else read_only_tensor(x_valid, dtype, device)
 
 
 class _Run:
