@@ -632,3 +632,22 @@ def test_a_read_only_memory_map_is_read_without_warnings(tmp_path):
     ref = vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit(x)
     for a, b in zip(got, (ref.encode(x)[0], ref.score_samples(x, k=3), ref.sample(4, seed=0, source="aggregate", X=x))):
         np.testing.assert_array_equal(a, b)
+
+
+def test_sample_out_of_memory_is_a_memory_error(monkeypatch):
+    """torch's CPU allocator failing inside sample becomes one MemoryError naming n and the
+    way out; any other RuntimeError passes through as it was."""
+    est = vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit(np.random.default_rng(0).random((40, 5)))
+
+    def fail(message):
+        def sample(*a, **k):
+            raise RuntimeError(message)
+
+        return sample
+
+    monkeypatch.setattr(est.model_, "sample", fail("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"))
+    with pytest.raises(MemoryError, match=r"^sample\(n=7\) ran out of memory \(.*can't allocate memory.*\); draw fewer rows at a time$"):
+        est.sample(7)
+    monkeypatch.setattr(est.model_, "sample", fail("something else"))
+    with pytest.raises(RuntimeError, match="^something else$"):
+        est.sample(7)

@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__
 from .config import AUTO, GAP_STEPS, K_MAX, check_positive_int
 from .registry import STEPS_MAX
-from .errors import ConfigError, DataError, VaekitError, VaekitWarning
+from .errors import ConfigError, DataError, VaekitError, VaekitWarning, out_of_memory
 from .outputs import check_out, write_array, write_blocks
 
 SPLITS = ("train", "valid", "test", "all")
@@ -957,7 +957,7 @@ def main(argv: list[str] | None = None) -> int:
         if _group_broke(e):
             why = f"the data-parallel group broke, another of its processes has stopped ({first})"
             advice = "what was written is intact (a run with a checkpoint continues with --resume)"
-        elif _out_of_memory(e):
+        elif out_of_memory(e):
             why = f"out of memory ({first})"
             advice = "ask for less at once: fewer samples or rows, a smaller --batch-size or --k (what was written is intact)"
         else:
@@ -979,12 +979,6 @@ def _group_broke(e: BaseException) -> bool:
         return True
     text = str(e).lower()
     return any(word in text for word in ("gloo", "nccl", "connection reset", "connection closed"))
-
-
-def _out_of_memory(e: BaseException) -> bool:
-    """Python's MemoryError, torch's CPU allocator failing, or CUDA out of memory (a
-    RuntimeError subclass)."""
-    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)
 
 
 def run() -> None:

@@ -33,3 +33,9 @@ class RunLockedError(VaekitError):
 class VaekitWarning(UserWarning):
     """Something works but not as the user likely expects (e.g. an option that slows training
     down on this hardware). ``vaekit.cli`` prints it as one stderr line."""
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, torch's CPU allocator failing, or CUDA out of memory (a
+    RuntimeError subclass)."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)

@@ -24,7 +24,7 @@ from sklearn import exceptions as sk_exceptions
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
 from .config import K_MAX, DataConfig, RunConfig, TrainConfig, check_positive_int, inert_options
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, out_of_memory
 from .scaling import Scaling, apply
 
 # Rows per forward pass of encode and reconstruct.
@@ -409,6 +409,15 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """
         self._check_fitted()
         n = check_positive_int("n", n)
+        try:
+            return self._sample(n, seed, mean, source, X, components)
+        except (RuntimeError, MemoryError) as e:
+            if not out_of_memory(e):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MemoryError(f"sample(n={n}) ran out of memory ({first}); draw fewer rows at a time") from None
+
+    def _sample(self, n: int, seed, mean: bool, source: str, X, components) -> np.ndarray:
         if source not in SAMPLE_SOURCES:
             raise ConfigError(f"source must be one of {', '.join(SAMPLE_SOURCES)}, got {source!r}")
         if source == "prior" and X is not None:
