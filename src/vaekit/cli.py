@@ -870,8 +870,9 @@ PATH_OPTIONS = ("data", "data_dir", "out", "plot", "bars", "prior_from")
 
 def _check_paths(args) -> None:
     """No path option is empty, and --data-dir names a directory, whether or not the data
-    given need it: a mistyped one would otherwise pass unseen until the day it is needed; beside
-    a named dataset that reads no files (digits) it is refused, as it would do nothing."""
+    given need it: a mistyped one would otherwise pass unseen until the day it is needed. Where
+    the data read would not look in it (a built-in dataset such as digits, given, the run's own or
+    train's default; a file found as named) it is refused, as it would do nothing."""
     for dest in PATH_OPTIONS:
         if getattr(args, dest, None) == "":
             raise ConfigError(f"--{dest.replace('_', '-')} is empty: give a path")
