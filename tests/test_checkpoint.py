@@ -495,3 +495,24 @@ def test_a_save_that_fails_halfway_leaves_the_saved_model_loadable(tmp_path, mon
     np.testing.assert_array_equal(vaekit.load(run).transform(x[:5]), a.transform(x[:5]))
     b.save(run)
     np.testing.assert_array_equal(vaekit.load(run).transform(x[:5]), b.transform(x[:5]))
+
+
+def test_the_same_checkpoint_is_the_same_bytes_in_every_process(tmp_path):
+    """safetensors orders its header's metadata by a hash map that changes per process; vaekit
+    writes it sorted, so equal weights and metadata give equal files (in this process and in
+    another one), and the file still loads with its checksum."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from vaekit.checkpoint import tensor_bytes; "
+        "sys.stdout.buffer.write(tensor_bytes({'w': torch.arange(6.0).reshape(2, 3), 'b': torch.ones(3, dtype=torch.float64)}, {'epoch': 3, 'z': [1, 2]}))"
+    )
+    blobs = {subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout for _ in range(4)}
+    assert len(blobs) == 1
+    blob = blobs.pop()
+    n = int.from_bytes(blob[:8], "little")
+    assert n % 8 == 0 and list(json.loads(blob[8 : 8 + n])["__metadata__"]) == ["format", "meta", "sha256"]
+    (tmp_path / "c.safetensors").write_bytes(blob)
+    tensors, meta = ckpt.load_tensors(tmp_path / "c.safetensors")
+    assert meta == {"epoch": 3, "z": [1, 2]} and torch.equal(tensors["w"], torch.arange(6.0).reshape(2, 3))

@@ -51,7 +51,20 @@ def tensor_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None =
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta_json = json.dumps(meta or {})
     header = {"format": FORMAT, "sha256": _digest(tensors, meta_json), "meta": meta_json}
-    return save(tensors, metadata=header)
+    return _canonical(save(tensors, metadata=header))
+
+
+def _canonical(blob: bytes) -> bytes:
+    """The safetensors file ``blob`` with its header's ``__metadata__`` keys in sorted order:
+    safetensors writes them from a hash map, in an order that changes from process to process,
+    so that the same weights and metadata would give files that differ in their bytes."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data that follows stays 8-byte aligned, as safetensors keeps it
+    return len(text).to_bytes(8, "little") + text + blob[8 + n :]
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
