@@ -194,6 +194,16 @@ def run_row(
     return result
 
 
+def _data_dir_flag(run_dir: Path, data_dir: Path) -> list[str]:
+    """``--data-dir DATA_DIR`` for a run whose dataset is read from a directory (binarized_mnist,
+    wherever it is now); none for data that reads none (vaekit refuses it there)."""
+    from vaekit.files import CONFIG_FILE
+    from vaekit.registry import DATASETS
+
+    source = json.loads((run_dir / CONFIG_FILE).read_text())["data"]["source"]
+    return ["--data-dir", str(data_dir)] if source in DATASETS and DATASETS.get(source).reads_data_dir else []
+
+
 def snapshot(
     row: str, run_dir: Path, data_dir: Path, k: int, results: Path = RESULTS, name: str | None = None, extra: list[str] | None = None,
     flags: list[str] | None = None,
@@ -211,7 +221,7 @@ def snapshot(
 
     if not (run_dir / MODEL_FILE).is_file():
         sys.exit(f"literature.py: {row}: no run at {run_dir}")
-    argv = ["vaekit", "evaluate", str(run_dir), "--data-dir", str(data_dir), "--k", str(k), "--json"]
+    argv = ["vaekit", "evaluate", str(run_dir), *_data_dir_flag(run_dir, data_dir), "--k", str(k), "--json"]
     with tempfile.TemporaryDirectory(prefix="vaekit-snapshot-") as tmp:
         for file in (MODEL_FILE, CONFIG_FILE):
             shutil.copyfile(run_dir / file, Path(tmp) / file)
