@@ -25,6 +25,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 
 from .config import K_MAX, DataConfig, RunConfig, TrainConfig, check_positive_int, inert_options
 from .errors import ConfigError, DataError, out_of_memory
+from .evaluate import numpy_of as _numpy
 from .scaling import Scaling, apply
 
 # Rows per forward pass of encode and reconstruct.
@@ -563,11 +564,6 @@ def _as_held(config: RunConfig, model: torch.nn.Module) -> RunConfig:
     if held not in DTYPES:
         raise CheckpointError(f"the model's parameters are {held}; a saved model is one of {', '.join(DTYPES)}: move it with model_.float() first")
     return replace(config, train=replace(config.train, dtype=held))
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    """A model's output as numpy holds it: bfloat16, which numpy lacks, as float32."""
-    return (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
 
 
 def _seed(seed) -> int:

@@ -22,6 +22,12 @@ from .objectives import iwae
 from .config import GAP_STEPS
 
 
+def numpy_of(t: torch.Tensor) -> np.ndarray:
+    """A model's output as numpy holds it, on the CPU: bfloat16, which numpy lacks, as float32."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
 def read_only_tensor(x, dtype: torch.dtype, device) -> torch.Tensor:
     """``torch.as_tensor`` of rows that are only ever read: a read-only array (np.load's
     mmap_mode="r") is wrapped without a copy where dtype and device allow, and torch's warning
@@ -225,8 +231,7 @@ class PerRow:
         """One batch's values, the same number of rows for every name, after the rows so far."""
         rows = 0
         for name, v in values.items():
-            v = v.detach().cpu()
-            v = (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+            v = numpy_of(v)
             if name not in self.arrays:
                 self.arrays[name] = np.empty((self.n, *v.shape[1:]), dtype=self.dtype or v.dtype)
             rows = len(v)
