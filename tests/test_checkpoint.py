@@ -257,7 +257,7 @@ def fitted_run(tmp_path_factory):
 
 def test_load_run_gives_identical_outputs(fitted_run):
     est, run_dir, x = fitted_run
-    assert sorted(p.name for p in run_dir.iterdir()) == [ckpt.CONFIG_FILE, ckpt.MODEL_FILE]
+    assert sorted(p.name for p in run_dir.iterdir()) == [ckpt.CONFIG_FILE, ckpt.METRICS_FILE, ckpt.MODEL_FILE]
     config, model = ckpt.load_run(run_dir)
     assert config.to_dict() == est.config_.to_dict()
     assert model.training is False

@@ -89,6 +89,6 @@ def test_estimator_parameters_are_the_documented_options():
     from vaekit.cli import build_parser
 
     flags = {o for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions for o in a.option_strings}
-    own = {"image_shape", "progress", "verbose"}
+    own = {"image_shape", "scaling", "progress", "verbose"}
     for name in inspect.signature(vaekit.VAE).parameters:
         assert name in own or "--" + name.replace("_", "-") in flags, name

@@ -202,6 +202,12 @@ def test_a_failed_fit_leaves_the_estimator_as_it_was(digits):
         ({"seed": 2**70}, "seed must be <= "),
         ({"threads": 10**6}, "threads must be <= 1024"),
         ({"valid_fraction": float("nan")}, "valid_fraction must be a finite number"),
+        ({"verbose": "no"}, "verbose must be true or false, got 'no'"),
+        ({"progress": 1}, "progress must be true or false, got 1"),
+        ({"scaling": (0, 0)}, "scaling must be (shift, scale) with both finite and scale > 0, got (0, 0)"),
+        ({"scaling": (0, float("inf"))}, "scaling must be (shift, scale) with both finite and scale > 0"),
+        ({"scaling": 16}, "scaling must be a pair (shift, scale) of numbers or None, got 16"),
+        ({"scaling": (0, 16), "standardize": "on"}, "scaling fixes the input map, and standardize='on' would replace it"),
     ],
 )
 def test_bad_parameters_are_refused_before_anything_uses_them(params, message, digits):
@@ -219,6 +225,9 @@ def test_bad_parameters_are_refused_before_anything_uses_them(params, message, d
         (lambda est, x: est.score_samples(x, seed=-1), ConfigError, "seed must be an integer >= 0"),
         (lambda est, x: est.elbo(x, seed="a"), ConfigError, "seed must be an integer >= 0"),
         (lambda est, x: est.sample(3, seed="a"), ConfigError, "seed must be an integer >= 0"),
+        (lambda est, x: est.sample(3, mean="False"), ConfigError, "mean must be true or false, got 'False'"),
+        (lambda est, x: est.sample(3, mean=None), ConfigError, "mean must be true or false, got None"),
+        (lambda est, x: est.score_samples(x, k=2, progress=1), ConfigError, "progress must be a callable taking the rows done, or None, got 1"),
         (lambda est, x: est.inverse_transform([["a"] * est.model_.latent_size]), DataError, "Z has dtype"),
         (lambda est, x: est.inverse_transform([[np.nan] + [0.0] * (est.model_.latent_size - 1)]), DataError, "Z contains NaN (first at row 1, column 1)"),
     ],
@@ -228,8 +237,9 @@ def test_bad_arguments_of_a_fitted_model(call, error, message, fitted, digits):
         call(fitted, digits[:10])
 
 
-def test_numpy_seeds_and_latents_of_any_kind(fitted, digits):
+def test_numpy_seeds_switches_and_latents_of_any_kind(fitted, digits):
     np.testing.assert_array_equal(fitted.sample(3, seed=np.int64(2)), fitted.sample(3, seed=2))
+    np.testing.assert_array_equal(fitted.sample(3, seed=2, mean=np.False_), fitted.sample(3, seed=2, mean=False))
     z = fitted.transform(digits[:4])
     expected = fitted.inverse_transform(z)
     np.testing.assert_array_equal(fitted.inverse_transform(torch.tensor(z, requires_grad=True)), expected)
@@ -296,6 +306,17 @@ def test_save_then_load_gives_identical_results(fitted, digits, tmp_path):
     np.testing.assert_array_equal(loaded.sample(4, seed=1), fitted.sample(4, seed=1))
 
 
+def test_save_and_load_keep_the_history(fitted, digits, tmp_path):
+    """history_, the epochs' records, travels as metrics.jsonl, as a `vaekit train` run's does;
+    a loaded model saved again keeps it too."""
+    assert len(fitted.history_) == 20
+    loaded = vaekit.load(fitted.save(tmp_path / "run"))
+    assert loaded.history_ == fitted.history_
+    assert vaekit.load(loaded.save(tmp_path / "again")).history_ == fitted.history_
+    loaded.history_ = []  # a model without records saves none, not the old file's
+    assert vaekit.load(loaded.save(tmp_path / "run")).history_ == []
+
+
 def _names(d) -> list[str]:
     return sorted(p.name for p in d.iterdir())
 
@@ -320,7 +341,7 @@ def test_save_replaces_a_saved_model(fitted, digits, tmp_path):
     fitted.save(tmp_path / "run")
     other = VAE(latent_dim=2, hidden=(8,), epochs=1, seed=1).fit(digits[:200])
     other.save(tmp_path / "run")  # a saved model alone is replaced whole
-    assert _names(tmp_path / "run") == ["config.json", "model.safetensors"]
+    assert _names(tmp_path / "run") == ["config.json", "metrics.jsonl", "model.safetensors"]
     assert vaekit.load(tmp_path / "run").get_params()["latent_dim"] == 2
 
 
@@ -333,11 +354,14 @@ def test_save_into_a_run_with_more_is_refused_unless_overwrite(fitted, digits, t
     for name in ("last.safetensors", "metrics.jsonl", "samples.png"):
         (run / name).write_bytes(b"of the old run")
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    with pytest.raises(CheckpointError, match=r"holds a run with more than a saved model \(last.safetensors, metrics.jsonl, samples.png\).*overwrite=True"):
+    with pytest.raises(CheckpointError, match=r"holds a run with more than a saved model \(last.safetensors, samples.png\).*overwrite=True"):
         fitted.save(run)
+    for overwrite in ("no", 1, None):  # a switch that deletes files takes True or False alone
+        with pytest.raises(ConfigError, match=re.escape(f"overwrite must be true or false, got {overwrite!r}")):
+            fitted.save(run, overwrite=overwrite)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     fitted.save(run, overwrite=True)
-    assert _names(run) == ["config.json", "model.safetensors"]
+    assert _names(run) == ["config.json", "metrics.jsonl", "model.safetensors"]
     np.testing.assert_array_equal(vaekit.load(run).transform(digits[:10]), fitted.transform(digits[:10]))
 
 
@@ -356,7 +380,7 @@ def test_save_never_touches_a_directory_of_other_files(overwrite, fitted, tmp_pa
     assert _names(project) == ["README.md", "src"] and (project / "README.md").read_text() == "mine"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert _names(fitted.save(empty, overwrite=overwrite)) == ["config.json", "model.safetensors"]
+    assert _names(fitted.save(empty, overwrite=overwrite)) == ["config.json", "metrics.jsonl", "model.safetensors"]
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -554,6 +578,28 @@ def test_fit_trains_under_the_callers_no_grad(digits, mode):
         est = VAE(latent_dim=2, hidden=(8,), epochs=2, seed=0).fit(digits[:200])
         assert not torch.is_grad_enabled()  # the caller's mode is left as it was
     np.testing.assert_array_equal(est.transform(digits[:20]), ref.transform(digits[:20]))
+
+
+def test_a_fixed_scaling_fits_data_in_its_own_units(digits, tmp_path):
+    """scaling=(0, 16) on the pixels 0..16 is the model of the pixels / 16: the same weights and
+    latents, samples and reconstructions in 0..16, densities less 64·log 16 (the Jacobian)."""
+    from sklearn.base import clone
+
+    raw = digits[:300] * 16.0
+    scaled = VAE(latent_dim=2, hidden=(16,), epochs=2).fit(digits[:300])
+    est = VAE(latent_dim=2, hidden=(16,), epochs=2, scaling=(0, 16)).fit(raw)
+    assert est.config_.model.likelihood == scaled.config_.model.likelihood == "continuous_bernoulli"
+    assert (est.scaling_.shift.tolist(), est.scaling_.scale.tolist()) == ([0.0], [16.0])
+    np.testing.assert_array_equal(est.transform(raw), scaled.transform(digits[:300]))
+    np.testing.assert_allclose(est.sample(4, seed=1), 16 * scaled.sample(4, seed=1), rtol=1e-6)
+    np.testing.assert_allclose(est.score_samples(raw[:20], k=5), scaled.score_samples(digits[:20], k=5) - 64 * math.log(16), rtol=1e-6)
+    # Kept by clone and by save/load: a refit reads the same units.
+    loaded = vaekit.load(est.save(tmp_path / "run"))
+    assert loaded.get_params()["scaling"] == (0.0, 16.0)
+    np.testing.assert_array_equal(clone(loaded).fit(raw).transform(raw), est.transform(raw))
+    # A learned standardisation is learned again by a refit, not kept.
+    gaussian = vaekit.load(VAE(latent_dim=2, hidden=(8,), epochs=1).fit(raw).save(tmp_path / "g"))
+    assert gaussian.get_params()["standardize"] == "on" and gaussian.get_params()["scaling"] is None
 
 
 @pytest.mark.parametrize("held_value, likelihood", [(0.5, "continuous_bernoulli"), (1.5, "gaussian")])

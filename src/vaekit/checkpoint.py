@@ -94,6 +94,11 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
+def metrics_bytes(history: list[dict[str, Any]]) -> bytes:
+    """metrics.jsonl's text: one JSON object per epoch, a line each."""
+    return "".join(json.dumps(r) + "\n" for r in history).encode()
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The per-epoch records of RUN_DIR/metrics.jsonl ([] without one); a last line cut short
     by a kill is dropped, the lines before it are whole."""
@@ -266,12 +271,18 @@ def _read_header(data: bytes) -> dict[str, str]:
 # ---- model weights -------------------------------------------------------------------------
 
 
-def save_model(run_dir: Path, model: torch.nn.Module, config: RunConfig, path: Path | None = None) -> None:
-    """config.json and the weights, written together: a failure writing either leaves both as
-    they were (a new config beside old weights would no longer load)."""
+def save_model(
+    run_dir: Path, model: torch.nn.Module, config: RunConfig, path: Path | None = None, history: list[dict[str, Any]] | None = None
+) -> None:
+    """config.json and the weights, written together (and metrics.jsonl from ``history``, the
+    per-epoch records, where given): a failure writing any leaves all as they were (a new
+    config beside old weights would no longer load)."""
     run_dir = Path(run_dir)
     weights = tensor_bytes(model.state_dict(), {"model_config": model_record(config)})
-    atomic_write_together({run_dir / CONFIG_FILE: config.to_bytes(), Path(path or run_dir / MODEL_FILE): weights})
+    files = {run_dir / CONFIG_FILE: config.to_bytes(), Path(path or run_dir / MODEL_FILE): weights}
+    if history is not None:
+        files[run_dir / METRICS_FILE] = metrics_bytes(history)
+    atomic_write_together(files)
 
 
 def model_record(config: RunConfig) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import ConfigError
 from .registry import K_MAX, REGISTRIES, STEPS_MAX, Option
 from .schedules import SCHEDULES
@@ -41,6 +43,14 @@ def check_positive_int(name: str, value: Any, minimum: int = 1, error: type[Exce
         return Option(minimum, "", type="int", minimum=minimum, maximum=maximum).check(name, value)
     except ConfigError as e:
         raise error(str(e)) from None
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """The one validator for switches of the Python API: True or False (numpy's too), else
+    ConfigError naming ``name``; a string "False" or a 0 is no answer to a yes-or-no question."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
 
 
 # Core options of each section; components add theirs (see the module docstring). ``cli``:

@@ -23,7 +23,7 @@ import torch
 from sklearn import exceptions as sk_exceptions
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
-from .config import K_MAX, DataConfig, RunConfig, TrainConfig, check_positive_int, inert_options
+from .config import K_MAX, DataConfig, RunConfig, TrainConfig, check_bool, check_positive_int, inert_options
 from .errors import ConfigError, DataError, out_of_memory
 from .evaluate import numpy_of as _numpy
 from .scaling import Scaling, apply
@@ -59,6 +59,7 @@ def estimator_params() -> dict[str, tuple[str, Any]]:
                 params[name] = (section, AUTO.get(name, opt.default))
     for name, section in _EXTRA.items():
         params[name] = (section, section_options(section)[name].default)
+    params["scaling"] = ("estimator", None)
     params["progress"] = ("estimator", False)
     params["verbose"] = ("estimator", False)
     return params
@@ -82,6 +83,10 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     ``likelihood="auto"`` picks Bernoulli for 0/1 data, continuous Bernoulli for
     values in [0, 1] and Gaussian otherwise; ``standardize="auto"`` then standardises each
     feature by the training rows' mean and std when they are not all in [0, 1] (``scaling_``).
+    ``scaling=(shift, scale)`` instead fixes the input map x' = (x − shift)/scale of every
+    feature, for data in known units (``(0, 16)`` takes the digits' pixels 0..16 to [0, 1];
+    ``vaekit.load`` sets it for a run trained on a named dataset, so that a clone refits in the
+    units the run reads); the likelihood and ``standardize="auto"`` are then chosen on x'.
     Every method takes X in its own units and answers in them: samples and reconstructions,
     and log-likelihoods as densities of X (vaekit.scaling). ``X_valid`` (or a
     ``valid_fraction`` of X) gives the validation objective for early stopping and for keeping
@@ -189,6 +194,9 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
         # The options first: the seed and valid_fraction are used before the configs are built.
         params = estimator_params()
+        check_bool("verbose", self.verbose)
+        check_bool("progress", self.progress)
+        named = _fixed_scaling(self.scaling, self.standardize)
         options = {s: {n: getattr(self, n) for n, (sec, _) in params.items() if sec == s} for s in ("model", "train")}
         options["model"].pop("image_shape")
         train_config = TrainConfig(**options["train"])
@@ -215,7 +223,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         data_config = replace(data_config, feature_names=None if names is None else tuple(str(n) for n in names))
         # The input map (standardisation) is learned from the training rows alone; the auto
         # choices of likelihood and standardisation read the validation rows too.
-        model_config_ = model_config(X, image_shape, options["model"], held_out=(X_valid,))
+        model_config_ = model_config(X, image_shape, options["model"], named=named, held_out=(X_valid,))
         config = RunConfig(model=model_config_, train=train_config, data=data_config)
         # A parameter set away from its default where it acts on nothing is refused, as the CLI
         # refuses the flag (the estimator cannot tell a default given from one left alone).
@@ -409,7 +417,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ignored, so they are refused.
         """
         self._check_fitted()
-        n = check_positive_int("n", n)
+        n, mean = check_positive_int("n", n), check_bool("mean", mean)
         try:
             return self._sample(n, seed, mean, source, X, components)
         except (RuntimeError, MemoryError) as e:
@@ -472,6 +480,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         from .evaluate import log_px_per_point
 
         k, seed = check_positive_int("k", k, maximum=K_MAX), _seed(seed)
+        if progress is not None and not callable(progress):
+            raise ConfigError(f"progress must be a callable taking the rows done, or None, got {progress!r}")
         x = self.model_input(X)
         return log_px_per_point(self.model_, x, k=k, seed=seed, progress=progress)
 
@@ -497,20 +507,22 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, run_dir: str | Path, overwrite: bool = False) -> Path:
-        """Write RUN_DIR/config.json and RUN_DIR/model.safetensors (no pickle), holding the run
-        directory's lock (``vaekit.lock``) while writing.
+        """Write RUN_DIR/config.json, RUN_DIR/model.safetensors (no pickle) and the epochs'
+        metrics ``history_`` as RUN_DIR/metrics.jsonl, holding the run directory's lock
+        (``vaekit.lock``) while writing.
 
-        A directory that holds a saved model alone (those two files) is replaced. One that
+        A directory that holds a saved model alone (those files) is replaced. One that
         holds more, such as a ``vaekit train`` run with its checkpoints, metrics and pictures,
         is refused unless ``overwrite``, which first empties it (``checkpoint.clear_run``), so
         that nothing of the old run stays beside the new model. A directory with files but no
         run is refused whatever ``overwrite`` says: they are not vaekit's to delete, and a
         model saved among them would make them part of a run a later overwrite empties."""
-        from .checkpoint import CONFIG_FILE, MODEL_FILE, check_not_foreign, clear_run, run_entries, save_model, shown
+        from .checkpoint import CONFIG_FILE, METRICS_FILE, MODEL_FILE, check_not_foreign, clear_run, run_entries, save_model, shown
         from .errors import CheckpointError
         from .lock import RunLock
 
         self._check_fitted()
+        overwrite = check_bool("overwrite", overwrite)
         config = _as_held(self.config_, self.model_)  # refused before anything is touched
         run_dir = Path(run_dir)
         with RunLock(run_dir):
@@ -519,7 +531,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             recover_replaced(run_dir)  # an overwrite stopped by a kill: one run again
             check_not_foreign(run_dir, "save into a new or empty directory")
             entries = run_entries(run_dir)
-            extra = [name for name in entries if name not in (CONFIG_FILE, MODEL_FILE)]
+            extra = [name for name in entries if name not in (CONFIG_FILE, MODEL_FILE, METRICS_FILE)]
             if CONFIG_FILE in entries and extra:
                 if not overwrite:
                     raise CheckpointError(
@@ -528,7 +540,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                     )
                 clear_run(run_dir)
             try:
-                save_model(run_dir, self.model_, config)
+                save_model(run_dir, self.model_, config, history=list(getattr(self, "history_", None) or []))
             except OSError as e:  # a full disk, permissions: the model saved there before is intact
                 raise CheckpointError(f"{run_dir}: cannot save ({e.strerror or e}); what it held before is intact") from None
         return run_dir
@@ -541,7 +553,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         config, model = load_run(run_dir)
         sections = {"model": config.model, "train": config.train, "data": config.data}
         values = {n: getattr(sections[sec], n) for n, (sec, _) in estimator_params().items() if sec in sections}
-        est = cls(**dict(values, device="cpu"))
+        est = cls(**dict(values, device="cpu", scaling=_named_scaling(config.model)))
         est.model_, est.config_, est.n_features_in_ = model, config, config.model.input_dim
         # The columns the model was fitted on, a DataFrame's (the API) or a CSV header (`vaekit
         # train`): later DataFrames must repeat them, names and order.
@@ -564,6 +576,31 @@ def _as_held(config: RunConfig, model: torch.nn.Module) -> RunConfig:
     if held not in DTYPES:
         raise CheckpointError(f"the model's parameters are {held}; a saved model is one of {', '.join(DTYPES)}: move it with model_.float() first")
     return replace(config, train=replace(config.train, dtype=held))
+
+
+def _fixed_scaling(scaling, standardize: str) -> tuple[float, float] | None:
+    """The ``scaling`` parameter checked: None, or (shift, scale), finite, scale > 0."""
+    if scaling is None:
+        return None
+    try:
+        shift, scale = (float(v) for v in scaling)
+    except (TypeError, ValueError):
+        raise ConfigError(f"scaling must be a pair (shift, scale) of numbers or None, got {scaling!r}") from None
+    if not (np.isfinite(shift) and np.isfinite(scale) and scale > 0):
+        raise ConfigError(f"scaling must be (shift, scale) with both finite and scale > 0, got {scaling!r}")
+    if standardize == "on":
+        raise ConfigError("scaling fixes the input map, and standardize='on' would replace it by the training rows' mean and std: give one of them")
+    return shift, scale
+
+
+def _named_scaling(model_config) -> tuple[float, float] | None:
+    """The ``scaling`` parameter of a saved model: its input map when that is one fixed (shift,
+    scale) for every feature (a named dataset's units, digits' 0..16), not standardisation,
+    which a refit learns again."""
+    scaling = Scaling.of(model_config)
+    if model_config.standardize == "on" or scaling is None or scaling.scale.size != 1:
+        return None
+    return float(scaling.shift[0]), float(scaling.scale[0])
 
 
 def _seed(seed) -> int:

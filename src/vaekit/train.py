@@ -581,8 +581,7 @@ def _progress(enabled: bool, total: int, desc: str):
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in history)
-    ckpt.atomic_write_bytes(run_dir / ckpt.METRICS_FILE, text.encode())
+    ckpt.atomic_write_bytes(run_dir / ckpt.METRICS_FILE, ckpt.metrics_bytes(history))
 
 
 def _append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
