@@ -293,6 +293,12 @@ def test_input_errors(fitted, digits):
     # Values outside the continuous Bernoulli's support [0, 1].
     with pytest.raises(DataError, match=r"continuous_bernoulli.*\[0, 1\]"):
         fitted.score_samples(digits[:5] * 2)
+    # Text is refused however it comes, even text that spells numbers (numpy would read it).
+    text = digits[:5].round(2).astype(str)
+    for x in (text, text.astype(object), text.tolist()):
+        with pytest.raises(DataError, match=r"^X (holds text|has dtype <U\d+); expected numbers"):
+            fitted.transform(x)
+    np.testing.assert_array_equal(fitted.transform(digits[:5].astype(object)), fitted.transform(digits[:5]))
 
 
 def test_save_then_load_gives_identical_results(fitted, digits, tmp_path):

@@ -625,6 +625,9 @@ def _numeric(X, what: str):
     table = X.to_numpy() if frame else X
     if getattr(table, "dtype", None) != object:
         return table
+    if not frame and any(isinstance(v, (str, bytes)) for v in np.asarray(table).ravel()):
+        # As a DataFrame's text column and an array of strings are: numpy would read '1.5'.
+        raise _NotNumbers(f"{what} holds text; expected numbers (bool, int or float)")
     try:
         # pandas' nullable columns hold pd.NA for a missing value: NaN, which check_data locates.
         return X.to_numpy(dtype=np.float64, na_value=np.nan) if frame else np.asarray(table, dtype=np.float64)
