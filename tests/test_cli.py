@@ -28,6 +28,7 @@ import vaekit
 from vaekit.checkpoint import read_metrics
 from vaekit.cli import main
 from vaekit.config import CONFIG_VERSION
+from vaekit.errors import VaekitWarning
 from cli_helpers import cli
 
 DIGITS_N, DIGITS_VALID, DIGITS_TEST, DIM = 1797, 180, 359, 64
@@ -1386,14 +1387,18 @@ def test_train_after_a_writer_killed_by_sigkill(tmp_path, capsys):
 
 def test_overwrite_leaves_nothing_of_the_previous_run(run_copy, capsys):
     """Pictures the new run does not draw (latent_grid.png and bubbles.png of a 2-D latent), outputs written
-    into the run, TensorBoard events and leftover temporaries all go."""
+    into the run, the user's files (named in a warning), TensorBoard events and leftover temporaries all go."""
     (run_copy / "gaps_test.png").write_bytes(PNG_MAGIC)
     (run_copy / "z.npy").write_bytes(b"old")
     (run_copy / "tensorboard").mkdir()
     (run_copy / "tensorboard" / "events.out.tfevents.1.old").write_bytes(b"old")
     (run_copy / ".model.safetensors.0123456789ab.tmp").write_bytes(b"old")
-    code, _, err = cli(capsys, "train", "--data", "digits", "--out", run_copy, "--latent-dim", "3", *SMALL, "--overwrite", "--quiet")
+    (run_copy / "notes.txt").write_text("mine")
+    # Files that no run writes are named before they go, the run's own (gaps' plots too) are not.
+    with pytest.warns(VaekitWarning, match=r"files that are not the old run's: notes.txt, z.npy \(given back") as caught:
+        code, _, err = cli(capsys, "train", "--data", "digits", "--out", run_copy, "--latent-dim", "3", *SMALL, "--overwrite", "--quiet")
     assert code == 0, err
+    assert len([w for w in caught if "--overwrite" in str(w.message)]) == 1
     assert sorted(p.name for p in run_copy.iterdir()) == sorted(set(RUN_FILES) - {"latent_grid.png", "bubbles.png"})
     assert [r["epoch"] for r in read_metrics(run_copy)] == [1]
 

@@ -139,6 +139,26 @@ def _remove_unfinished(run_dir: Path, created: bool) -> None:
         run_dir.rmdir()
 
 
+def _warn_of_other_files(run_dir: Path) -> None:
+    """--overwrite replaces everything in RUN_DIR; files that no run writes (the verbs' outputs
+    saved there, the user's own) go with it, so they are named first rather than lost unseen."""
+    import re
+    import warnings
+
+    from .errors import VaekitWarning
+    from .logs import TENSORBOARD_DIR
+
+    own = {*ckpt.RUN_FILES, *PICTURES, TENSORBOARD_DIR, ckpt.REPLACED_DIR}
+    others = [n for n in ckpt.run_entries(run_dir) if n not in own and not re.fullmatch(r"gaps_\w+?(_bars)?\.png", n)]
+    if others:
+        warnings.warn(
+            f"--overwrite replaces all that {run_dir} holds, also files that are not the old run's: {ckpt.shown(others, 5)} "
+            "(given back if the new run stops before its first checkpoint, deleted after)",
+            VaekitWarning,
+            stacklevel=2,
+        )
+
+
 def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: bool, overwrite: bool, aside: list[bool]) -> dict[str, Any]:
     from .data import check_data, load_dataset
     from .evaluate import evaluate
@@ -173,6 +193,7 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
     if overwrite and rank == 0:
         # Only the lock holder empties the directory, and only now: a run refused by the checks
         # above leaves the old one. The other ranks read nothing of RUN_DIR in a new run.
+        _warn_of_other_files(run_dir)
         aside.append(True)  # first: an interrupt inside set_aside is undone too
         ckpt.set_aside(run_dir)
     cfg = run_config.train
