@@ -696,6 +696,7 @@ BAD_INPUT = {
                                      ["--components 100000: a mixture needs at least as many rows", "the train split of digits has"]),
     "sample-seed-negative": (["sample", "{run}", "--seed", "-1", "--out", "{tmp}/x.npy"], 2, ["--seed", "-1"]),
     "evaluate-seed-negative": (["evaluate", "{run}", "--seed", "-1"], 2, ["--seed", "-1"]),
+    "score-seed-too-large": (["score", "{run}", "--seed", str(2**70), "--out", "{tmp}/x.npy"], 2, ["--seed", "must be <= 9223372036854775807"]),
     "score-seed-not-int": (["score", "{run}", "--data", "digits", "--seed", "x", "--out", "{tmp}/s.npy"], 2, ["--seed", "'x'"]),
     # encode draws nothing (q of new rows is a function of x and θ); a table of reconstructions holds every row
     "encode-seed": (["encode", "{run}", "--data", "digits", "--seed", "1", "--out", "{tmp}/z.npy"], 2, ["unrecognized", "--seed"]),

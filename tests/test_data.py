@@ -535,6 +535,7 @@ def test_check_data_accepts_torch_tensors():
         (np.array([[0, -np.inf], [np.nan, 0]]), {}, r"X contains infinity \(first at row 1, column 2\)"),
         (np.array([[1e300, 0]]), {}, r"X has values too large for float32 \(first at row 1, column 1: 1e\+300\)"),
         (np.ones((2, 10)), {"input_dim": 64}, r"^X has 10 features per row, but the model was trained on 64$"),
+        (np.ones((2, 1)), {"input_dim": 5}, r"^X has 1 feature per row, but the model was trained on 5$"),
     ],
 )
 def test_check_data_errors(x, kwargs, match):

@@ -645,3 +645,13 @@ def test_data_fingerprint_sees_values_not_containers():
     y[-1, 0] += 1e-3  # the last row is always sampled
     assert data_fingerprint(y) != h and data_fingerprint(x[:-1]) != h
     assert data_fingerprint(x[:0]) == "" and data_fingerprint(x[:FINGERPRINT_ROWS - 5]) != data_fingerprint(x[:FINGERPRINT_ROWS - 4])
+
+
+def test_the_nan_advice_shows_the_digits_that_tell_the_values_apart():
+    from vaekit.train import _span
+
+    assert _span(0.0, 1.0) == "0 to 1"
+    assert _span(-3.14159, 2.71828) == "-3.142 to 2.718"
+    assert _span(0.5, 0.52) == "0.5 to 0.52"
+    assert _span(1e5 - 0.0031, 1e5 + 0.0042) == "99999.9969 to 100000.0042"
+    assert _span(5.0, 5.0) == "5 to 5"

@@ -435,9 +435,13 @@ def _seed(text: str) -> int:
     from .config import TRAIN_OPTIONS
 
     try:
-        return TRAIN_OPTIONS["seed"].check("seed", int(text))
-    except ValueError:  # int() of "x", or ConfigError
+        value = int(text)
+    except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    try:
+        return TRAIN_OPTIONS["seed"].check("seed", value)
+    except ConfigError as e:  # below 0 or above the largest seed: the check says which
+        raise argparse.ArgumentTypeError(str(e).removeprefix("seed ")) from None
 
 
 def _progress_flag(p) -> None:

@@ -184,7 +184,9 @@ def model_rows(model_config: Any, x: Any, named: tuple[float, float] | None = No
     are refused first: a per-feature map would not broadcast over them."""
     width = np.shape(x)[1] if len(np.shape(x)) == 2 else None
     if width is not None and width != model_config.input_dim:
-        raise DataError(f"{what} has {width} features per row, but the model was trained on {model_config.input_dim}")
+        from .data.checks import wrong_width
+
+        raise wrong_width(what, width, model_config.input_dim)
     scaling = Scaling.of(model_config)
     if scaling is None and named is not None:
         scaling = Scaling.uniform(*named)

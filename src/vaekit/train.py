@@ -555,6 +555,14 @@ def _check_finite(losses: torch.Tensor, upto: int, epoch: int, run_dir: Path | N
         raise TrainingError(f"loss became NaN or infinite at epoch {epoch}, step {step}{kept}")
 
 
+def _span(lo: float, hi: float) -> str:
+    """"LO to HI" with two significant digits more than the fewest that tell them apart (at
+    least 4, at most 17): 1e5 ± 0.004 reads 99999.9969 to 100000.0042, not 1e+05 to 1e+05."""
+    apart = next((d for d in range(2, 18) if f"{lo:.{d}g}" != f"{hi:.{d}g}"), 2)
+    digits = min(max(apart + 2, 4), 17)
+    return f"{lo:.{digits}g} to {hi:.{digits}g}"
+
+
 def _likely_cause(model, x_train, config: TrainConfig) -> str:
     """What a NaN in training most likely comes from, in the user's terms: values far from
     the unit scale that the networks and the Gaussian likelihood start at (standardisation
@@ -562,7 +570,7 @@ def _likely_cause(model, x_train, config: TrainConfig) -> str:
     from .data import summarize
 
     values = summarize(x_train)
-    seen = f"the training values the model sees run from {values.min:.4g} to {values.max:.4g}"
+    seen = f"the training values the model sees run from {_span(values.min, values.max)}"
     lr = f"the learning rate (--lr {config.lr:g}; try a lower one)"
     mc = model.config
     if mc.likelihood == "gaussian" and mc.standardize == "off" and max(abs(values.min), abs(values.max)) > 10:

@@ -13,6 +13,11 @@ from . import containers
 from .containers import MappedRows, kept_dtype, wide
 
 
+
+def wrong_width(what: str, width: int, input_dim: int) -> DataError:
+    """The error of rows of another width than the model's."""
+    return DataError(f"{what} has {width} feature{'' if width == 1 else 's'} per row, but the model was trained on {input_dim}")
+
 def check_data(
     x: Any,
     *,
@@ -69,9 +74,7 @@ def check_data(
                 f"{x[r, c]:g}); expected |x| < {np.finfo(np.float32).max:g}"
             )
     if input_dim is not None and x.shape[1] != input_dim:
-        raise DataError(
-            f"{what} has {x.shape[1]} features per row, but the model was trained on {input_dim}"
-        )
+        raise wrong_width(what, x.shape[1], input_dim)
     out = narrow(x, kept_dtype(x.dtype) if dtype is None else np.dtype(dtype), what)
     if likelihood is not None:
         likelihood.check(out, what, scaling, rows=rows)
@@ -139,7 +142,7 @@ def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None
     if x.shape[1] < 1:
         raise DataError(f"{what} has 0 feature(s) (shape={x.shape}) while a minimum of 1 is required.")
     if input_dim is not None and x.shape[1] != input_dim:
-        raise DataError(f"{what} has {x.shape[1]} features per row, but the model was trained on {input_dim}")
+        raise wrong_width(what, x.shape[1], input_dim)
     size = containers.CHUNK_ROWS
     for start in range(0, len(x), size):
         file_rows = np.sort(x.index[start : start + size])  # ascending: the page cache's order

@@ -55,7 +55,7 @@ class Likelihood(nn.Module):
         shown = ", ".join(str(v) for v in np.unique(x[~ok])[:3])
         raise DataError(
             f"{head}, e.g. {shown}: values from {x.min()!s} to {x.max()!s}, and this model applies "
-            "no scaling to its input (give it values as they were scaled for training)"
+            "no scaling to its input: give values in its support, or train with a likelihood whose support holds them"
         )
 
 
