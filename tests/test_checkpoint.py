@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 
 from vaekit import checkpoint as ckpt
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from vaekit.errors import CheckpointError
+from vaekit.errors import CheckpointError, VaekitWarning
 from vaekit.evaluate import log_px_per_point
 from vaekit.model import VAEModel
 
@@ -447,8 +448,9 @@ def test_clear_run_refuses_what_is_no_run(tmp_path):
 
 
 def test_metrics_with_bytes_that_are_not_text_end_where_they_begin(tmp_path):
-    """A damaged metrics.jsonl (bytes that are not UTF-8) is read up to the damage, as a line
-    cut by a kill is; the model itself loads as before."""
+    """A damaged metrics.jsonl (bytes that are not UTF-8, lines that are no record) is read up
+    to the damage with a warning; a last line cut by a kill is dropped quietly; the model
+    itself loads as before."""
     import vaekit
     from vaekit.cli import main
 
@@ -459,10 +461,18 @@ def test_metrics_with_bytes_that_are_not_text_end_where_they_begin(tmp_path):
     assert len(records) == 3
     lines = (run / ckpt.METRICS_FILE).read_bytes().splitlines(keepends=True)
     (run / ckpt.METRICS_FILE).write_bytes(b"".join(lines[:2]) + b"\x00\xff garbage\n" + lines[2])
-    assert ckpt.read_metrics(run) == records[:2]
-    (run / ckpt.METRICS_FILE).write_bytes(b"\x00\xff garbage\n")
-    assert ckpt.read_metrics(run) == []
-    np.testing.assert_array_equal(vaekit.load(run).transform(x[:5]), est.transform(x[:5]))
+    with pytest.warns(VaekitWarning, match=r"metrics.jsonl: line 3 is not an epoch's record \(damaged\); read the 2 before it"):
+        assert ckpt.read_metrics(run) == records[:2]
+    for damaged in (b"\x00\xff garbage\n", b"[1, 2]\n", b"garbage\n" + lines[0]):
+        (run / ckpt.METRICS_FILE).write_bytes(damaged)
+        with pytest.warns(VaekitWarning, match="line 1 is not an epoch's record"):
+            assert ckpt.read_metrics(run) == []
+    # A last line cut short by a kill (no newline after it) is dropped without a word.
+    (run / ckpt.METRICS_FILE).write_bytes(b"".join(lines[:2]) + lines[2][:10])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ckpt.read_metrics(run) == records[:2]
+        np.testing.assert_array_equal(vaekit.load(run).transform(x[:5]), est.transform(x[:5]))
 
 
 def test_a_save_that_fails_halfway_leaves_the_saved_model_loadable(tmp_path, monkeypatch):

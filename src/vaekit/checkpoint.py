@@ -18,13 +18,14 @@ import hashlib
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import RunConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, VaekitWarning
 from .files import CONFIG_FILE, LAST_FILE, METRICS_FILE, MODEL_FILE, RUN_FILES, atomic_write_bytes, atomic_write_together
 
 FORMAT = "vaekit-1"
@@ -106,12 +107,20 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     out = []
-    # Bytes that are not UTF-8 (a damaged file) end the records there, as a cut line does.
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            # A kill mid-append cuts the last line short (no newline after it): dropped quietly.
+            # Anything else is damage, said once; the records before it are read.
+            if i < len(lines) - 1 or text.endswith("\n"):
+                warnings.warn(f"{path}: line {i + 1} is not an epoch's record (damaged); read the {i} before it", VaekitWarning, stacklevel=2)
             break
+        out.append(record)
     return out
 
 
