@@ -598,7 +598,7 @@ def _named_scaling(model_config) -> tuple[float, float] | None:
     scale) for every feature (a named dataset's units, digits' 0..16), not standardisation,
     which a refit learns again."""
     scaling = Scaling.of(model_config)
-    if model_config.standardize == "on" or scaling is None or scaling.scale.size != 1:
+    if model_config.standardize == "on" or scaling is None or scaling.scale.size != 1 or scaling.shift.size != 1:
         return None
     return float(scaling.shift[0]), float(scaling.scale[0])
 

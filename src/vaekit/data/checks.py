@@ -13,10 +13,10 @@ from . import containers
 from .containers import MappedRows, kept_dtype, wide
 
 
-
 def wrong_width(what: str, width: int, input_dim: int) -> DataError:
     """The error of rows of another width than the model's."""
     return DataError(f"{what} has {width} feature{'' if width == 1 else 's'} per row, but the model was trained on {input_dim}")
+
 
 def check_data(
     x: Any,
