@@ -85,6 +85,40 @@ def write_json(path: Path, result: Any) -> None:
     atomic_write_bytes(path, (json.dumps(result, indent=2) + "\n").encode())
 
 
+# Where the benchmarks look for binarized MNIST first: the data folder beside the repository.
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "binarized_mnist"
+
+
+def existing_dir(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such directory")
+    return path
+
+
+def mnist_dir(given: Path | str | None) -> str | None:
+    """The binarized-MNIST folder a benchmark reads: ``--data-dir`` when given, else
+    ../shared/data/binarized_mnist beside the repository where it exists, else None, which
+    leaves the lookup to vaekit ($VAEKIT_DATA, then the cache, then a download)."""
+    if given is not None:
+        return str(given)
+    return str(SHARED_MNIST) if SHARED_MNIST.is_dir() else None
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir``: the folder of binarized_mnist.npz, read as :func:`mnist_dir` says."""
+    parser.add_argument("--data-dir", type=existing_dir, help="the folder of binarized_mnist.npz (default: ../shared/data/binarized_mnist "
+                        "beside the repository where it exists, else vaekit's lookup: $VAEKIT_DATA, then the cache)")
+
+
+def mnist_file(given: Path | str | None) -> Path:
+    """binarized_mnist.npz, found as ``vaekit train --data binarized_mnist`` finds it, starting
+    from :func:`mnist_dir`."""
+    from vaekit.data.named.binarized_mnist import find_binarized_mnist
+
+    return find_binarized_mnist(mnist_dir(given))
+
+
 def existing_file(text: str) -> Path:
     path = Path(text).expanduser()
     if not path.is_file():

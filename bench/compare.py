@@ -43,10 +43,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import description, device, existing_file, positive_int, run  # noqa: E402
+from common import description, device, existing_file, mnist_file, positive_int, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared/data/binarized_mnist/binarized_mnist.npz"
 # Multiply-adds of one image through 784-400-(20+20)-400-784; forward and backward take three
 # products per layer, except the first layer, whose input needs no gradient: 3.28 MFLOP.
 _MACS = 784 * 400 + 400 * 40 + 20 * 400 + 400 * 784
@@ -352,12 +351,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=positive_int, default=3, help="epochs each contestant trains per round (default 3)")
     ap.add_argument("--repeats", type=positive_int, default=3, help="rounds, every contestant once in each (default 3)")
     ap.add_argument("--contestants", nargs="+", default=list(CONTESTANTS), choices=CONTESTANTS)
-    ap.add_argument("--data", type=existing_file, default=str(DATA), help="binarized_mnist.npz (train, test)")
+    ap.add_argument("--data", type=existing_file, help="binarized_mnist.npz, arrays train, valid and test (default: ../shared/data/binarized_mnist "
+                    "beside the repository where it exists, else found as vaekit finds it: $VAEKIT_DATA, then the cache)")
     ap.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N: where every contestant trains")
     ap.add_argument("--child", choices=CONTESTANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if args.data is None:
+        args.data = mnist_file(None)
 
     import statistics
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import description, positive_int, run  # noqa: E402
-from compare import DATA, matmul_peak  # noqa: E402
+from common import add_data_dir, description, mnist_dir, positive_int, run  # noqa: E402
+from compare import matmul_peak  # noqa: E402
 
 from vaekit.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from vaekit.data import load_dataset  # noqa: E402
@@ -39,8 +39,9 @@ def main() -> None:
     ap.add_argument("--k", type=positive_int, default=5000, help="importance samples per image (default 5000)")
     ap.add_argument("--rows", type=positive_int, default=10000, help="test images, at most 10000 (default 10000)")
     ap.add_argument("--epochs", type=positive_int, default=1, help="training epochs before the estimate (default 1)")
+    add_data_dir(ap)
     args = ap.parse_args()
-    data = load_dataset(DataConfig(source="binarized_mnist", data_dir=str(Path(DATA).parent)))
+    data = load_dataset(DataConfig(source="binarized_mnist", data_dir=mnist_dir(args.data_dir)))
     torch.manual_seed(0)
     model = VAEModel(ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli"))
     fit(model, data.train, data.valid[:1000], TrainConfig(epochs=args.epochs))

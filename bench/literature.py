@@ -29,12 +29,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import description, positive_int, run, table_options, write_json  # noqa: E402
-from tables import write_between  # noqa: E402
+from common import add_data_dir, description, mnist_dir, mnist_file, positive_int, run, table_options, write_json  # noqa: E402
+from tables import results_file, write_between  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "literature"
-DATA_DIR = ROOT.parent / "shared" / "data" / "binarized_mnist"
 
 COMMON = ["--data", "binarized_mnist", "--lr", "5e-4", "--batch-size", "100", "--epochs", "2000",
           "--patience", "50", "--eval-k", "5000"]  # fmt: skip
@@ -76,12 +75,6 @@ def run_name(row: str, amp: str | None = None, flags: list[str] | tuple[str, ...
     (``--logvar-min -6`` → ``logvar-min--6``, apart from ``--logvar-min 6``); a ``/`` in a
     value (a path) becomes ``_``, so that the name stays one directory."""
     return _joined(row, amp, [w[2:] if w.startswith("--") else w.replace("/", "_") for w in flags])
-
-
-def legacy_name(row: str, amp: str | None, flags: list[str]) -> str:
-    """The name the same variant had before negative values kept their sign (every leading
-    dash dropped): runs and results made then are found under it."""
-    return _joined(row, amp, [f.lstrip("-") for f in flags])
 
 
 def _joined(row: str, amp: str | None, words: list[str]) -> str:
@@ -133,8 +126,13 @@ def row_args(row: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     return kept
 
 
-def command(row: str, run_dir: Path, data_dir: Path, extra: list[str]) -> list[str]:
-    args = ["vaekit", "train", *COMMON, "--data-dir", str(data_dir), *row_args(row, extra), *extra, "--out", str(run_dir), "--json"]
+def _where(data_dir: Path | None) -> list[str]:
+    """``--data-dir DATA_DIR``, or nothing: vaekit's own lookup ($VAEKIT_DATA, the cache)."""
+    return [] if data_dir is None else ["--data-dir", str(data_dir)]
+
+
+def command(row: str, run_dir: Path, data_dir: Path | None, extra: list[str]) -> list[str]:
+    args = ["vaekit", "train", *COMMON, *_where(data_dir), *row_args(row, extra), *extra, "--out", str(run_dir), "--json"]
     if (run_dir / "config.json").is_file():
         args.append("--resume")
     return args
@@ -159,8 +157,9 @@ def status(row: str, run_dir: Path) -> dict:
 def _median(values: list[float]) -> float | None:
     """The median epoch time (training and validation): a run paused, or sharing its core, for a
     while shows in a few epochs' times (and in train_seconds), not in the median."""
-    values = sorted(values)
-    return values[len(values) // 2] if values else None
+    import statistics
+
+    return statistics.median(values) if values else None
 
 
 def run_row(
@@ -201,7 +200,7 @@ def _data_dir_flag(run_dir: Path, data_dir: Path) -> list[str]:
     from vaekit.registry import DATASETS
 
     source = json.loads((run_dir / CONFIG_FILE).read_text())["data"]["source"]
-    return ["--data-dir", str(data_dir)] if source in DATASETS and DATASETS.get(source).reads_data_dir else []
+    return _where(data_dir) if source in DATASETS and DATASETS.get(source).reads_data_dir else []
 
 
 def snapshot(
@@ -255,11 +254,11 @@ def row_config(row: str, x_train, extra: list[str] | None = None):
     return run_config(given_options(build_parser().parse_args(argv[1:])), x_train, (28, 28))
 
 
-def step_time(row: str, data_dir: Path, rounds: int = 5, steps: int = 20, threads: int | None = None) -> dict:
+def step_time(row: str, data_dir: Path | None, rounds: int = 5, steps: int = 20, threads: int | None = None, flags: list[str] | None = None) -> dict:
     """Milliseconds of the row's training step (one batch of 100 training images: loss,
     gradient, Adam) in float32 and under bf16 autocast, in interleaved rounds on ``threads``
-    threads (default: PyTorch's count): the ratio that decides whether a row trains in bf16 on
-    this machine."""
+    threads (default: PyTorch's count), with a variant's further ``flags``: the ratio that
+    decides whether a row trains in bf16 on this machine."""
     import statistics
 
     import numpy as np
@@ -271,11 +270,11 @@ def step_time(row: str, data_dir: Path, rounds: int = 5, steps: int = 20, thread
 
     from vaekit.model import VAEModel
 
-    x_train = np.load(data_dir / "binarized_mnist.npz")["train"][:1000].astype(np.float32)
+    x_train = np.load(mnist_file(data_dir))["train"][:1000].astype(np.float32)
     x = torch.as_tensor(x_train[:100])
     timers = {}
     for amp in ("off", "bf16"):
-        config = row_config(row, x_train, ["--amp", amp])
+        config = row_config(row, x_train, [*(flags or []), "--amp", amp])
         torch.manual_seed(0)
         model = VAEModel(config.model).train()
         model.prior.init_from_data(x_train, np.random.default_rng(0))
@@ -289,7 +288,7 @@ def step_time(row: str, data_dir: Path, rounds: int = 5, steps: int = 20, thread
                 step()
             ms[amp].append(1e3 * (time.perf_counter() - t0) / steps)
     med = {amp: statistics.median(v) for amp, v in ms.items()}
-    return {"row": row, "threads": torch.get_num_threads(), "rounds": rounds, "steps": steps, "float32_ms": med["off"],
+    return {"row": row, "flags": flags or [], "threads": torch.get_num_threads(), "rounds": rounds, "steps": steps, "float32_ms": med["off"],
             "bf16_ms": med["bf16"], "bf16_speedup": med["off"] / med["bf16"]}  # fmt: skip
 
 
@@ -307,8 +306,8 @@ def table(results: Path = RESULTS) -> str:
     ]
     results_of: dict[str, list[dict]] = {row: [] for row in ROWS}
     for path in sorted(results.glob("*.json")):
-        r = json.loads(path.read_text())
-        if r.get("row") in results_of:
+        r = results_file(path, "literature.py", RESULT_KEYS)
+        if r["row"] in results_of:
             results_of[r["row"]].append(r)
     for row, spec in ROWS.items():
         published = "–" if spec["published"] is None else f"{spec['published']:.2f}"
@@ -332,6 +331,10 @@ def table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+# What a table line reads from a result file.
+RESULT_KEYS = ("row", "command", "test_nll", "test_neg_elbo", "k", "epochs_run", "best_epoch")
+
+
 def write_table(path: Path, text: str) -> None:
     """Replace what lies between the two MARKERS lines of ``path`` with ``text``."""
     write_between(path, MARKERS, text, "literature.py")
@@ -341,15 +344,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description(__doc__))
     p.add_argument("row", nargs="?", choices=sorted(ROWS))
     p.add_argument("--runs-dir", type=Path, default=Path.home() / "vaekit-runs" / "literature")
-    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    add_data_dir(p)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--status", action="store_true", help="report where the row's run stands (every run's, without a row); train nothing")
     what.add_argument("--table", action="store_true", help="print the README table from bench/results/literature/*.json")
     what.add_argument("--snapshot", action="store_true", help="evaluate an unfinished run's best epoch so far into ROW.json")
     what.add_argument("--step-time", action="store_true", help="time the row's training step in float32 and bf16 autocast; train nothing")
     p.add_argument("--write", type=Path, help="with --table: write it between the table markers of this file")
-    p.add_argument("--rounds", type=positive_int, default=5, help="with --step-time: interleaved rounds (default 5)")
-    p.add_argument("--steps", type=positive_int, default=20, help="with --step-time: steps timed per round (default 20)")
+    p.add_argument("--rounds", type=positive_int, help="with --step-time: interleaved rounds (default 5)")
+    p.add_argument("--steps", type=positive_int, help="with --step-time: steps timed per round (default 20)")
     p.add_argument("--amp", choices=("off", "bf16"), help="bf16 autocast for training (evaluation stays float32)")
     p.add_argument("--flags", default="", help="further vaekit train flags for a variant of the row, e.g. '--normalized-grad --init he' (its own run directory, JSON and table line)")
     p.add_argument("--threads", type=positive_int, help="CPU threads of training and of --step-time (a speed setting: the run keeps its name, and --resume may change it)")
@@ -378,19 +381,40 @@ def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.N
         p.error("name a row, or pass --table (or --status for every run)")
     if args.table and args.row:
         p.error("--table prints every row; it takes no row")
+    # An option the chosen mode would not use is refused rather than dropped without a word.
+    unused = {
+        "--table": ("amp", "flags", "threads", "max_epochs", "eval_k", "data_dir", "rounds", "steps"),
+        "--status": ("threads", "rounds", "steps", "data_dir"),
+        "--snapshot": ("threads", "max_epochs", "rounds", "steps"),
+        "--step-time": ("amp", "max_epochs", "eval_k"),
+    }
+    mode = next((m for m in unused if getattr(args, m[2:].replace("-", "_"))), None)
+    for key in unused.get(mode, ()) if mode else ("rounds", "steps"):
+        if getattr(args, key) not in (None, ""):
+            option = "--" + key.replace("_", "-")
+            p.error(f"{option} goes with --step-time" if key in ("rounds", "steps") and mode != "--step-time"
+                    else f"{option} has no effect with {mode}" + (" (it times float32 and bf16 both)" if key == "amp" else ""))
+    for word in split_flags(args.flags):
+        if word in OWN_OPTIONS:
+            p.error(f"--flags: {word} is set by the script ({OWN_OPTIONS[word]})")
+    args.data_dir = mnist_dir(args.data_dir)
+    args.rounds, args.steps = args.rounds or 5, args.steps or 20
     return args
 
 
+# vaekit train options that literature.py sets itself: a variant's --flags may not change them.
+OWN_OPTIONS = {
+    "--epochs": "the published 2000; --max-epochs N for a smoke test", "--eval-k": "the published 5000; --eval-k K for a smoke test",
+    "--data": "binarized_mnist", "--data-dir": "its own --data-dir", "--out": "RUNS_DIR/NAME", "--resume": "a run found is continued",
+    "--overwrite": "a run found is continued", "--json": "its summary is read", "--amp": "its own --amp", "--threads": "its own --threads",
+}  # fmt: skip
+
+
 def _variant(args: argparse.Namespace, smoke: bool) -> tuple[str, Path, list[str]]:
-    """The variant's name, run directory and flags; a run made under the legacy name of the
-    same variant is continued there."""
+    """The variant's name, run directory and flags."""
     flags = split_flags(args.flags)
     name = run_name(args.row, args.amp, flags)
-    base = args.runs_dir / ("smoke" if smoke else "")
-    old = legacy_name(args.row, args.amp, flags)
-    if old != name and not (base / name).exists() and (base / old).exists():
-        name = old
-    return name, base / name, flags
+    return name, args.runs_dir / ("smoke" if smoke else "") / name, flags
 
 
 def _unchanged(path: Path, flags: list[str], snapshot: bool) -> None:
@@ -417,17 +441,18 @@ def main(argv: list[str] | None = None) -> None:
             print(table())
         return
     if args.row is None:  # --status of every run there is, of every variant, under the row whose name begins its own
-        found = sorted(args.runs_dir.glob("*/metrics.jsonl"))
+        found = sorted(args.runs_dir.glob("*/metrics.jsonl")) + sorted(args.runs_dir.glob("smoke/*/metrics.jsonl"))
         for run_dir in found:
-            name = run_dir.parent.name
-            row = max((r for r in ROWS if name == r or name.startswith(f"{r}-")), key=len, default=None)
+            name = run_dir.parent.relative_to(args.runs_dir).as_posix()
+            bare = run_dir.parent.name
+            row = max((r for r in ROWS if bare == r or bare.startswith(f"{r}-")), key=len, default=None)
             if row is not None:
                 print(json.dumps({"run": name, **status(row, run_dir.parent)}))
         if not found:
             print(f"literature.py: no runs under {args.runs_dir}", file=sys.stderr)
         return
     if args.step_time:
-        print(json.dumps(step_time(args.row, args.data_dir, args.rounds, args.steps, args.threads)))
+        print(json.dumps(step_time(args.row, args.data_dir, args.rounds, args.steps, args.threads, split_flags(args.flags))))
         return
     # A shortened run never continues (or disturbs) the published-settings run, and its JSON
     # stays beside it, out of the repository's results. A snapshot is of the real run: at fewer

@@ -52,11 +52,10 @@ from vaekit.plots import bound_bars_plot
 from vaekit.train import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import count, description, documented, positive_float, positive_int, run, table_options, write_json  # noqa: E402
-from tables import write_between  # noqa: E402
+from common import add_data_dir, count, description, documented, mnist_dir, positive_float, positive_int, run, table_options, write_json  # noqa: E402
+from tables import results_file, table_of, write_between  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "methods.json"
-ROOT = Path(__file__).resolve().parents[1]
 METHODS = {
     "autoencoder": dict(inference="autoencoder"),
     "map": dict(inference="map"),
@@ -213,7 +212,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=count, default=0, help="CPU threads of training (0: PyTorch's count)")
     ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
-    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/binarized_mnist"))
+    add_data_dir(ap)
     ap.add_argument("--out", default="~/vaekit-runs/methods", help="where trained states are kept")
     ap.add_argument("--retrain", action="store_true", help="train again even where states are kept")
     ap.add_argument("--results", type=Path, help="the JSON written (and read by --table); default bench/results/methods.json "
@@ -228,7 +227,7 @@ def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
     --table), OUT/methods.json for any other: a smoke test never replaces the measured results."""
     if args.results is not None:
         return args.results
-    speed = ("threads", "methods", "out", "retrain", "results", "table", "write")
+    speed = ("threads", "methods", "out", "retrain", "results", "table", "write", "data_dir")
     return RESULTS if args.table or documented(ap, args, speed) else Path(args.out).expanduser() / "methods.json"
 
 
@@ -244,7 +243,7 @@ def main() -> None:
         else:
             print(text)
         return
-    data = load_dataset(DataConfig(source="binarized_mnist", data_dir=args.data_dir))
+    data = load_dataset(DataConfig(source="binarized_mnist", data_dir=mnist_dir(args.data_dir)))
     settings = {k: getattr(args, k) for k in ("max_epochs", "patience", "budget", "k", "rows", "gap_steps", "seed")}
     result = {
         "bench": "methods",
@@ -285,7 +284,11 @@ def _num(v: float, digits: int = 2) -> str:
 def table(regime: str = "converged", results: Path = RESULTS) -> str:
     """A table of one regime from bench/results/methods.json (never typed by hand): at
     convergence with the gap split, at equal training time without it."""
-    result = json.loads(results.read_text())
+    result = results_file(results, "methods.py", ("results",))
+    return table_of(results, "methods.py", lambda: _table(regime, result["results"]))
+
+
+def _table(regime: str, results: list[dict]) -> str:
     if regime == "converged":
         head = ["method", "epochs (best)", "test log p(x)", "test ELBO", "approximation gap", "amortization gap",
                 "train log p(x)", "train ELBO", "train amortization gap", "s per 1000 new images"]  # fmt: skip
@@ -293,7 +296,7 @@ def table(regime: str = "converged", results: Path = RESULTS) -> str:
         head = ["method", "epochs within the budget (best)", "test log p(x)", "test ELBO", "train log p(x)", "train ELBO",
                 "s per 1000 new images"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for r in result["results"]:
+    for r in results:
         if r["regime"] != regime:
             continue
         if regime == "converged":

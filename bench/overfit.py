@@ -18,18 +18,16 @@ command's writes them into ~/vaekit-runs/overfit unless ``--out`` says where.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import description, documented, positive_float, positive_int, run, table_options, write_json  # noqa: E402
-from tables import write_between  # noqa: E402
+from common import description, documented, existing_dir, positive_float, positive_int, run, table_options, write_json  # noqa: E402
+from tables import results_file, table_of, write_between  # noqa: E402
 
 from vaekit.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from vaekit.data import load_dataset  # noqa: E402
@@ -100,7 +98,7 @@ def picture(rows: list[dict], path: Path) -> Path:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description(__doc__))
     p.add_argument("--data", default="digits", help="a named dataset or a file, as for vaekit train")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", type=existing_dir, help="the folder a named dataset that reads files is looked for in, as for vaekit train")
     p.add_argument("--widths", type=positive_int, nargs="+", default=[16, 64, 256, 1024])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--latent-dim", type=positive_int, default=8)
@@ -133,9 +131,15 @@ def main() -> None:
     p = parser()
     args = p.parse_args()
     table_options(p, args)
+    from vaekit.cli import _data_dir_unused
+
+    if args.data_dir is not None and (why := _data_dir_unused(args.data)):
+        p.error(f"--data-dir: {args.data} {why}")
     args.out = out_dir(p, args)
     if args.table:
-        text = table(json.loads((args.out / "overfit.json").read_text())["rows"])
+        path = args.out / "overfit.json"
+        rows = results_file(path, "overfit.py", ("rows",))["rows"]
+        text = table_of(path, "overfit.py", lambda: table(rows))
         if args.write:
             write_between(args.write, MARKERS, text, "overfit.py")
         else:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import description, positive_int, run  # noqa: E402
+from common import count, description, positive_int, run  # noqa: E402
 
 
 def _splits(out: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
@@ -60,9 +60,11 @@ def main() -> None:
     ap.add_argument("--k", type=positive_int, default=1000, help="importance samples per test row")
     ap.add_argument("--components", type=positive_int, default=1000, help="--prior-components of the aggregate prior")
     ap.add_argument("--fit-components", type=positive_int, default=10, help="--prior-mixture of the mixture fitted to the aggregate")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=count, default=0)
     ap.add_argument("--out", type=Path, default=Path.home() / "vaekit-runs" / "prior_from", help="where the runs and their data go")
     args = ap.parse_args()
+    if args.fit_components > args.components:  # vaekit would refuse it only after four trainings
+        ap.error(f"--fit-components {args.fit_components} must be at most --components {args.components}")
 
     import vaekit
 

@@ -7,7 +7,9 @@ interrupted write leaves the old one."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from vaekit.files import atomic_write_bytes
 
@@ -32,6 +34,30 @@ def _read(path: Path, script: str) -> str:
         return Path(path).read_text()
     except OSError as e:
         raise SystemExit(f"{script}: cannot read {path}: {e.strerror or e}") from None
+
+
+def results_file(path: Path, script: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A results JSON holding ``keys``; a file that is missing, not JSON or without them ends
+    the script in one line naming it."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except OSError as e:
+        raise SystemExit(f"{script}: cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise SystemExit(f"{script}: {path} is not a results file ({e})") from None
+    missing = [k for k in keys if k not in data] if isinstance(data, dict) else ["an object"]
+    if missing:
+        raise SystemExit(f"{script}: {path} is not a results file (no {', '.join(missing)})")
+    return data
+
+
+def table_of(path: Path, script: str, build) -> str:
+    """``build()``, the table of the results in ``path``; a result in it without a column's
+    value ends the script in one line naming the file."""
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError) as e:
+        raise SystemExit(f"{script}: {path} is not a results file (a result without {e})") from None
 
 
 def write_between(path: Path, markers: tuple[str, str], text: str, script: str) -> None:

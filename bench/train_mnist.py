@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import description, device, positive_int, run  # noqa: E402
+from common import add_data_dir, description, device, mnist_dir, positive_int, run  # noqa: E402
 
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from vaekit.data import load_dataset  # noqa: E402
@@ -30,7 +30,6 @@ from vaekit.evaluate import evaluate  # noqa: E402
 from vaekit.model import VAEModel  # noqa: E402
 from vaekit.train import fit  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -43,10 +42,10 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="the loss under torch.compile")
     ap.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"), help="reduce-overhead for CUDA graphs on a GPU")
     ap.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:N]")
-    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/binarized_mnist"))
+    add_data_dir(ap)
     args = ap.parse_args()
 
-    data = load_dataset(DataConfig(source="binarized_mnist", data_dir=args.data_dir))
+    data = load_dataset(DataConfig(source="binarized_mnist", data_dir=mnist_dir(args.data_dir)))
     model_cfg = ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli", image_shape=(28, 28))
     train_cfg = TrainConfig(
         epochs=args.epochs, batch_size=128, lr=1e-3, seed=args.seed, eval_k=args.k,

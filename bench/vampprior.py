@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import description, positive_int, run  # noqa: E402
-from compare import DATA  # noqa: E402
+from common import add_data_dir, description, mnist_file, positive_int, run  # noqa: E402
 
 
 def vaekit_model(run: Path | None, x_train: np.ndarray):
@@ -129,11 +128,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=positive_int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--steps", type=positive_int, default=20, help="training steps timed per round")
     ap.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1)")
+    add_data_dir(ap)
     args = ap.parse_args()
     import pythae  # noqa: F401  (the peer: a missing one is one line, before anything runs)
 
     torch.set_num_threads(args.threads)
-    data = np.load(DATA)
+    data = np.load(mnist_file(args.data_dir))
     x_test = data["test"][: args.rows].astype(np.float32)
     model = vaekit_model(args.run, data["train"][:5000].astype(np.float32))
     if model.config.prior != "vampprior" or len(model.latents) != 1:

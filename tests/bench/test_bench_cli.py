@@ -53,6 +53,18 @@ def _script(name: str, *args: str, cwd: Path | None = None) -> subprocess.Comple
         ("literature", ["vae", "--max-epochs", "0"], "--max-epochs: '0': expected an integer >= 1"),
         ("literature", ["vae", "--write", "README.md"], "--write goes with --table"),
         ("literature", ["vae", "--status", "--snapshot"], "not allowed with argument"),
+        ("literature", ["--table", "--amp", "bf16"], "--amp has no effect with --table"),
+        ("literature", ["vae", "--step-time", "--amp", "bf16"], "--amp has no effect with --step-time (it times float32 and bf16 both)"),
+        ("literature", ["vae", "--snapshot", "--max-epochs", "3"], "--max-epochs has no effect with --snapshot"),
+        ("literature", ["vae", "--rounds", "3"], "--rounds goes with --step-time"),
+        ("literature", ["vae", "--status", "--steps", "3"], "--steps goes with --step-time"),
+        ("literature", ["vae", "--flags", "--epochs 1"], "--flags: --epochs is set by the script (the published 2000; --max-epochs N"),
+        ("literature", ["vae", "--flags", "--init he --eval-k=10"], "--flags: --eval-k is set by the script"),
+        ("literature", ["vae", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist: no such directory"),
+        ("eval_iwae", ["--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist: no such directory"),
+        ("overfit", ["--data-dir", "/"], "--data-dir: digits is built in and reads no files"),
+        ("prior_from", ["--fit-components", "20", "--components", "10"], "--fit-components 20 must be at most --components 10"),
+        ("prior_from", ["--seed", "-1"], "--seed: '-1': expected an integer >= 0"),
     ],
 )
 def test_a_bad_argument_is_one_line_and_exit_2(script, args, says, monkeypatch, capsys):
@@ -165,17 +177,6 @@ def test_variant_names_keep_values_apart(literature):
     assert literature._flags_joined(["hvae", "--flags", "--normalized-grad", "--amp", "bf16"]) == ["hvae", "--flags=--normalized-grad", "--amp", "bf16"]
 
 
-def test_a_run_made_under_the_legacy_name_is_continued_there(literature, tmp_path):
-    flags = "--logvar-min -6 --logvar-max 2"
-    args = literature._parse(["hvae", "--amp", "bf16", "--flags", flags, "--runs-dir", str(tmp_path)])
-    assert args.flags == flags
-    name, run_dir, _ = literature._variant(args, smoke=False)
-    assert name == "hvae-bf16-logvar-min--6-logvar-max-2" and run_dir == tmp_path / name
-    (tmp_path / "hvae-bf16-logvar-min-6-logvar-max-2").mkdir()
-    name, run_dir, words = literature._variant(args, smoke=False)
-    assert name == "hvae-bf16-logvar-min-6-logvar-max-2" and words == flags.split()
-
-
 def test_results_are_not_replaced_by_other_flags_or_by_a_snapshot(literature, tmp_path):
     path = tmp_path / "vae.json"
     path.write_text(json.dumps({"row": "vae", "flags": ["--init", "he"], "finished": True}))
@@ -250,3 +251,60 @@ def test_a_snapshot_names_the_epoch_of_the_weights_it_evaluated(literature, tmp_
     assert result["best_epoch"] == epoch and result["epochs_run"] == 4 and result["finished"] is False
     assert json.loads((tmp_path / "results" / "vae.json").read_text())["best_epoch"] == epoch
     assert sorted(p.name for p in run.iterdir()) == before  # the copy was evaluated, nothing written beside the run
+
+
+@pytest.mark.parametrize("text, says", [('{"row": "vae", "command": "x"', "Expecting ','"), ('{"row": "vae", "command": "vaekit train"}', "no test_nll"),
+                                        ("[1, 2]", "no an object"), (b"\xff\xfe", "")])  # fmt: skip
+def test_a_damaged_result_file_is_one_line_naming_it(literature, tmp_path, text, says):
+    """--table over a results folder with a file that is not a result: one line naming it."""
+    path = tmp_path / "zz.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(SystemExit) as stop:
+        literature.table(tmp_path)
+    assert str(stop.value.code).startswith(f"literature.py: {path} is not a results file (") and says in str(stop.value.code)
+
+
+def test_methods_and_overfit_tables_of_damaged_files_are_one_line(tmp_path, monkeypatch, capsys):
+    methods, overfit = load_bench("methods"), load_bench("overfit")
+    bad = tmp_path / "methods.json"
+    for text, says in (("{", "(Expecting property name"), ("{}", "(no results)"),
+                       ('{"results": [{"regime": "converged"}]}', "(a result without 'epochs_run')")):  # fmt: skip
+        bad.write_text(text)
+        with pytest.raises(SystemExit) as stop:
+            methods.table("converged", bad)
+        assert str(stop.value.code).startswith(f"methods.py: {bad} is not a results file {says}")
+    (tmp_path / "overfit.json").write_text('{"rows": [{"method": "map"}]}')
+    monkeypatch.setattr(sys, "argv", ["overfit.py", "--table", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        overfit.main()
+    assert stop.value.code == f"overfit.py: {tmp_path / 'overfit.json'} is not a results file (a result without 'width')"
+
+
+def test_the_mnist_folder_is_the_given_one_then_shared_then_vaekits_lookup(common, tmp_path, monkeypatch):
+    """--data-dir wins; else ../shared beside the repository where it exists; else None, which
+    leaves vaekit's own lookup ($VAEKIT_DATA, the cache)."""
+    assert common.mnist_dir(tmp_path) == str(tmp_path)
+    monkeypatch.setattr(common, "SHARED_MNIST", tmp_path)
+    assert common.mnist_dir(None) == str(tmp_path)
+    monkeypatch.setattr(common, "SHARED_MNIST", tmp_path / "absent")
+    assert common.mnist_dir(None) is None
+    import numpy as np
+
+    (tmp_path / "v").mkdir()
+    np.savez(tmp_path / "v" / "binarized_mnist.npz", train=np.zeros((2, 784), np.uint8))
+    monkeypatch.setenv("VAEKIT_DATA", str(tmp_path / "v"))
+    assert common.mnist_file(None) == tmp_path / "v" / "binarized_mnist.npz"
+
+
+def test_step_time_times_the_variant(literature, monkeypatch):
+    """--step-time builds the row with the variant's --flags, in each precision."""
+    seen = []
+
+    def config(row, x_train, extra=None):
+        seen.append(list(extra))
+        raise SystemExit("stop")
+
+    monkeypatch.setattr(literature, "row_config", config)
+    with pytest.raises(SystemExit):
+        literature.step_time("vae", None, 1, 1, flags=["--hidden", "64,64"])
+    assert seen == [["--hidden", "64,64", "--amp", "off"]]

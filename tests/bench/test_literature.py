@@ -123,25 +123,26 @@ def test_every_row_is_a_valid_train_command(literature, row, tmp_path):
 def test_step_time_measures_both_precisions(literature):
     """One round of one step of the VampPrior row (its pseudo-inputs started from training rows)
     in float32 and under bf16 autocast: positive times and their ratio."""
-    out = literature.step_time("vampprior", literature.DATA_DIR, rounds=1, steps=1)
+    out = literature.step_time("vampprior", None, rounds=1, steps=1)
     assert out["float32_ms"] > 0 and out["bf16_ms"] > 0
     assert out["bf16_speedup"] == pytest.approx(out["float32_ms"] / out["bf16_ms"])
 
 
 def test_status_without_a_row_lists_every_run(tmp_path):
-    """--status alone: one line per run directory of a row (float32 and bf16), none for rows
-    never run."""
+    """--status alone: one line per run directory of a row (float32 and bf16, and smoke tests
+    under RUNS_DIR/smoke), none for rows never run."""
     import subprocess
     import sys
 
-    for name, scores in (("vae", [-99.0, -97.5, -98.0]), ("hvae-bf16", [-101.0])):
-        (tmp_path / name).mkdir()
+    for name, scores in (("vae", [-99.0, -97.5, -98.0]), ("hvae-bf16", [-101.0]), ("smoke/vae", [-120.0, -110.0])):
+        (tmp_path / name).mkdir(parents=True)
         lines = [{"epoch": i + 1, "valid_score": v, "valid_elbo": v, "epoch_seconds": 2.0 + i} for i, v in enumerate(scores)]
         (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "literature.py"), "--status", "--runs-dir", str(tmp_path)],
                           capture_output=True, text=True, check=True)  # fmt: skip
     runs = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [(r["run"], r["row"], r["epochs_run"], r["best_epoch"]) for r in runs] == [("hvae-bf16", "hvae", 1, 1), ("vae", "vae", 3, 2)]
+    assert [(r["run"], r["row"], r["epochs_run"], r["best_epoch"]) for r in runs] == [("hvae-bf16", "hvae", 1, 1), ("vae", "vae", 3, 2),
+                                                                                      ("smoke/vae", "vae", 2, 2)]  # fmt: skip
     assert runs[1]["best_valid_elbo"] == -97.5 and runs[1]["median_epoch_seconds"] == 3.0
 
 
