@@ -652,3 +652,33 @@ def test_latent_grid_tick_labels_never_repeat(lo, hi, n):
         step = ticks[1][0] - ticks[0][0]
         assert step == (max(1, -(-widest // 25)) if across else 1)
     assert [label for _, label in _tick_labels(np.linspace(-3, 3, 7), 57, True)] == ["-3.0", "-2.0", "-1.0", "0.0", "1.0", "2.0", "3.0"]
+
+
+def _titles_outside(fig) -> list[str]:
+    """The titles and suptitle of ``fig`` that the canvas cuts (drawn past its edges)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    box = fig.bbox
+    texts = [t for ax in fig.axes for t in (ax.title, ax._left_title, ax._right_title)] + ([fig._suptitle] if fig._suptitle else [])
+    out = []
+    for t in texts:
+        if t.get_text():
+            e = t.get_window_extent(renderer)
+            if e.x0 < box.x0 or e.x1 > box.x1 or e.y1 > box.y1:
+                out.append(t.get_text())
+    return out
+
+
+@pytest.mark.parametrize("d", [1, 2, 40, 200])
+@pytest.mark.parametrize("split", ["dimension", "group"])
+def test_kl_chart_titles_fit_the_figure(d, split):
+    """Per dimension (one Gaussian layer, standard prior) or per group (a hierarchy, a mixture
+    or VampPrior prior), at any latent size: no title runs past the figure's edge."""
+    rng = np.random.default_rng(0)
+    kw = {"kl_per_dim": rng.random(d) * 1000} if split == "dimension" else {"kl_per_group": {"z1": 12.5, "z2": 3.25}}
+    kw.setdefault("kl_per_dim", None)
+    fig = plots._kl_per_dim_figure(rng.random(d), threshold=1e-2, **kw)
+    assert _titles_outside(fig) == []

@@ -246,14 +246,20 @@ class _option_names:
         return self
 
     def __exit__(self, typ, err, tb):
-        if isinstance(err, ConfigError):
+        from .errors import CheckpointError
+
+        if isinstance(err, (ConfigError, CheckpointError)):  # CheckpointError: a --prior-from run
             options = {name: dest for dest, (_, name, _) in train_options().items()}
             names = "|".join(sorted(options, key=len, reverse=True))
             # "lr must be", "decoder_input all applies", "... needs prior_from", "... below
             # logvar_max": the names of options.
             pattern = rf"\b({names})\b(?=\s+(?:\w+\s+)?(?:[+]|(?:must|applies|cannot|needs)\b))|(?:(?<=needs )|(?<=below )|(?<=when ))({names})\b"
-            msg = re.sub(pattern, lambda m: _flag(options[m.group(1) or m.group(2)]), str(err))
-            raise ConfigError(msg) from None
+            # A name with an underscore (prior_from, refine_steps) is never an English word:
+            # wherever it stands on its own (not inside a path), it is the option.
+            joined = "|".join(sorted((n for n in options if "_" in n), key=len, reverse=True))
+            pattern += rf"|(?<![\w/.-])({joined})(?![\w/])"
+            msg = re.sub(pattern, lambda m: _flag(options[m.group(1) or m.group(2) or m.group(3)]), str(err))
+            raise type(err)(msg) from None
         return False
 
 
@@ -417,8 +423,9 @@ def _check_inputs_outside(config, run_dir: Path) -> None:
 # -- commands on a trained run ------------------------------------------------------------------
 
 
-def _run_parser(sub, name: str, help: str, data_required: bool, default_split: str, seed: str | None = "seed of the Monte Carlo noise (default 0)"):
-    p = sub.add_parser(name, help=help, description=help)
+def _run_parser(sub, name: str, help: str, data_required: bool, default_split: str, seed: str | None = "seed of the Monte Carlo noise (default 0)",
+                more: str = ""):  # fmt: skip
+    p = sub.add_parser(name, help=help, description=help + more)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'vaekit train'")
     p.add_argument("--data", required=data_required, help=_data_help() + ("" if data_required else " (default: the run's own data)"))
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz, or a relative --data file; refused where it would not be read")
@@ -481,7 +488,8 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_sample)
 
-    p = _run_parser(sub, "encode", "posterior means and log-variances of q(z|x) for each row", True, "all", seed=None)
+    p = _run_parser(sub, "encode", "posterior means and log-variances of q(z|x) for each row", True, "all", seed=None,
+                    more="; a point estimate (--inference autoencoder or map) writes log-variances of -inf: its q is a point mass")
     p.add_argument("--out", required=True, help=".npy (columns: μ of every latent group, then log σ²), .npz (arrays mu, logvar, and mu_<group>, logvar_<group> for several groups) or .csv")
     p.set_defaults(func=cmd_encode)
 
@@ -576,6 +584,16 @@ def _positive(name: str, value: int) -> None:
     check_positive_int(name, value)
 
 
+def _own_rows(model, args, x):
+    """The run's own training rows are the rows of a per-point method's tables, in order: their
+    indices, so that they are scored with the q_i learned for each rather than a new fit (None
+    for other rows and other methods)."""
+    import numpy as np
+
+    own = args.split == "train" and not args.data and model.inference.per_point and len(x) == model.config.n_points
+    return np.arange(len(x)) if own else None
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
@@ -585,7 +603,7 @@ def cmd_evaluate(args) -> int:
     t0 = time.perf_counter()
     rows = _row_progress(args, len(x), "evaluating log p(x)")
     try:
-        result = evaluate(est.model_, x, k=args.k, seed=args.seed, progress=rows)
+        result = evaluate(est.model_, x, k=args.k, seed=args.seed, progress=rows, idx=_own_rows(est.model_, args, x))
     finally:
         if rows is not None:
             rows.close()
@@ -596,8 +614,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_gaps(args) -> int:
-    import numpy as np
-
     from .evaluate import gaps
     from .plots import bound_bars_plot, bound_gap_plot
 
@@ -613,11 +629,8 @@ def cmd_gaps(args) -> int:
         raise ConfigError(f"--plot and --bars both name {plot}; give them different files")
     _, x, _ = _rows(est, args, args.split)
     model = est.model_
-    # The run's own training rows are the rows of its per-point tables, in order: score them
-    # with the q_i learned for each, not with a new fit.
-    own_rows = args.split == "train" and not args.data and model.inference.per_point and len(x) == model.config.n_points
     t0 = time.perf_counter()
-    result = gaps(model, x, k=args.k, steps=args.steps, seed=args.seed, idx=np.arange(len(x)) if own_rows else None)
+    result = gaps(model, x, k=args.k, steps=args.steps, seed=args.seed, idx=_own_rows(model, args, x))
     result["seconds"] = time.perf_counter() - t0
     per_point = result.pop("per_point")
     bound_gap_plot(per_point["log_px"], per_point["elbo"], plot, title=f"{est.model_.config.inference} VAE, {args.split} split")

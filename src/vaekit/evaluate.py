@@ -291,14 +291,15 @@ def log_px_per_point(
     return out.result()["log_px"]
 
 
-def evaluate(model, x, k: int = 1000, seed: int = 0, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def evaluate(model, x, k: int = 1000, seed: int = 0, progress: Callable[[int], None] | None = None, idx=None) -> dict[str, Any]:
     """Averages over the rows of x: elbo, recon, kl, log_likelihood (IWAE, K = k), both in
     nats, and bits_per_dim = −log_likelihood / (D ln 2); and the latent units' use
     (``LatentUsage.summary``: active_units of latent_size, kl_per_dim, kl_per_group).
-    ``progress`` is called with the rows done by the log p(x) pass, nearly all of the time."""
+    ``progress`` is called with the rows done by the log p(x) pass, nearly all of the time;
+    ``idx``, the rows' indices in the training set, scores per-point methods' learned q_i."""
     usage = LatentUsage(model, _generator(model, seed + 2))
-    terms = elbo_per_point(model, x, seed=seed, usage=usage)
-    log_px = log_px_per_point(model, x, k=k, seed=seed + 1, progress=progress)
+    terms = elbo_per_point(model, x, seed=seed, usage=usage, idx=idx)
+    log_px = log_px_per_point(model, x, k=k, seed=seed + 1, progress=progress, idx=idx)
     n, dim = np.shape(x)
     ll = float(log_px.mean())
     return {

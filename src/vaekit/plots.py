@@ -688,14 +688,14 @@ def _kl_per_dim_figure(variance: np.ndarray, kl_per_dim: np.ndarray | None, thre
     if kl_per_dim is not None:
         ax_k.bar(units, kl_per_dim, color=colors, width=0.8)
         ax_k.set_ylabel("KL (nats)")
-        ax_k.set_title(f"KL(q(z_u|x) ‖ N(0, 1)) per dimension, mean over rows; total {kl_per_dim.sum():.2f} nats")
+        ax_k.set_title(f"KL(q(z_u|x) ‖ N(0, 1)) per dimension, mean over rows\ntotal {kl_per_dim.sum():.2f} nats")
     else:
         # The KL does not split by dimension here: the per-group KL is the finest split.
         groups = dict(kl_per_group or {})
         ax_k.bar(range(len(groups)), list(groups.values()), color="C0", width=0.6)
         ax_k.set_xticks(range(len(groups)), list(groups.keys()))
         ax_k.set_ylabel("KL (nats)")
-        ax_k.set_title("KL per latent group (the KL does not split by dimension for this q and prior)")
+        ax_k.set_title("KL per latent group\n(the KL does not split by dimension for this q and prior)")
     ax_v.bar(units, np.maximum(variance, 1e-12), color=colors, width=0.8)
     ax_v.set_yscale("log")
     ax_v.axhline(threshold, color="k", ls="--", lw=1, label=f"active above {threshold:g}")

@@ -176,3 +176,23 @@ def test_gaps_of_the_training_split_use_the_learned_tables(method, runs, capsys)
     fresh = gaps(est.model_, x, k=5, steps=20, seed=0)
     assert result["elbo"] == own["elbo"] != fresh["elbo"]
     assert result["elbo_optimal"] == own["elbo_optimal"]
+
+
+@pytest.mark.parametrize("method", ["map", "vi"])
+def test_evaluate_of_the_training_split_uses_the_learned_tables(method, runs, capsys):
+    """`vaekit evaluate --split train` scores a per-point run's training rows with their q_i,
+    as `gaps` does: equal to the library's evaluate with idx, unlike a new fit for each row;
+    other rows (--data) get a new fit."""
+    from vaekit.data import load_dataset
+    from vaekit.evaluate import evaluate
+
+    straight, _ = runs[method]
+    capsys.readouterr()
+    assert main(["evaluate", str(straight), "--split", "train", "--json", "--k", "5"]) == 0
+    result = json.loads(capsys.readouterr()[0])
+    est = vaekit.load(straight)
+    x = est.model_input(load_dataset(DataConfig()).split("train"))
+    own = evaluate(est.model_, x, k=5, seed=0, idx=np.arange(len(x)))
+    fresh = evaluate(est.model_, x, k=5, seed=0)
+    assert result["elbo"] == own["elbo"] != fresh["elbo"]
+    assert result["log_likelihood"] == own["log_likelihood"] != fresh["log_likelihood"]

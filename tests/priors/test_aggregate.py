@@ -147,6 +147,22 @@ def test_cli_refuses_a_latent_size_mismatch_and_a_missing_source(first, tmp_path
     assert "latent size is 2" in err and "has 3" in err and "Traceback" not in err
     code, out, err = cli(capsys, "train", *SMALL, "--epochs", "1", "--out", tmp_path / "s", "--prior", "aggregate")
     assert code != 0 and len(err.splitlines()) == 1 and "--prior aggregate needs --prior-from" in err, err
+    # A run of two latent groups has no one q(z|x) to aggregate, whatever this model's size.
+    two = tmp_path / "two"
+    two.mkdir()
+    config = json.loads((first[2] / "config.json").read_text())
+    config["model"].update(latent_dim=[2, 1], inference="topdown")
+    (two / "config.json").write_text(json.dumps(config))
+    for size in ("1", "2", "3"):
+        code, out, err = cli(capsys, "train", *SMALL, "--latent-dim", size, "--epochs", "1", "--out", tmp_path / "t",
+                             "--prior", "aggregate", "--prior-from", two)  # fmt: skip
+        assert code != 0 and err.strip() == f"vaekit: error: {two} (the run the aggregate prior is read from): that run has 2 latent " \
+            "groups (2,1); the aggregate posterior is read from a run with one", err
+    # Option names in a library message become the flags the user typed.
+    code, out, err = cli(capsys, "train", *SMALL, "--epochs", "1", "--out", tmp_path / "u", "--prior", "aggregate", "--prior-from", first[2],
+                         "--prior-components", "10", "--prior-mixture", "20")  # fmt: skip
+    assert err.strip() == ("vaekit: error: --prior-mixture must be at most --prior-components, the posteriors it is fitted to: got 20 "
+                           "components for 10"), err
 
 
 def test_overwrite_refuses_a_prior_run_inside_the_run_directory(first, tmp_path, capsys):

@@ -71,14 +71,19 @@ class AggregatePrior(Prior):
         from ..config import RunConfig
         from ..errors import CheckpointError
 
-        where = f"prior_from {self.source}"
+        where = f"{self.source} (the run the aggregate prior is read from)"
         path = Path(self.source) / CONFIG_FILE
         if not path.is_file():
             raise CheckpointError(f"{where}: not a run directory (no {CONFIG_FILE})")
         config = RunConfig.load(path)
         sizes = config.model.latent_dim if isinstance(config.model.latent_dim, tuple) else (config.model.latent_dim,)
-        if len(sizes) != 1 or sizes[0] != self.size:
-            raise ConfigError(f"{where}: that run's latent size is {','.join(map(str, sizes))}, this model's top group has {self.size}; they must match")
+        if len(sizes) != 1:
+            raise ConfigError(
+                f"{where}: that run has {len(sizes)} latent groups ({','.join(map(str, sizes))}); the aggregate posterior "
+                "is read from a run with one"
+            )
+        if sizes[0] != self.size:
+            raise ConfigError(f"{where}: that run's latent size is {sizes[0]}, this model's top group has {self.size}; they must match")
         if config.data.source == "array":
             raise ConfigError(f"{where}: that run was fitted on an in-memory array, so its training rows are not on disk")
 
@@ -90,7 +95,7 @@ class AggregatePrior(Prior):
         from ..data import load_dataset
         from ..scaling import model_rows
 
-        where = f"prior_from {self.source}"
+        where = f"{self.source} (the run the aggregate prior is read from)"
         self.check_source()
         # Rebuilding the earlier model draws initial weights: keep them off this run's stream.
         with torch.random.fork_rng(devices=[]):
