@@ -126,12 +126,12 @@ def row_args(row: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     return kept
 
 
-def _where(data_dir: Path | None) -> list[str]:
+def _where(data_dir: str | None) -> list[str]:
     """``--data-dir DATA_DIR``, or nothing: vaekit's own lookup ($VAEKIT_DATA, the cache)."""
     return [] if data_dir is None else ["--data-dir", str(data_dir)]
 
 
-def command(row: str, run_dir: Path, data_dir: Path | None, extra: list[str]) -> list[str]:
+def command(row: str, run_dir: Path, data_dir: str | None, extra: list[str]) -> list[str]:
     args = ["vaekit", "train", *COMMON, *_where(data_dir), *row_args(row, extra), *extra, "--out", str(run_dir), "--json"]
     if (run_dir / "config.json").is_file():
         args.append("--resume")
@@ -163,7 +163,7 @@ def _median(values: list[float]) -> float | None:
 
 
 def run_row(
-    row: str, run_dir: Path, data_dir: Path, extra: list[str], results: Path = RESULTS, name: str | None = None, flags: list[str] | None = None,
+    row: str, run_dir: Path, data_dir: str | None, extra: list[str], results: Path = RESULTS, name: str | None = None, flags: list[str] | None = None,
     smoke: bool = False,
 ) -> dict:
     argv = command(row, run_dir, data_dir, extra)
@@ -193,7 +193,7 @@ def run_row(
     return result
 
 
-def _data_dir_flag(run_dir: Path, data_dir: Path) -> list[str]:
+def _data_dir_flag(run_dir: Path, data_dir: str | None) -> list[str]:
     """``--data-dir DATA_DIR`` for a run whose dataset is read from a directory (binarized_mnist,
     wherever it is now); none for data that reads none (vaekit refuses it there)."""
     from vaekit.files import CONFIG_FILE
@@ -204,7 +204,7 @@ def _data_dir_flag(run_dir: Path, data_dir: Path) -> list[str]:
 
 
 def snapshot(
-    row: str, run_dir: Path, data_dir: Path, k: int, results: Path = RESULTS, name: str | None = None, extra: list[str] | None = None,
+    row: str, run_dir: Path, data_dir: str | None, k: int, results: Path = RESULTS, name: str | None = None, extra: list[str] | None = None,
     flags: list[str] | None = None,
 ) -> dict:
     """Evaluate the best epoch so far of a run that has not finished (test log-likelihood with K
@@ -254,7 +254,7 @@ def row_config(row: str, x_train, extra: list[str] | None = None):
     return run_config(given_options(build_parser().parse_args(argv[1:])), x_train, (28, 28))
 
 
-def step_time(row: str, data_dir: Path | None, rounds: int = 5, steps: int = 20, threads: int | None = None, flags: list[str] | None = None) -> dict:
+def step_time(row: str, data_dir: str | None, rounds: int = 5, steps: int = 20, threads: int | None = None, flags: list[str] | None = None) -> dict:
     """Milliseconds of the row's training step (one batch of 100 training images: loss,
     gradient, Adam) in float32 and under bf16 autocast, in interleaved rounds on ``threads``
     threads (default: PyTorch's count), with a variant's further ``flags``: the ratio that

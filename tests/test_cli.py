@@ -1299,14 +1299,14 @@ def test_train_on_the_iwae_objective(tmp_path, capsys):
         (["--likelihood", "gaussian", "--fixed-std", "0.5"], "--fixed-std applies to variance fixed only; this run has variance shared"),
         (["--likelihood", "gaussian", "--fixed-std", "1"], "--fixed-std applies to variance fixed only"),  # even at its default
         (["--compile-mode", "reduce-overhead"], "--compile-mode applies only when --compile is on; this run has compile off"),
-        (["--refine-lr", "0.1"], "--refine-lr applies only when --refine-steps > 0; this run has --refine-steps 0"),
+        (["--refine-lr", "0.1"], "--refine-lr applies only when --refine-steps > 0; this run has refine_steps 0"),
         (["--local-steps", "5"], "--local-steps applies to inference vi or map or autoencoder only; this run has inference amortized"),
         (["--inference", "map", "--n-samples", "3"], "--n-samples applies to inference amortized or topdown or ladder or vi only; this run has inference map"),
         (["--inference", "autoencoder", "--objective", "elbo", "--n-samples", "2"], "--n-samples applies to inference"),
         (["--dtype", "float64", "--matmul-precision", "medium"], "--matmul-precision applies to dtype float32 only; this run has dtype float64"),
         # One latent group: these would be inference amortized under another name.
         (["--inference", "topdown"], "--inference topdown applies to models with several latent groups"),
-        (["--inference", "ladder", "--latent-dim", "4"], "--inference ladder applies to models with several latent groups (--latent-dim 40,40) only; with one, 4, it is inference amortized"),
+        (["--inference", "ladder", "--latent-dim", "4"], "--inference ladder applies to models with several latent groups (latent_dim 40,40) only; with one, 4, it is inference amortized"),
         (["--prior", "aggregate", "--prior-from", "elsewhere", "--prior-mixture", "11", "--prior-components", "10"],
          "--prior-mixture must be at most --prior-components, the posteriors it is fitted to: got 11 components for 10"),
         (["--objective", "nope"], "--objective must be one of"),

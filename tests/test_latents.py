@@ -252,7 +252,7 @@ def test_refinement_of_a_hierarchy_is_refused(tmp_path, capsys):
 
     code = main(["train", "--data", "digits", "--latent-dim", "4,2", "--refine-steps", "3", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
-    assert code == 2 and "--refine-steps refines one diagonal Gaussian; it needs a single latent layer" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--refine-steps needs a single latent layer: it refines one diagonal Gaussian" in err and len(err.strip().splitlines()) == 1
 
 
 def test_gaps_of_a_hierarchy(tmp_path, capsys):

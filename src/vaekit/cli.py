@@ -246,20 +246,15 @@ class _option_names:
         return self
 
     def __exit__(self, typ, err, tb):
-        from .errors import CheckpointError
-
-        if isinstance(err, (ConfigError, CheckpointError)):  # CheckpointError: a --prior-from run
+        if isinstance(err, ConfigError):
             options = {name: dest for dest, (_, name, _) in train_options().items()}
             names = "|".join(sorted(options, key=len, reverse=True))
             # "lr must be", "decoder_input all applies", "... needs prior_from", "... below
-            # logvar_max": the names of options.
-            pattern = rf"\b({names})\b(?=\s+(?:\w+\s+)?(?:[+]|(?:must|applies|cannot|needs)\b))|(?:(?<=needs )|(?<=below )|(?<=when ))({names})\b"
-            # A name with an underscore (prior_from, refine_steps) is never an English word:
-            # wherever it stands on its own (not inside a path), it is the option.
-            joined = "|".join(sorted((n for n in options if "_" in n), key=len, reverse=True))
-            pattern += rf"|(?<![\w/.-])({joined})(?![\w/])"
-            msg = re.sub(pattern, lambda m: _flag(options[m.group(1) or m.group(2) or m.group(3)]), str(err))
-            raise type(err)(msg) from None
+            # logvar_max", "at most prior_components": the names of options. (A model's
+            # description, "this run has latent_dim (4, 2)", keeps the names of its config.)
+            pattern = rf"\b({names})\b(?=\s+(?:\w+\s+)?(?:[+]|(?:must|applies|cannot|needs)\b))|(?:(?<=needs )|(?<=below )|(?<=when )|(?<=at most ))({names})\b"
+            msg = re.sub(pattern, lambda m: _flag(options[m.group(1) or m.group(2)]), str(err))
+            raise ConfigError(msg) from None
         return False
 
 

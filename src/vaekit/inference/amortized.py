@@ -48,7 +48,7 @@ class Amortized(InferenceMethod):
         if config.refine_in_training and not config.refine_steps:
             raise ConfigError("refine_in_training needs refine_steps > 0: with 0 steps there is nothing to refine")
         if config.refine_steps and len(latent_groups(config.latent_dim)) > 1:
-            raise ConfigError("refine_steps refines one diagonal Gaussian; it needs a single latent layer")
+            raise ConfigError("refine_steps needs a single latent layer: it refines one diagonal Gaussian")
 
     def forward(self, model, x: torch.Tensor, idx: torch.Tensor | None = None) -> Posterior:
         q = DiagonalNormal(*self.encoder(x))
