@@ -1,6 +1,6 @@
 """The bubbles under three weights of the KL: one figure, one panel per β.
 
-The loss is recon + β·KL and the KL is two of the second note's three bubble forces (the mean
+The loss is recon + β·KL and the KL is two of the notes' three bubble forces (the mean
 term wraps all bubbles into one, the variance term keeps them at unit size), so β sets how
 hard those two pull against the reconstruction, which pushes the bubbles apart. For each β
 this trains the same model with a 2-D latent (same seed, same data) and draws every

@@ -1,4 +1,4 @@
-"""The posterior as the new prior (the notes' fifth lecture), measured on the 8x8 digits.
+"""The posterior as the new prior (the notes' last step), measured on the 8x8 digits.
 
 A first run learns from digits 0-4 alone. A second run then learns from all ten digits, with
 the standard normal prior, with a learned mixture prior (``--prior mixture``, as flexible but

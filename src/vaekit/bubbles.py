@@ -1,4 +1,4 @@
-"""The bubbles of the second note: in a 2-D latent space every datapoint's q(z|x) = N(μ, diag σ²)
+"""The notes' bubbles: in a 2-D latent space every datapoint's q(z|x) = N(μ, diag σ²)
 is a bubble around μ, and the loss moves the bubbles with three forces (reconstruction pushes
 them apart, the KL's mean term wraps them into one, its variance term keeps them at unit
 size; ``objectives.kl.bubble_forces``).

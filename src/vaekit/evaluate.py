@@ -124,7 +124,7 @@ class LatentUsage:
       Monte Carlo term of ``VAEModel.kl_per_group`` on one draw from ``generator`` for a
       hierarchy, the closed form (or Monte Carlo) for one group;
     - ``forces``: the KL's mean and variance terms (``objectives.kl.bubble_forces``, the
-      second note's bubble forces) averaged over rows, where the KL splits per dimension;
+      notes' bubble forces) averaged over rows, where the KL splits per dimension;
       None otherwise.
     """
 

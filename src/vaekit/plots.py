@@ -500,7 +500,7 @@ def _training_curves_figure(metrics: list[dict]):
 
 
 def _draw_forces(ax, epoch: np.ndarray, metrics: Sequence[dict], marker) -> list:
-    """The second note's three bubble forces on the validation rows against epoch: the KL's
+    """The notes' three bubble forces on the validation rows against epoch: the KL's
     mean term ½ Σ μ² and variance term ½ Σ (σ² − log σ² − 1) on ``ax``, the reconstruction
     term −E_q[log p(x|z)] (larger, and of its own scale) on a twin axis. Returns the lines."""
     mean, variance = _series(metrics, "force_mean"), _series(metrics, "force_variance")
@@ -530,7 +530,7 @@ def training_curves(metrics: list[dict], path) -> Path:
     KL(q(z|x) ‖ p(z)), whose sum is the valid −ELBO (notes, eq. 3), with β on a twin axis when
     it changes, and the learning rate (``lr``, log scale) on a twin of the left panel when it
     changes. With ``force_recon``, ``force_mean`` and ``force_variance`` (a diagonal Gaussian q
-    under a standard normal prior) a third panel shows the second note's three bubble forces,
+    under a standard normal prior) a third panel shows the notes' three bubble forces,
     whose sum is the valid −ELBO. All in nats per datapoint."""
     return _save_figure(_training_curves_figure(metrics), path)
 
@@ -822,7 +822,7 @@ def _bubbles_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], labels
 
 def bubbles_plot(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path, labels: np.ndarray | None = None,
                  title: str | None = None) -> Path:  # fmt: skip
-    """The bubbles of the second note: one panel per ``(title, mu, logvar)`` in ``panels``
+    """The notes' bubbles: one panel per ``(title, mu, logvar)`` in ``panels``
     (each (n, 2), the same n points in every panel: e.g. the start, middle and end of
     training, or one β each), every point's q(z|x) = N(μ, diag σ²) drawn as the ellipse
     μ ± σ per axis, coloured by ``labels`` (n,) where given, with the prior's unit circle
@@ -895,7 +895,7 @@ def _vae_spaces_figure(x: np.ndarray, mu: np.ndarray, decode: Callable[[np.ndarr
 def vae_spaces_plot(x: np.ndarray, mu: np.ndarray, path, decode: Callable[[np.ndarray], np.ndarray],
                     logvar: np.ndarray | None = None, labels: np.ndarray | None = None, grid: int = 25,
                     title: str | None = None) -> Path:  # fmt: skip
-    """The first note's picture of the VAE's spaces, for data in 3-D and a 2-D latent. Left:
+    """The notes' picture of the VAE's spaces, for data in 3-D and a 2-D latent. Left:
     the rows ``x`` (n, 3) in 3-D. Middle: their posteriors, μ (n, 2) with the bubbles μ ± σ
     when ``logvar`` (n, 2) is given, and the latent grid's extent. Right: the decoded
     manifold, the decoder means E[x|z] over a ``grid``×``grid`` grid spanning the posteriors

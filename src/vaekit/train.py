@@ -165,7 +165,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
             "active_units": usage.active_units,
             "kl_per_dim": usage.kl_per_dim,
             "kl_per_group": usage.kl_per_group,
-            # The second note's three bubble forces on the validation rows, where the KL splits
+            # The notes' three bubble forces on the validation rows, where the KL splits
             # into a mean and a variance term: −recon + force_mean + force_variance = −ELBO.
             **_forces(valid, usage),
             "train_seconds": train_seconds,

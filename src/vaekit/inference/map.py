@@ -17,7 +17,7 @@ from . import INFERENCE, InferenceMethod
     },
 )
 class MAP(InferenceMethod):
-    """Decoder only, MAP estimation of every latent (notes, third lecture): each training point
+    """Decoder only, MAP estimation of every latent (the notes' road, its second step): each training point
     owns a free z_i, fitted jointly with θ to maximise Σ_i log p(x_i|z_i) + log p(z_i) (the
     table at ``point_lr``: a row steps once per epoch).
 

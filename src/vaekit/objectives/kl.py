@@ -32,7 +32,7 @@ def kl_per_dim(q: Distribution, p: Distribution) -> torch.Tensor | None:
 
 
 def bubble_forces(q: Distribution, p: Distribution) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The KL of the notes' eq. 4 as two of the three "bubble forces" (second note), per point:
+    """The KL of the notes' eq. 4 as two of the three "bubble forces" of the notes, per point:
 
     - the mean term ½ Σ_i μ_i², which pulls every bubble q(z|x) towards the origin and so
       wraps all bubbles into one;

@@ -25,7 +25,7 @@ MIXTURE_DRAWS = 20000
 )
 class AggregatePrior(Prior):
     """p(z) = (1/M) Σ_m q(z | x_m): an earlier run's aggregate posterior as this run's prior,
-    the posterior becoming the new prior (notes, fifth lecture), so that a model trained on
+    the posterior becoming the new prior (the notes' last step), so that a model trained on
     more data starts from what the first data taught. The full aggregate (1/N) Σ_i q(z|x_i)
     over the N training rows of the run ``prior_from`` (Hoffman & Johnson 2016, "ELBO
     surgery"; Tomczak & Welling 2018's optimal prior, eq. 7) is subsampled to M =
@@ -34,8 +34,8 @@ class AggregatePrior(Prior):
 
     With ``prior_mixture`` C the prior is instead a diagonal Gaussian mixture of C components
     fitted by EM (scikit-learn's GaussianMixture) to MIXTURE_DRAWS draws from that aggregate:
-    the fifth note's "fitted mixture" of the posterior, smoother and cheaper to evaluate than M
-    components when C is small.
+    a mixture fitted to the posterior, smoother and cheaper to evaluate than M components when
+    C is small.
 
     Each q(z | x_m) is the earlier model's q for that row (``evaluation_posterior``: the encoder,
     refined or not, or the per-point optimum), a diagonal Gaussian. The mixture's weights,

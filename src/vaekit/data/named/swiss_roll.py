@@ -1,4 +1,4 @@
-"""``swiss_roll``: points on a 2-D manifold rolled up in 3-D, the first note's picture of the VAE's
+"""``swiss_roll``: points on a 2-D manifold rolled up in 3-D, the notes' picture of the VAE's
 spaces (data on a manifold in x-space, a 2-D latent), generated here with a seeded numpy
 generator, nothing downloaded. Split by fractions with a seeded permutation."""
 
@@ -26,7 +26,9 @@ WIDTH = 21.0
 # Coordinates are divided by this: a standard deviation near 3.5 each. Not 1: the Gaussian
 # likelihood starts at σ = 1, and on data no wider than its noise the latent buys nothing at
 # first, so training settles in the collapsed optimum (KL ≈ 0.1 nats after 30 epochs at scale 7,
-# against 2-4 nats here).
+# against 2-4 nats here). That holds for the rows as given (standardize off); the CLI's
+# standardize auto brings them to std 1, where a learned σ collapses q and a fixed one (the
+# docs' --variance fixed --fixed-std 0.1) does not.
 SCALE = 2.0
 # Labels: the position along the roll, t, in this many equal bins.
 SWISS_ROLL_BINS = 6
