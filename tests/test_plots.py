@@ -682,3 +682,20 @@ def test_kl_chart_titles_fit_the_figure(d, split):
     kw.setdefault("kl_per_dim", None)
     fig = plots._kl_per_dim_figure(rng.random(d), threshold=1e-2, **kw)
     assert _titles_outside(fig) == []
+
+
+def test_training_curves_draw_the_evidence_and_the_gap_when_tracked():
+    """With valid_log_px and valid_gap (train --valid-k), the loss panel adds −log p(x) beside
+    the −ELBO and the terms panel adds the gap; without them neither line is drawn."""
+    m = _metrics()
+    for r in m:
+        r["valid_log_px"] = r["valid_elbo"] + 2.0
+        r["valid_gap"] = 2.0
+    left, right = plots._training_curves_figure(m).axes[:2]
+    labels = [line.get_label() for line in left.lines]
+    line = left.lines[labels.index("valid −log p(x) (importance-weighted)")]
+    np.testing.assert_allclose(line.get_ydata(), [-r["valid_log_px"] for r in m])
+    gap = [x for x in right.lines if x.get_label().startswith("valid gap log p(x) − ELBO")]
+    assert len(gap) == 1 and np.all(gap[0].get_ydata() == 2.0)
+    plain_left, plain_right = plots._training_curves_figure(_metrics()).axes[:2]
+    assert len(plain_left.lines) == 2 and len(plain_right.lines) == 2

@@ -655,3 +655,26 @@ def test_the_nan_advice_shows_the_digits_that_tell_the_values_apart():
     assert _span(0.5, 0.52) == "0.5 to 0.52"
     assert _span(1e5 - 0.0031, 1e5 + 0.0042) == "99999.9969 to 100000.0042"
     assert _span(5.0, 5.0) == "5 to 5"
+
+
+def test_valid_k_tracks_the_evidence_and_the_gap_without_changing_training(digits):
+    """valid_k > 0: each epoch records the K-sample log p(x) of the validation rows (the
+    importance-weighted estimate of the weights that epoch ended with, on its own stream) and
+    the gap log p(x) − ELBO; the trained weights and the other records are the same bits as
+    without it, and valid_k = 0 records None."""
+    from vaekit.evaluate import log_px_per_point
+
+    x_train, x_valid = digits
+    plain, tracked = small_model(), small_model()
+    h0 = fit(plain, x_train, x_valid, TrainConfig(epochs=2, batch_size=128, patience=None))
+    h1 = fit(tracked, x_train, x_valid, TrainConfig(epochs=2, batch_size=128, valid_k=7, seed=0))
+    assert_same_tensors(params(plain), params(tracked))
+    strip = ("valid_log_px", "valid_gap")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in without_timing(h0)] == \
+        [{k: v for k, v in r.items() if k not in strip} for r in without_timing(h1)]  # fmt: skip
+    assert all(r["valid_log_px"] is None and r["valid_gap"] is None for r in h0)
+    last = h1[-1]
+    expected = float(log_px_per_point(tracked, x_valid, k=7, seed=3, per_row=False).mean())
+    assert last["valid_log_px"] == expected
+    assert last["valid_gap"] == expected - last["valid_elbo"]
+    assert all(r["valid_gap"] > 0 for r in h1)  # K = 7 already bounds above the ELBO here

@@ -28,10 +28,11 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     training images per second."""
     width = len(str(epochs))
     lr = f"lr {record['lr']:.2e}  " if record.get("lr") is not None else ""
+    evidence = f"log p(x) {record['valid_log_px']:10.3f}  gap {record['valid_gap']:7.3f}  " if record.get("valid_log_px") is not None else ""
     return (
         f"epoch {record['epoch']:>{width}}/{epochs}  {record['objective']}  "
         f"train {record['train_objective']:10.3f}  valid {record['valid_score']:10.3f}  "
-        f"kl {record['valid_kl']:8.3f}  {lr}{record['epoch_seconds']:6.1f} s  {record['images_per_second']:7.0f} img/s"
+        f"kl {record['valid_kl']:8.3f}  {evidence}{lr}{record['epoch_seconds']:6.1f} s  {record['images_per_second']:7.0f} img/s"
     )
 
 

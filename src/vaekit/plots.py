@@ -451,11 +451,17 @@ def _training_curves_figure(metrics: list[dict]):
     # −ELBO and −recon: the notes' losses are negated bounds, in nats per datapoint.
     left = [("train −ELBO", -_series(metrics, "train_elbo"), "C0", "-"),
             ("valid −ELBO", -_series(metrics, "valid_elbo"), "C1", "-")]  # fmt: skip
+    log_px = _series(metrics, "valid_log_px")  # with --valid-k: the evidence the ELBO bounds
+    if not np.all(np.isnan(log_px)):
+        left.append(("valid −log p(x) (importance-weighted)", -log_px, "C1", ":"))
     train_loss = _series(metrics, "train_loss")
     if np.all(np.isnan(left[0][1])) or not beta_is_one:  # β ≠ 1: the loss is not −ELBO, show both
         left.append(("train loss (β-weighted)", train_loss, "C0", "--"))
     right = [("valid −recon = −E_q[log p(x|z)]", -_series(metrics, "valid_recon"), "C2", "-"),
              ("valid KL(q(z|x) ‖ p(z))", _series(metrics, "valid_kl"), "C3", "-")]  # fmt: skip
+    gap = _series(metrics, "valid_gap")
+    if not np.all(np.isnan(gap)):
+        right.append(("valid gap log p(x) − ELBO ≈ KL(q(z|x) ‖ p(z|x))", gap, "C4", ":"))
     if all(np.all(np.isnan(s)) for _, s, _, _ in left + right):
         raise DataError(
             "metrics have no values for any of train_elbo, valid_elbo, train_loss, valid_recon, valid_kl"

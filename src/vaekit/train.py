@@ -28,7 +28,7 @@ from . import bubbles
 from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
-from .evaluate import LatentUsage, elbo_per_point, read_only_tensor
+from .evaluate import LatentUsage, elbo_per_point, log_px_per_point, read_only_tensor
 from .optim import Adam, NormalizedAdam, SparseAdam
 from .registry import OBJECTIVES
 from .schedules import lr_at, rates
@@ -148,6 +148,9 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
         valid_elbo = float(valid["elbo"].mean())
         # The best epoch is the objective's own: the validation ELBO, K-sample bound or recon.
         score = objective.validate(model, valid_rows, valid, seed=config.seed + 1)
+        valid_log_px = None
+        if config.valid_k:
+            valid_log_px = float(log_px_per_point(model, valid_rows, k=config.valid_k, seed=config.seed + 3, per_row=False).mean())
         record = {
             "epoch": epoch,
             "beta": config.beta_at(epoch),
@@ -160,6 +163,8 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
             "valid_recon": float(valid["recon"].mean()),
             "valid_kl": float(valid["kl"].mean()),
             "valid_score": score,
+            "valid_log_px": valid_log_px,
+            "valid_gap": None if valid_log_px is None else valid_log_px - valid_elbo,
             # Posterior collapse on the validation rows: units whose posterior mean varies with x
             # (Burda et al. 2015), and the KL of each dimension (None where it does not split).
             "active_units": usage.active_units,
