@@ -693,7 +693,7 @@ def test_training_curves_draw_the_evidence_and_the_gap_when_tracked():
         r["valid_gap"] = 2.0
     left, right = plots._training_curves_figure(m).axes[:2]
     labels = [line.get_label() for line in left.lines]
-    line = left.lines[labels.index("valid −log p(x) (importance-weighted)")]
+    line = left.lines[labels.index("valid −log p(x) (IWAE)")]
     np.testing.assert_allclose(line.get_ydata(), [-r["valid_log_px"] for r in m])
     gap = [x for x in right.lines if x.get_label().startswith("valid gap log p(x) − ELBO")]
     assert len(gap) == 1 and np.all(gap[0].get_ydata() == 2.0)

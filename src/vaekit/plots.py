@@ -453,7 +453,7 @@ def _training_curves_figure(metrics: list[dict]):
             ("valid −ELBO", -_series(metrics, "valid_elbo"), "C1", "-")]  # fmt: skip
     log_px = _series(metrics, "valid_log_px")  # with --valid-k: the evidence the ELBO bounds
     if not np.all(np.isnan(log_px)):
-        left.append(("valid −log p(x) (importance-weighted)", -log_px, "C1", ":"))
+        left.append(("valid −log p(x) (IWAE)", -log_px, "C1", ":"))
     train_loss = _series(metrics, "train_loss")
     if np.all(np.isnan(left[0][1])) or not beta_is_one:  # β ≠ 1: the loss is not −ELBO, show both
         left.append(("train loss (β-weighted)", train_loss, "C0", "--"))
@@ -461,7 +461,7 @@ def _training_curves_figure(metrics: list[dict]):
              ("valid KL(q(z|x) ‖ p(z))", _series(metrics, "valid_kl"), "C3", "-")]  # fmt: skip
     gap = _series(metrics, "valid_gap")
     if not np.all(np.isnan(gap)):
-        right.append(("valid gap log p(x) − ELBO ≈ KL(q(z|x) ‖ p(z|x))", gap, "C4", ":"))
+        right.append(("valid gap log p(x) − ELBO ≈ KL(q ‖ p(z|x))", gap, "C4", ":"))
     if all(np.all(np.isnan(s)) for _, s, _, _ in left + right):
         raise DataError(
             "metrics have no values for any of train_elbo, valid_elbo, train_loss, valid_recon, valid_kl"
@@ -500,7 +500,7 @@ def _training_curves_figure(metrics: list[dict]):
         handles[ax_f[0]] = _draw_forces(ax_f[0], epoch, metrics, marker)
     for ax, hs in handles.items():  # below the axes: curves of any shape stay uncovered
         if hs:
-            ax.legend(handles=hs, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=9, frameon=False)
+            ax.legend(handles=hs, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, fontsize=9, frameon=False)
     fig.suptitle("Training curves")
     return fig
 
