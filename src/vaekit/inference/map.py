@@ -17,9 +17,9 @@ from . import INFERENCE, InferenceMethod
     },
 )
 class MAP(InferenceMethod):
-    """Decoder only, MAP estimation of every latent (the notes' road, its second step): each training point
-    owns a free z_i, fitted jointly with θ to maximise Σ_i log p(x_i|z_i) + log p(z_i) (the
-    table at ``point_lr``: a row steps once per epoch).
+    """Decoder only, MAP estimation of every latent (the notes' road, its second step): each
+    training point owns a free z_i, fitted jointly with θ to maximise Σ_i log p(x_i|z_i) +
+    log p(z_i) (the table at ``point_lr``: a row steps once per epoch).
 
     A new x gets its ẑ by the same maximisation with θ fixed. The notes warn that this
     overfits (the decoder and the z_i can explain the training set without regard to the rest
