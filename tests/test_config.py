@@ -176,6 +176,25 @@ def test_a_current_config_missing_a_field_is_refused(tmp_path, section, field):
     assert old.version == CONFIG_VERSION and old.train.adam_eps == TrainConfig().adam_eps and old.model.join == "concat"
 
 
+def test_version_6_config_loads_without_valid_k_and_stays_strict(tmp_path):
+    """Version 7 added train.valid_k: a version 6 run (which never estimated log p(x) per
+    epoch) loads with valid_k 0, while a version 6 file missing a field version 6 had is still
+    damage, and a version 7 file without valid_k is too."""
+    d = _run_config().to_dict()
+    assert d["version"] == CONFIG_VERSION == 7
+    del d["train"]["valid_k"]
+    with pytest.raises(ConfigError, match=r"the train section is missing the field\(s\) valid_k;"):
+        RunConfig.from_dict(json.loads(json.dumps(d)))
+    d["version"] = 6
+    path = _write(tmp_path, json.dumps(d))
+    old = RunConfig.load(path)
+    assert old.version == 7 and old.train.valid_k == 0
+    assert old.to_dict()["train"] == {**d["train"], "valid_k": 0}
+    del d["train"]["adam_eps"]
+    with pytest.raises(ConfigError, match=r"the train section is missing the field\(s\) adam_eps;"):
+        RunConfig.from_dict(d)
+
+
 def test_beta_warmup():
     t = TrainConfig(beta=2.0, warmup=4)
     assert t.beta_at(1) == pytest.approx(0.5)  # beta / 4
@@ -300,7 +319,7 @@ def test_version_2_config_loads_without_an_input_map(tmp_path):
     config["version"] = 2
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
-    assert loaded.version == CONFIG_VERSION == 6
+    assert loaded.version == CONFIG_VERSION == 7
     assert (loaded.model.standardize, loaded.model.input_shift, loaded.model.input_scale) == ("off", None, None)
 
 
@@ -376,7 +395,7 @@ def test_version_3_config_keeps_the_per_point_rate_it_was_trained_at(tmp_path, i
     config["version"] = 3
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
-    assert loaded.version == CONFIG_VERSION == 6
+    assert loaded.version == CONFIG_VERSION == 7
     if inference == "amortized":
         assert loaded.model.point_lr == 0.2  # an option this model does not use, at its default
     else:

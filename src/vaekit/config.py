@@ -25,7 +25,10 @@ from .errors import ConfigError
 from .registry import K_MAX, REGISTRIES, STEPS_MAX, Option
 from .schedules import SCHEDULES
 
-CONFIG_VERSION = 6
+CONFIG_VERSION = 7
+# From this version on a config.json holds every field; the fields each later version added.
+FIRST_COMPLETE_VERSION = 6
+_ADDED_FIELDS: dict[int, dict[str, tuple[str, ...]]] = {7: {"train": ("valid_k",)}}
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
 DTYPES = ("float32", "float64")
@@ -466,6 +469,14 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
         # what those runs did); version 6 files hold every field, and a missing one is damage.
         d = json.loads(json.dumps(d))
         d["version"] = version = 6
+    if version == 6:
+        # Version 7 added train.valid_k (the per-epoch validation log p(x)); version 6 runs
+        # did not estimate it.
+        d = json.loads(json.dumps(d))
+        train = d.get("train", {})
+        if isinstance(train, dict):
+            train.setdefault("valid_k", 0)
+        d["version"] = version = 7
     if version != CONFIG_VERSION:
         raise ConfigError(f"config version must be <= {CONFIG_VERSION}, got {d.get('version')!r}")
     return d
@@ -499,9 +510,10 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         if not isinstance(d, dict):
             raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
-        strict = d.get("version") == CONFIG_VERSION
+        version = d.get("version")
+        strict = isinstance(version, int) and not isinstance(version, bool) and FIRST_COMPLETE_VERSION <= version <= CONFIG_VERSION
         if strict:
-            _check_complete(d)
+            _check_complete(d, version)
         d = _migrate(d)
         try:
             return cls(
@@ -541,14 +553,16 @@ class RunConfig:
             raise ConfigError(f"{path}: {e}") from None
 
 
-def _check_complete(d: dict[str, Any]) -> None:
-    """A config of the current version holds every section and field (``to_dict`` writes them
-    all): one that lacks some was edited or damaged, and a default in its place (the data
-    source, the likelihood, the input map) would silently make another model."""
+def _check_complete(d: dict[str, Any], version: int = CONFIG_VERSION) -> None:
+    """A config of version 6 or later holds every section and field its version had
+    (``to_dict`` writes them all): one that lacks some was edited or damaged, and a default in
+    its place (the data source, the likelihood, the input map) would silently make another
+    model. Fields added by a later version are filled in by ``_migrate``."""
     for section, cls in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig)):
         if not isinstance(d.get(section), dict):
             continue  # said by from_dict / _build
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d[section]]
+        later = {name for v, added in _ADDED_FIELDS.items() if v > version for name in added.get(section, ())}
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d[section] and f.name not in later]
         if missing:
             raise ConfigError(f"the {section} section is missing the field(s) {', '.join(missing)}; this version writes every field")
 
