@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_data_dir, description, mnist_dir, mnist_file, positive_int, run, table_options, write_json  # noqa: E402
-from tables import results_file, write_between  # noqa: E402
+from tables import results_file, table_of, write_between  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "literature"
@@ -304,31 +304,36 @@ def table(results: Path = RESULTS) -> str:
         "| row | model | training | published test NLL | vaekit test NLL | test −ELBO | active units | epochs | s / epoch |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    results_of: dict[str, list[dict]] = {row: [] for row in ROWS}
+    results_of: dict[str, list[tuple[Path, dict]]] = {row: [] for row in ROWS}
     for path in sorted(results.glob("*.json")):
-        r = results_file(path, "literature.py", RESULT_KEYS)
-        if r["row"] in results_of:
-            results_of[r["row"]].append(r)
+        r = results_file(path, "literature.py", ("row",))
+        if isinstance(r["row"], str) and r["row"] in results_of:  # another script's JSON is not read
+            results_of[r["row"]].append((path, results_file(path, "literature.py", RESULT_KEYS)))
     for row, spec in ROWS.items():
         published = "–" if spec["published"] is None else f"{spec['published']:.2f}"
         # Plain Adam first, float32 before bf16, then the variants with further flags.
-        found = sorted(results_of[row], key=lambda r: (bool(r.get("flags")), "--amp bf16" in r["command"], r.get("flags", [])))
+        found = sorted(results_of[row], key=lambda pr: (bool(pr[1].get("flags")), "--amp bf16" in str(pr[1]["command"]), pr[1].get("flags", [])))
         if not found:
             lines.append(f"| {row} | {spec['model']} | – | {published} | not run yet | | | | |")
-        for r in found:
-            precision = training_words(r)
-            units = f"{r['active_units']}/{r['latent_size']}" if r.get("active_units") is not None else "–"
-            nll = f"{r['test_nll']:.2f} (K = {r['k']})"
-            epochs = f"{r['epochs_run']} (best {r['best_epoch']})"
-            if not r.get("finished"):
-                nll = f"so far {nll}"
-                epochs = f"unfinished: {r['epochs_run']} of at most {MAX_EPOCHS} (best {r['best_epoch']})"
-            seconds = r.get("median_epoch_seconds")
-            lines.append(
-                f"| {row} | {spec['model']} | {precision} | {published} | {nll} | {r['test_neg_elbo']:.2f} | {units} | "
-                f"{epochs} | {'–' if seconds is None else f'{seconds:.1f}'} |"
-            )
+        for path, r in found:
+            lines.append(table_of(path, "literature.py", lambda: _line(row, spec, published, r)))
     return "\n".join(lines)
+
+
+def _line(row: str, spec: dict, published: str, r: dict) -> str:
+    """The table line of one result."""
+    precision = training_words(r)
+    units = f"{r['active_units']}/{r['latent_size']}" if r.get("active_units") is not None else "–"
+    nll = f"{r['test_nll']:.2f} (K = {r['k']})"
+    epochs = f"{r['epochs_run']} (best {r['best_epoch']})"
+    if not r.get("finished"):
+        nll = f"so far {nll}"
+        epochs = f"unfinished: {r['epochs_run']} of at most {MAX_EPOCHS} (best {r['best_epoch']})"
+    seconds = r.get("median_epoch_seconds")
+    return (
+        f"| {row} | {spec['model']} | {precision} | {published} | {nll} | {r['test_neg_elbo']:.2f} | {units} | "
+        f"{epochs} | {'–' if seconds is None else f'{seconds:.1f}'} |"
+    )
 
 
 # What a table line reads from a result file.
@@ -393,10 +398,16 @@ def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.N
         if getattr(args, key) not in (None, ""):
             option = "--" + key.replace("_", "-")
             p.error(f"{option} goes with --step-time" if key in ("rounds", "steps") and mode != "--step-time"
-                    else f"{option} has no effect with {mode}" + (" (it times float32 and bf16 both)" if key == "amp" else ""))
+                    else f"{option} has no effect with {mode}" + (" (it times float32 and bf16 both)" if key == "amp" and mode == "--step-time" else ""))
+    if args.status and args.row is None:
+        for key in ("amp", "flags", "max_epochs", "eval_k"):
+            if getattr(args, key) not in (None, ""):
+                p.error(f"--{key.replace('_', '-')} picks a run of a row; --status without a row lists every run")
     for word in split_flags(args.flags):
-        if word in OWN_OPTIONS:
-            p.error(f"--flags: {word} is set by the script ({OWN_OPTIONS[word]})")
+        if (own := _own_option(word)) is not None:
+            given = word.split("=", 1)[0]
+            p.error(f"--flags: {given} is {own}, set by the script ({OWN_OPTIONS[own]})" if own != given
+                    else f"--flags: {own} is set by the script ({OWN_OPTIONS[own]})")
     args.data_dir = mnist_dir(args.data_dir)
     args.rounds, args.steps = args.rounds or 5, args.steps or 20
     return args
@@ -408,6 +419,27 @@ OWN_OPTIONS = {
     "--data": "binarized_mnist", "--data-dir": "its own --data-dir", "--out": "RUNS_DIR/NAME", "--resume": "a run found is continued",
     "--overwrite": "a run found is continued", "--json": "its summary is read", "--amp": "its own --amp", "--threads": "its own --threads",
 }  # fmt: skip
+
+
+def _own_option(word: str) -> str | None:
+    """The script-set option that ``word`` names to ``vaekit train``, whose parser also takes
+    a unique prefix (``--epoch``) and ``--option=value``; None for any other word."""
+    if not word.startswith("--"):
+        return None
+    name = word.split("=", 1)[0]
+    options = _train_options()
+    if name not in options:
+        matches = [o for o in options if o.startswith(name)]
+        name = matches[0] if len(matches) == 1 else name
+    return name if name in OWN_OPTIONS else None
+
+
+def _train_options() -> list[str]:
+    """Every option string of ``vaekit train``."""
+    from vaekit.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return [o for o in sub.choices["train"]._option_string_actions if o.startswith("--")]
 
 
 def _variant(args: argparse.Namespace, smoke: bool) -> tuple[str, Path, list[str]]:

@@ -146,7 +146,7 @@ def main() -> None:
             print(text)
         return
 
-    data = named_values(load_dataset(DataConfig(source=args.data, data_dir=args.data_dir)))  # digits / 16, as measured
+    data = named_values(load_dataset(DataConfig(source=args.data, data_dir=None if args.data_dir is None else str(args.data_dir))))  # digits / 16, as measured
     if args.likelihood == "auto":
         from vaekit.likelihoods import choose
 

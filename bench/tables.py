@@ -45,7 +45,9 @@ def results_file(path: Path, script: str, keys: tuple[str, ...] = ()) -> dict[st
         raise SystemExit(f"{script}: cannot read {path}: {e.strerror or e}") from None
     except ValueError as e:
         raise SystemExit(f"{script}: {path} is not a results file ({e})") from None
-    missing = [k for k in keys if k not in data] if isinstance(data, dict) else ["an object"]
+    if not isinstance(data, dict):
+        raise SystemExit(f"{script}: {path} is not a results file (not a JSON object)")
+    missing = [k for k in keys if k not in data]
     if missing:
         raise SystemExit(f"{script}: {path} is not a results file (no {', '.join(missing)})")
     return data
@@ -53,11 +55,13 @@ def results_file(path: Path, script: str, keys: tuple[str, ...] = ()) -> dict[st
 
 def table_of(path: Path, script: str, build) -> str:
     """``build()``, the table of the results in ``path``; a result in it without a column's
-    value ends the script in one line naming the file."""
+    value, or with a value of the wrong kind, ends the script in one line naming the file."""
     try:
         return build()
-    except (KeyError, TypeError, ValueError) as e:
+    except KeyError as e:
         raise SystemExit(f"{script}: {path} is not a results file (a result without {e})") from None
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"{script}: {path} is not a results file (a bad value: {e})") from None
 
 
 def write_between(path: Path, markers: tuple[str, str], text: str, script: str) -> None:

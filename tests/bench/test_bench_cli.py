@@ -60,6 +60,13 @@ def _script(name: str, *args: str, cwd: Path | None = None) -> subprocess.Comple
         ("literature", ["vae", "--status", "--steps", "3"], "--steps goes with --step-time"),
         ("literature", ["vae", "--flags", "--epochs 1"], "--flags: --epochs is set by the script (the published 2000; --max-epochs N"),
         ("literature", ["vae", "--flags", "--init he --eval-k=10"], "--flags: --eval-k is set by the script"),
+        ("literature", ["vae", "--flags", "--epoch 3"], "--flags: --epoch is --epochs, set by the script"),
+        ("literature", ["vae", "--flags", "--eval-=9"], "--flags: --eval- is --eval-k, set by the script"),
+        ("literature", ["--table", "--flags", "--init he"], "--flags has no effect with --table"),
+        ("literature", ["vae", "--snapshot", "--amp", "bf16", "--threads", "2"], "--threads has no effect with --snapshot"),
+        ("literature", ["--status", "--amp", "bf16"], "--amp picks a run of a row; --status without a row lists every run"),
+        ("literature", ["--status", "--flags", "--init he"], "--flags picks a run of a row"),
+        ("literature", ["--status", "--eval-k", "9"], "--eval-k picks a run of a row"),
         ("literature", ["vae", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist: no such directory"),
         ("eval_iwae", ["--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist: no such directory"),
         ("overfit", ["--data-dir", "/"], "--data-dir: digits is built in and reads no files"),
@@ -254,7 +261,7 @@ def test_a_snapshot_names_the_epoch_of_the_weights_it_evaluated(literature, tmp_
 
 
 @pytest.mark.parametrize("text, says", [('{"row": "vae", "command": "x"', "Expecting ','"), ('{"row": "vae", "command": "vaekit train"}', "no test_nll"),
-                                        ("[1, 2]", "no an object"), (b"\xff\xfe", "")])  # fmt: skip
+                                        ("[1, 2]", "(not a JSON object)"), (b"\xff\xfe", "")])  # fmt: skip
 def test_a_damaged_result_file_is_one_line_naming_it(literature, tmp_path, text, says):
     """--table over a results folder with a file that is not a result: one line naming it."""
     path = tmp_path / "zz.json"
@@ -262,6 +269,21 @@ def test_a_damaged_result_file_is_one_line_naming_it(literature, tmp_path, text,
     with pytest.raises(SystemExit) as stop:
         literature.table(tmp_path)
     assert str(stop.value.code).startswith(f"literature.py: {path} is not a results file (") and says in str(stop.value.code)
+
+
+def test_table_skips_other_rows_and_names_a_bad_value(literature, tmp_path):
+    """A JSON of a row the script does not know is not its result (skipped, whatever else it
+    lacks); a result whose value is of the wrong kind is one line naming the file."""
+    (tmp_path / "other.json").write_text('{"row": "not-a-row"}')
+    assert "not run yet" in literature.table(tmp_path)
+    good = {"row": "vae", "command": "vaekit train", "test_nll": 87.5, "test_neg_elbo": 93.0, "k": 5000, "epochs_run": 9,
+            "best_epoch": 4, "finished": True, "flags": []}  # fmt: skip
+    (tmp_path / "vae.json").write_text(json.dumps(good))
+    assert "| 87.50 (K = 5000) | 93.00 |" in literature.table(tmp_path)
+    (tmp_path / "vae.json").write_text(json.dumps({**good, "test_nll": "87.5"}))
+    with pytest.raises(SystemExit) as stop:
+        literature.table(tmp_path)
+    assert str(stop.value.code).startswith(f"literature.py: {tmp_path / 'vae.json'} is not a results file (a bad value: ")
 
 
 def test_methods_and_overfit_tables_of_damaged_files_are_one_line(tmp_path, monkeypatch, capsys):
@@ -308,3 +330,19 @@ def test_step_time_times_the_variant(literature, monkeypatch):
     with pytest.raises(SystemExit):
         literature.step_time("vae", None, 1, 1, flags=["--hidden", "64,64"])
     assert seen == [["--hidden", "64,64", "--amp", "off"]]
+
+
+SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared/data/binarized_mnist"
+
+
+@pytest.mark.skipif(not (SHARED_MNIST / "binarized_mnist.npz").is_file(), reason="needs ../shared/data/binarized_mnist")
+def test_overfit_reads_a_named_dataset_from_its_data_dir(tmp_path, monkeypatch, capsys):
+    """--data-dir reaches the loader for a dataset that reads files (binarized MNIST)."""
+    overfit = load_bench("overfit")
+    argv = ["overfit.py", "--data", "binarized_mnist", "--data-dir", str(SHARED_MNIST), "--widths", "4", "--methods", "map",
+            "--rows", "20", "--eval-rows", "10", "--epochs", "1", "--k", "2", "--out", str(tmp_path)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    overfit.main()
+    rows = json.loads((tmp_path / "overfit.json").read_text())["rows"]
+    assert [(r["method"], r["width"]) for r in rows] == [("map", 4)]
+    assert rows[0]["train_log_px"] < 0 and "| map | 4 |" in capsys.readouterr().out
