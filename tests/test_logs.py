@@ -35,7 +35,7 @@ def test_epoch_line_shows_the_rate():
 def test_epoch_line_shows_the_evidence_and_the_gap_when_tracked():
     """train --valid-k K: the validation log p(x) and the gap log p(x) − ELBO after the KL."""
     line = epoch_line(dict(RECORD, valid_log_px=-95.5, valid_gap=3.52), 100)
-    assert line == "epoch  12/100  elbo  train    -98.315  valid    -99.020  kl   24.060  log p(x)    -95.500  gap   3.520     3.2 s    15600 img/s"
+    assert line == "epoch  12/100  elbo  train    -98.315  valid    -99.020  kl   24.060  log p(x)    -95.500  gap to ELBO   3.520     3.2 s    15600 img/s"
     assert epoch_line(dict(RECORD, valid_log_px=None, valid_gap=None), 100) == epoch_line(RECORD, 100)
 
 

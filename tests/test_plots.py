@@ -686,16 +686,23 @@ def test_kl_chart_titles_fit_the_figure(d, split):
 
 def test_training_curves_draw_the_evidence_and_the_gap_when_tracked():
     """With valid_log_px and valid_gap (train --valid-k), the loss panel adds −log p(x) beside
-    the −ELBO and the terms panel adds the gap; without them neither line is drawn."""
+    the −ELBO and the gap (a few nats, beside terms of tens) gets a panel of its own; without
+    them neither is drawn."""
     m = _metrics()
     for r in m:
         r["valid_log_px"] = r["valid_elbo"] + 2.0
         r["valid_gap"] = 2.0
-    left, right = plots._training_curves_figure(m).axes[:2]
+    fig = plots._training_curves_figure(m)
+    left, right, gap_axes = fig.axes[:3]
     labels = [line.get_label() for line in left.lines]
     line = left.lines[labels.index("valid −log p(x) (IWAE)")]
     np.testing.assert_allclose(line.get_ydata(), [-r["valid_log_px"] for r in m])
-    gap = [x for x in right.lines if x.get_label().startswith("valid gap log p(x) − ELBO")]
-    assert len(gap) == 1 and np.all(gap[0].get_ydata() == 2.0)
-    plain_left, plain_right = plots._training_curves_figure(_metrics()).axes[:2]
+    assert len(right.lines) == 2
+    gap = [x for x in gap_axes.lines if x.get_label().startswith("valid log p(x) − ELBO")]
+    assert len(gap) == 1 and np.all(gap[0].get_ydata() == 2.0) and gap[0].get_color() not in {x.get_color() for x in right.lines}
+    lo, hi = gap_axes.get_ylim()
+    assert lo < 2.0 < hi and hi - lo < 1.0  # on its own scale, not the terms' tens of nats
+    plain = plots._training_curves_figure(_metrics())
+    plain_left, plain_right = plain.axes[:2]
+    assert len(plain.axes) == 2
     assert len(plain_left.lines) == 2 and len(plain_right.lines) == 2

@@ -28,7 +28,7 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     training images per second."""
     width = len(str(epochs))
     lr = f"lr {record['lr']:.2e}  " if record.get("lr") is not None else ""
-    evidence = f"log p(x) {record['valid_log_px']:10.3f}  gap {record['valid_gap']:7.3f}  " if record.get("valid_log_px") is not None else ""
+    evidence = f"log p(x) {record['valid_log_px']:10.3f}  gap to ELBO {record['valid_gap']:7.3f}  " if record.get("valid_log_px") is not None else ""
     return (
         f"epoch {record['epoch']:>{width}}/{epochs}  {record['objective']}  "
         f"train {record['train_objective']:10.3f}  valid {record['valid_score']:10.3f}  "

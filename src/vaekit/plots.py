@@ -459,17 +459,19 @@ def _training_curves_figure(metrics: list[dict]):
         left.append(("train loss (β-weighted)", train_loss, "C0", "--"))
     right = [("valid −recon = −E_q[log p(x|z)]", -_series(metrics, "valid_recon"), "C2", "-"),
              ("valid KL(q(z|x) ‖ p(z))", _series(metrics, "valid_kl"), "C3", "-")]  # fmt: skip
-    gap = _series(metrics, "valid_gap")
-    if not np.all(np.isnan(gap)):
-        right.append(("valid gap log p(x) − ELBO ≈ KL(q ‖ p(z|x))", gap, "C4", ":"))
+    gap = _series(metrics, "valid_gap")  # a few nats beside a recon of tens: a panel of its own
+    gaps = not np.all(np.isnan(gap))
     if all(np.all(np.isnan(s)) for _, s, _, _ in left + right):
         raise DataError(
             "metrics have no values for any of train_elbo, valid_elbo, train_loss, valid_recon, valid_kl"
         )
 
     forces = any(m.get("force_mean") is not None for m in metrics)
-    fig = _new_figure((16.5, 4.6) if forces else (11, 4.6))
-    ax_l, ax_r, *ax_f = fig.subplots(1, 3 if forces else 2)
+    panels = 2 + gaps + forces
+    fig = _new_figure((5.5 * panels, 4.6))
+    ax_l, ax_r, *more = fig.subplots(1, panels)
+    ax_g = more.pop(0) if gaps else None
+    ax_f = more
     marker = "o" if len(metrics) <= 30 else None
     handles = {ax_l: [], ax_r: []}
     for ax, curves in ((ax_l, left), (ax_r, right)):
@@ -496,6 +498,14 @@ def _training_curves_figure(metrics: list[dict]):
         handles[ax_l] += ax_lr.step(epoch[ok], lr[ok], ":", where="post", color="0.4", label="learning rate (right axis)")
         ax_lr.set_yscale("log")
         ax_lr.set_ylabel("learning rate")
+    if gaps:
+        ok = ~np.isnan(gap)
+        handles[ax_g] = ax_g.plot(epoch[ok], gap[ok], "-", color="C6", marker=marker, ms=3,
+                                  label="valid log p(x) − ELBO ≈ KL(q(z|x) ‖ p(z|x))")
+        ax_g.set_title("Gap between the evidence and its bound")
+        ax_g.set_xlabel("epoch")
+        ax_g.set_ylabel("nats per datapoint")
+        ax_g.grid(alpha=0.3)
     if forces:
         handles[ax_f[0]] = _draw_forces(ax_f[0], epoch, metrics, marker)
     for ax, hs in handles.items():  # below the axes: curves of any shape stay uncovered
