@@ -286,6 +286,12 @@ def test_sample_aggregate_and_draw(run, digits_rows, tmp_path, capsys):
         assert code == 0, err
         expected = est.sample(5, seed=2, source=source, X=rows, **({"components": 2} if source == "gmm" else {}))
         np.testing.assert_array_equal(np.load(out), expected)
+    # A mixture needs two rows, even of one component: one line, nothing written.
+    np.save(tmp_path / "one.npy", rows[:1])
+    code, _, err = cli(capsys, "sample", run, "-n", "5", "--source", "gmm", "--components", "1", "--data", tmp_path / "one.npy",
+                       "--out", tmp_path / "one-gmm.npy")  # fmt: skip
+    assert code == 1 and err.strip() == f"vaekit: error: --components 1: a mixture needs at least 2 rows, and {tmp_path / 'one.npy'} has 1"
+    assert not (tmp_path / "one-gmm.npy").exists()
 
 
 def test_sample_is_seeded(run, tmp_path, capsys):

@@ -543,6 +543,20 @@ def test_check_data_errors(x, kwargs, match):
         check_data(x, what="X", **kwargs)
 
 
+def test_check_data_refuses_integers_float64_rounds():
+    """int64 or uint64 beyond ±2^53 lose their last digits in float64, where the input map and
+    a float64 model compute: 2^63 + 0..999 would become one constant column. Refused, whichever
+    sign; up to 2^53 they pass, in float64 for a float64 model."""
+    for x in (np.full((4, 2), 2**63, dtype=np.uint64) + np.arange(8, dtype=np.uint64).reshape(4, 2),
+              -(2**62 + np.arange(8, dtype=np.int64).reshape(4, 2)),
+              np.array([[0, 2**53 + 1]], dtype=np.int64)):  # fmt: skip
+        with pytest.raises(DataError, match=r"^X has integers beyond ±2\^53, which float64 rounds \(first at row 1, column \d: -?\d+\); subtract"):
+            check_data(x, what="X", dtype=np.float64)
+    edge = np.array([[2**53, -(2**53)], [0, 1]], dtype=np.int64)
+    np.testing.assert_array_equal(check_data(edge, dtype=np.float64), edge.astype(np.float64))
+    assert check_data(np.array([[2**53]], dtype=np.uint64), dtype=np.float64)[0, 0] == 2.0**53
+
+
 def test_check_data_refuses_features_float32_cannot_resolve():
     """1e5 ± 1e-3 in float64 would reach the model rounded to a few values (float32 steps by
     0.008 there); large integer ids likewise. A day of Unix timestamps, or 1000 ± 1, pass."""

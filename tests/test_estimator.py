@@ -527,6 +527,51 @@ def test_sample_from_the_aggregate_posterior_and_a_fitted_mixture(fitted, digits
             fitted.sample(5, source=source, X=X, components=3)
 
 
+def test_the_mixture_source_needs_two_rows_and_speaks_in_one_line(fitted, digits):
+    """scikit-learn's mixture needs two rows whatever its size: one is refused by vaekit; rows
+    with fewer distinct latents than components give one vaekit warning, not scikit-learn's."""
+    import warnings
+
+    from vaekit.errors import VaekitWarning
+
+    with pytest.raises(DataError, match=r"^X has 1 row\(s\); a mixture of 1 component\(s\) needs at least 2$"):
+        fitted.sample(3, seed=0, source="gmm", X=digits[:1], components=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fitted.sample(4, seed=0, source="gmm", X=np.repeat(digits[:1], 20, axis=0), components=3)
+    assert out.shape == (4, 64) and np.isfinite(out).all()
+    assert [w.category for w in caught] == [VaekitWarning]
+    assert str(caught[0].message).startswith("the mixture fitted to the posterior means of X: Number of distinct clusters (1)")
+
+
+def test_rows_that_overflow_the_models_arithmetic_are_refused_not_nan():
+    """A float32 value near float32's largest (within range, so the input checks pass) overflows
+    the networks: every per-row result of it would be NaN. Each method refuses in one line
+    naming the row, instead of handing back a NaN anomaly score or code; the other rows alone
+    still work."""
+    from vaekit.evaluate import evaluate, gaps
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    vae = VAE(latent_dim=2, hidden=(16,), epochs=2, seed=0, likelihood="gaussian").fit(x)
+    far = np.vstack([x[:3], np.full((1, 5), 3e38)]).astype(np.float32)
+    said = r"^row 4: the model's {} is not a number: its arithmetic overflowed on values that reach 3\.\d+e\+38 in the model's units"
+    with pytest.raises(DataError, match=said.format(r"log p\(x\)")):
+        vae.score_samples(far, k=5)
+    with pytest.raises(DataError, match=said.format("ELBO")):
+        vae.elbo(far)
+    with pytest.raises(DataError, match=said.format("posterior mean")):
+        vae.encode(far)
+    with pytest.raises(DataError, match=said.format("reconstruction")):
+        vae.reconstruct(far)
+    mapped = vae.model_input(far)
+    with pytest.raises(DataError, match=said.format("ELBO")):
+        evaluate(vae.model_, mapped, k=5)
+    with pytest.raises(DataError, match=said.format(r"log p\(x\)")):
+        gaps(vae.model_, mapped, k=5, steps=2)
+    assert np.isfinite(vae.score_samples(far[:3], k=5)).all() and np.isfinite(vae.reconstruct(far[:3])).all()
+
+
 def test_inverse_transform_of_read_only_latents_is_quiet(fitted, digits):
     import warnings
 

@@ -665,9 +665,10 @@ def cmd_sample(args) -> int:
     split = "all" if args.data and Path(args.data).suffix else "train"
     x = _rows(est, args, split)[0] if args.source != "prior" else None
     components = 10 if args.components is None else args.components  # the title's
-    if args.source == "gmm" and len(x) < components:
+    if args.source == "gmm" and len(x) < max(components, 2):
         rows = f"{args.data}" if args.data and Path(args.data).suffix else f"the {split} split of {args.data or est.config_.data.source}"
-        raise DataError(f"--components {components}: a mixture needs at least as many rows, and {rows} has {len(x)}")
+        need = "as many rows" if components >= 2 else "2 rows"
+        raise DataError(f"--components {components}: a mixture needs at least {need}, and {rows} has {len(x)}")
     samples = est.sample(args.n, seed=args.seed, mean=not args.draw, source=args.source, X=x, components=args.components)
     if out.suffix == ".png":
         from .plots import image_grid

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +25,7 @@ from sklearn import exceptions as sk_exceptions
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
 from .config import K_MAX, DataConfig, RunConfig, TrainConfig, check_bool, check_positive_int, inert_options
-from .errors import ConfigError, DataError, out_of_memory
+from .errors import ConfigError, DataError, VaekitWarning, out_of_memory
 from .evaluate import numpy_of as _numpy
 from .scaling import Scaling, apply
 
@@ -315,13 +316,10 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         scaling = self.scaling_
         return x if scaling is None else scaling.to_user(x)
 
-    def _posteriors(self, X):
-        """q(z|x) for consecutive blocks of rows (``model_.representation``: a point estimate's
-        own ẑ): memory stays bounded whatever the size of X."""
-        yield from self._posteriors_of(self.model_input(X))  # model_input first: it says so when the model is not fitted
-
     def _posteriors_of(self, x):
-        """``_posteriors`` of rows already in the model's values (``model_input``)."""
+        """q(z|x) for consecutive blocks of the rows ``x``, already in the model's values
+        (``model_input``), by ``model_.representation`` (a point estimate's own ẑ): memory stays
+        bounded whatever the size of X."""
         from .evaluate import batches
 
         for xb in batches(self.model_, x, BATCH_ROWS):
@@ -341,7 +339,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def encoded(self, X) -> dict[str, np.ndarray]:
         """Named arrays of q(z|x): ``mu`` and ``logvar`` (n, D) of all groups and, when the model
         has several latent groups, ``mu_<group>`` and ``logvar_<group>`` of each."""
-        from .evaluate import PerRow
+        from .evaluate import PerRow, refuse_overflow
         from .latents import split
 
         x = self.model_input(X)
@@ -350,6 +348,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             p = q.params()
             per_row.put(mu=p["mu"], logvar=p["logvar"].expand_as(p["mu"]))
         out = per_row.result()
+        refuse_overflow(out["mu"], "posterior mean", x)
+        refuse_overflow(out["logvar"], "posterior log-variance", x, low_inf=True)  # −inf: a point estimate
         groups = self.model_.latents
         if len(groups) > 1:
             for name in ("mu", "logvar"):
@@ -390,14 +390,19 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def reconstruct_blocks(self, X):
         """``reconstruct(X)`` as consecutive blocks of at most ``BATCH_ROWS`` rows, so that a
         memory-mapped X larger than memory can be reconstructed into a file block by block."""
-        posteriors = self._posteriors(X)
+        from .evaluate import refuse_overflow
+
+        x = self.model_input(X)
+        posteriors, start = self._posteriors_of(x), 0
         while True:
             # Grad mode is thread state: it must not stay off while the caller holds a block.
             with torch.no_grad():
                 item = next(posteriors, None)
                 if item is None:
                     return
-                block = self._to_user(_numpy(self.model_.decode(item[1].mean).mean))
+                mean = refuse_overflow(_numpy(self.model_.decode(item[1].mean).mean), "reconstruction", x, start)
+                block = self._to_user(mean)
+            start += len(block)
             yield block
 
     def sample(
@@ -457,13 +462,21 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def _gmm_latents(self, X, n: int, components: int, g: torch.Generator) -> torch.Tensor:
         """n draws of a full-covariance Gaussian mixture fitted to the posterior means of the
         rows X, given in the user's units (``encode`` maps them into the model's)."""
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.mixture import GaussianMixture
 
         mu = self.encode(X)[0].astype(np.float64)
-        if mu.shape[0] < components:
-            raise DataError(f"X has {mu.shape[0]} rows; a mixture of {components} components needs at least as many")
+        if mu.shape[0] < max(components, 2):
+            raise DataError(f"X has {mu.shape[0]} row(s); a mixture of {components} component(s) needs at least {max(components, 2)}")
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
-        gmm = GaussianMixture(components, covariance_type="full", random_state=seed).fit(mu)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            gmm = GaussianMixture(components, covariance_type="full", random_state=seed).fit(mu)
+        for w in caught:  # scikit-learn's (fewer distinct points than components, no convergence) as one line
+            if issubclass(w.category, ConvergenceWarning):
+                warnings.warn(f"the mixture fitted to the posterior means of X: {' '.join(str(w.message).split())}", VaekitWarning, stacklevel=3)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         z, _ = gmm.sample(n)
         p = next(self.model_.parameters())
         # GaussianMixture.sample returns its draws sorted by component: shuffle them.
@@ -477,13 +490,13 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         row draws its noise from a stream seeded by ``seed`` and the row itself, so a row scores
         the same alone or among others, in any order (up to rounding). ``progress``, if given,
         is called with the rows done so far (``vaekit.logs.RowProgress`` draws a bar)."""
-        from .evaluate import log_px_per_point
+        from .evaluate import log_px_per_point, refuse_overflow
 
         k, seed = check_positive_int("k", k, maximum=K_MAX), _seed(seed)
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress must be a callable taking the rows done, or None, got {progress!r}")
         x = self.model_input(X)
-        return log_px_per_point(self.model_, x, k=k, seed=seed, progress=progress)
+        return refuse_overflow(log_px_per_point(self.model_, x, k=k, seed=seed, progress=progress), "log p(x)", x, low_inf=True)
 
     def score(self, X, y=None, k: int = 1000) -> float:
         """Mean log p(x) over the rows of X (nats)."""
@@ -491,11 +504,13 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def elbo(self, X, seed: int = 0) -> dict[str, np.ndarray]:
         """Per-row ELBO, E_q[log p(x|z)] and KL(q || p)."""
-        from .evaluate import elbo_per_point
+        from .evaluate import elbo_per_point, refuse_overflow
 
         seed = _seed(seed)
         x = self.model_input(X)
-        return elbo_per_point(self.model_, x, seed=seed)
+        out = elbo_per_point(self.model_, x, seed=seed)
+        refuse_overflow(out["elbo"], "ELBO", x, low_inf=True)
+        return out
 
     def evaluate(self, X, k: int = 1000, seed: int = 0) -> dict[str, Any]:
         """elbo, recon, kl, log_likelihood, bits_per_dim, n, k averaged over the rows of X."""

@@ -214,6 +214,29 @@ class LatentUsage:
         }
 
 
+def refuse_overflow(values: np.ndarray, name: str, x, start: int = 0, low_inf: bool = False) -> np.ndarray:
+    """``values``, the model's results for the rows ``x[start:start + len(values)]`` (in the
+    model's units), refused where some row's are not numbers (NaN, or ±inf; −inf allowed with
+    ``low_inf``, a density that underflowed or a point estimate's log σ²): a row far outside
+    the training data (3e38 in a float32 model) overflows the networks' arithmetic, and a NaN
+    anomaly score or code would pass unnoticed into the user's results."""
+    v = np.asarray(values)
+    bad = np.isnan(v) | (v == np.inf) | (~low_inf & (v == -np.inf))
+    rows = bad.reshape(len(v), -1).any(axis=1) if v.ndim else np.zeros(0, bool)
+    if not rows.any():
+        return values
+    r = start + int(np.flatnonzero(rows)[0])
+    from .data import MappedRows
+    from .errors import DataError
+
+    row = x.rows(np.array([r])) if isinstance(x, MappedRows) else np.asarray(x[r : r + 1])
+    top = float(np.abs(np.asarray(row, dtype=np.float64)).max())
+    raise DataError(
+        f"row {r + 1}: the model's {name} is not a number: its arithmetic overflowed on values that reach "
+        f"{top:.3g} in the model's units, far outside the data it was trained on; leave such rows out"
+    )
+
+
 class PerRow:
     """Per-row results of a pass over batches, copied batch by batch into arrays of the final
     length ``n`` (each name's trailing shape and, with ``dtype`` None, dtype taken from its first
@@ -300,6 +323,8 @@ def evaluate(model, x, k: int = 1000, seed: int = 0, progress: Callable[[int], N
     usage = LatentUsage(model, _generator(model, seed + 2))
     terms = elbo_per_point(model, x, seed=seed, usage=usage, idx=idx)
     log_px = log_px_per_point(model, x, k=k, seed=seed + 1, progress=progress, idx=idx)
+    refuse_overflow(terms["elbo"], "ELBO", x, low_inf=True)
+    refuse_overflow(log_px, "log p(x)", x, low_inf=True)
     n, dim = np.shape(x)
     ll = float(log_px.mean())
     return {
@@ -445,6 +470,8 @@ def gaps(model, x, k: int = 1000, steps: int = GAP_STEPS, seed: int = 0, **kw) -
     steps_taken (the most any batch used). ``kw``: gaps_per_point's lr, n_samples,
     batch_size, tol, check_every, idx."""
     p = gaps_per_point(model, x, k=k, steps=steps, seed=seed, **kw)
+    for name, what in (("log_px", "log p(x)"), ("elbo", "ELBO"), ("elbo_optimal", "ELBO of the optimised q")):
+        refuse_overflow(p[name], what, x, low_inf=True)
     ll, e, e_opt = (float(p[name].mean()) for name in ("log_px", "elbo", "elbo_optimal"))
     return {
         "log_likelihood": ll,

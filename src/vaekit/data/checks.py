@@ -73,6 +73,17 @@ def check_data(
                 f"{what} has values too large for float32 (first at {row_name(r, rows)}, column {c + 1}: "
                 f"{x[r, c]:g}); expected |x| < {np.finfo(np.float32).max:g}"
             )
+    if x.dtype.kind in "iu" and x.dtype.itemsize > 4:
+        # Integers beyond 2^53 lose their last digits in float64, the widest the model and its
+        # input map compute in: 2^63 + 0..999 would become one value without a word.
+        exact = np.int64(2**53)
+        bad = (x > np.uint64(exact)) if x.dtype.kind == "u" else ((x > exact) | (x < -exact))
+        if bad.any():
+            r, c = np.unravel_index(int(np.flatnonzero(bad)[0]), x.shape)
+            raise DataError(
+                f"{what} has integers beyond ±2^53, which float64 rounds (first at {row_name(r, rows)}, column {c + 1}: "
+                f"{x[r, c]}); subtract an offset, e.g. the column's smallest value, first"
+            )
     if input_dim is not None and x.shape[1] != input_dim:
         raise wrong_width(what, x.shape[1], input_dim)
     out = narrow(x, kept_dtype(x.dtype) if dtype is None else np.dtype(dtype), what)
