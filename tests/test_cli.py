@@ -1310,6 +1310,14 @@ def test_train_on_the_iwae_objective(tmp_path, capsys):
         (["--inference", "map", "--n-samples", "3"], "--n-samples applies to inference amortized or topdown or ladder or vi only; this run has inference map"),
         (["--inference", "autoencoder", "--objective", "elbo", "--n-samples", "2"], "--n-samples applies to inference"),
         (["--dtype", "float64", "--matmul-precision", "medium"], "--matmul-precision applies to dtype float32 only; this run has dtype float64"),
+        (["--local-lr", "0.3"], "--local-lr applies to inference vi or map or autoencoder only; this run has inference amortized"),
+        # Options whose effect depends on several others.
+        (["--inference", "vi", "--encoder", "gated"], "--encoder applies to inference with an encoder; inference vi has no encoder"),
+        (["--inference", "map", "--hidden", "8", "--decoder-hidden", "4"],
+         "--hidden applies to the encoder, and to the decoder when --decoder-hidden is not given; inference map has no encoder"),
+        (["--hidden", "", "--activation", "tanh"], "--activation applies to the hidden layers of mlp and conv nets; this model's networks are gated or linear"),
+        (["--net", "gated", "--activation", "relu"], "--activation applies to the hidden layers of mlp and conv nets"),  # even at its default
+        (["--encoder", "gated", "--hidden", "8", "--decoder-hidden", "", "--activation", "elu"], "--activation applies to the hidden layers"),
         # One latent group: these would be inference amortized under another name.
         (["--inference", "topdown"], "--inference topdown applies to models with several latent groups"),
         (["--inference", "ladder", "--latent-dim", "4"], "--inference ladder applies to models with several latent groups (latent_dim 40,40) only; with one, 4, it is inference amortized"),
@@ -1325,6 +1333,65 @@ def test_component_options_are_checked_before_a_run_directory_exists(argv, culpr
     err = capsys.readouterr().err.strip()
     assert culprit in err and len(err.splitlines()) == 1
     assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, flag, values",
+    [(["--inference", "vi", "--hidden", "8"], "--activation", ("tanh", "elu")),  # the decoder's widths, by default
+     (["--inference", "vi", "--latent-dim", "2,2", "--decoder-hidden", "4"], "--hidden", ("8", "6")),  # p(z1|z2) has the encoder's widths
+     (["--net", "gated", "--decoder", "mlp", "--hidden", "8"], "--activation", ("tanh", "elu")),
+     (["--hidden", "", "--decoder-hidden", "8"], "--activation", ("tanh", "elu"))],  # fmt: skip
+)
+def test_options_that_act_somewhere_in_the_model_are_taken(argv, flag, values, tmp_path, capsys):
+    """The counterparts of the refusals above: each option is taken, and another value of it
+    trains other weights from the same seed."""
+    from safetensors.numpy import load_file
+
+    weights = []
+    for value in values:
+        run = tmp_path / value
+        code = main(["train", "--data", "digits", "--epochs", "1", "--eval-k", "2", "--latent-dim", "2", *argv, flag, value, "--out", str(run), "--quiet"])
+        assert code == 0, capsys.readouterr().err
+        weights.append(load_file(run / "model.safetensors"))
+    assert any(a.shape != weights[1][k].shape or not np.array_equal(a, weights[1][k]) for k, a in weights[0].items())
+
+
+def test_split_options_are_refused_for_fixed_splits(tmp_path, capsys):
+    """An .npz with its own valid and test arrays (or binarized MNIST) has no splits to carve:
+    --valid-fraction, --test-fraction and --split-seed would be recorded without acting. With
+    only a test array, valid is carved from train: --valid-fraction and --split-seed act."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3))
+    np.savez(tmp_path / "fixed.npz", train=x[:40], valid=x[40:50], test=x[50:])
+    np.savez(tmp_path / "test-only.npz", train=x[:50], test=x[50:])
+    base = ["train", "--epochs", "1", "--eval-k", "2", "--latent-dim", "2", "--hidden", "4", "--quiet"]
+    for flag, value, says in (("--valid-fraction", "0.3", "--valid-fraction applies to rows split by fractions; {} has a fixed valid split of its own"),
+                              ("--test-fraction", "0.1", "--test-fraction applies to rows split by fractions; {} has a fixed test split of its own"),
+                              ("--split-seed", "5", "--split-seed applies to rows split by fractions; {} has fixed valid and test splits of its own")):  # fmt: skip
+        run = tmp_path / f"never{flag}"
+        assert main([*base, "--data", str(tmp_path / "fixed.npz"), flag, value, "--out", str(run)]) == 2
+        assert capsys.readouterr().err.strip() == f"vaekit: error: {says.format(tmp_path / 'fixed.npz')}"
+        assert not run.exists()
+    assert main([*base, "--data", str(tmp_path / "test-only.npz"), "--test-fraction", "0.1", "--out", str(tmp_path / "t")]) == 2
+    runs = []
+    for seed in ("1", "2"):
+        runs.append(tmp_path / f"seed{seed}")
+        assert main([*base, "--data", str(tmp_path / "test-only.npz"), "--split-seed", seed, "--valid-fraction", "0.3", "--out", str(runs[-1])]) == 0
+    from vaekit.data import load_dataset
+    from vaekit.config import RunConfig
+
+    valid = [load_dataset(RunConfig.load(r / "config.json").data).valid for r in runs]
+    assert len(valid[0]) == 15 and not np.array_equal(valid[0], valid[1])  # the seed picks other rows
+
+
+def test_a_closed_stdout_ends_quietly(run):
+    """`vaekit ... --json | head -c 1`: the reader stops, and vaekit ends as a pipeline's tools
+    do on SIGPIPE (141), without an error line."""
+    proc = subprocess.Popen([sys.executable, "-m", "vaekit", "evaluate", str(run), "--k", "2", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == ""
 
 
 # -- 5. one writer per run directory --------------------------------------------------------------

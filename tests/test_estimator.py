@@ -611,7 +611,10 @@ def test_a_parameter_that_acts_on_nothing_is_refused_and_the_estimator_stays_unf
     or at their defaults, it fits."""
     x = np.random.default_rng(0).random((60, 4))
     for params, message in (({"likelihood": "gaussian", "fixed_std": 0.5}, "fixed_std applies to variance fixed only"),
-                            ({"compile_mode": "reduce-overhead"}, "compile_mode applies only when compile is on")):  # fmt: skip
+                            ({"compile_mode": "reduce-overhead"}, "compile_mode applies only when compile is on"),
+                            ({"inference": "vi", "encoder": "gated"}, "encoder applies to inference with an encoder; inference vi has no encoder"),
+                            ({"net": "gated", "activation": "tanh"}, "activation applies to the hidden layers of mlp and conv nets"),
+                            ({"local_lr": 0.3}, "local_lr applies to inference vi or map or autoencoder only")):  # fmt: skip
         vae = VAE(epochs=1, hidden=(4,), latent_dim=2, **params)
         with pytest.raises(ConfigError, match=message):
             vae.fit(x)

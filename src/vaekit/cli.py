@@ -144,6 +144,7 @@ def _config_from_args(args) -> "Any":
         data_cfg = DataConfig(**given["data"])
         TrainConfig(**given["train"])  # a bad training option is refused before any data is read
         data = load_dataset(data_cfg)
+        _check_splits_used(given["data"], data)
         if data.image_shape is not None and data_cfg.source not in DATASETS:
             # Only where a run takes its image shape from the file: a verb reads rows for the
             # model's own shape, and check_image_layout refuses a layout that disagrees with it.
@@ -155,6 +156,18 @@ def _config_from_args(args) -> "Any":
         if given["model"].get("prior_from") is not None:  # read again by a resume from anywhere
             given["model"]["prior_from"] = _absolute(given["model"]["prior_from"])
         return run_config(given, data.train, data.image_shape, data.scaling, held_out=(data.valid, data.test))
+
+
+def _check_splits_used(given: dict[str, Any], data) -> None:
+    """--valid-fraction, --test-fraction and --split-seed carve splits by fractions: refused
+    for data whose splits are fixed (an .npz with its own valid and test arrays, binarized
+    MNIST), where they would be recorded in config.json without acting."""
+    fixed = set(data.fixed)
+    for name, split in (("valid_fraction", "valid"), ("test_fraction", "test")):
+        if name in given and split in fixed:
+            raise ConfigError(f"{name} applies to rows split by fractions; {data.name} has a fixed {split} split of its own")
+    if "split_seed" in given and fixed >= {"valid", "test"}:
+        raise ConfigError(f"split_seed applies to rows split by fractions; {data.name} has fixed valid and test splits of its own")
 
 
 def _located(data_cfg) -> dict[str, str]:
@@ -954,6 +967,12 @@ def main(argv: list[str] | None = None) -> int:
     except VaekitError as e:
         print(f"vaekit: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        # The reader of stdout stopped (`vaekit ... --json | head`): end quietly, as a
+        # pipeline's tools do on SIGPIPE, and keep Python from failing on stdout's last flush.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except OSError as e:  # the file system's refusal: a full disk, permissions, a path through a file
         # A rename's refusal names its destination (the file the user knows), not our temporary.
         name = e.filename2 or e.filename

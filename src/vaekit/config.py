@@ -168,6 +168,7 @@ ACTS_UNDER = {
     "refine_lr": ("model", "model", "refine_steps", (lambda v: v > 0, "> 0")),
     # vi fits a new row's q, map and autoencoder the Gaussian proposal around their point.
     "local_steps": ("model", "model", "inference", ("vi", "map", "autoencoder")),
+    "local_lr": ("model", "model", "inference", ("vi", "map", "autoencoder")),
     # A point estimate's q has no noise: every sample of it is the same z.
     "n_samples": ("train", "model", "inference", (*HEADED_INFERENCE, "vi")),
     "matmul_precision": ("train", "train", "dtype", ("float32",)),
@@ -178,10 +179,47 @@ ACTS_UNDER = {
 }
 
 
+def _encoderless(model) -> str | None:
+    """Why the encoder's options act on nothing: inference without an encoder (vi, map)."""
+    from .registry import INFERENCE
+
+    if INFERENCE.get(model.inference).has_encoder:
+        return None
+    return f"inference {model.inference} has no encoder (each row's q is a free parameter)"
+
+
+def _activation_unused(model) -> str | None:
+    """Why activation acts on nothing: every network the model builds is gated (the gates are
+    its non-linearity) or linear (no hidden layer)."""
+    from .registry import NETS
+
+    nets = [(model.decoder_net, model.decoder_widths)]
+    if _encoderless(model) is None:
+        nets.append((model.encoder_net, model.hidden))
+    if model.layers > 1:
+        nets.append((model.downward_net, model.hidden))
+    if any(NETS.get(net).uses_activation(widths) for net, widths in nets):
+        return None
+    return "this model's networks are gated or linear"
+
+
+# Options whose effect depends on several others: name -> (its section, what it applies to,
+# a test of the ModelConfig that says why it would act on nothing here, or None where it acts).
+ACTS_WHEN = {
+    "encoder": ("model", "inference with an encoder", _encoderless),
+    "hidden": ("model", "the encoder, and to the decoder when decoder_hidden is not given",
+               lambda m: None if m.decoder_hidden is None or m.layers > 1 else _encoderless(m)),
+    "activation": ("model", "the hidden layers of mlp and conv nets", _activation_unused),
+}  # fmt: skip
+
+
 def inert_options(config, given: dict[str, set[str]]) -> list[str]:
     """'<option> applies to <other> <value> only; ...' for each option among ``given`` (names per
-    section) that the RunConfig ``config`` would ignore (ACTS_UNDER)."""
+    section) that the RunConfig ``config`` would ignore (ACTS_UNDER, ACTS_WHEN)."""
     bad = []
+    for name, (section, applies, why) in ACTS_WHEN.items():
+        if name in given.get(section, ()) and (reason := why(config.model)) is not None:
+            bad.append(f"{name} applies to {applies}; {reason}")
     for name, (section, other_section, other, values) in ACTS_UNDER.items():
         if name not in given.get(section, ()):
             continue

@@ -37,6 +37,12 @@ class Net:
         raise NotImplementedError
 
     @classmethod
+    def uses_activation(cls, widths: tuple[int, ...]) -> bool:
+        """Whether a network of this family with hidden ``widths`` applies ``activation``: an
+        MLP's hidden layers do; one without hidden layers is a linear map."""
+        return bool(widths)
+
+    @classmethod
     def dense(cls, config, in_dim: int, widths: tuple[int, ...], out_dim: int) -> nn.Module:
         """A vector network of this family, (..., in_dim) → (..., out_dim), for the parts that
         read features and latents rather than x itself: an MLP with ``activation``."""

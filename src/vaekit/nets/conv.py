@@ -132,6 +132,10 @@ class ConvNet(Net):
         image_chw(config)
 
     @classmethod
+    def uses_activation(cls, widths: tuple[int, ...]) -> bool:
+        return True  # after every convolution, whatever the head's widths
+
+    @classmethod
     def encoder(cls, config, out_dim: int) -> nn.Module:
         return ConvEncoder(image_chw(config), config.channels, config.hidden, out_dim, config.activation)
 

@@ -48,6 +48,10 @@ class GatedNet(Net):
         return GatedMLP(in_dim, config.decoder_widths if widths is None else widths, config.input_dim)
 
     @classmethod
+    def uses_activation(cls, widths: tuple[int, ...]) -> bool:
+        return False  # the gates are the non-linearity
+
+    @classmethod
     def dense(cls, config, in_dim: int, widths: tuple[int, ...], out_dim: int) -> nn.Module:
         return GatedMLP(in_dim, widths, out_dim)
 

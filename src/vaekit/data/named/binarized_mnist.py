@@ -54,6 +54,7 @@ class BinarizedMNIST(NamedDataset):
             test=arrays["test"].astype(np.float32),
             image_shape=(28, 28),
             labels={s: None for s in SPLIT_NAMES},
+            fixed=("valid", "test"),
         )
 
 
