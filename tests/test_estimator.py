@@ -751,3 +751,25 @@ def test_sample_out_of_memory_is_a_memory_error(monkeypatch):
     monkeypatch.setattr(est.model_, "sample", fail("something else"))
     with pytest.raises(RuntimeError, match="^something else$"):
         est.sample(7)
+
+
+def test_tensors_of_images_meta_tensors_and_mixed_column_names():
+    """A torch tensor of images is flattened as numpy (no NumPy 2 deprecation of reshaping a
+    tensor); a meta tensor and a DataFrame whose column names mix types are DataErrors."""
+    import warnings
+
+    import pandas as pd
+
+    imgs = np.random.default_rng(0).random((60, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        vae = VAE(latent_dim=2, hidden=(16,), epochs=1, seed=0).fit(torch.tensor(imgs))
+        z = vae.transform(torch.tensor(imgs))
+    np.testing.assert_array_equal(z, vae.transform(imgs))
+    with pytest.raises(DataError, match=r"^X is a meta tensor: it holds no values$"):
+        vae.transform(torch.empty(5, 8, 8, device="meta"))
+    with pytest.raises(DataError, match=r"^X is a meta tensor"):
+        VAE(latent_dim=2, hidden=(8,), epochs=1).fit(torch.empty(50, 6, device="meta"))
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(100, 4)), columns=["a", 1, "c", 2])
+    with pytest.raises(DataError, match=r"^Feature names are only supported if all input features have string names"):
+        VAE(latent_dim=2, hidden=(8,), epochs=1).fit(frame)

@@ -264,3 +264,31 @@ def test_per_row_results_fill_arrays_of_the_final_length():
     short.put(a=torch.zeros(3))
     with pytest.raises(RuntimeError, match="3 rows put of 4"):
         short.result()
+
+
+def test_the_public_estimates_check_their_rows_and_counts():
+    """evaluate, gaps, elbo and iwae take rows in the model's units: the wrong width, 1-D rows,
+    values outside the likelihood's support, a meta tensor, k or n_samples below 1 are one
+    vaekit error each, never torch's shape error or a NaN."""
+    from vaekit.errors import ConfigError, DataError
+    from vaekit.evaluate import gaps
+    from vaekit.objectives import elbo, iwae
+
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=16, latent_dim=2, hidden=(16,), likelihood="bernoulli"))
+    x = torch.bernoulli(torch.full((8, 16), 0.3))
+    for call, error, says in (
+        (lambda: evaluate(model, x[:, :5], k=10), DataError, r"^x has 5 features per row, but the model was trained on 16$"),
+        (lambda: gaps(model, x[:, :5], k=10, steps=5), DataError, r"^x has 5 features per row"),
+        (lambda: gaps(model, x[0], k=10, steps=5), DataError, r"^x: expected a 2-D array"),
+        (lambda: evaluate(model, torch.rand(4, 16), k=10), DataError, r"^x has values outside the support of the bernoulli likelihood"),
+        (lambda: evaluate(model, torch.empty(4, 16, device="meta"), k=10), DataError, r"^x is a meta tensor: it holds no values$"),
+        (lambda: evaluate(model, x, k=0), ConfigError, r"^k must be an integer >= 1, got 0$"),
+        (lambda: gaps(model, x, k=10, steps=0), ConfigError, r"^steps must be an integer >= 1, got 0$"),
+        (lambda: iwae(model, x, 0), ConfigError, r"^k must be an integer >= 1, got 0$"),
+        (lambda: elbo(model, x, n_samples=0), ConfigError, r"^n_samples must be an integer >= 1, got 0$"),
+    ):  # fmt: skip
+        with pytest.raises(error, match=says):
+            call()
+    assert iwae(model, x, np.int64(3)).shape == (8,)  # numpy's integers are integers
+    assert math.isfinite(evaluate(model, x.numpy(), k=10)["log_likelihood"])

@@ -706,3 +706,73 @@ def test_training_curves_draw_the_evidence_and_the_gap_when_tracked():
     plain_left, plain_right = plain.axes[:2]
     assert len(plain.axes) == 2
     assert len(plain_left.lines) == 2 and len(plain_right.lines) == 2
+
+
+def test_labels_of_nan_are_a_class_and_unsortable_labels_are_refused(tmp_path):
+    """NaN labels are one class of their own whose points are drawn (NaN == NaN is False, so
+    selecting by value lost them); labels that do not compare are one DataError."""
+    mu = np.random.default_rng(0).normal(size=(50, 2))
+    labels = np.where(np.arange(50) < 3, np.nan, 1.0)
+    fig = plots._latent_scatter_figure(mu, labels)
+    assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == 50
+    assert sorted(t.get_text() for t in fig.axes[0].get_legend().get_texts()) == ["1.0", "nan"]
+    for draw in (lambda: plots.latent_scatter(mu[:2], tmp_path / "a.png", labels=np.array([None, 1], dtype=object)),
+                 lambda: plots.bubbles_plot([("q", mu[:2], np.zeros((2, 2)))], tmp_path / "b.png", labels=np.array([None, 1], dtype=object))):  # fmt: skip
+        with pytest.raises(DataError, match=r"^labels must be of one sortable kind"):
+            draw()
+
+
+def test_point_estimates_are_drawn_as_points_in_the_bubble_pictures(tmp_path):
+    """encode() of map and autoencoder runs gives log σ² = −inf (q is a point mass): the
+    bubbles are dots of size 0; NaN or +inf log σ² are still refused."""
+    rng = np.random.default_rng(0)
+    mu, point = rng.normal(size=(20, 2)), np.full((20, 2), -np.inf)
+    plots.bubbles_plot([("map", mu, point), ("vi", mu, np.zeros((20, 2)))], tmp_path / "b.png")
+    x = rng.normal(size=(20, 3))
+    plots.vae_spaces_plot(x, mu, tmp_path / "s.png", decode=lambda z: np.zeros((len(z), 3)), logvar=point)
+    for path in ("b.png", "s.png"):
+        assert Image.open(tmp_path / path).size[0] > 100
+    for bad in (np.nan, np.inf):
+        with pytest.raises(DataError, match=r"logvar contains 1 NaN or infinite"):
+            plots.bubbles_plot([("q", mu, np.where(np.arange(40).reshape(20, 2) == 0, bad, 0.0))], tmp_path / "c.png")
+
+
+@pytest.mark.parametrize(
+    "kwargs, says",
+    [({}, r"give kl_per_dim \(D,\) or kl_per_group"),
+     ({"kl_per_group": {"z1": "abc"}}, r"kl_per_group's values must be a numeric array"),
+     ({"kl_per_group": {"z1": float("nan")}}, r"kl_per_group's values contains 1 NaN"),
+     ({"kl_per_group": [("z1", 1.0)]}, r"kl_per_group must be a dict"),
+     ({"kl_per_dim": np.ones(4), "threshold": float("nan")}, r"threshold must be a finite number >= 0, got nan"),
+     ({"kl_per_dim": np.ones(4), "threshold": -1}, r"threshold must be a finite number >= 0"),
+     ({"kl_per_dim": np.ones(4), "variance": -np.ones(4)}, r"variance must be >= 0")],  # fmt: skip
+)
+def test_kl_per_dim_plot_refuses_what_it_cannot_draw(kwargs, says, tmp_path):
+    variance = kwargs.pop("variance", np.ones(4))
+    with pytest.raises(DataError, match=says):
+        plots.kl_per_dim_plot(variance, tmp_path / "k.png", **kwargs)
+    assert not (tmp_path / "k.png").exists()
+
+
+def test_bound_pictures_refuse_malformed_gaps(tmp_path):
+    g = {"log_px": np.zeros(3), "elbo_optimal": np.zeros(3), "elbo": np.zeros(3)}
+    for methods, says in (({"m": {"log_px": g["log_px"], "elbo": g["elbo"]}}, r"methods\['m'\] must hold the arrays .*; missing elbo_optimal"),
+                          ([g], r"methods must be a dict"),
+                          ({"m": {**g, "elbo_optimal": np.zeros(2)}}, r"the arrays must have one value per row each")):  # fmt: skip
+        with pytest.raises(DataError, match=says):
+            plots.bound_bars_plot(methods, tmp_path / "b.png")
+    with pytest.raises(DataError, match=r"log_px and elbo differ by more than float64 holds"):
+        plots.bound_gap_plot(np.array([1e308, -1e308]), np.array([-1e308, 1e308]), tmp_path / "g.png")
+    assert not any(tmp_path.iterdir())
+
+
+def test_principal_axes_of_huge_values_and_titles_of_several_lines(tmp_path):
+    """The PCA's variance shares of latents at 1e300 are numbers (squares would overflow), and
+    a title of three lines gets three lines of room above the tiles."""
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=(50, 5))
+    shares = [plots._latent_scatter_figure(m).axes[0].get_xlabel() for m in (mu, mu * 1e300)]
+    assert shares[0] == shares[1] and "nan" not in shares[0]
+    heights = [plots.image_grid(rng.random((4, 64)), tmp_path / f"{n}.png", image_shape=(8, 8), title="\n".join(["line"] * n)) for n in (1, 3)]
+    tall = [Image.open(p).size[1] for p in heights]
+    assert tall[1] - tall[0] >= 2 * 10  # two more lines of text, each at least 10 px

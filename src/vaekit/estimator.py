@@ -129,7 +129,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             try:
                 # ensure_2d=False: only the feature names here; the array checks are check_data's.
                 validate_data(self, X, reset=reset, skip_check_array=True, ensure_2d=False)
-            except ValueError as e:  # names that differ from fit's; sklearn's lines as one
+            except (ValueError, TypeError) as e:  # names that differ from fit's, or of mixed types; sklearn's lines as one
                 raise DataError(" ".join(str(e).split())) from None
             X = self._flat_images(_numeric(X, what), what) if not reset else _numeric(X, what)
         return check_data(X, what=what, min_rows=1, dtype=None)  # full precision until the input map
@@ -635,6 +635,10 @@ def _numeric(X, what: str):
     """An object-dtype table of numbers (a DataFrame mixing bool and float columns, an array of
     Python floats) as float64, for check_data, which accepts numeric dtypes only."""
     frame = hasattr(X, "to_numpy") and hasattr(X, "columns")  # a DataFrame, without importing pandas
+    if hasattr(X, "detach") and hasattr(X, "cpu"):  # a tensor, as numpy: images are reshaped next
+        from .data.checks import _as_numpy
+
+        return _as_numpy(X, what)
     if frame:
         _check_numeric_columns(X, what)
     table = X.to_numpy() if frame else X

@@ -19,7 +19,7 @@ import torch
 from .distributions import RowStreams
 from .objectives import elbo as elbo_terms
 from .objectives import iwae
-from .config import GAP_STEPS
+from .config import GAP_STEPS, K_MAX, STEPS_MAX, check_positive_int
 
 
 def numpy_of(t: torch.Tensor) -> np.ndarray:
@@ -214,6 +214,17 @@ class LatentUsage:
         }
 
 
+def model_rows(model, x, what: str = "x"):
+    """``x`` checked as rows a model reads, in its units: 2-D, ``input_dim`` wide, finite and
+    in the likelihood's support (``check_data``); a memory-mapped split, checked as it was
+    read, passes as it is. The public estimates below take what ``VAE.model_input`` gives."""
+    from .data import MappedRows, check_data
+
+    if isinstance(x, MappedRows):
+        return x
+    return check_data(x, what=what, min_rows=1, input_dim=model.config.input_dim, likelihood=model.likelihood, dtype=None)
+
+
 def refuse_overflow(values: np.ndarray, name: str, x, start: int = 0, low_inf: bool = False) -> np.ndarray:
     """``values``, the model's results for the rows ``x[start:start + len(values)]`` (in the
     model's units), refused where some row's are not numbers (NaN, or ±inf; −inf allowed with
@@ -320,6 +331,8 @@ def evaluate(model, x, k: int = 1000, seed: int = 0, progress: Callable[[int], N
     (``LatentUsage.summary``: active_units of latent_size, kl_per_dim, kl_per_group).
     ``progress`` is called with the rows done by the log p(x) pass, nearly all of the time;
     ``idx``, the rows' indices in the training set, scores per-point methods' learned q_i."""
+    k = check_positive_int("k", k, maximum=K_MAX)
+    x = model_rows(model, x)
     usage = LatentUsage(model, _generator(model, seed + 2))
     terms = elbo_per_point(model, x, seed=seed, usage=usage, idx=idx)
     log_px = log_px_per_point(model, x, k=k, seed=seed + 1, progress=progress, idx=idx)
@@ -469,6 +482,8 @@ def gaps(model, x, k: int = 1000, steps: int = GAP_STEPS, seed: int = 0, **kw) -
     (approximation_gap_se, amortization_gap_se), with n, k, steps (the most allowed) and
     steps_taken (the most any batch used). ``kw``: gaps_per_point's lr, n_samples,
     batch_size, tol, check_every, idx."""
+    k, steps = check_positive_int("k", k, maximum=K_MAX), check_positive_int("steps", steps, maximum=STEPS_MAX)
+    x = model_rows(model, x)
     p = gaps_per_point(model, x, k=k, steps=steps, seed=seed, **kw)
     for name, what in (("log_px", "log p(x)"), ("elbo", "ELBO"), ("elbo_optimal", "ELBO of the optimised q")):
         refuse_overflow(p[name], what, x, low_inf=True)

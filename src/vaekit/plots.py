@@ -48,8 +48,9 @@ def _shape_str(a: np.ndarray) -> str:
     return "(" + ", ".join(str(s) for s in a.shape) + ("," if a.ndim == 1 else "") + ")"
 
 
-def _as_float_array(a, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
-    """``a`` as a float64 array with the given number of dims, nonempty and finite."""
+def _as_float_array(a, name: str, ndim: int | tuple[int, ...], low_inf: bool = False) -> np.ndarray:
+    """``a`` as a float64 array with the given number of dims, nonempty and finite (or −inf,
+    with ``low_inf``: a point estimate's log σ²)."""
     if hasattr(a, "detach"):  # a torch tensor slipped through: accept it without importing torch
         a = a.detach().cpu().numpy()
     try:
@@ -62,8 +63,8 @@ def _as_float_array(a, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
         raise DataError(f"{name} must be a {want} array, got {a.ndim}-D array of shape {_shape_str(a)}")
     if a.size == 0:
         raise DataError(f"{name} is empty (shape={_shape_str(a)}); at least one value is required")
-    if not np.all(np.isfinite(a)):
-        bad = int(np.sum(~np.isfinite(a)))
+    bad = int(np.sum(~np.isfinite(a) & ~(low_inf & (a == -np.inf))))
+    if bad:
         raise DataError(f"{name} contains {bad} NaN or infinite value(s)")
     return a
 
@@ -209,7 +210,8 @@ def _frame(img, title: str | None = None, rows: Sequence[tuple[float, str]] = ()
     line = _text_box("Ag0", font)[1] + MARGIN
     left = max([_text_box(t, font)[0] for _, t in rows] + [_text_box(corner, font)[0] if corner else 0])
     left = left + 2 * MARGIN if left else 0
-    top = (line + MARGIN if title else 0) + (line if corner or above else 0)
+    # A title of several lines is as tall as its lines; one line keeps the captions' height.
+    top = (max(line, _text_box(title, font)[1] + MARGIN) + MARGIN if title else 0) + (line if corner or above else 0)
     bottom = (line + MARGIN if cols else 0) + (line if below else 0)
     width = max(left + img.width, _text_box(title, font)[0] + 2 * MARGIN if title else 0)
     canvas = Image.new(img.mode, (width, top + img.height + bottom), "white")
@@ -557,7 +559,9 @@ def _pca_2d(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns the (n, 2) coordinates and the fraction of total variance of each axis. Axis signs
     are fixed (largest loading positive) so the picture does not flip between runs."""
     centred = mu - mu.mean(axis=0)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    top = float(np.abs(centred).max(initial=0.0))
+    # The SVD of the rows scaled to at most 1: singular values of 1e300 would square to inf.
+    _, s, vt = np.linalg.svd(centred / top if top > 0 else centred, full_matrices=False)
     vt = vt[:2]
     flip = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])
     vt = vt * np.where(flip == 0, 1.0, flip)[:, None]
@@ -576,9 +580,8 @@ def _latent_scatter_figure(mu: np.ndarray, labels: np.ndarray | None = None, tit
         mu = mu[:, None]
     n, d = mu.shape
     if labels is not None:
+        classes, index = _classes(labels, n)
         labels = np.asarray(labels)
-        if labels.shape != (n,):
-            raise DataError(f"labels must have shape ({n},) to match mu {_shape_str(mu)}, got {_shape_str(labels)}")
 
     if d == 1:
         # a strip plot: the vertical position is random jitter so overlapping points stay visible
@@ -599,13 +602,12 @@ def _latent_scatter_figure(mu: np.ndarray, labels: np.ndarray | None = None, tit
     if labels is None:
         ax.scatter(xy[:, 0], xy[:, 1], s=size, alpha=alpha, linewidths=0, color="C0")
     else:
-        classes = np.unique(labels)
         if len(classes) <= 20:
             import matplotlib
 
             cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
             for k, cls in enumerate(classes):
-                sel = labels == cls
+                sel = index == k  # NaN == NaN is False: select by the class's index
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=size, alpha=alpha, linewidths=0, color=cmap(k), label=str(cls))
             leg = ax.legend(title="label", markerscale=max(1.0, 6 / math.sqrt(size)), fontsize=8,
                             loc="center left", bbox_to_anchor=(1.01, 0.5))  # fmt: skip
@@ -644,7 +646,10 @@ def _bound_gap_figure(log_px: np.ndarray, elbo: np.ndarray, title: str | None = 
             f"log_px and elbo must have the same length, got log_px {_shape_str(log_px)} and elbo {_shape_str(elbo)}"
         )
     n = len(log_px)
-    gap = log_px - elbo
+    with np.errstate(over="ignore"):
+        gap = log_px - elbo
+    if not np.all(np.isfinite(gap)) or not np.isfinite(max(log_px.max(), elbo.max()) - min(log_px.min(), elbo.min())):
+        raise DataError("log_px and elbo differ by more than float64 holds; expected estimates in nats")
     above = int(np.sum(gap < 0))  # only possible because log_px is itself an estimate
 
     fig = _new_figure((11, 4.6))
@@ -692,10 +697,21 @@ def _kl_per_dim_figure(variance: np.ndarray, kl_per_dim: np.ndarray | None, thre
     d = len(variance)
     if d == 0:
         raise DataError("variance is empty; at least one latent unit is required")
+    if np.any(variance < 0):
+        raise DataError(f"variance must be >= 0 (a variance across rows), got {variance.min():g}")
+    if not isinstance(threshold, (int, float, np.number)) or isinstance(threshold, bool) or not np.isfinite(threshold) or threshold < 0:
+        raise DataError(f"threshold must be a finite number >= 0, got {threshold!r}")
+    if kl_per_dim is None and not kl_per_group:
+        raise DataError("give kl_per_dim (D,) or kl_per_group {group: KL}: the top panel draws one of them")
     if kl_per_dim is not None:
         kl_per_dim = _as_float_array(kl_per_dim, "kl_per_dim", ndim=1)
         if kl_per_dim.shape != variance.shape:
             raise DataError(f"kl_per_dim must have shape ({d},) to match variance, got {_shape_str(kl_per_dim)}")
+    elif not isinstance(kl_per_group, dict):
+        raise DataError(f"kl_per_group must be a dict {{group: KL in nats}}, got {type(kl_per_group).__name__}")
+    else:
+        values = _as_float_array(list(kl_per_group.values()), "kl_per_group's values", ndim=1)
+        kl_per_group = dict(zip(map(str, kl_per_group), values))
     active = variance > threshold
     colors = np.where(active, "C0", "0.65")
     units = np.arange(d)
@@ -740,6 +756,19 @@ def kl_per_dim_plot(variance: np.ndarray, path, kl_per_dim: np.ndarray | None = 
 # the bubbles of a 2-D latent and the VAE spaces (matplotlib, Agg)
 
 
+def _classes(labels, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, index of each row's class) of ``labels`` (n,): NaN is one class of its own;
+    labels that do not sort (None beside numbers) are refused in one line."""
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise DataError(f"labels must have shape ({n},) to match the {n} points, got {_shape_str(labels)}")
+    try:
+        classes, index = np.unique(labels, return_inverse=True)
+    except TypeError as e:
+        raise DataError(f"labels must be of one sortable kind (numbers, or strings), got {labels.dtype} values that do not compare ({e})") from None
+    return classes, index.reshape(-1)
+
+
 def _label_colors(labels: np.ndarray | None, n: int) -> tuple[np.ndarray, list]:
     """RGBA colours (n, 4) of the points and legend handles: one colour per class for up to 20
     classes (tab10/tab20), a viridis ramp over numeric labels beyond that, C0 without labels."""
@@ -749,10 +778,8 @@ def _label_colors(labels: np.ndarray | None, n: int) -> tuple[np.ndarray, list]:
 
     if labels is None:
         return np.tile(to_rgba("C0"), (n, 1)), []
+    classes, index = _classes(labels, n)
     labels = np.asarray(labels)
-    if labels.shape != (n,):
-        raise DataError(f"labels must have shape ({n},) to match the {n} points, got {_shape_str(labels)}")
-    classes, index = np.unique(labels, return_inverse=True)
     if len(classes) <= 20:
         cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
         handles = [Line2D([], [], ls="", marker="o", color=cmap(k), label=str(c)) for k, c in enumerate(classes)]
@@ -769,7 +796,7 @@ def _check_bubbles(mu, logvar, name: str) -> tuple[np.ndarray, np.ndarray | None
         raise DataError(f"{name} mu must have 2 columns (a 2-D latent), got shape {_shape_str(mu)}")
     if logvar is None:
         return mu, None
-    logvar = _as_float_array(logvar, f"{name} logvar", ndim=2)
+    logvar = _as_float_array(logvar, f"{name} logvar", ndim=2, low_inf=True)  # −inf: a point estimate's q
     if logvar.shape != mu.shape:
         raise DataError(f"{name} logvar must have the shape of mu {_shape_str(mu)}, got {_shape_str(logvar)}")
     return mu, logvar
@@ -928,9 +955,18 @@ BOUND_POINTS = 6
 
 
 def _bound_bars_figure(methods: dict[str, dict[str, np.ndarray]], points: int, title: str | None = None):
+    if not isinstance(methods, dict):
+        raise DataError(f"methods must be a dict {{method: gaps_per_point's arrays}}, got {type(methods).__name__}")
     if not methods:
         raise DataError("methods is empty; at least one method's gaps are required")
     points = _check_positive_int(points, "points")
+    for method, per_point in methods.items():
+        missing = [key for key, _, _ in BOUND_BARS if not isinstance(per_point, dict) or key not in per_point]
+        if missing:
+            raise DataError(f"methods[{method!r}] must hold the arrays {', '.join(k for k, _, _ in BOUND_BARS)}; missing {', '.join(missing)}")
+        lengths = {key: len(np.atleast_1d(per_point[key])) for key, _, _ in BOUND_BARS}
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"methods[{method!r}]: the arrays must have one value per row each, got lengths {lengths}")
     ncols = min(3, len(methods))
     nrows = math.ceil(len(methods) / ncols)
     fig = _new_figure((ncols * (0.9 * points + 2.4), 3.4 * nrows + 0.6))

@@ -174,6 +174,8 @@ def _as_numpy(x: Any, what: str) -> np.ndarray:
         raise DataError(f"{what} is a sparse matrix; expected a dense array (pass x.toarray())")
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         # A torch tensor: leave the graph and the device without importing torch here.
+        if getattr(x, "is_meta", False):
+            raise DataError(f"{what} is a meta tensor: it holds no values")
         x = x.detach().cpu()
         if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16
             x = x.float()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import torch
 from torch.distributions import Distribution
 
+from ..errors import ConfigError
 from ..registry import OBJECTIVES, Option
 from .base import Objective
 
@@ -34,6 +36,8 @@ def elbo(
     (q, from whichever inference method), ``kl`` and ``decode``; ``q`` overrides the posterior
     (for test-time optimisation of a free q); ``eps`` of shape (S, n, noise) supplies the noise
     of the reparameterization instead of drawing it, so that data-parallel ranks share one draw."""
+    if eps is None and (isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1):
+        raise ConfigError(f"n_samples must be an integer >= 1, got {n_samples!r}")
     if q is None:
         q = model.posterior(x, idx)
     z, recon = _recon(model, x, q, n_samples, generator, eps)

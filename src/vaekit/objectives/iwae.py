@@ -6,6 +6,7 @@ on, it is the importance-weighted autoencoder's objective."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch.distributions import Distribution
@@ -71,6 +72,8 @@ def iwae(
     plain ``torch.Generator`` is one stream cut by the chunk size, so the same seed gives other
     (equally valid) draws for another ``block`` or another number of rows.
     """
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ConfigError(f"k must be an integer >= 1, got {k!r}")
     q = _proposal(model, x, q)
     n, dim = x.shape[0], x.shape[-1]
     chunk = max(1, min(k, block // max(1, n * dim)))
