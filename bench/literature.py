@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_data_dir, description, mnist_dir, mnist_file, positive_int, run, table_options, write_json  # noqa: E402
-from tables import results_file, table_of, write_between  # noqa: E402
+from tables import holding, results_file, table_of, write_between  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "literature"
@@ -308,7 +308,7 @@ def table(results: Path = RESULTS) -> str:
     for path in sorted(results.glob("*.json")):
         r = results_file(path, "literature.py", ("row",))
         if isinstance(r["row"], str) and r["row"] in results_of:  # another script's JSON is not read
-            results_of[r["row"]].append((path, results_file(path, "literature.py", RESULT_KEYS)))
+            results_of[r["row"]].append((path, holding(r, path, "literature.py", RESULT_KEYS)))
     for row, spec in ROWS.items():
         published = "–" if spec["published"] is None else f"{spec['published']:.2f}"
         # Plain Adam first, float32 before bf16, then the variants with further flags.

@@ -47,6 +47,11 @@ def results_file(path: Path, script: str, keys: tuple[str, ...] = ()) -> dict[st
         raise SystemExit(f"{script}: {path} is not a results file ({e})") from None
     if not isinstance(data, dict):
         raise SystemExit(f"{script}: {path} is not a results file (not a JSON object)")
+    return holding(data, path, script, keys)
+
+
+def holding(data: dict[str, Any], path: Path, script: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """``data``, a result read from ``path``, if it holds ``keys``; else one line naming the file."""
     missing = [k for k in keys if k not in data]
     if missing:
         raise SystemExit(f"{script}: {path} is not a results file (no {', '.join(missing)})")
