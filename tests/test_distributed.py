@@ -313,7 +313,10 @@ def test_a_batch_with_fewer_rows_than_processes_is_refused(tmp_path):
     proc = vaekit_train(*argv, nproc=2, cwd=tmp_path)
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("vaekit: error:")]
-    assert errors and all("fewer than the 2 processes" in line for line in errors), proc.stderr
+    refused = [line for line in errors if "fewer than the 2 processes" in line]
+    # On a loaded machine a rank may still be joining the group when its peer has refused and
+    # left: that rank reports the broken group, never another error.
+    assert refused and all(line in refused or "the data-parallel group broke" in line for line in errors), proc.stderr
     assert not (run / ckpt.CONFIG_FILE).exists()
     ok(vaekit_train(*argv, nproc=1, cwd=tmp_path))
 
