@@ -181,18 +181,34 @@ def test_version_6_config_loads_without_valid_k_and_stays_strict(tmp_path):
     epoch) loads with valid_k 0, while a version 6 file missing a field version 6 had is still
     damage, and a version 7 file without valid_k is too."""
     d = _run_config().to_dict()
-    assert d["version"] == CONFIG_VERSION == 7
+    assert d["version"] == CONFIG_VERSION == 8
     del d["train"]["valid_k"]
     with pytest.raises(ConfigError, match=r"the train section is missing the field\(s\) valid_k;"):
         RunConfig.from_dict(json.loads(json.dumps(d)))
     d["version"] = 6
     path = _write(tmp_path, json.dumps(d))
     old = RunConfig.load(path)
-    assert old.version == 7 and old.train.valid_k == 0
+    assert old.version == CONFIG_VERSION and old.train.valid_k == 0
     assert old.to_dict()["train"] == {**d["train"], "valid_k": 0}
     del d["train"]["adam_eps"]
     with pytest.raises(ConfigError, match=r"the train section is missing the field\(s\) adam_eps;"):
         RunConfig.from_dict(d)
+
+
+def test_version_7_config_reads_x_through_the_trunk_and_version_8_must_say(tmp_path):
+    """Version 8 added model.x_path: a version 7 topdown run (whose q(z1|x, z2) read x through an
+    encoder trunk) loads with x_path trunk, and its weights' names stay what they were; a
+    version 8 file without the field is damage."""
+    model = ModelConfig(input_dim=6, latent_dim=(4, 2), hidden=(8,), inference="topdown")
+    d = RunConfig(model=model).to_dict()
+    assert d["version"] == CONFIG_VERSION == 8 and d["model"]["x_path"] == "trunk"
+    del d["model"]["x_path"]
+    with pytest.raises(ConfigError, match=r"the model section is missing the field\(s\) x_path;"):
+        RunConfig.from_dict(json.loads(json.dumps(d)))
+    d["version"] = 7
+    old = RunConfig.load(_write(tmp_path, json.dumps(d)))
+    assert old.version == CONFIG_VERSION and old.model.x_path == "trunk"
+    assert old.to_dict()["model"] == {**d["model"], "x_path": "trunk"}
 
 
 def test_beta_warmup():
@@ -319,7 +335,7 @@ def test_version_2_config_loads_without_an_input_map(tmp_path):
     config["version"] = 2
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
-    assert loaded.version == CONFIG_VERSION == 7
+    assert loaded.version == CONFIG_VERSION == 8
     assert (loaded.model.standardize, loaded.model.input_shift, loaded.model.input_scale) == ("off", None, None)
 
 
@@ -395,7 +411,7 @@ def test_version_3_config_keeps_the_per_point_rate_it_was_trained_at(tmp_path, i
     config["version"] = 3
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
-    assert loaded.version == CONFIG_VERSION == 7
+    assert loaded.version == CONFIG_VERSION == 8
     if inference == "amortized":
         assert loaded.model.point_lr == 0.2  # an option this model does not use, at its default
     else:

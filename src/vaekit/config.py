@@ -25,10 +25,10 @@ from .errors import ConfigError
 from .registry import K_MAX, REGISTRIES, STEPS_MAX, Option
 from .schedules import SCHEDULES
 
-CONFIG_VERSION = 7
+CONFIG_VERSION = 8
 # From this version on a config.json holds every field; the fields each later version added.
 FIRST_COMPLETE_VERSION = 6
-_ADDED_FIELDS: dict[int, dict[str, tuple[str, ...]]] = {7: {"train": ("valid_k",)}}
+_ADDED_FIELDS: dict[int, dict[str, tuple[str, ...]]] = {7: {"train": ("valid_k",)}, 8: {"model": ("x_path",)}}
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
 DTYPES = ("float32", "float64")
@@ -515,6 +515,14 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
         if isinstance(train, dict):
             train.setdefault("valid_k", 0)
         d["version"] = version = 7
+    if version == 7:
+        # Version 8 added model.x_path (topdown's q(z_l | z_{l+1}, x) may read x through one
+        # layer); version 7 runs read it through an encoder trunk.
+        d = json.loads(json.dumps(d))
+        model = d.get("model", {})
+        if isinstance(model, dict):
+            model.setdefault("x_path", "trunk")
+        d["version"] = version = 8
     if version != CONFIG_VERSION:
         raise ConfigError(f"config version must be <= {CONFIG_VERSION}, got {d.get('version')!r}")
     return d

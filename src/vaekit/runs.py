@@ -13,7 +13,7 @@ from . import checkpoint as ckpt
 from .config import RunConfig
 from .errors import DataError
 from .scaling import Scaling, model_rows
-from .train import rank_world, fit, init_distributed
+from .train import check_shards, fit, init_distributed, launched_rank_world, rank_world
 
 # What write_pictures and write_space_pictures may write.
 PICTURES = ("samples.png", "reconstructions.png", "curves.png", "latent.png", "kl_per_dim.png", "latent_grid.png", "bubbles.png", "spaces.png")
@@ -62,8 +62,8 @@ def train_run(
     Returns the summary that the CLI prints."""
 
     run_dir = Path(run_dir)
-    distributed = init_distributed(run_config.train.device)
-    if distributed and run_config.train.device.startswith("cuda"):
+    rank, world = launched_rank_world()
+    if world > 1 and run_config.train.device.startswith("cuda"):
         import dataclasses
         import os
 
@@ -71,13 +71,14 @@ def train_run(
         run_config = dataclasses.replace(run_config, train=dataclasses.replace(run_config.train, device=f"cuda:{local}"))
     created = not run_dir.exists()
     aside: list[bool] = []  # _train_run appends as it starts to set the old run aside (overwrite)
+    joined: list[bool] = []  # and True once it has joined the data-parallel group
     try:
         try:
-            summary = _train_run(run_config, run_dir, resume, progress, overwrite, aside)
+            summary = _train_run(run_config, run_dir, resume, progress, overwrite, aside, joined)
         except BaseException:
             # Under overwrite the old run stays in place until the checks pass, then aside until
             # the new run's first checkpoint: a new run that fails before it gives it back.
-            if not resume and rank_world()[0] == 0 and (not overwrite or aside):
+            if not resume and rank == 0 and (not overwrite or aside):
                 if aside:
                     recover_replaced(run_dir)
                 else:
@@ -85,7 +86,7 @@ def train_run(
             raise
         if aside:
             ckpt.end_aside(run_dir, restore=False)
-        if distributed:
+        if any(joined):
             import torch.distributed as dist
 
             # Ranks > 0 are done while rank 0 still draws and evaluates; tearing the group
@@ -93,7 +94,7 @@ def train_run(
             dist.barrier()
         return summary
     finally:
-        if distributed:
+        if any(joined):
             import torch.distributed as dist
 
             dist.destroy_process_group()
@@ -159,7 +160,9 @@ def _warn_of_other_files(run_dir: Path) -> None:
         )
 
 
-def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: bool, overwrite: bool, aside: list[bool]) -> dict[str, Any]:
+def _train_run(
+    run_config: RunConfig, run_dir: Path, resume: bool, progress: bool, overwrite: bool, aside: list[bool], joined: list[bool]
+) -> dict[str, Any]:
     from .data import check_data, load_dataset
     from .evaluate import evaluate
     from .hardware import check_model_fits
@@ -187,6 +190,10 @@ def _train_run(run_config: RunConfig, run_dir: Path, resume: bool, progress: boo
             likelihood=model.likelihood,
             scaling=scaling,
         )
+    # Every process of a torchrun group reads and checks the same data, so all refuse a batch
+    # too small to share alike, and before joining: none waits for a peer that has left.
+    check_shards(len(splits["train"]), run_config.train.batch_size, launched_rank_world()[1])
+    joined.append(init_distributed(run_config.train.device))
     rank, _ = rank_world()
     if not resume:
         model.prior.check_source()  # what the prior will read at the first step (an earlier run)

@@ -119,7 +119,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
     valid_rows = _validation_rows(model, x_valid, device, dtype)
     optimizers = make_optimizers(model, config.lr, normalized_grad=config.normalized_grad, eps=config.adam_eps)
     rank, world = rank_world()
-    _check_shards(n, config.batch_size, world)
+    check_shards(n, config.batch_size, world)
     writer = run_dir is not None and rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
     step = _Step(model, objective, optimizers, config, device, batch_rows, rank, world)
@@ -513,7 +513,7 @@ def _matmul_precision(precision: str):
         torch.set_float32_matmul_precision(old)
 
 
-def _check_shards(n: int, batch_size: int, world: int) -> None:
+def check_shards(n: int, batch_size: int, world: int) -> None:
     """Each of ``world`` processes takes a share of every global batch; a batch with fewer rows
     than processes leaves a share empty, whose mean loss is 0/0: refused before any step."""
     bs = min(batch_size, n)
@@ -531,6 +531,16 @@ def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def launched_rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process: the group's once joined, else as torchrun launched
+    it (RANK, WORLD_SIZE), known before it joins; (0, 1) when not launched by torchrun."""
+    import os
+
+    if rank_world() != (0, 1):
+        return rank_world()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def init_distributed(device: str) -> bool:

@@ -53,10 +53,10 @@ def _reference(model, x, eps):
     return top_down_reference(model, x, eps, _conditional)
 
 
-@pytest.mark.parametrize("join", ["concat", "branch"])
+@pytest.mark.parametrize("join, x_path", [("concat", "trunk"), ("branch", "trunk"), ("concat", "layer"), ("branch", "layer")])
 @pytest.mark.parametrize("sizes", [(3, 2), (3, 2, 2)])
-def test_draw_and_log_q_equal_the_hand_written_reference(sizes, join):
-    model, x = _topdown(sizes, join=join)
+def test_draw_and_log_q_equal_the_hand_written_reference(sizes, join, x_path):
+    model, x = _topdown(sizes, join=join, x_path=x_path)
     q = model.posterior(x)
     assert isinstance(q, TopDown) and q.noise_size == model.noise_size == sum(sizes)
     eps = torch.randn(3, 4, sum(sizes), generator=_gen(2), dtype=F64)
@@ -124,6 +124,33 @@ def test_join_branch_reads_each_input_through_a_layer_of_its_own(net):
     mu, logvar = (hidden @ last.weight.T + last.bias).chunk(2, -1)
     q = model.posterior(x)
     torch.testing.assert_close(q.conditionals[0](z2), (mu, logvar), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("net", ["mlp", "gated"])
+def test_x_path_layer_reads_raw_x_through_one_layer_of_the_family(net):
+    """x_path="layer", as Tomczak & Welling's q(z1|x, z2): h(x) is one hidden layer of the net
+    family on x itself, hidden[0] wide, whatever the encoder's depth; the default trunk is an
+    encoder of the family (here two hidden layers, then hidden[-1] features)."""
+    model, x = _topdown((3, 2), net=net, hidden=(6, 5), x_path="layer")
+    (h,) = model.inference.features
+    assert isinstance(h, GatedLinear) if net == "gated" else isinstance(h[0], torch.nn.Linear)
+    torch.testing.assert_close(h(x), _layer_by_hand(h, x), rtol=1e-12, atol=1e-12)
+    assert h(x).shape == (4, 6)
+    # The joint net reads [h(x), z2]: 6 + 2 inputs, one hidden layer of hidden[-1] = 5 units.
+    linears = [m for m in model.inference.joint[0].modules() if isinstance(m, torch.nn.Linear)]
+    assert linears[0].in_features == 8 and linears[0].out_features == 5
+    trunk, _ = _topdown((3, 2), net=net, hidden=(6, 5))
+    assert sum(isinstance(m, torch.nn.Linear) for m in trunk.inference.features[0].modules()) == (5 if net == "gated" else 3)  # two gated layers (two maps each) or two hidden, then the output map
+    assert trunk.inference.features[0](x).shape == (4, 5)
+
+
+def test_x_path_layer_needs_hidden_layers_and_applies_to_topdown_only():
+    with pytest.raises(ConfigError, match="x_path layer needs hidden layers"):
+        _topdown((3, 2), hidden=(), x_path="layer")
+    with pytest.raises(ConfigError, match="x_path applies to inference topdown"):
+        _topdown((3, 2), inference="amortized", x_path="layer")
+    with pytest.raises(ConfigError, match="x_path must be one of"):
+        _topdown((3, 2), x_path="deep")
 
 
 @pytest.mark.parametrize("join", ["concat", "branch"])
@@ -233,6 +260,20 @@ def test_join_branch_through_the_cli(tmp_path):
     assert a["model.inference.joint.0.net.branches.1.gate.weight"].shape == (12, 3)
 
 
+def test_x_path_layer_through_the_cli(tmp_path):
+    """--x-path layer with --join branch, Tomczak & Welling's q(z1|x, z2) whole: trains, resumes
+    bit for bit, and its one gated layer of x is saved and loaded."""
+    from cli_helpers import assert_resume_equals_straight
+
+    common = ["--data", "digits", "--inference", "topdown", "--decoder-input", "all", "--latent-dim", "6,3",
+              "--net", "gated", "--hidden", "16,12", "--join", "branch", "--x-path", "layer", "--eval-k", "5",
+              "--seed", "3"]  # fmt: skip
+    a = assert_resume_equals_straight(tmp_path, common)
+    assert a["model.inference.features.0.gate.weight"].shape == (16, 64)
+    assert not any(k.startswith("model.inference.features.0.0") for k in a)
+    assert a["model.inference.joint.0.net.trunk.0.gate.weight"].shape == (12, 16 + 12)
+
+
 @pytest.mark.parametrize(
     "argv, culprits",
     [
@@ -240,6 +281,9 @@ def test_join_branch_through_the_cli(tmp_path):
         (["--join", "branch"], ["join branch", "latent_dim"]),
         (["--join", "branch", "--latent-dim", "4,2"], ["join branch", "decoder_input bottom"]),
         (["--join", "branch", "--latent-dim", "4,2", "--inference", "topdown", "--hidden", ""], ["hidden layers"]),
+        (["--x-path", "layer", "--latent-dim", "4,2"], ["--x-path", "inference topdown"]),
+        (["--x-path", "layer", "--latent-dim", "4,2", "--inference", "topdown", "--hidden", ""], ["--x-path layer", "--hidden layers"]),
+        (["--x-path", "wide", "--latent-dim", "4,2", "--inference", "topdown"], ["x-path", "wide"]),
     ],
 )
 def test_join_bad_uses_are_one_line_usage_errors(capsys, tmp_path, argv, culprits):
