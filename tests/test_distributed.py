@@ -313,11 +313,19 @@ def test_a_batch_with_fewer_rows_than_processes_is_refused(tmp_path):
     proc = vaekit_train(*argv, nproc=2, cwd=tmp_path)
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("vaekit: error:")]
-    # Every process refuses before joining the group (the first to leave may have torchrun stop
-    # the other): none reports a broken group or waits for a peer.
-    assert errors and all("fewer than the 2 processes" in line for line in errors), proc.stderr
+    # Every process refuses before joining the group, and rank 0 alone says so: one line, no
+    # broken group, no word of torchrun stopping the other process.
+    assert len(errors) == 1 and "fewer than the 2 processes" in errors[0] and "--batch-size" in errors[0], proc.stderr
+    assert "terminated" not in proc.stderr and "rank 1" not in proc.stderr, proc.stderr
     assert not (run / ckpt.CONFIG_FILE).exists()
     ok(vaekit_train(*argv, nproc=1, cwd=tmp_path))
+    # Resumed, the run keeps its batch size: the advice is about the processes.
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    proc = vaekit_train("--out", run, "--resume", "--epochs", "2", nproc=2, cwd=tmp_path)
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("vaekit: error:")]
+    assert proc.returncode != 0 and len(errors) == 1, proc.stderr
+    assert errors[0].endswith("resume it on at most 1 process(es) (its --batch-size stays)"), errors
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def test_other_ranks_read_a_run_once_rank_0_has_recovered_it(tmp_path, monkeypatch):
@@ -341,3 +349,41 @@ def test_other_ranks_read_a_run_once_rank_0_has_recovered_it(tmp_path, monkeypat
     t0 = time.monotonic()
     cli_mod._await_recovery(tmp_path)
     assert time.monotonic() - t0 < 2
+
+
+def test_a_refusal_in_another_rank_is_left_to_rank_0(monkeypatch, capsys, tmp_path):
+    """Under torchrun every process refuses a bad command alike; rank 0 alone says so. Another
+    rank waits for torchrun to stop it once rank 0 has left, and then says nothing (nor of the
+    stop); one whose wait runs out (the refusal was its own) says it, naming its rank."""
+    from vaekit import cli as cli_mod
+
+    argv = ["train", "--data", "digits", "--epochs", "0", "--out", str(tmp_path / "run")]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+
+    def stopped(seconds):
+        raise cli_mod.Terminated
+
+    monkeypatch.setattr(cli_mod.time, "sleep", stopped)
+    assert cli_mod.main(argv) == 2
+    assert capsys.readouterr().err == ""
+    waited = []
+    monkeypatch.setattr(cli_mod.time, "sleep", waited.append)
+    assert cli_mod.main(argv) == 2
+    err = capsys.readouterr().err
+    assert waited == [cli_mod.RANK_0_REPORT_WAIT]
+    assert err.startswith("vaekit: error: (process of rank 1) --epochs must be an integer >= 1, got 0") and err.count("\n") == 1, err
+    monkeypatch.setenv("RANK", "0")
+    assert cli_mod.main(argv) == 2
+    assert capsys.readouterr().err.startswith("vaekit: error: --epochs must be an integer >= 1, got 0")
+    assert len(waited) == 1
+    # argparse's refusals too.
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(cli_mod.time, "sleep", stopped)
+    with pytest.raises(SystemExit) as stop:
+        cli_mod.main(["train", "--no-such-option"])
+    assert stop.value.code == 2 and capsys.readouterr().err == ""
+    monkeypatch.setattr(cli_mod.time, "sleep", waited.append)
+    with pytest.raises(SystemExit):
+        cli_mod.main(["train", "--no-such-option"])
+    assert capsys.readouterr().err.startswith("vaekit: error: (process of rank 1) the following arguments are required: --out")

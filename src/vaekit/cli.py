@@ -38,7 +38,9 @@ class _Parser(argparse.ArgumentParser):
         self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str):  # one line, no usage dump
-        self.exit(2, f"vaekit: error: {message} (see '{self.prog} --help')\n")
+        if _rank_0_reports():
+            self.exit(2)
+        self.exit(2, f"vaekit: error: {_by_rank(message)} (see '{self.prog} --help')\n")
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -955,17 +957,19 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
-    args = build_parser().parse_args(argv)
     # Only the main thread may set a handler, and one the caller set stays.
     handle = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     if handle:
         signal.signal(signal.SIGTERM, _terminate)
     try:
+        args = build_parser().parse_args(argv)
         warnings.formatwarning = _format_warning
         _check_paths(args)
         return args.func(args)
     except VaekitError as e:
-        print(f"vaekit: error: {e}", file=sys.stderr)
+        if _rank_0_reports():
+            return e.exit_code
+        print(f"vaekit: error: {_by_rank(e)}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
         # The reader of stdout stopped (`vaekit ... --json | head`): end quietly, as a
@@ -980,10 +984,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaekit: error: {where}{e.strerror or e} (what was written before is intact)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("vaekit: interrupted; what was written is intact (a run with a checkpoint continues with --resume)", file=sys.stderr)
+        if _launched_rank() == 0:  # every process of a torchrun group gets the signal; one says so
+            print("vaekit: interrupted; what was written is intact (a run with a checkpoint continues with --resume)", file=sys.stderr)
         return 130
     except Terminated:
-        print("vaekit: terminated (SIGTERM); what was written is intact (a run with a checkpoint continues with --resume)", file=sys.stderr)
+        if _launched_rank() == 0:
+            print("vaekit: terminated (SIGTERM); what was written is intact (a run with a checkpoint continues with --resume)", file=sys.stderr)
         return 143
     except (MemoryError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
@@ -1001,6 +1007,37 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = _PYTHON_FORMAT_WARNING
         if handle:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# How long a process of a torchrun group other than rank 0 that refused the command waits for
+# rank 0 to refuse it too (and torchrun to stop the rest) before it reports the refusal itself.
+RANK_0_REPORT_WAIT = 30.0
+
+
+def _launched_rank() -> int:
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+def _by_rank(e: BaseException | str) -> str:
+    """The error as a process of a torchrun group other than rank 0 reports it: named by rank."""
+    rank = _launched_rank()
+    return f"{e}" if rank == 0 else f"(process of rank {rank}) {e}"
+
+
+def _rank_0_reports() -> bool:
+    """Whether a refusal in a process of a torchrun group is left to rank 0 to report. Every
+    process checks the same options and data, so rank 0 refuses what another refuses; that one
+    waits for it (up to RANK_0_REPORT_WAIT), so that the first process to leave is not the
+    one that stays silent and torchrun's stop does not cut rank 0 off before its line. True
+    when torchrun stopped this process meanwhile (rank 0 has left), False (report it) when
+    the wait ran out: then the refusal was this process's own."""
+    if _launched_rank() == 0:
+        return False
+    try:
+        time.sleep(RANK_0_REPORT_WAIT)
+    except (Terminated, KeyboardInterrupt):
+        return True
+    return False
 
 
 def _group_broke(e: BaseException) -> bool:

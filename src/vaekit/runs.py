@@ -192,7 +192,7 @@ def _train_run(
         )
     # Every process of a torchrun group reads and checks the same data, so all refuse a batch
     # too small to share alike, and before joining: none waits for a peer that has left.
-    check_shards(len(splits["train"]), run_config.train.batch_size, launched_rank_world()[1])
+    check_shards(len(splits["train"]), run_config.train.batch_size, launched_rank_world()[1], resume)
     joined.append(init_distributed(run_config.train.device))
     rank, _ = rank_world()
     if not resume:

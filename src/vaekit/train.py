@@ -513,15 +513,18 @@ def _matmul_precision(precision: str):
         torch.set_float32_matmul_precision(old)
 
 
-def check_shards(n: int, batch_size: int, world: int) -> None:
+def check_shards(n: int, batch_size: int, world: int, resume: bool = False) -> None:
     """Each of ``world`` processes takes a share of every global batch; a batch with fewer rows
-    than processes leaves a share empty, whose mean loss is 0/0: refused before any step."""
+    than processes leaves a share empty, whose mean loss is 0/0: refused before any step. A
+    resumed run keeps its batch size, so then the advice is about the processes."""
     bs = min(batch_size, n)
     smallest = min(bs, n % bs or bs)
     if world > 1 and smallest < world:
+        advice = (f"resume it on at most {smallest} process(es) (its --batch-size stays)" if resume
+                  else "choose another --batch-size")  # fmt: skip
         raise ConfigError(
             f"{n} training rows in batches of {bs} include a batch of {smallest} row(s), fewer than the {world} "
-            "processes (each needs a row of every batch); choose another --batch-size"
+            f"processes (each needs a row of every batch); {advice}"
         )
 
 

@@ -17,7 +17,7 @@ from . import INFERENCE, InferenceMethod
     options={
         # Tomczak & Welling's q(z1|x, z2) reads x through one gated layer of its own, not
         # through an encoder as deep as q(z2|x)'s.
-        "x_path": Option("trunk", "what x passes through in topdown's q(z_l | z_{l+1}, x): trunk (an encoder of the net family, to hidden[-1] features) or layer (one hidden layer of the family, hidden[0] wide, as Tomczak & Welling 2018's code)", choices=("trunk", "layer")),
+        "x_path": Option("trunk", "what x passes through in topdown's q(z_l | z_{l+1}, x): trunk (an encoder of the net family, to hidden[-1] features) or layer (one dense hidden layer of the family, gated under the gated nets, hidden[0] wide, as Tomczak & Welling 2018's code)", choices=("trunk", "layer")),
     },
 )
 class TopDownInference(InferenceMethod):
