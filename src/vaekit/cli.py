@@ -406,7 +406,7 @@ def _resume_config(args, run_dir: Path):
         else:
             same = _same(opt, name, value, own)
         if not same:
-            raise ConfigError(f"{_flag(dest)} cannot change when resuming; {run_dir}/config.json holds {name}={own!r}")
+            raise ConfigError(f"{_flag(dest)} cannot change when resuming; the run in {run_dir} has {name}={own!r}")
     changed = {name: getattr(args, dest) for dest, (section, name, opt) in options.items() if section == "train" and opt.resumable and getattr(args, dest) is not None}
     with _option_names():
         train = replace(config.train, **changed)
