@@ -245,6 +245,14 @@ def test_latent_traversal_grid_limits_and_tick_labels(tmp_path):
     assert img.width > bare.width + 20 and img.height > bare.height + 3 * plots.TEXT_PX
     with pytest.raises(DataError, match="limits must be"):
         plots.latent_traversal_grid(decode, tmp_path / "t.png", (8, 8), limits=[[1.0, -1.0], [0.0, 1.0]])
+    # decode reads float32: a limit or span past its range would be ±inf there.
+    with pytest.raises(DataError, match="limits must lie within float32's range"):
+        plots.latent_traversal_grid(decode, tmp_path / "t.png", (8, 8), limits=[[-1e39, 1.0], [0.0, 1.0]])
+    with pytest.raises(DataError, match="span must be a number > 0 within float32's range"):
+        plots.latent_traversal_grid(decode, tmp_path / "t.png", (8, 8), spacing="linear", span=1e39)
+    n = len(seen)
+    plots.latent_traversal_grid(decode, tmp_path / "t.png", (8, 8), n=3, limits=[[-3e38, 3e38], [0.0, 1.0]])
+    assert np.isfinite(seen[n]).all() and seen[n][0, 0] == np.float32(-3e38)
 
 
 def test_latent_traversal_grid_bad_decode(tmp_path):

@@ -380,12 +380,15 @@ def latent_traversal_grid(
         limits = _as_float_array(limits, "limits", ndim=2)
         if limits.shape != (2, 2) or np.any(limits[:, 1] <= limits[:, 0]):
             raise DataError(f"limits must be ((lo1, hi1), (lo2, hi2)) with lo < hi, got {limits.tolist()}")
+        # decode gets float32 z: a limit past its range would arrive as ±inf.
+        if np.any(np.abs(limits) > float(np.finfo(np.float32).max)):
+            raise DataError(f"limits must lie within float32's range (±{np.finfo(np.float32).max:.4g}), got {limits.tolist()}")
         grid1, grid2 = np.linspace(*limits[0], n), np.linspace(*limits[1], n)
     elif spacing == "quantile":
         grid1 = grid2 = np.array([NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, n)])
     elif spacing == "linear":
-        if not (isinstance(span, (int, float)) and math.isfinite(span) and span > 0):
-            raise DataError(f"span must be a finite number > 0, got {span!r}")
+        if not (isinstance(span, (int, float)) and math.isfinite(span) and 0 < span <= float(np.finfo(np.float32).max)):
+            raise DataError(f"span must be a number > 0 within float32's range, got {span!r}")
         grid1 = grid2 = np.linspace(-span, span, n)
     else:
         raise DataError(f"spacing must be 'quantile' or 'linear', got {spacing!r}")
