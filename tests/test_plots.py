@@ -134,6 +134,26 @@ def test_reconstruction_grid_pairs_are_aligned(tmp_path):
     assert np.all(px[2 * t :, 3 * t :] == round(255 * plots.PAD_VALUE))
 
 
+def test_reconstruction_grid_classes_fit_over_their_columns(tmp_path, monkeypatch):
+    """A class name wider than its column is cut short ("..") to the tile's width, so that
+    neighbours do not overlap; one that fits is written whole."""
+    font = plots._font()
+    long = "a class name far wider than one tile"
+    short = plots._fit_text(long, 28, font)
+    assert short.endswith("..") and long.startswith(short[:-2]) and plots._text_box(short, font)[0] <= 28
+    assert plots._fit_text("7", 28, font) == "7" and plots._fit_text(long, 1, font) == ""
+    drawn = []
+    real = plots._frame
+    monkeypatch.setattr(plots, "_frame", lambda img, *a, **k: drawn.append(k.get("above", ())) or real(img, *a, **k))
+    x = np.random.default_rng(0).uniform(size=(3, 64))
+    plots.reconstruction_grid(x, x, tmp_path / "r.png", (8, 8), labels=[long, "3", long + "!"])
+    tw = 8 * plots._default_scale((1, 8, 8))
+    (above,) = [a for a in drawn if a]
+    assert [t for _, t in above][1] == "3"
+    assert all(plots._text_box(t, font)[0] <= tw for _, t in above)
+    assert [x for x, _ in above] == [tw / 2, tw + 1 + tw / 2, 2 * (tw + 1) + tw / 2]
+
+
 def test_reconstruction_grid_takes_first_n(tmp_path):
     x = np.linspace(0, 1, 20)[:, None] * np.ones((20, 4))
     path = plots.reconstruction_grid(x, x, tmp_path / "r.png", (2, 2), n=3, annotate=False)

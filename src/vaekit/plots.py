@@ -197,6 +197,18 @@ def _text_box(text: str, font) -> tuple[int, int]:
     return right - left, bottom - top
 
 
+def _fit_text(text: str, width: float, font) -> str:
+    """``text`` as it fits in ``width`` pixels: whole, or cut short and ended with "..", so that
+    captions side by side (the classes over a grid's columns) do not run into each other."""
+    if _text_box(text, font)[0] <= width:
+        return text
+    for end in range(len(text) - 1, 0, -1):
+        short = text[:end].rstrip() + ".."
+        if _text_box(short, font)[0] <= width:
+            return short
+    return ""
+
+
 def _frame(img, title: str | None = None, rows: Sequence[tuple[float, str]] = (), cols: Sequence[tuple[float, str]] = (),
            corner: str | None = None, below: str | None = None, above: Sequence[tuple[float, str]] = ()):  # fmt: skip
     """``img`` on a white canvas with captions: ``title`` centred above, ``rows`` (y centre in
@@ -325,7 +337,8 @@ def reconstruction_grid(
         rows = slice(2 * b * ncol, (2 * b + 2) * ncol)
         block = _render_grid(tiles[rows], present[rows], ncol, pad=1, scale=scale)
         shown = range(b * ncol, min(n, (b + 1) * ncol))
-        above = [((i - b * ncol) * (tw + 1) + tw / 2, str(labels[i])) for i in shown] if labels is not None else ()
+        font = _font()
+        above = [((i - b * ncol) * (tw + 1) + tw / 2, _fit_text(str(labels[i]), tw, font)) for i in shown] if labels is not None else ()
         framed.append(_frame(block, rows=[(th / 2, "data"), (th + 1 + th / 2, "reconstruction")], above=above))
     img = _stack(framed, gap=2 * MARGIN)
     return _save_image(_frame(img, title) if title else img, path)
