@@ -1990,3 +1990,16 @@ def test_a_killed_writers_temporary_beside_out_is_swept_by_the_next_write(run, t
     assert code == 0, err
     assert not dead.exists() and live.exists() and other.exists()
     assert (tmp_path / "s.npy").is_file()
+
+
+def test_one_row_is_one_row_in_every_report(run, digits_rows, tmp_path, capsys):
+    """The verbs' summaries count a single row in the singular."""
+    np.save(tmp_path / "one.npy", digits_rows[:1])
+    for verb, out in (("encode", "e.npy"), ("reconstruct", "r.npy"), ("score", "s.npy")):
+        code, text, err = cli(capsys, verb, run, "--data", tmp_path / "one.npy", "--k", "2", "--out", tmp_path / out) if verb == "score" else cli(
+            capsys, verb, run, "--data", tmp_path / "one.npy", "--out", tmp_path / out
+        )
+        assert code == 0, err
+        assert " of 1 row to " in text, text
+    code, text, err = cli(capsys, "evaluate", run, "--data", tmp_path / "one.npy", "--split", "all", "--k", "2")
+    assert code == 0 and "(1 row): ELBO" in text, (text, err)

@@ -539,6 +539,11 @@ def _data_paths(args) -> tuple[Path, ...]:
         return ()
 
 
+def _count(n: int, noun: str) -> str:
+    """"1 row", "2 rows"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _rows(est, args, split: str):
     """(x, x_model, labels): the rows of --data (or the run's data) for ``split`` in the
     user's values, the same rows checked against the model and mapped into its values, and
@@ -725,7 +730,7 @@ def cmd_encode(args) -> int:
 
     write_array(out, np.concatenate([mu, logvar], axis=1), header=header, arrays=arrays)
     groups = {g.name: g.size for g in est.model_.latents}
-    _report(args, {"out": str(out), "n": int(x.shape[0]), "latent_dim": mu.shape[1], "groups": groups}, f"wrote μ and log σ² of {x.shape[0]} rows to {out}")
+    _report(args, {"out": str(out), "n": int(x.shape[0]), "latent_dim": mu.shape[1], "groups": groups}, f"wrote μ and log σ² of {_count(x.shape[0], 'row')} to {out}")
     return 0
 
 
@@ -756,7 +761,7 @@ def cmd_reconstruct(args) -> int:
         # Block by block into the file: under --mmap the n × D output need not fit in memory.
         write_blocks(out, est.reconstruct_blocks(x), (x.shape[0], est.n_features_in_), header=_columns(est))
     n = len(rows) if out.suffix == ".png" else int(x.shape[0])  # a picture shows a sample of the rows
-    _report(args, {"out": str(out), "n": n}, f"wrote reconstructions of {n} rows to {out}")
+    _report(args, {"out": str(out), "n": n}, f"wrote reconstructions of {_count(n, 'row')} to {out}")
     return 0
 
 
@@ -790,7 +795,7 @@ def cmd_score(args) -> int:
             rows.close()
     write_array(out, log_px, header=["log_px"])
     summary = {"out": str(out), "n": int(log_px.shape[0]), "k": int(args.k), "mean": float(log_px.mean()), "min": float(log_px.min()), "max": float(log_px.max())}
-    _report(args, summary, f"wrote log p(x) of {log_px.shape[0]} rows to {out} (mean {summary['mean']:.3f}, min {summary['min']:.3f})")
+    _report(args, summary, f"wrote log p(x) of {_count(log_px.shape[0], 'row')} to {out} (mean {summary['mean']:.3f}, min {summary['min']:.3f})")
     return 0
 
 
@@ -800,7 +805,7 @@ def cmd_score(args) -> int:
 def _evidence_line(r: dict[str, Any]) -> str:
     """'(n rows): ELBO … log p(x) … bits/dim  active units A/D' for the result of ``evaluate.evaluate``."""
     return (
-        f"({r['n']} rows): ELBO {r['elbo']:.3f} (recon {r['recon']:.3f}, KL {r['kl']:.3f})  "
+        f"({_count(r['n'], 'row')}): ELBO {r['elbo']:.3f} (recon {r['recon']:.3f}, KL {r['kl']:.3f})  "
         f"log p(x) {r['log_likelihood']:.3f} nats (IWAE, K={r['k']})  {r['bits_per_dim']:.4f} bits/dim  "
         f"active units {r['active_units']}/{r['latent_size']}"
     )
