@@ -10,7 +10,6 @@ import torch
 from torch.distributions import Bernoulli, Categorical, Independent, MixtureSameFamily, Normal
 
 from vaekit.config import ModelConfig
-from vaekit.distributions import DiagonalNormal
 from vaekit.errors import ConfigError
 from vaekit.latents import TopDown
 from vaekit.model import VAEModel
