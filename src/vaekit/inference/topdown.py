@@ -27,7 +27,8 @@ class TopDownInference(InferenceMethod):
     This is the inference model of the two-layer VAEs of Tomczak & Welling (2018, sec. 4 and
     their code jmtomczak/vae_vampprior, ``HVAE_2level``): q(z_2|x) from the encoder, and
     q(z_1|x, z_2) from x's features h_1(x) (the net family's encoder to ``hidden[-1]`` numbers,
-    or with ``x_path="layer"`` one hidden layer of the family, as their code) joined with z_2 by a dense network of the family (one layer of ``hidden[-1]`` units; with
+    or with ``x_path="layer"`` one hidden layer of the family, as their code) joined with z_2
+    by a dense network of the family (one layer of ``hidden[-1]`` units; with
     ``join="branch"`` z_2 passes a layer of its own before joining, as in their code). With
     it the top group's q is a Gaussian of x alone, so the VampPrior p(z_L) = (1/K) Σ_k q(z_L|u_k)
     is defined for any number of groups. Paired with ``decoder_input="all"`` the generative
