@@ -1020,7 +1020,9 @@ RANK_0_REPORT_WAIT = 30.0
 
 
 def _launched_rank() -> int:
-    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    from .train import launched_rank_world
+
+    return launched_rank_world()[0]
 
 
 def _by_rank(e: BaseException | str) -> str:

@@ -543,7 +543,8 @@ def launched_rank_world() -> tuple[int, int]:
 
     if rank_world() != (0, 1):
         return rank_world()
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
 
 
 def init_distributed(device: str) -> bool:
