@@ -485,11 +485,12 @@ def test_api_takes_raw_digits_as_the_cli_does(run, tmp_path, capsys):
 
 
 def _as_version_2(run: Path) -> None:
-    """Rewrite RUN/config.json as version 2 wrote it: no input map (its loader scaled digits)."""
-    config = json.loads((run / "config.json").read_text())
-    for name in ("standardize", "input_shift", "input_scale"):
-        del config["model"][name]
-    config["version"] = 2
+    """Rewrite RUN/config.json as version 2 wrote it: no input map (its loader scaled digits)
+    nor any other field a later version added."""
+    from config_helpers import as_version
+
+    config = as_version(json.loads((run / "config.json").read_text()), 2)
+    assert not {"standardize", "input_shift", "input_scale"} & set(config["model"])
     (run / "config.json").write_text(json.dumps(config))
 
 
@@ -1707,6 +1708,34 @@ def test_sigterm_ends_a_run_as_an_interrupt_does(run_copy):
     assert proc.returncode == 143, err
     assert err.strip().splitlines() == [err.strip()] and "terminated" in err and "Traceback" not in err, err
     assert snapshot(run_copy) == before
+
+
+# A verb whose process gets ``signal`` while torch is half imported (torch/__init__ is importing
+# torch.nn): an audit hook sends it at that moment, the way a Ctrl-C in the first second does.
+SIGNAL_DURING_TORCH_IMPORT = """
+import os, signal, sys
+sent, number = [], getattr(signal, sys.argv[1])
+def hook(event, args):
+    if event == "import" and args[0] == "torch.nn" and not sent:
+        sent.append(1)
+        os.kill(os.getpid(), number)
+sys.addaudithook(hook)
+from vaekit.cli import run
+sys.argv = ["vaekit", "evaluate", sys.argv[2], "--k", "2"]
+run()
+"""
+
+
+@pytest.mark.parametrize("name, status, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_a_signal_while_torch_is_being_imported_is_one_line(run_copy, name, status, word):
+    """The handler names the process's rank without importing torch again: a second import of a
+    half-initialised torch fails with a traceback (and exit 1) instead of the verb's line."""
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGNAL_DURING_TORCH_IMPORT, name, str(run_copy)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == status, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and word in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_a_verb_does_not_write_over_the_runs_own_files(run_copy, capsys):

@@ -4,8 +4,9 @@ import json
 import re
 
 import pytest
+from config_helpers import as_version
 
-from vaekit.config import CONFIG_VERSION, DataConfig, ModelConfig, RunConfig, TrainConfig
+from vaekit.config import ADDED_FIELDS, CONFIG_VERSION, DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.errors import ConfigError
 
 
@@ -171,7 +172,7 @@ def test_a_current_config_missing_a_field_is_refused(tmp_path, section, field):
             RunConfig.from_dict(d)
     d = _run_config().to_dict()
     del d["train"]["adam_eps"], d["model"]["join"]  # options added while version 5 was current
-    d["version"] = 5
+    as_version(d, 5)
     old = RunConfig.from_dict(d)
     assert old.version == CONFIG_VERSION and old.train.adam_eps == TrainConfig().adam_eps and old.model.join == "concat"
 
@@ -185,7 +186,7 @@ def test_version_6_config_loads_without_valid_k_and_stays_strict(tmp_path):
     del d["train"]["valid_k"]
     with pytest.raises(ConfigError, match=r"the train section is missing the field\(s\) valid_k;"):
         RunConfig.from_dict(json.loads(json.dumps(d)))
-    d["version"] = 6
+    as_version(d, 6)
     path = _write(tmp_path, json.dumps(d))
     old = RunConfig.load(path)
     assert old.version == CONFIG_VERSION and old.train.valid_k == 0
@@ -329,10 +330,8 @@ def test_version_1_config_loads(tmp_path):
 def test_version_2_config_loads_without_an_input_map(tmp_path):
     """A config.json written before models stored their input map loads as a model without
     one: standardisation off, no shift or scale."""
-    config = RunConfig(model=ModelConfig(input_dim=4, likelihood="gaussian")).to_dict()
-    for name in ("standardize", "input_shift", "input_scale"):
-        del config["model"][name]
-    config["version"] = 2
+    config = as_version(RunConfig(model=ModelConfig(input_dim=4, likelihood="gaussian")).to_dict(), 2)
+    assert not {"standardize", "input_shift", "input_scale"} & set(config["model"])
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
     assert loaded.version == CONFIG_VERSION == 8
@@ -406,9 +405,8 @@ def test_version_3_config_keeps_the_per_point_rate_it_was_trained_at(tmp_path, i
     """Before version 4 the per-point tables of map and vi stepped at the shared --lr: a run
     written then loads (and resumes) with point_lr equal to its lr, not the new default."""
     model = ModelConfig(input_dim=4, inference=inference, n_points=3 if inference != "amortized" else 0)
-    config = RunConfig(model=model, train=TrainConfig(lr=3e-4)).to_dict()
-    config["model"].pop("point_lr", None)
-    config["version"] = 3
+    config = as_version(RunConfig(model=model, train=TrainConfig(lr=3e-4)).to_dict(), 3)
+    assert "point_lr" not in config["model"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
     assert loaded.version == CONFIG_VERSION == 8
@@ -417,3 +415,44 @@ def test_version_3_config_keeps_the_per_point_rate_it_was_trained_at(tmp_path, i
     else:
         assert loaded.model.point_lr == 3e-4
         assert ModelConfig(input_dim=4, inference=inference, n_points=3).point_lr == 0.2
+
+
+@pytest.mark.parametrize("version", [0, -1, CONFIG_VERSION + 1, True, False, "8", 8.0, None, [8]])
+def test_a_version_that_is_not_a_known_integer_is_refused(tmp_path, version):
+    """JSON's true is not version 1, nor 8.0 version 8: each was written by hand, not by vaekit."""
+    d = _run_config().to_dict()
+    d["version"] = version
+    path = _write(tmp_path, json.dumps(d))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: config version must be an integer from 1 to {CONFIG_VERSION}, got "):
+        RunConfig.load(path)
+
+
+def test_a_missing_version_is_refused():
+    d = _run_config().to_dict()
+    del d["version"]
+    with pytest.raises(ConfigError, match="config version must be an integer from 1 to 8, got None"):
+        RunConfig.from_dict(d)
+
+
+@pytest.mark.parametrize("version", range(1, CONFIG_VERSION))
+def test_a_version_edited_down_is_refused_naming_a_later_field(tmp_path, version):
+    """A current file whose version was lowered would be migrated as an old one: version 2's
+    step drops the input map and version 1's resets the objective, which makes another model
+    from the same weights without a word. Its fields of later versions give it away."""
+    d = _run_config().to_dict()
+    d["version"] = version
+    path = _write(tmp_path, json.dumps(d))
+    later = min(v for v in ADDED_FIELDS if v > version)
+    section, names = next(iter(ADDED_FIELDS[later].items()))
+    with pytest.raises(ConfigError, match=rf"version {version} holds the {section} field\(s\) {names[0]}.*which version {later} added: the version was edited"):
+        RunConfig.load(path)
+    # The same file as that version wrote it loads, migrated to the current version.
+    assert RunConfig.from_dict(as_version(_run_config().to_dict(), version)).version == CONFIG_VERSION
+
+
+def test_an_unknown_top_level_field_is_refused(tmp_path):
+    d = _run_config().to_dict()
+    d["optimizer"] = {"lr": 1}
+    path = _write(tmp_path, json.dumps(d))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: unknown top-level field\(s\): optimizer$"):
+        RunConfig.load(path)

@@ -570,6 +570,14 @@ def test_rows_that_overflow_the_models_arithmetic_are_refused_not_nan():
     with pytest.raises(DataError, match=said.format(r"log p\(x\)")):
         gaps(vae.model_, mapped, k=5, steps=2)
     assert np.isfinite(vae.score_samples(far[:3], k=5)).all() and np.isfinite(vae.reconstruct(far[:3])).all()
+    # One value at 1e30 leaves finite codes, but their squares overflow: the KL is +inf (never
+    # so for a finite q) and the ELBO -inf, which alone could be a density below the range.
+    one = np.vstack([x[:3], [[1e30, 0, 0, 0, 0]]])
+    assert np.isfinite(vae.encode(one)[0]).all()
+    with pytest.raises(DataError, match=said.format("KL").replace(r"3\.\d+e\+38", r"1[.\d]*e\+30")):
+        vae.elbo(one)
+    with pytest.raises(DataError, match=said.format("KL").replace(r"3\.\d+e\+38", r"1[.\d]*e\+30")):
+        evaluate(vae.model_, vae.model_input(one), k=5)
 
 
 def test_inverse_transform_of_read_only_latents_is_quiet(fitted, digits):

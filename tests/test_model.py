@@ -9,6 +9,8 @@ import re
 import pytest
 import torch
 
+from config_helpers import as_version
+
 from vaekit.checkpoint import load_run, save_model
 from vaekit.config import CONFIG_VERSION, ModelConfig, RunConfig
 from vaekit.errors import ConfigError
@@ -79,8 +81,8 @@ def test_version_4_run_loads_with_its_mlp_downward_net(tmp_path, layers):
     model = VAEModel(config.model)
     save_model(tmp_path, model, config)
     old = json.loads((tmp_path / "config.json").read_text())
-    del old["model"]["downward"]
-    old["version"] = 4
+    as_version(old, 4)
+    assert "downward" not in old["model"]
     (tmp_path / "config.json").write_text(json.dumps(old))
 
     loaded_config, loaded = load_run(tmp_path)
@@ -163,5 +165,5 @@ def test_join_branch_decoder_is_as_deep_as_the_concat_one(net):
     assert branch.decode(z).logits.shape == concat.decode(z).logits.shape == (3, 64)
     config = RunConfig(model=ModelConfig(**kw)).to_dict()
     del config["model"]["join"]
-    config["version"] = 5  # written before join existed: the layout those runs had
+    as_version(config, 5)  # written before join existed: the layout those runs had
     assert RunConfig.from_dict(config).model.join == "concat"

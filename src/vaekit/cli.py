@@ -1020,7 +1020,7 @@ RANK_0_REPORT_WAIT = 30.0
 
 
 def _launched_rank() -> int:
-    from .train import launched_rank_world
+    from .launch import launched_rank_world
 
     return launched_rank_world()[0]
 

@@ -26,9 +26,18 @@ from .registry import K_MAX, REGISTRIES, STEPS_MAX, Option
 from .schedules import SCHEDULES
 
 CONFIG_VERSION = 8
-# From this version on a config.json holds every field; the fields each later version added.
+# From this version on a config.json holds every field.
 FIRST_COMPLETE_VERSION = 6
-_ADDED_FIELDS: dict[int, dict[str, tuple[str, ...]]] = {7: {"train": ("valid_k",)}, 8: {"model": ("x_path",)}}
+# The fields each version added, by section: an older file lacks them (``_migrate`` fills them
+# in), and one that holds them had its version edited.
+ADDED_FIELDS: dict[int, dict[str, tuple[str, ...]]] = {
+    2: {"train": ("objective",)},
+    3: {"model": ("standardize", "input_shift", "input_scale")},
+    4: {"model": ("point_lr",)},
+    5: {"model": ("downward",)},
+    7: {"train": ("valid_k",)},
+    8: {"model": ("x_path",)},
+}
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
 DTYPES = ("float32", "float64")
@@ -523,9 +532,30 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
         if isinstance(model, dict):
             model.setdefault("x_path", "trunk")
         d["version"] = version = 8
-    if version != CONFIG_VERSION:
-        raise ConfigError(f"config version must be <= {CONFIG_VERSION}, got {d.get('version')!r}")
+    if version != CONFIG_VERSION:  # from_dict checked it: only a caller that did not gets here
+        raise ConfigError(f"config version must be an integer from 1 to {CONFIG_VERSION}, got {d.get('version')!r}")
     return d
+
+
+def _check_version(d: dict[str, Any]) -> None:
+    """The file's top level is {model, train, data, version}, its version one this release
+    reads (an integer, not a bool: JSON's true is not 1), and it holds no field a later version
+    added: that file had its version edited, and the migration would rewrite fields it holds
+    (an older version's input map is none at all) into another model without a word."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(RunConfig)})
+    if unknown:
+        raise ConfigError(f"unknown top-level field(s): {', '.join(map(str, unknown))}")
+    version = d.get("version")
+    if type(version) is not int or not 1 <= version <= CONFIG_VERSION:
+        raise ConfigError(f"config version must be an integer from 1 to {CONFIG_VERSION}, got {version!r}")
+    for later, added in sorted(ADDED_FIELDS.items()):
+        for section, names in added.items():
+            held = [name for name in names if version < later and isinstance(d.get(section), dict) and name in d[section]]
+            if held:
+                raise ConfigError(
+                    f"version {version} holds the {section} field(s) {', '.join(held)}, which version {later} added: "
+                    f"the version was edited (this release writes version {CONFIG_VERSION})"
+                )
 
 
 @dataclass
@@ -556,8 +586,9 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         if not isinstance(d, dict):
             raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
-        version = d.get("version")
-        strict = isinstance(version, int) and not isinstance(version, bool) and FIRST_COMPLETE_VERSION <= version <= CONFIG_VERSION
+        _check_version(d)
+        version = d["version"]
+        strict = version >= FIRST_COMPLETE_VERSION
         if strict:
             _check_complete(d, version)
         d = _migrate(d)
@@ -607,7 +638,7 @@ def _check_complete(d: dict[str, Any], version: int = CONFIG_VERSION) -> None:
     for section, cls in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig)):
         if not isinstance(d.get(section), dict):
             continue  # said by from_dict / _build
-        later = {name for v, added in _ADDED_FIELDS.items() if v > version for name in added.get(section, ())}
+        later = {name for v, added in ADDED_FIELDS.items() if v > version for name in added.get(section, ())}
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in d[section] and f.name not in later]
         if missing:
             raise ConfigError(f"the {section} section is missing the field(s) {', '.join(missing)}; this version writes every field")

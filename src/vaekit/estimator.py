@@ -504,12 +504,12 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def elbo(self, X, seed: int = 0) -> dict[str, np.ndarray]:
         """Per-row ELBO, E_q[log p(x|z)] and KL(q || p)."""
-        from .evaluate import elbo_per_point, refuse_overflow
+        from .evaluate import elbo_per_point, refuse_elbo_overflow
 
         seed = _seed(seed)
         x = self.model_input(X)
         out = elbo_per_point(self.model_, x, seed=seed)
-        refuse_overflow(out["elbo"], "ELBO", x, low_inf=True)
+        refuse_elbo_overflow(out, x)
         return out
 
     def evaluate(self, X, k: int = 1000, seed: int = 0) -> dict[str, Any]:

@@ -248,6 +248,15 @@ def refuse_overflow(values: np.ndarray, name: str, x, start: int = 0, low_inf: b
     )
 
 
+def refuse_elbo_overflow(terms: dict[str, np.ndarray], x) -> None:
+    """``refuse_overflow`` for ``elbo_per_point``'s terms. The ELBO may be −inf (a density below
+    the float range), but then its KL must be finite: KL(q || p) is finite for every q the
+    encoder can give, and +inf only where a code's square overflowed (a row's values near
+    1e19 or more in a float32 model, which leave finite but meaningless codes)."""
+    refuse_overflow(terms["elbo"], "ELBO", x, low_inf=True)
+    refuse_overflow(terms["kl"], "KL", x)
+
+
 class PerRow:
     """Per-row results of a pass over batches, copied batch by batch into arrays of the final
     length ``n`` (each name's trailing shape and, with ``dtype`` None, dtype taken from its first
@@ -335,8 +344,8 @@ def evaluate(model, x, k: int = 1000, seed: int = 0, progress: Callable[[int], N
     x = model_rows(model, x)
     usage = LatentUsage(model, _generator(model, seed + 2))
     terms = elbo_per_point(model, x, seed=seed, usage=usage, idx=idx)
+    refuse_elbo_overflow(terms, x)  # before the long log p(x) pass
     log_px = log_px_per_point(model, x, k=k, seed=seed + 1, progress=progress, idx=idx)
-    refuse_overflow(terms["elbo"], "ELBO", x, low_inf=True)
     refuse_overflow(log_px, "log p(x)", x, low_inf=True)
     n, dim = np.shape(x)
     ll = float(log_px.mean())

@@ -29,6 +29,7 @@ from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import LatentUsage, elbo_per_point, log_px_per_point, read_only_tensor
+from .launch import launched_rank_world, rank_world
 from .optim import Adam, NormalizedAdam, SparseAdam
 from .registry import OBJECTIVES
 from .schedules import lr_at, rates
@@ -526,25 +527,6 @@ def check_shards(n: int, batch_size: int, world: int, resume: bool = False) -> N
             f"{n} training rows in batches of {bs} include a batch of {smallest} row(s), fewer than the {world} "
             f"processes (each needs a row of every batch); {advice}"
         )
-
-
-def rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def launched_rank_world() -> tuple[int, int]:
-    """(rank, world size) of this process: the group's once joined, else as torchrun launched
-    it (RANK, WORLD_SIZE), known before it joins; (0, 1) when not launched by torchrun."""
-    import os
-
-    if rank_world() != (0, 1):
-        return rank_world()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
 
 
 def init_distributed(device: str) -> bool:

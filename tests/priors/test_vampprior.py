@@ -27,6 +27,7 @@ from vaekit.model import VAEModel
 from vaekit.objectives.elbo import elbo
 from vaekit.train import fit
 from cli_helpers import assert_train_refused, cli as _cli
+from config_helpers import as_version
 from prior_helpers import assert_round_trip
 
 F64 = torch.float64
@@ -338,7 +339,7 @@ def test_sigmoid_vampprior_trains_saves_and_loads(digits, tmp_path):
     assert loaded.config_.model.pseudo_map == "sigmoid" and loaded.model_.prior.map == "sigmoid"
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     del config["model"]["pseudo_map"]
-    config["version"] = 5  # written before pseudo_map existed: the map those runs had
+    as_version(config, 5)  # written before pseudo_map existed: the map those runs had
     assert RunConfig.from_dict(config).model.pseudo_map == "clamp"
 
 
