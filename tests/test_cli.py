@@ -300,6 +300,46 @@ def test_sample_is_seeded(run, tmp_path, capsys):
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".csv"])
+@pytest.mark.parametrize("source", ["prior", "aggregate", "gmm"])
+def test_sample_writes_its_rows_block_by_block(run, digits_rows, tmp_path, capsys, monkeypatch, suffix, source):
+    """The file holds the library's sample(n) however many blocks it took (here blocks of 4
+    rows: 11 rows in 3), and n rows that the disk cannot hold are refused before any work."""
+    from vaekit import estimator
+
+    monkeypatch.setattr(estimator, "BATCH_ROWS", 4)
+    held = []
+    import vaekit.cli as cli_mod
+
+    write_blocks = cli_mod.write_blocks
+    monkeypatch.setattr(cli_mod, "write_blocks", lambda out, blocks, *a, **k: write_blocks(out, (held.append(len(b)) or b for b in blocks), *a, **k))
+    rows = digits_rows[:20]
+    np.save(tmp_path / "rows.npy", rows)
+    data = [] if source == "prior" else ["--data", tmp_path / "rows.npy"]
+    options = {"components": 2} if source == "gmm" else {}
+    out = tmp_path / f"s{suffix}"
+    code, _, err = cli(capsys, "sample", run, "-n", "11", "--seed", "4", "--source", source, *data,
+                       *(["--components", "2"] if options else []), "--out", out)  # fmt: skip
+    assert code == 0, err
+    assert held == [4, 4, 3]
+    if suffix == ".npy":
+        got = np.load(out)
+    elif suffix == ".npz":
+        with np.load(out) as z:
+            got = z["x"]
+    else:
+        header = not out.read_text()[0].isdigit()  # a named dataset's columns have no names
+        got = np.loadtxt(out, delimiter=",", skiprows=int(header), dtype=np.float32)
+    expected = vaekit.load(run).sample(11, seed=4, source=source, X=None if source == "prior" else rows, **options)
+    np.testing.assert_allclose(got, expected, rtol=1e-6 if suffix == ".csv" else 0, atol=0)
+    assert not np.array_equal(got[:4], got[4:8])  # each block its own draws
+    out.write_bytes(b"keep")
+    code, stdout, err = cli(capsys, "sample", run, "-n", str(10**13), "--source", source, *data,
+                            *(["--components", "2"] if options else []), "--out", out)  # fmt: skip
+    assert_error(code, stdout, err, 1, f"--out {out}: the output needs at least", "GiB free")
+    assert out.read_bytes() == b"keep"
+
+
 def test_encode_npy_npz_csv(run, tmp_path, capsys):
     code, out, _ = cli(capsys, "encode", run, "--data", "digits", "--out", tmp_path / "e.npy", "--json")
     assert code == 0
@@ -747,21 +787,21 @@ def test_png_out_for_non_image_model(verb_args, run2d, files, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("verb", ["sample", "reconstruct", "encode"])
-@pytest.mark.parametrize("where", ["directory", "parent_is_a_file"])
+@pytest.mark.parametrize("where", ["directory", "directory_without_suffix", "parent_is_a_file"])
 def test_out_that_cannot_be_written_is_refused_first(verb, where, run, tmp_path, capsys):
-    """An --out naming a directory, or under a file, gets one line before any work: not the
-    traceback of the write at the end."""
+    """An --out naming a directory (whatever its name), or under a file, gets one line before
+    any work: not the traceback of the write at the end."""
     suffix = ".npy" if verb == "encode" else ".png"
-    if where == "directory":
-        out = tmp_path / f"taken{suffix}"
+    if where.startswith("directory"):
+        out = tmp_path / ("taken" if where == "directory_without_suffix" else f"taken{suffix}")
         out.mkdir()
     else:
         (tmp_path / "afile").write_text("keep me")
         out = tmp_path / "afile" / f"x{suffix}"
     argv = [verb, run, "--out", out] + ([] if verb == "sample" else ["--data", "digits"])
     code, stdout, err = cli(capsys, *argv)
-    assert_error(code, stdout, err, 1, str(out), "is a directory" if where == "directory" else "is a file, not a directory")
-    assert where == "directory" or (tmp_path / "afile").read_text() == "keep me"
+    assert_error(code, stdout, err, 1, str(out), "is a file, not a directory" if where == "parent_is_a_file" else "is a directory; name a file")
+    assert where != "parent_is_a_file" or (tmp_path / "afile").read_text() == "keep me"
 
 
 def test_gaps_checks_both_pictures_before_writing_either(run_copy, tmp_path, capsys):

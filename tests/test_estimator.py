@@ -511,7 +511,7 @@ def test_sample_from_the_aggregate_posterior_and_a_fitted_mixture(fitted, digits
         np.testing.assert_array_equal(a, fitted.sample(200, seed=3, source=source, X=x))
         assert not np.array_equal(a, fitted.sample(200, seed=4, source=source, X=x))
     # The mixture's draws have the latent statistics it was fitted to.
-    z = fitted._gmm_latents(x, 5000, 10, torch.Generator().manual_seed(0)).numpy()
+    z = fitted._gmm_latents(x, 10, torch.Generator().manual_seed(0))(5000).numpy()
     mu = fitted.transform(x)
     np.testing.assert_allclose(z.mean(0), mu.mean(0), atol=0.1)
     np.testing.assert_allclose(np.cov(z.T), np.cov(mu.T), atol=0.1)
@@ -781,3 +781,22 @@ def test_tensors_of_images_meta_tensors_and_mixed_column_names():
     frame = pd.DataFrame(np.random.default_rng(0).normal(size=(100, 4)), columns=["a", 1, "c", 2])
     with pytest.raises(DataError, match=r"^Feature names are only supported if all input features have string names"):
         VAE(latent_dim=2, hidden=(8,), epochs=1).fit(frame)
+
+
+@pytest.mark.parametrize("source", ["prior", "aggregate", "gmm"])
+def test_sample_blocks_are_sample_in_pieces(fitted, digits, monkeypatch, source):
+    """sample_blocks(n) gives sample(n)'s rows in blocks of BATCH_ROWS, each block its own
+    draws (one generator, one mixture stream: an int seed would repeat the first block), and
+    refuses bad options when called, before a block is asked for."""
+    from vaekit import estimator
+
+    monkeypatch.setattr(estimator, "BATCH_ROWS", 5)
+    options = {} if source == "prior" else {"X": digits[:40], **({"components": 3} if source == "gmm" else {})}
+    blocks = list(fitted.sample_blocks(12, seed=7, source=source, **options))
+    assert [len(b) for b in blocks] == [5, 5, 2]
+    np.testing.assert_array_equal(np.concatenate(blocks), fitted.sample(12, seed=7, source=source, **options))
+    assert not np.allclose(blocks[0][:2], blocks[1][:2])
+    with pytest.raises(ConfigError, match="source must be one of"):
+        fitted.sample_blocks(3, source="posterior")
+    with pytest.raises(ConfigError, match="n must be"):
+        fitted.sample_blocks(0)

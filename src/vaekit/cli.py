@@ -21,8 +21,8 @@ from typing import Any
 from . import __version__
 from .config import AUTO, GAP_STEPS, K_MAX, check_positive_int
 from .registry import STEPS_MAX
-from .errors import ConfigError, DataError, VaekitError, VaekitWarning, out_of_memory
-from .outputs import check_out, write_array, write_blocks
+from .errors import ConfigError, DataError, VaekitError, VaekitWarning, count, out_of_memory
+from .outputs import check_out, check_room, write_array, write_blocks
 
 SPLITS = ("train", "valid", "test", "all")
 
@@ -539,11 +539,6 @@ def _data_paths(args) -> tuple[Path, ...]:
         return ()
 
 
-def _count(n: int, noun: str) -> str:
-    """"1 row", "2 rows"."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def _rows(est, args, split: str):
     """(x, x_model, labels): the rows of --data (or the run's data) for ``split`` in the
     user's values, the same rows checked against the model and mapped into its values, and
@@ -689,15 +684,18 @@ def cmd_sample(args) -> int:
         rows = f"{args.data}" if args.data and Path(args.data).suffix else f"the {split} split of {args.data or est.config_.data.source}"
         need = "as many rows" if components >= 2 else "2 rows"
         raise DataError(f"--components {components}: a mixture needs at least {need}, and {rows} has {len(x)}")
-    samples = est.sample(args.n, seed=args.seed, mean=not args.draw, source=args.source, X=x, components=args.components)
+    options = dict(seed=args.seed, mean=not args.draw, source=args.source, X=x, components=args.components)
     if out.suffix == ".png":
         from .plots import image_grid
 
         where = {"prior": "z ~ p(z)", "aggregate": "z ~ q(z|x), x from the training rows", "gmm": f"z ~ a {components}-component mixture fitted to q"}
         # Pictures show the values the model sees (a named dataset's [0, 1]).
+        samples = est.sample(args.n, **options)
         image_grid(_model_values(est, samples), out, shape, title=f"{args.n} samples: {where[args.source]}, {'drawn x ~ p(x|z)' if args.draw else 'decoder means'}")
     else:
-        write_array(out, samples, header=_columns(est))
+        # Block by block into the file, as reconstruct writes: n rows need not fit in memory.
+        check_room(out, args.n * est.n_features_in_ * 4)  # 4 bytes a value at least (float32)
+        write_blocks(out, est.sample_blocks(args.n, **options), (args.n, est.n_features_in_), header=_columns(est))
     _report(args, {"out": str(out), "n": int(args.n), "source": args.source}, f"wrote {args.n} samples to {out}")
     return 0
 
@@ -730,7 +728,7 @@ def cmd_encode(args) -> int:
 
     write_array(out, np.concatenate([mu, logvar], axis=1), header=header, arrays=arrays)
     groups = {g.name: g.size for g in est.model_.latents}
-    _report(args, {"out": str(out), "n": int(x.shape[0]), "latent_dim": mu.shape[1], "groups": groups}, f"wrote μ and log σ² of {_count(x.shape[0], 'row')} to {out}")
+    _report(args, {"out": str(out), "n": int(x.shape[0]), "latent_dim": mu.shape[1], "groups": groups}, f"wrote μ and log σ² of {count(x.shape[0], 'row')} to {out}")
     return 0
 
 
@@ -761,7 +759,7 @@ def cmd_reconstruct(args) -> int:
         # Block by block into the file: under --mmap the n × D output need not fit in memory.
         write_blocks(out, est.reconstruct_blocks(x), (x.shape[0], est.n_features_in_), header=_columns(est))
     n = len(rows) if out.suffix == ".png" else int(x.shape[0])  # a picture shows a sample of the rows
-    _report(args, {"out": str(out), "n": n}, f"wrote reconstructions of {_count(n, 'row')} to {out}")
+    _report(args, {"out": str(out), "n": n}, f"wrote reconstructions of {count(n, 'row')} to {out}")
     return 0
 
 
@@ -795,7 +793,7 @@ def cmd_score(args) -> int:
             rows.close()
     write_array(out, log_px, header=["log_px"])
     summary = {"out": str(out), "n": int(log_px.shape[0]), "k": int(args.k), "mean": float(log_px.mean()), "min": float(log_px.min()), "max": float(log_px.max())}
-    _report(args, summary, f"wrote log p(x) of {_count(log_px.shape[0], 'row')} to {out} (mean {summary['mean']:.3f}, min {summary['min']:.3f})")
+    _report(args, summary, f"wrote log p(x) of {count(log_px.shape[0], 'row')} to {out} (mean {summary['mean']:.3f}, min {summary['min']:.3f})")
     return 0
 
 
@@ -805,7 +803,7 @@ def cmd_score(args) -> int:
 def _evidence_line(r: dict[str, Any]) -> str:
     """'(n rows): ELBO … log p(x) … bits/dim  active units A/D' for the result of ``evaluate.evaluate``."""
     return (
-        f"({_count(r['n'], 'row')}): ELBO {r['elbo']:.3f} (recon {r['recon']:.3f}, KL {r['kl']:.3f})  "
+        f"({count(r['n'], 'row')}): ELBO {r['elbo']:.3f} (recon {r['recon']:.3f}, KL {r['kl']:.3f})  "
         f"log p(x) {r['log_likelihood']:.3f} nats (IWAE, K={r['k']})  {r['bits_per_dim']:.4f} bits/dim  "
         f"active units {r['active_units']}/{r['latent_size']}"
     )

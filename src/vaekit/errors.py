@@ -39,3 +39,8 @@ def out_of_memory(e: BaseException) -> bool:
     """Python's MemoryError, torch's CPU allocator failing, or CUDA out of memory (a
     RuntimeError subclass)."""
     return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)
+
+
+def count(n: int, noun: str) -> str:
+    """"1 row", "2 rows": a number of things in a message."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

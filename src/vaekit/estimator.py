@@ -421,17 +421,40 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ``source="prior"``, or ``components`` with another source than ``"gmm"``, would be
         ignored, so they are refused.
         """
-        self._check_fitted()
-        n, mean = check_positive_int("n", n), check_bool("mean", mean)
+        blocks = self.sample_blocks(n, seed, mean, source, X, components)
         try:
-            return self._sample(n, seed, mean, source, X, components)
+            return np.concatenate(list(blocks))
         except (RuntimeError, MemoryError) as e:
             if not out_of_memory(e):
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise MemoryError(f"sample(n={n}) ran out of memory ({first}); draw fewer rows at a time") from None
 
-    def _sample(self, n: int, seed, mean: bool, source: str, X, components) -> np.ndarray:
+    def sample_blocks(
+        self, n: int = 1, seed: int | None = None, mean: bool = True, source: str = "prior", X=None, components: int | None = None
+    ):
+        """``sample(...)`` as consecutive blocks of at most ``BATCH_ROWS`` rows, each drawn
+        (z, then x) when it is asked for, so that n rows can go to a file larger than memory;
+        ``sample`` is their concatenation. The options are checked, and the mixture of
+        ``source="gmm"`` fitted, before this returns."""
+        self._check_fitted()
+        n, mean = check_positive_int("n", n), check_bool("mean", mean)
+        draw = self._sampler(seed, mean, source, X, components)
+
+        def blocks():
+            done = 0
+            while done < n:
+                rows = min(BATCH_ROWS, n - done)
+                # Grad mode is thread state: it must not stay off while the caller holds a block.
+                with torch.no_grad():
+                    block = draw(rows)
+                done += rows
+                yield block
+
+        return blocks()
+
+    def _sampler(self, seed, mean: bool, source: str, X, components):
+        """The function that draws ``m`` more rows of ``sample``: one generator for all."""
         if source not in SAMPLE_SOURCES:
             raise ConfigError(f"source must be one of {', '.join(SAMPLE_SOURCES)}, got {source!r}")
         if source == "prior" and X is not None:
@@ -441,27 +464,29 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         p = next(self.model_.parameters())
         g = torch.Generator(device=p.device)
         g.manual_seed(_seed(seed)) if seed is not None else g.seed()
-        z = None
-        if source != "prior":
-            if X is None:
-                raise ConfigError(f"source={source!r} needs the rows X whose posteriors it samples from")
-            if source == "aggregate":
-                from .data import MappedRows
+        if source != "prior" and X is None:
+            raise ConfigError(f"source={source!r} needs the rows X whose posteriors it samples from")
+        if source == "prior":
+            latents = lambda m: None  # noqa: E731 (the prior's z: the model draws it)
+        elif source == "aggregate":
+            from .data import MappedRows
 
-                x = self.model_input(X)
-                rows = torch.randint(0, x.shape[0], (n,), generator=g, device=p.device).cpu().numpy()
+            x = self.model_input(X)
+
+            def latents(m: int) -> torch.Tensor:
+                rows = torch.randint(0, x.shape[0], (m,), generator=g, device=p.device).cpu().numpy()
                 xb = x.rows(rows) if isinstance(x, MappedRows) else x[rows]
-                with torch.no_grad():
-                    # A point estimate's q is δ(z − ẑ): its aggregate posterior is the codes.
-                    q = self.model_.representation(torch.as_tensor(xb, dtype=p.dtype, device=p.device))
-                    z = q.sample(generator=g)
-            else:
-                z = self._gmm_latents(X, n, check_positive_int("components", 10 if components is None else components), g)
-        return self._to_user(_numpy(self.model_.sample(int(n), generator=g, mean=mean, z=z)))
+                # A point estimate's q is δ(z − ẑ): its aggregate posterior is the codes.
+                return self.model_.representation(torch.as_tensor(xb, dtype=p.dtype, device=p.device)).sample(generator=g)
 
-    def _gmm_latents(self, X, n: int, components: int, g: torch.Generator) -> torch.Tensor:
-        """n draws of a full-covariance Gaussian mixture fitted to the posterior means of the
-        rows X, given in the user's units (``encode`` maps them into the model's)."""
+        elif source == "gmm":
+            latents = self._gmm_latents(X, check_positive_int("components", 10 if components is None else components), g)
+        return lambda m: self._to_user(_numpy(self.model_.sample(m, generator=g, mean=mean, z=latents(m))))
+
+    def _gmm_latents(self, X, components: int, g: torch.Generator) -> Callable[[int], torch.Tensor]:
+        """The function that gives m draws of a full-covariance Gaussian mixture fitted to the
+        posterior means of the rows X, given in the user's units (``encode`` maps them into the
+        model's)."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.mixture import GaussianMixture
 
@@ -474,14 +499,20 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             gmm = GaussianMixture(components, covariance_type="full", random_state=seed).fit(mu)
         for w in caught:  # scikit-learn's (fewer distinct points than components, no convergence) as one line
             if issubclass(w.category, ConvergenceWarning):
-                warnings.warn(f"the mixture fitted to the posterior means of X: {' '.join(str(w.message).split())}", VaekitWarning, stacklevel=3)
+                warnings.warn(f"the mixture fitted to the posterior means of X: {' '.join(str(w.message).split())}", VaekitWarning, stacklevel=4)
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        z, _ = gmm.sample(n)
+        # One stream for every block: an int seed would make each block's draws the first's.
+        gmm.random_state = np.random.RandomState(seed)
+        shuffle = np.random.default_rng(seed)
         p = next(self.model_.parameters())
-        # GaussianMixture.sample returns its draws sorted by component: shuffle them.
-        order = np.random.default_rng(seed).permutation(n)
-        return torch.as_tensor(z[order], dtype=p.dtype, device=p.device)
+
+        def latents(m: int) -> torch.Tensor:
+            z, _ = gmm.sample(m)
+            # GaussianMixture.sample returns its draws sorted by component: shuffle them.
+            return torch.as_tensor(z[shuffle.permutation(m)], dtype=p.dtype, device=p.device)
+
+        return latents
 
     def score_samples(self, X, k: int = 1000, seed: int = 0, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Per-row log p(x), the K-sample importance-weighted estimate (nats), a density of the

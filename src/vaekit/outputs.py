@@ -22,6 +22,8 @@ def check_out(
         raise ConfigError(f"{option} {out}: is a file of the run {run_dir}; name another file")
     if any(path.is_file() and out.resolve() == path.resolve() for path in data):
         raise ConfigError(f"{option} {out}: is the --data file this reads; name another file")
+    if out.is_dir():  # whatever its name: "unsupported file type" would miss the point
+        raise DataError(f"{option} {out}: is a directory; name a file")
     if out.suffix.lower() not in suffixes:
         raise ConfigError(f"{option} {out}: unsupported file type; use {', '.join(suffixes)}")
     parent = out.parent
@@ -29,8 +31,6 @@ def check_out(
         raise DataError(f"{option} {out}: directory {parent} does not exist")
     if not parent.is_dir():
         raise DataError(f"{option} {out}: {parent} is a file, not a directory")
-    if out.is_dir():
-        raise DataError(f"{option} {out}: is a directory; name a file")
     # The write goes through a temporary beside OUT (atomic rename): a directory that refuses
     # it is found now, not after the work.
     import tempfile
@@ -39,6 +39,20 @@ def check_out(
         tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".probe").close()  # deleted on close
     except OSError as e:
         raise DataError(f"{option} {out}: cannot write in {parent} ({e.strerror or e})") from None
+
+
+def check_room(out: Path, nbytes: int, option: str = "--out") -> None:
+    """Refuse, before any work, an output of at least ``nbytes`` that the file system holding
+    ``out`` has no room for: the write would otherwise fail only at its end (the previous file
+    stays either way). Where the file system does not say, nothing is refused."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(out.parent).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise DataError(f"{option} {out}: the output needs at least {nbytes / 2**30:.3g} GiB and {out.parent} has {free / 2**30:.3g} GiB free")
 
 
 def header_line(names: list[str]) -> str:

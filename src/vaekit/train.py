@@ -29,7 +29,7 @@ from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import LatentUsage, elbo_per_point, log_px_per_point, read_only_tensor
-from .launch import launched_rank_world, rank_world
+from .launch import rank_world
 from .optim import Adam, NormalizedAdam, SparseAdam
 from .registry import OBJECTIVES
 from .schedules import lr_at, rates

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, VaekitWarning
+from ..errors import DataError, VaekitWarning, count
 from . import containers
 from .containers import MappedRows, kept_dtype, wide
 
@@ -56,7 +56,7 @@ def check_data(
         raise DataError(f"{what}: {not_2d(x)}")
     if x.shape[0] < min_rows:
         raise DataError(
-            f"{what} has {x.shape[0]} rows (shape={x.shape}); at least {min_rows} "
+            f"{what} has {count(x.shape[0], 'row')} (shape={x.shape}); at least {min_rows} "
             f"{'is' if min_rows == 1 else 'are'} needed"
         )
     if x.shape[1] < 1:
@@ -147,7 +147,7 @@ def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None
     time, on the values as stored (before float32 and the model's input map, which would turn
     1e300 into an infinity nobody wrote); a message names the row by its number in the file."""
     if len(x) < min_rows:
-        raise DataError(f"{what} has {len(x)} rows (shape={x.shape}); at least {min_rows} {'is' if min_rows == 1 else 'are'} needed")
+        raise DataError(f"{what} has {count(len(x), 'row')} (shape={x.shape}); at least {min_rows} {'is' if min_rows == 1 else 'are'} needed")
     if x.array.dtype.kind not in "biuf":
         raise DataError(f"{what} has dtype {x.array.dtype}; expected numbers (bool, int or float)")
     if x.shape[1] < 1:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, count
 from ..registry import DATASETS
 from .checks import check_data
 from .containers import SPLIT_NAMES, Dataset, MappedRows
@@ -127,7 +127,7 @@ def _load_mapped(path: Path, config: DataConfig) -> Dataset:
     array, image_shape = open_mapped(path)
     n = len(array)
     if not split_ok(n, config.valid_fraction, config.test_fraction):
-        raise DataError(f"{path}: dataset has {n} rows; too few for valid_fraction={config.valid_fraction:g} and test_fraction={config.test_fraction:g}")
+        raise DataError(f"{path}: dataset has {count(n, 'row')}; too few for valid_fraction={config.valid_fraction:g} and test_fraction={config.test_fraction:g}")
     parts = split_rows(n, config.valid_fraction, config.test_fraction, config.split_seed)
     return Dataset(
         name=str(path),

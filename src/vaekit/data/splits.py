@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, count
 
 
 class TooFewRows(DataError):
@@ -54,7 +54,7 @@ def split_by_fractions(
     if not split_ok(n, vf, tf):
         need = next(m for m in range(max(n, 2), 10**9) if split_ok(m, vf, tf))
         raise TooFewRows(
-            f"{what}: dataset has {n} rows; at least {need} needed for valid_fraction={vf:g} and "
+            f"{what}: dataset has {count(n, 'row')}; at least {need} needed for valid_fraction={vf:g} and "
             f"test_fraction={tf:g} (train >= 2 rows, valid and test >= 1 row each when their fraction is > 0)"
         )
     idx = split_rows(n, vf, tf, seed)
