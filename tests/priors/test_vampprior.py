@@ -22,7 +22,7 @@ from torch.distributions import Independent, Normal
 
 import vaekit
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from vaekit.errors import ConfigError
+from vaekit.errors import ConfigError, VaekitWarning
 from vaekit.model import VAEModel
 from vaekit.objectives.elbo import elbo
 from vaekit.train import fit
@@ -221,10 +221,13 @@ def test_init_from_data_picks_training_rows_seeded(digits):
         torch.testing.assert_close(model.prior.data_range, torch.tensor([float(x.min()), float(x.max())]), rtol=0, atol=0)
         picks.append(rows)
     assert np.array_equal(picks[0], picks[1]) and not np.array_equal(picks[0], picks[2])
-    # More pseudo-inputs than rows: every row of the training set is still a row of it.
+    # More pseudo-inputs than rows: every row is one, the other 7 copies of rows, which the
+    # warning says stay copies (equal inputs of the mixture get equal gradients).
     model = _model(pseudo_inputs=12, pseudo_init="data")
-    model.prior.init_from_data(x[:5], np.random.default_rng(0))
-    assert (_row_indices(model.prior.pseudo_inputs.detach().numpy(), x[:5]) >= 0).all()
+    with pytest.warns(VaekitWarning, match=r"^pseudo_init data: 12 pseudo-inputs from 5 training rows: 7 start as copies of other rows and stay copies; ask for at most 5"):
+        model.prior.init_from_data(x[:5], np.random.default_rng(0))
+    rows = _row_indices(model.prior.pseudo_inputs.detach().numpy(), x[:5])
+    assert (rows >= 0).all() and set(rows.tolist()) == set(range(5))
 
 
 def test_random_start_moves_to_the_data_range():

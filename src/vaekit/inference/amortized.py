@@ -29,7 +29,8 @@ class Amortized(InferenceMethod):
     ELBO (θ fixed) at evaluation (semi-amortized VI, Kim et al. 2018); with
     ``refine_in_training`` the decoder also learns from the refined q while the encoder learns
     from its own ELBO (the stop-gradient variant of Krishnan et al. 2018, which needs no
-    Hessian-vector products).
+    Hessian-vector products). The loss is the sum of the two terms (each keeps its full
+    gradient), so the logged train_loss is about twice the ELBO's.
     """
 
     def __init__(self, config, latents):

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
 
 from ..distributions import DiagonalNormal, MixtureOfDiagonalNormals
-from ..errors import ConfigError
+from ..errors import ConfigError, VaekitWarning, count
 from ..registry import INFERENCE, Option
 from . import PRIORS, Prior
 
@@ -43,8 +45,8 @@ class VampPrior(Prior):
     Start (``pseudo_init``): "random" is the paper's, drawn from torch's global generator like
     the networks' weights: under clamp N(0.05, 0.01²) per feature in units of the data's range
     (lo + (hi − lo)·N(0.05, 0.01²)), under sigmoid logits N(−0.05, 0.01²). "data" starts u at K
-    training rows chosen at random without replacement (with replacement when the training set
-    has fewer than K rows); under sigmoid at their logits, the rows kept 1e-3 of the range
+    training rows chosen at random without replacement (when the training set has fewer than K
+    rows: every row, and the rest drawn again, with a warning: copies stay copies); under sigmoid at their logits, the rows kept 1e-3 of the range
     inside it.
 
     It needs an amortized Gaussian q(z_L|x) of the top group: one latent group, or a hierarchy
@@ -91,7 +93,17 @@ class VampPrior(Prior):
         self.data_range.copy_(torch.tensor([lo, hi]))
         k = self.pseudo_inputs.shape[0]
         if self.init == "data":
-            rows = np.sort(rng.choice(n, size=k, replace=k > n))
+            rows = rng.choice(n, size=min(k, n), replace=False)
+            if k > n:
+                # Two equal pseudo-inputs get equal gradients: the copies never part.
+                warnings.warn(
+                    f"pseudo_init data: {k} pseudo-inputs from {count(n, 'training row')}: {k - n} start as copies of "
+                    f"other rows and stay copies; ask for at most {n} pseudo-inputs, or pseudo_init random",
+                    VaekitWarning,
+                    stacklevel=2,
+                )
+                rows = np.concatenate([rows, rng.choice(n, size=k - n, replace=True)])
+            rows = np.sort(rows)
             w = torch.as_tensor(np.asarray(x_train[rows]), dtype=torch.float64)
             if self.map == "sigmoid":
                 unit = (w - lo) / (hi - lo) if hi > lo else torch.full_like(w, 0.5)
