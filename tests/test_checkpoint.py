@@ -46,6 +46,19 @@ def test_atomic_write_creates_and_replaces(tmp_path):
     assert temp_files(path.parent) == []
 
 
+def test_atomic_write_through_a_symbolic_link_replaces_its_target(tmp_path):
+    """As open() writes through a link: the target gets the new bytes (atomically, beside it)
+    and the link stays a link."""
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "out.csv"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    ckpt.atomic_write_bytes(link, b"new")
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    assert temp_files(tmp_path) == temp_files(tmp_path / "real") == []
+
+
 class Boom(BaseException):
     """A BaseException, like the KeyboardInterrupt of a Ctrl-C in the middle of a write."""
 

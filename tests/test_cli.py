@@ -340,6 +340,17 @@ def test_sample_writes_its_rows_block_by_block(run, digits_rows, tmp_path, capsy
     assert out.read_bytes() == b"keep"
 
 
+def test_out_through_a_symbolic_link_writes_its_target(run, tmp_path, capsys):
+    (tmp_path / "keep").mkdir()
+    target = tmp_path / "keep" / "codes.npy"
+    target.write_bytes(b"old")
+    link = tmp_path / "codes.npy"
+    link.symlink_to(target)
+    code, _, err = cli(capsys, "encode", run, "--data", "digits", "--out", link)
+    assert code == 0, err
+    assert link.is_symlink() and np.load(target).shape == (DIGITS_N, 4)
+
+
 def test_encode_npy_npz_csv(run, tmp_path, capsys):
     code, out, _ = cli(capsys, "encode", run, "--data", "digits", "--out", tmp_path / "e.npy", "--json")
     assert code == 0

@@ -92,7 +92,7 @@ def _int_or_widths(text: str) -> int | tuple[int, ...]:
 def _data_help() -> str:
     from .registry import DATASETS
 
-    return f"a named dataset ({', '.join(DATASETS.names())}) or a .npy/.npz/.csv file"
+    return f"a named dataset ({', '.join(DATASETS.names())}) or a .npy/.npz file or a text table (.csv, .tsv, .txt)"
 
 
 def _add_option(g, dest: str, opt) -> None:

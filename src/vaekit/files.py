@@ -28,8 +28,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
 
     The temporary file is ``.NAME.<pid><random>.tmp`` (``checkpoint.remove_stale_temporaries`` relies
     on that), created with mode 0666 so the umask decides, as for ``open`` (``tempfile.mkstemp``
-    would make every output 0600)."""
+    would make every output 0600). A ``path`` that is a symbolic link gets its target
+    replaced, as ``open`` would write it, and the link stays."""
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     tmp = _temporary(path, write)
     try:
         os.replace(tmp, path)

@@ -5,6 +5,7 @@ No torch import here."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 from .errors import ConfigError, DataError
@@ -26,7 +27,7 @@ def check_out(
         raise DataError(f"{option} {out}: is a directory; name a file")
     if out.suffix.lower() not in suffixes:
         raise ConfigError(f"{option} {out}: unsupported file type; use {', '.join(suffixes)}")
-    parent = out.parent
+    parent = Path(os.path.realpath(out)).parent if out.is_symlink() else out.parent  # a link's target is written
     if not parent.exists():
         raise DataError(f"{option} {out}: directory {parent} does not exist")
     if not parent.is_dir():
