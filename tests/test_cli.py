@@ -712,7 +712,7 @@ BAD_INPUT = {
     "inf-in-npy": (["train", "--out", "{tmp}/r", "--data", "{files}/inf.npy", *SMALL], 1, ["inf.npy", "infinity", "row 4", "column 3"]),
     "non-numeric-cell": (["train", "--out", "{tmp}/r", "--data", "{files}/badcell.csv", *SMALL], 1, ["badcell.csv", "row 3", "column 2", "'x'"]),
     "empty-dataset": (["train", "--out", "{tmp}/r", "--data", "{files}/empty.npy", *SMALL], 1, ["empty.npy", "0 rows"]),
-    "one-row-dataset": (["train", "--out", "{tmp}/r", "--data", "{files}/one.npy", *SMALL], 1, ["one.npy", "1 rows"]),
+    "one-row-dataset": (["train", "--out", "{tmp}/r", "--data", "{files}/one.npy", *SMALL], 1, ["one.npy", "has 1 row;"]),
     "unknown-dataset": (["train", "--out", "{tmp}/r", "--data", "foo", *SMALL], 1, ["'foo'", "digits"]),
     # values outside the likelihood's support
     "bernoulli-on-grey-levels": (["train", "--out", "{tmp}/r", "--likelihood", "bernoulli", *SMALL], 1, ["bernoulli", "digits", "0.0625"]),
@@ -841,14 +841,14 @@ def test_a_picture_that_cannot_be_written_is_one_line(run, tmp_path, capsys, mon
     ids=["torch", "python"],
 )
 def test_out_of_memory_is_one_line(error, run, tmp_path, capsys, monkeypatch):
-    """What `sample -n 100000000000` meets: the allocator's failure as one line, exit 1."""
+    """What a block too large for the memory meets: the allocator's failure as one line, exit 1."""
     import vaekit.estimator
 
     def too_much(self, *args, **kwargs):
         raise error
 
-    monkeypatch.setattr(vaekit.estimator.VAE, "sample", too_much)
-    code, out, err = cli(capsys, "sample", run, "-n", "100000000000", "--out", tmp_path / "s.npy")
+    monkeypatch.setattr(vaekit.estimator.VAE, "sample_blocks", too_much)
+    code, out, err = cli(capsys, "sample", run, "-n", "1000", "--out", tmp_path / "s.npy")
     assert_error(code, out, err, 1, "out of memory", "fewer samples")
     assert not (tmp_path / "s.npy").exists()
 
@@ -859,7 +859,7 @@ def test_other_runtime_errors_are_not_called_memory(run, tmp_path, capsys, monke
     def broken(self, *args, **kwargs):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(vaekit.estimator.VAE, "sample", broken)
+    monkeypatch.setattr(vaekit.estimator.VAE, "sample_blocks", broken)
     with pytest.raises(RuntimeError, match="shapes"):
         cli(capsys, "sample", run, "--out", tmp_path / "s.npy")
 

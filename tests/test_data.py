@@ -529,7 +529,7 @@ def test_check_data_accepts_torch_tensors():
         (np.arange(5.0), {}, r"got 1-D array of shape \(5,\); Reshape your data with x\.reshape\(-1, 1\)"),
         (np.ones((2, 3, 4)), {}, r"got 3-D array of shape \(2, 3, 4\); flatten with x\.reshape\(len\(x\), -1\)"),
         (np.ones((0, 5)), {}, r"^X has 0 rows \(shape=\(0, 5\)\); at least 1 is needed$"),
-        (np.ones((1, 5)), {"min_rows": 2}, r"X has 1 rows \(shape=\(1, 5\)\); at least 2 are needed"),
+        (np.ones((1, 5)), {"min_rows": 2}, r"X has 1 row \(shape=\(1, 5\)\); at least 2 are needed"),
         (np.ones((3, 0)), {}, r"X has 0 feature\(s\) \(shape=\(3, 0\)\) while a minimum of 1 is required"),
         (np.array([[0, 1], [1, 0], [1, np.nan]]), {}, r"X contains NaN \(first at row 3, column 2\)"),
         (np.array([[0, -np.inf], [np.nan, 0]]), {}, r"X contains infinity \(first at row 1, column 2\)"),
