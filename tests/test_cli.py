@@ -351,6 +351,18 @@ def test_out_through_a_symbolic_link_writes_its_target(run, tmp_path, capsys):
     assert link.is_symlink() and np.load(target).shape == (DIGITS_N, 4)
 
 
+def test_a_quoted_tilde_is_the_home_directory_in_every_path(run, tmp_path, capsys, monkeypatch):
+    """"~/x" given in quotes reaches vaekit unexpanded: --data, --out and RUN_DIR read it alike."""
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(run, tmp_path / "r")
+    (tmp_path / "out").mkdir()
+    code, _, err = cli(capsys, "encode", "~/r", "--data", "digits", "--out", "~/out/codes.npy")
+    assert code == 0, err
+    assert np.load(tmp_path / "out" / "codes.npy").shape == (DIGITS_N, 4)
+
+
 def test_encode_npy_npz_csv(run, tmp_path, capsys):
     code, out, _ = cli(capsys, "encode", run, "--data", "digits", "--out", tmp_path / "e.npy", "--json")
     assert code == 0

@@ -890,7 +890,13 @@ class Terminated(BaseException):
     lock is released, and no temporary file stays."""
 
 
+# Set by the SIGTERM handler: a Terminated that a clean-up caught on its way still tells
+# _rank_0_reports that torchrun has stopped this process.
+_SIGTERM_SEEN: list[bool] = []
+
+
 def _terminate(signum, frame) -> None:
+    _SIGTERM_SEEN.append(True)
     raise Terminated
 
 
@@ -907,6 +913,10 @@ def _check_paths(args) -> None:
     for dest in PATH_OPTIONS:
         if getattr(args, dest, None) == "":
             raise ConfigError(f"--{dest.replace('_', '-')} is empty: give a path")
+    for dest in (*PATH_OPTIONS, "run_dir"):
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and value.startswith("~"):  # a quoted ~ reaches us unexpanded
+            setattr(args, dest, os.path.expanduser(value))
     data_dir = getattr(args, "data_dir", None)
     if data_dir is None:
         return
@@ -963,6 +973,7 @@ def main(argv: list[str] | None = None) -> int:
     # Only the main thread may set a handler, and one the caller set stays.
     handle = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     if handle:
+        _SIGTERM_SEEN.clear()
         signal.signal(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)
@@ -1038,6 +1049,8 @@ def _rank_0_reports() -> bool:
     the wait ran out: then the refusal was this process's own."""
     if _launched_rank() == 0:
         return False
+    if _SIGTERM_SEEN:  # torchrun's stop came before the wait began
+        return True
     try:
         time.sleep(RANK_0_REPORT_WAIT)
     except (Terminated, KeyboardInterrupt):
