@@ -1027,6 +1027,10 @@ def test_train_into_existing_run(run_copy, capsys):
     code, out, err = cli(capsys, "train", "--out", run_copy, *SMALL)
     assert_error(code, out, err, 1, str(run_copy), "--resume", "--overwrite")
     assert snapshot(run_copy) == before
+    # A bad option is the usage error it is (exit 2), whatever --out holds.
+    code, out, err = cli(capsys, "train", "--out", run_copy, *SMALL, "--lr", "-1")
+    assert_error(code, out, err, 2, "--lr")
+    assert snapshot(run_copy) == before
 
 
 def test_train_refuses_a_directory_of_other_files(tmp_path, capsys):

@@ -135,16 +135,27 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _config_from_args(args) -> "Any":
+def _checked_options(args) -> dict[str, Any]:
+    """The options given, by section, with the data and training ones checked: a bad one is a
+    usage error (exit 2) before any data is read or the run directory is looked at."""
     from .config import DataConfig, TrainConfig
+
+    given = given_options(args)
+    with _option_names():
+        DataConfig(**given["data"])
+        TrainConfig(**given["train"])
+    return given
+
+
+def _config_from_args(args) -> "Any":
+    from .config import DataConfig
     from .data import load_dataset
     from .data.checks import warn_channels_last
     from .registry import DATASETS
 
-    given = given_options(args)
+    given = _checked_options(args)
     with _option_names():
         data_cfg = DataConfig(**given["data"])
-        TrainConfig(**given["train"])  # a bad training option is refused before any data is read
         data = load_dataset(data_cfg)
         _check_splits_used(given["data"], data)
         if data.image_shape is not None and data_cfg.source not in DATASETS:
@@ -313,6 +324,7 @@ def cmd_train(args) -> int:
                 check_tensorboard()
             summary = train_run(config, run_dir, resume=True, progress=progress)
     else:
+        _checked_options(args)  # a usage error is named first, whatever --out holds
         if (run_dir / ckpt.CONFIG_FILE).exists() and not args.overwrite:
             raise VaekitError(_holds_a_run(run_dir))
         if run_dir.exists() and not run_dir.is_dir():
