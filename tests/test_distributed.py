@@ -382,16 +382,18 @@ def test_a_refusal_in_another_rank_is_left_to_rank_0(monkeypatch, capsys, tmp_pa
     monkeypatch.setenv("RANK", "1")
     check_paths = cli_mod._check_paths
 
+    caught = []
+
     def swallowed(args):
         try:
             cli_mod._terminate(15, None)
-        except cli_mod.Terminated:
-            pass
+        except cli_mod.Terminated as e:
+            caught.append(e)
         check_paths(args)
 
     monkeypatch.setattr(cli_mod, "_check_paths", swallowed)
     assert cli_mod.main(argv) == 2
-    assert capsys.readouterr().err == "" and len(waited) == 1
+    assert len(caught) == 1 and capsys.readouterr().err == "" and len(waited) == 1
     monkeypatch.setattr(cli_mod, "_check_paths", check_paths)
     # argparse's refusals too.
     monkeypatch.setattr(cli_mod.time, "sleep", stopped)

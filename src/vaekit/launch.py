@@ -14,11 +14,10 @@ import sys
 def rank_world() -> tuple[int, int]:
     """(rank, world size) of the process group this process has joined; (0, 1) when none."""
     dist = sys.modules.get("torch.distributed")  # not imported: no group can have been joined
-    try:
-        if dist is not None and dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except AttributeError:  # stopped while torch.distributed was being imported: no group yet
-        pass
+    # Without its functions it was stopped while being imported: no group yet either.
+    available, initialized = (getattr(dist, name, None) for name in ("is_available", "is_initialized"))
+    if available is not None and initialized is not None and available() and initialized():
+        return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
