@@ -98,7 +98,7 @@ MODEL_OPTIONS: dict[str, Option] = {
     "join": Option("concat", "how p(x|z1, z2) (decoder_input all) and topdown's q(z1|x, z2) read their inputs: concat (side by side into the first layer) or branch (one hidden layer of the net family per input, then joined, as Tomczak & Welling 2018's code)", choices=("concat", "branch")),
     # Test-time optimisation of a per-point q with θ fixed (vi and map for new points, the
     # evaluation proposal of point-estimate methods, q* of the gaps): Adam steps and rate.
-    "local_steps": Option(100, "Adam steps of a per-point q found with θ fixed (new points of vi/map, point-estimate proposals)", minimum=0, maximum=STEPS_MAX),
+    "local_steps": Option(100, "Adam steps of a per-point q found with θ fixed (new points of vi/map; at most, per stage and row, for the point-estimate proposals)", minimum=0, maximum=STEPS_MAX),
     "local_lr": Option(0.05, "learning rate of those steps (and of --local-steps-per-batch)", minimum=0.0, exclusive=True),
     # (H, W) or (C, H, W) for image data: pictures, and the shape conv nets see.
     "image_shape": Option(None, "image shape of a row", type="widths", optional=True),

@@ -46,9 +46,10 @@ class RowStreams:
 
     PAGE = 64
     # The streams of one seed: estimates of the evidence, the draws that fit a per-point q for
-    # new rows, and the check of that fit. Disjoint, so an estimate never reuses the draws a
-    # q was fitted on (that would favour the fitted q).
-    ESTIMATE, CHECK, FIT = 0, 1, 2
+    # new rows, the check of that fit, and the fixed draws that decide when a row's fit stops.
+    # Disjoint, so an estimate never reuses the draws a q was fitted on (that would favour the
+    # fitted q).
+    ESTIMATE, CHECK, FIT, STOP = 0, 1, 2, 3
 
     def __init__(self, x: torch.Tensor, seed: int, use: int = ESTIMATE):
         # + 0.0 turns −0.0 into 0.0: equal rows seed equal streams.
@@ -65,6 +66,16 @@ class RowStreams:
 
     def __len__(self) -> int:
         return len(self._streams)
+
+    def take(self, rows: torch.Tensor) -> "RowStreams":
+        """The streams of the given rows (indices into this object's rows), where each left off:
+        the same generators, so what the kept rows draw next is what they would have drawn."""
+        kept = object.__new__(RowStreams)
+        kept.device = self.device
+        index = rows.tolist()
+        kept._streams = [self._streams[i] for i in index]
+        kept._unread = {key: page[rows.to(page.device)] for key, page in self._unread.items()}
+        return kept
 
     def randn(self, samples: int, size: int, dtype: torch.dtype) -> torch.Tensor:
         """(samples, n, size) standard-normal draws: the next ``samples`` of each row's stream."""

@@ -86,7 +86,8 @@ class InferenceMethod(nn.Module):
         method learned them: a per-point method's own q_i rather than a new fit.
 
         Point-estimate methods have none of their own, so they get the ELBO-optimal Gaussian
-        started at their point estimate (θ fixed): an honest proposal for the same decoder.
+        around the posterior mode found from their point estimate (θ fixed;
+        ``optimize.gaussian_around``): an honest proposal for the same decoder.
         """
         q = self(model, x, idx if self.per_point else None)
         if self.point_estimate:

@@ -13,11 +13,10 @@ class Autoencoder(InferenceMethod):
     log p(x|ẑ) alone (for a Gaussian likelihood with fixed σ², the squared error).
 
     It is not a generative model by training, but its decoder with the prior is one, so its
-    log p(x) can still be estimated (with a Gaussian grown around ẑ by ``local_steps`` ascent
-    steps on its ELBO as the importance proposal) and compared with the other methods. Its codes
-    lie far from the prior, so that proposal stays far from the optimal one and the estimate is
-    loose (hundreds of nats on digits): ``vaekit gaps``, whose q* ascends to convergence, is
-    the tighter reading.
+    log p(x) can still be estimated and compared with the other methods: the importance proposal
+    is the ELBO-optimal Gaussian around the posterior mode that ẑ ascends to
+    (``optimize.gaussian_around``). Its codes can lie tens of prior standard deviations out,
+    which that ascent's rate, scaled to the code, crosses within ``local_steps`` steps.
     """
 
     point_estimate = True
