@@ -28,7 +28,7 @@ import vaekit
 from vaekit.checkpoint import read_metrics
 from vaekit.cli import main
 from vaekit.config import CONFIG_VERSION
-from vaekit.errors import VaekitWarning
+from vaekit.errors import CheckpointError, VaekitWarning
 from cli_helpers import cli
 
 DIGITS_N, DIGITS_VALID, DIGITS_TEST, DIM = 1797, 180, 359, 64
@@ -1659,6 +1659,52 @@ def test_resume_names_an_edited_model_field_before_reading_the_data(run_copy, ca
     (run_copy / "config.json").write_text(json.dumps(config))
     code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--epochs", "4")
     assert_error(code, out, err, 1, "model.likelihood is \"bernoulli\"", "last.safetensors was saved with \"continuous_bernoulli\"")
+
+
+@pytest.mark.parametrize(
+    "section,field,value",
+    [("train", "batch_size", 50), ("train", "dtype", "float64"), ("train", "seed", 3), ("train", "objective", "iwae"),
+     ("data", "split_seed", 4), ("data", "valid_fraction", 0.2)],
+)  # fmt: skip
+def test_resume_names_an_edited_fixed_field(run_copy, capsys, section, field, value):
+    """A train or data field that --resume may not change, edited in config.json, is refused as
+    the same change on the command line is: the checkpoint keeps the values it was saved with.
+    Nothing in the run directory changes."""
+    config = json.loads((run_copy / "config.json").read_text())
+    saved = config[section][field]
+    config[section][field] = value
+    (run_copy / "config.json").write_text(json.dumps(config))
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--epochs", "4")
+    assert_error(code, out, err, 1, f"{section}.{field} is {json.dumps(value)}", f"last.safetensors was saved with {json.dumps(saved)}")
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+
+
+def test_weights_of_another_dtype_than_config_json_says_are_refused(run_copy, capsys):
+    """A config.json whose train.dtype was edited would load float32 weights into a float64
+    model by a silent cast: every reader refuses, naming the dtypes."""
+    config = json.loads((run_copy / "config.json").read_text())
+    config["train"]["dtype"] = "float64"
+    (run_copy / "config.json").write_text(json.dumps(config))
+    code, out, err = cli(capsys, "evaluate", run_copy, "--k", "2")
+    assert_error(code, out, err, 1, "model.safetensors: tensor", "is float32, config.json implies float64")
+    with pytest.raises(CheckpointError, match="is float32, config.json implies float64"):
+        vaekit.load(run_copy)
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.jsonl"])
+def test_json_nested_deeper_than_the_parser_goes_is_damage_not_a_crash(run_copy, capsys, name):
+    """A file of 100 000 nested brackets makes json's parser recurse past Python's limit: a
+    damaged config.json is refused in one line, a damaged metrics line is warned about and the
+    run is read."""
+    (run_copy / name).write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    if name == "config.json":
+        code, out, err = cli(capsys, "evaluate", run_copy, "--k", "2")
+        assert_error(code, out, err, 1, "config.json: not valid JSON (nested too deeply")
+    else:
+        with pytest.warns(VaekitWarning, match="metrics.jsonl: line 1 is not an epoch's record"):
+            code, out, err = cli(capsys, "evaluate", run_copy, "--k", "2")
+        assert code == 0, err
 
 
 def test_the_aggregate_posterior_of_a_point_estimate_is_its_codes(tmp_path, capsys):

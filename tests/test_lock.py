@@ -42,9 +42,16 @@ def test_the_lock_dies_with_a_holder_killed_by_sigkill(tmp_path):
 
 
 def test_release_leaves_no_lock_file_and_no_empty_directory_it_made(tmp_path):
-    with RunLock(tmp_path / "new" / "run"):
-        assert (tmp_path / "new" / "run" / LOCK_FILE).is_file()
-    assert not (tmp_path / "new" / "run").exists()
+    with RunLock(tmp_path / "new" / "a" / "run"):
+        assert (tmp_path / "new" / "a" / "run" / LOCK_FILE).is_file()
+    assert not (tmp_path / "new").exists()  # nor the parents it made for it
+    (tmp_path / "shared").mkdir()
+    with RunLock(tmp_path / "shared" / "a" / "run"):
+        (tmp_path / "shared" / "other").write_text("x")  # a parent made by the lock but used by another
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["other"]
+    with RunLock(tmp_path / "shared" / "b" / "run"):
+        (tmp_path / "shared" / "b" / "beside").write_text("x")
+    assert sorted(p.name for p in (tmp_path / "shared" / "b").iterdir()) == ["beside"]
     (tmp_path / "old").mkdir()
     with RunLock(tmp_path / "old"):
         (tmp_path / "old" / "kept").write_text("x")

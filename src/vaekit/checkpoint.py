@@ -26,7 +26,7 @@ import torch
 
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError, VaekitWarning
-from .files import CONFIG_FILE, LAST_FILE, METRICS_FILE, MODEL_FILE, RUN_FILES, atomic_write_bytes, atomic_write_together
+from .files import CONFIG_FILE, LAST_FILE, METRICS_FILE, MODEL_FILE, RUN_FILES, atomic_write_bytes, atomic_write_together, json_loads
 
 FORMAT = "vaekit-1"
 
@@ -89,7 +89,7 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if "meta" not in header or header.get("sha256") != _digest(tensors, header["meta"]):
         raise CheckpointError(f"{path}: checksum mismatch, the file was modified or corrupted")
     try:
-        meta = json.loads(header["meta"])
+        meta = json_loads(header["meta"])
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: corrupt metadata") from None
     return tensors, meta
@@ -111,7 +111,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     lines = text.splitlines()
     for i, line in enumerate(lines):
         try:
-            record = json.loads(line)
+            record = json_loads(line)
         except json.JSONDecodeError:
             record = None
         if not isinstance(record, dict):
@@ -274,7 +274,7 @@ def _read_header(data: bytes) -> dict[str, str]:
     n = int.from_bytes(data[:8], "little")
     if n <= 0 or 8 + n > len(data):
         raise ValueError("bad header length")
-    return json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+    return json_loads(data[8 : 8 + n]).get("__metadata__") or {}
 
 
 # ---- model weights -------------------------------------------------------------------------
@@ -309,30 +309,53 @@ def read_meta(path: Path) -> dict[str, Any]:
             n = int.from_bytes(f.read(8), "little")
             if not 0 < n < 100_000_000:
                 return {}
-            meta = json.loads(f.read(n)).get("__metadata__", {}).get("meta", "{}")
-        return json.loads(meta) if isinstance(meta, str) else {}
+            meta = json_loads(f.read(n)).get("__metadata__", {}).get("meta", "{}")
+        return json_loads(meta) if isinstance(meta, str) else {}
     except (OSError, ValueError, AttributeError):
         return {}
 
 
+def fixed_record(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """config.json's train and data fields that a resume may not change (``Option.resumable``
+    false), kept in the metadata of last.safetensors: an edit of config.json between two
+    sessions (another batch size, dtype or seed) would otherwise continue the run as another
+    one. The data source is left to the checkpoint's data fingerprint, which sees through its
+    spelling."""
+    from .config import DATA_OPTIONS, TRAIN_OPTIONS
+
+    d = json.loads(config.to_bytes())
+    sections = (("train", TRAIN_OPTIONS), ("data", DATA_OPTIONS))
+    return {
+        section: {k: d[section][k] for k, opt in options.items() if not opt.resumable and k != "source" and k in d[section]}
+        for section, options in sections
+    }
+
+
 def check_model_record(config_path: Path, weights_path: Path, meta: dict[str, Any]) -> None:
     """Refuse (CheckpointError) a config.json whose model section differs from the one the
-    weights were saved with (``model_record``): edited or damaged after they were written.
-    Weights saved without a record pass; fields only one side has (another config version)
-    are not compared."""
-    saved = meta.get("model_config")
-    if not isinstance(saved, dict):
+    weights were saved with (``model_record``), or whose fixed train and data fields differ
+    from those a training checkpoint was saved with (``fixed_record``): edited or damaged
+    after they were written. Weights saved without a record pass; fields only one side has
+    (another config version) are not compared."""
+    saved = {"model": meta.get("model_config")}
+    fixed = meta.get("fixed_config")
+    if isinstance(fixed, dict):
+        saved.update(fixed)
+    saved = {section: fields for section, fields in saved.items() if isinstance(fields, dict)}
+    if not saved:
         return
     try:
-        current = json.loads(Path(config_path).read_bytes())["model"]
+        current = json_loads(Path(config_path).read_bytes())
+        current = {section: current[section] for section in saved}
     except (OSError, ValueError, KeyError, TypeError):
         return  # RunConfig.load says what is wrong with the file itself
-    for key, value in saved.items():
-        if key in current and current[key] != value:
-            raise CheckpointError(
-                f"{config_path}: model.{key} is {_short(current[key])}, but {Path(weights_path).name} was saved with "
-                f"{_short(value)} (the file was edited or damaged); put the saved value back"
-            )
+    for section, fields in saved.items():
+        for key, value in fields.items():
+            if isinstance(current[section], dict) and key in current[section] and current[section][key] != value:
+                raise CheckpointError(
+                    f"{config_path}: {section}.{key} is {_short(current[section][key])}, but {Path(weights_path).name} "
+                    f"was saved with {_short(value)} (the file was edited or damaged); put the saved value back"
+                )
 
 
 def _short(value: Any, most: int = 60) -> str:
@@ -348,10 +371,16 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], wher
     if missing or unexpected:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise CheckpointError(f"{where}: weights do not fit the model in config.json ({what})")
-    for k, v in state.items():
+    for k, v in sorted(state.items()):
         if v.shape != own[k].shape:
             raise CheckpointError(
                 f"{where}: tensor {k} has shape {tuple(v.shape)}, config.json implies {tuple(own[k].shape)}"
+            )
+        if v.dtype != own[k].dtype:
+            # load_state_dict would cast in silence: a config.json whose train.dtype was edited.
+            raise CheckpointError(
+                f"{where}: tensor {k} is {str(v.dtype).removeprefix('torch.')}, config.json implies "
+                f"{str(own[k].dtype).removeprefix('torch.')} (train.dtype edited or damaged)"
             )
     model.load_state_dict(state)
 

@@ -22,6 +22,7 @@ from . import __version__
 from .config import AUTO, GAP_STEPS, K_MAX, check_positive_int
 from .registry import STEPS_MAX
 from .errors import ConfigError, DataError, VaekitError, VaekitWarning, count, out_of_memory
+from .files import json_loads
 from .outputs import check_out, check_room, write_array, write_blocks
 
 SPLITS = ("train", "valid", "test", "all")
@@ -957,7 +958,7 @@ def _data_source(args) -> tuple[str | None, str]:
         source = DATA_OPTIONS["source"].default if args.command == "train" else None
         return source, f"{source} (the default --data)"
     try:
-        source = json.loads((Path(run_dir) / "config.json").read_text())["data"]["source"]
+        source = json_loads((Path(run_dir) / "config.json").read_text())["data"]["source"]
     except (OSError, ValueError, KeyError, TypeError):
         return None, ""
     return source, f"the run's data, {source},"

@@ -6,6 +6,7 @@ No torch import here: ``vaekit.plots`` and ``vaekit.data`` use it and must stay 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import secrets
@@ -19,6 +20,16 @@ LAST_FILE = "last.safetensors"
 METRICS_FILE = "metrics.jsonl"
 BUBBLES_FILE = "bubbles.npz"
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, LAST_FILE, METRICS_FILE, BUBBLES_FILE)
+
+
+def json_loads(text: str | bytes):
+    """json.loads, with input nested deeper than the parser's recursion limit (a damaged or
+    hostile config.json or metrics line) raised as the json.JSONDecodeError that every reader
+    handles, not as a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0) from None
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:

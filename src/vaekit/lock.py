@@ -55,20 +55,21 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
         self._fd: int | None = None
-        self._created = False  # whether acquire made the directory
+        self._created: list[Path] = []  # the directories acquire made, deepest first
 
     def acquire(self) -> "RunLock":
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this RunLock")
         while True:
             if not self.run_dir.is_dir():
+                missing = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
                 try:
                     self.run_dir.mkdir(parents=True, exist_ok=True)
                 except OSError as e:  # a parent that is a file, or not writable
                     if self.run_dir.exists():
                         raise VaekitError(f"{self.run_dir} is a file, not a run directory") from None
                     raise VaekitError(f"{self.run_dir}: cannot create the run directory ({e.strerror or e})") from None
-                self._created = True
+                self._created = missing
             try:
                 # O_NOFOLLOW: the pid written here must not land in whatever file a link names.
                 flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
@@ -116,12 +117,14 @@ class RunLock:
         self._remove_created()
 
     def _remove_created(self) -> None:
-        if self._created:
-            # A writer that failed before writing anything leaves no empty directory behind.
+        # A writer that failed before writing anything leaves no empty directory behind: not
+        # the run directory, nor the parents it made for it.
+        for directory in self._created:
             try:
-                self.run_dir.rmdir()
-            except OSError:  # not empty: the run is in it
-                pass
+                directory.rmdir()
+            except OSError:  # not empty: the run is in it, or another run beside it
+                break
+        self._created = []
 
     @property
     def held(self) -> bool:

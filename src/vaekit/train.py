@@ -205,7 +205,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
                 # a resume that fails before it leaves the run as it was.
                 run.config_to_save.save(run_dir / ckpt.CONFIG_FILE)
                 run.config_to_save = None
-            meta["model_config"] = run.model_record
+            meta["model_config"], meta["fixed_config"] = run.model_record, run.fixed_record
             ckpt.save_tensors(run_dir / ckpt.LAST_FILE, *ckpt.training_state(model, optimizers, meta))
             # After the checkpoint, which holds this epoch's weights too: a write that fails
             # between the two leaves the earlier best beside the earlier record (what readers
@@ -271,8 +271,10 @@ class _Run:
         self.best_valid, self.best_epoch, self.bad_epochs, self.start = -math.inf, 0, 0, 1
         self.best_state: dict[str, torch.Tensor] | None = None
         self.config_to_save: RunConfig | None = None
-        # config.json's model section, kept with the weights (``ckpt.model_record``).
+        # config.json's model section, kept with the weights (``ckpt.model_record``), and its
+        # fixed train and data fields, kept with the checkpoint (``ckpt.fixed_record``).
         self.model_record: dict[str, Any] | None = None
+        self.fixed_record: dict[str, Any] | None = None
         # (training rows, validation rows) and their data_fingerprint: a resume on other data is refused.
         self.rows: list[int] = []
         self.fingerprint: list[str] = []
@@ -309,7 +311,7 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
     run.rows = [len(x_train), len(x_valid)]
     run.fingerprint = [data_fingerprint(x_train), data_fingerprint(x_valid)]
     if writer and run_config is not None:
-        run.model_record = ckpt.model_record(run_config)
+        run.model_record, run.fixed_record = ckpt.model_record(run_config), ckpt.fixed_record(run_config)
     if not resume:
         torch.manual_seed(config.seed)
         # A prior may start from the data (the VampPrior's pseudo-inputs); its own numpy
@@ -329,7 +331,7 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
     meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizers)
     ckpt.check_model_record(run_dir / ckpt.CONFIG_FILE, run_dir / ckpt.LAST_FILE, meta)
     if run.model_record is None:
-        run.model_record = meta.get("model_config")
+        run.model_record, run.fixed_record = meta.get("model_config"), meta.get("fixed_config")
     _check_schedule(config, meta["history"], run_dir)
     if meta.get("rows", run.rows) != run.rows:  # checkpoints written before they kept it: not checked
         (was_train, was_valid), (now_train, now_valid) = meta["rows"], run.rows
