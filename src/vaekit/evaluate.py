@@ -361,11 +361,11 @@ def evaluate(model, x, k: int = 1000, seed: int = 0, progress: Callable[[int], N
     }
 
 
-# q* of the gaps: at most GAP_STEPS Adam steps (the CLI's --steps) on GAP_GRAD_SAMPLES-draw
-# ELBO gradients, stopped by inference.optimize.Plateau: every GAP_CHECK_EVERY steps the mean
-# ELBO under one fixed set of GAP_SAMPLES draws; a gain under GAP_TOL nats per point divides
-# the rate by 10, and after GAP_LR_DECAYS divisions the next plateau stops it. The
-# approximation gap is only as good as this optimisation.
+# q* of the gaps: at most GAP_STEPS Adam steps (the CLI's --steps) per row on GAP_GRAD_SAMPLES-draw
+# ELBO gradients, each row stopped by inference.optimize.RowStop: every GAP_CHECK_EVERY steps its
+# ELBO under GAP_SAMPLES fixed draws of its own; a gain under GAP_TOL nats divides its rate by
+# 10, and after GAP_LR_DECAYS divisions its next plateau stops it. The approximation gap is only
+# as good as this optimisation.
 GAP_SAMPLES = 32
 GAP_GRAD_SAMPLES = 16
 GAP_CHECK_EVERY = 50
@@ -373,48 +373,26 @@ GAP_TOL = 1e-3
 GAP_LR_DECAYS = 2
 
 
-def _stream(model, seed: int, batch: int, use: int) -> torch.Generator:
-    """A generator of its own for each (seed, batch, use): no two share draws, whatever the seeds."""
-    entropy = [seed % 2**64, batch, use]  # SeedSequence takes no negative seed
-    return _generator(model, int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+def _optimal_q(model, x: torch.Tensor, q, steps: int, lr: float, seed: int, stop):
+    """(q*, steps each row took): the best q of q's family for each row with θ fixed, from q,
+    by ``inference.optimize.ascend_rows`` under ``stop`` (or after ``steps`` steps). For a
+    diagonal Gaussian the family is all of them: argmax over (μ, log σ²) of ELBO(x; N(μ, diag
+    σ²)). For a structured q(z|x) = ∏_j q(z_j | Pa(z_j), x) it keeps the structure, each
+    group's (μ_j, log σ²_j) moved by free per-row offsets (``Structured.shifted``), from zero
+    offsets (q itself)."""
+    from .distributions import DiagonalNormal, RowStreams
+    from .inference.optimize import ascend_rows
 
-
-def _noise(model, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """Standard normal ε of the given shape in the model's dtype."""
-    p = next(model.parameters())
-    return torch.randn(shape, generator=generator, dtype=p.dtype, device=p.device)
-
-
-def _optimal_gaussian(
-    model, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, steps: int, lr: float, check_eps: torch.Tensor,
-    generator: torch.Generator, tol: float = GAP_TOL, check_every: int = GAP_CHECK_EVERY,
-    lr_decays: int = GAP_LR_DECAYS, grad_samples: int = GAP_GRAD_SAMPLES,
-):  # fmt: skip
-    """(q*, steps taken): argmax over (μ, log σ²) of each row's ELBO(x; N(μ, diag σ²)) with θ
-    fixed, from (mu, logvar), by Adam until the mean ELBO under the fixed noise ``check_eps``
-    (S, n, d) stops improving (see GAP_TOL), or after ``steps`` steps."""
-    from .distributions import DiagonalNormal
-    from .inference.optimize import Plateau, ascend
-
-    plateau = Plateau(check_eps, tol, check_every, lr_decays)
-    (mu, logvar), taken = ascend(model, x, [mu, logvar.expand_as(mu)], DiagonalNormal, steps, lr, grad_samples, generator, plateau)
-    return DiagonalNormal(mu, logvar), taken
-
-
-def _optimal_structured(
-    model, x: torch.Tensor, q, steps: int, lr: float, check_eps: torch.Tensor, generator: torch.Generator,
-    tol: float = GAP_TOL, check_every: int = GAP_CHECK_EVERY, lr_decays: int = GAP_LR_DECAYS,
-    grad_samples: int = GAP_GRAD_SAMPLES,
-):  # fmt: skip
-    """(q*, steps taken) for a structured q(z|x) = ∏_j q(z_j | Pa(z_j), x): the best q of its
-    structure with each group's (μ_j, log σ²_j) moved by free per-row offsets
-    (``Structured.shifted``), by Adam from zero offsets (q itself) under the same stopping rule
-    as ``_optimal_gaussian``."""
-    from .inference.optimize import Plateau, ascend
-
-    plateau = Plateau(check_eps, tol, check_every, lr_decays)
+    uses = (RowStreams.OPTIMAL_FIT, RowStreams.OPTIMAL_STOP)
+    rate = torch.full((x.shape[0], 1), float(lr), dtype=q.mean.dtype, device=q.mean.device)
+    if isinstance(q, DiagonalNormal):
+        (mu, logvar), taken = ascend_rows(
+            model, x, [q.mu, q.logvar.expand_as(q.mu)], DiagonalNormal, steps, [rate, rate], GAP_GRAD_SAMPLES, seed, stop, uses
+        )  # fmt: skip
+        return DiagonalNormal(mu, logvar), taken
     zero = torch.zeros_like(q.mean)  # (n, D)
-    offsets, taken = ascend(model, x, [zero, zero.clone()], q.shifted, steps, lr, grad_samples, generator, plateau)
+    # q.shifted holds the batch's x: rows that stop are frozen, not taken out.
+    offsets, taken = ascend_rows(model, x, [zero, zero.clone()], q.shifted, steps, [rate, rate], GAP_GRAD_SAMPLES, seed, stop, uses, compact=False)
     return q.shifted(*offsets), taken
 
 
@@ -431,48 +409,46 @@ def gaps_per_point(
 
     q is the model's own q(z|x) for new x (the encoder's, refined or not; or the method's
     test-time optimum), q* the best diagonal Gaussian for x with θ fixed, found by Adam from q
-    until its ELBO stops improving (``_optimal_gaussian``; ``steps`` at most). For several
-    latent groups q* keeps q's structure ∏_j q(z_j | Pa(z_j), x), each group's Gaussian moved
-    by free per-row offsets of its (μ_j, log σ²_j) (``_optimal_structured``): the family
+    until its ELBO stops improving (``_optimal_q``; ``steps`` at most, each row on its own). For
+    several latent groups q* keeps q's structure ∏_j q(z_j | Pa(z_j), x), each group's Gaussian
+    moved by free per-row offsets of its (μ_j, log σ²_j): the family
     holds q itself, and for one group it is the diagonal Gaussians again. Both ELBOs use
     the same ``n_samples`` noise draws ε (common random numbers: z = μ + σ·ε for either q), so
     their difference is not swamped by Monte Carlo noise; it is reported as it comes, never
     clipped at 0. log p(x) is the K-sample importance-weighted estimate with q* as the
     proposal (the better of the two proposals, hence the lower-variance estimate). Besides
-    the three per-point arrays, ``steps`` gives the Adam steps q* took for each row's batch.
+    the three per-point arrays, ``steps`` gives the Adam steps q* took for each row. Every row's
+    numbers are its own: the same scored alone or in any batch.
 
     ``idx``, given when x are training rows, holds their indices in the training set: then a
     per-point method's q is the q_i it learned for each row (``evaluation_posterior(x, idx)``),
     so that its amortization gap on training data is that of its table, not of a new fit.
     """
-    from .distributions import DiagonalNormal
+    from .distributions import DiagonalNormal, RowStreams
+    from .inference.optimize import RowStop
     from .latents import Structured
 
     lr = model.config.local_lr if lr is None else lr
+    stop = RowStop(every=check_every, tol=tol, decays=GAP_LR_DECAYS, samples=n_samples)
     out = PerRow(len(x), ("log_px", "elbo", "elbo_optimal", "steps"))
     with eval_mode(model):
-        for i, (xb, rows) in enumerate(_with_rows(batches(model, x, batch_size), model, x, idx)):
+        for xb, rows in _with_rows(batches(model, x, batch_size), model, x, idx):
             q = model.evaluation_posterior(xb, rows)
             if not isinstance(q, (DiagonalNormal, Structured)):
                 from .errors import ConfigError
 
                 raise ConfigError(f"gaps compare q with the best q* of its family; this model's q is a {type(q).__name__}")
-            shape = (n_samples,) + tuple(q.mean.shape)  # (S, n, d)
-            # Four streams per batch: the reported ELBOs' ε, the IWAE draws, the stopping rule's
-            # fixed ε, the gradient noise of q*'s optimisation; the stopping rule never sees the
-            # draws the reported ELBOs use.
-            check_eps = _noise(model, shape, _stream(model, seed, i, 2))
-            grad_noise = _stream(model, seed, i, 3)
-            if isinstance(q, DiagonalNormal):
-                q_star, taken = _optimal_gaussian(model, xb, q.mu, q.logvar, steps, lr, check_eps, grad_noise, tol, check_every)
-            else:
-                q_star, taken = _optimal_structured(model, xb, q, steps, lr, check_eps, grad_noise, tol, check_every)
-            eps = _noise(model, shape, _stream(model, seed, i, 0))
+            q_star, taken = _optimal_q(model, xb, q, steps, lr, seed, stop)
+            # Each row's streams of its own (RowStreams): its numbers do not depend on the rows
+            # batched with it. The ELBOs' ε, the IWAE draws, and q*'s gradient and stopping
+            # draws (in _optimal_q) are four streams, so the reported ELBOs never reuse draws
+            # the optimisation saw; both ELBOs use the same ε (common random numbers).
+            eps = RowStreams(xb, seed, use=RowStreams.COMPARE).randn(n_samples, q.mean.shape[-1], q.mean.dtype)
             out.put(
                 elbo=elbo_terms(model, xb, q=q, eps=eps).elbo,
                 elbo_optimal=elbo_terms(model, xb, q=q_star, eps=eps).elbo,
-                log_px=iwae(model, xb, k, q=q_star, generator=_stream(model, seed, i, 1)),
-                steps=torch.full((xb.shape[0],), taken),
+                log_px=iwae(model, xb, k, q=q_star, generator=RowStreams(xb, seed, use=RowStreams.ESTIMATE)),
+                steps=taken,
             )
     result = out.result()
     result["steps"] = result["steps"].astype(np.int64)
@@ -489,7 +465,7 @@ def gaps(model, x, k: int = 1000, steps: int = GAP_STEPS, seed: int = 0, **kw) -
     """Averages of ``gaps_per_point``: log_likelihood, elbo, elbo_optimal, approximation_gap,
     amortization_gap (nats) and the standard errors of the two gaps across points
     (approximation_gap_se, amortization_gap_se), with n, k, steps (the most allowed) and
-    steps_taken (the most any batch used). ``kw``: gaps_per_point's lr, n_samples,
+    steps_taken (the most any row used). ``kw``: gaps_per_point's lr, n_samples,
     batch_size, tol, check_every, idx."""
     k, steps = check_positive_int("k", k, maximum=K_MAX), check_positive_int("steps", steps, maximum=STEPS_MAX)
     x = model_rows(model, x)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vaekit.distributions import DiagonalNormal, PointMass
-from vaekit.inference.optimize import Plateau, ascend, gaussian_around, optimize_gaussian, optimize_point
+from vaekit.inference.optimize import RowStop, ascend_rows, gaussian_around, optimize_gaussian, optimize_point
 from vaekit.objectives import elbo
 
 from inference_helpers import SIGMA
@@ -51,24 +51,30 @@ def test_optimize_point_finds_the_exact_posterior_mode(linear_gaussian):
     torch.testing.assert_close(p.z, lg.m, rtol=0, atol=1e-6)
 
 
-def test_plateau_stops_the_ascent_near_the_exact_posterior(linear_gaussian):
-    """Checks every 50 steps under fixed noise: the ascent stops on its third plateau, well
+def test_row_stop_ends_the_ascent_near_the_exact_posterior(linear_gaussian):
+    """Checks every 50 steps under fixed noise: each row stops on its third plateau, well
     before the 5000 allowed, at a multiple of 50 steps, within 0.05 nats of KL of the exact
-    posterior per point; a rule that never sees a plateau (tol −∞) takes every step, and one
-    allowed no rate division stops at the first plateau, no later."""
-    lg = linear_gaussian(n=8)
-    zeros = torch.zeros(8, 3, dtype=F64)
-    eps = torch.randn(64, 8, 3, generator=_gen(1), dtype=F64)
+    posterior; a rule that never sees a plateau (tol −∞) takes every step, and one allowed no
+    rate division stops each row at its first plateau, no later."""
 
-    def run(steps, tol, decays):
-        plateau = Plateau(eps, tol, 50, decays)
-        return ascend(lg.model, lg.x, [zeros, zeros], DiagonalNormal, steps, 0.05, 16, _gen(2), plateau)
+    zeros = torch.zeros(8, 3, dtype=F64)
+    rates = [torch.full((8, 1), 0.05, dtype=F64)] * 2
+    lg = linear_gaussian(n=8)
+
+    def run(steps, tol, decays, compact=True):
+        stop = RowStop(every=50, tol=tol, decays=decays, samples=64)
+        return ascend_rows(lg.model, lg.x, [zeros, zeros], DiagonalNormal, steps, rates, 16, stop=stop, compact=compact)
 
     (mu, logvar), taken = run(5000, 1e-3, 2)
-    assert 0 < taken < 5000 and taken % 50 == 0, taken
+    assert bool((taken > 0).all() and (taken < 5000).all() and (taken % 50 == 0).all()), taken
     assert float(lg.kl_to_posterior(mu, logvar).max()) < 0.05
-    assert run(300, float("-inf"), 2)[1] == 300
-    assert run(5000, 1e-3, 0)[1] <= taken
+    assert run(300, float("-inf"), 2)[1].tolist() == [300] * 8
+    assert bool((run(5000, 1e-3, 0)[1] <= taken).all())
+    # Frozen in place of taken out (a q that holds its batch's x): the same rows, the same steps.
+    (mu_f, logvar_f), taken_f = run(5000, 1e-3, 2, compact=False)
+    assert torch.equal(taken_f, taken)
+    torch.testing.assert_close(mu_f, mu, rtol=0, atol=1e-12)
+    torch.testing.assert_close(logvar_f, logvar, rtol=0, atol=1e-12)
 
 
 def test_zero_steps_returns_the_start(linear_gaussian):
@@ -258,16 +264,15 @@ def test_new_points_get_their_q_by_optimisation(method, trained, digits):
 
 
 def test_ascend_rows_is_adam_row_by_row(linear_gaussian):
-    """Before its first check (ROW_CHECK_EVERY steps) ``ascend_rows`` is torch's Adam on each
+    """Before its first check (RowStop().every steps) ``ascend_rows`` is torch's Adam on each
     row with that row's rate: every row run alone through torch.optim.Adam on the same noise
     stream lands on the same parameters."""
     from vaekit.distributions import RowStreams
-    from vaekit.inference.optimize import ROW_CHECK_EVERY, ascend_rows
 
     lg = linear_gaussian(n=5)
     start = [torch.randn(5, 3, generator=_gen(3), dtype=F64), torch.zeros(5, 3, dtype=F64)]
     rates = torch.tensor([[0.01], [0.03], [0.1], [0.3], [1.0]], dtype=F64)
-    steps = ROW_CHECK_EVERY - 1
+    steps = RowStop().every - 1
     (mu, logvar), taken = ascend_rows(lg.model, lg.x, start, DiagonalNormal, steps, [rates, rates / 10], 2)
     assert taken.tolist() == [steps] * 5
     for i in range(5):
@@ -287,15 +292,13 @@ def test_ascend_rows_stops_each_row_on_its_own(linear_gaussian):
     """Rows stop at their own plateaus (multiples of the check interval, before the cap), the
     result near the exact posterior; a row's result and step count are the same scored alone
     as among the others, and a start already at the optimum stops soonest."""
-    from vaekit.inference.optimize import ROW_CHECK_EVERY, ascend_rows
-
     lg = linear_gaussian(n=6)
     logvar = torch.diagonal(lg.S).log().expand(6, 3).clone()
     mu = lg.m.clone()
     mu[1:] += torch.linspace(0.5, 4.0, 5, dtype=F64).unsqueeze(1)  # row 0 starts at the optimum
     rates = [torch.full((6, 1), 0.05, dtype=F64)] * 2
     (mu_all, lv_all), taken = ascend_rows(lg.model, lg.x, [mu, logvar], DiagonalNormal, 5000, rates, 4)
-    assert bool((taken % ROW_CHECK_EVERY == 0).all()) and int(taken.max()) < 5000, taken
+    assert bool((taken % RowStop().every == 0).all()) and int(taken.max()) < 5000, taken
     assert int(taken[0]) == int(taken.min()) and len(set(taken.tolist())) > 1, taken
     assert float(lg.kl_to_posterior(mu_all, lv_all).max()) < 0.05
     for rows in ([3], [5, 1], [0, 4, 2]):
@@ -317,5 +320,6 @@ def test_gaussian_around_a_far_code_reaches_the_posterior(linear_gaussian):
     for start in (far, lg.m):
         q = gaussian_around(lg.model, lg.x, start, steps=100, lr=0.05)
         assert float(lg.kl_to_posterior(q.mu, q.logvar).max()) < 0.5
-    (mu, logvar), _ = ascend(lg.model, lg.x, [far, torch.full_like(far, -4.6)], DiagonalNormal, 100, 0.05, 1, _gen(0))
+    constant = [torch.full((8, 1), 0.05, dtype=F64)] * 2
+    (mu, logvar), _ = ascend_rows(lg.model, lg.x, [far, torch.full_like(far, -4.6)], DiagonalNormal, 100, constant, 1, stop=None)
     assert float(lg.kl_to_posterior(mu, logvar).min()) > 100

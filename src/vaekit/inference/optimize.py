@@ -17,7 +17,6 @@ from torch.distributions import Distribution
 
 from ..distributions import DiagonalNormal, PointMass, RowStreams
 from ..objectives import elbo
-from ..optim import Adam
 
 # Fixed-noise samples used to decide, per point, whether the optimised q beats the start.
 CHECK_SAMPLES = 16
@@ -29,113 +28,65 @@ POINT_LOGVAR = math.log(1e-2)
 # RMS (crossing it in about 20 steps), never under the given rate (which a MAP code, RMS near
 # 1, keeps); the per-row decays of ``ascend_rows`` then refine it.
 POINT_LR_SCALE = 0.05
-# ``ascend_rows``'s stopping rule: every ROW_CHECK_EVERY steps each row's ELBO under fixed draws
-# of its own (ROW_CHECK_SAMPLES); a gain under ROW_TOL nats divides that row's rates by 10, and
-# after ROW_DECAYS divisions its next such plateau stops it.
-ROW_CHECK_EVERY = 25
-ROW_CHECK_SAMPLES = 16
-ROW_TOL = 1e-3
-ROW_DECAYS = 2
 # torch.optim.Adam's defaults, which ``ascend_rows`` applies row by row.
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
 @dataclass(frozen=True)
-class Plateau:
-    """When an ascent of unknown length stops (q* of the gaps): every ``every`` steps the batch's
-    mean ELBO is scored under the fixed noise ``eps`` (the same at every check, so that two
-    scores differ by the change of q alone, not by Monte Carlo noise); when a check gains less
-    than ``tol`` nats per point the learning rate is divided by 10 (constant-rate Adam on noisy
-    gradients only jitters around the optimum), and after ``decays`` such divisions the next
-    plateau stops the ascent."""
+class RowStop:
+    """When a row's ascent of unknown length stops: every ``every`` steps the row's ELBO is
+    scored under ``samples`` fixed draws of its own (the same at every check, so that two scores
+    differ by the change of q alone, not by Monte Carlo noise); when a check gains less than
+    ``tol`` nats that row's rates are divided by 10 (constant-rate Adam on noisy gradients only
+    jitters around the optimum), and after ``decays`` such divisions its next plateau stops it."""
 
-    eps: torch.Tensor
-    tol: float
-    every: int
-    decays: int
-
-
-def ascend(
-    model,
-    x: torch.Tensor,
-    params: list[torch.Tensor],
-    make_q: Callable[..., Distribution],
-    steps: int,
-    lr: float,
-    n_samples: int,
-    generator: torch.Generator,
-    plateau: Plateau | None = None,
-) -> tuple[list[torch.Tensor], int]:
-    """(q's parameters after Adam on −ELBO(x; make_q(*params)) with θ fixed, steps taken):
-    ``steps`` steps, or fewer where ``plateau`` stops them. Reparameterized gradients from
-    ``n_samples`` draws of ``generator`` each step."""
-    params = [p.detach().clone().requires_grad_(True) for p in params]
-    opt = Adam(params, lr=lr)
-
-    def score() -> float:
-        with torch.no_grad():
-            return float(elbo(model, x, q=make_q(*params), eps=plateau.eps).elbo.mean())
-
-    taken, decays = 0, 0
-    last = score() if plateau is not None and steps > 0 else None
-    while taken < steps:
-        with torch.enable_grad():
-            for _ in range(min(plateau.every if plateau else steps, steps - taken)):
-                objective = elbo(model, x, q=make_q(*params), n_samples=n_samples, generator=generator).elbo.sum()
-                # Gradients for q's parameters only: θ's .grad is left alone.
-                for p, grad in zip(params, torch.autograd.grad(-objective, params)):
-                    p.grad = grad
-                opt.step()
-                taken += 1
-        if plateau is None:
-            continue
-        now = score()
-        if now - last < plateau.tol:
-            if decays == plateau.decays:
-                break
-            decays += 1
-            for group in opt.param_groups:
-                group["lr"] /= 10
-        last = now
-    return [p.detach() for p in params], taken
+    every: int = 25
+    tol: float = 1e-3
+    decays: int = 2
+    samples: int = 16
 
 
 def ascend_rows(
     model, x: torch.Tensor, params: list[torch.Tensor], make_q: Callable[..., Distribution], steps: int,
-    rates: list[torch.Tensor], n_samples: int, seed: int = 0, check_samples: int = ROW_CHECK_SAMPLES,
+    rates: list[torch.Tensor], n_samples: int, seed: int = 0, stop: RowStop | None = RowStop(),
+    uses: tuple[int, int] = (RowStreams.FIT, RowStreams.STOP), compact: bool = True,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:  # fmt: skip
     """(q's parameters after Adam on −ELBO(x; make_q(*params)) with θ fixed, steps each row took):
-    at most ``steps`` steps, each row stopped by its own plateau (ROW_CHECK_EVERY, ROW_TOL,
-    ROW_DECAYS), with ``rates[i]`` (n, 1) the rows' starting rates of ``params[i]``. The plateau
-    is judged on ``check_samples`` fixed draws per row (one is enough for a point mass).
+    ``steps`` steps, or fewer for a row that ``stop`` stops (None: every row takes them all),
+    with ``rates[i]`` (n, 1) the rows' starting rates of ``params[i]``, and reparameterized
+    gradients from ``n_samples`` draws per step.
 
     Adam's update is elementwise and each row's term of the summed ELBO depends on its own
     parameters only, so this is one Adam run per row with a learning rate of its own; with the
-    rows' own noise streams (``RowStreams``, from ``seed``) and their own stopping decisions, a
-    row's result depends on that row and θ alone, never on the rows batched with it. Rows that
-    stop leave the batch, so the remaining steps cost only what is left to fit."""
+    rows' own noise streams (``RowStreams`` of ``seed``; ``uses`` name those of the gradients and
+    of the stopping rule) and their own stopping decisions, a row's result depends on that row
+    and θ alone, never on the rows batched with it. With ``compact`` rows that stop leave the
+    batch, so the remaining steps cost only what is left to fit; that needs a ``make_q`` of any
+    rows' parameters (a q that holds its batch's x, as a structured one does, keeps every row
+    and freezes the stopped ones instead)."""
     n = x.shape[0]
     out = [p.detach().clone() for p in params]
     taken = torch.zeros(n, dtype=torch.long, device=x.device)
     if steps == 0 or n == 0:
         return out, taken
     (beta1, beta2), t = ADAM_BETAS, 0
-    live = torch.arange(n, device=x.device)
+    live = torch.arange(n, device=x.device)  # the rows still in the batch
     xs, ps = x, [p.detach().clone() for p in params]
-    lrs = [r.detach().clone().to(p).expand(n, 1).clone() for r, p in zip(rates, ps)]
+    lrs = [r.detach().to(p).expand(n, 1).clone() for r, p in zip(rates, ps)]
     m, v = [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps]
-    decays_left = torch.full((n,), ROW_DECAYS, device=x.device)
-    fit = RowStreams(x, seed, use=RowStreams.FIT)
-    size = make_q(*ps).noise_size
-    stop_eps = RowStreams(x, seed, use=RowStreams.STOP).randn(check_samples, size, ps[0].dtype)
+    moving = torch.ones(n, dtype=torch.bool, device=x.device)  # without compact: rows not stopped
+    fit = RowStreams(x, seed, use=uses[0])
+    if stop is not None:
+        decays_left = torch.full((n,), stop.decays, device=x.device)
+        stop_eps = RowStreams(x, seed, use=uses[1]).randn(stop.samples, make_q(*ps).noise_size, ps[0].dtype)
 
-    def score() -> torch.Tensor:
-        with torch.no_grad():
-            return elbo(model, xs, q=make_q(*ps), eps=stop_eps).elbo
+        def score() -> torch.Tensor:
+            with torch.no_grad():
+                return elbo(model, xs, q=make_q(*ps), eps=stop_eps).elbo
 
-    last = score()
+        last = score()
     while t < steps and len(live):
-        for _ in range(min(ROW_CHECK_EVERY, steps - t)):
+        for _ in range(min(stop.every if stop else steps, steps - t)):
             with torch.enable_grad():
                 leaves = [p.requires_grad_(True) for p in ps]
                 objective = elbo(model, xs, q=make_q(*leaves), n_samples=n_samples, generator=fit).elbo.sum()
@@ -146,30 +97,39 @@ def ascend_rows(
                     m[i].mul_(beta1).add_(g, alpha=1 - beta1)
                     v[i].mul_(beta2).addcmul_(g, g, value=1 - beta2)
                     denom = (v[i] / (1 - beta2**t)).sqrt_().add_(ADAM_EPS)
-                    ps[i] = ps[i].detach() - lrs[i] / (1 - beta1**t) * m[i] / denom
-        taken[live] = t
+                    step = lrs[i] / (1 - beta1**t) * m[i] / denom
+                    ps[i] = ps[i].detach() - (step if compact else torch.where(moving.unsqueeze(1), step, 0.0))
+            taken[live[moving]] += 1
+        if stop is None:
+            continue
         now = score()
-        flat = now - last < ROW_TOL
+        flat = (now - last < stop.tol) & moving
         done, decay = flat & (decays_left == 0), flat & (decays_left > 0)
         for lr in lrs:
             lr[decay] /= 10
         decays_left = decays_left - decay.long()
         last = now
+        if not compact:
+            moving &= ~done
+            if not bool(moving.any()):
+                break
+            continue
         for i, p in enumerate(ps):
             out[i][live] = p.detach()
         keep = (~done).nonzero().squeeze(1)
         if len(keep) < len(live):
-            live, xs, last, decays_left = live[keep], xs[keep], last[keep], decays_left[keep]
+            live, xs, last, decays_left, moving = live[keep], xs[keep], last[keep], decays_left[keep], moving[keep]
             ps, m, v, lrs = ([a[keep] for a in arrays] for arrays in (ps, m, v, lrs))
             stop_eps, fit = stop_eps[:, keep], fit.take(keep)
+    for i, p in enumerate(ps):
+        out[i][live] = p.detach()
     return out, taken
 
 
 def _ascend(model, x, params, make_q, steps: int, lr: float, n_samples: int, seed: int = 0) -> list[torch.Tensor]:
-    # A noise stream of its own per row: each row's q for new data is then a function of that
-    # row and θ alone (the ELBO is summed over rows and Adam is elementwise, so rows do not
-    # meet), and inference never moves the global stream that training draws from.
-    return ascend(model, x, params, make_q, steps, lr, n_samples, RowStreams(x, seed, use=RowStreams.FIT))[0]
+    # Every row takes every step at one rate: a q for new data is a function of the row and θ.
+    rates = [torch.full((x.shape[0], 1), float(lr), dtype=params[0].dtype, device=x.device)] * len(params)
+    return ascend_rows(model, x, params, make_q, steps, rates, n_samples, seed, stop=None)[0]
 
 
 @torch.no_grad()
@@ -219,7 +179,7 @@ def gaussian_around(model, x: torch.Tensor, z: torch.Tensor, steps: int, lr: flo
     if steps == 0:
         return DiagonalNormal(z, torch.full_like(z, POINT_LOGVAR))
     rate = (POINT_LR_SCALE * z.pow(2).mean(-1, keepdim=True).sqrt()).clamp_min(lr)
-    (mode,), _ = ascend_rows(model, x, [z], PointMass, steps, [rate], 1, check_samples=1)
+    (mode,), _ = ascend_rows(model, x, [z], PointMass, steps, [rate], 1, stop=RowStop(samples=1))
     with torch.no_grad():
         better = elbo(model, x, q=PointMass(mode)).elbo >= elbo(model, x, q=PointMass(z)).elbo
     mode = torch.where(better.unsqueeze(-1), mode, z)
