@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import description, documented, number_list, positive_int, run  # noqa: E402
+from common import description, documented, number_list, png_file, positive_int, run  # noqa: E402
 
 from vaekit import bubbles, plots  # noqa: E402
 from vaekit.config import DataConfig, TrainConfig  # noqa: E402
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=positive_int, default=256)
     parser.add_argument("--likelihood", default="auto", help="as for vaekit train (default auto)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="the figure (default results/bubbles.png for the documented settings, "
+    parser.add_argument("--out", type=png_file, help="the figure (default results/bubbles.png for the documented settings, "
                         "~/vaekit-runs/bubbles/bubbles.png for any other)")
     args = parser.parse_args()
     if args.out is None:  # a smoke test never replaces the documented figure

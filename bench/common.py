@@ -126,6 +126,14 @@ def existing_file(text: str) -> Path:
     return path
 
 
+def png_file(text: str) -> Path:
+    """A picture's path: a .png, as vaekit's own --plot takes (another suffix would get PNG bytes)."""
+    path = Path(text).expanduser()
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"{text}: the picture is a PNG, give a path ending in .png")
+    return path
+
+
 def run(main: Callable[[], object], script: str) -> None:
     """Call ``main``; vaekit's errors, missing or unwritable files, a failed vaekit command and a
     missing peer end the script with one line on stderr (exit 1; Ctrl-C: 130)."""

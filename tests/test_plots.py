@@ -317,6 +317,13 @@ def test_training_curves(tmp_path):
     np.testing.assert_allclose(neg_recon + kl, [-r["valid_elbo"] for r in m])
     assert "nats" in left.get_ylabel() and "nats" in right.get_ylabel()
     assert left.get_xlabel() == "epoch" and left.get_legend() is not None
+    # Whole epochs on the axis, even for one or two epochs (a bare axis reads 0.96 … 1.04).
+    for m in (_metrics()[:1], _metrics()[:2]):
+        fig = plots._training_curves_figure(m)
+        fig.canvas.draw()
+        for ax in fig.axes[:2]:
+            ticks = ax.get_xticks()
+            assert len(ticks) and np.all(ticks == np.round(ticks)), ticks
 
 
 def test_training_curves_missing_values_and_beta(tmp_path):

@@ -72,6 +72,7 @@ def _script(name: str, *args: str, cwd: Path | None = None) -> subprocess.Comple
         ("overfit", ["--data-dir", "/"], "--data-dir: digits is built in and reads no files"),
         ("prior_from", ["--fit-components", "20", "--components", "10"], "--fit-components 20 must be at most --components 10"),
         ("prior_from", ["--seed", "-1"], "--seed: '-1': expected an integer >= 0"),
+        ("bubbles", ["--out", "figure.txt"], "figure.txt: the picture is a PNG, give a path ending in .png"),
     ],
 )
 def test_a_bad_argument_is_one_line_and_exit_2(script, args, says, monkeypatch, capsys):
@@ -346,3 +347,47 @@ def test_overfit_reads_a_named_dataset_from_its_data_dir(tmp_path, monkeypatch, 
     rows = json.loads((tmp_path / "overfit.json").read_text())["rows"]
     assert [(r["method"], r["width"]) for r in rows] == [("map", 4)]
     assert rows[0]["train_log_px"] < 0 and "| map | 4 |" in capsys.readouterr().out
+
+
+def test_compare_leaves_emulated_bf16_out_of_its_defaults(monkeypatch, capsys):
+    """Without bfloat16 instructions the bf16 contestant (and its matmul peak, minutes of
+    emulated products) is left out of the defaults and said so; asked for, it runs."""
+    module = load_bench("compare")
+    seen = []
+    monkeypatch.setattr(module, "matmul_peak", lambda **kw: seen.append(kw.get("dtype")) or 1.0)
+    monkeypatch.setattr(module.subprocess, "run", lambda cmd, **kw: seen.append(cmd[cmd.index("--child") + 1]) or _Failed())
+    for flags, asked, bf16 in ((set(), None, False), ({"amx_bf16"}, None, True), (set(), ["vaekit", "vaekit-bf16"], True)):
+        seen.clear()
+        monkeypatch.setattr(module, "cpu_flags", lambda: flags)
+        argv = ["compare.py", "--repeats", "1", "--data", __file__] + (["--contestants", *asked] if asked else [])
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit):  # every child "failed": vaekit's failure exits non-zero
+            module.main()
+        out = capsys.readouterr().out
+        assert ("vaekit-bf16" in seen) == bf16, (flags, seen)
+        assert ("vaekit-bf16 left out" in out) == (not bf16 and asked is None), out
+
+
+class _Failed:
+    stdout, stderr, returncode = "", "boom", 1
+
+
+def test_matmul_peak_stops_at_a_size_whose_one_product_overruns_the_budget(monkeypatch):
+    """A product slower than the time budget (emulated bfloat16: minutes at 3072) is timed once
+    and the larger sizes are not tried."""
+    module = load_bench("compare")
+    import torch
+
+    sizes = []
+    real_mm = torch.mm
+    clock = iter(range(0, 10**6, 100))  # every perf_counter call: 100 s later
+
+    def mm(a, b):
+        sizes.append(a.shape[0])
+        return real_mm(a[:2, :2], b[:2, :2])
+
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(torch, "randn", lambda n, m, **kw: torch.empty(n, m))  # no 3072² draws
+    monkeypatch.setattr(module.time, "perf_counter", lambda: next(clock))
+    peak = module.matmul_peak(seconds=3.0)
+    assert sizes == [1024] and peak == pytest.approx(2 * 1024**3 / 100 / 1e9)
