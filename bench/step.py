@@ -3,6 +3,7 @@ under each speed setting, in one process and in interleaved rounds, against two 
 the fp32 matmul peak and the same eleven matrix products with nothing else.
 
     python bench/step.py [--rounds 5] [--steps 200] [--variants eager compile bf16 ...] [--device cuda]
+    python bench/step.py --profile 100      # where the eager step's time goes (torch.profiler)
 
 Variants (all with fused Adam, vaekit's default):
   products        the step's 11 fp32 matrix products and nothing else (the ceiling of this shape)
@@ -13,6 +14,9 @@ Variants (all with fused Adam, vaekit's default):
   medium          TrainConfig(matmul_precision="medium"): bfloat16-based float32 products
   bf16            TrainConfig(amp="bf16"): the networks under bfloat16 autocast
   compile-bf16    both
+  adam-foreach    eager with torch's default Adam (foreach) in place of the fused one
+  adam-loop       eager with Adam(foreach=False), one parameter after another
+  gather-index    eager with the batch gathered by advanced indexing, x[idx], not index_select
   no-autograd     the same step with hand-derived gradients written into preallocated .grad
                   tensors: no autograd graph at all. An experiment, not a vaekit path: it bounds
                   what fusing the step's ~30 elementwise ops and autograd's bookkeeping could buy.
@@ -44,7 +48,8 @@ from vaekit.model import VAEModel  # noqa: E402
 from vaekit.config import TrainConfig  # noqa: E402
 from vaekit.train import _matmul_precision, make_objective, make_optimizers  # noqa: E402
 
-VARIANTS = ("products", "eager", "compile", "compile-opt", "full-graph", "medium", "bf16", "compile-bf16", "no-autograd")
+VARIANTS = ("products", "eager", "compile", "compile-opt", "full-graph", "medium", "bf16", "compile-bf16", "no-autograd",
+            "adam-foreach", "adam-loop", "gather-index")
 N, BS = 50_000, 128
 
 
@@ -52,6 +57,8 @@ def vaekit_step(x: torch.Tensor, variant: str):
     device = x.device
     model = _mnist_model(device)
     (opt,) = make_optimizers(model, 1e-3)
+    if variant.startswith("adam-"):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=variant == "adam-foreach")
     objective = make_objective(model, TrainConfig())
     perm = torch.randperm(N, device=device)
     amp = "bf16" in variant
@@ -62,7 +69,8 @@ def vaekit_step(x: torch.Tensor, variant: str):
 
     def batch(i: int):
         idx = perm[(i * BS) % (N - BS) :][:BS]
-        return torch.index_select(x, 0, idx), idx, torch.randn(1, BS, 20, device=device)
+        xb = x[idx] if variant == "gather-index" else torch.index_select(x, 0, idx)
+        return xb, idx, torch.randn(1, BS, 20, device=device)
 
     if variant == "full-graph":
         import torch._dynamo as dynamo
@@ -182,15 +190,43 @@ def manual_step(x: torch.Tensor):
     return step
 
 
+def profile(step, steps: int, top: int = 12) -> None:
+    """torch.profiler over ``steps`` steps (after 30 of warm-up): the ``top`` operators by self
+    CPU time, their share, and the products' GFLOP/s while they run."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    for i in range(30):
+        step(i)
+    with profiler(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for i in range(steps):
+            step(i)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"{steps} eager steps, {total / 1e3 / steps:.2f} ms of CPU time per step")
+    print(f"{'operator':32s} {'share':>7s} {'calls/step':>11s}")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+        print(f"{e.key:32s} {100 * e.self_cpu_time_total / total:6.1f}% {e.count / steps:11.1f}")
+    products = [e for e in events if e.key in ("aten::mm", "aten::addmm")]
+    seconds = sum(e.self_cpu_time_total for e in products) / 1e6
+    flops = sum(e.flops for e in products)
+    print(f"matrix products: {100 * seconds * 1e6 / total:.1f}% of the time, {flops / seconds / 1e9:.1f} GFLOP/s while they run")
+    print(json.dumps({"bench": "step-profile", "steps": steps, "ops": {e.key: e.self_cpu_time_total / total for e in events}}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=description(__doc__))
     ap.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds, every variant once in each (default 5)")
     ap.add_argument("--steps", type=positive_int, default=200, help="steps timed per variant and round (default 200)")
     ap.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--variants", nargs="+", default=["products", "eager", "compile", "compile-opt", "medium", "bf16"], choices=VARIANTS)
+    ap.add_argument("--profile", type=positive_int, metavar="STEPS", help="instead: torch.profiler over this many eager steps, "
+                    "the operators by their share of the CPU time")
     args = ap.parse_args()
 
     x = (torch.rand(N, 784, device=args.device) < 0.3).float()
+    if args.profile:
+        return profile(vaekit_step(x, "eager"), args.profile)
     peak = matmul_peak(device=args.device)
     makers = {"products": lambda: products_step(x, args.device), "no-autograd": lambda: manual_step(x)}
     steps = {v: makers[v]() if v in makers else vaekit_step(x, v) for v in args.variants}
