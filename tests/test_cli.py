@@ -1027,10 +1027,12 @@ def test_train_into_existing_run(run_copy, capsys):
     code, out, err = cli(capsys, "train", "--out", run_copy, *SMALL)
     assert_error(code, out, err, 1, str(run_copy), "--resume", "--overwrite")
     assert snapshot(run_copy) == before
-    # A bad option is the usage error it is (exit 2), whatever --out holds.
-    code, out, err = cli(capsys, "train", "--out", run_copy, *SMALL, "--lr", "-1")
-    assert_error(code, out, err, 2, "--lr")
-    assert snapshot(run_copy) == before
+    # A bad option is the usage error it is (exit 2), whatever --out holds: a training option,
+    # or a model option's value.
+    for bad in (["--lr", "-1"], ["--prior", "vampprior", "--pseudo-inputs", "0"], ["--prior", "mixture", "--components", "0"]):
+        code, out, err = cli(capsys, "train", "--out", run_copy, *SMALL, *bad)
+        assert_error(code, out, err, 2, bad[-2])
+        assert snapshot(run_copy) == before
 
 
 def test_train_refuses_a_directory_of_other_files(tmp_path, capsys):
@@ -2008,6 +2010,8 @@ def test_auto_likelihood_reads_every_split(tmp_path, capsys, split):
         (["gaps", "{run}", "--k", "2", "--bars", ""], 2, r"--bars is empty: give a path"),
         (["evaluate", "{run}", "--k", "2", "--data", ""], 2, r"--data is empty: give a path"),
         (["train", "--out", "", "--epochs", "1"], 2, r"--out is empty: give a path"),
+        (["evaluate", "", "--k", "2"], 2, r"RUN_DIR is empty: give a path"),
+        (["encode", "", "--data", "digits", "--out", "{tmp}/e.npy"], 2, r"RUN_DIR is empty: give a path"),
         (["train", "--data", "", "--out", "{tmp}/new", "--epochs", "1"], 2, r"--data is empty: give a path"),
         (["train", "--out", "{tmp}/new", "--epochs", "1", "--data-dir", "{files}/absent"], 2, r"--data-dir .*absent: no such directory"),
         (["sample", "{run}", "-n", "2", "--out", "{tmp}/s.npy", "--data-dir", "{files}"], 2, r"^vaekit: error: --data-dir gives the rows of --source aggregate"),
@@ -2145,3 +2149,37 @@ def test_one_row_is_one_row_in_every_report(run, digits_rows, tmp_path, capsys):
         assert " of 1 row to " in text, text
     code, text, err = cli(capsys, "evaluate", run, "--data", tmp_path / "one.npy", "--split", "all", "--k", "2")
     assert code == 0 and "(1 row): ELBO" in text, (text, err)
+
+
+@pytest.mark.parametrize(
+    "loss,prior,why",
+    [(["--inference", "autoencoder"], ["--prior", "mixture", "--components", "2"], "objective reconstruction"),
+     (["--objective", "reconstruction"], ["--prior", "vampprior", "--pseudo-inputs", "3"], "objective reconstruction"),
+     (["--beta", "0"], ["--prior", "mixture"], "--beta 0")],
+)  # fmt: skip
+def test_a_learned_prior_that_the_loss_never_reaches_is_refused(tmp_path, capsys, loss, prior, why):
+    """Without the KL term in the loss the prior's parameters would keep their random start,
+    and be evaluated and sampled so: refused in one line, and no run directory is left."""
+    code, out, err = cli(capsys, "train", "--out", tmp_path / "run", *SMALL, *loss, *prior)
+    assert_error(code, out, err, 2, why, "prior's parameters would never be trained")
+    assert not (tmp_path / "run").exists()
+    # The standard normal prior has nothing to train: the same loss runs.
+    code, out, err = cli(capsys, "train", "--out", tmp_path / "ok", *SMALL, "--quiet", *loss)
+    assert code == 0, err
+
+
+def test_arrays_per_row_for_a_model_of_table_rows_are_refused(tmp_path, capsys):
+    """A (n, 2, 2) array flattens to rows of the right width in an order nothing checks: refused
+    for a model trained on table rows, as the Python API refuses it; (n, 4, 1) is rows already."""
+    rng = np.random.default_rng(0)
+    np.savetxt(tmp_path / "t.csv", rng.normal(size=(120, 4)), delimiter=",")
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "t.csv", "--out", tmp_path / "run", *SMALL, "--quiet")
+    assert code == 0, err
+    np.save(tmp_path / "cube.npy", rng.normal(size=(5, 2, 2)))
+    np.save(tmp_path / "column.npy", rng.normal(size=(5, 4, 1)))
+    for verb in (["score", "--out", tmp_path / "s.npy"], ["encode", "--out", tmp_path / "e.npy"], ["evaluate", "--k", "2"]):
+        code, out, err = cli(capsys, verb[0], tmp_path / "run", "--data", tmp_path / "cube.npy", "--split", "all", *verb[1:])
+        assert_error(code, out, err, 1, "cube.npy holds arrays of shape (2, 2) per row", "trained on table rows")
+    code, _, err = cli(capsys, "score", tmp_path / "run", "--data", tmp_path / "column.npy", "--split", "all", "--out", tmp_path / "s.npy")
+    assert code == 0, err
+    assert np.load(tmp_path / "s.npy").shape == (5,)

@@ -137,14 +137,19 @@ def _add_train(sub) -> None:
 
 
 def _checked_options(args) -> dict[str, Any]:
-    """The options given, by section, with the data and training ones checked: a bad one is a
-    usage error (exit 2) before any data is read or the run directory is looked at."""
+    """The options given, by section, with the data and training ones checked, and each model
+    option's value: a bad one is a usage error (exit 2) before any data is read or the run
+    directory is looked at."""
     from .config import DataConfig, TrainConfig
 
     given = given_options(args)
     with _option_names():
         DataConfig(**given["data"])
         TrainConfig(**given["train"])
+        # The model's options one by one (their values; how they combine needs the data's shape).
+        for dest, (section, name, opt) in train_options().items():
+            if section == "model" and name in given["model"]:
+                opt.check(name, given["model"][name])
     return given
 
 
@@ -926,6 +931,8 @@ def _check_paths(args) -> None:
     for dest in PATH_OPTIONS:
         if getattr(args, dest, None) == "":
             raise ConfigError(f"--{dest.replace('_', '-')} is empty: give a path")
+    if getattr(args, "run_dir", None) == "":  # Path("") is the current directory
+        raise ConfigError("RUN_DIR is empty: give a path")
     for dest in (*PATH_OPTIONS, "run_dir"):
         value = getattr(args, dest, None)
         if isinstance(value, str) and value.startswith("~"):  # a quoted ~ reaches us unexpanded

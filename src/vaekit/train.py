@@ -71,6 +71,7 @@ def make_objective(model, config: TrainConfig):
     name = model.inference.default_objective if config.objective == "auto" else config.objective
     objective = OBJECTIVES.get(name)(config)
     objective.check_inference(type(model.inference))
+    objective.check_model(model)
     return objective
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
+
 
 class Objective:
     """``loss(model, x, idx, eps, beta)`` → (scalar loss, per-point value (n,)) for a training
@@ -25,6 +27,20 @@ class Objective:
     @classmethod
     def check_inference(cls, method: type) -> None:
         """Raise ConfigError if this objective cannot train with the inference method ``method``."""
+
+    def check_model(self, model) -> None:
+        """Raise ConfigError if this objective would leave part of ``model`` untrained."""
+
+    @staticmethod
+    def refuse_untrained_prior(model, why: str) -> None:
+        """A loss without the KL term never reaches p(z): a prior with parameters of its own (a
+        mixture's components, the VampPrior's pseudo-inputs) would be saved, evaluated and
+        sampled at its random start."""
+        if any(p.requires_grad for p in model.prior.parameters()):
+            raise ConfigError(
+                f"{why} leaves p(z) out of the loss, so the {model.config.prior} prior's parameters would never be "
+                "trained; use the standard_normal prior, or an objective with the KL term"
+            )
 
     def loss(self, model, x: torch.Tensor, idx: torch.Tensor | None, eps: torch.Tensor, beta: float = 1.0):  # pragma: no cover - interface
         raise NotImplementedError

@@ -97,6 +97,10 @@ class ElboObjective(Objective):
     def samples(self) -> int:
         return self.config.n_samples
 
+    def check_model(self, model) -> None:
+        if self.config.beta == 0:
+            self.refuse_untrained_prior(model, "--beta 0")
+
     def loss(self, model, x, idx, eps, beta=1.0):
         total, value = None, None
         # Each q the method trains from (the encoder's, and a refined one) adds its term; the

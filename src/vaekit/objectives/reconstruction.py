@@ -22,6 +22,9 @@ class Reconstruction(Objective):
     Gaussian q (amortized, vi) it is the ELBO's expected reconstruction E_q[log p(x|z)] alone,
     the ELBO at β = 0: nothing holds q's variance or its place in the latent space."""
 
+    def check_model(self, model) -> None:
+        self.refuse_untrained_prior(model, "objective reconstruction")
+
     def loss(self, model, x, idx, eps, beta=1.0):
         value = reconstruction(model, x, model.posterior(x, idx), eps)
         return -value.mean(), value
