@@ -14,7 +14,9 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -2183,3 +2185,44 @@ def test_arrays_per_row_for_a_model_of_table_rows_are_refused(tmp_path, capsys):
     code, _, err = cli(capsys, "score", tmp_path / "run", "--data", tmp_path / "column.npy", "--split", "all", "--out", tmp_path / "s.npy")
     assert code == 0, err
     assert np.load(tmp_path / "s.npy").shape == (5,)
+
+
+def test_a_pipe_or_a_link_to_one_at_out_is_refused_and_kept(run, tmp_path, capsys):
+    """Outputs are renamed into place: a FIFO (or a device behind a link) would be replaced by a
+    regular file, so it is refused before anything is written, and stays what it was."""
+    fifo = tmp_path / "f.npy"
+    os.mkfifo(fifo)
+    (tmp_path / "link.npy").symlink_to(fifo)
+    for out in (fifo, tmp_path / "link.npy"):
+        code, stdout, err = cli(capsys, "sample", run, "-n", "3", "--out", out)
+        assert_error(code, stdout, err, 2, "is not a regular file")
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy", "link.npy"]
+
+
+def test_a_closed_stdout_a_vanished_directory_and_a_line_break_are_one_line(run, tmp_path):
+    """Started with stdout closed, a verb's result would be lost with exit 0; run from a
+    directory that was deleted, torch's import fails obscurely; a path holding a line break
+    would split the message. Each is one line and a non-zero exit."""
+    vaekit = f"{shlex.quote(sys.executable)} -m vaekit"
+    closed = subprocess.run(["bash", "-c", f"{vaekit} evaluate {shlex.quote(str(run))} --k 2 >&-"], capture_output=True, text=True, timeout=300)
+    assert_error(closed.returncode, "", closed.stderr, 2, "standard output is closed")
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = f"cd {shlex.quote(str(gone))} && rmdir {shlex.quote(str(gone))} && {vaekit} evaluate {shlex.quote(str(run))} --k 2"
+    vanished = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+    assert_error(vanished.returncode, vanished.stdout, vanished.stderr, 1, "the current directory no longer exists")
+    broken = vaekit_process("sample", run, "-n", "2", "--out", tmp_path / "no\nsuch" / "x.npy")
+    assert_error(broken.returncode, broken.stdout, broken.stderr, 1, "no\\nsuch")
+
+
+def test_a_closed_stderr_loses_the_log_not_the_run(tmp_path):
+    """The epoch lines go to stderr; closed (2>&-) or full (2>/dev/full), training still ends
+    with a whole run directory and exit 0."""
+    vaekit = f"{shlex.quote(sys.executable)} -m vaekit"
+    for redirect, name in (("2>&-", "closed"), ("2>/dev/full", "full")):
+        out = tmp_path / name
+        cmd = f"{vaekit} train --data digits --epochs 2 --eval-k 2 --hidden 8 --latent-dim 2 --out {shlex.quote(str(out))} >/dev/null {redirect}"
+        proc = subprocess.run(["bash", "-c", cmd], timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert proc.returncode == 0, name
+        assert {"config.json", "model.safetensors", "metrics.jsonl"} <= {p.name for p in out.iterdir()}

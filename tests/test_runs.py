@@ -186,3 +186,31 @@ def test_readers_say_what_the_next_writer_does_with_a_run_set_aside(tmp_path):
     (run_dir / ckpt.MODEL_FILE).unlink()
     with pytest.raises(CheckpointError, match=r"no model.safetensors \(the run stopped between its checkpoint and its best model\): .*--resume"):
         ckpt.load_run(run_dir)
+
+
+def test_loading_leaves_the_callers_random_stream_and_fitting_ignores_the_default_dtype(tmp_path):
+    """vaekit.load builds the model (a random start, overwritten at once) on a fork of torch's
+    stream: the caller's next draws are those it would have had. A default dtype the caller set
+    (torch.set_default_dtype) does not change what a float32 fit with the same seed learns."""
+    import numpy as np
+    import torch
+
+    import vaekit
+
+    X = np.random.default_rng(0).random((60, 5)).astype(np.float32)
+    kw = dict(latent_dim=2, hidden=(8,), epochs=2, batch_size=16, seed=3)
+    vae = vaekit.VAE(**kw).fit(X)
+    vae.save(tmp_path / "m")
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    vaekit.load(tmp_path / "m")
+    assert torch.equal(torch.rand(3), expected)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        other = vaekit.VAE(**kw).fit(X)
+    finally:
+        torch.set_default_dtype(old)
+    for a, b in zip(vae.model_.state_dict().values(), other.model_.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b)

@@ -388,7 +388,7 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], wher
 def load_run(run_dir: str | Path, which: str = MODEL_FILE):
     """(RunConfig, VAEModel) rebuilt from RUN_DIR's config.json and weights, on the CPU."""
     from .hardware import check_model_fits
-    from .model import VAEModel
+    from .model import build_model
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -414,7 +414,10 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
         raise CheckpointError(f"{run_dir / CONFIG_FILE}: {e}") from None
     tensors, meta = load_tensors(run_dir / which)
     check_model_record(run_dir / CONFIG_FILE, run_dir / which, meta)
-    model = VAEModel(config.model).to(getattr(torch, config.train.dtype))
+    # Its random start is overwritten at once: drawn on a fork of torch's stream, so that
+    # loading a model leaves the caller's draws as they were.
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(config.model).to(getattr(torch, config.train.dtype))
     load_state_into(model, {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))}, run_dir / which)
     model.eval()
     return config, model

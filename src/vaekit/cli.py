@@ -22,6 +22,7 @@ from . import __version__
 from .config import AUTO, GAP_STEPS, K_MAX, check_positive_int
 from .registry import STEPS_MAX
 from .errors import ConfigError, DataError, VaekitError, VaekitWarning, count, out_of_memory
+from .logs import emit
 from .files import json_loads
 from .outputs import check_out, check_room, write_array, write_blocks
 
@@ -995,15 +996,23 @@ def main(argv: list[str] | None = None) -> int:
     if handle:
         _SIGTERM_SEEN.clear()
         signal.signal(signal.SIGTERM, _terminate)
+    if sys.stderr is None:  # started with stderr closed: the diagnostics are lost, not the work
+        sys.stderr = open(os.devnull, "w")
     try:
+        try:
+            os.getcwd()
+        except FileNotFoundError:  # relative paths, and torch's own import, would fail obscurely
+            raise VaekitError("the current directory no longer exists; cd to one that does") from None
         args = build_parser().parse_args(argv)
+        if sys.stdout is None:  # started with stdout closed: every verb's result would be lost
+            raise ConfigError("standard output is closed; vaekit prints its results there (redirect it to a file or /dev/null)")
         warnings.formatwarning = _format_warning
         _check_paths(args)
         return args.func(args)
     except VaekitError as e:
         if _rank_0_reports():
             return e.exit_code
-        print(f"vaekit: error: {_by_rank(e)}", file=sys.stderr)
+        emit(f"vaekit: error: {_by_rank(e)}")
         return e.exit_code
     except BrokenPipeError:
         # The reader of stdout stopped (`vaekit ... --json | head`): end quietly, as a
@@ -1015,15 +1024,19 @@ def main(argv: list[str] | None = None) -> int:
         # A rename's refusal names its destination (the file the user knows), not our temporary.
         name = e.filename2 or e.filename
         where = f"{name}: " if name else ""
-        print(f"vaekit: error: {where}{e.strerror or e} (what was written before is intact)", file=sys.stderr)
+        emit(f"vaekit: error: {where}{e.strerror or e} (what was written before is intact)")
+        return 1
+    except ImportError as e:  # a library that cannot be mapped (ulimit -v), or a broken install
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        emit(f"vaekit: error: cannot load a library ({first}); under a memory limit (ulimit -v) raise it")
         return 1
     except KeyboardInterrupt:
         if _launched_rank() == 0:  # every process of a torchrun group gets the signal; one says so
-            print("vaekit: interrupted; what was written is intact (a run with a checkpoint continues with --resume)", file=sys.stderr)
+            emit("vaekit: interrupted; what was written is intact (a run with a checkpoint continues with --resume)")
         return 130
     except Terminated:
         if _launched_rank() == 0:
-            print("vaekit: terminated (SIGTERM); what was written is intact (a run with a checkpoint continues with --resume)", file=sys.stderr)
+            emit("vaekit: terminated (SIGTERM); what was written is intact (a run with a checkpoint continues with --resume)")
         return 143
     except (MemoryError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
@@ -1035,7 +1048,7 @@ def main(argv: list[str] | None = None) -> int:
             advice = "ask for less at once: fewer samples or rows, a smaller --batch-size or --k (what was written is intact)"
         else:
             raise
-        print(f"vaekit: error: {why}; {advice}", file=sys.stderr)
+        emit(f"vaekit: error: {why}; {advice}")
         return 1
     finally:
         warnings.formatwarning = _PYTHON_FORMAT_WARNING

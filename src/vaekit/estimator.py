@@ -189,7 +189,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         from .data.splits import split_sizes
         from .hardware import check_model_fits
         from .logs import EpochLog
-        from .model import VAEModel
+        from .model import build_model
         from .runs import model_config
         from .train import fit
 
@@ -240,7 +240,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         check_model_fits(config.model, config.train.dtype, config.train.device)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)  # the initial weights are part of the fit
-            model = VAEModel(config.model)
+            model = build_model(config.model)
             model.likelihood.check(X, "X", scaling)
             model.likelihood.check(X_valid, "X_valid" if given_valid else "X", scaling)
             on_epoch = EpochLog(config.train.epochs) if self.verbose else None

@@ -44,6 +44,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
     path = Path(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # The rename would put a regular file in place of a FIFO or a device node (behind a
+        # link, /dev/null itself): refused before anything is written.
+        from .errors import ConfigError
+
+        raise ConfigError(f"{path} is not a regular file (a pipe, socket or device); outputs are written whole and renamed into place, give a file's path")
     tmp = _temporary(path, write)
     try:
         os.replace(tmp, path)

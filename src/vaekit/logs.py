@@ -36,6 +36,19 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     )
 
 
+def emit(line: str, stream=None) -> None:
+    """One line on ``stream`` (sys.stderr, read now), flushed at once, and as one line: a line
+    break in it (a path holding one) is written as \\n. A closed or full stderr loses the line,
+    never the work it reports on."""
+    stream = stream or sys.stderr
+    if stream is None:  # started with stderr closed
+        return
+    try:
+        print(line.replace("\r", "\\r").replace("\n", "\\n"), file=stream, flush=True)
+    except (OSError, ValueError):  # EBADF, ENOSPC, a closed file object
+        pass
+
+
 class EpochLog:
     """``fit``'s ``on_epoch``: prints ``epoch_line`` of each epoch on stderr, flushed at once."""
 
@@ -44,7 +57,7 @@ class EpochLog:
 
     def __call__(self, record: dict[str, Any]) -> None:
         # sys.stderr read at each call, not at construction: whoever captures it may swap it.
-        print(epoch_line(record, self.epochs), file=self.stream or sys.stderr, flush=True)
+        emit(epoch_line(record, self.epochs), self.stream)
 
 
 class RowProgress:
@@ -70,7 +83,7 @@ class RowProgress:
         if tenths > self.shown:
             self.shown = tenths
             seconds = time.perf_counter() - self.t0
-            print(f"{self.what}: {done}/{self.total} rows, {seconds:.1f} s", file=self.stream or sys.stderr, flush=True)
+            emit(f"{self.what}: {done}/{self.total} rows, {seconds:.1f} s", self.stream)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -184,3 +184,15 @@ class VAEModel(nn.Module):
             z = self.sample_z(n, generator)
         px = self.decode(z)
         return px.mean if mean else px.sample(generator=generator)
+
+
+def build_model(config) -> VAEModel:
+    """``VAEModel(config)`` with its initial weights drawn in float32 whatever default dtype the
+    caller set (torch.set_default_dtype): the same seed starts the same run, and training then
+    moves it to the run's dtype."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        return VAEModel(config)
+    finally:
+        torch.set_default_dtype(old)

@@ -168,12 +168,12 @@ def _train_run(
     from .evaluate import evaluate
     from .hardware import check_model_fits
     from .logs import EpochLog, RowProgress, TensorBoardLog, check_tensorboard
-    from .model import VAEModel
+    from .model import build_model
 
     data = load_dataset(run_config.data)
     check_model_fits(run_config.model, run_config.train.dtype, run_config.train.device)
     torch.manual_seed(run_config.train.seed)  # the initial weights are part of the run
-    model = VAEModel(run_config.model)
+    model = build_model(run_config.model)
     splits = {}
     scaling = Scaling.of(run_config.model)
     for name, use in (("valid", "picks its best epoch on the validation rows"), ("test", "ends by scoring the test rows")):
