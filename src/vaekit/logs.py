@@ -7,6 +7,7 @@ tqdm bars are for terminals. No torch import here (TensorBoard's writer is impor
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -43,10 +44,8 @@ def emit(line: str, stream=None) -> None:
     stream = stream or sys.stderr
     if stream is None:  # started with stderr closed
         return
-    try:
+    with contextlib.suppress(OSError, ValueError):  # EBADF, ENOSPC, a closed file object
         print(line.replace("\r", "\\r").replace("\n", "\\n"), file=stream, flush=True)
-    except (OSError, ValueError):  # EBADF, ENOSPC, a closed file object
-        pass
 
 
 class EpochLog:
