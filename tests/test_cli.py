@@ -2013,6 +2013,8 @@ def test_auto_likelihood_reads_every_split(tmp_path, capsys, split):
         (["evaluate", "{run}", "--k", "2", "--data", ""], 2, r"--data is empty: give a path"),
         (["train", "--out", "", "--epochs", "1"], 2, r"--out is empty: give a path"),
         (["evaluate", "", "--k", "2"], 2, r"RUN_DIR is empty: give a path"),
+        (["train", "--out", "{tmp}/" + "r" * 300, "--epochs", "1"], 2, r"--out: the name r+… is 300 bytes, more than a file system allows \(255\)"),
+        (["encode", "{run}", "--data", "digits", "--out", "{tmp}/" + "e" * 256 + ".npy"], 2, r"--out: the name e+… is 260 bytes"),
         (["encode", "", "--data", "digits", "--out", "{tmp}/e.npy"], 2, r"RUN_DIR is empty: give a path"),
         (["train", "--data", "", "--out", "{tmp}/new", "--epochs", "1"], 2, r"--data is empty: give a path"),
         (["train", "--out", "{tmp}/new", "--epochs", "1", "--data-dir", "{files}/absent"], 2, r"--data-dir .*absent: no such directory"),

@@ -922,6 +922,8 @@ def _terminate(signum, frame) -> None:
 # The options that name a file or directory: given empty, each would be taken as not given
 # (a default path, the run's own data) or as the current directory.
 PATH_OPTIONS = ("data", "data_dir", "out", "plot", "bars", "prior_from")
+# The longest name of one file or directory on Linux's file systems (ext4, xfs, tmpfs, btrfs).
+NAME_MAX = 255
 
 
 def _check_paths(args) -> None:
@@ -934,6 +936,14 @@ def _check_paths(args) -> None:
             raise ConfigError(f"--{dest.replace('_', '-')} is empty: give a path")
     if getattr(args, "run_dir", None) == "":  # Path("") is the current directory
         raise ConfigError("RUN_DIR is empty: give a path")
+    for dest in (*PATH_OPTIONS, "run_dir"):
+        value = getattr(args, dest, None)
+        # Named here rather than by the error of a file made beside it (a temporary, the aside
+        # of a replaced run), whose path the user never gave.
+        long = [part for part in Path(value).parts if len(os.fsencode(part)) > NAME_MAX] if isinstance(value, str) else []
+        if long:
+            flag = "RUN_DIR" if dest == "run_dir" else f"--{dest.replace('_', '-')}"
+            raise ConfigError(f"{flag}: the name {long[0][:40]}… is {len(os.fsencode(long[0]))} bytes, more than a file system allows ({NAME_MAX})")
     for dest in (*PATH_OPTIONS, "run_dir"):
         value = getattr(args, dest, None)
         if isinstance(value, str) and value.startswith("~"):  # a quoted ~ reaches us unexpanded
