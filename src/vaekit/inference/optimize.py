@@ -133,14 +133,17 @@ def _ascend(model, x, params, make_q, steps: int, lr: float, n_samples: int, see
 
 
 @torch.no_grad()
-def _keep_better(model, x: torch.Tensor, start: Distribution, end: Distribution, seed: int = 0):
-    """Per point, the better of start and end under one fixed set of noise draws (common
-    random numbers): the result is never worse than the start by that estimate."""
-    scores = []
-    for q in (start, end):
-        # Streams of their own: draws the steps were taken on would favour the end.
-        scores.append(elbo(model, x, q=q, n_samples=CHECK_SAMPLES, generator=RowStreams(x, seed, use=RowStreams.CHECK)).elbo)
-    return scores[1] >= scores[0]
+def _better(model, x: torch.Tensor, start, end, seed: int = 0):
+    """Per point, the better of ``start`` and ``end`` (two DiagonalNormals, or two PointMasses):
+    never worse than the start. A Gaussian's ELBO is compared under one fixed set of draws
+    (common random numbers) from streams of their own, since draws the steps were taken on would
+    favour the end; a point mass's objective log p(x|z) + log p(z) has no noise."""
+    if isinstance(start, PointMass):
+        s, e = (elbo(model, x, q=q).elbo for q in (start, end))
+        return PointMass(torch.where((e >= s).unsqueeze(-1), end.z, start.z))
+    s, e = (elbo(model, x, q=q, n_samples=CHECK_SAMPLES, generator=RowStreams(x, seed, use=RowStreams.CHECK)).elbo for q in (start, end))
+    better = (e >= s).unsqueeze(-1)
+    return DiagonalNormal(torch.where(better, end.mu, start.mu), torch.where(better, end.logvar, start.logvar))
 
 
 def optimize_gaussian(
@@ -154,18 +157,13 @@ def optimize_gaussian(
     new_mu, new_logvar = _ascend(model, x, [mu, logvar], DiagonalNormal, steps, lr, n_samples, seed)
     if steps == 0:
         return DiagonalNormal(new_mu, new_logvar)
-    start, end = DiagonalNormal(mu.detach(), logvar.detach()), DiagonalNormal(new_mu, new_logvar)
-    better = _keep_better(model, x, start, end, seed).unsqueeze(-1)
-    return DiagonalNormal(torch.where(better, new_mu, start.mu), torch.where(better, new_logvar, start.logvar))
+    return _better(model, x, DiagonalNormal(mu.detach(), logvar.detach()), DiagonalNormal(new_mu, new_logvar), seed)
 
 
 def optimize_point(model, x: torch.Tensor, z: torch.Tensor, steps: int, lr: float, seed: int = 0) -> PointMass:
     """argmax_z log p(x|z) + log p(z) with θ fixed (MAP), from z; never worse than the start."""
     (new_z,) = _ascend(model, x, [z], PointMass, steps, lr, 1, seed)
-    with torch.no_grad():
-        start = elbo(model, x, q=PointMass(z.detach())).elbo
-        end = elbo(model, x, q=PointMass(new_z)).elbo
-    return PointMass(torch.where((end >= start).unsqueeze(-1), new_z, z.detach()))
+    return _better(model, x, PointMass(z.detach()), PointMass(new_z))
 
 
 def gaussian_around(model, x: torch.Tensor, z: torch.Tensor, steps: int, lr: float) -> DiagonalNormal:
@@ -180,12 +178,8 @@ def gaussian_around(model, x: torch.Tensor, z: torch.Tensor, steps: int, lr: flo
         return DiagonalNormal(z, torch.full_like(z, POINT_LOGVAR))
     rate = (POINT_LR_SCALE * z.pow(2).mean(-1, keepdim=True).sqrt()).clamp_min(lr)
     (mode,), _ = ascend_rows(model, x, [z], PointMass, steps, [rate], 1, stop=RowStop(samples=1))
-    with torch.no_grad():
-        better = elbo(model, x, q=PointMass(mode)).elbo >= elbo(model, x, q=PointMass(z)).elbo
-    mode = torch.where(better.unsqueeze(-1), mode, z)
+    mode = _better(model, x, PointMass(z), PointMass(mode)).z
     logvar = torch.full_like(mode, POINT_LOGVAR)
     rate = torch.full_like(rate, lr)
     (mu, new_logvar), _ = ascend_rows(model, x, [mode, logvar], DiagonalNormal, steps, [rate, rate], 1)
-    start, end = DiagonalNormal(mode, logvar), DiagonalNormal(mu, new_logvar)
-    better = _keep_better(model, x, start, end).unsqueeze(-1)
-    return DiagonalNormal(torch.where(better, mu, mode), torch.where(better, new_logvar, logvar))
+    return _better(model, x, DiagonalNormal(mode, logvar), DiagonalNormal(mu, new_logvar))
