@@ -375,3 +375,22 @@ def test_cli_refuses_values_beyond_float32_in_the_models_units(tmp_path, capsys)
         code, out, err = cli(capsys, verb[0], run, "--data", tmp_path / "far.npy", "--out", tmp_path / "o.npy", *verb[1:])
         assert code == 1 and out == "" and len(err.splitlines()) == 1 and "beyond float32's range" in err, err
         assert not (tmp_path / "o.npy").exists()
+
+
+def test_the_map_goes_block_by_block_with_the_same_result(monkeypatch):
+    """Rows mapped a few at a time (the float64 temporaries of a whole-array map held four
+    copies of the input) give the whole map's values, and a value beyond float32 in a later
+    block is named by its own row and column."""
+    import vaekit.scaling as scaling
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(103, 7))
+    s = Scaling(np.full(7, 3.0), np.full(7, 2.0))
+    whole = ((x - 3.0) / 2.0).astype(np.float32)
+    monkeypatch.setattr(scaling, "MAP_BLOCK", 7 * 10)
+    np.testing.assert_array_equal(s.to_model(x), whole)
+    assert s.to_model(x[:0]).shape == (0, 7)
+    far = x.copy()
+    far[95, 2] = 1e45
+    with pytest.raises(vaekit.errors.DataError, match=r"^a value of column 3 \(1e\+45\) lies at"):
+        s.to_model(far)

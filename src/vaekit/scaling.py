@@ -22,6 +22,9 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 
+# Values mapped per block by ``Scaling.to_model``.
+MAP_BLOCK = 1 << 18
+
 
 @dataclass(frozen=True)
 class Scaling:
@@ -62,15 +65,24 @@ class Scaling:
         given in float64 keeps its digits, which a float32 cast before the map would round away.
         DataError where a value lands beyond ``dtype``'s range (1e28 for a model of data at
         1e-12 scale): the model would read an infinity nobody wrote."""
-        mapped = (np.asarray(x, dtype=np.float64) - self.shift) / self.scale
+        x = np.asarray(x)
+        out = np.empty(x.shape, dtype=dtype)
         top = np.finfo(dtype).max
-        if np.abs(mapped).max(initial=0.0) > top:
-            r, c = np.unravel_index(int(np.argmax(np.abs(mapped) > top)), mapped.shape)
-            raise DataError(
-                f"a value of column {c + 1} ({np.asarray(x)[r, c]:g}) lies at {mapped[r, c]:.3g} in the model's units "
-                f"({self.describe()}), beyond {np.dtype(dtype).name}'s range; it is far outside the data the model was trained on"
-            )
-        return mapped.astype(dtype)
+        # Row blocks keep the float64 temporaries to a few MB whatever the size of x (a whole-array
+        # map held about four copies of a float32 input at once).
+        rows = max(1, MAP_BLOCK // max(1, int(np.prod(x.shape[1:], dtype=np.int64))))
+        for start in range(0, max(len(x), 1), rows):
+            block = x[start : start + rows]
+            mapped = (block.astype(np.float64) - self.shift) / self.scale
+            beyond = np.abs(mapped) > top
+            if beyond.any():
+                r, c = np.unravel_index(int(np.argmax(beyond)), mapped.shape)
+                raise DataError(
+                    f"a value of column {c + 1} ({block[r, c]:g}) lies at {mapped[r, c]:.3g} in the model's units "
+                    f"({self.describe()}), beyond {np.dtype(dtype).name}'s range; it is far outside the data the model was trained on"
+                )
+            out[start : start + rows] = mapped
+        return out
 
     def to_user(self, x: np.ndarray) -> np.ndarray:
         """shift + scale · x, in x's dtype, or in float64 where float32 would round the result

@@ -214,6 +214,25 @@ def test_iwae_large_k_is_chunked(monkeypatch):
     assert ((est - exact_log_px(model, x)).abs() < _tolerance_from_log_weights(lw)).all()
 
 
+def test_iwae_chunks_count_a_mixture_priors_components(monkeypatch):
+    """A 40-component prior forms (chunk, n, 40) float64 terms per sample, wider than D = 5:
+    the chunk is sized by 2·40 = 80 elements per row, not by D, so its memory stays bounded."""
+    from vaekit.objectives.iwae import sample_width
+
+    torch.manual_seed(0)
+    config = ModelConfig(input_dim=D, latent_dim=LATENT, hidden=(8,), likelihood="gaussian", prior="mixture", components=40)
+    model = VAEModel(config).to(F64)
+    x = torch.randn(4, D, dtype=F64)
+    assert sample_width(model, x) == 80
+    assert sample_width(linear_gaussian("feature"), x) == D
+    seen = []
+    decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda z: seen.append(z.shape[0]) or decode(z))
+    with torch.no_grad():
+        iwae(model, x, 100, generator=_gen(3), block=4 * 80 * 10)
+    assert max(seen) == 10 and sum(seen) == 100
+
+
 # --------------------------------------------------------------------------- the iwae objective
 
 

@@ -55,6 +55,19 @@ def _proposal(model, x: torch.Tensor, q: Distribution | None) -> Distribution:
     return q
 
 
+def sample_width(model, x: torch.Tensor) -> int:
+    """Elements one importance sample of one row spans at most: the decoder's D outputs, or a
+    mixture prior's C component log-densities, formed in float64 (two float32 elements each;
+    ``MixtureOfDiagonalNormals.log_prob``). Without the prior's share, 1000 low-dimensional
+    rows under a 500-component prior held gigabytes per chunk."""
+    top = getattr(model, "top_prior", None)
+    components = 0
+    if top is not None:
+        with torch.no_grad():
+            components = getattr(top(), "components", 0)
+    return max(1, x.shape[-1], 2 * components)
+
+
 def iwae(
     model,
     x: torch.Tensor,
@@ -67,7 +80,7 @@ def iwae(
     (default: the model's q for new x, ``model.evaluation_posterior``).
 
     The K samples are drawn in chunks and combined by a running logsumexp, so memory is
-    O(chunk · n · D) whatever K is. With a ``RowStreams`` generator each row's draws are its
+    O(chunk · n · width) whatever K is (``sample_width``: D, or a mixture prior's components). With a ``RowStreams`` generator each row's draws are its
     own, so the value does not depend on the chunking or on the other rows of the batch; a
     plain ``torch.Generator`` is one stream cut by the chunk size, so the same seed gives other
     (equally valid) draws for another ``block`` or another number of rows.
@@ -75,8 +88,8 @@ def iwae(
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ConfigError(f"k must be an integer >= 1, got {k!r}")
     q = _proposal(model, x, q)
-    n, dim = x.shape[0], x.shape[-1]
-    chunk = max(1, min(k, block // max(1, n * dim)))
+    n = x.shape[0]
+    chunk = max(1, min(k, block // max(1, n * sample_width(model, x))))
     total = None
     for start in range(0, k, chunk):
         lw = log_weights(model, x, min(chunk, k - start), q=q, generator=generator)
