@@ -288,6 +288,15 @@ def test_sample_aggregate_and_draw(run, digits_rows, tmp_path, capsys):
         assert code == 0, err
         expected = est.sample(5, seed=2, source=source, X=rows, **({"components": 2} if source == "gmm" else {}))
         np.testing.assert_array_equal(np.load(out), expected)
+        # --mmap reads the rows it draws from the mapped file: the same samples.
+        mapped = tmp_path / f"three-{source}-mmap.npy"
+        code, _, err = cli(capsys, "sample", run, "-n", "5", "--seed", "2", "--source", source, "--data", tmp_path / "three.npy",
+                           *(["--components", "2"] if source == "gmm" else []), "--mmap", "--out", mapped)  # fmt: skip
+        assert code == 0, err
+        np.testing.assert_array_equal(np.load(mapped), expected)
+    # --mmap with --source prior would read nothing: refused as --data is.
+    code, _, err = cli(capsys, "sample", run, "--mmap", "--out", tmp_path / "p.npy")
+    assert code == 2 and "--mmap gives the rows of --source aggregate or gmm; --source prior draws z ~ p(z) and reads none" in err
     # A mixture needs two rows, even of one component: one line, nothing written.
     np.save(tmp_path / "one.npy", rows[:1])
     code, _, err = cli(capsys, "sample", run, "-n", "5", "--source", "gmm", "--components", "1", "--data", tmp_path / "one.npy",
@@ -1300,6 +1309,30 @@ def test_nan_in_first_epoch_leaves_no_run_directory(nan_run, files):
     assert proc.returncode == 0, proc.stderr
     assert math.isfinite(json.loads(proc.stdout)["test"]["log_likelihood"])
     assert json.loads((out / "config.json").read_text())["model"]["standardize"] == "on"
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_a_split_row_that_overflows_the_model_is_named_by_train(tmp_path, capsys, split):
+    """A validation or test row at 1e20 (finite, but its code's square overflows the KL) is
+    refused in one line naming split and row: a validation ELBO of −inf each epoch picked no
+    best epoch, and a test row failed in the pictures with "kl_per_dim contains NaN". A bad
+    validation row stops the first epoch (no run left); a bad test row, the finished run
+    (its checkpoint kept, no pictures half drawn)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 3))
+    splits = {"train": x, "valid": x[:5].copy(), "test": x[:5].copy()}
+    splits[split][2] *= 1e20
+    np.savez(tmp_path / "d.npz", **splits)
+    out = tmp_path / "run"
+    code, o, err = cli(capsys, "train", "--data", tmp_path / "d.npz", "--out", out, "--epochs", "2", "--hidden", "8",
+                       "--latent-dim", "2", "--eval-k", "5", "--quiet")  # fmt: skip
+    line = assert_error(code, o, err, 1, f"[{split}] row 3: the model's KL is not a number", "1.")
+    assert "e+20" in line
+    if split == "valid":
+        assert not out.exists()
+    else:
+        assert (out / "model.safetensors").exists() and not (out / "kl_per_dim.png").exists()
+        vaekit.load(out)
 
 
 def test_nan_keeps_last_good_checkpoint(files, tmp_path):

@@ -319,6 +319,8 @@ def test_csv_dataset_split(tmp_path):
         ("1_000,2\n3,4\n", r"row 1, column 1 is '1_000'; expected a number"),  # a data row, not a header
         ('a,b,c\n1,2,3\n"1\n2",3,4\n', r"row 3 has 1 columns, but row 2 has 3 \(a quoted cell holds a line break"),
         ("1,2\n3,-1e400\n", r"row 2, column 2 is '-1e400', beyond float64's range"),
+        ("a,a,b\n1,2,3\n", r"the header \(row 1\) names columns 1 and 2 both 'a'; give each column a name of its own"),
+        ("x,,\n1,2,3\n", r"names columns 2 and 3 both ''"),
     ],
 )
 def test_csv_errors_name_row_and_column(tmp_path, text, match):

@@ -578,6 +578,12 @@ def test_rows_that_overflow_the_models_arithmetic_are_refused_not_nan():
         vae.elbo(one)
     with pytest.raises(DataError, match=said.format("KL").replace(r"3\.\d+e\+38", r"1[.\d]*e\+30")):
         evaluate(vae.model_, vae.model_input(one), k=5)
+    # Its log p(x) is −inf for the same reason: score and gaps refuse it as evaluate does, rather
+    # than hand back −inf (an overflow, not a density below the range) or NaN gaps.
+    with pytest.raises(DataError, match=said.format("KL").replace(r"3\.\d+e\+38", r"1[.\d]*e\+30")):
+        vae.score_samples(one, k=5)
+    with pytest.raises(DataError, match=said.format("KL").replace(r"3\.\d+e\+38", r"1[.\d]*e\+30")):
+        gaps(vae.model_, vae.model_input(one), k=5, steps=2)
 
 
 def test_inverse_transform_of_read_only_latents_is_quiet(fitted, digits):

@@ -514,6 +514,7 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--data", help="data for --source aggregate or gmm: every row of a file, or a named dataset's training split (default: the run's own training split)")
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz, or a relative --data file; refused where it would not be read")
     p.add_argument("--seed", type=_seed, default=0, help="seed of z and of x ~ p(x|z) (default 0)")
+    _bool_flag(p, "--mmap", "memory-map a .npy --data and read the rows it draws, or read it into memory (default: as the run was trained)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_sample)
 
@@ -684,8 +685,8 @@ def _pm(se: float) -> str:
 
 def cmd_sample(args) -> int:
     _positive("-n", args.n)
-    if args.source == "prior" and (args.data or args.data_dir):
-        flag = "--data" if args.data else "--data-dir"
+    if args.source == "prior" and (args.data or args.data_dir or args.mmap is not None):
+        flag = "--data" if args.data else "--data-dir" if args.data_dir else "--mmap" if args.mmap else "--no-mmap"
         raise ConfigError(f"{flag} gives the rows of --source aggregate or gmm; --source prior draws z ~ p(z) and reads none")
     if args.components is not None and args.source != "gmm":
         raise ConfigError(f"--components sets the mixture of --source gmm; this draws from --source {args.source}")

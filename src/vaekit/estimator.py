@@ -521,13 +521,13 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         row draws its noise from a stream seeded by ``seed`` and the row itself, so a row scores
         the same alone or among others, in any order (up to rounding). ``progress``, if given,
         is called with the rows done so far (``vaekit.logs.RowProgress`` draws a bar)."""
-        from .evaluate import log_px_per_point, refuse_overflow
+        from .evaluate import log_px_per_point, refuse_log_px_overflow
 
         k, seed = check_positive_int("k", k, maximum=K_MAX), _seed(seed)
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress must be a callable taking the rows done, or None, got {progress!r}")
         x = self.model_input(X)
-        return refuse_overflow(log_px_per_point(self.model_, x, k=k, seed=seed, progress=progress), "log p(x)", x, low_inf=True)
+        return refuse_log_px_overflow(self.model_, log_px_per_point(self.model_, x, k=k, seed=seed, progress=progress), x)
 
     def score(self, X, y=None, k: int = 1000) -> float:
         """Mean log p(x) over the rows of X (nats)."""

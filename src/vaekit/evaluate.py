@@ -257,6 +257,23 @@ def refuse_elbo_overflow(terms: dict[str, np.ndarray], x) -> None:
     refuse_overflow(terms["kl"], "KL", x)
 
 
+def refuse_log_px_overflow(model, log_px: np.ndarray, x, what: str = "log p(x)", idx=None) -> np.ndarray:
+    """``refuse_overflow`` for a log p(x) estimate of the rows x. A row at −inf is refused too
+    where its q's KL is not finite: its codes' squares overflowed (``refuse_elbo_overflow``), so
+    the −inf is the arithmetic's, not a density below the float range, and the row is refused
+    as ``evaluate`` refuses it (its finite value, −1e39 or so, is no score either)."""
+    refuse_overflow(log_px, what, x, low_inf=True)
+    low = np.flatnonzero(np.isneginf(log_px))
+    if low.size:
+        from .data import MappedRows
+
+        rows = x.rows(low) if isinstance(x, MappedRows) else np.asarray(x[low])
+        kl = np.zeros(len(log_px))
+        kl[low] = elbo_per_point(model, rows, idx=None if idx is None else idx[low])["kl"]
+        refuse_overflow(kl, "KL", x)
+    return log_px
+
+
 class PerRow:
     """Per-row results of a pass over batches, copied batch by batch into arrays of the final
     length ``n`` (each name's trailing shape and, with ``dtype`` None, dtype taken from its first
@@ -334,17 +351,30 @@ def log_px_per_point(
     return out.result()["log_px"]
 
 
-def evaluate(model, x, k: int = 1000, seed: int = 0, progress: Callable[[int], None] | None = None, idx=None) -> dict[str, Any]:
+def elbo_stage(model, x, seed: int = 0, idx=None) -> tuple[dict[str, np.ndarray], LatentUsage]:
+    """``evaluate``'s first, short pass: the per-row ELBO terms and the latent units' use, with
+    rows that overflow the model's arithmetic refused (``refuse_elbo_overflow``) before the long
+    log p(x) pass. ``train`` runs it before drawing its pictures, whose KL panel such a row
+    would turn to NaN, and hands it to ``evaluate`` as ``first``."""
+    x = model_rows(model, x)
+    usage = LatentUsage(model, _generator(model, seed + 2))
+    terms = elbo_per_point(model, x, seed=seed, usage=usage, idx=idx)
+    refuse_elbo_overflow(terms, x)
+    return terms, usage
+
+
+def evaluate(
+    model, x, k: int = 1000, seed: int = 0, progress: Callable[[int], None] | None = None, idx=None, first=None,
+) -> dict[str, Any]:
     """Averages over the rows of x: elbo, recon, kl, log_likelihood (IWAE, K = k), both in
     nats, and bits_per_dim = −log_likelihood / (D ln 2); and the latent units' use
     (``LatentUsage.summary``: active_units of latent_size, kl_per_dim, kl_per_group).
     ``progress`` is called with the rows done by the log p(x) pass, nearly all of the time;
-    ``idx``, the rows' indices in the training set, scores per-point methods' learned q_i."""
+    ``idx``, the rows' indices in the training set, scores per-point methods' learned q_i;
+    ``first``, ``elbo_stage(model, x, seed, idx)`` when it has been run already."""
     k = check_positive_int("k", k, maximum=K_MAX)
     x = model_rows(model, x)
-    usage = LatentUsage(model, _generator(model, seed + 2))
-    terms = elbo_per_point(model, x, seed=seed, usage=usage, idx=idx)
-    refuse_elbo_overflow(terms, x)  # before the long log p(x) pass
+    terms, usage = first if first is not None else elbo_stage(model, x, seed, idx)
     log_px = log_px_per_point(model, x, k=k, seed=seed + 1, progress=progress, idx=idx)
     refuse_overflow(log_px, "log p(x)", x, low_inf=True)
     n, dim = np.shape(x)
@@ -470,8 +500,10 @@ def gaps(model, x, k: int = 1000, steps: int = GAP_STEPS, seed: int = 0, **kw) -
     k, steps = check_positive_int("k", k, maximum=K_MAX), check_positive_int("steps", steps, maximum=STEPS_MAX)
     x = model_rows(model, x)
     p = gaps_per_point(model, x, k=k, steps=steps, seed=seed, **kw)
+    refuse_log_px_overflow(model, p["log_px"], x, idx=kw.get("idx"))
+    # A gap is a difference: a −inf left in any of its terms would make it NaN.
     for name, what in (("log_px", "log p(x)"), ("elbo", "ELBO"), ("elbo_optimal", "ELBO of the optimised q")):
-        refuse_overflow(p[name], what, x, low_inf=True)
+        refuse_overflow(p[name], what, x)
     ll, e, e_opt = (float(p[name].mean()) for name in ("log_px", "elbo", "elbo_optimal"))
     return {
         "log_likelihood": ll,

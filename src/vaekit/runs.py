@@ -165,7 +165,7 @@ def _train_run(
     run_config: RunConfig, run_dir: Path, resume: bool, progress: bool, overwrite: bool, aside: list[bool], joined: list[bool]
 ) -> dict[str, Any]:
     from .data import check_data, load_dataset
-    from .evaluate import evaluate
+    from .evaluate import elbo_stage, evaluate
     from .hardware import check_model_fits
     from .logs import EpochLog, RowProgress, TensorBoardLog, check_tensorboard
     from .model import build_model
@@ -225,11 +225,15 @@ def _train_run(
             events.close()
     if rank != 0:
         return {"run_dir": str(run_dir), "rank": rank}
+    try:
+        first = elbo_stage(model, splits["test"], seed=cfg.seed)
+    except DataError as e:  # a row that overflows the model's arithmetic, named with its split
+        raise DataError(f"[test] {e}") from None
     write_pictures(model, data, history, run_dir, seed=cfg.seed, x_test=splits["test"], x_valid=splits["valid"])
     # Nearly all of a short run's time after training: it gets a progress report of its own.
     rows = None if cfg.quiet else RowProgress(np.shape(splits["test"])[0], f"evaluating log p(x) (K={cfg.eval_k})", bar=progress)
     try:
-        test = evaluate(model, splits["test"], k=cfg.eval_k, seed=cfg.seed, progress=rows)
+        test = evaluate(model, splits["test"], k=cfg.eval_k, seed=cfg.seed, progress=rows, first=first)
     finally:
         if rows is not None:
             rows.close()

@@ -27,8 +27,8 @@ import torch
 from . import bubbles
 from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
-from .errors import CheckpointError, ConfigError, TrainingError
-from .evaluate import LatentUsage, elbo_per_point, log_px_per_point, read_only_tensor
+from .errors import CheckpointError, ConfigError, DataError, TrainingError
+from .evaluate import LatentUsage, elbo_per_point, log_px_per_point, read_only_tensor, refuse_elbo_overflow
 from .launch import rank_world
 from .optim import Adam, NormalizedAdam, SparseAdam
 from .registry import OBJECTIVES
@@ -147,6 +147,10 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
         # One noise stream for the pass: means over fixed rows need no per-row streams, whose
         # seeding costs tens of microseconds a row.
         valid = elbo_per_point(model, valid_rows, seed=config.seed + 1, usage=usage, per_row=False)
+        try:  # a row far outside the training data: an ELBO of −inf every epoch would pick no best
+            refuse_elbo_overflow(valid, x_valid)
+        except DataError as e:
+            raise DataError(f"[valid] {e}") from None
         valid_elbo = float(valid["elbo"].mean())
         # The best epoch is the objective's own: the validation ELBO, K-sample bound or recon.
         score = objective.validate(model, valid_rows, valid, seed=config.seed + 1)

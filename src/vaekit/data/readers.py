@@ -292,6 +292,15 @@ def _read_table(path: Path) -> np.ndarray:
             raise DataError(f"{path}: row {first_no} holds numbers separated by tabs, which a {suffix} file does not split on; name it .tsv")
     if _is_header(first):
         header_cols = len(first)
+        seen: dict[str, int] = {}
+        for j, name in enumerate(first):
+            # A run keeps the names: a DataFrame that repeats one matches no fitted estimator.
+            if name in seen:
+                raise DataError(
+                    f"{path}: the header (row {first_no}) names columns {seen[name] + 1} and {j + 1} both {name!r}; "
+                    "give each column a name of its own"
+                )
+            seen[name] = j
         rows = rows[1:]
         if not rows:
             raise DataError(f"{path}: has a header (row {first_no}) but no data rows")
