@@ -1889,13 +1889,22 @@ def test_a_signal_while_torch_is_being_imported_is_one_line(run_copy, name, stat
 
 
 def test_a_verb_does_not_write_over_the_runs_own_files(run_copy, capsys):
-    """bubbles.npz (and the checkpoints) are the run's; its pictures are for the verbs to redraw."""
+    """bubbles.npz (and the checkpoints) are the run's; sample and reconstruct may redraw their
+    own pictures of it."""
     before = snapshot(run_copy)
     for argv in (["sample", "-n", "3"], ["encode", "--data", "digits"], ["reconstruct", "--data", "digits"]):
         code, out, err = cli(capsys, *argv[:1], run_copy, *argv[1:], "--out", run_copy / "bubbles.npz")
         assert_error(code, out, err, 2, f"--out {run_copy / 'bubbles.npz'}", "is a file of the run")
+    # A verb redraws its own picture, never another's: a sample grid over the training curves
+    # (or gaps' bound over the latent scatter) would replace a picture of another kind.
+    for argv in (["sample", "-n", "3", "--out"], ["reconstruct", "--data", "digits", "--out"], ["gaps", "--k", "2", "--steps", "1", "--plot"]):
+        for name in ("curves.png", "latent.png", "kl_per_dim.png", "samples.png" if argv[0] != "sample" else "reconstructions.png"):
+            code, out, err = cli(capsys, argv[0], run_copy, *argv[1:], run_copy / name)
+            assert_error(code, out, err, 2, f"{run_copy / name}: is the run's {name}, a picture of another kind")
     assert snapshot(run_copy) == before
     code, _, err = cli(capsys, "sample", run_copy, "-n", "4", "--out", run_copy / "samples.png")
+    assert code == 0, err
+    code, _, err = cli(capsys, "reconstruct", run_copy, "--data", "digits", "--out", run_copy / "reconstructions.png")
     assert code == 0, err
 
 

@@ -693,7 +693,7 @@ def cmd_sample(args) -> int:
     if args.components is not None:
         _positive("--components", args.components)
     out = Path(args.out)
-    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args))
+    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args), redraws="samples.png")
     est = _load(args)
     shape = _picture_shape(est, out)
     # A file given is read whole; the run's own data (or a named dataset) gives its training split.
@@ -754,7 +754,7 @@ def cmd_encode(args) -> int:
 
 def cmd_reconstruct(args) -> int:
     out = Path(args.out)
-    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args))
+    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args), redraws="reconstructions.png")
     est = _load(args)
     shape = _picture_shape(est, out)
     if args.seed is not None and out.suffix != ".png":

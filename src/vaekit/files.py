@@ -20,6 +20,8 @@ LAST_FILE = "last.safetensors"
 METRICS_FILE = "metrics.jsonl"
 BUBBLES_FILE = "bubbles.npz"
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, LAST_FILE, METRICS_FILE, BUBBLES_FILE)
+# The pictures training draws there; `sample` and `reconstruct` may redraw their own.
+PICTURES = ("samples.png", "reconstructions.png", "curves.png", "latent.png", "kl_per_dim.png", "latent_grid.png", "bubbles.png", "spaces.png")
 
 
 def json_loads(text: str | bytes):

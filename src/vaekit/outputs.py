@@ -12,15 +12,22 @@ from .errors import ConfigError, DataError
 
 
 def check_out(
-    out: Path, suffixes: tuple[str, ...], option: str = "--out", run_dir: str | Path | None = None, data: tuple[Path, ...] = ()
+    out: Path, suffixes: tuple[str, ...], option: str = "--out", run_dir: str | Path | None = None, data: tuple[Path, ...] = (),
+    redraws: str | None = None,
 ) -> None:
     """Refuse, before any work is done, an output path ``option`` names that could not be
     written: a file type the verb does not write, a missing directory, a directory, one of
-    the files of the run ``run_dir`` that the verb reads, or the ``data`` file it reads."""
-    from .files import RUN_FILES  # its pictures are the verbs' to redraw, its data are not
+    the files of the run ``run_dir`` that the verb reads, a picture of that run other than
+    the one the verb ``redraws``, or the ``data`` file it reads."""
+    from .files import PICTURES, RUN_FILES
 
     if run_dir is not None and any(out.resolve() == (Path(run_dir) / name).resolve() for name in RUN_FILES):
         raise ConfigError(f"{option} {out}: is a file of the run {run_dir}; name another file")
+    # A verb may redraw its own picture of the run (``redraws``), not put its picture in place
+    # of another (a sample grid over the training curves).
+    for name in PICTURES:
+        if name != redraws and run_dir is not None and out.resolve() == (Path(run_dir) / name).resolve():
+            raise ConfigError(f"{option} {out}: is the run's {name}, a picture of another kind; name another file")
     if any(path.is_file() and out.resolve() == path.resolve() for path in data):
         raise ConfigError(f"{option} {out}: is the --data file this reads; name another file")
     if out.is_dir():  # whatever its name: "unsupported file type" would miss the point

@@ -12,12 +12,11 @@ import torch
 from . import checkpoint as ckpt
 from .config import RunConfig
 from .errors import DataError
+from .files import PICTURES  # what write_pictures and write_space_pictures may write
 from .launch import launched_rank_world, rank_world
 from .scaling import Scaling, model_rows
 from .train import check_shards, fit, init_distributed
 
-# What write_pictures and write_space_pictures may write.
-PICTURES = ("samples.png", "reconstructions.png", "curves.png", "latent.png", "kl_per_dim.png", "latent_grid.png", "bubbles.png", "spaces.png")
 # Test rows drawn in the latent-space picture, and shown in reconstructions.png.
 LATENT_POINTS = 5000
 RECONSTRUCTED_ROWS = 32
