@@ -1888,6 +1888,31 @@ def test_a_signal_while_torch_is_being_imported_is_one_line(run_copy, name, stat
     assert "Traceback" not in proc.stderr
 
 
+SIGNAL_DURING_CLI_IMPORT = """
+import os, signal, sys
+sent, number = [], getattr(signal, sys.argv[1])
+def hook(event, args):
+    if event == "import" and args[0] == "vaekit.cli" and not sent:
+        sent.append(1)
+        os.kill(os.getpid(), number)
+sys.addaudithook(hook)
+sys.argv = ["vaekit", "evaluate", sys.argv[2], "--k", "2"]
+from vaekit.entry import run
+run()
+"""
+
+
+@pytest.mark.parametrize("name, status, word", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")])
+def test_a_signal_while_the_command_imports_is_one_line(run_copy, name, status, word):
+    """The command's own modules take tenths of a second to import: a signal then ends it with
+    the line and status of a later one, not a traceback of the import or a silent -15."""
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGNAL_DURING_CLI_IMPORT, name, str(run_copy)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == status, proc.stderr
+    assert proc.stderr == f"vaekit: {word} before it started; nothing was written\n"
+
+
 def test_a_verb_does_not_write_over_the_runs_own_files(run_copy, capsys):
     """bubbles.npz (and the checkpoints) are the run's; sample and reconstruct may redraw their
     own pictures of it."""
