@@ -1860,55 +1860,43 @@ def test_sigterm_ends_a_run_as_an_interrupt_does(run_copy):
     assert snapshot(run_copy) == before
 
 
-# A verb whose process gets ``signal`` while torch is half imported (torch/__init__ is importing
-# torch.nn): an audit hook sends it at that moment, the way a Ctrl-C in the first second does.
-SIGNAL_DURING_TORCH_IMPORT = """
+# A verb whose process gets ``signal`` while the module ``argv[2]`` is being imported: an audit
+# hook sends it at that moment, the way a Ctrl-C in the first second does.
+SIGNAL_DURING_IMPORT = """
 import os, signal, sys
-sent, number = [], getattr(signal, sys.argv[1])
+sent, number, module = [], getattr(signal, sys.argv[1]), sys.argv[2]
 def hook(event, args):
-    if event == "import" and args[0] == "torch.nn" and not sent:
+    if event == "import" and args[0] == module and not sent:
         sent.append(1)
         os.kill(os.getpid(), number)
 sys.addaudithook(hook)
-from vaekit.cli import run
-sys.argv = ["vaekit", "evaluate", sys.argv[2], "--k", "2"]
+sys.argv = ["vaekit", "evaluate", sys.argv[3], "--k", "2"]
+from vaekit.entry import run
 run()
 """
+
+
+def signal_during_import(name: str, module: str, run_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", SIGNAL_DURING_IMPORT, name, module, str(run_dir)], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize("name, status, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
 def test_a_signal_while_torch_is_being_imported_is_one_line(run_copy, name, status, word):
     """The handler names the process's rank without importing torch again: a second import of a
     half-initialised torch fails with a traceback (and exit 1) instead of the verb's line."""
-    proc = subprocess.run(
-        [sys.executable, "-c", SIGNAL_DURING_TORCH_IMPORT, name, str(run_copy)], capture_output=True, text=True, timeout=120
-    )
+    proc = signal_during_import(name, "torch.nn", run_copy)
     assert proc.returncode == status, proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and word in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
-
-
-SIGNAL_DURING_CLI_IMPORT = """
-import os, signal, sys
-sent, number = [], getattr(signal, sys.argv[1])
-def hook(event, args):
-    if event == "import" and args[0] == "vaekit.cli" and not sent:
-        sent.append(1)
-        os.kill(os.getpid(), number)
-sys.addaudithook(hook)
-sys.argv = ["vaekit", "evaluate", sys.argv[2], "--k", "2"]
-from vaekit.entry import run
-run()
-"""
 
 
 @pytest.mark.parametrize("name, status, word", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")])
 def test_a_signal_while_the_command_imports_is_one_line(run_copy, name, status, word):
     """The command's own modules take tenths of a second to import: a signal then ends it with
     the line and status of a later one, not a traceback of the import or a silent -15."""
-    proc = subprocess.run(
-        [sys.executable, "-c", SIGNAL_DURING_CLI_IMPORT, name, str(run_copy)], capture_output=True, text=True, timeout=120
-    )
+    proc = signal_during_import(name, "vaekit.cli", run_copy)
     assert proc.returncode == status, proc.stderr
     assert proc.stderr == f"vaekit: {word} before it started; nothing was written\n"
 
