@@ -80,8 +80,8 @@ def iwae(
     (default: the model's q for new x, ``model.evaluation_posterior``).
 
     The K samples are drawn in chunks and combined by a running logsumexp, so memory is
-    O(chunk · n · width) whatever K is (``sample_width``: D, or a mixture prior's components). With a ``RowStreams`` generator each row's draws are its
-    own, so the value does not depend on the chunking or on the other rows of the batch; a
+    O(chunk · n · width) whatever K is (``sample_width``: D, or a mixture prior's components).
+    With a ``RowStreams`` generator each row's draws are its own, so the value does not depend on the chunking or on the other rows of the batch; a
     plain ``torch.Generator`` is one stream cut by the chunk size, so the same seed gives other
     (equally valid) draws for another ``block`` or another number of rows.
     """
