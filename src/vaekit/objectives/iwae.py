@@ -81,9 +81,10 @@ def iwae(
 
     The K samples are drawn in chunks and combined by a running logsumexp, so memory is
     O(chunk · n · width) whatever K is (``sample_width``: D, or a mixture prior's components).
-    With a ``RowStreams`` generator each row's draws are its own, so the value does not depend on the chunking or on the other rows of the batch; a
-    plain ``torch.Generator`` is one stream cut by the chunk size, so the same seed gives other
-    (equally valid) draws for another ``block`` or another number of rows.
+    With a ``RowStreams`` generator each row's draws are its own, so the value does not depend
+    on the chunking or on the other rows of the batch; a plain ``torch.Generator`` is one
+    stream cut by the chunk size, so the same seed gives other (equally valid) draws for
+    another ``block`` or another number of rows.
     """
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ConfigError(f"k must be an integer >= 1, got {k!r}")
