@@ -381,7 +381,8 @@ def test_fixed_prior_builds_once_without_gradient_and_nests():
 
 def test_importance_weighted_evaluation_encodes_the_pseudo_inputs_once():
     """log_px_per_point builds the prior once per call; and the K = 40 estimate in chunks of 3
-    samples is the same, to float64 rounding, with the prior built once as rebuilt for each of
+    samples (block 3·7·8: the 4 components' float64 terms, 8 elements a row, are wider than
+    D = 5) is the same, to float64 rounding, with the prior built once as rebuilt for each of
     its 14 chunks."""
     from vaekit.evaluate import _generator, log_px_per_point
     from vaekit.objectives.iwae import iwae
@@ -394,9 +395,9 @@ def test_importance_weighted_evaluation_encodes_the_pseudo_inputs_once():
     model.eval()
     with torch.no_grad():
         with model.fixed_prior():
-            once = iwae(model, x, 40, generator=_generator(model, 3), block=3 * 7 * 5)
+            once = iwae(model, x, 40, generator=_generator(model, 3), block=3 * 7 * 8)
         assert calls[0] == 2
-        rebuilt = iwae(model, x, 40, generator=_generator(model, 3), block=3 * 7 * 5)
+        rebuilt = iwae(model, x, 40, generator=_generator(model, 3), block=3 * 7 * 8)
         assert calls[0] == 2 + 14
     torch.testing.assert_close(once, rebuilt, rtol=1e-12, atol=1e-12)
 

@@ -60,12 +60,9 @@ def sample_width(model, x: torch.Tensor) -> int:
     mixture prior's C component log-densities, formed in float64 (two float32 elements each;
     ``MixtureOfDiagonalNormals.log_prob``). Without the prior's share, 1000 low-dimensional
     rows under a 500-component prior held gigabytes per chunk."""
-    top = getattr(model, "top_prior", None)
-    components = 0
-    if top is not None:
-        with torch.no_grad():
-            components = getattr(top(), "components", 0)
-    return max(1, x.shape[-1], 2 * components)
+    prior = getattr(model, "prior", None)
+    components = getattr(prior, "components", 1)
+    return max(1, x.shape[-1], 2 * components if components > 1 else 0)
 
 
 def iwae(

@@ -18,6 +18,9 @@ __all__ = ["PRIORS", "Prior"]
 
 class Prior(nn.Module):
     name: str
+    # Components of the distribution ``forward`` builds (a mixture's C; 1 for one Gaussian): the
+    # importance-weighted estimate sizes its sample chunks by it without building the prior.
+    components: int = 1
 
     def __init__(self, config, size: int):
         super().__init__()

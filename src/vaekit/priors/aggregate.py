@@ -50,7 +50,7 @@ class AggregatePrior(Prior):
         self.source = config.prior_from
         self.fit_components = config.prior_mixture
         self.rows = config.prior_components
-        m = self.fit_components or self.rows
+        m = self.components = self.fit_components or self.rows
         self.register_buffer("logits", torch.zeros(m))  # (M,), uniform
         self.register_buffer("mu", torch.zeros(m, size))  # (M, d)
         self.register_buffer("logvar", torch.zeros(m, size))  # (M, d), log σ²

@@ -25,7 +25,7 @@ class MixturePrior(Prior):
 
     def __init__(self, config, size: int):
         super().__init__(config, size)
-        c = config.components
+        c = self.components = config.components
         self.logits = nn.Parameter(torch.zeros(c))  # (C,)
         self.mu = nn.Parameter(torch.randn(c, size))  # (C, d)
         self.logvar = nn.Parameter(torch.zeros(c, size))  # (C, d), log σ²

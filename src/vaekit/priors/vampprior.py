@@ -60,6 +60,7 @@ class VampPrior(Prior):
         super().__init__(config, size)
         self.init, self.map = config.pseudo_init, config.pseudo_map
         k, d = config.pseudo_inputs, config.input_dim
+        self.components = k
         self.pseudo_inputs = nn.Parameter(RANDOM_MEAN[self.map] + RANDOM_STD * torch.randn(k, d))  # (K, D)
         self.register_buffer("data_range", torch.tensor([0.0, 1.0]))  # [lo, hi] of the data
 
