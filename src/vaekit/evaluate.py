@@ -257,12 +257,12 @@ def refuse_elbo_overflow(terms: dict[str, np.ndarray], x) -> None:
     refuse_overflow(terms["kl"], "KL", x)
 
 
-def refuse_log_px_overflow(model, log_px: np.ndarray, x, what: str = "log p(x)", idx=None) -> np.ndarray:
+def refuse_log_px_overflow(model, log_px: np.ndarray, x, idx=None) -> np.ndarray:
     """``refuse_overflow`` for a log p(x) estimate of the rows x. A row at −inf is refused too
     where its q's KL is not finite: its codes' squares overflowed (``refuse_elbo_overflow``), so
     the −inf is the arithmetic's, not a density below the float range, and the row is refused
     as ``evaluate`` refuses it (its finite value, −1e39 or so, is no score either)."""
-    refuse_overflow(log_px, what, x, low_inf=True)
+    refuse_overflow(log_px, "log p(x)", x, low_inf=True)
     low = np.flatnonzero(np.isneginf(log_px))
     if low.size:
         from .data import MappedRows
@@ -355,8 +355,8 @@ def elbo_stage(model, x, seed: int = 0, idx=None) -> tuple[dict[str, np.ndarray]
     """``evaluate``'s first, short pass: the per-row ELBO terms and the latent units' use, with
     rows that overflow the model's arithmetic refused (``refuse_elbo_overflow``) before the long
     log p(x) pass. ``train`` runs it before drawing its pictures, whose KL panel such a row
-    would turn to NaN, and hands it to ``evaluate`` as ``first``."""
-    x = model_rows(model, x)
+    would turn to NaN, and hands it to ``evaluate`` as ``first``. ``x`` as ``model_rows`` gives
+    it (checked once, by the caller)."""
     usage = LatentUsage(model, _generator(model, seed + 2))
     terms = elbo_per_point(model, x, seed=seed, usage=usage, idx=idx)
     refuse_elbo_overflow(terms, x)
