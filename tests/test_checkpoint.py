@@ -539,3 +539,14 @@ def test_the_same_checkpoint_is_the_same_bytes_in_every_process(tmp_path):
     (tmp_path / "c.safetensors").write_bytes(blob)
     tensors, meta = ckpt.load_tensors(tmp_path / "c.safetensors")
     assert meta == {"epoch": 3, "z": [1, 2]} and torch.equal(tensors["w"], torch.arange(6.0).reshape(2, 3))
+
+
+def test_a_weights_record_of_downward_conv_matches_a_config_of_mlp(tmp_path):
+    """Resuming a run saved with --downward conv rewrites config.json with its present name
+    (mlp); model.safetensors, kept from the best epoch, still says conv: the same model."""
+    config = RunConfig(model=ModelConfig(input_dim=16, image_shape=(4, 4), latent_dim=(3, 2), net="conv", downward="mlp"))
+    config.save(tmp_path / ckpt.CONFIG_FILE)
+    record = {**json.loads(config.to_bytes())["model"], "downward": "conv"}
+    ckpt.check_model_record(tmp_path / ckpt.CONFIG_FILE, tmp_path / ckpt.MODEL_FILE, {"model_config": record})
+    with pytest.raises(CheckpointError, match="model.downward is \"mlp\", but model.safetensors was saved with \"gated\""):
+        ckpt.check_model_record(tmp_path / ckpt.CONFIG_FILE, tmp_path / ckpt.MODEL_FILE, {"model_config": {**record, "downward": "gated"}})

@@ -1644,32 +1644,37 @@ def _stopped_overwrite(run_dir: Path, checkpoint: bool = False) -> None:
     (run_dir / ".vaekit.lock").write_text("999999999\n")
 
 
-def test_a_run_reads_its_data_again_from_any_directory(tmp_path):
+def test_a_run_reads_its_data_again_from_any_directory(tmp_path, capsys, monkeypatch):
     """--data and --data-dir given relative to where train ran are kept absolute: evaluate,
     sample from the aggregate posterior and --resume started elsewhere find them."""
     here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
     (here / "data").mkdir(parents=True)
     elsewhere.mkdir()
     np.save(here / "data" / "rows.npy", np.random.default_rng(0).random((120, 5)).astype(np.float32))
-    proc = vaekit_process("train", "--data", "rows.npy", "--data-dir", "data", "--out", "run", *SMALL, "--quiet", cwd=here)
-    assert proc.returncode == 0, proc.stderr
+
+    def run_in(cwd, *argv):
+        monkeypatch.chdir(cwd)
+        return cli(capsys, *map(str, argv))
+
+    code, _, err = run_in(here, "train", "--data", "rows.npy", "--data-dir", "data", "--out", "run", *SMALL, "--quiet")
+    assert code == 0, err
     config = json.loads((here / "run" / "config.json").read_text())
     assert config["data"]["source"] == str(here / "data" / "rows.npy") and config["data"]["data_dir"] == str(here / "data")
     run = here / "run"
     for argv in (["evaluate", run, "--k", "2"], ["sample", run, "-n", "3", "--source", "aggregate", "--out", "s.npy"],
                  ["train", "--out", run, "--resume", "--epochs", "2", "--quiet"]):  # fmt: skip
-        proc = vaekit_process(*argv, cwd=elsewhere)
-        assert proc.returncode == 0, (argv, proc.stderr)
+        code, _, err = run_in(elsewhere, *argv)
+        assert code == 0, (argv, err)
     # Repeating --data on resume names the same file however it is written; another file is refused.
     for epochs, data in ((3, ["--data", "data/rows.npy"]), (4, ["--data", "rows.npy", "--data-dir", "data"])):
-        proc = vaekit_process("train", "--out", "run", "--resume", "--epochs", epochs, *data, "--quiet", cwd=here)
-        assert proc.returncode == 0, proc.stderr
+        code, _, err = run_in(here, "train", "--out", "run", "--resume", "--epochs", epochs, *data, "--quiet")
+        assert code == 0, err
     assert json.loads((run / "config.json").read_text())["data"]["data_dir"] == str(here / "data")
-    proc = vaekit_process("train", "--out", run, "--resume", "--epochs", "5", "--data", "rows.npy", "--quiet", cwd=elsewhere)
-    assert proc.returncode == 0, proc.stderr  # found in the run's --data-dir, as train finds it
+    code, _, err = run_in(elsewhere, "train", "--out", run, "--resume", "--epochs", "5", "--data", "rows.npy", "--quiet")
+    assert code == 0, err  # found in the run's --data-dir, as train finds it
     np.save(elsewhere / "rows.npy", np.zeros((120, 5), dtype=np.float32))  # now rows.npy here is another file
-    proc = vaekit_process("train", "--out", run, "--resume", "--epochs", "6", "--data", "rows.npy", "--quiet", cwd=elsewhere)
-    assert proc.returncode == 2 and "--data cannot change when resuming" in proc.stderr, proc.stderr
+    code, _, err = run_in(elsewhere, "train", "--out", run, "--resume", "--epochs", "6", "--data", "rows.npy", "--quiet")
+    assert code == 2 and "--data cannot change when resuming" in err, err
 
 
 def test_a_run_trained_streamed_streams_its_file_again_however_it_is_named(tmp_path, capsys, monkeypatch):

@@ -456,3 +456,24 @@ def test_an_unknown_top_level_field_is_refused(tmp_path):
     path = _write(tmp_path, json.dumps(d))
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: unknown top-level field\(s\): optimizer$"):
         RunConfig.load(path)
+
+
+def test_downward_refuses_a_family_without_a_network_of_vectors():
+    """p(z_l | z_{l+1}) reads latent vectors: conv's would be mlp's, so --downward conv is
+    refused (it would change nothing, and on tables it asked for images)."""
+    with pytest.raises(ConfigError, match=re.escape("downward conv: p(z_l | z_{l+1}) reads latent vectors") + ".*choose gated or mlp"):
+        ModelConfig(input_dim=4, latent_dim=(3, 2), downward="conv")
+    # By default a conv model's downward nets are its family's dense ones: allowed.
+    assert ModelConfig(input_dim=16, image_shape=(4, 4), latent_dim=(3, 2), net="conv").downward_net == "conv"
+
+
+def test_a_run_saved_with_downward_conv_loads_as_mlp():
+    """Runs saved while --downward took conv built mlp's modules: they load under that name,
+    and the weights' record compares equal to it (checkpoint.check_model_record)."""
+    from vaekit.config import canonical_model
+
+    d = RunConfig(model=ModelConfig(input_dim=16, image_shape=(4, 4), latent_dim=(3, 2), net="conv", downward="mlp")).to_dict()
+    d["model"]["downward"] = "conv"
+    assert RunConfig.from_dict(d).model.downward == "mlp"
+    assert canonical_model(d["model"]) == {**d["model"], "downward": "mlp"} and d["model"]["downward"] == "conv"
+    assert canonical_model({**d["model"], "downward": None})["downward"] is None

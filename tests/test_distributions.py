@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, ContinuousBernoulli, Independent, Normal
 
-from vaekit.distributions import BernoulliLogits, ContinuousBernoulliLogits, DiagonalNormal, StandardNormal
+from vaekit.distributions import BernoulliLogits, ContinuousBernoulliLogits, DiagonalNormal, StandardNormal, draw
 
 F64 = torch.float64
 # float64 has ~1e-16 relative precision; the densities below are sums of O(10) terms of size
@@ -198,6 +198,27 @@ def test_bernoulli_several_samples_forward_mode_and_vmap():
     torch.testing.assert_close(torch.func.hessian(f)(logits[:2]), torch.func.hessian(ref)(logits[:2]), **TIGHT)
     l = logits.clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda l: BernoulliLogits(l).log_prob(x), (l,), check_batched_grad=True, check_forward_ad=True)
+
+
+def test_bernoulli_several_samples_custom_derivatives_match_the_closed_form():
+    """The hand-written Function's own derivatives, on the path that takes it (logits that
+    require grad, several samples of binary x): forward mode (dual tensors, its jvp), the
+    gradient with create_graph (its differentiable branch) and the second derivative through
+    it, against ∂/∂l log p = x − σ(l) and ∂²/∂l² = −σ(l)(1 − σ(l))."""
+    import torch.autograd.forward_ad as fwAD
+
+    logits, x = _several_samples(6)
+    v = torch.randn(logits.shape, generator=_gen(8), dtype=F64)
+    sigma = torch.sigmoid(logits)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(logits.clone().requires_grad_(), v)
+        tangent = fwAD.unpack_dual(BernoulliLogits(dual).log_prob(x)).tangent
+    torch.testing.assert_close(tangent, ((x - sigma) * v).sum(-1), **TIGHT)
+    l = logits.clone().requires_grad_()
+    (g,) = torch.autograd.grad(BernoulliLogits(l).log_prob(x).sum(), l, create_graph=True)
+    torch.testing.assert_close(g, (x - sigma).expand_as(g), **TIGHT)
+    (h,) = torch.autograd.grad((g * v).sum(), l)
+    torch.testing.assert_close(h, -sigma * (1 - sigma) * v, **TIGHT)
 
 
 def test_bernoulli_several_samples_extremes_and_fallbacks():
@@ -394,3 +415,41 @@ def test_diagonal_normal_of_a_vanishing_variance_has_a_finite_density(dtype):
     z = torch.tensor([[0.31, 1.0]], dtype=torch.float64)
     expected = Normal(mu.double(), torch.exp(0.5 * torch.tensor([[-20.0, 3.0]], dtype=torch.float64))).log_prob(z).sum(-1)
     torch.testing.assert_close(ok.log_prob(z), expected, rtol=1e-12, atol=0)
+
+
+def test_draw_takes_a_generator_for_torch_distributions_too():
+    """A user's prior or likelihood may be any torch Distribution, whose sample() takes no
+    generator: draw() seeds the global stream from the generator and restores it."""
+    dist = Independent(Normal(torch.zeros(3), torch.ones(3)), 1)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    a = draw(dist, (4,), torch.Generator().manual_seed(7))
+    b = draw(dist, (4,), torch.Generator().manual_seed(7))
+    c = draw(dist, (4,), torch.Generator().manual_seed(8))
+    assert a.shape == (4, 3) and torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert draw(dist, (2,)).shape == (2, 3)
+    # vaekit's own distributions take the generator itself: the same draw as sample(generator=).
+    own = DiagonalNormal(torch.zeros(3), torch.zeros(3))
+    torch.testing.assert_close(draw(own, (4,), torch.Generator().manual_seed(7)), own.sample((4,), generator=torch.Generator().manual_seed(7)))
+
+
+def test_a_model_with_a_torch_distribution_prior_and_likelihood_samples():
+    from vaekit import ModelConfig, VAEModel
+    from vaekit.likelihoods import Likelihood
+    from vaekit.priors import Prior
+
+    class LaplacePrior(Prior):
+        def forward(self, model=None):
+            return Independent(torch.distributions.Laplace(torch.zeros(self.size), torch.ones(self.size)), 1)
+
+    class TorchBernoulli(Likelihood):
+        def forward(self, out):
+            return Independent(Bernoulli(logits=out), 1)
+
+    config = ModelConfig(input_dim=5, latent_dim=2, hidden=(4,), likelihood="bernoulli")
+    model = VAEModel(config)
+    model.prior, model.likelihood = LaplacePrior(config, 2), TorchBernoulli(config)
+    x = model.sample(6, generator=torch.Generator().manual_seed(1), mean=False)
+    assert x.shape == (6, 5) and set(x.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(x, model.sample(6, generator=torch.Generator().manual_seed(1), mean=False))

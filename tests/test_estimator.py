@@ -527,6 +527,28 @@ def test_sample_from_the_aggregate_posterior_and_a_fitted_mixture(fitted, digits
             fitted.sample(5, source=source, X=X, components=3)
 
 
+def test_aggregate_source_draws_from_the_mixture_of_every_rows_q(fitted, digits, monkeypatch):
+    """source="aggregate" draws z ~ (1/N) Σ_i q(z|x_i): one row gives q(z|x) itself (its mean
+    and variance σ², not the mean alone), and over three rows each q's mean responsibility
+    E_z[π_i q_i(z) / Σ_j π_j q_j(z)] is exactly its weight 1/3 under the mixture."""
+    drawn = []
+    sample = fitted.model_.sample
+    monkeypatch.setattr(fitted.model_, "sample", lambda m, z=None, **kw: drawn.append(z) or sample(m, z=z, **kw))
+    mu, logvar = fitted.encode(digits[:300])
+    rows = np.unique([mu[:, 0].argmin(), mu[:, 0].argmax(), mu[:, 1].argmax()])
+    assert len(rows) == 3
+    fitted.sample(20_000, seed=0, source="aggregate", X=digits[rows[:1]])
+    z = drawn[-1].double().numpy()
+    se = np.sqrt(np.exp(logvar[rows[0]]) / len(z))
+    assert (np.abs(z.mean(0) - mu[rows[0]]) < 4 * se).all(), (z.mean(0), mu[rows[0]])
+    np.testing.assert_allclose(z.var(0), np.exp(logvar[rows[0]]), rtol=0.05)
+    fitted.sample(30_000, seed=1, source="aggregate", X=digits[rows])
+    z = torch.as_tensor(drawn[-1], dtype=torch.float64)
+    log_q = torch.distributions.Normal(torch.as_tensor(mu[rows], dtype=torch.float64), torch.as_tensor(np.exp(0.5 * logvar[rows]), dtype=torch.float64))
+    resp = torch.softmax(log_q.log_prob(z[:, None, :]).sum(-1), dim=1).mean(0).numpy()
+    np.testing.assert_allclose(resp, 1 / 3, atol=0.015)
+
+
 def test_the_mixture_source_needs_two_rows_and_speaks_in_one_line(fitted, digits):
     """scikit-learn's mixture needs two rows whatever its size: one is refused by vaekit; rows
     with fewer distinct latents than components give one vaekit warning, not scikit-learn's."""

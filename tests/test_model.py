@@ -167,3 +167,26 @@ def test_join_branch_decoder_is_as_deep_as_the_concat_one(net):
     del config["model"]["join"]
     as_version(config, 5)  # written before join existed: the layout those runs had
     assert RunConfig.from_dict(config).model.join == "concat"
+
+
+@pytest.mark.parametrize("kw", [
+    dict(inference="vi", local_steps=3),
+    dict(inference="map"),
+    dict(inference="autoencoder"),
+    dict(inference="amortized", refine_steps=4, prior="vampprior", pseudo_inputs=5),
+])
+def test_methods_that_fit_q_for_new_rows_work_under_inference_mode(kw):
+    """Inference mode cannot be undone by enable_grad: the per-row fits run outside it and give
+    what they give under no_grad, and the caller's grad mode is left as it was."""
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=6, latent_dim=2, hidden=(5,), likelihood="bernoulli", n_points=8, **kw))
+    x = torch.bernoulli(torch.full((3, 6), 0.5))
+    with torch.no_grad(), model.fixed_prior():
+        want = model.evaluation_posterior(x).mean, model.representation(x).mean
+    with torch.inference_mode():
+        x_inf = x.clone()
+        with model.fixed_prior():
+            got = model.evaluation_posterior(x_inf).mean, model.representation(x_inf).mean
+        assert torch.is_inference_mode_enabled() and not torch.is_grad_enabled()
+    for a, b in zip(want, got):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,5 +1,7 @@
 """vaekit.nets: MLP layout and leading dims, GaussianHead's split."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -60,3 +62,35 @@ def test_model_widths_follow_config():
     model = VAEModel(ModelConfig(input_dim=10, latent_dim=3, hidden=(8,), decoder_hidden=(4, 4)))
     dec = [m for m in model.decoder if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in dec] == [(3, 4), (4, 4), (4, 10)]
+
+
+@pytest.mark.parametrize("role, message", [
+    ("encoder", "network wide_net's encoder maps 2 rows of 6 numbers to (2, 5); the model needs (2, 4)"),
+    ("decoder", "network wide_net's decoder maps 2 rows of 2 numbers to (2, 12); the model needs (2, 6)"),
+])
+def test_a_family_whose_network_has_the_wrong_width_is_refused_when_built(role, message):
+    """A user's family (registered from a script) whose encoder gives one number too many,
+    or whose decoder two per feature: ConfigError at construction, not a broadcast error."""
+    from vaekit.errors import ConfigError
+    from vaekit.nets import NETS, Net
+
+    class WideNet(Net):
+        @classmethod
+        def encoder(cls, config, out_dim):
+            return MLP(config.input_dim, config.hidden, out_dim + (role == "encoder"), config.activation)
+
+        @classmethod
+        def decoder(cls, config, in_dim, widths=None):
+            return MLP(in_dim, config.decoder_widths, config.input_dim * (1 + (role == "decoder")), config.activation)
+
+    WideNet.__module__ = "user_script"
+    NETS.register("wide_net")(WideNet)
+    try:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            VAEModel(ModelConfig(input_dim=6, latent_dim=2, hidden=(5,), likelihood="bernoulli", net="wide_net"))
+        # A family that builds its networks right passes, and the check leaves them in train mode.
+        model = VAEModel(ModelConfig(input_dim=6, latent_dim=2, hidden=(5,), likelihood="bernoulli", net="mlp"))
+        assert all(m.training for m in model.modules())
+    finally:
+        NETS._entries.pop("wide_net", None)
+        NETS._outside.pop("wide_net", None)

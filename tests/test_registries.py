@@ -199,3 +199,48 @@ def test_net_shapes_on_any_leading_dims(name):
     for lead in ((5,), (2, 5)):
         assert enc(torch.rand(*lead, 64)).shape == (*lead, 6)
         assert dec(torch.randn(*lead, 3)).shape == (*lead, 64)
+
+
+@pytest.fixture
+def outside_prior():
+    """A prior registered from a user's module (not vaekit.priors), removed afterwards."""
+    from vaekit.distributions import StandardNormal
+    from vaekit.priors import Prior
+
+    class UserPrior(Prior):
+        def forward(self, model=None):
+            return StandardNormal(self.size)
+
+    UserPrior.__module__ = "user_script"
+    PRIORS.register("user_prior")(UserPrior)
+    try:
+        yield UserPrior
+    finally:
+        PRIORS._entries.pop("user_prior", None)
+        PRIORS._outside.pop("user_prior", None)
+
+
+def test_an_entry_registered_from_user_code_is_a_choice(outside_prior, tmp_path):
+    from vaekit.estimator import VAE, load
+
+    assert "user_prior" in PRIORS and "user_prior" in PRIORS.names() and PRIORS.options("user_prior") == {}
+    model = VAEModel(ModelConfig(input_dim=6, latent_dim=2, hidden=(4,), prior="user_prior"))
+    assert isinstance(model.prior, outside_prior)
+    x = np.random.default_rng(0).integers(0, 2, (40, 6)).astype(np.float32)
+    est = VAE(latent_dim=2, hidden=(4,), epochs=1, prior="user_prior").fit(x)
+    est.save(tmp_path / "run")
+    np.testing.assert_array_equal(load(tmp_path / "run").score_samples(x[:3]), est.score_samples(x[:3]))
+
+
+def test_user_registration_refuses_taken_names_and_options(outside_prior):
+    from vaekit.priors import Prior
+    from vaekit.registry import Option
+
+    other = type("Other", (Prior,), {"__module__": "user_script"})
+    with pytest.raises(ConfigError, match="prior 'standard_normal' is vaekit's own; register Other under another name"):
+        PRIORS.register("standard_normal")(other)
+    with pytest.raises(ConfigError, match="prior 'user_prior' is registered already"):
+        PRIORS.register("user_prior")(other)
+    with pytest.raises(ConfigError, match="options are declared only by entries in vaekit's vaekit.priors folder"):
+        PRIORS.register("another", options={"width": Option(1, "a width")})(other)
+    assert "another" not in PRIORS and PRIORS.get("standard_normal").__module__ == "vaekit.priors.standard_normal"

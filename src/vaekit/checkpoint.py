@@ -349,6 +349,10 @@ def check_model_record(config_path: Path, weights_path: Path, meta: dict[str, An
         current = {section: current[section] for section in saved}
     except (OSError, ValueError, KeyError, TypeError):
         return  # RunConfig.load says what is wrong with the file itself
+    from .config import canonical_model
+
+    if isinstance(saved.get("model"), dict) and isinstance(current.get("model"), dict):
+        saved["model"], current["model"] = canonical_model(saved["model"]), canonical_model(current["model"])
     for section, fields in saved.items():
         for key, value in fields.items():
             if isinstance(current[section], dict) and key in current[section] and current[section][key] != value:

@@ -86,7 +86,7 @@ MODEL_OPTIONS: dict[str, Option] = {
     "decoder": Option(None, "decoder network (default: --net)", type="str", choices="net", optional=True),
     # p(z_l | z_{l+1}) of a hierarchy is part of the generative model: by default a dense net
     # of the decoder's family (gated layers under --net gated, as Tomczak & Welling's).
-    "downward": Option(None, "network of p(z_l | z_{l+1}) between stochastic layers, with the encoder's widths (default: the decoder's network)", type="str", choices="net", optional=True),
+    "downward": Option(None, "network of p(z_l | z_{l+1}) between stochastic layers, with the encoder's widths (default: the decoder's network; conv, with no network of vectors of its own, uses mlp's there and is not a choice)", type="str", choices="net", optional=True),
     "init": Option("default", "initial weights of the networks' linear and conv layers: PyTorch's default, or he: N(0, 2/fan_in) (He et al. 2015), as Tomczak & Welling 2018 started theirs", choices=("default", "he")),
     # Tomczak & Welling's code passes every log σ² of q and of p(z_l | z_{l+1}) through
     # hardtanh(−6, 2): a floor on σ that keeps the VampPrior's components and the
@@ -340,6 +340,15 @@ class _ModelBase(_Section):
             raise ConfigError(
                 f"downward applies to models with several latent groups (latent_dim 40,40) only; this one has one, {self.latent_words}"
             )
+        if self.downward is not None:
+            from .registry import NETS
+
+            if not NETS.get(self.downward).vector_net:
+                own = [name for name, net in sorted(NETS.loaded().items()) if net.vector_net]
+                raise ConfigError(
+                    f"downward {self.downward}: p(z_l | z_{{l+1}}) reads latent vectors, and {self.downward} has no "
+                    f"network of vectors of its own (it would be mlp's); choose {' or '.join(own)}"
+                )
         if self.join == "branch":
             self._check_branches()
         self._check_logvar_bounds()
@@ -538,6 +547,19 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def canonical_model(model: dict[str, Any]) -> dict[str, Any]:
+    """A saved model section as this release names it. ``downward`` once took a family with no
+    network of vectors of its own (conv): its p(z_l | z_{l+1}) was mlp's, the same modules and
+    weights, under the name that is refused now."""
+    downward = model.get("downward")
+    if isinstance(downward, str) and downward in REGISTRIES["net"]:
+        from .registry import NETS
+
+        if not NETS.get(downward).vector_net:
+            return {**model, "downward": "mlp"}
+    return model
+
+
 def _check_version(d: dict[str, Any]) -> None:
     """The file's top level is {model, train, data, version}, its version one this release
     reads (an integer, not a bool: JSON's true is not 1), and it holds no field a later version
@@ -593,6 +615,8 @@ class RunConfig:
         if strict:
             _check_complete(d, version)
         d = _migrate(d)
+        if isinstance(d.get("model"), dict):
+            d = {**d, "model": canonical_model(d["model"])}
         try:
             return cls(
                 model=_build(ModelConfig, d["model"]),

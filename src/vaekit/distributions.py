@@ -11,7 +11,9 @@ encoder's output) is kept as the parameter instead of being turned into a scale 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import inspect
 import math
 
 import torch
@@ -19,6 +21,27 @@ import torch.nn.functional as F
 from torch.distributions import Distribution, constraints
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+def draw(dist: Distribution, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+    """``dist.sample(sample_shape)`` from ``generator``, for any Distribution: vaekit's own take
+    the generator; torch.distributions' sample from torch's global stream, so a user's prior
+    or likelihood built from them is drawn with that stream seeded from ``generator`` (and the
+    global state restored), to give the same values for the same generator state."""
+    if generator is None:
+        return dist.sample(sample_shape)
+    if _takes_generator(type(dist)):
+        return dist.sample(sample_shape, generator=generator)
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=generator.device))
+    devices = [generator.device] if generator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return dist.sample(sample_shape)
+
+
+@functools.cache
+def _takes_generator(cls: type) -> bool:
+    return "generator" in inspect.signature(cls.sample).parameters
 
 
 def _event_batch(*tensors: torch.Tensor) -> tuple[torch.Size, torch.Size]:

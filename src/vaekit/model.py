@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from .distributions import DiagonalNormal, Posterior
+from .distributions import DiagonalNormal, Posterior, draw
 from .latents import latent_groups, split
 from .nets import NETS, Branches, GaussianHead, he_init
 from .objectives.kl import kl as kl_divergence
@@ -85,7 +85,8 @@ class VAEModel(nn.Module):
         if self._fixed_prior is not None:
             yield self._fixed_prior
             return
-        with torch.no_grad():
+        # Outside inference mode: a q fitted inside the block differentiates through this prior.
+        with torch.inference_mode(False), torch.no_grad():
             self._fixed_prior = self.prior(self)
         try:
             yield self._fixed_prior
@@ -140,7 +141,7 @@ class VAEModel(nn.Module):
 
     def sample_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ p(z), ancestrally from the top group down, (n, D)."""
-        z_top = self.top_prior().sample((n,), generator=generator)
+        z_top = draw(self.top_prior(), (n,), generator)
         parts = [z_top]
         for net in reversed(self.downward):
             parts.insert(0, DiagonalNormal(*net(parts[0])).sample(generator=generator))
@@ -159,6 +160,8 @@ class VAEModel(nn.Module):
         """A proper density q(z|x) for new x (refined, or optimised, as the method says), for
         the ELBO and the importance-weighted log p(x); ``idx``, the rows' indices in the
         training set, gives per-point methods' learned q_i of training rows instead."""
+        if torch.is_inference_mode_enabled():
+            return _outside_inference_mode(self.evaluation_posterior, x, idx)
         return self.inference.evaluation_posterior(self, x, idx)
 
     def representation(self, x: torch.Tensor) -> Posterior:
@@ -166,6 +169,8 @@ class VAEModel(nn.Module):
         pictures): a point-estimate method's own δ(z − ẑ), the autoencoder's ẑ = e(x) or MAP's
         argmax, not the Gaussian proposal its log p(x) is estimated with (centred elsewhere:
         the ELBO-optimal mean); for the other methods, their evaluation q."""
+        if torch.is_inference_mode_enabled():
+            return _outside_inference_mode(self.representation, x)
         if self.inference.point_estimate:
             return self.inference(self, x)
         return self.evaluation_posterior(x)
@@ -183,7 +188,17 @@ class VAEModel(nn.Module):
         if z is None:
             z = self.sample_z(n, generator)
         px = self.decode(z)
-        return px.mean if mean else px.sample(generator=generator)
+        return px.mean if mean else draw(px, generator=generator)
+
+
+def _outside_inference_mode(method, x: torch.Tensor, idx: torch.Tensor | None = None):
+    """``method(x, idx)`` in no_grad instead of the caller's inference mode, on copies of the rows.
+
+    Inference mode switches autograd off for good (``enable_grad`` cannot undo it), and the
+    methods that fit q for new rows need it; tensors made in inference mode cannot be saved
+    for a backward pass, so the rows are copied out of it."""
+    with torch.inference_mode(False), torch.no_grad():
+        return method(x.clone(), *(() if idx is None else (idx.clone(),)))
 
 
 def build_model(config) -> VAEModel:

@@ -147,14 +147,33 @@ class Registry(Generic[T]):
         self._entries: dict[str, type[T]] = {}
         self._loaded = False
         self._scanned: dict[str, dict[str, Option]] | None = None
+        # Entries registered from outside the package (a user's script): this process only.
+        self._outside: dict[str, type[T]] = {}
 
     def register(self, name: str, options: dict[str, Option] | None = None) -> Callable[[type[T]], type[T]]:
+        """Add a class under ``name``. From a module of the registry's package (the way vaekit's
+        own entries and a new file there register), or from the user's code: such an entry is a
+        choice of this process's models and estimators (the CLI, another process, sees only the
+        package's files), may not take a package entry's name, and declares no options (those
+        are fields of the saved config, read from the package's files)."""
+
         def add(cls: type[T]) -> type[T]:
-            if name in self._entries:
-                raise RuntimeError(f"{self.kind} {name!r} is registered twice")
+            own = cls.__module__ == self.package or cls.__module__.startswith(self.package + ".")
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"a {self.kind} is registered under a non-empty name, got {name!r}")
+            if name in self._entries or (not own and name in self._scan()):
+                taken = "vaekit's own" if name in self._scan() else "registered already"
+                raise ConfigError(f"{self.kind} {name!r} is {taken}; register {cls.__name__} under another name")
+            if not own and options:
+                raise ConfigError(
+                    f"{self.kind} {name!r}: options are declared only by entries in vaekit's {self.package} folder "
+                    f"(they become fields of the saved config); register {cls.__name__} without options"
+                )
             cls.name = name  # type: ignore[attr-defined]
             cls.options = dict(options or {})  # type: ignore[attr-defined]
             self._entries[name] = cls
+            if not own:
+                self._outside[name] = cls
             return cls
 
         return add
@@ -167,17 +186,19 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
-        return sorted(self._scan())
+        return sorted({*self._scan(), *self._outside})
 
     def options(self, name: str) -> dict[str, Option]:
         """The options that entry ``name`` owns, read from its source (no import)."""
         scanned = self._scan()
+        if name in self._outside:
+            return {}
         if name not in scanned:
             raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
         return scanned[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._scan()
+        return name in self._scan() or name in self._outside
 
     def _load(self) -> None:
         if self._loaded:

@@ -17,9 +17,22 @@ __all__ = ["NETS", "Net", "MLP", "Branches", "GatedLinear", "GaussianHead", "ACT
 
 
 class Net:
-    """A family of encoder and decoder networks; ``config`` is the ModelConfig."""
+    """A family of encoder and decoder networks; ``config`` is the ModelConfig.
+
+    Every network a family builds is run once on two rows of zeros as it is built, and one
+    whose output has another width than the model asks for is refused there (ConfigError
+    naming the family and the network), not left to a broadcasting error inside the loss."""
 
     name: str
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for role in _BUILDERS:
+            if role in cls.__dict__:
+                setattr(cls, role, classmethod(_checked(role, cls.__dict__[role].__func__)))
+    # Whether ``dense`` is a network of this family's own. Latents are vectors: conv's is
+    # mlp's, so ``--downward`` (p(z_l | z_{l+1}), dense only) refuses it rather than rename mlp.
+    vector_net: bool = True
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -53,3 +66,44 @@ class Net:
         """One hidden layer of this family, (..., in_dim) → (..., out_dim) features: a linear map
         and ``activation``. A branch of ``Branches`` (``join="branch"``)."""
         return nn.Sequential(nn.Linear(in_dim, out_dim), ACTIVATIONS[config.activation]())
+
+
+# builder -> (input width, output width) of the network it builds, from its arguments.
+_BUILDERS = {
+    "encoder": lambda config, out_dim: (config.input_dim, out_dim),
+    "decoder": lambda config, in_dim, widths=None: (in_dim, config.input_dim),
+    "dense": lambda config, in_dim, widths, out_dim: (in_dim, out_dim),
+    "layer": lambda config, in_dim, out_dim: (in_dim, out_dim),
+}
+
+
+def _checked(role: str, build):
+    """``build`` (a family's classmethod function), whose network is run on two rows of zeros
+    (no gradient, in eval mode: no running statistics move, no random numbers are drawn)."""
+    import functools
+
+    import torch
+
+    from ..errors import ConfigError
+
+    @functools.wraps(build)
+    def checked(cls, config, *args, **kwargs):
+        net = build(cls, config, *args, **kwargs)
+        d_in, d_out = _BUILDERS[role](config, *args, **kwargs)
+        p = next(net.parameters(), None)
+        modes = [m.training for m in net.modules()]
+        try:
+            net.eval()
+            with torch.no_grad():
+                out = net(torch.zeros(2, d_in, dtype=p.dtype if p is not None else torch.get_default_dtype()))
+        except Exception as e:
+            raise ConfigError(f"network {cls.name}'s {role} fails on rows of {d_in} numbers: {type(e).__name__}: {e}") from e
+        finally:
+            for m, mode in zip(net.modules(), modes):
+                m.training = mode
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, d_out):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(f"network {cls.name}'s {role} maps 2 rows of {d_in} numbers to {got}; the model needs (2, {d_out})")
+        return net
+
+    return checked

@@ -127,6 +127,8 @@ class ConvNet(Net):
     """Convolutions over image rows (``image_shape``): the encoder with ``channels`` and an MLP
     head of widths ``hidden``, the decoder mirrored with ``decoder_hidden``."""
 
+    vector_net = False
+
     @classmethod
     def check_config(cls, config) -> None:
         image_chw(config)
