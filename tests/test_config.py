@@ -477,3 +477,8 @@ def test_a_run_saved_with_downward_conv_loads_as_mlp():
     assert RunConfig.from_dict(d).model.downward == "mlp"
     assert canonical_model(d["model"]) == {**d["model"], "downward": "mlp"} and d["model"]["downward"] == "conv"
     assert canonical_model({**d["model"], "downward": None})["downward"] is None
+    # Conv chosen by --downward alone: its --channels acted on nothing and go back to their default.
+    flat = RunConfig(model=ModelConfig(input_dim=16, latent_dim=(3, 2), downward="mlp")).to_dict()
+    flat["model"].update(downward="conv", channels=[8])
+    assert RunConfig.from_dict(flat).model.channels == ModelConfig(input_dim=16).channels
+    assert canonical_model({**d["model"], "channels": [8]})["channels"] == [8]  # conv is the model's net: kept

@@ -417,12 +417,16 @@ def test_diagonal_normal_of_a_vanishing_variance_has_a_finite_density(dtype):
     torch.testing.assert_close(ok.log_prob(z), expected, rtol=1e-12, atol=0)
 
 
-def test_draw_takes_a_generator_for_torch_distributions_too():
+def test_draw_takes_a_generator_for_torch_distributions_too(monkeypatch):
     """A user's prior or likelihood may be any torch Distribution, whose sample() takes no
     generator: draw() seeds the global stream from the generator and restores it."""
     dist = Independent(Normal(torch.zeros(3), torch.ones(3)), 1)
     torch.manual_seed(0)
     state = torch.get_rng_state()
+    # Only the generator's own device is seeded: not every device, as torch.manual_seed would.
+    for name in ("manual_seed", "cuda.manual_seed_all", "cuda.manual_seed"):
+        owner = torch.cuda if name.startswith("cuda.") else torch
+        monkeypatch.setattr(owner, name.split(".")[-1], lambda *a: pytest.fail(f"{name} seeds other devices"))
     a = draw(dist, (4,), torch.Generator().manual_seed(7))
     b = draw(dist, (4,), torch.Generator().manual_seed(7))
     c = draw(dist, (4,), torch.Generator().manual_seed(8))

@@ -94,3 +94,24 @@ def test_a_family_whose_network_has_the_wrong_width_is_refused_when_built(role, 
     finally:
         NETS._entries.pop("wide_net", None)
         NETS._outside.pop("wide_net", None)
+
+
+@pytest.mark.parametrize("kind", ["staticmethod", "function"])
+def test_a_family_may_build_with_static_methods_or_plain_functions(kind):
+    from vaekit.nets import NETS, Net
+
+    def encoder(config, out_dim):
+        return MLP(config.input_dim, config.hidden, out_dim, config.activation)
+
+    def decoder(config, in_dim, widths=None):
+        return MLP(in_dim, config.decoder_widths, config.input_dim, config.activation)
+
+    wrap = staticmethod if kind == "staticmethod" else (lambda f: f)
+    family = type("StaticNet", (Net,), {"__module__": "user_script", "encoder": wrap(encoder), "decoder": wrap(decoder)})
+    NETS.register("static_net")(family)
+    try:
+        model = VAEModel(ModelConfig(input_dim=6, latent_dim=2, hidden=(5,), likelihood="bernoulli", net="static_net"))
+        assert model.decode(torch.zeros(2, 2)).mean.shape == (2, 6)
+    finally:
+        NETS._entries.pop("static_net", None)
+        NETS._outside.pop("static_net", None)

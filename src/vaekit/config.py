@@ -556,7 +556,14 @@ def canonical_model(model: dict[str, Any]) -> dict[str, Any]:
         from .registry import NETS
 
         if not NETS.get(downward).vector_net:
-            return {**model, "downward": "mlp"}
+            model = {**model, "downward": "mlp"}
+            net = model.get("net", "mlp")
+            if downward not in (model.get("encoder") or net, model.get("decoder") or net):
+                # The family chosen by --downward alone: its options (conv's --channels) were
+                # accepted then and act on nothing now.
+                for name, (opt, owners) in component_options("model").items():
+                    if owners == {("net", downward)} and name in model:
+                        model[name] = opt.default
     return model
 
 

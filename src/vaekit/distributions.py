@@ -33,9 +33,20 @@ def draw(dist: Distribution, sample_shape=torch.Size(), generator: torch.Generat
     if _takes_generator(type(dist)):
         return dist.sample(sample_shape, generator=generator)
     seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=generator.device))
-    devices = [generator.device] if generator.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    device = generator.device
+    if device.type == "cpu":
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return dist.sample(sample_shape)
+    # Only the generator's own device is seeded (torch.manual_seed would seed every device,
+    # beyond what fork_rng restores).
+    backend = getattr(torch, device.type)
+    index = device.index if device.index is not None else backend.current_device()
+    with torch.random.fork_rng(devices=[index], device_type=device.type):
+        if device.type == "cuda":
+            torch.cuda.default_generators[index].manual_seed(seed)
+        else:
+            backend.manual_seed(seed)
         return dist.sample(sample_shape)
 
 

@@ -29,7 +29,11 @@ class Net:
         super().__init_subclass__(**kwargs)
         for role in _BUILDERS:
             if role in cls.__dict__:
-                setattr(cls, role, classmethod(_checked(role, cls.__dict__[role].__func__)))
+                raw = cls.__dict__[role]
+                # A classmethod gets the family first; a staticmethod or a plain function does not.
+                takes_cls = isinstance(raw, classmethod)
+                build = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
+                setattr(cls, role, classmethod(_checked(role, build, takes_cls)))
     # Whether ``dense`` is a network of this family's own. Latents are vectors: conv's is
     # mlp's, so ``--downward`` (p(z_l | z_{l+1}), dense only) refuses it rather than rename mlp.
     vector_net: bool = True
@@ -77,9 +81,10 @@ _BUILDERS = {
 }
 
 
-def _checked(role: str, build):
-    """``build`` (a family's classmethod function), whose network is run on two rows of zeros
-    (no gradient, in eval mode: no running statistics move, no random numbers are drawn)."""
+def _checked(role: str, build, takes_cls: bool = True):
+    """``build`` (a family's builder: a classmethod's function if ``takes_cls``, else a static
+    one), whose network is run on two rows of zeros (no gradient, in eval mode: no running
+    statistics move, no random numbers are drawn)."""
     import functools
 
     import torch
@@ -88,7 +93,7 @@ def _checked(role: str, build):
 
     @functools.wraps(build)
     def checked(cls, config, *args, **kwargs):
-        net = build(cls, config, *args, **kwargs)
+        net = build(cls, config, *args, **kwargs) if takes_cls else build(config, *args, **kwargs)
         d_in, d_out = _BUILDERS[role](config, *args, **kwargs)
         p = next(net.parameters(), None)
         modes = [m.training for m in net.modules()]
