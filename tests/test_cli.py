@@ -2288,3 +2288,21 @@ def test_a_closed_stderr_loses_the_log_not_the_run(tmp_path):
         proc = subprocess.run(["bash", "-c", cmd], timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
         assert proc.returncode == 0, name
         assert {"config.json", "model.safetensors", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
+
+
+def test_main_restores_the_callers_warning_format(monkeypatch, capsys):
+    """main() writes vaekit's warnings as one line while it runs, and gives back the format the
+    caller had set (not Python's default) when it returns, whatever it returns."""
+    import warnings
+
+    from vaekit.cli import main as cli_main
+
+    def mine(message, category, filename, lineno, line=None):
+        return f"mine: {message}\n"
+
+    monkeypatch.setattr(warnings, "formatwarning", mine)
+    with pytest.raises(SystemExit):
+        cli_main(["--no-such-flag"])
+    assert warnings.formatwarning is mine
+    assert cli_main(["sample", "no-such-run", "--out", "x.npy"]) != 0
+    assert warnings.formatwarning is mine

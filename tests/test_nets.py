@@ -115,3 +115,11 @@ def test_a_family_may_build_with_static_methods_or_plain_functions(kind):
     finally:
         NETS._entries.pop("static_net", None)
         NETS._outside.pop("static_net", None)
+
+
+def test_the_configs_activation_names_are_the_networks():
+    """config.ACTIVATIONS (read without torch, for --help) names exactly the modules the nets build."""
+    from vaekit.config import ACTIVATIONS as NAMES
+    from vaekit.nets import ACTIVATIONS as MODULES
+
+    assert set(NAMES) == set(MODULES)

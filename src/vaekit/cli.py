@@ -25,8 +25,7 @@ from .errors import ConfigError, DataError, VaekitError, VaekitWarning, count, o
 from .logs import emit
 from .files import json_loads
 from .outputs import check_out, check_room, write_array, write_blocks
-
-SPLITS = ("train", "valid", "test", "all")
+from .data.containers import SPLITS
 
 
 _NEGATIVE_NUMBER = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?$|^-inf(?:inity)?$", re.IGNORECASE)
@@ -893,14 +892,16 @@ def write_options_reference(path: str | Path = "docs/reference.md") -> None:
     Path(path).write_text(f"{head}{start}\n{options_reference()}\n{end}{tail}")
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    """vaekit's own warnings as one stderr line, like its errors; others as Python writes them."""
-    if issubclass(category, VaekitWarning):
-        return f"vaekit: warning: {message}\n"
-    return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
+def _one_line_warnings(previous):
+    """A ``warnings.formatwarning`` that writes vaekit's own warnings as one stderr line, like
+    its errors, and leaves the others to ``previous`` (the caller's, restored when main ends)."""
 
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if issubclass(category, VaekitWarning):
+            return f"vaekit: warning: {message}\n"
+        return previous(message, category, filename, lineno, line)
 
-_PYTHON_FORMAT_WARNING = warnings.formatwarning
+    return format_warning
 
 
 class Terminated(BaseException):
@@ -1009,6 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     if sys.stderr is None:  # started with stderr closed: the diagnostics are lost, not the work
         sys.stderr = open(os.devnull, "w")
+    caller_format = warnings.formatwarning
     try:
         try:
             os.getcwd()
@@ -1017,7 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if sys.stdout is None:  # started with stdout closed: every verb's result would be lost
             raise ConfigError("standard output is closed; vaekit prints its results there (redirect it to a file or /dev/null)")
-        warnings.formatwarning = _format_warning
+        warnings.formatwarning = _one_line_warnings(caller_format)
         _check_paths(args)
         return args.func(args)
     except VaekitError as e:
@@ -1062,7 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
         emit(f"vaekit: error: {why}; {advice}")
         return 1
     finally:
-        warnings.formatwarning = _PYTHON_FORMAT_WARNING
+        warnings.formatwarning = caller_format
         if handle:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

@@ -163,8 +163,8 @@ DATA_OPTIONS: dict[str, Option] = {
 # At most this many Adam steps for the optimal per-point q* of the gap split (it stops earlier
 # when its ELBO stops improving: vaekit.evaluate).
 GAP_STEPS = 2000
-# What a user gets by default where the config's default is resolved from the data or the
-# model: the likelihood from every row the run reads, the objective from the inference method.
+# What a user gets by default where the config's default is resolved from the data: the
+# likelihood from every row the run reads, and standardize from that likelihood.
 AUTO = {"likelihood": "auto", "standardize": "auto"}
 # Inference methods whose q(z|x) comes from a network's (μ, log σ²) head.
 HEADED_INFERENCE = ("amortized", "topdown", "ladder")

@@ -304,7 +304,8 @@ class MixtureOfDiagonalNormals(Distribution):
 
     Parameters ``logits`` (..., C), ``mu`` and ``logvar`` (..., C, d); batch shape ``...``,
     event shape (d,). ``log_prob`` is exact: log Σ_c exp(log π_c + log N(z; μ_c, σ_c²)) by
-    logsumexp, each component's density that of ``DiagonalNormal``. No reparameterized sample
+    logsumexp, each component's density the diagonal Gaussian of ``DiagonalNormal`` (written
+    out as matrix products over the components, see ``log_prob``). No reparameterized sample
     (the component index is discrete) and no closed-form KL against a Gaussian q: the ELBO
     falls back to the Monte Carlo KL of ``vaekit.objectives.kl``.
     """
@@ -325,11 +326,6 @@ class MixtureOfDiagonalNormals(Distribution):
     @property
     def components(self) -> int:
         return self.logits.shape[-1]
-
-    @property
-    def log_weights(self) -> torch.Tensor:
-        """log π_c, (..., C)."""
-        return torch.log_softmax(self.logits, -1)
 
     @property
     def mean(self) -> torch.Tensor:

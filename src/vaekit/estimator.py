@@ -35,8 +35,9 @@ BATCH_ROWS = 4096
 SAMPLE_SOURCES = ("prior", "aggregate", "gmm")
 
 
-# Estimator parameters beyond the model's and training's options: the validation share of X,
-# the progress bar and the epoch lines (``verbose``). Options of a run directory have no
+# Estimator parameters beyond the model's and training's options: the validation share of X
+# and the image shape of its rows (``progress``, ``verbose`` and ``scaling`` are the
+# estimator's own, added by ``estimator_params``). Options of a run directory have no
 # meaning here: eval_k (the CLI's final evaluation), quiet and tensorboard (its logs).
 _EXTRA = {"valid_fraction": "data", "image_shape": "model"}
 RUN_ONLY = {"eval_k", "quiet", "tensorboard"}

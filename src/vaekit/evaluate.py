@@ -351,13 +351,19 @@ def log_px_per_point(
     return out.result()["log_px"]
 
 
+def latent_usage(model, seed: int) -> LatentUsage:
+    """The accumulator of a pass's active units and per-dimension KL, its draws (for a
+    Monte Carlo KL) from a stream of its own, seed + 2, apart from the ELBO's and log p(x)'s."""
+    return LatentUsage(model, _generator(model, seed + 2))
+
+
 def elbo_stage(model, x, seed: int = 0, idx=None) -> tuple[dict[str, np.ndarray], LatentUsage]:
     """``evaluate``'s first, short pass: the per-row ELBO terms and the latent units' use, with
     rows that overflow the model's arithmetic refused (``refuse_elbo_overflow``) before the long
     log p(x) pass. ``train`` runs it before drawing its pictures, whose KL panel such a row
     would turn to NaN, and hands it to ``evaluate`` as ``first``. ``x`` as ``model_rows`` gives
     it (checked once, by the caller)."""
-    usage = LatentUsage(model, _generator(model, seed + 2))
+    usage = latent_usage(model, seed)
     terms = elbo_per_point(model, x, seed=seed, usage=usage, idx=idx)
     refuse_elbo_overflow(terms, x)
     return terms, usage

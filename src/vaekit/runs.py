@@ -270,7 +270,7 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
     [0, 1]); ``x_test``, ``x_valid``: the test and validation rows so mapped (default
     ``data.split(...)``)."""
     from . import plots
-    from .evaluate import ACTIVE_UNIT_THRESHOLD, LatentUsage, batches
+    from .evaluate import ACTIVE_UNIT_THRESHOLD, batches, latent_usage
 
     run_dir = Path(run_dir)
     written = []
@@ -299,7 +299,7 @@ def write_pictures(model, data, history: list[dict[str, Any]], run_dir: Path, se
         shown = np.asarray(x_test[rows["latent"]])
         # The q's of evaluation give the latent units' activity and KL (kl_per_dim.png); the
         # scatter shows the codes (a point estimate's ẑ, not its proposal's mean).
-        usage = LatentUsage(model, torch.Generator(device=p.device).manual_seed(seed + 2))
+        usage = latent_usage(model, seed)
         means = []
         for xb in batches(model, shown, 1024):
             q = model.evaluation_posterior(xb)

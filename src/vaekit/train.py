@@ -28,7 +28,7 @@ from . import bubbles
 from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
-from .evaluate import LatentUsage, elbo_per_point, log_px_per_point, read_only_tensor, refuse_elbo_overflow
+from .evaluate import LatentUsage, elbo_per_point, latent_usage, log_px_per_point, read_only_tensor, refuse_elbo_overflow
 from .launch import rank_world
 from .optim import Adam, NormalizedAdam, SparseAdam
 from .registry import OBJECTIVES
@@ -143,7 +143,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
             raise TrainingError(f"{e}; {_likely_cause(model, x_train, config)}") from None
         train_seconds = time.perf_counter() - t0
         # The latent units' use from the same validation pass (no second encoder pass).
-        usage = LatentUsage(model, torch.Generator(device=device).manual_seed(config.seed + 2))
+        usage = latent_usage(model, config.seed)
         # One noise stream for the pass: means over fixed rows need no per-row streams, whose
         # seeding costs tens of microseconds a row.
         valid = elbo_per_point(model, valid_rows, seed=config.seed + 1, usage=usage, per_row=False)

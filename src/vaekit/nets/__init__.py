@@ -96,6 +96,10 @@ def _checked(role: str, build, takes_cls: bool = True):
         net = build(cls, config, *args, **kwargs) if takes_cls else build(config, *args, **kwargs)
         d_in, d_out = _BUILDERS[role](config, *args, **kwargs)
         p = next(net.parameters(), None)
+        if p is not None and p.is_meta:
+            # Built to be measured (hardware.check_model_fits), not run: the model built for use
+            # is checked. (On meta tensors a product would import torch._dynamo, ~1 s.)
+            return net
         modes = [m.training for m in net.modules()]
         try:
             net.eval()

@@ -9,10 +9,15 @@ from torch.distributions import Distribution, kl_divergence, register_kl
 from ..distributions import DiagonalNormal, PointMass, StandardNormal
 
 
+def _twice_variance_term(logvar: torch.Tensor) -> torch.Tensor:
+    """σ_i² − log σ_i² − 1, twice each dimension's share of the KL's variance term."""
+    return torch.exp(logvar) - logvar - 1.0
+
+
 def _twice_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """σ_i² − log σ_i² − 1 + μ_i², twice each dimension's KL(N(μ_i, σ_i²) || N(0, 1)); the
     ½ is applied after the sum in the total, as it always was (the training step's bits)."""
-    return torch.exp(logvar) - logvar - 1.0 + mu**2
+    return _twice_variance_term(logvar) + mu**2
 
 
 @register_kl(DiagonalNormal, StandardNormal)
@@ -45,7 +50,7 @@ def bubble_forces(q: Distribution, p: Distribution) -> tuple[torch.Tensor, torch
     if not (isinstance(q, DiagonalNormal) and isinstance(p, StandardNormal)):
         return None
     mean = 0.5 * (q.mu**2).sum(-1)
-    variance = 0.5 * (torch.exp(q.logvar) - q.logvar - 1.0).sum(-1)
+    variance = 0.5 * _twice_variance_term(q.logvar).sum(-1)
     return mean, variance
 
 

@@ -6,12 +6,13 @@ import torch
 
 from ..registry import OBJECTIVES
 from .base import Objective
+from .elbo import _recon
 
 
-def reconstruction(model, x: torch.Tensor, q, eps: torch.Tensor | None = None) -> torch.Tensor:
-    """E_q[log p(x|z)] per point (n,); for a point mass, log p(x|ẑ)."""
-    z = q.reparameterize(eps) if eps is not None else q.rsample((1,))
-    return model.log_px_given_z(z, x).mean(0)
+def reconstruction(model, x: torch.Tensor, q, eps: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+    """E_q[log p(x|z)] per point (n,), one draw of z (the ELBO's first term); for a point mass,
+    log p(x|ẑ)."""
+    return _recon(model, x, q, 1, generator, eps)[1]
 
 
 @OBJECTIVES.register("reconstruction")
@@ -31,8 +32,11 @@ class Reconstruction(Objective):
 
     @torch.no_grad()
     def validate(self, model, x, terms, seed):
-        from ..evaluate import batches, eval_mode
+        from ..evaluate import batches, eval_mode, noise
 
+        # Its own seeded stream, as the other objectives' validation: repeatable, and the
+        # training loop's noise is left where it was.
+        source = noise(model, seed, per_row=False)
         with eval_mode(model):
-            parts = [reconstruction(model, xb, model.posterior(xb)) for xb in batches(model, x, 1024)]
+            parts = [reconstruction(model, xb, model.posterior(xb), generator=source(xb)) for xb in batches(model, x, 1024)]
         return float(torch.cat(parts).double().mean())
