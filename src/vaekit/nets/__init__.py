@@ -8,8 +8,12 @@ this folder that registers itself with ``@NETS.register``.
 
 from __future__ import annotations
 
+import functools
+
+import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..registry import NETS
 from .layers import ACTIVATIONS, MLP, Branches, GatedLinear, GaussianHead, he_init
 
@@ -24,6 +28,9 @@ class Net:
     naming the family and the network), not left to a broadcasting error inside the loss."""
 
     name: str
+    # Whether ``dense`` is a network of this family's own. Latents are vectors: conv's is
+    # mlp's, so ``--downward`` (p(z_l | z_{l+1}), dense only) refuses it rather than rename mlp.
+    vector_net: bool = True
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -34,9 +41,6 @@ class Net:
                 takes_cls = isinstance(raw, classmethod)
                 build = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
                 setattr(cls, role, classmethod(_checked(role, build, takes_cls)))
-    # Whether ``dense`` is a network of this family's own. Latents are vectors: conv's is
-    # mlp's, so ``--downward`` (p(z_l | z_{l+1}), dense only) refuses it rather than rename mlp.
-    vector_net: bool = True
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -85,11 +89,6 @@ def _checked(role: str, build, takes_cls: bool = True):
     """``build`` (a family's builder: a classmethod's function if ``takes_cls``, else a static
     one), whose network is run on two rows of zeros (no gradient, in eval mode: no running
     statistics move, no random numbers are drawn)."""
-    import functools
-
-    import torch
-
-    from ..errors import ConfigError
 
     @functools.wraps(build)
     def checked(cls, config, *args, **kwargs):
