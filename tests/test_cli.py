@@ -1906,6 +1906,30 @@ def test_a_signal_while_the_command_imports_is_one_line(run_copy, name, status, 
     assert proc.stderr == f"vaekit: {word} before it started; nothing was written\n"
 
 
+WITHOUT_MODULE = """
+import sys
+sys.modules[sys.argv[1]] = None  # import fails as for a package that is not installed
+sys.argv = ["vaekit", *sys.argv[2:]]
+from vaekit.entry import run
+run()
+"""
+
+
+@pytest.mark.parametrize("module, dist", [("numpy", "numpy"), ("safetensors", "safetensors"), ("PIL", "pillow"), ("sklearn", "scikit-learn")])
+def test_a_missing_dependency_is_named_before_anything_is_written(tmp_path, module, dist):
+    """An install without its dependencies (pip install --no-deps): the command names the
+    package and how to install it in one line, exit 1, before it reads or writes anything; a
+    run is not trained only to stop at its pictures."""
+    run = tmp_path / "r"
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_MODULE, module, "train", "--data", "digits", "--epochs", "1", "--out", str(run)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == f"vaekit: error: the package {dist} (module {module}) is not installed; vaekit needs it: pip install {dist}\n"
+    assert not run.exists()
+
+
 def test_a_verb_does_not_write_over_the_runs_own_files(run_copy, capsys):
     """bubbles.npz (and the checkpoints) are the run's; sample and reconstruct may redraw their
     own pictures of it."""

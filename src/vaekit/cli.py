@@ -23,6 +23,7 @@ from .config import AUTO, GAP_STEPS, K_MAX, check_positive_int
 from .registry import STEPS_MAX
 from .errors import ConfigError, DataError, VaekitError, VaekitWarning, count, out_of_memory
 from .logs import emit
+from .entry import missing_requirement
 from .files import json_loads
 from .outputs import check_out, check_room, write_array, write_blocks
 from .data.containers import SPLITS
@@ -1020,6 +1021,10 @@ def main(argv: list[str] | None = None) -> int:
         if sys.stdout is None:  # started with stdout closed: every verb's result would be lost
             raise ConfigError("standard output is closed; vaekit prints its results there (redirect it to a file or /dev/null)")
         warnings.formatwarning = _one_line_warnings(caller_format)
+        # Before anything is read or written: a run must not stop at its pictures for want of Pillow.
+        missing = missing_requirement()
+        if missing:
+            raise VaekitError(missing)
         _check_paths(args)
         return args.func(args)
     except VaekitError as e:
@@ -1040,8 +1045,9 @@ def main(argv: list[str] | None = None) -> int:
         emit(f"vaekit: error: {where}{e.strerror or e} (what was written before is intact)")
         return 1
     except ImportError as e:  # a library that cannot be mapped (ulimit -v), or a broken install
+        missing = isinstance(e, ModuleNotFoundError) and missing_requirement(e.name)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        emit(f"vaekit: error: cannot load a library ({first}); under a memory limit (ulimit -v) raise it")
+        emit(f"vaekit: error: {missing or f'cannot load a library ({first}); under a memory limit (ulimit -v) raise it'}")
         return 1
     except KeyboardInterrupt:
         if _launched_rank() == 0:  # every process of a torchrun group gets the signal; one says so
