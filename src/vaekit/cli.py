@@ -705,7 +705,7 @@ def cmd_sample(args) -> int:
         need = "as many rows" if components >= 2 else "2 rows"
         raise DataError(f"--components {components}: a mixture needs at least {need}, and {rows} has {len(x)}")
     options = dict(seed=args.seed, mean=not args.draw, source=args.source, X=x, components=args.components)
-    if out.suffix == ".png":
+    if out.suffix.lower() == ".png":
         from .plots import image_grid
 
         where = {"prior": "z ~ p(z)", "aggregate": "z ~ q(z|x), x from the training rows", "gmm": f"z ~ a {components}-component mixture fitted to q"}
@@ -725,9 +725,9 @@ def _picture_shape(est, out: Path):
     from .plots import picturable
 
     shape = est.model_.config.image_shape
-    if out.suffix == ".png" and shape is None:
+    if out.suffix.lower() == ".png" and shape is None:
         raise ConfigError(f"--out {out}: this model's data are not images; write .npy, .npz or .csv")
-    if out.suffix == ".png" and not picturable(shape):
+    if out.suffix.lower() == ".png" and not picturable(shape):
         raise ConfigError(
             f"--out {out}: this model's images have shape {tuple(shape)}, and a picture needs 1 or 3 channels; write .npy, .npz or .csv"
         )
@@ -757,10 +757,10 @@ def cmd_reconstruct(args) -> int:
     check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args), redraws="reconstructions.png")
     est = _load(args)
     shape = _picture_shape(est, out)
-    if args.seed is not None and out.suffix != ".png":
+    if args.seed is not None and out.suffix.lower() != ".png":
         raise ConfigError(f"--seed picks the rows a .png shows; --out {out} holds every row, reconstructed without noise")
     x, _, labels = _rows(est, args, args.split)
-    if out.suffix == ".png":
+    if out.suffix.lower() == ".png":
         import numpy as np
 
         from .data.stratify import stratified_rows
@@ -778,7 +778,7 @@ def cmd_reconstruct(args) -> int:
     else:
         # Block by block into the file: under --mmap the n × D output need not fit in memory.
         write_blocks(out, est.reconstruct_blocks(x), (x.shape[0], est.n_features_in_), header=_columns(est))
-    n = len(rows) if out.suffix == ".png" else int(x.shape[0])  # a picture shows a sample of the rows
+    n = len(rows) if out.suffix.lower() == ".png" else int(x.shape[0])  # a picture shows a sample of the rows
     _report(args, {"out": str(out), "n": n}, f"wrote reconstructions of {count(n, 'row')} to {out}")
     return 0
 
