@@ -254,13 +254,15 @@ def test_sample_npy(run, tmp_path, capsys):
     assert np.isfinite(x).all() and x.min() >= 0 and x.max() <= 16  # digits' raw pixel range
 
 
-def test_sample_png(run, tmp_path, capsys):
+@pytest.mark.parametrize("name", ["s.png", "s.PNG"])
+def test_sample_png(run, tmp_path, capsys, name):
+    """A picture whatever the suffix's case (as .NPY is an array), never text under its name."""
     from PIL import Image
 
-    code, _, _ = cli(capsys, "sample", run, "-n", "7", "--out", tmp_path / "s.png")
+    code, _, _ = cli(capsys, "sample", run, "-n", "7", "--out", tmp_path / name)
     assert code == 0
-    assert (tmp_path / "s.png").read_bytes()[:8] == PNG_MAGIC
-    with Image.open(tmp_path / "s.png") as im:
+    assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+    with Image.open(tmp_path / name) as im:
         assert im.size[0] > 8 and im.size[1] >= 8
 
 
@@ -451,6 +453,8 @@ def test_reconstruct_npy_and_png(run, files, digits_rows, tmp_path, capsys):
     for seed, name in ((0, "r0.png"), (5, "r5.png")):
         assert cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", "--seed", seed, "--out", tmp_path / name)[0] == 0
     assert (tmp_path / "r0.png").read_bytes() == (tmp_path / "r.png").read_bytes() != (tmp_path / "r5.png").read_bytes()
+    assert cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", "--out", tmp_path / "r.PNG")[0] == 0
+    assert (tmp_path / "r.PNG").read_bytes() == (tmp_path / "r.png").read_bytes()
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".csv"])
@@ -754,7 +758,8 @@ BAD_INPUT = {
     "epochs-not-int": (["train", "--out", "{tmp}/r", "--epochs", "1.5"], 2, ["--epochs", "1.5"]),
     "lr-0": (["train", "--out", "{tmp}/r", "--lr", "0"], 2, ["--lr", "0"]),
     "hidden-not-ints": (["train", "--out", "{tmp}/r", "--hidden", "a,b"], 2, ["--hidden", "a,b"]),
-    "likelihood-unknown": (["train", "--out", "{tmp}/r", "--likelihood", "nope"], 2, ["likelihood", "'nope'", "gaussian"]),
+    "standardize-unknown": (["train", "--out", "{tmp}/r", "--standardize", "nope"], 2, ["--standardize must be one of auto, on, off, got 'nope'"]),
+    "likelihood-unknown": (["train", "--out", "{tmp}/r", "--likelihood", "nope"], 2, ["--likelihood must be one of auto, bernoulli,", "'nope'", "gaussian"]),
     "activation-unknown": (["train", "--out", "{tmp}/r", "--activation", "nope"], 2, ["--activation", "'nope'", "relu"]),
     "latent-dim-0": (["train", "--out", "{tmp}/r", "--latent-dim", "0"], 2, ["--latent-dim", "0"]),
     "dtype-unknown": (["train", "--out", "{tmp}/r", "--dtype", "float16"], 2, ["--dtype", "float16"]),
@@ -813,11 +818,12 @@ def test_device_cuda_without_cuda(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("verb_args", [["sample"], ["reconstruct", "--data", "{files}/twod.csv"]], ids=["sample", "reconstruct"])
-def test_png_out_for_non_image_model(verb_args, run2d, files, tmp_path, capsys):
-    argv = [verb_args[0], run2d, *_fill(verb_args[1:], files=files), "--out", tmp_path / "samples.png"]
+@pytest.mark.parametrize("name", ["samples.png", "samples.PNG"])
+def test_png_out_for_non_image_model(verb_args, run2d, files, tmp_path, capsys, name):
+    argv = [verb_args[0], run2d, *_fill(verb_args[1:], files=files), "--out", tmp_path / name]
     code, out, err = cli(capsys, *argv)
-    assert_error(code, out, err, 2, "samples.png", "not images")
-    assert not (tmp_path / "samples.png").exists()
+    assert_error(code, out, err, 2, name, "not images")
+    assert not (tmp_path / name).exists()
 
 
 @pytest.mark.parametrize("verb", ["sample", "reconstruct", "encode"])

@@ -482,3 +482,16 @@ def test_a_run_saved_with_downward_conv_loads_as_mlp():
     flat["model"].update(downward="conv", channels=[8])
     assert RunConfig.from_dict(flat).model.channels == ModelConfig(input_dim=16).channels
     assert canonical_model({**d["model"], "channels": [8]})["channels"] == [8]  # conv is the model's net: kept
+
+
+def test_feature_names_must_name_every_input_column():
+    """A config.json edited (or built) with column names that do not match the model's width
+    would write CSV headers that do not fit the rows: refused, in the API and on load."""
+    model = ModelConfig(input_dim=3, latent_dim=2, hidden=(4,))
+    assert RunConfig(model=model, data=DataConfig(feature_names=("a", "b", "c"))).data.feature_names == ("a", "b", "c")
+    with pytest.raises(ConfigError, match=r"^data.feature_names names 2 columns, but model.input_dim is 3$"):
+        RunConfig(model=model, data=DataConfig(feature_names=("a", "b")))
+    d = RunConfig(model=model).to_dict()
+    d["data"]["feature_names"] = ["a", "b", "c", "d"]
+    with pytest.raises(ConfigError, match="names 4 columns, but model.input_dim is 3"):
+        RunConfig.from_dict(json.loads(json.dumps(d)))

@@ -389,6 +389,12 @@ def test_save_never_touches_a_directory_of_other_files(overwrite, fitted, tmp_pa
     assert _names(fitted.save(empty, overwrite=overwrite)) == ["config.json", "metrics.jsonl", "model.safetensors"]
 
 
+@pytest.mark.parametrize("run_dir", [None, 3, b"run", ["run"]])
+def test_load_of_something_that_is_no_path_is_a_config_error(run_dir):
+    with pytest.raises(ConfigError, match=rf"^a run directory is a path \(str or os.PathLike\), got {type(run_dir).__name__}$"):
+        vaekit.load(run_dir)
+
+
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_save_onto_a_file_is_refused_and_leaves_it(overwrite, fitted, tmp_path):
     from vaekit.errors import VaekitError
@@ -787,6 +793,25 @@ def test_sample_out_of_memory_is_a_memory_error(monkeypatch):
     monkeypatch.setattr(est.model_, "sample", fail("something else"))
     with pytest.raises(RuntimeError, match="^something else$"):
         est.sample(7)
+
+
+def test_sample_more_rows_than_memory_holds_is_refused_before_drawing(monkeypatch):
+    """n rows of D float32 values beyond the free memory: a ConfigError naming both sizes before
+    any row is drawn (the process would otherwise grow until the kernel kills it); as many rows
+    as fit are drawn, and sample_blocks, which streams, is not limited."""
+    from vaekit import hardware
+
+    est = vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit(np.random.default_rng(0).random((40, 5)))
+    monkeypatch.setattr(hardware, "available_memory", lambda device="cpu": 7 * 5 * 4)
+    monkeypatch.setattr(est.model_, "sample", lambda *a, **k: pytest.fail("drew rows"))
+    with pytest.raises(ConfigError, match=r"^sample\(n=8\) needs at least 1.49e-07 GiB for its rows and the machine has 1.3e-07 GiB free: .*sample_blocks$"):
+        est.sample(8)
+    monkeypatch.undo()
+    monkeypatch.setattr(hardware, "available_memory", lambda device="cpu": 7 * 5 * 4)
+    assert est.sample(7, seed=0).shape == (7, 5)
+    assert sum(len(b) for b in est.sample_blocks(8, seed=0)) == 8
+    with pytest.raises(ConfigError, match="n must be"):
+        est.sample(-1)
 
 
 def test_tensors_of_images_meta_tensors_and_mixed_column_names():

@@ -223,6 +223,36 @@ def test_a_model_too_large_for_the_machine_is_one_line_and_writes_nothing(tmp_pa
     hardware.check_model_fits(config)  # unknown memory: no refusal (and nothing built)
 
 
+@pytest.mark.parametrize("field", ["hidden", "latent_dim"])
+@pytest.mark.parametrize("size", [2**60, 2**63, 10**30])
+def test_sizes_past_what_a_tensor_can_describe_are_refused(tmp_path, capsys, field, size):
+    """Widths whose byte counts overflow 64 bits (2^60) or that do not fit a C long (2^63):
+    torch fails to describe the tensors even on the meta device; refused as too large, in one
+    line, before anything is written, and from a config.json edited to them."""
+    import json
+
+    import vaekit
+    from cli_helpers import cli
+    from vaekit.errors import CheckpointError
+
+    flag = "--" + field.replace("_", "-")
+    out = tmp_path / "new"
+    code, stdout, err = cli(capsys, "train", "--data", "digits", flag, size, "--epochs", "1", "--out", out)
+    assert code == 2 and stdout == "" and err == (
+        "vaekit: error: the model's sizes are too large for any tensor to hold: ask for smaller hidden widths or latent sizes\n"
+    )
+    assert not out.exists()
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "--data", "digits", "--hidden", "8", "--latent-dim", "2", "--epochs", "1", "--eval-k", "2", "--out", run)[0] == 0
+    config = json.loads((run / "config.json").read_text())
+    config["model"][field] = [size]
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config\.json: the model's sizes are too large"):
+        vaekit.load(run)
+    code, stdout, err = cli(capsys, "evaluate", run, "--k", "2")
+    assert code == 1 and stdout == "" and len(err.splitlines()) == 1 and "too large for any tensor" in err
+
+
 def test_a_config_edited_to_a_model_no_machine_holds_is_refused_on_load(tmp_path, monkeypatch, capsys):
     """config.json edited to 10⁹ hidden units: loading would allocate the weights (one copy)
     before finding that the file's tensors disagree; refused first, naming config.json, in

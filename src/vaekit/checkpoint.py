@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import warnings
@@ -394,6 +395,8 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
     from .hardware import check_model_fits
     from .model import build_model
 
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise ConfigError(f"a run directory is a path (str or os.PathLike), got {type(run_dir).__name__}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         why = "a file, not a directory" if run_dir.exists() else "no such directory"

@@ -8,6 +8,7 @@ so ``vaekit --help`` does not load torch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -150,6 +151,8 @@ def _checked_options(args) -> dict[str, Any]:
         # The model's options one by one (their values; how they combine needs the data's shape).
         for dest, (section, name, opt) in train_options().items():
             if section == "model" and name in given["model"]:
+                if name in AUTO:  # a choice made from the data later; the message lists it too
+                    opt = dataclasses.replace(opt, also=(AUTO[name], *opt.also))
                 opt.check(name, given["model"][name])
     return given
 

@@ -608,6 +608,10 @@ class RunConfig:
 
             self.train = dataclasses.replace(self.train, threads=torch.get_num_threads())
         OBJECTIVES.get(self.train.objective).check_inference(method)
+        names, width = self.data.feature_names, self.model.input_dim
+        # Both come from the same rows; a disagreement would write CSV headers that do not fit.
+        if names is not None and isinstance(width, int) and len(names) != width:
+            raise ConfigError(f"data.feature_names names {len(names)} columns, but model.input_dim is {width}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -420,8 +420,19 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         estimation, Ghosh et al. 2020), which follows the latents the decoder was trained on
         where the prior and the aggregate posterior disagree (default 10 components). ``X`` with
         ``source="prior"``, or ``components`` with another source than ``"gmm"``, would be
-        ignored, so they are refused.
+        ignored, so they are refused. Rows that could not fit in the free memory (at 4 bytes a
+        value) are refused before any is drawn: ``sample_blocks`` streams them.
         """
+        from .hardware import available_memory
+
+        self._check_fitted()
+        n = check_positive_int("n", n)
+        need, free = n * self.model_.config.input_dim * 4, available_memory("cpu")
+        if free is not None and need > free:
+            raise ConfigError(
+                f"sample(n={n}) needs at least {need / 2**30:.3g} GiB for its rows and the machine has "
+                f"{free / 2**30:.3g} GiB free: draw fewer rows, or stream them with sample_blocks"
+            )
         blocks = self.sample_blocks(n, seed, mean, source, X, components)
         try:
             return np.concatenate(list(blocks))

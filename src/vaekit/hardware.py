@@ -173,13 +173,22 @@ def available_memory(device: str = "cpu", meminfo: str | None = None) -> int | N
 
 def parameter_count(config) -> int:
     """The number of parameters of ``VAEModel(config)``, counted on the meta device: nothing is
-    allocated and no random number drawn (every registered model builds there; tested)."""
+    allocated and no random number drawn (every registered model builds there; tested). Sizes
+    whose tensors torch cannot even describe (a width of 2^60, 2^63) are refused with ConfigError."""
     import torch
 
+    from .errors import ConfigError
     from .model import VAEModel
 
-    with torch.device("meta"):
-        model = VAEModel(config)
+    try:
+        with torch.device("meta"):
+            model = VAEModel(config)
+    except (RuntimeError, TypeError, OverflowError) as e:
+        # torch's words for a size past 64-bit byte counts ("Storage size calculation
+        # overflowed") or past a C long ("Overflow when unpacking long long").
+        if "overflow" not in str(e).lower():
+            raise
+        raise ConfigError("the model's sizes are too large for any tensor to hold: ask for smaller hidden widths or latent sizes") from None
     return sum(p.numel() for p in model.parameters())
 
 

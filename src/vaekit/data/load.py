@@ -76,6 +76,8 @@ def resolve_path(source: str, data_dir: str | None) -> Path:
         if candidate.exists():
             return candidate
     # Something that looks like a path is a missing file; a bare word is a misspelt name.
+    if path.is_symlink():
+        raise DataError(f"{source}: a symbolic link to nothing (its target is missing, or it loops)")
     if path.suffix or "/" in source or os.sep in source:
         raise DataError(f"{source}: no such file")
     from .named import listed
