@@ -390,9 +390,12 @@ def test_save_never_touches_a_directory_of_other_files(overwrite, fitted, tmp_pa
 
 
 @pytest.mark.parametrize("run_dir", [None, 3, b"run", ["run"]])
-def test_load_of_something_that_is_no_path_is_a_config_error(run_dir):
-    with pytest.raises(ConfigError, match=rf"^a run directory is a path \(str or os.PathLike\), got {type(run_dir).__name__}$"):
+def test_load_or_save_of_something_that_is_no_path_is_a_config_error(run_dir, fitted):
+    message = rf"^a run directory is a path \(str or os.PathLike\), got {type(run_dir).__name__}$"
+    with pytest.raises(ConfigError, match=message):
         vaekit.load(run_dir)
+    with pytest.raises(ConfigError, match=message):
+        fitted.save(run_dir)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])

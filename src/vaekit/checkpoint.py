@@ -390,14 +390,19 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], wher
     model.load_state_dict(state)
 
 
+def run_path(run_dir: str | Path) -> Path:
+    """RUN_DIR as a Path; ConfigError for what is no path (None, bytes, a number)."""
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise ConfigError(f"a run directory is a path (str or os.PathLike), got {type(run_dir).__name__}")
+    return Path(run_dir)
+
+
 def load_run(run_dir: str | Path, which: str = MODEL_FILE):
     """(RunConfig, VAEModel) rebuilt from RUN_DIR's config.json and weights, on the CPU."""
     from .hardware import check_model_fits
     from .model import build_model
 
-    if not isinstance(run_dir, (str, os.PathLike)):
-        raise ConfigError(f"a run directory is a path (str or os.PathLike), got {type(run_dir).__name__}")
-    run_dir = Path(run_dir)
+    run_dir = run_path(run_dir)
     if not run_dir.is_dir():
         why = "a file, not a directory" if run_dir.exists() else "no such directory"
         raise CheckpointError(f"{run_dir}: not a run directory ({why})")

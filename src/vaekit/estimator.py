@@ -575,14 +575,14 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         that nothing of the old run stays beside the new model. A directory with files but no
         run is refused whatever ``overwrite`` says: they are not vaekit's to delete, and a
         model saved among them would make them part of a run a later overwrite empties."""
-        from .checkpoint import CONFIG_FILE, METRICS_FILE, MODEL_FILE, check_not_foreign, clear_run, run_entries, save_model, shown
+        from .checkpoint import CONFIG_FILE, METRICS_FILE, MODEL_FILE, check_not_foreign, clear_run, run_entries, run_path, save_model, shown
         from .errors import CheckpointError
         from .lock import RunLock
 
         self._check_fitted()
         overwrite = check_bool("overwrite", overwrite)
         config = _as_held(self.config_, self.model_)  # refused before anything is touched
-        run_dir = Path(run_dir)
+        run_dir = run_path(run_dir)
         with RunLock(run_dir):
             from .runs import recover_replaced
 
