@@ -1936,6 +1936,21 @@ def test_a_missing_dependency_is_named_before_anything_is_written(tmp_path, modu
     assert not run.exists()
 
 
+def test_a_stub_module_without_a_spec_counts_as_installed(monkeypatch):
+    """find_spec raises ValueError for a module imported already with no __spec__ (a stub a
+    notebook or a test harness put there): that module is present, not missing."""
+    import types
+
+    from vaekit.entry import missing_requirement
+
+    stub = types.ModuleType("tqdm")
+    stub.__spec__ = None
+    monkeypatch.setitem(sys.modules, "tqdm", stub)
+    assert missing_requirement() is None and missing_requirement("tqdm") is None
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    assert missing_requirement() == "the package tqdm (module tqdm) is not installed; vaekit needs it: pip install tqdm"
+
+
 def test_a_verb_does_not_write_over_the_runs_own_files(run_copy, capsys):
     """bubbles.npz (and the checkpoints) are the run's; sample and reconstruct may redraw their
     own pictures of it."""

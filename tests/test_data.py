@@ -472,8 +472,10 @@ def test_missing_unknown_and_unsupported_sources(tmp_path):
         load_dataset(DataConfig(source="nope/data.npy"))
     for link, target in (("loop.npy", "loop.npy"), ("gone.npy", "missing.npy")):
         (tmp_path / link).symlink_to(tmp_path / target)
-        with pytest.raises(DataError, match=r": a symbolic link to nothing \(its target is missing, or it loops\)$"):
+        with pytest.raises(DataError, match=rf"^{tmp_path / link}: a symbolic link to nothing \(its target is missing, or it loops\)$"):
             load_dataset(DataConfig(source=str(tmp_path / link)))
+        with pytest.raises(DataError, match=rf"^{tmp_path / link}: a symbolic link to nothing"):  # found in --data-dir
+            load_dataset(DataConfig(source=link, data_dir=str(tmp_path)))
     with pytest.raises(DataError, match=r"^unknown dataset 'foo': not a file, and not one of digits, swiss_roll, binarized_mnist$"):
         load_dataset(DataConfig(source="foo"))
     p = write_text(tmp_path / "d.json", "[]")

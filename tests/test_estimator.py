@@ -389,6 +389,12 @@ def test_save_never_touches_a_directory_of_other_files(overwrite, fitted, tmp_pa
     assert _names(fitted.save(empty, overwrite=overwrite)) == ["config.json", "metrics.jsonl", "model.safetensors"]
 
 
+@pytest.mark.parametrize("name, choices", [("likelihood", "auto, bernoulli, continuous_bernoulli, gaussian"), ("standardize", "auto, on, off")])
+def test_an_unknown_auto_option_lists_auto_among_its_choices(name, choices):
+    with pytest.raises(ConfigError, match=rf"^{name} must be one of {choices}, got 'nope'$"):
+        vaekit.VAE(epochs=1, **{name: "nope"}).fit(np.random.default_rng(0).random((30, 3)))
+
+
 @pytest.mark.parametrize("run_dir", [None, 3, b"run", ["run"]])
 def test_load_or_save_of_something_that_is_no_path_is_a_config_error(run_dir, fitted):
     message = rf"^a run directory is a path \(str or os.PathLike\), got {type(run_dir).__name__}$"
@@ -815,6 +821,8 @@ def test_sample_more_rows_than_memory_holds_is_refused_before_drawing(monkeypatc
     assert sum(len(b) for b in est.sample_blocks(8, seed=0)) == 8
     with pytest.raises(ConfigError, match="n must be"):
         est.sample(-1)
+    with pytest.raises(ConfigError, match="^source must be one of"):  # the arguments' own error first
+        est.sample(8, source="nope")
 
 
 def test_tensors_of_images_meta_tensors_and_mixed_column_names():

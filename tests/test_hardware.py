@@ -225,7 +225,7 @@ def test_a_model_too_large_for_the_machine_is_one_line_and_writes_nothing(tmp_pa
 
 @pytest.mark.parametrize("field", ["hidden", "latent_dim"])
 @pytest.mark.parametrize("size", [2**60, 2**63, 10**30])
-def test_sizes_past_what_a_tensor_can_describe_are_refused(tmp_path, capsys, field, size):
+def test_sizes_past_what_a_tensor_can_describe_are_refused(tmp_path, capsys, monkeypatch, field, size):
     """Widths whose byte counts overflow 64 bits (2^60) or that do not fit a C long (2^63):
     torch fails to describe the tensors even on the meta device; refused as too large, in one
     line, before anything is written, and from a config.json edited to them."""
@@ -239,7 +239,7 @@ def test_sizes_past_what_a_tensor_can_describe_are_refused(tmp_path, capsys, fie
     out = tmp_path / "new"
     code, stdout, err = cli(capsys, "train", "--data", "digits", flag, size, "--epochs", "1", "--out", out)
     assert code == 2 and stdout == "" and err == (
-        "vaekit: error: the model's sizes are too large for any tensor to hold: ask for smaller hidden widths or latent sizes\n"
+        "vaekit: error: a size of the model (a width, latent size, channel count, pseudo-input or component count) is too large for any tensor to hold: ask for a smaller one\n"
     )
     assert not out.exists()
     run = tmp_path / "run"
@@ -247,8 +247,12 @@ def test_sizes_past_what_a_tensor_can_describe_are_refused(tmp_path, capsys, fie
     config = json.loads((run / "config.json").read_text())
     config["model"][field] = [size]
     (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"config\.json: the model's sizes are too large"):
+    with pytest.raises(CheckpointError, match=r"config\.json: a size of the model .* is too large for any tensor"):
         vaekit.load(run)
+    # Where the system does not say how much memory is free (no /proc/meminfo) too.
+    monkeypatch.setattr(hardware, "available_memory", lambda device="cpu": None)
+    with pytest.raises(ConfigError, match="too large for any tensor to hold"):
+        hardware.check_model_fits(ModelConfig(input_dim=4, **{field: (size,)}))
     code, stdout, err = cli(capsys, "evaluate", run, "--k", "2")
     assert code == 1 and stdout == "" and len(err.splitlines()) == 1 and "too large for any tensor" in err
 

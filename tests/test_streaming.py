@@ -243,6 +243,23 @@ def test_estimator_fits_mapped_rows_with_auto_likelihood(tmp_path):
     assert VAE(latent_dim=2, hidden=(8,), epochs=1).fit(mapped).config_.model.likelihood == "gaussian"
 
 
+def test_a_refit_on_mapped_rows_forgets_the_column_names_of_a_dataframe(tmp_path):
+    """As scikit-learn's fit does for an array after a DataFrame: the new rows have no column
+    names, so none are recorded (the old ones, of another width, would not fit them)."""
+    import pandas as pd
+
+    from vaekit.data import load_array
+    from vaekit.estimator import VAE
+
+    rng = np.random.default_rng(4)
+    vae = VAE(latent_dim=2, hidden=(4,), epochs=1).fit(pd.DataFrame(rng.random((30, 3)), columns=list("abc")))
+    assert list(vae.feature_names_in_) == ["a", "b", "c"] and vae.config_.data.feature_names == ("a", "b", "c")
+    np.save(tmp_path / "m.npy", rng.random((40, 5)))
+    mapped, _, _ = load_array(str(tmp_path / "m.npy"), mmap=True)
+    vae.fit(mapped)
+    assert not hasattr(vae, "feature_names_in_") and vae.config_.data.feature_names is None and vae.n_features_in_ == 5
+
+
 @pytest.mark.parametrize(
     "values",
     [lambda rng: (rng.random((50, 3)) < 0.5).astype(np.uint8), lambda rng: rng.normal(size=(50, 3))],

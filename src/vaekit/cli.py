@@ -8,7 +8,6 @@ so ``vaekit --help`` does not load torch.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import AUTO, GAP_STEPS, K_MAX, check_positive_int
+from .config import AUTO, GAP_STEPS, K_MAX, check_auto_option, check_positive_int
 from .registry import STEPS_MAX
 from .errors import ConfigError, DataError, VaekitError, VaekitWarning, count, out_of_memory
 from .logs import emit
@@ -151,9 +150,7 @@ def _checked_options(args) -> dict[str, Any]:
         # The model's options one by one (their values; how they combine needs the data's shape).
         for dest, (section, name, opt) in train_options().items():
             if section == "model" and name in given["model"]:
-                if name in AUTO:  # a choice made from the data later; the message lists it too
-                    opt = dataclasses.replace(opt, also=(AUTO[name], *opt.also))
-                opt.check(name, given["model"][name])
+                check_auto_option(name, given["model"][name])
     return given
 
 

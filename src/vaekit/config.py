@@ -166,6 +166,15 @@ GAP_STEPS = 2000
 # What a user gets by default where the config's default is resolved from the data: the
 # likelihood from every row the run reads, and standardize from that likelihood.
 AUTO = {"likelihood": "auto", "standardize": "auto"}
+
+
+def check_auto_option(name: str, value: Any) -> Any:
+    """A model option's value as a user gives it, before the data make AUTO's choice: checked
+    by its Option with the AUTO value among the choices (and named in the message)."""
+    opt = MODEL_OPTIONS[name]
+    if name in AUTO:
+        opt = dataclasses.replace(opt, also=(AUTO[name], *opt.also))
+    return opt.check(name, value)
 # Inference methods whose q(z|x) comes from a network's (μ, log σ²) head.
 HEADED_INFERENCE = ("amortized", "topdown", "ladder")
 # Options that act only under another option's value: name -> (the option's section, the

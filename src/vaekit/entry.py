@@ -38,7 +38,9 @@ def missing_requirement(module: str | None = None) -> str | None:
             continue
         try:
             found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
+        except ValueError:  # imported already, with no __spec__ (a stub): there
+            found = True
+        except ImportError:
             found = False
         if not found:
             return f"the package {REQUIRED[name]} (module {name}) is not installed; vaekit needs it: pip install {REQUIRED[name]}"

@@ -126,7 +126,10 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
         from .data import MappedRows, check_data
 
-        if not isinstance(X, MappedRows):
+        if isinstance(X, MappedRows):
+            if reset and hasattr(self, "feature_names_in_"):  # rows without column names, as validate_data resets
+                del self.feature_names_in_
+        else:
             try:
                 # ensure_2d=False: only the feature names here; the array checks are check_data's.
                 validate_data(self, X, reset=reset, skip_check_array=True, ensure_2d=False)
@@ -425,7 +428,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """
         from .hardware import available_memory
 
-        self._check_fitted()
+        blocks = self.sample_blocks(n, seed, mean, source, X, components)  # the arguments checked, nothing drawn
         n = check_positive_int("n", n)
         need, free = n * self.model_.config.input_dim * 4, available_memory("cpu")
         if free is not None and need > free:
@@ -433,7 +436,6 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"sample(n={n}) needs at least {need / 2**30:.3g} GiB for its rows and the machine has "
                 f"{free / 2**30:.3g} GiB free: draw fewer rows, or stream them with sample_blocks"
             )
-        blocks = self.sample_blocks(n, seed, mean, source, X, components)
         try:
             return np.concatenate(list(blocks))
         except (RuntimeError, MemoryError) as e:

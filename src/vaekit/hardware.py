@@ -188,7 +188,7 @@ def parameter_count(config) -> int:
         # overflowed") or past a C long ("Overflow when unpacking long long").
         if "overflow" not in str(e).lower():
             raise
-        raise ConfigError("the model's sizes are too large for any tensor to hold: ask for smaller hidden widths or latent sizes") from None
+        raise ConfigError("a size of the model (a width, latent size, channel count, pseudo-input or component count) is too large for any tensor to hold: ask for a smaller one") from None
     return sum(p.numel() for p in model.parameters())
 
 
@@ -202,10 +202,10 @@ def check_model_fits(config, dtype: str = "float32", device: str = "cpu", availa
 
     from .errors import ConfigError
 
+    n = parameter_count(config)  # sizes no tensor can describe are refused even where memory is unknown
     available = available_memory(device) if available is None else available
     if available is None:  # the system does not say (no /proc/meminfo): nothing to compare with
         return
-    n = parameter_count(config)
     need = n * (torch.finfo(getattr(torch, dtype)).bits // 8) * copies
     if need > available:
         what = "training them" if copies == TRAINING_COPIES else "holding them"

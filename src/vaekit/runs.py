@@ -33,12 +33,15 @@ def model_config(
     (or absent) standardises when the likelihood is Gaussian and those values are not all in
     [0, 1]. The input map (standardisation learned from ``x_train`` alone, else ``named``) is
     stored in the config (vaekit.scaling)."""
-    from .config import MODEL_OPTIONS, ModelConfig
+    from .config import AUTO, MODEL_OPTIONS, ModelConfig, check_auto_option
     from .likelihoods import choose
     from .registry import INFERENCE
     from .scaling import apply, choose_standardize, config_fields
 
     options = dict(options)
+    for name in AUTO:
+        if name in options:
+            check_auto_option(name, options[name])
     named_map = None if named is None else Scaling.uniform(*named)
     seen = tuple(x if named_map is None else apply(named_map, x, np.float64) for x in (x_train, *held_out))
     if options.get("likelihood", "auto") == "auto":

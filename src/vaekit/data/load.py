@@ -71,13 +71,15 @@ def resolve_path(source: str, data_dir: str | None) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         return path
+    candidate = None
     if data_dir is not None and not path.is_absolute():
         candidate = Path(data_dir).expanduser() / path
         if candidate.exists():
             return candidate
+    for link in (path, candidate):
+        if link is not None and link.is_symlink():
+            raise DataError(f"{link}: a symbolic link to nothing (its target is missing, or it loops)")
     # Something that looks like a path is a missing file; a bare word is a misspelt name.
-    if path.is_symlink():
-        raise DataError(f"{source}: a symbolic link to nothing (its target is missing, or it loops)")
     if path.suffix or "/" in source or os.sep in source:
         raise DataError(f"{source}: no such file")
     from .named import listed
