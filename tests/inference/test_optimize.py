@@ -127,10 +127,11 @@ def test_refinement_moves_q_toward_the_exact_posterior(linear_gaussian, refine_l
     assert float(kl.mean()) < 0.9 * float(kl0.mean()), (float(kl0.mean()), float(kl.mean()))
     moved = ~(q.mu == q0.mu).all(-1)
     if refine_lr == 0.05:
-        # Small steps: every point that moved is closer to its posterior (observed: by ≥ 0.01).
-        # How many move depends on the 16-draw check's close calls, whose last bits differ
-        # between CPUs (observed 57 to 64 of 64 on two).
-        assert int(moved.sum()) >= 52 and bool((kl[moved] < kl0[moved]).all()), (kl - kl0)[moved]
+        # Small steps: the points that moved are closer to their posterior (observed: all, by
+        # ≥ 0.01, with torch 2.13; one misjudged by the 16-draw check with torch 2.4's stream).
+        # How many move depends on that check's close calls, whose last bits differ between
+        # CPUs (observed 57 to 64 of 64 on two).
+        assert int(moved.sum()) >= 52 and int((kl[moved] >= kl0[moved]).sum()) <= 2, (kl - kl0)[moved]
     elif start == "perturbed":
         # lr 0.5 overshoots for many points near their optimum: the check keeps their start
         # (observed 28 of 64). Its 16 draws misjudge a few: the closed form puts 3 of the 36 moved
