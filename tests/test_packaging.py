@@ -17,10 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tracked_files() -> list[str]:
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("needs the git checkout to know which files are the project's")
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
-    return [p for p in out.stdout.decode().split("\0") if p]
+    """The project's files: git's list in a checkout, else (an unpacked sdist) the tree less
+    what Python and setuptools write into it."""
+    if shutil.which("git") is not None and (ROOT / ".git").exists():
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        return [p for p in out.stdout.decode().split("\0") if p]
+    written = ("__pycache__", ".egg-info", ".pytest_cache", "PKG-INFO", ".pyc", "setup.cfg")
+    return [
+        str(p.relative_to(ROOT)) for p in ROOT.rglob("*")
+        if p.is_file() and not any(w in part for part in p.relative_to(ROOT).parts for w in written)
+    ]
 
 
 @pytest.fixture(scope="module")
