@@ -150,7 +150,7 @@ def _checked_options(args) -> dict[str, Any]:
         # The model's options one by one (their values; how they combine needs the data's shape).
         for dest, (section, name, opt) in train_options().items():
             if section == "model" and name in given["model"]:
-                check_auto_option(name, given["model"][name])
+                check_auto_option(name, given["model"][name], opt)
     return given
 
 

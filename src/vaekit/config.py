@@ -168,10 +168,11 @@ GAP_STEPS = 2000
 AUTO = {"likelihood": "auto", "standardize": "auto"}
 
 
-def check_auto_option(name: str, value: Any) -> Any:
+def check_auto_option(name: str, value: Any, opt: Option | None = None) -> Any:
     """A model option's value as a user gives it, before the data make AUTO's choice: checked
-    by its Option with the AUTO value among the choices (and named in the message)."""
-    opt = MODEL_OPTIONS[name]
+    by its Option (``opt``, default the model's own option ``name``; a component's is passed),
+    with the AUTO value among the choices (and named in the message)."""
+    opt = MODEL_OPTIONS[name] if opt is None else opt
     if name in AUTO:
         opt = dataclasses.replace(opt, also=(AUTO[name], *opt.also))
     return opt.check(name, value)
