@@ -87,6 +87,43 @@ def test_two_layer_posterior_log_prob_and_params():
     torch.testing.assert_close(params["mu"][:, 3:], model.inference.upward[0](mu1)[0])  # plug-in mean
 
 
+@pytest.mark.parametrize("inference", ["amortized", "topdown", "ladder"])
+def test_log_q_of_a_fresh_draw_is_that_of_the_same_values(inference):
+    """log q(z) of the draw q has just made reuses the draw's conditionals: the densities, per
+    group too, and their gradients with respect to every parameter are those of a copy of the
+    same values, and a change in place to the draw, or a draw under inference mode, is read
+    afresh."""
+    model, marginal = linear_hierarchy(0, inference=inference)
+    x = marginal.sample((4,))
+    q = model.posterior(x)
+    z = q.reparameterize(torch.randn(3, 4, 5, generator=_gen(9), dtype=F64))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def value_and_grads(z_at):
+        lp = q.log_prob(z_at)
+        return lp, torch.autograd.grad(lp.sum(), params, retain_graph=True, allow_unused=True)
+
+    (lp, grads), (lp_ref, grads_ref) = value_and_grads(z), value_and_grads(z.clone())
+    torch.testing.assert_close(lp, lp_ref, rtol=1e-12, atol=1e-12)
+    for g, g_ref in zip(grads, grads_ref):
+        assert (g is None) == (g_ref is None)
+        if g is not None:
+            torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+    groups, groups_ref = q.log_prob_groups(z), q.log_prob_groups(z.clone())
+    for name in groups_ref:
+        torch.testing.assert_close(groups[name], groups_ref[name], rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        z.add_(0.5)
+    moved = q.log_prob(z)
+    torch.testing.assert_close(moved, q.log_prob(z.clone()), rtol=1e-12, atol=1e-12)
+    assert (moved - lp).abs().min() > 1e-3  # the edit was seen, not the stale draw
+    with torch.inference_mode():
+        q = model.posterior(x)
+        z = q.reparameterize(torch.randn(3, 4, 5, generator=_gen(9), dtype=F64))
+        z.add_(0.5)
+        torch.testing.assert_close(q.log_prob(z), q.log_prob(z.clone()), rtol=1e-12, atol=1e-12)
+
+
 def _linear_hierarchy(seed=0):
     return linear_hierarchy(seed)
 
