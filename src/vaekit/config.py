@@ -131,8 +131,9 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "device": Option("cpu", "cpu or cuda[:N]", resumable=True),
     "dtype": Option("float32", "parameter dtype", choices=DTYPES),
     "eval_k": Option(1000, f"K of the test log-likelihood estimate after training, at most {K_MAX}", minimum=1, maximum=K_MAX, resumable=True),
-    # The notes' "two birds with one stone": raising the ELBO raises log p(x) and shrinks the
-    # gap KL(q ‖ p(z|x)) = log p(x) − ELBO. Its own noise stream: training is the same bits.
+    # The notes' "two birds with one stone" made measurable: log p(x) beside the ELBO, and the
+    # gap KL(q ‖ p(z|x)) = log p(x) − ELBO between them (which can grow while both rise). Its
+    # own noise stream: training is the same bits.
     "valid_k": Option(0, f"K of a log p(x) estimate of the validation rows after every epoch (0: none), at most {K_MAX}: metrics.jsonl then records valid_log_px and the gap valid_log_px − valid_elbo, and curves.png draws them", minimum=0, maximum=K_MAX, resumable=True),
     "compile": Option(False, "compile the training step with torch.compile", resumable=True),
     "compile_mode": Option("default", "torch.compile mode; reduce-overhead replays the step as a CUDA graph", choices=COMPILE_MODES, resumable=True),
