@@ -497,7 +497,7 @@ def _add_run_commands(sub) -> None:
     _progress_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = _run_parser(sub, "gaps", "log p(x), the ELBO of the model's q and of the optimal q*, and the approximation and amortization gaps (Cremer et al. 2018)", False, "test")
+    p = _run_parser(sub, "gaps", "log p(x), the ELBO of the model's q and of the optimal q*, and the approximation and amortization gaps (Cremer et al. 2018); for a linear-Gaussian model also their exact values", False, "test")
     p.add_argument("--k", type=int, default=1000, help=f"importance samples per datapoint, at most {K_MAX} (default 1000)")
     p.add_argument("--steps", type=int, default=GAP_STEPS, help=f"at most this many Adam steps for the optimal per-point q*, which stop when its ELBO stops improving (default {GAP_STEPS}, at most {STEPS_MAX})")
     p.add_argument("--plot", help="picture of the bound beneath the evidence (default RUN_DIR/gaps_SPLIT.png)")
@@ -673,7 +673,13 @@ def cmd_gaps(args) -> int:
         f"ELBO(q*) {result['elbo_optimal']:.3f}  approximation gap {result['approximation_gap']:.3f}{_pm(result['approximation_gap_se'])}  "
         f"amortization gap {result['amortization_gap']:.3f}{_pm(result['amortization_gap_se'])} nats "
         f"({'± standard errors; ' if result['n'] > 1 else 'one row: no standard errors; '}"
-        f"K={result['k']}, q* after {result['steps_taken']} of at most {result['steps']} steps; plots {plot}, {bars})",
+        f"K={result['k']}, q* after {result['steps_taken']} of at most {result['steps']} steps; plots {plot}, {bars})"
+        + (
+            f"; exact, the model being linear-Gaussian: log p(x) {result['exact_log_likelihood']:.3f}  ELBO(q) {result['exact_elbo']:.3f}  "
+            f"gap {result['exact_gap']:.3f}"
+            if "exact_log_likelihood" in result
+            else ""
+        ),
     )
     return 0
 

@@ -459,6 +459,9 @@ def gaps_per_point(
     ``idx``, given when x are training rows, holds their indices in the training set: then a
     per-point method's q is the q_i it learned for each row (``evaluation_posterior(x, idx)``),
     so that its amortization gap on training data is that of its table, not of a new fit.
+
+    A linear-Gaussian model (``vaekit.exact``) also gets ``log_px_exact`` and ``elbo_exact``,
+    its evidence and q's ELBO in closed form: the yardstick of the estimates beside them.
     """
     from .distributions import DiagonalNormal, RowStreams
     from .inference.optimize import RowStop
@@ -466,7 +469,8 @@ def gaps_per_point(
 
     lr = model.config.local_lr if lr is None else lr
     stop = RowStop(every=check_every, tol=tol, decays=GAP_LR_DECAYS, samples=n_samples)
-    out = PerRow(len(x), ("log_px", "elbo", "elbo_optimal", "steps"))
+    exact = linear_gaussian_or_none(model)
+    out = PerRow(len(x), ("log_px", "elbo", "elbo_optimal", "steps") + (("log_px_exact", "elbo_exact") if exact else ()))
     with eval_mode(model):
         for xb, rows in _with_rows(batches(model, x, batch_size), model, x, idx):
             q = model.evaluation_posterior(xb, rows)
@@ -480,15 +484,28 @@ def gaps_per_point(
             # draws (in _optimal_q) are four streams, so the reported ELBOs never reuse draws
             # the optimisation saw; both ELBOs use the same ε (common random numbers).
             eps = RowStreams(xb, seed, use=RowStreams.COMPARE).randn(n_samples, q.mean.shape[-1], q.mean.dtype)
+            closed = {} if exact is None else {"log_px_exact": exact.log_px(xb), "elbo_exact": exact.elbo(q, xb)}
             out.put(
                 elbo=elbo_terms(model, xb, q=q, eps=eps).elbo,
                 elbo_optimal=elbo_terms(model, xb, q=q_star, eps=eps).elbo,
                 log_px=iwae(model, xb, k, q=q_star, generator=RowStreams(xb, seed, use=RowStreams.ESTIMATE)),
                 steps=taken,
+                **closed,
             )
     result = out.result()
     result["steps"] = result["steps"].astype(np.int64)
     return result
+
+
+def linear_gaussian_or_none(model):
+    """The model's closed form (``vaekit.exact.LinearGaussian``) where it has one, else None."""
+    from .errors import ConfigError
+    from .exact import LinearGaussian
+
+    try:
+        return LinearGaussian.of(model)
+    except ConfigError:
+        return None
 
 
 def _standard_error(v: np.ndarray) -> float:
@@ -501,7 +518,8 @@ def gaps(model, x, k: int = 1000, steps: int = GAP_STEPS, seed: int = 0, **kw) -
     """Averages of ``gaps_per_point``: log_likelihood, elbo, elbo_optimal, approximation_gap,
     amortization_gap (nats) and the standard errors of the two gaps across points
     (approximation_gap_se, amortization_gap_se), with n, k, steps (the most allowed) and
-    steps_taken (the most any row used). ``kw``: gaps_per_point's lr, n_samples,
+    steps_taken (the most any row used); for a linear-Gaussian model also exact_log_likelihood,
+    exact_elbo and exact_gap, in closed form. ``kw``: gaps_per_point's lr, n_samples,
     batch_size, tol, check_every, idx."""
     k, steps = check_positive_int("k", k, maximum=K_MAX), check_positive_int("steps", steps, maximum=STEPS_MAX)
     x = model_rows(model, x)
@@ -511,6 +529,10 @@ def gaps(model, x, k: int = 1000, steps: int = GAP_STEPS, seed: int = 0, **kw) -
     for name, what in (("log_px", "log p(x)"), ("elbo", "ELBO"), ("elbo_optimal", "ELBO of the optimised q")):
         refuse_overflow(p[name], what, x)
     ll, e, e_opt = (float(p[name].mean()) for name in ("log_px", "elbo", "elbo_optimal"))
+    exact = {}
+    if "log_px_exact" in p:
+        exact_ll, exact_elbo = float(p["log_px_exact"].mean()), float(p["elbo_exact"].mean())
+        exact = {"exact_log_likelihood": exact_ll, "exact_elbo": exact_elbo, "exact_gap": exact_ll - exact_elbo}
     return {
         "log_likelihood": ll,
         "elbo": e,
@@ -523,5 +545,6 @@ def gaps(model, x, k: int = 1000, steps: int = GAP_STEPS, seed: int = 0, **kw) -
         "k": int(k),
         "steps": int(steps),
         "steps_taken": int(p["steps"].max()),
+        **exact,
         "per_point": p,
     }
