@@ -19,6 +19,9 @@ default 128 would split every batch evenly and hide that bug.)
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import os
 import re
@@ -404,3 +407,101 @@ def test_a_refusal_in_another_rank_is_left_to_rank_0(monkeypatch, capsys, tmp_pa
     with pytest.raises(SystemExit):
         cli_mod.main(["train", "--no-such-option"])
     assert capsys.readouterr().err.startswith("vaekit: error: (process of rank 1) the following arguments are required: --out")
+
+
+# ---- the other verbs: rank 0 alone ---------------------------------------------------------------
+
+# Every verb but train, with arguments that write (where it writes) into "{tmp}" or, for gaps'
+# default pictures, into the run directory; rank 0 runs each as one process does.
+VERB_ARGV = {
+    "evaluate": ["--k", "2", "--json"],
+    "gaps": ["--k", "2", "--steps", "1", "--json"],
+    "sample": ["-n", "3", "--source", "aggregate", "--out", "{tmp}/s.png"],
+    "encode": ["--data", "digits", "--out", "{tmp}/e.npy"],
+    "reconstruct": ["--data", "digits", "--out", "{tmp}/r.png"],
+    "score": ["--data", "digits", "--k", "2", "--out", "{tmp}/s.npy"],
+}
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    from vaekit.cli import main
+
+    run = tmp_path_factory.mktemp("verbs") / "run"
+    argv = ["train", "--data", "digits", "--hidden", "8", "--latent-dim", "2", "--epochs", "1", "--eval-k", "2", "--out", str(run), "--quiet"]
+    assert main(argv) == 0
+    return run
+
+
+def launched_env(rank: int, world: int = 2) -> dict[str, str]:
+    """The variables torchrun gives the process of ``rank`` in a group of ``world`` on one node."""
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), GROUP_RANK="0",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")  # fmt: skip
+    return env
+
+
+def files_under(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def verb_argv(verb: str, run: Path, tmp: Path) -> list[str]:
+    return [verb, str(run), *(a.format(tmp=tmp) for a in VERB_ARGV[verb])]
+
+
+def test_every_verb_but_train_is_covered_below():
+    from vaekit.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) - {"train"} == set(VERB_ARGV)
+
+
+def test_a_process_above_rank_0_leaves_a_verb_to_rank_0(small_run, tmp_path):
+    """Under torchrun (WORLD_SIZE > 1) a verb that does not split its work runs on rank 0: the
+    others exit 0 at once, printing nothing and writing nothing (not even gaps' pictures into
+    the run directory)."""
+    before = files_under(small_run)
+    out = tmp_path / "out"
+    out.mkdir()
+    for verb in VERB_ARGV:
+        proc = subprocess.run([sys.executable, "-m", "vaekit", *verb_argv(verb, small_run, out)],
+                              capture_output=True, text=True, env=launched_env(1), timeout=120)  # fmt: skip
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", ""), (verb, proc.stderr)
+    assert list(out.iterdir()) == []
+    assert files_under(small_run) == before
+
+
+def test_rank_0_runs_every_verb_as_one_process_does(small_run, tmp_path, monkeypatch, capsys):
+    from cli_helpers import cli
+    from vaekit.errors import VaekitWarning
+
+    for name, value in launched_env(0).items():
+        monkeypatch.setenv(name, value)
+    for verb in VERB_ARGV:
+        with pytest.warns(VaekitWarning, match=rf"^{verb} runs in one process: rank 0 does the work, and the other 1 process\(es\) torchrun started exit at once$"):
+            code, out, err = cli(capsys, *verb_argv(verb, small_run, tmp_path))
+        assert code == 0 and out.strip(), (verb, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "r.png", "s.npy", "s.png"]
+    assert (small_run / "gaps_test.png").is_file() and (small_run / "gaps_test_bars.png").is_file()
+
+
+def test_evaluate_json_under_torchrun_is_one_json_object(small_run, tmp_path):
+    """``torchrun --nproc-per-node 2 -m vaekit evaluate --json``: one JSON object on stdout
+    (the numbers of one process) and one line on stderr saying that one process did the work."""
+    from vaekit.cli import main
+
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+    proc = ok(subprocess.run([*launcher, "-m", "vaekit", "evaluate", str(small_run), "--k", "5", "--json"],
+                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300))  # fmt: skip
+    result = json.loads(proc.stdout)  # the whole of stdout: one object
+    assert [line for line in proc.stderr.splitlines() if line.startswith("vaekit:")] == [
+        "vaekit: warning: evaluate runs in one process: rank 0 does the work, and the other 1 process(es) torchrun started exit at once"
+    ]
+    alone = io.StringIO()
+    with contextlib.redirect_stdout(alone):
+        assert main(["evaluate", str(small_run), "--k", "5", "--json"]) == 0
+    expected = json.loads(alone.getvalue())
+    for key in ("elbo", "recon", "kl", "log_likelihood", "n", "k", "split"):
+        assert result[key] == expected[key], key

@@ -134,7 +134,7 @@ def _add_train(sub) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR: once the new run has passed its checks the old one is set aside, given back if the new run fails before its first checkpoint, deleted once it has one (refused for a directory that holds no vaekit run)")
     _bool_flag(g, "--progress", "progress bars on stderr instead of the evaluation's progress lines (default: when stderr is a terminal)")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, data_parallel=True)
 
 
 def _checked_options(args) -> dict[str, Any]:
@@ -1027,6 +1027,14 @@ def main(argv: list[str] | None = None) -> int:
         if sys.stdout is None:  # started with stdout closed: every verb's result would be lost
             raise ConfigError("standard output is closed; vaekit prints its results there (redirect it to a file or /dev/null)")
         warnings.formatwarning = _one_line_warnings(caller_format)
+        if not getattr(args, "data_parallel", False) and _launched_world() > 1:
+            # Under torchrun a verb that does not split its work runs on rank 0 alone, as in one
+            # process: on every rank it would print its result again (--json several objects, no
+            # longer JSON) and write the same files at once. The others leave before reading or
+            # writing anything; refusing the verb would fail a job that starts every step with torchrun.
+            if _launched_rank() != 0:
+                return 0
+            warnings.warn(f"{args.command} runs in one process: rank 0 does the work, and the other {_launched_world() - 1} process(es) torchrun started exit at once", VaekitWarning)
         # Before anything is read or written: a run must not stop at its pictures for want of Pillow.
         missing = missing_requirement()
         if missing:
@@ -1090,6 +1098,13 @@ def _launched_rank() -> int:
     from .launch import launched_rank_world
 
     return launched_rank_world()[0]
+
+
+def _launched_world() -> int:
+    from .launch import launched_rank_world
+
+    return launched_rank_world()[1]
+
 
 
 def _by_rank(e: BaseException | str) -> str:
