@@ -457,6 +457,46 @@ def test_reconstruct_npy_and_png(run, files, digits_rows, tmp_path, capsys):
     assert (tmp_path / "r.PNG").read_bytes() == (tmp_path / "r.png").read_bytes()
 
 
+def test_reconstruct_draw(run, files, digits_rows, tmp_path, capsys, monkeypatch):
+    """--draw z decodes z ~ q(z|x), --draw x draws x ~ p(x|z) too: the library's drawn
+    reconstructions, seeded by --seed (default 0, so the same command gives the same file),
+    different from the mean ones, in the data's units (digits' pixels 0..16)."""
+    from vaekit import plots
+
+    est = vaekit.load(run)
+    mean = est.reconstruct(digits_rows)
+    for draw in ("z", "x"):
+        code, out, err = cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", "--draw", draw, "--out", tmp_path / f"{draw}.npy", "--json")
+        assert code == 0, err
+        assert json.loads(out) == {"out": str(tmp_path / f"{draw}.npy"), "n": 50, "draw": draw}
+        r = np.load(tmp_path / f"{draw}.npy")
+        assert r.shape == (50, DIM) and np.isfinite(r).all() and r.min() >= 0 and r.max() <= 16
+        np.testing.assert_allclose(r, est.reconstruct(digits_rows, draw=draw, seed=0), rtol=1e-6, atol=1e-6)
+        assert np.abs(r - mean).mean() > 1e-3
+        for name in ("a", "b"):
+            assert cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", "--draw", draw, "--seed", "3", "--out", tmp_path / f"{draw}{name}.csv")[0] == 0
+        a, b = (np.loadtxt(tmp_path / f"{draw}{name}.csv", delimiter=",") for name in "ab")
+        np.testing.assert_array_equal(a, b)
+        assert not np.allclose(a, r)
+    code, out, _ = cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", "--draw", "x", "--out", tmp_path / "x2.npy")
+    assert out.strip() == f"wrote reconstructions of 50 rows to {tmp_path / 'x2.npy'} (z drawn from q(z|x), x from p(x|z))"
+    # Without --draw the report says "draw": null, and --seed still picks a picture's rows only.
+    code, out, _ = cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", "--out", tmp_path / "m.npy", "--json")
+    assert json.loads(out)["draw"] is None
+    # A picture of drawn reconstructions shows the same rows as the mean one, and says what it drew.
+    shown = []
+    monkeypatch.setattr(plots, "reconstruction_grid", lambda x, r, out, shape, n, labels=None, title=None: shown.append((x, r, title)))
+    for argv in ([], ["--draw", "z"], ["--draw", "x"]):
+        assert cli(capsys, "reconstruct", run, "--data", files / "digits50.csv", *argv, "--out", tmp_path / "r.png")[0] == 0
+    (x0, r0, t0), (x1, r1, t1), (x2, r2, t2) = shown
+    np.testing.assert_array_equal(x0, x1)
+    np.testing.assert_array_equal(x0, x2)
+    assert not np.allclose(r0, r1) and not np.allclose(r1, r2)
+    assert t0.endswith("and their reconstructions")
+    assert t1.endswith("and their reconstructions at z ~ q(z|x)")
+    assert t2.endswith("and their reconstructions, drawn x ~ p(x|z) at z ~ q(z|x)")
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".csv"])
 def test_reconstruct_writes_block_by_block(suffix, run, digits_rows, tmp_path, capsys, monkeypatch):
     """The file is written one block of rows at a time (so an --mmap input larger than memory
@@ -468,8 +508,8 @@ def test_reconstruct_writes_block_by_block(suffix, run, digits_rows, tmp_path, c
     blocks = []
     original = estimator.VAE.reconstruct_blocks
 
-    def counted(self, X):
-        for block in original(self, X):
+    def counted(self, X, **kwargs):
+        for block in original(self, X, **kwargs):
             blocks.append(block.shape[0])
             yield block
 
@@ -524,8 +564,8 @@ def test_reconstruct_failing_midway_leaves_the_old_file(run, digits_rows, tmp_pa
     monkeypatch.setattr(estimator, "BATCH_ROWS", 10)
     original = estimator.VAE.reconstruct_blocks
 
-    def failing(self, X):
-        for i, block in enumerate(original(self, X)):
+    def failing(self, X, **kwargs):
+        for i, block in enumerate(original(self, X, **kwargs)):
             if i == 2:
                 raise OSError(28, "No space left on device")
             yield block
@@ -693,7 +733,7 @@ VERB_OPTIONS = {
     "evaluate": ("RUN_DIR", "--k", "--split", "--data", "--json"),
     "sample": ("RUN_DIR", "-n", "--out", "--source", "--draw"),
     "encode": ("RUN_DIR", "--data", "--out", "--split"),
-    "reconstruct": ("RUN_DIR", "--data", "--out"),
+    "reconstruct": ("RUN_DIR", "--data", "--out", "--draw", "--seed"),
     "score": ("RUN_DIR", "--data", "--out", "--k"),
 }
 
@@ -786,7 +826,10 @@ BAD_INPUT = {
     "score-seed-not-int": (["score", "{run}", "--data", "digits", "--seed", "x", "--out", "{tmp}/s.npy"], 2, ["--seed", "'x'"]),
     # encode draws nothing (q of new rows is a function of x and θ); a table of reconstructions holds every row
     "encode-seed": (["encode", "{run}", "--data", "digits", "--seed", "1", "--out", "{tmp}/z.npy"], 2, ["unrecognized", "--seed"]),
-    "reconstruct-seed-table": (["reconstruct", "{run}", "--data", "digits", "--seed", "1", "--out", "{tmp}/r.npy"], 2, ["--seed", ".png", "r.npy"]),
+    "reconstruct-seed-table": (["reconstruct", "{run}", "--data", "digits", "--seed", "1", "--out", "{tmp}/r.npy"], 2, ["--seed", ".png", "r.npy", "--draw"]),
+    "reconstruct-draw-unknown": (["reconstruct", "{run}", "--data", "digits", "--draw", "y", "--out", "{tmp}/r.npy"], 2, ["--draw", "'y'", "'z'", "'x'"]),
+    "reconstruct-draw-missing": (["reconstruct", "{run}", "--data", "digits", "--out", "{tmp}/r.npy", "--draw"], 2, ["--draw", "expected one argument"]),
+    "reconstruct-draw-seed-negative": (["reconstruct", "{run}", "--data", "digits", "--draw", "z", "--seed", "-1", "--out", "{tmp}/r.npy"], 2, ["--seed", "-1"]),
     "mmap-named-dataset": (["train", "--out", "{tmp}/r", "--data", "digits", "--mmap", *SMALL], 2, ["mmap", "digits", "built-in"]),
     "valid-fraction-0": (["train", "--out", "{tmp}/r", "--data", "{files}/digits300.csv", "--valid-fraction", "0", *SMALL], 1, ["no valid rows", "--valid-fraction 0"]),
     "test-fraction-0": (["train", "--out", "{tmp}/r", "--data", "{files}/digits300.csv", "--test-fraction", "0", *SMALL], 1, ["no test rows", "--test-fraction 0"]),

@@ -515,6 +515,98 @@ def test_linear_gaussian_vae_scores_match_exact_ppca_likelihood():
     assert sigma2 == pytest.approx(eig[: D - d].mean(), rel=0.15)
 
 
+def test_drawn_reconstructions_are_seeded_draws_around_the_mean_one(fitted, digits):
+    """draw="z" decodes z ~ q(z|x), draw="x" draws x ~ p(x|z) too: the same shape as the mean
+    reconstruction and different from it, the same for the same seed, another for another
+    seed, and inside the likelihood's support (continuous Bernoulli: [0, 1])."""
+    x = digits[1400:1460]
+    mean = fitted.reconstruct(x)
+    for draw in ("z", "x"):
+        a = fitted.reconstruct(x, draw=draw, seed=3)
+        assert a.shape == mean.shape == (60, 64) and a.dtype == mean.dtype
+        assert np.isfinite(a).all() and ((a >= 0) & (a <= 1)).all()
+        assert np.abs(a - mean).mean() > 1e-3
+        np.testing.assert_array_equal(a, fitted.reconstruct(x, draw=draw, seed=3))
+        assert not np.array_equal(a, fitted.reconstruct(x, draw=draw, seed=4))
+        # Equal rows are drawn independently (one stream, as sample's), not alike.
+        twice = fitted.reconstruct(np.repeat(x[:1], 2, axis=0), draw=draw, seed=3)
+        assert not np.array_equal(twice[0], twice[1])
+    # x ~ p(x|z) adds the likelihood's noise to E[x|z] at the same z (same seed, same z first).
+    z_only, with_x = fitted.reconstruct(x, draw="z", seed=3), fitted.reconstruct(x, draw="x", seed=3)
+    assert np.abs(with_x - z_only).mean() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"draw": "y"}, "draw must be None (the decoder's mean at the posterior mean) or one of 'z', 'x', got 'y'"),
+        ({"draw": True}, "draw must be None"),
+        ({"seed": 0}, "seed seeds the draws of draw='z' or 'x'; without draw the reconstruction has no noise (got seed=0)"),
+        ({"draw": "z", "seed": -1}, "seed must be"),
+    ],
+)
+def test_drawn_reconstruction_refuses_bad_arguments_before_any_work(fitted, digits, kwargs, message):
+    with pytest.raises(ConfigError) as e:
+        fitted.reconstruct_blocks(digits[:5], **kwargs)  # refused on the call, before any block
+    assert message in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        fitted.reconstruct(digits[:5], **kwargs)
+
+
+def test_bernoulli_reconstructions_drawn_in_x_are_binary(digits):
+    binary = (digits[:300] > 0.5).astype(np.float32)
+    est = VAE(latent_dim=2, hidden=(16,), epochs=2, seed=0, likelihood="bernoulli").fit(binary)
+    drawn = est.reconstruct(binary[:50], draw="x", seed=0)
+    assert drawn.shape == (50, 64) and set(np.unique(drawn)) == {0.0, 1.0}
+    # z alone keeps the decoder's mean: probabilities, strictly between 0 and 1.
+    means = est.reconstruct(binary[:50], draw="z", seed=0)
+    assert ((means > 0) & (means < 1)).all()
+
+
+def test_a_point_estimate_draws_its_code():
+    """inference="autoencoder": q is δ(z − ẑ), so z ~ q is ẑ and draw="z" is the mean one."""
+    rng = np.random.default_rng(0)
+    x = rng.random((80, 6))
+    est = VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0, inference="autoencoder", likelihood="gaussian").fit(x)
+    np.testing.assert_array_equal(est.reconstruct(x[:20], draw="z", seed=1), est.reconstruct(x[:20]))
+    assert not np.array_equal(est.reconstruct(x[:20], draw="x", seed=1), est.reconstruct(x[:20]))
+
+
+def test_drawn_reconstructions_of_a_linear_gaussian_vae_have_the_posterior_predictive_moments():
+    """hidden=(): q(z|x) = N(μ, diag σ²) and E[x|z] = Wz + b, so the decoder means at
+    z ~ q(z|x) are Gaussian with mean Wμ + b (the mean reconstruction) and covariance
+    C = W diag(σ²) Wᵀ; draws of x ~ p(x|z) add the likelihood's variance, C + s²I: the
+    moments of ∫ p(x'|z) q(z|x) dz. The parameters need not be fitted well for this, so one
+    epoch suffices."""
+    from scipy.stats import chi2
+
+    rng = np.random.default_rng(0)
+    D, d, S = 5, 2, 4000
+    x = rng.normal(size=(400, d)) @ rng.normal(size=(d, D)) + 0.3 * rng.normal(size=(400, D))
+    est = VAE(latent_dim=d, hidden=(), likelihood="gaussian", variance="shared", standardize="off", epochs=1, dtype="float64", seed=0).fit(x)
+    (decoder,) = [m for m in est.model_.decoder if isinstance(m, torch.nn.Linear)]
+    w = decoder.weight.detach().double().numpy()
+    with torch.no_grad():
+        s2 = float(est.model_.decode(torch.zeros(1, d, dtype=torch.float64)).variance[0, 0])
+    row = x[:1]
+    _, logvar = est.encode(row)
+    cov_z = w @ np.diag(np.exp(logvar[0])) @ w.T  # rank d: the draws vary in W's column space only
+    mean = est.reconstruct(row)[0]
+    for draw, cov, dof in (("z", cov_z, d), ("x", cov_z + s2 * np.eye(D), D)):
+        draws = est.reconstruct(np.repeat(row, S, axis=0), draw=draw, seed=0)
+        # S·m̄ᵀC⁺m̄ of the mean's offset m̄ is χ² with rank(C) degrees of freedom: beyond its
+        # 1 − 1e-4 quantile only once in 10⁴ (the features are correlated through z, so a
+        # bound per feature would not say how rare a value is).
+        offset = draws.mean(0) - mean
+        assert S * offset @ np.linalg.pinv(cov) @ offset < chi2.ppf(1 - 1e-4, dof), draw
+        # The sample variances within 15% of the exact ones (relative standard error √(2/S) ≈ 2.2%).
+        np.testing.assert_allclose(draws.var(0), np.diag(cov), rtol=0.15)
+    # In z, the draws lie in W's column space around the mean (nothing of x's noise).
+    residual = est.reconstruct(np.repeat(row, 50, axis=0), draw="z", seed=1) - mean
+    np.testing.assert_allclose(residual - residual @ np.linalg.pinv(w).T @ w.T, 0, atol=1e-9)
+    assert np.abs(residual).max() > 1e-3
+
+
 def test_sample_from_the_aggregate_posterior_and_a_fitted_mixture(fitted, digits):
     """aggregate: z ~ q(z|x) for random rows x; gmm: z from a mixture fitted to the posterior
     means, whose draws have the mean and covariance of those means (5000 draws: the standard

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import AUTO, GAP_STEPS, K_MAX, check_auto_option, check_positive_int
+from .config import AUTO, GAP_STEPS, K_MAX, RECONSTRUCT_DRAWS, SAMPLE_SOURCES, check_auto_option, check_positive_int
 from .registry import STEPS_MAX
 from .errors import ConfigError, DataError, VaekitError, VaekitWarning, count, out_of_memory
 from .logs import emit
@@ -508,7 +508,7 @@ def _add_run_commands(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'vaekit train'")
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", required=True, help=".png (image grid, image data only), .npy, .npz or .csv")
-    p.add_argument("--source", choices=("prior", "aggregate", "gmm"), default="prior", help="z ~ p(z) (default); z ~ q(z|x) for random training rows x (the aggregate posterior); or z from a Gaussian mixture fitted to the training rows' posterior means (gmm)")
+    p.add_argument("--source", choices=SAMPLE_SOURCES, default="prior", help="z ~ p(z) (default); z ~ q(z|x) for random rows x of --data, or of the training split (the aggregate posterior); or z from a Gaussian mixture fitted to those rows' posterior means (gmm)")
     p.add_argument("--components", type=int, help="components of the --source gmm mixture (default 10)")
     p.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of returning E[x|z]")
     p.add_argument("--data", help="data for --source aggregate or gmm: every row of a file, or a named dataset's training split (default: the run's own training split)")
@@ -523,9 +523,12 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--out", required=True, help=".npy (columns: μ of every latent group, then log σ²), .npz (arrays mu, logvar, and mu_<group>, logvar_<group> for several groups) or .csv")
     p.set_defaults(func=cmd_encode)
 
-    p = _run_parser(sub, "reconstruct", "decoder means at the posterior means", True, "all", seed="seed of the random rows a .png shows (default 0)")
-    p.set_defaults(seed=None)  # given with a table out, it would pick nothing: refused
+    p = _run_parser(sub, "reconstruct", "decoder means at the posterior means, or reconstructions drawn through z ~ q(z|x) (--draw)", True, "all",
+                    seed="seed of the random rows a .png shows and of the --draw draws (default 0)")  # fmt: skip
+    p.set_defaults(seed=None)  # given with a table out and no --draw, it would seed nothing: refused
     p.add_argument("--out", required=True, help=".npy, .npz, .csv, or .png (inputs beside reconstructions, image data only)")
+    p.add_argument("--draw", choices=RECONSTRUCT_DRAWS,
+                   help="draw instead of the mean: z, the decoder's mean E[x|z] at z ~ q(z|x); x, also x ~ p(x|z) (a point estimate's z is its code either way)")  # fmt: skip
     p.set_defaults(func=cmd_reconstruct)
 
     p = _run_parser(sub, "score", "per-row log p(x) estimates (usable as anomaly scores)", True, "all")
@@ -763,8 +766,11 @@ def cmd_reconstruct(args) -> int:
     check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args), redraws="reconstructions.png")
     est = _load(args)
     shape = _picture_shape(est, out)
-    if args.seed is not None and out.suffix.lower() != ".png":
-        raise ConfigError(f"--seed picks the rows a .png shows; --out {out} holds every row, reconstructed without noise")
+    if args.seed is not None and out.suffix.lower() != ".png" and args.draw is None:
+        raise ConfigError(f"--seed picks the rows a .png shows and seeds --draw; --out {out} holds every row, reconstructed without noise (--draw z or x draws them)")
+    seed = 0 if args.seed is None else args.seed
+    # The draws are seeded whatever the output, as sample's: the same command, the same file.
+    drawn = dict(draw=args.draw, seed=seed) if args.draw is not None else {}
     x, _, labels = _rows(est, args, args.split)
     if out.suffix.lower() == ".png":
         import numpy as np
@@ -775,17 +781,19 @@ def cmd_reconstruct(args) -> int:
 
         # A random sample across the rows, by class where known: a file sorted by class
         # would otherwise show its first class only.
-        rows = stratified_rows(x.shape[0], RECONSTRUCTED_ROWS, labels, 0 if args.seed is None else args.seed)
+        rows = stratified_rows(x.shape[0], RECONSTRUCTED_ROWS, labels, seed)
         shown = np.asarray(x[rows])
+        how = {None: "", "z": " at z ~ q(z|x)", "x": ", drawn x ~ p(x|z) at z ~ q(z|x)"}[args.draw]
         reconstruction_grid(
-            _model_values(est, shown), _model_values(est, est.reconstruct(shown)), out, shape, n=len(rows), labels=None if labels is None else labels[rows],
-            title=f"{len(rows)} of {x.shape[0]} rows (random{', by class' if labels is not None else ''}) and their reconstructions",
+            _model_values(est, shown), _model_values(est, est.reconstruct(shown, **drawn)), out, shape, n=len(rows), labels=None if labels is None else labels[rows],
+            title=f"{len(rows)} of {x.shape[0]} rows (random{', by class' if labels is not None else ''}) and their reconstructions{how}",
         )
     else:
         # Block by block into the file: under --mmap the n × D output need not fit in memory.
-        write_blocks(out, est.reconstruct_blocks(x), (x.shape[0], est.n_features_in_), header=_columns(est))
+        write_blocks(out, est.reconstruct_blocks(x, **drawn), (x.shape[0], est.n_features_in_), header=_columns(est))
     n = len(rows) if out.suffix.lower() == ".png" else int(x.shape[0])  # a picture shows a sample of the rows
-    _report(args, {"out": str(out), "n": n}, f"wrote reconstructions of {count(n, 'row')} to {out}")
+    drew = {None: "", "z": " (z drawn from q(z|x))", "x": " (z drawn from q(z|x), x from p(x|z))"}[args.draw]
+    _report(args, {"out": str(out), "n": n, "draw": args.draw}, f"wrote reconstructions of {count(n, 'row')} to {out}{drew}")
     return 0
 
 

@@ -164,6 +164,10 @@ DATA_OPTIONS: dict[str, Option] = {
 # At most this many Adam steps for the optimal per-point q* of the gap split (it stops earlier
 # when its ELBO stops improving: vaekit.evaluate).
 GAP_STEPS = 2000
+# Where ``sample`` draws z from, and what a drawn reconstruction draws (z ~ q(z|x); x ~ p(x|z)
+# too): declared once, for the API's checks and the command line's choices.
+SAMPLE_SOURCES = ("prior", "aggregate", "gmm")
+RECONSTRUCT_DRAWS = ("z", "x")
 # What a user gets by default where the config's default is resolved from the data: the
 # likelihood from every row the run reads, and standardize from that likelihood.
 AUTO = {"likelihood": "auto", "standardize": "auto"}

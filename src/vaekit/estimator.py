@@ -24,15 +24,13 @@ import torch
 from sklearn import exceptions as sk_exceptions
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
-from .config import K_MAX, DataConfig, RunConfig, TrainConfig, check_bool, check_positive_int, inert_options
+from .config import K_MAX, RECONSTRUCT_DRAWS, SAMPLE_SOURCES, DataConfig, RunConfig, TrainConfig, check_bool, check_positive_int, inert_options
 from .errors import ConfigError, DataError, VaekitWarning, out_of_memory
 from .evaluate import numpy_of as _numpy
 from .scaling import Scaling, apply
 
 # Rows per forward pass of encode and reconstruct.
 BATCH_ROWS = 4096
-# Where ``sample`` draws z from.
-SAMPLE_SOURCES = ("prior", "aggregate", "gmm")
 
 
 # Estimator parameters beyond the model's and training's options: the validation share of X
@@ -387,27 +385,54 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         z = torch.as_tensor(Z if Z.flags.writeable else Z.copy(), dtype=p.dtype, device=p.device)
         return self._to_user(_numpy(self.model_.decode(z).mean))
 
-    def reconstruct(self, X) -> np.ndarray:
-        """E[x|z] at z = E_q[z|x]: the decoder's mean at the posterior mean, in the user's units."""
-        return np.concatenate(list(self.reconstruct_blocks(X)))
+    def reconstruct(self, X, draw: str | None = None, seed: int | None = None) -> np.ndarray:
+        """Reconstructions of the rows of X in the user's units: by default E[x|z] at
+        z = E_q[z|x], the decoder's mean at the posterior mean.
 
-    def reconstruct_blocks(self, X):
-        """``reconstruct(X)`` as consecutive blocks of at most ``BATCH_ROWS`` rows, so that a
-        memory-mapped X larger than memory can be reconstructed into a file block by block."""
+        ``draw="z"`` draws z ~ q(z|x) instead and returns E[x|z] there; ``draw="x"`` draws
+        z ~ q(z|x) and then x ~ p(x|z), a draw of the posterior predictive
+        ∫ p(x'|z) q(z|x) dz. Averaged over many draws both approach that predictive's mean
+        E_q[E[x'|z]], which equals the default only where E[x|z] is affine in z. A point
+        estimate's q is δ(z − ẑ) (``inference="autoencoder"`` or ``"map"``): its z is ẑ drawn or
+        not. ``seed`` seeds the draws (one stream for all the rows, as ``sample``'s: equal
+        rows get different draws); None draws fresh ones, and a seed without ``draw`` would
+        seed nothing, so it is refused."""
+        return np.concatenate(list(self.reconstruct_blocks(X, draw=draw, seed=seed)))
+
+    def reconstruct_blocks(self, X, draw: str | None = None, seed: int | None = None):
+        """``reconstruct(X, draw, seed)`` as consecutive blocks of at most ``BATCH_ROWS`` rows,
+        so that a memory-mapped X larger than memory can be reconstructed into a file block by
+        block. The arguments are checked before this returns."""
+        from .distributions import draw as draw_from
         from .evaluate import refuse_overflow
 
+        if draw is not None and draw not in RECONSTRUCT_DRAWS:
+            raise ConfigError(f"draw must be None (the decoder's mean at the posterior mean) or one of {', '.join(map(repr, RECONSTRUCT_DRAWS))}, got {draw!r}")
+        if draw is None and seed is not None:
+            raise ConfigError(f"seed seeds the draws of draw='z' or 'x'; without draw the reconstruction has no noise (got seed={seed!r})")
         x = self.model_input(X)
-        posteriors, start = self._posteriors_of(x), 0
-        while True:
-            # Grad mode is thread state: it must not stay off while the caller holds a block.
-            with torch.no_grad():
-                item = next(posteriors, None)
-                if item is None:
-                    return
-                mean = refuse_overflow(_numpy(self.model_.decode(item[1].mean).mean), "reconstruction", x, start)
-                block = self._to_user(mean)
-            start += len(block)
-            yield block
+        g = None
+        if draw is not None:
+            p = next(self.model_.parameters())
+            g = torch.Generator(device=p.device)
+            g.manual_seed(_seed(seed)) if seed is not None else g.seed()
+
+        def blocks():
+            posteriors, start = self._posteriors_of(x), 0
+            while True:
+                # Grad mode is thread state: it must not stay off while the caller holds a block.
+                with torch.no_grad():
+                    item = next(posteriors, None)
+                    if item is None:
+                        return
+                    q = item[1]
+                    px = self.model_.decode(q.mean if draw is None else q.sample(generator=g))
+                    rows = draw_from(px, generator=g) if draw == "x" else px.mean
+                    block = self._to_user(refuse_overflow(_numpy(rows), "reconstruction", x, start))
+                start += len(block)
+                yield block
+
+        return blocks()
 
     def sample(
         self, n: int = 1, seed: int | None = None, mean: bool = True, source: str = "prior", X=None, components: int | None = None
