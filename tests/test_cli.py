@@ -307,6 +307,28 @@ def test_sample_aggregate_and_draw(run, digits_rows, tmp_path, capsys):
     assert not (tmp_path / "one-gmm.npy").exists()
 
 
+def test_sample_picture_title_names_the_rows_drawn_from(run, digits_rows, tmp_path, capsys, monkeypatch):
+    """The title of a .png of --source aggregate or gmm says whose posteriors z came from:
+    the --data file (its name), or the training split of a named dataset or of the run's data."""
+    from vaekit import plots
+
+    titles = []
+    monkeypatch.setattr(plots, "image_grid", lambda x, out, shape, title=None, **k: titles.append(title))
+    np.save(tmp_path / "three.npy", digits_rows[:3])
+    cases = [
+        (["--source", "aggregate", "--data", tmp_path / "three.npy"], "z ~ q(z|x), x from three.npy, decoder means"),
+        (["--source", "aggregate", "--data", "digits"], "z ~ q(z|x), x from the train split of digits, decoder means"),
+        (["--source", "aggregate"], "z ~ q(z|x), x from the train split of digits, decoder means"),
+        (["--source", "gmm", "--components", "2", "--data", tmp_path / "three.npy", "--draw"],
+         "z ~ a 2-component mixture fitted to q of three.npy, drawn x ~ p(x|z)"),
+        ([], "z ~ p(z), decoder means"),
+    ]  # fmt: skip
+    for argv, title in cases:
+        code, _, err = cli(capsys, "sample", run, "-n", "4", *argv, "--out", tmp_path / "s.png")
+        assert code == 0, err
+        assert titles.pop() == f"4 samples: {title}"
+
+
 def test_sample_is_seeded(run, tmp_path, capsys):
     for name in ("a", "b"):
         assert cli(capsys, "sample", run, "-n", "5", "--seed", "3", "--out", tmp_path / f"{name}.npy")[0] == 0

@@ -710,23 +710,35 @@ def cmd_sample(args) -> int:
     x = _rows(est, args, split)[0] if args.source != "prior" else None
     components = 10 if args.components is None else args.components  # the title's
     if args.source == "gmm" and len(x) < max(components, 2):
-        rows = f"{args.data}" if args.data and Path(args.data).suffix else f"the {split} split of {args.data or est.config_.data.source}"
         need = "as many rows" if components >= 2 else "2 rows"
-        raise DataError(f"--components {components}: a mixture needs at least {need}, and {rows} has {len(x)}")
+        raise DataError(f"--components {components}: a mixture needs at least {need}, and {_rows_read(args, est, split)} has {len(x)}")
     options = dict(seed=args.seed, mean=not args.draw, source=args.source, X=x, components=args.components)
     if out.suffix.lower() == ".png":
         from .plots import image_grid
 
-        where = {"prior": "z ~ p(z)", "aggregate": "z ~ q(z|x), x from the training rows", "gmm": f"z ~ a {components}-component mixture fitted to q"}
+        where = "z ~ p(z)"
+        if args.source != "prior":  # a picture names its file, not the path it was read from
+            rows = _rows_read(args, est, split, short=True)
+            where = f"z ~ q(z|x), x from {rows}" if args.source == "aggregate" else f"z ~ a {components}-component mixture fitted to q of {rows}"
         # Pictures show the values the model sees (a named dataset's [0, 1]).
         samples = est.sample(args.n, **options)
-        image_grid(_model_values(est, samples), out, shape, title=f"{args.n} samples: {where[args.source]}, {'drawn x ~ p(x|z)' if args.draw else 'decoder means'}")
+        image_grid(_model_values(est, samples), out, shape, title=f"{args.n} samples: {where}, {'drawn x ~ p(x|z)' if args.draw else 'decoder means'}")
     else:
         # Block by block into the file, as reconstruct writes: n rows need not fit in memory.
         check_room(out, args.n * est.n_features_in_ * 4)  # 4 bytes a value at least (float32)
         write_blocks(out, est.sample_blocks(args.n, **options), (args.n, est.n_features_in_), header=_columns(est))
     _report(args, {"out": str(out), "n": int(args.n), "source": args.source}, f"wrote {args.n} samples to {out}")
     return 0
+
+
+def _rows_read(args, est, split: str, short: bool = False) -> str:
+    """The rows sample's --source aggregate or gmm reads, named for the user: the file --data
+    gives, else the training split of the dataset given or of the run's own data; ``short``
+    names a file without its directories."""
+    name = (lambda path: Path(path).name) if short else str
+    if args.data and Path(args.data).suffix:
+        return name(args.data)
+    return f"the {split} split of {name(args.data or est.config_.data.source)}"
 
 
 def _picture_shape(est, out: Path):
