@@ -429,7 +429,7 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
     # Its random start is overwritten at once: drawn on a fork of torch's stream, so that
     # loading a model leaves the caller's draws as they were.
     with torch.random.fork_rng(devices=[]):
-        model = build_model(config.model).to(getattr(torch, config.train.dtype))
+        model = build_model(config.model, config.train).to(getattr(torch, config.train.dtype))
     load_state_into(model, {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))}, run_dir / which)
     model.eval()
     return config, model

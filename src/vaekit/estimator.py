@@ -242,7 +242,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         check_model_fits(config.model, config.train.dtype, config.train.device)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)  # the initial weights are part of the fit
-            model = build_model(config.model)
+            model = build_model(config.model, config.train)
             model.likelihood.check(X, "X", scaling)
             model.likelihood.check(X_valid, "X_valid" if given_valid else "X", scaling)
             on_epoch = EpochLog(config.train.epochs) if self.verbose else None

@@ -148,6 +148,11 @@ class VAEModel(nn.Module):
         return torch.cat(parts, -1)
 
     # -- the inference model q(z|x) -------------------------------------------------------------
+    def use_objective(self, objective) -> None:
+        """Fit the point estimates of new rows with the β of ``objective`` (``Objective.kl_weight``),
+        the objective the model is (or was) trained with: ẑ = argmax_z log p(x|z) + β log p(z)."""
+        self.inference.kl_weight = objective.kl_weight
+
     def posterior(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> Posterior:
         """q(z|x; φ), shape batch (n,), event (D,); ``idx`` selects per-point parameters."""
         return self.inference(self, x, idx)
@@ -201,13 +206,20 @@ def _outside_inference_mode(method, x: torch.Tensor, idx: torch.Tensor | None = 
         return method(x.clone(), *(() if idx is None else (idx.clone(),)))
 
 
-def build_model(config) -> VAEModel:
+def build_model(config, train=None) -> VAEModel:
     """``VAEModel(config)`` with its initial weights drawn in float32 whatever default dtype the
     caller set (torch.set_default_dtype): the same seed starts the same run, and training then
-    moves it to the run's dtype."""
+    moves it to the run's dtype. ``train``, the run's TrainConfig, names the objective it trains
+    (``VAEModel.use_objective``); training sets it again from its own config."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
     try:
-        return VAEModel(config)
+        model = VAEModel(config)
     finally:
         torch.set_default_dtype(old)
+    if train is not None:
+        from .registry import OBJECTIVES
+
+        name = model.inference.default_objective if train.objective == "auto" else train.objective
+        model.use_objective(OBJECTIVES.get(name)(train))
+    return model

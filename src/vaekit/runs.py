@@ -175,7 +175,7 @@ def _train_run(
     data = load_dataset(run_config.data)
     check_model_fits(run_config.model, run_config.train.dtype, run_config.train.device)
     torch.manual_seed(run_config.train.seed)  # the initial weights are part of the run
-    model = build_model(run_config.model)
+    model = build_model(run_config.model, run_config.train)
     splits = {}
     scaling = Scaling.of(run_config.model)
     for name, use in (("valid", "picks its best epoch on the validation rows"), ("test", "ends by scoring the test rows")):

@@ -67,11 +67,13 @@ def make_optimizers(
 
 
 def make_objective(model, config: TrainConfig):
-    """The run's objective object; ``auto`` is the inference method's own."""
+    """The run's objective object; ``auto`` is the inference method's own. The model fits new
+    rows' point estimates with its β from then on (``VAEModel.use_objective``)."""
     name = model.inference.default_objective if config.objective == "auto" else config.objective
     objective = OBJECTIVES.get(name)(config)
     objective.check_inference(type(model.inference))
     objective.check_model(model)
+    model.use_objective(objective)
     return objective
 
 

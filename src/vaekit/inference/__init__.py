@@ -44,6 +44,11 @@ class InferenceMethod(nn.Module):
         self.config = config
         self.latents = latents
         self.size = sum(g.size for g in latents)  # columns of a draw of all groups
+        # β of the objective the model trains (``Objective.kl_weight``, set by
+        # ``VAEModel.use_objective``): a point estimate fitted by optimisation maximises
+        # log p(x|z) + β log p(z) with it, so that new rows get the training rows' objective
+        # (0 under objective reconstruction). The config of the model alone does not hold it.
+        self.kl_weight = 1.0
 
     @classmethod
     def check_config(cls, config) -> None:

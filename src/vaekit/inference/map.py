@@ -19,13 +19,23 @@ from . import INFERENCE, InferenceMethod
 class MAP(InferenceMethod):
     """Decoder only, MAP estimation of every latent (the notes' road, its second step): each
     training point owns a free z_i, fitted jointly with θ to maximise Σ_i log p(x_i|z_i) +
-    log p(z_i) (the table at ``point_lr``: a row steps once per epoch).
+    log p(z_i) (the table at ``point_lr``: a row steps once per epoch). Under objective
+    reconstruction the prior term is left out, max Σ_i log p(x_i|z_i) over θ and every z_i:
+    the notes' decoder-only estimation without a prior. In general the objective's β weighs
+    it, Σ_i log p(x_i|z_i) + β log p(z_i) (``kl_weight``).
 
-    A new x gets its ẑ by the same maximisation with θ fixed. The notes warn that this
-    overfits (the decoder and the z_i can explain the training set without regard to the rest
-    of the latent space); the benchmark measures it as held-out against training log p(x).
-    With ``local_steps_per_batch`` K > 0 each batch's z_i first take K steps with θ fixed
-    (``local_update``), as in stochastic VI's local step (Hoffman et al. 2013).
+    A new x gets its ẑ by the same maximisation with θ fixed, the training objective's β
+    included (validation, encode, transform, reconstructions): ẑ = argmax_z log p(x|z) +
+    β log p(z). Its log p(x) and ELBO are those of the model p(z) p(x|z), estimated with the
+    Gaussian proposal around p(z|x)'s mode (``evaluation_posterior``), reached from ẑ; with
+    β = 0 that p(z) is the prior training left out, so the numbers measure how well the
+    decoder and the prior fit together, as the notes' warning asks.
+
+    The notes warn that this overfits (the decoder and the z_i can explain the training set
+    without regard to the rest of the latent space); the benchmark measures it as held-out
+    against training log p(x). With ``local_steps_per_batch`` K > 0 each batch's z_i first
+    take K steps with θ fixed (``local_update``), as in stochastic VI's local step (Hoffman
+    et al. 2013).
     """
 
     has_encoder = False
@@ -46,7 +56,7 @@ class MAP(InferenceMethod):
         from .optimize import optimize_point
 
         z0 = torch.zeros(x.shape[0], self.size, dtype=x.dtype, device=x.device)
-        return optimize_point(model, x, z0, self.config.local_steps, self.config.local_lr)
+        return optimize_point(model, x, z0, self.config.local_steps, self.config.local_lr, beta=self.kl_weight)
 
     @torch.no_grad()
     def local_update(self, model, x: torch.Tensor, idx: torch.Tensor, seed: int) -> None:
@@ -55,5 +65,5 @@ class MAP(InferenceMethod):
             return
         from .optimize import optimize_point
 
-        q = optimize_point(model, x, self.z[idx], steps, self.config.local_lr, seed=seed)
+        q = optimize_point(model, x, self.z[idx], steps, self.config.local_lr, seed=seed, beta=self.kl_weight)
         self.z.index_copy_(0, idx, q.mean.to(self.z.dtype))

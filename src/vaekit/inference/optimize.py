@@ -49,9 +49,9 @@ class RowStop:
 def ascend_rows(
     model, x: torch.Tensor, params: list[torch.Tensor], make_q: Callable[..., Distribution], steps: int,
     rates: list[torch.Tensor], n_samples: int, seed: int = 0, stop: RowStop | None = RowStop(),
-    uses: tuple[int, int] = (RowStreams.FIT, RowStreams.STOP), compact: bool = True,
+    uses: tuple[int, int] = (RowStreams.FIT, RowStreams.STOP), compact: bool = True, beta: float = 1.0,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:  # fmt: skip
-    """(q's parameters after Adam on −ELBO(x; make_q(*params)) with θ fixed, steps each row took):
+    """(q's parameters after Adam on −ELBO_β(x; make_q(*params)) with θ fixed, steps each row took):
     ``steps`` steps, or fewer for a row that ``stop`` stops (None: every row takes them all),
     with ``rates[i]`` (n, 1) the rows' starting rates of ``params[i]``, and reparameterized
     gradients from ``n_samples`` draws per step.
@@ -63,7 +63,9 @@ def ascend_rows(
     and θ alone, never on the rows batched with it. With ``compact`` rows that stop leave the
     batch, so the remaining steps cost only what is left to fit; that needs a ``make_q`` of any
     rows' parameters (a q that holds its batch's x, as a structured one does, keeps every row
-    and freezes the stopped ones instead)."""
+    and freezes the stopped ones instead). ``beta`` weighs the KL term, ELBO_β = E_q[log p(x|z)]
+    − β KL(q || p) (``objective_of``): 1 is the ELBO, and for a point mass, whose KL is
+    −log p(ẑ), ELBO_β is log p(x|ẑ) + β log p(ẑ)."""
     n = x.shape[0]
     out = [p.detach().clone() for p in params]
     taken = torch.zeros(n, dtype=torch.long, device=x.device)
@@ -82,14 +84,14 @@ def ascend_rows(
 
         def score() -> torch.Tensor:
             with torch.no_grad():
-                return elbo(model, xs, q=make_q(*ps), eps=stop_eps).elbo
+                return objective_of(elbo(model, xs, q=make_q(*ps), eps=stop_eps), beta)
 
         last = score()
     while t < steps and len(live):
         for _ in range(min(stop.every if stop else steps, steps - t)):
             with torch.enable_grad():
                 leaves = [p.requires_grad_(True) for p in ps]
-                objective = elbo(model, xs, q=make_q(*leaves), n_samples=n_samples, generator=fit).elbo.sum()
+                objective = objective_of(elbo(model, xs, q=make_q(*leaves), n_samples=n_samples, generator=fit), beta).sum()
                 grads = torch.autograd.grad(-objective, leaves)
             t += 1
             with torch.no_grad():
@@ -126,20 +128,26 @@ def ascend_rows(
     return out, taken
 
 
-def _ascend(model, x, params, make_q, steps: int, lr: float, n_samples: int, seed: int = 0) -> list[torch.Tensor]:
+def objective_of(terms, beta: float = 1.0) -> torch.Tensor:
+    """ELBO_β = recon − β·kl per point from the ELBO's terms (β = 1: the ELBO itself, bit for bit)."""
+    return terms.elbo if beta == 1.0 else terms.recon - beta * terms.kl
+
+
+def _ascend(model, x, params, make_q, steps: int, lr: float, n_samples: int, seed: int = 0, beta: float = 1.0) -> list[torch.Tensor]:
     # Every row takes every step at one rate: a q for new data is a function of the row and θ.
     rates = [torch.full((x.shape[0], 1), float(lr), dtype=params[0].dtype, device=x.device)] * len(params)
-    return ascend_rows(model, x, params, make_q, steps, rates, n_samples, seed, stop=None)[0]
+    return ascend_rows(model, x, params, make_q, steps, rates, n_samples, seed, stop=None, beta=beta)[0]
 
 
 @torch.no_grad()
-def _better(model, x: torch.Tensor, start, end, seed: int = 0):
-    """Per point, the better of ``start`` and ``end`` (two DiagonalNormals, or two PointMasses):
-    never worse than the start. A Gaussian's ELBO is compared under one fixed set of draws
-    (common random numbers) from streams of their own, since draws the steps were taken on would
-    favour the end; a point mass's objective log p(x|z) + log p(z) has no noise."""
+def _better(model, x: torch.Tensor, start, end, seed: int = 0, beta: float = 1.0):
+    """Per point, the better of ``start`` and ``end`` (two DiagonalNormals, or two PointMasses)
+    by the objective they were fitted on: never worse than the start. A Gaussian's ELBO is
+    compared under one fixed set of draws (common random numbers) from streams of their own,
+    since draws the steps were taken on would favour the end; a point mass's objective
+    log p(x|z) + β log p(z) has no noise."""
     if isinstance(start, PointMass):
-        s, e = (elbo(model, x, q=q).elbo for q in (start, end))
+        s, e = (objective_of(elbo(model, x, q=q), beta) for q in (start, end))
         return PointMass(torch.where((e >= s).unsqueeze(-1), end.z, start.z))
     s, e = (elbo(model, x, q=q, n_samples=CHECK_SAMPLES, generator=RowStreams(x, seed, use=RowStreams.CHECK)).elbo for q in (start, end))
     better = (e >= s).unsqueeze(-1)
@@ -160,10 +168,14 @@ def optimize_gaussian(
     return _better(model, x, DiagonalNormal(mu.detach(), logvar.detach()), DiagonalNormal(new_mu, new_logvar), seed)
 
 
-def optimize_point(model, x: torch.Tensor, z: torch.Tensor, steps: int, lr: float, seed: int = 0) -> PointMass:
-    """argmax_z log p(x|z) + log p(z) with θ fixed (MAP), from z; never worse than the start."""
-    (new_z,) = _ascend(model, x, [z], PointMass, steps, lr, 1, seed)
-    return _better(model, x, PointMass(z.detach()), PointMass(new_z))
+def optimize_point(
+    model, x: torch.Tensor, z: torch.Tensor, steps: int, lr: float, seed: int = 0, beta: float = 1.0
+) -> PointMass:
+    """argmax_z log p(x|z) + β log p(z) with θ fixed, from z; never worse than the start. β = 1
+    is MAP; β = 0 is the maximum-likelihood code argmax_z log p(x|z) of the notes' decoder-only
+    estimation without a prior (objective reconstruction)."""
+    (new_z,) = _ascend(model, x, [z], PointMass, steps, lr, 1, seed, beta)
+    return _better(model, x, PointMass(z.detach()), PointMass(new_z), beta=beta)
 
 
 def gaussian_around(model, x: torch.Tensor, z: torch.Tensor, steps: int, lr: float) -> DiagonalNormal:
@@ -172,7 +184,11 @@ def gaussian_around(model, x: torch.Tensor, z: torch.Tensor, steps: int, lr: flo
     row stopped when its objective stops improving (``ascend_rows``): first the posterior mode
     argmax_z log p(x|z) + log p(z) from ẑ, with the rate starting at max(lr, POINT_LR_SCALE ·
     RMS(ẑ)) per row (no noise, so it settles exactly); then N(μ, diag σ²) from that mode with
-    a small σ², at ``lr``. Per point, each ascent keeps the better of its start and end."""
+    a small σ², at ``lr``. Per point, each ascent keeps the better of its start and end.
+
+    Both ascents are of the model p(z) p(x|z) as it stands (β = 1), whatever objective ẑ was
+    trained on: the proposal serves log p(x) = log ∫ p(z) p(x|z) dz, and the closer it is to
+    that model's posterior, the tighter the estimate."""
     z = z.detach()
     if steps == 0:
         return DiagonalNormal(z, torch.full_like(z, POINT_LOGVAR))

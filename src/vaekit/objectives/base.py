@@ -24,6 +24,13 @@ class Objective:
         """Noise draws per datapoint in one step."""
         return 1
 
+    @property
+    def kl_weight(self) -> float:
+        """β of this objective read as ELBO_β = E_q[log p(x|z)] − β KL(q || p): the weight of
+        log p(ẑ) in what a point estimate ẑ maximises (its KL is −log p(ẑ)), so that the codes
+        of new rows are fitted as the training rows' were (``optimize.optimize_point``)."""
+        return 1.0
+
     @classmethod
     def check_inference(cls, method: type) -> None:
         """Raise ConfigError if this objective cannot train with the inference method ``method``."""

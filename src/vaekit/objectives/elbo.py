@@ -97,6 +97,11 @@ class ElboObjective(Objective):
     def samples(self) -> int:
         return self.config.n_samples
 
+    @property
+    def kl_weight(self) -> float:
+        # The β that warm-up rises to: the objective the run trains, once annealed.
+        return float(self.config.beta)
+
     def check_model(self, model) -> None:
         if self.config.beta == 0:
             self.refuse_untrained_prior(model, "--beta 0")

@@ -23,6 +23,12 @@ class Reconstruction(Objective):
     Gaussian q (amortized, vi) it is the ELBO's expected reconstruction E_q[log p(x|z)] alone,
     the ELBO at β = 0: nothing holds q's variance or its place in the latent space."""
 
+    @property
+    def kl_weight(self) -> float:
+        # No prior term: a point estimate's code is argmax_z log p(x|z), the notes'
+        # decoder-only estimation max Σ_i log p(x_i|z_i) without p(z_i).
+        return 0.0
+
     def check_model(self, model) -> None:
         self.refuse_untrained_prior(model, "objective reconstruction")
 
