@@ -1,7 +1,8 @@
 """The notes' inference methods side by side on binarized MNIST: same decoder, each trained until
 its validation objective stops improving, compared at convergence and at equal training time.
 
-For each method (autoencoder, map, vi, amortized, amortized with refinement) this trains the
+For each method (autoencoder, map, vi, amortized, amortized with refinement; on request also
+map-noprior, every z_i free without the prior, and the local-step variants) this trains the
 decoder 20-400-784 (Bernoulli) with Adam (θ at 1e-3; the per-point tables of map and vi at
 their own ``point_lr``, since a row steps once per epoch), batch 128, until ``--patience``
 epochs pass without a better validation objective (at most ``--max-epochs``). Two states of
@@ -47,7 +48,7 @@ from vaekit import checkpoint as ckpt
 from vaekit.config import GAP_STEPS, DataConfig, ModelConfig, TrainConfig
 from vaekit.data import load_dataset
 from vaekit.evaluate import elbo_per_point, gaps, log_px_per_point
-from vaekit.model import VAEModel
+from vaekit.model import VAEModel, build_model
 from vaekit.plots import bound_bars_plot
 from vaekit.train import fit
 
@@ -59,6 +60,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "methods.json"
 METHODS = {
     "autoencoder": dict(inference="autoencoder"),
     "map": dict(inference="map"),
+    # The notes' decoder-only estimation without a prior: max Σ_i log p(x_i|z_i) over θ and Z.
+    "map-noprior": dict(inference="map", objective="reconstruction"),
     "vi": dict(inference="vi"),
     # Stochastic VI's local step: each batch's per-point parameters first take 10 steps with θ fixed.
     "map+local": dict(inference="map", local_steps_per_batch=10),
@@ -76,6 +79,7 @@ EVALUATION_ONLY = ("refine_steps",)
 
 def model_config(name: str, n_train: int) -> ModelConfig:
     kw = dict(METHODS[name])
+    kw.pop("objective", None)  # the training config's (_train_config)
     per_point = kw["inference"] in ("map", "vi")
     return ModelConfig(
         input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli", image_shape=(28, 28),
@@ -117,7 +121,7 @@ def train(name: str, data, args) -> tuple[dict[str, dict], dict]:
                 within.update(score=record["valid_score"], epoch=record["epoch"], state=copy.deepcopy(model.state_dict()))
 
     t0 = time.perf_counter()
-    history = fit(model, data.train, data.valid[:VALID_ROWS], _train_config(args), on_epoch=on_epoch)
+    history = fit(model, data.train, data.valid[:VALID_ROWS], _train_config(args, name), on_epoch=on_epoch)
     best = int(np.argmax([r["valid_score"] for r in history]))
     if within["state"] is None:  # not one epoch within the budget: the start is what there is
         torch.manual_seed(args.seed)
@@ -141,14 +145,15 @@ def train(name: str, data, args) -> tuple[dict[str, dict], dict]:
     return states, facts
 
 
-def _train_config(args) -> TrainConfig:
-    return TrainConfig(epochs=args.max_epochs, patience=args.patience, seed=args.seed, threads=args.threads, quiet=True)
+def _train_config(args, name: str) -> TrainConfig:
+    objective = METHODS[name].get("objective", "auto")
+    return TrainConfig(objective=objective, epochs=args.max_epochs, patience=args.patience, seed=args.seed, threads=args.threads, quiet=True)
 
 
 def _run_key(name: str, data, args) -> str:
     """What decides a trained state: model, training and budget (not the evaluation)."""
     config = model_config(name, len(data.train))
-    return json.dumps({"model": _training_key(config), "train": dataclasses.asdict(_train_config(args)), "budget": args.budget})
+    return json.dumps({"model": _training_key(config), "train": dataclasses.asdict(_train_config(args, name)), "budget": args.budget})
 
 
 def _run_dir(name: str, data, args) -> Path:
@@ -163,7 +168,8 @@ def evaluate(name: str, state: dict, data, args, full: bool) -> dict:
     """The measurements of one trained state (see the module docstring). ``full``: with q* and
     the gap split; otherwise log p(x) (IWAE with the method's q as proposal) and the ELBO alone,
     which is what the equal-time comparison needs at a fraction of the cost."""
-    model = VAEModel(model_config(name, len(data.train)))
+    # With the run's objective: new rows' codes are fitted as the training rows' were.
+    model = build_model(model_config(name, len(data.train)), _train_config(args, name))
     model.load_state_dict(state)
     model.eval()
     x_test, x_train = data.test[: args.rows], data.train[: args.rows]
