@@ -189,11 +189,16 @@ def test_log_px_batching(trained, digits):
     np.testing.assert_allclose(log_px_per_point(trained, x[5:6], k=64, seed=0), whole[5:6], rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(log_px_per_point(trained, x[::-1], k=64, seed=0)[::-1], whole, rtol=1e-6, atol=1e-5)
     # Another seed is an independent estimate of the same numbers: per-row differences have
-    # mean 0 (within 5 standard errors) and are a fraction of a nat at K = 64.
+    # mean 0 (within 5 standard errors) and are a fraction of a nat at K = 64. The estimate is
+    # the log of a mean of heavy-tailed weights, so the largest of 200 differences is set by a
+    # rare large weight, not by the SE (1.3–2.2 nats seen, 4–6 sd): the bulk is bounded, by
+    # the 90% quantile of |d| (0.40–0.58 seen; its sampling error is a few hundredths), and
+    # the extreme against the typical size, median |d| (0.16–0.22; max/median 8–12 seen).
     d = log_px_per_point(trained, x, k=64, seed=1) - whole
     assert np.abs(d).max() > 1e-3
     assert abs(d.mean()) < 5 * d.std() / math.sqrt(len(d))
-    assert np.abs(d).max() < 2.0
+    assert np.quantile(np.abs(d), 0.9) < 1.0, np.quantile(np.abs(d), 0.9)
+    assert np.abs(d).max() < 20 * np.median(np.abs(d)), (np.abs(d).max(), np.median(np.abs(d)))
 
 
 def test_evaluation_keeps_training_flag_and_global_rng(trained, digits):

@@ -182,14 +182,26 @@ def fitted_linear():
 
 def test_fitting_the_ladder_q_closes_most_of_the_elbo_gap(fitted_linear):
     """log p(x) − ELBO = KL(q || p(z|x)) ≥ 0 shrinks as the inference nets alone learn. The
-    ELBOs use 2000 common draws (their Monte Carlo error is below 0.02 nats here). From the
-    random start the gap is about 175 nats; fitted, about 0.17 (seeded). The ladder q cannot be
-    exact (its q(z1|z2,x) is diagonal, p(z1|z2,x) is not), so the gap stays > 0."""
+    ELBOs use 2000 common draws. The ladder q cannot be exact (its q(z1|z2,x) is diagonal,
+    p(z1|z2,x) is not), so the gap stays > 0."""
+    import math
+
+    from vaekit.objectives import log_weights
+
     model, marginal, x, before, after = fitted_linear
     exact = marginal.log_prob(x)
     gap_before, gap_after = float((exact - before).mean()), float((exact - after).mean())
-    assert gap_after < 0.01 * gap_before, (gap_before, gap_after)
-    assert 0 < gap_after < 0.5, gap_after
+    # How far 800 steps get depends on the hierarchy drawn: from starting gaps of 40–1200 nats,
+    # data sets tried ended 0.1–8 nats from log p(x), always within 3% of where they started
+    # (mostly within 0.6%). An absolute bound would test that draw; the share of the gap left
+    # is what the fit itself controls; nets that did not learn would keep all of it.
+    assert gap_after < 0.05 * gap_before, (gap_before, gap_after)
+    # > 0 by more than Monte Carlo error: 4 SE of the mean over the points of the 2000-draw ELBO.
+    with torch.no_grad():
+        lw = log_weights(model, x, 0, eps=torch.randn(2000, 32, 5, generator=_gen(7), dtype=F64))
+    torch.testing.assert_close(lw.mean(0), after, rtol=1e-12, atol=1e-12)  # the draws of `after`
+    se = float(lw.mean(1).std() / math.sqrt(lw.shape[0]))
+    assert gap_after > 4 * se, (gap_after, se)
 
 
 def test_iwae_with_the_ladder_q_converges_to_the_exact_log_px(fitted_linear):

