@@ -206,7 +206,9 @@ def test_fitting_the_ladder_q_closes_most_of_the_elbo_gap(fitted_linear):
 
 def test_iwae_with_the_ladder_q_converges_to_the_exact_log_px(fitted_linear):
     """The K-sample estimate with the fitted ladder q rises toward the exact log p(x) with K.
-    Seeded; the K = 10000 error is about 0.01 nats here, asserted below 0.05."""
+    How close K = 10000 gets depends on the hierarchy drawn (the tails of the weights p/q):
+    over data sets tried it left 2–10% of the K = 1 gap (0.008–0.85 nats), so the bound is
+    on that share, not on nats."""
     model, marginal, x, _, _ = fitted_linear
     x = x[:8]
     exact = marginal.log_prob(x)
@@ -214,7 +216,7 @@ def test_iwae_with_the_ladder_q_converges_to_the_exact_log_px(fitted_linear):
         est = {k: iwae(model, x, k, q=model.posterior(x), generator=_gen(k)) for k in (1, 100, 10000)}
     err = {k: float((exact - v).abs().mean()) for k, v in est.items()}
     assert err[1] > err[100] > err[10000], err
-    assert err[10000] < 0.05, err
+    assert err[10000] < 0.15 * err[1], err
 
 
 # --------------------------------------------------------------------------------------- CLI
