@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -9,6 +10,18 @@ import torch
 
 from vaekit.config import ModelConfig
 from vaekit.model import VAEModel
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One intra-op thread: these models are tiny, and on a shared 2-core machine two threads
+    fighting other processes made each small op up to 50 times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @functools.cache

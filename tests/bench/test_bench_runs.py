@@ -10,22 +10,17 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from bench_helpers import load_bench
 from PIL import Image
+from train_helpers import one_thread
 
 from vaekit.cli import main as vaekit_main
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    # Tiny models: on a shared 2-core machine a second thread only fights other processes.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _main(name: str, monkeypatch, capsys, *argv: str) -> str:

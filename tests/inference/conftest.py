@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from inference_helpers import DIGITS_TRAIN, N_TEST, N_TRAIN, N_VALID, LinearGaussian, digits_model, one_thread
+from inference_helpers import DIGITS_TRAIN, N_TEST, N_TRAIN, N_VALID, LinearGaussian, digits_model
+from train_helpers import one_thread
 from vaekit.train import fit
 
 

@@ -3,8 +3,6 @@ unique under tests/ because test directories are not packages)."""
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from vaekit.config import ModelConfig, TrainConfig
@@ -18,18 +16,6 @@ DIGITS_MODEL = dict(input_dim=DIGITS_DIM, latent_dim=4, hidden=(32,), likelihood
 # lr 3e-3: with the default 1e-3, per-point tables (one SparseAdam step per row per epoch)
 # barely leave their start in a few epochs.
 DIGITS_TRAIN = TrainConfig(epochs=5, lr=3e-3, batch_size=64, seed=0)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a shared 2-core machine two threads
-    fighting other processes made each small op up to 50 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def digits_model(inference: str, seed: int = 0, **kw) -> VAEModel:
