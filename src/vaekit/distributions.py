@@ -81,10 +81,9 @@ class RowStreams:
     PAGE = 64
     # The streams of one seed: estimates of the evidence, the draws that fit a per-point q for
     # new rows, the check of that fit, and the fixed draws that decide when a row's fit stops;
-    # for the gaps, the draws that fit and stop the optimal q*, and those on which ELBO(q) and
-    # ELBO(q*) are compared. Disjoint, so an estimate never reuses the draws a q was fitted on
-    # (that would favour the fitted q).
-    ESTIMATE, CHECK, FIT, STOP, OPTIMAL_FIT, OPTIMAL_STOP, COMPARE = range(7)
+    # for the gaps, the draws that fit and stop the optimal q*. Disjoint, so an estimate never
+    # reuses the draws a q was fitted on (that would favour the fitted q).
+    ESTIMATE, CHECK, FIT, STOP, OPTIMAL_FIT, OPTIMAL_STOP = range(6)
 
     def __init__(self, x: torch.Tensor, seed: int, use: int = ESTIMATE):
         # + 0.0 turns −0.0 into 0.0: equal rows seed equal streams.

@@ -18,7 +18,7 @@ import torch
 
 from .distributions import RowStreams
 from .objectives import elbo as elbo_terms
-from .objectives import iwae
+from .objectives import iwae, iwae_and_elbo
 from .config import GAP_STEPS, K_MAX, STEPS_MAX, check_positive_int
 
 
@@ -448,11 +448,13 @@ def gaps_per_point(
     until its ELBO stops improving (``_optimal_q``; ``steps`` at most, each row on its own). For
     several latent groups q* keeps q's structure ∏_j q(z_j | Pa(z_j), x), each group's Gaussian
     moved by free per-row offsets of its (μ_j, log σ²_j): the family
-    holds q itself, and for one group it is the diagonal Gaussians again. Both ELBOs use
-    the same ``n_samples`` noise draws ε (common random numbers: z = μ + σ·ε for either q), so
-    their difference is not swamped by Monte Carlo noise; it is reported as it comes, never
-    clipped at 0. log p(x) is the K-sample importance-weighted estimate with q* as the
-    proposal (the better of the two proposals, hence the lower-variance estimate). Besides
+    holds q itself, and for one group it is the diagonal Gaussians again. log p(x) is the
+    K-sample importance-weighted estimate with q* as the proposal (the better of the two,
+    hence the lower-variance estimate), and ELBO(q*) the mean of the same K log-weights
+    (``objectives.iwae_and_elbo``), so that log p(x) − ELBO(q*) is never negative on a row by
+    chance; ELBO(q) averages q's K log-weights under the same noise ε (common random numbers:
+    z = μ + σ·ε for either q), so the amortization gap is not swamped by Monte Carlo noise; it
+    is reported as it comes, never clipped at 0. ``n_samples`` draws decide when q* stops. Besides
     the three per-point arrays, ``steps`` gives the Adam steps q* took for each row. Every row's
     numbers are its own: the same scored alone or in any batch.
 
@@ -480,18 +482,13 @@ def gaps_per_point(
                 raise ConfigError(f"gaps compare q with the best q* of its family; this model's q is a {type(q).__name__}")
             q_star, taken = _optimal_q(model, xb, q, steps, lr, seed, stop)
             # Each row's streams of its own (RowStreams): its numbers do not depend on the rows
-            # batched with it. The ELBOs' ε, the IWAE draws, and q*'s gradient and stopping
-            # draws (in _optimal_q) are four streams, so the reported ELBOs never reuse draws
-            # the optimisation saw; both ELBOs use the same ε (common random numbers).
-            eps = RowStreams(xb, seed, use=RowStreams.COMPARE).randn(n_samples, q.mean.shape[-1], q.mean.dtype)
+            # batched with it. The estimates' draws and q*'s gradient and stopping draws (in
+            # _optimal_q) are separate streams, so the reported numbers never reuse draws the
+            # optimisation saw; q and q* read equal streams (common random numbers).
+            log_px, elbo_optimal = iwae_and_elbo(model, xb, k, q=q_star, generator=RowStreams(xb, seed))
+            _, elbo = iwae_and_elbo(model, xb, k, q=q, generator=RowStreams(xb, seed))
             closed = {} if exact is None else {"log_px_exact": exact.log_px(xb), "elbo_exact": exact.elbo(q, xb)}
-            out.put(
-                elbo=elbo_terms(model, xb, q=q, eps=eps).elbo,
-                elbo_optimal=elbo_terms(model, xb, q=q_star, eps=eps).elbo,
-                log_px=iwae(model, xb, k, q=q_star, generator=RowStreams(xb, seed, use=RowStreams.ESTIMATE)),
-                steps=taken,
-                **closed,
-            )
+            out.put(elbo=elbo, elbo_optimal=elbo_optimal, log_px=log_px, steps=taken, **closed)
     result = out.result()
     result["steps"] = result["steps"].astype(np.int64)
     return result

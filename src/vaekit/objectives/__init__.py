@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..registry import OBJECTIVES
 from .base import Objective
 from .elbo import Elbo, elbo, loss
-from .iwae import iwae, log_mean_exp, log_weights
+from .iwae import iwae, iwae_and_elbo, log_mean_exp, log_weights
 from .kl import kl
 
-__all__ = ["OBJECTIVES", "Objective", "Elbo", "elbo", "loss", "iwae", "log_mean_exp", "log_weights", "kl"]
+__all__ = ["OBJECTIVES", "Objective", "Elbo", "elbo", "loss", "iwae", "iwae_and_elbo", "log_mean_exp", "log_weights", "kl"]

@@ -83,17 +83,46 @@ def iwae(
     stream cut by the chunk size, so the same seed gives other (equally valid) draws for
     another ``block`` or another number of rows.
     """
+    total = None
+    for lw in _weight_chunks(model, x, k, q, generator, block):
+        part = torch.logsumexp(lw, 0)
+        total = part if total is None else torch.logaddexp(total, part)
+    return total - math.log(k)
+
+
+def iwae_and_elbo(
+    model,
+    x: torch.Tensor,
+    k: int,
+    q: Distribution | None = None,
+    generator: torch.Generator | None = None,
+    block: int = DEFAULT_BLOCK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p̂(x), ELBÔ), each (n,): the K-sample estimate of ``iwae`` and the mean of the same
+    K log-weights, E_q[log p(x, z) − log q(z|x)] estimated on the draws that estimate log p(x).
+    On every row log p̂(x) ≥ ELBÔ (a log-mean-exp is at least the mean), so their difference,
+    an estimate of KL(q || p(z|x)), is never negative by chance; and two proposals drawing
+    from equal ``RowStreams`` share their noise ε (common random numbers), so the difference
+    of their ELBOs is as precise as their difference allows."""
+    total, mean = None, None
+    for lw in _weight_chunks(model, x, k, q, generator, block):
+        part, part_sum = torch.logsumexp(lw, 0), lw.sum(0, dtype=torch.float64)
+        total = part if total is None else torch.logaddexp(total, part)
+        mean = part_sum if mean is None else mean + part_sum
+    return total - math.log(k), (mean / k).to(total.dtype)
+
+
+def _weight_chunks(model, x, k, q, generator, block):
+    """The K log-weights of ``q`` (default the model's q for new x) in chunks of (chunk, n):
+    memory O(chunk · n · width) whatever K is (``sample_width``: D, or a mixture prior's
+    components)."""
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ConfigError(f"k must be an integer >= 1, got {k!r}")
     q = _proposal(model, x, q)
     n = x.shape[0]
     chunk = max(1, min(k, block // max(1, n * sample_width(model, x))))
-    total = None
     for start in range(0, k, chunk):
-        lw = log_weights(model, x, min(chunk, k - start), q=q, generator=generator)
-        part = torch.logsumexp(lw, 0)
-        total = part if total is None else torch.logaddexp(total, part)
-    return total - math.log(k)
+        yield log_weights(model, x, min(chunk, k - start), q=q, generator=generator)
 
 
 @OBJECTIVES.register(
