@@ -96,3 +96,23 @@ def test_a_cuda_run_loads_on_the_cpu(digits, tmp_path):
     assert next(loaded.parameters()).device.type == "cpu"
     for name, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], value.cpu(), rtol=0, atol=0)
+
+
+def test_the_closed_form_of_a_cuda_model_reads_its_rows_and_q_from_the_gpu():
+    """vaekit.exact holds its arrays on the CPU: rows and q(z|x) of a model on the GPU (what
+    `vaekit gaps` passes it) give the numbers of the same model on the CPU."""
+    from vaekit.config import ModelConfig
+    from vaekit.exact import LinearGaussian
+
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=6, latent_dim=3, hidden=(), likelihood="gaussian", variance="feature")).double()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        exact, q = LinearGaussian.of(model), model.posterior(x)
+        ref = (exact.log_px(x), exact.elbo(q, x), exact.gap(q, x))
+        model.cuda()
+        xc = x.cuda()
+        exact, q = LinearGaussian.of(model), model.posterior(xc)
+        got = (exact.log_px(xc), exact.elbo(q, xc), exact.gap(q, xc))
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)

@@ -124,6 +124,46 @@ def test_log_q_of_a_fresh_draw_is_that_of_the_same_values(inference):
         torch.testing.assert_close(q.log_prob(z), q.log_prob(z.clone()), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("inference", ["amortized", "topdown", "ladder"])
+def test_log_q_of_a_draw_made_without_gradients_has_the_gradients_of_fresh_values(inference):
+    """A draw made under no_grad (``sample``) holds conditionals without a graph: log q(z) taken
+    later with gradients on must reach every conditional network's parameters, as it does for a
+    copy of the same values."""
+    model, marginal = linear_hierarchy(0, inference=inference)
+    x = marginal.sample((4,))
+    q = model.posterior(x)
+    z = q.sample((3,))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads(z_at):
+        return torch.autograd.grad(q.log_prob(z_at).sum(), params, retain_graph=True, allow_unused=True)
+
+    for g, g_ref in zip(grads(z), grads(z.clone())):
+        assert (g is None) == (g_ref is None)
+        if g is not None:
+            torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("inference", ["amortized", "topdown", "ladder"])
+def test_log_q_of_a_draw_after_an_optimizer_step_reads_the_new_parameters(inference):
+    """A step that changes the networks in place between a draw and its log q(z) makes the
+    draw's conditionals stale: log q(z), per group too, is that of the parameters as they are
+    now, as for a copy of the same values."""
+    model, marginal = linear_hierarchy(0, inference=inference)
+    x = marginal.sample((4,))
+    q = model.posterior(x)
+    z = q.rsample((3,), generator=_gen(3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    (-q.log_prob(z).sum()).backward(retain_graph=True)
+    opt.step()
+    with torch.no_grad():
+        now, fresh = q.log_prob(z), q.log_prob(z.clone())
+        groups, groups_ref = q.log_prob_groups(z), q.log_prob_groups(z.clone())
+    torch.testing.assert_close(now, fresh, rtol=1e-12, atol=1e-12)
+    for name in groups_ref:
+        torch.testing.assert_close(groups[name], groups_ref[name], rtol=1e-12, atol=1e-12)
+
+
 def _linear_hierarchy(seed=0):
     return linear_hierarchy(seed)
 

@@ -29,7 +29,8 @@ LOG_2PI = math.log(2 * math.pi)
 
 class LinearGaussian:
     """p(z) = N(0, I), p(x|z) = N(Wz + b, diag σ²) with W (D, d), b (D,), σ² (D,), held in
-    float64; ``log_det`` is added to every log-density of x (a change of variables)."""
+    float64 on the CPU, where rows and q's moments are brought from any device (the results are
+    CPU tensors); ``log_det`` is added to every log-density of x (a change of variables)."""
 
     def __init__(self, W: torch.Tensor, b: torch.Tensor, var: torch.Tensor, log_det: float = 0.0):
         self.W, self.b, self.var = W.double(), b.double(), var.double().expand(b.shape)
@@ -74,18 +75,18 @@ class LinearGaussian:
 
     def log_px(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) per row (n,), exactly."""
-        return self.marginal().log_prob(x.double()) + self.log_det
+        return self.marginal().log_prob(_cpu64(x)) + self.log_det
 
     def posterior(self, x: torch.Tensor) -> MultivariateNormal:
         """p(z|x) = N(Σ WᵀD⁻¹(x − b), Σ), a batch of n full-covariance Gaussians."""
-        mean = ((x.double() - self.b) / self.var) @ self.W @ self.covariance
+        mean = ((_cpu64(x) - self.b) / self.var) @ self.W @ self.covariance
         return MultivariateNormal(mean, covariance_matrix=self.covariance.expand(mean.shape[0], -1, -1))
 
     def elbo(self, q, x: torch.Tensor) -> torch.Tensor:
         """ELBO(q) = E_q[log p(x|z)] − KL(q ‖ p(z)) per row, in closed form for a diagonal
         q = N(m, diag s): E_q[(x − Wz − b)_j²] = (x − Wm − b)_j² + Σ_i W_ji² s_i."""
         m, s = _moments(q)
-        r = x.double() - self.b - m @ self.W.T
+        r = _cpu64(x) - self.b - m @ self.W.T
         expected_log_px = -0.5 * (
             (LOG_2PI + torch.log(self.var)).sum() + (r * r / self.var).sum(-1) + s @ (self.W**2 / self.var[:, None]).sum(0)
         )
@@ -111,4 +112,9 @@ def _moments(q) -> tuple[torch.Tensor, torch.Tensor]:
         mean, variance = q.mean, q.variance
     except (AttributeError, NotImplementedError):
         raise ConfigError(f"the closed form needs a diagonal Gaussian q(z|x); this one is a {type(q).__name__}") from None
-    return mean.double(), variance.double().expand_as(mean)
+    return _cpu64(mean), _cpu64(variance).expand_as(mean)
+
+
+def _cpu64(t: torch.Tensor) -> torch.Tensor:
+    """t in float64 on the CPU, beside the closed form's own arrays."""
+    return t.to("cpu", torch.float64)

@@ -72,6 +72,13 @@ def _version(t: torch.Tensor) -> int | None:
         return None
 
 
+def _sources(conditionals: Sequence[Conditional], tensors: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, ...]:
+    """What the conditionals read besides their parent's value: the parameters of those that
+    are modules, and ``tensors`` (those of the others: the networks a closure calls, offsets)."""
+    params = [p for c in conditionals if isinstance(c, torch.nn.Module) for p in c.parameters()]
+    return tuple(params) + tuple(tensors)
+
+
 class Structured(Posterior):
     """A q(z|x) = ∏_j q(z_j | Pa(z_j), x) of diagonal Gaussians over the model's groups: what
     every structured posterior shares. A subclass gives ``_layers``, the (q_j, z_j) of each
@@ -79,6 +86,9 @@ class Structured(Posterior):
     follows from it."""
 
     groups: tuple[LatentGroup, ...]
+    # The tensors the conditionals read besides the parent's value (``_sources``): a change in
+    # place to any of them (an optimizer's step) makes a draw's conditionals stale.
+    sources: tuple[torch.Tensor, ...] = ()
 
     def _layers(self, z: torch.Tensor | None = None, eps: torch.Tensor | None = None):  # pragma: no cover - interface
         raise NotImplementedError
@@ -99,15 +109,23 @@ class Structured(Posterior):
         # The conditionals' Gaussians at this draw, for log q(z) of the same z (the ELBO's Monte
         # Carlo KL, the IWAE weights): without them every conditional network runs a second time
         # on the values it has just produced (7% of the two-layer VampPrior's training step).
-        version = _version(z)
-        self._drawn = None if version is None else (z, version, layers)
+        versions = self._versions(z)
+        self._drawn = None if versions is None else (z, versions, torch.is_grad_enabled(), layers)
         return z
 
+    def _versions(self, z: torch.Tensor):
+        """The versions of z and of the ``sources``, what a change in place moves; None where one
+        is unknown (inference mode)."""
+        versions = tuple(_version(t) for t in (z, *self.sources))
+        return None if None in versions else versions
+
     def _layers_at(self, z: torch.Tensor):
-        """``_layers(z=z)``, taken from the last draw when z is that draw, unchanged since."""
+        """``_layers(z=z)``, taken from the last draw when z is that draw and neither z nor what
+        the conditionals read has changed since; a draw made without gradients is not reused
+        where they are recorded (no gradient would reach its conditionals)."""
         drawn = getattr(self, "_drawn", None)
-        if drawn is not None and drawn[0] is z and drawn[1] == _version(z):
-            return drawn[2]
+        if drawn is not None and drawn[0] is z and (drawn[2] or not torch.is_grad_enabled()) and drawn[1] == self._versions(z):
+            return drawn[3]
         return self._layers(z=z)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
@@ -154,8 +172,11 @@ class BottomUp(Structured):
     ``mean`` and ``params`` are the plug-in values: each group's mean given its parent's mean.
     """
 
-    def __init__(self, first: DiagonalNormal, conditionals: Sequence[Conditional], groups: Sequence[LatentGroup]):
+    def __init__(
+        self, first: DiagonalNormal, conditionals: Sequence[Conditional], groups: Sequence[LatentGroup], sources: Sequence[torch.Tensor] = ()
+    ):
         self.first, self.conditionals, self.groups = first, list(conditionals), tuple(groups)
+        self.sources = _sources(self.conditionals, sources)
         size = sum(g.size for g in self.groups)
         super().__init__(first.batch_shape, torch.Size([size]), validate_args=False)
 
@@ -165,7 +186,7 @@ class BottomUp(Structured):
     def shifted(self, d_mu: torch.Tensor, d_logvar: torch.Tensor) -> "BottomUp":
         first = _shifted_normal(self.first, self.groups[0], d_mu, d_logvar)
         moved = [_shifted_conditional(c, g, d_mu, d_logvar) for c, g in zip(self.conditionals, self.groups[1:])]
-        return BottomUp(first, moved, self.groups)
+        return BottomUp(first, moved, self.groups, self.sources + (d_mu, d_logvar))
 
     def _layers(self, z: torch.Tensor | None = None, eps: torch.Tensor | None = None):
         """(q_j, z_j) for each group: z given (log_prob), drawn from eps, or the plug-in mean."""
@@ -203,8 +224,11 @@ class TopDown(Structured):
     Tomczak & Welling 2018), and the ladder's precision weighting (``LadderPosterior``).
     """
 
-    def __init__(self, top: DiagonalNormal, conditionals: Sequence[Conditional], groups: Sequence[LatentGroup]):
+    def __init__(
+        self, top: DiagonalNormal, conditionals: Sequence[Conditional], groups: Sequence[LatentGroup], sources: Sequence[torch.Tensor] = ()
+    ):
         self.top, self.conditionals, self.groups = top, list(conditionals), tuple(groups)
+        self.sources = _sources(self.conditionals, sources)
         if len(self.conditionals) + 1 != len(self.groups):
             raise ValueError(
                 f"TopDown needs one conditional per group below the top; got {len(self.conditionals)} for {len(self.groups)} groups"
@@ -219,7 +243,7 @@ class TopDown(Structured):
         """A TopDown (for the ladder too: its precision-weighted conditionals, moved)."""
         top = _shifted_normal(self.top, self.groups[-1], d_mu, d_logvar)
         moved = [_shifted_conditional(c, g, d_mu, d_logvar) for c, g in zip(self.conditionals, self.groups[:-1])]
-        return TopDown(top, moved, self.groups)
+        return TopDown(top, moved, self.groups, self.sources + (d_mu, d_logvar))
 
     def _layers(self, z: torch.Tensor | None = None, eps: torch.Tensor | None = None):
         """(q_l, z_l) for each group, bottom first, computed top down: z given (log_prob), drawn
@@ -250,7 +274,7 @@ class LadderPosterior(TopDown):
                 f"got {len(self.bottom_up)}, {len(groups)} groups and {len(self.downward)}"
             )
         conditionals = [self._weighted(q, p) for q, p in zip(self.bottom_up[:-1], self.downward)]
-        super().__init__(self.bottom_up[-1], conditionals, groups)
+        super().__init__(self.bottom_up[-1], conditionals, groups, _sources(self.downward))
 
     @staticmethod
     def _weighted(q: DiagonalNormal, p: Conditional) -> Conditional:

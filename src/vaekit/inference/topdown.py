@@ -89,4 +89,4 @@ class TopDownInference(InferenceMethod):
         if len(self.latents) == 1:
             return top
         conditionals = [self._conditional(f(x), j) for f, j in zip(self.features, self.joint)]
-        return TopDown(top, conditionals, self.latents)
+        return TopDown(top, conditionals, self.latents, tuple(self.joint.parameters()))
