@@ -172,6 +172,19 @@ def test_other_models_are_refused_with_the_reason(kw, message):
         LinearGaussian.of(model)
 
 
+def test_a_nearly_affine_decoder_is_refused():
+    """A tanh layer with weights small enough that its decoder is affine to float32's precision
+    at the probed points is still not the linear-Gaussian model: refused by its layers."""
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=30, latent_dim=10, hidden=(16,), activation="tanh", likelihood="gaussian"))
+    first, last = model.decoder[0], model.decoder[-1]
+    with torch.no_grad():
+        first.weight.mul_(1e-2)
+        last.weight.mul_(1e2)
+    with pytest.raises(ConfigError, match="one linear layer .* has 3 layers"):
+        LinearGaussian.of(model)
+
+
 def _ok(capsys, *argv) -> str:
     code, out, err = cli(capsys, *argv)
     assert code == 0, err

@@ -43,8 +43,8 @@ class LinearGaussian:
     @classmethod
     def of(cls, model) -> "LinearGaussian":
         """Read W, b and σ² off a ``VAEModel``: b = E[x|z=0], W's columns E[x|z=e_i] − b. The
-        decoder is then checked to be that affine map at random points; any other model is
-        refused with a ``ConfigError`` that says why."""
+        decoder must be one linear layer, and is then checked to be that affine map at random
+        points; any other model is refused with a ``ConfigError`` that says why."""
         config = model.config
         if len(model.latents) != 1:
             raise ConfigError(f"the closed form needs one latent group; this model has {len(model.latents)}")
@@ -52,6 +52,13 @@ class LinearGaussian:
             raise ConfigError(f"the closed form needs the standard_normal prior; this model's is {config.prior}")
         if config.likelihood != "gaussian":
             raise ConfigError(f"the closed form needs the gaussian likelihood; this model's is {config.likelihood}")
+        # One linear layer, not a network that happens to be nearly affine where it is probed
+        # (a tanh layer with small weights passes the numeric check below in float32).
+        layers = [m for m in model.decoder.modules() if next(m.children(), None) is None]
+        if len(layers) != 1 or not isinstance(layers[0], torch.nn.Linear):
+            raise ConfigError(
+                f"the closed form needs an affine decoder, one linear layer (hidden=()); this model's decoder has {len(layers)} layers"
+            )
         d = model.latent_size
         param = next(model.parameters())
         with torch.no_grad():
