@@ -69,6 +69,30 @@ class LinearGaussian:
         return 0.5 * (torch.log(s) - logvar + (var + (mu - self.m) ** 2) / s - 1).sum(-1)
 
 
+# Columns of W mixed so that they are not orthogonal (least squares is not coordinatewise);
+# singular values 1.68, 0.96, 0.47: well enough conditioned for Adam to settle.
+MIX = ((1.0, 0.6, 0.0), (0.0, 1.0, -0.6), (0.0, 0.0, 1.0))
+
+
+def mixed_linear(n: int, inference: str = "map", local_lr: float = 0.01, **model_kw) -> LinearGaussian:
+    """``LinearGaussian`` of n rows with a per-point ``inference`` (a table of n rows) and W's
+    columns mixed (MIX), its exact posterior N(m, S) recomputed: S is no longer diagonal."""
+    lg = LinearGaussian(n=n, inference=inference, n_points=n, local_lr=local_lr, **model_kw)
+    lg.W = lg.W @ torch.tensor(MIX, dtype=F64)
+    with torch.no_grad():
+        lg.model.decoder[0].weight.copy_(lg.W)
+    lg.S = torch.linalg.inv(torch.eye(LATENT, dtype=F64) + lg.W.T @ lg.W / SIGMA**2)
+    lg.m = (lg.x - lg.b) @ lg.W @ lg.S / SIGMA**2
+    return lg
+
+
+def ridge_code(lg: LinearGaussian, beta: float) -> torch.Tensor:
+    """argmax_z log p(x|z) + β log p(z): (WᵀW + β σ² I)⁻¹ Wᵀ(x − b) for every row (β = 1: the
+    posterior mean m; β = 0: least squares)."""
+    a = lg.W.T @ lg.W + beta * SIGMA**2 * torch.eye(LATENT, dtype=F64)
+    return torch.linalg.solve(a, lg.W.T @ (lg.x - lg.b).T).T
+
+
 def loss_of(model, x, idx, beta: float = 1.0, eps=None, **train):
     """(loss, per-point value) of a training step's objective, as train.fit computes it; the
     noise ε (S, n, noise) is drawn from the global stream when not given, as the loop draws it."""

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import vaekit
-from inference_helpers import F64, LATENT, SIGMA, LinearGaussian
+from inference_helpers import F64, LATENT, SIGMA, LinearGaussian, mixed_linear, ridge_code
 from vaekit.cli import main
 from vaekit.config import TrainConfig
 from vaekit.evaluate import evaluate
@@ -29,81 +29,59 @@ N = 8
 # Adam reaches these noiseless quadratic optima to ~1e-8 in 1500 steps at 0.01 (observed); 1e-6
 # leaves room for other summation orders, and the closed forms differ by far more.
 STEPS, LR, TOL = 1500, 0.01, 1e-6
-# Columns of W mixed so that they are not orthogonal (least squares is not coordinatewise);
-# singular values 1.68, 0.96, 0.47: well enough conditioned for Adam to settle.
-MIX = ((1.0, 0.6, 0.0), (0.0, 1.0, -0.6), (0.0, 0.0, 1.0))
-
-
-def _linear(**model_kw) -> LinearGaussian:
-    lg = LinearGaussian(n=N, inference="map", n_points=N, local_lr=LR, **model_kw)
-    lg.W = lg.W @ torch.tensor(MIX, dtype=F64)
-    with torch.no_grad():
-        lg.model.decoder[0].weight.copy_(lg.W)
-    # The exact posterior of the mixed W (no longer diagonal): the ridge code at β = 1.
-    lg.S = torch.linalg.inv(torch.eye(LATENT, dtype=F64) + lg.W.T @ lg.W / SIGMA**2)
-    lg.m = (lg.x - lg.b) @ lg.W @ lg.S / SIGMA**2
-    return lg
-
-
-def _code(lg: LinearGaussian, beta: float) -> torch.Tensor:
-    """argmax_z log p(x|z) + β log p(z): (WᵀW + β σ² I)⁻¹ Wᵀ(x − b) for every row."""
-    a = lg.W.T @ lg.W + beta * SIGMA**2 * torch.eye(LATENT, dtype=F64)
-    return torch.linalg.solve(a, lg.W.T @ (lg.x - lg.b).T).T
-
-
 def test_the_closed_forms_tell_the_objectives_apart():
-    lg = _linear()
-    assert float((_code(lg, 0.0) - _code(lg, 1.0)).abs().max()) > 0.1
-    torch.testing.assert_close(_code(lg, 1.0), lg.m, rtol=0, atol=1e-12)
+    lg = mixed_linear(N)
+    assert float((ridge_code(lg, 0.0) - ridge_code(lg, 1.0)).abs().max()) > 0.1
+    torch.testing.assert_close(ridge_code(lg, 1.0), lg.m, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 def test_optimize_point_maximises_log_px_given_z_plus_beta_log_pz(beta):
-    lg = _linear()
+    lg = mixed_linear(N)
     p = optimize_point(lg.model, lg.x, torch.zeros(N, LATENT, dtype=F64), STEPS, LR, beta=beta)
-    torch.testing.assert_close(p.z, _code(lg, beta), rtol=0, atol=TOL)
+    torch.testing.assert_close(p.z, ridge_code(lg, beta), rtol=0, atol=TOL)
 
 
 @pytest.mark.parametrize("objective, beta", [("reconstruction", 0.0), ("elbo", 1.0)])
-def test_new_rows_get_the_training_objectives_code(objective, beta):
+def test_new_rows_get_the_training_objectivesridge_code(objective, beta):
     """The training path (``make_objective``, what ``fit`` calls) and the loading path
     (``build_model`` with the run's TrainConfig, what ``load_run`` calls) both give new rows
     argmax log p(x|z) + β log p(z): least squares under reconstruction, the mode under the ELBO;
     encode, transform and reconstruct read that code (``representation``)."""
-    trained = _linear(local_steps=STEPS)
+    trained = mixed_linear(N, local_steps=STEPS)
     make_objective(trained.model, TrainConfig(objective=objective))
     loaded = build_model(trained.model.config, TrainConfig(objective=objective)).to(F64)
     loaded.load_state_dict(trained.model.state_dict())
     for model in (trained.model, loaded):
         assert model.inference.kl_weight == beta
-        torch.testing.assert_close(model.posterior(trained.x).z, _code(trained, beta), rtol=0, atol=TOL)
-        torch.testing.assert_close(model.representation(trained.x).mean, _code(trained, beta), rtol=0, atol=TOL)
+        torch.testing.assert_close(model.posterior(trained.x).z, ridge_code(trained, beta), rtol=0, atol=TOL)
+        torch.testing.assert_close(model.representation(trained.x).mean, ridge_code(trained, beta), rtol=0, atol=TOL)
 
 
 def test_the_elbos_beta_weighs_the_prior_term_of_new_rows():
-    lg = _linear(local_steps=STEPS)
+    lg = mixed_linear(N, local_steps=STEPS)
     make_objective(lg.model, TrainConfig(objective="elbo", beta=0.5))
-    torch.testing.assert_close(lg.model.posterior(lg.x).z, _code(lg, 0.5), rtol=0, atol=TOL)
+    torch.testing.assert_close(lg.model.posterior(lg.x).z, ridge_code(lg, 0.5), rtol=0, atol=TOL)
 
 
 def test_the_local_step_fits_the_table_rows_without_the_prior():
     """--local-steps-per-batch, stochastic VI's local step in training, moves a batch's z_i
     toward the objective's own optimum: least squares under reconstruction."""
-    lg = _linear(local_steps_per_batch=STEPS)
+    lg = mixed_linear(N, local_steps_per_batch=STEPS)
     make_objective(lg.model, TrainConfig(objective="reconstruction"))
     idx = torch.tensor([5, 0, 3])
     lg.model.inference.local_update(lg.model, lg.x[idx], idx, seed=0)
-    torch.testing.assert_close(lg.model.inference.z[idx].detach(), _code(lg, 0.0)[idx], rtol=0, atol=TOL)
+    torch.testing.assert_close(lg.model.inference.z[idx].detach(), ridge_code(lg, 0.0)[idx], rtol=0, atol=TOL)
 
 
-def test_log_px_is_the_evidence_of_the_model_whatever_the_code():
+def test_log_px_is_the_evidence_of_the_model_whatever_theridge_code():
     """Under reconstruction ẑ is the least-squares code, but the importance proposal is still
     grown around the posterior mode of p(z) p(x|z) (``gaussian_around`` ascends from ẑ), so
     log p(x) estimates that model's evidence: here the exact Gaussian marginal. (W with
     orthogonal columns: the exact posterior is diagonal, so the proposal can match it.)"""
     lg = LinearGaussian(n=N, inference="map", n_points=N, local_steps=100, local_lr=0.05)
     make_objective(lg.model, TrainConfig(objective="reconstruction"))
-    assert float((_code(lg, 0.0) - lg.m).abs().max()) > 0.1  # the code is not the mode
+    assert float((ridge_code(lg, 0.0) - lg.m).abs().max()) > 0.1  # the code is not the mode
     q = lg.model.evaluation_posterior(lg.x)
     # Within 0.5 nats of KL of the exact posterior per row, the bound of
     # test_optimize.test_gaussian_around_a_far_code_reaches_the_posterior (1-draw gradients

@@ -149,23 +149,27 @@ def _better(model, x: torch.Tensor, start, end, seed: int = 0, beta: float = 1.0
     if isinstance(start, PointMass):
         s, e = (objective_of(elbo(model, x, q=q), beta) for q in (start, end))
         return PointMass(torch.where((e >= s).unsqueeze(-1), end.z, start.z))
-    s, e = (elbo(model, x, q=q, n_samples=CHECK_SAMPLES, generator=RowStreams(x, seed, use=RowStreams.CHECK)).elbo for q in (start, end))
+    s, e = (
+        objective_of(elbo(model, x, q=q, n_samples=CHECK_SAMPLES, generator=RowStreams(x, seed, use=RowStreams.CHECK)), beta)
+        for q in (start, end)
+    )
     better = (e >= s).unsqueeze(-1)
     return DiagonalNormal(torch.where(better, end.mu, start.mu), torch.where(better, end.logvar, start.logvar))
 
 
 def optimize_gaussian(
     model, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, steps: int, lr: float, n_samples: int = 1,
-    seed: int = 0,
+    seed: int = 0, beta: float = 1.0,
 ) -> DiagonalNormal:
-    """argmax over (μ, log σ²) of ELBO(x; N(μ, diag σ²)) with θ fixed, from the given start,
-    by ``steps`` Adam steps on reparameterized gradients, keeping per point the better of
-    start and end. ``seed`` names the noise stream (0 for new data: q a function of x and θ)."""
+    """argmax over (μ, log σ²) of ELBO_β(x; N(μ, diag σ²)) = E_q[log p(x|z)] − β KL(q || p(z))
+    with θ fixed (β = 1: the ELBO), from the given start, by ``steps`` Adam steps on
+    reparameterized gradients, keeping per point the better of start and end by that
+    objective. ``seed`` names the noise stream (0 for new data: q a function of x and θ)."""
     logvar = logvar.expand_as(mu)
-    new_mu, new_logvar = _ascend(model, x, [mu, logvar], DiagonalNormal, steps, lr, n_samples, seed)
+    new_mu, new_logvar = _ascend(model, x, [mu, logvar], DiagonalNormal, steps, lr, n_samples, seed, beta=beta)
     if steps == 0:
         return DiagonalNormal(new_mu, new_logvar)
-    return _better(model, x, DiagonalNormal(mu.detach(), logvar.detach()), DiagonalNormal(new_mu, new_logvar), seed)
+    return _better(model, x, DiagonalNormal(mu.detach(), logvar.detach()), DiagonalNormal(new_mu, new_logvar), seed, beta)
 
 
 def optimize_point(

@@ -25,7 +25,11 @@ class VI(InferenceMethod):
     their own with θ fixed (``local_update``), so that the shared step sees a q near the
     optimum for the current decoder, as Hoffman et al.'s stochastic VI does.
 
-    A new x gets its q by maximising its ELBO with θ fixed, from the prior N(0, I).
+    A new x gets its q by maximising its ELBO with θ fixed, from the prior N(0, I). Under an
+    objective that weighs the KL by β (``kl_weight``: ``--beta``, 0 under objective
+    reconstruction) the local steps and the fits of new rows maximise that ELBO_β, the
+    objective the training rows' q_i were fitted on; the ELBO and log p(x) reported for
+    them are the model's own (β = 1), as for an encoder trained on ELBO_β.
     """
 
     has_encoder = False
@@ -45,7 +49,7 @@ class VI(InferenceMethod):
         from .optimize import optimize_gaussian
 
         zeros = torch.zeros(x.shape[0], self.size, dtype=x.dtype, device=x.device)
-        return optimize_gaussian(model, x, zeros, zeros, self.config.local_steps, self.config.local_lr)
+        return optimize_gaussian(model, x, zeros, zeros, self.config.local_steps, self.config.local_lr, beta=self.kl_weight)
 
     @torch.no_grad()
     def local_update(self, model, x: torch.Tensor, idx: torch.Tensor, seed: int) -> None:
@@ -54,6 +58,6 @@ class VI(InferenceMethod):
             return
         from .optimize import optimize_gaussian
 
-        q = optimize_gaussian(model, x, self.mu[idx], self.logvar[idx], steps, self.config.local_lr, seed=seed)
+        q = optimize_gaussian(model, x, self.mu[idx], self.logvar[idx], steps, self.config.local_lr, seed=seed, beta=self.kl_weight)
         self.mu.index_copy_(0, idx, q.mu.to(self.mu.dtype))
         self.logvar.index_copy_(0, idx, q.logvar.to(self.logvar.dtype))
