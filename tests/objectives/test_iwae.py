@@ -179,6 +179,13 @@ def test_log_mean_exp():
     torch.testing.assert_close(out, expected, rtol=1e-14, atol=0)
 
 
+def _drawn_in_chunks(model, x, q, chunks=(3, 3, 3, 1)) -> torch.Tensor:
+    """The log-weights of one generator seeded 9, drawn in ``chunks`` as iwae draws K = 10 for 4
+    rows of D = 5 with block = 60 (chunks of 3 samples)."""
+    g = _gen(9)
+    return torch.cat([log_weights(model, x, c, q=q, generator=g) for c in chunks])
+
+
 def test_iwae_chunks_combine_exactly():
     """block = 60 elements with n·D = 4·5 = 20 gives chunks of 3 samples: K = 10 is drawn as
     3, 3, 3, 1. The same chunk sizes from an identically seeded generator give the same draws,
@@ -187,8 +194,7 @@ def test_iwae_chunks_combine_exactly():
     x = sample_x(model, n=4)
     with torch.no_grad():
         q = model.posterior(x)
-        g = _gen(9)
-        lw = torch.cat([log_weights(model, x, c, q=q, generator=g) for c in (3, 3, 3, 1)])
+        lw = _drawn_in_chunks(model, x, q)
         chunked = iwae(model, x, 10, q=q, generator=_gen(9), block=60)
         one = iwae(model, x, 10, q=q, generator=_gen(9), block=10**9)
         lw_one = log_weights(model, x, 10, q=q, generator=_gen(9))
@@ -207,8 +213,7 @@ def test_iwae_and_elbo_share_their_draws():
     x = sample_x(model, n=4)
     with torch.no_grad():
         q = model.posterior(x)
-        g = _gen(9)
-        lw = torch.cat([log_weights(model, x, c, q=q, generator=g) for c in (3, 3, 3, 1)])
+        lw = _drawn_in_chunks(model, x, q)
         log_px, elbo_hat = iwae_and_elbo(model, x, 10, q=q, generator=_gen(9), block=60)
         torch.testing.assert_close(log_px, iwae(model, x, 10, q=q, generator=_gen(9), block=60), rtol=0, atol=0)
         torch.testing.assert_close(log_px, log_mean_exp(lw), rtol=1e-12, atol=1e-12)
