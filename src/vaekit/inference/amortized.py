@@ -30,7 +30,8 @@ class Amortized(InferenceMethod):
     ``refine_in_training`` the decoder also learns from the refined q while the encoder learns
     from its own ELBO (the stop-gradient variant of Krishnan et al. 2018, which needs no
     Hessian-vector products). The loss is the sum of the two terms (each keeps its full
-    gradient), so the logged train_loss is about twice the ELBO's.
+    gradient), so the logged train_loss is about twice the ELBO's. Under an objective that weighs
+    the KL by β (``kl_weight``) the steps ascend that ELBO_β, the objective the encoder learns.
     """
 
     def __init__(self, config, latents):
@@ -60,7 +61,7 @@ class Amortized(InferenceMethod):
     def refine(self, model, x: torch.Tensor, q: DiagonalNormal) -> DiagonalNormal:
         from .optimize import optimize_gaussian
 
-        return optimize_gaussian(model, x, q.mu, q.logvar, self.config.refine_steps, self.config.refine_lr)
+        return optimize_gaussian(model, x, q.mu, q.logvar, self.config.refine_steps, self.config.refine_lr, beta=self.kl_weight)
 
     def training_posteriors(self, model, x, idx):
         q = self(model, x, idx)
