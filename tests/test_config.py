@@ -182,7 +182,7 @@ def test_version_6_config_loads_without_valid_k_and_stays_strict(tmp_path):
     epoch) loads with valid_k 0, while a version 6 file missing a field version 6 had is still
     damage, and a version 7 file without valid_k is too."""
     d = _run_config().to_dict()
-    assert d["version"] == CONFIG_VERSION == 8
+    assert d["version"] == CONFIG_VERSION == 9
     del d["train"]["valid_k"]
     with pytest.raises(ConfigError, match=r"the train section is missing the field\(s\) valid_k;"):
         RunConfig.from_dict(json.loads(json.dumps(d)))
@@ -190,7 +190,7 @@ def test_version_6_config_loads_without_valid_k_and_stays_strict(tmp_path):
     path = _write(tmp_path, json.dumps(d))
     old = RunConfig.load(path)
     assert old.version == CONFIG_VERSION and old.train.valid_k == 0
-    assert old.to_dict()["train"] == {**d["train"], "valid_k": 0}
+    assert old.to_dict()["train"] == {**d["train"], "valid_k": 0, "ema": 0.0}
     del d["train"]["adam_eps"]
     with pytest.raises(ConfigError, match=r"the train section is missing the field\(s\) adam_eps;"):
         RunConfig.from_dict(d)
@@ -202,14 +202,31 @@ def test_version_7_config_reads_x_through_the_trunk_and_version_8_must_say(tmp_p
     version 8 file without the field is damage."""
     model = ModelConfig(input_dim=6, latent_dim=(4, 2), hidden=(8,), inference="topdown")
     d = RunConfig(model=model).to_dict()
-    assert d["version"] == CONFIG_VERSION == 8 and d["model"]["x_path"] == "trunk"
+    assert d["version"] == CONFIG_VERSION == 9 and d["model"]["x_path"] == "trunk"
     del d["model"]["x_path"]
     with pytest.raises(ConfigError, match=r"the model section is missing the field\(s\) x_path;"):
         RunConfig.from_dict(json.loads(json.dumps(d)))
-    d["version"] = 7
+    as_version(d, 7)
     old = RunConfig.load(_write(tmp_path, json.dumps(d)))
     assert old.version == CONFIG_VERSION and old.model.x_path == "trunk"
     assert old.to_dict()["model"] == {**d["model"], "x_path": "trunk"}
+
+
+def test_version_8_config_trains_without_an_average_and_version_9_must_say(tmp_path):
+    """Version 9 added train.ema: a version 8 run (trained and validated on its own weights)
+    loads with ema 0; a version 9 file without the field is damage."""
+    d = _run_config().to_dict()
+    assert d["train"]["ema"] == 0.0
+    del d["train"]["ema"]
+    with pytest.raises(ConfigError, match=r"the train section is missing the field\(s\) ema;"):
+        RunConfig.from_dict(json.loads(json.dumps(d)))
+    as_version(d, 8)
+    old = RunConfig.load(_write(tmp_path, json.dumps(d)))
+    assert old.version == CONFIG_VERSION and old.train.ema == 0.0
+    assert old.to_dict()["train"] == {**d["train"], "ema": 0.0}
+    d["train"]["ema"] = 0.99  # a version 8 file cannot hold it: its version was edited
+    with pytest.raises(ConfigError, match="which version 9 added"):
+        RunConfig.from_dict(d)
 
 
 def test_beta_warmup():
@@ -334,7 +351,7 @@ def test_version_2_config_loads_without_an_input_map(tmp_path):
     assert not {"standardize", "input_shift", "input_scale"} & set(config["model"])
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
-    assert loaded.version == CONFIG_VERSION == 8
+    assert loaded.version == CONFIG_VERSION == 9
     assert (loaded.model.standardize, loaded.model.input_shift, loaded.model.input_scale) == ("off", None, None)
 
 
@@ -409,7 +426,7 @@ def test_version_3_config_keeps_the_per_point_rate_it_was_trained_at(tmp_path, i
     assert "point_lr" not in config["model"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
-    assert loaded.version == CONFIG_VERSION == 8
+    assert loaded.version == CONFIG_VERSION == 9
     if inference == "amortized":
         assert loaded.model.point_lr == 0.2  # an option this model does not use, at its default
     else:
@@ -430,7 +447,7 @@ def test_a_version_that_is_not_a_known_integer_is_refused(tmp_path, version):
 def test_a_missing_version_is_refused():
     d = _run_config().to_dict()
     del d["version"]
-    with pytest.raises(ConfigError, match="config version must be an integer from 1 to 8, got None"):
+    with pytest.raises(ConfigError, match="config version must be an integer from 1 to 9, got None"):
         RunConfig.from_dict(d)
 
 

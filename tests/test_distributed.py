@@ -147,12 +147,18 @@ def test_two_processes_match_one_in_float64(runs64):
         assert s2["test"][key] == pytest.approx(s1["test"][key], rel=1e-12), key
 
 
-def test_two_processes_match_one_in_float32(tmp_path):
-    runs = {}
+@pytest.mark.parametrize("ema", [None, "0.9"])
+def test_two_processes_match_one_in_float32(tmp_path, ema):
+    """Also with the weights' average (--ema), which every rank updates from the same weights:
+    the average of last.safetensors matches too."""
+    runs, extra = {}, ["--ema", ema] if ema else []
     for label, nproc in (("single", 1), ("ddp", 2)):
         runs[label] = tmp_path / label
-        ok(vaekit_train(*COMMON, "--epochs", 2, "--out", runs[label], nproc=nproc, cwd=tmp_path))
+        ok(vaekit_train(*COMMON, *extra, "--epochs", 2, "--out", runs[label], nproc=nproc, cwd=tmp_path))
     assert_same_run(runs["ddp"], runs["single"], torch.float32, TOL32, rtol=1e-6)
+    if ema:
+        a, b = ({k: v for k, v in ckpt.load_tensors(d / ckpt.LAST_FILE)[0].items() if k.startswith("average.")} for d in runs.values())
+        assert a and a.keys() == b.keys() and max_abs_diff(a, b) <= TOL32
 
 
 # ---- rank 0 alone writes and reports -----------------------------------------------------------

@@ -147,3 +147,121 @@ def test_adam_eps_is_saved_checked_and_fixed_on_resume(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="adam_eps"):
         vaekit.VAE(adam_eps=0.0, epochs=1).fit(torch.rand(20, 3).numpy())
+
+
+# ---- the weights' exponential moving average (optim.WeightAverage, --ema) --------------------
+
+
+def _averaged(decay: float, values: list[float]):
+    """A WeightAverage of a one-parameter model driven through ``values`` (the weight after each
+    step), and the model."""
+    from vaekit.optim import WeightAverage
+
+    class One(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor([values[0]], dtype=F64))
+
+            class NoTables:
+                def local_parameters(self):
+                    return []
+
+            self.inference = NoTables()
+
+    model = One()
+    average = WeightAverage(model, decay)
+    for v in values[1:]:
+        with torch.no_grad():
+            model.w.fill_(v)
+        average.update()
+    return average, model
+
+
+def test_weight_average_of_a_ramp_lags_by_the_closed_form():
+    """An exponential average with constant decay d of a ramp θ_t = t lags it by d/(1 − d) in
+    the steady state (the geometric series Σ_s (1 − d) d^s s); the start-up rates
+    (1 + t)/(10 + t) only shorten the transient. d = 0.5 lags by 1, d = 0.9 by 9."""
+    for decay, lag in ((0.5, 1.0), (0.9, 9.0)):
+        average, _ = _averaged(decay, [float(t) for t in range(400)])
+        assert average.updates == 399
+        assert average.average[0].item() == pytest.approx(399 - lag, abs=1e-9)
+
+
+def test_weight_average_starts_with_a_short_memory_and_is_an_affine_average():
+    """d_t = min(decay, (1 + t)/(10 + t)): the first update keeps 1/10 of the start (d_0 = 0.1),
+    the average of a constant is that constant (the weights sum to 1), and it never leaves the
+    range of the values averaged."""
+    average, _ = _averaged(0.999, [0.0, 1.0])
+    assert average.average[0].item() == pytest.approx(0.9, abs=1e-15)
+    assert average.rate() == pytest.approx(2 / 11)
+    average, _ = _averaged(0.999, [3.25] * 50)
+    assert average.average[0].item() == 3.25
+    g = torch.Generator().manual_seed(0)
+    values = torch.rand(200, generator=g, dtype=F64).tolist()
+    average, _ = _averaged(0.95, values)
+    assert min(values) <= average.average[0].item() <= max(values)
+    # By hand: θ̄ ← d θ̄ + (1 − d) θ with the same rates.
+    expected = values[0]
+    for t, v in enumerate(values[1:]):
+        d = min(0.95, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * v
+    assert average.average[0].item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_weight_average_applied_swaps_in_and_back_out_even_on_error():
+    average, model = _averaged(0.5, [0.0, 4.0, 8.0])
+    own, avg = model.w.item(), average.average[0].item()
+    assert own == 8.0 and avg != own
+    with average.applied():
+        assert model.w.item() == avg
+    assert model.w.item() == own
+    with pytest.raises(KeyError):
+        with average.applied():
+            raise KeyError("inside")
+    assert model.w.item() == own and model.w.requires_grad
+
+
+def test_weight_average_leaves_per_point_tables_out_and_refuses_what_does_not_fit():
+    from vaekit.config import ModelConfig
+    from vaekit.model import VAEModel
+    from vaekit.optim import WeightAverage
+
+    model = VAEModel(ModelConfig(input_dim=4, latent_dim=2, hidden=(3,), inference="vi", n_points=5))
+    average = WeightAverage(model, 0.9)
+    tables = {id(p) for p in model.inference.local_parameters()}
+    assert tables and not tables & {id(p) for p in average.params}
+    assert len(average.params) == len(list(model.parameters())) - len(tables)
+    state = average.state()
+    name = average.names[0]
+    with pytest.raises(ValueError, match=f"no average of {name}"):
+        average.load({k: v for k, v in state.items() if k != name}, 3)
+    with pytest.raises(ValueError, match="the weight"):
+        average.load({**state, name: state[name].double()}, 3)
+    with pytest.raises(ValueError, match="update count"):
+        average.load(state, -1)
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="decay"):
+            WeightAverage(model, bad)
+
+
+def test_ema_trains_resumes_bit_for_bit_and_is_checked(tmp_path, capsys):
+    """``--ema`` is saved in config.json, its average travels in last.safetensors (resume ends
+    on the straight run's bits), it cannot change on resume, and bad decays are one-line
+    errors that leave nothing behind."""
+    import json
+
+    from cli_helpers import assert_resume_equals_straight, cli
+
+    common = ["--data", "digits", "--latent-dim", "3", "--hidden", "16", "--eval-k", "5", "--seed", "2", "--lr", "1e-2"]
+    a = assert_resume_equals_straight(tmp_path, [*common, "--ema", "0.9"])
+    averaged = {k for k in a if k.startswith("average.")}
+    assert averaged and {"average." + k.removeprefix("model.") for k in a if k.startswith("model.")} >= averaged
+    assert not torch.equal(a["average.decoder.0.weight"], a["model.decoder.0.weight"])
+    assert json.loads((tmp_path / "straight" / "config.json").read_text())["train"]["ema"] == 0.9
+    code, _, err = cli(capsys, "train", "--out", tmp_path / "straight", "--resume", "--epochs", "4", "--ema", "0.99")
+    assert code != 0 and err.count("\n") == 1
+    assert err.strip().endswith(f"--ema cannot change when resuming; the run in {tmp_path / 'straight'} has ema=0.9")
+    for bad in ("1", "1.5", "-0.1", "nan"):
+        code, _, err = cli(capsys, "train", *common, "--epochs", "1", "--ema", bad, "--out", tmp_path / "bad")
+        assert code != 0 and err.count("\n") == 1 and "--ema" in err, (bad, err)
+        assert not (tmp_path / "bad").exists()

@@ -9,6 +9,7 @@ runs (on the CPU every operation is deterministic for a fixed thread count).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -678,3 +679,108 @@ def test_valid_k_tracks_the_evidence_and_the_gap_without_changing_training(digit
     assert last["valid_log_px"] == expected
     assert last["valid_gap"] == expected - last["valid_elbo"]
     assert all(r["valid_gap"] > 0 for r in h1)  # K = 7 already bounds above the ELBO here
+
+
+# ---- the weights' moving average (--ema) ---------------------------------------------------------
+
+
+def _ema_config(epochs: int = 4) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=128, lr=3e-3, seed=3, ema=0.9, eval_k=2)
+
+
+def test_ema_validates_and_keeps_the_averaged_weights(digits, tmp_path):
+    """With ``ema`` every validation value is the averaged weights' (recomputed here from the
+    saved best model with the validation's own noise), model.safetensors holds the average at
+    the best epoch, last.safetensors both the step's own weights (to train on from) and the
+    average, and ``fit`` leaves the model holding the best average. Without ema the average
+    does not exist and the record is the raw weights'."""
+    x_train, x_valid = digits
+    config = _ema_config()
+    model = small_model(0)
+    history = fit(model, x_train, x_valid, config, run_dir=tmp_path, run_config=_run_config(config))
+    best = max(history, key=lambda r: r["valid_score"])
+    weights, meta = ckpt.load_tensors(tmp_path / ckpt.MODEL_FILE)
+    assert meta["epoch"] == best["epoch"]
+    assert_same_tensors(params(model), weights)
+    check = small_model(5)
+    check.load_state_dict(weights)
+    valid = elbo_per_point(check, torch.as_tensor(x_valid), seed=config.seed + 1, per_row=False)
+    assert float(valid["elbo"].mean()) == best["valid_elbo"]
+    last, last_meta = ckpt.load_tensors(tmp_path / ckpt.LAST_FILE)
+    assert last_meta["average_updates"] == config.epochs * math.ceil(len(x_train) / config.batch_size)
+    own = {k.removeprefix("model."): v for k, v in last.items() if k.startswith("model.")}
+    average = {k.removeprefix("average."): v for k, v in last.items() if k.startswith("average.")}
+    assert set(average) == {name for name, _ in check.named_parameters()}
+    assert all(not torch.equal(own[k], average[k]) for k in average)
+    if best["epoch"] == config.epochs:
+        assert all(torch.equal(weights[k], average[k]) for k in average)
+    # The raw weights of the last epoch score otherwise than what was recorded for it.
+    raw = small_model(5)
+    raw.load_state_dict(own)
+    raw_elbo = float(elbo_per_point(raw, torch.as_tensor(x_valid), seed=config.seed + 1, per_row=False)["elbo"].mean())
+    assert raw_elbo != history[-1]["valid_elbo"]
+    without = dataclasses.replace(config, ema=0.0)
+    plain = fit(small_model(0), x_train, x_valid, without, run_dir=tmp_path / "plain", run_config=_run_config(without))
+    assert not any(k.startswith("average.") for k in ckpt.load_tensors(tmp_path / "plain" / ckpt.LAST_FILE)[0])
+    assert plain[-1]["train_loss"] == history[-1]["train_loss"]  # the steps themselves are the same
+    assert plain[-1]["valid_elbo"] != history[-1]["valid_elbo"]
+
+
+def test_ema_interrupt_and_resume_is_exact(digits, tmp_path, monkeypatch):
+    """Killed inside the checkpoint write of epoch 3 and resumed, an averaged run ends on the
+    uninterrupted run's bits: weights, average, best model and metrics."""
+    x_train, x_valid = digits
+    config = _ema_config(5)
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref = small_model(0)
+    ref_history = fit(ref, x_train, x_valid, config, run_dir=ref_dir, run_config=_run_config(config))
+    real_replace, calls = os.replace, {"n": 0}
+
+    def replace(src, dst):
+        if Path(dst).name == ckpt.LAST_FILE:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise Interrupted
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(Interrupted):
+        fit(small_model(0), x_train, x_valid, config, run_dir=run_dir, run_config=_run_config(config))
+    monkeypatch.undo()
+    torch.manual_seed(12345)
+    resumed = small_model(7)
+    history = fit(resumed, x_train, x_valid, config, run_dir=run_dir, resume=True)
+    assert_same_tensors(params(resumed), params(ref))
+    assert without_timing(history) == without_timing(ref_history)
+    for name in (ckpt.MODEL_FILE, ckpt.LAST_FILE):
+        assert_same_tensors(ckpt.load_tensors(run_dir / name)[0], ckpt.load_tensors(ref_dir / name)[0])
+
+
+def test_ema_resume_rewrites_a_lost_best_model_from_the_average(digits, tmp_path, monkeypatch):
+    """A best epoch that is the last checkpoint's: a resume rewrites model.safetensors from the
+    checkpoint's average, not from the step's own weights."""
+    from vaekit.objectives.elbo import ElboObjective
+
+    x_train, x_valid = digits
+    config = _ema_config(2)
+    scores = iter(range(100))
+    monkeypatch.setattr(ElboObjective, "validate", lambda self, model, x, terms, seed: float(next(scores)))
+    fit(small_model(0), x_train, x_valid, config, run_dir=tmp_path, run_config=_run_config(config))
+    kept = ckpt.load_tensors(tmp_path / ckpt.MODEL_FILE)[0]
+    (tmp_path / ckpt.MODEL_FILE).unlink()
+    fit(small_model(0), x_train, x_valid, config, run_dir=tmp_path, resume=True)
+    assert_same_tensors(ckpt.load_tensors(tmp_path / ckpt.MODEL_FILE)[0], kept)
+
+
+def test_ema_resume_from_a_checkpoint_without_its_average_is_refused(digits, tmp_path):
+    from vaekit.errors import CheckpointError
+
+    x_train, x_valid = digits
+    config = _ema_config(1)
+    fit(small_model(0), x_train, x_valid, config, run_dir=tmp_path, run_config=_run_config(config))
+    tensors, meta = ckpt.load_tensors(tmp_path / ckpt.LAST_FILE)
+    ckpt.save_tensors(tmp_path / ckpt.LAST_FILE, {k: v for k, v in tensors.items() if not k.startswith("average.")}, meta)
+    before = _files(tmp_path)
+    with pytest.raises(CheckpointError, match=r"last.safetensors: the weights' average does not fit the model \(no average of "):
+        fit(small_model(0), x_train, x_valid, _ema_config(2), run_dir=tmp_path, resume=True)
+    assert _files(tmp_path) == before

@@ -430,7 +430,7 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
     # loading a model leaves the caller's draws as they were.
     with torch.random.fork_rng(devices=[]):
         model = build_model(config.model, config.train).to(getattr(torch, config.train.dtype))
-    load_state_into(model, {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))}, run_dir / which)
+    load_state_into(model, {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith(("optim.", "rng.", "average."))}, run_dir / which)
     model.eval()
     return config, model
 
@@ -438,10 +438,14 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
 # ---- training state for --resume -----------------------------------------------------------
 
 
-def training_state(model, optimizers, meta: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Flatten model, optimizer(s) and RNG state into safetensors-compatible tensors + JSON."""
+def training_state(model, optimizers, meta: dict[str, Any], average=None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten model, optimizer(s), RNG state and the weights' average (``optim.WeightAverage``,
+    if the run keeps one) into safetensors-compatible tensors + JSON."""
     optimizers = optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if average is not None:
+        tensors.update({f"average.{k}": v for k, v in average.state().items()})
+        meta = dict(meta, average_updates=average.updates)
     groups, scalars = [], {}
     for j, optimizer in enumerate(optimizers):
         opt = optimizer.state_dict()
@@ -459,10 +463,18 @@ def training_state(model, optimizers, meta: dict[str, Any]) -> tuple[dict[str, t
     return tensors, meta
 
 
-def restore_training_state(path: Path, model, optimizers) -> dict[str, Any]:
+def restore_training_state(path: Path, model, optimizers, average=None) -> dict[str, Any]:
+    """Load ``training_state``'s tensors back into model, optimizer(s), RNG and ``average``;
+    the metadata. CheckpointError where they do not fit."""
     optimizers = optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]
     tensors, meta = load_tensors(path)
     load_state_into(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    if average is not None:
+        p = next(model.parameters())
+        try:
+            average.load({k[8:]: v.to(p.device) for k, v in tensors.items() if k.startswith("average.")}, meta.get("average_updates"))
+        except ValueError as e:
+            raise CheckpointError(f"{path}: the weights' average does not fit the model ({e}); was the run trained without --ema?") from None
     states: list[dict[int, dict[str, Any]]] = [{} for _ in optimizers]
     try:
         for k, v in tensors.items():

@@ -26,7 +26,7 @@ from .files import json_loads
 from .registry import K_MAX, REGISTRIES, STEPS_MAX, Option
 from .schedules import SCHEDULES
 
-CONFIG_VERSION = 8
+CONFIG_VERSION = 9
 # From this version on a config.json holds every field.
 FIRST_COMPLETE_VERSION = 6
 # The fields each version added, by section: an older file lacks them (``_migrate`` fills them
@@ -38,6 +38,7 @@ ADDED_FIELDS: dict[int, dict[str, tuple[str, ...]]] = {
     5: {"model": ("downward",)},
     7: {"train": ("valid_k",)},
     8: {"model": ("x_path",)},
+    9: {"train": ("ema",)},
 }
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
@@ -119,6 +120,9 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "lr": Option(1e-3, "Adam learning rate", minimum=0.0, exclusive=True),
     "adam_eps": Option(1e-8, "Adam's epsilon, added to the root of the second-moment estimate (torch's default; Burda et al. 2016 trained the IWAE with 1e-4)", minimum=0.0, exclusive=True),
     "normalized_grad": Option(False, "Adam on each parameter tensor's gradient divided by its L2 norm (Yu et al. 2017; how Tomczak & Welling 2018 trained)"),
+    # Validation, the best model and every output read the averaged weights; training steps
+    # the model's own (optim.WeightAverage).
+    "ema": Option(0.0, "decay of an exponential moving average of the weights after every step (Polyak averaging; 0.999 is usual), which validation, early stopping and the saved model use; 0 is off", minimum=0.0),
     # The rate of each epoch is a function of the run's history (vaekit.schedules), so --resume
     # recomputes it rather than storing a scheduler's state; a resume may change the schedule
     # where the new one gives the rates the run has used so far (train._check_schedule).
@@ -450,6 +454,8 @@ class _TrainBase(_Section):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
         if self.lr_factor >= 1:
             raise ConfigError(f"lr_factor must be < 1, got {self.lr_factor!r}")
+        if self.ema >= 1:
+            raise ConfigError(f"ema must be < 1 (a decay; 0 is off), got {self.ema!r}")
         if self.lr_schedule != "plateau":
             for name in ("lr_factor", "lr_patience", "lr_min"):
                 if getattr(self, name) != TRAIN_OPTIONS[name].default:
@@ -557,6 +563,13 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
         if isinstance(model, dict):
             model.setdefault("x_path", "trunk")
         d["version"] = version = 8
+    if version == 8:
+        # Version 9 added train.ema (averaged weights); version 8 runs kept their own.
+        d = json.loads(json.dumps(d))
+        train = d.get("train", {})
+        if isinstance(train, dict):
+            train.setdefault("ema", 0.0)
+        d["version"] = version = 9
     if version != CONFIG_VERSION:  # from_dict checked it: only a caller that did not gets here
         raise ConfigError(f"config version must be an integer from 1 to {CONFIG_VERSION}, got {d.get('version')!r}")
     return d

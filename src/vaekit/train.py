@@ -30,7 +30,7 @@ from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .evaluate import LatentUsage, elbo_per_point, latent_usage, log_px_per_point, read_only_tensor, refuse_elbo_overflow
 from .launch import rank_world
-from .optim import Adam, NormalizedAdam, SparseAdam
+from .optim import Adam, NormalizedAdam, SparseAdam, WeightAverage
 from .registry import OBJECTIVES
 from .schedules import lr_at, rates
 
@@ -126,8 +126,8 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
     check_shards(n, config.batch_size, world)
     writer = run_dir is not None and rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
-    step = _Step(model, objective, optimizers, config, device, batch_rows, rank, world)
     run = _start(model, optimizers, config, run_dir, run_config, resume, writer, x_train, x_valid)
+    step = _Step(model, objective, optimizers, config, device, batch_rows, rank, world, run.average)
     # The bubbles of a 2-D latent before the first step and after the middle epoch (bubbles.py).
     snapshots = bubbles.snapshot_epochs(config.epochs) if writer else ()
     if 0 in snapshots and not resume:
@@ -144,58 +144,15 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
         except TrainingError as e:
             raise TrainingError(f"{e}; {_likely_cause(model, x_train, config)}") from None
         train_seconds = time.perf_counter() - t0
-        # The latent units' use from the same validation pass (no second encoder pass).
-        usage = latent_usage(model, config.seed)
-        # One noise stream for the pass: means over fixed rows need no per-row streams, whose
-        # seeding costs tens of microseconds a row.
-        valid = elbo_per_point(model, valid_rows, seed=config.seed + 1, usage=usage, per_row=False)
-        try:  # a row far outside the training data: an ELBO of −inf every epoch would pick no best
-            refuse_elbo_overflow(valid, x_valid)
-        except DataError as e:
-            raise DataError(f"[valid] {e}") from None
-        valid_elbo = float(valid["elbo"].mean())
-        # The best epoch is the objective's own: the validation ELBO, K-sample bound or recon.
-        score = objective.validate(model, valid_rows, valid, seed=config.seed + 1)
-        valid_log_px = None
-        if config.valid_k:
-            valid_log_px = float(log_px_per_point(model, valid_rows, k=config.valid_k, seed=config.seed + 3, per_row=False).mean())
-        record = {
-            "epoch": epoch,
-            "beta": config.beta_at(epoch),
-            "lr": lr,
-            "objective": objective.name,
-            "train_loss": float(losses.mean()),
-            "train_objective": float(value_sum) / n,
-            "train_elbo": float(value_sum) / n if objective.name == "elbo" else None,
-            "valid_elbo": valid_elbo,
-            "valid_recon": float(valid["recon"].mean()),
-            "valid_kl": float(valid["kl"].mean()),
-            "valid_score": score,
-            "valid_log_px": valid_log_px,
-            "valid_gap": None if valid_log_px is None else valid_log_px - valid_elbo,
-            # Posterior collapse on the validation rows: units whose posterior mean varies with x
-            # (Burda et al. 2015), and the KL of each dimension (None where it does not split).
-            "active_units": usage.active_units,
-            "kl_per_dim": usage.kl_per_dim,
-            "kl_per_group": usage.kl_per_group,
-            # The notes' three bubble forces on the validation rows, where the KL splits
-            # into a mean and a variance term: −recon + force_mean + force_variance = −ELBO.
-            **_forces(valid, usage),
-            "train_seconds": train_seconds,
-            "images_per_second": n / train_seconds,
-        }
-        run.history.append(record)
-        improved = score > run.best_valid
-        if improved:
-            run.best_valid, run.best_epoch, run.bad_epochs = score, epoch, 0
-            run.best_state = copy.deepcopy(model.state_dict())
-        else:
-            run.bad_epochs += 1
+        with run.evaluated():  # the averaged weights, where the run keeps an average
+            record, improved = _validate(model, objective, config, run, valid_rows, x_valid, epoch, lr, losses, value_sum, n, train_seconds)
+            if improved:
+                run.best_state = copy.deepcopy(model.state_dict())
+            # The epoch as a user pays for it: training and validation.
+            record["epoch_seconds"] = time.perf_counter() - t0
+            if epoch in snapshots[1:]:  # before the checkpoint: a resumed run will not redo this epoch
+                bubbles.keep_snapshot(model, x_valid, run_dir, epoch)
         stopped = config.patience is not None and run.bad_epochs >= config.patience
-        # The epoch as a user pays for it: training and validation.
-        record["epoch_seconds"] = time.perf_counter() - t0
-        if epoch in snapshots[1:]:  # before the checkpoint: a resumed run will not redo this epoch
-            bubbles.keep_snapshot(model, x_valid, run_dir, epoch)
         if writer:
             meta = {
                 "epoch": epoch,
@@ -213,7 +170,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
                 run.config_to_save.save(run_dir / ckpt.CONFIG_FILE)
                 run.config_to_save = None
             meta["model_config"], meta["fixed_config"] = run.model_record, run.fixed_record
-            ckpt.save_tensors(run_dir / ckpt.LAST_FILE, *ckpt.training_state(model, optimizers, meta))
+            ckpt.save_tensors(run_dir / ckpt.LAST_FILE, *ckpt.training_state(model, optimizers, meta, run.average))
             # After the checkpoint, which holds this epoch's weights too: a write that fails
             # between the two leaves the earlier best beside the earlier record (what readers
             # see), and a resume rewrites it from last.safetensors (``_start``).
@@ -228,6 +185,59 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
         model.load_state_dict(run.best_state)
     model.eval()
     return run.history
+
+
+def _validate(model, objective, config: TrainConfig, run: _Run, valid_rows, x_valid, epoch: int, lr: float, losses, value_sum, n: int, train_seconds: float) -> tuple[dict[str, Any], bool]:
+    """The epoch's record from a pass over the validation rows, appended to the run's history,
+    and whether the objective's validation value improved on the best so far (the run's best
+    and patience count updated)."""
+    # The latent units' use from the same validation pass (no second encoder pass).
+    usage = latent_usage(model, config.seed)
+    # One noise stream for the pass: means over fixed rows need no per-row streams, whose
+    # seeding costs tens of microseconds a row.
+    valid = elbo_per_point(model, valid_rows, seed=config.seed + 1, usage=usage, per_row=False)
+    try:  # a row far outside the training data: an ELBO of −inf every epoch would pick no best
+        refuse_elbo_overflow(valid, x_valid)
+    except DataError as e:
+        raise DataError(f"[valid] {e}") from None
+    valid_elbo = float(valid["elbo"].mean())
+    # The best epoch is the objective's own: the validation ELBO, K-sample bound or recon.
+    score = objective.validate(model, valid_rows, valid, seed=config.seed + 1)
+    valid_log_px = None
+    if config.valid_k:
+        valid_log_px = float(log_px_per_point(model, valid_rows, k=config.valid_k, seed=config.seed + 3, per_row=False).mean())
+    record = {
+        "epoch": epoch,
+        "beta": config.beta_at(epoch),
+        "lr": lr,
+        "objective": objective.name,
+        "train_loss": float(losses.mean()),
+        "train_objective": float(value_sum) / n,
+        "train_elbo": float(value_sum) / n if objective.name == "elbo" else None,
+        "valid_elbo": valid_elbo,
+        "valid_recon": float(valid["recon"].mean()),
+        "valid_kl": float(valid["kl"].mean()),
+        "valid_score": score,
+        "valid_log_px": valid_log_px,
+        "valid_gap": None if valid_log_px is None else valid_log_px - valid_elbo,
+        # Posterior collapse on the validation rows: units whose posterior mean varies with x
+        # (Burda et al. 2015), and the KL of each dimension (None where it does not split).
+        "active_units": usage.active_units,
+        "kl_per_dim": usage.kl_per_dim,
+        "kl_per_group": usage.kl_per_group,
+        # The notes' three bubble forces on the validation rows, where the KL splits
+        # into a mean and a variance term: −recon + force_mean + force_variance = −ELBO.
+        **_forces(valid, usage),
+        "train_seconds": train_seconds,
+        "images_per_second": n / train_seconds,
+    }
+    run.history.append(record)
+    improved = score > run.best_valid
+    if improved:
+        run.best_valid, run.best_epoch, run.bad_epochs = score, epoch, 0
+    else:
+        run.bad_epochs += 1
+    return record, improved
 
 
 def _forces(valid: dict[str, np.ndarray], usage: LatentUsage) -> dict[str, float]:
@@ -285,6 +295,13 @@ class _Run:
         # (training rows, validation rows) and their data_fingerprint: a resume on other data is refused.
         self.rows: list[int] = []
         self.fingerprint: list[str] = []
+        # The averaged weights (--ema), which validation and the best model read.
+        self.average: WeightAverage | None = None
+
+    def evaluated(self):
+        """A context in which the model holds the weights the run evaluates: the average where it
+        keeps one, else its own."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
     def best_meta(self) -> dict[str, Any]:
         """model.safetensors' metadata: the epoch of the best weights, and the model section."""
@@ -324,6 +341,8 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
         # A prior may start from the data (the VampPrior's pseudo-inputs); its own numpy
         # stream leaves torch's untouched. Not on resume: the checkpoint holds that state.
         model.prior.init_from_data(x_train, np.random.default_rng(config.seed))
+        # From the weights the first step starts at (pseudo-inputs from the data included).
+        run.average = WeightAverage(model, config.ema) if config.ema else None
         if writer:
             if run_config is None:
                 raise ValueError("run_config is needed to write a run directory")
@@ -335,7 +354,8 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
             f"{run_dir}: nothing to resume (no {ckpt.LAST_FILE}: the run stopped before its first epoch ended); "
             "start it again with --overwrite"
         )
-    meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizers)
+    run.average = WeightAverage(model, config.ema) if config.ema else None
+    meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizers, run.average)
     ckpt.check_model_record(run_dir / ckpt.CONFIG_FILE, run_dir / ckpt.LAST_FILE, meta)
     if run.model_record is None:
         run.model_record, run.fixed_record = meta.get("model_config"), meta.get("fixed_config")
@@ -378,8 +398,9 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
                 f"{run_dir / ckpt.MODEL_FILE} {what}: the best weights (epoch {run.best_epoch}) are lost and "
                 f"{ckpt.LAST_FILE} holds epoch {meta['epoch']}; put them back, or train again with --overwrite"
             )
-        # The last checkpoint is the best epoch: its weights are the best weights.
-        run.best_state = copy.deepcopy(model.state_dict())
+        # The last checkpoint is the best epoch: its weights (or their average) are the best.
+        with run.evaluated():
+            run.best_state = copy.deepcopy(model.state_dict())
         if writer:
             ckpt.save_tensors(run_dir / ckpt.MODEL_FILE, run.best_state, run.best_meta())
     # Lines after the checkpoint belong to an epoch that will be run again.
@@ -405,8 +426,9 @@ class _Step:
     """One pass over the training set: per batch, the objective's loss, its gradient and the
     optimizer step, under the configured precision, compilation and data parallelism."""
 
-    def __init__(self, model, objective, optimizers, config: TrainConfig, device: torch.device, batch_rows, rank: int, world: int):
+    def __init__(self, model, objective, optimizers, config: TrainConfig, device: torch.device, batch_rows, rank: int, world: int, average: WeightAverage | None = None):
         self.model, self.objective, self.optimizers, self.config = model, objective, optimizers, config
+        self.average = average
         self.device, self.batch_rows, self.rank, self.world = device, batch_rows, rank, world
         self.forward = model
         if world > 1:
@@ -464,6 +486,8 @@ class _Step:
             (batch_loss * (idx.shape[0] * world / b) if world > 1 else batch_loss).backward()
             for opt in self.optimizers:
                 opt.step()
+            if self.average is not None:
+                self.average.update()
             losses[step] = batch_loss.detach() * (idx.shape[0] / b if world > 1 else 1.0)
             value_sum += value.detach().sum()
             if (step + 1) % tick == 0 or step + 1 == steps:
