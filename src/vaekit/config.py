@@ -41,6 +41,18 @@ ADDED_FIELDS: dict[int, dict[str, tuple[str, ...]]] = {
     9: {"train": ("ema",)},
 }
 
+# Versions whose step to the next only adds one field: version -> (section, field, the value
+# that version's runs had in effect).
+DEFAULTED_FIELDS: dict[int, tuple[str, str, Any]] = {
+    # train.valid_k, the per-epoch validation log p(x): version 6 runs did not estimate it.
+    6: ("train", "valid_k", 0),
+    # model.x_path (topdown's q(z_l | z_{l+1}, x) may read x through one layer): version 7
+    # runs read it through an encoder trunk.
+    7: ("model", "x_path", "trunk"),
+    # train.ema (averaged weights): version 8 runs validated and kept their own weights.
+    8: ("train", "ema", 0.0),
+}
+
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
 DTYPES = ("float32", "float64")
 AMP = ("off", "bf16", "auto")
@@ -547,29 +559,14 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
         # what those runs did); version 6 files hold every field, and a missing one is damage.
         d = json.loads(json.dumps(d))
         d["version"] = version = 6
-    if version == 6:
-        # Version 7 added train.valid_k (the per-epoch validation log p(x)); version 6 runs
-        # did not estimate it.
+    while version in DEFAULTED_FIELDS:
+        # A field the next version added, at the value the older runs behaved by.
+        section, name, value = DEFAULTED_FIELDS[version]
         d = json.loads(json.dumps(d))
-        train = d.get("train", {})
-        if isinstance(train, dict):
-            train.setdefault("valid_k", 0)
-        d["version"] = version = 7
-    if version == 7:
-        # Version 8 added model.x_path (topdown's q(z_l | z_{l+1}, x) may read x through one
-        # layer); version 7 runs read it through an encoder trunk.
-        d = json.loads(json.dumps(d))
-        model = d.get("model", {})
-        if isinstance(model, dict):
-            model.setdefault("x_path", "trunk")
-        d["version"] = version = 8
-    if version == 8:
-        # Version 9 added train.ema (averaged weights); version 8 runs kept their own.
-        d = json.loads(json.dumps(d))
-        train = d.get("train", {})
-        if isinstance(train, dict):
-            train.setdefault("ema", 0.0)
-        d["version"] = version = 9
+        fields = d.get(section, {})
+        if isinstance(fields, dict):
+            fields.setdefault(name, value)
+        d["version"] = version = version + 1
     if version != CONFIG_VERSION:  # from_dict checked it: only a caller that did not gets here
         raise ConfigError(f"config version must be an integer from 1 to {CONFIG_VERSION}, got {d.get('version')!r}")
     return d
