@@ -105,7 +105,11 @@ def fit_step(model: VAEModel, config: TrainConfig, x: torch.Tensor):
 
     from vaekit.train import _autocast
 
-    objective, optimizers = make_objective(model, config), make_optimizers(model, config.lr)
+    from vaekit.optim import WeightAverage
+
+    objective = make_objective(model, config)
+    optimizers = make_optimizers(model, config.lr, normalized_grad=config.normalized_grad, eps=config.adam_eps)
+    average = WeightAverage(model, config.ema) if config.ema else None
     with warnings.catch_warnings():  # bf16's speed warning: measuring it is the point
         warnings.simplefilter("ignore")
         autocast = _autocast(config, x.device)
@@ -119,6 +123,8 @@ def fit_step(model: VAEModel, config: TrainConfig, x: torch.Tensor):
         loss.backward()
         for opt in optimizers:
             opt.step()
+        if average is not None:
+            average.update()
 
     return step
 

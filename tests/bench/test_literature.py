@@ -176,3 +176,45 @@ def test_a_variant_objective_replaces_the_rows(literature, tmp_path):
     config = literature.row_config("iwae", x, ["--objective", "elbo", "--warmup", "10"])
     assert config.train.objective == "elbo" and config.train.warmup == 10 and config.model.latent_dim == 50
     assert literature.row_args("hvae-vampprior", ["--lr-schedule", "plateau"])[-2:] == ["--warmup", "100"]
+
+
+def test_the_timed_step_is_the_runs_step(monkeypatch):
+    """bench/step.py's fit_step, which --step-time times, steps as train.fit does: Adam on
+    normalized gradients under --normalized-grad, with the run's ε, then the weights' average
+    under --ema: two timed steps move the weights as two such steps written out here, and
+    update the average twice."""
+    import torch
+    from bench_helpers import load_bench
+
+    from vaekit.config import ModelConfig, TrainConfig
+    from vaekit.model import VAEModel
+    from vaekit.optim import NormalizedAdam, WeightAverage
+    from vaekit.train import make_objective, make_optimizers
+
+    updates = []
+    real_update = WeightAverage.update
+    monkeypatch.setattr(WeightAverage, "update", lambda self: (updates.append(self.decay), real_update(self))[1])
+    config = TrainConfig(lr=1e-2, normalized_grad=True, adam_eps=1e-4, ema=0.5, batch_size=8)
+    x = torch.rand(8, 6).round()
+
+    def model():
+        torch.manual_seed(0)
+        return VAEModel(ModelConfig(input_dim=6, latent_dim=2, hidden=(5,), likelihood="bernoulli")).train()
+
+    timed = model()
+    step = load_bench("step").fit_step(timed, config, x)
+    torch.manual_seed(1)
+    step(), step()
+    assert updates == [0.5, 0.5]
+    ref = model()
+    objective = make_objective(ref, config)
+    (opt,) = make_optimizers(ref, config.lr, normalized_grad=True, eps=1e-4)
+    assert isinstance(opt, NormalizedAdam) and opt.param_groups[0]["eps"] == 1e-4
+    torch.manual_seed(1)
+    for _ in range(2):
+        loss, _ = ref(objective, x, None, torch.randn(1, 8, ref.noise_size), 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    for (name, a), b in zip(timed.named_parameters(), ref.parameters()):
+        assert torch.equal(a, b), name
