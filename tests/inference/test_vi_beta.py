@@ -51,13 +51,20 @@ def _nearer(q_mu, q_logvar, lg, beta: float, rows=slice(None)) -> None:
         assert float(near.mean()) < 0.5 * float(far.mean()), (near, far)
 
 
+def _trained_on_elbo_beta(beta: float, inference: str, **kw):
+    """The mixed linear model with ``inference``, set up by training's ``make_objective`` for
+    ELBO_β: its inference method's fits then weigh the KL by β."""
+    lg = mixed_linear(N, inference, **kw)
+    make_objective(lg.model, TrainConfig(objective="elbo", beta=beta))
+    assert lg.model.inference.kl_weight == beta
+    return lg
+
+
 @pytest.mark.parametrize("beta", [0.5, 2.0])
 def test_new_rows_and_the_local_step_fit_the_training_objective(beta):
     """Training (``make_objective``) sets the β that VI's fits use: a new row's q (validation,
     encode, evaluation) and the table rows after the local step both land at ELBO_β's optimum."""
-    lg = mixed_linear(N, "vi", local_steps=STEPS, local_steps_per_batch=STEPS)
-    make_objective(lg.model, TrainConfig(objective="elbo", beta=beta))
-    assert lg.model.inference.kl_weight == beta
+    lg = _trained_on_elbo_beta(beta, "vi", local_steps=STEPS, local_steps_per_batch=STEPS)
     with torch.no_grad():
         q = lg.model.posterior(lg.x)
     _nearer(q.mu, q.logvar, lg, beta)
@@ -71,9 +78,7 @@ def test_new_rows_and_the_local_step_fit_the_training_objective(beta):
 def test_refinement_ascends_the_training_objective(beta):
     """The encoder's q refined (``--refine-steps``, at evaluation and in training) lands at
     ELBO_β's optimum, from an encoder that starts far from both optima."""
-    lg = mixed_linear(N, "amortized", refine_steps=STEPS, refine_lr=LR)
-    make_objective(lg.model, TrainConfig(objective="elbo", beta=beta))
-    assert lg.model.inference.kl_weight == beta
+    lg = _trained_on_elbo_beta(beta, "amortized", refine_steps=STEPS, refine_lr=LR)
     with torch.no_grad():
         q = lg.model.evaluation_posterior(lg.x)
     _nearer(q.mu, q.logvar, lg, beta)
