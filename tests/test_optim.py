@@ -212,8 +212,12 @@ def test_weight_average_applied_swaps_in_and_back_out_even_on_error():
     average, model = _averaged(0.5, [0.0, 4.0, 8.0])
     own, avg = model.w.item(), average.average[0].item()
     assert own == 8.0 and avg != own
+    version = model.w._version
     with average.applied():
         assert model.w.item() == avg
+        # A change in place that version counters see, as an optimizer's step is: what caches
+        # keyed on the weights' versions (latents.Structured's draws) must not reuse.
+        assert model.w._version > version
     assert model.w.item() == own
     with pytest.raises(KeyError):
         with average.applied():

@@ -100,7 +100,9 @@ class WeightAverage:
         named = [(name, p) for name, p in model.named_parameters() if id(p) not in local]
         self.names = [name for name, _ in named]
         self.params = [p for _, p in named]
-        self.average = [p.detach().clone() for p in self.params]
+        # Views of the weights outside autograd, made once: the update runs after every step.
+        self.weights = [p.detach() for p in self.params]
+        self.average = [w.clone() for w in self.weights]
         self.decay, self.updates = decay, 0
 
     def rate(self) -> float:
@@ -110,7 +112,7 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         """Fold the current weights in: θ̄ ← θ̄ + (1 − d_t)(θ − θ̄)."""
-        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - self.rate())
+        torch._foreach_lerp_(self.average, self.weights, 1.0 - self.rate())
         self.updates += 1
 
     @contextlib.contextmanager
@@ -118,13 +120,13 @@ class WeightAverage:
         """The model holds the averaged weights inside the block, its own again after it
         (however the block ends)."""
         with torch.no_grad():
-            own = [p.detach().clone() for p in self.params]
-            torch._foreach_copy_([p.data for p in self.params], self.average)
+            own = [w.clone() for w in self.weights]
+            torch._foreach_copy_(self.weights, self.average)
         try:
             yield
         finally:
             with torch.no_grad():
-                torch._foreach_copy_([p.data for p in self.params], own)
+                torch._foreach_copy_(self.weights, own)
 
     def state(self) -> dict[str, torch.Tensor]:
         """The averages by parameter name, for a checkpoint."""
