@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_data_dir, description, mnist_dir, mnist_file, positive_int, run, table_options, write_json  # noqa: E402
+from common import add_data_dir, description, device, mnist_dir, mnist_file, positive_int, run, table_options, write_json  # noqa: E402
 from tables import holding, results_file, table_of, write_between  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,12 +81,13 @@ def _joined(row: str, amp: str | None, words: list[str]) -> str:
     return "-".join([row, *(["bf16"] if amp == "bf16" else []), *words])
 
 
-def speed_and_smoke_flags(threads: int | None = None, max_epochs: int | None = None, eval_k: int | None = None) -> list[str]:
-    """vaekit train flags that are not part of a variant's name: the thread count (speed only,
-    and resumable) and a smoke test's shorter settings, which come after COMMON's published
-    values and so win in argparse."""
-    return ((["--threads", str(threads)] if threads else []) + (["--epochs", str(max_epochs)] if max_epochs else [])
-            + (["--eval-k", str(eval_k)] if eval_k else []))  # fmt: skip
+def speed_and_smoke_flags(threads: int | None = None, max_epochs: int | None = None, eval_k: int | None = None,
+                          device: str | None = None) -> list[str]:
+    """vaekit train flags that are not part of a variant's name: the thread count and the device
+    (speed only, and resumable) and a smoke test's shorter settings, which come after COMMON's
+    published values and so win in argparse."""
+    return ((["--threads", str(threads)] if threads else []) + (["--device", device] if device else [])
+            + (["--epochs", str(max_epochs)] if max_epochs else []) + (["--eval-k", str(eval_k)] if eval_k else []))  # fmt: skip
 
 
 def training_words(result: dict) -> str:
@@ -96,11 +97,17 @@ def training_words(result: dict) -> str:
 
 
 def _machine(run_dir: Path) -> str:
-    """The machine and the training's thread count, as the run's config.json records it."""
+    """The machine and the training's thread count (and its GPU, where it last trained on one), as
+    the run's config.json records it."""
     import torch
 
-    threads = json.loads((run_dir / "config.json").read_text())["train"]["threads"]
-    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
+    train = json.loads((run_dir / "config.json").read_text())["train"]
+    where = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {train['threads']} threads"
+    device = train.get("device", "cpu")
+    if device == "cpu":
+        return where
+    name = torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available() else "a GPU"
+    return f"{where}, {device} ({name})"
 
 
 # The options that belong to a row's training objective: a variant that names its own
@@ -254,11 +261,12 @@ def row_config(row: str, x_train, extra: list[str] | None = None):
     return run_config(given_options(build_parser().parse_args(argv[1:])), x_train, (28, 28))
 
 
-def step_time(row: str, data_dir: str | None, rounds: int = 5, steps: int = 20, threads: int | None = None, flags: list[str] | None = None) -> dict:
+def step_time(row: str, data_dir: str | None, rounds: int = 5, steps: int = 20, threads: int | None = None, flags: list[str] | None = None,
+              device: str = "cpu") -> dict:
     """Milliseconds of the row's training step (one batch of 100 training images: loss,
     gradient, Adam) in float32 and under bf16 autocast, in interleaved rounds on ``threads``
-    threads (default: PyTorch's count), with a variant's further ``flags``: the ratio that
-    decides whether a row trains in bf16 on this machine."""
+    threads (default: PyTorch's count) or on a GPU, with a variant's further ``flags``: the
+    ratio that decides whether a row trains in bf16 on this machine."""
     import statistics
 
     import numpy as np
@@ -271,24 +279,27 @@ def step_time(row: str, data_dir: str | None, rounds: int = 5, steps: int = 20, 
     from vaekit.model import VAEModel
 
     x_train = np.load(mnist_file(data_dir))["train"][:1000].astype(np.float32)
-    x = torch.as_tensor(x_train[:100])
+    x = torch.as_tensor(x_train[:100]).to(device)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # a GPU's clock stops when its work has run
     timers = {}
     for amp in ("off", "bf16"):
         config = row_config(row, x_train, [*(flags or []), "--amp", amp])
         torch.manual_seed(0)
         model = VAEModel(config.model).train()
         model.prior.init_from_data(x_train, np.random.default_rng(0))
-        timers[amp] = fit_step(model, config.train, x)
+        timers[amp] = fit_step(model.to(device), config.train, x)
     ms: dict[str, list[float]] = {"off": [], "bf16": []}
     for _ in range(rounds):
         for amp, step in timers.items():
             step()  # warm
+            sync()
             t0 = time.perf_counter()
             for _ in range(steps):
                 step()
+            sync()
             ms[amp].append(1e3 * (time.perf_counter() - t0) / steps)
     med = {amp: statistics.median(v) for amp, v in ms.items()}
-    return {"row": row, "flags": flags or [], "threads": torch.get_num_threads(), "rounds": rounds, "steps": steps, "float32_ms": med["off"],
+    return {"row": row, "flags": flags or [], "device": str(x.device), "threads": torch.get_num_threads(), "rounds": rounds, "steps": steps, "float32_ms": med["off"],
             "bf16_ms": med["bf16"], "bf16_speedup": med["off"] / med["bf16"]}  # fmt: skip
 
 
@@ -361,6 +372,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--amp", choices=("off", "bf16"), help="bf16 autocast for training (evaluation stays float32)")
     p.add_argument("--flags", default="", help="further vaekit train flags for a variant of the row, e.g. '--normalized-grad --init he' (its own run directory, JSON and table line)")
     p.add_argument("--threads", type=positive_int, help="CPU threads of training and of --step-time (a speed setting: the run keeps its name, and --resume may change it)")
+    p.add_argument("--device", type=device, help="cpu or cuda[:N]: where training and --step-time run (a speed setting like --threads; a run last trained on a GPU continues on the CPU with --device cpu)")
     p.add_argument("--max-epochs", type=positive_int, help="fewer epochs than the published 2000 (a smoke test: run and JSON, marked smoke, under RUNS_DIR/smoke)")
     p.add_argument("--eval-k", type=positive_int, help="fewer importance samples than the published 5000: a smoke test (JSON, marked smoke, under RUNS_DIR/smoke), or with --snapshot a quicker look (the table names its K)")
     return _checked(p, p.parse_args(_flags_joined(argv)))
@@ -388,9 +400,9 @@ def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.N
         p.error("--table prints every row; it takes no row")
     # An option the chosen mode would not use is refused rather than dropped without a word.
     unused = {
-        "--table": ("amp", "flags", "threads", "max_epochs", "eval_k", "data_dir", "rounds", "steps"),
-        "--status": ("threads", "rounds", "steps", "data_dir"),
-        "--snapshot": ("threads", "max_epochs", "rounds", "steps"),
+        "--table": ("amp", "flags", "threads", "device", "max_epochs", "eval_k", "data_dir", "rounds", "steps"),
+        "--status": ("threads", "device", "rounds", "steps", "data_dir"),
+        "--snapshot": ("threads", "device", "max_epochs", "rounds", "steps"),
         "--step-time": ("amp", "max_epochs", "eval_k"),
     }
     mode = next((m for m in unused if getattr(args, m[2:].replace("-", "_"))), None)
@@ -418,6 +430,7 @@ OWN_OPTIONS = {
     "--epochs": "the published 2000; --max-epochs N for a smoke test", "--eval-k": "the published 5000; --eval-k K for a smoke test",
     "--data": "binarized_mnist", "--data-dir": "its own --data-dir", "--out": "RUNS_DIR/NAME", "--resume": "a run found is continued",
     "--overwrite": "a run found is continued", "--json": "its summary is read", "--amp": "its own --amp", "--threads": "its own --threads",
+    "--device": "its own --device",
 }  # fmt: skip
 
 
@@ -484,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"literature.py: no runs under {args.runs_dir}", file=sys.stderr)
         return
     if args.step_time:
-        print(json.dumps(step_time(args.row, args.data_dir, args.rounds, args.steps, args.threads, split_flags(args.flags))))
+        print(json.dumps(step_time(args.row, args.data_dir, args.rounds, args.steps, args.threads, split_flags(args.flags), args.device or "cpu")))
         return
     # A shortened run never continues (or disturbs) the published-settings run, and its JSON
     # stays beside it, out of the repository's results. A snapshot is of the real run: at fewer
@@ -503,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.snapshot:
         print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000, results, name=name, extra=extra, flags=flags)))
         return
-    extra += speed_and_smoke_flags(args.threads, args.max_epochs, args.eval_k)
+    extra += speed_and_smoke_flags(args.threads, args.max_epochs, args.eval_k, args.device)
     print(json.dumps(run_row(args.row, run_dir, args.data_dir, extra, results, name, flags, smoke)))
 
 

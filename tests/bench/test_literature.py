@@ -4,6 +4,8 @@ rows are reported as unfinished, and every row's command is one that vaekit acce
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,6 +161,29 @@ def test_threads_change_the_speed_not_the_run(literature, tmp_path):
     assert literature.speed_and_smoke_flags(None, 3, 10) == ["--epochs", "3", "--eval-k", "10"]
     (tmp_path / "config.json").write_text(json.dumps({"train": {"threads": 3}}))
     assert literature._machine(tmp_path).endswith(", 3 threads")
+
+
+def test_device_changes_the_speed_not_the_run(literature, tmp_path):
+    """--device, like --threads, reaches vaekit train after the row's flags without renaming the
+    run (a run trained on a GPU continues on the CPU under the same name), may not hide in
+    --flags, and the machine line names the GPU a run last trained on."""
+    import numpy as np
+
+    extra = ["--amp", "bf16", "--ema", "0.999", *literature.speed_and_smoke_flags(threads=2, device="cpu")]
+    argv = literature.command("iwae", tmp_path / "iwae", tmp_path, extra)
+    assert argv[argv.index("--device") + 1] == "cpu" and argv.index("--device") > argv.index("--ema")
+    assert literature.row_config("iwae", np.zeros((4, 784), np.float32), extra).train.device == "cpu"
+    assert literature.speed_and_smoke_flags(device="cuda:1") == ["--device", "cuda:1"]
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"threads": 2, "device": "cpu"}}))
+    assert literature._machine(tmp_path).endswith(", 2 threads")
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"threads": 2, "device": "cuda:0"}}))
+    assert ", 2 threads, cuda:0 (" in literature._machine(tmp_path)
+    script = [sys.executable, str(ROOT / "bench" / "literature.py")]
+    for args, message in [(["iwae", "--flags", "--device cpu"], "--device is set by the script"),
+                          (["--table", "--device", "cpu"], "--device has no effect with --table"),
+                          (["iwae", "--device", "gpu"], "'gpu' is not a device")]:  # fmt: skip
+        done = subprocess.run([*script, *args, "--runs-dir", str(tmp_path)], capture_output=True, text=True, check=False)
+        assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], done.stderr
 
 
 def test_a_variant_objective_replaces_the_rows(literature, tmp_path):
