@@ -1135,13 +1135,27 @@ def test_train_out_is_a_file(tmp_path, capsys):
     assert (tmp_path / "afile").read_text() == "keep me"
 
 
-def test_resume_accepts_the_run_own_values(files, tmp_path, capsys):
-    """The original command line plus --resume resumes: unchanged values are not changes."""
-    argv = ["train", "--out", tmp_path / "r", *_fill(RESUME_ARGS, files=files)]
+@pytest.mark.parametrize("given", [[], ["--objective", "auto", "--likelihood", "auto", "--standardize", "auto", "--amp", "auto"],
+                                   ["--objective", "elbo"]])  # fmt: skip
+def test_resume_accepts_the_run_own_values(files, tmp_path, capsys, given):
+    """The original command line plus --resume resumes: unchanged values are not changes, and
+    an "auto" that the run resolved (--objective auto: the inference method's own) is its value."""
+    argv = ["train", "--out", tmp_path / "r", *_fill(RESUME_ARGS, files=files), *given]
     assert cli(capsys, *argv, "--epochs", "1")[0] == 0
     code, _, err = cli(capsys, *argv, "--epochs", "2", "--resume")
     assert code == 0, err
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_refuses_an_auto_objective_that_is_not_the_runs(files, tmp_path, capsys):
+    """--objective auto names the amortized method's ELBO: a run trained on the IWAE bound
+    cannot resume under it, and stays as it was."""
+    argv = ["train", "--out", tmp_path / "r", *_fill(RESUME_ARGS, files=files)]
+    assert cli(capsys, *argv, "--epochs", "1", "--objective", "iwae", "--k", "2")[0] == 0
+    before = snapshot(tmp_path / "r")
+    code, out, err = cli(capsys, *argv, "--epochs", "2", "--resume", "--objective", "auto")
+    assert_error(code, out, err, 2, "--objective cannot change when resuming", "objective='iwae'")
+    assert snapshot(tmp_path / "r") == before
 
 
 def test_resume_cannot_change_lr(run_copy, capsys):
@@ -1791,6 +1805,27 @@ def test_resume_names_an_edited_fixed_field(run_copy, capsys, section, field, va
     code, out, err = cli(capsys, "train", "--out", run_copy, "--resume", "--epochs", "4")
     assert_error(code, out, err, 1, f"{section}.{field} is {json.dumps(value)}", f"last.safetensors was saved with {json.dumps(saved)}")
     assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("version,section,field,saved", [(8, "train", "ema", 0.9), (7, "model", "x_path", "layer")])
+def test_resume_names_a_field_taken_out_of_config_json(files, tmp_path, capsys, version, section, field, saved):
+    """A field that a config version added, taken out with the version lowered to one without
+    it, would read as its older default: the checkpoint's record refuses that as it refuses an
+    edited value, and nothing in the run directory changes."""
+    run = tmp_path / "r"
+    argv = ["train", "--out", run, *_fill(RESUME_ARGS, files=files), "--latent-dim", "2,2", "--inference", "topdown",
+            "--x-path", "layer", "--ema", "0.9"]  # fmt: skip
+    assert cli(capsys, *argv, "--epochs", "1")[0] == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config[section][field] == saved
+    del config[section][field]
+    config["train"].pop("ema", None)  # which versions before 8 did not have either
+    config["version"] = version
+    (run / "config.json").write_text(json.dumps(config))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    code, out, err = cli(capsys, "train", "--out", run, "--resume", "--epochs", "2")
+    assert_error(code, out, err, 1, f"{section}.{field} is ", f"last.safetensors was saved with {json.dumps(saved)}")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def test_weights_of_another_dtype_than_config_json_says_are_refused(run_copy, capsys):

@@ -430,6 +430,27 @@ def test_bound_gap_plot(tmp_path):
     assert f"{gap.mean():.2f}" in mean_line.get_label()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("log_px", [0.0, -1.0665e17, 3e30])
+def test_bound_gap_plot_of_a_constant_gap_of_any_size(tmp_path, dtype, log_px):
+    """Every row with the same estimates (a gap of 0, or of 1e17 nats, where ±0.5 vanishes in
+    float32 and float64 alike): every row lands in one bin, and the axes have a finite width."""
+    n = 10
+    elbo = np.full(n, 2 * log_px if log_px else -3.0, dtype)
+    lp = np.full(n, log_px, dtype)
+    fig = plots._bound_gap_figure(lp, elbo)
+    ax_s, ax_h = fig.axes
+    counts = [patch.get_height() for patch in ax_h.patches]
+    assert sum(counts) == n and max(counts) == n
+    lo, hi = ax_s.get_xlim()
+    assert np.isfinite([lo, hi]).all() and hi > lo
+    gap = float(lp[0]) - float(elbo[0])
+    assert ax_h.get_xlim()[0] < gap < ax_h.get_xlim()[1]
+    _assert_real_chart(plots.bound_gap_plot(lp, elbo, tmp_path / "b.png"))
+    lp[-1] = np.nextafter(lp[-1], dtype(np.inf))  # nearly constant: the same
+    assert sum(p.get_height() for p in plots._bound_gap_figure(lp, elbo).axes[1].patches) == n
+
+
 def test_bound_gap_plot_bad_input(tmp_path):
     with pytest.raises(DataError, match=r"log_px \(5,\) and elbo \(4,\)"):
         plots.bound_gap_plot(np.zeros(5), np.zeros(4), tmp_path / "b.png")

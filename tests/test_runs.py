@@ -186,6 +186,15 @@ def test_readers_say_what_the_next_writer_does_with_a_run_set_aside(tmp_path):
     (run_dir / ckpt.MODEL_FILE).unlink()
     with pytest.raises(CheckpointError, match=r"no model.safetensors \(the run stopped between its checkpoint and its best model\): .*--resume"):
         ckpt.load_run(run_dir)
+    # A folder where the weights belong is named as such, not sent to --resume (which cannot write there).
+    (run_dir / ckpt.MODEL_FILE).mkdir()
+    with pytest.raises(CheckpointError, match=r"model.safetensors: not a file"):
+        ckpt.load_run(run_dir)
+    # Neither file: the run never finished an epoch (or lost both); --resume has nothing either.
+    (run_dir / ckpt.MODEL_FILE).rmdir()
+    (run_dir / ckpt.LAST_FILE).unlink()
+    with pytest.raises(CheckpointError, match=r"no model.safetensors and no last.safetensors \(the run stopped before its first epoch ended.*--overwrite"):
+        ckpt.load_run(run_dir)
 
 
 def test_loading_leaves_the_callers_random_stream_and_fitting_ignores_the_default_dtype(tmp_path):

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, _migrate
 from .errors import CheckpointError, ConfigError, VaekitWarning
 from .files import CONFIG_FILE, LAST_FILE, METRICS_FILE, MODEL_FILE, RUN_FILES, atomic_write_bytes, atomic_write_together, json_loads
 
@@ -336,8 +336,10 @@ def check_model_record(config_path: Path, weights_path: Path, meta: dict[str, An
     """Refuse (CheckpointError) a config.json whose model section differs from the one the
     weights were saved with (``model_record``), or whose fixed train and data fields differ
     from those a training checkpoint was saved with (``fixed_record``): edited or damaged
-    after they were written. Weights saved without a record pass; fields only one side has
-    (another config version) are not compared."""
+    after they were written. Weights saved without a record pass. The file is compared as
+    its version's migration reads it, so a field taken out (or a version number lowered, which
+    gives a field its older default) is compared too; fields only the file has (weights saved
+    under an older version) are not."""
     saved = {"model": meta.get("model_config")}
     fixed = meta.get("fixed_config")
     if isinstance(fixed, dict):
@@ -346,9 +348,9 @@ def check_model_record(config_path: Path, weights_path: Path, meta: dict[str, An
     if not saved:
         return
     try:
-        current = json_loads(Path(config_path).read_bytes())
+        current = _migrate(json_loads(Path(config_path).read_bytes()))
         current = {section: current[section] for section in saved}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigError):
         return  # RunConfig.load says what is wrong with the file itself
     from .config import canonical_model
 
@@ -411,10 +413,17 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
     if not (run_dir / which).is_file():
         if replaced_hint(run_dir):
             raise CheckpointError(f"{run_dir}: no {which}{replaced_hint(run_dir)}")
+        if (run_dir / which).exists() or (run_dir / which).is_symlink():
+            raise CheckpointError(f"{run_dir / which}: not a file (a folder, a broken link or a device); a run keeps its weights in a file there")
         if which == MODEL_FILE and (run_dir / LAST_FILE).is_file():
             raise CheckpointError(
                 f"{run_dir}: no {which} (the run stopped between its checkpoint and its best model): "
                 f"'vaekit train --out {run_dir} --resume' writes it again"
+            )
+        if which == MODEL_FILE and not (run_dir / LAST_FILE).exists() and not (run_dir / LAST_FILE).is_symlink():
+            raise CheckpointError(
+                f"{run_dir}: no {which} and no {LAST_FILE} (the run stopped before its first epoch ended, or they were "
+                f"removed); train it again with 'vaekit train --out {run_dir} --overwrite' and its options"
             )
     try:
         config = RunConfig.load(run_dir / CONFIG_FILE)

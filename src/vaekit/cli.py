@@ -422,6 +422,10 @@ def _resume_config(args, run_dir: Path):
             same = _same_file(value, own, data_dir)
         elif name == "prior_from" and own is not None:  # a run directory, kept absolute
             same = _absolute(value) == _absolute(own)
+        elif name == "objective" and value == "auto":  # the config holds what auto chose
+            from .registry import INFERENCE
+
+            same = own == INFERENCE.get(config.model.inference).default_objective
         else:
             same = _same(opt, name, value, own)
         if not same:

@@ -659,6 +659,16 @@ def latent_scatter(mu: np.ndarray, path, labels: np.ndarray | None = None, title
     return _save_figure(_latent_scatter_figure(mu, labels, title), path)
 
 
+def _padded_range(lo: float, hi: float, share: float = 0.05) -> tuple[float, float]:
+    """[lo, hi] widened by ``share`` of its width, in float64; an (almost) constant sample gets
+    ±0.5, or ±1e-6 of its magnitude where 0.5 would vanish in the rounding (a sample of 1e17s
+    has float64 neighbours 16 apart), so that axes and histogram bins have a finite width."""
+    lo, hi = float(lo), float(hi)
+    floor = max(0.5, 1e-6 * max(abs(lo), abs(hi)))
+    pad = share * (hi - lo) if hi - lo > floor else floor
+    return lo - pad, hi + pad
+
+
 def _bound_gap_figure(log_px: np.ndarray, elbo: np.ndarray, title: str | None = None):
     log_px = _as_float_array(log_px, "log_px", ndim=1)
     elbo = _as_float_array(elbo, "elbo", ndim=1)
@@ -677,9 +687,7 @@ def _bound_gap_figure(log_px: np.ndarray, elbo: np.ndarray, title: str | None = 
     ax_s, ax_h = fig.subplots(1, 2)
     ax_s.scatter(log_px, elbo, s=float(np.clip(4000 / n, 3, 20)), alpha=float(np.clip(1000 / n, 0.2, 0.8)),
                  linewidths=0, color="C0", label="datapoints")  # fmt: skip
-    lo, hi = min(log_px.min(), elbo.min()), max(log_px.max(), elbo.max())
-    margin = 0.05 * (hi - lo) if hi > lo else 1.0
-    line = np.array([lo - margin, hi + margin])
+    line = np.array(_padded_range(min(log_px.min(), elbo.min()), max(log_px.max(), elbo.max())))
     ax_s.plot(line, line, "--", color="0.3", lw=1, label="ELBO = log p(x)")
     ax_s.set_xlim(*line)
     ax_s.set_ylim(*line)
@@ -691,7 +699,8 @@ def _bound_gap_figure(log_px: np.ndarray, elbo: np.ndarray, title: str | None = 
     ax_s.grid(alpha=0.3)
 
     bins = int(np.clip(math.sqrt(n), 5, 60))
-    ax_h.hist(gap, bins=bins, color="C1", alpha=0.8)
+    gap = gap.astype(np.float64)  # bin edges in float32 can collapse onto each other
+    ax_h.hist(gap, bins=bins, range=_padded_range(gap.min(), gap.max(), share=0.0), color="C1", alpha=0.8)
     ax_h.axvline(gap.mean(), color="k", lw=1.5, label=f"mean gap = {gap.mean():.2f} nats")
     ax_h.axvline(0.0, color="0.5", lw=1, ls=":")
     if above:
