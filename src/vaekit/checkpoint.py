@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig, _migrate
+from .config import DEFAULTED_FIELDS, RunConfig
 from .errors import CheckpointError, ConfigError, VaekitWarning
 from .files import CONFIG_FILE, LAST_FILE, METRICS_FILE, MODEL_FILE, RUN_FILES, atomic_write_bytes, atomic_write_together, json_loads
 
@@ -336,10 +336,10 @@ def check_model_record(config_path: Path, weights_path: Path, meta: dict[str, An
     """Refuse (CheckpointError) a config.json whose model section differs from the one the
     weights were saved with (``model_record``), or whose fixed train and data fields differ
     from those a training checkpoint was saved with (``fixed_record``): edited or damaged
-    after they were written. Weights saved without a record pass. The file is compared as
-    its version's migration reads it, so a field taken out (or a version number lowered, which
-    gives a field its older default) is compared too; fields only the file has (weights saved
-    under an older version) are not."""
+    after they were written. Weights saved without a record pass; fields only one side has
+    (another config version) are not compared, except a field that a later version added with
+    the default older runs behaved by (``DEFAULTED_FIELDS``): taken out of the file, it reads
+    as that default, and is compared as such."""
     saved = {"model": meta.get("model_config")}
     fixed = meta.get("fixed_config")
     if isinstance(fixed, dict):
@@ -348,10 +348,15 @@ def check_model_record(config_path: Path, weights_path: Path, meta: dict[str, An
     if not saved:
         return
     try:
-        current = _migrate(json_loads(Path(config_path).read_bytes()))
-        current = {section: current[section] for section in saved}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigError):
+        raw = json_loads(Path(config_path).read_bytes())
+        current = {section: raw[section] for section in saved}
+    except (OSError, ValueError, KeyError, TypeError):
         return  # RunConfig.load says what is wrong with the file itself
+    version = raw.get("version")
+    for added, (section, name, default) in DEFAULTED_FIELDS.items():
+        fields = current.get(section)
+        if isinstance(version, int) and added >= version and isinstance(fields, dict) and name not in fields:
+            current[section] = {**fields, name: default}
     from .config import canonical_model
 
     if isinstance(saved.get("model"), dict) and isinstance(current.get("model"), dict):
