@@ -20,6 +20,7 @@ better validation ELBO, KL warm-up over 100 epochs, gated MLP layers of 300 unit
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -59,8 +60,14 @@ ROWS: dict[str, dict] = {
 
 
 def split_flags(text: str) -> list[str]:
-    """The words of ``--flags``, ``--opt=value`` taken as ``--opt value``: the same training has
-    one name however its options are spelled."""
+    """The words of ``--flags``, ``--opt=value`` taken as ``--opt value`` and a unique prefix of a
+    ``vaekit train`` option (``--norm``) as the option itself: the same training has one name
+    however its options are spelled."""
+    return [(_full_option(w) or w) if w.startswith("--") else w for w in _words(text)]
+
+
+def _words(text: str) -> list[str]:
+    """The words of ``--flags`` as given, ``--opt=value`` split in two."""
     words: list[str] = []
     for word in text.split():
         words += word.split("=", 1) if word.startswith("--") and "=" in word else [word]
@@ -415,10 +422,11 @@ def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.N
         for key in ("amp", "flags", "max_epochs", "eval_k"):
             if getattr(args, key) not in (None, ""):
                 p.error(f"--{key.replace('_', '-')} picks a run of a row; --status without a row lists every run")
-    for word in split_flags(args.flags):
+    for word in _words(args.flags):
+        if word.startswith("--") and _full_option(word) is None:
+            p.error(f"--flags: {word} is not a vaekit train option (or a prefix of several)")
         if (own := _own_option(word)) is not None:
-            given = word.split("=", 1)[0]
-            p.error(f"--flags: {given} is {own}, set by the script ({OWN_OPTIONS[own]})" if own != given
+            p.error(f"--flags: {word} is {own}, set by the script ({OWN_OPTIONS[own]})" if own != word
                     else f"--flags: {own} is set by the script ({OWN_OPTIONS[own]})")
     args.data_dir = mnist_dir(args.data_dir)
     args.rounds, args.steps = args.rounds or 5, args.steps or 20
@@ -439,20 +447,27 @@ def _own_option(word: str) -> str | None:
     a unique prefix (``--epoch``) and ``--option=value``; None for any other word."""
     if not word.startswith("--"):
         return None
-    name = word.split("=", 1)[0]
-    options = _train_options()
-    if name not in options:
-        matches = [o for o in options if o.startswith(name)]
-        name = matches[0] if len(matches) == 1 else name
+    name = _full_option(word.split("=", 1)[0]) or word.split("=", 1)[0]
     return name if name in OWN_OPTIONS else None
 
 
-def _train_options() -> list[str]:
+def _full_option(word: str) -> str | None:
+    """The ``vaekit train`` option that ``word`` names, itself or as a unique prefix, as that
+    parser reads it; None where it names none (or several)."""
+    options = _train_options()
+    if word in options:
+        return word
+    matches = [o for o in options if o.startswith(word)]
+    return matches[0] if len(matches) == 1 else None
+
+
+@functools.cache
+def _train_options() -> tuple[str, ...]:
     """Every option string of ``vaekit train``."""
     from vaekit.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return [o for o in sub.choices["train"]._option_string_actions if o.startswith("--")]
+    return tuple(o for o in sub.choices["train"]._option_string_actions if o.startswith("--"))
 
 
 def _variant(args: argparse.Namespace, smoke: bool) -> tuple[str, Path, list[str]]:

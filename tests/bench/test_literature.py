@@ -186,6 +186,21 @@ def test_device_changes_the_speed_not_the_run(literature, tmp_path):
         assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], done.stderr
 
 
+def test_a_variant_has_one_name_however_its_options_are_spelled(literature, tmp_path):
+    """A unique prefix of a vaekit train option and ``--opt=value`` name the same run as the
+    option written out; a word that names no option (or several) is refused before anything runs."""
+    full = literature.split_flags("--normalized-grad --ema 0.9 --init he")
+    for spelled in ("--normalized --ema=0.9 --init he", "--normalized-g --em 0.9 --ini=he"):
+        assert literature.split_flags(spelled) == full
+        assert literature.run_name("vae", "bf16", literature.split_flags(spelled)) == "vae-bf16-normalized-grad-ema-0.9-init-he"
+    script = [sys.executable, str(ROOT / "bench" / "literature.py")]
+    for flags, message in [("--bogus 1", "--flags: --bogus is not a vaekit train option"),
+                           ("--lr 1e-3 --l 2", "--flags: --l is not a vaekit train option (or a prefix of several)")]:  # fmt: skip
+        done = subprocess.run([*script, "vae", "--flags", flags, "--runs-dir", str(tmp_path)], capture_output=True, text=True, check=False)
+        assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], done.stderr
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_variant_objective_replaces_the_rows(literature, tmp_path):
     """--flags naming --objective train the row's model on that objective: the row's warm-up (an
     ELBO option vaekit refuses for the IWAE bound) and its own --objective/--k are left out."""
