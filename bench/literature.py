@@ -501,6 +501,8 @@ def main(argv: list[str] | None = None) -> None:
             print(table())
         return
     if args.row is None:  # --status of every run there is, of every variant, under the row whose name begins its own
+        if not args.runs_dir.is_dir():
+            sys.exit(f"literature.py: --runs-dir {args.runs_dir}: no such directory")
         found = sorted(args.runs_dir.glob("*/metrics.jsonl")) + sorted(args.runs_dir.glob("smoke/*/metrics.jsonl"))
         for run_dir in found:
             name = run_dir.parent.relative_to(args.runs_dir).as_posix()

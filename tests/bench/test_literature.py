@@ -199,6 +199,8 @@ def test_a_variant_has_one_name_however_its_options_are_spelled(literature, tmp_
         done = subprocess.run([*script, "vae", "--flags", flags, "--runs-dir", str(tmp_path)], capture_output=True, text=True, check=False)
         assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], done.stderr
     assert not any(tmp_path.iterdir())
+    done = subprocess.run([*script, "--status", "--runs-dir", str(tmp_path / "none")], capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and done.stderr.strip() == f"literature.py: --runs-dir {tmp_path / 'none'}: no such directory"
 
 
 def test_a_variant_objective_replaces_the_rows(literature, tmp_path):
