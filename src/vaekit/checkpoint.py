@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .config import DEFAULTED_FIELDS, RunConfig
+from .config import DEFAULTED_FIELDS, RunConfig, _migrate
 from .errors import CheckpointError, ConfigError, VaekitWarning
 from .files import CONFIG_FILE, LAST_FILE, METRICS_FILE, MODEL_FILE, RUN_FILES, atomic_write_bytes, atomic_write_together, json_loads
 
@@ -352,11 +352,14 @@ def check_model_record(config_path: Path, weights_path: Path, meta: dict[str, An
         current = {section: raw[section] for section in saved}
     except (OSError, ValueError, KeyError, TypeError):
         return  # RunConfig.load says what is wrong with the file itself
-    version = raw.get("version")
-    for added, (section, name, default) in DEFAULTED_FIELDS.items():
-        fields = current.get(section)
-        if isinstance(version, int) and added >= version and isinstance(fields, dict) and name not in fields:
-            current[section] = {**fields, name: default}
+    try:  # the migration's value of each such field the file lacks
+        migrated = _migrate(raw)
+    except (ConfigError, AttributeError, TypeError):
+        migrated = {}
+    for section, name, _ in DEFAULTED_FIELDS.values():
+        fields, filled = current.get(section), migrated.get(section)
+        if isinstance(fields, dict) and name not in fields and isinstance(filled, dict) and name in filled:
+            current[section] = {**fields, name: filled[name]}
     from .config import canonical_model
 
     if isinstance(saved.get("model"), dict) and isinstance(current.get("model"), dict):
@@ -418,14 +421,14 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
     if not (run_dir / which).is_file():
         if replaced_hint(run_dir):
             raise CheckpointError(f"{run_dir}: no {which}{replaced_hint(run_dir)}")
-        if (run_dir / which).exists() or (run_dir / which).is_symlink():
+        if os.path.lexists(run_dir / which):
             raise CheckpointError(f"{run_dir / which}: not a file (a folder, a broken link or a device); a run keeps its weights in a file there")
         if which == MODEL_FILE and (run_dir / LAST_FILE).is_file():
             raise CheckpointError(
                 f"{run_dir}: no {which} (the run stopped between its checkpoint and its best model): "
                 f"'vaekit train --out {run_dir} --resume' writes it again"
             )
-        if which == MODEL_FILE and not (run_dir / LAST_FILE).exists() and not (run_dir / LAST_FILE).is_symlink():
+        if which == MODEL_FILE and not os.path.lexists(run_dir / LAST_FILE):
             raise CheckpointError(
                 f"{run_dir}: no {which} and no {LAST_FILE} (the run stopped before its first epoch ended, or they were "
                 f"removed); train it again with 'vaekit train --out {run_dir} --overwrite' and its options"
