@@ -20,8 +20,10 @@ better validation ELBO, KL warm-up over 100 epochs, gated MLP layers of 300 unit
 from __future__ import annotations
 
 import argparse
+import decimal
 import functools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -60,10 +62,42 @@ ROWS: dict[str, dict] = {
 
 
 def split_flags(text: str) -> list[str]:
-    """The words of ``--flags``, ``--opt=value`` taken as ``--opt value`` and a unique prefix of a
-    ``vaekit train`` option (``--norm``) as the option itself: the same training has one name
-    however its options are spelled."""
-    return [(_full_option(w) or w) if w.startswith("--") else w for w in _words(text)]
+    """The words of ``--flags``, ``--opt=value`` taken as ``--opt value``, a unique prefix of a
+    ``vaekit train`` option (``--norm``) as the option itself and a number in one spelling
+    (``0.90`` → ``0.9``, ``0.0001`` → ``1e-4``): the same training has one name however its
+    options are spelled."""
+    words: list[str] = []
+    for word in _words(text):
+        option = _full_option(word) if word.startswith("--") else None
+        after = words[-1] if words else None
+        words.append(option or word if word.startswith("--") else _canonical_value(after, word))
+    return words
+
+
+def _canonical_value(option: str | None, word: str) -> str:
+    """``word`` as the value of ``option`` in one spelling where the option takes numbers (each of
+    a comma list of widths); any other word, or one that is no number, as written."""
+    kind = _train_types().get(option) if option else None
+    if kind not in ("int", "float", "widths"):
+        return word
+    try:
+        if kind == "float":
+            return _canonical_float(float(word)) if math.isfinite(float(word)) else word
+        return ",".join(str(int(part)) for part in word.split(",")) if word else word
+    except ValueError:
+        return word
+
+
+def _canonical_float(v: float) -> str:
+    """A float's name: a whole number as an integer (-6, 2), a small or large one in short
+    scientific notation from its shortest round-trip digits (1e-4, 2.5e-3), else its repr (0.9995)."""
+    if v == int(v) and abs(v) < 1e5:
+        return str(int(v))
+    if abs(v) >= 1e-2 and abs(v) < 1e5:
+        return repr(v)
+    sign, digits, exponent = decimal.Decimal(repr(v)).normalize().as_tuple()
+    mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
+    return f"{'-' if sign else ''}{mantissa}e{exponent + len(digits) - 1}"
 
 
 def _words(text: str) -> list[str]:
@@ -461,13 +495,26 @@ def _full_option(word: str) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
-@functools.cache
 def _train_options() -> tuple[str, ...]:
     """Every option string of ``vaekit train``."""
+    return tuple(_train_actions())
+
+
+def _train_types() -> dict[str, str]:
+    """The kind of value each ``vaekit train`` option takes where it is a number (int, float) or
+    a comma list of widths."""
+    kinds = {int: "int", float: "float"}
+    return {o: kinds.get(a.type, "widths" if "widths" in getattr(a.type, "__name__", "") else "other")
+            for o, a in _train_actions().items()}  # fmt: skip
+
+
+@functools.cache
+def _train_actions() -> dict[str, argparse.Action]:
+    """Every option string of ``vaekit train`` and its parser action."""
     from vaekit.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return tuple(o for o in sub.choices["train"]._option_string_actions if o.startswith("--"))
+    return {o: a for o, a in sub.choices["train"]._option_string_actions.items() if o.startswith("--")}
 
 
 def _variant(args: argparse.Namespace, smoke: bool) -> tuple[str, Path, list[str]]:

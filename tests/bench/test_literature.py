@@ -193,6 +193,15 @@ def test_a_variant_has_one_name_however_its_options_are_spelled(literature, tmp_
     for spelled in ("--normalized --ema=0.9 --init he", "--normalized-g --em 0.9 --ini=he"):
         assert literature.split_flags(spelled) == full
         assert literature.run_name("vae", "bf16", literature.split_flags(spelled)) == "vae-bf16-normalized-grad-ema-0.9-init-he"
+    # a number has one spelling too: the value, not how it was written, names the run
+    for spelled, canonical in [("--ema 0.90", "--ema 0.9"), ("--adam-eps 0.0001", "--adam-eps 1e-4"),
+                               ("--adam-eps 1.0E-04", "--adam-eps 1e-4"), ("--logvar-min -6.0", "--logvar-min -6"),
+                               ("--lr 0.0025", "--lr 2.5e-3"), ("--hidden 0600,300", "--hidden 600,300"),
+                               ("--epochs 05", "--epochs 5"), ("--beta 4.0", "--beta 4"), ("--free-bits 1e5", "--free-bits 1e5")]:  # fmt: skip
+        assert literature.split_flags(spelled) == canonical.split(), spelled
+    # words that are no numbers (or take none) are kept as written, so vaekit train still judges them
+    for kept in ("--init he", "--lr nan", "--ema abc", "--data-dir /runs/001", "--seed 2"):
+        assert literature.split_flags(kept) == kept.split()
     script = [sys.executable, str(ROOT / "bench" / "literature.py")]
     for flags, message in [("--bogus 1", "--flags: --bogus is not a vaekit train option"),
                            ("--lr 1e-3 --l 2", "--flags: --l is not a vaekit train option (or a prefix of several)")]:  # fmt: skip
