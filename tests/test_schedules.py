@@ -189,7 +189,7 @@ def test_resume_refuses_a_schedule_the_run_contradicts(tmp_path):
     with torch.random.fork_rng():
         _fit(4, run)
         before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-        with pytest.raises(ConfigError, match=r"lr_schedule plateau gives epoch 4 the learning rate 0\.001, where .* used 0\.01; "
+        with pytest.raises(ConfigError, match=r"--lr-schedule plateau gives epoch 4 the learning rate 0\.001, where .* used 0\.01; "
                                               r"resume it with the schedule it was trained with"):  # fmt: skip
             _fit(6, run, resume=True, lr_schedule="plateau", lr_patience=1, lr_factor=0.1)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -417,7 +417,7 @@ def _check_schedule(config: TrainConfig, history: list[dict[str, Any]], run_dir:
         used = record.get("lr", config.lr)  # runs from before schedules stepped at lr throughout
         if not math.isclose(wanted, used, rel_tol=1e-12):
             raise ConfigError(
-                f"lr_schedule {config.lr_schedule} gives epoch {record['epoch']} the learning rate {wanted:g}, "
+                f"--lr-schedule {config.lr_schedule} gives epoch {record['epoch']} the learning rate {wanted:g}, "
                 f"where {run_dir} used {used:g}; resume it with the schedule it was trained with"
             )
 
