@@ -976,11 +976,11 @@ def api_run(tmp_path_factory, digits_rows):
     return run
 
 
-def test_an_api_run_explains_its_empty_test_split(api_run, files, capsys):
-    code, out, err = cli(capsys, "evaluate", api_run, "--data", files / "digits50.csv", "--k", "2")
+def test_an_api_run_reads_every_row_of_a_table_by_default(api_run, files, capsys):
+    code, out, err = cli(capsys, "evaluate", api_run, "--data", files / "digits50.csv", "--k", "2", "--split", "test")
     assert_error(code, out, err, 1, "digits50.csv has no test rows", "--split all")
-    code, out, err = cli(capsys, "evaluate", api_run, "--data", files / "digits50.csv", "--k", "2", "--split", "all", "--json")
-    assert code == 0 and json.loads(out)["n"] == 50, err
+    code, out, err = cli(capsys, "evaluate", api_run, "--data", files / "digits50.csv", "--k", "2", "--json")
+    assert code == 0 and json.loads(out)["n"] == 50 and json.loads(out)["split"] == "all", err
 
 
 def test_an_npz_with_an_empty_test_array_is_read_for_its_other_splits(run, digits_rows, tmp_path, capsys):
@@ -2105,8 +2105,50 @@ def test_verbs_refuse_an_out_that_is_their_data_file(verb, run, digits_rows, tmp
     before = (tmp_path / "d.npy").read_bytes()
     for data, extra in ((tmp_path / "d.npy", []), ("d.npy", ["--data-dir", tmp_path])):
         code, out, err = cli(capsys, verb[0], run, "--data", data, "--out", tmp_path / "d.npy", *verb[1:], *extra)
-        assert_error(code, out, err, 2, "is the --data file")
+        assert_error(code, out, err, 2, "is a data file this reads")
         assert (tmp_path / "d.npy").read_bytes() == before
+
+
+def test_verbs_refuse_an_out_that_is_the_runs_training_file(digits_rows, tmp_path, capsys):
+    """The file a run was trained on is read by sample --source aggregate/gmm without --data
+    (and by the run's later evaluations): no verb writes over it, whatever --data it reads, and it
+    is left as it was."""
+    np.save(tmp_path / "own.npy", digits_rows)
+    np.save(tmp_path / "other.npy", digits_rows[:50])
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "own.npy", "--out", tmp_path / "r", "--epochs", "1", "--hidden", "8",
+                       "--latent-dim", "2", "--quiet")  # fmt: skip
+    assert code == 0, err
+    before = (tmp_path / "own.npy").read_bytes()
+    verbs = [["reconstruct"], ["encode"], ["score", "--k", "2"], ["sample", "--source", "prior"], ["sample", "--source", "aggregate"],
+             ["sample", "--source", "gmm", "--components", "2"]]  # fmt: skip
+    for verb in verbs:
+        for data in ([], ["--data", tmp_path / "other.npy"]) if verb[0] == "sample" else (["--data", tmp_path / "other.npy"],):
+            if verb[1:3] == ["--source", "prior"] and data:
+                continue
+            code, out, err = cli(capsys, verb[0], tmp_path / "r", "--out", tmp_path / "own.npy", *verb[1:], *data)
+            assert_error(code, out, err, 2, "is a data file this reads or the run was trained on")
+            assert (tmp_path / "own.npy").read_bytes() == before, verb
+
+
+def test_evaluate_and_gaps_of_a_model_fitted_in_python_read_every_row_by_default(tmp_path, capsys):
+    """A model fitted in Python held no test rows out (test_fraction 0), so the default split of
+    a --data table is every row; the test split, asked for, is refused as empty, and a run that
+    held rows out keeps test as its default."""
+    x = np.random.default_rng(0).standard_normal((120, 5))
+    vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit(x).save(tmp_path / "py")
+    np.savetxt(tmp_path / "new.csv", x[:40], delimiter=",")
+    for verb in (["evaluate", "--k", "3"], ["gaps", "--k", "3", "--steps", "2"]):
+        code, out, err = cli(capsys, verb[0], tmp_path / "py", "--data", tmp_path / "new.csv", "--json", *verb[1:])
+        assert code == 0, err
+        assert json.loads(out)["split"] == "all" and json.loads(out)["n"] == 40
+        code, out, err = cli(capsys, verb[0], tmp_path / "py", "--data", tmp_path / "new.csv", "--split", "test", *verb[1:])
+        assert_error(code, out, err, 1, "has no test rows", "--split all uses every row")
+    np.save(tmp_path / "own.npy", x)
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "own.npy", "--out", tmp_path / "cli", "--epochs", "1", "--hidden", "8",
+                       "--latent-dim", "2", "--quiet")  # fmt: skip
+    assert code == 0, err
+    code, out, err = cli(capsys, "evaluate", tmp_path / "cli", "--data", tmp_path / "own.npy", "--k", "3", "--json")
+    assert code == 0 and json.loads(out)["split"] == "test" and json.loads(out)["n"] == 24, err
 
 
 def test_a_refused_rename_names_the_destination(run_copy, capsys):

@@ -244,6 +244,9 @@ def test_numpy_seeds_switches_and_latents_of_any_kind(fitted, digits):
     expected = fitted.inverse_transform(z)
     np.testing.assert_array_equal(fitted.inverse_transform(torch.tensor(z, requires_grad=True)), expected)
     np.testing.assert_array_equal(fitted.inverse_transform(z.tolist()), expected)
+    # any byte order and memory layout, as the other methods take them
+    for other in (z.astype(">f4"), z.astype(">f8"), np.asfortranarray(z), z[:, ::-1][:, ::-1]):
+        np.testing.assert_allclose(fitted.inverse_transform(other), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_get_params_set_params():
@@ -671,6 +674,18 @@ def test_the_mixture_source_needs_two_rows_and_speaks_in_one_line(fitted, digits
     assert out.shape == (4, 64) and np.isfinite(out).all()
     assert [w.category for w in caught] == [VaekitWarning]
     assert str(caught[0].message).startswith("the mixture fitted to the posterior means of X: Number of distinct clusters (1)")
+
+
+def test_a_mixture_that_cannot_be_fitted_is_one_vaekit_error():
+    """Finite rows whose posterior means are far apart in scale (one at ~1e28) leave a component
+    of the mixture a singular covariance: scikit-learn's ValueError becomes one DataError line."""
+    x = np.random.default_rng(0).standard_normal((200, 4))
+    vae = VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit(x)
+    far = x.copy()
+    far[5, 1] = 1e30
+    with pytest.raises(DataError, match=r"^a mixture of 2 component\(s\) could not be fitted to the posterior means of X: .* as large as [0-9.e+]+ .*source='aggregate' may do$"):
+        vae.sample(5, seed=0, source="gmm", X=far, components=2)
+    assert vae.sample(5, seed=0, source="aggregate", X=far).shape == (5, 4)
 
 
 def test_rows_that_overflow_the_models_arithmetic_are_refused_not_nan():

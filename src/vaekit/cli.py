@@ -462,7 +462,9 @@ def _run_parser(sub, name: str, help: str, data_required: bool, default_split: s
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'vaekit train'")
     p.add_argument("--data", required=data_required, help=_data_help() + ("" if data_required else " (default: the run's own data)"))
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz, or a relative --data file; refused where it would not be read")
-    p.add_argument("--split", choices=SPLITS, default=default_split, help=f"rows to use (default {default_split}; 'all': every row, in the data's own order)")
+    held = ", or all where the run held no test rows out (a model fitted in Python, --test-fraction 0) and --data is a table or .npy" if default_split == "test" else ""
+    p.add_argument("--split", choices=SPLITS, default=None if held else default_split,
+                   help=f"rows to use (default {default_split}{held}; 'all': every row, in the data's own order)")  # fmt: skip
     if seed is not None:  # a verb without randomness has no --seed (q of new rows is a function of x and θ)
         p.add_argument("--seed", type=_seed, default=0, help=seed)
     _bool_flag(p, "--mmap", "memory-map a .npy --data and stream its rows, or read it into memory (default: as the run was trained)")
@@ -553,17 +555,30 @@ def _load(args):
 
 
 def _data_paths(args) -> tuple[Path, ...]:
-    """The file that --data names, found as the loader finds it; none for a named dataset
-    (or a missing file, which the loader reports)."""
-    from .data.load import resolve_path
+    """The file that --data names and the file the run was trained on (which the verb reads
+    where --data is not given, and which the run's later evaluations read), found as the loader
+    finds them; none for a named dataset, an in-memory array or a missing file (which the
+    loader reports)."""
+    import json
 
-    data = getattr(args, "data", None)
-    if not data:
-        return ()
+    from .data.load import resolve_path
+    from .files import CONFIG_FILE
+
+    sources = []
+    if getattr(args, "data", None):
+        sources.append((args.data, getattr(args, "data_dir", None)))
     try:
-        return (resolve_path(data, getattr(args, "data_dir", None)),)
-    except DataError:
-        return ()
+        own = json.loads((Path(args.run_dir) / CONFIG_FILE).read_text())["data"]
+        sources.append((str(own["source"]), own.get("data_dir")))
+    except (OSError, ValueError, TypeError, KeyError):
+        pass  # no readable run here: loading it says why
+    paths = []
+    for source, data_dir in sources:
+        try:
+            paths.append(resolve_path(source, data_dir if isinstance(data_dir, str) else None))
+        except DataError:
+            pass
+    return tuple(paths)
 
 
 def _rows(est, args, split: str):
@@ -615,6 +630,15 @@ def _rows(est, args, split: str):
     return x, est.model_input(x, what=source), labels
 
 
+def _split(est, args) -> str:
+    """--split, by default the test rows; every row of a --data table or .npy where the run held
+    none out (test_fraction 0, as a model fitted in Python has), whose test split is always empty."""
+    if args.split is not None:
+        return args.split
+    plain_file = bool(args.data) and Path(args.data).suffix.lower() not in ("", ".npz")
+    return "all" if plain_file and est.config_.data.test_fraction == 0 else "test"
+
+
 def _positive(name: str, value: int) -> None:
     from .config import check_positive_int
 
@@ -636,6 +660,7 @@ def cmd_evaluate(args) -> int:
 
     check_positive_int("--k", args.k, maximum=K_MAX)
     est = _load(args)
+    args.split = _split(est, args)
     _, x, _ = _rows(est, args, args.split)
     t0 = time.perf_counter()
     rows = _row_progress(args, len(x), "evaluating log p(x)")
@@ -657,6 +682,7 @@ def cmd_gaps(args) -> int:
     check_positive_int("--k", args.k, maximum=K_MAX)
     check_positive_int("--steps", args.steps, maximum=STEPS_MAX)
     est = _load(args)
+    args.split = _split(est, args)
     # Both pictures' paths are checked before the work and before either is written.
     plot = Path(args.plot) if args.plot else Path(args.run_dir) / f"gaps_{args.split}.png"
     bars = Path(args.bars) if args.bars else Path(args.run_dir) / f"gaps_{args.split}_bars.png"

@@ -380,7 +380,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         Z = np.asarray(_numeric(Z, "Z"))
         if Z.ndim != 2 or Z.shape[1] != self.model_.latent_size:
             raise DataError(f"Z must have shape (n, {self.model_.latent_size}), got {tuple(Z.shape)}")
-        check_data(Z, what="Z", dtype=None)  # numbers, finite; Z itself goes on in its own precision
+        # Numbers, finite, in native byte order (torch reads no other); in Z's own precision.
+        Z = check_data(Z, what="Z", dtype=None)
         # A copy where Z is read-only (a memory map, a DataFrame's values): torch warns otherwise.
         z = torch.as_tensor(Z if Z.flags.writeable else Z.copy(), dtype=p.dtype, device=p.device)
         return self._to_user(_numpy(self.model_.decode(z).mean))
@@ -535,7 +536,14 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            gmm = GaussianMixture(components, covariance_type="full", random_state=seed).fit(mu)
+            try:
+                gmm = GaussianMixture(components, covariance_type="full", random_state=seed).fit(mu)
+            except ValueError as e:  # a component's covariance not positive definite, in float64
+                raise DataError(
+                    f"a mixture of {components} component(s) could not be fitted to the posterior means of X: a component's "
+                    f"covariance is singular (its rows collapsed onto one point, or means as large as {np.abs(mu).max():.3g} "
+                    f"swamp the others); fewer components or source='aggregate' may do"
+                ) from e
         for w in caught:  # scikit-learn's (fewer distinct points than components, no convergence) as one line
             if issubclass(w.category, ConvergenceWarning):
                 warnings.warn(f"the mixture fitted to the posterior means of X: {' '.join(str(w.message).split())}", VaekitWarning, stacklevel=4)

@@ -29,7 +29,7 @@ def check_out(
         if name != redraws and run_dir is not None and out.resolve() == (Path(run_dir) / name).resolve():
             raise ConfigError(f"{option} {out}: is the run's {name}, a picture of another kind; name another file")
     if any(path.is_file() and out.resolve() == path.resolve() for path in data):
-        raise ConfigError(f"{option} {out}: is the --data file this reads; name another file")
+        raise ConfigError(f"{option} {out}: is a data file this reads or the run was trained on; name another file")
     if out.is_dir():  # whatever its name: "unsupported file type" would miss the point
         raise DataError(f"{option} {out}: is a directory; name a file")
     if out.suffix.lower() not in suffixes:
