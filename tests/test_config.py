@@ -3,6 +3,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 from config_helpers import as_version
 
@@ -31,6 +32,16 @@ from vaekit.errors import ConfigError
 def test_model_config_checks(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         ModelConfig(**kwargs)
+
+
+def test_one_width_may_be_given_as_an_integer():
+    """hidden=16 is one hidden layer of 16, as scikit-learn's hidden_layer_sizes=100; zero, a
+    fraction or a bool is still refused."""
+    assert ModelConfig(input_dim=4, hidden=16).hidden == (16,)
+    assert ModelConfig(input_dim=4, hidden=np.int64(8), decoder_hidden=4).decoder_hidden == (4,)
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ConfigError, match="hidden must be a list of integers >= 1"):
+            ModelConfig(input_dim=4, hidden=bad)
 
 
 def test_model_config_accepts_image_shape():

@@ -434,6 +434,21 @@ def test_wrong_container_for_extension(tmp_path):
         load_array(str(tmp_path / "a.npz"))
 
 
+@pytest.mark.parametrize("labels", [np.full(4, 0.5), np.array(["a", "b", "a", "c"]), np.array([b"x", b"y", b"x", b"y"]), np.array([0, 1, np.nan, 2])])
+def test_labels_that_are_no_classes_are_left_out_with_a_warning(tmp_path, labels):
+    """Labels only colour and stratify pictures: text or fractional ones are read without, with
+    one warning naming them, in a single array and in fixed splits alike."""
+    from vaekit.errors import VaekitWarning
+
+    x = np.arange(16.0).reshape(4, 4) / 16
+    np.savez(tmp_path / "one.npz", x=x, y=labels)
+    np.savez(tmp_path / "splits.npz", train=x, test=x[:2], train_labels=labels, test_labels=labels[:2])
+    for name in ("one.npz", "splits.npz"):
+        with pytest.warns(VaekitWarning, match=rf"{name} \[\w+\]: labels of dtype \S+ are no integer class labels; read without them"):
+            data = load_dataset(DataConfig(source=str(tmp_path / name), valid_fraction=0.25, test_fraction=0.25))
+        assert data.split_labels("train") is None and len(data.split("train")) > 0
+
+
 @pytest.mark.parametrize(
     "arrays, match",
     [
@@ -442,7 +457,6 @@ def test_wrong_container_for_extension(tmp_path):
         ({"x": np.ones((3, 2)), "data": np.ones((3, 2))}, r"has arrays x, data; expected only one data array"),
         ({"x": np.ones((3, 2)), "y": np.ones(3), "labels": np.ones(3)}, r"has both 'y' and 'labels'"),
         ({"x": np.ones((3, 2)), "y": np.ones(4)}, r"\[y\]: has 4 labels, but the data has 3 rows"),
-        ({"x": np.ones((3, 2)), "labels": np.full(3, 0.5)}, r"\[labels\]: expected integer class labels, got dtype float64"),
         ({"x": np.ones((3, 2)), "y": np.ones((3, 2))}, r"\[y\]: expected a 1-D array of labels, got shape \(3, 2\)"),
         ({"train": np.ones((3, 2))}, r"both 'train' and 'test' are needed .*missing test"),
         ({"train": np.ones((5, 2)), "test": np.ones((2, 3))}, r"splits have different shapes per row \(train \(2,\), test \(3,\)\)"),

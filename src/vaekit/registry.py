@@ -72,6 +72,8 @@ class Option:
         if kind in ("widths", "int|widths"):
             if kind == "int|widths" and _is_int(value) and value >= 1:
                 return int(value)
+            if _is_int(value) and value >= 1:  # one hidden layer, as scikit-learn's hidden_layer_sizes=100
+                return (int(value),)
             if isinstance(value, (list, tuple)) and all(_is_int(v) and v >= 1 for v in value):
                 if kind == "int|widths" and not value:
                     raise ConfigError(f"{name} must name at least one size, got {value!r}")

@@ -204,8 +204,9 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray |
     return {"x": x}, {"x": y}
 
 
-def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
-    """Integer class labels, one per row."""
+def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray | None:
+    """Integer class labels, one per row; None, with a warning, for labels that are no integer
+    classes (text, fractions): they only colour and stratify pictures, and no verb needs them."""
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
@@ -216,7 +217,12 @@ def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
         return y.astype(np.int64)
     if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
         return y.astype(np.int64)
-    raise DataError(f"{what}: expected integer class labels, got dtype {y.dtype}")
+    import warnings
+
+    from ..errors import VaekitWarning
+
+    warnings.warn(f"{what}: labels of dtype {y.dtype} are no integer class labels; read without them", VaekitWarning, stacklevel=2)
+    return None
 
 
 def _splitter(suffix: str, first: str):
