@@ -2151,6 +2151,31 @@ def test_evaluate_and_gaps_of_a_model_fitted_in_python_read_every_row_by_default
     assert code == 0 and json.loads(out)["split"] == "test" and json.loads(out)["n"] == 24, err
 
 
+def test_a_verb_reading_the_runs_own_file_warns_where_it_changed_since_training(tmp_path, capsys):
+    """evaluate and sample --source aggregate without --data read the file the run was trained
+    on: unchanged, no warning; with other values in its training rows, one warning line naming
+    it (the numbers are still given: the user may have meant it)."""
+    x = np.random.default_rng(0).standard_normal((200, 5)) * 3 + 7
+    np.save(tmp_path / "g.npy", x)
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "g.npy", "--out", tmp_path / "r", "--epochs", "1", "--hidden", "8",
+                       "--latent-dim", "2", "--quiet")  # fmt: skip
+    assert code == 0, err
+    verbs = (["evaluate", "--k", "2"], ["sample", "--source", "aggregate", "--out", tmp_path / "s.npy"])
+    import warnings
+
+    for verb in verbs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", VaekitWarning)
+            code, _, err = cli(capsys, verb[0], tmp_path / "r", *verb[1:])
+        assert code == 0, err
+    x[::7] += 1
+    np.save(tmp_path / "g.npy", x)
+    for verb in verbs:
+        with pytest.warns(VaekitWarning, match=r"g\.npy: its training rows are not those .* \(the data changed since\)") as caught:
+            code, _, err = cli(capsys, verb[0], tmp_path / "r", *verb[1:])
+        assert code == 0 and len([w for w in caught if issubclass(w.category, VaekitWarning)]) == 1, err
+
+
 def test_a_refused_rename_names_the_destination(run_copy, capsys):
     """A directory where the weights belong: the message names model.safetensors, not the
     temporary file that could not take its place, and nothing else of the run changes."""

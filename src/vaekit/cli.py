@@ -612,6 +612,8 @@ def _rows(est, args, split: str):
                 raise
             raise DataError(f"{e}; --split all reads every row") from None
         x, labels, named, image_shape = data.split(split), data.split_labels(split), data.scaling, data.image_shape
+        if source == cfg.source or _same_file(source, cfg.source, data_dir):
+            _warn_if_changed(est, args.run_dir, data, source)
         if len(x) == 0:
             why = f"its {split} array is empty" if split in data.fixed else "under the split fractions of this run"
             raise DataError(f"{source} has no {split} rows ({why}); --split all uses every row")
@@ -628,6 +630,29 @@ def _rows(est, args, split: str):
         # named dataset as its loader scaled it.
         x = model_rows(est.model_.config, x, named)
     return x, est.model_input(x, what=source), labels
+
+
+def _warn_if_changed(est, run_dir, data, source: str) -> None:
+    """A warning where the run's own data now give other training or validation rows than the
+    run was trained on (the hash its checkpoint keeps of them): the splits a verb reads may then
+    hold rows the model was fitted to, and its numbers are not the held-out ones they claim."""
+    from .checkpoint import LAST_FILE, read_meta
+    from .errors import VaekitWarning
+    from .train import data_fingerprint
+
+    kept = read_meta(Path(run_dir) / LAST_FILE).get("fingerprint")
+    if not isinstance(kept, list) or len(kept) != 2:  # a checkpoint from before it was kept
+        return
+    try:
+        now = [data_fingerprint(est.model_input(data.split(s), what=source)) for s in ("train", "valid")]
+    except DataError:
+        now = None  # rows the model cannot read: the verb's own check names them
+    if now is not None and now != kept:
+        which = "training" if now[0] != kept[0] else "validation"
+        warnings.warn(
+            f"{source}: its {which} rows are not those {run_dir} was trained on (the data changed since); "
+            "its splits may mix rows the model was fitted to with held-out ones", VaekitWarning, stacklevel=2,
+        )
 
 
 def _split(est, args) -> str:
