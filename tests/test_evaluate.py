@@ -275,6 +275,7 @@ def test_the_public_estimates_check_their_rows_and_counts():
     """evaluate, gaps, elbo and iwae take rows in the model's units: the wrong width, 1-D rows,
     values outside the likelihood's support, a meta tensor, k or n_samples below 1 are one
     vaekit error each, never torch's shape error or a NaN."""
+    from vaekit import bubbles
     from vaekit.errors import ConfigError, DataError
     from vaekit.evaluate import gaps
     from vaekit.objectives import elbo, iwae
@@ -292,8 +293,25 @@ def test_the_public_estimates_check_their_rows_and_counts():
         (lambda: gaps(model, x, k=10, steps=0), ConfigError, r"^steps must be an integer >= 1, got 0$"),
         (lambda: iwae(model, x, 0), ConfigError, r"^k must be an integer >= 1, got 0$"),
         (lambda: elbo(model, x, n_samples=0), ConfigError, r"^n_samples must be an integer >= 1, got 0$"),
+        (lambda: elbo_per_point(model, x[:, :5]), DataError, r"^x has 5 features per row"),
+        (lambda: elbo_per_point(model, torch.rand(4, 16)), DataError, r"^x has values outside the support of the bernoulli likelihood"),
+        (lambda: log_px_per_point(model, torch.full((2, 16), torch.nan), k=3), DataError, r"^x contains NaN \(first at row 1, column 1\)"),
+        (lambda: bubbles.posterior_parameters(model, torch.zeros(3, 5)), DataError, r"^x has 5 features per row"),
     ):  # fmt: skip
         with pytest.raises(error, match=says):
             call()
     assert iwae(model, x, np.int64(3)).shape == (8,)  # numpy's integers are integers
     assert math.isfinite(evaluate(model, x.numpy(), k=10)["log_likelihood"])
+
+
+def test_a_model_moved_to_bfloat16_is_scored_from_float32_rows(trained, digits):
+    """Each row's noise stream is named by the row's values, read in float32 where the model's
+    rows are bfloat16 (numpy has no bfloat16): the estimates run, and come close to float32's."""
+    import copy
+
+    half = copy.deepcopy(trained).to(torch.bfloat16)
+    rows = digits[1400:1432]
+    log_px = log_px_per_point(half, rows, k=20)
+    assert log_px.shape == (32,) and np.isfinite(log_px).all()
+    np.testing.assert_allclose(log_px.mean(), log_px_per_point(trained, rows, k=20).mean(), rtol=0.05)
+    assert np.isfinite(elbo_per_point(half, rows)["elbo"]).all()

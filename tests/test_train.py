@@ -375,13 +375,23 @@ def test_nan_loss_stops_training_naming_epoch_and_step_and_keeps_the_checkpoint(
     config = TrainConfig(epochs=2, batch_size=128, seed=0)
     fit(small_model(0), x_train, x_valid, config, run_dir=tmp_path, run_config=_run_config(config))
     before = (tmp_path / ckpt.LAST_FILE).read_bytes()
-    bad = x_train.copy()
-    bad[1000, 5] = np.nan
-    # Epoch 3's permutation comes from the restored RNG state; find the NaN row's step in it.
+    # A NaN rows cannot bring (fit refuses them): the encoder turns NaN on the batch holding a
+    # marked row, a value no digit pixel takes.
+    marked = x_train.copy()
+    marked[1000, 5] = 0.123456
+    model = small_model(0)
+
+    def nan_on_marked(module, args, out):
+        return out * torch.nan if (args[0] == torch.tensor(0.123456, dtype=args[0].dtype)).any() else out
+
+    model.inference.encoder.net[0].register_forward_hook(nan_on_marked)
+    # Epoch 3's permutation comes from the restored RNG state; find the marked row's step in it.
+    rng = torch.get_rng_state()
     torch.set_rng_state(ckpt.load_tensors(tmp_path / ckpt.LAST_FILE)[0]["rng.cpu"])
-    step = int((torch.randperm(len(bad)) == 1000).nonzero()[0, 0]) // 128 + 1
+    step = int((torch.randperm(len(marked)) == 1000).nonzero()[0, 0]) // 128 + 1
+    torch.set_rng_state(rng)
     with pytest.raises(TrainingError, match=rf"epoch 3, step {step}\b.*{re.escape(str(tmp_path))}"):
-        fit(small_model(0), bad, x_valid, TrainConfig(epochs=3, batch_size=128, seed=0), run_dir=tmp_path, resume=True)
+        fit(model, marked, x_valid, TrainConfig(epochs=3, batch_size=128, seed=0), run_dir=tmp_path, resume=True)
     assert (tmp_path / ckpt.LAST_FILE).read_bytes() == before
     assert ckpt.load_tensors(tmp_path / ckpt.LAST_FILE)[1]["epoch"] == 2
 
@@ -757,3 +767,46 @@ def test_ema_resume_from_a_checkpoint_without_its_average_is_refused(digits, tmp
     with pytest.raises(CheckpointError, match=r"last.safetensors: the weights' average does not fit the model \(no average of "):
         fit(small_model(0), x_train, x_valid, _ema_config(2), run_dir=tmp_path, resume=True)
     assert _files(tmp_path) == before
+
+
+# ---- what fit takes -----------------------------------------------------------------------------
+
+
+def test_fit_checks_its_rows_before_training(digits):
+    """fit is public: rows a model cannot read are named as a DataError before any step, not met
+    as a shape error, or trained on out of the likelihood's support (positive ELBOs), or a NaN
+    loss blamed on the learning rate; a per-point method's tables must match the training rows."""
+    from vaekit.errors import ConfigError, DataError
+
+    x_train, x_valid = digits
+    config = TrainConfig(epochs=1, batch_size=128, seed=0)
+    nan = x_train.copy()
+    nan[3, 2] = np.nan
+    for train_rows, valid_rows, message in [
+        (x_train * 16, x_valid, r"x_train"),  # 0..16 under a continuous Bernoulli on [0, 1]
+        (x_train[:, :60], x_valid, r"x_train.*64"),
+        (x_train, x_valid[:0], r"x_valid has 0 rows"),
+        (x_train, x_valid[:, 0], r"x_valid"),
+        (nan, x_valid, r"x_train contains NaN \(first at row 4, column 3\)"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            fit(small_model(0), train_rows, valid_rows, config)
+    assert len(fit(small_model(0), x_train.tolist(), x_valid.tolist(), config)) == 1  # lists are rows too
+    vi = small_model(0, inference="vi", n_points=100)
+    with pytest.raises(ConfigError, match=rf"n_points=100 training rows, and x_train has {len(x_train)}; build the model with n_points={len(x_train)}"):
+        fit(vi, x_train, x_valid, config)
+
+
+def test_fit_leaves_the_callers_random_stream_as_it_found_it(digits):
+    """The run seeds torch's global stream from config.seed (so that it is reproducible); the
+    caller's stream continues afterwards as if fit had not run."""
+    x_train, x_valid = digits
+    draws = []
+    for seed in (1, 2):
+        model = small_model(0)  # seeds its own weights first
+        torch.manual_seed(seed)
+        fit(model, x_train, x_valid, TrainConfig(epochs=1, batch_size=128, seed=0))
+        draws.append(torch.rand(3))
+        torch.manual_seed(seed)
+        assert torch.equal(draws[-1], torch.rand(3))
+    assert not torch.equal(draws[0], draws[1])

@@ -50,8 +50,9 @@ def posterior_parameters(model, x, batch_size: int = 1024) -> tuple[np.ndarray, 
     """(μ, log σ²) of the q(z|x) that evaluation uses (``evaluation_posterior``) for the rows
     ``x``, each (n, D) float64; log σ² is None when q is a point mass (no bubble)."""
     from .distributions import DiagonalNormal
-    from .evaluate import batches, eval_mode
+    from .evaluate import batches, eval_mode, model_rows
 
+    x = model_rows(model, x)
     mus, logvars = [], []
     with eval_mode(model):
         for xb in batches(model, x, batch_size):

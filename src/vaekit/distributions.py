@@ -87,7 +87,8 @@ class RowStreams:
 
     def __init__(self, x: torch.Tensor, seed: int, use: int = ESTIMATE):
         # + 0.0 turns −0.0 into 0.0: equal rows seed equal streams.
-        rows = x.detach().reshape(x.shape[0], -1).cpu().numpy() + 0.0
+        rows = x.detach().reshape(x.shape[0], -1).cpu()
+        rows = (rows.float() if rows.dtype == torch.bfloat16 else rows).numpy() + 0.0  # numpy has no bfloat16
         key = int(seed).to_bytes(8, "little") + int(use).to_bytes(8, "little")
         self.device = x.device
         self._streams = [

@@ -310,12 +310,14 @@ class PerRow:
 @torch.no_grad()
 def elbo_per_point(
     model, x, n_samples: int = 1, batch_size: int = 1024, seed: int = 0, usage: LatentUsage | None = None, idx=None,
-    per_row: bool = True,
+    per_row: bool = True, checked: bool = False,
 ) -> dict[str, np.ndarray]:
     """ELBO, E_q[log p(x|z)] and KL(q || p) for each row, each (n,) float64. ``usage``, if
     given, is fed each batch's q (the latent units' activity, from the same pass); ``idx``,
     the rows' indices in the training set, scores per-point methods' learned q_i. ``per_row``:
-    each row's noise from its own stream (``noise``)."""
+    each row's noise from its own stream (``noise``). ``checked``: x is rows ``model_rows``
+    passed already (the training loop's validation tensor, every epoch), not checked again."""
+    x = x if checked else model_rows(model, x)
     out = PerRow(len(x), ("elbo", "recon", "kl"))
     draw = noise(model, seed, per_row)
     with eval_mode(model):
@@ -331,12 +333,14 @@ def elbo_per_point(
 @torch.no_grad()
 def log_px_per_point(
     model, x, k: int = 1000, batch_size: int | None = None, seed: int = 0, progress: Callable[[int], None] | None = None,
-    idx=None, per_row: bool = True,
+    idx=None, per_row: bool = True, checked: bool = False,
 ) -> np.ndarray:
     """The K-sample importance-weighted estimate of log p(x) for each row, (n,) float64.
     ``progress``, if given, is called with the rows done after each batch; ``idx``, the rows'
     indices in the training set, makes per-point methods' learned q_i the proposals.
-    ``per_row``: each row's noise from its own stream (``noise``)."""
+    ``per_row``: each row's noise from its own stream (``noise``); ``checked`` as in
+    ``elbo_per_point``."""
+    x = x if checked else model_rows(model, x)
     draw = noise(model, seed, per_row)
     if batch_size is None:
         # Rows per call: enough that each K-chunk is a large matrix product, few enough that

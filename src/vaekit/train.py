@@ -28,7 +28,7 @@ from . import bubbles
 from . import checkpoint as ckpt
 from .config import RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
-from .evaluate import LatentUsage, elbo_per_point, latent_usage, log_px_per_point, read_only_tensor, refuse_elbo_overflow
+from .evaluate import LatentUsage, elbo_per_point, latent_usage, log_px_per_point, model_rows, read_only_tensor, refuse_elbo_overflow
 from .launch import rank_world
 from .optim import Adam, NormalizedAdam, SparseAdam, WeightAverage
 from .registry import OBJECTIVES
@@ -108,9 +108,20 @@ def fit(
     """
     from .hardware import fixed_threads
 
+    # The rows a model reads (2-D, input_dim wide, finite, in the likelihood's support): a bad
+    # row is named now, not met as a shape error or a NaN loss blamed on the learning rate.
+    x_train, x_valid = model_rows(model, x_train, "x_train"), model_rows(model, x_valid, "x_valid")
+    if model.inference.per_point and model.config.n_points != len(x_train):
+        raise ConfigError(
+            f"inference {model.config.inference!r} keeps a q for each of n_points={model.config.n_points} training rows, "
+            f"and x_train has {len(x_train)}; build the model with n_points={len(x_train)}"
+        )
     # Every epoch on the same number of threads, whatever the load (see vaekit.hardware); with
-    # gradients on, whatever the caller's torch.no_grad() or inference_mode().
-    with fixed_threads(config.threads), torch.inference_mode(False), torch.enable_grad():
+    # gradients on, whatever the caller's torch.no_grad() or inference_mode(). The run seeds
+    # torch's global stream (config.seed, or the checkpoint's state): the caller's is given back.
+    device = resolve_device(config.device)
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with fixed_threads(config.threads), torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices):
         return _fit(model, x_train, x_valid, config, run_dir, run_config, resume, progress, on_epoch)
 
 
@@ -195,7 +206,7 @@ def _validate(model, objective, config: TrainConfig, run: _Run, valid_rows, x_va
     usage = latent_usage(model, config.seed)
     # One noise stream for the pass: means over fixed rows need no per-row streams, whose
     # seeding costs tens of microseconds a row.
-    valid = elbo_per_point(model, valid_rows, seed=config.seed + 1, usage=usage, per_row=False)
+    valid = elbo_per_point(model, valid_rows, seed=config.seed + 1, usage=usage, per_row=False, checked=True)
     try:  # a row far outside the training data: an ELBO of −inf every epoch would pick no best
         refuse_elbo_overflow(valid, x_valid)
     except DataError as e:
@@ -205,7 +216,7 @@ def _validate(model, objective, config: TrainConfig, run: _Run, valid_rows, x_va
     score = objective.validate(model, valid_rows, valid, seed=config.seed + 1)
     valid_log_px = None
     if config.valid_k:
-        valid_log_px = float(log_px_per_point(model, valid_rows, k=config.valid_k, seed=config.seed + 3, per_row=False).mean())
+        valid_log_px = float(log_px_per_point(model, valid_rows, k=config.valid_k, seed=config.seed + 3, per_row=False, checked=True).mean())
     record = {
         "epoch": epoch,
         "beta": config.beta_at(epoch),

@@ -155,4 +155,4 @@ class IwaeObjective(Objective):
     def validate(self, model, x, terms, seed):
         from ..evaluate import log_px_per_point
 
-        return float(log_px_per_point(model, x, k=self.config.k, seed=seed, per_row=False).mean())
+        return float(log_px_per_point(model, x, k=self.config.k, seed=seed, per_row=False, checked=True).mean())
