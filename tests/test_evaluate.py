@@ -315,3 +315,33 @@ def test_a_model_moved_to_bfloat16_is_scored_from_float32_rows(trained, digits):
     assert log_px.shape == (32,) and np.isfinite(log_px).all()
     np.testing.assert_allclose(log_px.mean(), log_px_per_point(trained, rows, k=20).mean(), rtol=0.05)
     assert np.isfinite(elbo_per_point(half, rows)["elbo"]).all()
+
+
+def test_the_library_s_lower_parts_raise_vaekit_errors():
+    """Misuse of the parts below the estimator is a ConfigError or DataError (both ValueErrors)
+    naming the culprit, never an AttributeError or torch's own message."""
+    from vaekit.config import RunConfig
+    from vaekit.errors import ConfigError, DataError
+    from vaekit.exact import LinearGaussian
+    from vaekit.objectives import iwae
+    from vaekit.distributions import PointMass
+
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=6, latent_dim=2, hidden=(8,), likelihood="bernoulli"))
+    vi = VAEModel(ModelConfig(input_dim=6, latent_dim=2, hidden=(8,), likelihood="bernoulli", inference="vi", n_points=4))
+    x = torch.bernoulli(torch.full((4, 6), 0.5))
+    for call, error, says in (
+        (lambda: RunConfig(model="x"), ConfigError, r"^RunConfig.model must be a ModelConfig, got str$"),
+        (lambda: model.sample(-1), ConfigError, r"^n must be an integer >= 0, got -1$"),
+        (lambda: evaluate(vi, x, k=3, idx=np.arange(4, 8)), DataError, r"^idx must index the 4 training rows"),
+        (lambda: iwae(model, x, 3, q=PointMass(torch.zeros(4, 2))), ConfigError, r"^a point mass is no importance proposal"),
+    ):  # fmt: skip
+        with pytest.raises(error, match=says):
+            call()
+    assert model.sample(0).shape == (0, 6)
+    # the closed forms take arrays as well as tensors
+    fa = VAEModel(ModelConfig(input_dim=3, latent_dim=2, hidden=(), likelihood="gaussian", variance="feature")).double()
+    exact = LinearGaussian.of(fa)
+    rows = np.random.default_rng(0).standard_normal((5, 3))
+    q = exact.posterior(torch.as_tensor(rows))
+    np.testing.assert_allclose(exact.gap(q, rows), exact.gap(q, torch.as_tensor(rows)))

@@ -623,6 +623,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         from .registry import INFERENCE, OBJECTIVES
 
+        for name, kind in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"RunConfig.{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
         method = INFERENCE.get(self.model.inference)
         if self.train.objective == "auto":
             self.train = dataclasses.replace(self.train, objective=method.default_objective)

@@ -20,6 +20,7 @@ from .distributions import RowStreams
 from .objectives import elbo as elbo_terms
 from .objectives import iwae, iwae_and_elbo
 from .config import GAP_STEPS, K_MAX, STEPS_MAX, check_positive_int
+from .errors import DataError
 
 
 def numpy_of(t: torch.Tensor) -> np.ndarray:
@@ -61,10 +62,10 @@ def _with_rows(blocks, model, x, idx):
         return
     idx = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=next(model.parameters()).device)
     if idx.shape != (len(x),):
-        raise ValueError(f"idx must hold one training-set index per row of x ({len(x)}), got shape {tuple(idx.shape)}")
+        raise DataError(f"idx must hold one training-set index per row of x ({len(x)}), got shape {tuple(idx.shape)}")
     n = model.config.n_points
     if model.inference.per_point and len(idx) and not (0 <= int(idx.min()) and int(idx.max()) < n):
-        raise ValueError(f"idx must index the {n} training rows of the per-point table, got values {int(idx.min())}..{int(idx.max())}")
+        raise DataError(f"idx must index the {n} training rows of the per-point table, got values {int(idx.min())}..{int(idx.max())}")
     done = 0
     for xb in blocks:
         yield xb, idx[done : done + xb.shape[0]]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch.distributions import MultivariateNormal
 
@@ -123,5 +124,5 @@ def _moments(q) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _cpu64(t: torch.Tensor) -> torch.Tensor:
-    """t in float64 on the CPU, beside the closed form's own arrays."""
-    return t.to("cpu", torch.float64)
+    """t (a tensor, or an array) in float64 on the CPU, beside the closed form's own arrays."""
+    return t.to("cpu", torch.float64) if isinstance(t, torch.Tensor) else torch.as_tensor(np.asarray(t), dtype=torch.float64)

@@ -141,6 +141,12 @@ class VAEModel(nn.Module):
 
     def sample_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ p(z), ancestrally from the top group down, (n, D)."""
+        import numbers
+
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            from .errors import ConfigError
+
+            raise ConfigError(f"n must be an integer >= 0, got {n!r}")
         z_top = draw(self.top_prior(), (n,), generator)
         parts = [z_top]
         for net in reversed(self.downward):

@@ -356,7 +356,7 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
         run.average = WeightAverage(model, config.ema) if config.ema else None
         if writer:
             if run_config is None:
-                raise ValueError("run_config is needed to write a run directory")
+                raise ConfigError("run_config is needed to write a run directory (run_dir given without it)")
             run_config.save(run_dir / ckpt.CONFIG_FILE)
             _write_metrics(run_dir, [])
         return run

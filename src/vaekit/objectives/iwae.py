@@ -51,7 +51,7 @@ def _proposal(model, x: torch.Tensor, q: Distribution | None) -> Distribution:
     from ..distributions import PointMass
 
     if isinstance(q, PointMass):
-        raise ValueError("a point mass is no importance proposal: log w would be log p(x, ẑ); pass a density q")
+        raise ConfigError("a point mass is no importance proposal: log w would be log p(x, ẑ); pass a density q")
     return q
 
 
