@@ -345,3 +345,18 @@ def test_the_library_s_lower_parts_raise_vaekit_errors():
     rows = np.random.default_rng(0).standard_normal((5, 3))
     q = exact.posterior(torch.as_tensor(rows))
     np.testing.assert_allclose(exact.gap(q, rows), exact.gap(q, torch.as_tensor(rows)))
+
+
+def test_the_equations_take_rows_of_any_dtype():
+    """elbo and iwae read rows in the model's dtype, as evaluate does: a float64 model given
+    float32 or integer pixels gives what it gives the same rows in float64."""
+    from vaekit.objectives import elbo, iwae
+
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=6, latent_dim=2, hidden=(8,), likelihood="bernoulli")).double()
+    x = torch.bernoulli(torch.full((4, 6), 0.5))
+    want_elbo = elbo(model, x.double(), generator=torch.Generator().manual_seed(1)).elbo
+    want_iwae = iwae(model, x.double(), 5, generator=torch.Generator().manual_seed(1))
+    for rows in (x, x.long(), x.bool()):
+        assert torch.equal(elbo(model, rows, generator=torch.Generator().manual_seed(1)).elbo, want_elbo)
+        assert torch.equal(iwae(model, rows, 5, generator=torch.Generator().manual_seed(1)), want_iwae)

@@ -54,3 +54,11 @@ class Objective:
 
     def validate(self, model, x, terms: dict, seed: int) -> float:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+def in_model_dtype(model, x: torch.Tensor) -> torch.Tensor:
+    """x in the dtype of the model's parameters: the equations take rows of any dtype (float64
+    rows for a float32 model, integer 0/1 pixels), as ``evaluate`` does, rather than failing in
+    the first matrix product."""
+    p = next(model.parameters(), None)
+    return x.to(p.dtype) if p is not None and isinstance(x, torch.Tensor) and x.dtype != p.dtype else x

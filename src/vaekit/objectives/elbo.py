@@ -10,7 +10,7 @@ from torch.distributions import Distribution
 
 from ..errors import ConfigError
 from ..registry import OBJECTIVES, Option
-from .base import Objective
+from .base import Objective, in_model_dtype
 
 
 class Elbo(NamedTuple):
@@ -38,6 +38,7 @@ def elbo(
     of the reparameterization instead of drawing it, so that data-parallel ranks share one draw."""
     if eps is None and (isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1):
         raise ConfigError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    x = in_model_dtype(model, x)
     if q is None:
         q = model.posterior(x, idx)
     z, recon = _recon(model, x, q, n_samples, generator, eps)

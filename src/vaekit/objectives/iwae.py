@@ -13,7 +13,7 @@ from torch.distributions import Distribution
 
 from ..errors import ConfigError
 from ..registry import K_MAX, OBJECTIVES, Option
-from .base import Objective
+from .base import Objective, in_model_dtype
 
 # Elements of one (k, n, D) block of decoder output: bounds memory for any K. 1M elements
 # (4 MB in fp32) keeps each block's elementwise log-likelihood pass in cache: 115 GFLOP/s
@@ -84,7 +84,7 @@ def iwae(
     another ``block`` or another number of rows.
     """
     total = None
-    for lw in _weight_chunks(model, x, k, q, generator, block):
+    for lw in _weight_chunks(model, in_model_dtype(model, x), k, q, generator, block):
         part = torch.logsumexp(lw, 0)
         total = part if total is None else torch.logaddexp(total, part)
     return total - math.log(k)
