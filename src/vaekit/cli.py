@@ -8,6 +8,7 @@ so ``vaekit --help`` does not load torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -564,20 +565,16 @@ def _data_paths(args) -> tuple[Path, ...]:
     from .data.load import resolve_path
     from .files import CONFIG_FILE
 
-    sources = []
-    if getattr(args, "data", None):
-        sources.append((args.data, getattr(args, "data_dir", None)))
-    try:
+    sources = [(args.data, getattr(args, "data_dir", None))] if getattr(args, "data", None) else []
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):  # no readable run: loading it says why
         own = json.loads((Path(args.run_dir) / CONFIG_FILE).read_text())["data"]
         sources.append((str(own["source"]), own.get("data_dir")))
-    except (OSError, ValueError, TypeError, KeyError):
-        pass  # no readable run here: loading it says why
     paths = []
     for source, data_dir in sources:
         try:
             paths.append(resolve_path(source, data_dir if isinstance(data_dir, str) else None))
         except DataError:
-            pass
+            continue  # a missing file or a named dataset: nothing here to write over
     return tuple(paths)
 
 
@@ -646,8 +643,8 @@ def _warn_if_changed(est, run_dir, data, source: str) -> None:
     try:
         now = [data_fingerprint(est.model_input(data.split(s), what=source)) for s in ("train", "valid")]
     except DataError:
-        now = None  # rows the model cannot read: the verb's own check names them
-    if now is not None and now != kept:
+        return  # rows the model cannot read: the verb's own check names them
+    if now != kept:
         which = "training" if now[0] != kept[0] else "validation"
         warnings.warn(
             f"{source}: its {which} rows are not those {run_dir} was trained on (the data changed since); "
