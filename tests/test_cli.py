@@ -2176,6 +2176,24 @@ def test_a_verb_reading_the_runs_own_file_warns_where_it_changed_since_training(
         assert code == 0 and len([w for w in caught if issubclass(w.category, VaekitWarning)]) == 1, err
 
 
+def test_verbs_refuse_an_out_that_is_a_named_datasets_file(run, tmp_path, capsys, monkeypatch):
+    """--data binarized_mnist reads binarized_mnist.npz from --data-dir: an --out naming that file is
+    refused before anything is read, and the file is left as it was; a dataset of no files (digits)
+    names none, and looking for the file never downloads it."""
+    from vaekit.registry import DATASETS
+
+    (tmp_path / "binarized_mnist.npz").write_bytes(b"the dataset")
+    for verb in (["encode"], ["score", "--k", "2"], ["reconstruct"]):
+        code, out, err = cli(capsys, verb[0], run, "--data", "binarized_mnist", "--data-dir", tmp_path, "--out", tmp_path / "binarized_mnist.npz", *verb[1:])
+        assert_error(code, out, err, 2, "is a data file this reads")
+    assert (tmp_path / "binarized_mnist.npz").read_bytes() == b"the dataset"
+    assert DATASETS.get("binarized_mnist").files(str(tmp_path)) == (tmp_path / "binarized_mnist.npz",)
+    assert DATASETS.get("digits").files(None) == ()
+    monkeypatch.delenv("VAEKIT_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    assert DATASETS.get("binarized_mnist").files(str(tmp_path / "nowhere")) == ()
+
+
 def test_a_refused_rename_names_the_destination(run_copy, capsys):
     """A directory where the weights belong: the message names model.safetensors, not the
     temporary file that could not take its place, and nothing else of the run changes."""

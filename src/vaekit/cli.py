@@ -564,6 +564,7 @@ def _data_paths(args) -> tuple[Path, ...]:
 
     from .data.load import resolve_path
     from .files import CONFIG_FILE
+    from .registry import DATASETS
 
     sources = [(args.data, getattr(args, "data_dir", None))] if getattr(args, "data", None) else []
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):  # no readable run: loading it says why
@@ -573,8 +574,9 @@ def _data_paths(args) -> tuple[Path, ...]:
     for source, data_dir in sources:
         try:
             paths.append(resolve_path(source, data_dir if isinstance(data_dir, str) else None))
-        except DataError:
-            continue  # a missing file or a named dataset: nothing here to write over
+        except DataError:  # a named dataset's own files, or a missing file (nothing to write over)
+            if source in DATASETS.names():
+                paths += DATASETS.get(source).files(data_dir if isinstance(data_dir, str) else None)
     return tuple(paths)
 
 

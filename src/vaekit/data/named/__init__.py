@@ -8,6 +8,7 @@ nothing else is edited.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...registry import DATASETS
@@ -32,6 +33,12 @@ class NamedDataset:
     # the values its models see; the model stores it, so that it takes the raw values
     # everywhere (the CLI's verbs, the Python API). None: the raw values are the model's.
     scaling: tuple[float, float] | None = None
+
+    @classmethod
+    def files(cls, data_dir: str | None) -> tuple[Path, ...]:
+        """The files ``load`` would read with ``data_dir``, as found now (nothing is fetched):
+        the verbs refuse to write their output over them. None for a dataset of no files."""
+        return ()
 
     @classmethod
     def load(cls, config: DataConfig) -> Dataset:  # pragma: no cover - interface

@@ -44,6 +44,11 @@ class BinarizedMNIST(NamedDataset):
     reads_data_dir = True
 
     @classmethod
+    def files(cls, data_dir: str | None) -> tuple[Path, ...]:
+        found = _found(data_dir)
+        return (found,) if found is not None else ()
+
+    @classmethod
     def load(cls, config: DataConfig) -> Dataset:
         path = find_binarized_mnist(config.data_dir)
         arrays = _read_binarized_mnist(path)
@@ -99,22 +104,28 @@ def _candidates(root: Path) -> list[Path]:
     return [root / BINARIZED_MNIST_FILE, root / "binarized_mnist" / BINARIZED_MNIST_FILE]
 
 
+def _roots(data_dir: str | None) -> list[Path]:
+    """Where the file is looked for, in order: ``data_dir``, ``$VAEKIT_DATA``, the cache."""
+    return [*(Path(r).expanduser() for r in (data_dir, os.environ.get("VAEKIT_DATA")) if r), _cache_dir()]
+
+
+def _found(data_dir: str | None) -> Path | None:
+    """The first binarized_mnist.npz found under ``_roots``, or None."""
+    return next((c for root in _roots(data_dir) for c in _candidates(root) if c.is_file()), None)
+
+
 def find_binarized_mnist(data_dir: str | None = None) -> Path:
     """Path of binarized_mnist.npz: looked up in ``data_dir``, then ``$VAEKIT_DATA``, then the
     cache (``$XDG_CACHE_HOME/vaekit`` or ``~/.cache/vaekit``), as ``binarized_mnist.npz`` or
     ``binarized_mnist/binarized_mnist.npz``; if absent, downloaded into the cache. Raises
     DataError saying where it looked when the download fails."""
-    cache = _cache_dir()
-    roots = [Path(r).expanduser() for r in (data_dir, os.environ.get("VAEKIT_DATA")) if r]
-    roots.append(cache)
-    for root in roots:
-        for candidate in _candidates(root):
-            if candidate.is_file():
-                return candidate
+    found = _found(data_dir)
+    if found is not None:
+        return found
     try:
-        return download_binarized_mnist(cache)
+        return download_binarized_mnist(_cache_dir())
     except DataError as e:
-        looked = ", ".join(str(r) for r in roots)
+        looked = ", ".join(str(r) for r in _roots(data_dir))
         raise DataError(
             f"{BINARIZED_MNIST_FILE} not found (looked in {looked}) and {e}; pass --data-dir DIR "
             f"or set VAEKIT_DATA=DIR for a directory containing {BINARIZED_MNIST_FILE}"
