@@ -141,12 +141,9 @@ class VAEModel(nn.Module):
 
     def sample_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ p(z), ancestrally from the top group down, (n, D)."""
-        import numbers
+        from .config import check_positive_int
 
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            from .errors import ConfigError
-
-            raise ConfigError(f"n must be an integer >= 0, got {n!r}")
+        check_positive_int("n", n, minimum=0)
         z_top = draw(self.top_prior(), (n,), generator)
         parts = [z_top]
         for net in reversed(self.downward):

@@ -324,15 +324,21 @@ class _Run:
 FINGERPRINT_ROWS = 32
 
 
+def fingerprint_rows(x):
+    """The FINGERPRINT_ROWS evenly spaced rows of ``x`` that ``data_fingerprint`` hashes (all of
+    them where x has no more): its hash of these rows alone is its hash of x."""
+    n = len(x)
+    idx = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).round().astype(np.int64))
+    return x.rows(idx) if hasattr(x, "rows") else x[torch.as_tensor(idx) if torch.is_tensor(x) else idx]
+
+
 def data_fingerprint(x) -> str:
     """A hash of the float32 values of FINGERPRINT_ROWS evenly spaced rows of ``x`` (an array,
     a tensor or MappedRows): the same data, in any float dtype, give the same hash; data of the
     same size with other values there give another (a change elsewhere goes unseen)."""
-    n = len(x)
-    if n == 0:
+    if len(x) == 0:
         return ""
-    idx = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).round().astype(np.int64))
-    rows = x.rows(idx) if hasattr(x, "rows") else x[torch.as_tensor(idx) if torch.is_tensor(x) else idx]
+    rows = fingerprint_rows(x)
     if torch.is_tensor(rows):
         rows = rows.detach().to("cpu", torch.float32).numpy()
     return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.float32).tobytes()).hexdigest()[:16]

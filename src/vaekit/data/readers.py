@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, VaekitWarning
 from .checks import check_data, check_finite, not_2d
 from .containers import SPLIT_NAMES
 
@@ -217,10 +218,6 @@ def _labels(y: np.ndarray, n: int, what: str) -> np.ndarray | None:
         return y.astype(np.int64)
     if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
         return y.astype(np.int64)
-    import warnings
-
-    from ..errors import VaekitWarning
-
     warnings.warn(f"{what}: labels of dtype {y.dtype} are no integer class labels; read without them", VaekitWarning, stacklevel=2)
     return None
 
