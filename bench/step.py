@@ -108,7 +108,9 @@ def fit_step(model: VAEModel, config: TrainConfig, x: torch.Tensor):
     from vaekit.optim import WeightAverage
 
     objective = make_objective(model, config)
-    optimizers = make_optimizers(model, config.lr, normalized_grad=config.normalized_grad, eps=config.adam_eps)
+    optimizers = make_optimizers(
+        model, config.lr, normalized_grad=config.normalized_grad, eps=config.adam_eps, weight_decay=config.weight_decay
+    )
     average = WeightAverage(model, config.ema) if config.ema else None
     with warnings.catch_warnings():  # bf16's speed warning: measuring it is the point
         warnings.simplefilter("ignore")

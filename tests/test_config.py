@@ -193,7 +193,7 @@ def test_version_6_config_loads_without_valid_k_and_stays_strict(tmp_path):
     epoch) loads with valid_k 0, while a version 6 file missing a field version 6 had is still
     damage, and a version 7 file without valid_k is too."""
     d = _run_config().to_dict()
-    assert d["version"] == CONFIG_VERSION == 9
+    assert d["version"] == CONFIG_VERSION == 10
     del d["train"]["valid_k"]
     with pytest.raises(ConfigError, match=r"the train section is missing the field\(s\) valid_k;"):
         RunConfig.from_dict(json.loads(json.dumps(d)))
@@ -201,7 +201,7 @@ def test_version_6_config_loads_without_valid_k_and_stays_strict(tmp_path):
     path = _write(tmp_path, json.dumps(d))
     old = RunConfig.load(path)
     assert old.version == CONFIG_VERSION and old.train.valid_k == 0
-    assert old.to_dict()["train"] == {**d["train"], "valid_k": 0, "ema": 0.0}
+    assert old.to_dict()["train"] == {**d["train"], "valid_k": 0, "ema": 0.0, "weight_decay": 0.0}
     del d["train"]["adam_eps"]
     with pytest.raises(ConfigError, match=r"the train section is missing the field\(s\) adam_eps;"):
         RunConfig.from_dict(d)
@@ -213,7 +213,7 @@ def test_version_7_config_reads_x_through_the_trunk_and_version_8_must_say(tmp_p
     version 8 file without the field is damage."""
     model = ModelConfig(input_dim=6, latent_dim=(4, 2), hidden=(8,), inference="topdown")
     d = RunConfig(model=model).to_dict()
-    assert d["version"] == CONFIG_VERSION == 9 and d["model"]["x_path"] == "trunk"
+    assert d["version"] == CONFIG_VERSION == 10 and d["model"]["x_path"] == "trunk"
     del d["model"]["x_path"]
     with pytest.raises(ConfigError, match=r"the model section is missing the field\(s\) x_path;"):
         RunConfig.from_dict(json.loads(json.dumps(d)))
@@ -234,9 +234,27 @@ def test_version_8_config_trains_without_an_average_and_version_9_must_say(tmp_p
     as_version(d, 8)
     old = RunConfig.load(_write(tmp_path, json.dumps(d)))
     assert old.version == CONFIG_VERSION and old.train.ema == 0.0
-    assert old.to_dict()["train"] == {**d["train"], "ema": 0.0}
+    assert old.to_dict()["train"] == {**d["train"], "ema": 0.0, "weight_decay": 0.0}
     d["train"]["ema"] = 0.99  # a version 8 file cannot hold it: its version was edited
     with pytest.raises(ConfigError, match="which version 9 added"):
+        RunConfig.from_dict(d)
+
+
+def test_version_9_config_trains_without_weight_decay_and_version_10_must_say(tmp_path):
+    """Version 10 added train.weight_decay: a version 9 run (trained without decay) loads with
+    weight_decay 0; a version 10 file without the field is damage, and a version 9 file that
+    holds it had its version edited."""
+    d = _run_config().to_dict()
+    assert d["train"]["weight_decay"] == 0.0
+    del d["train"]["weight_decay"]
+    with pytest.raises(ConfigError, match=r"the train section is missing the field\(s\) weight_decay;"):
+        RunConfig.from_dict(json.loads(json.dumps(d)))
+    as_version(d, 9)
+    old = RunConfig.load(_write(tmp_path, json.dumps(d)))
+    assert old.version == CONFIG_VERSION and old.train.weight_decay == 0.0
+    assert old.to_dict()["train"] == {**d["train"], "weight_decay": 0.0}
+    d["train"]["weight_decay"] = 1e-4
+    with pytest.raises(ConfigError, match="which version 10 added"):
         RunConfig.from_dict(d)
 
 
@@ -362,7 +380,7 @@ def test_version_2_config_loads_without_an_input_map(tmp_path):
     assert not {"standardize", "input_shift", "input_scale"} & set(config["model"])
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
-    assert loaded.version == CONFIG_VERSION == 9
+    assert loaded.version == CONFIG_VERSION == 10
     assert (loaded.model.standardize, loaded.model.input_shift, loaded.model.input_scale) == ("off", None, None)
 
 
@@ -437,7 +455,7 @@ def test_version_3_config_keeps_the_per_point_rate_it_was_trained_at(tmp_path, i
     assert "point_lr" not in config["model"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = RunConfig.load(tmp_path / "config.json")
-    assert loaded.version == CONFIG_VERSION == 9
+    assert loaded.version == CONFIG_VERSION == 10
     if inference == "amortized":
         assert loaded.model.point_lr == 0.2  # an option this model does not use, at its default
     else:
@@ -458,7 +476,7 @@ def test_a_version_that_is_not_a_known_integer_is_refused(tmp_path, version):
 def test_a_missing_version_is_refused():
     d = _run_config().to_dict()
     del d["version"]
-    with pytest.raises(ConfigError, match="config version must be an integer from 1 to 9, got None"):
+    with pytest.raises(ConfigError, match=f"config version must be an integer from 1 to {CONFIG_VERSION}, got None"):
         RunConfig.from_dict(d)
 
 

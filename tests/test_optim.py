@@ -13,9 +13,10 @@ from vaekit.optim import Adam, NormalizedAdam
 F64 = torch.float64
 
 
-def _reference(params, grads_per_step, lr, betas=(0.9, 0.999), eps=1e-8, normalize=True):
+def _reference(params, grads_per_step, lr, betas=(0.9, 0.999), eps=1e-8, normalize=True, weight_decay=0.0):
     """The block-normalized Adam update, by hand: g ← g/(‖g‖ + 1e-7) per tensor (unless not
-    ``normalize``), then Adam's bias-corrected moments (Kingma & Ba 2015, Algorithm 1)."""
+    ``normalize``), then Adam's bias-corrected moments (Kingma & Ba 2015, Algorithm 1), after
+    the decoupled decay p ← p − lr·weight_decay·p (Loshchilov & Hutter 2019, Algorithm 2)."""
     params = [p.clone() for p in params]
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
@@ -25,7 +26,7 @@ def _reference(params, grads_per_step, lr, betas=(0.9, 0.999), eps=1e-8, normali
             m[i] = betas[0] * m[i] + (1 - betas[0]) * g
             v[i] = betas[1] * v[i] + (1 - betas[1]) * g * g
             m_hat, v_hat = m[i] / (1 - betas[0] ** t), v[i] / (1 - betas[1] ** t)
-            params[i] = params[i] - lr * m_hat / (v_hat.sqrt() + eps)
+            params[i] = params[i] * (1 - lr * weight_decay) - lr * m_hat / (v_hat.sqrt() + eps)
     return params
 
 
@@ -147,6 +148,76 @@ def test_adam_eps_is_saved_checked_and_fixed_on_resume(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="adam_eps"):
         vaekit.VAE(adam_eps=0.0, epochs=1).fit(torch.rand(20, 3).numpy())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("normalized", [False, True])
+def test_weight_decay_is_decoupled(normalized, fused):
+    """``weight_decay`` is AdamW's: the optimizer of the shared weights follows the hand-written
+    p ← p(1 − lr·λ) − lr·m̂/(√v̂ + ε) on gradients of jumping scale (and, on plain gradients,
+    torch.optim.AdamW, an independent reference); a weight whose gradient is zero decays by
+    (1 − lr·λ) per step; per-point tables get none."""
+    from vaekit.config import ModelConfig
+    from vaekit.model import VAEModel
+    from vaekit.train import make_optimizers
+
+    lr, wd = 0.01, 0.3
+    model = VAEModel(ModelConfig(input_dim=4, latent_dim=2, hidden=(3,))).to(F64)
+    (opt,) = make_optimizers(model, lr=lr, normalized_grad=normalized, weight_decay=wd)
+    assert all(g["weight_decay"] == wd and g["decoupled_weight_decay"] for g in opt.param_groups)
+    (plain,) = make_optimizers(model, lr=lr, normalized_grad=normalized)
+    assert all(g["weight_decay"] == 0 for g in plain.param_groups)
+    kind = NormalizedAdam if normalized else Adam
+    g = torch.Generator().manual_seed(5)
+    params = [torch.randn(5, 3, generator=g, dtype=F64), torch.randn(7, generator=g, dtype=F64)]
+    grads = [[s * torch.randn(p.shape, generator=g, dtype=F64) for p in params] for s in (1.0, 1e3, 1e-2, 1.0)]
+    ours, _ = _drive(kind, params, grads, lr=lr, weight_decay=wd, decoupled_weight_decay=True, fused=fused)
+    for a, b in zip(ours, _reference(params, grads, lr=lr, normalize=normalized, weight_decay=wd)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    if not normalized:
+        adamw, _ = _drive(torch.optim.AdamW, params, grads, lr=lr, weight_decay=wd)
+        for a, b in zip(ours, adamw):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    still, _ = _drive(kind, params, [[torch.zeros_like(p) for p in params]] * 3, lr=lr, weight_decay=wd, decoupled_weight_decay=True)
+    for a, p in zip(still, params):
+        torch.testing.assert_close(a, p * (1 - lr * wd) ** 3, rtol=1e-14, atol=0)
+    pointwise = VAEModel(ModelConfig(input_dim=4, latent_dim=2, hidden=(3,), inference="vi", n_points=10))
+    shared, tables = make_optimizers(pointwise, lr=lr, weight_decay=wd)
+    assert shared.param_groups[0]["weight_decay"] == wd and "weight_decay" not in tables.defaults
+
+
+def test_weight_decay_is_saved_checked_fixed_on_resume_and_resumes_bit_for_bit(tmp_path, capsys):
+    """``--weight-decay`` reaches config.json and the estimator, a run stopped and resumed ends
+    with the straight run's bits and other weights than without it, a resume cannot change it,
+    and a bad value (negative, not finite, lr·λ >= 1) is one line that writes nothing."""
+    import json
+
+    from cli_helpers import assert_resume_equals_straight, cli
+
+    import vaekit
+    from vaekit.checkpoint import load_tensors
+    from vaekit.cli import main
+    from vaekit.errors import ConfigError
+
+    common = ["--data", "digits", "--latent-dim", "3", "--hidden", "16", "--eval-k", "5", "--seed", "2", "--lr", "1e-2"]
+    a = assert_resume_equals_straight(tmp_path, [*common, "--weight-decay", "0.5"])
+    assert json.loads((tmp_path / "straight" / "config.json").read_text())["train"]["weight_decay"] == 0.5
+    assert vaekit.load(tmp_path / "straight").get_params()["weight_decay"] == 0.5
+    assert main(["train", *common, "--epochs", "3", "--out", str(tmp_path / "plain")]) == 0
+    b, _ = load_tensors(tmp_path / "plain" / "last.safetensors")
+    # Decay pulls the weights towards zero: the decayed run's are smaller overall.
+    norm = lambda t: sum(float(v.norm() ** 2) for k, v in t.items() if k.startswith("model.") and v.is_floating_point())  # noqa: E731
+    assert norm(a) < norm(b)
+    capsys.readouterr()
+    code, _, err = cli(capsys, "train", "--out", tmp_path / "straight", "--resume", "--epochs", "4", "--weight-decay", "0.1")
+    assert code != 0 and err.count("\n") == 1
+    assert err.strip().endswith(f"--weight-decay cannot change when resuming; the run in {tmp_path / 'straight'} has weight_decay=0.5")
+    for bad, says in (("-0.1", "must be >= 0"), ("nan", "finite"), ("inf", "finite"), ("100", "must be below 1/lr = 100")):
+        code, _, err = cli(capsys, "train", *common, "--epochs", "1", "--weight-decay", bad, "--out", tmp_path / "bad")
+        assert code != 0 and err.count("\n") == 1 and "--weight-decay" in err and says in err, (bad, err)
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigError, match="weight_decay"):
+        vaekit.VAE(weight_decay=-1.0, epochs=1).fit(torch.rand(20, 3).numpy())
 
 
 # ---- the weights' exponential moving average (optim.WeightAverage, --ema) --------------------

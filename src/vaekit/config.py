@@ -26,7 +26,7 @@ from .files import json_loads
 from .registry import K_MAX, REGISTRIES, STEPS_MAX, Option
 from .schedules import SCHEDULES
 
-CONFIG_VERSION = 9
+CONFIG_VERSION = 10
 # From this version on a config.json holds every field.
 FIRST_COMPLETE_VERSION = 6
 # The fields each version added, by section: an older file lacks them (``_migrate`` fills them
@@ -39,6 +39,7 @@ ADDED_FIELDS: dict[int, dict[str, tuple[str, ...]]] = {
     7: {"train": ("valid_k",)},
     8: {"model": ("x_path",)},
     9: {"train": ("ema",)},
+    10: {"train": ("weight_decay",)},
 }
 
 # Versions whose step to the next only adds one field: version -> (section, field, the value
@@ -51,6 +52,8 @@ DEFAULTED_FIELDS: dict[int, tuple[str, str, Any]] = {
     7: ("model", "x_path", "trunk"),
     # train.ema (averaged weights): version 8 runs validated and kept their own weights.
     8: ("train", "ema", 0.0),
+    # train.weight_decay (decoupled weight decay): version 9 runs had none.
+    9: ("train", "weight_decay", 0.0),
 }
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "silu")
@@ -131,6 +134,9 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "batch_size": Option(128, "rows per step", minimum=1),
     "lr": Option(1e-3, "Adam learning rate", minimum=0.0, exclusive=True),
     "adam_eps": Option(1e-8, "Adam's epsilon, added to the root of the second-moment estimate (torch's default; Burda et al. 2016 trained the IWAE with 1e-4)", minimum=0.0, exclusive=True),
+    # Decoupled (AdamW): the shrink does not pass through Adam's moments, so it is the same
+    # with --normalized-grad, whose gradients carry no scale an L2 term could ride on.
+    "weight_decay": Option(0.0, "decoupled weight decay (AdamW, Loshchilov & Hutter 2019): each step also shrinks every shared weight (θ, φ, the prior's parameters; not per-point tables) by lr·weight_decay of itself; 0 is off", minimum=0.0),
     "normalized_grad": Option(False, "Adam on each parameter tensor's gradient divided by its L2 norm (Yu et al. 2017; how Tomczak & Welling 2018 trained)"),
     # Validation, the best model and every output read the averaged weights; training steps
     # the model's own (optim.WeightAverage).
@@ -468,6 +474,10 @@ class _TrainBase(_Section):
             raise ConfigError(f"lr_factor must be < 1, got {self.lr_factor!r}")
         if self.ema >= 1:
             raise ConfigError(f"ema must be < 1 (a decay; 0 is off), got {self.ema!r}")
+        if self.lr * self.weight_decay >= 1:  # each step would shrink a weight through zero
+            raise ConfigError(
+                f"weight_decay must be below 1/lr = {1 / self.lr:g} (a step shrinks each weight by lr·weight_decay of itself), got {self.weight_decay!r}"
+            )
         if self.lr_schedule != "plateau":
             for name in ("lr_factor", "lr_patience", "lr_min"):
                 if getattr(self, name) != TRAIN_OPTIONS[name].default:

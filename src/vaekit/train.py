@@ -42,10 +42,16 @@ VALID_ROWS_WITHOUT_ENCODER = 1000
 
 
 def make_optimizers(
-    model: torch.nn.Module, lr: float, point_lr: float | None = None, normalized_grad: bool = False, eps: float = 1e-8
+    model: torch.nn.Module,
+    lr: float,
+    point_lr: float | None = None,
+    normalized_grad: bool = False,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
 ) -> list[torch.optim.Optimizer]:
     """Adam at ``lr`` (with ``eps`` its ε) for the shared parameters (θ, φ), on normalized gradients with
-    ``normalized_grad`` (``optim.NormalizedAdam``); SparseAdam for per-point tables, so
+    ``normalized_grad`` (``optim.NormalizedAdam``), with decoupled ``weight_decay`` (AdamW's
+    p ← p − lr·weight_decay·p before the Adam step; Loshchilov & Hutter 2019); SparseAdam for per-point tables, so
     that a row moves only when its datapoint is in the batch (dense Adam would keep moving
     every row on stale momentum), at ``point_lr`` (default: the model's ``point_lr``). A row
     steps once per epoch against θ's once per batch, hence a rate of its own. Both are
@@ -54,12 +60,13 @@ def make_optimizers(
     local_ids = {id(p) for p in local}
     shared = [p for p in model.parameters() if id(p) not in local_ids]
     kind = NormalizedAdam if normalized_grad else Adam
+    decay = {"weight_decay": weight_decay, "decoupled_weight_decay": True} if weight_decay else {}
     try:
         # The fused kernel updates all tensors in one pass: 1.4x the whole training step of
         # the default foreach Adam for the MNIST MLP on this CPU (bench/README.md).
-        adam = kind(shared, lr=lr, eps=eps, fused=True)
+        adam = kind(shared, lr=lr, eps=eps, fused=True, **decay)
     except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
-        adam = kind(shared, lr=lr, eps=eps)
+        adam = kind(shared, lr=lr, eps=eps, **decay)
     optimizers: list[torch.optim.Optimizer] = [adam]
     if local:
         optimizers.append(SparseAdam(local, lr=model.config.point_lr if point_lr is None else point_lr))
@@ -132,7 +139,9 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
     objective = make_objective(model, config)
     n, batch_rows = _training_rows(x_train, device, dtype)
     valid_rows = _validation_rows(model, x_valid, device, dtype)
-    optimizers = make_optimizers(model, config.lr, normalized_grad=config.normalized_grad, eps=config.adam_eps)
+    optimizers = make_optimizers(
+        model, config.lr, normalized_grad=config.normalized_grad, eps=config.adam_eps, weight_decay=config.weight_decay
+    )
     rank, world = rank_world()
     check_shards(n, config.batch_size, world)
     writer = run_dir is not None and rank == 0
