@@ -223,38 +223,22 @@ def test_version_7_config_reads_x_through_the_trunk_and_version_8_must_say(tmp_p
     assert old.to_dict()["model"] == {**d["model"], "x_path": "trunk"}
 
 
-def test_version_8_config_trains_without_an_average_and_version_9_must_say(tmp_path):
-    """Version 9 added train.ema: a version 8 run (trained and validated on its own weights)
-    loads with ema 0; a version 9 file without the field is damage."""
+@pytest.mark.parametrize("version,field,value", [(9, "ema", 0.99), (10, "weight_decay", 1e-4)])
+def test_a_train_field_a_version_added_reads_as_off_before_it_and_must_be_there_after(tmp_path, version, field, value):
+    """Version 9 added train.ema, version 10 train.weight_decay: a run of the version before
+    (trained on its own weights, without decay) loads with the field 0; a file of that version
+    or later without the field is damage, and an older file that holds it had its version edited."""
     d = _run_config().to_dict()
-    assert d["train"]["ema"] == 0.0
-    del d["train"]["ema"]
-    with pytest.raises(ConfigError, match=r"the train section is missing the field\(s\) ema;"):
+    assert d["train"][field] == 0.0
+    del d["train"][field]
+    with pytest.raises(ConfigError, match=rf"the train section is missing the field\(s\) {field};"):
         RunConfig.from_dict(json.loads(json.dumps(d)))
-    as_version(d, 8)
+    as_version(d, version - 1)
     old = RunConfig.load(_write(tmp_path, json.dumps(d)))
-    assert old.version == CONFIG_VERSION and old.train.ema == 0.0
+    assert old.version == CONFIG_VERSION and getattr(old.train, field) == 0.0
     assert old.to_dict()["train"] == {**d["train"], "ema": 0.0, "weight_decay": 0.0}
-    d["train"]["ema"] = 0.99  # a version 8 file cannot hold it: its version was edited
-    with pytest.raises(ConfigError, match="which version 9 added"):
-        RunConfig.from_dict(d)
-
-
-def test_version_9_config_trains_without_weight_decay_and_version_10_must_say(tmp_path):
-    """Version 10 added train.weight_decay: a version 9 run (trained without decay) loads with
-    weight_decay 0; a version 10 file without the field is damage, and a version 9 file that
-    holds it had its version edited."""
-    d = _run_config().to_dict()
-    assert d["train"]["weight_decay"] == 0.0
-    del d["train"]["weight_decay"]
-    with pytest.raises(ConfigError, match=r"the train section is missing the field\(s\) weight_decay;"):
-        RunConfig.from_dict(json.loads(json.dumps(d)))
-    as_version(d, 9)
-    old = RunConfig.load(_write(tmp_path, json.dumps(d)))
-    assert old.version == CONFIG_VERSION and old.train.weight_decay == 0.0
-    assert old.to_dict()["train"] == {**d["train"], "weight_decay": 0.0}
-    d["train"]["weight_decay"] = 1e-4
-    with pytest.raises(ConfigError, match="which version 10 added"):
+    d["train"][field] = value  # a file of the version before cannot hold it: its version was edited
+    with pytest.raises(ConfigError, match=f"which version {version} added"):
         RunConfig.from_dict(d)
 
 
