@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import vaekit
-from inference_helpers import F64, LATENT, SIGMA, LinearGaussian, mixed_linear, ridge_code
+from inference_helpers import F64, LATENT, LinearGaussian, mixed_linear, ridge_code
 from vaekit.cli import main
 from vaekit.config import TrainConfig
 from vaekit.evaluate import evaluate
