@@ -144,9 +144,9 @@ TRAIN_OPTIONS: dict[str, Option] = {
     # The rate of each epoch is a function of the run's history (vaekit.schedules), so --resume
     # recomputes it rather than storing a scheduler's state; a resume may change the schedule
     # where the new one gives the rates the run has used so far (train._check_schedule).
-    "lr_schedule": Option("constant", "learning rate over the epochs: constant; plateau (times --lr-factor after --lr-patience epochs without a better validation objective, not below --lr-min); burda (Burda et al. 2016: 3^i epochs at lr·10^(-i/7), i = 0..7)", choices=SCHEDULES, resumable=True),
+    "lr_schedule": Option("constant", "learning rate over the epochs: constant; plateau (times --lr-factor after more than --lr-patience epochs without a better validation objective, not below --lr-min); burda (Burda et al. 2016: 3^i epochs at lr·10^(-i/7), i = 0..7)", choices=SCHEDULES, resumable=True),
     "lr_factor": Option(0.5, "plateau: factor of each cut of the learning rate, in (0, 1)", minimum=0.0, exclusive=True, resumable=True),
-    "lr_patience": Option(10, "plateau: epochs without a better validation objective before a cut (warm-up epochs not counted)", minimum=1, resumable=True),
+    "lr_patience": Option(10, "plateau: a cut follows more than this many epochs without a better validation objective (as torch's ReduceLROnPlateau; warm-up epochs not counted)", minimum=1, resumable=True),
     "lr_min": Option(0.0, "plateau: the learning rate is never cut below this", minimum=0.0, resumable=True),
     "patience": Option(None, "stop after this many epochs without a better validation objective", type="int", minimum=1, optional=True),
     "seed": Option(0, "random seed", minimum=0, maximum=SEED_MAX),
