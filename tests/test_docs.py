@@ -50,6 +50,22 @@ def test_code_blocks_run(page, tmp_path, monkeypatch, capsys):
                 assert main(argv) == 0, f"{where}: {line}"
 
 
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    """README's ```python blocks run as written (each in its own namespace), with a table of
+    random values standing in for the reader's my_table.npy."""
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    np.save("my_table.npy", np.random.default_rng(0).normal(size=(300, 6)).astype(np.float32))
+    python = [code for lang, code in blocks(ROOT / "README.md") if lang == "python"]
+    assert len(python) >= 2
+    for i, code in enumerate(python):
+        namespace: dict = {"__name__": "readme"}
+        exec(compile(code, f"README.md, python block {i + 1}", "exec"), namespace)
+    assert namespace["Z"].shape == (1797, 2)
+    assert (tmp_path / "runs" / "mine" / "config.json").is_file()
+
+
 def test_site_builds(tmp_path):
     pytest.importorskip("mkdocs", reason="mkdocs is in the test extra: pip install -e '.[test]'")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
