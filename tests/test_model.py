@@ -86,7 +86,7 @@ def test_version_4_run_loads_with_its_mlp_downward_net(tmp_path, layers):
     (tmp_path / "config.json").write_text(json.dumps(old))
 
     loaded_config, loaded = load_run(tmp_path)
-    assert loaded_config.version == CONFIG_VERSION == 9
+    assert loaded_config.version == CONFIG_VERSION == 10
     assert loaded_config.model.downward == ("mlp" if layers != 5 else None)
     z = torch.randn(4, model.latent_size)
     with torch.no_grad():
