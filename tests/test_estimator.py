@@ -971,3 +971,26 @@ def test_sample_blocks_are_sample_in_pieces(fitted, digits, monkeypatch, source)
         fitted.sample_blocks(3, source="posterior")
     with pytest.raises(ConfigError, match="n must be"):
         fitted.sample_blocks(0)
+
+
+def test_fit_and_its_methods_ignore_the_callers_autocast(digits):
+    """A caller's torch.autocast region does not turn a float32 fit (amp="off") or its
+    evaluation into bfloat16: the same bits as outside the region."""
+    kw = dict(latent_dim=2, hidden=(8,), epochs=2, seed=0, amp="off")
+    ref = VAE(**kw).fit(digits[:200])
+    x = digits[:20]
+    want = (ref.transform(x), ref.score_samples(x, k=5), ref.elbo(x)["elbo"], ref.evaluate(x, k=5)["log_likelihood"],
+            ref.inverse_transform(ref.transform(x)), ref.reconstruct(x, draw="z", seed=1), ref.sample(5, seed=2))  # fmt: skip
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        est = VAE(**kw).fit(digits[:200])
+        got = (est.transform(x), est.score_samples(x, k=5), est.elbo(x)["elbo"], est.evaluate(x, k=5)["log_likelihood"],
+               est.inverse_transform(est.transform(x)), est.reconstruct(x, draw="z", seed=1), est.sample(5, seed=2))  # fmt: skip
+        assert torch.is_autocast_enabled("cpu")  # the caller's region is left as it was
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_x_valid_of_another_width_is_named_against_x(digits):
+    with pytest.raises(DataError, match=r"^X_valid has 10 features per row, but X has 64$"):
+        VAE(latent_dim=2, hidden=(8,), epochs=1).fit(digits[:100], X_valid=digits[:20, :10])

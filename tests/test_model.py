@@ -190,3 +190,27 @@ def test_methods_that_fit_q_for_new_rows_work_under_inference_mode(kw):
         assert torch.is_inference_mode_enabled() and not torch.is_grad_enabled()
     for a, b in zip(want, got):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(inference="vi", local_steps=3),
+    dict(inference="map"),
+    dict(inference="vi", local_steps=3, latent_dim=(3, 2)),
+    dict(inference="amortized", refine_steps=4),
+])
+def test_the_objectives_of_per_point_methods_work_under_inference_mode(kw):
+    """elbo(model, x) and model.posterior(x) fit q for new rows by gradients: under the
+    caller's inference mode they give what they give under no_grad."""
+    from vaekit.objectives import elbo
+
+    kw = {"latent_dim": 2, **kw}
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=6, hidden=(5,), likelihood="bernoulli", n_points=8, **kw))
+    x = torch.bernoulli(torch.full((3, 6), 0.5))
+    results = []
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            torch.manual_seed(1)
+            results.append((elbo(model, x.clone()), model.posterior(x.clone()).mean, model.training_posteriors(x.clone())[-1].mean))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

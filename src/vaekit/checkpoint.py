@@ -431,7 +431,7 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
         if which == MODEL_FILE and not os.path.lexists(run_dir / LAST_FILE):
             raise CheckpointError(
                 f"{run_dir}: no {which} and no {LAST_FILE} (the run stopped before its first epoch ended, or they were "
-                f"removed); train it again with 'vaekit train --out {run_dir} --overwrite' and its options"
+                f"removed); train it again ('vaekit train --out {run_dir} --overwrite' with its options, or VAE.fit then save)"
             )
     try:
         config = RunConfig.load(run_dir / CONFIG_FILE)

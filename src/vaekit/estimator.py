@@ -12,6 +12,7 @@ network is the plain ``nn.Module`` ``model_`` (a ``vaekit.model.VAEModel``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import warnings
@@ -27,6 +28,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from .config import K_MAX, RECONSTRUCT_DRAWS, SAMPLE_SOURCES, DataConfig, RunConfig, TrainConfig, check_bool, check_positive_int, inert_options
 from .errors import ConfigError, DataError, VaekitWarning, out_of_memory
 from .evaluate import numpy_of as _numpy
+from .hardware import no_autocast
 from .scaling import Scaling, apply
 
 # Rows per forward pass of encode and reconstruct.
@@ -70,6 +72,19 @@ def _signature() -> inspect.Signature:
     return inspect.Signature(
         [inspect.Parameter("self", kind)] + [inspect.Parameter(n, kind, default=d) for n, (_, d) in estimator_params().items()]
     )
+
+
+
+def _model_precision(method):
+    """``method`` with the caller's torch.autocast off: the model computes in its own dtype
+    (what ``fit`` trained and ``save`` stores), not in a region's bfloat16."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with no_autocast():
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -178,7 +193,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         try:
             # The model is built and trained with gradients on, whatever the caller's
             # torch.no_grad() or inference_mode() (whose parameters could not be trained).
-            with _FIT_LOCK, torch.inference_mode(False), torch.enable_grad():
+            # In the precision ``amp`` asks for, whatever the caller's torch.autocast.
+            with _FIT_LOCK, torch.inference_mode(False), torch.enable_grad(), no_autocast():
                 return self._fit(X, X_valid)
         except BaseException:
             for k in _FITTED:
@@ -212,7 +228,11 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise DataError(f"X has {X.shape[0]} sample(s) (shape={X.shape}); at least {need} are needed{reason}")
         self.n_features_in_ = X.shape[1]
         if given_valid:
-            X_valid = check_data(self._valid_rows(X_valid, image_shape), what="X_valid", input_dim=X.shape[1], dtype=None)
+            X_valid = self._valid_rows(X_valid, image_shape)
+            shape = np.shape(X_valid)
+            if len(shape) == 2 and shape[1] != X.shape[1]:  # nothing is trained yet: X sets the width
+                raise DataError(f"X_valid has {shape[1]} feature{'' if shape[1] == 1 else 's'} per row, but X has {X.shape[1]}")
+            X_valid = check_data(X_valid, what="X_valid", input_dim=X.shape[1], dtype=None)
         else:
             if self.valid_fraction == 0:
                 raise DataError("valid_fraction=0 holds out no rows, and fit keeps the epoch that is best on validation rows: give valid_fraction > 0 or X_valid")
@@ -338,6 +358,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return arrays["mu"], arrays["logvar"]
 
     @torch.no_grad()
+    @_model_precision
     def encoded(self, X) -> dict[str, np.ndarray]:
         """Named arrays of q(z|x): ``mu`` and ``logvar`` (n, D) of all groups and, when the model
         has several latent groups, ``mu_<group>`` and ``logvar_<group>`` of each."""
@@ -368,6 +389,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return self.fit(X, y, **fit_params).transform(X)
 
     @torch.no_grad()
+    @_model_precision
     def inverse_transform(self, Z) -> np.ndarray:
         """E[x|z] under the decoder for latents Z (n, latent_dim), in the user's units."""
         self._check_fitted()
@@ -421,8 +443,9 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         def blocks():
             posteriors, start = self._posteriors_of(x), 0
             while True:
-                # Grad mode is thread state: it must not stay off while the caller holds a block.
-                with torch.no_grad():
+                # Grad and autocast modes are thread state: the caller's must rule again while it
+                # holds a block.
+                with torch.no_grad(), no_autocast():
                     item = next(posteriors, None)
                     if item is None:
                         return
@@ -485,8 +508,9 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             done = 0
             while done < n:
                 rows = min(BATCH_ROWS, n - done)
-                # Grad mode is thread state: it must not stay off while the caller holds a block.
-                with torch.no_grad():
+                # Grad and autocast modes are thread state: the caller's must rule again while it
+                # holds a block.
+                with torch.no_grad(), no_autocast():
                     block = draw(rows)
                 done += rows
                 yield block
@@ -561,6 +585,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
         return latents
 
+    @_model_precision
     def score_samples(self, X, k: int = 1000, seed: int = 0, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Per-row log p(x), the K-sample importance-weighted estimate (nats), a density of the
         values as given (through the input map: log p'((x − shift)/scale) − Σ_j log scale_j).
@@ -580,6 +605,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """Mean log p(x) over the rows of X (nats)."""
         return float(self.score_samples(X, k=k).mean())
 
+    @_model_precision
     def elbo(self, X, seed: int = 0) -> dict[str, np.ndarray]:
         """Per-row ELBO, E_q[log p(x|z)] and KL(q || p)."""
         from .evaluate import elbo_per_point, refuse_elbo_overflow
@@ -590,6 +616,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         refuse_elbo_overflow(out, x)
         return out
 
+    @_model_precision
     def evaluate(self, X, k: int = 1000, seed: int = 0) -> dict[str, Any]:
         """elbo, recon, kl, log_likelihood, bits_per_dim, n, k averaged over the rows of X."""
         from .evaluate import evaluate

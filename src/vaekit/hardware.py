@@ -149,6 +149,18 @@ def fixed_threads(threads: int):
             torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def no_autocast():
+    """Run the block with ``torch.autocast`` off on the CPU and on CUDA: a caller's autocast
+    region would otherwise run vaekit's float32 model in bfloat16 (and train a different
+    model from the same seed). Precision is an option of vaekit's own (``amp``); an autocast
+    nested inside this block, the training step's under ``amp="bf16"``, still applies."""
+    import torch
+
+    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        yield
+
+
 def available_memory(device: str = "cpu", meminfo: str | None = None) -> int | None:
     """Bytes that new tensors can take: the free memory of a CUDA device, or the kernel's
     MemAvailable (Linux; from the text ``meminfo`` when given). None where unknown."""

@@ -158,10 +158,14 @@ class VAEModel(nn.Module):
 
     def posterior(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> Posterior:
         """q(z|x; φ), shape batch (n,), event (D,); ``idx`` selects per-point parameters."""
+        if torch.is_inference_mode_enabled():  # per-point methods fit q for new rows by gradients
+            return _outside_inference_mode(self.posterior, x, idx)
         return self.inference(self, x, idx)
 
     def training_posteriors(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> list[Posterior]:
         """The q's a training step learns from (the encoder's, and a refined one if asked)."""
+        if torch.is_inference_mode_enabled():  # a refined q is fitted by gradients
+            return _outside_inference_mode(self.training_posteriors, x, idx)
         return self.inference.training_posteriors(self, x, idx)
 
     def evaluation_posterior(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> Posterior:

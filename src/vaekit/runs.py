@@ -3,6 +3,7 @@ pictures of the notes, evaluate on the test split; and the data-parallel process
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,10 @@ def model_config(
     scaling = Scaling.standardizing(x_train) if options["standardize"] == "on" else named_map
     if INFERENCE.get(options.get("inference", MODEL_OPTIONS["inference"].default)).per_point:
         options["n_points"] = x_train.shape[0]
+    if isinstance(options.get("prior_from"), (str, os.PathLike)):
+        # A run directory, kept absolute: the run, its resume and a refit of the loaded model
+        # read it again from whatever directory they start in.
+        options["prior_from"] = os.path.abspath(os.path.expanduser(os.fspath(options["prior_from"])))
     return ModelConfig(input_dim=x_train.shape[1], image_shape=image_shape, **options, **config_fields(scaling))
 
 

@@ -86,7 +86,7 @@ def make_objective(model, config: TrainConfig):
 
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+        raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
     return torch.device(name)
 
 
@@ -113,7 +113,7 @@ def fit(
     epoch's finished record (on rank 0 alone), after its checkpoint: the logs. Returns the
     per-epoch metrics.
     """
-    from .hardware import fixed_threads
+    from .hardware import fixed_threads, no_autocast
 
     # The rows a model reads (2-D, input_dim wide, finite, in the likelihood's support): a bad
     # row is named now, not met as a shape error or a NaN loss blamed on the learning rate.
@@ -124,11 +124,12 @@ def fit(
             f"and x_train has {len(x_train)}; build the model with n_points={len(x_train)}"
         )
     # Every epoch on the same number of threads, whatever the load (see vaekit.hardware); with
-    # gradients on, whatever the caller's torch.no_grad() or inference_mode(). The run seeds
+    # gradients on, whatever the caller's torch.no_grad() or inference_mode(), and in the
+    # precision config.amp asks for, whatever the caller's torch.autocast. The run seeds
     # torch's global stream (config.seed, or the checkpoint's state): the caller's is given back.
     device = resolve_device(config.device)
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with fixed_threads(config.threads), torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices):
+    with fixed_threads(config.threads), torch.inference_mode(False), torch.enable_grad(), no_autocast(), torch.random.fork_rng(devices):
         return _fit(model, x_train, x_valid, config, run_dir, run_config, resume, progress, on_epoch)
 
 

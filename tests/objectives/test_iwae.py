@@ -328,3 +328,20 @@ def test_iwae_estimate_refuses_a_point_mass():
     torch.testing.assert_close(
         iwae(model, x, 10, generator=_gen(0)), iwae(model, x, 10, q=model.evaluation_posterior(x), generator=_gen(0))
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64, torch.bool])
+def test_iwae_and_elbo_take_rows_of_any_dtype_as_iwae_does(dtype):
+    """Rows of another dtype are cast to the model's, as elbo and iwae cast them."""
+    from vaekit.distributions import RowStreams
+
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=6, latent_dim=2, hidden=(5,), likelihood="bernoulli"))
+    x = torch.bernoulli(torch.full((4, 6), 0.5))
+    with torch.no_grad():
+        want = iwae_and_elbo(model, x, 7, generator=RowStreams(x, 3))
+        got = iwae_and_elbo(model, x.to(dtype), 7, generator=RowStreams(x, 3))
+        assert iwae(model, x.to(dtype), 7, generator=RowStreams(x, 3)).dtype == torch.float32
+    for a, b in zip(want, got):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

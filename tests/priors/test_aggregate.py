@@ -246,3 +246,28 @@ def test_prior_from_is_kept_absolute_and_repeated_as_any_path_on_resume(first, t
         assert code == 0, err
     code, _, err = cli(capsys, "train", "--out", "run", "--resume", "--epochs", "4", "--prior-from", "run", "--quiet")
     assert code == 2 and "--prior-from cannot change when resuming" in err, err
+
+
+def test_the_estimator_keeps_prior_from_absolute_and_takes_a_path(first, tmp_path, monkeypatch):
+    """prior_from given relative (or as a Path) is kept absolute, as vaekit train keeps it: a
+    clone of the loaded model refits from another working directory. get_params keeps the
+    value as given (scikit-learn's clone checks it)."""
+    from pathlib import Path
+
+    from sklearn.base import clone
+    from sklearn.datasets import load_digits
+
+    x = (load_digits().data[:300] / 16.0).astype(np.float32)
+    shutil.copytree(first[2], tmp_path / "earlier")
+    monkeypatch.chdir(tmp_path)
+    kw = dict(latent_dim=2, hidden=(8,), epochs=1, prior="aggregate", prior_components=30)
+    est = vaekit.VAE(**kw, prior_from="earlier").fit(x)
+    assert est.get_params()["prior_from"] == "earlier"
+    assert est.config_.model.prior_from == str(tmp_path / "earlier")
+    est.save(tmp_path / "saved")
+    monkeypatch.chdir(tmp_path / "saved")  # "earlier" is not here: the absolute path finds it
+    refit = clone(vaekit.load(tmp_path / "saved")).fit(x)
+    assert refit.config_.model.prior_from == str(tmp_path / "earlier")
+    by_path = vaekit.VAE(**kw, prior_from=Path("..") / "earlier").fit(x)
+    assert by_path.config_.model.prior_from == str(tmp_path / "earlier")
+    np.testing.assert_array_equal(by_path.transform(x[:5]), est.transform(x[:5]))

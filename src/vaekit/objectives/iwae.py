@@ -83,11 +83,7 @@ def iwae(
     stream cut by the chunk size, so the same seed gives other (equally valid) draws for
     another ``block`` or another number of rows.
     """
-    total = None
-    for lw in _weight_chunks(model, in_model_dtype(model, x), k, q, generator, block):
-        part = torch.logsumexp(lw, 0)
-        total = part if total is None else torch.logaddexp(total, part)
-    return total - math.log(k)
+    return iwae_and_elbo(model, x, k, q, generator, block)[0]
 
 
 def iwae_and_elbo(
@@ -105,7 +101,7 @@ def iwae_and_elbo(
     from equal ``RowStreams`` share their noise ε (common random numbers), so the difference
     of their ELBOs is as precise as their difference allows."""
     total, mean = None, None
-    for lw in _weight_chunks(model, x, k, q, generator, block):
+    for lw in _weight_chunks(model, in_model_dtype(model, x), k, q, generator, block):
         part, part_sum = torch.logsumexp(lw, 0), lw.sum(0, dtype=torch.float64)
         total = part if total is None else torch.logaddexp(total, part)
         mean = part_sum if mean is None else mean + part_sum
