@@ -237,6 +237,30 @@ def test_npz_with_explicit_splits_uses_them_exactly(tmp_path):
     assert y.shape == (46,)
 
 
+@pytest.mark.parametrize("other, said", [
+    ("y", "array 'y' is ignored \\(labels of one data array\\); with explicit splits the splits' labels are train_labels, valid_labels, test_labels"),
+    ("labels", "array 'labels' is ignored \\(labels of one data array\\)"),
+    ("x", "array 'x' is ignored \\(rows of one data array\\); with explicit splits the rows are train, valid and test"),
+])
+def test_the_other_conventions_arrays_beside_splits_are_ignored_with_a_warning(tmp_path, other, said):
+    """y (of any length) beside train/test is the single-array convention's: read neither as
+    labels nor as rows, and said so; the splits and their own labels are read as before."""
+    import warnings
+
+    from vaekit.errors import VaekitWarning
+
+    tr, te = np.arange(40.0).reshape(20, 2), np.full((5, 2), -1.0)
+    np.savez(tmp_path / "s.npz", train=tr, test=te, **{other: np.arange(13)})
+    with pytest.warns(VaekitWarning, match=said):
+        ds = load_dataset(DataConfig(source=str(tmp_path / "s.npz"), valid_fraction=0.25))
+    np.testing.assert_array_equal(ds.test, te.astype(np.float32))
+    assert ds.labels["train"] is None and len(ds.train) + len(ds.valid) == 20
+    np.savez(tmp_path / "t.npz", train=tr, test=te, train_labels=np.arange(20), test_labels=np.arange(5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset(DataConfig(source=str(tmp_path / "t.npz"), valid_fraction=0.25))
+
+
 def test_npz_without_valid_carves_it_from_train(tmp_path):
     tr, te = np.arange(40.0).reshape(20, 2), np.full((5, 2), -1.0)
     np.savez(tmp_path / "s.npz", train=tr, test=te, train_labels=np.arange(20), test_labels=np.zeros(5, int))
@@ -321,6 +345,9 @@ def test_csv_dataset_split(tmp_path):
         ("1,2\n3,-1e400\n", r"row 2, column 2 is '-1e400', beyond float64's range"),
         ("a,a,b\n1,2,3\n", r"the header \(row 1\) names columns 1 and 2 both 'a'; give each column a name of its own"),
         ("x,,\n1,2,3\n", r"names columns 2 and 3 both ''"),
+        # Cells of text throughout: no header with repeated names, but cells that are no numbers.
+        ("false,false,true\ntrue,false,false\n", r"row 2, column 1 is 'true'; expected a number \(write truth values as 1 and 0\)"),
+        ("a,b\nTRUE,1\n", r"row 2, column 1 is 'TRUE'; expected a number \(write truth values as 1 and 0\)"),
     ],
 )
 def test_csv_errors_name_row_and_column(tmp_path, text, match):

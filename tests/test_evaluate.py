@@ -360,3 +360,26 @@ def test_the_equations_take_rows_of_any_dtype():
     for rows in (x, x.long(), x.bool()):
         assert torch.equal(elbo(model, rows, generator=torch.Generator().manual_seed(1)).elbo, want_elbo)
         assert torch.equal(iwae(model, rows, 5, generator=torch.Generator().manual_seed(1)), want_iwae)
+
+
+def test_a_density_below_the_float_range_is_minus_inf_and_gaps_refuse_it():
+    """A row whose log-density lies below float32's range (a value at 3e19 under a Gaussian of
+    σ = 1: log p ≈ −4.5e38) but whose code is finite (the encoder ignores that feature here) is
+    scored −inf, the float that estimate rounds to, by log_px_per_point and evaluate; gaps,
+    whose differences of −inf terms are not numbers, refuse it in one line naming the row."""
+    from vaekit.errors import DataError
+    from vaekit.evaluate import gaps
+
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=3, latent_dim=2, hidden=(4,), likelihood="gaussian", variance="fixed"))
+    with torch.no_grad():
+        model.inference.encoder.net[0].weight[:, 2] = 0.0
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    x[1, 2] = 3e19
+    log_px = log_px_per_point(model, x, k=5)
+    assert np.isneginf(log_px[1]) and np.isfinite(np.delete(log_px, 1)).all()
+    assert np.isfinite(elbo_per_point(model, x)["kl"]).all()
+    assert evaluate(model, x, k=5)["log_likelihood"] == -math.inf
+    with pytest.raises(DataError, match=r"^row 2: its log p\(x\) is -inf, below the range of the model's floats \(its values reach 3e\+19 "):
+        gaps(model, x, k=5, steps=2)
+    assert np.isfinite(gaps(model, np.delete(x, 1, axis=0), k=5, steps=2)["approximation_gap"])

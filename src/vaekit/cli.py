@@ -781,12 +781,12 @@ def cmd_sample(args) -> int:
             where = f"z ~ q(z|x), x from {rows}" if args.source == "aggregate" else f"z ~ a {components}-component mixture fitted to q of {rows}"
         # Pictures show the values the model sees (a named dataset's [0, 1]).
         samples = est.sample(args.n, **options)
-        image_grid(_model_values(est, samples), out, shape, title=f"{args.n} samples: {where}, {'drawn x ~ p(x|z)' if args.draw else 'decoder means'}")
+        image_grid(_model_values(est, samples), out, shape, title=f"{args.n} sample{'' if args.n == 1 else 's'}: {where}, {'drawn x ~ p(x|z)' if args.draw else 'decoder means'}")
     else:
         # Block by block into the file, as reconstruct writes: n rows need not fit in memory.
         check_room(out, args.n * est.n_features_in_ * 4)  # 4 bytes a value at least (float32)
         write_blocks(out, est.sample_blocks(args.n, **options), (args.n, est.n_features_in_), header=_columns(est))
-    _report(args, {"out": str(out), "n": int(args.n), "source": args.source}, f"wrote {args.n} samples to {out}")
+    _report(args, {"out": str(out), "n": int(args.n), "source": args.source}, f"wrote {args.n} sample{'' if args.n == 1 else 's'} to {out}")
     return 0
 
 

@@ -238,15 +238,18 @@ def refuse_overflow(values: np.ndarray, name: str, x, start: int = 0, low_inf: b
     if not rows.any():
         return values
     r = start + int(np.flatnonzero(rows)[0])
-    from .data import MappedRows
-    from .errors import DataError
-
-    row = x.rows(np.array([r])) if isinstance(x, MappedRows) else np.asarray(x[r : r + 1])
-    top = float(np.abs(np.asarray(row, dtype=np.float64)).max())
     raise DataError(
         f"row {r + 1}: the model's {name} is not a number: its arithmetic overflowed on values that reach "
-        f"{top:.3g} in the model's units, far outside the data it was trained on; leave such rows out"
+        f"{_largest(x, r):.3g} in the model's units, far outside the data it was trained on; leave such rows out"
     )
+
+
+def _largest(x, r: int) -> float:
+    """max |x[r]|, row r of an array or a memory-mapped split."""
+    from .data import MappedRows
+
+    row = x.rows(np.array([r])) if isinstance(x, MappedRows) else np.asarray(x[r : r + 1])
+    return float(np.abs(np.asarray(row, dtype=np.float64)).max())
 
 
 def refuse_elbo_overflow(terms: dict[str, np.ndarray], x) -> None:
@@ -527,9 +530,18 @@ def gaps(model, x, k: int = 1000, steps: int = GAP_STEPS, seed: int = 0, **kw) -
     x = model_rows(model, x)
     p = gaps_per_point(model, x, k=k, steps=steps, seed=seed, **kw)
     refuse_log_px_overflow(model, p["log_px"], x, idx=kw.get("idx"))
-    # A gap is a difference: a −inf left in any of its terms would make it NaN.
+    # A gap is a difference: a −inf left in any of its terms (a density below the float range,
+    # which score and evaluate report as −inf) would make it NaN.
     for name, what in (("log_px", "log p(x)"), ("elbo", "ELBO"), ("elbo_optimal", "ELBO of the optimised q")):
-        refuse_overflow(p[name], what, x)
+        refuse_overflow(p[name], what, x, low_inf=True)
+        low = np.flatnonzero(np.isneginf(p[name]))
+        if low.size:
+            r = int(low[0])
+            raise DataError(
+                f"row {r + 1}: its {what} is -inf, below the range of the model's floats (its values reach "
+                f"{_largest(x, r):.3g} in the model's units), and a gap between -inf terms is not a number; "
+                f"leave such rows out ('vaekit score' gives them -inf)"
+            )
     ll, e, e_opt = (float(p[name].mean()) for name in ("log_px", "elbo", "elbo_optimal"))
     exact = {}
     if "log_px_exact" in p:

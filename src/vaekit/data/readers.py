@@ -6,7 +6,7 @@ User ``.npz`` files follow one of two conventions:
 - explicit splits: arrays ``train`` and ``test`` (``valid`` optional; when absent it is
   split from ``train`` by ``valid_fraction``), optional labels ``train_labels``,
   ``valid_labels``, ``test_labels`` (given for every split present, or for none);
-  other arrays are ignored;
+  other arrays are ignored, with a warning for those of the other convention;
 - one data array: the array named ``x``, ``X`` or ``data``, or else the only array in the
   file, with optional labels in ``y`` or ``labels``; split by fractions.
 
@@ -171,6 +171,11 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray |
             )
         names = [s for s in SPLIT_NAMES if s in contents]
         arrays = {s: contents[s] for s in names}
+        for other in [k for k in ("y", "labels", "x", "X", "data") if k in contents]:
+            # The other convention's names beside explicit splits: a mix-up worth a word.
+            kind = "labels" if other in ("y", "labels") else "rows"
+            fix = "the splits' labels are train_labels, valid_labels, test_labels" if kind == "labels" else "the rows are train, valid and test"
+            warnings.warn(f"{path}: array {other!r} is ignored ({kind} of one data array); with explicit splits {fix}", VaekitWarning, stacklevel=2)
         given = [s for s in names if f"{s}_labels" in contents]
         if given and len(given) != len(names):
             absent = [f"{s}_labels" for s in names if s not in given]
@@ -296,9 +301,12 @@ def _read_table(path: Path) -> np.ndarray:
     if _is_header(first):
         header_cols = len(first)
         seen: dict[str, int] = {}
+        # A second row that is no numbers either: a table of text cells (true/false, say), whose
+        # first row is no header; its cells are refused below as no numbers.
+        texts = len(rows) > 1 and _is_header(rows[1][1])
         for j, name in enumerate(first):
             # A run keeps the names: a DataFrame that repeats one matches no fitted estimator.
-            if name in seen:
+            if name in seen and not texts:
                 raise DataError(
                     f"{path}: the header (row {first_no}) names columns {seen[name] + 1} and {j + 1} both {name!r}; "
                     "give each column a name of its own"
@@ -327,6 +335,8 @@ def _read_table(path: Path) -> np.ndarray:
                 if not cell:
                     raise DataError(f"{path}: row {line_no}, column {j + 1} is empty; expected a number")
                 hint = " (cells are separated by ',' or, throughout, by ';'; the decimal point is '.')" if ";" in cell else ""
+                if cell.lower() in ("true", "false"):
+                    hint = " (write truth values as 1 and 0)"
                 raise DataError(f"{path}: row {line_no}, column {j + 1} is {cell!r}; expected a number{hint}")
             if math.isinf(v) and "inf" not in cell.lower():
                 raise DataError(f"{path}: row {line_no}, column {j + 1} is {cell!r}, beyond float64's range (about 1.8e308)")
