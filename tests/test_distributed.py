@@ -300,7 +300,7 @@ def test_torchrun_on_cuda_without_cuda_is_one_line_before_the_process_group(monk
     monkeypatch.setenv("WORLD_SIZE", "2")
     joined = []
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: joined.append(a))
-    with pytest.raises(ConfigError, match=r"^device 'cuda': CUDA is not available on this machine$"):
+    with pytest.raises(ConfigError, match=r"^--device cuda: CUDA is not available on this machine$"):
         init_distributed("cuda")
     assert joined == []
 

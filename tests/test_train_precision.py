@@ -83,6 +83,25 @@ def test_bf16_amp_reaches_the_float32_elbo(digits):
     assert abs(full[-1]["valid_elbo"] - mixed[-1]["valid_elbo"]) < 0.05 * gain
 
 
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_a_callers_autocast_region_changes_no_bit_of_a_fit(digits, amp):
+    """fit sets its own precision: inside a caller's bfloat16 autocast region it gives the bits
+    it gives outside (float32 steps stay float32; bf16 steps recast the weights each step, not
+    the first step's copies that the caller's region would keep alive)."""
+    x_train, x_valid = digits
+    config = TrainConfig(epochs=3, batch_size=64, lr=3e-3, amp=amp)
+    torch.manual_seed(0)
+    ref_model = small_model()
+    ref = fit(ref_model, x_train, x_valid, config)
+    torch.manual_seed(0)
+    model = small_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fit(model, x_train, x_valid, config)
+    assert [r["train_loss"] for r in got] == [r["train_loss"] for r in ref]
+    for a, b in zip(ref_model.state_dict().values(), model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("precision", ["high", "medium"])
 def test_matmul_precision_holds_in_the_step_only(digits, precision):
     x_train, x_valid = digits

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -86,7 +87,7 @@ def make_objective(model, config: TrainConfig):
 
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
     return torch.device(name)
 
 
@@ -550,13 +551,25 @@ def _autocast(config: TrainConfig, device: torch.device):
 
     amp = resolve_amp(config)
     if amp == "off":
-        return contextlib.nullcontext
+        return contextlib.nullcontext  # fit runs in no_autocast(): float32 whatever the caller's
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"--amp {amp}: this GPU has no bfloat16 support")
     slow = amp_warning(amp, str(device))
     if slow:
         warnings.warn(slow, VaekitWarning, stacklevel=5)  # at the caller of fit()
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return functools.partial(_bf16_step, device.type)
+
+
+@contextlib.contextmanager
+def _bf16_step(device_type: str):
+    """One step's forward under bfloat16 autocast. Autocast keeps its bfloat16 copies of the
+    weights until the outermost autocast region ends, and fit runs inside one (no_autocast):
+    without clearing them each step would compute with the weights of the first."""
+    try:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            yield
+    finally:
+        torch.clear_autocast_cache()
 
 
 @contextlib.contextmanager
