@@ -18,7 +18,7 @@ _LAZY = {
     "VaekitError": "vaekit.errors",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "VAE", "VAEModel", "VaekitError", "__version__", "load"]
 
 
 def __getattr__(name: str):
@@ -27,3 +27,8 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'vaekit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy names too, so that help(vaekit), dir() and tab completion show the public API."""
+    return sorted(set(globals()) | set(_LAZY))

@@ -588,7 +588,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     @_model_precision
     def score_samples(self, X, k: int = 1000, seed: int = 0, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Per-row log p(x), the K-sample importance-weighted estimate (nats), a density of the
-        values as given (through the input map: log p'((x − shift)/scale) − Σ_j log scale_j).
+        values as given (through the input map: log p'((x − shift)/scale) − Σ_j log scale_j; a
+        Bernoulli model's probabilities need no such term).
         Low values flag rows the model finds unlikely, so it serves as an anomaly score. Each
         row draws its noise from a stream seeded by ``seed`` and the row itself, so a row scores
         the same alone or among others, in any order (up to rounding). ``progress``, if given,

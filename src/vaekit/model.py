@@ -57,9 +57,11 @@ class VAEModel(nn.Module):
             self.decoder = decoder.decoder(config, self.latent_size if self.decoder_reads_all else self.latents[0].size)
         self.likelihood = LIKELIHOODS.get(config.likelihood)(config)
         # The model sees x' = (x − shift)/scale (vaekit.scaling); its densities are of x, which
-        # adds log |∂x'/∂x| = −Σ_j log scale_j to every log p(x|z) (0 without an input map).
+        # adds log |∂x'/∂x| = −Σ_j log scale_j to every log p(x|z) (0 without an input map). A
+        # probability mass (Bernoulli) is the same for x and x': the map only relabels the values.
         scaling = Scaling.of(config)
-        self.log_det = 0.0 if scaling is None else scaling.log_det(config.input_dim)
+        discrete = self.likelihood.discrete
+        self.log_det = 0.0 if scaling is None or discrete else scaling.log_det(config.input_dim)
         self.inference = INFERENCE.get(config.inference)(config, self.latents)
         if config.init == "he":
             he_init(self)
@@ -135,7 +137,8 @@ class VAEModel(nn.Module):
 
     def log_px_given_z(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x|z) of the user's values x for rows x' = (x − shift)/scale in the model's units:
-        log p'(x'|z) − Σ_j log scale_j (the change of variables); z (..., n, D), x' (n, D_x)."""
+        log p'(x'|z) − Σ_j log scale_j (the change of variables; none for a probability mass,
+        which the map only relabels); z (..., n, D), x' (n, D_x)."""
         log_p = self.decode(z).log_prob(x)
         return log_p if self.log_det == 0.0 else log_p + self.log_det
 

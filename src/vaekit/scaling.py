@@ -9,7 +9,7 @@ user's values, by the change of variables
 
     log p(x) = log p'((x − shift) / scale) − Σ_j log scale_j,
 
-so that two models of the same values are compared in the same units whatever their scaling.
+(for a density; a probability mass, the Bernoulli's, is unchanged by the one-to-one map) so that two models of the same values are compared in the same units whatever their scaling.
 No torch import here.
 """
 

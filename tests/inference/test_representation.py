@@ -47,7 +47,8 @@ def test_map_code_is_the_argmax(rows):
     model = vae.model_
     x = torch.as_tensor(vae.model_input(rows[:40]), dtype=torch.float32)
     z0 = torch.zeros(40, 2)
-    expected = optimize_point(model, x, z0, model.config.local_steps, model.config.local_lr).mean.detach().numpy()
+    reach = float(model.inference.z.detach().pow(2).mean().sqrt())  # the training codes' RMS
+    expected = optimize_point(model, x, z0, model.config.local_steps, model.config.local_lr, reach=reach).mean.detach().numpy()
     mu, logvar = vae.encode(rows[:40])
     np.testing.assert_allclose(mu, expected, rtol=0, atol=1e-6)
     assert np.all(logvar == -np.inf)

@@ -56,7 +56,10 @@ class MAP(InferenceMethod):
         from .optimize import optimize_point
 
         z0 = torch.zeros(x.shape[0], self.size, dtype=x.dtype, device=x.device)
-        return optimize_point(model, x, z0, self.config.local_steps, self.config.local_lr, beta=self.kl_weight)
+        # The training rows' codes say how far a new row's may lie: RMS near 1 under a prior,
+        # often several units without one (objective reconstruction).
+        reach = float(self.z.detach().pow(2).mean().sqrt())
+        return optimize_point(model, x, z0, self.config.local_steps, self.config.local_lr, beta=self.kl_weight, reach=reach)
 
     @torch.no_grad()
     def local_update(self, model, x: torch.Tensor, idx: torch.Tensor, seed: int) -> None:

@@ -173,11 +173,22 @@ def optimize_gaussian(
 
 
 def optimize_point(
-    model, x: torch.Tensor, z: torch.Tensor, steps: int, lr: float, seed: int = 0, beta: float = 1.0
+    model, x: torch.Tensor, z: torch.Tensor, steps: int, lr: float, seed: int = 0, beta: float = 1.0, reach: float = 0.0
 ) -> PointMass:
     """argmax_z log p(x|z) + β log p(z) with θ fixed, from z; never worse than the start. β = 1
     is MAP; β = 0 is the maximum-likelihood code argmax_z log p(x|z) of the notes' decoder-only
-    estimation without a prior (objective reconstruction)."""
+    estimation without a prior (objective reconstruction).
+
+    ``reach`` is the size (RMS) of the codes sought, e.g. the training rows' codes for a new row
+    started at 0. Adam moves a coordinate by about its rate per step, and without a prior to
+    hold them codes lie far out, so where POINT_LR_SCALE · reach exceeds ``lr`` a first ascent
+    starts at that rate, divided by 10 on each row's plateaus (``RowStop``), to cross the
+    distance; the ``steps`` at ``lr`` then refine where it ended."""
+    rate = POINT_LR_SCALE * reach
+    if steps and rate > lr:
+        rates = [torch.full((x.shape[0], 1), rate, dtype=z.dtype, device=z.device)]
+        (far,), _ = ascend_rows(model, x, [z], PointMass, steps, rates, 1, seed, stop=RowStop(samples=1), beta=beta)
+        z = _better(model, x, PointMass(z.detach()), PointMass(far), beta=beta).z
     (new_z,) = _ascend(model, x, [z], PointMass, steps, lr, 1, seed, beta)
     return _better(model, x, PointMass(z.detach()), PointMass(new_z), beta=beta)
 

@@ -24,6 +24,9 @@ __all__ = ["LIKELIHOODS", "Likelihood", "choose"]
 class Likelihood(nn.Module):
     name: str
     support: str = "real numbers"
+    # A probability mass rather than a density: a one-to-one map of the values (the model's
+    # input scaling) moves the mass with them and adds no log |det| to log p(x|z).
+    discrete: bool = False
 
     def __init__(self, config: ModelConfig):
         super().__init__()

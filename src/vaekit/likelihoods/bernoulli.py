@@ -12,6 +12,7 @@ class Bernoulli(Likelihood):
     """p(x|z) = ∏_d Bernoulli(x_d; σ(decoder(z)_d)), for binary data (Kingma & Welling 2014, C.1)."""
 
     support = "values 0 or 1"
+    discrete = True
 
     def forward(self, logits: torch.Tensor) -> BernoulliLogits:
         return BernoulliLogits(logits)
