@@ -10,6 +10,7 @@ commands that could damage a run work on a copy of it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -1676,6 +1677,21 @@ def test_overwrite_refuses_a_directory_that_holds_no_vaekit_run(content, tmp_pat
     code, out, err = cli(capsys, "train", "--data", "digits", "--out", d, *SMALL, "--overwrite")
     assert_error(code, out, err, 1, str(d), "does not look like a vaekit run", "not deleting")
     assert {p.name: p.read_text() for p in d.iterdir()} == content
+
+
+@pytest.mark.parametrize("inner", ["a-run", "being-written"])
+def test_overwrite_refuses_a_run_directory_that_holds_another_run(inner, run, run_copy, capsys):
+    """A run trained into a folder of another run would go with it, even while a process
+    writes it: --overwrite refuses, naming it, and changes nothing."""
+    from vaekit.lock import RunLock
+
+    nested = run_copy / "inner"
+    shutil.copytree(run, nested)
+    with RunLock(nested) if inner == "being-written" else contextlib.nullcontext():
+        before = snapshot(run_copy)
+        code, out, err = cli(capsys, "train", "--data", "digits", "--out", run_copy, *SMALL, "--overwrite")
+        assert_error(code, out, err, 1, f"holds another run, {nested}", "move it out first")
+        assert snapshot(run_copy) == before
 
 
 def test_overwrite_refuses_data_inside_the_run_directory(run_copy, files, capsys):

@@ -447,13 +447,25 @@ def test_version_3_config_keeps_the_per_point_rate_it_was_trained_at(tmp_path, i
         assert ModelConfig(input_dim=4, inference=inference, n_points=3).point_lr == 0.2
 
 
-@pytest.mark.parametrize("version", [0, -1, CONFIG_VERSION + 1, True, False, "8", 8.0, None, [8]])
+@pytest.mark.parametrize("version", [0, -1, True, False, "8", 8.0, None, [8]])
 def test_a_version_that_is_not_a_known_integer_is_refused(tmp_path, version):
     """JSON's true is not version 1, nor 8.0 version 8: each was written by hand, not by vaekit."""
     d = _run_config().to_dict()
     d["version"] = version
     path = _write(tmp_path, json.dumps(d))
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: config version must be an integer from 1 to {CONFIG_VERSION}, got "):
+        RunConfig.load(path)
+
+
+@pytest.mark.parametrize("version", [CONFIG_VERSION + 1, CONFIG_VERSION + 30])
+def test_a_later_version_asks_for_a_newer_vaekit(tmp_path, version):
+    import vaekit
+
+    d = _run_config().to_dict()
+    d["version"] = version
+    path = _write(tmp_path, json.dumps(d))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: config version {version} was written by a newer vaekit "
+                       rf"\(this is {re.escape(vaekit.__version__)}, which reads versions 1 to {CONFIG_VERSION}\): upgrade vaekit"):
         RunConfig.load(path)
 
 

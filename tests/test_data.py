@@ -903,3 +903,16 @@ def test_a_verb_reading_images_for_a_trained_model_does_not_warn_about_channels(
         scores[name, len(flags)] = np.load(out)
     np.testing.assert_array_equal(scores["chw", 0], scores["hwc", 0])
     np.testing.assert_array_equal(scores["chw", 0], scores["hwc", 1])
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_images_with_an_empty_split_read_as_tables_do(tmp_path, mmap):
+    """An (0, H, W) split is an empty split of H·W features, not a reshape error: an image
+    .npz with an empty test split loads; an image .npy of no rows is refused in one line."""
+    x = np.random.default_rng(0).random((12, 3, 4)).astype(np.float32)
+    np.savez(tmp_path / "img.npz", train=x[:8], valid=x[8:], test=x[:0])
+    ds = load_dataset(DataConfig(source=str(tmp_path / "img.npz")))
+    assert ds.test.shape == (0, 12) and ds.train.shape == (8, 12) and ds.image_shape == (3, 4)
+    np.save(tmp_path / "img0.npy", x[:0])
+    with pytest.raises(DataError, match=r"img0.npy:? (dataset )?has 0 rows"):
+        load_dataset(DataConfig(source=str(tmp_path / "img0.npy"), mmap=mmap))

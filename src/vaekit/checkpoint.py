@@ -269,6 +269,25 @@ def check_clearable(run_dir: Path) -> None:
             RunConfig.load(run_dir / CONFIG_FILE)
         except ConfigError as e:
             raise CheckpointError(f"{run_dir} does not look like a vaekit run ({e}); not deleting it") from None
+        inner = _runs_inside(run_dir)
+        if inner:
+            raise CheckpointError(
+                f"{run_dir} holds another run, {inner[0]}; replacing {run_dir} would delete it (and a process may be "
+                "writing it): move it out first"
+            )
+
+
+def _runs_inside(run_dir: Path) -> list[Path]:
+    """Run directories below RUN_DIR (a config.json or a lock file of their own), links not
+    followed: what emptying RUN_DIR would delete with it."""
+    from .lock import LOCK_FILE
+
+    found = []
+    for top, dirs, files in os.walk(run_dir):
+        if Path(top) != run_dir and (CONFIG_FILE in files or LOCK_FILE in files):
+            found.append(Path(top))
+            dirs.clear()
+    return sorted(found)
 
 
 def _read_header(data: bytes) -> dict[str, str]:

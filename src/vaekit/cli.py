@@ -463,7 +463,7 @@ def _run_parser(sub, name: str, help: str, data_required: bool, default_split: s
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'vaekit train'")
     p.add_argument("--data", required=data_required, help=_data_help() + ("" if data_required else " (default: the run's own data)"))
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz, or a relative --data file; refused where it would not be read")
-    held = ", or all where the run held no test rows out (a model fitted in Python, --test-fraction 0) and --data is a table or .npy" if default_split == "test" else ""
+    held = ", or all where the run held no test rows out (a model fitted in Python) and --data is a table or .npy" if default_split == "test" else ""
     p.add_argument("--split", choices=SPLITS, default=None if held else default_split,
                    help=f"rows to use (default {default_split}{held}; 'all': every row, in the data's own order)")  # fmt: skip
     if seed is not None:  # a verb without randomness has no --seed (q of new rows is a function of x and θ)

@@ -611,6 +611,13 @@ def _check_version(d: dict[str, Any]) -> None:
     if unknown:
         raise ConfigError(f"unknown top-level field(s): {', '.join(map(str, unknown))}")
     version = d.get("version")
+    if type(version) is int and version > CONFIG_VERSION:
+        from . import __version__
+
+        raise ConfigError(
+            f"config version {version} was written by a newer vaekit (this is {__version__}, which reads versions "
+            f"1 to {CONFIG_VERSION}): upgrade vaekit to read it"
+        )
     if type(version) is not int or not 1 <= version <= CONFIG_VERSION:
         raise ConfigError(f"config version must be an integer from 1 to {CONFIG_VERSION}, got {version!r}")
     for later, added in sorted(ADDED_FIELDS.items()):

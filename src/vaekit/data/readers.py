@@ -84,7 +84,7 @@ def open_mapped(path: Path) -> tuple[np.ndarray, tuple[int, ...] | None]:
                 "save them with numpy.save(path, numpy.ascontiguousarray(x)), or drop --mmap"
             )
         image_shape = tuple(int(v) for v in array.shape[1:])
-        array = array.reshape(len(array), -1)
+        array = array.reshape(len(array), math.prod(image_shape))
     elif array.ndim != 2:
         raise DataError(f"{path}: {not_2d(array)}")
     return array, image_shape
@@ -349,7 +349,8 @@ def flatten(a: np.ndarray, what: str, min_rows: int = 1) -> tuple[np.ndarray, tu
     """(n, H, W) -> (n, H*W) with image shape (H, W); (n, C, H, W) -> (C, H, W); 2-D as is."""
     if a.ndim in (3, 4) and a.dtype.kind in "biuf":
         image_shape = tuple(int(s) for s in a.shape[1:])
-        a = a.reshape(len(a), -1)
+        # (n, D) spelled out: reshape(0, -1) cannot infer D for an empty split.
+        a = a.reshape(len(a), math.prod(image_shape))
     elif a.ndim > 4:
         raise DataError(
             f"{what}: expected 2-D (n, D), 3-D (n, H, W) or 4-D (n, C, H, W), got {a.ndim}-D array of shape {a.shape}"
