@@ -2556,3 +2556,13 @@ def test_main_restores_the_callers_warning_format(monkeypatch, capsys):
     assert warnings.formatwarning is mine
     assert cli_main(["sample", "no-such-run", "--out", "x.npy"]) != 0
     assert warnings.formatwarning is mine
+
+
+def test_train_shows_each_data_warning_once(tmp_path, capsys):
+    """The data are read to build the config and again to train: their warnings come once."""
+    x = np.random.default_rng(0).random((40, 3)).astype(np.float32)
+    np.savez(tmp_path / "t.npz", x=x, y=np.array(["a", "b"] * 20))
+    with pytest.warns(VaekitWarning) as caught:
+        code, _, err = cli(capsys, "train", "--data", tmp_path / "t.npz", "--out", tmp_path / "r", *SMALL, "--quiet")
+    assert code == 0, err
+    assert len([w for w in caught if "no integer class labels" in str(w.message)]) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 import urllib.error
 import urllib.request
 import zipfile
@@ -25,7 +26,7 @@ from vaekit.data import (
     load_array,
     load_dataset,
 )
-from vaekit.errors import DataError
+from vaekit.errors import DataError, VaekitWarning
 from vaekit.registry import DATASETS
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared/data/binarized_mnist"
@@ -348,6 +349,13 @@ def test_csv_dataset_split(tmp_path):
         # Cells of text throughout: no header with repeated names, but cells that are no numbers.
         ("false,false,true\ntrue,false,false\n", r"row 2, column 1 is 'true'; expected a number \(write truth values as 1 and 0\)"),
         ("a,b\nTRUE,1\n", r"row 2, column 1 is 'TRUE'; expected a number \(write truth values as 1 and 0\)"),
+        # A missing value among numbers in row 1 makes it a data row with a gap, not a header.
+        ("NA,2,3\n4,5,6\n", r"row 1, column 1 is 'NA'; expected a number \(a missing value: every cell needs a number"),
+        ("a,b\n1,?\n", r"row 2, column 2 is '\?'; expected a number \(a missing value"),
+        # Integers float64 cannot hold exactly (2^53 + 1), as a .npy of int64 is refused.
+        ("id,v\n9007199254740992,1\n9007199254740993,2\n", r"row 3, column 1 is 9007199254740993, an integer beyond ±2\^53"),
+        ("1,-90071992547409930\n", r"row 1, column 2 is -90071992547409930, an integer beyond ±2\^53"),
+        ("1.5 2.5 3.5\n4 5 6\n", r"row 1 holds numbers separated by spaces, which a \.csv file does not split on; name it \.txt"),
     ],
 )
 def test_csv_errors_name_row_and_column(tmp_path, text, match):
@@ -916,3 +924,25 @@ def test_images_with_an_empty_split_read_as_tables_do(tmp_path, mmap):
     np.save(tmp_path / "img0.npy", x[:0])
     with pytest.raises(DataError, match=r"img0.npy:? (dataset )?has 0 rows"):
         load_dataset(DataConfig(source=str(tmp_path / "img0.npy"), mmap=mmap))
+
+
+def test_csv_first_row_of_column_numbers_warns_but_reads_as_data(tmp_path):
+    """pandas writes 0, 1, …, D−1 as a header by default; no test tells it from data, so it is
+    read as a row, with a warning naming the likely cause. 2^53 itself is exact in float64."""
+    p = write_text(tmp_path / "p.csv", "0,1,2\n0.5,0.25,0.125\n0.75,0.5,9007199254740992\n")
+    with pytest.warns(VaekitWarning, match=r"row 1 reads 0, 1, 2, … 2, the column numbers pandas writes as a header; it is read as data"):
+        ds = load_dataset(DataConfig(source=str(p), valid_fraction=0.0, test_fraction=0.0))
+    assert ds.train.shape == (3, 3) and 2.0**53 in ds.train  # rows in the split's order
+    q = write_text(tmp_path / "q.csv", "0,1,2\n3,4,5\n")  # integers throughout: a table of counts, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset(DataConfig(source=str(q), valid_fraction=0.0, test_fraction=0.0))
+
+
+def test_npz_labels_of_python_objects_are_left_out_with_a_warning(tmp_path):
+    x = np.random.default_rng(0).random((6, 2)).astype(np.float32)
+    np.savez(tmp_path / "o.npz", x=x, y=np.array(["cat", "dog"] * 3, dtype=object))
+    with pytest.warns(VaekitWarning, match=r"labels 'y' could not be read \(.*Python objects.*\); read without labels"):
+        ds = load_dataset(DataConfig(source=str(tmp_path / "o.npz"), valid_fraction=0.0, test_fraction=0.0))
+    np.testing.assert_array_equal(np.sort(ds.train, axis=0), np.sort(x, axis=0))  # rows in the split's order
+    assert ds.labels["train"] is None

@@ -355,7 +355,7 @@ def cmd_train(args) -> int:
                 ckpt.check_clearable(run_dir)
             elif not args.overwrite:
                 _check_not_foreign(run_dir)
-            summary = train_run(config, run_dir, resume=False, progress=progress, overwrite=args.overwrite)
+            summary = train_run(config, run_dir, resume=False, progress=progress, overwrite=args.overwrite, data_read=True)
     if summary.get("rank", 0) != 0:  # data-parallel: rank 0 alone reports
         return 0
     _report(

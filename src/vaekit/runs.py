@@ -4,6 +4,7 @@ pictures of the notes, evaluate on the test split; and the data-parallel process
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import RunConfig
-from .errors import DataError
+from .errors import DataError, VaekitWarning
 from .files import PICTURES  # what write_pictures and write_space_pictures may write
 from .launch import launched_rank_world, rank_world
 from .scaling import Scaling, model_rows
@@ -59,7 +60,8 @@ def model_config(
 
 
 def train_run(
-    run_config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = False, overwrite: bool = False
+    run_config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = False, overwrite: bool = False,
+    data_read: bool = False,
 ) -> dict[str, Any]:
     """What ``vaekit train`` does: load the data, fit, draw the pictures, evaluate on the test
     split (ELBO and log p(x) with K = eval_k), reporting on stderr as it goes (one line per
@@ -67,7 +69,8 @@ def train_run(
     lines when ``progress``) and, with ``tensorboard``, into RUN_DIR/tensorboard/. The caller
     holds the run directory's lock (``vaekit.lock``). ``overwrite`` empties RUN_DIR of the run it
     holds once the data and the model have passed every check (a refused run leaves the old one).
-    Returns the summary that the CLI prints."""
+    ``data_read``: the caller has read the data already (to build the config) and shown its
+    warnings, which reading it again would repeat. Returns the summary that the CLI prints."""
 
     run_dir = Path(run_dir)
     rank, world = launched_rank_world()
@@ -82,7 +85,7 @@ def train_run(
     joined: list[bool] = []  # and True once it has joined the data-parallel group
     try:
         try:
-            summary = _train_run(run_config, run_dir, resume, progress, overwrite, aside, joined)
+            summary = _train_run(run_config, run_dir, resume, progress, overwrite, aside, joined, data_read)
         except BaseException:
             # Under overwrite the old run stays in place until the checks pass, then aside until
             # the new run's first checkpoint: a new run that fails before it gives it back.
@@ -169,7 +172,8 @@ def _warn_of_other_files(run_dir: Path) -> None:
 
 
 def _train_run(
-    run_config: RunConfig, run_dir: Path, resume: bool, progress: bool, overwrite: bool, aside: list[bool], joined: list[bool]
+    run_config: RunConfig, run_dir: Path, resume: bool, progress: bool, overwrite: bool, aside: list[bool], joined: list[bool],
+    data_read: bool = False,
 ) -> dict[str, Any]:
     from .data import check_data, load_dataset
     from .evaluate import elbo_stage, evaluate
@@ -177,7 +181,10 @@ def _train_run(
     from .logs import EpochLog, RowProgress, TensorBoardLog, check_tensorboard
     from .model import build_model
 
-    data = load_dataset(run_config.data)
+    with warnings.catch_warnings():
+        if data_read:  # the same file's warnings were shown when the caller read it
+            warnings.simplefilter("ignore", VaekitWarning)
+        data = load_dataset(run_config.data)
     check_model_fits(run_config.model, run_config.train.dtype, run_config.train.device)
     torch.manual_seed(run_config.train.seed)  # the initial weights are part of the run
     model = build_model(run_config.model, run_config.train)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import warnings
 import zipfile
 import zlib
@@ -156,7 +157,16 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray |
     contents = open_npz(path, "an .npz archive", objects=True)
     unreadable = {k: v for k, v in contents.items() if isinstance(v, Unreadable)}
     contents = {k: v for k, v in contents.items() if k not in unreadable}
-    read = (*SPLIT_NAMES, *(f"{s}_labels" for s in SPLIT_NAMES), "x", "X", "data", "y", "labels")
+    label_names = ("y", "labels", *(f"{s}_labels" for s in SPLIT_NAMES))
+    objects = [k for k in unreadable if k in label_names]
+    if objects:
+        # Labels only colour and stratify pictures: text labels saved as Python objects go, as
+        # text labels do (``_labels``), and the other labels with them, all or none.
+        warnings.warn(f"{path}: labels {objects[0]!r} could not be read ({unreadable[objects[0]].reason}); read without labels",
+                      VaekitWarning, stacklevel=2)  # fmt: skip
+        contents = {k: v for k, v in contents.items() if k not in label_names}
+        unreadable = {k: v for k, v in unreadable.items() if k not in label_names}
+    read = (*SPLIT_NAMES, "x", "X", "data")
     for name in [k for k in unreadable if k in read] or ([] if contents else list(unreadable)[:1]):
         raise DataError(f"{path}: array {name!r} could not be read ({unreadable[name].reason})")
     if not contents:
@@ -248,10 +258,29 @@ def _number(cell: str) -> float | None:
         return None
 
 
+# How tables spell a missing value (pandas' na_values, spreadsheets' #N/A): such a cell in a
+# first row of numbers makes a data row with a gap, not a header.
+MISSING = frozenset({"na", "n/a", "#n/a", "null", "none", "nil", "?", "-", "--", "missing"})
+# Integers from this size on are not all exact in float64.
+EXACT_INTEGERS = 2**53
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
 def _is_header(cells: list[str]) -> bool:
     """A first row with a cell that is no number names the columns; a cell that only digit
-    grouping keeps from being one ('1_000') makes a data row, refused where it is read."""
-    return any(c and _number(c.replace("_", "")) is None for c in cells)
+    grouping keeps from being one ('1_000') makes a data row, refused where it is read, and so
+    does a missing value among numbers ('NA')."""
+    text = [c for c in cells if c and _number(c.replace("_", "")) is None]
+    return bool(text) and not (len(text) < len(cells) and all(c.lower() in MISSING for c in text))
+
+
+def _looks_like_numbered_columns(cells: list[str]) -> bool:
+    """A first row 0, 1, …, D−1 (or 1, …, D) of three or more: the column numbers pandas
+    writes as a header by default, which no header test can tell from data."""
+    if len(cells) < 3 or not all(_INTEGER.fullmatch(c) for c in cells):
+        return False
+    numbers = [int(c) for c in cells]
+    return numbers in (list(range(len(cells))), list(range(1, len(cells) + 1)))
 
 
 def table_header(path: Path) -> tuple[str, ...] | None:
@@ -298,6 +327,19 @@ def _read_table(path: Path) -> np.ndarray:
             )
         if suffix != ".tsv" and "\t" in cell and all(_number(part) is not None for part in cell.split("\t")):
             raise DataError(f"{path}: row {first_no} holds numbers separated by tabs, which a {suffix} file does not split on; name it .tsv")
+        parts = cell.split()
+        if suffix != ".txt" and len(parts) > 1 and all(_number(part) is not None for part in parts):
+            raise DataError(
+                f"{path}: row {first_no} holds numbers separated by spaces, which a {suffix} file does not split on; "
+                "name it .txt (cells split at whitespace) or separate them by commas"
+            )
+    if _looks_like_numbered_columns(first) and len(rows) > 1 and not all(_INTEGER.fullmatch(c) for c in rows[1][1]):
+        warnings.warn(
+            f"{path}: row {first_no} reads {', '.join(first[:3])}, … {first[-1]}, the column numbers pandas writes as a header; "
+            "it is read as data: if it is a header, remove it (DataFrame.to_csv(path, index=False, header=False))",
+            VaekitWarning,
+            stacklevel=2,
+        )
     if _is_header(first):
         header_cols = len(first)
         seen: dict[str, int] = {}
@@ -337,9 +379,16 @@ def _read_table(path: Path) -> np.ndarray:
                 hint = " (cells are separated by ',' or, throughout, by ';'; the decimal point is '.')" if ";" in cell else ""
                 if cell.lower() in ("true", "false"):
                     hint = " (write truth values as 1 and 0)"
+                if cell.lower() in MISSING:
+                    hint = " (a missing value: every cell needs a number; drop or fill in such rows first)"
                 raise DataError(f"{path}: row {line_no}, column {j + 1} is {cell!r}; expected a number{hint}")
             if math.isinf(v) and "inf" not in cell.lower():
                 raise DataError(f"{path}: row {line_no}, column {j + 1} is {cell!r}, beyond float64's range (about 1.8e308)")
+            if abs(v) >= EXACT_INTEGERS and _INTEGER.fullmatch(cell) and abs(int(cell)) > EXACT_INTEGERS:
+                raise DataError(
+                    f"{path}: row {line_no}, column {j + 1} is {cell}, an integer beyond ±2^53, which float64 rounds; "
+                    "subtract an offset, e.g. the column's smallest value, first"
+                )
             values[i, j] = v
     check_finite(values, str(path), rows=[n for n, _ in rows])
     return values
