@@ -810,3 +810,15 @@ def test_fit_leaves_the_callers_random_stream_as_it_found_it(digits):
         torch.manual_seed(seed)
         assert torch.equal(draws[-1], torch.rand(3))
     assert not torch.equal(draws[0], draws[1])
+
+
+def test_weights_made_huge_by_an_epochs_last_step_are_blamed_on_training_not_on_the_rows():
+    """A last step that leaves finite but huge weights makes the validation ELBO overflow on
+    ordinary rows; the run says training diverged and names the learning rate, not the rows.
+    (Standardised rows of N(10, 3²): |x'| < 3.3; lr 1e12 overflows after the first epoch.)"""
+    from vaekit import VAE
+
+    x = np.random.default_rng(0).normal(size=(60, 5)) * 3 + 10
+    with pytest.raises(TrainingError, match=r"^the model's outputs overflow on its own training rows after epoch 1: training diverged; .*"
+                       r"likely cause is the learning rate \(--lr 1e\+12; try a lower one\)$"):  # fmt: skip
+        VAE(latent_dim=2, hidden=(8,), epochs=2, lr=1e12, seed=0).fit(x)

@@ -163,11 +163,20 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
         model.train()
         try:
             losses, value_sum = step.epoch(n, config.beta_at(epoch), epoch, run_dir, progress)
+            _check_weights(model, epoch, run_dir)
         except TrainingError as e:
             raise TrainingError(f"{e}; {_likely_cause(model, x_train, config)}") from None
         train_seconds = time.perf_counter() - t0
         with run.evaluated():  # the averaged weights, where the run keeps an average
-            record, improved = _validate(model, objective, config, run, valid_rows, x_valid, epoch, lr, losses, value_sum, n, train_seconds)
+            try:
+                record, improved = _validate(model, objective, config, run, valid_rows, x_valid, epoch, lr, losses, value_sum, n, train_seconds)
+            except DataError:
+                if _overflows_on_training_rows(model, batch_rows, n, config.seed):
+                    raise TrainingError(
+                        f"the model's outputs overflow on its own training rows after epoch {epoch}: training diverged"
+                        f"{_kept(run_dir)}; {_likely_cause(model, x_train, config)}"
+                    ) from None
+                raise
             if improved:
                 run.best_state = copy.deepcopy(model.state_dict())
             # The epoch as a user pays for it: training and validation.
@@ -623,10 +632,34 @@ def _check_finite(losses: torch.Tensor, upto: int, epoch: int, run_dir: Path | N
     bad = ~torch.isfinite(losses[:upto])
     if bool(bad.any()):
         step = int(bad.nonzero()[0, 0]) + 1
-        kept = ""
-        if run_dir is not None and (run_dir / ckpt.LAST_FILE).is_file():
-            kept = f"; the last good checkpoint in {run_dir} is intact"
-        raise TrainingError(f"loss became NaN or infinite at epoch {epoch}, step {step}{kept}")
+        raise TrainingError(f"loss became NaN or infinite at epoch {epoch}, step {step}{_kept(run_dir)}")
+
+
+def _check_weights(model, epoch: int, run_dir: Path | None) -> None:
+    """An epoch's last step can make the weights overflow after its loss was still finite; the
+    validation pass would then blame the rows it reads, so the weights are checked first."""
+    with torch.no_grad():
+        bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise TrainingError(f"the weights became NaN or infinite at the end of epoch {epoch} (first: {bad}){_kept(run_dir)}")
+
+
+def _overflows_on_training_rows(model, batch_rows, n: int, seed: int) -> bool:
+    """Whether the ELBO of the first training rows is no number either: then a validation row's
+    overflow is the weights' doing (a last step that made them huge), not the row's."""
+    x = batch_rows(torch.arange(min(n, 256), device=next(model.parameters()).device))
+    terms = elbo_per_point(model, x, seed=seed, per_row=False, checked=True)
+    try:
+        refuse_elbo_overflow(terms, x.cpu().numpy())
+    except DataError:
+        return True
+    return False
+
+
+def _kept(run_dir: Path | None) -> str:
+    if run_dir is not None and (run_dir / ckpt.LAST_FILE).is_file():
+        return f"; the last good checkpoint in {run_dir} is intact"
+    return ""
 
 
 def _span(lo: float, hi: float) -> str:
