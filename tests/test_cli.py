@@ -2566,3 +2566,26 @@ def test_train_shows_each_data_warning_once(tmp_path, capsys):
         code, _, err = cli(capsys, "train", "--data", tmp_path / "t.npz", "--out", tmp_path / "r", *SMALL, "--quiet")
     assert code == 0, err
     assert len([w for w in caught if "no integer class labels" in str(w.message)]) == 1
+
+
+def test_images_of_another_size_for_a_table_model_are_named_by_their_width(tmp_path, capsys):
+    """Flattening cannot mend 16 values a row for a model of 5 features: that comes first."""
+    np.save(tmp_path / "t5.npy", np.random.default_rng(0).random((40, 5)).astype(np.float32))
+    np.save(tmp_path / "img.npy", np.random.default_rng(1).random((10, 4, 4)).astype(np.float32))
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "t5.npy", "--out", tmp_path / "r", *SMALL, "--quiet")
+    assert code == 0, err
+    code, out, err = cli(capsys, "encode", tmp_path / "r", "--data", tmp_path / "img.npy", "--out", tmp_path / "z.npy")
+    assert_error(code, out, err, 1, "img.npy holds arrays of shape (4, 4) per row (16 values), but the model was trained on table rows of 5 features")
+
+
+def test_sample_refuses_a_picture_of_more_samples_than_it_can_show(run, tmp_path, capsys):
+    code, out, err = cli(capsys, "sample", run, "-n", "10001", "--out", tmp_path / "s.png")
+    assert_error(code, out, err, 2, "-n 10001: a .png shows at most 10000 samples (a 100x100 grid); write .npy, .npz or .csv for more")
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_resume_without_its_checkpoint_after_epochs_says_it_was_removed(run_copy, capsys):
+    (run_copy / "last.safetensors").unlink()
+    done = len(read_metrics(run_copy))
+    code, out, err = cli(capsys, "train", "--out", run_copy, "--resume")
+    assert_error(code, out, err, 1, f"nothing to resume (no last.safetensors: it was removed after {done} epochs; the best model stays usable)")

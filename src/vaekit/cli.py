@@ -616,7 +616,7 @@ def _rows(est, args, split: str):
         if len(x) == 0:
             why = f"its {split} array is empty" if split in data.fixed else "under the split fractions of this run"
             raise DataError(f"{source} has no {split} rows ({why}); --split all uses every row")
-    check_image_layout(source, image_shape, est.model_.config.image_shape)
+    check_image_layout(source, image_shape, est.model_.config.image_shape, est.model_.config.input_dim)
     trained = cfg.feature_names
     header = _header(source, data_dir) if trained is not None else None
     if header is not None and tuple(header) != tuple(trained):
@@ -762,6 +762,9 @@ def cmd_sample(args) -> int:
         _positive("--components", args.components)
     out = Path(args.out)
     check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args), redraws="samples.png")
+    if out.suffix.lower() == ".png" and args.n > PICTURE_SAMPLES_MAX:
+        side = math.isqrt(PICTURE_SAMPLES_MAX)
+        raise ConfigError(f"-n {args.n}: a .png shows at most {PICTURE_SAMPLES_MAX} samples (a {side}x{side} grid); write .npy, .npz or .csv for more")
     est = _load(args)
     shape = _picture_shape(est, out)
     # A file given is read whole; the run's own data (or a named dataset) gives its training split.
@@ -788,6 +791,11 @@ def cmd_sample(args) -> int:
         write_blocks(out, est.sample_blocks(args.n, **options), (args.n, est.n_features_in_), header=_columns(est))
     _report(args, {"out": str(out), "n": int(args.n), "source": args.source}, f"wrote {args.n} sample{'' if args.n == 1 else 's'} to {out}")
     return 0
+
+
+# The samples one picture shows at most: a 100x100 grid, a few thousand pixels a side; more
+# would be a picture no one can read, drawn in memory all at once.
+PICTURE_SAMPLES_MAX = 10_000
 
 
 def _rows_read(args, est, split: str, short: bool = False) -> str:

@@ -387,9 +387,11 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
             _write_metrics(run_dir, [])
         return run
     if run_dir is None or not (run_dir / ckpt.LAST_FILE).is_file():
+        done = len(ckpt.read_metrics(run_dir)) if run_dir is not None and (run_dir / ckpt.METRICS_FILE).is_file() else 0
+        why = (f"it was removed after {done} epoch{'s' if done != 1 else ''}; the best model stays usable" if done
+               else "the run stopped before its first epoch ended")  # fmt: skip
         raise CheckpointError(
-            f"{run_dir}: nothing to resume (no {ckpt.LAST_FILE}: the run stopped before its first epoch ended); "
-            "start it again with --overwrite"
+            f"{run_dir}: nothing to resume (no {ckpt.LAST_FILE}: {why}); start it again with --overwrite"
         )
     run.average = WeightAverage(model, config.ema) if config.ema else None
     meta = ckpt.restore_training_state(run_dir / ckpt.LAST_FILE, model, optimizers, run.average)

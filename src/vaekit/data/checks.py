@@ -240,15 +240,20 @@ def warn_channels_last(what: str, shape) -> None:
         )
 
 
-def check_image_layout(what: str, found, trained) -> None:
+def check_image_layout(what: str, found, trained, input_dim: int | None = None) -> None:
     """Images whose pixel count matches the model's but whose layout does not, channels-last
     (H, W, C) rows for a (C, H, W) model say, flatten to rows of the right width in the wrong
     order: refused rather than read as noise. Axes of size 1 do not count ((1, 28, 28) is
     (28, 28)). Images for a model of table rows (``trained`` None) have no order to check
-    against, so they are refused too, unless they are rows already ((n, D, 1) say)."""
+    against, so they are refused too, unless they are rows already ((n, D, 1) say); where
+    their values per row are not the model's ``input_dim``, that is said first, since no
+    flattening mends it."""
     squeeze = lambda shape: tuple(int(d) for d in shape if int(d) != 1)  # noqa: E731
     if found is not None and trained is None and len(squeeze(found)) > 1:
         show = "(" + ", ".join(str(int(d)) for d in found) + ")"
+        if input_dim is not None and math.prod(found) != input_dim:
+            raise DataError(f"{what} holds arrays of shape {show} per row ({math.prod(found)} values), but the model was trained on "
+                            f"table rows of {input_dim} feature{'' if input_dim == 1 else 's'}")  # fmt: skip
         raise DataError(f"{what} holds arrays of shape {show} per row, but the model was trained on table rows; "
                         "flatten them to rows in the training columns' order (x.reshape(len(x), -1))")
     if found is None or trained is None:
