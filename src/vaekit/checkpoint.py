@@ -284,7 +284,9 @@ def _runs_inside(run_dir: Path) -> list[Path]:
 
     found = []
     for top, dirs, files in os.walk(run_dir):
-        if Path(top) != run_dir and (CONFIG_FILE in files or LOCK_FILE in files):
+        if Path(top) == run_dir:
+            dirs[:] = [d for d in dirs if d != REPLACED_DIR]  # the old run an overwrite set aside: its own
+        elif CONFIG_FILE in files or LOCK_FILE in files:
             found.append(Path(top))
             dirs.clear()
     return sorted(found)
