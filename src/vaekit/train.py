@@ -163,7 +163,6 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
         model.train()
         try:
             losses, value_sum = step.epoch(n, config.beta_at(epoch), epoch, run_dir, progress)
-            _check_weights(model, epoch, run_dir)
         except TrainingError as e:
             raise TrainingError(f"{e}; {_likely_cause(model, x_train, config)}") from None
         train_seconds = time.perf_counter() - t0
@@ -387,7 +386,7 @@ def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_con
             _write_metrics(run_dir, [])
         return run
     if run_dir is None or not (run_dir / ckpt.LAST_FILE).is_file():
-        done = len(ckpt.read_metrics(run_dir)) if run_dir is not None and (run_dir / ckpt.METRICS_FILE).is_file() else 0
+        done = len(ckpt.read_metrics(run_dir)) if run_dir is not None else 0
         why = (f"it was removed after {done} epoch{'s' if done != 1 else ''}; the best model stays usable" if done
                else "the run stopped before its first epoch ended")  # fmt: skip
         raise CheckpointError(
@@ -637,18 +636,10 @@ def _check_finite(losses: torch.Tensor, upto: int, epoch: int, run_dir: Path | N
         raise TrainingError(f"loss became NaN or infinite at epoch {epoch}, step {step}{_kept(run_dir)}")
 
 
-def _check_weights(model, epoch: int, run_dir: Path | None) -> None:
-    """An epoch's last step can make the weights overflow after its loss was still finite; the
-    validation pass would then blame the rows it reads, so the weights are checked first."""
-    with torch.no_grad():
-        bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
-    if bad is not None:
-        raise TrainingError(f"the weights became NaN or infinite at the end of epoch {epoch} (first: {bad}){_kept(run_dir)}")
-
-
 def _overflows_on_training_rows(model, batch_rows, n: int, seed: int) -> bool:
     """Whether the ELBO of the first training rows is no number either: then a validation row's
-    overflow is the weights' doing (a last step that made them huge), not the row's."""
+    overflow is the weights' doing (an epoch's last step that made them huge or NaN after its
+    loss was still finite), not the row's. Asked only once validation has failed."""
     x = batch_rows(torch.arange(min(n, 256), device=next(model.parameters()).device))
     terms = elbo_per_point(model, x, seed=seed, per_row=False, checked=True)
     try:
