@@ -1359,6 +1359,8 @@ def test_resume_may_change_the_speed_settings(files, tmp_path, capsys):
     # A speed option that acts on nothing is refused on resume as on a new run, and changes nothing.
     code, _, err = cli(capsys, "train", "--out", out, "--resume", "--epochs", "3", "--compile-mode", "reduce-overhead")
     assert code == 2 and err.strip() == "vaekit: error: --compile-mode applies only when --compile is on; this run has compile off"
+    code, _, err = cli(capsys, "train", "--out", out, "--resume", "--epochs", "3", "--compile", "--compile-mode", "reduce-overhead")
+    assert code == 2 and err.strip().endswith("--compile-mode applies to device cuda only when it is reduce-overhead (it replays the step as a CUDA graph); this run has device cpu")
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
 
 
@@ -1496,6 +1498,9 @@ def test_train_on_the_iwae_objective(tmp_path, capsys):
         (["--likelihood", "gaussian", "--fixed-std", "0.5"], "--fixed-std applies to variance fixed only; this run has variance shared"),
         (["--likelihood", "gaussian", "--fixed-std", "1"], "--fixed-std applies to variance fixed only"),  # even at its default
         (["--compile-mode", "reduce-overhead"], "--compile-mode applies only when --compile is on; this run has compile off"),
+        # torch.compile drops reduce-overhead's CUDA graph on the CPU: it would be mode default.
+        (["--compile", "--compile-mode", "reduce-overhead"],
+         "--compile-mode applies to device cuda only when it is reduce-overhead (it replays the step as a CUDA graph); this run has device cpu"),
         (["--refine-lr", "0.1"], "--refine-lr applies only when --refine-steps > 0; this run has refine_steps 0"),
         (["--local-steps", "5"], "--local-steps applies to inference vi or map or autoencoder only; this run has inference amortized"),
         (["--inference", "map", "--n-samples", "3"], "--n-samples applies to inference amortized or topdown or ladder or vi only; this run has inference map"),

@@ -507,6 +507,35 @@ def test_npz_errors(tmp_path, arrays, match):
     assert "f.npz" in str(e.value)
 
 
+def test_a_relative_file_is_looked_for_in_data_dir_then_vaekit_data(tmp_path, monkeypatch):
+    """A relative --data file: as given (the working directory), then under data_dir, then
+    under $VAEKIT_DATA, as named datasets' files are; missing from all, the error names each
+    place looked in. An absolute path is looked for only where it points."""
+    from vaekit.data.load import resolve_path
+
+    for d in ("cwd", "dir", "env"):
+        (tmp_path / d).mkdir()
+        np.save(tmp_path / d / f"{d}.npy", np.zeros((2, 2)))
+        np.save(tmp_path / d / "all.npy", np.zeros((2, 2)))
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("VAEKIT_DATA", str(tmp_path / "env"))
+    data_dir = str(tmp_path / "dir")
+    assert resolve_path("all.npy", data_dir) == Path("all.npy")
+    assert resolve_path("dir.npy", data_dir) == tmp_path / "dir" / "dir.npy"
+    assert resolve_path("env.npy", data_dir) == tmp_path / "env" / "env.npy"
+    assert resolve_path("env.npy", None) == tmp_path / "env" / "env.npy"
+    ds = load_dataset(DataConfig(source="env.npy", valid_fraction=0.0, test_fraction=0.0))
+    assert ds.train.shape == (2, 2)
+    with pytest.raises(DataError, match=rf"^no\.npy: no such file \(looked for in the working directory and in {tmp_path / 'dir'} "
+                       rf"\(the data directory\) and {tmp_path / 'env'} \(\$VAEKIT_DATA\)\)$"):  # fmt: skip
+        resolve_path("no.npy", data_dir)
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'cwd' / 'env.npy'}: no such file$"):
+        resolve_path(str(tmp_path / "cwd" / "env.npy"), data_dir)
+    monkeypatch.delenv("VAEKIT_DATA")
+    with pytest.raises(DataError, match=r"^env\.npy: no such file$"):
+        resolve_path("env.npy", None)
+
+
 def test_an_npz_may_have_an_empty_test_or_valid_array(tmp_path):
     """The file's own valid/test arrays may be empty (no rows there, as a fraction of 0 gives
     none): the dataset has that split empty and says the file fixed it."""

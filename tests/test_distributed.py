@@ -337,6 +337,103 @@ def test_a_batch_with_fewer_rows_than_processes_is_refused(tmp_path):
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+def rank_1_also_gets(tmp_path: Path, *extra: str) -> Path:
+    """An executable for ``torchrun --no-python`` that runs ``vaekit train ARGS`` in every
+    process, with ``extra`` options appended in the process of rank 1 (the last one wins)."""
+    script = tmp_path / "rank_1_also_gets.sh"
+    rank_1 = " ".join(extra)
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$RANK" = 1 ]; then exec {sys.executable} -m vaekit train "$@" {rank_1}; fi\n'
+        f'exec {sys.executable} -m vaekit train "$@"\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (("--seed", "7"), r"--seed: rank 0 0, rank 1 7"),  # would train other weights, silently
+        (("--batch-size", "100"), r"--batch-size: rank 0 125, rank 1 100"),  # would wait forever
+        (("--hidden", "16"), r"--hidden: rank 0 \[32\], rank 1 \[16\]"),  # DDP's own traceback
+    ],
+)
+def test_processes_given_other_options_are_refused_in_one_line(tmp_path, extra, named):
+    """A torchrun group whose processes got different options is refused by every process,
+    right after they join and before any step, in one line (rank 0's) that names the option
+    and both values; the run directory is left as it was (not created)."""
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    launcher = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+        "--master-port", str(free_port()), "--no-python", str(rank_1_also_gets(tmp_path, *extra)),
+    ]  # fmt: skip
+    argv = [*COMMON, "--epochs", "1", "--out", str(run)]
+    proc = subprocess.run([*launcher, *argv], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("vaekit: error:")]
+    assert len(errors) == 1, proc.stderr
+    assert re.search(r"^vaekit: error: the processes of this torchrun group were given different " + named, errors[0]), errors
+    assert errors[0].endswith("every process must run the same command on the same data")
+    # The one traceback is torchrun's own report of the failed processes (ChildFailedError).
+    assert proc.stderr.count("Traceback") == proc.stderr.count("ChildFailedError: ") <= 1, proc.stderr
+    assert not run.exists()
+
+
+def test_the_first_difference_from_rank_0_is_named(monkeypatch):
+    """check_same_setup on gathered setups (all_gather_object replaced): equal setups pass; the
+    first differing entry, in rank 0's order, is named with both values and the rank; an entry
+    one rank lacks reads "nothing"."""
+    import torch.distributed as dist
+
+    from vaekit.train import check_same_setup
+
+    def gathered(*setups):
+        def all_gather_object(out, mine):
+            out[:] = setups
+
+        monkeypatch.setattr(dist, "get_world_size", lambda: len(setups))
+        monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+
+    a = {"--data": '"x.npy"', "train rows": "10x2 with digest 00", "--seed": "0"}
+    gathered(a, dict(a), dict(a))
+    check_same_setup(a)
+    gathered(a, dict(a), {**a, "train rows": "10x2 with digest 11", "--seed": "3"})
+    with pytest.raises(vaekit.errors.ConfigError, match=r"^the processes of this torchrun group were given different train rows: "
+                       r"rank 0 10x2 with digest 00, rank 2 10x2 with digest 11; every process"):  # fmt: skip
+        check_same_setup(a)
+    gathered(a, {k: v for k, v in a.items() if k != "--seed"})
+    with pytest.raises(vaekit.errors.ConfigError, match=r"different --seed: rank 0 0, rank 1 nothing;"):
+        check_same_setup(a)
+
+
+def test_the_setup_compares_the_rows_and_every_option_a_process_shares(tmp_path):
+    """runs._setup: the data's rows by digest (a changed value changes it), every option a
+    user gives by its flag, except those each process may set for itself; the device by its
+    kind, not its index."""
+    import numpy as np
+
+    from vaekit.config import FROM_DATA, RunConfig, section_options
+    from vaekit.runs import PER_PROCESS, _setup
+
+    config = RunConfig(model=vaekit.ModelConfig(input_dim=3), train=vaekit.TrainConfig(device="cpu"))
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    splits = {"train": x, "valid": x[:2], "test": x[2:]}
+    setup = _setup(config, tmp_path, False, splits)
+    assert list(setup)[:4] == ["--data", "train rows", "valid rows", "test rows"]
+    flags = {"--" + n.replace("_", "-") for s in ("data", "model", "train") for n in section_options(s) if n not in PER_PROCESS | FROM_DATA}
+    assert set(setup) == {"--data", "train rows", "valid rows", "test rows", "--out", "--resume"} | (flags - {"--source"})
+    y = x.copy()
+    y[3, 2] = np.nextafter(y[3, 2], np.inf)
+    assert _setup(config, tmp_path, False, {**splits, "train": y})["train rows"] != setup["train rows"]
+    assert _setup(config, tmp_path, True, splits)["--resume"] != setup["--resume"]
+    cuda = [RunConfig(model=config.model, train=vaekit.TrainConfig(device=d)) for d in ("cuda:0", "cuda:1")]
+    assert _setup(cuda[0], tmp_path, False, splits) == _setup(cuda[1], tmp_path, False, splits)
+    assert _setup(cuda[0], tmp_path, False, splits)["--device"] != setup["--device"]
+
+
 def test_other_ranks_read_a_run_once_rank_0_has_recovered_it(tmp_path, monkeypatch):
     """Under torchrun, the processes other than rank 0 wait for the folder a stopped
     --overwrite left to go (rank 0 recovers it under the lock) before reading the run."""

@@ -764,12 +764,13 @@ def test_the_fitted_mixture_follows_the_latents_of_x_in_the_users_units():
 
 
 def test_a_parameter_that_acts_on_nothing_is_refused_and_the_estimator_stays_unfitted():
-    """fixed_std acts under variance="fixed" alone and compile_mode under compile=True: set
-    away from their defaults without them, fit refuses (the CLI refuses the flags); with them,
-    or at their defaults, it fits."""
+    """fixed_std acts under variance="fixed" alone and compile_mode under compile=True (its
+    reduce-overhead on CUDA alone): set away from their defaults without them, fit refuses (the
+    CLI refuses the flags); with them, or at their defaults, it fits."""
     x = np.random.default_rng(0).random((60, 4))
     for params, message in (({"likelihood": "gaussian", "fixed_std": 0.5}, "fixed_std applies to variance fixed only"),
                             ({"compile_mode": "reduce-overhead"}, "compile_mode applies only when compile is on"),
+                            ({"compile": True, "compile_mode": "reduce-overhead"}, "compile_mode applies to device cuda only when it is reduce-overhead"),
                             ({"inference": "vi", "encoder": "gated"}, "encoder applies to inference with an encoder; inference vi has no encoder"),
                             ({"net": "gated", "activation": "tanh"}, "activation applies to the hidden layers of mlp and conv nets"),
                             ({"local_lr": 0.3}, "local_lr applies to inference vi or map or autoencoder only")):  # fmt: skip

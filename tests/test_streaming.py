@@ -385,3 +385,35 @@ def test_a_streamed_file_cut_short_is_an_error_not_sigbus(tmp_path):
     os.remove(path)
     np.testing.assert_array_equal(rows[:2], x[:2])
     assert MappedRows(x).rows(np.array([1]))[0, 0] == 8  # an in-memory array has no file to check
+
+
+def test_a_fingerprint_tells_rows_apart_and_reads_a_streamed_split_only_in_part(tmp_path, monkeypatch):
+    """data.fingerprint: equal for the same rows (an array, or the same split of a file mapped
+    twice), different for one value changed by one ulp, for another dtype or shape, and for
+    another split or row order of the same file; a streamed split reads FINGERPRINT_ROWS rows,
+    not the whole file."""
+    from vaekit.data import MappedRows, fingerprint
+    from vaekit.data import containers
+    from vaekit.data.readers import open_mapped
+
+    x = np.random.default_rng(0).random((3000, 5)).astype(np.float32)
+    y = x.copy()
+    y[1234, 4] = np.nextafter(y[1234, 4], np.float32(2))
+    assert fingerprint(x) == fingerprint(x.copy()) != fingerprint(y)
+    assert fingerprint(x) not in (fingerprint(x.astype(np.float64)), fingerprint(x.reshape(5, 3000)), fingerprint(x[:-1]))
+    assert fingerprint(np.asfortranarray(x)) == fingerprint(x)  # the values, not the memory layout
+    np.save(tmp_path / "x.npy", x)
+    whole = [MappedRows(open_mapped(tmp_path / "x.npy")[0]) for _ in range(2)]
+    assert fingerprint(whole[0]) == fingerprint(whole[1])
+    rows = np.arange(3000)
+    assert fingerprint(MappedRows(whole[0].array, rows[::-1].copy())) != fingerprint(whole[0])
+    assert fingerprint(MappedRows(whole[0].array, rows[:2000])) != fingerprint(MappedRows(whole[0].array, rows[1000:]))
+    read = []
+    original = MappedRows.rows
+    monkeypatch.setattr(MappedRows, "rows", lambda self, positions: read.append(len(positions)) or original(self, positions))
+    monkeypatch.setattr(containers, "FINGERPRINT_ROWS", 100)
+    fingerprint(whole[0])
+    assert read == [100]
+    # A changed value among the rows read shows in a streamed split too.
+    np.save(tmp_path / "y.npy", np.where(np.arange(3000)[:, None] == 0, x + 1, x))
+    assert fingerprint(MappedRows(open_mapped(tmp_path / "y.npy")[0])) != fingerprint(whole[0])

@@ -174,7 +174,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
 }
 DATA_OPTIONS: dict[str, Option] = {
     "source": Option("digits", "a named dataset or a .npy/.npz/.csv file", choices=None),
-    "data_dir": Option(None, "directory holding named datasets' files (default: $VAEKIT_DATA, then the cache), and where a relative --data file not found as named is looked for; refused where it would not be read", type="str", optional=True, resumable=True),
+    "data_dir": Option(None, "directory holding named datasets' files (default: $VAEKIT_DATA, then the cache), and where a relative --data file not found as named is looked for (then in $VAEKIT_DATA); refused where it would not be read", type="str", optional=True, resumable=True),
     "valid_fraction": Option(0.1, "rows held out for validation when the data has no splits", minimum=0.0),
     "test_fraction": Option(0.2, "rows held out for testing when the data has no splits", minimum=0.0),
     "split_seed": Option(0, "seed of the split permutation", minimum=0, maximum=SEED_MAX),
@@ -250,13 +250,23 @@ def _activation_unused(model) -> str | None:
     return "this model's networks are gated or linear"
 
 
+def _graph_without_cuda(train) -> str | None:
+    """Why compile_mode acts as the default here: reduce-overhead's one addition is replaying
+    the step as a CUDA graph, which a CPU run has no use for (torch.compile drops it)."""
+    if train.compile and train.compile_mode == "reduce-overhead" and not train.device.startswith("cuda"):
+        return f"compile_mode applies to device cuda only when it is reduce-overhead (it replays the step as a CUDA graph); this run has device {train.device}"
+    return None
+
+
 # Options whose effect depends on several others: name -> (its section, what it applies to,
-# a test of the ModelConfig that says why it would act on nothing here, or None where it acts).
+# a test of that section's config that says why it would act on nothing here, or None where
+# it acts). Without "what it applies to", the test's reason is the whole message.
 ACTS_WHEN = {
     "encoder": ("model", "inference with an encoder", _encoderless),
     "hidden": ("model", "the encoder, and to the decoder when decoder_hidden is not given",
                lambda m: None if m.decoder_hidden is None or m.layers > 1 else _encoderless(m)),
     "activation": ("model", "the hidden layers of mlp and conv nets", _activation_unused),
+    "compile_mode": ("train", None, _graph_without_cuda),
 }  # fmt: skip
 
 
@@ -265,8 +275,8 @@ def inert_options(config, given: dict[str, set[str]]) -> list[str]:
     section) that the RunConfig ``config`` would ignore (ACTS_UNDER, ACTS_WHEN)."""
     bad = []
     for name, (section, applies, why) in ACTS_WHEN.items():
-        if name in given.get(section, ()) and (reason := why(config.model)) is not None:
-            bad.append(f"{name} applies to {applies}; {reason}")
+        if name in given.get(section, ()) and (reason := why(getattr(config, section))) is not None:
+            bad.append(reason if applies is None else f"{name} applies to {applies}; {reason}")
     for name, (section, other_section, other, values) in ACTS_UNDER.items():
         if name not in given.get(section, ()):
             continue

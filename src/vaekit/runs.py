@@ -3,6 +3,7 @@ pictures of the notes, evaluate on the test split; and the data-parallel process
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -12,12 +13,12 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .config import RunConfig
+from .config import FROM_DATA, RunConfig
 from .errors import DataError, VaekitWarning
 from .files import PICTURES  # what write_pictures and write_space_pictures may write
 from .launch import launched_rank_world, rank_world
 from .scaling import Scaling, model_rows
-from .train import check_shards, fit, init_distributed
+from .train import check_same_setup, check_shards, fit, init_distributed
 
 # Test rows drawn in the latent-space picture, and shown in reconstructions.png.
 LATENT_POINTS = 5000
@@ -171,6 +172,39 @@ def _warn_of_other_files(run_dir: Path) -> None:
         )
 
 
+# Options each process of a torchrun group may set for itself: they change what it shows or
+# what it runs on, not what it computes (the device's index is each process's own GPU).
+PER_PROCESS = {"threads", "quiet", "tensorboard"}
+
+
+def _setup(run_config: RunConfig, run_dir: Path, resume: bool, splits: dict[str, Any]) -> dict[str, str]:
+    """What the processes of a torchrun group must agree on (train.check_same_setup), keyed by
+    what the user names: the data first (a different file is named as such, not by the width
+    it implies), then each option as its flag, the run directory, and whether it resumes."""
+    import dataclasses
+
+    from .data import fingerprint
+
+    def shown(value: Any) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    setup = {"--data": shown(run_config.data.source)}
+    for name, rows in splits.items():
+        setup[f"{name} rows"] = f"{len(rows)}x{np.shape(rows)[1]} with digest {fingerprint(rows)}"
+    for section in ("data", "model", "train"):
+        for name, value in dataclasses.asdict(getattr(run_config, section)).items():
+            # The options read from the data (config.FROM_DATA) differ only where the rows do.
+            if name in PER_PROCESS or name in FROM_DATA or (section, name) == ("data", "source"):
+                continue
+            if name == "device":
+                value = value.split(":")[0]
+            setup["--" + name.replace("_", "-")] = shown(value)
+    setup["--out"] = str(run_dir.resolve())
+    setup["--resume"] = "given" if resume else "not given"
+    return setup
+
+
 def _train_run(
     run_config: RunConfig, run_dir: Path, resume: bool, progress: bool, overwrite: bool, aside: list[bool], joined: list[bool],
     data_read: bool = False,
@@ -209,6 +243,8 @@ def _train_run(
     # too small to share alike, and before joining: none waits for a peer that has left.
     check_shards(len(splits["train"]), run_config.train.batch_size, launched_rank_world()[1], resume)
     joined.append(init_distributed(run_config.train.device))
+    if joined[-1]:
+        check_same_setup(_setup(run_config, run_dir, resume, splits))
     rank, _ = rank_world()
     if not resume:
         model.prior.check_source()  # what the prior will read at the first step (an earlier run)

@@ -629,6 +629,28 @@ def init_distributed(device: str) -> bool:
     return True
 
 
+def check_same_setup(setup: dict[str, str]) -> None:
+    """Refuse, in every process of a torchrun group, a group whose processes were given
+    different options or data: ``setup`` maps what a user names (``--seed``, "the training
+    rows") to what this process has. Data-parallel training averages the ranks' gradients, so
+    ranks with another --seed or --lr would silently train weights that no single process
+    would, and ranks with another --epochs or --batch-size would wait forever in a collective.
+    All ranks gather all setups and raise the same error, naming the first difference from
+    rank 0, so that none is left waiting."""
+    import torch.distributed as dist
+
+    setups: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(setups, setup)
+    for rank, other in enumerate(setups[1:], start=1):
+        for name in dict.fromkeys([*setups[0], *other]):
+            mine, theirs = setups[0].get(name, "nothing"), other.get(name, "nothing")
+            if mine != theirs:
+                raise ConfigError(
+                    f"the processes of this torchrun group were given different {name}: rank 0 {mine}, rank {rank} {theirs}; "
+                    "every process must run the same command on the same data"
+                )
+
+
 def _check_finite(losses: torch.Tensor, upto: int, epoch: int, run_dir: Path | None) -> None:
     bad = ~torch.isfinite(losses[:upto])
     if bool(bad.any()):

@@ -19,7 +19,7 @@ The library raises ``DataError`` and never prints or exits. No torch import here
 from __future__ import annotations
 
 from .checks import check_data
-from .containers import CHUNK_ROWS, SPLITS, Dataset, MappedRows
+from .containers import CHUNK_ROWS, SPLITS, Dataset, MappedRows, fingerprint
 from .load import load_array, load_dataset
 from .named.binarized_mnist import (
     BINARIZED_MNIST_DIM,
@@ -49,6 +49,7 @@ __all__ = [
     "check_data",
     "download_binarized_mnist",
     "find_binarized_mnist",
+    "fingerprint",
     "load_array",
     "load_dataset",
     "summarize",

@@ -68,20 +68,24 @@ def load_array(
 
 
 def resolve_path(source: str, data_dir: str | None) -> Path:
+    """The file ``source`` names: as given (relative to the working directory), else, for a
+    relative path, under ``data_dir``, then under ``$VAEKIT_DATA`` (where named datasets' files
+    are looked for too). DataError naming the places looked in if none holds it."""
     path = Path(source).expanduser()
     if path.exists():
         return path
-    candidate = None
-    if data_dir is not None and not path.is_absolute():
-        candidate = Path(data_dir).expanduser() / path
+    places = [] if path.is_absolute() else [(d, f"{d} ({name})") for d, name in ((data_dir, "the data directory"), (os.environ.get("VAEKIT_DATA"), "$VAEKIT_DATA")) if d]
+    candidates = [Path(d).expanduser() / path for d, _ in places]
+    for candidate in candidates:
         if candidate.exists():
             return candidate
-    for link in (path, candidate):
-        if link is not None and link.is_symlink():
+    for link in (path, *candidates):
+        if link.is_symlink():
             raise DataError(f"{link}: a symbolic link to nothing (its target is missing, or it loops)")
     # Something that looks like a path is a missing file; a bare word is a misspelt name.
     if path.suffix or "/" in source or os.sep in source:
-        raise DataError(f"{source}: no such file")
+        where = f" (looked for in the working directory and in {' and '.join(shown for _, shown in places)})" if places else ""
+        raise DataError(f"{source}: no such file{where}")
     from .named import listed
 
     raise DataError(f"unknown dataset {source!r}: not a file, and not one of {', '.join(listed())}")
