@@ -77,6 +77,34 @@ def test_fit_keeps_the_start_and_middle_bubbles_without_changing_training(tmp_pa
         assert torch.equal(v, with_dir.state_dict()[k]), k
 
 
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:100]), "File is not a zip file"),  # cut short
+        (lambda p: np.savez(p, mu_z1=np.zeros((3, 2))), "an array 'mu_z1', not of a snapshot"),  # another program's
+        (lambda p: np.savez(p, mu_1=np.zeros((3, 2))), "mu_1 without logvar_1"),
+        (lambda p: np.savez(p, mu_1=np.zeros(3), logvar_1=np.zeros(3)), "mu_1 and logvar_1 are not two \\(n, d\\) float arrays alike"),
+    ],
+)
+def test_an_unreadable_bubbles_file_is_left_out_with_a_warning(tmp_path, capsys, damage, why):
+    """bubbles.npz only feeds a picture: damaged, or holding other arrays, it is read as no
+    snapshots with one warning naming it and why, and a resumed run trains on and ends as
+    usual (it used to stop with a traceback after its new epochs were saved)."""
+    from vaekit.errors import VaekitWarning
+
+    run = tmp_path / "run"
+    argv = ["train", "--data", "digits", "--hidden", "8", "--latent-dim", "2", "--eval-k", "2", "--quiet", "--out", str(run)]
+    assert cli(capsys, *argv, "--epochs", "2")[0] == 0
+    assert list(bubbles.load_snapshots(run)) == [0, 1]
+    damage(run / "bubbles.npz")
+    with pytest.warns(VaekitWarning, match="not a file of bubbles"):
+        code, _, err = cli(capsys, "train", "--out", str(run), "--resume", "--epochs", "3", "--quiet")
+    assert code == 0, err
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    with pytest.warns(VaekitWarning, match=rf"bubbles\.npz: not a file of bubbles vaekit can read \({why}\); its bubbles are left out"):
+        assert bubbles.load_snapshots(run) == {}
+
+
 def test_no_bubbles_beyond_a_plane(tmp_path):
     x = rows(60)
     config = TrainConfig(epochs=2, batch_size=30)

@@ -520,6 +520,22 @@ def test_reconstruct_draw(run, files, digits_rows, tmp_path, capsys, monkeypatch
     assert t2.endswith("and their reconstructions, drawn x ~ p(x|z) at z ~ q(z|x)")
 
 
+def test_reconstruct_of_a_point_estimate_draws_x_and_refuses_draw_z(tmp_path, capsys):
+    """A point estimate's q(z|x) is its code: --draw z would return the mean reconstructions
+    under another name, so it is refused in one line; --draw x draws x ~ p(x|z) at the code
+    and says so."""
+    run = tmp_path / "ae"
+    assert cli(capsys, "train", "--data", "digits", "--inference", "autoencoder", "--hidden", "8", "--latent-dim", "2", "--epochs", "1", "--eval-k", "2", "--quiet", "--out", run)[0] == 0
+    code, out, err = cli(capsys, "reconstruct", run, "--data", "digits", "--draw", "z", "--out", tmp_path / "z.npy")
+    assert_error(code, out, err, 2, "--draw z draws z ~ q(z|x), and inference autoencoder's q(z|x) is a point (the row's code): nothing to draw")
+    assert not (tmp_path / "z.npy").exists()
+    code, out, err = cli(capsys, "reconstruct", run, "--data", "digits", "--draw", "x", "--out", tmp_path / "x.npy")
+    assert code == 0 and out.strip().endswith("(x drawn from p(x|z) at the code z)"), err
+    mean = tmp_path / "m.npy"
+    assert cli(capsys, "reconstruct", run, "--data", "digits", "--out", mean)[0] == 0
+    assert not np.array_equal(np.load(tmp_path / "x.npy"), np.load(mean))
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".csv"])
 def test_reconstruct_writes_block_by_block(suffix, run, digits_rows, tmp_path, capsys, monkeypatch):
     """The file is written one block of rows at a time (so an --mmap input larger than memory
@@ -2096,6 +2112,26 @@ def test_a_verb_does_not_write_over_the_runs_own_files(run_copy, capsys):
     assert code == 0, err
 
 
+def test_a_verb_does_not_write_over_another_runs_files_or_pictures(run, run_copy, capsys):
+    """The files and pictures of any run are its own, not only those of the run a verb reads:
+    run A's reconstructions over B/latent.png, or its codes over B/bubbles.npz (which would
+    break B's next resume), are refused alike; a file of another name in B is written."""
+    before = snapshot(run_copy)
+    cases = [
+        (["reconstruct", "--data", "digits", "--out"], "latent.png"),
+        (["sample", "-n", "3", "--out"], "samples.png"),  # A's own picture's name, but in B
+        (["encode", "--data", "digits", "--out"], "bubbles.npz"),
+        (["score", "--data", "digits", "--k", "2", "--out"], "model.safetensors"),
+        (["gaps", "--k", "2", "--steps", "1", "--plot"], "gaps_test.png"),
+    ]
+    for argv, name in cases:
+        code, out, err = cli(capsys, argv[0], run, *argv[1:], run_copy / name)
+        assert_error(code, out, err, 2, f"{run_copy / name}: is a file of the run in {run_copy.resolve()}; name another file")
+    assert snapshot(run_copy) == before
+    code, _, err = cli(capsys, "sample", run, "-n", "3", "--out", run_copy / "from_the_other_run.png")
+    assert code == 0 and (run_copy / "from_the_other_run.png").is_file(), err
+
+
 def test_an_out_that_cannot_be_created_is_one_line(tmp_path, capsys):
     """--out below a file: the run directory cannot be made; one line naming it, nothing made."""
     parent = tmp_path / "rows.npy"
@@ -2594,3 +2630,13 @@ def test_resume_without_its_checkpoint_after_epochs_says_it_was_removed(run_copy
     done = len(read_metrics(run_copy))
     code, out, err = cli(capsys, "train", "--out", run_copy, "--resume")
     assert_error(code, out, err, 1, f"nothing to resume (no last.safetensors: it was removed after {done} epochs; the best model stays usable)")
+
+
+def test_report_numbers_switch_to_scientific_notation_when_huge():
+    """The text reports print nats with 3 decimals, and a value far off any model's scale (a
+    row at 3e19 scores about -9e35) in scientific notation, not as 37 digits."""
+    from vaekit.cli import _nats
+
+    assert _nats(-87.1149) == "-87.115" and _nats(3.21519, 4) == "3.2152" and _nats(-999999999.0) == "-999999999.000"
+    assert _nats(-9.17539321836734958e35) == "-9.17539e+35" and _nats(1.448e37, 4) == "1.448e+37"
+    assert (_nats(float("-inf")), _nats(float("nan"))) == ("-inf", "nan")

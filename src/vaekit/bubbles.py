@@ -77,13 +77,37 @@ def save_snapshot(run_dir: str | Path, epoch: int, mu: np.ndarray, logvar: np.nd
 
 
 def load_snapshots(run_dir: str | Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """{epoch: (μ, log σ²)} kept in ``run_dir/bubbles.npz``, by epoch; empty when there is none."""
+    """{epoch: (μ, log σ²)} kept in ``run_dir/bubbles.npz``, by epoch; empty when there is none.
+    The file only feeds a picture: one that cannot be read (damaged, or another program's
+    arrays under its name) is left out with a warning, and the next snapshot replaces it,
+    rather than stopping a training run at its end."""
+    import re
+    import warnings
+    import zipfile
+
+    from .errors import VaekitWarning
+
     path = Path(run_dir) / BUBBLES_FILE
     if not path.is_file():
         return {}
-    with np.load(path, allow_pickle=False) as f:
-        epochs = sorted(int(k[3:]) for k in f.files if k.startswith("mu_"))
-        return {e: (f[f"mu_{e}"], f[f"logvar_{e}"]) for e in epochs}
+    kept = {}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            for key in f.files:
+                if re.fullmatch(r"logvar_\d+", key):
+                    continue  # read with its mu_
+                if (m := re.fullmatch(r"mu_(\d+)", key)) is None:
+                    raise ValueError(f"an array {key!r}, not of a snapshot")
+                if f"logvar_{m[1]}" not in f.files:
+                    raise ValueError(f"{key} without logvar_{m[1]}")
+                mu, logvar = f[key], f[f"logvar_{m[1]}"]
+                if mu.ndim != 2 or mu.shape != logvar.shape or mu.dtype.kind != "f" or logvar.dtype.kind != "f":
+                    raise ValueError(f"{key} and logvar_{m[1]} are not two (n, d) float arrays alike")
+                kept[int(m[1])] = (mu, logvar)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        warnings.warn(f"{path}: not a file of bubbles vaekit can read ({e}); its bubbles are left out of the pictures", VaekitWarning, stacklevel=2)
+        return {}
+    return dict(sorted(kept.items()))
 
 
 def keep_snapshot(model, x_valid, run_dir: Path, epoch: int) -> None:

@@ -362,7 +362,7 @@ def cmd_train(args) -> int:
         args,
         summary,
         f"run: {summary['run_dir']}  epochs: {summary['epochs']}  best epoch: {summary['best_epoch']}  "
-        f"valid ELBO: {summary['valid_elbo']:.3f}\ntest {_evidence_line(summary['test'])}",
+        f"valid ELBO: {_nats(summary['valid_elbo'])}\ntest {_evidence_line(summary['test'])}",
     )
     return 0
 
@@ -535,7 +535,7 @@ def _add_run_commands(sub) -> None:
     p.set_defaults(seed=None)  # given with a table out and no --draw, it would seed nothing: refused
     p.add_argument("--out", required=True, help=".npy, .npz, .csv, or .png (inputs beside reconstructions, image data only)")
     p.add_argument("--draw", choices=RECONSTRUCT_DRAWS,
-                   help="draw instead of the mean: z, the decoder's mean E[x|z] at z ~ q(z|x); x, also x ~ p(x|z) (a point estimate's z is its code either way)")  # fmt: skip
+                   help="draw instead of the mean: z, the decoder's mean E[x|z] at z ~ q(z|x); x, also x ~ p(x|z) (a point estimate's z is its code: z is refused there, x draws at the code)")  # fmt: skip
     p.set_defaults(func=cmd_reconstruct)
 
     p = _run_parser(sub, "score", "per-row log p(x) estimates (usable as anomaly scores)", True, "all")
@@ -731,14 +731,14 @@ def cmd_gaps(args) -> int:
     _report(
         args,
         result,
-        f"{args.split} ({result['n']} row{'s' if result['n'] != 1 else ''}): log p(x) {result['log_likelihood']:.3f}  ELBO(q) {result['elbo']:.3f}  "
-        f"ELBO(q*) {result['elbo_optimal']:.3f}  approximation gap {result['approximation_gap']:.3f}{_pm(result['approximation_gap_se'])}  "
-        f"amortization gap {result['amortization_gap']:.3f}{_pm(result['amortization_gap_se'])} nats "
+        f"{args.split} ({result['n']} row{'s' if result['n'] != 1 else ''}): log p(x) {_nats(result['log_likelihood'])}  ELBO(q) {_nats(result['elbo'])}  "
+        f"ELBO(q*) {_nats(result['elbo_optimal'])}  approximation gap {_nats(result['approximation_gap'])}{_pm(result['approximation_gap_se'])}  "
+        f"amortization gap {_nats(result['amortization_gap'])}{_pm(result['amortization_gap_se'])} nats "
         f"({'± standard errors; ' if result['n'] > 1 else 'one row: no standard errors; '}"
         f"K={result['k']}, q* after {result['steps_taken']} of at most {result['steps']} steps; plots {plot}, {bars})"
         + (
-            f"; exact, the model being linear-Gaussian: log p(x) {result['exact_log_likelihood']:.3f}  ELBO(q) {result['exact_elbo']:.3f}  "
-            f"gap {result['exact_gap']:.3f}"
+            f"; exact, the model being linear-Gaussian: log p(x) {_nats(result['exact_log_likelihood'])}  ELBO(q) {_nats(result['exact_elbo'])}  "
+            f"gap {_nats(result['exact_gap'])}"
             if "exact_log_likelihood" in result
             else ""
         ),
@@ -746,9 +746,15 @@ def cmd_gaps(args) -> int:
     return 0
 
 
+def _nats(value: float, decimals: int = 3) -> str:
+    """A number of the text reports: fixed-point with ``decimals``, in scientific notation once
+    it is too large for that to be read (a row far off the model's scale scores -3e37 nats)."""
+    return f"{value:.{decimals}f}" if not abs(value) >= 1e9 else f"{value:.{decimals + 3}g}"
+
+
 def _pm(se: float) -> str:
     """' ± se', or nothing where there is no standard error (one row)."""
-    return "" if math.isnan(se) else f" ± {se:.3f}"
+    return "" if math.isnan(se) else f" ± {_nats(se)}"
 
 
 def cmd_sample(args) -> int:
@@ -847,6 +853,14 @@ def cmd_reconstruct(args) -> int:
     shape = _picture_shape(est, out)
     if args.seed is not None and out.suffix.lower() != ".png" and args.draw is None:
         raise ConfigError(f"--seed picks the rows a .png shows and seeds --draw; --out {out} holds every row, reconstructed without noise (--draw z or x draws them)")
+    from .registry import INFERENCE
+
+    # A point estimate's q(z|x) is its code: --draw z would give the reconstructions of the
+    # mean, word for word, under another name.
+    point = INFERENCE.get(est.config_.model.inference).point_estimate
+    if point and args.draw == "z":
+        raise ConfigError(f"--draw z draws z ~ q(z|x), and inference {est.config_.model.inference}'s q(z|x) is a point (the row's code): "
+                          "nothing to draw; give --draw x for x ~ p(x|z) at the code, or leave --draw out")  # fmt: skip
     seed = 0 if args.seed is None else args.seed
     # The draws are seeded whatever the output, as sample's: the same command, the same file.
     drawn = dict(draw=args.draw, seed=seed) if args.draw is not None else {}
@@ -862,7 +876,7 @@ def cmd_reconstruct(args) -> int:
         # would otherwise show its first class only.
         rows = stratified_rows(x.shape[0], RECONSTRUCTED_ROWS, labels, seed)
         shown = np.asarray(x[rows])
-        how = {None: "", "z": " at z ~ q(z|x)", "x": ", drawn x ~ p(x|z) at z ~ q(z|x)"}[args.draw]
+        how = {None: "", "z": " at z ~ q(z|x)", "x": f", drawn x ~ p(x|z) at {'the code z' if point else 'z ~ q(z|x)'}"}[args.draw]
         reconstruction_grid(
             _model_values(est, shown), _model_values(est, est.reconstruct(shown, **drawn)), out, shape, n=len(rows), labels=None if labels is None else labels[rows],
             title=f"{len(rows)} of {x.shape[0]} rows (random{', by class' if labels is not None else ''}) and their reconstructions{how}",
@@ -871,7 +885,7 @@ def cmd_reconstruct(args) -> int:
         # Block by block into the file: under --mmap the n × D output need not fit in memory.
         write_blocks(out, est.reconstruct_blocks(x, **drawn), (x.shape[0], est.n_features_in_), header=_columns(est))
     n = len(rows) if out.suffix.lower() == ".png" else int(x.shape[0])  # a picture shows a sample of the rows
-    drew = {None: "", "z": " (z drawn from q(z|x))", "x": " (z drawn from q(z|x), x from p(x|z))"}[args.draw]
+    drew = {None: "", "z": " (z drawn from q(z|x))", "x": " (x drawn from p(x|z) at the code z)" if point else " (z drawn from q(z|x), x from p(x|z))"}[args.draw]
     _report(args, {"out": str(out), "n": n, "draw": args.draw}, f"wrote reconstructions of {count(n, 'row')} to {out}{drew}")
     return 0
 
@@ -906,7 +920,7 @@ def cmd_score(args) -> int:
             rows.close()
     write_array(out, log_px, header=["log_px"])
     summary = {"out": str(out), "n": int(log_px.shape[0]), "k": int(args.k), "mean": float(log_px.mean()), "min": float(log_px.min()), "max": float(log_px.max())}
-    _report(args, summary, f"wrote log p(x) of {count(log_px.shape[0], 'row')} to {out} (mean {summary['mean']:.3f}, min {summary['min']:.3f})")
+    _report(args, summary, f"wrote log p(x) of {count(log_px.shape[0], 'row')} to {out} (mean {_nats(summary['mean'])}, min {_nats(summary['min'])})")
     return 0
 
 
@@ -916,8 +930,8 @@ def cmd_score(args) -> int:
 def _evidence_line(r: dict[str, Any]) -> str:
     """'(n rows): ELBO … log p(x) … bits/dim  active units A/D' for the result of ``evaluate.evaluate``."""
     return (
-        f"({count(r['n'], 'row')}): ELBO {r['elbo']:.3f} (recon {r['recon']:.3f}, KL {r['kl']:.3f})  "
-        f"log p(x) {r['log_likelihood']:.3f} nats (IWAE, K={r['k']})  {r['bits_per_dim']:.4f} bits/dim  "
+        f"({count(r['n'], 'row')}): ELBO {_nats(r['elbo'])} (recon {_nats(r['recon'])}, KL {_nats(r['kl'])})  "
+        f"log p(x) {_nats(r['log_likelihood'])} nats (IWAE, K={r['k']})  {_nats(r['bits_per_dim'], 4)} bits/dim  "
         f"active units {r['active_units']}/{r['latent_size']}"
     )
 

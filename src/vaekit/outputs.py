@@ -18,8 +18,11 @@ def check_out(
     """Refuse, before any work is done, an output path ``option`` names that could not be
     written: a file type the verb does not write, a missing directory, a directory, one of
     the files of the run ``run_dir`` that the verb reads, a picture of that run other than
-    the one the verb ``redraws``, or the ``data`` file it reads."""
-    from .files import PICTURES, RUN_FILES
+    the one the verb ``redraws``, a file or picture of another run, or the ``data`` file it
+    reads."""
+    import re
+
+    from .files import CONFIG_FILE, PICTURES, RUN_FILES
 
     if run_dir is not None and any(out.resolve() == (Path(run_dir) / name).resolve() for name in RUN_FILES):
         raise ConfigError(f"{option} {out}: is a file of the run {run_dir}; name another file")
@@ -28,6 +31,12 @@ def check_out(
     for name in PICTURES:
         if name != redraws and run_dir is not None and out.resolve() == (Path(run_dir) / name).resolve():
             raise ConfigError(f"{option} {out}: is the run's {name}, a picture of another kind; name another file")
+    # Another run's files and pictures are as much its own: a verb of run A writing B/latent.png
+    # or B/bubbles.npz would replace B's picture or break B's next resume.
+    holder = out.resolve().parent
+    if (holder / CONFIG_FILE).is_file() and (run_dir is None or holder != Path(run_dir).resolve()):
+        if out.name in RUN_FILES or out.name in PICTURES or re.fullmatch(r"gaps_\w+?(_bars)?\.png", out.name):
+            raise ConfigError(f"{option} {out}: is a file of the run in {holder}; name another file")
     if any(path.is_file() and out.resolve() == path.resolve() for path in data):
         raise ConfigError(f"{option} {out}: is a data file this reads or the run was trained on; name another file")
     if out.is_dir():  # whatever its name: "unsupported file type" would miss the point
