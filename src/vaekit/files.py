@@ -24,6 +24,15 @@ RUN_FILES = (CONFIG_FILE, MODEL_FILE, LAST_FILE, METRICS_FILE, BUBBLES_FILE)
 PICTURES = ("samples.png", "reconstructions.png", "curves.png", "latent.png", "kl_per_dim.png", "latent_grid.png", "bubbles.png", "spaces.png")
 
 
+def of_a_run(name: str) -> bool:
+    """Whether a file of this name in a run directory is the run's own: a file training
+    writes, one of its pictures, or the pictures `gaps` draws there by default (gaps_SPLIT.png,
+    gaps_SPLIT_bars.png)."""
+    import re
+
+    return name in RUN_FILES or name in PICTURES or re.fullmatch(r"gaps_\w+?(_bars)?\.png", name) is not None
+
+
 def json_loads(text: str | bytes):
     """json.loads, with input nested deeper than the parser's recursion limit (a damaged or
     hostile config.json or metrics line) raised as the json.JSONDecodeError that every reader

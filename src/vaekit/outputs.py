@@ -20,9 +20,7 @@ def check_out(
     the files of the run ``run_dir`` that the verb reads, a picture of that run other than
     the one the verb ``redraws``, a file or picture of another run, or the ``data`` file it
     reads."""
-    import re
-
-    from .files import CONFIG_FILE, PICTURES, RUN_FILES
+    from .files import CONFIG_FILE, PICTURES, RUN_FILES, of_a_run
 
     if run_dir is not None and any(out.resolve() == (Path(run_dir) / name).resolve() for name in RUN_FILES):
         raise ConfigError(f"{option} {out}: is a file of the run {run_dir}; name another file")
@@ -35,7 +33,7 @@ def check_out(
     # or B/bubbles.npz would replace B's picture or break B's next resume.
     holder = out.resolve().parent
     if (holder / CONFIG_FILE).is_file() and (run_dir is None or holder != Path(run_dir).resolve()):
-        if out.name in RUN_FILES or out.name in PICTURES or re.fullmatch(r"gaps_\w+?(_bars)?\.png", out.name):
+        if of_a_run(out.name):
             raise ConfigError(f"{option} {out}: is a file of the run in {holder}; name another file")
     if any(path.is_file() and out.resolve() == path.resolve() for path in data):
         raise ConfigError(f"{option} {out}: is a data file this reads or the run was trained on; name another file")

@@ -15,7 +15,7 @@ import torch
 from . import checkpoint as ckpt
 from .config import FROM_DATA, RunConfig
 from .errors import DataError, VaekitWarning
-from .files import PICTURES  # what write_pictures and write_space_pictures may write
+from .files import PICTURES, of_a_run  # PICTURES: what write_pictures and write_space_pictures may write
 from .launch import launched_rank_world, rank_world
 from .scaling import Scaling, model_rows
 from .train import check_same_setup, check_shards, fit, init_distributed
@@ -155,14 +155,12 @@ def _remove_unfinished(run_dir: Path, created: bool) -> None:
 def _warn_of_other_files(run_dir: Path) -> None:
     """--overwrite replaces everything in RUN_DIR; files that no run writes (the verbs' outputs
     saved there, the user's own) go with it, so they are named first rather than lost unseen."""
-    import re
     import warnings
 
     from .errors import VaekitWarning
     from .logs import TENSORBOARD_DIR
 
-    own = {*ckpt.RUN_FILES, *PICTURES, TENSORBOARD_DIR, ckpt.REPLACED_DIR}
-    others = [n for n in ckpt.run_entries(run_dir) if n not in own and not re.fullmatch(r"gaps_\w+?(_bars)?\.png", n)]
+    others = [n for n in ckpt.run_entries(run_dir) if n not in (TENSORBOARD_DIR, ckpt.REPLACED_DIR) and not of_a_run(n)]
     if others:
         warnings.warn(
             f"--overwrite replaces all that {run_dir} holds, also files that are not the old run's: {ckpt.shown(others, 5)} "
