@@ -371,7 +371,7 @@ def test_sample_writes_its_rows_block_by_block(run, digits_rows, tmp_path, capsy
     assert not np.array_equal(got[:4], got[4:8])  # each block its own draws
     out.write_bytes(b"keep")
     code, stdout, err = cli(capsys, "sample", run, "-n", str(10**13), "--source", source, *data,
-                            *(["--components", "2"] if options else []), "--out", out)  # fmt: skip
+                            *(["--components", "2"] if options else []), "--out", out, "--overwrite")  # fmt: skip
     assert_error(code, stdout, err, 1, f"--out {out}: the output needs at least", "GiB free")
     assert out.read_bytes() == b"keep"
 
@@ -382,7 +382,10 @@ def test_out_through_a_symbolic_link_writes_its_target(run, tmp_path, capsys):
     target.write_bytes(b"old")
     link = tmp_path / "codes.npy"
     link.symlink_to(target)
-    code, _, err = cli(capsys, "encode", run, "--data", "digits", "--out", link)
+    code, out, err = cli(capsys, "encode", run, "--data", "digits", "--out", link)
+    assert_error(code, out, err, 2, f"--out {link}: exists; pass --overwrite to replace it")
+    assert target.read_bytes() == b"old"
+    code, _, err = cli(capsys, "encode", run, "--data", "digits", "--out", link, "--overwrite")
     assert code == 0, err
     assert link.is_symlink() and np.load(target).shape == (DIGITS_N, 4)
 
@@ -610,7 +613,7 @@ def test_reconstruct_failing_midway_leaves_the_old_file(run, digits_rows, tmp_pa
             yield block
 
     monkeypatch.setattr(estimator.VAE, "reconstruct_blocks", failing)
-    code, out_text, err = cli(capsys, "reconstruct", run, "--data", tmp_path / "x.npy", "--out", out)
+    code, out_text, err = cli(capsys, "reconstruct", run, "--data", tmp_path / "x.npy", "--out", out, "--overwrite")
     assert_error(code, out_text, err, 1, "r.npy", "No space left")
     assert out.read_bytes() == b"earlier output"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -729,9 +732,9 @@ def test_images_of_other_channel_counts_train_without_image_pictures(tmp_path, c
     for verb, extra in (("sample", ()), ("reconstruct", ("--data", tmp_path / "c2.npy"))):
         code, out, err = cli(capsys, verb, run_dir, *extra, "--out", tmp_path / "x.png")
         assert_error(code, out, err, 2, "images have shape (2, 4, 4)", "1 or 3 channels")
-        code, _, err = cli(capsys, verb, run_dir, *extra, "--out", tmp_path / "x.npy")
+        code, _, err = cli(capsys, verb, run_dir, *extra, "--out", tmp_path / f"{verb}.npy")
         assert code == 0, err
-        assert np.load(tmp_path / "x.npy").shape[1] == 32
+        assert np.load(tmp_path / f"{verb}.npy").shape[1] == 32
     assert not (tmp_path / "x.png").exists()
 
 
@@ -1812,7 +1815,7 @@ def test_a_run_trained_streamed_streams_its_file_again_however_it_is_named(tmp_p
     real = data_mod.load_dataset
     monkeypatch.setattr(data_mod, "load_dataset", lambda config: seen.append(config.mmap) or real(config))
     for given in ("rows.npy", "./rows.npy", str(tmp_path / "rows.npy")):
-        code, _, err = cli(capsys, "encode", "run", "--data", given, "--split", "test", "--out", "e.npy")
+        code, _, err = cli(capsys, "encode", "run", "--data", given, "--split", "test", "--out", "e.npy", "--overwrite")
         assert code == 0, err
     assert seen == [True, True, True]
 
@@ -2132,6 +2135,42 @@ def test_a_verb_does_not_write_over_another_runs_files_or_pictures(run, run_copy
     assert code == 0 and (run_copy / "from_the_other_run.png").is_file(), err
 
 
+@pytest.mark.parametrize(
+    "argv, option, name",
+    [
+        (["sample", "-n", "3", "--out"], "--out", "x.npy"),
+        (["encode", "--data", "digits", "--out"], "--out", "x.csv"),
+        (["reconstruct", "--data", "digits", "--out"], "--out", "x.npz"),
+        (["score", "--data", "digits", "--k", "2", "--out"], "--out", "x.npy"),
+        (["gaps", "--k", "2", "--steps", "1", "--plot"], "--plot", "x.png"),
+        (["gaps", "--k", "2", "--steps", "1", "--bars"], "--bars", "x.png"),
+    ],
+)
+def test_an_output_that_exists_is_replaced_only_with_overwrite(run_copy, tmp_path, capsys, argv, option, name):
+    """Every verb that writes a file refuses one that exists (a slip of --out must not replace
+    the user's data or another result without a word), leaves it as it was, and replaces it
+    with --overwrite."""
+    out = tmp_path / name
+    out.write_bytes(b"the user's")
+    code, stdout, err = cli(capsys, argv[0], run_copy, *argv[1:], out)
+    assert_error(code, stdout, err, 2, f"{option} {out}: exists; pass --overwrite to replace it, or name another file")
+    assert out.read_bytes() == b"the user's"
+    code, _, err = cli(capsys, argv[0], run_copy, *argv[1:], out, "--overwrite")
+    assert code == 0 and out.read_bytes() != b"the user's", err
+
+
+def test_a_verb_redraws_the_runs_own_picture_without_overwrite(run_copy, capsys):
+    """The pictures a verb draws of its run by default (or by their own names) are redrawn:
+    sample's samples.png, reconstruct's reconstructions.png and gaps' gaps_SPLIT.png, as often
+    as the command is run."""
+    for _ in range(2):
+        assert cli(capsys, "sample", run_copy, "-n", "4", "--out", run_copy / "samples.png")[0] == 0
+        assert cli(capsys, "reconstruct", run_copy, "--data", "digits", "--out", run_copy / "reconstructions.png")[0] == 0
+        code, _, err = cli(capsys, "gaps", run_copy, "--k", "2", "--steps", "1")
+        assert code == 0, err
+    assert {"gaps_test.png", "gaps_test_bars.png"} <= {p.name for p in run_copy.iterdir()}
+
+
 def test_an_out_that_cannot_be_created_is_one_line(tmp_path, capsys):
     """--out below a file: the run directory cannot be made; one line naming it, nothing made."""
     parent = tmp_path / "rows.npy"
@@ -2221,7 +2260,7 @@ def test_a_verb_reading_the_runs_own_file_warns_where_it_changed_since_training(
     code, _, err = cli(capsys, "train", "--data", tmp_path / "g.npy", "--out", tmp_path / "r", "--epochs", "1", "--hidden", "8",
                        "--latent-dim", "2", "--quiet")  # fmt: skip
     assert code == 0, err
-    verbs = (["evaluate", "--k", "2"], ["sample", "--source", "aggregate", "--out", tmp_path / "s.npy"])
+    verbs = (["evaluate", "--k", "2"], ["sample", "--source", "aggregate", "--out", tmp_path / "s.npy", "--overwrite"])
     import warnings
 
     for verb in verbs:

@@ -473,6 +473,10 @@ def _run_parser(sub, name: str, help: str, data_required: bool, default_split: s
     return p
 
 
+def _overwrite_flag(p) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace an output file that exists (refused without it, as train refuses a run directory that holds a run)")
+
+
 def _seed(text: str) -> int:
     """--seed of the verbs, checked as train's (an integer in [0, 2**63))."""
     from .config import TRAIN_OPTIONS
@@ -509,6 +513,7 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--steps", type=int, default=GAP_STEPS, help=f"at most this many Adam steps for the optimal per-point q*, which stop when its ELBO stops improving (default {GAP_STEPS}, at most {STEPS_MAX})")
     p.add_argument("--plot", help="picture of the bound beneath the evidence (default RUN_DIR/gaps_SPLIT.png)")
     p.add_argument("--bars", help="log p(x), ELBO(q*) and ELBO(q) of the first rows as bars (default RUN_DIR/gaps_SPLIT_bars.png)")
+    _overwrite_flag(p)
     p.set_defaults(func=cmd_gaps)
 
     p = sub.add_parser("sample", help="draw samples from a trained model", description="Draw x ~ p(x|z) (or its mean) with z from the prior, the aggregate posterior, or a mixture fitted to the training latents.")
@@ -523,11 +528,13 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--seed", type=_seed, default=0, help="seed of z and of x ~ p(x|z) (default 0)")
     _bool_flag(p, "--mmap", "memory-map a .npy --data and read the rows it draws, or read it into memory (default: as the run was trained)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    _overwrite_flag(p)
     p.set_defaults(func=cmd_sample)
 
     p = _run_parser(sub, "encode", "posterior means and log-variances of q(z|x) for each row", True, "all", seed=None,
                     more="; a point estimate (--inference autoencoder or map) writes log-variances of -inf: its q is a point mass")
     p.add_argument("--out", required=True, help=".npy (columns: μ of every latent group, then log σ²), .npz (arrays mu, logvar, and mu_<group>, logvar_<group> for several groups) or .csv")
+    _overwrite_flag(p)
     p.set_defaults(func=cmd_encode)
 
     p = _run_parser(sub, "reconstruct", "decoder means at the posterior means, or reconstructions drawn through z ~ q(z|x) (--draw)", True, "all",
@@ -536,12 +543,14 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--out", required=True, help=".npy, .npz, .csv, or .png (inputs beside reconstructions, image data only)")
     p.add_argument("--draw", choices=RECONSTRUCT_DRAWS,
                    help="draw instead of the mean: z, the decoder's mean E[x|z] at z ~ q(z|x); x, also x ~ p(x|z) (a point estimate's z is its code: z is refused there, x draws at the code)")  # fmt: skip
+    _overwrite_flag(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = _run_parser(sub, "score", "per-row log p(x) estimates (usable as anomaly scores)", True, "all")
     p.add_argument("--out", required=True, help=".npy or .csv")
     p.add_argument("--k", type=int, default=1000, help=f"importance samples per row, at most {K_MAX} (default 1000)")
     _progress_flag(p)
+    _overwrite_flag(p)
     p.set_defaults(func=cmd_score)
 
 
@@ -715,8 +724,9 @@ def cmd_gaps(args) -> int:
     # Both pictures' paths are checked before the work and before either is written.
     plot = Path(args.plot) if args.plot else Path(args.run_dir) / f"gaps_{args.split}.png"
     bars = Path(args.bars) if args.bars else Path(args.run_dir) / f"gaps_{args.split}_bars.png"
-    check_out(plot, (".png",), "--plot", args.run_dir)
-    check_out(bars, (".png",), "--bars", args.run_dir)
+    # The default pictures are the run's own gaps pictures, redrawn as sample redraws samples.png.
+    check_out(plot, (".png",), "--plot", args.run_dir, redraws=None if args.plot else plot.name, overwrite=args.overwrite)
+    check_out(bars, (".png",), "--bars", args.run_dir, redraws=None if args.bars else bars.name, overwrite=args.overwrite)
     if plot.resolve() == bars.resolve():
         raise ConfigError(f"--plot and --bars both name {plot}; give them different files")
     _, x, _ = _rows(est, args, args.split)
@@ -767,7 +777,7 @@ def cmd_sample(args) -> int:
     if args.components is not None:
         _positive("--components", args.components)
     out = Path(args.out)
-    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args), redraws="samples.png")
+    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args), redraws="samples.png", overwrite=args.overwrite)
     if out.suffix.lower() == ".png" and args.n > PICTURE_SAMPLES_MAX:
         side = math.isqrt(PICTURE_SAMPLES_MAX)
         raise ConfigError(f"-n {args.n}: a .png shows at most {PICTURE_SAMPLES_MAX} samples (a {side}x{side} grid); write .npy, .npz or .csv for more")
@@ -830,7 +840,7 @@ def _picture_shape(est, out: Path):
 
 def cmd_encode(args) -> int:
     out = Path(args.out)
-    check_out(out, (".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args))
+    check_out(out, (".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args), overwrite=args.overwrite)
     est = _load(args)
     x, _, _ = _rows(est, args, args.split)
     arrays = est.encoded(x)
@@ -848,7 +858,7 @@ def cmd_encode(args) -> int:
 
 def cmd_reconstruct(args) -> int:
     out = Path(args.out)
-    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args), redraws="reconstructions.png")
+    check_out(out, (".png", ".npy", ".npz", ".csv"), run_dir=args.run_dir, data=_data_paths(args), redraws="reconstructions.png", overwrite=args.overwrite)
     est = _load(args)
     shape = _picture_shape(est, out)
     if args.seed is not None and out.suffix.lower() != ".png" and args.draw is None:
@@ -909,7 +919,7 @@ def _model_values(est, x):
 def cmd_score(args) -> int:
     check_positive_int("--k", args.k, maximum=K_MAX)
     out = Path(args.out)
-    check_out(out, (".npy", ".csv"), run_dir=args.run_dir, data=_data_paths(args))
+    check_out(out, (".npy", ".csv"), run_dir=args.run_dir, data=_data_paths(args), overwrite=args.overwrite)
     est = _load(args)
     x, _, _ = _rows(est, args, args.split)
     rows = _row_progress(args, len(x), "scoring")

@@ -13,13 +13,14 @@ from .errors import ConfigError, DataError
 
 def check_out(
     out: Path, suffixes: tuple[str, ...], option: str = "--out", run_dir: str | Path | None = None, data: tuple[Path, ...] = (),
-    redraws: str | None = None,
+    redraws: str | None = None, overwrite: bool | None = None,
 ) -> None:
     """Refuse, before any work is done, an output path ``option`` names that could not be
     written: a file type the verb does not write, a missing directory, a directory, one of
     the files of the run ``run_dir`` that the verb reads, a picture of that run other than
     the one the verb ``redraws``, a file or picture of another run, or the ``data`` file it
-    reads."""
+    reads; and, where ``overwrite`` is False, a file that exists (other than the picture the
+    verb redraws), so that a slip of --out never replaces work without a word."""
     from .files import CONFIG_FILE, PICTURES, RUN_FILES, of_a_run
 
     if run_dir is not None and any(out.resolve() == (Path(run_dir) / name).resolve() for name in RUN_FILES):
@@ -37,6 +38,9 @@ def check_out(
             raise ConfigError(f"{option} {out}: is a file of the run in {holder}; name another file")
     if any(path.is_file() and out.resolve() == path.resolve() for path in data):
         raise ConfigError(f"{option} {out}: is a data file this reads or the run was trained on; name another file")
+    redrawn = redraws is not None and run_dir is not None and out.resolve() == (Path(run_dir) / redraws).resolve()
+    if overwrite is False and out.is_file() and not redrawn:  # through a link: its target
+        raise ConfigError(f"{option} {out}: exists; pass --overwrite to replace it, or name another file")
     if out.is_dir():  # whatever its name: "unsupported file type" would miss the point
         raise DataError(f"{option} {out}: is a directory; name a file")
     if out.suffix.lower() not in suffixes:
