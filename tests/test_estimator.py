@@ -995,3 +995,52 @@ def test_fit_and_its_methods_ignore_the_callers_autocast(digits):
 def test_an_x_valid_of_another_width_is_named_against_x(digits):
     with pytest.raises(DataError, match=r"^X_valid has 10 features per row, but X has 64$"):
         VAE(latent_dim=2, hidden=(8,), epochs=1).fit(digits[:100], X_valid=digits[:20, :10])
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"inference": [2]}, r"^inference method must be a name, one of: amortized, .*; got \[2\]$"),  # unhashable: no TypeError
+        ({"inference": {"a": 1}}, r"^inference method must be a name"),
+        ({"n_samples": 10**7}, r"^n_samples must be <= 500000, got 10000000$"),  # capped as k is
+    ],
+)
+def test_a_parameter_of_the_wrong_kind_or_size_is_one_error(params, message):
+    x = np.random.default_rng(0).random((60, 4))
+    vae = VAE(epochs=1, hidden=(4,), latent_dim=2, **params)
+    with pytest.raises(ConfigError, match=message):
+        vae.fit(x)
+    assert not hasattr(vae, "model_")
+
+
+def test_valid_fraction_with_x_valid_is_refused():
+    """X_valid replaces the rows valid_fraction would hold out: a fraction other than its
+    default beside X_valid would act on nothing, and is refused as other such parameters are;
+    0 (hold none of X out) agrees with X_valid."""
+    x = np.random.default_rng(0).random((60, 4))
+    with pytest.raises(ConfigError, match=r"^valid_fraction applies when fit holds rows of X out; X_valid is given \(valid_fraction=0\.5\)$"):
+        VAE(epochs=1, hidden=(4,), latent_dim=2, valid_fraction=0.5).fit(x, X_valid=x[:10])
+    VAE(epochs=1, hidden=(4,), latent_dim=2).fit(x, X_valid=x[:10])  # the default: nothing to refuse
+    VAE(epochs=1, hidden=(4,), latent_dim=2, valid_fraction=0.0).fit(x, X_valid=x[:10])  # "hold none of X out"
+    VAE(epochs=1, hidden=(4,), latent_dim=2, valid_fraction=0.5).fit(x)
+
+
+def test_a_fit_that_runs_out_of_memory_is_a_memory_error_and_changes_nothing(monkeypatch):
+    """torch's allocator failing (a RuntimeError) comes out as a MemoryError that says what to
+    ask less of, and a fitted estimator stays fitted to its model; other errors pass as they are."""
+    from vaekit import train
+
+    x = np.random.default_rng(0).random((60, 4))
+    vae = VAE(epochs=1, hidden=(4,), latent_dim=2).fit(x)
+    model = vae.model_
+
+    def allocator_fails(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 GB")
+
+    monkeypatch.setattr(train, "fit", allocator_fails)
+    with pytest.raises(MemoryError, match=r"^fit ran out of memory \(\[enforce fail .*can't allocate memory.*\); ask for less at once: a smaller batch_size, k or n_samples$"):
+        vae.fit(x)
+    assert vae.model_ is model
+    monkeypatch.setattr(train, "fit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("something else")))
+    with pytest.raises(RuntimeError, match="^something else$"):
+        vae.fit(x)

@@ -196,10 +196,13 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             # In the precision ``amp`` asks for, whatever the caller's torch.autocast.
             with _FIT_LOCK, torch.inference_mode(False), torch.enable_grad(), no_autocast():
                 return self._fit(X, X_valid)
-        except BaseException:
+        except BaseException as e:
             for k in _FITTED:
                 self.__dict__.pop(k, None)
             self.__dict__.update(state)
+            if isinstance(e, RuntimeError) and out_of_memory(e):  # torch's allocator, in its words
+                first = str(e).strip().splitlines()[0][:200]
+                raise MemoryError(f"fit ran out of memory ({first}); ask for less at once: a smaller batch_size, k or n_samples") from None
             raise
 
     def _fit(self, X, X_valid) -> "VAE":
@@ -228,6 +231,10 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise DataError(f"X has {X.shape[0]} sample(s) (shape={X.shape}); at least {need} are needed{reason}")
         self.n_features_in_ = X.shape[1]
         if given_valid:
+            default = inspect.signature(type(self)).parameters["valid_fraction"].default
+            # 0 says it too (hold no rows of X out); another fraction would act on nothing.
+            if self.valid_fraction not in (default, 0):
+                raise ConfigError(f"valid_fraction applies when fit holds rows of X out; X_valid is given (valid_fraction={self.valid_fraction!r})")
             X_valid = self._valid_rows(X_valid, image_shape)
             shape = np.shape(X_valid)
             if len(shape) == 2 and shape[1] != X.shape[1]:  # nothing is trained yet: X sets the width

@@ -182,6 +182,8 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> type[T]:
         self._load()
+        if not isinstance(name, str):  # a list or dict would not even hash
+            raise ConfigError(f"{self.kind} must be a name, one of: {', '.join(self.names())}; got {name!r}")
         try:
             return self._entries[name]
         except KeyError:

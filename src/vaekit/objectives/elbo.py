@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Distribution
 
 from ..errors import ConfigError
-from ..registry import OBJECTIVES, Option
+from ..registry import K_MAX, OBJECTIVES, Option
 from .base import Objective, in_model_dtype
 
 
@@ -82,7 +82,7 @@ def loss(terms: Elbo, beta: float = 1.0) -> torch.Tensor:
     options={
         "beta": Option(1.0, "weight of the KL term (β-VAE; 1 is the ELBO)", minimum=0.0),
         "warmup": Option(0, "epochs of linear KL warm-up: epoch e (from 1) trains with beta·min(1, e/N)", minimum=0),
-        "n_samples": Option(1, "posterior samples per datapoint in E_q[log p(x|z)]", minimum=1),
+        "n_samples": Option(1, f"posterior samples per datapoint in E_q[log p(x|z)], at most {K_MAX}", minimum=1, maximum=K_MAX),
         "analytic_kl": Option(True, "closed-form KL where one is registered, else Monte Carlo"),
         "free_bits": Option(0.0, "nats: floor on each latent group's batch-mean KL in the training loss (free bits; 0 is off; a group below the floor gets no KL gradient, even at a tiny floor where a sampled KL is below 0)", minimum=0.0),
     },
