@@ -2169,6 +2169,9 @@ def test_a_verb_redraws_the_runs_own_picture_without_overwrite(run_copy, capsys)
         code, _, err = cli(capsys, "gaps", run_copy, "--k", "2", "--steps", "1")
         assert code == 0, err
     assert {"gaps_test.png", "gaps_test_bars.png"} <= {p.name for p in run_copy.iterdir()}
+    # Named as they are by default, they are the same pictures.
+    code, _, err = cli(capsys, "gaps", run_copy, "--k", "2", "--steps", "1", "--plot", run_copy / "gaps_test.png", "--bars", run_copy / "gaps_test_bars.png")
+    assert code == 0, err
 
 
 def test_an_out_that_cannot_be_created_is_one_line(tmp_path, capsys):

@@ -725,8 +725,8 @@ def cmd_gaps(args) -> int:
     plot = Path(args.plot) if args.plot else Path(args.run_dir) / f"gaps_{args.split}.png"
     bars = Path(args.bars) if args.bars else Path(args.run_dir) / f"gaps_{args.split}_bars.png"
     # The default pictures are the run's own gaps pictures, redrawn as sample redraws samples.png.
-    check_out(plot, (".png",), "--plot", args.run_dir, redraws=None if args.plot else plot.name, overwrite=args.overwrite)
-    check_out(bars, (".png",), "--bars", args.run_dir, redraws=None if args.bars else bars.name, overwrite=args.overwrite)
+    check_out(plot, (".png",), "--plot", args.run_dir, redraws=f"gaps_{args.split}.png", overwrite=args.overwrite)
+    check_out(bars, (".png",), "--bars", args.run_dir, redraws=f"gaps_{args.split}_bars.png", overwrite=args.overwrite)
     if plot.resolve() == bars.resolve():
         raise ConfigError(f"--plot and --bars both name {plot}; give them different files")
     _, x, _ = _rows(est, args, args.split)
