@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__
 from .config import AUTO, GAP_STEPS, K_MAX, RECONSTRUCT_DRAWS, SAMPLE_SOURCES, check_auto_option, check_positive_int
 from .registry import STEPS_MAX
-from .errors import ConfigError, DataError, VaekitError, VaekitWarning, count, out_of_memory
+from .errors import ConfigError, DataError, VaekitError, VaekitWarning, count, first_line, out_of_memory
 from .logs import emit
 from .entry import missing_requirement
 from .files import json_loads
@@ -863,11 +863,9 @@ def cmd_reconstruct(args) -> int:
     shape = _picture_shape(est, out)
     if args.seed is not None and out.suffix.lower() != ".png" and args.draw is None:
         raise ConfigError(f"--seed picks the rows a .png shows and seeds --draw; --out {out} holds every row, reconstructed without noise (--draw z or x draws them)")
-    from .registry import INFERENCE
-
     # A point estimate's q(z|x) is its code: --draw z would give the reconstructions of the
     # mean, word for word, under another name.
-    point = INFERENCE.get(est.config_.model.inference).point_estimate
+    point = est.model_.inference.point_estimate
     if point and args.draw == "z":
         raise ConfigError(f"--draw z draws z ~ q(z|x), and inference {est.config_.model.inference}'s q(z|x) is a point (the row's code): "
                           "nothing to draw; give --draw x for x ~ p(x|z) at the code, or leave --draw out")  # fmt: skip
@@ -1171,7 +1169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except ImportError as e:  # a library that cannot be mapped (ulimit -v), or a broken install
         missing = isinstance(e, ModuleNotFoundError) and missing_requirement(e.name)
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         emit(f"vaekit: error: {missing or f'cannot load a library ({first}); under a memory limit (ulimit -v) raise it'}")
         return 1
     except KeyboardInterrupt:
@@ -1183,7 +1181,7 @@ def main(argv: list[str] | None = None) -> int:
             emit("vaekit: terminated (SIGTERM); what was written is intact (a run with a checkpoint continues with --resume)")
         return 143
     except (MemoryError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         if _group_broke(e):
             why = f"the data-parallel group broke, another of its processes has stopped ({first})"
             advice = "what was written is intact (a run with a checkpoint continues with --resume)"

@@ -41,6 +41,13 @@ def out_of_memory(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)
 
 
+def first_line(e: BaseException, width: int = 200) -> str:
+    """The first line of an exception's message (at most ``width`` characters), or its type's
+    name where it has none: torch's and the C++ runtime's messages run over many lines."""
+    text = str(e).strip()
+    return text.splitlines()[0][:width] if text else type(e).__name__
+
+
 def count(n: int, noun: str) -> str:
     """"1 row", "2 rows": a number of things in a message."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

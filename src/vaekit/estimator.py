@@ -26,7 +26,7 @@ from sklearn import exceptions as sk_exceptions
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
 from .config import K_MAX, RECONSTRUCT_DRAWS, SAMPLE_SOURCES, DataConfig, RunConfig, TrainConfig, check_bool, check_positive_int, inert_options
-from .errors import ConfigError, DataError, VaekitWarning, out_of_memory
+from .errors import ConfigError, DataError, VaekitWarning, first_line, out_of_memory
 from .evaluate import numpy_of as _numpy
 from .hardware import no_autocast
 from .scaling import Scaling, apply
@@ -201,8 +201,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 self.__dict__.pop(k, None)
             self.__dict__.update(state)
             if isinstance(e, RuntimeError) and out_of_memory(e):  # torch's allocator, in its words
-                first = str(e).strip().splitlines()[0][:200]
-                raise MemoryError(f"fit ran out of memory ({first}); ask for less at once: a smaller batch_size, k or n_samples") from None
+                raise MemoryError(f"fit ran out of memory ({first_line(e)}); ask for less at once: a smaller batch_size, k or n_samples") from None
             raise
 
     def _fit(self, X, X_valid) -> "VAE":
@@ -231,9 +230,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise DataError(f"X has {X.shape[0]} sample(s) (shape={X.shape}); at least {need} are needed{reason}")
         self.n_features_in_ = X.shape[1]
         if given_valid:
-            default = inspect.signature(type(self)).parameters["valid_fraction"].default
             # 0 says it too (hold no rows of X out); another fraction would act on nothing.
-            if self.valid_fraction not in (default, 0):
+            if self.valid_fraction not in (params["valid_fraction"][1], 0):
                 raise ConfigError(f"valid_fraction applies when fit holds rows of X out; X_valid is given (valid_fraction={self.valid_fraction!r})")
             X_valid = self._valid_rows(X_valid, image_shape)
             shape = np.shape(X_valid)
@@ -497,8 +495,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         except (RuntimeError, MemoryError) as e:
             if not out_of_memory(e):
                 raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MemoryError(f"sample(n={n}) ran out of memory ({first}); draw fewer rows at a time") from None
+            raise MemoryError(f"sample(n={n}) ran out of memory ({first_line(e)}); draw fewer rows at a time") from None
 
     def sample_blocks(
         self, n: int = 1, seed: int | None = None, mean: bool = True, source: str = "prior", X=None, components: int | None = None

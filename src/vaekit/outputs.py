@@ -23,23 +23,22 @@ def check_out(
     verb redraws), so that a slip of --out never replaces work without a word."""
     from .files import CONFIG_FILE, PICTURES, RUN_FILES, of_a_run
 
-    if run_dir is not None and any(out.resolve() == (Path(run_dir) / name).resolve() for name in RUN_FILES):
+    target = out.resolve()  # what is written: through a link, its target
+    holder = target.parent
+    own = run_dir is not None and holder == Path(run_dir).resolve()
+    if own and target.name in RUN_FILES:
         raise ConfigError(f"{option} {out}: is a file of the run {run_dir}; name another file")
     # A verb may redraw its own picture of the run (``redraws``), not put its picture in place
     # of another (a sample grid over the training curves).
-    for name in PICTURES:
-        if name != redraws and run_dir is not None and out.resolve() == (Path(run_dir) / name).resolve():
-            raise ConfigError(f"{option} {out}: is the run's {name}, a picture of another kind; name another file")
+    if own and target.name in PICTURES and target.name != redraws:
+        raise ConfigError(f"{option} {out}: is the run's {target.name}, a picture of another kind; name another file")
     # Another run's files and pictures are as much its own: a verb of run A writing B/latent.png
     # or B/bubbles.npz would replace B's picture or break B's next resume.
-    holder = out.resolve().parent
-    if (holder / CONFIG_FILE).is_file() and (run_dir is None or holder != Path(run_dir).resolve()):
-        if of_a_run(out.name):
-            raise ConfigError(f"{option} {out}: is a file of the run in {holder}; name another file")
-    if any(path.is_file() and out.resolve() == path.resolve() for path in data):
+    if not own and (holder / CONFIG_FILE).is_file() and of_a_run(target.name):
+        raise ConfigError(f"{option} {out}: is a file of the run in {holder}; name another file")
+    if any(path.is_file() and target == path.resolve() for path in data):
         raise ConfigError(f"{option} {out}: is a data file this reads or the run was trained on; name another file")
-    redrawn = redraws is not None and run_dir is not None and out.resolve() == (Path(run_dir) / redraws).resolve()
-    if overwrite is False and out.is_file() and not redrawn:  # through a link: its target
+    if overwrite is False and out.is_file() and not (own and target.name == redraws):
         raise ConfigError(f"{option} {out}: exists; pass --overwrite to replace it, or name another file")
     if out.is_dir():  # whatever its name: "unsupported file type" would miss the point
         raise DataError(f"{option} {out}: is a directory; name a file")
