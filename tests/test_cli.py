@@ -2130,6 +2130,11 @@ def test_a_verb_does_not_write_over_another_runs_files_or_pictures(run, run_copy
     for argv, name in cases:
         code, out, err = cli(capsys, argv[0], run, *argv[1:], run_copy / name)
         assert_error(code, out, err, 2, f"{run_copy / name}: is a file of the run in {run_copy.resolve()}; name another file")
+    # A link of another name is no way round: the file written is the link's target.
+    link = run_copy.parent / "innocent.png"
+    link.symlink_to(run_copy / "latent.png")
+    code, out, err = cli(capsys, "sample", run, "-n", "3", "--out", link, "--overwrite")
+    assert_error(code, out, err, 2, f"{link}: is a file of the run in {run_copy.resolve()}")
     assert snapshot(run_copy) == before
     code, _, err = cli(capsys, "sample", run, "-n", "3", "--out", run_copy / "from_the_other_run.png")
     assert code == 0 and (run_copy / "from_the_other_run.png").is_file(), err
