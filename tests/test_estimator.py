@@ -1044,3 +1044,20 @@ def test_a_fit_that_runs_out_of_memory_is_a_memory_error_and_changes_nothing(mon
     monkeypatch.setattr(train, "fit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("something else")))
     with pytest.raises(RuntimeError, match="^something else$"):
         vae.fit(x)
+
+
+@pytest.mark.parametrize(
+    "n, valid, message",
+    [
+        (0, False, r"^X has 0 sample\(s\) \(shape=\(0, 4\)\); at least 3 are needed to hold out a validation set$"),
+        (2, False, r"^X has 2 sample\(s\) \(shape=\(2, 4\)\); at least 3 are needed to hold out a validation set$"),
+        (0, True, r"^X has 0 sample\(s\) \(shape=\(0, 4\)\); at least 2 are needed$"),
+        (1, True, r"^X has 1 sample\(s\) \(shape=\(1, 4\)\); at least 2 are needed$"),
+    ],
+)
+def test_too_few_rows_name_the_whole_need(n, valid, message):
+    """Zero rows are refused with the same count as one or two: what fit needs, not what any array needs."""
+    est = VAE(epochs=1)
+    with pytest.raises(DataError, match=message):
+        est.fit(np.zeros((n, 4)), X_valid=np.zeros((3, 4)) if valid else None)
+    assert not hasattr(est, "model_")

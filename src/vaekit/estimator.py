@@ -131,7 +131,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         tags.transformer_tags.preserves_dtype = []
         return tags
 
-    def _rows(self, X, what: str, reset: bool):
+    def _rows(self, X, what: str, reset: bool, min_rows: int = 1):
         """X as check_data returns it, with scikit-learn's bookkeeping of feature names: a
         DataFrame's columns are recorded by fit (``feature_names_in_``) and must match later.
         A fitted model of images also takes them unflattened, (n, H, W) or (n, C, H, W)."""
@@ -149,11 +149,13 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             except (ValueError, TypeError) as e:  # names that differ from fit's, or of mixed types; sklearn's lines as one
                 raise DataError(" ".join(str(e).split())) from None
             X = self._flat_images(_numeric(X, what), what) if not reset else _numeric(X, what)
-        return check_data(X, what=what, min_rows=1, dtype=None)  # full precision until the input map
+        return check_data(X, what=what, min_rows=min_rows, dtype=None)  # full precision until the input map
 
-    def _fit_rows(self, X):
+    def _fit_rows(self, X, given_valid: bool):
         """(rows, image_shape) of fit's X: images (n, H, W) or (n, C, H, W) are flattened and
-        give the image shape (which must agree with the ``image_shape`` parameter, if set)."""
+        give the image shape (which must agree with the ``image_shape`` parameter, if set).
+        It needs two rows to train on, three when one of them is held out for validation (in
+        scikit-learn's words, "samples", which its estimator checks look for)."""
         X = _numeric(X, "X") if not hasattr(X, "columns") else X
         image_shape = self.image_shape
         if getattr(X, "ndim", None) in (3, 4):
@@ -164,7 +166,12 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             if image_shape is not None and tuple(image_shape) != shape:
                 raise DataError(f"X has images of shape {shape}, but image_shape={tuple(image_shape)}")
             X, image_shape = np.reshape(X, (X.shape[0], -1)), shape
-        return self._rows(X, "X", reset=True), image_shape
+        X = self._rows(X, "X", reset=True, min_rows=0)  # the count is this method's: "at least 1" is not the whole story
+        need = 2 if given_valid else 3
+        if X.shape[0] < need:
+            reason = "" if given_valid else " to hold out a validation set"
+            raise DataError(f"X has {X.shape[0]} sample(s) (shape={X.shape}); at least {need} are needed{reason}")
+        return X, image_shape
 
     def _flat_images(self, X, what: str):
         """Images of the fitted model's image_shape as rows; anything else as it is."""
@@ -222,12 +229,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         options["model"].pop("image_shape")
         train_config = TrainConfig(**options["train"])
         data_config = DataConfig(source="array", valid_fraction=self.valid_fraction, test_fraction=0.0, split_seed=self.seed)
-        X, image_shape = self._fit_rows(X)
         given_valid = X_valid is not None
-        need = 2 if given_valid else 3
-        if X.shape[0] < need:
-            reason = "" if given_valid else " to hold out a validation set"
-            raise DataError(f"X has {X.shape[0]} sample(s) (shape={X.shape}); at least {need} are needed{reason}")
+        X, image_shape = self._fit_rows(X, given_valid)
         self.n_features_in_ = X.shape[1]
         if given_valid:
             # 0 says it too (hold no rows of X out); another fraction would act on nothing.

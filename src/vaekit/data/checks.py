@@ -54,11 +54,7 @@ def check_data(
         raise DataError(f"{what} has dtype {x.dtype}; expected numbers (bool, int or float)")
     if x.ndim != 2:
         raise DataError(f"{what}: {not_2d(x)}")
-    if x.shape[0] < min_rows:
-        raise DataError(
-            f"{what} has {count(x.shape[0], 'row')} (shape={x.shape}); at least {min_rows} "
-            f"{'is' if min_rows == 1 else 'are'} needed"
-        )
+    _check_rows(what, x.shape, min_rows)
     if x.shape[1] < 1:
         raise DataError(f"{what} has 0 feature(s) (shape={x.shape}) while a minimum of 1 is required.")
     if x.dtype.kind == "f":
@@ -142,12 +138,16 @@ def check_resolution(x: np.ndarray, x32: np.ndarray, what: str) -> None:
         )
 
 
+def _check_rows(what: str, shape: tuple, min_rows: int) -> None:
+    if shape[0] < min_rows:
+        raise DataError(f"{what} has {count(shape[0], 'row')} (shape={shape}); at least {min_rows} {'is' if min_rows == 1 else 'are'} needed")
+
+
 def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None, likelihood: Any, scaling: Any, dtype: Any) -> MappedRows:
     """The checks of ``check_data`` on a memory-mapped split, ``CHUNK_ROWS`` file rows at a
     time, on the values as stored (before float32 and the model's input map, which would turn
     1e300 into an infinity nobody wrote); a message names the row by its number in the file."""
-    if len(x) < min_rows:
-        raise DataError(f"{what} has {count(len(x), 'row')} (shape={x.shape}); at least {min_rows} {'is' if min_rows == 1 else 'are'} needed")
+    _check_rows(what, x.shape, min_rows)
     if x.array.dtype.kind not in "biuf":
         raise DataError(f"{what} has dtype {x.array.dtype}; expected numbers (bool, int or float)")
     if x.shape[1] < 1:
