@@ -620,7 +620,8 @@ def test_check_data_accepts_torch_tensors():
         (np.ones((3, 0)), {}, r"X has 0 feature\(s\) \(shape=\(3, 0\)\) while a minimum of 1 is required"),
         (np.array([[0, 1], [1, 0], [1, np.nan]]), {}, r"X contains NaN \(first at row 3, column 2\)"),
         (np.array([[0, -np.inf], [np.nan, 0]]), {}, r"X contains infinity \(first at row 1, column 2\)"),
-        (np.array([[1e300, 0]]), {}, r"X has values too large for float32 \(first at row 1, column 1: 1e\+300\)"),
+        (np.array([[1e300, 0]]), {}, r"^X has values beyond ±1e\+150, where float64 arithmetic overflows \(first at row 1, column 1: 1e\+300\)"),
+        (np.array([[1e50, 0]]), {}, r"^X has values too large for a float32 model \(first at row 1, column 1: 1e\+50\); .*--dtype float64"),
         (np.ones((2, 10)), {"input_dim": 64}, r"^X has 10 features per row, but the model was trained on 64$"),
         (np.ones((2, 1)), {"input_dim": 5}, r"^X has 1 feature per row, but the model was trained on 5$"),
     ],
@@ -675,8 +676,12 @@ def test_check_data_keeps_precision_for_the_input_map():
     assert np.shares_memory(check_data(tight, dtype=None), tight)  # float64, C-contiguous: a view
     with pytest.raises(DataError, match="finer than float32"):
         check_data(tight)
-    with pytest.raises(DataError, match=r"too large for float32 \(first at row 1, column 1"):
-        check_data(np.array([[1e300, 0.0]]), dtype=None)  # beyond float32 whatever the dtype
+    with pytest.raises(DataError, match=r"beyond ±1e\+150, where float64 arithmetic overflows \(first at row 1, column 1"):
+        check_data(np.array([[1e300, 0.0]]), dtype=None)  # the input map's variance would overflow
+    huge = np.array([[1e50, 0.0], [-3e149, 1.0]])
+    assert np.shares_memory(check_data(huge, dtype=None), huge) and np.shares_memory(check_data(huge, dtype=np.float64), huge)  # a map or a float64 model reads it
+    with pytest.raises(DataError, match=r"too large for a float32 model \(first at row 1, column 1: 1e\+50\)"):
+        check_data(huge)
 
 
 def test_check_data_order_dtype_before_shape_before_rows():

@@ -223,3 +223,21 @@ def test_loading_leaves_the_callers_random_stream_and_fitting_ignores_the_defaul
         torch.set_default_dtype(old)
     for a, b in zip(vae.model_.state_dict().values(), other.model_.state_dict().values()):
         assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_a_test_row_that_overflows_says_the_trained_model_is_kept(tmp_path, capsys):
+    """Training finishes before the test split is evaluated: a test row that overflows the
+    model's arithmetic ends the command with exit 1, and the line says the model is saved."""
+    from cli_helpers import cli
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 3))
+    test = x[:10].copy()
+    test[4, 1] = 1e30
+    np.savez(tmp_path / "d.npz", train=x[:100], valid=x[100:], test=test)
+    run = tmp_path / "run"
+    code, out, err = cli(capsys, "train", "--data", tmp_path / "d.npz", "--out", run, "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--eval-k", "2", "--quiet")
+    assert code == 1 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("vaekit: error: [test] ") and f"training finished: the model is saved in {run}" in err
+    assert (run / "model.safetensors").is_file()
+    assert cli(capsys, "evaluate", run, "--data", tmp_path / "d.npz", "--split", "valid", "--k", "2")[0] == 0  # and it evaluates

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -373,7 +374,7 @@ def test_values_beyond_float32_in_the_models_units_are_refused():
     est = VAE(**dict(SMALL, epochs=1), likelihood="gaussian").fit(x)
     far = x[:3].copy()
     far[1, 4] = 1e28
-    with pytest.raises(vaekit.errors.DataError, match=r"^a value of column 5 \(1e\+28\) lies at .*e\+(39|40) in the model's units .*beyond float32's range"):
+    with pytest.raises(vaekit.errors.DataError, match=r"^X: a value of column 5 \(1e\+28\) lies at .*e\+(39|40) in the model's units .*beyond float32's range"):
         est.score_samples(far)
     assert VAE(**dict(SMALL, epochs=1), likelihood="gaussian", dtype="float64").fit(x).transform(far).dtype == np.float64
     assert Scaling(np.array([3e38]), np.array([2e37])).float32_rounds()
@@ -413,3 +414,37 @@ def test_the_map_goes_block_by_block_with_the_same_result(monkeypatch):
     far[95, 2] = 1e45
     with pytest.raises(vaekit.errors.DataError, match=r"^a value of column 3 \(1e\+45\) lies at"):
         s.to_model(far)
+
+
+def test_values_beyond_float32_read_through_the_map_or_by_a_float64_model():
+    """The input map computes in float64, so a feature at 1e50 reaches a float32 model
+    standardised: the same model as for the unit-scale table, log p(x) less D·log 1e50. A
+    float64 model reads it too; a float32 model without a map refuses it by its row."""
+    x = table(200).astype(np.float64)
+    scores = {}
+    for scale in (1.0, 1e50):
+        est = VAE(**SMALL, likelihood="gaussian").fit(scale * x)
+        scores[scale] = est.score_samples(scale * x[:20], k=10)
+        assert np.isfinite(est.transform(scale * x[:20])).all()
+    np.testing.assert_allclose(scores[1e50], scores[1.0] - 6 * np.log(1e50), rtol=1e-6)
+    f64 = VAE(**SMALL, likelihood="gaussian", dtype="float64").fit(1e50 * x)
+    # Its Monte Carlo draws are float64's own: the same estimate to within their noise.
+    np.testing.assert_allclose(f64.score_samples(1e50 * x[:20], k=10), scores[1e50], rtol=1e-3)
+    with pytest.raises(vaekit.errors.DataError, match=r"has values too large for a float32 model \(first at row \d+, column 1: .*--dtype float64\)?"):
+        VAE(**SMALL, likelihood="gaussian", standardize="off").fit(1e50 * x)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_cli_names_the_file_row_a_float32_model_cannot_read(tmp_path, capsys, mmap):
+    from cli_helpers import cli
+
+    x = table(100).astype(np.float64)
+    x[41:, 2] = 1e50  # in every split, so that the standardised model has seen it
+    np.save(tmp_path / "x.npy", x)
+    flags = ["--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--eval-k", "2", "--likelihood", "gaussian"] + (["--mmap"] if mmap else [])
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "x.npy", "--out", tmp_path / "a", "--standardize", "off", *flags)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    found = re.search(r"has values too large for a float32 model \(first at row (\d+), column 3: 1e\+50\)", err)
+    assert found and int(found.group(1)) >= 42, err  # the row's number in the file, not in its split
+    assert not (tmp_path / "a").exists()
+    assert cli(capsys, "train", "--data", tmp_path / "x.npy", "--out", tmp_path / "b", *flags)[0] == 0  # standardised, it fits

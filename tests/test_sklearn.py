@@ -15,7 +15,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn.utils.validation import check_is_fitted
 
 from vaekit import VAE
-from vaekit.errors import DataError, VaekitError
+from vaekit.errors import DataError, NotNumbersError, VaekitError
 
 # A configuration that trains in well under a second: the checks fit it dozens of times.
 TINY = dict(latent_dim=2, hidden=(4,), epochs=1, batch_size=16, likelihood="gaussian")
@@ -173,8 +173,9 @@ def test_dataframe_input_with_feature_names(X):
     # Mixed column types (bool and float) come as an object array: read as numbers.
     mixed = df.assign(f0=df["f0"] > 0)
     np.testing.assert_array_equal(est.transform(mixed), est.transform(df.assign(f0=(df["f0"] > 0).astype(float))))
-    with pytest.raises(DataError, match="column 'f0' holds text; expected numbers"):
+    with pytest.raises(NotNumbersError, match="column 'f0' holds text; expected numbers") as refused:
         est.transform(df.assign(f0="a"))
+    assert isinstance(refused.value, DataError) and isinstance(refused.value, TypeError)  # vaekit's kind and numpy's
     # Text that spells numbers, dates and durations are refused, as numpy arrays of them are.
     for column, found in ((df["f0"].astype(str), "text"), (pd.Timestamp("2020-01-01") + pd.to_timedelta(df["f0"], "D"), "datetime64"),
                           (pd.to_timedelta(df["f0"], "D"), "timedelta64")):  # fmt: skip

@@ -138,9 +138,9 @@ def test_mapped_rows_are_checked_block_by_block(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"split\) contains NaN \(first at row 38, column 2\)"):
         data.load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=True, valid_fraction=0.3, test_fraction=0.3))
     big = np.zeros((40, 3))
-    big[21, 2] = 1e300  # float32 would read it as inf: named as the value stored
+    big[21, 2] = 1e300  # the input map's variance would overflow: named as the value stored
     np.save(tmp_path / "big.npy", big)
-    with pytest.raises(DataError, match=r"too large for float32 \(first at row 22, column 3: 1e\+300\)"):
+    with pytest.raises(DataError, match=r"beyond ±1e\+150, where float64 arithmetic overflows \(first at row 22, column 3: 1e\+300\)"):
         data.load_dataset(DataConfig(source=str(tmp_path / "big.npy"), mmap=True, valid_fraction=0.0, test_fraction=0.0))
     np.savetxt(tmp_path / "x.csv", np.zeros((5, 2)))
     with pytest.raises(ConfigError, match=r"mmap streams a \.npy file; .*x\.csv is a \.csv"):  # a usage error

@@ -18,6 +18,11 @@ class DataError(VaekitError, ValueError):
     """Data is missing, unreadable, or does not fit the model (shape, NaN, support)."""
 
 
+class NotNumbersError(DataError, TypeError):
+    """Entries of a type that is no number (text, dates, a dict): a TypeError too, as numpy's
+    own for such entries (scikit-learn's checks expect one)."""
+
+
 class CheckpointError(VaekitError):
     """A run directory or checkpoint is missing, truncated, tampered with, or not one."""
 

@@ -26,7 +26,7 @@ from sklearn import exceptions as sk_exceptions
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
 from .config import K_MAX, RECONSTRUCT_DRAWS, SAMPLE_SOURCES, DataConfig, RunConfig, TrainConfig, check_bool, check_positive_int, inert_options
-from .errors import ConfigError, DataError, VaekitWarning, first_line, out_of_memory
+from .errors import ConfigError, DataError, NotNumbersError, VaekitWarning, first_line, out_of_memory
 from .evaluate import numpy_of as _numpy
 from .hardware import no_autocast
 from .scaling import Scaling, apply
@@ -412,6 +412,11 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise DataError(f"Z must have shape (n, {self.model_.latent_size}), got {tuple(Z.shape)}")
         # Numbers, finite, in native byte order (torch reads no other); in Z's own precision.
         Z = check_data(Z, what="Z", dtype=None)
+        if p.dtype != torch.float64 and Z.dtype == np.float64:  # as the model reads it, not an infinity
+            from .data.checks import check_range
+
+            top = float(torch.finfo(p.dtype).max)
+            check_range(Z, top, f"Z has values beyond the range of the model's {str(p.dtype).removeprefix('torch.')}", "codes lie near the prior's, |z| of a few units", None)
         # A copy where Z is read-only (a memory map, a DataFrame's values): torch warns otherwise.
         z = torch.as_tensor(Z if Z.flags.writeable else Z.copy(), dtype=p.dtype, device=p.device)
         return self._to_user(_numpy(self.model_.decode(z).mean))
@@ -759,12 +764,12 @@ def _numeric(X, what: str):
         return table
     if not frame and any(isinstance(v, (str, bytes)) for v in np.asarray(table).ravel()):
         # As a DataFrame's text column and an array of strings are: numpy would read '1.5'.
-        raise _NotNumbers(f"{what} holds text; expected numbers (bool, int or float)")
+        raise NotNumbersError(f"{what} holds text; expected numbers (bool, int or float)")
     try:
         # pandas' nullable columns hold pd.NA for a missing value: NaN, which check_data locates.
         return X.to_numpy(dtype=np.float64, na_value=np.nan) if frame else np.asarray(table, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise _NotNumbers(f"{what} has entries that are not numbers ({e}); expected a 2-D table of numbers") from None
+        raise NotNumbersError(f"{what} has entries that are not numbers ({e}); expected a 2-D table of numbers") from None
 
 
 def _check_numeric_columns(frame, what: str) -> None:
@@ -776,11 +781,7 @@ def _check_numeric_columns(frame, what: str) -> None:
         text = kind == "O" and any(isinstance(v, (str, bytes)) for v in frame[name].to_numpy())
         if kind in "MmUS" or text:
             found = "text" if text or kind in "US" else str(dtype)
-            raise _NotNumbers(f"{what} column {name!r} holds {found}; expected numbers (bool, int or float)")
-
-
-class _NotNumbers(DataError, TypeError):
-    """Entries of a type that is no number (a dict, a string): a TypeError, as numpy's own."""
+            raise NotNumbersError(f"{what} column {name!r} holds {found}; expected numbers (bool, int or float)")
 
 
 def load(run_dir: str | Path) -> VAE:

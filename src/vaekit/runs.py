@@ -228,9 +228,11 @@ def _train_run(
             raise DataError(f"{data.name} has no {name} rows ({why}): vaekit train {use}; give it some")
     for name in ("train", "valid", "test"):
         what = f"{data.name} ({name} split)"
+        rows = None if data.rows is None else data.rows[name] + 1  # messages name a row by its number in the source
         splits[name] = check_data(
-            model_rows(run_config.model, data.split(name), data.scaling, run_config.train.dtype, what),
+            model_rows(run_config.model, data.split(name), data.scaling, run_config.train.dtype, what, rows),
             what=what,
+            rows=rows,
             dtype=run_config.train.dtype,
             min_rows=2 if name == "train" else 1,
             input_dim=run_config.model.input_dim,
@@ -276,7 +278,7 @@ def _train_run(
     try:
         first = elbo_stage(model, splits["test"], seed=cfg.seed)
     except DataError as e:  # a row that overflows the model's arithmetic, named with its split
-        raise DataError(f"[test] {e}") from None
+        raise DataError(f"[test] {e} (training finished: the model is saved in {run_dir}; its test split is what could not be evaluated)") from None
     write_pictures(model, data, history, run_dir, seed=cfg.seed, x_test=splits["test"], x_valid=splits["valid"])
     # Nearly all of a short run's time after training: it gets a progress report of its own.
     rows = None if cfg.quiet else RowProgress(np.shape(splits["test"])[0], f"evaluating log p(x) (K={cfg.eval_k})", bar=progress)

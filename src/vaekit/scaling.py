@@ -60,7 +60,7 @@ class Scaling:
         var = m2 / max(n, 1)
         return cls(mean, np.where(constant(mean, var, n), 1.0, np.sqrt(var)))
 
-    def to_model(self, x: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+    def to_model(self, x: np.ndarray, dtype: Any = np.float32, what: str | None = None) -> np.ndarray:
         """(x − shift) / scale as ``dtype`` (the model's), the arithmetic in float64: 1e5 ± 1e-3
         given in float64 keeps its digits, which a float32 cast before the map would round away.
         DataError where a value lands beyond ``dtype``'s range (1e28 for a model of data at
@@ -78,7 +78,7 @@ class Scaling:
             if beyond.any():
                 r, c = np.unravel_index(int(np.argmax(beyond)), mapped.shape)
                 raise DataError(
-                    f"a value of column {c + 1} ({block[r, c]:g}) lies at {mapped[r, c]:.3g} in the model's units "
+                    f"{what + ': ' if what else ''}a value of column {c + 1} ({block[r, c]:g}) lies at {mapped[r, c]:.3g} in the model's units "
                     f"({self.describe()}), beyond {np.dtype(dtype).name}'s range; it is far outside the data the model was trained on"
                 )
             out[start : start + rows] = mapped
@@ -165,10 +165,11 @@ def choose_standardize(x_seen: Any, likelihood: str, standardize: str) -> str:
     return standardize
 
 
-def apply(scaling: "Scaling | None", x: Any, dtype: Any = np.float32, what: str = "data") -> Any:
+def apply(scaling: "Scaling | None", x: Any, dtype: Any = np.float32, what: str = "data", rows: Any = None) -> Any:
     """x (checked by ``check_data``) in the model's units and ``dtype``: an array mapped now,
     ``MappedRows`` mapped as their blocks are read. With no map, a float32 cast of float64
-    values is checked for rounding (``check_resolution``; ``what`` names x)."""
+    values is checked for range and rounding (``narrow``; ``what`` names x, ``rows`` its rows'
+    numbers for the messages, as ``check_data``'s)."""
     from .data import MappedRows
     from .data.checks import narrow
 
@@ -177,8 +178,8 @@ def apply(scaling: "Scaling | None", x: Any, dtype: Any = np.float32, what: str 
             return x if x.dtype == np.dtype(dtype) else MappedRows(x.array, x.index, x.scaling, dtype)
         return x.mapped(scaling, dtype)
     if scaling is None:
-        return narrow(np.asarray(x), dtype, what)
-    return scaling.to_model(x, dtype)
+        return narrow(np.asarray(x), dtype, what, rows)
+    return scaling.to_model(x, dtype, what)
 
 
 def config_fields(scaling: "Scaling | None") -> dict[str, Any]:
@@ -188,11 +189,11 @@ def config_fields(scaling: "Scaling | None") -> dict[str, Any]:
     return {"input_shift": tuple(float(v) for v in scaling.shift), "input_scale": tuple(float(v) for v in scaling.scale)}
 
 
-def model_rows(model_config: Any, x: Any, named: tuple[float, float] | None = None, dtype: Any = np.float32, what: str = "data") -> Any:
+def model_rows(model_config: Any, x: Any, named: tuple[float, float] | None = None, dtype: Any = np.float32, what: str = "data", rows: Any = None) -> Any:
     """Rows of the user's values as the model of ``model_config`` sees them: through its input
     map, or, for a model without one, through a named dataset's scaling ``named`` (shift,
     scale; a model written before models stored their map saw named datasets scaled by the
-    loader). ``dtype`` and ``what`` as ``apply``'s. Rows of another width than the model's
+    loader). ``dtype``, ``what`` and ``rows`` as ``apply``'s. Rows of another width than the model's
     are refused first: a per-feature map would not broadcast over them."""
     width = np.shape(x)[1] if len(np.shape(x)) == 2 else None
     if width is not None and width != model_config.input_dim:
@@ -202,7 +203,7 @@ def model_rows(model_config: Any, x: Any, named: tuple[float, float] | None = No
     scaling = Scaling.of(model_config)
     if scaling is None and named is not None:
         scaling = Scaling.uniform(*named)
-    return apply(scaling, x, dtype, what)
+    return apply(scaling, x, dtype, what, rows)
 
 
 def named_values(dataset: Any) -> Any:

@@ -360,7 +360,8 @@ def data_fingerprint(x) -> str:
     rows = fingerprint_rows(x)
     if torch.is_tensor(rows):
         rows = rows.detach().to("cpu", torch.float32).numpy()
-    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.float32).tobytes()).hexdigest()[:16]
+    with np.errstate(over="ignore"):  # float64 data beyond float32's range hash as infinities
+        return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
 def _start(model, optimizers, config: TrainConfig, run_dir: Path | None, run_config, resume: bool, writer: bool, x_train, x_valid) -> _Run:

@@ -60,15 +60,11 @@ def check_data(
     if x.dtype.kind == "f":
         check_finite(x, what, rows)
     if x.dtype.kind == "f" and x.dtype.itemsize > 4:
-        # Values beyond float32's range (~3.4e38) are refused whatever the model's dtype: a
-        # float32 model would read an Inf nobody wrote, and an input map over them overflows.
-        bad = np.abs(x) > np.finfo(np.float32).max
-        if bad.any():
-            r, c = np.unravel_index(int(np.flatnonzero(bad)[0]), x.shape)
-            raise DataError(
-                f"{what} has values too large for float32 (first at {row_name(r, rows)}, column {c + 1}: "
-                f"{x[r, c]:g}); expected |x| < {np.finfo(np.float32).max:g}"
-            )
+        # The input map computes in float64, and its variance squares the values: beyond
+        # VALUE_MAX the sums overflow to an infinity nobody wrote. (A float32 model's own
+        # limit, float32's range, is checked where its values are cast: ``narrow``, or the
+        # map's output in ``Scaling.to_model``; standardised, 1e50 ± 1e49 fits.)
+        check_range(x, VALUE_MAX, f"{what} has values beyond ±{VALUE_MAX:g}, where float64 arithmetic overflows", "rescale the feature first", rows)
     if x.dtype.kind in "iu" and x.dtype.itemsize > 4:
         # Integers beyond 2^53 lose their last digits in float64, the widest the model and its
         # input map compute in: 2^63 + 0..999 would become one value without a word.
@@ -82,20 +78,38 @@ def check_data(
             )
     if input_dim is not None and x.shape[1] != input_dim:
         raise wrong_width(what, x.shape[1], input_dim)
-    out = narrow(x, kept_dtype(x.dtype) if dtype is None else np.dtype(dtype), what)
+    out = narrow(x, kept_dtype(x.dtype) if dtype is None else np.dtype(dtype), what, rows)
     if likelihood is not None:
         likelihood.check(out, what, scaling, rows=rows)
     return out
 
 
-def narrow(x: np.ndarray, dtype: Any, what: str) -> np.ndarray:
-    """``x`` (numbers, finite, within float32's range) as a C-contiguous array of ``dtype``;
-    a float32 cast of wider values first passes ``check_resolution``."""
+def narrow(x: np.ndarray, dtype: Any, what: str, rows: Any = None) -> np.ndarray:
+    """``x`` (numbers, finite) as a C-contiguous array of ``dtype``; a float32 cast of wider
+    values first passes the range check (float32 would read an infinity nobody wrote) and
+    ``check_resolution``."""
     dtype = np.dtype(dtype)
+    if dtype.itemsize < 8 and x.dtype.kind == "f" and x.dtype.itemsize > 4:
+        top = np.finfo(np.float32).max
+        check_range(x, top, f"{what} has values too large for a float32 model", "standardise the feature or use a float64 model (--dtype float64)", rows)
     out = np.ascontiguousarray(x, dtype=dtype)
     if dtype.itemsize < 8 and wide(x.dtype):
         check_resolution(x, out, what)
     return out
+
+
+# The largest magnitude of a float64 value read: its square, summed over rows for the input
+# map's variance, stays finite.
+VALUE_MAX = 1e150
+
+
+def check_range(x: np.ndarray, top: float, problem: str, advice: str, rows: Any = None) -> None:
+    """DataError ``problem (first at row r, column c: value); expected |x| < top: advice``
+    where some value of the 2-D ``x`` exceeds ``top`` in magnitude."""
+    bad = np.abs(x) > top
+    if bad.any():
+        r, c = np.unravel_index(int(np.flatnonzero(bad)[0]), x.shape)
+        raise DataError(f"{problem} (first at {row_name(r, rows)}, column {c + 1}: {x[r, c]:g}); expected |x| < {top:g}: {advice}")
 
 
 # A feature whose float32 rounding error exceeds this share of its spread is refused.
