@@ -741,6 +741,16 @@ def test_inverse_transform_of_read_only_latents_is_quiet(fitted, digits):
     np.testing.assert_array_equal(out, fitted.inverse_transform(Z.copy()))
 
 
+def test_inverse_transform_refuses_codes_beyond_the_models_float_range(fitted, digits):
+    """float64 codes a float32 model would read as infinities are named, not decoded to NaN."""
+    Z = fitted.transform(digits[:3]).astype(np.float64)
+    Z[1, 0] = 1e50
+    with pytest.raises(DataError, match=r"^Z has values beyond the range of the model's float32 \(first at row 2, column 1: 1e\+50\)"):
+        fitted.inverse_transform(Z)
+    Z[1, 0] = 3e38  # within float32's range: decoded
+    assert fitted.inverse_transform(Z).shape == (3, 64)
+
+
 def test_the_fitted_mixture_follows_the_latents_of_x_in_the_users_units():
     """With an input map (Gaussian data, standardised), sample(source="gmm") fits its mixture to
     transform(X), the latents of X as given, and the decoder's means of its draws sit where
