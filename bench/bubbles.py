@@ -1,6 +1,6 @@
 """The bubbles under three weights of the KL: one figure, one panel per β.
 
-The loss is recon + β·KL and the KL is two of the notes' three bubble forces (the mean
+The loss is −E_q[log p(x|z)] + β·KL (reconstruction and KL) and the KL is two of the notes' three bubble forces (the mean
 term wraps all bubbles into one, the variance term keeps them at unit size), so β sets how
 hard those two pull against the reconstruction, which pushes the bubbles apart. For each β
 this trains the same model with a 2-D latent (same seed, same data) and draws every
@@ -79,13 +79,13 @@ def main() -> None:
     labels = {r["beta"]: f"β = {r['beta']:g}:" for r in results}
     width = max(map(len, labels.values()))
     for r in results:
-        print(f"{labels[r['beta']]:{width}s} recon {r['valid_recon']:7.3f}  KL {r['valid_kl']:6.3f} = mean {r['force_mean']:6.3f} "
+        print(f"{labels[r['beta']]:{width}s} E_q[log p(x|z)] {r['valid_recon']:7.3f}  KL {r['valid_kl']:6.3f} = mean {r['force_mean']:6.3f} "
               f"+ variance {r['force_variance']:.3f}  mean σ {r['mean_sigma']:.3f}  ({r['train_seconds']:.1f} s)")  # fmt: skip
     labels = data.split_labels("valid")
     panels = [(f"β = {r['beta']:g}: KL {r['valid_kl']:.2f} nats, mean σ {r['mean_sigma']:.2f}", r["mu"], r["logvar"]) for r in results]
     n = len(results[0]["mu"])
     path = plots.bubbles_plot(panels, args.out, labels=None if labels is None else labels[:n],
-                              title=f"{args.data}: q(z|x) of {n} validation points after {args.epochs} epochs; loss = recon + β·KL")  # fmt: skip
+                              title=f"{args.data}: q(z|x) of {n} validation points after {args.epochs} epochs; loss = −E_q[log p(x|z)] + β·KL")  # fmt: skip
     print(json.dumps({"figure": str(path), "results": [{k: v for k, v in r.items() if k not in ("mu", "logvar")} for r in results]}))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,10 +73,18 @@ def documented(parser: argparse.ArgumentParser, args: argparse.Namespace, speed:
     return all(value == defaults[key] for key, value in vars(args).items() if key not in speed)
 
 
-def table_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``--write FILE`` writes the table ``--table`` prints: alone it would be dropped."""
+def table_options(parser: argparse.ArgumentParser, args: argparse.Namespace, reads: tuple[str, ...] | None = None) -> None:
+    """``--write FILE`` writes the table ``--table`` prints: alone it would be dropped. With
+    ``--table``, which prints results measured before, an option that would change a
+    measurement is refused, not ignored; ``reads``: the options that say where the results are
+    (None: the script checks its options against its modes itself)."""
     if args.write and not args.table:
         parser.error("--write goes with --table")
+    if args.table and reads is not None:
+        defaults = vars(parser.parse_args([]))
+        for key, value in vars(args).items():
+            if key not in ("table", "write", *reads) and value != defaults.get(key, value):
+                parser.error(f"--{key.replace('_', '-')} does not go with --table, which prints the results measured before")
 
 
 def write_json(path: Path, result: Any) -> None:
@@ -119,6 +128,23 @@ def mnist_file(given: Path | str | None) -> Path:
     return find_binarized_mnist(mnist_dir(given))
 
 
+def mnist_dataset(given: Path | str | None):
+    """binarized MNIST as ``vaekit train --data binarized_mnist`` reads it (found as
+    :func:`mnist_dir` says, its checksum and arrays checked): a ``Dataset`` of float32 splits."""
+    from vaekit.config import DataConfig
+    from vaekit.data import load_dataset
+
+    return load_dataset(DataConfig(source="binarized_mnist", data_dir=mnist_dir(given)))
+
+
+def first_rows(x, rows: int, script: str, option: str = "--rows"):
+    """The first ``rows`` rows of ``x``: more than it holds is refused, not cut to what there is
+    (the results would name a count that was not measured)."""
+    if rows > len(x):
+        sys.exit(f"{script}: {option} {rows}: the test split has {len(x)} images")
+    return x[:rows]
+
+
 def existing_file(text: str) -> Path:
     path = Path(text).expanduser()
     if not path.is_file():
@@ -143,6 +169,9 @@ def run(main: Callable[[], object], script: str) -> None:
         main()
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # stdout closed by its reader (`| head`): quiet, as vaekit's own verbs
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except ModuleNotFoundError as e:
         name = (e.name or "a module").split(".")[0]
         sys.exit(f"{script}: needs {name}, which is not installed (pip install {PACKAGES.get(name, name)})")

@@ -70,6 +70,18 @@ def _data(path: str):
     return (d[k].astype(np.float32) for k in ("train", "valid", "test"))
 
 
+def _check_data(path) -> None:
+    """The file every contestant reads, checked once up front (arrays, numbers, 784 pixels):
+    a damaged one is one line here rather than a failure in each contestant's process."""
+    from vaekit.config import DataConfig
+    from vaekit.data import load_dataset
+    from vaekit.errors import DataError
+
+    data = load_dataset(DataConfig(source=str(path)))
+    if data.dim != 784 or set(data.fixed) != {"valid", "test"}:
+        raise DataError(f"--data {path}: expected binarized MNIST, arrays train, valid and test of 784 pixels a row")
+
+
 def _nets():
     from torch import nn
 
@@ -383,6 +395,7 @@ def main() -> None:
         return child(args)
     if args.data is None:
         args.data = mnist_file(None)
+    _check_data(args.data)
     if args.contestants is None:
         args.contestants = list(CONTESTANTS)
         if args.device == "cpu" and not {"avx512_bf16", "amx_bf16"} & cpu_flags():

@@ -21,11 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_data_dir, description, mnist_dir, positive_int, run  # noqa: E402
+from common import add_data_dir, description, first_rows, mnist_dataset, positive_int, run  # noqa: E402
 from compare import matmul_peak  # noqa: E402
 
-from vaekit.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
-from vaekit.data import load_dataset  # noqa: E402
+from vaekit.config import ModelConfig, TrainConfig  # noqa: E402
 from vaekit.evaluate import log_px_per_point  # noqa: E402
 from vaekit.model import VAEModel  # noqa: E402
 from vaekit.train import fit  # noqa: E402
@@ -41,12 +40,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=positive_int, default=1, help="training epochs before the estimate (default 1)")
     add_data_dir(ap)
     args = ap.parse_args()
-    data = load_dataset(DataConfig(source="binarized_mnist", data_dir=mnist_dir(args.data_dir)))
+    data = mnist_dataset(args.data_dir)
+    x = first_rows(data.test, args.rows, "eval_iwae.py")
     torch.manual_seed(0)
     model = VAEModel(ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli"))
     fit(model, data.train, data.valid[:1000], TrainConfig(epochs=args.epochs))
     peak = matmul_peak()
-    x = data.test[: args.rows]
     t0 = time.perf_counter()
     log_px = log_px_per_point(model, x, k=args.k)
     seconds = time.perf_counter() - t0

@@ -32,14 +32,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_data_dir, description, device, mnist_dir, mnist_file, positive_int, run, table_options, write_json  # noqa: E402
+from common import add_data_dir, description, device, mnist_dataset, mnist_dir, positive_int, run, table_options, write_json  # noqa: E402
 from tables import holding, results_file, table_of, write_between  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "literature"
 
+# The published evaluation: the test log-likelihood with K = 5000 importance samples.
+PUBLISHED_K = 5000
 COMMON = ["--data", "binarized_mnist", "--lr", "5e-4", "--batch-size", "100", "--epochs", "2000",
-          "--patience", "50", "--eval-k", "5000"]  # fmt: skip
+          "--patience", "50", "--eval-k", str(PUBLISHED_K)]  # fmt: skip
 GATED = ["--net", "gated", "--hidden", "300,300"]
 ELBO = ["--warmup", "100"]
 # Tomczak & Welling's two-layer model: q(z2|x) q(z1|x, z2), p(z2) p(z1|z2) p(x|z1, z2).
@@ -319,7 +321,7 @@ def step_time(row: str, data_dir: str | None, rounds: int = 5, steps: int = 20, 
 
     from vaekit.model import VAEModel
 
-    x_train = np.load(mnist_file(data_dir))["train"][:1000].astype(np.float32)
+    x_train = np.asarray(mnist_dataset(data_dir).train[:1000], dtype=np.float32)
     x = torch.as_tensor(x_train[:100]).to(device)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # a GPU's clock stops when its work has run
     timers = {}
@@ -415,7 +417,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=positive_int, help="CPU threads of training and of --step-time (a speed setting: the run keeps its name, and --resume may change it)")
     p.add_argument("--device", type=device, help="cpu or cuda[:N]: where training and --step-time run (a speed setting like --threads; a run last trained on a GPU continues on the CPU with --device cpu)")
     p.add_argument("--max-epochs", type=positive_int, help="fewer epochs than the published 2000 (a smoke test: run and JSON, marked smoke, under RUNS_DIR/smoke)")
-    p.add_argument("--eval-k", type=positive_int, help="fewer importance samples than the published 5000: a smoke test (JSON, marked smoke, under RUNS_DIR/smoke), or with --snapshot a quicker look (the table names its K)")
+    p.add_argument("--eval-k", type=positive_int, help="fewer importance samples than the published 5000: a smoke test (JSON, marked smoke, under RUNS_DIR/smoke), or with --snapshot a quicker look (its JSON under RUNS_DIR/smoke/results)")
     return _checked(p, p.parse_args(_flags_joined(argv)))
 
 
@@ -564,11 +566,12 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(step_time(args.row, args.data_dir, args.rounds, args.steps, args.threads, split_flags(args.flags), args.device or "cpu")))
         return
     # A shortened run never continues (or disturbs) the published-settings run, and its JSON
-    # stays beside it, out of the repository's results. A snapshot is of the real run: at fewer
-    # samples too it is reported (the table names its K), but never over a finished result.
+    # stays beside it, out of the repository's results. A snapshot is of the real run, but one at
+    # fewer samples than the published K is a quick look, written beside the smoke results too.
     smoke = bool(args.max_epochs or args.eval_k) and not args.snapshot
+    quick = args.snapshot and args.eval_k not in (None, PUBLISHED_K)
     name, run_dir, flags = _variant(args, smoke)
-    results = args.runs_dir / "smoke" / "results" if smoke else RESULTS
+    results = args.runs_dir / "smoke" / "results" if smoke or quick else RESULTS
     if args.status or args.snapshot:
         if not (run_dir / "config.json").is_file():
             sys.exit(f"literature.py: {args.row}: no run at {run_dir}")
@@ -578,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
     _unchanged(results / f"{name}.json", flags, args.snapshot)
     extra = (["--amp", args.amp] if args.amp else []) + flags
     if args.snapshot:
-        print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or 5000, results, name=name, extra=extra, flags=flags)))
+        print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or PUBLISHED_K, results, name=name, extra=extra, flags=flags)))
         return
     extra += speed_and_smoke_flags(args.threads, args.max_epochs, args.eval_k, args.device)
     print(json.dumps(run_row(args.row, run_dir, args.data_dir, extra, results, name, flags, smoke)))

@@ -45,15 +45,14 @@ import numpy as np
 import torch
 
 from vaekit import checkpoint as ckpt
-from vaekit.config import GAP_STEPS, DataConfig, ModelConfig, TrainConfig
-from vaekit.data import load_dataset
+from vaekit.config import GAP_STEPS, ModelConfig, TrainConfig
 from vaekit.evaluate import elbo_per_point, gaps, log_px_per_point
 from vaekit.model import VAEModel, build_model
 from vaekit.plots import bound_bars_plot
 from vaekit.train import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_data_dir, count, description, documented, mnist_dir, positive_float, positive_int, run, table_options, write_json  # noqa: E402
+from common import add_data_dir, count, description, documented, mnist_dataset, positive_float, positive_int, run, table_options, write_json  # noqa: E402
 from tables import results_file, table_of, write_between  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "methods.json"
@@ -240,7 +239,7 @@ def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
 def main() -> None:
     ap = parser()
     args = ap.parse_args()
-    table_options(ap, args)
+    table_options(ap, args, ("results",))
     args.results = results_path(ap, args)
     if args.table:
         text = table(args.table, args.results)
@@ -249,7 +248,7 @@ def main() -> None:
         else:
             print(text)
         return
-    data = load_dataset(DataConfig(source="binarized_mnist", data_dir=mnist_dir(args.data_dir)))
+    data = mnist_dataset(args.data_dir)
     settings = {k: getattr(args, k) for k in ("max_epochs", "patience", "budget", "k", "rows", "gap_steps", "seed")}
     result = {
         "bench": "methods",

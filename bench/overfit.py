@@ -118,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--point-lr", type=positive_float, default=0.2, help="learning rate of map's and vi's per-point tables (default 0.2)")
     p.add_argument("--rows", type=positive_int, help="training rows (default: all)")
-    p.add_argument("--eval-rows", type=positive_int, default=500, help="rows of each split scored (default 500)")
+    p.add_argument("--eval-rows", type=positive_int, default=500, help="rows of each split scored (default 500; all of a split that has fewer)")
     p.add_argument("--k", type=positive_int, default=500, help="importance samples per row (default 500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="where overfit.json and overfit.png go (and --table reads): default bench/results "
@@ -139,7 +139,7 @@ def out_dir(p: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
 def main() -> None:
     p = parser()
     args = p.parse_args()
-    table_options(p, args)
+    table_options(p, args, ("out",))
     from vaekit.cli import _data_dir_unused
 
     if args.data_dir is not None and (why := _data_dir_unused(args.data)):
@@ -156,6 +156,8 @@ def main() -> None:
         return
 
     data = named_values(load_dataset(DataConfig(source=args.data, data_dir=None if args.data_dir is None else str(args.data_dir))))  # digits / 16, as measured
+    if args.rows is not None and args.rows > len(data.train):  # cut to what there is, the results would name a count not measured
+        p.error(f"--rows {args.rows}: {args.data} has {len(data.train)} training rows")
     if args.likelihood == "auto":
         from vaekit.likelihoods import choose
 

@@ -231,6 +231,11 @@ def main() -> None:
     ap.add_argument("--profile", type=positive_int, metavar="STEPS", help="instead: torch.profiler over this many eager steps, "
                     "the operators by their share of the CPU time")
     args = ap.parse_args()
+    if args.profile:  # the profile is of the eager step alone, once: the timing options have nothing to act on
+        defaults = vars(ap.parse_args([]))
+        for key in ("rounds", "steps", "variants"):
+            if getattr(args, key) != defaults[key]:
+                ap.error(f"--{key} does not go with --profile, which profiles the eager step over its own STEPS")
 
     x = (torch.rand(N, 784, device=args.device) < 0.3).float()
     if args.profile:

@@ -23,10 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_data_dir, description, device, mnist_dir, positive_int, run  # noqa: E402
+from common import add_data_dir, description, device, mnist_dataset, positive_int, run  # noqa: E402
 
-from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from vaekit.data import load_dataset  # noqa: E402
+from vaekit.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from vaekit.evaluate import evaluate  # noqa: E402
 from vaekit.model import VAEModel  # noqa: E402
 from vaekit.train import fit  # noqa: E402
@@ -41,12 +40,15 @@ def main() -> None:
     ap.add_argument("--amp", default="off", choices=("off", "bf16"), help="bf16: the networks under bfloat16 autocast")
     ap.add_argument("--matmul-precision", default="highest", choices=("highest", "high", "medium"), help="float32 products' precision")
     ap.add_argument("--compile", action="store_true", help="the loss under torch.compile")
-    ap.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"), help="reduce-overhead for CUDA graphs on a GPU")
+    ap.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), help="with --compile: reduce-overhead for CUDA graphs on a GPU (default: default)")
     ap.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:N]")
     add_data_dir(ap)
     args = ap.parse_args()
+    if args.compile_mode is not None and not args.compile:
+        ap.error("--compile-mode goes with --compile")
+    args.compile_mode = args.compile_mode or "default"
 
-    data = load_dataset(DataConfig(source="binarized_mnist", data_dir=mnist_dir(args.data_dir)))
+    data = mnist_dataset(args.data_dir)
     model_cfg = ModelConfig(input_dim=784, latent_dim=20, hidden=(400,), likelihood="bernoulli", image_shape=(28, 28))
     train_cfg = TrainConfig(
         epochs=args.epochs, batch_size=128, lr=1e-3, seed=args.seed, eval_k=args.k,
@@ -73,6 +75,7 @@ def main() -> None:
         "amp": args.amp,
         "matmul_precision": args.matmul_precision,
         "compile": args.compile,
+        "compile_mode": args.compile_mode if args.compile else None,
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device),
         "train_images_per_second_median": statistics.median(steps_ips),
         "epoch_images_per_second_with_validation": len(data.train) * args.epochs / wall,

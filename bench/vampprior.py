@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_data_dir, description, mnist_file, positive_int, run  # noqa: E402
+from common import add_data_dir, description, first_rows, mnist_dataset, positive_int, run  # noqa: E402
 
 
 def vaekit_model(run: Path | None, x_train: np.ndarray):
@@ -133,14 +133,14 @@ def main() -> None:
     import pythae  # noqa: F401  (the peer: a missing one is one line, before anything runs)
 
     torch.set_num_threads(args.threads)
-    data = np.load(mnist_file(args.data_dir))
-    x_test = data["test"][: args.rows].astype(np.float32)
-    model = vaekit_model(args.run, data["train"][:5000].astype(np.float32))
+    data = mnist_dataset(args.data_dir)
+    x_test = np.asarray(first_rows(data.test, args.rows, "vampprior.py"), dtype=np.float32)
+    model = vaekit_model(args.run, np.asarray(data.train[:5000], dtype=np.float32))
     if model.config.prior != "vampprior" or len(model.latents) != 1:
         sys.exit("vampprior.py: --run must be a one-layer VampPrior run")
     model.eval()
     twin = pythae_twin(model)
-    batch = torch.as_tensor(data["train"][:100].astype(np.float32))
+    batch = torch.as_tensor(np.asarray(data.train[:100], dtype=np.float32))
     steps = steppers(model, twin, batch)
 
     evals = {"vaekit": [], "pythae": []}

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bench_helpers import load_bench
 
@@ -73,6 +74,11 @@ def _script(name: str, *args: str, cwd: Path | None = None) -> subprocess.Comple
         ("prior_from", ["--fit-components", "20", "--components", "10"], "--fit-components 20 must be at most --components 10"),
         ("prior_from", ["--seed", "-1"], "--seed: '-1': expected an integer >= 0"),
         ("bubbles", ["--out", "figure.txt"], "figure.txt: the picture is a PNG, give a path ending in .png"),
+        ("train_mnist", ["--compile-mode", "max-autotune"], "--compile-mode goes with --compile"),
+        ("step", ["--profile", "3", "--variants", "bf16"], "--variants does not go with --profile"),
+        ("step", ["--profile", "3", "--rounds", "2"], "--rounds does not go with --profile"),
+        ("methods", ["--table", "--max-epochs", "3"], "--max-epochs does not go with --table, which prints the results measured before"),
+        ("overfit", ["--table", "--epochs", "3"], "--epochs does not go with --table"),
     ],
 )
 def test_a_bad_argument_is_one_line_and_exit_2(script, args, says, monkeypatch, capsys):
@@ -83,6 +89,27 @@ def test_a_bad_argument_is_one_line_and_exit_2(script, args, says, monkeypatch, 
     err = capsys.readouterr().err
     assert stop.value.code == 2, err
     assert says in err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("script", ["eval_iwae", "vampprior"])
+def test_more_test_rows_than_there_are_is_refused_not_cut(script, monkeypatch):
+    """A result would name a count it did not measure: refused before any training."""
+    from types import SimpleNamespace
+
+    if script == "vampprior":
+        pytest.importorskip("pythae", reason="vampprior.py compares with pythae, installed for the benchmarks only")
+    module = load_bench(script)
+    monkeypatch.setattr(module, "mnist_dataset", lambda given: SimpleNamespace(train=np.zeros((20, 784), np.float32), test=np.zeros((7, 784), np.float32)))
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--rows", "8"])
+    with pytest.raises(SystemExit, match=rf"^{script}.py: --rows 8: the test split has 7 images$"):
+        module.main()
+
+
+def test_a_closed_stdout_ends_a_script_quietly(tmp_path):
+    """`literature.py --table | head -1`: exit 141 and nothing on stderr, as vaekit's verbs."""
+    done = subprocess.run(f"{sys.executable} {ROOT / 'bench' / 'literature.py'} --table | head -c 10; exit ${{PIPESTATUS[0]}}",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 141 and done.stderr == "", done.stderr
 
 
 def test_a_missing_file_or_run_is_one_line_and_exit_1(tmp_path, common, monkeypatch, capsys):
@@ -104,14 +131,26 @@ def test_a_missing_file_or_run_is_one_line_and_exit_1(tmp_path, common, monkeypa
         common.run(missing_peer, "x.py")
 
 
-def test_compare_fails_when_its_own_contestant_fails(tmp_path):
-    """A vaekit-side contestant that cannot run is a failed benchmark (exit 1), not an empty
-    table with exit 0."""
+def test_compare_refuses_a_damaged_data_file_before_any_contestant(tmp_path):
+    """The file every contestant reads is checked once: one line, exit 1, nothing measured."""
     bad = tmp_path / "mnist.npz"
     bad.write_bytes(b"not an npz")
     done = _script("compare", "--epochs", "1", "--repeats", "1", "--contestants", "products", "--data", str(bad))
-    assert done.returncode == 1 and "products: failed" in done.stdout
-    assert done.stderr.strip().splitlines()[-1] == "compare.py: products failed"
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"compare.py: {bad}: could not be read as an .npz archive (not a numpy file, or it holds Python objects, which are not loaded for safety)"]
+
+
+def test_compare_fails_when_its_own_contestant_fails(monkeypatch, capsys):
+    """A vaekit-side contestant that cannot run is a failed benchmark (exit 1), not an empty
+    table with exit 0."""
+    module = load_bench("compare")
+    monkeypatch.setattr(module, "matmul_peak", lambda **kw: 1.0)
+    monkeypatch.setattr(module, "_check_data", lambda path: None)
+    monkeypatch.setattr(module.subprocess, "run", lambda cmd, **kw: _Failed())
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--epochs", "1", "--repeats", "1", "--contestants", "products", "--data", __file__])
+    with pytest.raises(SystemExit, match="^compare.py: products failed$"):
+        module.main()
+    assert "products: failed" in capsys.readouterr().out
 
 
 def test_argument_types(common):
@@ -198,8 +237,9 @@ def test_results_are_not_replaced_by_other_flags_or_by_a_snapshot(literature, tm
 
 
 def test_a_snapshot_reads_the_real_run_and_a_smoke_run_keeps_apart(literature, tmp_path, monkeypatch):
-    """--snapshot --eval-k 5 evaluates the real run into the results (the table names its K);
-    --max-epochs trains under RUNS_DIR/smoke and writes its JSON there."""
+    """--snapshot evaluates the real run into the results, and at fewer samples than the
+    published 5000 beside the smoke results; --max-epochs trains under RUNS_DIR/smoke and writes
+    its JSON there."""
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text("{}")
     results = tmp_path / "results"
@@ -208,8 +248,10 @@ def test_a_snapshot_reads_the_real_run_and_a_smoke_run_keeps_apart(literature, t
     monkeypatch.setattr(literature, "snapshot", lambda row, run_dir, data_dir, k, results, **kw: seen.update(run_dir=run_dir, k=k, results=results) or {})
     monkeypatch.setattr(literature, "run_row", lambda row, run_dir, data_dir, extra, results, name, flags, smoke: seen.update(
         trained=run_dir, into=results, smoke=smoke, epochs=extra[extra.index("--epochs") + 1]) or {})  # fmt: skip
+    literature.main(["vae", "--snapshot", "--runs-dir", str(tmp_path)])
+    assert seen == {"run_dir": tmp_path / "vae", "k": 5000, "results": results}
     literature.main(["vae", "--snapshot", "--eval-k", "5", "--runs-dir", str(tmp_path)])
-    assert seen == {"run_dir": tmp_path / "vae", "k": 5, "results": results}
+    assert seen == {"run_dir": tmp_path / "vae", "k": 5, "results": tmp_path / "smoke" / "results"}
     literature.main(["vae", "--max-epochs", "2", "--runs-dir", str(tmp_path)])
     assert (seen["trained"], seen["into"], seen["smoke"], seen["epochs"]) == (tmp_path / "smoke" / "vae", tmp_path / "smoke" / "results", True, "2")
     (results / "vae.json").parent.mkdir()
@@ -355,6 +397,7 @@ def test_compare_leaves_emulated_bf16_out_of_its_defaults(monkeypatch, capsys):
     module = load_bench("compare")
     seen = []
     monkeypatch.setattr(module, "matmul_peak", lambda **kw: seen.append(kw.get("dtype")) or 1.0)
+    monkeypatch.setattr(module, "_check_data", lambda path: None)
     monkeypatch.setattr(module.subprocess, "run", lambda cmd, **kw: seen.append(cmd[cmd.index("--child") + 1]) or _Failed())
     for flags, asked, bf16 in ((set(), None, False), ({"amx_bf16"}, None, True), (set(), ["vaekit", "vaekit-bf16"], True)):
         seen.clear()
