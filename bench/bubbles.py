@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import description, documented, number_list, png_file, positive_int, run  # noqa: E402
+from common import description, documented, number_list, png_file, positive_int, run, writable_dir  # noqa: E402
 
 from vaekit import bubbles, plots  # noqa: E402
 from vaekit.config import DataConfig, TrainConfig  # noqa: E402
@@ -74,6 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.out is None:  # a smoke test never replaces the documented figure
         args.out = RESULTS / "bubbles.png" if documented(parser, args, ("out",)) else Path.home() / "vaekit-runs" / "bubbles" / "bubbles.png"
+    writable_dir(args.out.parent, "--out")
     data = named_values(load_dataset(DataConfig(source=args.data)))  # digits / 16, as measured
     results = [train_one(b, data, args) for b in args.betas]
     labels = {r["beta"]: f"β = {r['beta']:g}:" for r in results}

@@ -145,6 +145,23 @@ def first_rows(x, rows: int, script: str, option: str = "--rows"):
     return x[:rows]
 
 
+def writable_dir(path: Path, option: str) -> Path:
+    """``path`` made if need be and found writable, before any training: the results of an hour
+    are not lost to a folder that cannot take them. An OSError that says so in one line."""
+    import tempfile
+
+    path = Path(path).expanduser()
+    there = next((p for p in (path, *path.parents) if p.exists()), None)
+    if there is not None and not there.is_dir():
+        raise OSError(f"{option} {path}: {there} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        raise OSError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
 def existing_file(text: str) -> Path:
     path = Path(text).expanduser()
     if not path.is_file():
@@ -167,6 +184,7 @@ def run(main: Callable[[], object], script: str) -> None:
 
     try:
         main()
+        sys.stdout.flush()  # here, where a closed stdout is caught, not at the interpreter's exit
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:  # stdout closed by its reader (`| head`): quiet, as vaekit's own verbs

@@ -52,7 +52,7 @@ from vaekit.plots import bound_bars_plot
 from vaekit.train import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_data_dir, count, description, documented, mnist_dataset, positive_float, positive_int, run, table_options, write_json  # noqa: E402
+from common import add_data_dir, count, description, documented, mnist_dataset, positive_float, positive_int, run, table_options, writable_dir, write_json  # noqa: E402
 from tables import results_file, table_of, write_between  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "methods.json"
@@ -248,6 +248,8 @@ def main() -> None:
         else:
             print(text)
         return
+    writable_dir(Path(args.out), "--out")
+    writable_dir(args.results.parent, "--results")
     data = mnist_dataset(args.data_dir)
     settings = {k: getattr(args, k) for k in ("max_epochs", "patience", "budget", "k", "rows", "gap_steps", "seed")}
     result = {

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import description, documented, existing_dir, positive_float, positive_int, run, table_options, write_json  # noqa: E402
+from common import description, documented, existing_dir, positive_float, positive_int, run, table_options, writable_dir, write_json  # noqa: E402
 from tables import results_file, table_of, write_between  # noqa: E402
 
 from vaekit.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
@@ -155,6 +155,7 @@ def main() -> None:
             print(text)
         return
 
+    writable_dir(args.out, "--out")
     data = named_values(load_dataset(DataConfig(source=args.data, data_dir=None if args.data_dir is None else str(args.data_dir))))  # digits / 16, as measured
     if args.rows is not None and args.rows > len(data.train):  # cut to what there is, the results would name a count not measured
         p.error(f"--rows {args.rows}: {args.data} has {len(data.train)} training rows")

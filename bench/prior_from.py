@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import count, description, positive_int, run  # noqa: E402
+from common import count, description, positive_int, run, writable_dir  # noqa: E402
 
 
 def _splits(out: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
@@ -68,7 +68,7 @@ def main() -> None:
 
     import vaekit
 
-    out = args.out.expanduser()
+    out = writable_dir(args.out, "--out")
     every, first, tests = _splits(out)
     seed = ["--seed", str(args.seed)]
     _train(out / "first", first, args.first_epochs, *seed)
@@ -93,7 +93,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['prior']:{width}s} " + " ".join(f"{r[f'test log p(x) {p}']:9.2f}" for p in ("all", "0-4", "5-9")))
     print(json.dumps({"bench": "prior_from", "epochs": args.epochs, "first_epochs": args.first_epochs, "k": args.k,
-                      "fit_components": args.fit_components, "rows": rows}))  # fmt: skip
+                      "components": args.components, "fit_components": args.fit_components, "seed": args.seed, "rows": rows}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -105,11 +105,12 @@ def test_more_test_rows_than_there_are_is_refused_not_cut(script, monkeypatch):
         module.main()
 
 
-def test_a_closed_stdout_ends_a_script_quietly(tmp_path):
+def test_a_closed_stdout_ends_a_script_quietly():
     """`literature.py --table | head -1`: exit 141 and nothing on stderr, as vaekit's verbs."""
-    done = subprocess.run(f"{sys.executable} {ROOT / 'bench' / 'literature.py'} --table | head -c 10; exit ${{PIPESTATUS[0]}}",
-                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 141 and done.stderr == "", done.stderr
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "literature.py"), "--table"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the script has written a byte: its first write finds no reader
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
 
 
 def test_a_missing_file_or_run_is_one_line_and_exit_1(tmp_path, common, monkeypatch, capsys):
@@ -434,3 +435,18 @@ def test_matmul_peak_stops_at_a_size_whose_one_product_overruns_the_budget(monke
     monkeypatch.setattr(module.time, "perf_counter", lambda: next(clock))
     peak = module.matmul_peak(seconds=3.0)
     assert sizes == [1024] and peak == pytest.approx(2 * 1024**3 / 100 / 1e9)
+
+
+def test_an_output_folder_that_cannot_take_the_results_is_named_before_training(tmp_path, common, monkeypatch):
+    """writable_dir makes the folder or says in one line why it cannot, and the scripts ask it
+    before they train (overfit.py here: nothing trained, one line, exit 1)."""
+    assert common.writable_dir(tmp_path / "a" / "b", "--out") == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match=rf"^--out {tmp_path}/file/x: {tmp_path}/file is a file, not a folder$"):
+        common.writable_dir(tmp_path / "file" / "x", "--out")
+    overfit = load_bench("overfit")
+    monkeypatch.setattr(overfit, "train_one", lambda *a: pytest.fail("trained before the output was checked"))
+    monkeypatch.setattr(sys, "argv", ["overfit.py", "--epochs", "1", "--out", str(tmp_path / "file")])
+    with pytest.raises(SystemExit) as stop:
+        common.run(overfit.main, "overfit.py")
+    assert stop.value.code == f"overfit.py: --out {tmp_path / 'file'}: {tmp_path / 'file'} is a file, not a folder"
