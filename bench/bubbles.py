@@ -54,6 +54,8 @@ def train_one(beta: float, data, args) -> dict:
         "valid_kl": float(terms["kl"].mean()),
         **usage.forces,
         "mean_sigma": float(np.exp(0.5 * logvar).mean()),
+        # How far the farthest bubble sits from the prior's centre, in the prior's units.
+        "max_mu_norm": float(np.linalg.norm(mu, axis=1).max()),
         "train_seconds": seconds,
         "mu": mu,
         "logvar": logvar,
@@ -81,7 +83,7 @@ def main() -> None:
     width = max(map(len, labels.values()))
     for r in results:
         print(f"{labels[r['beta']]:{width}s} E_q[log p(x|z)] {r['valid_recon']:7.3f}  KL {r['valid_kl']:6.3f} = mean {r['force_mean']:6.3f} "
-              f"+ variance {r['force_variance']:.3f}  mean σ {r['mean_sigma']:.3f}  ({r['train_seconds']:.1f} s)")  # fmt: skip
+              f"+ variance {r['force_variance']:.3f}  mean σ {r['mean_sigma']:.3f}  max ‖μ‖ {r['max_mu_norm']:4.1f}  ({r['train_seconds']:.1f} s)")  # fmt: skip
     labels = data.split_labels("valid")
     panels = [(f"β = {r['beta']:g}: KL {r['valid_kl']:.2f} nats, mean σ {r['mean_sigma']:.2f}", r["mu"], r["logvar"]) for r in results]
     n = len(results[0]["mu"])

@@ -49,6 +49,8 @@ def test_bubbles_draws_one_panel_per_beta(tmp_path, monkeypatch, capsys):
         assert _finite(r["valid_recon"], r["valid_kl"], r["force_mean"], r["force_variance"], r["mean_sigma"])
         # The KL is its two forces (bench/README.md's "KL = mean + variance").
         assert r["valid_kl"] == pytest.approx(r["force_mean"] + r["force_variance"], rel=1e-6)
+        # The mean force is ½‖μ‖² averaged over the same rows, so the farthest ‖μ‖ bounds it.
+        assert r["max_mu_norm"] ** 2 >= 2 * r["force_mean"] * (1 - 1e-6) > 0
     with Image.open(figure) as img:
         assert img.format == "PNG" and img.size[0] > 2 * img.size[1]  # three panels side by side
 

@@ -64,8 +64,6 @@ def test_new_rows_reach_far_least_squares_codes_at_the_default_steps(shrink):
     12.8. A new row starts at 0 and the default 100 steps at 0.05 move a coordinate about 5
     units; the ascent's first rate is scaled to the training codes' RMS (the table's), so it
     ends within 1e-6 nats of the optimum (measured 1e-8; from 0 at a constant 0.05: 14.7 short)."""
-    from vaekit.distributions import PointMass
-
     lg = mixed_linear(N, local_lr=0.05, local_steps=100)
     lg.W = lg.W * shrink
     with torch.no_grad():
