@@ -168,8 +168,9 @@ def main() -> None:
     print(f"pythae / vaekit time: log p(x) {med['pythae'] / med['vaekit']:.1f}x, training step {med_step['pythae'] / med_step['vaekit']:.2f}x")
     # The two estimates agree when they differ by about the Monte Carlo spread of one of them.
     by_seed = [estimates["vaekit"]] + [vaekit_log_px(model, x_test, args.k, seed) for seed in range(1, args.seeds)]
-    spread = statistics.stdev(by_seed) if len(by_seed) > 1 else float("nan")
-    print(f"vaekit's mean log p(x) over {args.seeds} seed(s): {statistics.mean(by_seed):.3f}, standard deviation {spread:.3f} nats; "
+    spread = statistics.stdev(by_seed) if len(by_seed) > 1 else None  # one seed has no spread
+    sd = "no standard deviation" if spread is None else f"standard deviation {spread:.3f} nats"
+    print(f"vaekit's mean log p(x) over {args.seeds} seed(s): {statistics.mean(by_seed):.3f}, {sd}; "
           f"pythae - vaekit (seed 0): {estimates['pythae'] - estimates['vaekit']:+.3f} nats")
     print(json.dumps({
         "bench": "vampprior", "run": str(args.run) if args.run else None, "rows": args.rows, "k": args.k,
