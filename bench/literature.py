@@ -127,8 +127,8 @@ def _joined(row: str, amp: str | None, words: list[str]) -> str:
 def speed_and_smoke_flags(threads: int | None = None, max_epochs: int | None = None, eval_k: int | None = None,
                           device: str | None = None) -> list[str]:
     """vaekit train flags that are not part of a variant's name: the thread count and the device
-    (speed only, and resumable) and a smoke test's shorter settings, which come after COMMON's
-    published values and so win in argparse."""
+    (speed only, and resumable) and a smoke test's shorter settings, which ``command`` puts in
+    place of COMMON's published values."""
     return ((["--threads", str(threads)] if threads else []) + (["--device", device] if device else [])
             + (["--epochs", str(max_epochs)] if max_epochs else []) + (["--eval-k", str(eval_k)] if eval_k else []))  # fmt: skip
 
@@ -182,10 +182,29 @@ def _where(data_dir: str | None) -> list[str]:
 
 
 def command(row: str, run_dir: Path, data_dir: str | None, extra: list[str]) -> list[str]:
-    args = ["vaekit", "train", *COMMON, *_where(data_dir), *row_args(row, extra), *extra, "--out", str(run_dir), "--json"]
+    base, extra = _overridden([*COMMON, *_where(data_dir), *row_args(row, extra)], list(extra))
+    args = ["vaekit", "train", *base, *extra, "--out", str(run_dir), "--json"]
     if (run_dir / "config.json").is_file():
         args.append("--resume")
     return args
+
+
+def _overridden(base: list[str], extra: list[str]) -> tuple[list[str], list[str]]:
+    """The published ``--opt value`` pairs ``base`` with the values that ``extra`` gives the same
+    options put in their place, and the rest of ``extra``: a smoke test's ``--epochs 3`` or a
+    variant's ``--hidden`` reads once in the recorded command, as the value argparse would take."""
+    base = list(base)
+    at = {word: i for i, word in enumerate(base) if word.startswith("--")}
+    rest: list[str] = []
+    i = 0
+    while i < len(extra):
+        if extra[i] in at and i + 1 < len(extra):
+            base[at[extra[i]] + 1] = extra[i + 1]
+            i += 2
+        else:
+            rest.append(extra[i])
+            i += 1
+    return base, rest
 
 
 def status(row: str, run_dir: Path) -> dict:

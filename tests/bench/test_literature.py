@@ -163,6 +163,21 @@ def test_threads_change_the_speed_not_the_run(literature, tmp_path):
     assert literature._machine(tmp_path).endswith(", 3 threads")
 
 
+def test_a_shorter_setting_replaces_the_published_value_in_the_command(literature, tmp_path):
+    """A smoke test's --epochs and --eval-k, and a variant's own --hidden, stand where the published
+    values stood: each option once in the recorded command, with the value training used."""
+    import numpy as np
+
+    extra = ["--hidden", "400,400", *literature.speed_and_smoke_flags(threads=1, max_epochs=3, eval_k=10)]
+    argv = literature.command("vae", tmp_path / "vae", tmp_path, extra)
+    for option, value in (("--epochs", "3"), ("--eval-k", "10"), ("--hidden", "400,400"), ("--threads", "1"), ("--lr", "5e-4")):
+        assert argv.count(option) == 1 and argv[argv.index(option) + 1] == value, option
+    assert argv.index("--epochs") < argv.index("--net") < argv.index("--threads")
+    config = literature.row_config("vae", np.zeros((4, 784), np.float32), extra)
+    assert config.train.epochs == 3 and config.train.eval_k == 10 and config.model.hidden == (400, 400)
+    assert literature.command("vae", tmp_path / "vae", tmp_path, []).count("--epochs") == 1
+
+
 def test_device_changes_the_speed_not_the_run(literature, tmp_path):
     """--device, like --threads, reaches vaekit train after the row's flags without renaming the
     run (a run trained on a GPU continues on the CPU under the same name), may not hide in
