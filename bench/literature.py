@@ -545,9 +545,10 @@ def _variant(args: argparse.Namespace, smoke: bool) -> tuple[str, Path, list[str
     return name, args.runs_dir / ("smoke" if smoke else "") / name, flags
 
 
-def _unchanged(path: Path, flags: list[str], snapshot: bool) -> None:
-    """Refuse to replace a result of other flags under the same name, or a finished result by a
-    snapshot."""
+def _unchanged(path: Path, flags: list[str], snapshot: bool, epochs_run: int | None = None) -> None:
+    """Refuse to replace a result of other flags under the same name, a finished result by a
+    snapshot, or a snapshot by one of a run with fewer epochs (``epochs_run``): a run started
+    again from epoch 1 under the same name would take the place of the further one's result."""
     if not path.is_file():
         return
     try:
@@ -558,6 +559,8 @@ def _unchanged(path: Path, flags: list[str], snapshot: bool) -> None:
         sys.exit(f"literature.py: {path} holds the result of flags {' '.join(old.get('flags', []))!r}, not {' '.join(flags)!r}; move it away first")
     if snapshot and old.get("finished"):
         sys.exit(f"literature.py: {path} holds the finished run's result; a snapshot would replace it")
+    if snapshot and epochs_run is not None and epochs_run < old.get("epochs_run", 0):
+        sys.exit(f"literature.py: {path} holds a snapshot after {old['epochs_run']} epochs and this run has {epochs_run}; move it away first")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -597,7 +600,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.status:
         print(json.dumps(status(args.row, run_dir)))
         return
-    _unchanged(results / f"{name}.json", flags, args.snapshot)
+    _unchanged(results / f"{name}.json", flags, args.snapshot, status(args.row, run_dir)["epochs_run"] if args.snapshot else None)
     extra = (["--amp", args.amp] if args.amp else []) + flags
     if args.snapshot:
         print(json.dumps(snapshot(args.row, run_dir, args.data_dir, args.eval_k or PUBLISHED_K, results, name=name, extra=extra, flags=flags)))

@@ -235,6 +235,12 @@ def test_results_are_not_replaced_by_other_flags_or_by_a_snapshot(literature, tm
         literature._unchanged(path, [], snapshot=False)
     path.write_text(json.dumps({"row": "vae", "flags": [], "finished": False}))
     literature._unchanged(path, [], snapshot=True)
+    # a run started again under the same name does not replace the further run's snapshot
+    path.write_text(json.dumps({"row": "vae", "flags": [], "finished": False, "epochs_run": 881}))
+    literature._unchanged(path, [], snapshot=True, epochs_run=881)
+    literature._unchanged(path, [], snapshot=False, epochs_run=12)  # finishing writes its own result
+    with pytest.raises(SystemExit, match="holds a snapshot after 881 epochs and this run has 12; move it away first"):
+        literature._unchanged(path, [], snapshot=True, epochs_run=12)
 
 
 def test_a_snapshot_reads_the_real_run_and_a_smoke_run_keeps_apart(literature, tmp_path, monkeypatch):
