@@ -100,7 +100,8 @@ def vaekit_step(x: torch.Tensor, variant: str):
 
 def fit_step(model: VAEModel, config: TrainConfig, x: torch.Tensor):
     """vaekit's training step on the batch ``x`` as train.fit takes it: fresh noise, the loss
-    under the run's autocast, its gradient, every optimizer's step. Returns it as a callable."""
+    under the run's autocast (compiled under ``config.compile``), its gradient, every optimizer's
+    step. Returns it as a callable."""
     import warnings
 
     from vaekit.train import _autocast
@@ -116,10 +117,13 @@ def fit_step(model: VAEModel, config: TrainConfig, x: torch.Tensor):
         warnings.simplefilter("ignore")
         autocast = _autocast(config, x.device)
 
+    # as train.fit compiles it: the model's forward (the loss) only, one graph per batch shape
+    forward = torch.compile(model, dynamic=False, mode=None if config.compile_mode == "default" else config.compile_mode) if config.compile else model
+
     def step() -> None:
         eps = torch.randn(objective.samples, x.shape[0], model.noise_size, device=x.device)
         with autocast():
-            loss, _ = model(objective, x, None, eps, 1.0)
+            loss, _ = forward(objective, x, None, eps, 1.0)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
