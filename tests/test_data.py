@@ -980,3 +980,12 @@ def test_npz_labels_of_python_objects_are_left_out_with_a_warning(tmp_path):
         ds = load_dataset(DataConfig(source=str(tmp_path / "o.npz"), valid_fraction=0.0, test_fraction=0.0))
     np.testing.assert_array_equal(np.sort(ds.train, axis=0), np.sort(x, axis=0))  # rows in the split's order
     assert ds.labels["train"] is None
+
+
+def test_check_resolution_threshold_is_one_percent_of_the_spread():
+    """float32 steps by 2**-7 at 1e5 (rounding error up to 0.0039): a spread of 0.1 (error/std
+    about 0.04, over 1%) is refused, a spread of 1.0 (about 0.004) is kept as float32."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(DataError, match="finer than float32"):
+        check_data(1e5 + 0.1 * rng.normal(size=(500, 1)))
+    assert check_data(1e5 + 1.0 * rng.normal(size=(500, 1))).dtype == np.float32

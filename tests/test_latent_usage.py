@@ -216,3 +216,20 @@ def test_metrics_log_the_forces_of_the_validation_rows():
         assert r["force_recon"] == -r["valid_recon"]
         assert r["force_mean"] + r["force_variance"] == pytest.approx(r["valid_kl"], rel=1e-5)
         assert r["force_recon"] + r["force_mean"] + r["force_variance"] == pytest.approx(-r["valid_elbo"], rel=1e-5)
+
+
+def test_hierarchy_kl_per_group_is_the_mean_over_rows_of_each_groups_term():
+    """Two groups: LatentUsage.kl_per_group is the mean over rows of model.kl_per_group(q, z) on
+    the one draw z its generator makes."""
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=4, latent_dim=(3, 2), hidden=(8,), likelihood="gaussian")).to(F64)
+    x = torch.randn(40, 4, dtype=F64)
+    with torch.no_grad():
+        q = model.posterior(x)
+        usage = LatentUsage(model, torch.Generator().manual_seed(5))
+        usage.add(q)
+        z = q.rsample((1,), generator=torch.Generator().manual_seed(5))
+        ref = {k: float(v.double().mean()) for k, v in model.kl_per_group(q, z).items()}
+    assert usage.kl_per_group.keys() == ref.keys()
+    for k in ref:
+        assert usage.kl_per_group[k] == pytest.approx(ref[k], rel=1e-9, abs=1e-12)

@@ -396,3 +396,43 @@ def test_gaps_of_a_hierarchy(tmp_path, capsys):
         assert g["amortization_gap"] > -3 * g["amortization_gap_se"], g
         assert g["approximation_gap"] > -3 * g["approximation_gap_se"], g
         assert g["elbo_optimal"] > g["elbo"] + 0.05, g  # the offsets buy something after 2 epochs
+
+
+@pytest.mark.parametrize("sizes", [(3, 2, 2), (2, 2, 2)])
+def test_bottom_up_three_groups_each_conditional_reads_the_group_below(sizes):
+    """q(z1|x) q(z2|z1) q(z3|z2) for L = 3 (with two groups "the group below" and "the first
+    group" coincide): the draw and log q against a reference written from the nets' own outputs
+    and torch.distributions.Normal."""
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=5, latent_dim=sizes, hidden=(8,), inference="amortized")).to(F64)
+    x = torch.rand(4, 5, dtype=F64)
+    eps = torch.randn(3, 4, sum(sizes), generator=torch.Generator().manual_seed(1), dtype=F64)
+    q = model.posterior(x)
+    z = q.reparameterize(eps)
+    inference = model.inference
+    mu, logvar = inference.encoder(x)
+    ref_z, ref_log_q, parent = [], 0.0, None
+    for j, group in enumerate(model.latents):
+        if j > 0:
+            mu, logvar = inference.upward[j - 1](parent)
+        z_j = mu + torch.exp(0.5 * logvar) * eps[..., group.columns]
+        ref_log_q = ref_log_q + Independent(Normal(mu, torch.exp(0.5 * logvar)), 1).log_prob(z_j)
+        ref_z.append(z_j)
+        parent = z_j
+    torch.testing.assert_close(z, torch.cat(ref_z, -1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(q.log_prob(torch.cat(ref_z, -1).clone()), ref_log_q, rtol=1e-10, atol=1e-10)
+
+
+def test_sample_z_three_groups_each_downward_net_reads_its_parent():
+    """Ancestral sampling p(z3) p(z2|z3) p(z1|z2) for L = 3: downward[l] reads group l + 1 of the
+    draw it returns (equal sizes, so that a net applied to the wrong group would not fail on
+    its shape)."""
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=5, latent_dim=(2, 2, 2), hidden=(8,), inference="topdown")).to(F64)
+    seen = {}
+    for l, net in enumerate(model.downward):
+        net.register_forward_hook(lambda m, inp, out, l=l: seen.__setitem__(l, inp[0].detach().clone()))
+    z = model.sample_z(6, generator=torch.Generator().manual_seed(0))
+    groups = split(z, model.latents)
+    torch.testing.assert_close(seen[0], groups["z2"], rtol=0, atol=0)
+    torch.testing.assert_close(seen[1], groups["z3"], rtol=0, atol=0)

@@ -417,3 +417,17 @@ def test_a_fingerprint_tells_rows_apart_and_reads_a_streamed_split_only_in_part(
     # A changed value among the rows read shows in a streamed split too.
     np.save(tmp_path / "y.npy", np.where(np.arange(3000)[:, None] == 0, x + 1, x))
     assert fingerprint(MappedRows(open_mapped(tmp_path / "y.npy")[0])) != fingerprint(whole[0])
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_mapped_split_follows_the_split_seed_as_the_in_memory_one(tmp_path, seed):
+    """--mmap puts the same rows in each split as the in-memory loader, for any --split-seed."""
+    from vaekit.config import DataConfig
+    from vaekit.data import load_dataset
+
+    x = np.random.default_rng(1).random((50, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    kw = dict(source=str(tmp_path / "x.npy"), valid_fraction=0.2, test_fraction=0.2, split_seed=seed)
+    mapped, eager = load_dataset(DataConfig(mmap=True, **kw)), load_dataset(DataConfig(**kw))
+    for split in ("train", "valid", "test"):
+        np.testing.assert_array_equal(mapped.split(split)[:], eager.split(split))

@@ -347,3 +347,23 @@ def test_a_rows_gaps_are_its_own_whatever_its_batch(structured):
         assert part["steps"].tolist() == full["steps"][rows].tolist()
         for name in ("log_px", "elbo", "elbo_optimal"):
             np.testing.assert_allclose(part[name], full[name][rows], rtol=1e-9, atol=1e-9)
+
+
+def test_the_reported_mean_amortization_gap_is_not_clipped():
+    """With q = q* the optimiser can only end beside it, so the per-row gaps average a little
+    below 0: the reported mean is that mean, below 0, not max(mean, 0)."""
+    lg = FullCovarianceLinearGaussian("optimal")
+    r = gaps(lg.model, lg.x, k=K, seed=0, n_samples=N_SAMPLES)
+    assert r["amortization_gap"] == r["elbo_optimal"] - r["elbo"]
+    assert r["amortization_gap"] < 0
+
+
+def test_the_gap_standard_errors_are_the_sample_sd_over_sqrt_n():
+    """SE = sd(ddof=1)/√n of the per-row gaps, on 3 rows where ddof changes it by √(3/2); one
+    row has none (NaN)."""
+    lg = FullCovarianceLinearGaussian("marginal", 1.0, 0.3)
+    r = gaps(lg.model, lg.x[:3], k=20, seed=0, n_samples=16)
+    p = r["per_point"]
+    for name, d in (("amortization_gap_se", p["elbo_optimal"] - p["elbo"]), ("approximation_gap_se", p["log_px"] - p["elbo_optimal"])):
+        assert r[name] == float(np.std(d, ddof=1) / math.sqrt(3))
+    assert math.isnan(gaps(lg.model, lg.x[:1], k=20, seed=0, n_samples=16)["amortization_gap_se"])

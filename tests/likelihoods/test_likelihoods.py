@@ -171,3 +171,12 @@ def test_choose():
     for x in ([[0, 1]], [[0.5, 1.0]], [[3.0, -2.0]]):
         name = choose(np.array(x))
         build(name).check(np.array(x))  # the chosen likelihood accepts the data it was chosen for
+
+
+@pytest.mark.parametrize("std", [1.0, 1e-2, 1e-4])
+def test_fixed_gaussian_variance_is_fixed_std_squared_even_below_the_learned_floor(std):
+    """A fixed σ is the user's, not a learned one: the floor on learned variances leaves it alone."""
+    lik = LIKELIHOODS.get("gaussian")(ModelConfig(input_dim=3, latent_dim=2, likelihood="gaussian", variance="fixed", fixed_std=std))
+    mean, x = torch.zeros(5, 3, dtype=F64), 1e-4 * torch.randn(5, 3, dtype=F64)
+    ref = Independent(Normal(mean, std), 1).log_prob(x)
+    torch.testing.assert_close(lik.double()(mean).log_prob(x), ref, rtol=1e-6, atol=1e-6)

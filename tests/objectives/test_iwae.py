@@ -345,3 +345,23 @@ def test_iwae_and_elbo_take_rows_of_any_dtype_as_iwae_does(dtype):
     for a, b in zip(want, got):
         assert b.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_iwae_objective_validates_on_its_own_k_sample_bound():
+    """The iwae objective picks its best epoch (and cuts its rate) by the K-sample bound it
+    trains: log_px_per_point at that K on one stream, above the K = 1 value on an untrained model."""
+    import numpy as np
+
+    from vaekit.config import TrainConfig
+    from vaekit.evaluate import log_px_per_point
+    from vaekit.registry import OBJECTIVES
+
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=6, latent_dim=2, hidden=(8,), likelihood="gaussian")).to(F64)
+    x = np.random.default_rng(0).normal(size=(64, 6))
+    objective = OBJECTIVES.get("iwae")(TrainConfig(objective="iwae", k=50))
+    got = objective.validate(model, x, {}, seed=7)
+    ref = float(log_px_per_point(model, x, k=50, seed=7, per_row=False).mean())
+    one = float(log_px_per_point(model, x, k=1, seed=7, per_row=False).mean())
+    assert got == pytest.approx(ref, rel=0, abs=1e-9)
+    assert got > one + 0.1

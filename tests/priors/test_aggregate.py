@@ -271,3 +271,30 @@ def test_the_estimator_keeps_prior_from_absolute_and_takes_a_path(first, tmp_pat
     by_path = vaekit.VAE(**kw, prior_from=Path("..") / "earlier").fit(x)
     assert by_path.config_.model.prior_from == str(tmp_path / "earlier")
     np.testing.assert_array_equal(by_path.transform(x[:5]), est.transform(x[:5]))
+
+
+@pytest.fixture(scope="module")
+def refined_run(tmp_path_factory):
+    from vaekit.cli import main
+
+    run = tmp_path_factory.mktemp("aggregate_refined") / "first"
+    assert main(["train", *SMALL, "--latent-dim", "2", "--epochs", "2", "--refine-steps", "5", "--out", str(run)]) == 0
+    return run
+
+
+def test_the_components_are_the_earlier_runs_refined_q(refined_run):
+    """An earlier run with --refine-steps: its q(z|x) of a row is the refined one, and the
+    mixture's components are those, not the bare encoder's."""
+    from vaekit.data import load_dataset
+    from vaekit.scaling import model_rows
+
+    model = _prior_model(refined_run, components=30, seed=2)
+    config, earlier = load_run(refined_run)
+    data = load_dataset(config.data)
+    x = model_rows(config.model, data.train, data.scaling)
+    rows = np.sort(np.random.default_rng(2).choice(len(x), size=30, replace=False))
+    q = earlier.evaluation_posterior(torch.as_tensor(x[rows]))
+    bare = earlier.posterior(torch.as_tensor(x[rows]))
+    assert not torch.allclose(q.mu, bare.mu)  # the refinement moved them, so the test can tell the two apart
+    torch.testing.assert_close(model.prior.mu, q.mu.to(F64), rtol=0, atol=0)
+    torch.testing.assert_close(model.prior.logvar, q.logvar.to(F64), rtol=0, atol=0)

@@ -448,3 +448,13 @@ def test_cli_trains_a_vampprior(tmp_path, capsys):
 )
 def test_cli_bad_vampprior(argv, culprits, tmp_path, capsys):
     assert_train_refused(capsys, tmp_path, argv, culprits)
+
+
+def test_data_range_covers_rows_beyond_the_first_block():
+    """The training data's range is read in blocks of 65 536 rows: extremes in a later block
+    set it too."""
+    model = VAEModel(ModelConfig(input_dim=3, latent_dim=2, hidden=(4,), prior="vampprior", pseudo_inputs=4))
+    x = np.full((70000, 3), 0.5, dtype=np.float32)
+    x[0, 0], x[69999, 1], x[65536, 2] = 0.25, -3.0, 7.0
+    model.prior.init_from_data(x, np.random.default_rng(0))
+    torch.testing.assert_close(model.prior.data_range, torch.tensor([-3.0, 7.0]), rtol=0, atol=0)
