@@ -822,3 +822,13 @@ def test_weights_made_huge_by_an_epochs_last_step_are_blamed_on_training_not_on_
     with pytest.raises(TrainingError, match=r"^the model's outputs overflow on its own training rows after epoch 1: training diverged; .*"
                        r"likely cause is the learning rate \(--lr 1e\+12; try a lower one\)$"):  # fmt: skip
         VAE(latent_dim=2, hidden=(8,), epochs=2, lr=1e12, seed=0).fit(x)
+
+
+def test_a_nan_from_a_tiny_fixed_std_names_it():
+    """A fixed σ that float32 holds but whose gradient (x − mean)/σ² it does not: the NaN names
+    --fixed-std, not only the learning rate, which cannot help there."""
+    from vaekit import VAE
+
+    x = np.random.default_rng(0).normal(size=(60, 5))
+    with pytest.raises(TrainingError, match=r"likely cause: the fixed σ: --fixed-std 1e-19 is so small beside .* that \(x − mean\)/σ² overflows float32"):
+        VAE(latent_dim=2, hidden=(8,), epochs=1, likelihood="gaussian", variance="fixed", fixed_std=1e-19, seed=0).fit(x)

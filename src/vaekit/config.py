@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
+
+# float32's largest value (torch.finfo(torch.float32).max), without importing torch here.
+FLOAT32_MAX = 3.4028234663852886e38
 from .files import json_loads
 from .registry import K_MAX, REGISTRIES, STEPS_MAX, Option
 from .schedules import SCHEDULES
@@ -399,6 +402,7 @@ class _ModelBase(_Section):
         if self.join == "branch":
             self._check_branches()
         self._check_logvar_bounds()
+        self._check_fixed_std()
         if self.decoder_input == "all" and self.layers == 1:
             raise ConfigError(
                 f"decoder_input all applies to models with several latent groups (latent_dim 40,40) only; this one has one, {self.latent_words}"
@@ -415,6 +419,18 @@ class _ModelBase(_Section):
         PRIORS.get(self.prior).check_config(self)
         for net in sorted(self.selected("net")):
             NETS.get(net).check_config(self)
+
+    def _check_fixed_std(self) -> None:
+        """A fixed σ whose σ² or 1/σ² float32 cannot hold would be clamped where log-densities
+        bound log σ² (``distributions.logvar_floor``/``logvar_ceiling``): the model computed
+        would not be the one configured."""
+        if self.likelihood != "gaussian" or self.variance != "fixed":
+            return
+        low, high = math.exp((1.0 - math.log(FLOAT32_MAX)) / 2), math.exp((math.log(FLOAT32_MAX) - 1.0) / 4)
+        if not low <= self.fixed_std <= high:
+            raise ConfigError(
+                f"fixed_std must lie within {low:.3g} to {high:.3g}, where float32 holds σ² and 1/σ²; got {self.fixed_std!r}"
+            )
 
     def _check_logvar_bounds(self) -> None:
         given = [name for name in ("logvar_min", "logvar_max") if getattr(self, name) is not None]

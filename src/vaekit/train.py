@@ -696,7 +696,12 @@ def _likely_cause(model, x_train, config: TrainConfig) -> str:
     seen = f"the training values the model sees run from {_span(values.min, values.max)}"
     lr = f"the learning rate (--lr {config.lr:g}; try a lower one)"
     mc = model.config
-    if mc.likelihood == "gaussian" and mc.standardize == "off" and max(abs(values.min), abs(values.max)) > 10:
+    spread = max(abs(values.min), abs(values.max))
+    # The likelihood's gradient (x − mean)/σ², times the decoder's weights backwards, overflows
+    # float32 (3.4e38) long before the loss does, which a learning rate cannot help.
+    if mc.likelihood == "gaussian" and mc.variance == "fixed" and spread / mc.fixed_std**2 > 1e30:
+        return f"likely cause: the fixed σ: --fixed-std {mc.fixed_std:g} is so small beside {seen} that (x − mean)/σ² overflows float32 (train with a larger --fixed-std); else {lr}"
+    if mc.likelihood == "gaussian" and mc.standardize == "off" and spread > 10:
         return f"likely cause: the scale of the data: standardisation is off and {seen} (train with --standardize on or auto); else {lr}"
     if mc.standardize == "on":
         return f"the data are standardised ({seen}), so the likely cause is {lr}"

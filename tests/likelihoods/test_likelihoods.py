@@ -180,3 +180,24 @@ def test_fixed_gaussian_variance_is_fixed_std_squared_even_below_the_learned_flo
     mean, x = torch.zeros(5, 3, dtype=F64), 1e-4 * torch.randn(5, 3, dtype=F64)
     ref = Independent(Normal(mean, std), 1).log_prob(x)
     torch.testing.assert_close(lik.double()(mean).log_prob(x), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_a_fixed_std_float32_cannot_hold_is_refused():
+    """σ² and 1/σ² must be finite in float32 where the densities bound log σ²
+    (distributions.logvar_floor and logvar_ceiling): beyond that the model computed would be
+    another one, with σ clamped. The ends themselves are kept exactly."""
+    import torch
+
+    from vaekit.distributions import logvar_ceiling, logvar_floor
+    from vaekit.errors import ConfigError
+
+    low, high = math.exp(logvar_floor(torch.float32) / 2), math.exp(logvar_ceiling(torch.float32) / 2)
+    for std in (low * 1.001, 1.0, high * 0.999):
+        config = ModelConfig(input_dim=3, latent_dim=2, likelihood="gaussian", variance="fixed", fixed_std=std)
+        lik = LIKELIHOODS.get("gaussian")(config)
+        assert float(lik(torch.zeros(1, 3)).logvar) == pytest.approx(2 * math.log(std), rel=1e-6)
+    for std in (low / 2, high * 2, 1e20, 1e-30):
+        with pytest.raises(ConfigError, match=r"^fixed_std must lie within 8.94e-20 to 3.34e\+09, where float32 holds σ² and 1/σ²; got "):
+            ModelConfig(input_dim=3, latent_dim=2, likelihood="gaussian", variance="fixed", fixed_std=std)
+    # the range binds only where σ is fixed
+    ModelConfig(input_dim=3, latent_dim=2, likelihood="gaussian", variance="shared", fixed_std=1e20)
