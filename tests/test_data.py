@@ -345,7 +345,7 @@ def test_csv_dataset_split(tmp_path):
         ('a,b,c\n1,2,3\n"1\n2",3,4\n', r"row 3 has 1 columns, but row 2 has 3 \(a quoted cell holds a line break"),
         ("1,2\n3,-1e400\n", r"row 2, column 2 is '-1e400', beyond float64's range"),
         ("a,a,b\n1,2,3\n", r"the header \(row 1\) names columns 1 and 2 both 'a'; give each column a name of its own"),
-        ("x,,\n1,2,3\n", r"names columns 2 and 3 both ''"),
+        ("x,,\n1,2,3\n", r"the header \(row 1\) gives column 2 no name; name every column"),
         # Cells of text throughout: no header with repeated names, but cells that are no numbers.
         ("false,false,true\ntrue,false,false\n", r"row 2, column 1 is 'true'; expected a number \(write truth values as 1 and 0\)"),
         ("a,b\nTRUE,1\n", r"row 2, column 1 is 'TRUE'; expected a number \(write truth values as 1 and 0\)"),
@@ -958,6 +958,28 @@ def test_images_with_an_empty_split_read_as_tables_do(tmp_path, mmap):
     np.save(tmp_path / "img0.npy", x[:0])
     with pytest.raises(DataError, match=r"img0.npy:? (dataset )?has 0 rows"):
         load_dataset(DataConfig(source=str(tmp_path / "img0.npy"), mmap=mmap))
+
+
+def test_csv_unnamed_first_column_is_pandas_row_index_and_left_out(tmp_path):
+    """DataFrame.to_csv writes the row index first, under an empty header cell: it is left out
+    with a warning, whatever the index holds (numbers or dates), and the header names the
+    features that remain. Other unnamed columns are refused; messages number the file's columns."""
+    from vaekit.data.readers import table_header
+
+    for name, index in (("numbers.csv", ["0", "1", "2"]), ("dates.csv", ["2020-01-01", "2020-01-02", "2020-01-03"])):
+        rows = [f"{i},{j + 0.5},{-j},{2 * j}" for j, i in enumerate(index)]
+        p = write_text(tmp_path / name, ",a,b,c\n" + "\n".join(rows) + "\n")
+        with pytest.warns(VaekitWarning, match=r"column 1 has no name in the header \(row 1\): it is read as the row index that DataFrame.to_csv writes"):
+            x, _, _ = load_array(str(p))
+        np.testing.assert_array_equal(x, [[0.5, 0, 0], [1.5, -1, 2], [2.5, -2, 4]])
+        assert table_header(p) == ("a", "b", "c")
+    p = write_text(tmp_path / "nan.csv", ",a,b\n0,1,nan\n1,3,4\n")
+    with pytest.warns(VaekitWarning), pytest.raises(DataError, match=r"contains NaN \(first at row 2, column 3\)"):
+        load_array(str(p))
+    for text, column in ((",a,\n0,1,2\n1,3,4\n", 1), ("a,,c\n0,1,2\n1,3,4\n", 2)):
+        p = write_text(tmp_path / "gap.csv", text)
+        with pytest.raises(DataError, match=rf"the header \(row 1\) gives column {column} no name; name every column"):
+            load_array(str(p))
 
 
 def test_csv_first_row_of_column_numbers_warns_but_reads_as_data(tmp_path):

@@ -283,6 +283,12 @@ def _looks_like_numbered_columns(cells: list[str]) -> bool:
     return numbers in (list(range(len(cells))), list(range(1, len(cells) + 1)))
 
 
+def _unnamed_first_column(cells: list[str]) -> bool:
+    """A header whose first cell alone is empty: the row index that DataFrame.to_csv writes by
+    default (pandas reads it back as 'Unnamed: 0'), no feature of the data."""
+    return len(cells) > 1 and cells[0] == "" and all(cells[1:])
+
+
 def table_header(path: Path) -> tuple[str, ...] | None:
     """The column names of a .csv/.tsv/.txt table's header row, read from its first line
     (that is neither blank nor a # comment); None when the first row is numbers, or the file
@@ -298,7 +304,9 @@ def table_header(path: Path) -> tuple[str, ...] | None:
     if first is None:
         return None
     cells = _splitter(path.suffix.lower(), first)(first)
-    return tuple(cells) if _is_header(cells) else None
+    if not _is_header(cells):
+        return None
+    return tuple(cells[1:]) if _unnamed_first_column(cells) else tuple(cells)
 
 
 def _read_table(path: Path) -> np.ndarray:
@@ -340,12 +348,24 @@ def _read_table(path: Path) -> np.ndarray:
             VaekitWarning,
             stacklevel=2,
         )
+    skip = 0  # leading columns that are no data: pandas' row index
     if _is_header(first):
         header_cols = len(first)
+        unnamed = _unnamed_first_column(first)
+        texts = len(rows) > 1 and _is_header(rows[1][1][int(unnamed):])
+        if unnamed and not texts:
+            skip = 1
+            warnings.warn(
+                f"{path}: column 1 has no name in the header (row {first_no}): it is read as the row index that "
+                "DataFrame.to_csv writes by default and left out; to train on it, give it a name",
+                VaekitWarning,
+                stacklevel=2,
+            )
+        elif "" in first and not texts:
+            raise DataError(f"{path}: the header (row {first_no}) gives column {first.index('') + 1} no name; name every column")
         seen: dict[str, int] = {}
-        # A second row that is no numbers either: a table of text cells (true/false, say), whose
-        # first row is no header; its cells are refused below as no numbers.
-        texts = len(rows) > 1 and _is_header(rows[1][1])
+        # A second row that is no numbers either (texts): a table of text cells (true/false, say),
+        # whose first row is no header; its cells are refused below as no numbers.
         for j, name in enumerate(first):
             # A run keeps the names: a DataFrame that repeats one matches no fitted estimator.
             if name in seen and not texts:
@@ -362,7 +382,7 @@ def _read_table(path: Path) -> np.ndarray:
                 f"{path}: row {rows[0][0]} has {len(rows[0][1])} columns, but the header (row {first_no}) has {header_cols}"
             )
     width = len(rows[0][1])
-    values = np.empty((len(rows), width), dtype=np.float64)
+    values = np.zeros((len(rows), width), dtype=np.float64)  # columns as the file numbers them
     text_of = dict(lines)
     for i, (line_no, cells) in enumerate(rows):
         if len(cells) != width:
@@ -371,7 +391,7 @@ def _read_table(path: Path) -> np.ndarray:
             raise DataError(
                 f"{path}: row {line_no} has {len(cells)} columns, but row {rows[0][0]} has {width}{spans}"
             )
-        for j, cell in enumerate(cells):
+        for j, cell in enumerate(cells[skip:], start=skip):
             v = _number(cell)
             if v is None:
                 if not cell:
@@ -391,7 +411,7 @@ def _read_table(path: Path) -> np.ndarray:
                 )
             values[i, j] = v
     check_finite(values, str(path), rows=[n for n, _ in rows])
-    return values
+    return np.ascontiguousarray(values[:, skip:]) if skip else values
 
 
 def flatten(a: np.ndarray, what: str, min_rows: int = 1) -> tuple[np.ndarray, tuple[int, ...] | None]:
