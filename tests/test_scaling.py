@@ -63,6 +63,28 @@ def test_standardizing_memory_mapped_rows_equals_the_array(tmp_path, monkeypatch
     np.testing.assert_array_equal(mapped.mapped(s)[:5], s.to_model(x[:5]))
 
 
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_spread_whose_square_underflows_is_still_measured(tmp_path, monkeypatch, mmap):
+    """Features of N(0, 1)·1e-200 (whose variance 1e-400 float64 cannot hold) get their std, as
+    the same values times 2^700 do, divided back; constant columns, tiny or not, stay at scale 1,
+    and a column at 1 that varies by 1e-200 is float64's constant. The change of variables adds
+    −Σ log σ, log 1e200 and more per feature."""
+    import vaekit.data.containers as containers
+    from vaekit.data import load_array
+
+    rng = np.random.default_rng(0)
+    unit = rng.normal(size=(50, 2))
+    x = np.column_stack([unit * 1e-200, np.full(50, 3e-250), 1.0 + unit[:, 0] * 1e-200])
+    np.save(tmp_path / "x.npy", x)
+    monkeypatch.setattr(containers, "CHUNK_ROWS", 7)
+    s = Scaling.standardizing(load_array(str(tmp_path / "x.npy"), mmap=True)[0] if mmap else x)
+    np.testing.assert_allclose(s.scale[:2], (x[:, :2] * 2.0**700).std(0) / 2.0**700, rtol=1e-12)
+    np.testing.assert_allclose(s.scale[:2], unit.std(0) * 1e-200, rtol=1e-12)
+    np.testing.assert_array_equal(s.scale[2:], [1.0, 1.0])
+    np.testing.assert_allclose(s.to_model(x)[:, :2], (unit - unit.mean(0)) / unit.std(0), rtol=1e-5, atol=1e-6)
+    assert s.log_det(4) == pytest.approx(-np.log(unit.std(0) * 1e-200).sum(), rel=1e-12)
+
+
 def test_statistics_come_from_the_training_split_only(tmp_path, capsys):
     """The estimator's held-out rows and a file's valid and test splits (here shifted and
     scaled away from the training rows) do not move the mean and std the model stores."""

@@ -58,7 +58,19 @@ class Scaling:
 
         mean, m2, n = _moments(x)
         var = m2 / max(n, 1)
-        return cls(mean, np.where(constant(mean, var, n), 1.0, np.sqrt(var)))
+        flat, std = constant(mean, var, n), np.sqrt(var)
+        # A spread below about 1e-154 squares to below float64's smallest normal number, so its
+        # variance reads 0 and the feature would pass for a constant. Such features, where they
+        # lie near 0 (elsewhere float64 cannot tell them from a constant anyway), are measured
+        # again at an exact power-of-two scale.
+        tiny = flat & (var < np.finfo(np.float64).tiny) & (np.abs(mean) < TINY_MEAN)
+        if tiny.any():
+            columns = np.flatnonzero(tiny)
+            mean_s, m2_s, _ = _moments(x, columns, TINY_SCALE)
+            var_s = m2_s / max(n, 1)
+            flat[columns] = constant(mean_s, var_s, n)
+            std[columns] = np.sqrt(var_s) / TINY_SCALE
+        return cls(mean, np.where(flat, 1.0, std))
 
     def to_model(self, x: np.ndarray, dtype: Any = np.float32, what: str | None = None) -> np.ndarray:
         """(x − shift) / scale as ``dtype`` (the model's), the arithmetic in float64: 1e5 ± 1e-3
@@ -120,9 +132,16 @@ class Scaling:
         return "(x - mean) / std per feature"
 
 
-def _moments(x: Any) -> tuple[np.ndarray, np.ndarray, int]:
-    """(mean, Σ (x − mean)², n) per column in float64, block by block (Chan et al.'s pairwise
-    update: no E[x²] − E[x]² cancellation, which an offset of 1e3 would make catastrophic)."""
+# Features that vary by less than about 1e-154 around less than TINY_MEAN are measured at TINY_SCALE
+# = 2^600 (about 4e180; a power of two scales exactly), where their values stay below 1e150.
+TINY_SCALE = 2.0**600
+TINY_MEAN = 1e150 / TINY_SCALE
+
+
+def _moments(x: Any, columns: np.ndarray | None = None, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mean, Σ (x − mean)², n) per column (of ``columns`` only, with the values times
+    ``scale``) in float64, block by block (Chan et al.'s pairwise update: no E[x²] − E[x]²
+    cancellation, which an offset of 1e3 would make catastrophic)."""
     from .data import MappedRows
 
     blocks = x.exact().chunks() if isinstance(x, MappedRows) else (np.asarray(x),)
@@ -130,6 +149,8 @@ def _moments(x: Any) -> tuple[np.ndarray, np.ndarray, int]:
     n = 0
     for block in blocks:
         b = np.asarray(block, dtype=np.float64)
+        if columns is not None:
+            b = b[:, columns] * scale
         if b.shape[0] == 0:
             continue
         bm = b.mean(0)
