@@ -383,7 +383,7 @@ def test_out_through_a_symbolic_link_writes_its_target(run, tmp_path, capsys):
     link = tmp_path / "codes.npy"
     link.symlink_to(target)
     code, out, err = cli(capsys, "encode", run, "--data", "digits", "--out", link)
-    assert_error(code, out, err, 2, f"--out {link}: exists; pass --overwrite to replace it")
+    assert_error(code, out, err, 1, f"--out {link}: exists; pass --overwrite to replace it")
     assert target.read_bytes() == b"old"
     code, _, err = cli(capsys, "encode", run, "--data", "digits", "--out", link, "--overwrite")
     assert code == 0, err
@@ -2153,12 +2153,12 @@ def test_a_verb_does_not_write_over_another_runs_files_or_pictures(run, run_copy
 )
 def test_an_output_that_exists_is_replaced_only_with_overwrite(run_copy, tmp_path, capsys, argv, option, name):
     """Every verb that writes a file refuses one that exists (a slip of --out must not replace
-    the user's data or another result without a word), leaves it as it was, and replaces it
-    with --overwrite."""
+    the user's data or another result without a word), with exit 1 as train refuses a run in
+    its --out, leaves it as it was, and replaces it with --overwrite."""
     out = tmp_path / name
     out.write_bytes(b"the user's")
     code, stdout, err = cli(capsys, argv[0], run_copy, *argv[1:], out)
-    assert_error(code, stdout, err, 2, f"{option} {out}: exists; pass --overwrite to replace it, or name another file")
+    assert_error(code, stdout, err, 1, f"{option} {out}: exists; pass --overwrite to replace it, or name another file")
     assert out.read_bytes() == b"the user's"
     code, _, err = cli(capsys, argv[0], run_copy, *argv[1:], out, "--overwrite")
     assert code == 0 and out.read_bytes() != b"the user's", err

@@ -8,7 +8,7 @@ import io
 import os
 from pathlib import Path
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, VaekitError
 
 
 def check_out(
@@ -39,7 +39,7 @@ def check_out(
     if any(path.is_file() and target == path.resolve() for path in data):
         raise ConfigError(f"{option} {out}: is a data file this reads or the run was trained on; name another file")
     if overwrite is False and out.is_file() and not (own and target.name == redraws):
-        raise ConfigError(f"{option} {out}: exists; pass --overwrite to replace it, or name another file")
+        raise VaekitError(f"{option} {out}: exists; pass --overwrite to replace it, or name another file")  # as a run in --out: exit 1
     if out.is_dir():  # whatever its name: "unsupported file type" would miss the point
         raise DataError(f"{option} {out}: is a directory; name a file")
     if out.suffix.lower() not in suffixes:
