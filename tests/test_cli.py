@@ -2045,6 +2045,8 @@ def test_a_signal_while_torch_is_being_imported_is_one_line(run_copy, name, stat
     assert proc.returncode == status, proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and word in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+    # evaluate trains nothing: what it leaves is intact files, with no run of its own to resume
+    assert proc.stderr.strip().endswith("; what was written is intact"), proc.stderr
 
 
 @pytest.mark.parametrize("name, status, word", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")])
@@ -2375,7 +2377,10 @@ def test_negative_infinity_reaches_the_finite_check(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     # An argument that is no number after a flag that takes none stays an error.
     code, _, err = cli(capsys, "train", "--mmap", "-1e-3", "--out", tmp_path / "run")
-    assert code == 2 and "unrecognized arguments: -1e-3" in err
+    assert code == 2 and err == "vaekit: error: unrecognized arguments: -1e-3 (see 'vaekit train --help')\n"
+    # the verb's help lists the options it takes, the top-level one only the verbs
+    code, _, err = cli(capsys, "evaluate", tmp_path / "run", "--bogus")
+    assert code == 2 and err == "vaekit: error: unrecognized arguments: --bogus (see 'vaekit evaluate --help')\n"
 
 
 @pytest.mark.parametrize("split", ["valid", "test"])

@@ -277,3 +277,28 @@ def test_a_config_edited_to_a_model_no_machine_holds_is_refused_on_load(tmp_path
         vaekit.load(run)
     code, out, err = cli(capsys, "evaluate", run, "--k", "2")
     assert code == 1 and out == "" and len(err.splitlines()) == 1 and "holding them in float32" in err
+
+
+def test_more_threads_than_usable_cores_warns(monkeypatch):
+    """Threads beyond the CPUs the process may run on (its affinity, which taskset and containers
+    narrow) wait on each other: a warning, and the run goes on at that count as asked."""
+    import os
+    import warnings
+
+    import torch
+
+    from vaekit.errors import VaekitWarning
+    from vaekit.hardware import fixed_threads, usable_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert usable_cores() == 1
+    with pytest.warns(VaekitWarning, match=r"^threads 2 is more than the 1 core this process may use: PyTorch's threads then wait"):
+        with fixed_threads(2):
+            assert torch.get_num_threads() == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fixed_threads(1):
+            pass
+        with fixed_threads(0):  # as many as PyTorch uses: not the user's count
+            pass
+

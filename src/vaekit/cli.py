@@ -45,6 +45,19 @@ class _Parser(argparse.ArgumentParser):
             self.exit(2)
         self.exit(2, f"vaekit: error: {_by_rank(message)} (see '{self.prog} --help')\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but words that no option of the verb takes are refused by the verb's
+        parser, whose help lists its options (argparse leaves them to the top-level one)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            verb = self._verbs().get(getattr(parsed, "command", None), self)
+            verb.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _verbs(self) -> dict[str, argparse.ArgumentParser]:
+        sub = next((a for a in self._actions if isinstance(a, argparse._SubParsersAction)), None)
+        return dict(sub.choices) if sub is not None else {}
+
 
 def _widths(text: str) -> tuple[int, ...]:
     text = text.strip()
@@ -1127,12 +1140,16 @@ def main(argv: list[str] | None = None) -> int:
     if sys.stderr is None:  # started with stderr closed: the diagnostics are lost, not the work
         sys.stderr = open(os.devnull, "w")
     caller_format = warnings.formatwarning
+    # What an interruption leaves: a run to --resume where one trains, else only files intact.
+    intact = "what was written is intact (a run with a checkpoint continues with --resume)"
     try:
         try:
             os.getcwd()
         except FileNotFoundError:  # relative paths, and torch's own import, would fail obscurely
             raise VaekitError("the current directory no longer exists; cd to one that does") from None
         args = build_parser().parse_args(argv)
+        if args.command != "train":
+            intact = "what was written is intact"
         if sys.stdout is None:  # started with stdout closed: every verb's result would be lost
             raise ConfigError("standard output is closed; vaekit prints its results there (redirect it to a file or /dev/null)")
         warnings.formatwarning = _one_line_warnings(caller_format)
@@ -1174,17 +1191,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         if _launched_rank() == 0:  # every process of a torchrun group gets the signal; one says so
-            emit("vaekit: interrupted; what was written is intact (a run with a checkpoint continues with --resume)")
+            emit(f"vaekit: interrupted; {intact}")
         return 130
     except Terminated:
         if _launched_rank() == 0:
-            emit("vaekit: terminated (SIGTERM); what was written is intact (a run with a checkpoint continues with --resume)")
+            emit(f"vaekit: terminated (SIGTERM); {intact}")
         return 143
     except (MemoryError, RuntimeError) as e:
         first = first_line(e)
         if _group_broke(e):
             why = f"the data-parallel group broke, another of its processes has stopped ({first})"
-            advice = "what was written is intact (a run with a checkpoint continues with --resume)"
+            advice = intact
         elif out_of_memory(e):
             why = f"out of memory ({first})"
             advice = "ask for less at once: fewer samples or rows, a smaller --batch-size or --k (what was written is intact)"

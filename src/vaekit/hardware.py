@@ -131,6 +131,15 @@ def omp_dynamic() -> bool | None:
     return None if f is None else bool(f())
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, which taskset and container limits
+    narrow), or all the machine's where the system does not say."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def fixed_threads(threads: int):
     """Run the block on exactly ``threads`` intra-op threads (0: as many as now), with MKL's and
@@ -138,6 +147,17 @@ def fixed_threads(threads: int):
     off: nothing in PyTorch relies on them)."""
     import torch
 
+    if threads and threads > usable_cores():
+        import warnings
+
+        from .errors import VaekitWarning, count
+
+        warnings.warn(
+            f"threads {threads} is more than the {count(usable_cores(), 'core')} this process may use: "
+            "PyTorch's threads then wait for each other at every operation, which makes it slower, not faster",
+            VaekitWarning,
+            stacklevel=3,
+        )
     before = torch.get_num_threads()
     dynamic_threads_off()
     if threads and threads != before:
