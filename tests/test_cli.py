@@ -1985,10 +1985,15 @@ def test_a_broken_data_parallel_group_is_one_line(monkeypatch, capsys, error):
         raise error
 
     monkeypatch.setattr(cli_mod, "cmd_sample", broken)
+    monkeypatch.setattr(cli_mod, "cmd_train", broken)
     monkeypatch.setenv("WORLD_SIZE", "2")
     code = main(["sample", "run", "-n", "2", "--out", "x.npy"])
     out, err = capsys.readouterr()
-    assert_error(code, out, err, 1, "the data-parallel group broke", "--resume")
+    assert_error(code, out, err, 1, "the data-parallel group broke", "what was written is intact")
+    assert "--resume" not in err  # a verb that trains nothing leaves no run to continue
+    code = main(["train", "--data", "digits", "--out", "run"])
+    out, err = capsys.readouterr()
+    assert_error(code, out, err, 1, "the data-parallel group broke", "a run with a checkpoint continues with --resume")
     monkeypatch.setenv("WORLD_SIZE", "1")  # alone, such an error is no peer's: it is raised
     with pytest.raises(type(error)):
         main(["sample", "run", "-n", "2", "--out", "x.npy"])
