@@ -17,6 +17,7 @@ from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.errors import CheckpointError, VaekitWarning
 from vaekit.evaluate import log_px_per_point
 from vaekit.model import VAEModel
+from vaekit.optim import WeightAverage
 
 
 def esc(path) -> str:
@@ -550,3 +551,23 @@ def test_a_weights_record_of_downward_conv_matches_a_config_of_mlp(tmp_path):
     ckpt.check_model_record(tmp_path / ckpt.CONFIG_FILE, tmp_path / ckpt.MODEL_FILE, {"model_config": record})
     with pytest.raises(CheckpointError, match="model.downward is \"mlp\", but model.safetensors was saved with \"gated\""):
         ckpt.check_model_record(tmp_path / ckpt.CONFIG_FILE, tmp_path / ckpt.MODEL_FILE, {"model_config": {**record, "downward": "gated"}})
+
+
+def test_load_run_of_last_safetensors_of_an_averaged_run_reads_the_steps_own_weights(tmp_path):
+    """last.safetensors of a run with --ema holds the weights' average beside the model
+    (``average.*``): load_run of it gives the model part, the step's own weights, and passes
+    over the average (and the optimizer and RNG state) instead of refusing the file."""
+    model = small_model(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    average = WeightAverage(model, 0.9)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # the weights move away from their average
+    average.update()
+    config = RunConfig(model=model.config, train=TrainConfig(ema=0.9), data=DataConfig())
+    config.save(tmp_path / ckpt.CONFIG_FILE)
+    ckpt.save_tensors(tmp_path / ckpt.LAST_FILE, *ckpt.training_state(model, [opt], {"epoch": 1}, average))
+    assert any(k.startswith("average.") for k in ckpt.load_tensors(tmp_path / ckpt.LAST_FILE)[0])
+    _, loaded = ckpt.load_run(tmp_path, which=ckpt.LAST_FILE)
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k

@@ -33,6 +33,7 @@ from vaekit.cli import main
 from vaekit.config import CONFIG_VERSION
 from vaekit.errors import CheckpointError, VaekitWarning
 from cli_helpers import cli
+from vaekit.outputs import write_array, write_blocks
 
 DIGITS_N, DIGITS_VALID, DIGITS_TEST, DIM = 1797, 180, 359, 64
 TEST_KEYS = {"elbo", "recon", "kl", "log_likelihood", "bits_per_dim", "n", "k", "active_units", "latent_size", "kl_per_dim", "kl_per_group"}
@@ -2697,3 +2698,41 @@ def test_report_numbers_switch_to_scientific_notation_when_huge():
     assert _nats(-87.1149) == "-87.115" and _nats(3.21519, 4) == "3.2152" and _nats(-999999999.0) == "-999999999.000"
     assert _nats(-9.17539321836734958e35) == "-9.17539e+35" and _nats(1.448e37, 4) == "1.448e+37"
     assert (_nats(float("-inf")), _nats(float("nan"))) == ("-inf", "nan")
+
+
+@pytest.mark.parametrize("spelling", ["dotdot", "link"])
+def test_verbs_refuse_an_out_that_is_their_data_file_under_another_name(spelling, run, digits_rows, tmp_path, capsys):
+    """--out that names the --data file by another path (through "sub/..", or a link to it) is
+    the same file: refused, and the data are left as they were."""
+    np.save(tmp_path / "d.npy", digits_rows)
+    before = (tmp_path / "d.npy").read_bytes()
+    (tmp_path / "sub").mkdir()
+    if spelling == "dotdot":
+        out = tmp_path / "sub" / ".." / "d.npy"
+    else:
+        out = tmp_path / "sub" / "link.npy"
+        out.symlink_to(tmp_path / "d.npy")
+    code, stdout, err = cli(capsys, "encode", run, "--data", tmp_path / "d.npy", "--out", out)
+    assert_error(code, stdout, err, 2, "is a data file this reads")
+    assert (tmp_path / "d.npy").read_bytes() == before
+
+
+@pytest.mark.parametrize("writer", ["array", "blocks"])
+@pytest.mark.parametrize("suffix", [".npy", ".csv"])
+def test_an_output_is_replaced_whole_and_a_reader_of_the_old_one_keeps_it(writer, suffix, tmp_path):
+    """The new file is written beside OUT and renamed over it: a reader that opened the old
+    file reads the old bytes to the end (a write into the file itself would truncate them
+    under it, and a failure halfway would leave neither file)."""
+    out = tmp_path / f"x{suffix}"
+    old, new = np.zeros((50, 3), np.float32), np.ones((40, 3), np.float32)
+    write_array(out, old)
+    before = out.read_bytes()
+    with open(out, "rb") as reader:
+        if writer == "array":
+            write_array(out, new)
+        else:
+            write_blocks(out, iter([new[:20], new[20:]]), new.shape)
+        assert reader.read() == before
+    assert out.read_bytes() != before
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left beside it
+    assert os.stat(out).st_size > 0

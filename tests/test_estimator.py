@@ -1071,3 +1071,31 @@ def test_too_few_rows_name_the_whole_need(n, valid, message):
     with pytest.raises(DataError, match=message):
         est.fit(np.zeros((n, 4)), X_valid=np.zeros((3, 4)) if valid else None)
     assert not hasattr(est, "model_")
+
+
+def test_a_fitted_mixtures_draws_come_in_no_order_of_component(digits):
+    """GaussianMixture.sample returns its draws grouped by component; sample(source="gmm")
+    shuffles them, so that any block of rows (the first n, a file's first block) is a draw of
+    the whole mixture: the first and second halves of 4000 draws have the same mean within
+    a few standard errors (grouped by component they differ by many)."""
+    est = VAE(latent_dim=2, hidden=(32,), epochs=5, lr=3e-3, seed=0).fit(digits[:600])
+    z = est._gmm_latents(digits[:600], 10, torch.Generator().manual_seed(0))(4000).double().numpy()
+    first, second = z[:2000], z[2000:]
+    se = np.sqrt(first.var(0) / 2000 + second.var(0) / 2000)
+    assert (np.abs(first.mean(0) - second.mean(0)) < 5 * se).all()
+    # And what the user sees: rows of sample() from the first and the last block alike.
+    x = est.sample(4000, seed=1, source="gmm", X=digits[:600])
+    se = np.sqrt(x[:2000].var(0) / 2000 + x[2000:].var(0) / 2000) + 1e-12
+    assert (np.abs(x[:2000].mean(0) - x[2000:].mean(0)) < 5 * se).mean() > 0.95
+
+
+def test_the_same_seed_fits_the_same_model_whatever_the_global_stream(digits):
+    """The initial weights are part of the fit: VAE(seed=s).fit(X) gives the same bits whatever
+    torch's global stream was before (tests/test_train.py's test_estimator_same_seed_same_parameters
+    fits from the same global state each time, so it cannot tell)."""
+    fitted = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        fitted.append(VAE(latent_dim=4, hidden=(32,), epochs=1, seed=0).fit(digits[:300]))
+    a, b = (dict(f.model_.state_dict()) for f in fitted)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -436,3 +436,18 @@ def test_sample_z_three_groups_each_downward_net_reads_its_parent():
     groups = split(z, model.latents)
     torch.testing.assert_close(seen[0], groups["z2"], rtol=0, atol=0)
     torch.testing.assert_close(seen[1], groups["z3"], rtol=0, atol=0)
+
+
+def test_log_pz_three_groups_each_conditional_reads_its_parent():
+    """log p(z) = log p(z3) + log p(z2|z3) + log p(z1|z2) for L = 3, against the chain rule
+    written from the nets' own outputs and torch.distributions.Normal (equal sizes, so that a
+    conditional applied to the wrong group would not fail on its shape)."""
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_dim=5, latent_dim=(2, 2, 2), hidden=(8,), inference="topdown")).to(F64)
+    z = torch.randn(3, 6, 6, generator=torch.Generator().manual_seed(1), dtype=F64)
+    g = split(z, model.latents)
+    want = Independent(Normal(torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64)), 1).log_prob(g["z3"])
+    for lower, upper, net in (("z2", "z3", model.downward[1]), ("z1", "z2", model.downward[0])):
+        mu, logvar = net(g[upper])
+        want = want + Independent(Normal(mu, torch.exp(0.5 * logvar)), 1).log_prob(g[lower])
+    torch.testing.assert_close(model.log_pz(z), want, rtol=1e-12, atol=1e-12)

@@ -10,6 +10,7 @@ import pytest
 from lock_helpers import holding, kill9
 from vaekit.errors import RunLockedError
 from vaekit.lock import LOCK_FILE, RunLock
+from vaekit import lock as lock_mod
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the holder is killed with SIGKILL")
 
@@ -107,3 +108,38 @@ def test_a_lock_file_that_cannot_be_written_is_one_error_and_leaves_nothing(tmp_
     with pytest.raises(VaekitError, match=r"cannot create the lock file \(Read-only file system\)"):
         RunLock(run).acquire()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stale_longer_pid_is_overwritten_whole(tmp_path):
+    """A holder killed by SIGKILL leaves its lock file with its pid; the next holder's pid
+    replaces it whole (the file is cut to it), so that a refused writer is told that pid and
+    not a mix of the two."""
+    (tmp_path / LOCK_FILE).write_text("9" * 12 + "\n")
+    with RunLock(tmp_path):
+        assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        fd = os.open(tmp_path / LOCK_FILE, os.O_RDONLY)
+        try:
+            assert lock_mod._read_pid(fd) == os.getpid()
+        finally:
+            os.close(fd)
+
+
+def test_a_lock_file_removed_between_open_and_lock_is_opened_again(tmp_path, monkeypatch):
+    """The holder removes the lock file as it releases; a writer that opened the old file and
+    then got its lock holds a lock nobody else will ever ask for: it must start over on the
+    file now at the path, and end holding that one (with its pid in it)."""
+    real = lock_mod._try_lock
+    calls = []
+
+    def released_meanwhile(fd):
+        calls.append(fd)
+        if len(calls) == 1:  # what the previous holder's release does just then
+            os.unlink(tmp_path / LOCK_FILE)
+        return real(fd)
+
+    monkeypatch.setattr(lock_mod, "_try_lock", released_meanwhile)
+    with RunLock(tmp_path) as held:
+        assert len(calls) == 2
+        st, own = os.stat(tmp_path / LOCK_FILE), os.fstat(held._fd)
+        assert (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+        assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"

@@ -340,3 +340,60 @@ def test_ema_trains_resumes_bit_for_bit_and_is_checked(tmp_path, capsys):
         code, _, err = cli(capsys, "train", *common, "--epochs", "1", "--ema", bad, "--out", tmp_path / "bad")
         assert code != 0 and err.count("\n") == 1 and "--ema" in err, (bad, err)
         assert not (tmp_path / "bad").exists()
+
+
+def test_normalized_adam_with_a_closure_over_steps_of_jumping_scale():
+    """Several closure steps whose losses jump in scale (1e6, 1, 1e-3): the closure's own
+    gradient is normalized each step, which the hand-written reference says. (A single step
+    cannot tell: Adam's first step is lr·sign(g) at any scale.)"""
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(5, generator=g, dtype=F64)
+    targets = [torch.randn(5, generator=g, dtype=F64) for _ in range(3)]
+    scales = [1e6, 1.0, 1e-3]
+    p = start.clone().requires_grad_(True)
+    opt = NormalizedAdam([p], lr=0.1)
+    grads = []
+    for s, t in zip(scales, targets):
+        def closure(s=s, t=t):
+            opt.zero_grad()
+            loss = s * ((p - t) ** 2).sum()
+            loss.backward()
+            grads.append(p.grad.detach().clone())  # the raw gradient at this step's p
+            return loss
+
+        opt.step(closure)
+    (want,) = _reference([start], [[gr] for gr in grads], lr=0.1)
+    torch.testing.assert_close(p.detach(), want, rtol=1e-12, atol=1e-14)
+
+
+def test_an_optimizer_without_the_fused_kernel_keeps_weight_decay_and_eps(monkeypatch):
+    """Where the fused kernel is refused (a device or dtype without it), make_optimizers falls
+    back to the plain kernel with the same ε and decoupled weight decay: the steps are
+    torch.optim.AdamW's (an independent reference) at that ε."""
+    import vaekit.train as train_mod
+    from vaekit.config import ModelConfig
+    from vaekit.model import VAEModel
+
+    class NoFused(Adam):
+        def __init__(self, params, **kw):
+            if kw.get("fused"):
+                raise RuntimeError("fused kernel not supported here")
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(train_mod, "Adam", NoFused)
+    lr, wd, eps = 0.01, 0.3, 1e-4
+    model = VAEModel(ModelConfig(input_dim=4, latent_dim=2, hidden=(3,))).to(F64)
+    (opt,) = train_mod.make_optimizers(model, lr=lr, eps=eps, weight_decay=wd)
+    assert isinstance(opt, NoFused) and not opt.defaults.get("fused")
+    assert all(gr["weight_decay"] == wd and gr["decoupled_weight_decay"] and gr["eps"] == eps for gr in opt.param_groups)
+    ref = VAEModel(ModelConfig(input_dim=4, latent_dim=2, hidden=(3,))).to(F64)
+    ref.load_state_dict(model.state_dict())
+    adamw = torch.optim.AdamW(ref.parameters(), lr=lr, eps=eps, weight_decay=wd)
+    for scale in (1.0, 1e-4, 1e2):
+        for m, o in ((model, opt), (ref, adamw)):
+            o.zero_grad()
+            for q in m.parameters():
+                q.grad = scale * torch.randn(q.shape, generator=torch.Generator().manual_seed(int(1e6 * scale) % 97), dtype=F64)
+            o.step()
+    for (k, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15, msg=k)

@@ -16,6 +16,8 @@ from vaekit.config import ModelConfig
 from vaekit.data import Dataset
 from vaekit.model import VAEModel
 from vaekit.runs import LATENT_POINTS, RECONSTRUCTED_ROWS, picture_rows, train_run, write_pictures
+from vaekit.config import DataConfig, RunConfig, TrainConfig
+from vaekit.objectives.elbo import ElboObjective
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -241,3 +243,21 @@ def test_a_test_row_that_overflows_says_the_trained_model_is_kept(tmp_path, caps
     assert err.startswith("vaekit: error: [test] ") and f"training finished: the model is saved in {run}" in err
     assert (run / "model.safetensors").is_file()
     assert cli(capsys, "evaluate", run, "--data", tmp_path / "d.npz", "--split", "valid", "--k", "2")[0] == 0  # and it evaluates
+
+
+def test_the_summary_names_the_best_epoch_and_its_validation_elbo(tmp_path, monkeypatch):
+    scores = iter([1.0, 3.0, 2.0])  # epoch 2 the best, epoch 3 the last
+    monkeypatch.setattr(ElboObjective, "validate", lambda self, model, x, terms, seed: next(scores))
+    config = RunConfig(
+        model=ModelConfig(input_dim=64, latent_dim=2, hidden=(8,), likelihood="continuous_bernoulli", image_shape=(8, 8)),
+        train=TrainConfig(epochs=3, batch_size=256, eval_k=2, seed=0, quiet=True),
+        data=DataConfig(source="digits"),
+    )
+    summary = train_run(config, tmp_path)
+    from vaekit.checkpoint import read_metrics
+
+    history = read_metrics(tmp_path)
+    assert [r["valid_score"] for r in history] == [1.0, 3.0, 2.0]
+    assert summary["epochs"] == 3
+    assert summary["best_epoch"] == 2
+    assert summary["valid_elbo"] == history[1]["valid_elbo"] != history[2]["valid_elbo"]

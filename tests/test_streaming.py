@@ -15,6 +15,8 @@ import textwrap
 
 import numpy as np
 import pytest
+from vaekit.data import MappedRows, containers, fingerprint
+from vaekit.data.readers import open_mapped
 
 resource = pytest.importorskip("resource")
 
@@ -431,3 +433,18 @@ def test_mapped_split_follows_the_split_seed_as_the_in_memory_one(tmp_path, seed
     mapped, eager = load_dataset(DataConfig(mmap=True, **kw)), load_dataset(DataConfig(**kw))
     for split in ("train", "valid", "test"):
         np.testing.assert_array_equal(mapped.split(split)[:], eager.split(split))
+
+
+def test_a_streamed_splits_fingerprint_sees_a_row_it_does_not_read(tmp_path):
+    """Two splits of one file that differ in a single row, at a position the fingerprint does
+    not read (it reads FINGERPRINT_ROWS spread rows): their row numbers in the file tell them
+    apart, as the docstring says (shape, row numbers, and the rows read)."""
+    x = np.random.default_rng(0).random((3001, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    array = open_mapped(tmp_path / "x.npy")[0]
+    a = np.arange(3000)
+    read = set(np.unique(np.linspace(0, len(a) - 1, containers.FINGERPRINT_ROWS).astype(np.int64)).tolist())
+    unread = next(i for i in range(len(a)) if i not in read)
+    b = a.copy()
+    b[unread] = 3000  # another row of the file in a position that is not read
+    assert fingerprint(MappedRows(array, a)) != fingerprint(MappedRows(array, b))

@@ -21,6 +21,7 @@ from vaekit.nets.conv import ConvDecoder, ConvEncoder
 from vaekit.registry import NETS
 from vaekit.train import fit
 from cli_helpers import cli
+import torch.nn.functional as F
 
 F64 = torch.float64
 # Image shapes: digits, MNIST, odd sides (rounded up on the way down, cropped on the way up),
@@ -274,3 +275,42 @@ def test_cli_help_lists_conv_and_channels(capsys):
         # "--net NET network of encoder and decoder: conv, mlp (default mlp)"
         choices = re.search(re.escape(flag) + r" [a-z].*?: ([a-z_]+(?:, [a-z_]+)+)", text)
         assert choices and {"conv", "mlp"} <= set(choices.group(1).split(", ")), flag
+
+
+def test_encoder_is_strided_convolutions_each_followed_by_the_activation():
+    """The encoder's feature map, written out: tanh(conv(tanh(conv(x)))) with 3x3 kernels,
+    stride 2 and padding 1 (the activation after every convolution, tanh so that a missing
+    one shows at any input)."""
+    torch.manual_seed(0)
+    encoder = ConvEncoder((1, 7, 5), (4, 6), (8,), 3, activation="tanh").to(F64)
+    x = torch.rand(3, 35, dtype=F64)
+    convs = [m for m in encoder.conv if isinstance(m, nn.Conv2d)]
+    h = x.reshape(3, 1, 7, 5)
+    for conv in convs:
+        h = torch.tanh(F.conv2d(h, conv.weight, conv.bias, stride=2, padding=1))
+    assert h.shape == (3, 6, 2, 2)
+    torch.testing.assert_close(encoder.conv(x.reshape(3, 1, 7, 5)), h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(encoder(x), encoder.head(h.flatten(1)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("side", [8, 7])
+def test_each_decoder_cell_writes_the_pixels_of_the_encoder_cell_it_mirrors(side):
+    """The encoder's cell j (3x3, stride 2, padding 1) reads pixels 2j − 1 … 2j + 1; the
+    decoder's 4x4 transposed convolution (stride 2, padding 1), cropped to the encoder's side,
+    writes cell i's value into pixels 2i − 1 … 2i + 2, centred on the same place (an odd side
+    loses its extra last row in the crop, not its first). An impulse at each cell of the first
+    up-sampling layer (all-ones kernel, no bias) lights exactly those pixels."""
+    decoder = ConvDecoder((1, side, side), (2,), (4,), 3).to(F64)
+    convt, crop = decoder.up[0], decoder.up[1]
+    assert isinstance(convt, nn.ConvTranspose2d)
+    h = (side + 1) // 2
+    with torch.no_grad():
+        convt.weight.fill_(1.0)
+        convt.bias.zero_()
+    for i in range(h):
+        impulse = torch.zeros(1, convt.in_channels, h, h, dtype=F64)
+        impulse[0, 0, i, i] = 1.0
+        out = crop(convt(impulse))[0, 0]
+        assert out.shape == (side, side)
+        lit = [r for r in range(side) if out[r].abs().sum() > 0]
+        assert lit == [r for r in range(2 * i - 1, 2 * i + 3) if 0 <= r < side], (i, lit)

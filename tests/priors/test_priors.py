@@ -419,3 +419,26 @@ def test_cli_trains_a_mixture_prior(tmp_path, capsys):
 )
 def test_cli_bad_components(argv, culprits, tmp_path, capsys):
     assert_train_refused(capsys, tmp_path, argv, culprits)
+
+
+def test_a_batched_mixture_draws_each_point_from_its_own_weights():
+    """Batch shape (3,): each point's weights favour another component (π ≈ 1 on it), the
+    components far apart (means 0, 100, 200, σ = 1). Every draw of point b lies near the mean
+    of b's own component, and the draws' means match torch's MixtureSameFamily (an independent
+    sampler) to a few standard errors."""
+    B, C, d, S = 3, 3, 2, 2000
+    logits = torch.full((B, C), -30.0, dtype=F64)
+    logits[torch.arange(B), torch.tensor([2, 0, 1])] = 30.0
+    mu = (100.0 * torch.arange(C, dtype=F64))[None, :, None].expand(B, C, d).clone()
+    logvar = torch.zeros(B, C, d, dtype=F64)
+    z = MixtureOfDiagonalNormals(logits, mu, logvar).sample((S,), generator=torch.Generator().manual_seed(0))
+    assert z.shape == (S, B, d)
+    own = torch.tensor([200.0, 0.0, 100.0], dtype=F64)
+    assert ((z - own[None, :, None]).abs() < 8).all()
+    ref = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits),
+        torch.distributions.Independent(torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), 1),
+    )
+    torch.manual_seed(1)
+    want = ref.sample((S,))
+    torch.testing.assert_close(z.mean(0), want.mean(0), rtol=0, atol=5 * (2 / S) ** 0.5)
