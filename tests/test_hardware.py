@@ -298,7 +298,8 @@ def test_more_threads_than_usable_cores_warns(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with fixed_threads(1):
-            pass
+            assert torch.get_num_threads() == 1
+        before = torch.get_num_threads()
         with fixed_threads(0):  # as many as PyTorch uses: not the user's count
-            pass
+            assert torch.get_num_threads() == before
 
