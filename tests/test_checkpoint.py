@@ -354,7 +354,10 @@ def test_a_config_changed_after_its_weights_were_saved_is_refused(fitted_run, tm
 def test_load_run_errors_name_the_directory(tmp_path):
     with pytest.raises(CheckpointError, match=rf"{esc(tmp_path / 'absent')}.*no such directory"):
         ckpt.load_run(tmp_path / "absent")
-    with pytest.raises(CheckpointError, match=rf"{esc(tmp_path)}.*config.json"):
+    with pytest.raises(CheckpointError, match=rf"{esc(tmp_path)}: not a run directory \(no config.json\)"):
+        ckpt.load_run(tmp_path)
+    (tmp_path / "config.json").mkdir()  # something there, but no file of settings
+    with pytest.raises(CheckpointError, match=rf"{esc(tmp_path / 'config.json')}: not a file \(a folder, a broken link or a device\)"):
         ckpt.load_run(tmp_path)
 
 

@@ -1195,7 +1195,10 @@ def test_resume_empty_directory_names_the_missing_run(tmp_path, capsys):
 def test_resume_empty_directory_exit_code(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, out, err = cli(capsys, "train", "--out", tmp_path / "empty", "--resume")
-    assert_error(code, out, err, 1, "empty", "nothing to resume")
+    assert_error(code, out, err, 1, "empty", "nothing to resume (no config.json)")
+    (tmp_path / "empty" / "config.json").mkdir()  # a folder where the settings' file would be
+    code, out, err = cli(capsys, "train", "--out", tmp_path / "empty", "--resume")
+    assert_error(code, out, err, 1, "nothing to resume (config.json is not a file)")
 
 
 def test_resume_without_last_checkpoint(run_copy, capsys):

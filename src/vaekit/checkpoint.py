@@ -438,6 +438,8 @@ def load_run(run_dir: str | Path, which: str = MODEL_FILE):
         why = "a file, not a directory" if run_dir.exists() else "no such directory"
         raise CheckpointError(f"{run_dir}: not a run directory ({why})")
     if not (run_dir / CONFIG_FILE).is_file():
+        if os.path.lexists(run_dir / CONFIG_FILE):
+            raise CheckpointError(f"{run_dir / CONFIG_FILE}: not a file (a folder, a broken link or a device); a run keeps its settings in a file there")
         raise CheckpointError(f"{run_dir}: not a run directory (no {CONFIG_FILE}){replaced_hint(run_dir)}")
     if not (run_dir / which).is_file():
         if replaced_hint(run_dir):

@@ -337,7 +337,8 @@ def cmd_train(args) -> int:
         # have its config.json yet), and a writer that finishes meanwhile may change the file.
         with lock:
             if not (run_dir / ckpt.CONFIG_FILE).is_file():
-                raise VaekitError(f"{run_dir}: nothing to resume (no config.json)")
+                what = "config.json is not a file" if os.path.lexists(run_dir / ckpt.CONFIG_FILE) else "no config.json"
+                raise VaekitError(f"{run_dir}: nothing to resume ({what})")
             config = _resume_config(args, run_dir)
             if config.data.source == "array":
                 raise ConfigError(f"{run_dir} was fitted on an in-memory array (the Python API): the command line cannot read its rows again to resume it")
