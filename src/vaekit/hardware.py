@@ -147,13 +147,13 @@ def fixed_threads(threads: int):
     off: nothing in PyTorch relies on them)."""
     import torch
 
-    if threads and threads > usable_cores():
+    if threads and threads > (cores := usable_cores()):
         import warnings
 
         from .errors import VaekitWarning, count
 
         warnings.warn(
-            f"threads {threads} is more than the {count(usable_cores(), 'core')} this process may use: "
+            f"threads {threads} is more than the {count(cores, 'core')} this process may use: "
             "PyTorch's threads then wait for each other at every operation, which makes it slower, not faster",
             VaekitWarning,
             stacklevel=3,
