@@ -245,6 +245,55 @@ def test_estimator_fits_mapped_rows_with_auto_likelihood(tmp_path):
     assert VAE(latent_dim=2, hidden=(8,), epochs=1).fit(mapped).config_.model.likelihood == "gaussian"
 
 
+@pytest.mark.parametrize("given_valid", [False, True], ids=["held out", "X_valid"])
+def test_estimator_fit_on_mapped_rows_equals_the_fit_in_memory(tmp_path, monkeypatch, given_valid):
+    """fit streams mapped rows and trains the model it trains on the same rows in memory:
+    float64 values keep their precision until the input map (1e5 ± 1e-3 would round
+    to steps of 0.008 in float32), and the rows are never read whole."""
+    import vaekit.data.containers as containers
+    from vaekit.data import MappedRows, load_array
+    from vaekit.estimator import VAE
+
+    rng = np.random.default_rng(5)
+    x = 1e5 + 1e-3 * rng.standard_normal((120, 3))
+    np.save(tmp_path / "x.npy", x)
+    valid = {"X_valid": 1e5 + 1e-3 * rng.standard_normal((30, 3))} if given_valid else {}
+    mapped, _, _ = load_array(str(tmp_path / "x.npy"), mmap=True)
+    largest = []
+    rows = MappedRows.rows
+    monkeypatch.setattr(MappedRows, "rows", lambda self, positions: largest.append(len(positions)) or rows(self, positions))
+    monkeypatch.setattr(containers, "CHUNK_ROWS", 16)
+    streamed = VAE(latent_dim=2, hidden=(8,), epochs=2, batch_size=16).fit(mapped, **valid)
+    assert largest and max(largest) <= 32  # batches and blocks (of 16 rows, validation's of 32), never a whole split
+    monkeypatch.undo()
+    in_memory = VAE(latent_dim=2, hidden=(8,), epochs=2, batch_size=16).fit(x, **valid)
+    assert streamed.config_.model.standardize == "on"
+    # Equal up to the order of float64 sums: the blocks add up in another order than one array.
+    for name in ("input_shift", "input_scale"):
+        np.testing.assert_allclose(getattr(streamed.config_.model, name), getattr(in_memory.config_.model, name), rtol=1e-7)
+    np.testing.assert_allclose([h["valid_elbo"] for h in streamed.history_], [h["valid_elbo"] for h in in_memory.history_], rtol=1e-5)
+    np.testing.assert_allclose(streamed.transform(x), in_memory.transform(x), atol=1e-5)
+
+
+def test_estimator_checks_mapped_rows_against_the_likelihood_beside_x_valid(tmp_path):
+    from vaekit.data import load_array
+    from vaekit.errors import DataError
+    from vaekit.estimator import VAE
+
+    rng = np.random.default_rng(6)
+    x = (rng.random((60, 4)) < 0.5).astype(np.float32)
+    x[7, 2] = 0.5
+    np.save(tmp_path / "x.npy", x)
+    mapped, _, _ = load_array(str(tmp_path / "x.npy"), mmap=True)
+    valid = (rng.random((20, 4)) < 0.5).astype(np.float32)
+    with pytest.raises(DataError, match=r"X has values outside the support of the bernoulli likelihood.*e\.g\. 0\.5"):
+        VAE(latent_dim=2, hidden=(8,), epochs=1, likelihood="bernoulli").fit(mapped, X_valid=valid)
+    np.save(tmp_path / "v.npy", valid * 0.5)
+    mapped_valid, _, _ = load_array(str(tmp_path / "v.npy"), mmap=True)
+    with pytest.raises(DataError, match=r"X_valid has values outside the support of the bernoulli"):
+        VAE(latent_dim=2, hidden=(8,), epochs=1, likelihood="bernoulli").fit(np.round(x), X_valid=mapped_valid)
+
+
 def test_a_refit_on_mapped_rows_forgets_the_column_names_of_a_dataframe(tmp_path):
     """As scikit-learn's fit does for an array after a DataFrame: the new rows have no column
     names, so none are recorded (the old ones, of another width, would not fit them)."""

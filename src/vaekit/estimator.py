@@ -212,7 +212,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise
 
     def _fit(self, X, X_valid) -> "VAE":
-        from .data import check_data
+        from .data import MappedRows, check_data
         from .data.splits import split_sizes
         from .hardware import check_model_fits
         from .logs import EpochLog
@@ -249,7 +249,10 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             if n_train < 2 or n_valid < 1:
                 raise DataError(f"X has {X.shape[0]} rows; valid_fraction={self.valid_fraction} leaves fewer than 2 to train on or none to validate on")
             perm = np.random.default_rng(self.seed).permutation(X.shape[0])
-            X_valid, X = X[perm[:n_valid]], X[perm[n_valid:]]
+            if isinstance(X, MappedRows):  # split by row number: both parts stay in the file, at full precision
+                X_valid, X = (MappedRows(X.array, X.index[part], X.scaling, X.dtype) for part in (perm[:n_valid], perm[n_valid:]))
+            else:
+                X_valid, X = X[perm[:n_valid]], X[perm[n_valid:]]
         names = getattr(self, "feature_names_in_", None)
         data_config = replace(data_config, feature_names=None if names is None else tuple(str(n) for n in names))
         # The input map (standardisation) is learned from the training rows alone; the auto
@@ -271,8 +274,11 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)  # the initial weights are part of the fit
             model = build_model(config.model, config.train)
-            model.likelihood.check(X, "X", scaling)
-            model.likelihood.check(X_valid, "X_valid" if given_valid else "X", scaling)
+            for x, what in ((X, "X"), (X_valid, "X_valid" if given_valid else "X")):
+                if isinstance(x, MappedRows):  # block by block, never read whole
+                    check_data(x, what=what, likelihood=model.likelihood, scaling=scaling)
+                else:
+                    model.likelihood.check(x, what, scaling)
             on_epoch = EpochLog(config.train.epochs) if self.verbose else None
             self.history_ = fit(model, X, X_valid, config.train, progress=self.progress, on_epoch=on_epoch)
         self.model_ = model
