@@ -338,9 +338,27 @@ def test_summary_of_mapped_rows_is_read_block_by_block(tmp_path, monkeypatch, va
         read_sizes.clear()
         s = summarize(ds.split(split))
         assert read_sizes and max(read_sizes) <= 8
-        whole = ds.split(split)[:]  # float32, as training sees the rows
+        whole = ds.split(split).exact()[:]  # as the rows in memory hold them (float64 for float64 data)
         assert (s.binary, s.min, s.max) == (bool(np.isin(whole, (0, 1)).all()), whole.min(), whole.max())
     assert summarize(np.zeros((0, 3))) == data.ValueSummary(binary=True, min=np.inf, max=-np.inf)
+
+
+@pytest.mark.parametrize("top", [1.0 + 2**-52, 1.0], ids=["just past 1", "1"])
+def test_streaming_chooses_the_likelihood_that_the_rows_in_memory_get(tmp_path, top):
+    """float64 values a rounding past 1 are outside [0, 1] in memory, and so when streamed
+    (float32 would read them as 1 and choose the continuous Bernoulli)."""
+    from vaekit.config import DataConfig
+    from vaekit.data import load_dataset
+    from vaekit.likelihoods import choose
+
+    x = np.random.default_rng(7).random((40, 3))
+    x[3, 1] = top
+    np.save(tmp_path / "x.npy", x)
+    chosen = []
+    for mmap in (False, True):
+        ds = load_dataset(DataConfig(source=str(tmp_path / "x.npy"), mmap=mmap, valid_fraction=0.2, test_fraction=0.2))
+        chosen.append(choose(tuple(ds.split(s) for s in ("train", "valid", "test"))))
+    assert chosen == (["gaussian"] * 2 if top > 1 else ["continuous_bernoulli"] * 2)
 
 
 def test_choose_reads_only_the_split_it_is_given(tmp_path):

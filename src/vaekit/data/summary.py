@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .containers import MappedRows
+from .containers import MappedRows, kept_dtype
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class ValueSummary:
 def summarize(x: Any) -> ValueSummary:
     """The ``ValueSummary`` of an array, of ``MappedRows`` read ``CHUNK_ROWS`` rows at a time
     in file order (the order does not change the summary, and the page cache serves it best),
-    as the float32 values that training sees, or of a tuple of those (a data set's splits)."""
+    at the precision of the rows in memory, or of a tuple of those (a data set's splits)."""
     binary, lo, hi = True, np.inf, -np.inf
     for block in _blocks(x):
         if block.size == 0:
@@ -40,7 +40,10 @@ def _blocks(x: Any):
         for part in x:
             yield from _blocks(part)
     elif isinstance(x, MappedRows):
-        with np.errstate(over="ignore"):  # float64 beyond float32's range reads as ±inf, its float32 extreme
-            yield from MappedRows(x.array, np.sort(x.index), x.scaling).chunks()
+        # Values not yet mapped are read as precisely as the rows in memory are (float64 for
+        # float64 data: 1 + 2e-16 is not in [0, 1]), so that streaming chooses as they do.
+        dtype = x.dtype if x.scaling is not None else kept_dtype(x.array.dtype)
+        with np.errstate(over="ignore"):  # a map's output beyond float32's range reads as ±inf, its float32 extreme
+            yield from MappedRows(x.array, np.sort(x.index), x.scaling, dtype).chunks()
     else:
         yield np.asarray(x)
