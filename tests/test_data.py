@@ -238,6 +238,22 @@ def test_npz_with_explicit_splits_uses_them_exactly(tmp_path):
     assert y.shape == (46,)
 
 
+@pytest.mark.parametrize("bad", [np.array([0.0, 1.5, 2.0]), np.array(["a", "b", "c"])], ids=["fractions", "text"])
+def test_splits_labels_are_all_read_or_none(tmp_path, bad):
+    """One split's labels that are no classes drop every split's, with a warning: labels that
+    covered only some rows could not be lined up with split('all') or load_array's rows."""
+    from vaekit.errors import VaekitWarning
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "s.npz", train=rng.normal(size=(8, 2)), test=rng.normal(size=(3, 2)), train_labels=np.arange(8), test_labels=bad)
+    with pytest.warns(VaekitWarning, match=r"test_labels\]: labels of dtype .* are no integer class labels"):
+        x, y, _ = load_array(str(tmp_path / "s.npz"))
+    assert x.shape == (11, 2) and y is None
+    with pytest.warns(VaekitWarning):
+        ds = load_dataset(DataConfig(source=str(tmp_path / "s.npz"), valid_fraction=0.25))
+    assert ds.labels == {"train": None, "valid": None, "test": None} and ds.split_labels("all") is None
+
+
 @pytest.mark.parametrize("other, said", [
     ("y", "array 'y' is ignored \\(labels of one data array\\); with explicit splits the splits' labels are train_labels, valid_labels, test_labels"),
     ("labels", "array 'labels' is ignored \\(labels of one data array\\)"),
@@ -341,7 +357,10 @@ def test_csv_dataset_split(tmp_path):
         ("1,2\n3,4\n-inf,5\n", r"contains infinity \(first at row 3, column 1\)"),
         ("1,2\n3,Infinity\n", r"contains infinity \(first at row 2, column 2\)"),
         ("a,b\n1,2\n1_000,4\n", r"row 3, column 1 is '1_000'; expected a number"),
-        ("1_000,2\n3,4\n", r"row 1, column 1 is '1_000'; expected a number"),  # a data row, not a header
+        ("1_000,2\n3,4\n", r"row 1, column 1 is '1_000'; expected a number \(digits grouped by ',' or '_' are no number here: write 1000\)"),  # a data row, not a header
+        # A spreadsheet's grouped digits, quoted: a data row too, not a header of names "1,234" and "5".
+        ('"1,234",5\n999,4\n', r"row 1, column 1 is '1,234'; expected a number \(digits grouped by ',' or '_' are no number here: write 1234\)"),
+        ('a,b\n"-12,345.5",5\n', r"row 2, column 1 is '-12,345.5'; expected a number \(digits grouped"),
         ('a,b,c\n1,2,3\n"1\n2",3,4\n', r"row 3 has 1 columns, but row 2 has 3 \(a quoted cell holds a line break"),
         ("1,2\n3,-1e400\n", r"row 2, column 2 is '-1e400', beyond float64's range"),
         ("a,a,b\n1,2,3\n", r"the header \(row 1\) names columns 1 and 2 both 'a'; give each column a name of its own"),

@@ -197,6 +197,8 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray |
             s: (_labels(contents[f"{s}_labels"], len(arrays[s]), f"{path} [{s}_labels]") if given else None)
             for s in names
         }
+        if any(y is None for y in labels.values()):  # one split's dropped: all or none, as above
+            labels = dict.fromkeys(names)
         return arrays, labels
 
     label_keys = [k for k in ("y", "labels") if k in contents]
@@ -266,11 +268,15 @@ EXACT_INTEGERS = 2**53
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
+# Digit grouping as spreadsheets write it, quoted in a CSV: "1,234", "-12,345.5".
+_GROUPED = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?")
+
+
 def _is_header(cells: list[str]) -> bool:
     """A first row with a cell that is no number names the columns; a cell that only digit
-    grouping keeps from being one ('1_000') makes a data row, refused where it is read, and so
-    does a missing value among numbers ('NA')."""
-    text = [c for c in cells if c and _number(c.replace("_", "")) is None]
+    grouping keeps from being one ('1_000', '1,234') makes a data row, refused where it is
+    read, and so does a missing value among numbers ('NA')."""
+    text = [c for c in cells if c and _number(c.replace("_", "")) is None and not _GROUPED.fullmatch(c)]
     return bool(text) and not (len(text) < len(cells) and all(c.lower() in MISSING for c in text))
 
 
@@ -401,6 +407,8 @@ def _read_table(path: Path) -> np.ndarray:
                     hint = " (write truth values as 1 and 0)"
                 if cell.lower() in MISSING:
                     hint = " (a missing value: every cell needs a number; drop or fill in such rows first)"
+                if _GROUPED.fullmatch(cell) or _number(cell.replace("_", "")) is not None:
+                    hint = f" (digits grouped by ',' or '_' are no number here: write {cell.replace(',', '').replace('_', '')})"
                 raise DataError(f"{path}: row {line_no}, column {j + 1} is {cell!r}; expected a number{hint}")
             if math.isinf(v) and "inf" not in cell.lower():
                 raise DataError(f"{path}: row {line_no}, column {j + 1} is {cell!r}, beyond float64's range (about 1.8e308)")
