@@ -1023,6 +1023,29 @@ def test_npz_labels_of_python_objects_are_left_out_with_a_warning(tmp_path):
     assert ds.labels["train"] is None
 
 
+def test_a_streamed_split_is_resolved_by_its_own_spread_not_a_blocks(tmp_path, monkeypatch):
+    """Streamed, a split is checked block by block, but float32's resolution is judged against
+    the whole split's spread, as in memory: a last block of two rows 1e-4 apart at 1e5 hardly
+    varies by itself, and must not refuse a split that varies by 1; a split that varies by
+    1e-3 throughout is refused whichever block shows it."""
+    import vaekit.data.containers as containers
+    from vaekit.data import MappedRows
+
+    monkeypatch.setattr(containers, "CHUNK_ROWS", 8)
+    rng = np.random.default_rng(0)
+    x = 1e5 + rng.normal(size=(10, 2))
+    x[8:] = 1e5 + np.array([[0.1, 0.2], [0.1001, 0.2001]])
+    assert check_data(x).dtype == np.float32  # in memory
+    np.save(tmp_path / "x.npy", x)
+    mapped = MappedRows(np.load(tmp_path / "x.npy", mmap_mode="r"), dtype=np.float32)
+    assert check_data(mapped, what="X", dtype=np.float32) is mapped
+    np.save(tmp_path / "t.npy", 1e5 + 1e-3 * rng.normal(size=(20, 2)))
+    tight = MappedRows(np.load(tmp_path / "t.npy", mmap_mode="r"), dtype=np.float32)
+    with pytest.raises(DataError, match=r"^X: column 1 varies by 0\.00\d* \(standard deviation\) around 100000, finer than float32"):
+        check_data(tight, what="X", dtype=np.float32)
+    assert check_data(tight, what="X", dtype=None) is tight  # its input map is yet to come
+
+
 def test_check_resolution_threshold_is_one_percent_of_the_spread():
     """float32 steps by 2**-7 at 1e5 (rounding error up to 0.0039): a spread of 0.1 (error/std
     about 0.04, over 1%) is refused, a spread of 1.0 (about 0.004) is kept as float32."""

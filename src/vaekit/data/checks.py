@@ -84,17 +84,20 @@ def check_data(
     return out
 
 
-def narrow(x: np.ndarray, dtype: Any, what: str, rows: Any = None) -> np.ndarray:
+def narrow(x: np.ndarray, dtype: Any, what: str, rows: Any = None, resolution: "Resolution | None" = None) -> np.ndarray:
     """``x`` (numbers, finite) as a C-contiguous array of ``dtype``; a float32 cast of wider
     values first passes the range check (float32 would read an infinity nobody wrote) and
-    ``check_resolution``."""
+    ``check_resolution``, or, for a block of a split, adds to the split's ``resolution``."""
     dtype = np.dtype(dtype)
     if dtype.itemsize < 8 and x.dtype.kind == "f" and x.dtype.itemsize > 4:
         top = np.finfo(np.float32).max
         check_range(x, top, f"{what} has values too large for a float32 model", "standardise the feature or use a float64 model (--dtype float64)", rows)
     out = np.ascontiguousarray(x, dtype=dtype)
     if dtype.itemsize < 8 and wide(x.dtype):
-        check_resolution(x, out, what)
+        if resolution is None:
+            check_resolution(x, out, what)
+        else:
+            resolution.add(x, out)
     return out
 
 
@@ -129,27 +132,49 @@ def check_resolution(x: np.ndarray, x32: np.ndarray, what: str) -> None:
     around a large value, 1e5 ± 1e-3 say, would reach a float32 model without an input map
     rounded to nearly one value. Refused when some feature's largest rounding
     error is more than ``RESOLUTION`` of its standard deviation; read block by block."""
-    n, d = x.shape
-    if n < 2:
-        return
-    step = max(1, (1 << 20) // d)
-    shift = x[0].astype(np.float64)  # sums about one row: no E[x²] − E[x]² cancellation at 1e5
-    err, s1, s2 = np.zeros(d), np.zeros(d), np.zeros(d)
-    for start in range(0, n, step):
-        b = x[start : start + step].astype(np.float64)
-        err = np.maximum(err, np.abs(b - x32[start : start + step]).max(axis=0))
-        b -= shift
-        s1 += b.sum(axis=0)
-        s2 += (b * b).sum(axis=0)
-    var = np.maximum(s2 / n - (s1 / n) ** 2, 0.0)
-    std = np.sqrt(var)
-    bad = np.flatnonzero(~constant(shift + s1 / n, var, n) & (err > RESOLUTION * std))
-    if bad.size:
-        j = int(bad[0])
-        raise DataError(
-            f"{what}: column {j + 1} varies by {std[j]:.3g} (standard deviation) around {shift[j] + s1[j] / n:.7g}, "
-            f"finer than float32 holds at that size (rounding by up to {err[j]:.3g}); subtract an offset, e.g. its mean, or standardise it, first"
-        )
+    resolution = Resolution()
+    resolution.add(x, x32)
+    resolution.check(what)
+
+
+class Resolution:
+    """``check_resolution`` of a whole split, its blocks ``add``-ed one by one (a streamed
+    split): the spread is the split's, not a block's, whose few rows may hardly vary."""
+
+    def __init__(self):
+        self.n = 0
+        self.shift = self.err = self.s1 = self.s2 = None
+
+    def add(self, x: np.ndarray, x32: np.ndarray) -> None:
+        n, d = x.shape
+        if n == 0:
+            return
+        if self.shift is None:
+            self.shift = x[0].astype(np.float64)  # sums about one row: no E[x²] − E[x]² cancellation at 1e5
+            self.err, self.s1, self.s2 = np.zeros(d), np.zeros(d), np.zeros(d)
+        step = max(1, (1 << 20) // d)
+        for start in range(0, n, step):
+            b = x[start : start + step].astype(np.float64)
+            self.err = np.maximum(self.err, np.abs(b - x32[start : start + step]).max(axis=0))
+            b -= self.shift
+            self.s1 += b.sum(axis=0)
+            self.s2 += (b * b).sum(axis=0)
+        self.n += n
+
+    def check(self, what: str) -> None:
+        n = self.n
+        if n < 2:
+            return
+        var = np.maximum(self.s2 / n - (self.s1 / n) ** 2, 0.0)
+        std = np.sqrt(var)
+        mean = self.shift + self.s1 / n
+        bad = np.flatnonzero(~constant(mean, var, n) & (self.err > RESOLUTION * std))
+        if bad.size:
+            j = int(bad[0])
+            raise DataError(
+                f"{what}: column {j + 1} varies by {std[j]:.3g} (standard deviation) around {mean[j]:.7g}, "
+                f"finer than float32 holds at that size (rounding by up to {self.err[j]:.3g}); subtract an offset, e.g. its mean, or standardise it, first"
+            )
 
 
 def _check_rows(what: str, shape: tuple, min_rows: int) -> None:
@@ -169,15 +194,21 @@ def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None
     if input_dim is not None and x.shape[1] != input_dim:
         raise wrong_width(what, x.shape[1], input_dim)
     size = containers.CHUNK_ROWS
+    # Rows read through an input map keep their precision until it (see check_data), and so
+    # do rows whose map is yet to come (dtype None); others are read as x.dtype, and whether
+    # it resolves them is judged on the whole split's spread.
+    keep = dtype is None or x.scaling is not None
+    resolution = None if keep else Resolution()
     for start in range(0, len(x), size):
         file_rows = np.sort(x.index[start : start + size])  # ascending: the page cache's order
         raw = np.asarray(x.array[file_rows])
-        # Rows read through an input map keep their precision until it (see check_data), and
-        # so do rows whose map is yet to come (dtype None); others are read as x.dtype.
-        keep = dtype is None or x.scaling is not None
-        values = check_data(raw, what=what, rows=file_rows + 1, dtype=None if keep else x.dtype)
+        values = check_data(raw, what=what, rows=file_rows + 1, dtype=None)
+        if not keep:
+            values = narrow(values, x.dtype, what, file_rows + 1, resolution)
         if likelihood is not None:
             likelihood.check(values if x.scaling is None else x.scaling.to_model(values, x.dtype), what, scaling, rows=file_rows + 1)
+    if resolution is not None:
+        resolution.check(what)
     return x
 
 
