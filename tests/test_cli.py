@@ -2119,6 +2119,16 @@ def test_a_verb_does_not_write_over_the_runs_own_files(run_copy, capsys):
         for name in ("curves.png", "latent.png", "kl_per_dim.png", "samples.png" if argv[0] != "sample" else "reconstructions.png"):
             code, out, err = cli(capsys, argv[0], run_copy, *argv[1:], run_copy / name)
             assert_error(code, out, err, 2, f"{run_copy / name}: is the run's {name}, a picture of another kind")
+    # gaps' pictures are the run's too (a later gaps would redraw them over a sample grid), and
+    # gaps of one split does not draw over another split's, nor its bound over its bars.
+    for argv, name in (
+        (["sample", "-n", "3", "--out"], "gaps_test.png"),
+        (["reconstruct", "--data", "digits", "--overwrite", "--out"], "gaps_valid_bars.png"),
+        (["gaps", "--k", "2", "--steps", "1", "--split", "valid", "--plot"], "gaps_test.png"),
+        (["gaps", "--k", "2", "--steps", "1", "--overwrite", "--plot"], "gaps_test_bars.png"),
+    ):
+        code, out, err = cli(capsys, argv[0], run_copy, *argv[1:], run_copy / name)
+        assert_error(code, out, err, 2, f"{run_copy / name}: is the run's {name}, a picture of another kind")
     assert snapshot(run_copy) == before
     code, _, err = cli(capsys, "sample", run_copy, "-n", "4", "--out", run_copy / "samples.png")
     assert code == 0, err

@@ -24,13 +24,18 @@ RUN_FILES = (CONFIG_FILE, MODEL_FILE, LAST_FILE, METRICS_FILE, BUBBLES_FILE)
 PICTURES = ("samples.png", "reconstructions.png", "curves.png", "latent.png", "kl_per_dim.png", "latent_grid.png", "bubbles.png", "spaces.png")
 
 
-def of_a_run(name: str) -> bool:
-    """Whether a file of this name in a run directory is the run's own: a file training
-    writes, one of its pictures, or the pictures `gaps` draws there by default (gaps_SPLIT.png,
-    gaps_SPLIT_bars.png)."""
+def run_picture(name: str) -> bool:
+    """Whether a file of this name in a run directory is one of the run's pictures: training's,
+    or those `gaps` draws there by default (gaps_SPLIT.png, gaps_SPLIT_bars.png)."""
     import re
 
-    return name in RUN_FILES or name in PICTURES or re.fullmatch(r"gaps_\w+?(_bars)?\.png", name) is not None
+    return name in PICTURES or re.fullmatch(r"gaps_\w+?(_bars)?\.png", name) is not None
+
+
+def of_a_run(name: str) -> bool:
+    """Whether a file of this name in a run directory is the run's own: a file training
+    writes, or one of its pictures."""
+    return name in RUN_FILES or run_picture(name)
 
 
 def json_loads(text: str | bytes):

@@ -21,7 +21,7 @@ def check_out(
     the one the verb ``redraws``, a file or picture of another run, or the ``data`` file it
     reads; and, where ``overwrite`` is False, a file that exists (other than the picture the
     verb redraws), so that a slip of --out never replaces work without a word."""
-    from .files import CONFIG_FILE, PICTURES, RUN_FILES, of_a_run
+    from .files import CONFIG_FILE, RUN_FILES, of_a_run, run_picture
 
     target = out.resolve()  # what is written: through a link, its target
     holder = target.parent
@@ -30,7 +30,7 @@ def check_out(
         raise ConfigError(f"{option} {out}: is a file of the run {run_dir}; name another file")
     # A verb may redraw its own picture of the run (``redraws``), not put its picture in place
     # of another (a sample grid over the training curves).
-    if own and target.name in PICTURES and target.name != redraws:
+    if own and run_picture(target.name) and target.name != redraws:
         raise ConfigError(f"{option} {out}: is the run's {target.name}, a picture of another kind; name another file")
     # Another run's files and pictures are as much its own: a verb of run A writing B/latent.png
     # or B/bubbles.npz would replace B's picture or break B's next resume.
