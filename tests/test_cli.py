@@ -2749,3 +2749,21 @@ def test_an_output_is_replaced_whole_and_a_reader_of_the_old_one_keeps_it(writer
     assert out.read_bytes() != before
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left beside it
     assert os.stat(out).st_size > 0
+
+
+def test_progress_and_quiet_contradict_each_other_on_a_new_run_and_on_resume(tmp_path, capsys):
+    """--quiet silences the bars too, so a new run refuses both; a resumed run keeps its
+    --quiet, so --progress alone is refused there, and --no-quiet --progress shows the bars."""
+    run = tmp_path / "run"
+    code, out, err = cli(capsys, "train", "--data", "digits", "--out", run, *SMALL, "--latent-dim", "2", "--quiet", "--progress")
+    assert_error(code, out, err, 2, "--quiet and --progress contradict each other")
+    assert not run.exists()
+    code, _, err = cli(capsys, "train", "--data", "digits", "--out", run, *SMALL, "--latent-dim", "2", "--quiet")
+    assert code == 0 and err == ""
+    before = (run / "last.safetensors").read_bytes()
+    code, out, err = cli(capsys, "train", "--out", run, "--resume", "--epochs", "2", "--progress")
+    assert_error(code, out, err, 2, f"--progress: the run in {run} was trained with --quiet, which --resume keeps; add --no-quiet")
+    assert (run / "last.safetensors").read_bytes() == before
+    code, _, err = cli(capsys, "train", "--out", run, "--resume", "--epochs", "2", "--no-quiet", "--progress")
+    assert code == 0, err
+    assert "it/s" in err or "%|" in err  # tqdm's bars, not epoch lines

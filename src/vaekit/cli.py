@@ -340,6 +340,8 @@ def cmd_train(args) -> int:
                 what = "config.json is not a file" if os.path.lexists(run_dir / ckpt.CONFIG_FILE) else "no config.json"
                 raise VaekitError(f"{run_dir}: nothing to resume ({what})")
             config = _resume_config(args, run_dir)
+            if args.progress and config.train.quiet:  # kept from the run: --progress alone would show nothing
+                raise ConfigError(f"--progress: the run in {run_dir} was trained with --quiet, which --resume keeps; add --no-quiet to show progress")
             if config.data.source == "array":
                 raise ConfigError(f"{run_dir} was fitted on an in-memory array (the Python API): the command line cannot read its rows again to resume it")
             if config.train.tensorboard:
