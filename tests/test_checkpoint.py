@@ -207,6 +207,25 @@ def test_every_single_byte_flip_in_tensors_or_header_is_refused_or_harmless(tmp_
     assert flipped > 500 and bad == 0
 
 
+@pytest.mark.parametrize("meta", ["null", "[1]", "3", '"text"'])
+def test_metadata_that_is_json_but_no_object_is_refused_by_its_checksum(tmp_path, meta):
+    """A header whose meta string was edited into JSON of another kind: read_meta, which reads
+    the header unverified, gives {} (its callers look names up in it), and the load names the
+    file and its checksum."""
+    path = _saved(tmp_path)
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    assert ckpt.read_meta(path) == {"epoch": 3, "lr": 0.001}
+    header["__metadata__"]["meta"] = meta
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= n
+    path.write_bytes(data[:8] + text.ljust(n) + data[8 + n :])  # the same length, padded as safetensors allows
+    assert ckpt.read_meta(path) == {}
+    with pytest.raises(CheckpointError, match=rf"{esc(path)}.*checksum"):
+        ckpt.load_tensors(path)
+
+
 def test_tampered_metadata_is_refused(tmp_path):
     path = _saved(tmp_path)
     data = path.read_bytes()

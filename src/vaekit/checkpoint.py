@@ -332,7 +332,9 @@ def read_meta(path: Path) -> dict[str, Any]:
             if not 0 < n < 100_000_000:
                 return {}
             meta = json_loads(f.read(n)).get("__metadata__", {}).get("meta", "{}")
-        return json_loads(meta) if isinstance(meta, str) else {}
+        meta = json_loads(meta) if isinstance(meta, str) else {}
+        # Valid JSON but no object ("null", a list): damage that load_tensors' checksum names.
+        return meta if isinstance(meta, dict) else {}
     except (OSError, ValueError, AttributeError):
         return {}
 
