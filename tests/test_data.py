@@ -103,6 +103,19 @@ def test_zero_valid_fraction_gives_empty_valid():
     assert ds.train.shape == (898, 64)
 
 
+@pytest.mark.parametrize(
+    "n, fraction, rows",
+    [(100, 0.145, 15), (1000, 0.0145, 15), (20, 0.025, 1), (3, 0.5, 2), (7, 0.5, 4), (25, 0.1, 3), (35, 0.1, 4), (100, 0.144, 14), (10, 1 / 3, 3)],
+)
+def test_split_rows_round_the_fraction_as_written_half_up(n, fraction, rows):
+    """n·fraction of the decimal the user gave, half up: float's 100·0.145 = 14.4999… would
+    round to 14 where the product written out is 14.5; 2.5 and 3.5 both round up."""
+    from vaekit.data.splits import split_sizes
+
+    assert split_sizes(n, fraction, 0.0) == (n - rows, rows, 0)
+    assert split_sizes(n, 0.0, fraction) == (n - rows, 0, rows)
+
+
 def test_unknown_split_lists_choices():
     ds = Dataset("toy", *(np.zeros((2, 1), np.float32),) * 3, None, {"train": None, "valid": None, "test": None})
     with pytest.raises(DataError, match=r"unknown split 'validation'; choose one of: train, valid, test, all"):

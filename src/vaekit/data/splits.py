@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -13,15 +14,18 @@ class TooFewRows(DataError):
     """Too few rows for the split fractions: a verb that reads one split says how to read all."""
 
 
-def _round_half_up(v: float) -> int:
-    # Not round(): banker's rounding would make 2.5 -> 2 but 3.5 -> 4.
-    return int(math.floor(v + 0.5))
+def _rows_of(n: int, fraction: float) -> int:
+    """n·fraction rounded half up, of the fraction as written: the float product of 100 and
+    0.145 is 14.4999…, the decimal one 14.5, which gives 15. (Not round(): banker's rounding
+    would make 2.5 -> 2 but 3.5 -> 4.)"""
+    return math.floor(n * Fraction(repr(float(fraction))) + Fraction(1, 2))
 
 
 def split_sizes(n: int, valid_fraction: float, test_fraction: float) -> tuple[int, int, int]:
     """(n_train, n_valid, n_test): n_valid = round(n·valid_fraction), n_test =
-    round(n·test_fraction) (half up), each at least 1 when its fraction is > 0 and n >= 3."""
-    n_valid, n_test = _round_half_up(n * valid_fraction), _round_half_up(n * test_fraction)
+    round(n·test_fraction) (half up, of the fractions' shortest decimals), each at least 1
+    when its fraction is > 0 and n >= 3."""
+    n_valid, n_test = _rows_of(n, valid_fraction), _rows_of(n, test_fraction)
     if n >= 3:
         if valid_fraction > 0:
             n_valid = max(n_valid, 1)
