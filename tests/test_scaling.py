@@ -470,3 +470,15 @@ def test_cli_names_the_file_row_a_float32_model_cannot_read(tmp_path, capsys, mm
     assert found and int(found.group(1)) >= 42, err  # the row's number in the file, not in its split
     assert not (tmp_path / "a").exists()
     assert cli(capsys, "train", "--data", tmp_path / "x.npy", "--out", tmp_path / "b", *flags)[0] == 0  # standardised, it fits
+
+
+def test_user_value_reads_shift_and_scale_each_per_feature_or_shared():
+    """A config may hold one shift for every feature beside a scale per feature, or the
+    reverse; the value in the user's units is shift_j + scale_j·x' either way."""
+    per = np.array([1.0, 2.0, 3.0])
+    one = np.array([10.0])
+    cases = [(one, per, [10.5, 11.0, 11.5]), (per, one, [6.0, 7.0, 8.0]), (per, per, [1.5, 3.0, 4.5]), (one, one, [15.0] * 3)]
+    for shift, scale, expected in cases:
+        s = Scaling(shift, scale)
+        assert [s.user_value(0.5, j) for j in range(3)] == expected
+        np.testing.assert_allclose(s.to_model(np.array([expected]), np.float64), [[0.5, 0.5, 0.5]])

@@ -121,8 +121,10 @@ class Scaling:
 
     def user_value(self, value: float, column: int) -> float:
         """The user's value of the model's ``value`` in feature ``column`` (0-based)."""
-        j = column if self.scale.shape[0] > 1 else 0
-        return float(self.shift[j] + self.scale[j] * value)
+        # Each of shift and scale has one entry for every feature, or one for all.
+        shift = self.shift[column if self.shift.shape[0] > 1 else 0]
+        scale = self.scale[column if self.scale.shape[0] > 1 else 0]
+        return float(shift + scale * value)
 
     def describe(self) -> str:
         """'x / 16', '(x - 1.5) / 2' for one value of every feature; '(x - mean) / std per feature' else."""
