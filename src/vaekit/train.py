@@ -489,8 +489,22 @@ class _Step:
         """(per-step losses, the sum of the training points' objective values), both on the device and
         summed over ranks. The matmul precision holds for the whole pass (forward and backward)
         and is restored however the pass ends."""
-        with _matmul_precision(self.config.matmul_precision):
+        with _matmul_precision(self.config.matmul_precision), self._annealed(beta):
             return self._epoch(n, beta, epoch, run_dir, progress)
+
+    @contextlib.contextmanager
+    def _annealed(self, beta: float):
+        """The epoch's warm-up β also for what the method fits inside a step (stochastic VI's
+        local steps, a q refined in training), so that it ascends the objective the shared
+        step does; the objective's own β again afterwards, for validation and new rows."""
+        inference = self.model.inference
+        full = inference.kl_weight
+        if self.config.beta:
+            inference.kl_weight = full * beta / self.config.beta
+        try:
+            yield
+        finally:
+            inference.kl_weight = full
 
     def _epoch(self, n: int, beta: float, epoch: int, run_dir: Path | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
         config, world, rank = self.config, self.world, self.rank

@@ -82,3 +82,44 @@ def test_refinement_ascends_the_training_objective(beta):
     with torch.no_grad():
         q = lg.model.evaluation_posterior(lg.x)
     _nearer(q.mu, q.logvar, lg, beta)
+
+
+@pytest.mark.parametrize(
+    "inference, extra",
+    [("vi", {"local_steps_per_batch": 1}), ("map", {"local_steps_per_batch": 1}), ("amortized", {"refine_steps": 1, "refine_in_training": True})],
+)
+def test_fits_inside_a_step_follow_the_warm_up(monkeypatch, inference, extra):
+    """Under KL warm-up the shared step trains ELBO_{β·min(1, e/N)} at epoch e; the local steps
+    and the q refined in training, inside the same step, fit that objective too, and new rows
+    afterwards are fitted with the full β."""
+    import numpy as np
+
+    import vaekit
+    from vaekit.inference import optimize
+
+    seen = []
+    for name in ("optimize_gaussian", "optimize_point"):
+        original = getattr(optimize, name)
+
+        def spy(*args, _original=original, **kwargs):
+            seen.append(kwargs["beta"])
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(optimize, name, spy)
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    vae = vaekit.VAE(latent_dim=2, hidden=(4,), epochs=3, batch_size=40, valid_fraction=0.25, beta=2.0, warmup=4, inference=inference, **extra)
+    epochs = []
+    from vaekit import train
+
+    step_epoch = train._Step.epoch
+
+    def counted(self, n, beta, epoch, *args):
+        seen.clear()
+        out = step_epoch(self, n, beta, epoch, *args)
+        epochs.append(sorted(set(seen)))
+        return out
+
+    monkeypatch.setattr(train._Step, "epoch", counted)
+    vae.fit(x)
+    assert epochs == [[0.5], [1.0], [1.5]]  # 2·e/4, in the steps of epoch e
+    assert vae.model_.inference.kl_weight == 2.0
