@@ -1835,7 +1835,9 @@ def test_resume_names_an_edited_model_field_before_reading_the_data(run_copy, ca
 @pytest.mark.parametrize(
     "section,field,value",
     [("train", "batch_size", 50), ("train", "dtype", "float64"), ("train", "seed", 3), ("train", "objective", "iwae"),
-     ("data", "split_seed", 4), ("data", "valid_fraction", 0.2)],
+     ("data", "split_seed", 4), ("data", "valid_fraction", 0.2),
+     # The objective's own options, as fixed as the core ones.
+     ("train", "beta", 4.0), ("train", "warmup", 3), ("train", "free_bits", 0.5), ("train", "n_samples", 2)],
 )  # fmt: skip
 def test_resume_names_an_edited_fixed_field(run_copy, capsys, section, field, value):
     """A train or data field that --resume may not change, edited in config.json, is refused as

@@ -345,13 +345,13 @@ def fixed_record(config: RunConfig) -> dict[str, dict[str, Any]]:
     sessions (another batch size, dtype or seed) would otherwise continue the run as another
     one. The data source is left to the checkpoint's data fingerprint, which sees through its
     spelling."""
-    from .config import DATA_OPTIONS, TRAIN_OPTIONS
+    from .config import section_options
 
     d = json.loads(config.to_bytes())
-    sections = (("train", TRAIN_OPTIONS), ("data", DATA_OPTIONS))
+    # Every option of the section, the components' too (the objective's β, K, free bits).
     return {
-        section: {k: d[section][k] for k, opt in options.items() if not opt.resumable and k != "source" and k in d[section]}
-        for section, options in sections
+        section: {k: d[section][k] for k, opt in section_options(section).items() if not opt.resumable and k != "source" and k in d[section]}
+        for section in ("train", "data")
     }
 
 
