@@ -1099,3 +1099,24 @@ def test_the_same_seed_fits_the_same_model_whatever_the_global_stream(digits):
         fitted.append(VAE(latent_dim=4, hidden=(32,), epochs=1, seed=0).fit(digits[:300]))
     a, b = (dict(f.model_.state_dict()) for f in fitted)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rows_a_fitted_model_reads_are_not_refused_by_their_own_spread(tmp_path):
+    """Whether float32 resolves a feature is judged once, on the training rows: two float64
+    rows 1e-9 apart in a column, scored together, are not refused as "finer than float32", and
+    score as each does alone (so do validation rows given beside X, and streamed rows)."""
+    from vaekit.data import load_array
+
+    rng = np.random.default_rng(0)
+    X = rng.random((300, 3))  # float64 in [0, 1]: continuous Bernoulli, no input map
+    close = np.array([[0.5, 0.2, 0.9], [0.5 + 1e-9, 0.7, 0.1]])
+    est = vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1).fit(X, X_valid=close)
+    assert est.scaling_ is None
+    together = est.score_samples(close, k=5)
+    alone = [est.score_samples(row[None], k=5)[0] for row in close]
+    np.testing.assert_allclose(together, alone, rtol=1e-5)
+    np.save(tmp_path / "close.npy", close)
+    mapped, _, _ = load_array(str(tmp_path / "close.npy"), mmap=True)
+    np.testing.assert_allclose(est.score_samples(mapped, k=5), together, rtol=1e-5)
+    with pytest.raises(DataError, match="finer than float32"):  # training rows still are judged
+        vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1).fit(np.vstack([close] * 3))

@@ -266,7 +266,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if bad:
             raise ConfigError(bad[0])
         scaling = Scaling.of(config.model)
-        X, X_valid = (apply(scaling, x, config.train.dtype, what) for x, what in ((X, "X"), (X_valid, "X_valid")))
+        # float32's resolution of a feature is judged on the training rows (as vaekit train's).
+        X, X_valid = (apply(scaling, x, config.train.dtype, what, resolve=what == "X") for x, what in ((X, "X"), (X_valid, "X_valid")))
         # The caller's random streams stay where they were: torch.manual_seed here and in
         # train.fit reseeds only the forked state (CPU, and every CUDA device that exists).
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -274,9 +275,9 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)  # the initial weights are part of the fit
             model = build_model(config.model, config.train)
-            for x, what in ((X, "X"), (X_valid, "X_valid" if given_valid else "X")):
+            for x, what, resolve in ((X, "X", True), (X_valid, "X_valid" if given_valid else "X", False)):
                 if isinstance(x, MappedRows):  # block by block, never read whole
-                    check_data(x, what=what, likelihood=model.likelihood, scaling=scaling)
+                    check_data(x, what=what, likelihood=model.likelihood, scaling=scaling, resolve=resolve)
                 else:
                     model.likelihood.check(x, what, scaling)
             on_epoch = EpochLog(config.train.epochs) if self.verbose else None
@@ -334,16 +335,18 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
         self._check_fitted()
         scaling = self.scaling_
+        # Whether float32 resolves a feature was judged on the training rows: rows read now are
+        # not refused by their own spread, which the rows beside them would decide.
         if isinstance(X, MappedRows):  # checked block by block, never read whole
             mapped = apply(scaling, X, self._dtype)
-            return check_data(mapped, what=what, input_dim=self.n_features_in_, likelihood=self.model_.likelihood, scaling=scaling)
+            return check_data(mapped, what=what, input_dim=self.n_features_in_, likelihood=self.model_.likelihood, scaling=scaling, resolve=False)
         x = self._rows(X, what, reset=False)
         if x.shape[1] != self.n_features_in_:  # scikit-learn's wording, which its checks expect
             raise DataError(
                 f"{what} has {x.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input"
             )
-        x = apply(scaling, x, self._dtype, what)
+        x = apply(scaling, x, self._dtype, what, resolve=False)
         self.model_.likelihood.check(x, what, scaling)
         return x
 

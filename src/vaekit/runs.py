@@ -229,8 +229,11 @@ def _train_run(
     for name in ("train", "valid", "test"):
         what = f"{data.name} ({name} split)"
         rows = None if data.rows is None else data.rows[name] + 1  # messages name a row by its number in the source
+        # Whether float32 resolves a feature is judged on the rows the model learns from; a
+        # small held-out split's own spread would refuse rows the training split resolves.
+        resolve = name == "train"
         splits[name] = check_data(
-            model_rows(run_config.model, data.split(name), data.scaling, run_config.train.dtype, what, rows),
+            model_rows(run_config.model, data.split(name), data.scaling, run_config.train.dtype, what, rows, resolve),
             what=what,
             rows=rows,
             dtype=run_config.train.dtype,
@@ -238,6 +241,7 @@ def _train_run(
             input_dim=run_config.model.input_dim,
             likelihood=model.likelihood,
             scaling=scaling,
+            resolve=resolve,
         )
     # Every process of a torchrun group reads and checks the same data, so all refuse a batch
     # too small to share alike, and before joining: none waits for a peer that has left.

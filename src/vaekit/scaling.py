@@ -188,11 +188,11 @@ def choose_standardize(x_seen: Any, likelihood: str, standardize: str) -> str:
     return standardize
 
 
-def apply(scaling: "Scaling | None", x: Any, dtype: Any = np.float32, what: str = "data", rows: Any = None) -> Any:
+def apply(scaling: "Scaling | None", x: Any, dtype: Any = np.float32, what: str = "data", rows: Any = None, resolve: bool = True) -> Any:
     """x (checked by ``check_data``) in the model's units and ``dtype``: an array mapped now,
     ``MappedRows`` mapped as their blocks are read. With no map, a float32 cast of float64
-    values is checked for range and rounding (``narrow``; ``what`` names x, ``rows`` its rows'
-    numbers for the messages, as ``check_data``'s)."""
+    values is checked for range and, with ``resolve``, rounding (``narrow``; ``what`` names x,
+    ``rows`` its rows' numbers for the messages, as ``check_data``'s)."""
     from .data import MappedRows
     from .data.checks import narrow
 
@@ -201,7 +201,7 @@ def apply(scaling: "Scaling | None", x: Any, dtype: Any = np.float32, what: str 
             return x if x.dtype == np.dtype(dtype) else MappedRows(x.array, x.index, x.scaling, dtype)
         return x.mapped(scaling, dtype)
     if scaling is None:
-        return narrow(np.asarray(x), dtype, what, rows)
+        return narrow(np.asarray(x), dtype, what, rows, resolve=resolve)
     return scaling.to_model(x, dtype, what)
 
 
@@ -212,11 +212,11 @@ def config_fields(scaling: "Scaling | None") -> dict[str, Any]:
     return {"input_shift": tuple(float(v) for v in scaling.shift), "input_scale": tuple(float(v) for v in scaling.scale)}
 
 
-def model_rows(model_config: Any, x: Any, named: tuple[float, float] | None = None, dtype: Any = np.float32, what: str = "data", rows: Any = None) -> Any:
+def model_rows(model_config: Any, x: Any, named: tuple[float, float] | None = None, dtype: Any = np.float32, what: str = "data", rows: Any = None, resolve: bool = True) -> Any:
     """Rows of the user's values as the model of ``model_config`` sees them: through its input
     map, or, for a model without one, through a named dataset's scaling ``named`` (shift,
     scale; a model written before models stored their map saw named datasets scaled by the
-    loader). ``dtype``, ``what`` and ``rows`` as ``apply``'s. Rows of another width than the model's
+    loader). ``dtype``, ``what``, ``rows`` and ``resolve`` as ``apply``'s. Rows of another width than the model's
     are refused first: a per-feature map would not broadcast over them."""
     width = np.shape(x)[1] if len(np.shape(x)) == 2 else None
     if width is not None and width != model_config.input_dim:
@@ -226,7 +226,7 @@ def model_rows(model_config: Any, x: Any, named: tuple[float, float] | None = No
     scaling = Scaling.of(model_config)
     if scaling is None and named is not None:
         scaling = Scaling.uniform(*named)
-    return apply(scaling, x, dtype, what, rows)
+    return apply(scaling, x, dtype, what, rows, resolve)
 
 
 def named_values(dataset: Any) -> Any:

@@ -28,6 +28,7 @@ def check_data(
     scaling: Any = None,
     rows: np.ndarray | None = None,
     dtype: Any = np.float32,
+    resolve: bool = True,
 ) -> np.ndarray:
     """Validate ``x`` and return it as a C-contiguous ``(n, D)`` array of ``dtype`` (a view
     when it already is one, else a copy).
@@ -46,7 +47,7 @@ def check_data(
     ``MappedRows`` is checked block by block and returned as it is (never read whole).
     """
     if isinstance(x, MappedRows):
-        return _check_mapped(x, what, min_rows, input_dim, likelihood, scaling, dtype)
+        return _check_mapped(x, what, min_rows, input_dim, likelihood, scaling, dtype, resolve)
     x = _as_numpy(x, what)
     if x.dtype.kind == "c":
         raise DataError(f"{what}: Complex data not supported (dtype {x.dtype}); expected real numbers")
@@ -78,22 +79,24 @@ def check_data(
             )
     if input_dim is not None and x.shape[1] != input_dim:
         raise wrong_width(what, x.shape[1], input_dim)
-    out = narrow(x, kept_dtype(x.dtype) if dtype is None else np.dtype(dtype), what, rows)
+    out = narrow(x, kept_dtype(x.dtype) if dtype is None else np.dtype(dtype), what, rows, resolve=resolve)
     if likelihood is not None:
         likelihood.check(out, what, scaling, rows=rows)
     return out
 
 
-def narrow(x: np.ndarray, dtype: Any, what: str, rows: Any = None, resolution: "Resolution | None" = None) -> np.ndarray:
+def narrow(x: np.ndarray, dtype: Any, what: str, rows: Any = None, resolution: "Resolution | None" = None, resolve: bool = True) -> np.ndarray:
     """``x`` (numbers, finite) as a C-contiguous array of ``dtype``; a float32 cast of wider
-    values first passes the range check (float32 would read an infinity nobody wrote) and
-    ``check_resolution``, or, for a block of a split, adds to the split's ``resolution``."""
+    values first passes the range check (float32 would read an infinity nobody wrote) and,
+    with ``resolve``, ``check_resolution``, or, for a block of a split, adds to the split's
+    ``resolution``. (Rows a trained model reads are not judged by their own spread: that of
+    the rows beside them would decide whether a row is refused.)"""
     dtype = np.dtype(dtype)
     if dtype.itemsize < 8 and x.dtype.kind == "f" and x.dtype.itemsize > 4:
         top = np.finfo(np.float32).max
         check_range(x, top, f"{what} has values too large for a float32 model", "standardise the feature or use a float64 model (--dtype float64)", rows)
     out = np.ascontiguousarray(x, dtype=dtype)
-    if dtype.itemsize < 8 and wide(x.dtype):
+    if resolve and dtype.itemsize < 8 and wide(x.dtype):
         if resolution is None:
             check_resolution(x, out, what)
         else:
@@ -182,7 +185,7 @@ def _check_rows(what: str, shape: tuple, min_rows: int) -> None:
         raise DataError(f"{what} has {count(shape[0], 'row')} (shape={shape}); at least {min_rows} {'is' if min_rows == 1 else 'are'} needed")
 
 
-def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None, likelihood: Any, scaling: Any, dtype: Any) -> MappedRows:
+def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None, likelihood: Any, scaling: Any, dtype: Any, resolve: bool = True) -> MappedRows:
     """The checks of ``check_data`` on a memory-mapped split, ``CHUNK_ROWS`` file rows at a
     time, on the values as stored (before float32 and the model's input map, which would turn
     1e300 into an infinity nobody wrote); a message names the row by its number in the file."""
@@ -198,13 +201,13 @@ def _check_mapped(x: MappedRows, what: str, min_rows: int, input_dim: int | None
     # do rows whose map is yet to come (dtype None); others are read as x.dtype, and whether
     # it resolves them is judged on the whole split's spread.
     keep = dtype is None or x.scaling is not None
-    resolution = None if keep else Resolution()
+    resolution = Resolution() if resolve and not keep else None
     for start in range(0, len(x), size):
         file_rows = np.sort(x.index[start : start + size])  # ascending: the page cache's order
         raw = np.asarray(x.array[file_rows])
         values = check_data(raw, what=what, rows=file_rows + 1, dtype=None)
         if not keep:
-            values = narrow(values, x.dtype, what, file_rows + 1, resolution)
+            values = narrow(values, x.dtype, what, file_rows + 1, resolution, resolve)
         if likelihood is not None:
             likelihood.check(values if x.scaling is None else x.scaling.to_model(values, x.dtype), what, scaling, rows=file_rows + 1)
     if resolution is not None:
