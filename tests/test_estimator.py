@@ -867,6 +867,13 @@ def test_a_model_moved_to_float64_saves_and_loads_as_float64(digits, tmp_path):
     assert next(back.model_.parameters()).dtype == torch.float64 and back.config_.train.dtype == "float64"
     np.testing.assert_array_equal(back.transform(digits[:10]), est.transform(digits[:10]))
     assert est.config_.train.dtype == "float32"  # the fitted estimator's own record is left alone
+    # A model fitted under bf16 autocast, moved to float64, steps in float64 when refitted.
+    mixed = VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0, amp="bf16").fit(digits[:100])
+    mixed.model_.double()
+    mixed.save(tmp_path / "mixed")
+    back = vaekit.load(tmp_path / "mixed")
+    assert (back.config_.train.dtype, back.config_.train.amp, back.get_params()["amp"]) == ("float64", "off", "off")
+    np.testing.assert_array_equal(back.transform(digits[:10]), mixed.transform(digits[:10]))
 
 
 def test_a_bfloat16_model_answers_in_float32_and_is_not_saved(digits, tmp_path):
@@ -963,6 +970,21 @@ def test_tensors_of_images_meta_tensors_and_mixed_column_names():
     frame = pd.DataFrame(np.random.default_rng(0).normal(size=(100, 4)), columns=["a", 1, "c", 2])
     with pytest.raises(DataError, match=r"^Feature names are only supported if all input features have string names"):
         VAE(latent_dim=2, hidden=(8,), epochs=1).fit(frame)
+    # The same for validation rows and for latents: X_valid, and Z of inverse_transform.
+    x = frame.to_numpy()
+    with pytest.raises(DataError, match=r"^X_valid: Feature names are only supported if all input features have string names"):
+        VAE(latent_dim=2, hidden=(8,), epochs=1).fit(x, X_valid=frame[:10])
+    with pytest.raises(DataError, match=r"^X_valid could not be converted to an array .*expected a 2-D table of numbers$"):
+        VAE(latent_dim=2, hidden=(8,), epochs=1).fit(x, X_valid=[[0.1, 0.2, 0.3, 0.4], [0.5]])
+    with pytest.raises(DataError, match=r"^Z is a meta tensor: it holds no values$"):
+        vae.inverse_transform(torch.empty(3, 2, device="meta"))
+    with pytest.raises(DataError, match=r"^Z could not be converted to an array .*expected a 2-D table of numbers$"):
+        vae.inverse_transform([[0.1, 0.2], [0.3]])
+    z = np.random.default_rng(1).normal(size=(4, 2))
+    expected = vae.inverse_transform(z)
+    np.testing.assert_array_equal(vae.inverse_transform(torch.tensor(z)), expected)
+    np.testing.assert_array_equal(vae.inverse_transform(pd.DataFrame(z, columns=["vae0", "vae1"])), expected)
+    np.testing.assert_array_equal(vae.inverse_transform(z.tolist()), expected)
 
 
 @pytest.mark.parametrize("source", ["prior", "aggregate", "gmm"])

@@ -291,12 +291,17 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         images (n, H, W) or (n, C, H, W) must have X's shape."""
         from sklearn.utils.validation import validate_data
 
+        from .data import MappedRows
+        from .data.checks import _as_numpy
+
         if hasattr(X_valid, "columns") or hasattr(self, "feature_names_in_"):
             try:
                 validate_data(self, X_valid, reset=False, skip_check_array=True, ensure_2d=False)
-            except ValueError as e:
+            except (ValueError, TypeError) as e:  # names that differ from X's, or of mixed types
                 raise DataError(f"X_valid: {' '.join(str(e).split())}") from None
         X_valid = _numeric(X_valid, "X_valid")
+        if not isinstance(X_valid, MappedRows):  # a ragged list is refused here, not by np.shape
+            X_valid = _as_numpy(X_valid, "X_valid")
         if getattr(X_valid, "ndim", None) in (3, 4):
             shape = tuple(int(v) for v in X_valid.shape[1:])
             if image_shape is None or shape != tuple(image_shape):
@@ -412,11 +417,10 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self._check_fitted()
         from .data import check_data
 
+        from .data.checks import _as_numpy
+
         p = next(self.model_.parameters())
-        if isinstance(Z, torch.Tensor):
-            Z = Z.detach().cpu()
-            Z = (Z.float() if Z.dtype == torch.bfloat16 else Z).numpy()
-        Z = np.asarray(_numeric(Z, "Z"))
+        Z = _as_numpy(_numeric(Z, "Z"), "Z")  # a tensor, a list (refused where ragged), a DataFrame
         if Z.ndim != 2 or Z.shape[1] != self.model_.latent_size:
             raise DataError(f"Z must have shape (n, {self.model_.latent_size}), got {tuple(Z.shape)}")
         # Numbers, finite, in native byte order (torch reads no other); in Z's own precision.
@@ -717,7 +721,9 @@ def _as_held(config: RunConfig, model: torch.nn.Module) -> RunConfig:
         return config
     if held not in DTYPES:
         raise CheckpointError(f"the model's parameters are {held}; a saved model is one of {', '.join(DTYPES)}: move it with model_.float() first")
-    return replace(config, train=replace(config.train, dtype=held))
+    # bf16 autocast runs over float32 weights only: a model moved to float64 steps in float64.
+    amp = "off" if held != "float32" and config.train.amp == "bf16" else config.train.amp
+    return replace(config, train=replace(config.train, dtype=held, amp=amp))
 
 
 def _fixed_scaling(scaling, standardize: str) -> tuple[float, float] | None:
