@@ -1142,3 +1142,15 @@ def test_rows_a_fitted_model_reads_are_not_refused_by_their_own_spread(tmp_path)
     np.testing.assert_allclose(est.score_samples(mapped, k=5), together, rtol=1e-5)
     with pytest.raises(DataError, match="finer than float32"):  # training rows still are judged
         vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1).fit(np.vstack([close] * 3))
+
+
+def test_fit_trains_alone_inside_a_process_group(digits, monkeypatch):
+    """A script that has joined a torch.distributed group (DDP, torchrun) and fits the
+    estimator on its own rows gets the model a lone process fits, not a share of the batches."""
+    from vaekit import train
+
+    alone = VAE(latent_dim=2, hidden=(8,), epochs=2, seed=0).fit(digits[:200])
+    monkeypatch.setattr(train, "rank_world", lambda: (1, 2))  # as in rank 1 of a group of 2
+    inside = VAE(latent_dim=2, hidden=(8,), epochs=2, seed=0).fit(digits[:200])
+    assert [h["valid_elbo"] for h in inside.history_] == [h["valid_elbo"] for h in alone.history_]
+    np.testing.assert_array_equal(inside.transform(digits[:20]), alone.transform(digits[:20]))

@@ -281,7 +281,9 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 else:
                     model.likelihood.check(x, what, scaling)
             on_epoch = EpochLog(config.train.epochs) if self.verbose else None
-            self.history_ = fit(model, X, X_valid, config.train, progress=self.progress, on_epoch=on_epoch)
+            # In-memory rows are this process's own: a torch.distributed group the caller has
+            # joined (a DDP script) is not one for this fit to share batches with.
+            self.history_ = fit(model, X, X_valid, config.train, progress=self.progress, on_epoch=on_epoch, distributed=False)
         self.model_ = model
         self.config_ = config
         return self

@@ -101,9 +101,14 @@ def fit(
     resume: bool = False,
     progress: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    distributed: bool = True,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place and leave it holding the best weights by the objective's
     validation value.
+
+    In a torch.distributed process group the caller has joined (torchrun), each process trains
+    on its share of every batch (data-parallel), unless ``distributed`` is False: then this
+    process trains alone, on all of x_train, whatever group it is in.
 
     With ``run_dir`` every epoch appends a line to metrics.jsonl and writes last.safetensors
     (atomically), and an improved validation value rewrites model.safetensors. ``resume``
@@ -131,10 +136,10 @@ def fit(
     device = resolve_device(config.device)
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with fixed_threads(config.threads), torch.inference_mode(False), torch.enable_grad(), no_autocast(), torch.random.fork_rng(devices):
-        return _fit(model, x_train, x_valid, config, run_dir, run_config, resume, progress, on_epoch)
+        return _fit(model, x_train, x_valid, config, run_dir, run_config, resume, progress, on_epoch, distributed)
 
 
-def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resume: bool, progress: bool, on_epoch) -> list[dict[str, Any]]:
+def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resume: bool, progress: bool, on_epoch, distributed: bool) -> list[dict[str, Any]]:
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     model.to(device=device, dtype=dtype)
@@ -144,7 +149,7 @@ def _fit(model, x_train, x_valid, config: TrainConfig, run_dir, run_config, resu
     optimizers = make_optimizers(
         model, config.lr, normalized_grad=config.normalized_grad, eps=config.adam_eps, weight_decay=config.weight_decay
     )
-    rank, world = rank_world()
+    rank, world = rank_world() if distributed else (0, 1)
     check_shards(n, config.batch_size, world)
     writer = run_dir is not None and rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
