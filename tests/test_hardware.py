@@ -303,3 +303,36 @@ def test_more_threads_than_usable_cores_warns(monkeypatch):
         with fixed_threads(0):  # as many as PyTorch uses: not the user's count
             assert torch.get_num_threads() == before
 
+
+
+@pytest.mark.parametrize("name", ["cuda:abc", "cuda:", "cuda0", "gpu", "cuda:1:2", "CPU"])
+def test_a_device_string_of_another_form_is_refused_by_the_config(name):
+    from vaekit.config import TrainConfig
+    from vaekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^device must be cpu or cuda\[:N\], got '{name}'$"):
+        TrainConfig(device=name)
+    for fine in ("cpu", "cuda", "cuda:0", "cuda:12"):
+        assert TrainConfig(device=fine).device == fine
+
+
+def test_a_gpu_index_past_the_machines_is_one_line_before_any_work(monkeypatch):
+    """On a machine with two GPUs, cuda:2 is named with the devices there are, by the device
+    check of training and by amp auto's look at the GPU (torch would say "invalid device
+    ordinal" deep in a model's move, or fail an assertion)."""
+    import torch
+
+    from vaekit.errors import ConfigError
+    from vaekit.hardware import bf16_is_fast, check_device
+    from vaekit.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    said = r"^--device cuda:2: this machine has 2 CUDA devices \(cuda:0 to cuda:1\)$"
+    for check in (check_device, resolve_device, bf16_is_fast):
+        with pytest.raises(ConfigError, match=said):
+            check("cuda:2")
+    check_device("cuda:1")
+    check_device("cuda")
+    check_device("cpu")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -494,7 +495,7 @@ class _TrainBase(_Section):
     def _check(self) -> None:
         if self.amp == "bf16" and self.dtype != "float32":
             raise ConfigError(f"amp={self.amp} needs dtype float32, got {self.dtype!r}")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
         if self.lr_factor >= 1:
             raise ConfigError(f"lr_factor must be < 1, got {self.lr_factor!r}")

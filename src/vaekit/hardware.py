@@ -43,6 +43,22 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return set()
 
 
+def check_device(name: str) -> None:
+    """ConfigError where ``name`` (cpu, cuda or cuda:N) names no device of this machine: torch
+    would fail later, deep in a model's move, with "invalid device ordinal"."""
+    if not name.startswith("cuda"):
+        return
+    import torch
+
+    from .errors import ConfigError, count
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    index, devices = torch.device(name).index, torch.cuda.device_count()
+    if index is not None and index >= devices:
+        raise ConfigError(f"--device {name}: this machine has {count(devices, 'CUDA device')} (cuda:0 to cuda:{devices - 1})")
+
+
 def bf16_is_fast(device: str = "cpu", flags: set[str] | None = None) -> tuple[bool, str]:
     """(whether bfloat16 autocast speeds training up on ``device``, the reason in words).
     ``flags`` stand in for the CPU's own (tests)."""
@@ -51,6 +67,7 @@ def bf16_is_fast(device: str = "cpu", flags: set[str] | None = None) -> tuple[bo
 
         if not torch.cuda.is_available():
             return False, "CUDA is not available"
+        check_device(device)
         index = torch.device(device).index or 0
         major, minor = torch.cuda.get_device_capability(index)
         if major >= 8 and torch.cuda.is_bf16_supported():

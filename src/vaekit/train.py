@@ -86,8 +86,9 @@ def make_objective(model, config: TrainConfig):
 
 
 def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    from .hardware import check_device
+
+    check_device(name)
     return torch.device(name)
 
 
