@@ -84,3 +84,16 @@ def test_a_stopped_run_resumed_with_more_epochs_trains_no_further(tmp_path, monk
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]
     assert ckpt.load_tensors(tmp_path / ckpt.LAST_FILE)[1]["epoch"] == 5
     assert (tmp_path / ckpt.MODEL_FILE).read_bytes() == before[0]
+
+
+def test_warm_up_epochs_do_not_count_toward_patience(tmp_path, monkeypatch):
+    """Under a warm-up of 4 epochs the objective still moves with β: epochs 2 to 4 without a
+    new best leave the patience whole, and the run stops only after 2 bad epochs past it (a
+    new best during warm-up is still kept as the best)."""
+    _script(monkeypatch, [3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    x_train, x_valid = digits_split()
+    config = TrainConfig(epochs=8, batch_size=640, seed=0, patience=2, warmup=4)
+    history = fit(small_model(0), x_train[:640], x_valid[:50], config, run_dir=tmp_path, run_config=_run_config(config))
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+    meta = ckpt.load_tensors(tmp_path / ckpt.LAST_FILE)[1]
+    assert (meta["best_epoch"], meta["bad_epochs"], meta["stopped"]) == (1, 2, True)

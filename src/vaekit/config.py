@@ -152,7 +152,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "lr_factor": Option(0.5, "plateau: factor of each cut of the learning rate, in (0, 1)", minimum=0.0, exclusive=True, resumable=True),
     "lr_patience": Option(10, "plateau: a cut follows more than this many epochs without a better validation objective (as torch's ReduceLROnPlateau; warm-up epochs not counted)", minimum=1, resumable=True),
     "lr_min": Option(0.0, "plateau: the learning rate is never cut below this", minimum=0.0, resumable=True),
-    "patience": Option(None, "stop after this many epochs without a better validation objective", type="int", minimum=1, optional=True),
+    "patience": Option(None, "stop after this many epochs without a better validation objective (warm-up epochs not counted)", type="int", minimum=1, optional=True),
     "seed": Option(0, "random seed", minimum=0, maximum=SEED_MAX),
     "device": Option("cpu", "cpu or cuda[:N]", resumable=True),
     "dtype": Option("float32", "parameter dtype", choices=DTYPES),

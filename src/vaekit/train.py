@@ -272,7 +272,9 @@ def _validate(model, objective, config: TrainConfig, run: _Run, valid_rows, x_va
     if improved:
         run.best_valid, run.best_epoch, run.bad_epochs = score, epoch, 0
     else:
-        run.bad_epochs += 1
+        # Warm-up epochs train an objective still moving with β: the patience runs from its
+        # end (as the plateau schedule's, and the VampPrior reference code's early stopping).
+        run.bad_epochs = 0 if epoch <= config.warmup else run.bad_epochs + 1
     return record, improved
 
 
