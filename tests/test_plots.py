@@ -343,6 +343,25 @@ def test_training_curves_missing_values_and_beta(tmp_path):
     _assert_real_chart(plots.training_curves(m, tmp_path / "c.png"))
 
 
+def test_training_curves_of_the_iwae_objective_name_its_bound(tmp_path):
+    """Trained on the IWAE bound there is no train ELBO: the loss is drawn as the −IWAE bound,
+    beside the validation bound that picks the best epoch (valid_score)."""
+    m = _metrics()
+    for r in m:
+        r["objective"], r["train_elbo"], r["valid_score"] = "iwae", None, r["valid_elbo"] + 3.0
+    labels = [line.get_label() for line in plots._training_curves_figure(m).axes[0].lines]
+    assert "train −IWAE bound" in labels and "valid −IWAE bound" in labels and "train loss (β-weighted)" not in labels
+    left = plots._training_curves_figure(m).axes[0]
+    valid = left.lines[labels.index("valid −IWAE bound")]
+    np.testing.assert_allclose(valid.get_ydata(), [-r["valid_score"] for r in m])
+    _assert_real_chart(plots.training_curves(m, tmp_path / "c.png"))
+
+
+@pytest.mark.parametrize("hw, scale", [((8, 8), 4), ((28, 28), 1), ((1, 784), 1), ((1, 100000), 1), ((3, 60), 4), ((2, 200), 1)])
+def test_tiles_are_upscaled_to_28_px_but_never_past_256(hw, scale):
+    assert plots._default_scale((1, *hw)) == scale
+
+
 def test_training_curves_learning_rate_axis(tmp_path):
     """A schedule's rates, drawn as steps on a log-scale twin of the left panel; a constant rate
     (or none recorded) adds no axis."""

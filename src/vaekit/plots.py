@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 MIN_TILE_PX = 28  # default upscaling makes tiles at least this tall/wide (8x8 digits would be specks)
+MAX_TILE_PX = 256  # ...but never upscales a tile's longer side past this (a 1x784 strip stays 784 wide)
 RECON_COLUMNS = 8  # reconstruction_grid wraps into row-pairs of at most this many columns
 PAD_VALUE = 0.5  # mid grey between tiles: visible on black digits and on white backgrounds alike
 
@@ -139,7 +140,11 @@ def _new_figure(figsize: tuple[float, float]):
 
 
 def _default_scale(chw: tuple[int, int, int]) -> int:
-    return max(1, math.ceil(MIN_TILE_PX / min(chw[1], chw[2])))
+    """Nearest-neighbour upscaling of a tile: its shorter side to MIN_TILE_PX, unless that
+    would take its longer side past MAX_TILE_PX (an elongated "image", 1 x 100000 say, would
+    otherwise take gigabytes)."""
+    short, long = min(chw[1], chw[2]), max(chw[1], chw[2])
+    return max(1, min(math.ceil(MIN_TILE_PX / short), MAX_TILE_PX // long))
 
 
 def _render_grid(tiles: np.ndarray, present: np.ndarray, ncol: int, pad: int, scale: int):
@@ -475,7 +480,12 @@ def _training_curves_figure(metrics: list[dict]):
     if not np.all(np.isnan(log_px)):
         left.append(("valid −log p(x) (IWAE)", -log_px, "C1", ":"))
     train_loss = _series(metrics, "train_loss")
-    if np.all(np.isnan(left[0][1])) or not beta_is_one:  # β ≠ 1: the loss is not −ELBO, show both
+    if any(m.get("objective") == "iwae" for m in metrics):
+        # Trained on the importance-weighted bound: its loss, and its validation value, which
+        # picks the best epoch.
+        left.append(("train −IWAE bound", train_loss, "C0", "--"))
+        left.append(("valid −IWAE bound", -_series(metrics, "valid_score"), "C1", "--"))
+    elif np.all(np.isnan(left[0][1])) or not beta_is_one:  # β ≠ 1: the loss is not −ELBO, show both
         left.append(("train loss (β-weighted)", train_loss, "C0", "--"))
     right = [("valid −recon = −E_q[log p(x|z)]", -_series(metrics, "valid_recon"), "C2", "-"),
              ("valid KL(q(z|x) ‖ p(z))", _series(metrics, "valid_kl"), "C3", "-")]  # fmt: skip
