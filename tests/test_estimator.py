@@ -1154,3 +1154,21 @@ def test_fit_trains_alone_inside_a_process_group(digits, monkeypatch):
     inside = VAE(latent_dim=2, hidden=(8,), epochs=2, seed=0).fit(digits[:200])
     assert [h["valid_elbo"] for h in inside.history_] == [h["valid_elbo"] for h in alone.history_]
     np.testing.assert_array_equal(inside.transform(digits[:20]), alone.transform(digits[:20]))
+
+
+def test_a_run_fitted_for_cuda_graphs_loads_and_refits_on_the_cpu(digits, tmp_path):
+    """load puts the model on the CPU, where compile_mode reduce-overhead (CUDA graphs) acts on
+    nothing: the loaded estimator's parameters use the default mode, so clone(...).fit runs."""
+    import json
+
+    from sklearn.base import clone
+
+    VAE(latent_dim=2, hidden=(8,), epochs=1, seed=0).fit(digits[:100]).save(tmp_path / "run")
+    path = tmp_path / "run" / "config.json"
+    config = json.loads(path.read_text())
+    config["train"].update(device="cuda", compile=True, compile_mode="reduce-overhead")
+    path.write_text(json.dumps(config))
+    loaded = vaekit.load(tmp_path / "run")
+    assert (loaded.device, loaded.compile, loaded.compile_mode) == ("cpu", True, "default")
+    refit = clone(loaded).set_params(compile=False, epochs=1).fit(digits[:100])
+    assert refit.transform(digits[:5]).shape == (5, 2)

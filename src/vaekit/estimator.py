@@ -701,6 +701,10 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         config, model = load_run(run_dir)
         sections = {"model": config.model, "train": config.train, "data": config.data}
         values = {n: getattr(sections[sec], n) for n, (sec, _) in estimator_params().items() if sec in sections}
+        # Loaded onto the CPU, where reduce-overhead's CUDA graphs do nothing (a refit would
+        # refuse the option as inert): torch.compile's default mode there.
+        if values.get("compile_mode") == "reduce-overhead":
+            values["compile_mode"] = "default"
         est = cls(**dict(values, device="cpu", scaling=_named_scaling(config.model)))
         est.model_, est.config_, est.n_features_in_ = model, config, config.model.input_dim
         # The columns the model was fitted on, a DataFrame's (the API) or a CSV header (`vaekit
