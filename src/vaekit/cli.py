@@ -484,7 +484,7 @@ def _run_parser(sub, name: str, help: str, data_required: bool, default_split: s
                    help=f"rows to use (default {default_split}{held}; 'all': every row, in the data's own order)")  # fmt: skip
     if seed is not None:  # a verb without randomness has no --seed (q of new rows is a function of x and θ)
         p.add_argument("--seed", type=_seed, default=0, help=seed)
-    _bool_flag(p, "--mmap", "memory-map a .npy --data and stream its rows, or read it into memory (default: as the run was trained)")
+    _bool_flag(p, "--mmap", "memory-map a .npy --data and stream its rows, or read it into memory (default: streamed where the run streamed the same file, else read into memory)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
 
@@ -542,7 +542,7 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--data", help="data for --source aggregate or gmm: every row of a file, or a named dataset's training split (default: the run's own training split)")
     p.add_argument("--data-dir", help="directory holding binarized_mnist.npz, or a relative --data file; refused where it would not be read")
     p.add_argument("--seed", type=_seed, default=0, help="seed of z and of x ~ p(x|z) (default 0)")
-    _bool_flag(p, "--mmap", "memory-map a .npy --data and read the rows it draws, or read it into memory (default: as the run was trained)")
+    _bool_flag(p, "--mmap", "memory-map a .npy --data and read the rows it draws, or read it into memory (default: streamed where the run streamed the same file, else read into memory)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     _overwrite_flag(p)
     p.set_defaults(func=cmd_sample)
