@@ -326,8 +326,9 @@ def row_config(row: str, x_train, extra: list[str] | None = None):
 
 def step_time(row: str, data_dir: str | None, rounds: int = 5, steps: int = 20, threads: int | None = None, flags: list[str] | None = None,
               device: str = "cpu", compile: bool = False) -> dict:
-    """Milliseconds of the row's training step (one batch of 100 training images: loss,
-    gradient, Adam) in float32 and under bf16 autocast, and with ``compile`` also the bf16 step
+    """Milliseconds of the row's training step (one batch of the row's batch size, 100
+    training images unless the flags say otherwise: loss, gradient, Adam, in the run's dtype
+    and matmul precision) in float32 and under bf16 autocast, and with ``compile`` also the bf16 step
     under torch.compile, in interleaved rounds on ``threads`` threads (default: PyTorch's count)
     or on a GPU, with a variant's further ``flags``: the ratios that decide whether a row trains
     in bf16, and compiled, on this machine."""
@@ -343,16 +344,17 @@ def step_time(row: str, data_dir: str | None, rounds: int = 5, steps: int = 20, 
     from vaekit.model import VAEModel
 
     x_train = np.asarray(mnist_dataset(data_dir).train[:1000], dtype=np.float32)
-    x = torch.as_tensor(x_train[:100]).to(device)
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # a GPU's clock stops when its work has run
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)  # a GPU's clock stops when its work has run
     timers = {}
     settings = {"off": ["--amp", "off"], "bf16": ["--amp", "bf16"], **({"bf16-compile": ["--amp", "bf16", "--compile"]} if compile else {})}
     for name, setting in settings.items():
         config = row_config(row, x_train, [*(flags or []), *setting])
+        dtype = getattr(torch, config.train.dtype)
+        x = torch.as_tensor(x_train[: config.train.batch_size], dtype=dtype, device=device)  # one batch, as the run steps on
         torch.manual_seed(0)
         model = VAEModel(config.model).train()
         model.prior.init_from_data(x_train, np.random.default_rng(0))
-        timers[name] = fit_step(model.to(device), config.train, x)
+        timers[name] = fit_step(model.to(device=device, dtype=dtype), config.train, x)
         for _ in range(2):  # compilation (and the first steps' allocations) before any timing
             timers[name]()
     ms: dict[str, list[float]] = {name: [] for name in timers}

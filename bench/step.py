@@ -99,12 +99,12 @@ def vaekit_step(x: torch.Tensor, variant: str):
 
 
 def fit_step(model: VAEModel, config: TrainConfig, x: torch.Tensor):
-    """vaekit's training step on the batch ``x`` as train.fit takes it: fresh noise, the loss
-    under the run's autocast (compiled under ``config.compile``), its gradient, every optimizer's
+    """vaekit's training step on the batch ``x`` as train.fit takes it: fresh noise of x's dtype,
+    the run's matmul precision, the loss under the run's autocast (compiled under ``config.compile``), its gradient, every optimizer's
     step. Returns it as a callable."""
     import warnings
 
-    from vaekit.train import _autocast
+    from vaekit.train import _autocast, _matmul_precision
 
     from vaekit.optim import WeightAverage
 
@@ -121,16 +121,18 @@ def fit_step(model: VAEModel, config: TrainConfig, x: torch.Tensor):
     forward = torch.compile(model, dynamic=False, mode=None if config.compile_mode == "default" else config.compile_mode) if config.compile else model
 
     def step() -> None:
-        eps = torch.randn(objective.samples, x.shape[0], model.noise_size, device=x.device)
-        with autocast():
-            loss, _ = forward(objective, x, None, eps, 1.0)
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-        if average is not None:
-            average.update()
+        # The run's matmul precision for the pass, as train.fit's epoch holds it.
+        with _matmul_precision(config.matmul_precision):
+            eps = torch.randn(objective.samples, x.shape[0], model.noise_size, dtype=x.dtype, device=x.device)
+            with autocast():
+                loss, _ = forward(objective, x, None, eps, 1.0)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            if average is not None:
+                average.update()
 
     return step
 

@@ -47,6 +47,11 @@ def vaekit_model(run: Path | None, x_train: np.ndarray):
 
 def pythae_twin(model):
     """Pythae's VAMP whose encoder, decoder and pseudo-inputs are the vaekit model's."""
+    lo, hi = model.prior.data_range.tolist()
+    if (lo, hi) != (0.0, 1.0):
+        sys.exit(f"vampprior.py: Pythae clamps pseudo-inputs to [0, 1]; this run's data range is [{lo}, {hi}]")
+    if model.prior.map != "clamp":  # Pythae's twin would read sigmoid's logits as pixels
+        sys.exit(f"vampprior.py: Pythae maps pseudo-inputs by hardtanh (--pseudo-map clamp); this run has --pseudo-map {model.prior.map}")
     from pythae.models import VAMP, VAMPConfig
     from pythae.models.base.base_utils import ModelOutput
     from pythae.models.nn import BaseDecoder, BaseEncoder
@@ -68,9 +73,6 @@ def pythae_twin(model):
         def forward(self, z):
             return ModelOutput(reconstruction=torch.sigmoid(self.model.decode(z).logits))
 
-    lo, hi = model.prior.data_range.tolist()
-    if (lo, hi) != (0.0, 1.0):
-        sys.exit(f"vampprior.py: Pythae clamps pseudo-inputs to [0, 1]; this run's data range is [{lo}, {hi}]")
     config = VAMPConfig(input_dim=(784,), latent_dim=model.latent_size, number_components=model.config.pseudo_inputs,
                         reconstruction_loss="bce", linear_scheduling_steps=0)  # fmt: skip
     twin = VAMP(config, encoder=Encoder(), decoder=Decoder())

@@ -382,6 +382,31 @@ def test_step_time_times_the_variant(literature, monkeypatch):
     assert seen == [["--hidden", "64,64", "--amp", "off"]]
 
 
+def test_step_time_steps_on_the_variants_batch_in_its_dtype(literature, monkeypatch):
+    """A variant's --batch-size is the batch timed, and its --dtype the model's and the batch's
+    (float64: no bf16 autocast over it, so the bf16 setting is refused as a run would be)."""
+    import types
+
+    import torch
+
+    x = (np.random.default_rng(0).random((1000, 784)) < 0.5).astype(np.float32)
+    monkeypatch.setattr(literature, "mnist_dataset", lambda data_dir: types.SimpleNamespace(train=x))
+    timed = []
+
+    def fit_step(model, config, batch):
+        timed.append((tuple(batch.shape), batch.dtype, next(model.parameters()).dtype, config.amp))
+        return lambda: None
+
+    monkeypatch.setitem(sys.modules, "step", types.SimpleNamespace(fit_step=fit_step))
+    out = literature.step_time("vae", None, 1, 1, flags=["--batch-size", "20"])
+    assert timed == [((20, 784), torch.float32, torch.float32, "off"), ((20, 784), torch.float32, torch.float32, "bf16")]
+    assert out["flags"] == ["--batch-size", "20"]
+    timed.clear()
+    with pytest.raises(Exception, match="amp=bf16 needs dtype float32"):
+        literature.step_time("vae", None, 1, 1, flags=["--dtype", "float64"])
+    assert timed == [((100, 784), torch.float64, torch.float64, "off")]
+
+
 SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared/data/binarized_mnist"
 
 

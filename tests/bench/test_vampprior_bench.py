@@ -28,6 +28,15 @@ def test_the_pythae_twin_is_the_same_model():
         torch.testing.assert_close(log_px_z, model.log_px_given_z(z, x), rtol=1e-5, atol=1e-3)
 
 
+def test_a_run_whose_pseudo_inputs_are_mapped_by_sigmoid_is_refused():
+    """Pythae maps its pseudo-inputs by hardtanh: the twin of a --pseudo-map sigmoid run would
+    read the sigmoid's logits as pixels and be another model (refused before Pythae is read)."""
+    bench = load_bench("vampprior")
+    model = bench.vaekit_model(None, (np.random.default_rng(0).random((50, 784)) < 0.3).astype(np.float32))
+    model.prior.map = "sigmoid"
+    with pytest.raises(SystemExit, match=r"Pythae maps pseudo-inputs by hardtanh \(--pseudo-map clamp\); this run has --pseudo-map sigmoid"):
+        bench.pythae_twin(model)
+
 
 def test_the_seed_spread_is_the_standard_deviation_of_the_seeds_estimates():
     import statistics
